@@ -1,0 +1,229 @@
+//! Configuration: the embedded defaults, `castpoint.toml`, and validation of points and mappings into specs; every error names its file and key.
+
+pub mod file;
+pub mod maps;
+pub mod points;
+pub mod table;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use file::{BacnetSection, HaystackSection, HttpSection, ModbusSection, ServerConfig};
+
+use crate::points::{Maps, PointDef, SiteEquip};
+
+/// The point list compiled into the binary (seed 000).
+pub const DEFAULT_POINTS: &str = include_str!("../../points/streaming-server.toml");
+pub const DEFAULT_BACNET: &str = include_str!("../../mappings/bacnet.toml");
+pub const DEFAULT_MODBUS: &str = include_str!("../../mappings/modbus.toml");
+pub const DEFAULT_HTTP: &str = include_str!("../../mappings/http.toml");
+
+/// One configuration problem, located by file and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(file: &str, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_string(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A TOML syntax or schema error, with its line and column as the key
+    /// and the offending key in the message where serde names it.
+    pub fn from_toml(file: &str, text: &str, e: &toml::de::Error) -> Self {
+        let key = match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+                format!("line {line} col {col}")
+            }
+            None => "(document)".to_string(),
+        };
+        ConfigError::new(file, key, e.message().trim().replace('\n', " "))
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.key, self.message)
+    }
+}
+
+pub type Errors = Vec<ConfigError>;
+
+/// All problems found in one load.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Parses "250ms", "1s", "30s", "1min", "5m", "1h", "7d".
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// Everything castpoint runs from, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub points: Vec<PointDef>,
+    pub site: SiteEquip,
+    pub maps: Maps,
+    /// Where the config came from (for messages): file path or "embedded".
+    pub origin: String,
+}
+
+/// Reads a file that the config names, relative to the config file's folder.
+fn read_named(
+    base: &Path,
+    name: &str,
+    errs: &mut Errors,
+    from: &str,
+    key: &str,
+) -> Option<(String, String)> {
+    let p: PathBuf = if Path::new(name).is_absolute() {
+        PathBuf::from(name)
+    } else {
+        base.join(name)
+    };
+    match std::fs::read_to_string(&p) {
+        Ok(t) => Some((p.display().to_string(), t)),
+        Err(e) => {
+            errs.push(ConfigError::new(
+                from,
+                key,
+                format!("cannot read {}: {e}", p.display()),
+            ));
+            None
+        }
+    }
+}
+
+impl Config {
+    /// The embedded default configuration (demo route, all protocols up).
+    pub fn embedded() -> Result<Config, ConfigErrors> {
+        Self::from_text(
+            "castpoint.toml (embedded)",
+            file::DEFAULT_CONFIG,
+            Path::new("."),
+        )
+    }
+
+    /// Loads a config file; point and mapping files it names replace the
+    /// embedded ones.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError::new(
+                &path.display().to_string(),
+                "(file)",
+                format!("cannot read: {e}"),
+            )])
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_text(&path.display().to_string(), &text, base)
+    }
+
+    /// Parses and validates a config text. `base` resolves relative paths.
+    pub fn from_text(name: &str, text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+        let mut errs = Vec::new();
+        let server = file::parse(name, text, &mut errs);
+        let Some(server) = server else {
+            return Err(ConfigErrors(errs));
+        };
+        let (pname, ptext) = match &server.points_file {
+            Some(f) => read_named(base, f, &mut errs, name, "points_file").unwrap_or_default(),
+            None => (
+                "points/streaming-server.toml (embedded)".into(),
+                DEFAULT_POINTS.into(),
+            ),
+        };
+        let pf = points::parse(&pname, &ptext, &mut errs);
+        let Some(pf) = pf else {
+            return Err(ConfigErrors(errs));
+        };
+        let idx = maps::PointIndex::new(&pf.points);
+        let load = |f: &Option<String>,
+                    key: &str,
+                    default: &str,
+                    dname: &str,
+                    errs: &mut Errors| match f {
+            Some(f) => read_named(base, f, errs, name, key).unwrap_or_default(),
+            None => (format!("{dname} (embedded)"), default.to_string()),
+        };
+        let (bn, bt) = load(
+            &server.mappings.bacnet,
+            "mappings.bacnet",
+            DEFAULT_BACNET,
+            "mappings/bacnet.toml",
+            &mut errs,
+        );
+        let (mn, mt) = load(
+            &server.mappings.modbus,
+            "mappings.modbus",
+            DEFAULT_MODBUS,
+            "mappings/modbus.toml",
+            &mut errs,
+        );
+        let (hn, ht) = load(
+            &server.mappings.http,
+            "mappings.http",
+            DEFAULT_HTTP,
+            "mappings/http.toml",
+            &mut errs,
+        );
+        let maps = Maps {
+            bacnet: maps::parse_bacnet(&bn, &bt, &idx, &mut errs),
+            modbus: maps::parse_modbus(&mn, &mt, &idx, &mut errs),
+            http: maps::parse_http(&hn, &ht, &idx, &mut errs),
+        };
+        if !errs.is_empty() {
+            return Err(ConfigErrors(errs));
+        }
+        Ok(Config {
+            server,
+            points: pf.points,
+            site: pf.site,
+            maps,
+            origin: name.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

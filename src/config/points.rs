@@ -1,0 +1,316 @@
+//! Parses and validates a point definition file (`points/*.toml`) into `PointDef`s.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{parse_duration, ConfigError, Errors};
+use crate::points::{Kind, PointDef, Role, SiteEquip, TagValue, Value};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    site: Option<SiteRaw>,
+    equip: Option<EquipRaw>,
+    #[serde(default)]
+    point: Vec<PointRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteRaw {
+    id: String,
+    dis: String,
+    #[serde(default = "utc")]
+    tz: String,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EquipRaw {
+    id: String,
+    dis: String,
+    #[serde(default)]
+    #[allow(dead_code)] // equip tags are published by the Haystack layer from the file later
+    tags: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PointRaw {
+    id: String,
+    name: String,
+    #[serde(default)]
+    description: String,
+    role: String,
+    kind: String,
+    unit: Option<String>,
+    min: Option<f64>,
+    max: Option<f64>,
+    period: String,
+    #[serde(default)]
+    writable: bool,
+    #[serde(default)]
+    states: Vec<String>,
+    default: Option<toml::Value>,
+    #[serde(default)]
+    cov_increment: f64,
+    #[serde(default)]
+    his: bool,
+    #[serde(default)]
+    tags: BTreeMap<String, toml::Value>,
+}
+
+/// Parsed point file: the definitions and the site/equip records.
+pub struct PointFile {
+    pub points: Vec<PointDef>,
+    pub site: SiteEquip,
+}
+
+/// Haystack tag names: start with a lower-case letter, then ASCII letters,
+/// digits or `_` (Haystack 4 naming rule).
+fn valid_tag_name(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some('a'..='z')) && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+fn valid_point_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<PointFile> {
+    let raw: File = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            errs.push(ConfigError::from_toml(file, text, &e));
+            return None;
+        }
+    };
+    let site = match (&raw.site, &raw.equip) {
+        (Some(s), Some(e)) => SiteEquip {
+            site_id: s.id.clone(),
+            site_dis: s.dis.clone(),
+            equip_id: e.id.clone(),
+            equip_dis: e.dis.clone(),
+            tz: s.tz.clone(),
+        },
+        _ => {
+            errs.push(ConfigError::new(
+                file,
+                if raw.site.is_none() { "site" } else { "equip" },
+                "missing: a point file needs a [site] and an [equip] record",
+            ));
+            return None;
+        }
+    };
+    let mut seen = HashSet::new();
+    let mut points = Vec::new();
+    for (i, p) in raw.point.into_iter().enumerate() {
+        let key = |k: &str| format!("point[{i}].{k}");
+        let before = errs.len();
+        if !valid_point_id(&p.id) {
+            errs.push(ConfigError::new(
+                file,
+                key("id"),
+                format!("invalid id {:?}: use a-z, 0-9, '_' or '-'", p.id),
+            ));
+        } else if !seen.insert(p.id.clone()) {
+            errs.push(ConfigError::new(
+                file,
+                key("id"),
+                format!("duplicate point id {:?}", p.id),
+            ));
+        }
+        let role = match p.role.as_str() {
+            "measurement" => Role::Measurement,
+            "command" => Role::Command,
+            "status" => Role::Status,
+            other => {
+                errs.push(ConfigError::new(
+                    file,
+                    key("role"),
+                    format!("unknown role {other:?} (measurement, command or status)"),
+                ));
+                Role::Measurement
+            }
+        };
+        let kind = match p.kind.as_str() {
+            "number" => Kind::Number,
+            "bool" => Kind::Bool,
+            "enum" => Kind::Enum,
+            other => {
+                errs.push(ConfigError::new(
+                    file,
+                    key("kind"),
+                    format!("unknown kind {other:?} (number, bool or enum)"),
+                ));
+                Kind::Number
+            }
+        };
+        let period = match parse_duration(&p.period) {
+            Some(d) if d >= Duration::from_millis(100) => d,
+            _ => {
+                errs.push(ConfigError::new(
+                    file,
+                    key("period"),
+                    format!(
+                        "invalid period {:?} (e.g. \"1s\", \"30s\", \"1min\", \"1h\"; at least 100ms)",
+                        p.period
+                    ),
+                ));
+                Duration::from_secs(1)
+            }
+        };
+        if p.writable && role != Role::Command {
+            errs.push(ConfigError::new(
+                file,
+                key("writable"),
+                format!(
+                    "only command points can be writable (role is {})",
+                    role.as_str()
+                ),
+            ));
+        }
+        if role == Role::Command && !p.writable {
+            errs.push(ConfigError::new(
+                file,
+                key("writable"),
+                "command points must be writable",
+            ));
+        }
+        if kind == Kind::Enum && p.states.len() < 2 {
+            errs.push(ConfigError::new(
+                file,
+                key("states"),
+                "an enum point needs at least two states",
+            ));
+        }
+        if kind != Kind::Enum && !p.states.is_empty() {
+            errs.push(ConfigError::new(
+                file,
+                key("states"),
+                "only enum points have states",
+            ));
+        }
+        let mut st = HashSet::new();
+        for (j, s) in p.states.iter().enumerate() {
+            if s.is_empty() || !st.insert(s.to_ascii_uppercase()) {
+                errs.push(ConfigError::new(
+                    file,
+                    format!("point[{i}].states[{j}]"),
+                    format!("empty or duplicate state {s:?}"),
+                ));
+            }
+        }
+        if let (Some(a), Some(b)) = (p.min, p.max) {
+            if a > b {
+                errs.push(ConfigError::new(
+                    file,
+                    key("min"),
+                    format!("min {a} is above max {b}"),
+                ));
+            }
+        }
+        if p.cov_increment < 0.0 || !p.cov_increment.is_finite() {
+            errs.push(ConfigError::new(
+                file,
+                key("cov_increment"),
+                "must be a finite number >= 0",
+            ));
+        }
+        let unit = p.unit.filter(|u| !u.is_empty());
+        let mut tags = BTreeMap::new();
+        for (k, v) in &p.tags {
+            if !valid_tag_name(k) {
+                errs.push(ConfigError::new(
+                    file,
+                    format!("point[{i}].tags.{k}"),
+                    "invalid Haystack tag name",
+                ));
+                continue;
+            }
+            let tv = match v {
+                toml::Value::Boolean(true) => TagValue::Marker,
+                toml::Value::Boolean(false) => TagValue::Bool(false),
+                toml::Value::String(s) => TagValue::Str(s.clone()),
+                toml::Value::Integer(n) => TagValue::Number(*n as f64),
+                toml::Value::Float(f) => TagValue::Number(*f),
+                _ => {
+                    errs.push(ConfigError::new(
+                        file,
+                        format!("point[{i}].tags.{k}"),
+                        "tag values are true (marker), strings or numbers",
+                    ));
+                    continue;
+                }
+            };
+            tags.insert(k.clone(), tv);
+        }
+        let mut def = PointDef {
+            id: p.id.clone(),
+            name: p.name,
+            description: p.description,
+            role,
+            kind,
+            unit,
+            min: p.min,
+            max: p.max,
+            sample_period: period,
+            writable: p.writable,
+            states: p.states,
+            relinquish_default: None,
+            cov_increment: p.cov_increment,
+            his: p.his,
+            tags,
+        };
+        match (&p.default, p.writable) {
+            (Some(v), true) => match toml_to_value(v).and_then(|v| def.coerce(v).ok()) {
+                Some(v) => def.relinquish_default = Some(v),
+                None => errs.push(ConfigError::new(
+                    file,
+                    key("default"),
+                    format!(
+                        "default {v} does not match kind {} and range",
+                        kind.as_str()
+                    ),
+                )),
+            },
+            (Some(_), false) => errs.push(ConfigError::new(
+                file,
+                key("default"),
+                "only writable points have a relinquish default",
+            )),
+            (None, true) => errs.push(ConfigError::new(
+                file,
+                key("default"),
+                "a writable point needs a relinquish default",
+            )),
+            (None, false) => {}
+        }
+        if errs.len() == before {
+            points.push(def);
+        }
+    }
+    if points.len() > usize::from(u16::MAX) {
+        errs.push(ConfigError::new(file, "point", "more than 65535 points"));
+    }
+    Some(PointFile { points, site })
+}
+
+/// A TOML scalar as a point value (kinds are fixed later by `PointDef::coerce`).
+pub fn toml_to_value(v: &toml::Value) -> Option<Value> {
+    match v {
+        toml::Value::Boolean(b) => Some(Value::Bool(*b)),
+        toml::Value::Integer(n) => Some(Value::Number(*n as f64)),
+        toml::Value::Float(f) => Some(Value::Number(*f)),
+        _ => None,
+    }
+}

@@ -1,0 +1,60 @@
+//! The human point table (`castpoint points`): every point with its BACnet, Modbus and HTTP addresses.
+
+use super::Config;
+use crate::points::PointId;
+
+pub fn point_table(c: &Config) -> String {
+    let mut rows: Vec<[String; 8]> = vec![[
+        "id".into(),
+        "name".into(),
+        "role".into(),
+        "kind".into(),
+        "unit".into(),
+        "bacnet".into(),
+        "modbus".into(),
+        "http".into(),
+    ]];
+    for (i, d) in c.points.iter().enumerate() {
+        let id = PointId(i as u16);
+        let http: Vec<String> = c
+            .maps
+            .http_paths(id)
+            .into_iter()
+            .map(|(m, p)| match m {
+                crate::points::HttpMethod::Get => p,
+                crate::points::HttpMethod::Post => format!("POST {p}"),
+            })
+            .collect();
+        rows.push([
+            d.id.clone(),
+            d.name.clone(),
+            d.role.as_str().into(),
+            if d.states.is_empty() {
+                d.kind.as_str().into()
+            } else {
+                format!("enum({})", d.states.join("/"))
+            },
+            d.unit.clone().unwrap_or_else(|| "-".into()),
+            c.maps.bacnet_address(id).unwrap_or_else(|| "-".into()),
+            c.maps.modbus_addresses(id).join(","),
+            http.join(", "),
+        ]);
+    }
+    let mut w = [0usize; 8];
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

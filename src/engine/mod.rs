@@ -1,0 +1,1 @@
+//! The streaming router (placeholder until its issue lands).

@@ -1,0 +1,12 @@
+//! castpoint: a live-video streaming router that is also a BACnet/IP, Modbus TCP and Project Haystack gateway.
+//!
+//! See `docs/ARCHITECTURE.md` for the bird's-eye view. Dependency direction:
+//! `app` -> everything; `protocols`, `engine`, `telemetry`, `api` -> `points`.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod engine;
+pub mod points;
+pub mod protocols;
+pub mod telemetry;

@@ -1,0 +1,669 @@
+//! The point database: current value, quality and priority array of every point, the single source of truth all protocols read and write.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{broadcast, watch};
+
+use super::model::{Kind, PointDef, PointId, Quality, Role, SiteEquip, Value, ValueError};
+
+/// Number of command priority levels (BACnet 1..16). Level 17 addresses the
+/// relinquish default, as Haystack pointWrite does.
+pub const PRIORITY_LEVELS: usize = 16;
+/// The level that writes the relinquish default.
+pub const DEFAULT_LEVEL: u8 = 17;
+/// Resolved values coming from this level or a more important one are
+/// operator overrides (BACnet 8 = Manual Operator), shown as `Overridden`.
+pub const OVERRIDE_LEVEL: u8 = 8;
+
+/// Which protocol a write or read came through (for the audit trail only:
+/// the engine never sees it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Bacnet,
+    Modbus,
+    Haystack,
+    Rest,
+    /// castpoint itself (telemetry, start-up restore, the engine).
+    Internal,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Bacnet => "bacnet",
+            Protocol::Modbus => "modbus",
+            Protocol::Haystack => "haystack",
+            Protocol::Rest => "rest",
+            Protocol::Internal => "internal",
+        }
+    }
+}
+
+/// Who issued a write: carried into the audit log and the priority slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub protocol: Protocol,
+    pub peer: Option<SocketAddr>,
+    pub user: Option<String>,
+}
+
+impl Source {
+    pub fn internal() -> Self {
+        Source {
+            protocol: Protocol::Internal,
+            peer: None,
+            user: None,
+        }
+    }
+
+    pub fn new(protocol: Protocol, peer: Option<SocketAddr>, user: Option<String>) -> Self {
+        Source {
+            protocol,
+            peer,
+            user,
+        }
+    }
+
+    /// Short human form: `modbus 127.0.0.1:5555 (alice)`.
+    pub fn describe(&self) -> String {
+        let mut s = self.protocol.as_str().to_string();
+        if let Some(p) = self.peer {
+            s.push(' ');
+            s.push_str(&p.to_string());
+        }
+        if let Some(u) = &self.user {
+            s.push_str(" (");
+            s.push_str(u);
+            s.push(')');
+        }
+        s
+    }
+}
+
+/// One occupied priority slot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotValue {
+    pub value: Value,
+    pub who: Source,
+    pub at: DateTime<Utc>,
+}
+
+/// The 16-level priority array of a commandable point plus its relinquish default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriorityArray {
+    pub slots: [Option<SlotValue>; PRIORITY_LEVELS],
+    pub default: Value,
+}
+
+impl PriorityArray {
+    fn new(default: Value) -> Self {
+        PriorityArray {
+            slots: Default::default(),
+            default,
+        }
+    }
+
+    /// The value in force and the level it comes from (17 = default).
+    pub fn resolve(&self) -> (Value, u8) {
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some(s) = s {
+                return (s.value, (i + 1) as u8);
+            }
+        }
+        (self.default, DEFAULT_LEVEL)
+    }
+}
+
+/// The current state of one point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointState {
+    /// `None` when there is no honest value (no source yet, unavailable).
+    pub value: Option<Value>,
+    pub quality: Quality,
+    /// Why the quality is not Ok (shown in Haystack curErr, logs, events).
+    pub reason: Option<Arc<str>>,
+    pub updated: DateTime<Utc>,
+    /// Level the value comes from, for commandable points (1..=17).
+    pub level: Option<u8>,
+}
+
+/// A change notification delivered to every subscriber.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub id: PointId,
+    pub state: PointState,
+    /// Monotonic sequence number across the whole database.
+    pub seq: u64,
+}
+
+/// One audited write attempt (accepted or refused).
+#[derive(Debug, Clone)]
+pub struct WriteRecord {
+    pub at: DateTime<Utc>,
+    pub point: String,
+    pub priority: u8,
+    /// `None` = relinquish.
+    pub requested: Option<Value>,
+    pub old: Option<Value>,
+    pub new: Option<Value>,
+    pub source: Source,
+    pub result: Result<(), WriteError>,
+}
+
+/// A history sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub at: DateTime<Utc>,
+    pub value: Value,
+}
+
+/// Why a write was refused. Each protocol maps these to its own error
+/// (BACnet error class/code, Modbus exception, Haystack error grid, HTTP 4xx).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("unknown point")]
+    UnknownPoint,
+    #[error("point is not writable")]
+    NotWritable,
+    #[error("priority must be 1..=16, or 17 for the relinquish default")]
+    InvalidPriority,
+    #[error("value has the wrong type for this point")]
+    TypeMismatch,
+    #[error("value is outside the point's range")]
+    OutOfRange,
+    #[error("the relinquish default cannot be null")]
+    NullDefault,
+}
+
+impl From<ValueError> for WriteError {
+    fn from(e: ValueError) -> Self {
+        match e {
+            ValueError::TypeMismatch => WriteError::TypeMismatch,
+            ValueError::OutOfRange => WriteError::OutOfRange,
+        }
+    }
+}
+
+/// Result of an accepted write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteOutcome {
+    pub old: Option<Value>,
+    pub new: Option<Value>,
+    pub level: u8,
+}
+
+/// Tunables of the database.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// How long samples are kept (per point, bounded by `history_cap`).
+    pub history_retention: Duration,
+    /// Upper bound on samples kept per point, whatever the period.
+    pub history_cap: usize,
+    /// Audit records kept in memory (persistence keeps more).
+    pub audit_cap: usize,
+    /// A measurement not refreshed within this many sample periods turns Stale.
+    pub stale_after_periods: u32,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            history_retention: Duration::from_secs(7 * 24 * 3600),
+            history_cap: 200_000,
+            audit_cap: 10_000,
+            stale_after_periods: 3,
+        }
+    }
+}
+
+struct Slot {
+    state: PointState,
+    priority: Option<PriorityArray>,
+    /// Last value that went into history (for cov-increment filtering).
+    last_his: Option<Value>,
+}
+
+struct Inner {
+    defs: Vec<PointDef>,
+    by_id: HashMap<String, PointId>,
+    site: SiteEquip,
+    opts: DbOptions,
+    // One lock per point: writers of different points never contend, and a
+    // reader of one point (a Modbus poll) never waits for a slow subscriber.
+    slots: Vec<RwLock<Slot>>,
+    // One watch per point so the router can await exactly the command points
+    // it acts on, always seeing the latest resolved value (no backlog).
+    watches: Vec<watch::Sender<PointState>>,
+    // Broadcast rather than per-subscriber queues: a lagging subscriber
+    // (a stuck WebSocket) loses old changes and resynchronises from a
+    // snapshot instead of growing memory or blocking writers.
+    changes: broadcast::Sender<Change>,
+    writes: broadcast::Sender<Arc<WriteRecord>>,
+    seq: AtomicU64,
+    history: Vec<Mutex<VecDeque<Sample>>>,
+    audit: Mutex<VecDeque<Arc<WriteRecord>>>,
+}
+
+/// Cheap-clone handle to the point database.
+#[derive(Clone)]
+pub struct PointDb {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PointDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PointDb")
+            .field("points", &self.inner.defs.len())
+            .finish()
+    }
+}
+
+impl PointDb {
+    /// Builds the database. Every point starts `Unavailable` with no value,
+    /// except commandable points, which start at their relinquish default.
+    /// Panics only on a programming error (more than 65535 points), which
+    /// config validation prevents.
+    pub fn new(defs: Vec<PointDef>, site: SiteEquip, opts: DbOptions) -> Self {
+        let now = Utc::now();
+        let mut by_id = HashMap::new();
+        let mut slots = Vec::with_capacity(defs.len());
+        let mut watches = Vec::with_capacity(defs.len());
+        let mut history = Vec::with_capacity(defs.len());
+        for (i, d) in defs.iter().enumerate() {
+            let id = PointId(u16::try_from(i).expect("config validation caps the point count"));
+            by_id.insert(d.id.clone(), id);
+            let priority = if d.writable {
+                let default = d.relinquish_default.unwrap_or(match d.kind {
+                    Kind::Bool => Value::Bool(false),
+                    Kind::Number => Value::Number(d.min.unwrap_or(0.0)),
+                    Kind::Enum => Value::Enum(1),
+                });
+                Some(PriorityArray::new(default))
+            } else {
+                None
+            };
+            let state = match &priority {
+                Some(pa) => PointState {
+                    value: Some(pa.default),
+                    quality: Quality::Ok,
+                    reason: None,
+                    updated: now,
+                    level: Some(DEFAULT_LEVEL),
+                },
+                None => PointState {
+                    value: None,
+                    quality: Quality::Unavailable,
+                    reason: Some(Arc::from("no source has reported a value yet")),
+                    updated: now,
+                    level: None,
+                },
+            };
+            watches.push(watch::channel(state.clone()).0);
+            slots.push(RwLock::new(Slot {
+                state,
+                priority,
+                last_his: None,
+            }));
+            history.push(Mutex::new(VecDeque::new()));
+        }
+        let (changes, _) = broadcast::channel(4096);
+        let (writes, _) = broadcast::channel(1024);
+        PointDb {
+            inner: Arc::new(Inner {
+                defs,
+                by_id,
+                site,
+                opts,
+                slots,
+                watches,
+                changes,
+                writes,
+                seq: AtomicU64::new(0),
+                history,
+                audit: Mutex::new(VecDeque::new()),
+            }),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.defs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.defs.is_empty()
+    }
+
+    pub fn site(&self) -> &SiteEquip {
+        &self.inner.site
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = PointId> + '_ {
+        (0..self.inner.defs.len()).map(|i| PointId(i as u16))
+    }
+
+    pub fn defs(&self) -> &[PointDef] {
+        &self.inner.defs
+    }
+
+    pub fn lookup(&self, id: &str) -> Option<PointId> {
+        self.inner.by_id.get(id).copied()
+    }
+
+    pub fn def(&self, id: PointId) -> Option<&PointDef> {
+        self.inner.defs.get(id.index())
+    }
+
+    /// Current state of a point.
+    pub fn read(&self, id: PointId) -> Option<PointState> {
+        self.inner
+            .slots
+            .get(id.index())
+            .map(|s| s.read().state.clone())
+    }
+
+    /// The priority array of a commandable point.
+    pub fn priority_array(&self, id: PointId) -> Option<PriorityArray> {
+        self.inner
+            .slots
+            .get(id.index())
+            .and_then(|s| s.read().priority.clone())
+    }
+
+    /// Every change to any point (value, quality or reason).
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Every write attempt, accepted or refused (for the audit log).
+    pub fn subscribe_writes(&self) -> broadcast::Receiver<Arc<WriteRecord>> {
+        self.inner.writes.subscribe()
+    }
+
+    /// The latest state of one point; the router awaits command points here.
+    pub fn watch(&self, id: PointId) -> Option<watch::Receiver<PointState>> {
+        self.inner.watches.get(id.index()).map(|w| w.subscribe())
+    }
+
+    /// Most recent audit records, oldest first (bounded in memory).
+    pub fn audit_tail(&self, n: usize) -> Vec<Arc<WriteRecord>> {
+        let a = self.inner.audit.lock();
+        a.iter().skip(a.len().saturating_sub(n)).cloned().collect()
+    }
+
+    /// History samples of a point within `[from, to)`, oldest first.
+    pub fn history(&self, id: PointId, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Sample> {
+        let Some(h) = self.inner.history.get(id.index()) else {
+            return Vec::new();
+        };
+        let h = h.lock();
+        // Samples are appended in time order, so binary search the start.
+        let start = h.partition_point(|s| s.at < from);
+        h.iter()
+            .skip(start)
+            .take_while(|s| s.at < to)
+            .copied()
+            .collect()
+    }
+
+    /// Commands a point through its priority array. `value = None`
+    /// relinquishes the level. Level 17 replaces the relinquish default.
+    /// Every attempt is audited, refused ones included.
+    pub fn write(
+        &self,
+        id: PointId,
+        value: Option<Value>,
+        priority: u8,
+        source: &Source,
+    ) -> Result<WriteOutcome, WriteError> {
+        let res = self.write_inner(id, value, priority, source);
+        let point = self
+            .def(id)
+            .map(|d| d.id.clone())
+            .unwrap_or_else(|| format!("#{}", id.0));
+        let (old, new) = match &res {
+            Ok(o) => (o.old, o.new),
+            Err(_) => {
+                let cur = self.read(id).and_then(|s| s.value);
+                (cur, cur)
+            }
+        };
+        let rec = Arc::new(WriteRecord {
+            at: Utc::now(),
+            point,
+            priority,
+            requested: value,
+            old,
+            new,
+            source: source.clone(),
+            result: res.as_ref().map(|_| ()).map_err(|e| *e),
+        });
+        {
+            let mut a = self.inner.audit.lock();
+            if a.len() >= self.inner.opts.audit_cap.max(1) {
+                a.pop_front();
+            }
+            a.push_back(rec.clone());
+        }
+        let _ = self.inner.writes.send(rec);
+        res
+    }
+
+    fn write_inner(
+        &self,
+        id: PointId,
+        value: Option<Value>,
+        priority: u8,
+        source: &Source,
+    ) -> Result<WriteOutcome, WriteError> {
+        let def = self.def(id).ok_or(WriteError::UnknownPoint)?;
+        if !def.writable {
+            return Err(WriteError::NotWritable);
+        }
+        if !(1..=DEFAULT_LEVEL).contains(&priority) {
+            return Err(WriteError::InvalidPriority);
+        }
+        let value = match value {
+            Some(v) => Some(def.coerce(v)?),
+            None => None,
+        };
+        let slot_lock = &self.inner.slots[id.index()];
+        let mut slot = slot_lock.write();
+        let old = slot.state.value;
+        let pa = slot.priority.as_mut().ok_or(WriteError::NotWritable)?;
+        let now = Utc::now();
+        if priority == DEFAULT_LEVEL {
+            pa.default = value.ok_or(WriteError::NullDefault)?;
+        } else {
+            pa.slots[usize::from(priority) - 1] = value.map(|v| SlotValue {
+                value: v,
+                who: source.clone(),
+                at: now,
+            });
+        }
+        let (resolved, level) = pa.resolve();
+        let quality = if level <= OVERRIDE_LEVEL {
+            Quality::Overridden
+        } else {
+            Quality::Ok
+        };
+        let new_state = PointState {
+            value: Some(resolved),
+            quality,
+            reason: None,
+            updated: now,
+            level: Some(level),
+        };
+        // A write that changes nothing visible (same value, same level) still
+        // succeeds and is audited, but notifies nobody.
+        let changed = slot.state.value != new_state.value
+            || slot.state.quality != new_state.quality
+            || slot.state.level != new_state.level;
+        slot.state = new_state.clone();
+        drop(slot);
+        if changed {
+            self.publish(id, new_state);
+        }
+        Ok(WriteOutcome {
+            old,
+            new: Some(resolved),
+            level,
+        })
+    }
+
+    /// Restores a priority array (start-up from persisted state) without
+    /// auditing it as a new write.
+    pub fn restore_priority_array(&self, id: PointId, pa: PriorityArray) -> Result<(), WriteError> {
+        let def = self.def(id).ok_or(WriteError::UnknownPoint)?;
+        if !def.writable {
+            return Err(WriteError::NotWritable);
+        }
+        for s in pa.slots.iter().flatten() {
+            def.check_value(&s.value)?;
+        }
+        def.check_value(&pa.default)?;
+        let (resolved, level) = pa.resolve();
+        let state = PointState {
+            value: Some(resolved),
+            quality: if level <= OVERRIDE_LEVEL {
+                Quality::Overridden
+            } else {
+                Quality::Ok
+            },
+            reason: None,
+            updated: Utc::now(),
+            level: Some(level),
+        };
+        {
+            let mut slot = self.inner.slots[id.index()].write();
+            slot.priority = Some(pa);
+            slot.state = state.clone();
+        }
+        self.publish(id, state);
+        Ok(())
+    }
+
+    /// Sets a measurement or status from its source. `value = None` with a
+    /// non-Ok quality says there is no honest value. Values of the wrong type
+    /// are refused so that a buggy source cannot corrupt what protocols serve.
+    pub fn set(
+        &self,
+        id: PointId,
+        value: Option<Value>,
+        quality: Quality,
+        reason: Option<&str>,
+    ) -> Result<(), WriteError> {
+        let def = self.def(id).ok_or(WriteError::UnknownPoint)?;
+        if def.writable {
+            // Commandable points only change through the priority array.
+            return Err(WriteError::NotWritable);
+        }
+        let value = match value {
+            Some(v) => {
+                let v = def.coerce(v).or_else(|e| match (e, v) {
+                    // Measurements may legitimately exceed the seed's
+                    // "typical" range; keep the true value.
+                    (ValueError::OutOfRange, Value::Number(n))
+                        if def.kind == Kind::Number && n.is_finite() =>
+                    {
+                        Ok(Value::Number(n))
+                    }
+                    _ => Err(e),
+                })?;
+                Some(v)
+            }
+            None => None,
+        };
+        let now = Utc::now();
+        let new_state = PointState {
+            value,
+            quality,
+            reason: reason.map(Arc::from),
+            updated: now,
+            level: None,
+        };
+        let mut slot = self.inner.slots[id.index()].write();
+        let changed = slot.state.value != new_state.value
+            || slot.state.quality != new_state.quality
+            || slot.state.reason != new_state.reason;
+        let record_his = def.his
+            && value.is_some()
+            && match (slot.last_his, value) {
+                (Some(Value::Number(a)), Some(Value::Number(b))) => {
+                    (a - b).abs() >= def.cov_increment || def.cov_increment == 0.0
+                }
+                (a, b) => a != b,
+            };
+        slot.state = new_state.clone();
+        if record_his {
+            slot.last_his = value;
+        }
+        drop(slot);
+        if let (true, Some(v)) = (record_his, value) {
+            self.push_history(id, def, Sample { at: now, value: v });
+        }
+        if changed {
+            self.publish(id, new_state);
+        }
+        Ok(())
+    }
+
+    /// Marks measurements that were not refreshed in time as Stale. Called
+    /// periodically by the telemetry sampler; sans-IO so tests pass `now`.
+    pub fn expire(&self, now: DateTime<Utc>) -> usize {
+        let mut n = 0;
+        for id in self.ids() {
+            let def = &self.inner.defs[id.index()];
+            if def.writable || def.role != Role::Measurement {
+                continue;
+            }
+            let limit = def.sample_period * self.inner.opts.stale_after_periods.max(1);
+            let mut slot = self.inner.slots[id.index()].write();
+            if slot.state.quality != Quality::Ok {
+                continue;
+            }
+            let age = now.signed_duration_since(slot.state.updated);
+            if age.to_std().is_ok_and(|a| a > limit) {
+                slot.state.quality = Quality::Stale;
+                slot.state.reason = Some(Arc::from("not refreshed within its sample period"));
+                let st = slot.state.clone();
+                drop(slot);
+                self.publish(id, st);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn push_history(&self, id: PointId, def: &PointDef, s: Sample) {
+        let per_period = self.inner.opts.history_retention.as_secs_f64()
+            / def.sample_period.as_secs_f64().max(0.001);
+        let cap = (per_period.ceil() as usize).clamp(1, self.inner.opts.history_cap.max(1));
+        let retention = chrono::Duration::from_std(self.inner.opts.history_retention)
+            .unwrap_or(chrono::Duration::days(7));
+        let mut h = self.inner.history[id.index()].lock();
+        while h.len() >= cap || h.front().is_some_and(|f| s.at - f.at > retention) {
+            h.pop_front();
+        }
+        h.push_back(s);
+    }
+
+    /// Inserts a historical sample (restore from persistence, tests).
+    pub fn insert_history(&self, id: PointId, s: Sample) {
+        if let Some(def) = self.def(id) {
+            self.push_history(id, def, s);
+        }
+    }
+
+    fn publish(&self, id: PointId, state: PointState) {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.inner.watches[id.index()].send_replace(state.clone());
+        // No receivers is not an error: nobody is listening yet.
+        let _ = self.inner.changes.send(Change { id, state, seq });
+    }
+}

@@ -1,0 +1,18 @@
+//! The point database and model: every measurement, command and status as a point, with quality, priority arrays, history and change feeds.
+
+mod db;
+mod maps;
+mod model;
+
+pub use db::{
+    Change, DbOptions, PointDb, PointState, PriorityArray, Protocol, Sample, SlotValue, Source,
+    WriteError, WriteOutcome, WriteRecord, DEFAULT_LEVEL, OVERRIDE_LEVEL, PRIORITY_LEVELS,
+};
+pub use maps::{
+    BacnetMap, BacnetObject, BacnetObjectType, HttpEndpoint, HttpMap, HttpMethod, Maps,
+    ModbusField, ModbusMap, ModbusRegister, ModbusTable, RegType, WordOrder,
+};
+pub use model::{Kind, PointDef, PointId, Quality, Role, SiteEquip, TagValue, Value, ValueError};
+
+#[cfg(test)]
+mod tests;

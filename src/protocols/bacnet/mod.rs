@@ -1,0 +1,1 @@
+//! bacnet server (placeholder until its issue lands).

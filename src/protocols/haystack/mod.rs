@@ -1,0 +1,1 @@
+//! haystack server (placeholder until its issue lands).

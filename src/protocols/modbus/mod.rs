@@ -1,0 +1,1 @@
+//! modbus server (placeholder until its issue lands).

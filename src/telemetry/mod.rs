@@ -1,0 +1,1 @@
+//! Telemetry samplers feeding measurement points (placeholder until its issue lands).

@@ -1,0 +1,4 @@
+//! The one end-to-end test binary: every module starts real servers on 127.0.0.1:0 and talks to them over real sockets.
+
+mod http;
+mod util;
