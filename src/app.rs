@@ -65,6 +65,21 @@ impl App {
             }
         }
 
+        // --- modbus: start (owned by src/protocols/modbus) ---
+        // --- modbus: end ---
+
+        // --- bacnet: start (owned by src/protocols/bacnet) ---
+        // --- bacnet: end ---
+
+        // --- haystack: start (owned by src/protocols/haystack) ---
+        // --- haystack: end ---
+
+        // --- engine: start (owned by src/engine) ---
+        // --- engine: end ---
+
+        // --- telemetry: start (owned by src/telemetry) ---
+        // --- telemetry: end ---
+
         // Communication Status: OK when every enabled listener is bound.
         if let Some(id) = db.lookup("communication_status") {
             let (v, q, r) = if faults.is_empty() {

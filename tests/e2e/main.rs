@@ -1,4 +1,8 @@
 //! The one end-to-end test binary: every module starts real servers on 127.0.0.1:0 and talks to them over real sockets.
 
+mod bacnet;
+mod engine;
+mod haystack;
 mod http;
+mod modbus;
 mod util;

@@ -1,0 +1,1 @@
+//! bacnet end-to-end tests against the running server.

@@ -1,0 +1,1 @@
+//! engine end-to-end tests against the running server.

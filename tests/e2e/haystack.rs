@@ -1,0 +1,1 @@
+//! haystack end-to-end tests against the running server.

@@ -1,0 +1,1 @@
+//! modbus end-to-end tests against the running server.

@@ -1,0 +1,77 @@
+"""pytest fixtures for interop tests: spawn the real castpoint binary on ephemeral loopback ports and read them from its stdout."""
+import os
+import pathlib
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def castpoint_bin():
+    """The binary built by `cargo build` (CASTPOINT_BIN overrides)."""
+    env = os.environ.get("CASTPOINT_BIN")
+    if env:
+        return env
+    for prof in ("debug", "release"):
+        p = ROOT / "target" / prof / "castpoint"
+        if p.exists():
+            return str(p)
+    raise RuntimeError("build castpoint first (cargo build)")
+
+
+class Server:
+    """A running castpoint with its bound addresses: http, bacnet, modbus as (host, port)."""
+
+    def __init__(self, extra_args=(), config=None):
+        self.data = tempfile.mkdtemp(prefix="castpoint-interop-")
+        args = [castpoint_bin(), "run",
+                "--http", "127.0.0.1:0", "--bacnet", "127.0.0.1:0",
+                "--modbus", "127.0.0.1:0", "--data-dir", self.data]
+        if config:
+            args += ["--config", str(config)]
+        args += list(extra_args)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        self.addrs = {}
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("castpoint exited before it was ready")
+            parts = line.split()
+            if parts and parts[0] == "listening":
+                host, port = parts[2].rsplit(":", 1)
+                self.addrs[parts[1]] = (host, int(port))
+            elif parts == ["ready"]:
+                return
+        raise RuntimeError("castpoint did not print 'ready' in 30 s")
+
+    @property
+    def http_base(self):
+        h, p = self.addrs["http"]
+        return f"http://{h}:{p}"
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_server():
+    s = Server()
+    yield s
+    s.stop()
