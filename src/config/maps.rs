@@ -361,6 +361,17 @@ pub fn parse_modbus(file: &str, text: &str, pts: &PointIndex, errs: &mut Errors)
                 }
             },
         };
+        if table == ModbusTable::Coil && !def.writable {
+            errs.push(ConfigError::new(
+                file,
+                key("point"),
+                format!(
+                    "coils are writable but point {:?} is read-only (map it to a discrete input)",
+                    r.point
+                ),
+            ));
+            continue;
+        }
         // Which table/field combinations make sense for the point.
         let kind_ok = match (table, field) {
             (ModbusTable::Coil, ModbusField::Value) => def.kind == Kind::Bool,
@@ -382,17 +393,6 @@ pub fn parse_modbus(file: &str, text: &str, pts: &PointIndex, errs: &mut Errors)
                     r.field.as_deref().unwrap_or("value"),
                     r.point,
                     def.kind.as_str()
-                ),
-            ));
-            continue;
-        }
-        if table == ModbusTable::Coil && !def.writable {
-            errs.push(ConfigError::new(
-                file,
-                key("point"),
-                format!(
-                    "coils are writable but point {:?} is read-only (map it to a discrete input)",
-                    r.point
                 ),
             ));
             continue;

@@ -1,1 +1,265 @@
+//! Tests of configuration loading: the embedded defaults honour seed 000, and every broken file gives an error naming file and key.
 
+use std::path::Path;
+
+use super::*;
+use crate::points::{BacnetObjectType, HttpMethod, Maps, ModbusTable, PointId};
+
+fn embedded() -> Config {
+    Config::embedded().expect("embedded config is valid")
+}
+
+fn id(c: &Config, name: &str) -> PointId {
+    PointId(
+        c.points
+            .iter()
+            .position(|p| p.id == name)
+            .unwrap_or_else(|| panic!("point {name}")) as u16,
+    )
+}
+
+#[test]
+fn seed_point_list_is_complete() {
+    let c = embedded();
+    assert_eq!(c.points.len(), 23);
+    let count = |r: crate::points::Role| c.points.iter().filter(|p| p.role == r).count();
+    assert_eq!(count(crate::points::Role::Measurement), 10);
+    assert_eq!(count(crate::points::Role::Command), 6);
+    assert_eq!(count(crate::points::Role::Status), 7);
+    for p in &c.points {
+        assert!(
+            !p.description.is_empty(),
+            "{} has the seed's description",
+            p.id
+        );
+    }
+}
+
+#[test]
+fn seed_mapping_rows_are_exact() {
+    let c = embedded();
+    let m: &Maps = &c.maps;
+    let rows = [
+        ("active_streams", "AI0", "30001", "/api/streams"),
+        ("connected_viewers", "AI1", "30002", "/api/viewers"),
+        ("total_bitrate_out", "AI2", "30003", "/api/stats"),
+        ("server_status", "MSV0", "40001", "/api/status"),
+        ("stream_status", "MSV1", "40002", "/api/stream"),
+        ("stream_enable", "BO0", "00001", "/api/stream/start"),
+    ];
+    for (p, bacnet, modbus, http) in rows {
+        let pid = id(&c, p);
+        assert_eq!(m.bacnet_address(pid).as_deref(), Some(bacnet), "{p}");
+        assert_eq!(
+            m.modbus_addresses(pid).first().map(String::as_str),
+            Some(modbus),
+            "{p}"
+        );
+        assert!(
+            m.http_paths(pid).iter().any(|(_, path)| path == http),
+            "{p} at {http}"
+        );
+    }
+    let start = m
+        .http
+        .endpoints
+        .iter()
+        .find(|e| e.path == "/api/stream/start")
+        .expect("start");
+    assert_eq!(start.method, HttpMethod::Post);
+}
+
+#[test]
+fn every_point_has_an_address_on_every_protocol() {
+    let c = embedded();
+    for (i, p) in c.points.iter().enumerate() {
+        let pid = PointId(i as u16);
+        assert!(c.maps.bacnet_address(pid).is_some(), "{} bacnet", p.id);
+        assert!(!c.maps.modbus_addresses(pid).is_empty(), "{} modbus", p.id);
+        assert!(!c.maps.http_paths(pid).is_empty(), "{} http", p.id);
+    }
+    // Every measurement has a full-precision 32-bit form beside the 16-bit one.
+    for (i, p) in c.points.iter().enumerate() {
+        if p.role == crate::points::Role::Measurement {
+            let regs: Vec<_> = c
+                .maps
+                .modbus
+                .registers
+                .iter()
+                .filter(|r| r.point == PointId(i as u16) && r.table == ModbusTable::Input)
+                .collect();
+            assert!(regs.iter().any(|r| r.reg_type.width() == 2), "{} f32", p.id);
+        }
+    }
+    let bo0 = c
+        .maps
+        .bacnet
+        .objects
+        .iter()
+        .find(|o| o.object_type == BacnetObjectType::BinaryOutput && o.instance == 0)
+        .expect("BO0");
+    assert_eq!(c.points[bo0.point.index()].id, "stream_enable");
+}
+
+fn load_with(files: &[(&str, &str)], config: &str) -> Result<Config, ConfigErrors> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text) in files {
+        let p = dir.path().join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(p, text).expect("write");
+    }
+    let cfg = dir.path().join("castpoint.toml");
+    std::fs::write(&cfg, config).expect("write config");
+    Config::load(&cfg)
+}
+
+fn one_error(r: Result<Config, ConfigErrors>) -> ConfigError {
+    let e = r.expect_err("must fail");
+    assert!(!e.0.is_empty());
+    e.0[0].clone()
+}
+
+#[test]
+fn unknown_point_in_a_mapping_names_file_and_key() {
+    let modbus = DEFAULT_MODBUS.replacen("point = \"cpu_usage\"", "point = \"cpu_usag\"", 1);
+    let e = one_error(load_with(
+        &[("m.toml", &modbus)],
+        "[mappings]\nmodbus = \"m.toml\"\n",
+    ));
+    assert!(e.file.ends_with("m.toml"), "{e}");
+    assert!(
+        e.key.starts_with("register[") && e.key.ends_with("].point"),
+        "{e}"
+    );
+    assert!(e.message.contains("cpu_usag"), "{e}");
+    // One line, file first.
+    assert!(!e.to_string().contains('\n'));
+}
+
+#[test]
+fn duplicate_addresses_are_refused() {
+    let bacnet = DEFAULT_BACNET.replacen("instance = 1\n", "instance = 0\n", 1);
+    let e = one_error(load_with(
+        &[("b.toml", &bacnet)],
+        "[mappings]\nbacnet = \"b.toml\"\n",
+    ));
+    assert!(e.message.contains("duplicate object AI0"), "{e}");
+    // A 32-bit register overlapping the next one.
+    let modbus = DEFAULT_MODBUS.replacen("address = 30103", "address = 30102", 1);
+    let e = one_error(load_with(
+        &[("m.toml", &modbus)],
+        "[mappings]\nmodbus = \"m.toml\"\n",
+    ));
+    assert!(e.message.contains("overlaps"), "{e}");
+}
+
+#[test]
+fn writes_mapped_to_read_only_points_are_refused() {
+    let extra = "\n[[register]]\npoint = \"cpu_usage\"\ntable = \"coil\"\naddress = 100\n";
+    let e = one_error(load_with(
+        &[("m.toml", &format!("{DEFAULT_MODBUS}{extra}"))],
+        "[mappings]\nmodbus = \"m.toml\"\n",
+    ));
+    assert!(e.message.contains("read-only"), "{e}");
+    let http = format!(
+        "{DEFAULT_HTTP}\n[[endpoint]]\npoint = \"cpu_usage\"\nmethod = \"POST\"\npath = \"/api/cpu\"\n"
+    );
+    let e = one_error(load_with(
+        &[("h.toml", &http)],
+        "[mappings]\nhttp = \"h.toml\"\n",
+    ));
+    assert!(e.message.contains("read-only"), "{e}");
+    let bacnet = DEFAULT_BACNET.replacen(
+        "point = \"active_streams\"\ntype = \"analog-input\"",
+        "point = \"active_streams\"\ntype = \"analog-value\"",
+        1,
+    );
+    let e = one_error(load_with(
+        &[("b.toml", &bacnet)],
+        "[mappings]\nbacnet = \"b.toml\"\n",
+    ));
+    assert!(e.message.contains("commandable"), "{e}");
+}
+
+#[test]
+fn type_mismatches_are_refused() {
+    let bacnet = DEFAULT_BACNET.replacen(
+        "point = \"server_status\"\ntype = \"multi-state-value\"\ninstance = 0",
+        "point = \"server_status\"\ntype = \"analog-input\"\ninstance = 50",
+        1,
+    );
+    let e = one_error(load_with(
+        &[("b.toml", &bacnet)],
+        "[mappings]\nbacnet = \"b.toml\"\n",
+    ));
+    assert!(e.key.ends_with(".type"), "{e}");
+    assert!(e.message.contains("kind enum"), "{e}");
+    let http = DEFAULT_HTTP.replacen("value = true", "value = 7", 1);
+    let e = one_error(load_with(
+        &[("h.toml", &http)],
+        "[mappings]\nhttp = \"h.toml\"\n",
+    ));
+    assert!(e.key.ends_with(".value"), "{e}");
+}
+
+#[test]
+fn broken_point_files_name_the_key() {
+    let dup = DEFAULT_POINTS.replacen("id = \"memory_usage\"", "id = \"cpu_usage\"", 1);
+    let e = one_error(load_with(&[("p.toml", &dup)], "points_file = \"p.toml\"\n"));
+    assert!(e.file.ends_with("p.toml"));
+    assert!(
+        e.key.ends_with(".id") && e.message.contains("duplicate"),
+        "{e}"
+    );
+    let bad_period = DEFAULT_POINTS.replacen("period = \"30s\"", "period = \"soon\"", 1);
+    let e = one_error(load_with(
+        &[("p.toml", &bad_period)],
+        "points_file = \"p.toml\"\n",
+    ));
+    assert!(e.key.ends_with(".period"), "{e}");
+}
+
+#[test]
+fn toml_syntax_errors_give_line_and_column() {
+    let e = one_error(load_with(&[], "[http]\nbind = \n"));
+    assert!(e.key.starts_with("line 2"), "{e}");
+    let e = one_error(load_with(&[], "[http]\nbind = \"nonsense\"\n"));
+    assert_eq!(e.key, "http.bind");
+    let e = one_error(load_with(&[], "[http]\nbindd = \"0.0.0.0:1\"\n"));
+    assert_eq!(e.key, "http.bindd");
+    let e = one_error(load_with(&[], "[modbus]\nunit_ids = [1, 300]\n"));
+    assert_eq!(e.key, "modbus.unit_ids[1]");
+}
+
+#[test]
+fn missing_named_file_is_reported() {
+    let e = one_error(load_with(&[], "[mappings]\nbacnet = \"nope.toml\"\n"));
+    assert_eq!(e.key, "mappings.bacnet");
+    assert!(e.message.contains("cannot read"));
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(
+        parse_duration("1s"),
+        Some(std::time::Duration::from_secs(1))
+    );
+    assert_eq!(
+        parse_duration("1min"),
+        Some(std::time::Duration::from_secs(60))
+    );
+    assert_eq!(
+        parse_duration("1h"),
+        Some(std::time::Duration::from_secs(3600))
+    );
+    assert_eq!(
+        parse_duration("500ms"),
+        Some(std::time::Duration::from_millis(500))
+    );
+    assert_eq!(parse_duration("x"), None);
+    assert_eq!(parse_duration("-1s"), None);
+    assert_eq!(parse_duration("5"), None);
+    let _ = Path::new(".");
+}
