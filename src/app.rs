@@ -78,6 +78,17 @@ impl App {
         // --- engine: end ---
 
         // --- telemetry: start (owned by src/telemetry) ---
+        {
+            let tcfg = crate::telemetry::TelemetryConfig::parse(
+                &cfg.origin,
+                cfg.server.extra.get("telemetry"),
+            )
+            .map_err(|e| anyhow::anyhow!(crate::config::ConfigErrors(e)))?;
+            let gpu = crate::telemetry::gpu_source(&tcfg);
+            let sampler =
+                crate::telemetry::Sampler::new(db.clone(), tcfg, gpu, cfg.server.data_dir.clone());
+            tasks.spawn(sampler.run(shutdown.clone()));
+        }
         // --- telemetry: end ---
 
         // Communication Status: OK when every enabled listener is bound.

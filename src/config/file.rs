@@ -71,8 +71,13 @@ pub struct HaystackSection {
     pub raw: toml::Table,
 }
 
+/// Top-level tables owned by other parts (validated by them); anything
+/// else at the top level is a typo and refused.
+pub const OTHER_SECTIONS: &[&str] = &["telemetry", "profile", "users", "audit", "history", "api"];
+
+// No deny_unknown_fields: serde cannot combine it with `flatten`; unknown
+// top-level keys are refused by hand against OTHER_SECTIONS instead.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Raw {
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
@@ -240,6 +245,11 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<ServerConfig> 
             return None;
         }
     };
+    for k in raw.extra.keys() {
+        if !OTHER_SECTIONS.contains(&k.as_str()) {
+            errs.push(ConfigError::new(file, k.clone(), "unknown key"));
+        }
+    }
     let mut h = Section::new(file, "http", &raw.http);
     let http = HttpSection {
         enabled: h.bool("enabled", true, errs),

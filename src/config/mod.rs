@@ -212,6 +212,13 @@ impl Config {
             modbus: maps::parse_modbus(&mn, &mt, &idx, &mut errs),
             http: maps::parse_http(&hn, &ht, &idx, &mut errs),
         };
+        // Sections owned by other parts are validated here too, so that
+        // `check-config` reports every problem before anything starts.
+        if let Err(e) =
+            crate::telemetry::TelemetryConfig::parse(name, server.extra.get("telemetry"))
+        {
+            errs.extend(e);
+        }
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }

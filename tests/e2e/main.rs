@@ -5,4 +5,5 @@ mod engine;
 mod haystack;
 mod http;
 mod modbus;
+mod telemetry;
 mod util;

@@ -1,0 +1,131 @@
+//! Sampler tests with a fake GPU (CI has none) and the real host probes.
+
+use std::time::Duration;
+
+use super::gpu::Fake;
+use super::status::GpuSample;
+use super::*;
+use crate::config::Config;
+use crate::points::DbOptions;
+
+fn db() -> PointDb {
+    let c = Config::embedded().expect("embedded");
+    PointDb::new(c.points, c.site, DbOptions::default())
+}
+
+fn state(db: &PointDb, id: &str) -> crate::points::PointState {
+    db.read(db.lookup(id).expect("point")).expect("state")
+}
+
+#[test]
+fn gpu_present_path_feeds_points() {
+    let db = db();
+    let fake = Fake::new(vec![Ok(GpuSample {
+        name: "Fake T4".into(),
+        util_pct: 42.0,
+        mem_used_pct: 10.0,
+        temp_c: Some(55.0),
+        encoder_util_pct: Some(12.0),
+        encoder_sessions: Some(2),
+        encoder_latency_ms: Some(7.5),
+    })]);
+    let mut s = Sampler::new(
+        db.clone(),
+        TelemetryConfig::default(),
+        Box::new(fake),
+        ".".into(),
+    );
+    s.sample_gpu();
+    s.derive_statuses();
+    assert_eq!(state(&db, "gpu_usage").value, Some(Value::Number(42.0)));
+    assert_eq!(state(&db, "gpu_usage").quality, Quality::Ok);
+    assert_eq!(
+        state(&db, "encoding_latency").value,
+        Some(Value::Number(7.5))
+    );
+    assert_eq!(state(&db, "gpu_status").value, Some(Value::Enum(1)));
+}
+
+#[test]
+fn missing_gpu_is_unavailable_and_fault_only_when_required() {
+    for (mode, want) in [
+        (GpuMode::Auto, 1),
+        (GpuMode::Required, 3),
+        (GpuMode::None, 1),
+    ] {
+        let db = db();
+        let cfg = TelemetryConfig {
+            gpu: mode,
+            ..TelemetryConfig::default()
+        };
+        let fake = Fake::new(vec![Err("NVML unavailable: LibloadingError".into())]);
+        let mut s = Sampler::new(db.clone(), cfg, Box::new(fake), ".".into());
+        s.sample_gpu();
+        s.derive_statuses();
+        let g = state(&db, "gpu_usage");
+        assert_eq!(g.value, None);
+        assert_eq!(g.quality, Quality::Unavailable);
+        assert!(g.reason.is_some());
+        assert_eq!(
+            state(&db, "gpu_status").value,
+            Some(Value::Enum(want)),
+            "{mode:?}"
+        );
+        // A required GPU that is missing makes the whole server FAULT.
+        let server = state(&db, "server_status");
+        assert_eq!(
+            server.value == Some(Value::Enum(3)),
+            mode == GpuMode::Required,
+            "{mode:?}"
+        );
+    }
+}
+
+#[test]
+fn host_probes_give_real_values() {
+    let db = db();
+    let mut s = Sampler::new(
+        db.clone(),
+        TelemetryConfig::default(),
+        Box::new(gpu::Disabled),
+        ".".into(),
+    );
+    s.sample_mem();
+    s.sample_uptime();
+    std::thread::sleep(Duration::from_millis(250));
+    s.sample_cpu();
+    s.sample_disk();
+    s.derive_statuses();
+    let mem = state(&db, "memory_usage");
+    assert_eq!(mem.quality, Quality::Ok);
+    let m = mem.value.expect("memory").as_f64();
+    assert!(m > 0.0 && m < 100.0, "{m}");
+    let cpu = state(&db, "cpu_usage").value.expect("cpu").as_f64();
+    assert!((0.0..=100.0).contains(&cpu));
+    let up = state(&db, "uptime").value.expect("uptime").as_f64();
+    assert!((0.0..0.1).contains(&up), "{up}");
+    assert!(state(&db, "server_status").value.is_some());
+}
+
+#[test]
+fn config_errors_name_keys() {
+    let t: toml::Value = toml::from_str(
+        "gpu = \"sometimes\"\ncpu_warn = \"high\"\nbogus = 1\n[periods]\ncpu_usage = \"1ms\"\n",
+    )
+    .expect("toml");
+    let e = TelemetryConfig::parse("c.toml", Some(&t)).expect_err("invalid");
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    for k in [
+        "telemetry.gpu",
+        "telemetry.cpu_warn",
+        "telemetry.bogus",
+        "telemetry.periods.cpu_usage",
+    ] {
+        assert!(keys.contains(&k), "{k} in {keys:?}");
+    }
+    let ok: toml::Value =
+        toml::from_str("gpu = \"required\"\n[periods]\ncpu_usage = \"5s\"\n").expect("toml");
+    let c = TelemetryConfig::parse("c.toml", Some(&ok)).expect("valid");
+    assert_eq!(c.gpu, GpuMode::Required);
+    assert_eq!(c.periods.get("cpu_usage"), Some(&Duration::from_secs(5)));
+}
