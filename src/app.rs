@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::persist::Store;
 use crate::points::{DbOptions, Maps, PointDb, Quality, Value};
 
 /// Addresses the running server actually bound (tests bind port 0).
@@ -22,6 +23,7 @@ pub struct BoundAddrs {
 /// A running castpoint.
 pub struct App {
     pub db: PointDb,
+    pub store: Arc<Store>,
     pub maps: Arc<Maps>,
     pub addrs: BoundAddrs,
     shutdown: CancellationToken,
@@ -33,10 +35,46 @@ impl App {
     /// cannot start (a port in use) is logged and reflected in Communication
     /// Status; it never takes the others down.
     pub async fn start(cfg: Config) -> anyhow::Result<App> {
-        let db = PointDb::new(cfg.points.clone(), cfg.site.clone(), DbOptions::default());
+        let pcfg = crate::persist::PersistConfig::parse(&cfg.origin, &cfg.server.extra)
+            .map_err(|e| anyhow::anyhow!(crate::config::ConfigErrors(e)))?;
+        let db = PointDb::new(
+            cfg.points.clone(),
+            cfg.site.clone(),
+            DbOptions {
+                history_retention: pcfg.history_retention,
+                ..DbOptions::default()
+            },
+        );
+        // The store comes first: commands are restored and durable before
+        // any protocol can read or write them.
+        let store = Arc::new(Store::open(&cfg.server.data_dir, pcfg.audit_retention)?);
+        let restored = store.restore(&db)?;
+        let since = chrono::Utc::now()
+            - chrono::Duration::from_std(pcfg.history_retention)
+                .unwrap_or(chrono::Duration::days(7));
+        for id in db.ids().collect::<Vec<_>>() {
+            if let Some(def) = db.def(id) {
+                for s in store.load_history(&def.id, def.kind, since)? {
+                    db.insert_history(id, s);
+                }
+            }
+        }
+        db.set_persister(store.clone());
+        tracing::info!(
+            "state store {} (schema v{}): {restored} command arrays restored",
+            store.path.display(),
+            store.schema_version()
+        );
         let maps = Arc::new(cfg.maps.clone());
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        tasks.spawn(crate::persist::history_flusher(
+            store.clone(),
+            db.clone(),
+            pcfg.history_retention,
+            std::time::Duration::from_secs(10),
+            shutdown.clone(),
+        ));
         let mut addrs = BoundAddrs::default();
         let mut faults: Vec<String> = Vec::new();
 
@@ -48,6 +86,7 @@ impl App {
                         db: db.clone(),
                         maps: maps.clone(),
                         write_priority: cfg.server.http.write_priority,
+                        store: Some(store.clone()),
                     };
                     let router = api::router(state);
                     let token = shutdown.clone();
@@ -106,6 +145,7 @@ impl App {
         tasks.close();
         Ok(App {
             db,
+            store,
             maps,
             addrs,
             shutdown,

@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod engine;
+pub mod persist;
 pub mod points;
 pub mod protocols;
 pub mod telemetry;

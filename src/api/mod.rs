@@ -22,6 +22,8 @@ pub struct ApiState {
     pub maps: Arc<Maps>,
     /// Priority REST writes occupy.
     pub write_priority: u8,
+    /// The durable store (audit log queries); `None` in tests without one.
+    pub store: Option<Arc<crate::persist::Store>>,
 }
 
 /// A JSON error response: `{"error": "...", "status": 404}`.
@@ -66,6 +68,7 @@ pub fn write_error(e: WriteError, point: &str) -> ApiError {
         | WriteError::TypeMismatch
         | WriteError::OutOfRange
         | WriteError::NullDefault => StatusCode::UNPROCESSABLE_ENTITY,
+        WriteError::Storage => StatusCode::SERVICE_UNAVAILABLE,
     };
     ApiError::new(status, format!("{point}: {e}"))
 }
@@ -76,7 +79,9 @@ pub fn router(state: ApiState) -> Router {
     let mut r = Router::new()
         .route("/health", get(health))
         .route("/api/points", get(list_points))
-        .route("/api/points/{id}", get(get_point).post(post_point));
+        .route("/api/points/{id}", get(get_point).post(post_point))
+        .route("/api/points/{id}/history", get(get_history))
+        .route("/api/audit", get(get_audit));
     // The seed endpoints come from mappings/http.toml so that the map is the
     // one place that decides them; /api/points/{id} is served generically.
     for ep in &state.maps.http.endpoints {
@@ -238,4 +243,108 @@ async fn post_point(
     let Json(b) = body?;
     let req = parse_write_body(&s, pid, &b)?;
     do_write(&s, pid, req, peer)
+}
+
+fn parse_time(k: &str, v: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{k}: expected an RFC 3339 time such as 2026-01-31T12:00:00Z ({e})"),
+            )
+        })
+}
+
+/// `GET /api/points/{id}/history?from=&to=` (RFC 3339; default: last 24 h).
+async fn get_history(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let pid = lookup(&s, &id)?;
+    let now = chrono::Utc::now();
+    let mut from = now - chrono::Duration::hours(24);
+    let mut to = now + chrono::Duration::seconds(1);
+    for (k, v) in &q {
+        match k.as_str() {
+            "from" => from = parse_time(k, v)?,
+            "to" => to = parse_time(k, v)?,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {k:?} (from, to)"),
+                ))
+            }
+        }
+    }
+    if from >= to {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "from must be before to",
+        ));
+    }
+    let samples: Vec<serde_json::Value> =
+        s.db.history(pid, from, to)
+            .into_iter()
+            .map(|x| json!({"t": x.at.to_rfc3339(), "v": json::value_json(Some(x.value))}))
+            .collect();
+    Ok(Json(
+        json!({"id": id, "from": from.to_rfc3339(), "to": to.to_rfc3339(), "samples": samples}),
+    ))
+}
+
+/// `GET /api/audit?from=&to=&kind=&target=&source=&before=&limit=`, newest
+/// first; `next` is the `before` of the following page.
+async fn get_audit(
+    State(s): State<ApiState>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let store = s
+        .store
+        .as_ref()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no audit store"))?;
+    let mut f = crate::persist::AuditFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    for (k, v) in &q {
+        match k.as_str() {
+            "from" => f.from = Some(parse_time(k, v)?),
+            "to" => f.to = Some(parse_time(k, v)?),
+            "kind" => f.kind = Some(v.clone()),
+            "target" | "route" | "point" => f.target = Some(v.clone()),
+            "source" | "protocol" => f.source = Some(v.clone()),
+            "before" => {
+                f.before_id = Some(v.parse().map_err(|_| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "before: expected an event id")
+                })?)
+            }
+            "limit" => {
+                f.limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "limit: 1..=1000"))?
+            }
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "unknown parameter {k:?} (from, to, kind, target, source, before, limit)"
+                    ),
+                ))
+            }
+        }
+    }
+    let events = store
+        .query_audit(&f)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let next = if events.len() == f.limit {
+        events.last().map(|e| e.id)
+    } else {
+        None
+    };
+    let list: Vec<_> = events.iter().map(|e| e.to_json()).collect();
+    Ok(Json(json!({"events": list, "next": next})))
 }

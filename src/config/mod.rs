@@ -219,6 +219,9 @@ impl Config {
         {
             errs.extend(e);
         }
+        if let Err(e) = crate::persist::PersistConfig::parse(name, &server.extra) {
+            errs.extend(e);
+        }
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }

@@ -179,6 +179,17 @@ pub enum WriteError {
     OutOfRange,
     #[error("the relinquish default cannot be null")]
     NullDefault,
+    /// The command could not be stored durably, so it was not applied.
+    #[error("the command could not be stored; it was not applied")]
+    Storage,
+}
+
+/// Durable storage of commands, called synchronously inside
+/// [`PointDb::write`] before the write takes effect.
+pub trait Persister: Send + Sync {
+    /// Stores the audit record and, for accepted writes, the point's new
+    /// priority array (point id, array) in one transaction.
+    fn persist(&self, rec: &WriteRecord, pa: Option<(&str, &PriorityArray)>) -> Result<(), String>;
 }
 
 impl From<ValueError> for WriteError {
@@ -248,6 +259,7 @@ struct Inner {
     seq: AtomicU64,
     history: Vec<Mutex<VecDeque<Sample>>>,
     audit: Mutex<VecDeque<Arc<WriteRecord>>>,
+    persister: std::sync::OnceLock<Arc<dyn Persister>>,
 }
 
 /// Cheap-clone handle to the point database.
@@ -327,6 +339,7 @@ impl PointDb {
                 seq: AtomicU64::new(0),
                 history,
                 audit: Mutex::new(VecDeque::new()),
+                persister: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -411,9 +424,18 @@ impl PointDb {
             .collect()
     }
 
+    /// Installs the durable store of commands. Called once at start-up,
+    /// before any protocol can write; later calls are ignored.
+    pub fn set_persister(&self, p: Arc<dyn Persister>) {
+        let _ = self.inner.persister.set(p);
+    }
+
     /// Commands a point through its priority array. `value = None`
     /// relinquishes the level. Level 17 replaces the relinquish default.
-    /// Every attempt is audited, refused ones included.
+    /// Every attempt is audited, refused ones included. With a persister
+    /// installed, the new priority array and the audit record are stored
+    /// durably *before* the write is applied and acknowledged, so a crash
+    /// right after the acknowledgement loses nothing.
     pub fn write(
         &self,
         id: PointId,
@@ -421,28 +443,36 @@ impl PointDb {
         priority: u8,
         source: &Source,
     ) -> Result<WriteOutcome, WriteError> {
-        let res = self.write_inner(id, value, priority, source);
-        let point = self
-            .def(id)
-            .map(|d| d.id.clone())
-            .unwrap_or_else(|| format!("#{}", id.0));
-        let (old, new) = match &res {
-            Ok(o) => (o.old, o.new),
-            Err(_) => {
-                let cur = self.read(id).and_then(|s| s.value);
-                (cur, cur)
-            }
+        let point = match self.def(id) {
+            Some(d) => d.id.clone(),
+            None => format!("#{}", id.0),
         };
-        let rec = Arc::new(WriteRecord {
+        let mut rec = WriteRecord {
             at: Utc::now(),
             point,
             priority,
             requested: value,
-            old,
-            new,
+            old: None,
+            new: None,
             source: source.clone(),
-            result: res.as_ref().map(|_| ()).map_err(|e| *e),
-        });
+            result: Ok(()),
+        };
+        let res = self.write_inner(id, value, priority, &mut rec);
+        if let Err(e) = &res {
+            rec.result = Err(*e);
+            let cur = self.read(id).and_then(|s| s.value);
+            rec.old = cur;
+            rec.new = cur;
+            if *e != WriteError::Storage {
+                if let Some(p) = self.inner.persister.get() {
+                    // Refused writes are audited best-effort: nothing changed.
+                    if let Err(err) = p.persist(&rec, None) {
+                        tracing::warn!("audit of a refused write not stored: {err}");
+                    }
+                }
+            }
+        }
+        let rec = Arc::new(rec);
         {
             let mut a = self.inner.audit.lock();
             if a.len() >= self.inner.opts.audit_cap.max(1) {
@@ -459,7 +489,7 @@ impl PointDb {
         id: PointId,
         value: Option<Value>,
         priority: u8,
-        source: &Source,
+        rec: &mut WriteRecord,
     ) -> Result<WriteOutcome, WriteError> {
         let def = self.def(id).ok_or(WriteError::UnknownPoint)?;
         if !def.writable {
@@ -473,20 +503,31 @@ impl PointDb {
             None => None,
         };
         let slot_lock = &self.inner.slots[id.index()];
+        // The point's lock is held across persistence so that the stored
+        // order of writes to one point is the order they took effect.
         let mut slot = slot_lock.write();
         let old = slot.state.value;
-        let pa = slot.priority.as_mut().ok_or(WriteError::NotWritable)?;
-        let now = Utc::now();
+        let mut pa = slot.priority.clone().ok_or(WriteError::NotWritable)?;
+        let now = rec.at;
         if priority == DEFAULT_LEVEL {
             pa.default = value.ok_or(WriteError::NullDefault)?;
         } else {
             pa.slots[usize::from(priority) - 1] = value.map(|v| SlotValue {
                 value: v,
-                who: source.clone(),
+                who: rec.source.clone(),
                 at: now,
             });
         }
         let (resolved, level) = pa.resolve();
+        rec.old = old;
+        rec.new = Some(resolved);
+        if let Some(p) = self.inner.persister.get() {
+            p.persist(rec, Some((&def.id, &pa))).map_err(|e| {
+                tracing::error!("command to {} not stored, refused: {e}", def.id);
+                WriteError::Storage
+            })?;
+        }
+        slot.priority = Some(pa);
         let quality = if level <= OVERRIDE_LEVEL {
             Quality::Overridden
         } else {

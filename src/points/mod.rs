@@ -5,8 +5,8 @@ mod maps;
 mod model;
 
 pub use db::{
-    Change, DbOptions, PointDb, PointState, PriorityArray, Protocol, Sample, SlotValue, Source,
-    WriteError, WriteOutcome, WriteRecord, DEFAULT_LEVEL, OVERRIDE_LEVEL, PRIORITY_LEVELS,
+    Change, DbOptions, Persister, PointDb, PointState, PriorityArray, Protocol, Sample, SlotValue,
+    Source, WriteError, WriteOutcome, WriteRecord, DEFAULT_LEVEL, OVERRIDE_LEVEL, PRIORITY_LEVELS,
 };
 pub use maps::{
     BacnetMap, BacnetObject, BacnetObjectType, HttpEndpoint, HttpMap, HttpMethod, Maps,

@@ -391,3 +391,34 @@ mod prop {
         }
     }
 }
+
+struct Failing;
+impl Persister for Failing {
+    fn persist(&self, _: &WriteRecord, pa: Option<(&str, &PriorityArray)>) -> Result<(), String> {
+        if pa.is_some() {
+            Err("disk full".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn a_command_that_cannot_be_stored_is_not_applied() {
+    let db = db();
+    db.set_persister(std::sync::Arc::new(Failing));
+    let sp = db.lookup("sp").expect("sp");
+    assert_eq!(
+        db.write(sp, Some(Value::Number(3.0)), 10, &Source::internal()),
+        Err(WriteError::Storage)
+    );
+    let st = db.read(sp).expect("st");
+    assert_eq!(st.value, Some(Value::Number(0.0)));
+    assert!(db
+        .priority_array(sp)
+        .expect("pa")
+        .slots
+        .iter()
+        .all(Option::is_none));
+    assert_eq!(db.audit_tail(1)[0].result, Err(WriteError::Storage));
+}

@@ -5,5 +5,6 @@ mod engine;
 mod haystack;
 mod http;
 mod modbus;
+mod persist;
 mod telemetry;
 mod util;

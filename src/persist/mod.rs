@@ -1,0 +1,623 @@
+//! Durable state in SQLite (WAL): every command point's priority array, the audit log, and point history; restored at start-up.
+//!
+//! Durability: WAL with `synchronous = NORMAL` makes every committed
+//! transaction survive a process crash (kill -9); only an OS crash or power
+//! loss can lose the last transactions. Commands are committed inside
+//! `PointDb::write` before the write is acknowledged (see [`Persister`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::{json, Value as J};
+
+use crate::points::{
+    Kind, Persister, PointDb, PriorityArray, Protocol, Sample, SlotValue, Source, Value,
+    WriteRecord, PRIORITY_LEVELS,
+};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how
+/// many have run. Append only: never edit a released migration.
+const MIGRATIONS: &[&str] = &[
+    // 1: priority arrays, audit log, history.
+    "CREATE TABLE priority_array (
+        point TEXT PRIMARY KEY,
+        array TEXT NOT NULL,
+        updated TEXT NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        target TEXT,
+        protocol TEXT,
+        peer TEXT,
+        user TEXT,
+        priority INTEGER,
+        requested TEXT,
+        old TEXT,
+        new TEXT,
+        result TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX audit_at ON audit(at);
+    CREATE INDEX audit_kind ON audit(kind, id);
+    CREATE INDEX audit_target ON audit(target, id);
+    CREATE INDEX audit_protocol ON audit(protocol, id);
+    CREATE TABLE history (
+        point TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        value REAL NOT NULL
+    );
+    CREATE INDEX history_point_at ON history(point, at);",
+];
+
+/// `[audit]` and `[history]` settings.
+#[derive(Debug, Clone)]
+pub struct PersistConfig {
+    /// Audit events kept (oldest pruned), default 100,000 (seed 001).
+    pub audit_retention: usize,
+    /// History kept, default 7 days (seed 001).
+    pub history_retention: std::time::Duration,
+}
+
+impl Default for PersistConfig {
+    fn default() -> Self {
+        PersistConfig {
+            audit_retention: 100_000,
+            history_retention: std::time::Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+impl PersistConfig {
+    /// Parses `[audit] retention = N` and `[history] retention = "7d"`.
+    pub fn parse(file: &str, extra: &toml::Table) -> Result<Self, Vec<crate::config::ConfigError>> {
+        use crate::config::ConfigError;
+        let mut c = PersistConfig::default();
+        let mut errs = Vec::new();
+        for (section, keyname) in [("audit", "retention"), ("history", "retention")] {
+            let Some(t) = extra.get(section) else {
+                continue;
+            };
+            let Some(t) = t.as_table() else {
+                errs.push(ConfigError::new(file, section, "expected a table"));
+                continue;
+            };
+            for (k, v) in t {
+                let key = format!("{section}.{k}");
+                if k != keyname {
+                    errs.push(ConfigError::new(file, key, "unknown key"));
+                    continue;
+                }
+                if section == "audit" {
+                    match v
+                        .as_integer()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .filter(|n| *n >= 1)
+                    {
+                        Some(n) => c.audit_retention = n,
+                        None => errs.push(ConfigError::new(
+                            file,
+                            key,
+                            "expected a number of events >= 1",
+                        )),
+                    }
+                } else {
+                    match v.as_str().and_then(crate::config::parse_duration) {
+                        Some(d) if d >= std::time::Duration::from_secs(60) => {
+                            c.history_retention = d
+                        }
+                        _ => errs.push(ConfigError::new(
+                            file,
+                            key,
+                            "expected a duration such as \"7d\" (at least 1min)",
+                        )),
+                    }
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(c)
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+/// Audit query filters (all optional) and paging.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub kind: Option<String>,
+    /// Point id or route name.
+    pub target: Option<String>,
+    /// Protocol (`bacnet`, `modbus`, `haystack`, `rest`, `internal`).
+    pub source: Option<String>,
+    /// Only events with an id below this (the `next` of the previous page).
+    pub before_id: Option<i64>,
+    pub limit: usize,
+}
+
+/// One stored audit event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub at: String,
+    pub kind: String,
+    pub target: Option<String>,
+    pub protocol: Option<String>,
+    pub peer: Option<String>,
+    pub user: Option<String>,
+    pub priority: Option<i64>,
+    pub requested: Option<String>,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    pub result: String,
+    pub detail: Option<String>,
+}
+
+impl AuditEvent {
+    pub fn to_json(&self) -> J {
+        json!({
+            "id": self.id, "at": self.at, "kind": self.kind, "target": self.target,
+            "protocol": self.protocol, "peer": self.peer, "user": self.user,
+            "priority": self.priority, "requested": self.requested, "old": self.old,
+            "new": self.new, "result": self.result, "detail": self.detail,
+        })
+    }
+}
+
+/// The SQLite store. One connection behind a mutex: SQLite serialises
+/// writers anyway, and commands are rare next to reads of the in-memory
+/// point database.
+pub struct Store {
+    conn: Mutex<Connection>,
+    audit_cap: i64,
+    pub path: PathBuf,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    // Fixed-width UTC with milliseconds sorts lexically in time order.
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// Text form of a value in the audit log and stored arrays.
+pub fn value_text(v: Option<Value>) -> Option<String> {
+    v.map(|v| match v {
+        Value::Number(n) => format!("{n}"),
+        Value::Bool(b) => format!("{b}"),
+        Value::Enum(e) => format!("#{e}"),
+    })
+}
+
+fn value_json(v: Value) -> J {
+    match v {
+        Value::Number(n) => json!({"n": n}),
+        Value::Bool(b) => json!({"b": b}),
+        Value::Enum(e) => json!({"e": e}),
+    }
+}
+
+fn value_from_json(j: &J) -> Option<Value> {
+    if let Some(n) = j.get("n").and_then(J::as_f64) {
+        return Some(Value::Number(n));
+    }
+    if let Some(b) = j.get("b").and_then(J::as_bool) {
+        return Some(Value::Bool(b));
+    }
+    j.get("e")
+        .and_then(J::as_u64)
+        .and_then(|e| u16::try_from(e).ok())
+        .map(Value::Enum)
+}
+
+fn protocol_from(s: &str) -> Protocol {
+    match s {
+        "bacnet" => Protocol::Bacnet,
+        "modbus" => Protocol::Modbus,
+        "haystack" => Protocol::Haystack,
+        "rest" => Protocol::Rest,
+        _ => Protocol::Internal,
+    }
+}
+
+fn array_json(pa: &PriorityArray) -> String {
+    let slots: Vec<J> = pa
+        .slots
+        .iter()
+        .map(|s| match s {
+            None => J::Null,
+            Some(s) => json!({
+                "v": value_json(s.value),
+                "protocol": s.who.protocol.as_str(),
+                "peer": s.who.peer.map(|p| p.to_string()),
+                "user": s.who.user,
+                "at": ts(s.at),
+            }),
+        })
+        .collect();
+    json!({"slots": slots, "default": value_json(pa.default)}).to_string()
+}
+
+fn array_from_json(text: &str) -> Option<PriorityArray> {
+    let j: J = serde_json::from_str(text).ok()?;
+    let default = value_from_json(j.get("default")?)?;
+    let mut pa = PriorityArray {
+        slots: Default::default(),
+        default,
+    };
+    let slots = j.get("slots")?.as_array()?;
+    for (i, s) in slots.iter().enumerate().take(PRIORITY_LEVELS) {
+        if s.is_null() {
+            continue;
+        }
+        let at = s
+            .get("at")
+            .and_then(J::as_str)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(Utc::now);
+        pa.slots[i] = Some(SlotValue {
+            value: value_from_json(s.get("v")?)?,
+            who: Source {
+                protocol: protocol_from(s.get("protocol").and_then(J::as_str).unwrap_or("")),
+                peer: s
+                    .get("peer")
+                    .and_then(J::as_str)
+                    .and_then(|p| p.parse().ok()),
+                user: s.get("user").and_then(J::as_str).map(String::from),
+            },
+            at,
+        });
+    }
+    Some(pa)
+}
+
+impl Store {
+    /// Opens (creating) `castpoint.db` in `dir` and applies migrations.
+    pub fn open(dir: &Path, audit_cap: usize) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
+        let path = dir.join("castpoint.db");
+        let conn = Connection::open(&path)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let version = usize::try_from(version).unwrap_or(0);
+        if version > MIGRATIONS.len() {
+            anyhow::bail!(
+                "{} has schema version {version}, newer than this castpoint ({}): refusing to downgrade",
+                path.display(),
+                MIGRATIONS.len()
+            );
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(m)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Store {
+            conn: Mutex::new(conn),
+            audit_cap: i64::try_from(audit_cap.max(1)).unwrap_or(i64::MAX),
+            path,
+        })
+    }
+
+    pub fn schema_version(&self) -> i64 {
+        self.conn
+            .lock()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap_or(0)
+    }
+
+    /// Restores every stored priority array into the database; arrays of
+    /// points that no longer exist or no longer validate are skipped (logged).
+    pub fn restore(&self, db: &PointDb) -> anyhow::Result<usize> {
+        let rows: Vec<(String, String)> = {
+            let c = self.conn.lock();
+            let mut st = c.prepare("SELECT point, array FROM priority_array")?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            rows
+        };
+        let mut n = 0;
+        for (point, text) in rows {
+            let Some(id) = db.lookup(&point) else {
+                tracing::warn!("stored commands for unknown point {point} ignored");
+                continue;
+            };
+            match array_from_json(&text) {
+                Some(pa) => match db.restore_priority_array(id, pa) {
+                    Ok(()) => n += 1,
+                    Err(e) => tracing::warn!("stored commands for {point} not restored: {e}"),
+                },
+                None => tracing::warn!("stored commands for {point} unreadable, ignored"),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Appends a non-write event (restart, route change) to the audit log.
+    pub fn record_event(
+        &self,
+        kind: &str,
+        target: Option<&str>,
+        source: &Source,
+        result: &str,
+        detail: &str,
+    ) -> anyhow::Result<i64> {
+        let c = self.conn.lock();
+        let tx = c.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO audit (at, kind, target, protocol, peer, user, result, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                ts(Utc::now()),
+                kind,
+                target,
+                source.protocol.as_str(),
+                source.peer.map(|p| p.to_string()),
+                source.user,
+                result,
+                detail
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        self.prune_audit(&tx, id)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    fn prune_audit(&self, c: &Connection, last_id: i64) -> rusqlite::Result<()> {
+        // Ids only grow, so the newest `cap` events are the ids above
+        // last - cap: a primary-key range delete, cheap at any size.
+        c.execute(
+            "DELETE FROM audit WHERE id <= ?1",
+            params![last_id - self.audit_cap],
+        )?;
+        Ok(())
+    }
+
+    /// Audit events, newest first, with the filters applied.
+    pub fn query_audit(&self, f: &AuditFilter) -> anyhow::Result<Vec<AuditEvent>> {
+        let mut sql = String::from(
+            "SELECT id, at, kind, target, protocol, peer, user, priority, requested, old, new, result, detail
+             FROM audit WHERE 1=1",
+        );
+        let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+        if let Some(t) = f.from {
+            sql.push_str(" AND at >= ?");
+            args.push(Box::new(ts(t)));
+        }
+        if let Some(t) = f.to {
+            sql.push_str(" AND at < ?");
+            args.push(Box::new(ts(t)));
+        }
+        if let Some(k) = &f.kind {
+            sql.push_str(" AND kind = ?");
+            args.push(Box::new(k.clone()));
+        }
+        if let Some(k) = &f.target {
+            sql.push_str(" AND target = ?");
+            args.push(Box::new(k.clone()));
+        }
+        if let Some(k) = &f.source {
+            sql.push_str(" AND protocol = ?");
+            args.push(Box::new(k.clone()));
+        }
+        if let Some(b) = f.before_id {
+            sql.push_str(" AND id < ?");
+            args.push(Box::new(b));
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        args.push(Box::new(f.limit.clamp(1, 1000) as i64));
+        let c = self.conn.lock();
+        let mut st = c.prepare_cached(&sql)?;
+        let rows = st
+            .query_map(
+                rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())),
+                |r| {
+                    Ok(AuditEvent {
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        kind: r.get(2)?,
+                        target: r.get(3)?,
+                        protocol: r.get(4)?,
+                        peer: r.get(5)?,
+                        user: r.get(6)?,
+                        priority: r.get(7)?,
+                        requested: r.get(8)?,
+                        old: r.get(9)?,
+                        new: r.get(10)?,
+                        result: r.get(11)?,
+                        detail: r.get(12)?,
+                    })
+                },
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn audit_count(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .conn
+            .lock()
+            .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))?)
+    }
+
+    /// Appends history samples of one point.
+    pub fn append_history(&self, point: &str, samples: &[Sample]) -> anyhow::Result<()> {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let c = self.conn.lock();
+        let tx = c.unchecked_transaction()?;
+        {
+            let mut st =
+                tx.prepare_cached("INSERT INTO history (point, at, value) VALUES (?1, ?2, ?3)")?;
+            for s in samples {
+                st.execute(params![point, s.at.timestamp_millis(), s.value.as_f64()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The newest stored sample time of a point (to resume flushing).
+    pub fn last_history_at(&self, point: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let c = self.conn.lock();
+        let ms: Option<i64> = c
+            .query_row(
+                "SELECT MAX(at) FROM history WHERE point = ?1",
+                params![point],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        Ok(ms.and_then(|m| Utc.timestamp_millis_opt(m).single()))
+    }
+
+    /// Stored samples of a point since `from`, oldest first.
+    pub fn load_history(
+        &self,
+        point: &str,
+        kind: Kind,
+        from: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<Sample>> {
+        let c = self.conn.lock();
+        let mut st = c.prepare_cached(
+            "SELECT at, value FROM history WHERE point = ?1 AND at >= ?2 ORDER BY at",
+        )?;
+        let rows = st
+            .query_map(params![point, from.timestamp_millis()], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
+            })?
+            .filter_map(Result::ok)
+            .filter_map(|(ms, v)| {
+                let at = Utc.timestamp_millis_opt(ms).single()?;
+                let value = match kind {
+                    Kind::Number => Value::Number(v),
+                    Kind::Bool => Value::Bool(v != 0.0),
+                    Kind::Enum => Value::Enum(v as u16),
+                };
+                Some(Sample { at, value })
+            })
+            .collect();
+        Ok(rows)
+    }
+
+    /// Deletes samples older than `before`; returns how many.
+    pub fn prune_history(&self, before: DateTime<Utc>) -> anyhow::Result<usize> {
+        Ok(self.conn.lock().execute(
+            "DELETE FROM history WHERE at < ?1",
+            params![before.timestamp_millis()],
+        )?)
+    }
+}
+
+impl Persister for Store {
+    fn persist(&self, rec: &WriteRecord, pa: Option<(&str, &PriorityArray)>) -> Result<(), String> {
+        let run = || -> rusqlite::Result<()> {
+            let c = self.conn.lock();
+            let tx = c.unchecked_transaction()?;
+            if let Some((point, pa)) = pa {
+                tx.execute(
+                    "INSERT INTO priority_array (point, array, updated) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(point) DO UPDATE SET array = excluded.array, updated = excluded.updated",
+                    params![point, array_json(pa), ts(rec.at)],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO audit (at, kind, target, protocol, peer, user, priority, requested, old, new, result)
+                 VALUES (?1, 'write', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    ts(rec.at),
+                    rec.point,
+                    rec.source.protocol.as_str(),
+                    rec.source.peer.map(|p| p.to_string()),
+                    rec.source.user,
+                    i64::from(rec.priority),
+                    value_text(rec.requested).unwrap_or_else(|| "null".into()),
+                    value_text(rec.old),
+                    value_text(rec.new),
+                    match &rec.result {
+                        Ok(()) => "ok".to_string(),
+                        Err(e) => format!("refused: {e}"),
+                    },
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            self.prune_audit(&tx, id)?;
+            tx.commit()
+        };
+        run().map_err(|e| e.to_string())
+    }
+}
+
+/// Copies new in-memory history samples to the store every `every`, and
+/// prunes samples older than the retention once an hour.
+pub async fn history_flusher(
+    store: Arc<Store>,
+    db: PointDb,
+    retention: std::time::Duration,
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut last: Vec<DateTime<Utc>> = db
+        .defs()
+        .iter()
+        .map(|d| {
+            store
+                .last_history_at(&d.id)
+                .ok()
+                .flatten()
+                .map(|t| t + chrono::Duration::milliseconds(1))
+                .unwrap_or_else(Utc::now)
+        })
+        .collect();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_prune = std::time::Instant::now();
+    loop {
+        let stopping = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let now = Utc::now() + chrono::Duration::milliseconds(1);
+        for (i, id) in db.ids().enumerate() {
+            let Some(def) = db.def(id) else { continue };
+            if !def.his {
+                continue;
+            }
+            let samples = db.history(id, last[i], now);
+            if let Some(s) = samples.last() {
+                match store.append_history(&def.id, &samples) {
+                    Ok(()) => last[i] = s.at + chrono::Duration::nanoseconds(1),
+                    Err(e) => tracing::warn!("history of {} not stored: {e}", def.id),
+                }
+            }
+        }
+        if last_prune.elapsed() > std::time::Duration::from_secs(3600) {
+            last_prune = std::time::Instant::now();
+            let cutoff = Utc::now()
+                - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
+            if let Err(e) = store.prune_history(cutoff) {
+                tracing::warn!("history prune failed: {e}");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

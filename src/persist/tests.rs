@@ -1,0 +1,173 @@
+//! Store tests: migrations, command round-trip through a restart, audit retention and filters, history.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::config::Config;
+use crate::points::{DbOptions, PointDb};
+
+fn db() -> PointDb {
+    let c = Config::embedded().expect("embedded");
+    PointDb::new(c.points, c.site, DbOptions::default())
+}
+
+fn src() -> Source {
+    Source::new(
+        Protocol::Bacnet,
+        Some("127.0.0.1:47809".parse().expect("addr")),
+        Some("op".into()),
+    )
+}
+
+#[test]
+fn commands_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    {
+        let store = Arc::new(Store::open(dir.path(), 1000).expect("open"));
+        assert_eq!(store.schema_version(), MIGRATIONS.len() as i64);
+        let db = db();
+        db.set_persister(store.clone());
+        let sp = db.lookup("input_select").expect("sp");
+        let en = db.lookup("stream_enable").expect("en");
+        db.write(sp, Some(Value::Number(0.75)), 8, &src())
+            .expect("w");
+        db.write(sp, Some(Value::Number(2.0)), 16, &src())
+            .expect("w");
+        db.write(en, Some(Value::Bool(false)), 10, &src())
+            .expect("w");
+        db.write(en, Some(Value::Bool(true)), 17, &src())
+            .expect("default");
+    }
+    let store = Store::open(dir.path(), 1000).expect("reopen");
+    let db = db();
+    assert_eq!(store.restore(&db).expect("restore"), 2);
+    let sp = db.lookup("input_select").expect("sp");
+    let pa = db.priority_array(sp).expect("pa");
+    let s8 = pa.slots[7].as_ref().expect("slot 8");
+    assert_eq!(s8.value, Value::Number(0.75));
+    assert_eq!(s8.who, src());
+    assert_eq!(pa.slots[15].as_ref().expect("16").value, Value::Number(2.0));
+    assert_eq!(db.read(sp).expect("st").value, Some(Value::Number(0.75)));
+    let en = db.lookup("stream_enable").expect("en");
+    let pa = db.priority_array(en).expect("pa");
+    assert_eq!(pa.default, Value::Bool(true));
+    assert_eq!(db.read(en).expect("st").value, Some(Value::Bool(false)));
+}
+
+#[test]
+fn audit_keeps_exactly_the_newest_cap_events() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(dir.path(), 100).expect("open");
+    for i in 0..101 {
+        store
+            .record_event(
+                "restart",
+                None,
+                &Source::internal(),
+                "ok",
+                &format!("event {i}"),
+            )
+            .expect("event");
+    }
+    assert_eq!(store.audit_count().expect("count"), 100);
+    let page = store
+        .query_audit(&AuditFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .expect("q");
+    assert_eq!(page.len(), 100);
+    assert_eq!(page[0].detail.as_deref(), Some("event 100"));
+    assert_eq!(page[99].detail.as_deref(), Some("event 1"));
+}
+
+#[test]
+fn audit_filters_and_pages() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(Store::open(dir.path(), 1000).expect("open"));
+    let db = db();
+    db.set_persister(store.clone());
+    let sp = db.lookup("input_select").expect("sp");
+    for i in 0..10 {
+        db.write(sp, Some(Value::Number(f64::from(i))), 10, &src())
+            .expect("w");
+    }
+    let _ = db.write(sp, Some(Value::Number(99.0)), 10, &Source::internal());
+    store
+        .record_event("restart", None, &Source::internal(), "ok", "system restart")
+        .expect("ev");
+    let f = |f: AuditFilter| store.query_audit(&f).expect("q");
+    let writes = f(AuditFilter {
+        kind: Some("write".into()),
+        limit: 100,
+        ..Default::default()
+    });
+    assert_eq!(writes.len(), 11);
+    assert!(writes[0].result.starts_with("refused"));
+    let bacnet = f(AuditFilter {
+        source: Some("bacnet".into()),
+        limit: 100,
+        ..Default::default()
+    });
+    assert_eq!(bacnet.len(), 10);
+    assert_eq!(bacnet[0].new.as_deref(), Some("9"));
+    assert_eq!(bacnet[0].old.as_deref(), Some("8"));
+    assert_eq!(bacnet[0].user.as_deref(), Some("op"));
+    let p1 = f(AuditFilter {
+        target: Some("input_select".into()),
+        limit: 4,
+        ..Default::default()
+    });
+    let p2 = f(AuditFilter {
+        target: Some("input_select".into()),
+        limit: 4,
+        before_id: Some(p1[3].id),
+        ..Default::default()
+    });
+    assert_eq!(p1.len(), 4);
+    assert_eq!(p2.len(), 4);
+    assert!(p2[0].id < p1[3].id);
+    let none = f(AuditFilter {
+        from: Some(Utc::now() + chrono::Duration::hours(1)),
+        limit: 10,
+        ..Default::default()
+    });
+    assert!(none.is_empty());
+}
+
+#[test]
+fn history_round_trip_and_prune() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(dir.path(), 10).expect("open");
+    let t0 = Utc::now() - chrono::Duration::days(8) - chrono::Duration::hours(1);
+    let samples: Vec<Sample> = (0..5)
+        .map(|i| Sample {
+            at: t0 + chrono::Duration::days(i),
+            value: Value::Number(i as f64),
+        })
+        .collect();
+    store.append_history("cpu_usage", &samples).expect("append");
+    let back = store
+        .load_history("cpu_usage", Kind::Number, t0)
+        .expect("load");
+    assert_eq!(back.len(), 5);
+    assert_eq!(back[4].value, Value::Number(4.0));
+    let removed = store
+        .prune_history(Utc::now() - chrono::Duration::days(7))
+        .expect("prune");
+    assert_eq!(removed, 2);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    {
+        let s = Store::open(dir.path(), 10).expect("open");
+        s.conn
+            .lock()
+            .pragma_update(None, "user_version", 99)
+            .expect("bump");
+    }
+    let e = Store::open(dir.path(), 10).err().expect("refused");
+    assert!(e.to_string().contains("newer"), "{e}");
+}
