@@ -1,6 +1,7 @@
 //! The HTTP API over the point database: `/health`, the seed endpoints of seed 000, and `/api/points`.
 
 pub mod json;
+pub mod live;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,7 +82,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/points", get(list_points))
         .route("/api/points/{id}", get(get_point).post(post_point))
         .route("/api/points/{id}/history", get(get_history))
-        .route("/api/audit", get(get_audit));
+        .route("/api/audit", get(get_audit))
+        .route("/api/ws", get(live::ws_points))
+        .route("/ws/dashboard", get(live::ws_dashboard))
+        .route("/ws/events/{stream}", get(live::ws_events))
+        .route("/stats", get(live::stats))
+        .route("/metrics", get(live::metrics));
     // The seed endpoints come from mappings/http.toml so that the map is the
     // one place that decides them; /api/points/{id} is served generically.
     for ep in &state.maps.http.endpoints {

@@ -4,6 +4,7 @@ mod bacnet;
 mod engine;
 mod haystack;
 mod http;
+mod live;
 mod modbus;
 mod persist;
 mod telemetry;

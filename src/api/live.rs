@@ -1,0 +1,284 @@
+//! Live feeds: WebSocket `/api/ws` (point changes and writes as they happen), seed 004's `/ws/dashboard` and `/ws/events/{stream}`, `GET /stats` and Prometheus `GET /metrics`.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Value as J};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::json::{point_json, value_json};
+use super::ApiState;
+use crate::points::{PointDb, PointId, PointState, Value};
+
+/// Compact JSON of one change (the full point JSON is in the snapshot).
+fn change_json(db: &PointDb, id: PointId, st: &PointState, seq: u64) -> J {
+    let def = db.def(id);
+    let mut o = json!({
+        "type": "point",
+        "seq": seq,
+        "id": def.map(|d| d.id.as_str()),
+        "value": value_json(st.value),
+        "status": st.quality.as_str(),
+        "reason": st.reason.as_deref(),
+        "updated": st.updated.to_rfc3339(),
+    });
+    if let (Some(Value::Enum(e)), Some(d)) = (st.value, def) {
+        o["state"] = json!(d.state_name(e));
+    }
+    o
+}
+
+fn snapshot(s: &ApiState) -> J {
+    let pts: Vec<J> =
+        s.db.ids()
+            .map(|id| point_json(&s.db, &s.maps, id))
+            .collect();
+    json!({"type": "snapshot", "points": pts})
+}
+
+pub async fn ws_points(ws: WebSocketUpgrade, State(s): State<ApiState>) -> impl IntoResponse {
+    ws.on_upgrade(move |sock| points_feed(sock, s))
+}
+
+/// Sends a snapshot, then every change and write. A client too slow for
+/// the broadcast buffer gets a fresh snapshot instead of stalling writers.
+async fn points_feed(mut sock: WebSocket, s: ApiState) {
+    // Subscribe before the snapshot so no change falls between the two.
+    let mut changes = s.db.subscribe();
+    let mut writes = s.db.subscribe_writes();
+    if send(&mut sock, &snapshot(&s)).await.is_err() {
+        return;
+    }
+    loop {
+        let msg = tokio::select! {
+            c = changes.recv() => match c {
+                Ok(c) => change_json(&s.db, c.id, &c.state, c.seq),
+                Err(RecvError::Lagged(n)) => {
+                    tracing::debug!("websocket client lagged by {n} changes; resending snapshot");
+                    snapshot(&s)
+                }
+                Err(RecvError::Closed) => return,
+            },
+            w = writes.recv() => match w {
+                Ok(w) => json!({
+                    "type": "write",
+                    "point": w.point,
+                    "priority": w.priority,
+                    "value": value_json(w.requested),
+                    "old": value_json(w.old),
+                    "new": value_json(w.new),
+                    "source": w.source.describe(),
+                    "result": match &w.result { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
+                    "at": w.at.to_rfc3339(),
+                }),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            },
+            m = sock.recv() => match m {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(Message::Text(t))) if t.as_str() == "ping" => json!({"type": "pong"}),
+                Some(Ok(Message::Text(t))) if t.as_str() == "snapshot" => snapshot(&s),
+                Some(Ok(_)) => continue,
+            },
+        };
+        if send(&mut sock, &msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn send(sock: &mut WebSocket, v: &J) -> Result<(), axum::Error> {
+    sock.send(Message::Text(v.to_string().into())).await
+}
+
+fn num(db: &PointDb, id: &str) -> J {
+    db.lookup(id)
+        .and_then(|i| db.read(i))
+        .and_then(|s| s.value)
+        .map(|v| json!(v.as_f64()))
+        .unwrap_or(J::Null)
+}
+
+fn state_name(db: &PointDb, id: &str) -> J {
+    let Some(pid) = db.lookup(id) else {
+        return J::Null;
+    };
+    match (db.read(pid).and_then(|s| s.value), db.def(pid)) {
+        (Some(Value::Enum(e)), Some(d)) => json!(d.state_name(e)),
+        _ => J::Null,
+    }
+}
+
+/// The service statistics of seed 004 (`/stats`) plus castpoint's statuses.
+fn stats_json(s: &ApiState) -> J {
+    let db = &s.db;
+    json!({
+        "active_streams": num(db, "active_streams"),
+        "total_viewers": num(db, "connected_viewers"),
+        "total_bitrate_gbps": num(db, "total_bitrate_out"),
+        "uptime_seconds": num(db, "uptime").as_f64().map(|h| (h * 3600.0).round()),
+        "cpu_percent": num(db, "cpu_usage"),
+        "memory_percent": num(db, "memory_usage"),
+        "gpu_percent": num(db, "gpu_usage"),
+        "network_gbps": num(db, "network_throughput"),
+        "dropped_frames": num(db, "dropped_frames"),
+        "server_status": state_name(db, "server_status"),
+        "stream_status": state_name(db, "stream_status"),
+    })
+}
+
+pub async fn stats(State(s): State<ApiState>) -> impl IntoResponse {
+    Json(stats_json(&s))
+}
+
+pub async fn ws_dashboard(ws: WebSocketUpgrade, State(s): State<ApiState>) -> impl IntoResponse {
+    ws.on_upgrade(move |sock| dashboard(sock, s))
+}
+
+/// `{"type": "stats", "data": {...}}` every second and on request
+/// (`status`); `ping` answers `pong` (seed 004's keepalive).
+async fn dashboard(mut sock: WebSocket, s: ApiState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let msg = tokio::select! {
+            _ = tick.tick() => json!({"type": "stats", "data": stats_json(&s)}),
+            m = sock.recv() => match m {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(Message::Text(t))) if t.as_str() == "ping" => json!({"type": "pong"}),
+                Some(Ok(Message::Text(t))) if t.as_str() == "status" => {
+                    json!({"type": "stats", "data": stats_json(&s)})
+                }
+                Some(Ok(_)) => continue,
+            },
+        };
+        if send(&mut sock, &msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Points whose changes are events of a stream.
+const STREAM_POINTS: &[&str] = &[
+    "stream_status",
+    "input_status",
+    "stream_enable",
+    "input_select",
+    "recording_enable",
+    "active_streams",
+    "connected_viewers",
+    "dropped_frames",
+];
+
+pub async fn ws_events(
+    ws: WebSocketUpgrade,
+    Path(stream): Path<String>,
+    State(s): State<ApiState>,
+) -> impl IntoResponse {
+    ws.on_upgrade(move |sock| stream_events(sock, s, stream))
+}
+
+fn stream_status(s: &ApiState, stream: &str) -> J {
+    json!({
+        "type": "status",
+        "stream": stream,
+        "stream_status": state_name(&s.db, "stream_status"),
+        "input_status": state_name(&s.db, "input_status"),
+        "viewers": num(&s.db, "connected_viewers"),
+    })
+}
+
+/// Events of one stream: its status on connect and on `status`, then every
+/// change of a stream point.
+async fn stream_events(mut sock: WebSocket, s: ApiState, stream: String) {
+    let ids: Vec<PointId> = STREAM_POINTS
+        .iter()
+        .filter_map(|p| s.db.lookup(p))
+        .collect();
+    let mut changes = s.db.subscribe();
+    if send(&mut sock, &stream_status(&s, &stream)).await.is_err() {
+        return;
+    }
+    loop {
+        let msg = tokio::select! {
+            c = changes.recv() => match c {
+                Ok(c) if ids.contains(&c.id) => {
+                    let mut j = change_json(&s.db, c.id, &c.state, c.seq);
+                    j["stream"] = json!(stream);
+                    j
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(_)) => stream_status(&s, &stream),
+                Err(RecvError::Closed) => return,
+            },
+            m = sock.recv() => match m {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(Message::Text(t))) if t.as_str() == "ping" => json!({"type": "pong"}),
+                Some(Ok(Message::Text(t))) if t.as_str() == "status" => stream_status(&s, &stream),
+                Some(Ok(_)) => continue,
+            },
+        };
+        if send(&mut sock, &msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Prometheus text exposition: every point as `castpoint_point_value` and
+/// `castpoint_point_quality`, enums also as a state-set gauge.
+pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
+    let mut out = String::with_capacity(8192);
+    out.push_str("# HELP castpoint_point_value Current value of a point (bool 0/1, enum ordinal 1..N).\n# TYPE castpoint_point_value gauge\n");
+    for id in s.db.ids() {
+        let (Some(d), Some(st)) = (s.db.def(id), s.db.read(id)) else {
+            continue;
+        };
+        if let Some(v) = st.value {
+            let _ = writeln!(
+                out,
+                "castpoint_point_value{{point=\"{}\",role=\"{}\",unit=\"{}\"}} {}",
+                d.id,
+                d.role.as_str(),
+                d.unit.as_deref().unwrap_or(""),
+                v.as_f64()
+            );
+        }
+    }
+    out.push_str("# HELP castpoint_point_quality Quality of a point: 0 ok, 1 stale, 2 fault, 3 unavailable, 4 overridden.\n# TYPE castpoint_point_quality gauge\n");
+    for id in s.db.ids() {
+        if let (Some(d), Some(st)) = (s.db.def(id), s.db.read(id)) {
+            let _ = writeln!(
+                out,
+                "castpoint_point_quality{{point=\"{}\"}} {}",
+                d.id,
+                st.quality.code()
+            );
+        }
+    }
+    out.push_str("# HELP castpoint_point_state Enum points as a state set (1 for the current state).\n# TYPE castpoint_point_state gauge\n");
+    for id in s.db.ids() {
+        if let (Some(d), Some(st)) = (s.db.def(id), s.db.read(id)) {
+            for (i, name) in d.states.iter().enumerate() {
+                let on = st.value == Some(Value::Enum((i + 1) as u16));
+                let _ = writeln!(
+                    out,
+                    "castpoint_point_state{{point=\"{}\",state=\"{}\"}} {}",
+                    d.id,
+                    name,
+                    u8::from(on)
+                );
+            }
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}
