@@ -171,3 +171,74 @@ fn a_newer_schema_is_refused() {
     let e = Store::open(dir.path(), 10).err().expect("refused");
     assert!(e.to_string().contains("newer"), "{e}");
 }
+
+/// The seed's retention at full scale: 100,001 events leave exactly
+/// 100,000, newest kept. Prints the time of a filtered page on the full log
+/// (a figure for the notes, not an assertion).
+#[test]
+fn audit_retention_at_full_scale() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(dir.path(), 100_000).expect("open");
+    {
+        // Bulk-load 100,000 events in one transaction (fast), then add the
+        // 100,001st through the normal path, which prunes.
+        let c = store.conn.lock();
+        let tx = c.unchecked_transaction().expect("tx");
+        {
+            let mut st = tx
+                .prepare("INSERT INTO audit (at, kind, target, protocol, result, detail) VALUES (?1, ?2, ?3, ?4, 'ok', ?5)")
+                .expect("prepare");
+            let t0 = Utc::now() - chrono::Duration::days(1);
+            for i in 0..100_000i64 {
+                let kind = if i % 10 == 0 { "route" } else { "write" };
+                let proto = ["bacnet", "modbus", "haystack", "rest"][(i % 4) as usize];
+                st.execute(params![
+                    ts(t0 + chrono::Duration::milliseconds(i * 500)),
+                    kind,
+                    format!("p{}", i % 23),
+                    proto,
+                    format!("event {i}")
+                ])
+                .expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+    store
+        .record_event("restart", None, &Source::internal(), "ok", "event 100000")
+        .expect("last");
+    assert_eq!(store.audit_count().expect("count"), 100_000);
+    let newest = store
+        .query_audit(&AuditFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .expect("q");
+    assert_eq!(newest[0].detail.as_deref(), Some("event 100000"));
+    let oldest_gone = store
+        .query_audit(&AuditFilter {
+            target: Some("p0".into()),
+            kind: Some("route".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .expect("q");
+    assert!(oldest_gone
+        .iter()
+        .all(|e| e.detail.as_deref() != Some("event 0")));
+    let t = std::time::Instant::now();
+    let page = store
+        .query_audit(&AuditFilter {
+            source: Some("modbus".into()),
+            target: Some("p5".into()),
+            from: Some(Utc::now() - chrono::Duration::hours(20)),
+            limit: 100,
+            ..Default::default()
+        })
+        .expect("filtered page");
+    println!(
+        "filtered page of {} events on a 100,000-event log: {:?}",
+        page.len(),
+        t.elapsed()
+    );
+}
