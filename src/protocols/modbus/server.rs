@@ -40,6 +40,9 @@ pub async fn run(
     tasks: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // A flood of refused connections logs once a second, not once each.
+    let mut last_refusal_log: Option<Instant> = None;
+    let mut refused_since_log: u64 = 0;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -48,12 +51,17 @@ pub async fn run(
         match accepted {
             Ok((sock, peer)) => {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(
-                        %peer,
-                        "modbus: connection refused, {} connections open",
-                        limits.max_connections
-                    );
                     drop(sock);
+                    refused_since_log += 1;
+                    if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(
+                            %peer,
+                            "modbus: {refused_since_log} connection(s) refused: max_connections = {} reached",
+                            limits.max_connections
+                        );
+                        last_refusal_log = Some(Instant::now());
+                        refused_since_log = 0;
+                    }
                     continue;
                 };
                 let svc = svc.clone();
