@@ -241,6 +241,30 @@ mod tests {
         );
     }
 
+    /// Enum ordinals and set-points out of range are 03 through the same
+    /// `coerce` every protocol uses (no enum point is writable in the seed
+    /// map, so this is where the enum rule is pinned).
+    #[test]
+    fn written_values_follow_the_point_rules() {
+        let c = crate::config::Config::embedded().expect("embedded config");
+        let def = |id: &str| c.points.iter().find(|p| p.id == id).expect("point");
+        let st = def("server_status");
+        assert_eq!(to_point_value(st, 2.0), Ok(Value::Enum(2)));
+        for bad in [0.0, 4.0, 1.5, -1.0, 65536.0] {
+            assert_eq!(
+                to_point_value(st, bad),
+                Err(Exception::IllegalDataValue),
+                "{bad}"
+            );
+        }
+        let sel = def("input_select");
+        assert_eq!(to_point_value(sel, 16.0), Ok(Value::Number(16.0)));
+        assert_eq!(to_point_value(sel, 17.0), Err(Exception::IllegalDataValue));
+        let en = def("stream_enable");
+        assert_eq!(to_point_value(en, 1.0), Ok(Value::Bool(true)));
+        assert_eq!(to_point_value(en, 2.0), Err(Exception::IllegalDataValue));
+    }
+
     #[test]
     fn spans_find_gaps_and_split_32_bit_values() {
         let map = ModbusMap {
