@@ -105,6 +105,22 @@ impl App {
         }
 
         // --- modbus: start (owned by src/protocols/modbus) ---
+        if cfg.server.modbus.enabled {
+            use crate::protocols::modbus;
+            faults.extend(modbus::config_problems(&cfg.server.modbus));
+            match modbus::start(
+                &cfg.server.modbus,
+                db.clone(),
+                &maps.modbus,
+                shutdown.clone(),
+                &tasks,
+            )
+            .await
+            {
+                Ok(a) => addrs.modbus = Some(a),
+                Err(e) => faults.push(format!("modbus {}: {e}", cfg.server.modbus.bind)),
+            }
+        }
         // --- modbus: end ---
 
         // --- bacnet: start (owned by src/protocols/bacnet) ---

@@ -49,6 +49,23 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Write a protocol map document to stdout.
+    Export {
+        #[command(subcommand)]
+        what: Export,
+    },
+}
+
+#[derive(Subcommand)]
+enum Export {
+    /// The Modbus register map (docs/modbus-map.md is this, as Markdown).
+    ModbusMap {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// md (Markdown) or csv.
+        #[arg(long, default_value = "md", value_parser = ["md", "csv"])]
+        format: String,
+    },
 }
 
 fn load(config: &Option<PathBuf>) -> Result<Config, ExitCode> {
@@ -82,6 +99,21 @@ fn main() -> ExitCode {
         Cmd::Points { config } => match load(&config) {
             Ok(c) => {
                 print!("{}", castpoint::config::table::point_table(&c));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Cmd::Export {
+            what: Export::ModbusMap { config, format },
+        } => match load(&config) {
+            Ok(c) => {
+                use castpoint::protocols::modbus::{map_csv, map_markdown};
+                let f = if format == "csv" {
+                    map_csv
+                } else {
+                    map_markdown
+                };
+                print!("{}", f(&c.points, &c.maps.modbus));
                 ExitCode::SUCCESS
             }
             Err(code) => code,
