@@ -299,7 +299,8 @@ impl Service {
                     }
                     WriteError::UnknownPoint
                     | WriteError::InvalidPriority
-                    | WriteError::NullDefault => Exception::ServerDeviceFailure,
+                    | WriteError::NullDefault
+                    | WriteError::Storage => Exception::ServerDeviceFailure,
                 })?;
         }
         Ok(())
