@@ -460,7 +460,14 @@ fn json_val(v: &HVal) -> serde_json::Value {
         HVal::Bool(b) => J::Bool(b.value),
         HVal::Number(n) => {
             let unit = n.unit.map(|u| u.symbol().to_string());
-            match serde_json::Number::from_f64(n.value) {
+            // Whole numbers within f64's exact integer range go out as JSON
+            // integers (`16`, not `16.0`), as Haxall writes them.
+            let num = if n.value.fract() == 0.0 && n.value.abs() <= 9_007_199_254_740_992.0 {
+                Some(serde_json::Number::from(n.value as i64))
+            } else {
+                serde_json::Number::from_f64(n.value)
+            };
+            match num {
                 Some(num) if unit.is_none() => J::Number(num),
                 Some(num) => {
                     let mut m = kind("number");

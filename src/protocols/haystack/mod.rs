@@ -429,3 +429,178 @@ mod tests {
         assert_eq!(s.users[0].role, Role::Operator);
     }
 }
+
+/// Fuzzing of every parser this module exposes to peers: request grids (Zinc,
+/// JSON), query strings, filters (parse and evaluate), hisRead ranges and
+/// authorization headers. They must return errors, never panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::config::Config;
+    use proptest::prelude::*;
+
+    fn ctx() -> Arc<Ctx> {
+        let cfg = Config::embedded().expect("embedded");
+        let db = PointDb::new(cfg.points.clone(), cfg.site.clone(), Default::default());
+        Ctx::new(db, &cfg.maps, Settings::default())
+    }
+
+    /// Strings built from Zinc/filter/JSON tokens reach deeper than bytes.
+    fn tokens() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop::sample::select(vec![
+                "ver:\"3.0\"",
+                "\n",
+                ",",
+                " ",
+                "id",
+                "filter",
+                "@site",
+                "\"s\"",
+                "\"",
+                "1",
+                "-2.5e3",
+                "%",
+                "_Gbps",
+                "M",
+                "N",
+                "T",
+                "F",
+                "NA",
+                "R",
+                "{",
+                "}",
+                "[",
+                "]",
+                "<<",
+                ">>",
+                "(",
+                ")",
+                "and",
+                "or",
+                "not",
+                "->",
+                "==",
+                "!=",
+                "<",
+                "<=",
+                ">",
+                ">=",
+                "^a",
+                "`u`",
+                "2024-01-01",
+                "2024-01-01T00:00:00Z UTC",
+                "C(1,2)",
+                "Bin(\"x\")",
+                "é",
+                "😀",
+                "\\",
+                "\\u00",
+                "$",
+                "{\"_kind\":\"grid\"",
+                "\"meta\":",
+                "\"rows\":",
+                "\"cols\":",
+                ":",
+                "\"name\"",
+                "{\"_kind\":\"number\",\"val\":",
+                "\"NaN\"",
+                "empty",
+                "today",
+                "yesterday",
+            ]),
+            0..24,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+        #[test]
+        fn request_decoders_never_panic(bytes in prop::collection::vec(proptest::arbitrary::any::<u8>(), 0..256), s in tokens()) {
+            for fmt in [encoding::BodyFormat::Zinc, encoding::BodyFormat::Json] {
+                let _ = encoding::decode_request(fmt, &bytes);
+                let _ = encoding::decode_request(fmt, s.as_bytes());
+            }
+            let _ = encoding::decode_query(&s);
+            let _ = encoding::parse_scalar(&s);
+        }
+
+        #[test]
+        fn filters_parse_and_evaluate_without_panic(s in tokens(), raw in ".{0,64}") {
+            let c = ctx();
+            for f in [s.as_str(), raw.as_str()] {
+                if let Ok(f) = ops::parse_filter(f) {
+                    let _ = c.records.filter(&c.db, &f, 100);
+                }
+            }
+        }
+
+        #[test]
+        fn ranges_and_auth_headers_never_panic(s in tokens(), raw in ".{0,80}") {
+            let now = Utc::now();
+            let _ = ops::parse_range(&libhaystack::val::Value::make_str(&s), now);
+            let _ = ops::parse_range(&libhaystack::val::Value::make_str(&raw), now);
+            let a = Authenticator::new(Vec::new(), Duration::from_secs(1));
+            for h in [format!("HELLO {raw}"), format!("SCRAM {raw}"), format!("SCRAM handshakeToken={s}, data={raw}"), raw.clone()] {
+                let _ = a.handle(&h);
+            }
+        }
+
+        #[test]
+        fn ops_on_decoded_grids_never_panic(s in tokens(), op in prop::sample::select(
+            ops::OPS.iter().map(|o| o.name).collect::<Vec<_>>())) {
+            let c = ctx();
+            let caller = ops::Caller {
+                user: Some("fuzz".into()),
+                role: Some(Role::Admin),
+                peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+                token: None,
+            };
+            if let Ok(g) = encoding::decode_request(encoding::BodyFormat::Zinc, s.as_bytes()) {
+                if let Ok(grid) = ops::dispatch(&c, &caller, op, g) {
+                    for f in [Format::Zinc, Format::Json, Format::JsonV3, Format::Csv] {
+                        let _ = f.encode(&grid);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every grid we emit reads back through libhaystack's Zinc decoder.
+    #[test]
+    fn emitted_zinc_round_trips() {
+        let c = ctx();
+        let caller = ops::Caller {
+            user: Some("t".into()),
+            role: Some(Role::Viewer),
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+            token: None,
+        };
+        for (op, req) in [
+            ("about", ""),
+            ("ops", ""),
+            ("formats", ""),
+            ("filetypes", ""),
+            ("nav", ""),
+            ("read", "ver:\"3.0\"\nfilter\n\"point or site or equip\"\n"),
+            ("pointWrite", "ver:\"3.0\"\nid\n@input_select\n"),
+            ("hisRead", "ver:\"3.0\"\nid,range\n@cpu_usage,\"today\"\n"),
+        ] {
+            let g =
+                encoding::decode_request(encoding::BodyFormat::Zinc, req.as_bytes()).expect("req");
+            let grid = ops::dispatch(&c, &caller, op, g).unwrap_or_else(|_| panic!("{op}"));
+            // Zinc digits may contain `_` separators, so readers split
+            // `100_Gbps` differently: Haxall and phable read unit `_Gbps`,
+            // hszinc `Gbps`, and libhaystack rejects the unknown `Gbps`. The
+            // custom unit is dropped for this structural check only; the
+            // interop tests check what hszinc and phable read.
+            let z = encoding::to_zinc(&grid);
+            let plain = z.replace("_Gbps", "");
+            let back = encoding::decode_request(encoding::BodyFormat::Zinc, plain.as_bytes())
+                .unwrap_or_else(|e| panic!("{op}: {e}\n{z}"));
+            assert_eq!(back.rows.len(), grid.rows.len(), "{op}");
+        }
+    }
+}

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use libhaystack::filter::eval::EvalContext;
+use libhaystack::filter::nodes::{CmpOp, Or, Term};
 use libhaystack::filter::path::Path;
 use libhaystack::filter::{Eval, Filter, PathResolver};
 use libhaystack::units::Unit;
@@ -292,7 +293,7 @@ impl Records {
                 break;
             }
             let ctx = EvalContext::make(d, &libhaystack::defs::namespace::DEFAULT_NS, &resolver);
-            if f.eval(&ctx) {
+            if eval_or(&f.or, &ctx) {
                 out.push(d.clone());
             }
         }
@@ -345,5 +346,63 @@ impl PathResolver for Resolver<'_> {
     fn resolve_ref(&self, r: &Ref) -> Option<Dict> {
         let key = self.recs.key(r.value())?;
         self.recs.dict(self.db, key)
+    }
+}
+
+// libhaystack's filter evaluation orders values of different kinds by enum
+// variant (so `curVal > 50%` matched every Str curVal) and refuses numbers
+// whose units differ even when one side is unitless. The walk below keeps its
+// parser and every other term, and evaluates comparisons per the Haystack
+// filter spec: a missing tag or values of different kinds never match.
+fn eval_or<R: PathResolver>(or: &Or, ctx: &EvalContext<R>) -> bool {
+    or.ands.iter().any(|and| {
+        and.terms.iter().all(|t| match t {
+            Term::Parens(p) => eval_or(&p.or, ctx),
+            Term::Cmp(c) => cmp(&ctx.resolve(&c.path), &c.op, &c.value),
+            other => other.eval(ctx),
+        })
+    })
+}
+
+fn cmp(lhs: &HVal, op: &CmpOp, rhs: &HVal) -> bool {
+    use std::cmp::Ordering;
+    if let HVal::List(l) = lhs {
+        if !matches!(rhs, HVal::List(_)) {
+            return l.iter().any(|el| cmp(el, op, rhs));
+        }
+    }
+    let ord: Option<Ordering> = match (lhs, rhs) {
+        (HVal::Null, _) => return false,
+        (HVal::Number(a), HVal::Number(b)) => match (a.unit, b.unit) {
+            (Some(x), Some(y)) if x != y => None,
+            _ => a.value.partial_cmp(&b.value),
+        },
+        (HVal::Str(a), HVal::Str(b)) => Some(a.cmp(b)),
+        (HVal::Bool(a), HVal::Bool(b)) => Some(a.value.cmp(&b.value)),
+        (HVal::Ref(a), HVal::Ref(b)) => Some(a.value().cmp(b.value())),
+        (HVal::Date(a), HVal::Date(b)) => Some(a.cmp(b)),
+        (HVal::Time(a), HVal::Time(b)) => Some(a.cmp(b)),
+        (HVal::DateTime(a), HVal::DateTime(b)) => Some(a.cmp(b)),
+        (HVal::Uri(a), HVal::Uri(b)) => Some(a.value().cmp(b.value())),
+        (HVal::Symbol(a), HVal::Symbol(b)) => Some(a.value().cmp(b.value())),
+        (a, b) if std::mem::discriminant(a) == std::mem::discriminant(b) => {
+            // Markers, lists, dicts ...: equality only.
+            return match op {
+                CmpOp::Eq => a == b,
+                CmpOp::NotEq => a != b,
+                _ => false,
+            };
+        }
+        _ => None,
+    };
+    match (op, ord) {
+        (CmpOp::NotEq, None) => !matches!(lhs, HVal::Null),
+        (_, None) => false,
+        (CmpOp::Eq, Some(o)) => o == Ordering::Equal,
+        (CmpOp::NotEq, Some(o)) => o != Ordering::Equal,
+        (CmpOp::LessThan, Some(o)) => o == Ordering::Less,
+        (CmpOp::LessThanEq, Some(o)) => o != Ordering::Greater,
+        (CmpOp::GreatThan, Some(o)) => o == Ordering::Greater,
+        (CmpOp::GreatThanEq, Some(o)) => o != Ordering::Less,
     }
 }
