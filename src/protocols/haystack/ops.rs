@@ -193,8 +193,10 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: &str, req: ReqGrid) -> OpResult 
             ]
             .iter()
             .map(|(n, m, recv)| {
+                // `def` is a Str, not a Symbol: Zinc 3.0 readers such as
+                // hszinc cannot parse `^filetype:zinc`.
                 let mut d = mk(vec![
-                    ("def", HVal::make_symbol(&format!("filetype:{n}"))),
+                    ("def", HVal::make_str(&format!("filetype:{n}"))),
                     ("mime", HVal::make_str(m)),
                     ("send", HVal::Marker),
                 ]);
