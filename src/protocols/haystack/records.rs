@@ -288,13 +288,13 @@ impl Records {
             .collect();
         let resolver = Resolver { recs: self, db };
         let mut out = Vec::new();
-        for d in &all {
+        for d in all {
             if out.len() >= limit {
                 break;
             }
-            let ctx = EvalContext::make(d, &libhaystack::defs::namespace::DEFAULT_NS, &resolver);
+            let ctx = EvalContext::make(&d, &libhaystack::defs::namespace::DEFAULT_NS, &resolver);
             if eval_or(&f.or, &ctx) {
-                out.push(d.clone());
+                out.push(d);
             }
         }
         out
