@@ -11,6 +11,7 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::persist::Store;
 use crate::points::{DbOptions, Maps, PointDb, Quality, Value};
+use crate::protocols::haystack;
 
 /// Addresses the running server actually bound (tests bind port 0).
 #[derive(Debug, Clone, Default)]
@@ -78,6 +79,11 @@ impl App {
         let mut addrs = BoundAddrs::default();
         let mut faults: Vec<String> = Vec::new();
 
+        // Routers other parts serve on the HTTP listener (Haystack, engine
+        // HTTP outputs): the listener is bound here, but the server is
+        // spawned after every part's block so each can add its routes first.
+        let mut extra_routes: Vec<axum::Router> = Vec::new();
+        let mut http_server = None;
         if cfg.server.http.enabled {
             match TcpListener::bind(cfg.server.http.bind).await {
                 Ok(l) => {
@@ -88,17 +94,7 @@ impl App {
                         write_priority: cfg.server.http.write_priority,
                         store: Some(store.clone()),
                     };
-                    let router = api::router(state);
-                    let token = shutdown.clone();
-                    tasks.spawn(async move {
-                        let svc = router.into_make_service_with_connect_info::<SocketAddr>();
-                        if let Err(e) = axum::serve(l, svc)
-                            .with_graceful_shutdown(token.cancelled_owned())
-                            .await
-                        {
-                            tracing::error!("http server stopped: {e}");
-                        }
-                    });
+                    http_server = Some((l, api::router(state)));
                 }
                 Err(e) => faults.push(format!("http {}: {e}", cfg.server.http.bind)),
             }
@@ -127,6 +123,16 @@ impl App {
         // --- bacnet: end ---
 
         // --- haystack: start (owned by src/protocols/haystack) ---
+        if cfg.server.haystack.enabled && cfg.server.http.enabled {
+            match haystack::Settings::from_raw(&cfg.server.haystack.raw) {
+                Ok(settings) => {
+                    let ctx = haystack::Ctx::new(db.clone(), &maps, settings);
+                    extra_routes
+                        .push(axum::Router::new().nest("/api/haystack", haystack::router(ctx)));
+                }
+                Err(errs) => faults.extend(errs.into_iter().map(|e| format!("haystack: {e}"))),
+            }
+        }
         // --- haystack: end ---
 
         // --- engine: start (owned by src/engine) ---
@@ -139,12 +145,34 @@ impl App {
                 cfg.server.extra.get("telemetry"),
             )
             .map_err(|e| anyhow::anyhow!(crate::config::ConfigErrors(e)))?;
-            let gpu = crate::telemetry::gpu_source(&tcfg);
-            let sampler =
-                crate::telemetry::Sampler::new(db.clone(), tcfg, gpu, cfg.server.data_dir.clone());
-            tasks.spawn(sampler.run(shutdown.clone()));
+            if tcfg.enabled {
+                let gpu = crate::telemetry::gpu_source(&tcfg);
+                let sampler = crate::telemetry::Sampler::new(
+                    db.clone(),
+                    tcfg,
+                    gpu,
+                    cfg.server.data_dir.clone(),
+                );
+                tasks.spawn(sampler.run(shutdown.clone()));
+            }
         }
         // --- telemetry: end ---
+
+        if let Some((l, mut router)) = http_server {
+            for r in extra_routes {
+                router = router.merge(r);
+            }
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                let svc = router.into_make_service_with_connect_info::<SocketAddr>();
+                if let Err(e) = axum::serve(l, svc)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+                {
+                    tracing::error!("http server stopped: {e}");
+                }
+            });
+        }
 
         // Communication Status: OK when every enabled listener is bound.
         if let Some(id) = db.lookup("communication_status") {

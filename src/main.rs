@@ -49,6 +49,15 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print a `[[haystack.user]]` entry (salted SCRAM keys) for castpoint.toml;
+    /// the password is read from CASTPOINT_PASSWORD or the first line of stdin.
+    HaystackUser {
+        name: String,
+        #[arg(long, default_value = "operator")]
+        role: String,
+        #[arg(long, default_value_t = 10_000)]
+        iterations: u32,
+    },
     /// Write a protocol map document to stdout.
     Export {
         #[command(subcommand)]
@@ -117,6 +126,20 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(code) => code,
+        },
+        Cmd::HaystackUser {
+            name,
+            role,
+            iterations,
+        } => match castpoint::protocols::haystack::user_entry_cli(&name, &role, iterations) {
+            Ok(entry) => {
+                print!("{entry}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
         },
         Cmd::Run {
             config,

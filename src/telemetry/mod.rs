@@ -22,6 +22,9 @@ use status::{GpuMode, GpuSample, MemoryGrowth, ServerInputs, Thresholds};
 /// `[telemetry]` settings.
 #[derive(Debug, Clone)]
 pub struct TelemetryConfig {
+    /// Off: nothing is sampled and measurements stay `unavailable` (tests
+    /// that drive points by hand, or a gateway with its own probes).
+    pub enabled: bool,
     pub gpu: GpuMode,
     pub gpu_index: u32,
     /// Interfaces counted in Network Throughput; empty = all non-loopback.
@@ -38,6 +41,7 @@ pub struct TelemetryConfig {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
+            enabled: true,
             gpu: GpuMode::Auto,
             gpu_index: 0,
             interfaces: Vec::new(),
@@ -71,6 +75,10 @@ impl TelemetryConfig {
                     .filter(|x| (0.0..=200.0).contains(x))
             };
             match k.as_str() {
+                "enabled" => match v.as_bool() {
+                    Some(b) => c.enabled = b,
+                    None => errs.push(err(k, "expected true or false")),
+                },
                 "gpu" => match v.as_str().and_then(GpuMode::parse) {
                     Some(m) => c.gpu = m,
                     None => errs.push(err(k, "expected \"auto\", \"required\" or \"none\"")),

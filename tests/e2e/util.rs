@@ -3,15 +3,29 @@
 use castpoint::app::App;
 use castpoint::config::Config;
 
-/// Starts castpoint in-process with every listener on 127.0.0.1:0.
+/// Starts castpoint in-process with every listener on 127.0.0.1:0 and
+/// telemetry off, so tests that set points by hand are not raced by the
+/// sampler (telemetry's own tests turn it on).
 pub async fn start() -> App {
     let mut cfg = Config::embedded().expect("embedded config is valid");
     loopback(&mut cfg);
     App::start(cfg).await.expect("app starts")
 }
 
-/// Moves every bind of a config to an ephemeral loopback port.
+/// Turns telemetry off in a config that has no `[telemetry]` of its own.
+pub fn quiet(cfg: &mut Config) {
+    let mut t = toml::Table::new();
+    t.insert("enabled".into(), toml::Value::Boolean(false));
+    cfg.server
+        .extra
+        .entry("telemetry")
+        .or_insert(toml::Value::Table(t));
+}
+
+/// Moves every bind of a config to an ephemeral loopback port, in a fresh
+/// data dir, with telemetry off unless the config configures it.
 pub fn loopback(cfg: &mut Config) {
+    quiet(cfg);
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("literal address");
     cfg.server.http.bind = any;
     cfg.server.bacnet.bind = any;

@@ -26,6 +26,10 @@ class Server:
     """A running castpoint with its bound addresses: http, bacnet, modbus as (host, port)."""
 
     def __init__(self, extra_args=(), config=None):
+        # Default: no telemetry sampler, so values only change when a test
+        # changes them (reads over two protocols are then comparable).
+        if config is None:
+            config = pathlib.Path(__file__).parent / "quiet.toml"
         self.data = tempfile.mkdtemp(prefix="castpoint-interop-")
         args = [castpoint_bin(), "run",
                 "--http", "127.0.0.1:0", "--bacnet", "127.0.0.1:0",

@@ -1,1 +1,606 @@
-//! haystack server (placeholder until its issue lands).
+//! Project Haystack 4 HTTP server (`/api/haystack/{op}`): records over the point database, Zinc/JSON/CSV, filters, watches, pointWrite, hisRead and SCRAM auth.
+//!
+//! Layout: [`records`] turns points into Haystack records, [`ops`] implements
+//! the ops, [`encoding`] owns the wire formats, [`auth`] the HELLO/SCRAM/
+//! bearer exchange and [`watch`] the leased subscriptions. This module is
+//! the HTTP edge: negotiation, authentication and the status codes (only
+//! 400/401/403/404/405/406/415 — op failures are error grids with HTTP 200,
+//! as Haxall does).
+
+pub mod auth;
+pub mod encoding;
+pub mod ops;
+pub mod records;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use chrono::{DateTime, Utc};
+
+use crate::config::parse_duration;
+use crate::points::{Maps, PointDb};
+use auth::{AuthReply, Authenticator, Role, User};
+use encoding::{BodyFormat, Format, Grid};
+use ops::{Caller, OpError};
+use records::Records;
+use watch::Watches;
+
+/// Validated `[haystack]` options (the keys beyond `enabled`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Allow read-only ops without authentication.
+    pub anonymous_read: bool,
+    /// How long a bearer token lives.
+    pub token_ttl: Duration,
+    /// Lease of a watch when watchSub names none, and the longest allowed.
+    pub watch_lease: Duration,
+    pub max_watch_lease: Duration,
+    /// Priority level invokeAction writes at.
+    pub action_level: u8,
+    pub server_name: String,
+    pub users: Vec<User>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            anonymous_read: false,
+            token_ttl: Duration::from_secs(3600),
+            watch_lease: Duration::from_secs(60),
+            max_watch_lease: Duration::from_secs(3600),
+            action_level: 16,
+            server_name: "castpoint".into(),
+            users: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Parses the `[haystack]` table's own keys; every error names
+    /// `haystack.<key>`.
+    pub fn from_raw(raw: &toml::Table) -> Result<Settings, Vec<String>> {
+        let mut s = Settings::default();
+        let mut errs = Vec::new();
+        for (k, v) in raw {
+            let key = format!("haystack.{k}");
+            match k.as_str() {
+                "anonymous_read" => match v.as_bool() {
+                    Some(b) => s.anonymous_read = b,
+                    None => errs.push(format!("{key}: expected true or false")),
+                },
+                "token_ttl" | "watch_lease" | "max_watch_lease" => {
+                    match v.as_str().and_then(parse_duration) {
+                        Some(d) if d >= Duration::from_secs(1) => match k.as_str() {
+                            "token_ttl" => s.token_ttl = d,
+                            "watch_lease" => s.watch_lease = d,
+                            _ => s.max_watch_lease = d,
+                        },
+                        _ => errs.push(format!(
+                            "{key}: expected a duration of at least 1s (e.g. \"1h\")"
+                        )),
+                    }
+                }
+                "action_level" => match v.as_integer() {
+                    Some(n @ 1..=16) => s.action_level = n as u8,
+                    _ => errs.push(format!("{key}: expected an integer 1..=16")),
+                },
+                "server_name" => match v.as_str() {
+                    Some(n) => s.server_name = n.to_string(),
+                    None => errs.push(format!("{key}: expected a string")),
+                },
+                "user" => match v.as_array() {
+                    Some(a) => {
+                        for (i, u) in a.iter().enumerate() {
+                            match parse_user(u) {
+                                Ok(u) => {
+                                    if s.users.iter().any(|x| x.name == u.name) {
+                                        errs.push(format!(
+                                            "{key}[{i}].name: duplicate user {:?}",
+                                            u.name
+                                        ));
+                                    }
+                                    s.users.push(u);
+                                }
+                                Err(e) => errs.push(format!("{key}[{i}].{e}")),
+                            }
+                        }
+                    }
+                    None => errs.push(format!("{key}: expected [[haystack.user]] tables")),
+                },
+                _ => errs.push(format!("{key}: unknown key")),
+            }
+        }
+        if s.watch_lease > s.max_watch_lease {
+            errs.push("haystack.watch_lease: longer than haystack.max_watch_lease".into());
+        }
+        if errs.is_empty() {
+            Ok(s)
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+fn parse_user(v: &toml::Value) -> Result<User, String> {
+    let t = v.as_table().ok_or("(entry): expected a table")?;
+    for k in t.keys() {
+        if ![
+            "name",
+            "role",
+            "salt",
+            "iterations",
+            "stored_key",
+            "server_key",
+        ]
+        .contains(&k.as_str())
+        {
+            return Err(format!(
+                "{k}: unknown key (passwords are never stored; use `castpoint haystack-user`)"
+            ));
+        }
+    }
+    let s = |k: &str| -> Result<&str, String> {
+        t.get(k)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| format!("{k}: expected a string"))
+    };
+    let name = s("name")?.to_string();
+    if name.is_empty() || name.contains([',', '=']) {
+        return Err("name: must be non-empty without ',' or '='".into());
+    }
+    let role = Role::parse(s("role")?).ok_or("role: expected viewer, operator or admin")?;
+    let salt = auth::b64_decode(s("salt")?)
+        .filter(|b| !b.is_empty())
+        .ok_or("salt: expected base64")?;
+    let iterations = t
+        .get("iterations")
+        .and_then(|v| v.as_integer())
+        .filter(|n| (1000..=10_000_000).contains(n))
+        .ok_or("iterations: expected an integer 1000..=10000000")? as u32;
+    let key = |k: &str| -> Result<[u8; 32], String> {
+        auth::b64_decode(s(k)?)
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .ok_or_else(|| format!("{k}: expected 32 bytes of base64 (SHA-256)"))
+    };
+    Ok(User {
+        name,
+        role,
+        salt,
+        iterations,
+        stored_key: key("stored_key")?,
+        server_key: key("server_key")?,
+    })
+}
+
+/// Everything the ops need; shared by every request.
+pub struct Ctx {
+    pub db: PointDb,
+    pub records: Records,
+    pub auth: Authenticator,
+    pub watches: Watches,
+    pub settings: Settings,
+    pub boot: DateTime<Utc>,
+}
+
+impl Ctx {
+    pub fn new(db: PointDb, maps: &Maps, settings: Settings) -> Arc<Ctx> {
+        Arc::new(Ctx {
+            records: Records::build(&db, maps),
+            auth: Authenticator::new(settings.users.clone(), settings.token_ttl),
+            watches: Watches::new(settings.watch_lease, settings.max_watch_lease),
+            db,
+            settings,
+            boot: Utc::now(),
+        })
+    }
+}
+
+/// The Haystack router: `/{op}`, to be nested under `/api/haystack`.
+/// Needs `into_make_service_with_connect_info::<SocketAddr>` for the peer
+/// address that writes are audited with.
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    Router::new().route("/{op}", any(handle)).with_state(ctx)
+}
+
+fn status(code: StatusCode, msg: &str) -> Response {
+    let mut r = (code, format!("{msg}\n")).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn with_header(mut r: Response, name: header::HeaderName, v: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(v) {
+        r.headers_mut().insert(name, v);
+    }
+    r
+}
+
+fn unauthorized() -> Response {
+    with_header(
+        status(
+            StatusCode::UNAUTHORIZED,
+            "authentication required (HELLO, then SCRAM)",
+        ),
+        header::WWW_AUTHENTICATE,
+        "HELLO",
+    )
+}
+
+fn grid_response(fmt: Format, g: &Grid) -> Response {
+    let mut r = Response::new(Body::from(fmt.encode(g)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(fmt.content_type()),
+    );
+    r
+}
+
+async fn handle(State(ctx): State<Arc<Ctx>>, Path(op): Path<String>, req: Request) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    let headers = req.headers().clone();
+    let hdr = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
+    let Some(fmt) = Format::from_accept(hdr(header::ACCEPT)) else {
+        return status(
+            StatusCode::NOT_ACCEPTABLE,
+            "acceptable types: text/zinc, application/json (version=3 for Haystack 3 JSON), text/csv",
+        );
+    };
+
+    // --- authentication
+    let mut caller = Caller {
+        user: None,
+        role: None,
+        peer,
+        token: None,
+    };
+    match hdr(header::AUTHORIZATION) {
+        Some(a) => {
+            let a = a.trim();
+            let scheme = a.split(' ').next().unwrap_or("").to_ascii_uppercase();
+            if scheme == "BEARER" {
+                let token = a[scheme.len()..]
+                    .split(',')
+                    .filter_map(|p| p.trim().split_once('='))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("authToken"))
+                    .map(|(_, v)| v.trim().to_string());
+                match token.and_then(|t| ctx.auth.session(&t).map(|s| (t, s))) {
+                    Some((t, s)) => {
+                        caller.user = Some(s.user);
+                        caller.role = Some(s.role);
+                        caller.token = Some(t);
+                    }
+                    // Expired or unknown: 403 tells the client to log in again.
+                    None => return status(StatusCode::FORBIDDEN, "invalid or expired auth token"),
+                }
+            } else if scheme == "HELLO" || scheme == "SCRAM" {
+                return match ctx.auth.handle(a) {
+                    AuthReply::Challenge(c) => with_header(
+                        status(StatusCode::UNAUTHORIZED, "continue authentication"),
+                        header::WWW_AUTHENTICATE,
+                        &c,
+                    ),
+                    AuthReply::Issued(info) => with_header(
+                        status(StatusCode::OK, "authenticated"),
+                        header::HeaderName::from_static("authentication-info"),
+                        &info,
+                    ),
+                    AuthReply::Forbidden(why) => status(StatusCode::FORBIDDEN, why),
+                    AuthReply::BadRequest(why) => status(StatusCode::BAD_REQUEST, why),
+                };
+            } else {
+                return unauthorized();
+            }
+        }
+        None if ctx.settings.anonymous_read => {}
+        None => return unauthorized(),
+    }
+
+    // --- routing
+    let Some(def) = ops::find(&op) else {
+        return status(StatusCode::NOT_FOUND, &format!("unknown op {op:?}"));
+    };
+    let method = req.method().clone();
+    let allow = if def.post_only { "POST" } else { "GET, POST" };
+    let allowed = method == Method::POST || (method == Method::GET && !def.post_only);
+    if !allowed {
+        return with_header(
+            status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{op} accepts {allow}"),
+            ),
+            header::ALLOW,
+            allow,
+        );
+    }
+    let query = req.uri().query().unwrap_or("").to_string();
+    let body_fmt = BodyFormat::from_content_type(hdr(header::CONTENT_TYPE));
+    let body = match axum::body::to_bytes(req.into_body(), encoding::MAX_REQUEST).await {
+        Ok(b) => b,
+        Err(_) => {
+            return grid_response(
+                fmt,
+                &Grid::error(&format!(
+                    "request larger than {} bytes",
+                    encoding::MAX_REQUEST
+                )),
+            )
+        }
+    };
+    let decoded = if method == Method::GET || (body.is_empty() && !query.is_empty()) {
+        encoding::decode_query(&query)
+    } else {
+        let Some(bf) = body_fmt else {
+            return status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "request grids are text/zinc or application/json",
+            );
+        };
+        encoding::decode_request(bf, &body)
+    };
+    let req_grid = match decoded {
+        Ok(g) => g,
+        Err(e) => return grid_response(fmt, &Grid::error(&e)),
+    };
+    match ops::dispatch(&ctx, &caller, &op, req_grid) {
+        Ok(g) => grid_response(fmt, &g),
+        Err(OpError::Grid(e)) => {
+            tracing::debug!(op, peer = %peer, "haystack op error: {e}");
+            grid_response(fmt, &Grid::error(&e))
+        }
+        Err(OpError::Unauthenticated) => unauthorized(),
+    }
+}
+
+/// Prints a `[[haystack.user]]` entry for `castpoint haystack-user`; the
+/// password comes from `CASTPOINT_PASSWORD` or the first line of stdin.
+pub fn user_entry_cli(name: &str, role: &str, iterations: u32) -> Result<String, String> {
+    let role = Role::parse(role).ok_or("role must be viewer, operator or admin")?;
+    if !(1000..=10_000_000).contains(&iterations) {
+        return Err("iterations must be 1000..=10000000".into());
+    }
+    let password = match std::env::var("CASTPOINT_PASSWORD") {
+        Ok(p) => p,
+        Err(_) => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    auth::user_entry(name, role, &password, iterations)
+        .ok_or_else(|| "no randomness available".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_and_name_keys() {
+        let t: toml::Table = toml::from_str(
+            r#"
+            anonymous_read = true
+            token_ttl = "10min"
+            bogus = 1
+            [[user]]
+            name = "a"
+            role = "admin"
+            salt = "c2FsdA"
+            iterations = 100
+            stored_key = "x"
+            server_key = "y"
+            "#,
+        )
+        .expect("toml");
+        let e = Settings::from_raw(&t).expect_err("errors");
+        assert!(
+            e.iter().any(|m| m == "haystack.bogus: unknown key"),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("haystack.user[0].iterations")),
+            "{e:?}"
+        );
+        let entry = auth::user_entry("bob", Role::Operator, "pw", 4096).expect("entry");
+        let t: toml::Table =
+            toml::from_str(&entry.replace("[[haystack.user]]", "[[user]]")).expect("toml");
+        let s = Settings::from_raw(&t).expect("valid");
+        assert_eq!(s.users[0].name, "bob");
+        assert_eq!(s.users[0].role, Role::Operator);
+    }
+}
+
+/// Fuzzing of every parser this module exposes to peers: request grids (Zinc,
+/// JSON), query strings, filters (parse and evaluate), hisRead ranges and
+/// authorization headers. They must return errors, never panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::config::Config;
+    use proptest::prelude::*;
+
+    fn ctx() -> Arc<Ctx> {
+        let cfg = Config::embedded().expect("embedded");
+        let db = PointDb::new(cfg.points.clone(), cfg.site.clone(), Default::default());
+        Ctx::new(db, &cfg.maps, Settings::default())
+    }
+
+    /// Strings built from Zinc/filter/JSON tokens reach deeper than bytes.
+    fn tokens() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop::sample::select(vec![
+                "ver:\"3.0\"",
+                "\n",
+                ",",
+                " ",
+                "id",
+                "filter",
+                "@site",
+                "\"s\"",
+                "\"",
+                "1",
+                "-2.5e3",
+                "%",
+                "_Gbps",
+                "M",
+                "N",
+                "T",
+                "F",
+                "NA",
+                "R",
+                "{",
+                "}",
+                "[",
+                "]",
+                "<<",
+                ">>",
+                "(",
+                ")",
+                "and",
+                "or",
+                "not",
+                "->",
+                "==",
+                "!=",
+                "<",
+                "<=",
+                ">",
+                ">=",
+                "^a",
+                "`u`",
+                "2024-01-01",
+                "2024-01-01T00:00:00Z UTC",
+                "C(1,2)",
+                "Bin(\"x\")",
+                "é",
+                "😀",
+                "\\",
+                "\\u00",
+                "$",
+                "{\"_kind\":\"grid\"",
+                "\"meta\":",
+                "\"rows\":",
+                "\"cols\":",
+                ":",
+                "\"name\"",
+                "{\"_kind\":\"number\",\"val\":",
+                "\"NaN\"",
+                "empty",
+                "today",
+                "yesterday",
+            ]),
+            0..24,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+        #[test]
+        fn request_decoders_never_panic(bytes in prop::collection::vec(proptest::arbitrary::any::<u8>(), 0..256), s in tokens()) {
+            for fmt in [encoding::BodyFormat::Zinc, encoding::BodyFormat::Json] {
+                let _ = encoding::decode_request(fmt, &bytes);
+                let _ = encoding::decode_request(fmt, s.as_bytes());
+            }
+            let _ = encoding::decode_query(&s);
+            let _ = encoding::parse_scalar(&s);
+        }
+
+        #[test]
+        fn filters_parse_and_evaluate_without_panic(s in tokens(), raw in ".{0,64}") {
+            let c = ctx();
+            for f in [s.as_str(), raw.as_str()] {
+                if let Ok(f) = ops::parse_filter(f) {
+                    let _ = c.records.filter(&c.db, &f, 100);
+                }
+            }
+        }
+
+        #[test]
+        fn ranges_and_auth_headers_never_panic(s in tokens(), raw in ".{0,80}") {
+            let now = Utc::now();
+            let _ = ops::parse_range(&libhaystack::val::Value::make_str(&s), now);
+            let _ = ops::parse_range(&libhaystack::val::Value::make_str(&raw), now);
+            let a = Authenticator::new(Vec::new(), Duration::from_secs(1));
+            for h in [format!("HELLO {raw}"), format!("SCRAM {raw}"), format!("SCRAM handshakeToken={s}, data={raw}"), raw.clone()] {
+                let _ = a.handle(&h);
+            }
+        }
+
+        #[test]
+        fn ops_on_decoded_grids_never_panic(s in tokens(), op in prop::sample::select(
+            ops::OPS.iter().map(|o| o.name).collect::<Vec<_>>())) {
+            let c = ctx();
+            let caller = ops::Caller {
+                user: Some("fuzz".into()),
+                role: Some(Role::Admin),
+                peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+                token: None,
+            };
+            if let Ok(g) = encoding::decode_request(encoding::BodyFormat::Zinc, s.as_bytes()) {
+                if let Ok(grid) = ops::dispatch(&c, &caller, op, g) {
+                    for f in [Format::Zinc, Format::Json, Format::JsonV3, Format::Csv] {
+                        let _ = f.encode(&grid);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every grid we emit reads back through libhaystack's Zinc decoder.
+    #[test]
+    fn emitted_zinc_round_trips() {
+        let c = ctx();
+        let caller = ops::Caller {
+            user: Some("t".into()),
+            role: Some(Role::Viewer),
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+            token: None,
+        };
+        for (op, req) in [
+            ("about", ""),
+            ("ops", ""),
+            ("formats", ""),
+            ("filetypes", ""),
+            ("nav", ""),
+            ("read", "ver:\"3.0\"\nfilter\n\"point or site or equip\"\n"),
+            ("pointWrite", "ver:\"3.0\"\nid\n@input_select\n"),
+            ("hisRead", "ver:\"3.0\"\nid,range\n@cpu_usage,\"today\"\n"),
+        ] {
+            let g =
+                encoding::decode_request(encoding::BodyFormat::Zinc, req.as_bytes()).expect("req");
+            let grid = ops::dispatch(&c, &caller, op, g).unwrap_or_else(|_| panic!("{op}"));
+            // Zinc digits may contain `_` separators, so readers split
+            // `100_Gbps` differently: Haxall and phable read unit `_Gbps`,
+            // hszinc `Gbps`, and libhaystack rejects the unknown `Gbps`. The
+            // custom unit is dropped for this structural check only; the
+            // interop tests check what hszinc and phable read.
+            let z = encoding::to_zinc(&grid);
+            let plain = z.replace("_Gbps", "");
+            let back = encoding::decode_request(encoding::BodyFormat::Zinc, plain.as_bytes())
+                .unwrap_or_else(|e| panic!("{op}: {e}\n{z}"));
+            assert_eq!(back.rows.len(), grid.rows.len(), "{op}");
+        }
+    }
+}

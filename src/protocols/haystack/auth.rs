@@ -1,0 +1,504 @@
+//! Haystack authentication (docHaystack/Auth): HELLO -> SCRAM-SHA-256 (RFC 5802/7677) -> bearer token, over users kept as salted SCRAM keys.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Read ops, watches, history.
+    Viewer,
+    /// Viewer + pointWrite and invokeAction.
+    Operator,
+    /// Operator (no extra op today; kept distinct for audit and future ops).
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn can_write(self) -> bool {
+        self >= Role::Operator
+    }
+}
+
+/// A configured user: only SCRAM's derived keys are kept, never the password.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+/// Decodes base64 in either alphabet (standard or URL-safe), padded or not,
+/// as the Haystack auth spec's clients differ on both.
+pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let t: String = s
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    LENIENT.decode(t.as_bytes()).ok()
+}
+
+/// Base64 we send: standard alphabet without padding (what phable, hszinc
+/// clients and Haxall all read).
+pub fn b64_encode(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)
+}
+
+fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut m = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    m.update(msg);
+    m.finalize().into_bytes().into()
+}
+
+/// SCRAM keys for a password: (stored_key, server_key).
+pub fn derive_keys(password: &str, salt: &[u8], iterations: u32) -> ([u8; 32], [u8; 32]) {
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut salted);
+    let client_key = hmac(&salted, b"Client Key");
+    let stored: [u8; 32] = Sha256::digest(client_key).into();
+    let server = hmac(&salted, b"Server Key");
+    (stored, server)
+}
+
+/// Fresh random bytes; the OS generator failing is not recoverable in a
+/// meaningful way for authentication, so callers treat it as an auth error.
+pub fn random_bytes<const N: usize>() -> Option<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).ok()?;
+    Some(b)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A `[[haystack.user]]` TOML entry for a password (the `castpoint
+/// haystack-user` helper prints it).
+pub fn user_entry(name: &str, role: Role, password: &str, iterations: u32) -> Option<String> {
+    let salt: [u8; 16] = random_bytes()?;
+    let (stored, server) = derive_keys(password, &salt, iterations);
+    Some(format!(
+        "[[haystack.user]]\nname = {name:?}\nrole = \"{}\"\nsalt = \"{}\"\niterations = {iterations}\nstored_key = \"{}\"\nserver_key = \"{}\"\n",
+        role.as_str(),
+        STANDARD.encode(salt),
+        STANDARD.encode(stored),
+        STANDARD.encode(server),
+    ))
+}
+
+/// An authenticated session behind a bearer token.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: String,
+    pub role: Role,
+    expires: Instant,
+}
+
+/// One handshake in progress, keyed by its handshake token.
+#[derive(Debug, Clone)]
+struct Pending {
+    user: String,
+    /// Set after client-first: (client-first-bare, server-first, full nonce).
+    first: Option<(String, String, String)>,
+    expires: Instant,
+}
+
+/// What the HTTP layer should answer to an `Authorization` header.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthReply {
+    /// 401 with this `WWW-Authenticate` value (HELLO answer, server-first).
+    Challenge(String),
+    /// 200 with this `Authentication-Info` value (token issued).
+    Issued(String),
+    /// 403: bad proof, unknown or expired handshake/token.
+    Forbidden(&'static str),
+    /// 400: a header we cannot parse.
+    BadRequest(&'static str),
+}
+
+/// Most handshakes in flight / sessions alive; bounded so that an
+/// unauthenticated peer cannot grow memory without limit.
+const MAX_PENDING: usize = 1024;
+const MAX_SESSIONS: usize = 4096;
+const HANDSHAKE_TTL: Duration = Duration::from_secs(60);
+
+/// Users, handshakes in flight and live tokens.
+pub struct Authenticator {
+    users: HashMap<String, User>,
+    token_ttl: Duration,
+    pending: Mutex<HashMap<String, Pending>>,
+    sessions: Mutex<HashMap<String, Session>>,
+    /// Secret for fake salts of unknown users, so a HELLO does not reveal
+    /// which user names exist.
+    fake_secret: [u8; 32],
+}
+
+/// Parses `key=value, key=value` auth parameters (after the scheme name).
+fn params(s: &str) -> HashMap<String, String> {
+    s.split(',')
+        .filter_map(|p| {
+            let (k, v) = p.trim().split_once('=')?;
+            Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Parses SCRAM attribute lists `n=user,r=nonce`.
+fn scram_attrs(s: &str) -> HashMap<char, String> {
+    s.split(',')
+        .filter_map(|p| {
+            let mut cs = p.chars();
+            let k = cs.next()?;
+            if cs.next()? != '=' {
+                return None;
+            }
+            Some((k, cs.as_str().to_string()))
+        })
+        .collect()
+}
+
+impl Authenticator {
+    pub fn new(users: Vec<User>, token_ttl: Duration) -> Self {
+        Authenticator {
+            users: users.into_iter().map(|u| (u.name.clone(), u)).collect(),
+            token_ttl,
+            pending: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            fake_secret: random_bytes().unwrap_or([7u8; 32]),
+        }
+    }
+
+    /// The session of a bearer token, if it is live.
+    pub fn session(&self, token: &str) -> Option<Session> {
+        let mut s = self.sessions.lock();
+        let now = Instant::now();
+        match s.get(token) {
+            Some(x) if x.expires > now => Some(x.clone()),
+            Some(_) => {
+                s.remove(token);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Ends a session (the `close` op).
+    pub fn close(&self, token: &str) {
+        self.sessions.lock().remove(token);
+    }
+
+    /// Handles a HELLO or SCRAM `Authorization` header value.
+    pub fn handle(&self, header: &str) -> AuthReply {
+        let header = header.trim();
+        let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+        match scheme.to_ascii_uppercase().as_str() {
+            "HELLO" => self.hello(&params(rest)),
+            "SCRAM" => self.scram(&params(rest)),
+            _ => AuthReply::BadRequest("unsupported authorization scheme"),
+        }
+    }
+
+    fn hello(&self, p: &HashMap<String, String>) -> AuthReply {
+        let Some(user) = p
+            .get("username")
+            .and_then(|u| b64_decode(u))
+            .and_then(|b| String::from_utf8(b).ok())
+        else {
+            return AuthReply::BadRequest("HELLO needs username=<base64>");
+        };
+        let Some(tok) = random_bytes::<16>() else {
+            return AuthReply::Forbidden("no randomness available");
+        };
+        let token = hex(&tok);
+        let now = Instant::now();
+        let mut pend = self.pending.lock();
+        if pend.len() >= MAX_PENDING {
+            pend.retain(|_, p| p.expires > now);
+            if pend.len() >= MAX_PENDING {
+                return AuthReply::Forbidden("too many handshakes in progress");
+            }
+        }
+        pend.insert(
+            token.clone(),
+            Pending {
+                user,
+                first: None,
+                expires: now + HANDSHAKE_TTL,
+            },
+        );
+        AuthReply::Challenge(format!("SCRAM handshakeToken={token}, hash=SHA-256"))
+    }
+
+    /// Salt and iteration count of a user; made-up but stable ones for
+    /// unknown users so the exchange runs to the end and fails there.
+    fn salt_of(&self, user: &str) -> (Vec<u8>, u32) {
+        match self.users.get(user) {
+            Some(u) => (u.salt.clone(), u.iterations),
+            None => (
+                hmac(&self.fake_secret, user.as_bytes())[..16].to_vec(),
+                10_000,
+            ),
+        }
+    }
+
+    fn scram(&self, p: &HashMap<String, String>) -> AuthReply {
+        let Some(token) = p.get("handshaketoken") else {
+            return AuthReply::BadRequest("SCRAM needs handshakeToken");
+        };
+        let Some(data) = p
+            .get("data")
+            .and_then(|d| b64_decode(d))
+            .and_then(|b| String::from_utf8(b).ok())
+        else {
+            return AuthReply::BadRequest("SCRAM needs data=<base64>");
+        };
+        let now = Instant::now();
+        let mut pend = self.pending.lock();
+        let Some(state) = pend.get(token).cloned() else {
+            return AuthReply::Forbidden("unknown or expired handshake");
+        };
+        if state.expires <= now {
+            pend.remove(token);
+            return AuthReply::Forbidden("unknown or expired handshake");
+        }
+        match state.first {
+            None => {
+                // client-first-message: gs2 header "n,," then the bare part.
+                let Some(bare) = data.strip_prefix("n,,") else {
+                    pend.remove(token);
+                    return AuthReply::BadRequest("SCRAM channel binding is not supported");
+                };
+                let a = scram_attrs(bare);
+                let (Some(name), Some(cnonce)) = (a.get(&'n'), a.get(&'r')) else {
+                    pend.remove(token);
+                    return AuthReply::BadRequest("client-first-message needs n= and r=");
+                };
+                if *name != state.user || cnonce.is_empty() {
+                    pend.remove(token);
+                    return AuthReply::Forbidden("user name differs from HELLO");
+                }
+                let Some(snonce) = random_bytes::<16>() else {
+                    return AuthReply::Forbidden("no randomness available");
+                };
+                let nonce = format!("{cnonce}{}", hex(&snonce));
+                let (salt, iters) = self.salt_of(name);
+                let server_first = format!("r={nonce},s={},i={iters}", STANDARD.encode(salt));
+                let reply = format!(
+                    "SCRAM handshakeToken={token}, hash=SHA-256, data={}",
+                    b64_encode(server_first.as_bytes())
+                );
+                if let Some(s) = pend.get_mut(token) {
+                    s.first = Some((bare.to_string(), server_first, nonce));
+                }
+                AuthReply::Challenge(reply)
+            }
+            Some((client_first, server_first, nonce)) => {
+                // One final attempt per handshake, whatever its outcome.
+                pend.remove(token);
+                drop(pend);
+                let Some((without_proof, proof)) = data.rsplit_once(",p=") else {
+                    return AuthReply::BadRequest("client-final-message needs p=");
+                };
+                let a = scram_attrs(without_proof);
+                if a.get(&'r') != Some(&nonce) {
+                    return AuthReply::Forbidden("nonce mismatch");
+                }
+                // Channel binding must be the "n,," header we agreed to.
+                if a.get(&'c').and_then(|c| b64_decode(c)).as_deref() != Some(b"n,,") {
+                    return AuthReply::Forbidden("channel binding mismatch");
+                }
+                let Some(proof) = b64_decode(proof) else {
+                    return AuthReply::BadRequest("client proof is not base64");
+                };
+                let Some(user) = self.users.get(&state.user) else {
+                    return AuthReply::Forbidden("authentication failed");
+                };
+                let auth_message = format!("{client_first},{server_first},{without_proof}");
+                let client_sig = hmac(&user.stored_key, auth_message.as_bytes());
+                if proof.len() != 32 {
+                    return AuthReply::Forbidden("authentication failed");
+                }
+                let client_key: Vec<u8> =
+                    proof.iter().zip(client_sig).map(|(a, b)| a ^ b).collect();
+                let stored: [u8; 32] = Sha256::digest(&client_key).into();
+                if !bool::from(stored.ct_eq(&user.stored_key)) {
+                    return AuthReply::Forbidden("authentication failed");
+                }
+                let server_sig = hmac(&user.server_key, auth_message.as_bytes());
+                let Some(tok) = random_bytes::<32>() else {
+                    return AuthReply::Forbidden("no randomness available");
+                };
+                let bearer = hex(&tok);
+                let now = Instant::now();
+                let mut sessions = self.sessions.lock();
+                if sessions.len() >= MAX_SESSIONS {
+                    sessions.retain(|_, s| s.expires > now);
+                    if sessions.len() >= MAX_SESSIONS {
+                        return AuthReply::Forbidden("too many sessions");
+                    }
+                }
+                sessions.insert(
+                    bearer.clone(),
+                    Session {
+                        user: user.name.clone(),
+                        role: user.role,
+                        expires: now + self.token_ttl,
+                    },
+                );
+                let v = format!("v={}", STANDARD.encode(server_sig));
+                AuthReply::Issued(format!(
+                    "authToken={bearer}, hash=SHA-256, data={}",
+                    b64_encode(v.as_bytes())
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full client side of the exchange, as phable does it.
+    fn login(a: &Authenticator, user: &str, password: &str, url_alphabet: bool) -> AuthReply {
+        let enc = |b: &[u8]| {
+            let s = b64_encode(b);
+            if url_alphabet {
+                s.replace('+', "-").replace('/', "_")
+            } else {
+                s
+            }
+        };
+        let AuthReply::Challenge(h) = a.handle(&format!("HELLO username={}", enc(user.as_bytes())))
+        else {
+            panic!("hello")
+        };
+        let p = params(h.trim_start_matches("SCRAM "));
+        let token = p["handshaketoken"].clone();
+        let cnonce = "abcdef0123456789abcdef01";
+        let c1_bare = format!("n={user},r={cnonce}");
+        let r = a.handle(&format!(
+            "SCRAM handshakeToken={token}, data={}",
+            enc(format!("n,,{c1_bare}").as_bytes())
+        ));
+        let AuthReply::Challenge(h) = r else {
+            return r;
+        };
+        let p = params(h.trim_start_matches("SCRAM "));
+        let s1 = String::from_utf8(b64_decode(&p["data"]).expect("b64")).expect("utf8");
+        let at = scram_attrs(&s1);
+        let salt = b64_decode(&at[&'s']).expect("salt");
+        let iters: u32 = at[&'i'].parse().expect("iters");
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, iters, &mut salted);
+        let ck = hmac(&salted, b"Client Key");
+        let sk: [u8; 32] = Sha256::digest(ck).into();
+        let without = format!("c=biws,r={}", at[&'r']);
+        let am = format!("{c1_bare},{s1},{without}");
+        let sig = hmac(&sk, am.as_bytes());
+        let proof: Vec<u8> = ck.iter().zip(sig).map(|(a, b)| a ^ b).collect();
+        let fin = format!("{without},p={}", enc(&proof));
+        a.handle(&format!(
+            "SCRAM handshakeToken={token}, data={}",
+            enc(fin.as_bytes())
+        ))
+    }
+
+    fn auth() -> Authenticator {
+        let salt = b"0123456789abcdef".to_vec();
+        let (stored_key, server_key) = derive_keys("s3cret", &salt, 4096);
+        Authenticator::new(
+            vec![User {
+                name: "op".into(),
+                role: Role::Operator,
+                salt,
+                iterations: 4096,
+                stored_key,
+                server_key,
+            }],
+            Duration::from_secs(60),
+        )
+    }
+
+    #[test]
+    fn scram_login_issues_a_token_in_both_alphabets() {
+        let a = auth();
+        for url in [false, true] {
+            let AuthReply::Issued(info) = login(&a, "op", "s3cret", url) else {
+                panic!("login failed")
+            };
+            let p = params(&info);
+            let s = a.session(&p["authtoken"]).expect("session");
+            assert_eq!(s.user, "op");
+            assert_eq!(s.role, Role::Operator);
+        }
+    }
+
+    #[test]
+    fn wrong_password_and_unknown_user_are_forbidden() {
+        let a = auth();
+        assert!(matches!(
+            login(&a, "op", "nope", false),
+            AuthReply::Forbidden(_)
+        ));
+        assert!(matches!(
+            login(&a, "ghost", "x", false),
+            AuthReply::Forbidden(_)
+        ));
+    }
+
+    #[test]
+    fn garbage_headers_never_panic() {
+        let a = auth();
+        for h in [
+            "",
+            "HELLO",
+            "HELLO username=!!!",
+            "SCRAM",
+            "SCRAM data=zz",
+            "BEARER x",
+        ] {
+            let _ = a.handle(h);
+        }
+    }
+}
