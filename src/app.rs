@@ -61,6 +61,14 @@ impl App {
             }
         }
         db.set_persister(store.clone());
+        let api_cfg = crate::api::auth::ApiConfig::parse(&cfg.origin, cfg.server.extra.get("api"))
+            .map_err(|e| anyhow::anyhow!(crate::config::ConfigErrors(e)))?;
+        let users = crate::auth::Users::new(store.clone(), api_cfg.token_ttl)?;
+        if users.is_empty() && !api_cfg.require_auth {
+            tracing::warn!(
+                "no users: the REST API accepts writes without a token until one is added (castpoint user add NAME --role admin)"
+            );
+        }
         tracing::info!(
             "state store {} (schema v{}): {restored} command arrays restored",
             store.path.display(),
@@ -93,6 +101,8 @@ impl App {
                         maps: maps.clone(),
                         write_priority: cfg.server.http.write_priority,
                         store: Some(store.clone()),
+                        users: Some(users.clone()),
+                        api: api_cfg.clone(),
                     };
                     http_server = Some((l, api::router(state)));
                 }
@@ -126,7 +136,10 @@ impl App {
         if cfg.server.haystack.enabled && cfg.server.http.enabled {
             match haystack::Settings::from_raw(&cfg.server.haystack.raw) {
                 Ok(settings) => {
-                    let ctx = haystack::Ctx::new(db.clone(), &maps, settings);
+                    let u = users.clone();
+                    let lookup: haystack::auth::UserLookup =
+                        Arc::new(move |name: &str| u.scram_user(name));
+                    let ctx = haystack::Ctx::with_users(db.clone(), &maps, settings, Some(lookup));
                     extra_routes
                         .push(axum::Router::new().nest("/api/haystack", haystack::router(ctx)));
                 }

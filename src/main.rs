@@ -58,10 +58,45 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         iterations: u32,
     },
+    /// Manage the users of the REST API and Haystack (one shared store).
+    User {
+        #[command(subcommand)]
+        what: UserCmd,
+    },
     /// Write a protocol map document to stdout.
     Export {
         #[command(subcommand)]
         what: Export,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add or replace a user; the password is read from stdin (first line).
+    Add {
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Remove a user (their tokens stop working at once).
+    Remove {
+        name: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// List users and roles.
+    List {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -141,6 +176,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::User { what } => user_cmd(what),
         Cmd::Run {
             config,
             http,
@@ -165,6 +201,68 @@ fn main() -> ExitCode {
                 cfg.server.data_dir = d;
             }
             run(cfg)
+        }
+    }
+}
+
+fn user_cmd(what: UserCmd) -> ExitCode {
+    let (config, data_dir) = match &what {
+        UserCmd::Add {
+            config, data_dir, ..
+        }
+        | UserCmd::Remove {
+            config, data_dir, ..
+        }
+        | UserCmd::List { config, data_dir } => (config.clone(), data_dir.clone()),
+    };
+    let cfg = match load(&config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let dir = data_dir.unwrap_or(cfg.server.data_dir);
+    let users = castpoint::persist::Store::open(&dir, 100_000)
+        .map(std::sync::Arc::new)
+        .and_then(|s| castpoint::auth::Users::new(s, std::time::Duration::from_secs(3600)));
+    let users = match users {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = match what {
+        UserCmd::Add { name, role, .. } => {
+            let mut pw = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut pw) {
+                eprintln!("cannot read the password from stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            let pw = pw.trim_end_matches(['\r', '\n']);
+            let role = castpoint::protocols::haystack::auth::Role::parse(&role)
+                .unwrap_or(castpoint::protocols::haystack::auth::Role::Viewer);
+            users
+                .add(&name, role, pw)
+                .map(|()| println!("user {name} ({}) saved in {}", role.as_str(), dir.display()))
+        }
+        UserCmd::Remove { name, .. } => users.remove(&name).and_then(|found| {
+            if found {
+                println!("user {name} removed");
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("no user {name}"))
+            }
+        }),
+        UserCmd::List { .. } => users.list().map(|l| {
+            for (n, r) in l {
+                println!("{n}\t{r}");
+            }
+        }),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP API over the point database: `/health`, the seed endpoints of seed 000, and `/api/points`.
 
+pub mod auth;
 pub mod json;
 pub mod live;
 
@@ -15,6 +16,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::points::{HttpMethod, Maps, PointDb, PointId, Protocol, Source, Value, WriteError};
+use crate::protocols::haystack::auth::Role;
 
 /// Shared state of the API handlers (cheap to clone).
 #[derive(Clone)]
@@ -25,6 +27,9 @@ pub struct ApiState {
     pub write_priority: u8,
     /// The durable store (audit log queries); `None` in tests without one.
     pub store: Option<Arc<crate::persist::Store>>,
+    /// The shared user store (JWT); `None` = no authentication at all.
+    pub users: Option<crate::auth::Users>,
+    pub api: auth::ApiConfig,
 }
 
 /// A JSON error response: `{"error": "...", "status": 404}`.
@@ -83,6 +88,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/points/{id}", get(get_point).post(post_point))
         .route("/api/points/{id}/history", get(get_history))
         .route("/api/audit", get(get_audit))
+        .route("/api/auth/login", post(auth::login))
         .route("/api/ws", get(live::ws_points))
         .route("/ws/dashboard", get(live::ws_dashboard))
         .route("/ws/events/{stream}", get(live::ws_events))
@@ -109,7 +115,9 @@ pub fn router(state: ApiState) -> Router {
                     post(
                         move |State(s): State<ApiState>,
                               ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                              headers: axum::http::HeaderMap,
                               body: axum::body::Bytes| async move {
+                            let caller = auth::authorize(&s, &headers, Role::Operator)?;
                             let req = match fixed {
                                 // Fixed commands (stream start/stop) ignore any body.
                                 Some(v) => WriteBody {
@@ -127,7 +135,7 @@ pub fn router(state: ApiState) -> Router {
                                     parse_write_body(&s, id, &b)?
                                 }
                             };
-                            do_write(&s, id, req, peer)
+                            do_write(&s, id, req, peer, caller)
                         },
                     ),
                 );
@@ -224,9 +232,10 @@ fn do_write(
     id: PointId,
     req: WriteBody,
     peer: SocketAddr,
+    caller: auth::Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let name = s.db.def(id).map(|d| d.id.clone()).unwrap_or_default();
-    let src = Source::new(Protocol::Rest, Some(peer), None);
+    let src = Source::new(Protocol::Rest, Some(peer), caller.map(|c| c.user));
     let prio = req.priority.unwrap_or(s.write_priority);
     s.db.write(id, req.value, prio, &src)
         .map_err(|e| write_error(e, &name))?;
@@ -237,8 +246,10 @@ async fn post_point(
     State(s): State<ApiState>,
     Path(id): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = auth::authorize(&s, &headers, Role::Operator)?;
     let pid = lookup(&s, &id)?;
     if s.db.def(pid).is_some_and(|d| !d.writable) {
         return Err(ApiError::new(
@@ -248,7 +259,7 @@ async fn post_point(
     }
     let Json(b) = body?;
     let req = parse_write_body(&s, pid, &b)?;
-    do_write(&s, pid, req, peer)
+    do_write(&s, pid, req, peer, caller)
 }
 
 fn parse_time(k: &str, v: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {

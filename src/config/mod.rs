@@ -219,6 +219,9 @@ impl Config {
         {
             errs.extend(e);
         }
+        if let Err(e) = crate::api::auth::ApiConfig::parse(name, server.extra.get("api")) {
+            errs.extend(e);
+        }
         if let Err(e) = crate::persist::PersistConfig::parse(name, &server.extra) {
             errs.extend(e);
         }

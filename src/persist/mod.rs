@@ -52,7 +52,32 @@ const MIGRATIONS: &[&str] = &[
         value REAL NOT NULL
     );
     CREATE INDEX history_point_at ON history(point, at);",
+    // 2: the shared user store (REST JWT and Haystack SCRAM) and secrets.
+    "CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        salt TEXT NOT NULL,
+        iterations INTEGER NOT NULL,
+        stored_key TEXT NOT NULL,
+        server_key TEXT NOT NULL,
+        created TEXT NOT NULL
+    );
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );",
 ];
+
+/// A stored user: SCRAM-SHA-256 keys only, never the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub name: String,
+    pub role: String,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
 
 /// `[audit]` and `[history]` settings.
 #[derive(Debug, Clone)]
@@ -520,6 +545,88 @@ impl Store {
             "DELETE FROM history WHERE at < ?1",
             params![before.timestamp_millis()],
         )?)
+    }
+}
+
+impl Store {
+    /// Adds or replaces a user.
+    pub fn user_put(&self, u: &UserRow) -> anyhow::Result<()> {
+        self.conn.lock().execute(
+            "INSERT INTO users (name, role, salt, iterations, stored_key, server_key, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(name) DO UPDATE SET role = excluded.role, salt = excluded.salt,
+               iterations = excluded.iterations, stored_key = excluded.stored_key,
+               server_key = excluded.server_key",
+            params![
+                u.name,
+                u.role,
+                u.salt,
+                i64::from(u.iterations),
+                u.stored_key,
+                u.server_key,
+                ts(Utc::now())
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a user; false if there was none.
+    pub fn user_remove(&self, name: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .conn
+            .lock()
+            .execute("DELETE FROM users WHERE name = ?1", params![name])?
+            > 0)
+    }
+
+    pub fn user_get(&self, name: &str) -> anyhow::Result<Option<UserRow>> {
+        let c = self.conn.lock();
+        Ok(c.query_row(
+            "SELECT name, role, salt, iterations, stored_key, server_key FROM users WHERE name = ?1",
+            params![name],
+            |r| {
+                Ok(UserRow {
+                    name: r.get(0)?,
+                    role: r.get(1)?,
+                    salt: r.get(2)?,
+                    iterations: u32::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                    stored_key: r.get(4)?,
+                    server_key: r.get(5)?,
+                })
+            },
+        )
+        .optional()?)
+    }
+
+    /// (name, role) of every user.
+    pub fn user_list(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let c = self.conn.lock();
+        let mut st = c.prepare("SELECT name, role FROM users ORDER BY name")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// A named secret, created with `make` on first use (the JWT key).
+    pub fn secret(&self, name: &str, make: impl FnOnce() -> Vec<u8>) -> anyhow::Result<Vec<u8>> {
+        let c = self.conn.lock();
+        if let Some(v) = c
+            .query_row(
+                "SELECT value FROM secrets WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?
+        {
+            return Ok(v);
+        }
+        let v = make();
+        c.execute(
+            "INSERT INTO secrets (name, value) VALUES (?1, ?2)",
+            params![name, v],
+        )?;
+        Ok(v)
     }
 }
 

@@ -163,8 +163,14 @@ const MAX_SESSIONS: usize = 4096;
 const HANDSHAKE_TTL: Duration = Duration::from_secs(60);
 
 /// Users, handshakes in flight and live tokens.
+/// Looks a user up in a store outside the config (castpoint's shared user
+/// store, managed by `castpoint user add`): consulted at each login, so a
+/// user added while running can log in at once.
+pub type UserLookup = std::sync::Arc<dyn Fn(&str) -> Option<User> + Send + Sync>;
+
 pub struct Authenticator {
     users: HashMap<String, User>,
+    lookup: Option<UserLookup>,
     token_ttl: Duration,
     pending: Mutex<HashMap<String, Pending>>,
     sessions: Mutex<HashMap<String, Session>>,
@@ -201,11 +207,25 @@ impl Authenticator {
     pub fn new(users: Vec<User>, token_ttl: Duration) -> Self {
         Authenticator {
             users: users.into_iter().map(|u| (u.name.clone(), u)).collect(),
+            lookup: None,
             token_ttl,
             pending: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             fake_secret: random_bytes().unwrap_or([7u8; 32]),
         }
+    }
+
+    /// Adds the shared user store; config users take precedence.
+    pub fn with_lookup(mut self, lookup: UserLookup) -> Self {
+        self.lookup = Some(lookup);
+        self
+    }
+
+    fn user(&self, name: &str) -> Option<User> {
+        self.users
+            .get(name)
+            .cloned()
+            .or_else(|| self.lookup.as_ref().and_then(|l| l(name)))
     }
 
     /// The session of a bearer token, if it is live.
@@ -272,7 +292,7 @@ impl Authenticator {
     /// Salt and iteration count of a user; made-up but stable ones for
     /// unknown users so the exchange runs to the end and fails there.
     fn salt_of(&self, user: &str) -> (Vec<u8>, u32) {
-        match self.users.get(user) {
+        match self.user(user) {
             Some(u) => (u.salt.clone(), u.iterations),
             None => (
                 hmac(&self.fake_secret, user.as_bytes())[..16].to_vec(),
@@ -350,7 +370,7 @@ impl Authenticator {
                 let Some(proof) = b64_decode(proof) else {
                     return AuthReply::BadRequest("client proof is not base64");
                 };
-                let Some(user) = self.users.get(&state.user) else {
+                let Some(user) = self.user(&state.user) else {
                     return AuthReply::Forbidden("authentication failed");
                 };
                 let auth_message = format!("{client_first},{server_first},{without_proof}");

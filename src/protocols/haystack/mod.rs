@@ -192,9 +192,24 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(db: PointDb, maps: &Maps, settings: Settings) -> Arc<Ctx> {
+        Self::with_users(db, maps, settings, None)
+    }
+
+    /// Like `new`, with castpoint's shared user store consulted after the
+    /// users of `[haystack]`.
+    pub fn with_users(
+        db: PointDb,
+        maps: &Maps,
+        settings: Settings,
+        lookup: Option<auth::UserLookup>,
+    ) -> Arc<Ctx> {
+        let mut authn = Authenticator::new(settings.users.clone(), settings.token_ttl);
+        if let Some(l) = lookup {
+            authn = authn.with_lookup(l);
+        }
         Arc::new(Ctx {
             records: Records::build(&db, maps),
-            auth: Authenticator::new(settings.users.clone(), settings.token_ttl),
+            auth: authn,
             watches: Watches::new(settings.watch_lease, settings.max_watch_lease),
             db,
             settings,
