@@ -1,1 +1,9 @@
 //! Simulators shared library: the wire-level stand-ins (TS source, viewers, BMS clients) used by tests, benches and the demo.
+//!
+//! `tsgen` is always built (std + bytes only) so castpoint can embed the
+//! demo source with `default-features = false`; everything else needs the
+//! `tools` feature.
+
+pub mod tsgen;
+#[cfg(feature = "tools")]
+pub mod util;
