@@ -271,6 +271,8 @@ impl TsGenerator {
     }
 
     /// The next 7 packets (1316 bytes) in stream order, stamped with `now`.
+    /// Every chunk carries a stamp (an adaptation-only packet on the video
+    /// PID when the chunk would otherwise be all null packets).
     pub fn next_chunk(&mut self, now: SystemTime) -> Bytes {
         let stamp = Stamp {
             sent_unix_us: unix_us(now),
@@ -317,7 +319,7 @@ impl TsGenerator {
         let pcr_value = t + (10 * 8 * CLOCK) / self.cfg.bitrate;
         if pcr_due && self.video.is_empty() {
             self.next_pcr = t + PCR_INTERVAL;
-            self.video.pcr_packet(p, pcr_value, private);
+            self.video.af_packet(p, Some(pcr_value), private);
             return private.is_some();
         }
         if !self.audio.is_empty() {
@@ -331,6 +333,13 @@ impl TsGenerator {
             }
             self.video.next_packet(p, pcr, private);
             return private.is_some();
+        }
+        if private.is_some() {
+            // Nothing to send but the chunk has no stamp yet: an
+            // adaptation-only packet on the video PID carries it, so every
+            // chunk is stamped and lost chunks are countable.
+            self.video.af_packet(p, None, private);
+            return true;
         }
         ts::null_packet(p);
         false

@@ -50,6 +50,23 @@ fn rejects_bad_config() {
 
 #[test]
 fn stream_is_continuous_and_stamped() {
+    for bitrate in [600_000, 4_000_000, 10_000_000, 20_000_000] {
+        let data = generate(
+            TsConfig {
+                bitrate,
+                ..Default::default()
+            },
+            1,
+        );
+        let mut a = TsAnalyzer::new();
+        a.feed(&data, 0);
+        assert_eq!(
+            a.report().stamps,
+            (data.len() / CHUNK_BYTES) as u64,
+            "at {bitrate}"
+        );
+        assert_eq!(a.report().cc_errors, 0, "at {bitrate}");
+    }
     let data = generate(TsConfig::default(), 3);
     assert_eq!(data.len() % CHUNK_BYTES, 0);
     let mut a = TsAnalyzer::new();

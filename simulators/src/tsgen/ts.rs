@@ -238,12 +238,12 @@ impl EsQueue {
         self.cc = (self.cc + 1) & 0x0F;
     }
 
-    /// Adaptation-only packet carrying a PCR (and maybe a stamp); does not
+    /// Adaptation-only packet carrying a PCR and/or a stamp; does not
     /// advance the continuity counter, as the standard requires.
-    pub fn pcr_packet(&self, out: &mut [u8; PACKET], pcr: u64, private: Option<&[u8]>) {
+    pub fn af_packet(&self, out: &mut [u8; PACKET], pcr: Option<u64>, private: Option<&[u8]>) {
         let af = AfOpts {
             random_access: false,
-            pcr: Some(pcr),
+            pcr,
             private,
         };
         // CC of an adaptation-only packet repeats the previous payload packet's.
