@@ -4,6 +4,10 @@
 //! demo source with `default-features = false`; everything else needs the
 //! `tools` feature.
 
+#[cfg(feature = "tools")]
+pub mod bacnet;
+#[cfg(feature = "tools")]
+pub mod haystack_auth;
 pub mod tsgen;
 #[cfg(feature = "tools")]
 pub mod util;

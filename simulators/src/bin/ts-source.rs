@@ -168,7 +168,18 @@ struct Counters {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    // Errors print as one line (with their causes), never a backtrace.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ts-source: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let a = Args::parse();
     if !(0.0..=100.0).contains(&a.loss) || a.jitter_ms < 0.0 || a.burst == 0 {
         bail!("--loss must be 0..100, --jitter-ms >= 0, --burst >= 1");

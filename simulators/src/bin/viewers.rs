@@ -351,7 +351,18 @@ async fn viewer(
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    // Errors print as one line (with their causes), never a backtrace.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("viewers: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let a = Args::parse();
     if a.count == 0 || a.duration <= 0.0 {
         bail!("--count and --duration must be positive");
