@@ -850,7 +850,7 @@ mod tests {
         // BVLC, NPDU expecting reply, confirmed RPM invoke 7, AI1 { PV }.
         assert_eq!(
             p,
-            vec![0x81, 0x0A, 0, 17, 1, 4, 0, 5, 7, 14, 0x0C, 0, 0, 0, 1, 0x1E, 0x09, 85, 0x1F]
+            vec![0x81, 0x0A, 0, 19, 1, 4, 0, 5, 7, 14, 0x0C, 0, 0, 0, 1, 0x1E, 0x09, 85, 0x1F]
         );
     }
 
