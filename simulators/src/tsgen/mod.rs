@@ -18,7 +18,19 @@
 //!
 //! The caller paces: [`TsGenerator::next_chunk`] returns the next chunk in
 //! stream order; send chunk `i` at `start + i * chunk_duration()` (see
-//! [`Pacer`]).
+//! [`Pacer`]). A built-in demo source is a few lines:
+//!
+//! ```ignore
+//! let mut g = TsGenerator::new(TsConfig { bitrate: 4_000_000, ..Default::default() })?;
+//! let mut pacer = Pacer::new(Instant::now(), g.chunk_duration());
+//! loop {
+//!     tokio::time::sleep_until(pacer.next_deadline().into()).await;
+//!     for _ in 0..pacer.due(Instant::now()).min(256) {
+//!         feed(g.next_chunk(SystemTime::now())); // 1316 bytes, 7 whole packets
+//!         pacer.mark_sent(1);
+//!     }
+//! }
+//! ```
 
 mod analyze;
 mod h264;
