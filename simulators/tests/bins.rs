@@ -1,0 +1,258 @@
+//! End-to-end tests of the ts-source and viewers binaries against each other
+//! and against real peers (ffprobe, srt-live-transmit), loopback only.
+
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const TS_SOURCE: &str = env!("CARGO_BIN_EXE_ts-source");
+const VIEWERS: &str = env!("CARGO_BIN_EXE_viewers");
+
+/// A free loopback UDP port (bound then released; fine on a quiet host).
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("bind")
+        .port()
+}
+
+fn have(tool: &str, arg: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok && std::env::var_os("CASTPOINT_SKIP_PEERS").is_none() {
+        panic!("{tool} not installed (set CASTPOINT_SKIP_PEERS=1 to skip peer tests)");
+    }
+    ok
+}
+
+fn spawn_viewers(args: &[&str]) -> Child {
+    Command::new(VIEWERS)
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("viewers")
+}
+
+fn viewers_result(child: Child) -> Vec<Value> {
+    let out = child.wait_with_output().expect("viewers output");
+    assert!(
+        out.status.success(),
+        "viewers: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Listener mode prints a "listening" line before the JSON.
+    let json = &text[text.find('[').expect("json array")..];
+    serde_json::from_str::<Vec<Value>>(json).expect("viewers json")
+}
+
+fn run_source(args: &[&str]) -> Value {
+    let out = Command::new(TS_SOURCE)
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("ts-source");
+    assert!(
+        out.status.success(),
+        "ts-source: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().expect("summary");
+    serde_json::from_str(line).expect("summary json")
+}
+
+fn num(v: &Value, k: &str) -> f64 {
+    v[k].as_f64()
+        .unwrap_or_else(|| panic!("{k} missing in {v}"))
+}
+
+#[test]
+fn udp_loss_is_counted_exactly_and_latency_measured() {
+    let port = free_port();
+    let url = format!("udp://127.0.0.1:{port}");
+    let v = spawn_viewers(&[&url, "-d", "3.5"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let s = run_source(&[
+        &url,
+        "--bitrate",
+        "6M",
+        "--duration",
+        "2.5",
+        "--loss",
+        "2",
+        "--burst",
+        "3",
+    ]);
+    let r = &viewers_result(v)[0];
+    let lost = num(&s, "chunks_lost");
+    assert!(lost > 0.0);
+    assert_eq!(
+        num(r, "missing_chunks"),
+        lost,
+        "viewer counts exactly the chunks the source dropped"
+    );
+    assert!(num(r, "cc_errors") > 0.0, "lost chunks break continuity");
+    assert!(
+        (num(r, "bitrate_mbps") - 6.0 * (1.0 - lost / num(&s, "chunks_generated"))).abs() < 0.3,
+        "{r}"
+    );
+    let p50 = num(r, "latency_ms_p50");
+    assert!((0.0..50.0).contains(&p50), "loopback latency {p50}");
+}
+
+#[test]
+fn outage_shows_as_a_gap() {
+    let port = free_port();
+    let url = format!("udp://127.0.0.1:{port}");
+    let v = spawn_viewers(&[&url, "-d", "3.5"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let s = run_source(&[
+        &url,
+        "--bitrate",
+        "2M",
+        "--duration",
+        "3",
+        "--outage",
+        "1:1",
+    ]);
+    let r = &viewers_result(v)[0];
+    assert!(num(&s, "chunks_outage") > 0.0);
+    assert_eq!(num(r, "gaps"), 1.0, "{r}");
+    assert!((900.0..1300.0).contains(&num(r, "max_gap_ms")), "{r}");
+    assert_eq!(num(r, "missing_chunks"), num(&s, "chunks_outage"));
+}
+
+#[test]
+fn ffprobe_reads_the_udp_stream() {
+    if !have("ffprobe", "-version") {
+        return;
+    }
+    let port = free_port();
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-analyzeduration",
+            "1000000",
+            "-show_streams",
+            "-of",
+            "compact",
+        ])
+        .arg(format!("udp://127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffprobe");
+    std::thread::sleep(Duration::from_millis(400));
+    run_source(&[&format!("udp://127.0.0.1:{port}"), "--duration", "3"]);
+    let out = probe.wait_with_output().expect("ffprobe output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("codec_name=h264") && text.contains("codec_name=aac"),
+        "{text}"
+    );
+    assert!(
+        text.contains("width=640") && text.contains("height=360"),
+        "{text}"
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn slt(input: &str, output: &str) -> Killed {
+    Killed(
+        Command::new("srt-live-transmit")
+            .args(["-q", input, output])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("srt-live-transmit"),
+    )
+}
+
+#[test]
+fn srt_caller_into_libsrt_listener() {
+    if !have("srt-live-transmit", "-version") {
+        return;
+    }
+    let (p, q) = (free_port(), free_port());
+    let _slt = slt(&format!("srt://:{p}"), &format!("udp://127.0.0.1:{q}"));
+    let v = spawn_viewers(&[&format!("udp://127.0.0.1:{q}"), "-d", "3.5"]);
+    std::thread::sleep(Duration::from_millis(300));
+    // 20 Mbit/s: the enlarged send buffer keeps srt-tokio from stalling.
+    let s = run_source(&[
+        &format!("srt://127.0.0.1:{p}"),
+        "--bitrate",
+        "20M",
+        "--duration",
+        "2.5",
+    ]);
+    let r = &viewers_result(v)[0];
+    assert_eq!(num(r, "cc_errors"), 0.0, "{r}");
+    assert_eq!(num(r, "missing_chunks"), 0.0, "{r}");
+    assert!(num(r, "bitrate_mbps") > 18.0, "{r}");
+    assert!(num(&s, "chunks_sent") > 0.0);
+}
+
+#[test]
+fn srt_listener_serves_libsrt_caller_and_viewer_calls_libsrt() {
+    if !have("srt-live-transmit", "-version") {
+        return;
+    }
+    // ts-source (listener) <- srt-live-transmit (caller) -> UDP -> srt-live-transmit
+    // (listener) <- viewers (SRT caller): both directions of srt-tokio vs libsrt.
+    let (q, r_port) = (free_port(), free_port());
+    let mut src = Command::new(TS_SOURCE)
+        .args([
+            "srt://127.0.0.1:0?mode=listener",
+            "--bitrate",
+            "4M",
+            "--duration",
+            "4",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ts-source");
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let out = src.stdout.as_mut().expect("stdout");
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .expect("listening line");
+    }
+    let addr = line
+        .trim()
+        .strip_prefix("listening srt ")
+        .expect("listening line")
+        .to_string();
+    let _out = slt(&format!("udp://127.0.0.1:{q}"), &format!("srt://:{r_port}"));
+    let v = spawn_viewers(&[&format!("srt://127.0.0.1:{r_port}"), "-d", "4"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _in = slt(&format!("srt://{addr}"), &format!("udp://127.0.0.1:{q}"));
+    let r = &viewers_result(v)[0];
+    assert!(src.wait().expect("ts-source").success());
+    assert_eq!(num(r, "cc_errors"), 0.0, "{r}");
+    assert!(num(r, "bytes") > 1e6, "{r}");
+    // Two SRT hops with 120 ms latency each.
+    assert!(num(r, "latency_ms_p50") > 100.0, "{r}");
+}
