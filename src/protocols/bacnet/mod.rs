@@ -45,7 +45,7 @@ use bacnet_objects::network_port::{BipPortConfig, NetworkPortObject};
 use bacnet_objects::traits::BACnetObject;
 use bacnet_objects::DeviceIdentity;
 use bacnet_server::mutation::{MutationAuthorizationContext, MutationTarget};
-use bacnet_server::server::{BACnetServer, DccPolicy};
+use bacnet_server::server::{BACnetServer, DccPolicy, ReadPropertyMultipleBudget};
 use bacnet_server::FnPolicy;
 use bacnet_transport::bip::{BipMode, BipTransport, ForeignDeviceConfig};
 use bacnet_types::enums::{ErrorClass, ErrorCode, ObjectType, ReinitializedState, Segmentation};
@@ -352,6 +352,13 @@ pub async fn start(
         .share_port_by_address(!ip.is_unspecified() && bind.port() != 0)
         .mode(mode)
         .registered_network_port(port_oid)
+        // The stack's default (256 results) refuses an RPM ALL of every
+        // castpoint object (~330 results) with Abort out-of-resources; the
+        // whole device fits easily in these (65 segments x 1476 octets).
+        .read_property_multiple_budget(ReadPropertyMultipleBudget {
+            max_result_elements: 4096,
+            max_service_ack_bytes: 96 * 1024,
+        })
         .policy(FnPolicy::new().mutation(move |ctx| authorize(&point_oids, ctx)))
         .on_reinitialize(move |ctx, _odb| {
             // Only a restart is a castpoint operation; backup/restore are not.
