@@ -88,14 +88,14 @@ pub fn export(cfg: &Config, stamp: &str) -> (String, String) {
             _ => (String::new(), String::new()),
         };
         ede.push_str(&format!(
-            "{key};{dev};{name};{ty};{inst};{desc};{default};{min};{max};{settable};Y;;;{state_ref};{unit};{vendor}\n",
+            "{key};{dev};{name};{ty};{inst};{desc};{default};{min};{max};{settable};Y;;;{state_ref};{unit};{short}{inst}\n",
             key = cell(&def.id),
             name = cell(&def.name),
             ty = type_number(o.object_type),
             inst = o.instance,
             desc = cell(&def.description),
             settable = if o.object_type.commandable() { "Y" } else { "N" },
-            vendor = format!("{}{}", o.object_type.short(), o.instance),
+            short = o.object_type.short(),
         ));
     }
     (ede, states)
