@@ -82,16 +82,10 @@ def bacpypes3_server(port_file):
     """A bacpypes3 device with the same object types and instances."""
     from bacpypes3.app import Application
     from bacpypes3.argparse import SimpleArgumentParser
-    from bacpypes3.local.analog import AnalogInputObject, AnalogValueObject
-    from bacpypes3.local.binary import BinaryOutputObject
+    from bacpypes3.local.analog import AnalogInputObject
+    from bacpypes3.local.analog import AnalogValueObjectCmd as CommandableAV
+    from bacpypes3.local.binary import BinaryOutputObject as CommandableBO
     from bacpypes3.local.multistate import MultiStateValueObject
-    from bacpypes3.local.cmd import Commandable
-
-    class CommandableAV(Commandable, AnalogValueObject):
-        pass
-
-    class CommandableBO(Commandable, BinaryOutputObject):
-        pass
 
     async def main():
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -458,3 +458,63 @@ async fn rpm_all_of_every_object_fits_or_is_segmented_or_aborted() {
     assert_eq!(a[0] >> 4, 3, "complex ack: {:02x?}", &a[..8]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_port_in_use_is_a_fault_not_a_crash() {
+    let first = util::start().await;
+    let taken = first.addrs.bacnet.expect("bound");
+    let mut cfg = castpoint::config::Config::embedded().expect("config");
+    util::loopback(&mut cfg);
+    cfg.server.bacnet.bind = taken;
+    let second = castpoint::app::App::start(cfg).await.expect("the process starts");
+    assert_eq!(second.addrs.bacnet, None, "the port was taken by the first");
+    let cs = second
+        .db
+        .read(second.db.lookup("communication_status").expect("point"))
+        .expect("state");
+    assert_eq!(cs.value, Some(Value::Enum(2)), "Communication Status FAULT");
+    assert!(cs.reason.as_deref().unwrap_or("").contains("bacnet"));
+    // The first keeps serving.
+    let c = Client::new(taken).await;
+    assert_eq!(c.read_real(AV, 0).await, 0.0);
+    second.stop().await;
+    first.stop().await;
+}
+
+#[tokio::test]
+async fn registers_as_a_foreign_device_and_renews_before_the_ttl() {
+    // A stand-in BBMD: accepts every registration and records when it came.
+    let bbmd = UdpSocket::bind("127.0.0.1:0").await.expect("bbmd");
+    let mut cfg = castpoint::config::Config::embedded().expect("config");
+    util::loopback(&mut cfg);
+    let raw = &mut cfg.server.bacnet.raw;
+    raw.insert(
+        "foreign_bbmd".into(),
+        toml::Value::String(bbmd.local_addr().expect("addr").to_string()),
+    );
+    raw.insert("foreign_ttl".into(), toml::Value::Integer(4));
+    let app = castpoint::app::App::start(cfg).await.expect("start");
+    assert!(app.addrs.bacnet.is_some());
+    let mut buf = [0u8; 1500];
+    let mut registrations = Vec::new();
+    let t0 = std::time::Instant::now();
+    while registrations.len() < 2 && t0.elapsed() < Duration::from_secs(6) {
+        let Ok(Ok((n, from))) = timeout(Duration::from_secs(6), bbmd.recv_from(&mut buf)).await
+        else {
+            break;
+        };
+        if n == 6 && buf[..4] == [0x81, 0x05, 0x00, 0x06] {
+            assert_eq!(u16::from_be_bytes([buf[4], buf[5]]), 4, "TTL on the wire");
+            registrations.push(t0.elapsed());
+            bbmd.send_to(&[0x81, 0x00, 0x00, 0x06, 0x00, 0x00], from)
+                .await
+                .expect("ack");
+        }
+    }
+    assert_eq!(registrations.len(), 2, "registered, then renewed");
+    assert!(
+        registrations[1] - registrations[0] < Duration::from_secs(4),
+        "renewed before the TTL ran out: {registrations:?}"
+    );
+    app.stop().await;
+}

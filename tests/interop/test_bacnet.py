@@ -456,3 +456,37 @@ def test_tshark_finds_no_malformed_reply(bserver, tmp_path):
                           capture_output=True, text=True, check=True).stdout
     assert "Malformed" not in text
     assert "complex-ACK" in text or "Complex-ACK" in text or "readPropertyMultiple" in text
+
+
+def test_rpm_all_of_the_whole_device_in_one_request(bserver):
+    """One RPM ALL for every object: larger than one APDU, so it comes back segmented."""
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            ol = await object_list(app, addr)
+            params = []
+            for oid in ol:
+                params += [oid, ["all"]]
+            res = await app.read_property_multiple(addr, params)
+            assert {o for (o, _, _, _) in res} == set(ol)
+            assert len(res) > 300
+        finally:
+            app.close()
+    run(go())
+
+
+def test_export_ede(tmp_path):
+    from conftest import castpoint_bin
+    out = subprocess.run([castpoint_bin(), "export", "ede"], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert "VERSION_OF_LAYOUT;2.3" in lines
+    rows = [l.split(";") for l in lines if not l.startswith("#") and l.count(";") == 15]
+    assert len(rows) == 24  # device + 23 objects
+    by_key = {r[0]: r for r in rows}
+    assert by_key["stream_enable"][3:5] == ["4", "0"]
+    assert by_key["cpu_usage"][14] == "98"
+    subprocess.run([castpoint_bin(), "export", "ede", "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    states = (tmp_path / "castpoint_StateTexts.csv").read_text()
+    assert ";LIVE;STOPPED;ERROR" in states
