@@ -466,7 +466,9 @@ async fn a_port_in_use_is_a_fault_not_a_crash() {
     let mut cfg = castpoint::config::Config::embedded().expect("config");
     util::loopback(&mut cfg);
     cfg.server.bacnet.bind = taken;
-    let second = castpoint::app::App::start(cfg).await.expect("the process starts");
+    let second = castpoint::app::App::start(cfg)
+        .await
+        .expect("the process starts");
     assert_eq!(second.addrs.bacnet, None, "the port was taken by the first");
     let cs = second
         .db

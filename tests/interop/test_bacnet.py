@@ -256,6 +256,8 @@ def test_write_errors_use_standard_codes(bserver):
                 ("analog-input,0", "present-value", Real(1.0), None, "write-access-denied"),
                 ("analog-value,0", "object-name", CharacterString("x"), None, "write-access-denied"),
                 ("multi-state-value,0", "present-value", Unsigned(2), None, "write-access-denied"),
+                # The device and its port are configuration, not writable from BACnet.
+                (f"device,{DEVICE}", "object-name", CharacterString("x"), None, "service-request-denied"),
             ]
             for oid, prop, v, prio, code in cases:
                 with pytest.raises(ErrorRejectAbortNack) as e:
