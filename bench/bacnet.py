@@ -159,9 +159,10 @@ def main():
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "castpoint"))
     a = ap.parse_args()
     cp, cp_port = start_castpoint(a.bin)
-    bp, bp_port = start_bacpypes3()
+    bp = None
     rows = []
     try:
+        bp, bp_port = start_bacpypes3()
         for w in [int(x) for x in a.window.split(",")]:
             for name, port in (("castpoint", cp_port), ("bacpypes3 0.0.110", bp_port)):
                 asyncio.run(run_client(port, 0.5, w))  # warm-up
@@ -171,7 +172,8 @@ def main():
     finally:
         cp.terminate()
         cp.wait()
-        bp.terminate()
+        if bp is not None:
+            bp.terminate()
     print(f"RPM of present-value of {len(OBJECTS)} objects per request, {a.seconds:g} s per cell, "
           f"loopback, {os.cpu_count()} CPUs\n")
     print("| server | outstanding | req/s | p50 ms | p99 ms | errors/timeouts |")
