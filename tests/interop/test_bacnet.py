@@ -82,6 +82,25 @@ def rest_write(s, point, value, priority):
         return json.load(r)
 
 
+def raw_rp_answers(s, wait=1.0):
+    """Whether a raw ReadProperty (device object-name) gets any reply within `wait` s."""
+    import socket
+    import struct
+    port = s.addrs["bacnet"][1]
+    apdu = bytes([0x01, 0x04, 0x00, 0x05, 0x42, 0x0C, 0x0C]) + struct.pack(">I", (8 << 22) | DEVICE) + b"\x19\x4d"
+    frame = bytes([0x81, 0x0A]) + struct.pack(">H", len(apdu) + 4) + apdu
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(wait)
+    try:
+        sock.sendto(frame, ("127.0.0.1", port))
+        sock.recv(2048)
+        return True
+    except socket.timeout:
+        return False
+    finally:
+        sock.close()
+
+
 async def object_list(app, addr):
     return await app.read_property(addr, ObjectIdentifier(f"device,{DEVICE}"), "object-list")
 
@@ -388,10 +407,20 @@ def test_dcc_and_reinitialize_need_the_password(bserver):
                                                     password=PASSWORD)
             dcc.pduDestination = addr
             await app.request(dcc)
+            # disable-initiation stops I-Am/COV initiation but the device still answers.
+            assert await asyncio.to_thread(raw_rp_answers, bserver) is True
+            # "disable" was deprecated by protocol revision 20: refused.
+            off = DeviceCommunicationControlRequest(timeDuration=5, enableDisable="disable",
+                                                    password=PASSWORD)
+            off.pduDestination = addr
+            with pytest.raises(ErrorRejectAbortNack) as e:
+                await app.request(off)
+            assert "service-request-denied" in str(e.value)
             en = DeviceCommunicationControlRequest(enableDisable="enable", password=PASSWORD)
             en.pduDestination = addr
             await app.request(en)
-            bad = DeviceCommunicationControlRequest(enableDisable="disable", password="nope")
+            assert await asyncio.to_thread(raw_rp_answers, bserver) is True
+            bad = DeviceCommunicationControlRequest(enableDisable="disableInitiation", password="nope")
             bad.pduDestination = addr
             with pytest.raises(ErrorRejectAbortNack) as e:
                 await app.request(bad)
@@ -492,3 +521,29 @@ def test_export_ede(tmp_path):
                    capture_output=True)
     states = (tmp_path / "castpoint_StateTexts.csv").read_text()
     assert ";LIVE;STOPPED;ERROR" in states
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+def test_i_am_broadcast_at_start_up(tmp_path):
+    pcap = tmp_path / "iam.pcap"
+    cap = subprocess.Popen(["tshark", "-i", "lo", "-f", "udp and dst host 127.255.255.255",
+                            "-w", str(pcap)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in cap.stderr:
+            if "Capture started" in line:
+                break
+        time.sleep(0.5)
+        s = Server()
+        port = s.addrs["bacnet"][1]
+        time.sleep(1.0)
+        s.stop()
+    finally:
+        cap.terminate()
+        cap.wait(timeout=10)
+    out = subprocess.run(["tshark", "-r", str(pcap), "-d", f"udp.port=={port},bvlc", "-T", "fields",
+                          "-e", "udp.srcport", "-e", "bvlc.function", "-e", "bacapp.unconfirmed_service",
+                          "-e", "bacapp.instance_number"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [l.split("\t") for l in out.splitlines() if l.strip()]
+    assert [str(port), "0x0b", "0", str(DEVICE)] in rows, out
