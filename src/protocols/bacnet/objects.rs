@@ -11,7 +11,7 @@
 //! other protocols reach COV subscribers through
 //! `BACnetServer::set_present_value_local`, which calls
 //! [`PointObject::set_present_value_internal`] (a refresh, nothing to store)
-//! and then runs the stack's own COV evaluation (see `sync` in `mod.rs`).
+//! and then runs the stack's own COV evaluation (see `run` in `mod.rs`).
 
 use std::borrow::Cow;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
