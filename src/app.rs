@@ -130,6 +130,20 @@ impl App {
         // --- modbus: end ---
 
         // --- bacnet: start (owned by src/protocols/bacnet) ---
+        if cfg.server.bacnet.enabled {
+            match crate::protocols::bacnet::start(
+                &cfg.server.bacnet,
+                db.clone(),
+                maps.clone(),
+                shutdown.clone(),
+                &tasks,
+            )
+            .await
+            {
+                Ok(a) => addrs.bacnet = Some(a),
+                Err(e) => faults.push(format!("bacnet {}: {e}", cfg.server.bacnet.bind)),
+            }
+        }
         // --- bacnet: end ---
 
         // --- haystack: start (owned by src/protocols/haystack) ---

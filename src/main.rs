@@ -110,6 +110,14 @@ enum Export {
         #[arg(long, default_value = "md", value_parser = ["md", "csv"])]
         format: String,
     },
+    /// BACnet EDE 2.3 CSV: to stdout, or `<dir>/<device>_EDE.csv` and
+    /// `<dir>/<device>_StateTexts.csv` with --out.
+    Ede {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn load(config: &Option<PathBuf>) -> Result<Config, ExitCode> {
@@ -177,6 +185,12 @@ fn main() -> ExitCode {
             }
         },
         Cmd::User { what } => user_cmd(what),
+        Cmd::Export {
+            what: Export::Ede { config, out },
+        } => match load(&config) {
+            Ok(c) => export_ede(&c, out),
+            Err(code) => code,
+        },
         Cmd::Run {
             config,
             http,
@@ -265,6 +279,28 @@ fn user_cmd(what: UserCmd) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn export_ede(c: &Config, out: Option<PathBuf>) -> ExitCode {
+    let stamp = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let (ede, states) = castpoint::protocols::bacnet::ede::export(c, &stamp);
+    let Some(dir) = out else {
+        print!("{ede}");
+        return ExitCode::SUCCESS;
+    };
+    let base = c.server.bacnet.device_name.replace(['/', '\\'], "_");
+    for (name, text) in [
+        (format!("{base}_EDE.csv"), &ede),
+        (format!("{base}_StateTexts.csv"), &states),
+    ] {
+        let path = dir.join(name);
+        if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        println!("{}", path.display());
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(cfg: Config) -> ExitCode {

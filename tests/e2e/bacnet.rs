@@ -1,1 +1,522 @@
-//! bacnet end-to-end tests against the running server.
+//! bacnet end-to-end tests against the running server: a small raw-UDP BACnet/IP client (so the bytes on the wire are the test's own), COV, priority writes, BBMD NAKs and a malformed-packet suite.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use castpoint::points::{Protocol, Quality, Value};
+use tokio::net::UdpSocket;
+use tokio::time::timeout;
+
+use crate::util;
+
+const DEVICE: u32 = 389_001;
+const AI: u32 = 0;
+const AV: u32 = 2;
+const BO: u32 = 4;
+const MSV: u32 = 19;
+const PV: u8 = 85;
+
+fn oid(ty: u32, inst: u32) -> [u8; 4] {
+    ((ty << 22) | inst).to_be_bytes()
+}
+
+/// BVLC Original-Unicast-NPDU around an NPDU + APDU.
+fn bvlc(npdu_apdu: &[u8]) -> Vec<u8> {
+    let len = (npdu_apdu.len() + 4) as u16;
+    let mut v = vec![0x81, 0x0A];
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(npdu_apdu);
+    v
+}
+
+/// A confirmed request (max APDU 1476, no segmentation) with its service data.
+fn confirmed(invoke: u8, service: u8, data: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x01, 0x04, 0x00, 0x05, invoke, service];
+    v.extend_from_slice(data);
+    bvlc(&v)
+}
+
+fn unconfirmed(service: u8, data: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x01, 0x00, 0x10, service];
+    v.extend_from_slice(data);
+    bvlc(&v)
+}
+
+fn read_property(invoke: u8, ty: u32, inst: u32, prop: u8, index: Option<u32>) -> Vec<u8> {
+    let mut d = vec![0x0C];
+    d.extend_from_slice(&oid(ty, inst));
+    d.extend_from_slice(&[0x19, prop]);
+    if let Some(i) = index {
+        d.push(0x2C);
+        d.extend_from_slice(&i.to_be_bytes());
+    }
+    confirmed(invoke, 12, &d)
+}
+
+fn write_property(invoke: u8, ty: u32, inst: u32, value: &[u8], priority: Option<u8>) -> Vec<u8> {
+    let mut d = vec![0x0C];
+    d.extend_from_slice(&oid(ty, inst));
+    d.extend_from_slice(&[0x19, PV, 0x3E]);
+    d.extend_from_slice(value);
+    d.push(0x3F);
+    if let Some(p) = priority {
+        d.extend_from_slice(&[0x49, p]);
+    }
+    confirmed(invoke, 15, &d)
+}
+
+fn real(f: f32) -> Vec<u8> {
+    let mut v = vec![0x44];
+    v.extend_from_slice(&f.to_be_bytes());
+    v
+}
+
+struct Client {
+    sock: UdpSocket,
+    server: SocketAddr,
+}
+
+/// The APDU of a reply (NPDU without network layer fields assumed, as the
+/// server answers a local peer).
+fn apdu(frame: &[u8]) -> Option<&[u8]> {
+    if frame.len() < 6 || frame[0] != 0x81 {
+        return None;
+    }
+    let control = frame[5];
+    if control & 0x80 != 0 {
+        return None; // network-layer message
+    }
+    let mut i = 6;
+    if control & 0x20 != 0 {
+        // DNET, DLEN, DADR, hop count
+        let dlen = *frame.get(i + 2)? as usize;
+        i += 3 + dlen + 1;
+    }
+    if control & 0x08 != 0 {
+        let slen = *frame.get(i + 2)? as usize;
+        i += 3 + slen;
+    }
+    frame.get(i..)
+}
+
+impl Client {
+    async fn new(server: SocketAddr) -> Client {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind client");
+        Client { sock, server }
+    }
+
+    async fn send(&self, frame: &[u8]) {
+        self.sock.send_to(frame, self.server).await.expect("send");
+    }
+
+    /// Next datagram within `ms`, if any.
+    async fn recv(&self, ms: u64) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 2048];
+        match timeout(Duration::from_millis(ms), self.sock.recv_from(&mut buf)).await {
+            Ok(Ok((n, _))) => Some(buf[..n].to_vec()),
+            _ => None,
+        }
+    }
+
+    /// Sends a confirmed request and returns the reply APDU for that invoke id.
+    async fn call(&self, frame: &[u8]) -> Vec<u8> {
+        let invoke = frame[8];
+        self.send(frame).await;
+        loop {
+            let r = self.recv(3000).await.expect("a reply within 3 s");
+            if let Some(a) = apdu(&r) {
+                if a.len() >= 2 && a[0] >> 4 != 1 && a[1] == invoke {
+                    return a.to_vec();
+                }
+            }
+        }
+    }
+
+    async fn read_real(&self, ty: u32, inst: u32) -> f32 {
+        let a = self.call(&read_property(7, ty, inst, PV, None)).await;
+        assert_eq!(a[0], 0x30, "complex ack: {a:02x?}");
+        let pos = a.iter().position(|b| *b == 0x3E).expect("opening tag") + 1;
+        assert_eq!(a[pos], 0x44, "REAL: {a:02x?}");
+        f32::from_be_bytes([a[pos + 1], a[pos + 2], a[pos + 3], a[pos + 4]])
+    }
+}
+
+/// (class, code) of an Error PDU.
+fn error_of(a: &[u8]) -> (u8, u8) {
+    assert_eq!(a[0], 0x50, "error PDU expected: {a:02x?}");
+    assert_eq!(a[3], 0x91);
+    assert_eq!(a[5], 0x91);
+    (a[4], a[6])
+}
+
+#[tokio::test]
+async fn who_is_read_and_quality_flags() {
+    let app = util::start().await;
+    let addr = app.addrs.bacnet.expect("bacnet bound");
+    assert_ne!(addr.port(), 0, "the real port is reported");
+    let c = Client::new(addr).await;
+
+    c.send(&unconfirmed(8, &[])).await;
+    let iam = c.recv(2000).await.expect("I-Am");
+    let a = apdu(&iam).expect("apdu");
+    assert_eq!(&a[..2], &[0x10, 0x00], "I-Am: {a:02x?}");
+    assert_eq!(&a[3..7], &oid(8, DEVICE));
+
+    // No source yet: a valid REAL 0.0 with FAULT and NO_SENSOR.
+    assert_eq!(c.read_real(AI, 0).await, 0.0);
+    let sf = c.call(&read_property(1, AI, 0, 111, None)).await;
+    assert!(
+        sf.windows(3).any(|w| w == [0x82, 0x04, 0x40]),
+        "fault flag: {sf:02x?}"
+    );
+    let rel = c.call(&read_property(2, AI, 0, 103, None)).await;
+    assert!(
+        rel.windows(3).any(|w| w == [0x3E, 0x91, 0x01]),
+        "no-sensor: {rel:02x?}"
+    );
+
+    let id = app.db.lookup("active_streams").expect("point");
+    app.db
+        .set(id, Some(Value::Number(7.0)), Quality::Ok, None)
+        .expect("set");
+    assert_eq!(c.read_real(AI, 0).await, 7.0);
+    let sf = c.call(&read_property(3, AI, 0, 111, None)).await;
+    assert!(
+        sf.windows(3).any(|w| w == [0x82, 0x04, 0x00]),
+        "no flags: {sf:02x?}"
+    );
+
+    // MSV state-text by index; a huge index is INVALID_ARRAY_INDEX (42).
+    let st = c.call(&read_property(4, MSV, 0, 110, Some(1))).await;
+    assert!(st.windows(2).any(|w| w == *b"OK"), "{st:02x?}");
+    let e = c.call(&read_property(5, MSV, 0, 110, Some(u32::MAX))).await;
+    assert_eq!(error_of(&e), (2, 42));
+    // An index on a non-array property: PROPERTY_IS_NOT_AN_ARRAY (50).
+    let e = c.call(&read_property(6, AI, 0, PV, Some(u32::MAX))).await;
+    assert_eq!(error_of(&e), (2, 50));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn writes_share_the_priority_array_with_other_protocols() {
+    let app = util::start().await;
+    let c = Client::new(app.addrs.bacnet.expect("bound")).await;
+    let me = c.sock.local_addr().expect("local");
+    let id = app.db.lookup("input_select").expect("point");
+
+    let ack = c
+        .call(&write_property(1, AV, 0, &real(0.75), Some(9)))
+        .await;
+    assert_eq!(&ack[..3], &[0x20, 1, 15], "simple ack: {ack:02x?}");
+    let st = app.db.read(id).expect("state");
+    assert_eq!(st.value, Some(Value::Number(0.75)));
+    let pa = app.db.priority_array(id).expect("pa");
+    let slot = pa.slots[8].as_ref().expect("slot 9");
+    assert_eq!(slot.who.protocol, Protocol::Bacnet);
+    assert_eq!(slot.who.peer, Some(me), "the audit names the BACnet peer");
+
+    // A REST/Modbus write at a more important level wins, and BACnet sees it.
+    app.db
+        .write(
+            id,
+            Some(Value::Number(1.0)),
+            5,
+            &castpoint::points::Source::new(Protocol::Rest, None, None),
+        )
+        .expect("rest write");
+    assert_eq!(c.read_real(AV, 0).await, 1.0);
+
+    // Out of range: PROPERTY (2) / VALUE_OUT_OF_RANGE (37); priority 6:
+    // WRITE_ACCESS_DENIED (40); wrong type: INVALID_DATA_TYPE (9).
+    let e = c
+        .call(&write_property(2, AV, 0, &real(17.0), Some(9)))
+        .await;
+    assert_eq!(error_of(&e), (2, 37));
+    let e = c.call(&write_property(3, AV, 0, &real(2.0), Some(6))).await;
+    assert_eq!(error_of(&e), (2, 40));
+    let e = c.call(&write_property(4, BO, 0, &real(1.0), Some(9))).await;
+    assert_eq!(error_of(&e), (2, 9));
+    let e = c.call(&write_property(5, AI, 0, &real(1.0), None)).await;
+    assert_eq!(error_of(&e), (2, 40));
+
+    // NULL relinquishes: level 5 gone, 9 (0.75) back in force, then default.
+    let ack = c.call(&write_property(6, AV, 0, &[0x00], Some(5))).await;
+    assert_eq!(ack[0], 0x20);
+    assert_eq!(c.read_real(AV, 0).await, 0.75);
+    c.call(&write_property(7, AV, 0, &[0x00], Some(9))).await;
+    assert_eq!(c.read_real(AV, 0).await, 0.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cov_notification_follows_a_database_change() {
+    let app = util::start().await;
+    let c = Client::new(app.addrs.bacnet.expect("bound")).await;
+    let id = app.db.lookup("cpu_usage").expect("point");
+    app.db
+        .set(id, Some(Value::Number(10.0)), Quality::Ok, None)
+        .expect("set");
+    // SubscribeCOV: process 9, AI3, unconfirmed, lifetime 60 s.
+    let mut d = vec![0x09, 0x09, 0x1C];
+    d.extend_from_slice(&oid(AI, 3));
+    d.extend_from_slice(&[0x29, 0x00, 0x39, 60]);
+    let ack = c.call(&confirmed(1, 5, &d)).await;
+    assert_eq!(ack[0], 0x20, "subscribe acked: {ack:02x?}");
+    // Initial notification.
+    let n = c.recv(2000).await.expect("initial notification");
+    assert_eq!(&apdu(&n).expect("apdu")[..2], &[0x10, 0x02]);
+    // Below the cov-increment (1.0): no notification.
+    app.db
+        .set(id, Some(Value::Number(10.5)), Quality::Ok, None)
+        .expect("set");
+    assert!(c.recv(400).await.is_none(), "0.5 < cov-increment");
+    let t0 = std::time::Instant::now();
+    app.db
+        .set(id, Some(Value::Number(42.0)), Quality::Ok, None)
+        .expect("set");
+    let n = c.recv(1000).await.expect("notification within 1 s");
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    let a = apdu(&n).expect("apdu");
+    assert_eq!(&a[..2], &[0x10, 0x02]);
+    assert!(
+        a.windows(5).any(|w| w == real(42.0).as_slice()),
+        "new value: {a:02x?}"
+    );
+    // A quality change alone (status-flags) notifies too.
+    app.db
+        .set(id, Some(Value::Number(42.0)), Quality::Fault, Some("test"))
+        .expect("set");
+    let n = c.recv(1000).await.expect("status-flags notification");
+    assert!(apdu(&n)
+        .expect("apdu")
+        .windows(3)
+        .any(|w| w == [0x82, 0x04, 0x40]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bbmd_requests_get_a_nak() {
+    let app = util::start().await;
+    let c = Client::new(app.addrs.bacnet.expect("bound")).await;
+    // Read-BDT -> NAK 0x0020; Register-Foreign-Device -> NAK 0x0030.
+    for (req, nak) in [
+        (vec![0x81, 0x02, 0x00, 0x04], 0x0020u16),
+        (vec![0x81, 0x05, 0x00, 0x06, 0x00, 0x3C], 0x0030),
+        (vec![0x81, 0x06, 0x00, 0x04], 0x0040),
+    ] {
+        c.send(&req).await;
+        let r = c.recv(2000).await.expect("BVLC-Result");
+        assert_eq!(&r[..4], &[0x81, 0x00, 0x00, 0x06], "{r:02x?}");
+        assert_eq!(u16::from_be_bytes([r[4], r[5]]), nak);
+    }
+    app.stop().await;
+}
+
+/// Reply classes a malformed datagram may get: silence, Reject, Abort,
+/// Error, a BVLC-Result NAK, or a SegmentACK (the answer to a first segment);
+/// anything else is a finding.
+fn acceptable(reply: &[u8]) -> bool {
+    if reply.len() >= 4 && reply[0] == 0x81 && reply[1] == 0x00 {
+        return true;
+    }
+    match apdu(reply) {
+        Some(a) if !a.is_empty() => matches!(a[0] >> 4, 4..=7),
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn malformed_packets_get_reject_abort_error_or_silence() {
+    let app = util::start().await;
+    let c = Client::new(app.addrs.bacnet.expect("bound")).await;
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("one byte", vec![0x81]),
+        ("not BVLC", vec![0x82, 0x0A, 0x00, 0x04]),
+        (
+            "BVLC length too long",
+            vec![0x81, 0x0A, 0x00, 0x40, 0x01, 0x04],
+        ),
+        (
+            "BVLC length too short",
+            vec![0x81, 0x0A, 0x00, 0x02, 0x01, 0x04, 0x00],
+        ),
+        ("NPDU version 2", bvlc(&[0x02, 0x04, 0x00, 0x05, 1, 12])),
+        ("truncated APDU", bvlc(&[0x01, 0x04, 0x00])),
+        ("RP without object", confirmed(1, 12, &[])),
+        (
+            "RP application tag for object",
+            confirmed(2, 12, &[0xC4, 0, 0, 0, 0, 0x19, PV]),
+        ),
+        (
+            "RP truncated object id",
+            confirmed(3, 12, &[0x0C, 0x00, 0x00]),
+        ),
+        (
+            "RP property length lies",
+            confirmed(4, 12, &[0x0C, 0, 0, 0, 0, 0x1D, 0xFF]),
+        ),
+        (
+            "WP 12 bytes (bacnet-rs crasher)",
+            confirmed(5, 15, &[0x0C, 0x00, 0x80, 0x00, 0x00, 0x19, PV]),
+        ),
+        (
+            "WP unclosed value",
+            confirmed(
+                6,
+                15,
+                &[0x0C, 0x00, 0x80, 0x00, 0x00, 0x19, PV, 0x3E, 0x44, 0x3F],
+            ),
+        ),
+        (
+            "RPM unclosed list",
+            confirmed(7, 14, &[0x0C, 0, 0, 0, 0, 0x1E, 0x09, PV]),
+        ),
+        ("unknown confirmed service", confirmed(8, 0x7F, &[0x00])),
+        (
+            "unknown unconfirmed service",
+            unconfirmed(0x55, &[0x01, 0x02]),
+        ),
+        (
+            "segmented request without segments",
+            bvlc(&[0x01, 0x04, 0x08, 0x05, 9, 0, 2, 12, 0x0C]),
+        ),
+        (
+            "huge extended tag length",
+            confirmed(10, 12, &[0x0D, 0xFE, 0xFF, 0xFF, 0x19, PV]),
+        ),
+        ("reserved PDU type", bvlc(&[0x01, 0x04, 0xF0, 0x05, 11, 12])),
+    ];
+    // A deterministic stream of mutated ReadProperty requests (xorshift).
+    let base = read_property(12, AV, 0, PV, Some(3));
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..500 {
+        let mut f = base.clone();
+        for _ in 0..3 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = (x as usize) % f.len();
+            f[i] = (x >> 32) as u8;
+        }
+        if x % 5 == 0 {
+            let keep = (x >> 8) as usize % f.len();
+            f.truncate(keep);
+        }
+        cases.push(("mutated RP", f));
+    }
+    for (what, frame) in &cases {
+        c.send(frame).await;
+        while let Some(r) = c.recv(if *what == "mutated RP" { 5 } else { 300 }).await {
+            let ok = acceptable(&r)
+                // A mutation may still be a valid request: then any reply is fine.
+                || *what == "mutated RP";
+            assert!(ok, "{what}: unexpected reply {r:02x?}");
+        }
+    }
+    // Specific answers the standard asks for.
+    let a = c.call(&confirmed(20, 0x7F, &[0x00])).await;
+    assert_eq!(
+        &a[..3],
+        &[0x60, 20, 9],
+        "Reject unrecognized-service: {a:02x?}"
+    );
+    // Still serving.
+    assert_eq!(c.read_real(AV, 0).await, 0.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rpm_all_of_every_object_fits_or_is_segmented_or_aborted() {
+    let app = util::start().await;
+    let c = Client::new(app.addrs.bacnet.expect("bound")).await;
+    // RPM ALL of every point object in one request, from a client that
+    // accepts only 50-octet APDUs and no segments: the answer must be an
+    // Abort (segmentation-not-supported / buffer-overflow), not silence.
+    let mut d = Vec::new();
+    for o in &app.maps.bacnet.objects {
+        let ty = match o.object_type.short() {
+            "AI" => AI,
+            "AV" => AV,
+            "BO" => BO,
+            _ => MSV,
+        };
+        d.push(0x0C);
+        d.extend_from_slice(&oid(ty, o.instance));
+        d.extend_from_slice(&[0x1E, 0x09, 8, 0x1F]);
+    }
+    let mut v = vec![0x01, 0x04, 0x00, 0x00, 33, 14];
+    v.extend_from_slice(&d);
+    let a = c.call(&bvlc(&v)).await;
+    assert_eq!(a[0] >> 4, 7, "abort: {a:02x?}");
+    // segmentation-not-supported (4) or buffer-overflow (1), not out-of-resources.
+    assert!(matches!(a[2], 1 | 4), "abort reason: {a:02x?}");
+    // The same with 1476 octets and segmentation accepted: a (segmented) ack.
+    let mut v = vec![0x01, 0x04, 0x02, 0x75, 34, 14];
+    v.extend_from_slice(&d);
+    let a = c.call(&bvlc(&v)).await;
+    assert_eq!(a[0] >> 4, 3, "complex ack: {:02x?}", &a[..8]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_a_fault_not_a_crash() {
+    let first = util::start().await;
+    let taken = first.addrs.bacnet.expect("bound");
+    let mut cfg = castpoint::config::Config::embedded().expect("config");
+    util::loopback(&mut cfg);
+    cfg.server.bacnet.bind = taken;
+    let second = castpoint::app::App::start(cfg)
+        .await
+        .expect("the process starts");
+    assert_eq!(second.addrs.bacnet, None, "the port was taken by the first");
+    let cs = second
+        .db
+        .read(second.db.lookup("communication_status").expect("point"))
+        .expect("state");
+    assert_eq!(cs.value, Some(Value::Enum(2)), "Communication Status FAULT");
+    assert!(cs.reason.as_deref().unwrap_or("").contains("bacnet"));
+    // The first keeps serving.
+    let c = Client::new(taken).await;
+    assert_eq!(c.read_real(AV, 0).await, 0.0);
+    second.stop().await;
+    first.stop().await;
+}
+
+#[tokio::test]
+async fn registers_as_a_foreign_device_and_renews_before_the_ttl() {
+    // A stand-in BBMD: accepts every registration and records when it came.
+    let bbmd = UdpSocket::bind("127.0.0.1:0").await.expect("bbmd");
+    let mut cfg = castpoint::config::Config::embedded().expect("config");
+    util::loopback(&mut cfg);
+    let raw = &mut cfg.server.bacnet.raw;
+    raw.insert(
+        "foreign_bbmd".into(),
+        toml::Value::String(bbmd.local_addr().expect("addr").to_string()),
+    );
+    raw.insert("foreign_ttl".into(), toml::Value::Integer(4));
+    let app = castpoint::app::App::start(cfg).await.expect("start");
+    assert!(app.addrs.bacnet.is_some());
+    let mut buf = [0u8; 1500];
+    let mut registrations = Vec::new();
+    let t0 = std::time::Instant::now();
+    while registrations.len() < 2 && t0.elapsed() < Duration::from_secs(6) {
+        let Ok(Ok((n, from))) = timeout(Duration::from_secs(6), bbmd.recv_from(&mut buf)).await
+        else {
+            break;
+        };
+        if n == 6 && buf[..4] == [0x81, 0x05, 0x00, 0x06] {
+            assert_eq!(u16::from_be_bytes([buf[4], buf[5]]), 4, "TTL on the wire");
+            registrations.push(t0.elapsed());
+            bbmd.send_to(&[0x81, 0x00, 0x00, 0x06, 0x00, 0x00], from)
+                .await
+                .expect("ack");
+        }
+    }
+    assert_eq!(registrations.len(), 2, "registered, then renewed");
+    assert!(
+        registrations[1] - registrations[0] < Duration::from_secs(4),
+        "renewed before the TTL ran out: {registrations:?}"
+    );
+    app.stop().await;
+}

@@ -1,0 +1,102 @@
+//! EDE 2.3 export (the semicolon CSV "Engineering Data Exchange" point list BMS integrators import) of the BACnet device.
+
+use crate::config::Config;
+use crate::points::{BacnetObjectType, PointDef};
+
+use super::units;
+
+/// BACnet object type numbers (Clause 21 BACnetObjectType).
+fn type_number(t: BacnetObjectType) -> u32 {
+    match t {
+        BacnetObjectType::AnalogInput => 0,
+        BacnetObjectType::AnalogValue => 2,
+        BacnetObjectType::BinaryOutput => 4,
+        BacnetObjectType::BinaryValue => 5,
+        BacnetObjectType::MultiStateValue => 19,
+    }
+}
+
+/// EDE cells are `;`-separated: keep a field free of separators and line breaks.
+fn cell(s: &str) -> String {
+    s.replace([';', '\n', '\r'], " ")
+}
+
+fn header(project: &str, stamp: &str) -> String {
+    format!(
+        "# Proposal_Engineering-Data-Exchange - B. Butenuth, Version 2.3\n\
+         PROJECT_NAME;{}\n\
+         VERSION_OF_REFERENCEFILE;1\n\
+         TIMESTAMP_OF_LAST_CHANGE;{stamp}\n\
+         AUTHOR_OF_LAST_CHANGE;castpoint\n\
+         VERSION_OF_LAYOUT;2.3\n",
+        cell(project)
+    )
+}
+
+fn num(v: Option<f64>) -> String {
+    v.map(|v| format!("{v}")).unwrap_or_default()
+}
+
+/// The EDE data file and its state-text file (`*_StateTexts.csv`), as text.
+pub fn export(cfg: &Config, stamp: &str) -> (String, String) {
+    let b = &cfg.server.bacnet;
+    let dev = b.device_instance;
+    let mut ede = header(&b.device_name, stamp);
+    ede.push_str(
+        "#mandatory;mandatory;mandatory;mandatory;mandatory;optional;optional;optional;optional;optional;optional;optional;optional;optional;optional;optional\n\
+         # keyname;device obj.-instance;object-name;object-type;object-instance;description;present-value-default;min-present-value;max-present-value;settable;supports COV;hi-limit;low-limit;state-text-reference;unit-code;vendor-specific-address\n",
+    );
+    ede.push_str(&format!(
+        "{};{dev};{};8;{dev};castpoint device;;;;;;;;;;\n",
+        cell(&b.device_name),
+        cell(&b.device_name)
+    ));
+    let mut states = header(&b.device_name, stamp);
+    states.push_str("#Reference Number;Text 1;Text 2;Text 3;Text 4;Text 5;Text 6;Text 7;Text 8\n");
+    let mut next_ref = 1u32;
+    for o in &cfg.maps.bacnet.objects {
+        let Some(def): Option<&PointDef> = cfg.points.get(o.point.index()) else {
+            continue;
+        };
+        let unit = if matches!(
+            o.object_type,
+            BacnetObjectType::AnalogInput | BacnetObjectType::AnalogValue
+        ) {
+            units::units_code(def, o, cfg.maps.bacnet.bitrate_units_fallback)
+                .map(|c| c.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let state_ref = if def.states.is_empty() {
+            String::new()
+        } else {
+            let r = next_ref;
+            next_ref += 1;
+            let texts: Vec<String> = def.states.iter().map(|s| cell(s)).collect();
+            states.push_str(&format!("{r};{}\n", texts.join(";")));
+            r.to_string()
+        };
+        let default = def
+            .relinquish_default
+            .map(|v| format!("{}", v.as_f64()))
+            .unwrap_or_default();
+        let (min, max) = match o.object_type {
+            BacnetObjectType::AnalogInput | BacnetObjectType::AnalogValue => {
+                (num(def.min), num(def.max))
+            }
+            _ => (String::new(), String::new()),
+        };
+        ede.push_str(&format!(
+            "{key};{dev};{name};{ty};{inst};{desc};{default};{min};{max};{settable};Y;;;{state_ref};{unit};{short}{inst}\n",
+            key = cell(&def.id),
+            name = cell(&def.name),
+            ty = type_number(o.object_type),
+            inst = o.instance,
+            desc = cell(&def.description),
+            settable = if o.object_type.commandable() { "Y" } else { "N" },
+            short = o.object_type.short(),
+        ));
+    }
+    (ede, states)
+}

@@ -1,0 +1,549 @@
+"""BACnet/IP interop: bacpypes3 as the client of the real castpoint binary (who-is, RP/RPM of every object, WP with priorities, COV, DCC/Reinit), and tshark dissecting every reply."""
+import asyncio
+import json
+import pathlib
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+from bacpypes3.apdu import (
+    DeviceCommunicationControlRequest,
+    ErrorRejectAbortNack,
+    ReinitializeDeviceRequest,
+    TimeSynchronizationRequest,
+    WritePropertyMultipleRequest,
+    WritePropertyRequest,
+)
+from bacpypes3.app import Application
+from bacpypes3.argparse import SimpleArgumentParser
+from bacpypes3.basetypes import DateTime, ErrorType, PropertyValue, WriteAccessSpecification
+from bacpypes3.constructeddata import Any, ListOf
+from bacpypes3.pdu import Address
+from bacpypes3.primitivedata import (
+    CharacterString,
+    Date,
+    Enumerated,
+    Null,
+    ObjectIdentifier,
+    Real,
+    Time,
+    Unsigned,
+)
+
+from conftest import ROOT, Server
+
+PASSWORD = "interop-pw"
+DEVICE = 389001
+
+
+@pytest.fixture(scope="module")
+def bserver():
+    """castpoint with a BACnet password configured (DCC / ReinitializeDevice)."""
+    text = (ROOT / "castpoint.toml").read_text()
+    text = text.replace("[bacnet]\n", f'[bacnet]\npassword = "{PASSWORD}"\n', 1)
+    d = pathlib.Path(tempfile.mkdtemp(prefix="castpoint-bacnet-"))
+    cfg = d / "castpoint.toml"
+    cfg.write_text(text)
+    s = Server(config=cfg)
+    yield s
+    s.stop()
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def client(instance=999):
+    args = SimpleArgumentParser().parse_args(
+        ["--address", "127.0.0.1/8:0", "--instance", str(instance)])
+    return Application.from_args(args)
+
+
+def target(s):
+    host, port = s.addrs["bacnet"]
+    return Address(f"127.0.0.1:{port}")
+
+
+def rest_get(s, point):
+    with urllib.request.urlopen(f"{s.http_base}/api/points/{point}") as r:
+        return json.load(r)
+
+
+def rest_write(s, point, value, priority):
+    req = urllib.request.Request(
+        f"{s.http_base}/api/points/{point}", method="POST",
+        data=json.dumps({"value": value, "priority": priority}).encode(),
+        headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)
+
+
+def raw_rp_answers(s, wait=1.0):
+    """Whether a raw ReadProperty (device object-name) gets any reply within `wait` s."""
+    import socket
+    import struct
+    port = s.addrs["bacnet"][1]
+    apdu = bytes([0x01, 0x04, 0x00, 0x05, 0x42, 0x0C, 0x0C]) + struct.pack(">I", (8 << 22) | DEVICE) + b"\x19\x4d"
+    frame = bytes([0x81, 0x0A]) + struct.pack(">H", len(apdu) + 4) + apdu
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(wait)
+    try:
+        sock.sendto(frame, ("127.0.0.1", port))
+        sock.recv(2048)
+        return True
+    except socket.timeout:
+        return False
+    finally:
+        sock.close()
+
+
+async def object_list(app, addr):
+    return await app.read_property(addr, ObjectIdentifier(f"device,{DEVICE}"), "object-list")
+
+
+async def raw_write(app, addr, oid, prop, value, priority=None):
+    """WriteProperty with the value sent as given (bacpypes3's write_property
+    casts values to the property's datatype, which hides datatype errors)."""
+    req = WritePropertyRequest(objectIdentifier=ObjectIdentifier(oid), propertyIdentifier=prop,
+                               propertyValue=Any(value))
+    if priority is not None:
+        req.priority = priority
+    req.pduDestination = addr
+    return await app.request(req)
+
+
+def test_who_is_answers_with_the_configured_device(bserver):
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            iams = await app.who_is(DEVICE, DEVICE, addr)
+            assert [i.iAmDeviceIdentifier for i in iams] == [ObjectIdentifier(f"device,{DEVICE}")]
+            assert iams[0].maxAPDULengthAccepted == 1476
+            assert iams[0].vendorID == 999
+            # A range that excludes the device gets no I-Am.
+            none = await app.who_is(1, 10, addr, timeout=1)
+            assert none == []
+        finally:
+            app.close()
+    run(go())
+
+
+def test_who_has_by_name(bserver):
+    async def go():
+        app = client()
+        try:
+            ihaves = await app.who_has(object_name=CharacterString("Stream Enable"),
+                                       address=target(bserver), timeout=2)
+            assert [str(i.objectIdentifier) for i in ihaves] == ["binary-output,0"]
+        finally:
+            app.close()
+    run(go())
+
+
+def test_read_property_of_every_object(bserver):
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            ol = await object_list(app, addr)
+            # Seed addresses are exact, plus a Network Port.
+            for want in ["analog-input,0", "analog-input,1", "analog-input,2",
+                         "multi-state-value,0", "multi-state-value,1", "binary-output,0",
+                         "network-port,1"]:
+                assert ObjectIdentifier(want) in ol
+            assert len(ol) == 25
+            # object-list by index: 0 is the size, 1 the device.
+            n = await app.read_property(addr, ObjectIdentifier(f"device,{DEVICE}"), "object-list", 0)
+            assert n == len(ol)
+            first = await app.read_property(addr, ObjectIdentifier(f"device,{DEVICE}"), "object-list", 1)
+            assert first == ObjectIdentifier(f"device,{DEVICE}")
+            for oid in ol:
+                name = await app.read_property(addr, oid, "object-name")
+                assert name
+                if oid[0].attr in ("analog-input", "analog-value", "binary-output", "multi-state-value"):
+                    pv = await app.read_property(addr, oid, "present-value")
+                    assert pv is not None
+                    sf = await app.read_property(addr, oid, "status-flags")
+                    assert sf is not None
+            units = await app.read_property(addr, ObjectIdentifier("analog-input,3"), "units")
+            assert str(units) == "percent"
+            # The 2024 bit-rate unit (gigabits-per-second) by number.
+            units = await app.read_property(addr, ObjectIdentifier("analog-input,2"), "units")
+            assert int(units) == 47932
+            st = await app.read_property(addr, ObjectIdentifier("multi-state-value,0"), "state-text")
+            assert list(st) == ["OK", "WARNING", "FAULT"]
+            with pytest.raises(ErrorRejectAbortNack) as e:
+                await app.read_property(addr, ObjectIdentifier("multi-state-value,0"), "state-text", 99)
+            assert "invalid-array-index" in str(e.value)
+            with pytest.raises(ErrorRejectAbortNack) as e:
+                await app.read_property(addr, ObjectIdentifier("analog-input,77"), "present-value")
+            assert "unknown-object" in str(e.value)
+        finally:
+            app.close()
+    run(go())
+
+
+def test_rpm_all_required_optional_of_every_object(bserver):
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            ol = await object_list(app, addr)
+            for oid in ol:
+                res = await app.read_property_multiple(addr, [oid, ["all"]])
+                props = {str(p) for (_, p, _, v) in res}
+                assert "object-name" in props and "object-type" in props, oid
+                errors = [(p, v) for (_, p, _, v) in res if isinstance(v, (ErrorType, ErrorRejectAbortNack))]
+                assert errors == [], (oid, errors)
+                req = await app.read_property_multiple(addr, [oid, ["required"]])
+                opt = await app.read_property_multiple(addr, [oid, ["optional"]])
+                assert {str(p) for (_, p, _, _) in req} | {str(p) for (_, p, _, _) in opt} >= props - {"property-list"}
+            # Per-property errors inline.
+            res = await app.read_property_multiple(
+                addr, [ObjectIdentifier("analog-input,0"), ["present-value", "state-text"]])
+            assert isinstance(res[1][3], ErrorType)
+            assert str(res[1][3].errorCode) == "unknown-property"
+        finally:
+            app.close()
+    run(go())
+
+
+COMMANDABLE = [
+    ("analog-value,0", "input_select", [Real(0.75), Real(1.0), Real(16.0)], [0.75, 1.0, 16.0], 0.0),
+    ("analog-value,1", "output_profile", [Real(0.75), Real(1.0), Real(64.0)], [0.75, 1.0, 64.0], 0.0),
+    ("binary-output,0", "stream_enable", [Enumerated(0), Enumerated(1), Enumerated(0)], [False, True, False], True),
+    ("binary-output,1", "recording_enable", [Enumerated(1), Enumerated(0), Enumerated(1)], [True, False, True], False),
+    ("binary-output,2", "transcode_enable", [Enumerated(1), Enumerated(0), Enumerated(1)], [True, False, True], False),
+    ("binary-output,3", "system_restart", [Enumerated(1), Enumerated(0), Enumerated(1)], [True, False, True], False),
+]
+
+
+def pv_number(v):
+    return float(v) if not hasattr(v, "attr") else (1.0 if str(v) == "active" else 0.0)
+
+
+@pytest.mark.parametrize("oid,point,values,expect,default", COMMANDABLE)
+def test_write_priorities_and_relinquish(bserver, oid, point, values, expect, default):
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            o = ObjectIdentifier(oid)
+            # Lowest priority first, then more important ones win.
+            for prio, v, want in zip([16, 9, 1], values, expect):
+                await app.write_property(addr, o, "present-value", v, None, prio)
+                pv = await app.read_property(addr, o, "present-value")
+                assert pv_number(pv) == float(want), (prio, pv)
+                slot = await app.read_property(addr, o, "priority-array", prio)
+                assert slot is not None
+                assert rest_get(bserver, point)["value"] == want
+                ccp = await app.read_property(addr, o, "current-command-priority")
+                assert int(ccp.unsigned) == prio
+            # Relinquish 1: priority 9 is back in force, then 9, then 16.
+            await app.write_property(addr, o, "present-value", Null(()), None, 1)
+            pv = await app.read_property(addr, o, "present-value")
+            assert pv_number(pv) == float(expect[1])
+            await app.write_property(addr, o, "present-value", Null(()), None, 9)
+            await app.write_property(addr, o, "present-value", Null(()), None, 16)
+            pv = await app.read_property(addr, o, "present-value")
+            assert pv_number(pv) == float(default)
+            body = rest_get(bserver, point)
+            assert body["value"] == default
+            # Priority 6 (minimum on/off) is refused.
+            with pytest.raises(ErrorRejectAbortNack) as e:
+                await app.write_property(addr, o, "present-value", values[0], None, 6)
+            assert "write-access-denied" in str(e.value)
+        finally:
+            app.close()
+    run(go())
+
+
+def test_write_errors_use_standard_codes(bserver):
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            cases = [
+                ("analog-value,0", "present-value", Real(17.0), 10, "value-out-of-range"),
+                ("analog-value,0", "present-value", CharacterString("x"), 10, "invalid-data-type"),
+                ("binary-output,0", "present-value", Real(1.0), 10, "invalid-data-type"),
+                ("analog-input,0", "present-value", Real(1.0), None, "write-access-denied"),
+                ("analog-value,0", "object-name", CharacterString("x"), None, "write-access-denied"),
+                ("multi-state-value,0", "present-value", Unsigned(2), None, "write-access-denied"),
+                # The device and its port are configuration, not writable from BACnet.
+                (f"device,{DEVICE}", "object-name", CharacterString("x"), None, "service-request-denied"),
+            ]
+            for oid, prop, v, prio, code in cases:
+                with pytest.raises(ErrorRejectAbortNack) as e:
+                    await raw_write(app, addr, oid, prop, v, prio)
+                assert code in str(e.value), (oid, prop, str(e.value))
+            # Nothing was changed by the refused writes.
+            assert rest_get(bserver, "input_select")["value"] == 0
+        finally:
+            app.close()
+    run(go())
+
+
+def test_write_property_multiple(bserver):
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            req = WritePropertyMultipleRequest(listOfWriteAccessSpecs=[
+                WriteAccessSpecification(
+                    objectIdentifier=ObjectIdentifier("analog-value,0"),
+                    listOfProperties=[PropertyValue(propertyIdentifier="present-value",
+                                                    value=Any(Real(0.75)), priority=11)]),
+                WriteAccessSpecification(
+                    objectIdentifier=ObjectIdentifier("binary-output,1"),
+                    listOfProperties=[PropertyValue(propertyIdentifier="present-value",
+                                                    value=Any(Enumerated(1)), priority=11)]),
+            ])
+            req.pduDestination = addr
+            await app.request(req)
+            assert rest_get(bserver, "input_select")["value"] == 0.75
+            assert rest_get(bserver, "recording_enable")["value"] is True
+            for oid in ("analog-value,0", "binary-output,1"):
+                await app.write_property(addr, ObjectIdentifier(oid), "present-value", Null(()), None, 11)
+        finally:
+            app.close()
+    run(go())
+
+
+def test_rest_write_shows_in_bacnet_priority_array(bserver):
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            rest_write(bserver, "output_profile", 3, 12)
+            slot = await app.read_property(addr, ObjectIdentifier("analog-value,1"), "priority-array", 12)
+            assert float(slot.real) == 3.0
+            pv = await app.read_property(addr, ObjectIdentifier("analog-value,1"), "present-value")
+            assert pv == 3.0
+            rest_write(bserver, "output_profile", None, 12)
+            pv = await app.read_property(addr, ObjectIdentifier("analog-value,1"), "present-value")
+            assert pv == 0.0
+        finally:
+            app.close()
+    run(go())
+
+
+def test_cov_notification_within_one_second(bserver):
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            oid = ObjectIdentifier("analog-value,1")
+            async with app.change_of_value(addr, oid, 17, True, 120) as scm:
+                # Initial notification on subscribe.
+                seen = {}
+                t_end = time.time() + 2
+                while len(seen) < 2 and time.time() < t_end:
+                    p, v = await asyncio.wait_for(scm.get_value(), 2)
+                    seen[str(p)] = v
+                assert "present-value" in seen
+                t0 = time.monotonic()
+                await asyncio.to_thread(rest_write, bserver, "output_profile", 5, 12)
+                while True:
+                    p, v = await asyncio.wait_for(scm.get_value(), 1.0)
+                    if str(p) == "present-value" and v == 5.0:
+                        break
+                assert time.monotonic() - t0 < 1.0
+            rest_write(bserver, "output_profile", None, 12)
+        finally:
+            app.close()
+    run(go())
+
+
+def test_unconfirmed_cov_and_cancellation(bserver):
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            oid = ObjectIdentifier("binary-output,2")
+            async with app.change_of_value(addr, oid, 18, False, 60) as scm:
+                p, v = await asyncio.wait_for(scm.get_value(), 2)
+                await asyncio.to_thread(rest_write, bserver, "transcode_enable", True, 13)
+                got = None
+                while got != "active":
+                    p, v = await asyncio.wait_for(scm.get_value(), 1.0)
+                    if str(p) == "present-value":
+                        got = str(v)
+            # Leaving the context cancelled it: no subscription remains.
+            subs = await app.read_property(addr, ObjectIdentifier(f"device,{DEVICE}"),
+                                           "active-cov-subscriptions")
+            assert all(s.monitoredPropertyReference.objectIdentifier != oid for s in subs)
+            rest_write(bserver, "transcode_enable", None, 13)
+        finally:
+            app.close()
+    run(go())
+
+
+def test_dcc_and_reinitialize_need_the_password(bserver):
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            bad = ReinitializeDeviceRequest(reinitializedStateOfDevice="warmstart", password="nope")
+            bad.pduDestination = addr
+            with pytest.raises(ErrorRejectAbortNack) as e:
+                await app.request(bad)
+            assert "password-failure" in str(e.value)
+            assert rest_get(bserver, "system_restart")["value"] is False
+            ok = ReinitializeDeviceRequest(reinitializedStateOfDevice="warmstart", password=PASSWORD)
+            ok.pduDestination = addr
+            await app.request(ok)
+            assert rest_get(bserver, "system_restart")["value"] is True
+            await app.write_property(addr, ObjectIdentifier("binary-output,3"), "present-value",
+                                     Null(()), None, 8)
+            assert rest_get(bserver, "system_restart")["value"] is False
+
+            dcc = DeviceCommunicationControlRequest(timeDuration=1, enableDisable="disableInitiation",
+                                                    password=PASSWORD)
+            dcc.pduDestination = addr
+            await app.request(dcc)
+            # disable-initiation stops I-Am/COV initiation but the device still answers.
+            assert await asyncio.to_thread(raw_rp_answers, bserver) is True
+            # "disable" was deprecated by protocol revision 20: refused.
+            off = DeviceCommunicationControlRequest(timeDuration=5, enableDisable="disable",
+                                                    password=PASSWORD)
+            off.pduDestination = addr
+            with pytest.raises(ErrorRejectAbortNack) as e:
+                await app.request(off)
+            assert "service-request-denied" in str(e.value)
+            en = DeviceCommunicationControlRequest(enableDisable="enable", password=PASSWORD)
+            en.pduDestination = addr
+            await app.request(en)
+            assert await asyncio.to_thread(raw_rp_answers, bserver) is True
+            bad = DeviceCommunicationControlRequest(enableDisable="disableInitiation", password="nope")
+            bad.pduDestination = addr
+            with pytest.raises(ErrorRejectAbortNack) as e:
+                await app.request(bad)
+            assert "password-failure" in str(e.value)
+            # Time synchronization is accepted (unconfirmed) and the device keeps answering.
+            ts = TimeSynchronizationRequest(time=DateTime(date=Date("2025-01-02"), time=Time("03:04:05")))
+            ts.pduDestination = addr
+            await app.request(ts)
+            name = await app.read_property(addr, ObjectIdentifier(f"device,{DEVICE}"), "object-name")
+            assert name == "castpoint"
+        finally:
+            app.close()
+    run(go())
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+def test_tshark_finds_no_malformed_reply(bserver, tmp_path):
+    host, port = bserver.addrs["bacnet"]
+    pcap = tmp_path / "bacnet.pcap"
+    cap = subprocess.Popen(["tshark", "-i", "lo", "-f", f"udp port {port}", "-w", str(pcap)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # tshark takes seconds to load its dissectors: traffic sent before
+        # "Capture started" would be missed.
+        for line in cap.stderr:
+            if "Capture started" in line:
+                break
+        time.sleep(0.5)
+
+        async def go():
+            app = client()
+            try:
+                addr = target(bserver)
+                await app.who_is(DEVICE, DEVICE, addr)
+                ol = await object_list(app, addr)
+                for oid in ol:
+                    await app.read_property_multiple(addr, [oid, ["all"]])
+                    await app.read_property(addr, oid, "object-name")
+                await app.write_property(addr, ObjectIdentifier("analog-value,0"), "present-value", Real(0.75), None, 10)
+                await app.write_property(addr, ObjectIdentifier("analog-value,0"), "present-value", Null(()), None, 10)
+                try:
+                    await app.write_property(addr, ObjectIdentifier("analog-value,0"), "present-value", Real(99), None, 10)
+                except ErrorRejectAbortNack:
+                    pass
+                async with app.change_of_value(addr, ObjectIdentifier("analog-value,1"), 3, True, 30) as scm:
+                    await asyncio.wait_for(scm.get_value(), 2)
+            finally:
+                app.close()
+        run(go())
+        time.sleep(1.0)
+    finally:
+        cap.terminate()
+        cap.wait(timeout=10)
+    out = subprocess.run(["tshark", "-r", str(pcap), "-d", f"udp.port=={port},bvlc", "-T", "fields",
+                          "-e", "frame.number", "-e", "udp.srcport", "-e", "bacapp.type", "-e", "_ws.malformed",
+                          "-e", "_ws.expert.severity"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [l.split("\t") for l in out.splitlines() if l.strip()]
+    replies = [r for r in rows if r[1] == str(port)]
+    assert len(replies) > 50, out
+    malformed = [r for r in rows if r[3]]
+    assert malformed == [], malformed
+    text = subprocess.run(["tshark", "-r", str(pcap), "-d", f"udp.port=={port},bvlc"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "Malformed" not in text
+    assert "complex-ACK" in text or "Complex-ACK" in text or "readPropertyMultiple" in text
+
+
+def test_rpm_all_of_the_whole_device_in_one_request(bserver):
+    """One RPM ALL for every object: larger than one APDU, so it comes back segmented."""
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            ol = await object_list(app, addr)
+            params = []
+            for oid in ol:
+                params += [oid, ["all"]]
+            res = await app.read_property_multiple(addr, params)
+            assert {o for (o, _, _, _) in res} == set(ol)
+            assert len(res) > 300
+        finally:
+            app.close()
+    run(go())
+
+
+def test_export_ede(tmp_path):
+    from conftest import castpoint_bin
+    out = subprocess.run([castpoint_bin(), "export", "ede"], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert "VERSION_OF_LAYOUT;2.3" in lines
+    rows = [l.split(";") for l in lines if not l.startswith("#") and l.count(";") == 15]
+    assert len(rows) == 24  # device + 23 objects
+    by_key = {r[0]: r for r in rows}
+    assert by_key["stream_enable"][3:5] == ["4", "0"]
+    assert by_key["cpu_usage"][14] == "98"
+    subprocess.run([castpoint_bin(), "export", "ede", "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    states = (tmp_path / "castpoint_StateTexts.csv").read_text()
+    assert ";LIVE;STOPPED;ERROR" in states
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+def test_i_am_broadcast_at_start_up(tmp_path):
+    pcap = tmp_path / "iam.pcap"
+    cap = subprocess.Popen(["tshark", "-i", "lo", "-f", "udp and dst host 127.255.255.255",
+                            "-w", str(pcap)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in cap.stderr:
+            if "Capture started" in line:
+                break
+        time.sleep(0.5)
+        s = Server()
+        port = s.addrs["bacnet"][1]
+        time.sleep(1.0)
+        s.stop()
+    finally:
+        cap.terminate()
+        cap.wait(timeout=10)
+    out = subprocess.run(["tshark", "-r", str(pcap), "-d", f"udp.port=={port},bvlc", "-T", "fields",
+                          "-e", "udp.srcport", "-e", "bvlc.function", "-e", "bacapp.unconfirmed_service",
+                          "-e", "bacapp.instance_number"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [l.split("\t") for l in out.splitlines() if l.strip()]
+    assert [str(port), "0x0b", "0", str(DEVICE)] in rows, out
