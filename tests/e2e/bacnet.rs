@@ -399,7 +399,7 @@ async fn malformed_packets_get_reject_abort_error_or_silence() {
             let i = (x as usize) % f.len();
             f[i] = (x >> 32) as u8;
         }
-        if x % 5 == 0 {
+        if x.is_multiple_of(5) {
             let keep = (x >> 8) as usize % f.len();
             f.truncate(keep);
         }
