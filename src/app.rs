@@ -22,6 +22,8 @@ pub struct BoundAddrs {
 /// A running castpoint.
 pub struct App {
     pub db: PointDb,
+    /// The streaming router (routes, inputs, outputs, stats, events).
+    pub engine: crate::engine::Engine,
     pub maps: Arc<Maps>,
     pub addrs: BoundAddrs,
     shutdown: CancellationToken,
@@ -39,6 +41,8 @@ impl App {
         let tasks = TaskTracker::new();
         let mut addrs = BoundAddrs::default();
         let mut faults: Vec<String> = Vec::new();
+        // Created before the HTTP server so its HTTP-TS/HLS routes can be merged.
+        let engine = crate::engine::Engine::new(cfg.server.data_dir.clone(), &shutdown);
 
         if cfg.server.http.enabled {
             match TcpListener::bind(cfg.server.http.bind).await {
@@ -49,7 +53,7 @@ impl App {
                         maps: maps.clone(),
                         write_priority: cfg.server.http.write_priority,
                     };
-                    let router = api::router(state);
+                    let router = api::router(state).merge(engine.router());
                     let token = shutdown.clone();
                     tasks.spawn(async move {
                         let svc = router.into_make_service_with_connect_info::<SocketAddr>();
@@ -75,6 +79,22 @@ impl App {
         // --- haystack: end ---
 
         // --- engine: start (owned by src/engine) ---
+        match crate::config::routes::parse(&cfg.origin, &cfg.server) {
+            Ok(spec) => engine.apply(spec).await,
+            Err(errs) => {
+                for e in errs {
+                    faults.push(format!("engine: {e}"));
+                }
+            }
+        }
+        {
+            let (e, d, token) = (engine.clone(), db.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                crate::engine::bridge::run(e.clone(), d, token).await;
+                // Shutdown: stop every route and wait for sockets to close.
+                e.stop().await;
+            });
+        }
         // --- engine: end ---
 
         // --- telemetry: start (owned by src/telemetry) ---
@@ -95,6 +115,7 @@ impl App {
         tasks.close();
         Ok(App {
             db,
+            engine,
             maps,
             addrs,
             shutdown,
