@@ -194,6 +194,14 @@ struct Inner {
     events: Events,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone (e.g. a runtime shutting down without
+        // `stop`): release blocking SRT threads waiting on the token.
+        self.cancel.cancel();
+    }
+}
+
 /// Cheap-clone handle to the router.
 #[derive(Clone)]
 pub struct Engine {
@@ -244,6 +252,11 @@ impl Engine {
             }
         });
         e
+    }
+
+    /// Where recordings go (`<data_dir>/recordings/<route>/`).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.inner.data_dir
     }
 
     /// Events as they happen.
