@@ -799,11 +799,25 @@ segment = "1min"
             .spawn()
             .expect("ffmpeg is installed")
     };
+    // Recording Enable governs the primary route's record outputs.
+    let re = app.db.lookup("recording_enable").expect("pt");
+    app.db
+        .write(re, Some(Value::Bool(true)), 10, &Source::internal())
+        .expect("write");
     let primary = Kill(ff(a.port(), 30));
     let _backup = Kill(ff(b.port(), 30));
     let srt = output_addr(&app, "tv", "srt").await;
     let http = app.addrs.http.expect("http");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Wait for the first HLS segment (x264 starts slowly on a busy machine).
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = reqwest::get(format!("http://{http}/hls/tv/index.m3u8")).await;
+        if r.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(Instant::now() < end, "no HLS playlist");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Kill the primary while everything is being probed.
     let killer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(3)).await;
