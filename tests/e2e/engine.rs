@@ -112,7 +112,11 @@ async fn input_addr(app: &App, route: &str, i: usize) -> SocketAddr {
     let end = Instant::now() + Duration::from_secs(5);
     loop {
         let s = app.engine.snapshot();
-        if let Some(a) = s.route(route).and_then(|r| r.inputs.get(i)).and_then(|x| x.local) {
+        if let Some(a) = s
+            .route(route)
+            .and_then(|r| r.inputs.get(i))
+            .and_then(|x| x.local)
+        {
             return a;
         }
         assert!(Instant::now() < end, "input {i} of {route} never bound");
@@ -191,7 +195,14 @@ async fn failover_to_backup_and_back_keeps_continuity_counters() {
     let src_b = source(b, Gen::new(9));
     let mut cc = CcCheck::default();
     receive(&out, Duration::from_millis(800), &mut cc).await;
-    assert_eq!(app.engine.snapshot().route("main").expect("route").active_input, Some(0));
+    assert_eq!(
+        app.engine
+            .snapshot()
+            .route("main")
+            .expect("route")
+            .active_input,
+        Some(0)
+    );
     // Kill the primary mid-stream: the backup takes over within 1 s.
     src_a.abort();
     let killed = Instant::now();
@@ -204,7 +215,10 @@ async fn failover_to_backup_and_back_keeps_continuity_counters() {
             break killed.elapsed();
         }
     };
-    assert!(switched < Duration::from_secs(1), "failover took {switched:?}");
+    assert!(
+        switched < Duration::from_secs(1),
+        "failover took {switched:?}"
+    );
     receive(&out, Duration::from_millis(600), &mut cc).await;
     // The primary comes back: switch-back after it is stable.
     let src_a = source(a, Gen::new(4));
@@ -228,7 +242,14 @@ async fn failover_to_backup_and_back_keeps_continuity_counters() {
     let snap = app.engine.snapshot();
     let r = snap.route("main").expect("route");
     assert_eq!(r.switches, 2);
-    assert_eq!(r.outputs.iter().find(|o| o.name == "udp").expect("udp").dropped_chunks, 0);
+    assert_eq!(
+        r.outputs
+            .iter()
+            .find(|o| o.name == "udp")
+            .expect("udp")
+            .dropped_chunks,
+        0
+    );
     app.stop().await;
 }
 
@@ -283,11 +304,18 @@ queue = 60000
     let udp = r.outputs.iter().find(|o| o.name == "udp").expect("udp");
     let input = &r.inputs[0];
     assert_eq!(slow.clients, 1);
-    assert!(slow.dropped_chunks > 0, "the stalled viewer dropped nothing");
+    assert!(
+        slow.dropped_chunks > 0,
+        "the stalled viewer dropped nothing"
+    );
     assert_eq!(slow.dropped_packets % 7, 0);
     assert_eq!(udp.dropped_chunks, 0, "the UDP output lost chunks");
     assert_eq!(udp.bytes, input.bytes, "UDP output got less than the input");
-    assert!(input.bytes > sent / 2, "input read {} of {sent}", input.bytes);
+    assert!(
+        input.bytes > sent / 2,
+        "input read {} of {sent}",
+        input.bytes
+    );
     drop(viewer);
     app.stop().await;
 }
@@ -340,7 +368,10 @@ bind = "127.0.0.1:0"
         },
         queue: 256,
     };
-    app.engine.add_output("one", spec.clone()).await.expect("add");
+    app.engine
+        .add_output("one", spec.clone())
+        .await
+        .expect("add");
     let pids = |buf: &[u8]| -> Vec<u16> {
         buf.chunks_exact(188)
             .map(|p| (u16::from(p[1] & 0x1F) << 8) | u16::from(p[2]))
@@ -373,20 +404,32 @@ bind = "127.0.0.1:0"
         .expect("enable");
     let local_before = output_addr(&app, "one", "hot").await;
     // Move to route two: same socket, route two's packets.
-    app.engine.move_output("one", "hot", "two").await.expect("move");
+    app.engine
+        .move_output("one", "hot", "two")
+        .await
+        .expect("move");
     tokio::time::sleep(Duration::from_millis(100)).await;
     while rx.try_recv(&mut buf).is_ok() {}
     let (n, from) = tokio::time::timeout(Duration::from_secs(2), rx.recv_from(&mut buf))
         .await
         .expect("data after move")
         .expect("recv");
-    assert!(pids(&buf[..n]).iter().all(|&p| p == 0x200), "route two's stream after the move");
-    assert_eq!(from, local_before, "the output kept its socket across the move");
+    assert!(
+        pids(&buf[..n]).iter().all(|&p| p == 0x200),
+        "route two's stream after the move"
+    );
+    assert_eq!(
+        from, local_before,
+        "the output kept its socket across the move"
+    );
     let d = app.engine.desired().await;
     assert!(d.routes[1].outputs.iter().any(|o| o.name == "hot"));
     assert!(d.routes[0].outputs.is_empty());
     // Remove: the output disappears and stops sending.
-    app.engine.remove_output("two", "hot").await.expect("remove");
+    app.engine
+        .remove_output("two", "hot")
+        .await
+        .expect("remove");
     tokio::time::sleep(Duration::from_millis(100)).await;
     while rx.try_recv(&mut buf).is_ok() {}
     assert!(
@@ -432,7 +475,10 @@ async fn command_points_drive_the_primary_route() {
     wait_point(&app, "stream_status", Value::Enum(1)).await;
     wait_point(&app, "input_status", Value::Enum(1)).await;
     wait_point(&app, "active_streams", Value::Number(1.0)).await;
-    let lat = app.db.read(app.db.lookup("encoding_latency").expect("pt")).expect("st");
+    let lat = app
+        .db
+        .read(app.db.lookup("encoding_latency").expect("pt"))
+        .expect("st");
     assert_eq!(lat.quality, Quality::Unavailable);
     assert!(lat.value.is_none());
 
@@ -452,7 +498,9 @@ async fn command_points_drive_the_primary_route() {
 
     // Stream Enable off: outputs stop, Stream Status STOPPED.
     let se = app.db.lookup("stream_enable").expect("pt");
-    app.db.write(se, Some(Value::Bool(false)), 10, &who).expect("write");
+    app.db
+        .write(se, Some(Value::Bool(false)), 10, &who)
+        .expect("write");
     wait_point(&app, "stream_status", Value::Enum(2)).await;
     let mut buf = vec![0u8; 65536];
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -472,19 +520,27 @@ async fn command_points_drive_the_primary_route() {
 
     // Input Select 2 forces the backup.
     let is = app.db.lookup("input_select").expect("pt");
-    app.db.write(is, Some(Value::Number(2.0)), 10, &who).expect("write");
+    app.db
+        .write(is, Some(Value::Number(2.0)), 10, &who)
+        .expect("write");
     let end = Instant::now() + Duration::from_secs(2);
     while app.engine.snapshot().route("main").expect("r").active_input != Some(1) {
         assert!(Instant::now() < end, "input select 2 not applied");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    app.db.write(is, Some(Value::Number(0.0)), 10, &who).expect("write");
+    app.db
+        .write(is, Some(Value::Number(0.0)), 10, &who)
+        .expect("write");
 
     // Recording Enable writes TS files under data_dir/recordings/main.
     let re = app.db.lookup("recording_enable").expect("pt");
-    app.db.write(re, Some(Value::Bool(true)), 10, &who).expect("write");
+    app.db
+        .write(re, Some(Value::Bool(true)), 10, &who)
+        .expect("write");
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    app.db.write(re, Some(Value::Bool(false)), 10, &who).expect("write");
+    app.db
+        .write(re, Some(Value::Bool(false)), 10, &who)
+        .expect("write");
     let snap = app.engine.snapshot();
     let rec = snap
         .route("main")
@@ -496,7 +552,9 @@ async fn command_points_drive_the_primary_route() {
     // System Restart rebuilds the router and relinquishes its slot.
     let sr = app.db.lookup("system_restart").expect("pt");
     let mut events = app.engine.subscribe();
-    app.db.write(sr, Some(Value::Bool(true)), 8, &who).expect("write");
+    app.db
+        .write(sr, Some(Value::Bool(true)), 8, &who)
+        .expect("write");
     loop {
         let ev = tokio::time::timeout(Duration::from_secs(3), events.recv())
             .await
@@ -614,12 +672,18 @@ pbkeylen = 24
         &format!("srt://127.0.0.1:{ours_in}?passphrase=correcthorsebattery&pbkeylen=16"),
     ]));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let wsrc = source(format!("127.0.0.1:{weak_port}").parse().expect("addr"), Gen::new(0));
+    let wsrc = source(
+        format!("127.0.0.1:{weak_port}").parse().expect("addr"),
+        Gen::new(0),
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     wsrc.abort();
     drop(weak);
     let i0 = app.engine.snapshot().route("s").expect("r").inputs[0].clone();
-    assert_eq!(i0.bytes, 0, "a caller with the wrong key length delivered data");
+    assert_eq!(
+        i0.bytes, 0,
+        "a caller with the wrong key length delivered data"
+    );
     // 1. srt-live-transmit caller (AES-256) into our listener input.
     let feed_port = free_udp_port();
     let _feeder = Kill(slt(&[
@@ -627,7 +691,10 @@ pbkeylen = 24
         &format!("srt://127.0.0.1:{ours_in}?passphrase=correcthorsebattery&pbkeylen=32"),
     ]));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let src = source(format!("127.0.0.1:{feed_port}").parse().expect("addr"), Gen::new(0));
+    let src = source(
+        format!("127.0.0.1:{feed_port}").parse().expect("addr"),
+        Gen::new(0),
+    );
     let end = Instant::now() + Duration::from_secs(5);
     while app.engine.snapshot().route("s").expect("r").active_input != Some(0) {
         assert!(Instant::now() < end, "no data from the SRT caller");
@@ -644,7 +711,11 @@ pbkeylen = 24
     ]));
     let mut cc = CcCheck::default();
     receive(&back, Duration::from_secs(4), &mut cc).await;
-    assert!(cc.packets > 500, "our caller delivered {} packets", cc.packets);
+    assert!(
+        cc.packets > 500,
+        "our caller delivered {} packets",
+        cc.packets
+    );
     // Loopback through two srt-live-transmit processes on a loaded 2-core
     // machine can lose a datagram on their UDP legs; what reached our input
     // is counted there, and the relay adds no gaps of its own.
@@ -703,7 +774,11 @@ pbkeylen = 24
     assert!(i.srt[0].pkt_recv > 0);
     assert!(i.srt[0].rtt_ms >= 0.0);
     for cc in &tens {
-        assert!(cc.packets > 500, "one of the 10 callers starved: {}", cc.packets);
+        assert!(
+            cc.packets > 500,
+            "one of the 10 callers starved: {}",
+            cc.packets
+        );
         assert_eq!(cc.errors, 0);
     }
     drop(kids);
@@ -793,8 +868,19 @@ segment = "1min"
             .args(["-loglevel", "error", "-re", "-f", "lavfi", "-i"])
             .arg("testsrc=size=320x240:rate=25")
             .args(["-f", "lavfi", "-i", "sine", "-c:v", "libx264", "-g", "25"])
-            .args(["-preset", "ultrafast", "-c:a", "aac", "-t", &secs.to_string()])
-            .args(["-f", "mpegts", &format!("udp://127.0.0.1:{port}?pkt_size=1316")])
+            .args([
+                "-preset",
+                "ultrafast",
+                "-c:a",
+                "aac",
+                "-t",
+                &secs.to_string(),
+            ])
+            .args([
+                "-f",
+                "mpegts",
+                &format!("udp://127.0.0.1:{port}?pkt_size=1316"),
+            ])
             .stdin(Stdio::null())
             .spawn()
             .expect("ffmpeg is installed")
