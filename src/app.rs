@@ -25,6 +25,8 @@ pub struct BoundAddrs {
 pub struct App {
     pub db: PointDb,
     pub store: Arc<Store>,
+    /// The streaming router (routes, inputs, outputs, stats, events).
+    pub engine: crate::engine::Engine,
     pub maps: Arc<Maps>,
     pub addrs: BoundAddrs,
     shutdown: CancellationToken,
@@ -86,6 +88,8 @@ impl App {
         ));
         let mut addrs = BoundAddrs::default();
         let mut faults: Vec<String> = Vec::new();
+        // Created before the HTTP server so its HTTP-TS/HLS routes can be merged.
+        let engine = crate::engine::Engine::new(cfg.server.data_dir.clone(), &shutdown);
 
         // Routers other parts serve on the HTTP listener (Haystack, engine
         // HTTP outputs): the listener is bound here, but the server is
@@ -104,7 +108,7 @@ impl App {
                         users: Some(users.clone()),
                         api: api_cfg.clone(),
                     };
-                    http_server = Some((l, api::router(state)));
+                    http_server = Some((l, api::router(state).merge(engine.router())));
                 }
                 Err(e) => faults.push(format!("http {}: {e}", cfg.server.http.bind)),
             }
@@ -163,6 +167,22 @@ impl App {
         // --- haystack: end ---
 
         // --- engine: start (owned by src/engine) ---
+        match crate::config::routes::parse(&cfg.origin, &cfg.server) {
+            Ok(spec) => engine.apply(spec).await,
+            Err(errs) => {
+                for e in errs {
+                    faults.push(format!("engine: {e}"));
+                }
+            }
+        }
+        {
+            let (e, d, token) = (engine.clone(), db.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                crate::engine::bridge::run(e.clone(), d, token).await;
+                // Shutdown: stop every route and wait for sockets to close.
+                e.stop().await;
+            });
+        }
         // --- engine: end ---
 
         // --- telemetry: start (owned by src/telemetry) ---
@@ -217,6 +237,7 @@ impl App {
         Ok(App {
             db,
             store,
+            engine,
             maps,
             addrs,
             shutdown,

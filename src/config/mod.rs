@@ -3,6 +3,7 @@
 pub mod file;
 pub mod maps;
 pub mod points;
+pub mod routes;
 pub mod table;
 
 use std::fmt;
@@ -166,6 +167,10 @@ impl Config {
         let Some(server) = server else {
             return Err(ConfigErrors(errs));
         };
+        // Routes are validated here too so that `check-config` reports them.
+        if let Err(e) = routes::parse(name, &server) {
+            errs.extend(e);
+        }
         let (pname, ptext) = match &server.points_file {
             Some(f) => read_named(base, f, &mut errs, name, "points_file").unwrap_or_default(),
             None => (

@@ -1,1 +1,844 @@
-//! The streaming router (placeholder until its issue lands).
+//! The streaming router: routes of ordered inputs (primary + backups) fanned out to any number of outputs, with failover, hot output management and per-I/O stats.
+//!
+//! Shape: one task per route owns the input choice, the continuity-counter
+//! rewriter and the list of output queues; every input and every output is
+//! its own task (SRT ones on blocking threads, since libsrt calls block).
+//! The input is read once and each chunk of whole TS packets is a
+//! `bytes::Bytes` shared by all outputs; each output has a bounded queue and
+//! a full queue drops the chunk for that output only (counted).
+//!
+//! The [`Engine`] handle is the only way in: the config start-up, the point
+//! bridge (`bridge.rs`) and the operator API call the same methods. The
+//! engine never knows which protocol asked.
+
+pub mod bridge;
+mod hls;
+mod input;
+mod output;
+mod route;
+pub mod spec;
+pub mod srt;
+pub mod stats;
+pub mod ts;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use route::{OutputSlot, RouteCmd, RouteShared, RouteTask};
+use spec::{EngineSpec, InputKind, OutputKind, OutputSpec, RouteSpec};
+use stats::{EngineSnapshot, IoStats};
+
+/// Something that happened in the router (input switch, output added...).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EngineEvent {
+    #[serde(serialize_with = "rfc3339")]
+    pub at: DateTime<Utc>,
+    pub route: String,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl EngineEvent {
+    pub fn new(route: &str, kind: EventKind) -> Self {
+        EngineEvent {
+            at: Utc::now(),
+            route: route.to_string(),
+            kind,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    RouteStarted,
+    RouteStopped,
+    InputSwitched {
+        from: Option<usize>,
+        to: Option<usize>,
+        reason: String,
+    },
+    OutputAdded {
+        output: String,
+    },
+    OutputRemoved {
+        output: String,
+    },
+    OutputEnabled {
+        output: String,
+        enabled: bool,
+    },
+    OutputMoved {
+        output: String,
+        to: String,
+    },
+    /// An SRT caller refused by a listener (wrong passphrase, streamid).
+    CallerRejected {
+        output: String,
+        reason: String,
+    },
+    Restarted,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// Event fan-out plus a bounded history for late readers.
+#[derive(Clone)]
+pub(crate) struct Events {
+    tx: broadcast::Sender<EngineEvent>,
+    recent: Arc<Mutex<std::collections::VecDeque<EngineEvent>>>,
+}
+
+const EVENT_HISTORY: usize = 1000;
+
+impl Events {
+    fn new() -> Self {
+        Events {
+            tx: broadcast::channel(1024).0,
+            recent: Arc::new(Mutex::new(std::collections::VecDeque::new())),
+        }
+    }
+
+    pub fn emit(&self, e: EngineEvent) {
+        {
+            let mut r = self.recent.lock();
+            if r.len() >= EVENT_HISTORY {
+                r.pop_front();
+            }
+            r.push_back(e.clone());
+        }
+        let _ = self.tx.send(e);
+    }
+}
+
+/// Why an engine operation was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("no route named {0:?}")]
+    UnknownRoute(String),
+    #[error("route {0:?} already exists")]
+    RouteExists(String),
+    #[error("route {route:?} has no output named {output:?}")]
+    UnknownOutput { route: String, output: String },
+    #[error("route {route:?} already has an output named {output:?}")]
+    OutputExists { route: String, output: String },
+    #[error("path {0:?} is already served by another output")]
+    PathInUse(String),
+    #[error("route {route:?} has no input {index}")]
+    UnknownInput { route: String, index: usize },
+    #[error("the engine is shutting down")]
+    Stopped,
+}
+
+/// Operator overrides that survive a restart (they come from points).
+#[derive(Debug, Clone, Copy)]
+struct Overlay {
+    stream_enabled: bool,
+    forced: Option<usize>,
+}
+
+impl Default for Overlay {
+    fn default() -> Self {
+        Overlay {
+            stream_enabled: true,
+            forced: None,
+        }
+    }
+}
+
+struct RunningRoute {
+    cmd: mpsc::Sender<RouteCmd>,
+    cancel: CancellationToken,
+    inputs: TaskTracker,
+    task: JoinHandle<Vec<OutputSlot>>,
+    shared: Arc<RouteShared>,
+}
+
+struct EngState {
+    desired: EngineSpec,
+    running: HashMap<String, RunningRoute>,
+    overlay: HashMap<String, Overlay>,
+    /// Join handles of output tasks by (route, output), awaited at teardown
+    /// so that sockets are released before a rebuild binds them again.
+    output_tasks: HashMap<(String, String), JoinHandle<()>>,
+}
+
+struct Inner {
+    data_dir: PathBuf,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    state: tokio::sync::Mutex<EngState>,
+    /// Read by the sampler and snapshots without touching `state`.
+    shared: RwLock<Vec<Arc<RouteShared>>>,
+    /// Copy of `desired.primary` readable without the async lock.
+    primary: RwLock<Option<String>>,
+    http: output::HttpRegistry,
+    hls: hls::HlsRegistry,
+    events: Events,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone (e.g. a runtime shutting down without
+        // `stop`): release blocking SRT threads waiting on the token.
+        self.cancel.cancel();
+    }
+}
+
+/// Cheap-clone handle to the router.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// An engine with no routes; `apply` gives it some. Its tasks stop when
+    /// `shutdown` is cancelled (then call `stop` to wait for them).
+    pub fn new(data_dir: PathBuf, shutdown: &CancellationToken) -> Engine {
+        let e = Engine {
+            inner: Arc::new(Inner {
+                data_dir,
+                cancel: shutdown.child_token(),
+                tasks: TaskTracker::new(),
+                state: tokio::sync::Mutex::new(EngState {
+                    desired: EngineSpec::default(),
+                    running: HashMap::new(),
+                    overlay: HashMap::new(),
+                    output_tasks: HashMap::new(),
+                }),
+                shared: RwLock::new(Vec::new()),
+                primary: RwLock::new(None),
+                http: Default::default(),
+                hls: Default::default(),
+                events: Events::new(),
+            }),
+        };
+        // Once-a-second bit-rate sampler.
+        let weak = Arc::downgrade(&e.inner);
+        let cancel = e.inner.cancel.clone();
+        e.inner.tasks.spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            let mut last = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = t.tick() => {}
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let secs = last.elapsed().as_secs_f64();
+                last = Instant::now();
+                for r in inner.shared.read().iter() {
+                    for s in r.stats_list() {
+                        s.sample(secs);
+                    }
+                }
+            }
+        });
+        e
+    }
+
+    /// Where recordings go (`<data_dir>/recordings/<route>/`).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.inner.data_dir
+    }
+
+    /// Events as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
+        self.inner.events.tx.subscribe()
+    }
+
+    /// The last events (up to 1000), oldest first.
+    pub fn recent_events(&self) -> Vec<EngineEvent> {
+        self.inner.events.recent.lock().iter().cloned().collect()
+    }
+
+    /// Counters of every running route.
+    pub fn snapshot(&self) -> EngineSnapshot {
+        EngineSnapshot {
+            routes: self
+                .inner
+                .shared
+                .read()
+                .iter()
+                .map(|r| r.snapshot())
+                .collect(),
+            primary: self.inner.primary.read().clone(),
+        }
+    }
+
+    /// The desired state (what a restart rebuilds).
+    pub async fn desired(&self) -> EngineSpec {
+        self.inner.state.lock().await.desired.clone()
+    }
+
+    pub async fn primary(&self) -> Option<String> {
+        self.inner.state.lock().await.desired.primary.clone()
+    }
+
+    /// Makes the running router match `spec`: routes that are new start,
+    /// routes gone stop, changed routes restart; unchanged ones are left
+    /// alone (applying twice is a no-op).
+    pub async fn apply(&self, spec: EngineSpec) {
+        let mut st = self.inner.state.lock().await;
+        let old = std::mem::replace(&mut st.desired, spec.clone());
+        *self.inner.primary.write() = spec.primary.clone();
+        for r in &old.routes {
+            let keep = spec.routes.iter().any(|n| n == r);
+            if !keep {
+                self.stop_route(&mut st, &r.name).await;
+            }
+        }
+        for r in &spec.routes {
+            if !st.running.contains_key(&r.name) && r.enabled {
+                self.start_route(&mut st, r.clone());
+            }
+        }
+    }
+
+    /// Tears every route down and rebuilds the router from the desired state.
+    pub async fn restart(&self) {
+        let mut st = self.inner.state.lock().await;
+        let names: Vec<String> = st.running.keys().cloned().collect();
+        for n in names {
+            self.stop_route(&mut st, &n).await;
+        }
+        let routes = st.desired.routes.clone();
+        for r in routes.into_iter().filter(|r| r.enabled) {
+            self.start_route(&mut st, r);
+        }
+        self.inner
+            .events
+            .emit(EngineEvent::new("*", EventKind::Restarted));
+    }
+
+    /// Stops everything and waits for every task to end.
+    pub async fn stop(&self) {
+        {
+            let mut st = self.inner.state.lock().await;
+            let names: Vec<String> = st.running.keys().cloned().collect();
+            for n in names {
+                self.stop_route(&mut st, &n).await;
+            }
+        }
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    pub async fn add_route(&self, spec: RouteSpec) -> Result<(), EngineError> {
+        let mut st = self.inner.state.lock().await;
+        if st.desired.routes.iter().any(|r| r.name == spec.name) {
+            return Err(EngineError::RouteExists(spec.name));
+        }
+        for o in &spec.outputs {
+            check_path_free(&st.desired, &o.kind, None)?;
+        }
+        st.desired.routes.push(spec.clone());
+        if spec.enabled {
+            self.start_route(&mut st, spec);
+        }
+        Ok(())
+    }
+
+    pub async fn remove_route(&self, name: &str) -> Result<RouteSpec, EngineError> {
+        let mut st = self.inner.state.lock().await;
+        let pos = st
+            .desired
+            .routes
+            .iter()
+            .position(|r| r.name == name)
+            .ok_or_else(|| EngineError::UnknownRoute(name.to_string()))?;
+        let r = st.desired.routes.remove(pos);
+        self.stop_route(&mut st, name).await;
+        Ok(r)
+    }
+
+    /// Adds an output to a route while it streams.
+    pub async fn add_output(&self, route: &str, spec: OutputSpec) -> Result<(), EngineError> {
+        let mut st = self.inner.state.lock().await;
+        let r = find_route(&st.desired, route)?;
+        if r.outputs.iter().any(|o| o.name == spec.name) {
+            return Err(EngineError::OutputExists {
+                route: route.to_string(),
+                output: spec.name,
+            });
+        }
+        check_path_free(&st.desired, &spec.kind, None)?;
+        if let Some(r) = st.desired.routes.iter_mut().find(|r| r.name == route) {
+            r.outputs.push(spec.clone());
+        }
+        if let Some(rt) = st.running.get(route) {
+            let tracker_cancel = self.inner.cancel.child_token();
+            let cmd = rt.cmd.clone();
+            let (slot, handle) = self.spawn_output(route, spec.clone(), tracker_cancel);
+            st.output_tasks
+                .insert((route.to_string(), spec.name.clone()), handle);
+            let _ = cmd.send(RouteCmd::AddOutput(Box::new(slot))).await;
+        }
+        self.inner.events.emit(EngineEvent::new(
+            route,
+            EventKind::OutputAdded { output: spec.name },
+        ));
+        Ok(())
+    }
+
+    /// Removes an output; its task stops and its socket closes.
+    pub async fn remove_output(&self, route: &str, name: &str) -> Result<OutputSpec, EngineError> {
+        let mut st = self.inner.state.lock().await;
+        let spec = take_output(&mut st.desired, route, name)?;
+        if let Some(slot) = self.detach(&st, route, name).await {
+            slot.cancel.cancel();
+        }
+        if let Some(h) = st
+            .output_tasks
+            .remove(&(route.to_string(), name.to_string()))
+        {
+            let _ = h.await;
+        }
+        self.inner.events.emit(EngineEvent::new(
+            route,
+            EventKind::OutputRemoved {
+                output: name.to_string(),
+            },
+        ));
+        Ok(spec)
+    }
+
+    pub async fn set_output_enabled(
+        &self,
+        route: &str,
+        name: &str,
+        enabled: bool,
+    ) -> Result<(), EngineError> {
+        let mut st = self.inner.state.lock().await;
+        let r = find_route_mut(&mut st.desired, route)?;
+        let o = r
+            .outputs
+            .iter_mut()
+            .find(|o| o.name == name)
+            .ok_or_else(|| EngineError::UnknownOutput {
+                route: route.to_string(),
+                output: name.to_string(),
+            })?;
+        o.enabled = enabled;
+        if let Some(rt) = st.running.get(route) {
+            let (tx, rx) = oneshot::channel();
+            let _ = rt
+                .cmd
+                .send(RouteCmd::SetOutputEnabled(name.to_string(), enabled, tx))
+                .await;
+            let _ = rx.await;
+        }
+        self.inner.events.emit(EngineEvent::new(
+            route,
+            EventKind::OutputEnabled {
+                output: name.to_string(),
+                enabled,
+            },
+        ));
+        Ok(())
+    }
+
+    /// Moves an output to another route without restarting it (its socket,
+    /// its viewers and its counters stay).
+    pub async fn move_output(&self, from: &str, name: &str, to: &str) -> Result<(), EngineError> {
+        let mut st = self.inner.state.lock().await;
+        let target = find_route(&st.desired, to)?;
+        if target.outputs.iter().any(|o| o.name == name) {
+            return Err(EngineError::OutputExists {
+                route: to.to_string(),
+                output: name.to_string(),
+            });
+        }
+        let spec = take_output(&mut st.desired, from, name)?;
+        if let Some(r) = st.desired.routes.iter_mut().find(|r| r.name == to) {
+            r.outputs.push(spec.clone());
+        }
+        let slot = self.detach(&st, from, name).await;
+        let handle = st
+            .output_tasks
+            .remove(&(from.to_string(), name.to_string()));
+        match (slot, st.running.get(to)) {
+            (Some(slot), Some(rt)) => {
+                let _ = rt.cmd.send(RouteCmd::AddOutput(slot)).await;
+                if let Some(h) = handle {
+                    st.output_tasks
+                        .insert((to.to_string(), name.to_string()), h);
+                }
+            }
+            (Some(slot), None) => {
+                // Target not running: the output rests until it starts.
+                slot.cancel.cancel();
+                if let Some(h) = handle {
+                    let _ = h.await;
+                }
+            }
+            (None, Some(rt)) => {
+                let cmd = rt.cmd.clone();
+                let (slot, h) = self.spawn_output(to, spec, self.inner.cancel.child_token());
+                st.output_tasks
+                    .insert((to.to_string(), name.to_string()), h);
+                let _ = cmd.send(RouteCmd::AddOutput(Box::new(slot))).await;
+            }
+            (None, None) => {}
+        }
+        self.inner.events.emit(EngineEvent::new(
+            from,
+            EventKind::OutputMoved {
+                output: name.to_string(),
+                to: to.to_string(),
+            },
+        ));
+        Ok(())
+    }
+
+    /// Input Select: `None` = automatic failover, `Some(i)` = force input i.
+    pub async fn select_input(&self, route: &str, input: Option<usize>) -> Result<(), EngineError> {
+        let mut st = self.inner.state.lock().await;
+        let r = find_route(&st.desired, route)?;
+        if let Some(i) = input {
+            if i >= r.inputs.len() {
+                return Err(EngineError::UnknownInput {
+                    route: route.to_string(),
+                    index: i,
+                });
+            }
+        }
+        st.overlay.entry(route.to_string()).or_default().forced = input;
+        if let Some(rt) = st.running.get(route) {
+            let _ = rt.cmd.send(RouteCmd::SelectInput(input)).await;
+        }
+        Ok(())
+    }
+
+    /// Stream Enable: starts/stops feeding a route's viewer-facing outputs
+    /// (recordings follow Recording Enable only).
+    pub async fn set_stream_enabled(&self, route: &str, en: bool) -> Result<(), EngineError> {
+        let mut st = self.inner.state.lock().await;
+        find_route(&st.desired, route)?;
+        st.overlay
+            .entry(route.to_string())
+            .or_default()
+            .stream_enabled = en;
+        if let Some(rt) = st.running.get(route) {
+            let _ = rt.cmd.send(RouteCmd::SetStreamEnabled(en)).await;
+        }
+        Ok(())
+    }
+
+    /// Recording Enable: turns the route's `record` outputs on or off; a
+    /// route without one gets a default recording output (`recording`,
+    /// 10-minute files under `data_dir/recordings/<route>/`).
+    pub async fn set_recording(&self, route: &str, en: bool) -> Result<(), EngineError> {
+        let has = {
+            let mut st = self.inner.state.lock().await;
+            let r = find_route_mut(&mut st.desired, route)?;
+            let mut n = 0;
+            for o in r
+                .outputs
+                .iter_mut()
+                .filter(|o| matches!(o.kind, OutputKind::Record { .. }))
+            {
+                o.enabled = en;
+                n += 1;
+            }
+            if let Some(rt) = st.running.get(route) {
+                let (tx, rx) = oneshot::channel();
+                let _ = rt.cmd.send(RouteCmd::SetRecording(en, tx)).await;
+                let _ = rx.await;
+            }
+            n > 0
+        };
+        if en && !has {
+            self.add_output(
+                route,
+                OutputSpec {
+                    name: "recording".into(),
+                    enabled: true,
+                    kind: OutputKind::Record {
+                        segment: Duration::from_secs(600),
+                        keep: 0,
+                    },
+                    queue: spec::DEFAULT_QUEUE * 4,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// HTTP-TS (`/stream/{name}.ts`) and HLS (`/hls/{name}/...`) endpoints,
+    /// merged into the main HTTP server by the app.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/stream/{file}", get(http_ts))
+            .route("/hls/{path}/{file}", get(hls::serve))
+            .with_state(self.clone())
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    /// Takes an output's slot out of its running route.
+    async fn detach(&self, st: &EngState, route: &str, name: &str) -> Option<Box<OutputSlot>> {
+        let rt = st.running.get(route)?;
+        let (tx, rx) = oneshot::channel();
+        rt.cmd
+            .send(RouteCmd::RemoveOutput(name.to_string(), tx))
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
+    fn spawn_output(
+        &self,
+        route: &str,
+        spec: OutputSpec,
+        cancel: CancellationToken,
+    ) -> (OutputSlot, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(spec.queue.max(1));
+        let stats = Arc::new(IoStats::default());
+        let s = stats.clone();
+        let c = cancel.clone();
+        let t = &self.inner.tasks;
+        let handle = match &spec.kind {
+            OutputKind::Udp { dest, ttl } => t.spawn(output::run_udp(rx, *dest, *ttl, s, c)),
+            OutputKind::Http { path } => t.spawn(output::run_http(
+                rx,
+                path.clone(),
+                self.inner.http.clone(),
+                spec.queue,
+                s,
+                c,
+            )),
+            OutputKind::Record { segment, keep } => t.spawn(output::run_record(
+                rx,
+                self.inner.data_dir.join("recordings").join(route),
+                route.to_string(),
+                *segment,
+                *keep,
+                s,
+                c,
+            )),
+            OutputKind::Hls {
+                path,
+                segment,
+                window,
+            } => t.spawn(hls::run(
+                rx,
+                path.clone(),
+                self.inner.hls.clone(),
+                *segment,
+                *window,
+                s,
+                c,
+            )),
+            OutputKind::Srt(sp) => {
+                let sp = sp.clone();
+                let ev = self.inner.events.clone();
+                let route = route.to_string();
+                let name = spec.name.clone();
+                t.spawn_blocking(move || srt::run_output(rx, sp, s, c, ev, route, name))
+            }
+        };
+        (
+            OutputSlot {
+                spec,
+                tx,
+                stats,
+                cancel,
+                loss: Default::default(),
+            },
+            handle,
+        )
+    }
+
+    fn start_route(&self, st: &mut EngState, spec: RouteSpec) {
+        let cancel = self.inner.cancel.child_token();
+        let inputs = TaskTracker::new();
+        // Room for ~1 s of 10 Mbit/s datagrams if the route task stalls.
+        let (data_tx, data_rx) = mpsc::channel(1024);
+        let mut in_stats = Vec::new();
+        for (i, inp) in spec.inputs.iter().enumerate() {
+            let stats = Arc::new(IoStats::default());
+            in_stats.push((inp.name.clone(), inp.kind.type_name(), stats.clone()));
+            let feed = input::Feed::new(i, data_tx.clone(), stats);
+            let c = cancel.clone();
+            match &inp.kind {
+                InputKind::Udp {
+                    bind,
+                    multicast,
+                    interface,
+                } => {
+                    inputs.spawn(input::run_udp(feed, *bind, *multicast, *interface, c));
+                }
+                InputKind::Http { url } => {
+                    inputs.spawn(input::run_http(feed, url.clone(), c));
+                }
+                InputKind::Srt(sp) => {
+                    let sp = sp.clone();
+                    inputs.spawn_blocking(move || srt::run_input(feed, sp, c));
+                }
+            }
+        }
+        inputs.close();
+        drop(data_tx);
+        let mut slots = Vec::new();
+        for o in &spec.outputs {
+            let (slot, h) =
+                self.spawn_output(&spec.name, o.clone(), self.inner.cancel.child_token());
+            st.output_tasks
+                .insert((spec.name.clone(), o.name.clone()), h);
+            slots.push(slot);
+        }
+        let ov = st.overlay.get(&spec.name).copied().unwrap_or_default();
+        let shared = Arc::new(RouteShared {
+            name: spec.name.clone(),
+            enabled: spec.enabled,
+            inputs: in_stats,
+            outputs: Mutex::new(Vec::new()),
+            active: (-1).into(),
+            forced: (-1).into(),
+            stream_enabled: true.into(),
+            switches: 0.into(),
+            video_pid: (-1).into(),
+            input_frames_lost: 0.into(),
+        });
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let task = RouteTask {
+            shared: shared.clone(),
+            timeout: spec.failover_timeout,
+            switch_back: spec.switch_back,
+            outputs: slots,
+            events: self.inner.events.clone(),
+            stream_enabled: ov.stream_enabled,
+            forced: ov.forced.filter(|&f| f < spec.inputs.len()),
+        };
+        let c = cancel.clone();
+        let handle = self
+            .inner
+            .tasks
+            .spawn(async move { task.run(data_rx, cmd_rx, c).await });
+        self.inner.shared.write().push(shared.clone());
+        st.running.insert(
+            spec.name.clone(),
+            RunningRoute {
+                cmd: cmd_tx,
+                cancel,
+                inputs,
+                task: handle,
+                shared,
+            },
+        );
+        self.inner
+            .events
+            .emit(EngineEvent::new(&spec.name, EventKind::RouteStarted));
+    }
+
+    async fn stop_route(&self, st: &mut EngState, name: &str) {
+        let Some(rt) = st.running.remove(name) else {
+            return;
+        };
+        rt.cancel.cancel();
+        let slots = rt.task.await.unwrap_or_default();
+        let names: Vec<String> = slots.iter().map(|s| s.spec.name.clone()).collect();
+        for s in &slots {
+            s.cancel.cancel();
+        }
+        // Dropping the queues ends outputs blocked on them (SRT threads).
+        drop(slots);
+        for n in names {
+            if let Some(h) = st.output_tasks.remove(&(name.to_string(), n)) {
+                let _ = h.await;
+            }
+        }
+        rt.inputs.wait().await;
+        self.inner
+            .shared
+            .write()
+            .retain(|s| !Arc::ptr_eq(s, &rt.shared));
+        self.inner
+            .events
+            .emit(EngineEvent::new(name, EventKind::RouteStopped));
+    }
+}
+
+fn find_route<'a>(d: &'a EngineSpec, name: &str) -> Result<&'a RouteSpec, EngineError> {
+    d.routes
+        .iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| EngineError::UnknownRoute(name.to_string()))
+}
+
+fn find_route_mut<'a>(d: &'a mut EngineSpec, name: &str) -> Result<&'a mut RouteSpec, EngineError> {
+    d.routes
+        .iter_mut()
+        .find(|r| r.name == name)
+        .ok_or_else(|| EngineError::UnknownRoute(name.to_string()))
+}
+
+fn take_output(d: &mut EngineSpec, route: &str, name: &str) -> Result<OutputSpec, EngineError> {
+    let r = find_route_mut(d, route)?;
+    let pos = r
+        .outputs
+        .iter()
+        .position(|o| o.name == name)
+        .ok_or_else(|| EngineError::UnknownOutput {
+            route: route.to_string(),
+            output: name.to_string(),
+        })?;
+    Ok(r.outputs.remove(pos))
+}
+
+fn check_path_free(d: &EngineSpec, k: &OutputKind, _skip: Option<&str>) -> Result<(), EngineError> {
+    let key = |k: &OutputKind| match k {
+        OutputKind::Http { path } => Some(format!("/stream/{path}.ts")),
+        OutputKind::Hls { path, .. } => Some(format!("/hls/{path}/")),
+        _ => None,
+    };
+    let Some(want) = key(k) else { return Ok(()) };
+    if d.routes
+        .iter()
+        .flat_map(|r| r.outputs.iter())
+        .any(|o| key(&o.kind).as_deref() == Some(want.as_str()))
+    {
+        return Err(EngineError::PathInUse(want));
+    }
+    Ok(())
+}
+
+/// `GET /stream/{name}.ts`: a live MPEG-TS body, one bounded queue per viewer.
+async fn http_ts(State(e): State<Engine>, Path(file): Path<String>) -> Response {
+    let Some(name) = file.strip_suffix(".ts") else {
+        return (StatusCode::NOT_FOUND, "expected /stream/<name>.ts").into_response();
+    };
+    let ep = e.inner.http.read().get(name).cloned();
+    let Some(ep) = ep else {
+        return (StatusCode::NOT_FOUND, format!("no stream {name:?}")).into_response();
+    };
+    let body = axum::body::Body::from_stream(ep.subscribe());
+    (
+        [
+            (header::CONTENT_TYPE, "video/mp2t"),
+            (header::CACHE_CONTROL, "no-cache, no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Fan-out benchmark: one 10 Mbit/s MPEG-TS input to N UDP outputs through castpoint, beside N srt-live-transmit relays and N `ffmpeg -c copy` relays; prints a Markdown table (CPU % of one core, RSS, added latency p50/p99)."""
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+DG = 1316
+RATE = 10_000_000  # bit/s
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pids):
+    t = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                parts = f.read().rsplit(")", 1)[1].split()
+            t += int(parts[11]) + int(parts[12])  # utime + stime
+        except OSError:
+            pass
+    return t
+
+
+def rss_mib(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def free_port(kind=socket.SOCK_DGRAM):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Source:
+    """Sends the file's datagrams at 10 Mbit/s to every address in `dests`
+    (one copy per destination for per-process peers) and timestamps them."""
+
+    def __init__(self, path, dests):
+        data = open(path, "rb").read()
+        n = len(data) // DG
+        self.dgs = [data[i * DG:(i + 1) * DG] for i in range(n)]
+        self.dests = dests
+        self.sent = {}
+        self.stop = False
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        self.t = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        period = DG * 8 / RATE
+        start = time.perf_counter()
+        i = 0
+        while not self.stop:
+            dg = self.dgs[i % len(self.dgs)]
+            # Key on the 2nd packet's bytes 4..40 (payload) to match arrivals.
+            self.sent[dg[192:228]] = time.perf_counter()
+            for d in self.dests:
+                self.sock.sendto(dg, d)
+            i += 1
+            wait = start + i * period - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+
+
+class Probe:
+    """Receives one output and records added latency."""
+
+    def __init__(self, src):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.addr = self.sock.getsockname()
+        self.src = src
+        self.lat = []
+        self.on = False
+        self.stop = False
+        self.t = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop:
+            try:
+                dg = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            now = time.perf_counter()
+            t0 = self.src.sent.get(dg[192:228])
+            if self.on and t0 is not None:
+                self.lat.append((now - t0) * 1000)
+
+
+def sinks(n):
+    """Bound, unread sockets: the kernel accepts then drops, as a real
+    receiver would cost the sender, without ICMP errors."""
+    out = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        out.append(s)
+    return out
+
+
+def measure(pids, probe, secs):
+    time.sleep(2)  # warm-up
+    probe.on = True
+    c0, t0 = cpu_ticks(pids), time.time()
+    time.sleep(secs)
+    c1, t1 = cpu_ticks(pids), time.time()
+    probe.on = False
+    cpu = (c1 - c0) / TICK / (t1 - t0) * 100
+    lat = sorted(probe.lat)
+    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+    return cpu, rss_mib(pids), p(0.5), p(0.99), len(lat)
+
+
+def run_castpoint(binary, n, secs, src_file):
+    inport = free_port()
+    extra = sinks(n - 1)
+    cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    src = Source(src_file, [("127.0.0.1", inport)])
+    probe = Probe(src)
+    cfg.write('[http]\nbind = "127.0.0.1:0"\n[bacnet]\nenabled = false\n[modbus]\nenabled = false\n')
+    cfg.write(f'[[route]]\nname = "bench"\n[[route.input]]\ntype = "udp"\nbind = "127.0.0.1:{inport}"\n')
+    dests = [probe.addr] + [s.getsockname() for s in extra]
+    for i, d in enumerate(dests):
+        cfg.write(f'[[route.output]]\nname = "o{i}"\ntype = "udp"\ndest = "{d[0]}:{d[1]}"\n')
+    cfg.close()
+    data = tempfile.mkdtemp()
+    proc = subprocess.Popen([binary, "run", "--config", cfg.name, "--data-dir", data],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    while proc.stdout.readline().strip() != "ready":
+        pass
+    probe.t.start()
+    src.t.start()
+    r = measure([proc.pid], probe, secs)
+    src.stop = probe.stop = True
+    proc.terminate()
+    proc.wait()
+    os.unlink(cfg.name)
+    return r
+
+
+def run_peers(kind, n, secs, src_file):
+    ports = [free_port() for _ in range(n)]
+    src = Source(src_file, [("127.0.0.1", p) for p in ports])
+    probe = Probe(src)
+    extra = sinks(n - 1)
+    dests = [probe.addr] + [s.getsockname() for s in extra]
+    procs = []
+    for p, d in zip(ports, dests):
+        if kind == "slt":
+            cmd = ["srt-live-transmit", "-q", f"udp://127.0.0.1:{p}", f"udp://{d[0]}:{d[1]}"]
+        else:
+            cmd = ["ffmpeg", "-loglevel", "quiet", "-i", f"udp://127.0.0.1:{p}?fifo_size=1000000",
+                   "-c", "copy", "-f", "mpegts", f"udp://{d[0]}:{d[1]}?pkt_size=1316"]
+        procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1)
+    probe.t.start()
+    src.t.start()
+    r = measure([p.pid for p in procs], probe, secs)
+    src.stop = probe.stop = True
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait()
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--source", required=True)
+    ap.add_argument("--n", default="1,10,50,100")
+    ap.add_argument("--secs", type=float, default=8)
+    ap.add_argument("--max-slt", type=int, default=50)
+    ap.add_argument("--max-ffmpeg", type=int, default=10)
+    a = ap.parse_args()
+    print("| N | castpoint CPU % | RSS MiB | p50 ms | p99 ms | srt-live-transmit x N CPU % | RSS MiB | p50 ms | p99 ms | ffmpeg -c copy x N CPU % | RSS MiB | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n in [int(x) for x in a.n.split(",")]:
+        row = [str(n)]
+        c = run_castpoint(a.bin, n, a.secs, a.source)
+        row += [f"{c[0]:.1f}", f"{c[1]:.0f}", f"{c[2]:.2f}", f"{c[3]:.2f}"]
+        for kind, cap in (("slt", a.max_slt), ("ffmpeg", a.max_ffmpeg)):
+            if n > cap:
+                row += ["skipped (N > %d)" % cap, "", "", ""]
+                continue
+            p = run_peers(kind, n, a.secs, a.source)
+            row += [f"{p[0]:.1f}", f"{p[1]:.0f}", f"{p[2]:.2f}", f"{p[3]:.2f}"]
+        print("| " + " | ".join(row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Fan-out benchmark: one 10 Mbit/s TS input to N = 1, 10, 50, 100 UDP outputs
+# through castpoint, beside N srt-live-transmit and N `ffmpeg -c copy` relays
+# (peers capped by default at 50 and 10 processes: ffmpeg relays take ~70 MiB
+# each). Prints a Markdown table. Needs ffmpeg and srt-tools.
+# Usage: bench/fanout.sh [N list, default 1,10,50,100] [seconds per run, default 8]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+SRC="${TMPDIR:-/tmp}/castpoint-bench-10mbit.ts"
+if [ ! -s "$SRC" ]; then
+  # A constant 10 Mbit/s mux (null-padded) of 720p25 H.264 + AAC, 20 s.
+  ffmpeg -loglevel error -y -f lavfi -i testsrc=size=1280x720:rate=25 -f lavfi -i sine \
+    -c:v libx264 -preset ultrafast -b:v 8M -maxrate 8M -bufsize 2M -g 50 \
+    -c:a aac -muxrate 10M -t 20 -f mpegts "$SRC"
+fi
+exec python3 bench/fanout.py --bin target/release/castpoint --source "$SRC" \
+  --n "${1:-1,10,50,100}" --secs "${2:-8}"

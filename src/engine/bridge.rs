@@ -1,0 +1,242 @@
+//! The point bridge: drives the engine from the resolved values of the command points (Stream Enable, Input Select, Recording Enable, System Restart) and publishes engine-derived measurements and statuses; the engine itself never sees points or protocols.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::stats::EngineSnapshot;
+use super::Engine;
+use crate::points::{PointDb, PointId, PointState, Quality, Source, Value, DEFAULT_LEVEL};
+
+/// Point ids the bridge uses (absent ones are skipped: a custom point list
+/// may leave some out).
+struct Ids {
+    stream_enable: Option<PointId>,
+    input_select: Option<PointId>,
+    recording_enable: Option<PointId>,
+    system_restart: Option<PointId>,
+    active_streams: Option<PointId>,
+    connected_viewers: Option<PointId>,
+    total_bitrate_out: Option<PointId>,
+    dropped_frames: Option<PointId>,
+    encoding_latency: Option<PointId>,
+    stream_status: Option<PointId>,
+    input_status: Option<PointId>,
+}
+
+impl Ids {
+    fn new(db: &PointDb) -> Self {
+        Ids {
+            stream_enable: db.lookup("stream_enable"),
+            input_select: db.lookup("input_select"),
+            recording_enable: db.lookup("recording_enable"),
+            system_restart: db.lookup("system_restart"),
+            active_streams: db.lookup("active_streams"),
+            connected_viewers: db.lookup("connected_viewers"),
+            total_bitrate_out: db.lookup("total_bitrate_out"),
+            dropped_frames: db.lookup("dropped_frames"),
+            encoding_latency: db.lookup("encoding_latency"),
+            stream_status: db.lookup("stream_status"),
+            input_status: db.lookup("input_status"),
+        }
+    }
+}
+
+/// Waits for a change of an optional watch; never resolves for a missing
+/// point or a closed channel.
+async fn changed(rx: &mut Option<watch::Receiver<PointState>>) {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                *rx = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+fn value(rx: &Option<watch::Receiver<PointState>>) -> Option<Value> {
+    rx.as_ref().and_then(|r| r.borrow().value)
+}
+
+/// Runs until `cancel`: applies command points (level-triggered: the
+/// current values are applied at start) and publishes measurements every
+/// second.
+pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken) {
+    let ids = Ids::new(&db);
+    let w = |id: Option<PointId>| id.and_then(|i| db.watch(i));
+    let mut stream_enable = w(ids.stream_enable);
+    let mut input_select = w(ids.input_select);
+    let mut recording = w(ids.recording_enable);
+    let mut restart = w(ids.system_restart);
+    if let Some(id) = ids.encoding_latency {
+        let _ = db.set(
+            id,
+            None,
+            Quality::Unavailable,
+            Some("not applicable in passthrough"),
+        );
+    }
+    apply_stream_enable(&engine, value(&stream_enable)).await;
+    apply_input_select(&engine, value(&input_select)).await;
+    apply_recording(&engine, value(&recording)).await;
+    apply_restart(&engine, &db, ids.system_restart).await;
+    publish(&db, &ids, &engine.snapshot());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = changed(&mut stream_enable) => apply_stream_enable(&engine, value(&stream_enable)).await,
+            _ = changed(&mut input_select) => apply_input_select(&engine, value(&input_select)).await,
+            _ = changed(&mut recording) => apply_recording(&engine, value(&recording)).await,
+            _ = changed(&mut restart) => apply_restart(&engine, &db, ids.system_restart).await,
+            _ = tick.tick() => publish(&db, &ids, &engine.snapshot()),
+        }
+    }
+}
+
+async fn apply_stream_enable(engine: &Engine, v: Option<Value>) {
+    let (Some(route), Some(v)) = (engine.primary().await, v) else {
+        return;
+    };
+    if let Err(e) = engine.set_stream_enabled(&route, v.as_bool()).await {
+        tracing::warn!("stream_enable: {e}");
+    }
+}
+
+async fn apply_input_select(engine: &Engine, v: Option<Value>) {
+    let (Some(route), Some(v)) = (engine.primary().await, v) else {
+        return;
+    };
+    // 0 = automatic; N = force the route's input N (1-based).
+    let n = v.as_f64();
+    let sel = if n >= 1.0 { Some(n as usize - 1) } else { None };
+    if let Err(e) = engine.select_input(&route, sel).await {
+        tracing::warn!("input_select: {e}");
+    }
+}
+
+async fn apply_recording(engine: &Engine, v: Option<Value>) {
+    let (Some(route), Some(v)) = (engine.primary().await, v) else {
+        return;
+    };
+    if let Err(e) = engine.set_recording(&route, v.as_bool()).await {
+        tracing::warn!("recording_enable: {e}");
+    }
+}
+
+/// System Restart is a trigger: when it resolves to true the router is
+/// rebuilt from the desired state, then the requesting slot is relinquished
+/// so the point reads false again.
+async fn apply_restart(engine: &Engine, db: &PointDb, id: Option<PointId>) {
+    let Some(id) = id else { return };
+    let Some(st) = db.read(id) else { return };
+    if st.value != Some(Value::Bool(true)) {
+        return;
+    }
+    tracing::info!("system_restart: rebuilding the router");
+    engine.restart().await;
+    let level = st.level.unwrap_or(DEFAULT_LEVEL);
+    let r = if level >= DEFAULT_LEVEL {
+        // Someone made "true" the relinquish default: put it back.
+        db.write(
+            id,
+            Some(Value::Bool(false)),
+            DEFAULT_LEVEL,
+            &Source::internal(),
+        )
+    } else {
+        db.write(id, None, level, &Source::internal())
+    };
+    if let Err(e) = r {
+        tracing::warn!("system_restart: cannot relinquish level {level}: {e}");
+    }
+}
+
+/// Engine-wide figures the measurement points carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Derived {
+    pub active_streams: f64,
+    pub viewers: f64,
+    pub bitrate_out_gbps: f64,
+    pub dropped_frames: f64,
+    /// (stream_status, input_status) ordinals of the primary route.
+    pub primary: Option<(u16, u16)>,
+}
+
+pub fn derive(s: &EngineSnapshot) -> Derived {
+    let mut d = Derived {
+        active_streams: 0.0,
+        viewers: 0.0,
+        bitrate_out_gbps: 0.0,
+        dropped_frames: 0.0,
+        primary: None,
+    };
+    for r in &s.routes {
+        if r.active_input.is_some() && r.stream_enabled {
+            d.active_streams += 1.0;
+        }
+        d.dropped_frames += r.input_frames_lost as f64;
+        for o in &r.outputs {
+            d.dropped_frames += o.frames_lost as f64;
+            if o.kind == "http" || o.kind == "srt-listener" {
+                d.viewers += o.clients as f64;
+            }
+            if o.kind != "record" {
+                d.bitrate_out_gbps += o.bitrate_bps as f64 / 1e9;
+            }
+        }
+        if s.primary.as_deref() == Some(r.name.as_str()) {
+            let input = if r.active_input.is_some() {
+                1
+            } else if !r.inputs.is_empty() && r.inputs.iter().all(|i| i.error.is_some() && !i.up) {
+                3
+            } else {
+                2
+            };
+            let stream = if !r.stream_enabled {
+                2
+            } else if input == 1 {
+                1
+            } else {
+                3
+            };
+            d.primary = Some((stream, input));
+        }
+    }
+    d
+}
+
+fn publish(db: &PointDb, ids: &Ids, s: &EngineSnapshot) {
+    let d = derive(s);
+    let set = |id: Option<PointId>, v: Value| {
+        if let Some(id) = id {
+            let _ = db.set(id, Some(v), Quality::Ok, None);
+        }
+    };
+    set(ids.active_streams, Value::Number(d.active_streams));
+    set(ids.connected_viewers, Value::Number(d.viewers));
+    set(
+        ids.total_bitrate_out,
+        Value::Number((d.bitrate_out_gbps * 1e6).round() / 1e6),
+    );
+    set(ids.dropped_frames, Value::Number(d.dropped_frames));
+    match d.primary {
+        Some((stream, input)) => {
+            set(ids.stream_status, Value::Enum(stream));
+            set(ids.input_status, Value::Enum(input));
+        }
+        None => {
+            // No primary route running (none configured, or disabled).
+            let why = match &s.primary {
+                Some(p) => format!("primary route {p:?} is not running"),
+                None => "no route configured".to_string(),
+            };
+            for id in [ids.stream_status, ids.input_status].into_iter().flatten() {
+                let _ = db.set(id, None, Quality::Unavailable, Some(&why));
+            }
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Output tasks: UDP unicast/multicast sender, HTTP-TS server endpoints (one bounded queue per viewer), and rotating TS recordings; each drains its own bounded queue.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::stats::IoStats;
+use super::ts::TS;
+
+/// 7 TS packets: the customary MPEG-TS-over-UDP datagram (fits a 1500 MTU).
+pub const DATAGRAM: usize = 7 * TS;
+
+fn udp_sender(dest: SocketAddr, ttl: Option<u32>) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(dest), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = s.set_send_buffer_size(4 << 20);
+    let any: SocketAddr = if dest.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    s.bind(&any.into())?;
+    if let Some(t) = ttl {
+        if dest.ip().is_multicast() {
+            s.set_multicast_ttl_v4(t)?;
+        } else {
+            s.set_ttl_v4(t)?;
+        }
+    }
+    // Connected: the kernel resolves the route once instead of per datagram.
+    s.connect(&dest.into())?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s.into())
+}
+
+pub(crate) async fn run_udp(
+    mut rx: mpsc::Receiver<Bytes>,
+    dest: SocketAddr,
+    ttl: Option<u32>,
+    stats: Arc<IoStats>,
+    cancel: CancellationToken,
+) {
+    let sock = match udp_sender(dest, ttl) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("udp output {dest}: {e}");
+            stats.set_error(format!("{dest}: {e}"));
+            return;
+        }
+    };
+    stats.set_up(sock.local_addr().ok());
+    stats.clients.store(1, Relaxed);
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        let n = tokio::select! {
+            _ = cancel.cancelled() => return,
+            n = rx.recv_many(&mut batch, 64) => n,
+        };
+        if n == 0 {
+            return;
+        }
+        for chunk in batch.drain(..) {
+            for dg in chunk.chunks(DATAGRAM) {
+                match sock.send(dg).await {
+                    Ok(len) => stats.add(len),
+                    // ECONNREFUSED from an ICMP port-unreachable: nobody
+                    // listens yet; UDP carries on regardless.
+                    Err(e) => tracing::trace!("udp output {dest}: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// One HTTP-TS endpoint: the viewers of `/stream/{path}.ts`.
+pub(crate) struct HttpEndpoint {
+    clients: Mutex<Vec<Client>>,
+    pub stats: Arc<IoStats>,
+    queue: usize,
+}
+
+struct Client {
+    tx: mpsc::Sender<Bytes>,
+}
+
+pub(crate) type HttpRegistry = Arc<RwLock<HashMap<String, Arc<HttpEndpoint>>>>;
+
+pub(crate) async fn run_http(
+    mut rx: mpsc::Receiver<Bytes>,
+    path: String,
+    registry: HttpRegistry,
+    queue: usize,
+    stats: Arc<IoStats>,
+    cancel: CancellationToken,
+) {
+    let ep = Arc::new(HttpEndpoint {
+        clients: Mutex::new(Vec::new()),
+        stats: stats.clone(),
+        queue,
+    });
+    {
+        let mut r = registry.write();
+        if r.contains_key(&path) {
+            stats.set_error(format!("path /stream/{path}.ts is already served"));
+            return;
+        }
+        r.insert(path.clone(), ep.clone());
+    }
+    stats.set_up(None);
+    loop {
+        let chunk = tokio::select! {
+            _ = cancel.cancelled() => break,
+            c = rx.recv() => c,
+        };
+        let Some(chunk) = chunk else { break };
+        let mut clients = ep.clients.lock();
+        clients.retain_mut(|c| match c.tx.try_send(chunk.clone()) {
+            Ok(()) => {
+                stats.add(chunk.len());
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // This viewer is slow: it loses the chunk, nobody else does.
+                stats.dropped(chunk.len());
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+    let mut r = registry.write();
+    if r.get(&path).is_some_and(|e| Arc::ptr_eq(e, &ep)) {
+        r.remove(&path);
+    }
+}
+
+/// Decrements the viewer count when a response body is dropped.
+struct ViewerGuard(Arc<IoStats>);
+
+impl Drop for ViewerGuard {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Relaxed);
+    }
+}
+
+impl HttpEndpoint {
+    /// A new viewer: its own bounded queue, as a body stream.
+    pub fn subscribe(
+        self: &Arc<Self>,
+    ) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
+        let (tx, rx) = mpsc::channel(self.queue.max(16));
+        self.clients.lock().push(Client { tx });
+        self.stats.clients.fetch_add(1, Relaxed);
+        let guard = ViewerGuard(self.stats.clone());
+        futures::stream::unfold((rx, guard), |(mut rx, g)| async move {
+            rx.recv().await.map(|b| (Ok(b), (rx, g)))
+        })
+    }
+}
+
+/// Rotating TS recording: a new file every `segment`, and a new file
+/// whenever data resumes after a pause (Recording Enable off/on).
+pub(crate) async fn run_record(
+    mut rx: mpsc::Receiver<Bytes>,
+    dir: PathBuf,
+    route: String,
+    segment: Duration,
+    keep: usize,
+    stats: Arc<IoStats>,
+    cancel: CancellationToken,
+) {
+    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+        stats.set_error(format!("{}: {e}", dir.display()));
+        return;
+    }
+    stats.set_up(None);
+    let mut file: Option<(tokio::io::BufWriter<tokio::fs::File>, Instant)> = None;
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => None,
+            r = tokio::time::timeout(Duration::from_secs(1), rx.recv()) => match r {
+                Ok(Some(c)) => Some(Some(c)),
+                Ok(None) => None,
+                Err(_) => Some(None),
+            },
+        };
+        let Some(next) = next else { break };
+        let Some(chunk) = next else {
+            // A pause: close the file so it is complete on disk.
+            if let Some((mut f, _)) = file.take() {
+                let _ = f.flush().await;
+                stats.clients.store(0, Relaxed);
+            }
+            continue;
+        };
+        if file.as_ref().is_some_and(|(_, t)| t.elapsed() >= segment) {
+            if let Some((mut f, _)) = file.take() {
+                let _ = f.flush().await;
+            }
+        }
+        if file.is_none() {
+            let name = format!(
+                "{route}-{}.ts",
+                chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+            );
+            match tokio::fs::File::create(dir.join(&name)).await {
+                Ok(f) => {
+                    file = Some((
+                        tokio::io::BufWriter::with_capacity(256 * 1024, f),
+                        Instant::now(),
+                    ));
+                    stats.clients.store(1, Relaxed);
+                    stats.set_up(None);
+                    prune(&dir, &route, keep).await;
+                }
+                Err(e) => {
+                    stats.set_error(format!("{}: {e}", dir.join(&name).display()));
+                    continue;
+                }
+            }
+        }
+        if let Some((f, _)) = file.as_mut() {
+            match f.write_all(&chunk).await {
+                Ok(()) => stats.add(chunk.len()),
+                Err(e) => {
+                    stats.set_error(format!("write: {e}"));
+                    file = None;
+                }
+            }
+        }
+    }
+    if let Some((mut f, _)) = file.take() {
+        let _ = f.flush().await;
+    }
+    stats.clients.store(0, Relaxed);
+}
+
+/// Keeps the newest `keep` recordings of a route (0 = keep everything).
+async fn prune(dir: &Path, route: &str, keep: usize) {
+    if keep == 0 {
+        return;
+    }
+    let mut names = Vec::new();
+    if let Ok(mut rd) = tokio::fs::read_dir(dir).await {
+        while let Ok(Some(e)) = rd.next_entry().await {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with(&format!("{route}-")) && n.ends_with(".ts") {
+                names.push(n);
+            }
+        }
+    }
+    // Timestamps in the names sort chronologically.
+    names.sort();
+    if names.len() > keep {
+        for n in &names[..names.len() - keep] {
+            let _ = tokio::fs::remove_file(dir.join(n)).await;
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The desired state of the router: routes with their inputs and outputs, as plain validated values (the config and the operator API build these; the engine reconciles toward them).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+/// Default failover timeout: no data on the active input for this long
+/// switches to the next one.
+pub const DEFAULT_FAILOVER: Duration = Duration::from_millis(500);
+/// Default per-output queue depth, in chunks (a chunk is typically 7 TS
+/// packets = one 1316-byte datagram; 512 chunks ~ 0.5 s at 10 Mbit/s).
+pub const DEFAULT_QUEUE: usize = 512;
+
+/// Everything the router should be running.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineSpec {
+    pub routes: Vec<RouteSpec>,
+    /// The route the seed's single-stream command points act on.
+    pub primary: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// TS packets pass through untouched (CC rewritten at input switches).
+    Passthrough,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSpec {
+    pub name: String,
+    pub enabled: bool,
+    pub mode: Mode,
+    /// Ordered: index 0 is the primary input, the rest are backups.
+    pub inputs: Vec<InputSpec>,
+    pub outputs: Vec<OutputSpec>,
+    pub failover_timeout: Duration,
+    /// Return to a higher-priority input as soon as it delivers again.
+    pub switch_back: bool,
+}
+
+impl RouteSpec {
+    pub fn new(name: &str) -> Self {
+        RouteSpec {
+            name: name.to_string(),
+            enabled: true,
+            mode: Mode::Passthrough,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            failover_timeout: DEFAULT_FAILOVER,
+            switch_back: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputSpec {
+    pub name: String,
+    pub kind: InputKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputKind {
+    /// UDP unicast (bind address) or multicast (group joined on `interface`).
+    Udp {
+        bind: SocketAddr,
+        multicast: Option<Ipv4Addr>,
+        interface: Ipv4Addr,
+    },
+    /// HTTP or HTTPS MPEG-TS pull; reconnects when the body ends.
+    Http {
+        url: String,
+    },
+    Srt(SrtSpec),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SrtMode {
+    Listener,
+    Caller,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SrtSpec {
+    pub mode: SrtMode,
+    /// Listener: local bind. Caller: remote address.
+    pub addr: SocketAddr,
+    pub latency: Duration,
+    pub passphrase: Option<String>,
+    /// 0 (unset: 16 when a passphrase is set), 16, 24 or 32 bytes.
+    pub pbkeylen: u8,
+    /// Caller: the streamid sent. Listener input: the streamid required.
+    pub streamid: Option<String>,
+    /// Listener output: streamids allowed to connect (empty = any).
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputSpec {
+    pub name: String,
+    pub enabled: bool,
+    pub kind: OutputKind,
+    /// Bounded queue depth in chunks; overflow drops whole chunks.
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputKind {
+    Udp {
+        dest: SocketAddr,
+        /// Multicast TTL (and unicast TTL) when set.
+        ttl: Option<u32>,
+    },
+    /// HTTP-TS served at `/stream/{path}.ts` on the main HTTP port.
+    Http {
+        path: String,
+    },
+    /// Rotating TS files under `data_dir/recordings/{route}/`.
+    Record {
+        segment: Duration,
+        keep: usize,
+    },
+    /// HLS served at `/hls/{path}/index.m3u8`.
+    Hls {
+        path: String,
+        segment: Duration,
+        window: usize,
+    },
+    Srt(SrtSpec),
+}
+
+impl OutputKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            OutputKind::Udp { .. } => "udp",
+            OutputKind::Http { .. } => "http",
+            OutputKind::Record { .. } => "record",
+            OutputKind::Hls { .. } => "hls",
+            OutputKind::Srt(s) if s.mode == SrtMode::Listener => "srt-listener",
+            OutputKind::Srt(_) => "srt-caller",
+        }
+    }
+}
+
+impl InputKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            InputKind::Udp { .. } => "udp",
+            InputKind::Http { .. } => "http",
+            InputKind::Srt(s) if s.mode == SrtMode::Listener => "srt-listener",
+            InputKind::Srt(_) => "srt-caller",
+        }
+    }
+}
