@@ -261,10 +261,16 @@ fn input(
             url.map(|url| InputKind::Http { url })
         }
         Some("srt") => srt(&mut t, errs, false).map(InputKind::Srt),
+        Some("generator") => {
+            let bitrate = t.int("bitrate", 4_000_000, 100_000, 200_000_000, errs);
+            Some(InputKind::Generator {
+                bitrate: bitrate as u64,
+            })
+        }
         Some(x) => {
             t.err(
                 "type",
-                format!("unknown input type {x:?} (udp, http, srt)"),
+                format!("unknown input type {x:?} (udp, http, srt, generator)"),
                 errs,
             );
             None

@@ -196,3 +196,36 @@ pub(crate) async fn run_http(mut feed: Feed, url: String, cancel: CancellationTo
         }
     }
 }
+
+/// The built-in test source: paces the simulators' TS generator in real
+/// time into the route, as if a UDP source were sending it.
+pub(crate) async fn run_generator(mut feed: Feed, bitrate: u64, cancel: CancellationToken) {
+    use castpoint_sim::tsgen::{Pacer, TsConfig, TsGenerator};
+    let mut g = match TsGenerator::new(TsConfig {
+        bitrate,
+        ..TsConfig::default()
+    }) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!("generator input: {}", e.0);
+            return;
+        }
+    };
+    let mut pacer = Pacer::new(std::time::Instant::now(), g.chunk_duration());
+    loop {
+        let deadline = tokio::time::Instant::from_std(pacer.next_deadline());
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        // After a stall, catch up a bounded burst rather than flooding.
+        let due = pacer.due(std::time::Instant::now()).min(256);
+        for _ in 0..due {
+            let chunk = g.next_chunk(std::time::SystemTime::now());
+            if !feed.push(BytesMut::from(&chunk[..])).await {
+                return;
+            }
+        }
+        pacer.mark_sent(due.max(1));
+    }
+}

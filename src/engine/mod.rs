@@ -695,6 +695,9 @@ impl Engine {
                     let sp = sp.clone();
                     inputs.spawn_blocking(move || srt::run_input(feed, sp, c));
                 }
+                InputKind::Generator { bitrate } => {
+                    inputs.spawn(input::run_generator(feed, *bitrate, c));
+                }
             }
         }
         inputs.close();

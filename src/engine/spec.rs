@@ -70,6 +70,12 @@ pub enum InputKind {
         url: String,
     },
     Srt(SrtSpec),
+    /// The built-in test source (castpoint_sim::tsgen): a decodable H.264 +
+    /// AAC stream with latency stamps at `bitrate` bit/s. The demo route
+    /// uses it so the server is live with no external source.
+    Generator {
+        bitrate: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +153,7 @@ impl InputKind {
             InputKind::Http { .. } => "http",
             InputKind::Srt(s) if s.mode == SrtMode::Listener => "srt-listener",
             InputKind::Srt(_) => "srt-caller",
+            InputKind::Generator { .. } => "generator",
         }
     }
 }

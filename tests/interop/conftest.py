@@ -10,6 +10,16 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+def base_config_text():
+    """castpoint.toml without its demo route: protocol tests want points that
+    change only when the test changes them (no engine writing statuses, no
+    System Restart handling relinquishing slots)."""
+    text = (ROOT / "castpoint.toml").read_text()
+    marker = "# ------------------------------------------------------------------ routes"
+    text = text.split(marker, 1)[0]
+    return text.replace('primary_route = "demo"\n', "")
+
+
 def castpoint_bin():
     """The binary built by `cargo build` (CASTPOINT_BIN overrides)."""
     env = os.environ.get("CASTPOINT_BIN")

@@ -34,7 +34,7 @@ from bacpypes3.primitivedata import (
     Unsigned,
 )
 
-from conftest import ROOT, Server
+from conftest import base_config_text, ROOT, Server
 
 PASSWORD = "interop-pw"
 DEVICE = 389001
@@ -43,7 +43,7 @@ DEVICE = 389001
 @pytest.fixture(scope="module")
 def bserver():
     """castpoint with a BACnet password configured (DCC / ReinitializeDevice)."""
-    text = (ROOT / "castpoint.toml").read_text()
+    text = base_config_text()
     text = text.replace("[bacnet]\n", f'[bacnet]\npassword = "{PASSWORD}"\n', 1)
     d = pathlib.Path(tempfile.mkdtemp(prefix="castpoint-bacnet-"))
     cfg = d / "castpoint.toml"
@@ -219,7 +219,8 @@ COMMANDABLE = [
     ("binary-output,0", "stream_enable", [Enumerated(0), Enumerated(1), Enumerated(0)], [False, True, False], True),
     ("binary-output,1", "recording_enable", [Enumerated(1), Enumerated(0), Enumerated(1)], [True, False, True], False),
     ("binary-output,2", "transcode_enable", [Enumerated(1), Enumerated(0), Enumerated(1)], [True, False, True], False),
-    ("binary-output,3", "system_restart", [Enumerated(1), Enumerated(0), Enumerated(1)], [True, False, True], False),
+    # system_restart (BO3) is a trigger the router consumes: see
+    # test_system_restart_is_a_consumed_trigger.
 ]
 
 
@@ -384,6 +385,36 @@ def test_unconfirmed_cov_and_cancellation(bserver):
     run(go())
 
 
+def restart_consumed(server, protocol, timeout=5.0):
+    """True once the audit shows System Restart written by `protocol` and
+    then relinquished by castpoint itself, and the point is back to false."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with urllib.request.urlopen(
+                server.http_base + "/api/audit?target=system_restart&limit=20", timeout=5) as r:
+            ev = json.load(r)["events"]
+        wrote = [e for e in ev if e["protocol"] == protocol and e["requested"] == "true"]
+        released = [e for e in ev if e["protocol"] == "internal" and e["requested"] == "null"]
+        if wrote and released and released[0]["id"] > wrote[0]["id"] \
+                and rest_get(server, "system_restart")["value"] is False:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_system_restart_is_a_consumed_trigger(bserver):
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            await app.write_property(addr, ObjectIdentifier("binary-output,3"), "present-value",
+                                     Enumerated(1), None, 12)
+        finally:
+            app.close()
+    run(go())
+    assert restart_consumed(bserver, "bacnet")
+
+
 def test_dcc_and_reinitialize_need_the_password(bserver):
     async def go():
         app = client()
@@ -398,10 +429,9 @@ def test_dcc_and_reinitialize_need_the_password(bserver):
             ok = ReinitializeDeviceRequest(reinitializedStateOfDevice="warmstart", password=PASSWORD)
             ok.pduDestination = addr
             await app.request(ok)
-            assert rest_get(bserver, "system_restart")["value"] is True
-            await app.write_property(addr, ObjectIdentifier("binary-output,3"), "present-value",
-                                     Null(()), None, 8)
-            assert rest_get(bserver, "system_restart")["value"] is False
+            # Warmstart commanded System Restart at priority 8; the router
+            # carried it out and relinquished the trigger.
+            assert await asyncio.to_thread(restart_consumed, bserver, "bacnet")
 
             dcc = DeviceCommunicationControlRequest(timeDuration=1, enableDisable="disableInitiation",
                                                     password=PASSWORD)

@@ -16,7 +16,7 @@ from phable import (AuthError, CallError, DateRange, DateTimeRange, Grid, GridCo
                     Number, Ref, open_haystack_client)
 from phable.auth.scram import ScramScheme
 
-from conftest import ROOT, Server
+from conftest import base_config_text, ROOT, Server
 
 USERS = {"op": ("operator", "op-pass"), "viewer": ("viewer", "view-pass")}
 
@@ -35,7 +35,7 @@ def user_entry(name, role, password, iterations=4096):
 
 @pytest.fixture(scope="module")
 def hs():
-    base = (ROOT / "castpoint.toml").read_text()
+    base = base_config_text()
     # [[haystack.user]] entries can follow any table; telemetry off keeps
     # values still while the test compares them.
     cfg = (base + "\n" + "".join(user_entry(n, r, p) for n, (r, p) in USERS.items())
@@ -89,11 +89,12 @@ def test_read_by_filter_and_ids(hs):
     with client(hs, "viewer") as c:
         pts = c.read_all("point")
         assert len(pts.rows) == 23
-        rec = c.read('point and bacnetCur == "AI0"')
-        assert rec["id"].val == "active_streams"
-        assert rec["dis"] == "Active Streams"
+        # GPU Usage has no source with telemetry off: unknown, no curVal.
+        rec = c.read('point and bacnetCur == "AI5"')
+        assert rec["id"].val == "gpu_usage"
+        assert rec["dis"] == "GPU Usage"
         assert "sensor" in rec and "his" in rec and rec["kind"] == "Number"
-        assert rec["modbusAddr"].startswith("30001")
+        assert rec["modbusAddr"].startswith("30006")
         assert rec["equipRef"].val == "streaming-server"
         assert rec["curStatus"] == "unknown" and "curErr" in rec and "curVal" not in rec
         bitrate = c.read('castpointId == "total_bitrate_out"')
@@ -211,7 +212,7 @@ def test_hszinc_parses_every_grid(hs):
 def test_anonymous_read_mode():
     d = tempfile.mkdtemp(prefix="castpoint-hs-anon-")
     path = pathlib.Path(d) / "castpoint.toml"
-    base = (ROOT / "castpoint.toml").read_text()
+    base = base_config_text()
     assert "\n[haystack]\n" in base
     path.write_text(base.replace("\n[haystack]\n", "\n[haystack]\nanonymous_read = true\n", 1))
     s = Server(config=path)
