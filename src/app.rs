@@ -76,6 +76,11 @@ impl App {
             store.path.display(),
             store.schema_version()
         );
+        let tcfg = crate::telemetry::TelemetryConfig::parse(
+            &cfg.origin,
+            cfg.server.extra.get("telemetry"),
+        )
+        .map_err(|e| anyhow::anyhow!(crate::config::ConfigErrors(e)))?;
         let maps = Arc::new(cfg.maps.clone());
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -90,6 +95,14 @@ impl App {
         let mut faults: Vec<String> = Vec::new();
         // Created before the HTTP server so its HTTP-TS/HLS routes can be merged.
         let engine = crate::engine::Engine::new(cfg.server.data_dir.clone(), &shutdown);
+        // Desired state of the routes: the config's, overlaid with what the
+        // operator API stored.
+        let stored_routes = store.routes()?;
+        let has_stored_routes = !stored_routes.is_empty();
+        let route_docs = Arc::new(parking_lot::Mutex::new(crate::api::routes::initial_docs(
+            &cfg.server.routes,
+            stored_routes,
+        )));
 
         // Routers other parts serve on the HTTP listener (Haystack, engine
         // HTTP outputs): the listener is bound here, but the server is
@@ -107,6 +120,8 @@ impl App {
                         store: Some(store.clone()),
                         users: Some(users.clone()),
                         api: api_cfg.clone(),
+                        engine: Some(engine.clone()),
+                        route_docs: route_docs.clone(),
                     };
                     http_server = Some((l, api::router(state).merge(engine.router())));
                 }
@@ -168,7 +183,12 @@ impl App {
 
         // --- engine: start (owned by src/engine) ---
         match crate::config::routes::parse(&cfg.origin, &cfg.server) {
-            Ok(spec) => engine.apply(spec).await,
+            Ok(mut spec) => {
+                if has_stored_routes {
+                    spec.routes = crate::api::routes::specs(&route_docs.lock());
+                }
+                engine.apply(spec).await
+            }
             Err(errs) => {
                 for e in errs {
                     faults.push(format!("engine: {e}"));
@@ -177,8 +197,11 @@ impl App {
         }
         {
             let (e, d, token) = (engine.clone(), db.clone(), shutdown.clone());
+            // Router counters are telemetry too: `[telemetry] enabled =
+            // false` stops them with the host sampler (commands still apply).
+            let publish = tcfg.enabled;
             tasks.spawn(async move {
-                crate::engine::bridge::run(e.clone(), d, token).await;
+                crate::engine::bridge::run(e.clone(), d, token, publish).await;
                 // Shutdown: stop every route and wait for sockets to close.
                 e.stop().await;
             });
@@ -187,11 +210,6 @@ impl App {
 
         // --- telemetry: start (owned by src/telemetry) ---
         {
-            let tcfg = crate::telemetry::TelemetryConfig::parse(
-                &cfg.origin,
-                cfg.server.extra.get("telemetry"),
-            )
-            .map_err(|e| anyhow::anyhow!(crate::config::ConfigErrors(e)))?;
             if tcfg.enabled {
                 let gpu = crate::telemetry::gpu_source(&tcfg);
                 let sampler = crate::telemetry::Sampler::new(

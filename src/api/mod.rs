@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod json;
 pub mod live;
+pub mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,10 @@ pub struct ApiState {
     /// The shared user store (JWT); `None` = no authentication at all.
     pub users: Option<crate::auth::Users>,
     pub api: auth::ApiConfig,
+    /// The router, for the operator route API.
+    pub engine: Option<crate::engine::Engine>,
+    /// Desired-state documents of the routes, by name (see `routes.rs`).
+    pub route_docs: Arc<parking_lot::Mutex<std::collections::BTreeMap<String, serde_json::Value>>>,
 }
 
 /// A JSON error response: `{"error": "...", "status": 404}`.
@@ -39,6 +44,10 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -142,7 +151,7 @@ pub fn router(state: ApiState) -> Router {
             }
         }
     }
-    r.with_state(state)
+    r.merge(routes::router()).with_state(state)
 }
 
 async fn health(State(s): State<ApiState>) -> impl IntoResponse {

@@ -281,7 +281,8 @@ fn input(
     Some(InputSpec { name, kind: kind? })
 }
 
-fn output(
+/// Parses one output table (`[[route.output]]`) of route `route`.
+pub fn output(
     file: &str,
     at: String,
     tb: &toml::Table,

@@ -64,14 +64,14 @@ fn value(rx: &Option<watch::Receiver<PointState>>) -> Option<Value> {
 /// Runs until `cancel`: applies command points (level-triggered: the
 /// current values are applied at start) and publishes measurements every
 /// second.
-pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken) {
+pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken, publish_points: bool) {
     let ids = Ids::new(&db);
     let w = |id: Option<PointId>| id.and_then(|i| db.watch(i));
     let mut stream_enable = w(ids.stream_enable);
     let mut input_select = w(ids.input_select);
     let mut recording = w(ids.recording_enable);
     let mut restart = w(ids.system_restart);
-    if let Some(id) = ids.encoding_latency {
+    if let (true, Some(id)) = (publish_points, ids.encoding_latency) {
         let _ = db.set(
             id,
             None,
@@ -83,7 +83,9 @@ pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken) {
     apply_input_select(&engine, value(&input_select)).await;
     apply_recording(&engine, value(&recording)).await;
     apply_restart(&engine, &db, ids.system_restart).await;
-    publish(&db, &ids, &engine.snapshot());
+    if publish_points {
+        publish(&db, &ids, &engine.snapshot());
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -92,7 +94,7 @@ pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken) {
             _ = changed(&mut input_select) => apply_input_select(&engine, value(&input_select)).await,
             _ = changed(&mut recording) => apply_recording(&engine, value(&recording)).await,
             _ = changed(&mut restart) => apply_restart(&engine, &db, ids.system_restart).await,
-            _ = tick.tick() => publish(&db, &ids, &engine.snapshot()),
+            _ = tick.tick(), if publish_points => publish(&db, &ids, &engine.snapshot()),
         }
     }
 }

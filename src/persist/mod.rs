@@ -66,6 +66,13 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         value BLOB NOT NULL
     );",
+    // 3: routes created or changed through the operator API (desired state).
+    // doc NULL = a tombstone: a route of the config file deleted by the API.
+    "CREATE TABLE routes (
+        name TEXT PRIMARY KEY,
+        doc TEXT,
+        updated TEXT NOT NULL
+    );",
 ];
 
 /// A stored user: SCRAM-SHA-256 keys only, never the password.
@@ -627,6 +634,32 @@ impl Store {
             params![name, v],
         )?;
         Ok(v)
+    }
+}
+
+impl Store {
+    /// Stores a route document (`None` = deleted).
+    pub fn route_put(&self, name: &str, doc: Option<&J>) -> anyhow::Result<()> {
+        self.conn.lock().execute(
+            "INSERT INTO routes (name, doc, updated) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
+            params![name, doc.map(|d| d.to_string()), ts(Utc::now())],
+        )?;
+        Ok(())
+    }
+
+    /// Every stored route document, in name order (`None` = deleted).
+    pub fn routes(&self) -> anyhow::Result<Vec<(String, Option<J>)>> {
+        let c = self.conn.lock();
+        let mut st = c.prepare("SELECT name, doc FROM routes ORDER BY name")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })?
+            .filter_map(Result::ok)
+            .map(|(n, d)| (n, d.and_then(|d| serde_json::from_str(&d).ok())))
+            .collect();
+        Ok(rows)
     }
 }
 

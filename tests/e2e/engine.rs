@@ -102,7 +102,10 @@ impl CcCheck {
 }
 
 async fn start_with(text: &str) -> App {
-    let mut cfg = Config::from_text("test.toml", text, Path::new(".")).expect("valid config");
+    // Router counters (stream/input status, streams) are published only
+    // with telemetry on.
+    let text = format!("{text}\n[telemetry]\nenabled = true\n");
+    let mut cfg = Config::from_text("test.toml", &text, Path::new(".")).expect("valid config");
     util::loopback(&mut cfg);
     App::start(cfg).await.expect("app starts")
 }

@@ -8,5 +8,6 @@ mod http;
 mod live;
 mod modbus;
 mod persist;
+mod routes_api;
 mod telemetry;
 mod util;

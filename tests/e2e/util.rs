@@ -26,9 +26,14 @@ pub fn quiet(cfg: &mut Config) {
 /// data dir, with telemetry off unless the config configures it.
 pub fn loopback(cfg: &mut Config) {
     quiet(cfg);
-    // The embedded demo route binds fixed ports (UDP backup input): tests
-    // declare the routes they need themselves.
-    cfg.server.routes.clear();
+    // The embedded demo route binds a fixed port (its UDP backup input):
+    // tests declare the routes they need themselves.
+    cfg.server
+        .routes
+        .retain(|r| r.get("name").and_then(|n| n.as_str()) != Some("demo"));
+    if cfg.server.primary_route.as_deref() == Some("demo") {
+        cfg.server.primary_route = None;
+    }
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("literal address");
     cfg.server.http.bind = any;
     cfg.server.bacnet.bind = any;

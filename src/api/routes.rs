@@ -1,0 +1,703 @@
+//! Operator REST for routes (seed 001): CRUD of routes, inputs and outputs, output enable/disable/move, all hot; every change audited and persisted as desired state.
+//!
+//! A route is exchanged as a JSON document with the same keys as a
+//! `[[route]]` table of castpoint.toml (`inputs` / `outputs` arrays, or the
+//! TOML names `input` / `output`), validated by the same parser, so the file
+//! and the API can never disagree on what a route is. Documents of routes the
+//! API created or changed are stored in SQLite and win over the config file
+//! at the next start; deleting a route of the file stores a tombstone.
+//! Secrets (SRT passphrases, stream keys) are write-only: answers show `"***"`.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value as J};
+
+use super::auth::{authorize, Caller};
+use super::{ApiError, ApiState};
+use crate::config::routes as parse;
+use crate::engine::spec::{OutputSpec, RouteSpec};
+use crate::engine::EngineError;
+use crate::points::{Protocol, Source};
+use crate::protocols::haystack::auth::Role;
+
+/// Keys whose values are secrets, never returned or logged.
+const SECRET_KEYS: &[&str] = &["passphrase", "key", "stream_key", "password", "token"];
+
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/api/routes", get(list).post(create))
+        .route("/api/routes/{route}", get(one).put(replace).delete(remove))
+        .route(
+            "/api/routes/{route}/inputs",
+            get(list_inputs).post(add_input),
+        )
+        .route(
+            "/api/routes/{route}/inputs/{name}",
+            get(one_input).delete(remove_input),
+        )
+        .route(
+            "/api/routes/{route}/outputs",
+            get(list_outputs).post(add_output),
+        )
+        .route(
+            "/api/routes/{route}/outputs/{name}",
+            get(one_output).put(replace_output).delete(remove_output),
+        )
+        .route(
+            "/api/routes/{route}/outputs/{name}/enable",
+            post(enable_output),
+        )
+        .route(
+            "/api/routes/{route}/outputs/{name}/disable",
+            post(disable_output),
+        )
+        .route("/api/routes/{route}/outputs/{name}/move", post(move_output))
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, msg)
+}
+
+fn engine_err(e: EngineError) -> ApiError {
+    let status = match e {
+        EngineError::UnknownRoute(_)
+        | EngineError::UnknownOutput { .. }
+        | EngineError::UnknownInput { .. } => StatusCode::NOT_FOUND,
+        EngineError::RouteExists(_)
+        | EngineError::OutputExists { .. }
+        | EngineError::PathInUse(_) => StatusCode::CONFLICT,
+        #[allow(unreachable_patterns)]
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    ApiError::new(status, e.to_string())
+}
+
+/// Replaces secret values with "***", recursively.
+pub fn redact(v: &J) -> J {
+    match v {
+        J::Object(o) => J::Object(
+            o.iter()
+                .map(|(k, x)| {
+                    if SECRET_KEYS.contains(&k.as_str()) && !x.is_null() {
+                        (k.clone(), json!("***"))
+                    } else {
+                        (k.clone(), redact(x))
+                    }
+                })
+                .collect(),
+        ),
+        J::Array(a) => J::Array(a.iter().map(redact).collect()),
+        other => other.clone(),
+    }
+}
+
+/// JSON document -> TOML table; `inputs`/`outputs` are accepted for the
+/// TOML names `input`/`output`. JSON null has no TOML form: it is refused.
+fn to_table(doc: &J) -> Result<toml::Table, ApiError> {
+    let mut doc = doc.clone();
+    if let Some(o) = doc.as_object_mut() {
+        for (json_name, toml_name) in [("inputs", "input"), ("outputs", "output")] {
+            if let Some(v) = o.remove(json_name) {
+                o.insert(toml_name.to_string(), v);
+            }
+        }
+    }
+    let v: toml::Value = serde_json::from_value(doc).map_err(|e| {
+        bad(format!(
+            "not a route document (null values are not allowed): {e}"
+        ))
+    })?;
+    match v {
+        toml::Value::Table(t) => Ok(t),
+        _ => Err(bad("a route document is a JSON object")),
+    }
+}
+
+/// Canonical stored form: TOML names (`input`, `output`).
+fn canonical(doc: &J) -> Result<J, ApiError> {
+    let t = to_table(doc)?;
+    serde_json::to_value(&t).map_err(|e| bad(e.to_string()))
+}
+
+fn validate(doc: &J) -> Result<RouteSpec, ApiError> {
+    let t = to_table(doc)?;
+    let mut errs = Vec::new();
+    let spec = parse::parse_route("request", "route", &t, &mut errs);
+    if !errs.is_empty() {
+        let msgs: Vec<String> = errs
+            .iter()
+            .map(|e| format!("{}: {}", e.key, e.message))
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            msgs.join("; "),
+        ));
+    }
+    spec.ok_or_else(|| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid route"))
+}
+
+fn parse_body(body: &axum::body::Bytes) -> Result<J, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))
+}
+
+fn engine(s: &ApiState) -> Result<&crate::engine::Engine, ApiError> {
+    s.engine
+        .as_ref()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no router"))
+}
+
+/// The current document of a route: the stored one, else the config's.
+fn doc_of(s: &ApiState, route: &str) -> Result<J, ApiError> {
+    s.route_docs
+        .lock()
+        .get(route)
+        .cloned()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no route named {route:?}")))
+}
+
+/// Stores a route's new document (or its deletion) and audits the change.
+fn commit(
+    s: &ApiState,
+    route: &str,
+    doc: Option<J>,
+    what: &str,
+    peer: SocketAddr,
+    caller: &Caller,
+) -> Result<(), ApiError> {
+    if let Some(store) = &s.store {
+        store.route_put(route, doc.as_ref()).map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}"))
+        })?;
+        let src = Source::new(
+            Protocol::Rest,
+            Some(peer),
+            caller.as_ref().map(|c| c.user.clone()),
+        );
+        if let Err(e) = store.record_event("route", Some(route), &src, "ok", what) {
+            tracing::warn!("route change not audited: {e}");
+        }
+    }
+    let mut docs = s.route_docs.lock();
+    match doc {
+        Some(d) => {
+            docs.insert(route.to_string(), d);
+        }
+        None => {
+            docs.remove(route);
+        }
+    }
+    Ok(())
+}
+
+fn route_json(s: &ApiState, name: &str, doc: &J) -> J {
+    let stats = s
+        .engine
+        .as_ref()
+        .map(|e| e.snapshot())
+        .and_then(|snap| snap.route(name).and_then(|r| serde_json::to_value(r).ok()))
+        .unwrap_or(J::Null);
+    let mut d = redact(doc);
+    if let Some(o) = d.as_object_mut() {
+        // Answer with the JSON names.
+        for (toml_name, json_name) in [("input", "inputs"), ("output", "outputs")] {
+            let v = o.remove(toml_name).unwrap_or_else(|| json!([]));
+            o.insert(json_name.to_string(), v);
+        }
+        o.insert("stats".into(), stats);
+    }
+    d
+}
+
+async fn list(State(s): State<ApiState>, h: HeaderMap) -> Result<Json<J>, ApiError> {
+    authorize(&s, &h, Role::Viewer)?;
+    let docs = s.route_docs.lock().clone();
+    let primary = match &s.engine {
+        Some(e) => e.primary().await,
+        None => None,
+    };
+    let routes: Vec<J> = docs.iter().map(|(n, d)| route_json(&s, n, d)).collect();
+    Ok(Json(json!({"routes": routes, "primary": primary})))
+}
+
+async fn one(
+    State(s): State<ApiState>,
+    h: HeaderMap,
+    Path(route): Path<String>,
+) -> Result<Json<J>, ApiError> {
+    authorize(&s, &h, Role::Viewer)?;
+    let d = doc_of(&s, &route)?;
+    Ok(Json(route_json(&s, &route, &d)))
+}
+
+async fn create(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<J>), ApiError> {
+    let caller = authorize(&s, &h, Role::Operator)?;
+    let doc = canonical(&parse_body(&body)?)?;
+    let spec = validate(&doc)?;
+    let name = spec.name.clone();
+    if s.route_docs.lock().contains_key(&name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("route {name:?} already exists"),
+        ));
+    }
+    engine(&s)?.add_route(spec).await.map_err(engine_err)?;
+    commit(&s, &name, Some(doc.clone()), "create route", peer, &caller)?;
+    Ok((StatusCode::CREATED, Json(route_json(&s, &name, &doc))))
+}
+
+async fn replace(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(route): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<J>, ApiError> {
+    let caller = authorize(&s, &h, Role::Operator)?;
+    let mut doc = parse_body(&body)?;
+    if let Some(o) = doc.as_object_mut() {
+        match o.get("name").and_then(J::as_str) {
+            None => {
+                o.insert("name".into(), json!(route));
+            }
+            Some(n) if n != route => {
+                return Err(bad(
+                    "the document's name must be the route's (renaming: create + delete)",
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let doc = canonical(&doc)?;
+    let spec = validate(&doc)?;
+    doc_of(&s, &route)?;
+    let e = engine(&s)?;
+    let old = e.remove_route(&route).await.map_err(engine_err)?;
+    if let Err(err) = e.add_route(spec).await {
+        // Put the old route back: a refused replacement changes nothing.
+        let _ = e.add_route(old).await;
+        return Err(engine_err(err));
+    }
+    commit(
+        &s,
+        &route,
+        Some(doc.clone()),
+        "replace route",
+        peer,
+        &caller,
+    )?;
+    Ok(Json(route_json(&s, &route, &doc)))
+}
+
+async fn remove(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(route): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let caller = authorize(&s, &h, Role::Operator)?;
+    doc_of(&s, &route)?;
+    engine(&s)?.remove_route(&route).await.map_err(engine_err)?;
+    commit(&s, &route, None, "delete route", peer, &caller)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn items(doc: &J, key: &str) -> Vec<J> {
+    doc.get(key)
+        .and_then(J::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn item_name(v: &J, key: &str, i: usize) -> String {
+    v.get("name")
+        .and_then(J::as_str)
+        .map(String::from)
+        .unwrap_or_else(|| format!("{}{i}", if key == "input" { "in" } else { "out" }))
+}
+
+fn find(doc: &J, key: &str, name: &str) -> Option<(usize, J)> {
+    items(doc, key)
+        .into_iter()
+        .enumerate()
+        .find(|(i, v)| item_name(v, key, *i) == name)
+}
+
+fn with_items(doc: &J, key: &str, list: Vec<J>) -> J {
+    let mut d = doc.clone();
+    if let Some(o) = d.as_object_mut() {
+        o.insert(key.to_string(), J::Array(list));
+    }
+    d
+}
+
+async fn list_inputs(
+    State(s): State<ApiState>,
+    h: HeaderMap,
+    Path(route): Path<String>,
+) -> Result<Json<J>, ApiError> {
+    authorize(&s, &h, Role::Viewer)?;
+    Ok(Json(redact(&J::Array(items(
+        &doc_of(&s, &route)?,
+        "input",
+    )))))
+}
+
+async fn one_input(
+    State(s): State<ApiState>,
+    h: HeaderMap,
+    Path((route, name)): Path<(String, String)>,
+) -> Result<Json<J>, ApiError> {
+    authorize(&s, &h, Role::Viewer)?;
+    let (_, v) = find(&doc_of(&s, &route)?, "input", &name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no input {name:?}")))?;
+    Ok(Json(redact(&v)))
+}
+
+/// Inputs change the route's input set: the route is rebuilt (its outputs
+/// keep their identity; viewers reconnect), unlike output changes, which
+/// are hot.
+async fn rebuild_with(
+    s: &ApiState,
+    route: &str,
+    doc: J,
+    what: &str,
+    peer: SocketAddr,
+    caller: &Caller,
+) -> Result<Json<J>, ApiError> {
+    let spec = validate(&doc)?;
+    let e = engine(s)?;
+    let old = e.remove_route(route).await.map_err(engine_err)?;
+    if let Err(err) = e.add_route(spec).await {
+        let _ = e.add_route(old).await;
+        return Err(engine_err(err));
+    }
+    commit(s, route, Some(doc.clone()), what, peer, caller)?;
+    Ok(Json(route_json(s, route, &doc)))
+}
+
+async fn add_input(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(route): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<J>, ApiError> {
+    let caller = authorize(&s, &h, Role::Operator)?;
+    let input = canonical(&parse_body(&body)?)?;
+    let doc = doc_of(&s, &route)?;
+    let mut list = items(&doc, "input");
+    if let Some(n) = input.get("name").and_then(J::as_str) {
+        if find(&doc, "input", n).is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("input {n:?} exists"),
+            ));
+        }
+    }
+    list.push(input);
+    let doc = with_items(&doc, "input", list);
+    rebuild_with(&s, &route, doc, "add input", peer, &caller).await
+}
+
+async fn remove_input(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path((route, name)): Path<(String, String)>,
+) -> Result<Json<J>, ApiError> {
+    let caller = authorize(&s, &h, Role::Operator)?;
+    let doc = doc_of(&s, &route)?;
+    let (i, _) = find(&doc, "input", &name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no input {name:?}")))?;
+    let mut list = items(&doc, "input");
+    list.remove(i);
+    let doc = with_items(&doc, "input", list);
+    rebuild_with(&s, &route, doc, "remove input", peer, &caller).await
+}
+
+async fn list_outputs(
+    State(s): State<ApiState>,
+    h: HeaderMap,
+    Path(route): Path<String>,
+) -> Result<Json<J>, ApiError> {
+    authorize(&s, &h, Role::Viewer)?;
+    Ok(Json(redact(&J::Array(items(
+        &doc_of(&s, &route)?,
+        "output",
+    )))))
+}
+
+async fn one_output(
+    State(s): State<ApiState>,
+    h: HeaderMap,
+    Path((route, name)): Path<(String, String)>,
+) -> Result<Json<J>, ApiError> {
+    authorize(&s, &h, Role::Viewer)?;
+    let (_, v) = find(&doc_of(&s, &route)?, "output", &name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no output {name:?}")))?;
+    Ok(Json(redact(&v)))
+}
+
+fn output_spec(route: &str, v: &J, i: usize) -> Result<OutputSpec, ApiError> {
+    let t = to_table(v)?;
+    let mut errs = Vec::new();
+    let o = parse::output("request", "output".into(), &t, route, &mut errs, i);
+    if !errs.is_empty() {
+        let msgs: Vec<String> = errs
+            .iter()
+            .map(|e| format!("{}: {}", e.key, e.message))
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            msgs.join("; "),
+        ));
+    }
+    o.ok_or_else(|| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid output"))
+}
+
+async fn add_output(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(route): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<J>), ApiError> {
+    let caller = authorize(&s, &h, Role::Operator)?;
+    let mut out = canonical(&parse_body(&body)?)?;
+    let doc = doc_of(&s, &route)?;
+    let mut list = items(&doc, "output");
+    let spec = output_spec(&route, &out, list.len())?;
+    if let Some(o) = out.as_object_mut() {
+        o.insert("name".into(), json!(spec.name));
+    }
+    engine(&s)?
+        .add_output(&route, spec)
+        .await
+        .map_err(engine_err)?;
+    list.push(out.clone());
+    commit(
+        &s,
+        &route,
+        Some(with_items(&doc, "output", list)),
+        "add output",
+        peer,
+        &caller,
+    )?;
+    Ok((StatusCode::CREATED, Json(redact(&out))))
+}
+
+async fn replace_output(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path((route, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<J>, ApiError> {
+    let caller = authorize(&s, &h, Role::Operator)?;
+    let mut out = canonical(&parse_body(&body)?)?;
+    if let Some(o) = out.as_object_mut() {
+        o.insert("name".into(), json!(name));
+    }
+    let doc = doc_of(&s, &route)?;
+    let (i, _) = find(&doc, "output", &name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no output {name:?}")))?;
+    let spec = output_spec(&route, &out, i)?;
+    let e = engine(&s)?;
+    let old = e.remove_output(&route, &name).await.map_err(engine_err)?;
+    if let Err(err) = e.add_output(&route, spec).await {
+        let _ = e.add_output(&route, old).await;
+        return Err(engine_err(err));
+    }
+    let mut list = items(&doc, "output");
+    list[i] = out.clone();
+    commit(
+        &s,
+        &route,
+        Some(with_items(&doc, "output", list)),
+        "replace output",
+        peer,
+        &caller,
+    )?;
+    Ok(Json(redact(&out)))
+}
+
+async fn remove_output(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path((route, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let caller = authorize(&s, &h, Role::Operator)?;
+    let doc = doc_of(&s, &route)?;
+    let (i, _) = find(&doc, "output", &name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no output {name:?}")))?;
+    engine(&s)?
+        .remove_output(&route, &name)
+        .await
+        .map_err(engine_err)?;
+    let mut list = items(&doc, "output");
+    list.remove(i);
+    commit(
+        &s,
+        &route,
+        Some(with_items(&doc, "output", list)),
+        "remove output",
+        peer,
+        &caller,
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_enabled(
+    s: ApiState,
+    peer: SocketAddr,
+    h: HeaderMap,
+    route: String,
+    name: String,
+    en: bool,
+) -> Result<Json<J>, ApiError> {
+    let caller = authorize(&s, &h, Role::Operator)?;
+    let doc = doc_of(&s, &route)?;
+    let (i, mut out) = find(&doc, "output", &name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no output {name:?}")))?;
+    engine(&s)?
+        .set_output_enabled(&route, &name, en)
+        .await
+        .map_err(engine_err)?;
+    if let Some(o) = out.as_object_mut() {
+        o.insert("enabled".into(), json!(en));
+    }
+    let mut list = items(&doc, "output");
+    list[i] = out.clone();
+    let what = if en {
+        "enable output"
+    } else {
+        "disable output"
+    };
+    commit(
+        &s,
+        &route,
+        Some(with_items(&doc, "output", list)),
+        what,
+        peer,
+        &caller,
+    )?;
+    Ok(Json(redact(&out)))
+}
+
+async fn enable_output(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path((route, name)): Path<(String, String)>,
+) -> Result<Json<J>, ApiError> {
+    set_enabled(s, peer, h, route, name, true).await
+}
+
+async fn disable_output(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path((route, name)): Path<(String, String)>,
+) -> Result<Json<J>, ApiError> {
+    set_enabled(s, peer, h, route, name, false).await
+}
+
+/// `POST .../move {"to": "other-route"}`: the output keeps running and its
+/// viewers stay connected; it is fed by the other route from then on.
+async fn move_output(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path((route, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<J>, ApiError> {
+    let caller = authorize(&s, &h, Role::Operator)?;
+    let b = parse_body(&body)?;
+    let to = b
+        .get("to")
+        .and_then(J::as_str)
+        .ok_or_else(|| bad("expected {\"to\": \"route name\"}"))?
+        .to_string();
+    let from_doc = doc_of(&s, &route)?;
+    let to_doc = doc_of(&s, &to)?;
+    let (i, out) = find(&from_doc, "output", &name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no output {name:?}")))?;
+    engine(&s)?
+        .move_output(&route, &name, &to)
+        .await
+        .map_err(engine_err)?;
+    let mut from_list = items(&from_doc, "output");
+    from_list.remove(i);
+    let mut to_list = items(&to_doc, "output");
+    to_list.push(out.clone());
+    commit(
+        &s,
+        &route,
+        Some(with_items(&from_doc, "output", from_list)),
+        "move output out",
+        peer,
+        &caller,
+    )?;
+    commit(
+        &s,
+        &to,
+        Some(with_items(&to_doc, "output", to_list)),
+        "move output in",
+        peer,
+        &caller,
+    )?;
+    Ok(Json(json!({"moved": name, "from": route, "to": to})))
+}
+
+/// Route documents at start-up: the config's `[[route]]` tables, overlaid
+/// with what the API stored (changed routes replace, tombstones delete, new
+/// routes are added).
+pub fn initial_docs(
+    config_routes: &[toml::Table],
+    stored: Vec<(String, Option<J>)>,
+) -> std::collections::BTreeMap<String, J> {
+    let mut docs = std::collections::BTreeMap::new();
+    for t in config_routes {
+        if let (Some(name), Ok(v)) = (
+            t.get("name").and_then(|n| n.as_str()),
+            serde_json::to_value(t),
+        ) {
+            docs.insert(name.to_string(), v);
+        }
+    }
+    for (name, doc) in stored {
+        match doc {
+            Some(d) => {
+                docs.insert(name, d);
+            }
+            None => {
+                docs.remove(&name);
+            }
+        }
+    }
+    docs
+}
+
+/// Parses the documents into route specs for the engine; documents that no
+/// longer validate (after an upgrade) are skipped with a logged reason.
+pub fn specs(docs: &std::collections::BTreeMap<String, J>) -> Vec<RouteSpec> {
+    docs.iter()
+        .filter_map(|(name, d)| match validate(d) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("stored route {name} ignored: {}", e.message());
+                None
+            }
+        })
+        .collect()
+}
