@@ -53,13 +53,16 @@ pub(crate) enum RouteCmd {
     SetStreamEnabled(bool),
 }
 
+/// (name, type, enabled, stats) of one output, as snapshots see it.
+pub(crate) type OutputEntry = (String, &'static str, bool, Arc<IoStats>);
+
 /// What the engine and the stats snapshot see of a running route.
 pub(crate) struct RouteShared {
     pub name: String,
     pub enabled: bool,
     pub inputs: Vec<(String, &'static str, Arc<IoStats>)>,
     /// (name, type, enabled, stats) of the outputs, kept by the route task.
-    pub outputs: Mutex<Vec<(String, &'static str, bool, Arc<IoStats>)>>,
+    pub outputs: Mutex<Vec<OutputEntry>>,
     /// -1 = none.
     pub active: AtomicI64,
     pub forced: AtomicI64,
