@@ -68,8 +68,12 @@ class Source:
         i = 0
         while not self.stop:
             dg = self.dgs[i % len(self.dgs)]
-            # Key on the 2nd packet's bytes 4..40 (payload) to match arrivals.
-            self.sent[dg[192:228]] = time.perf_counter()
+            # Key every non-null packet by its payload so that relays that
+            # regroup packets (ffmpeg) can be matched too.
+            now = time.perf_counter()
+            for k in range(0, DG, 188):
+                if dg[k + 1] & 0x1F != 0x1F or dg[k + 2] != 0xFF:
+                    self.sent[dg[k + 4:k + 188]] = now
             for d in self.dests:
                 self.sock.sendto(dg, d)
             i += 1
@@ -100,7 +104,11 @@ class Probe:
             except socket.timeout:
                 continue
             now = time.perf_counter()
-            t0 = self.src.sent.get(dg[192:228])
+            t0 = None
+            for k in range(0, len(dg) - 187, 188):
+                t0 = self.src.sent.get(dg[k + 4:k + 188])
+                if t0 is not None:
+                    break
             if self.on and t0 is not None:
                 self.lat.append((now - t0) * 1000)
 
@@ -144,8 +152,12 @@ def run_castpoint(binary, n, secs, src_file):
     data = tempfile.mkdtemp()
     proc = subprocess.Popen([binary, "run", "--config", cfg.name, "--data-dir", data],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    while proc.stdout.readline().strip() != "ready":
-        pass
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("castpoint exited before it was ready")
+        if line.strip() == "ready":
+            break
     probe.t.start()
     src.t.start()
     r = measure([proc.pid], probe, secs)
@@ -179,7 +191,12 @@ def run_peers(kind, n, secs, src_file):
     for p in procs:
         p.terminate()
     for p in procs:
-        p.wait()
+        try:
+            p.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            # srt-live-transmit may sit in a read once the source stops.
+            p.kill()
+            p.wait()
     return r
 
 
@@ -196,6 +213,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in [int(x) for x in a.n.split(",")]:
         row = [str(n)]
+        print(f"N={n} ...", file=sys.stderr, flush=True)
         c = run_castpoint(a.bin, n, a.secs, a.source)
         row += [f"{c[0]:.1f}", f"{c[1]:.0f}", f"{c[2]:.2f}", f"{c[3]:.2f}"]
         for kind, cap in (("slt", a.max_slt), ("ffmpeg", a.max_ffmpeg)):

@@ -617,8 +617,23 @@ impl Engine {
         let s = stats.clone();
         let c = cancel.clone();
         let t = &self.inner.tasks;
+        let mut direct = None;
         let handle = match &spec.kind {
-            OutputKind::Udp { dest, ttl } => t.spawn(output::run_udp(rx, *dest, *ttl, s, c)),
+            OutputKind::Udp { dest, ttl } => {
+                match output::udp_sender(*dest, *ttl) {
+                    Ok(sock) => {
+                        s.set_up(sock.local_addr().ok());
+                        s.clients.store(1, std::sync::atomic::Ordering::Relaxed);
+                        direct = Some(Arc::new(sock));
+                    }
+                    Err(e) => {
+                        tracing::error!("udp output {dest}: {e}");
+                        s.set_error(format!("{dest}: {e}"));
+                    }
+                }
+                drop(rx);
+                t.spawn(output::run_udp(c))
+            }
             OutputKind::Http { path } => t.spawn(output::run_http(
                 rx,
                 path.clone(),
@@ -664,6 +679,7 @@ impl Engine {
                 stats,
                 cancel,
                 loss: Default::default(),
+                direct,
             },
             handle,
         )

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::io::AsyncWriteExt;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +19,14 @@ use super::ts::TS;
 /// 7 TS packets: the customary MPEG-TS-over-UDP datagram (fits a 1500 MTU).
 pub const DATAGRAM: usize = 7 * TS;
 
-fn udp_sender(dest: SocketAddr, ttl: Option<u32>) -> std::io::Result<UdpSocket> {
+/// A connected, non-blocking UDP socket for one output. The route task
+/// sends on it directly: the kernel's socket buffer is this output's bounded
+/// queue (a full one fails with WouldBlock and the datagram is dropped and
+/// counted), which saves a task wake-up per datagram per output.
+pub(crate) fn udp_sender(
+    dest: SocketAddr,
+    ttl: Option<u32>,
+) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(dest), Type::DGRAM, Some(Protocol::UDP))?;
     let _ = s.set_send_buffer_size(4 << 20);
@@ -40,46 +46,29 @@ fn udp_sender(dest: SocketAddr, ttl: Option<u32>) -> std::io::Result<UdpSocket> 
     // Connected: the kernel resolves the route once instead of per datagram.
     s.connect(&dest.into())?;
     s.set_nonblocking(true)?;
-    UdpSocket::from_std(s.into())
+    Ok(s.into())
 }
 
-pub(crate) async fn run_udp(
-    mut rx: mpsc::Receiver<Bytes>,
-    dest: SocketAddr,
-    ttl: Option<u32>,
-    stats: Arc<IoStats>,
-    cancel: CancellationToken,
-) {
-    let sock = match udp_sender(dest, ttl) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("udp output {dest}: {e}");
-            stats.set_error(format!("{dest}: {e}"));
-            return;
-        }
-    };
-    stats.set_up(sock.local_addr().ok());
-    stats.clients.store(1, Relaxed);
-    let mut batch = Vec::with_capacity(64);
-    loop {
-        let n = tokio::select! {
-            _ = cancel.cancelled() => return,
-            n = rx.recv_many(&mut batch, 64) => n,
-        };
-        if n == 0 {
-            return;
-        }
-        for chunk in batch.drain(..) {
-            for dg in chunk.chunks(DATAGRAM) {
-                match sock.send(dg).await {
-                    Ok(len) => stats.add(len),
-                    // ECONNREFUSED from an ICMP port-unreachable: nobody
-                    // listens yet; UDP carries on regardless.
-                    Err(e) => tracing::trace!("udp output {dest}: {e}"),
-                }
-            }
+/// Sends one chunk on a direct UDP output. Returns false when the socket
+/// buffer was full (the rest of the chunk is dropped, whole packets only).
+#[inline]
+pub(crate) fn udp_send_chunk(sock: &std::net::UdpSocket, chunk: &[u8], stats: &IoStats) -> bool {
+    for dg in chunk.chunks(DATAGRAM) {
+        match sock.send(dg) {
+            Ok(n) => stats.add(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            // ECONNREFUSED from an ICMP port-unreachable: nobody listens
+            // yet; UDP carries on regardless.
+            Err(_) => {}
         }
     }
+    true
+}
+
+/// The task of a direct UDP output only holds its place until removed, so
+/// that every output has a task the engine can stop and await.
+pub(crate) async fn run_udp(cancel: CancellationToken) {
+    cancel.cancelled().await;
 }
 
 /// One HTTP-TS endpoint: the viewers of `/stream/{path}.ts`.

@@ -30,6 +30,9 @@ pub(crate) struct OutputSlot {
     /// Cancels the output's task (remove).
     pub cancel: CancellationToken,
     pub loss: FrameLoss,
+    /// UDP outputs: sent directly from the route task (see
+    /// `output::udp_sender`); `tx` is unused then.
+    pub direct: Option<Arc<std::net::UdpSocket>>,
 }
 
 impl OutputSlot {
@@ -50,13 +53,16 @@ pub(crate) enum RouteCmd {
     SetStreamEnabled(bool),
 }
 
+/// (name, type, enabled, stats) of one output, as snapshots see it.
+pub(crate) type OutputEntry = (String, &'static str, bool, Arc<IoStats>);
+
 /// What the engine and the stats snapshot see of a running route.
 pub(crate) struct RouteShared {
     pub name: String,
     pub enabled: bool,
     pub inputs: Vec<(String, &'static str, Arc<IoStats>)>,
     /// (name, type, enabled, stats) of the outputs, kept by the route task.
-    pub outputs: Mutex<Vec<(String, &'static str, bool, Arc<IoStats>)>>,
+    pub outputs: Mutex<Vec<OutputEntry>>,
     /// -1 = none.
     pub active: AtomicI64,
     pub forced: AtomicI64,
@@ -146,6 +152,7 @@ impl RouteTask {
             .forced
             .store(self.forced.map_or(-1, |f| f as i64), Relaxed);
         let mut batch: Vec<InputMsg> = Vec::with_capacity(64);
+        let mut inputs_gone = false;
         loop {
             tokio::select! {
                 biased;
@@ -154,9 +161,12 @@ impl RouteTask {
                     Some(c) => self.command(c, &mut active, &inputs, &mut rewriter),
                     None => break,
                 },
-                got = data.recv_many(&mut batch, 64) => {
+                got = data.recv_many(&mut batch, 64), if !inputs_gone => {
                     if got == 0 {
-                        break;
+                        // Every input task ended (bind failures): keep
+                        // serving commands; the stats carry the errors.
+                        inputs_gone = true;
+                        continue;
                     }
                     let now = Instant::now();
                     for m in batch.drain(..) {
@@ -279,6 +289,20 @@ impl RouteTask {
         let stream_on = self.stream_enabled;
         for o in self.outputs.iter_mut() {
             if !o.spec.enabled || (!stream_on && o.gated_by_stream_enable()) {
+                continue;
+            }
+            if let Some(sock) = &o.direct {
+                if super::output::udp_send_chunk(sock, &chunk, &o.stats) {
+                    if let Some(v) = video {
+                        o.loss.delivered(&chunk, v);
+                    }
+                } else {
+                    o.stats.dropped(chunk.len());
+                    if let Some(v) = video {
+                        let n = o.loss.dropped(&chunk, v);
+                        o.stats.frames_lost.fetch_add(n, Relaxed);
+                    }
+                }
                 continue;
             }
             match o.tx.try_send(chunk.clone()) {

@@ -72,10 +72,10 @@ impl Aligner {
                     }
                     Some(_) => continue,
                     None => {
-                        // Not enough bytes to confirm: keep from here.
-                        if i + TS > p.len() {
-                            start = Some(i);
-                        }
+                        // Nothing after this packet to confirm it with:
+                        // take it (the next push re-checks sync) or, if it
+                        // is incomplete, keep it for later.
+                        start = Some(i);
                         break;
                     }
                 }
@@ -412,18 +412,13 @@ fn has_keyframe_nal(es: &[u8], stream_type: u8) -> bool {
     while i + 3 < es.len() {
         if es[i] == 0 && es[i + 1] == 0 && es[i + 2] == 1 {
             let h = es[i + 3];
-            match stream_type {
-                0x1B => {
-                    if h & 0x1F == 5 {
-                        return true;
-                    }
-                }
-                0x24 => {
-                    if (16..=21).contains(&((h >> 1) & 0x3F)) {
-                        return true;
-                    }
-                }
-                _ => {}
+            let key = match stream_type {
+                0x1B => h & 0x1F == 5,
+                0x24 => (16..=21).contains(&((h >> 1) & 0x3F)),
+                _ => false,
+            };
+            if key {
+                return true;
             }
             i += 3;
         } else {

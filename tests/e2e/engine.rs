@@ -225,7 +225,7 @@ async fn failover_to_backup_and_back_keeps_continuity_counters() {
     receive(&out, Duration::from_millis(600), &mut cc).await;
     // The primary comes back: switch-back after it is stable.
     let src_a = source(a, Gen::new(4));
-    let back = loop {
+    loop {
         let ev = tokio::time::timeout(Duration::from_secs(3), events.recv())
             .await
             .expect("a switch-back event")
@@ -233,8 +233,7 @@ async fn failover_to_backup_and_back_keeps_continuity_counters() {
         if let EventKind::InputSwitched { to: Some(0), .. } = ev.kind {
             break;
         }
-    };
-    let _ = back;
+    }
     receive(&out, Duration::from_millis(500), &mut cc).await;
     src_a.abort();
     src_b.abort();
@@ -244,7 +243,9 @@ async fn failover_to_backup_and_back_keeps_continuity_counters() {
     assert_eq!(cc.errors, 0, "continuity errors after switches");
     let snap = app.engine.snapshot();
     let r = snap.route("main").expect("route");
-    assert_eq!(r.switches, 2);
+    // Two switches, or three when the backup's first datagram happened to
+    // arrive before the primary's at start-up (then switch-back to primary).
+    assert!((2..=3).contains(&r.switches), "switches: {}", r.switches);
     assert_eq!(
         r.outputs
             .iter()

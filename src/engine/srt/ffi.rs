@@ -442,8 +442,7 @@ impl Socket {
     where
         F: Fn(Option<SocketAddr>, Option<&str>) -> bool + Send + Sync + 'static,
     {
-        let boxed: Box<Box<dyn Fn(Option<SocketAddr>, Option<&str>) -> bool + Send + Sync>> =
-            Box::new(Box::new(f));
+        let boxed: Box<HookFn> = Box::new(Box::new(f));
         let raw = Box::into_raw(boxed);
         // SAFETY: `raw` stays valid until the ListenHook is dropped, which
         // the caller guarantees happens after the listener is closed; the
