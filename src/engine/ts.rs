@@ -32,7 +32,7 @@ fn has_payload(p: &[u8]) -> bool {
 /// (the common case for UDP: 7 packets per datagram), so it can be used as
 /// is without copying.
 pub fn is_aligned(buf: &[u8]) -> bool {
-    !buf.is_empty() && buf.len() % TS == 0 && buf.chunks_exact(TS).all(|p| p[0] == SYNC)
+    !buf.is_empty() && buf.len().is_multiple_of(TS) && buf.chunks_exact(TS).all(|p| p[0] == SYNC)
 }
 
 /// Turns an arbitrary byte stream (HTTP body, SRT messages, odd UDP

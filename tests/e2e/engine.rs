@@ -51,7 +51,7 @@ impl Gen {
     fn datagram(&mut self) -> Vec<u8> {
         let mut out = Vec::with_capacity(7 * 188);
         for _ in 0..7 {
-            let p = if self.n % 70 == 0 {
+            let p = if self.n.is_multiple_of(70) {
                 let pat = [
                     0u8, 0x00, 0xB0, 0x0D, 0x00, 0x01, 0xC1, 0x00, 0x00, 0x00, 0x01, 0xF0, 0x00, 0,
                     0, 0, 0,
