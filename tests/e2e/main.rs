@@ -9,5 +9,6 @@ mod live;
 mod modbus;
 mod persist;
 mod routes_api;
+mod status_live;
 mod telemetry;
 mod util;

@@ -1,0 +1,255 @@
+//! Telemetry of a live route, end to end: stopping the source turns Input Status NO_SIGNAL and Stream Status ERROR within 2 s, read the same over Modbus, BACnet and Haystack; N HTTP-TS viewers read as N Connected Viewers with Total Bitrate Out matching what they received.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use castpoint::app::App;
+use castpoint::config::Config;
+use castpoint_sim::tsgen::{Pacer, TsConfig, TsGenerator};
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::util::loopback;
+
+const ROUTE: &str = r#"
+primary_route = "live"
+[telemetry]
+enabled = true
+[telemetry.periods]
+connected_viewers = "1s"
+total_bitrate_out = "1s"
+[haystack]
+anonymous_read = true
+[[route]]
+name = "live"
+failover_timeout = "300ms"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "web"
+type = "http"
+path = "live"
+"#;
+
+async fn start() -> App {
+    let mut cfg = Config::from_text("test.toml", ROUTE, Path::new(".")).expect("config");
+    loopback(&mut cfg);
+    App::start(cfg).await.expect("start")
+}
+
+async fn input_addr(app: &App) -> SocketAddr {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(a) = app
+            .engine
+            .snapshot()
+            .route("live")
+            .and_then(|r| r.inputs.first())
+            .and_then(|x| x.local)
+        {
+            return a;
+        }
+        assert!(Instant::now() < end, "input never bound");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends the test stream to `to` in real time until cancelled.
+fn source(to: SocketAddr, bitrate: u64, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let mut g = TsGenerator::new(TsConfig {
+            bitrate,
+            ..TsConfig::default()
+        })
+        .expect("generator");
+        let mut pacer = Pacer::new(Instant::now(), g.chunk_duration());
+        while !stop.is_cancelled() {
+            tokio::time::sleep_until(pacer.next_deadline().into()).await;
+            let due = pacer.due(Instant::now()).min(64);
+            for _ in 0..due {
+                let _ = sock
+                    .send_to(&g.next_chunk(std::time::SystemTime::now()), to)
+                    .await;
+            }
+            pacer.mark_sent(due.max(1));
+        }
+    })
+}
+
+/// Modbus FC03 of 40002..40003 (Stream Status, Input Status) over a raw socket.
+async fn modbus_statuses(addr: SocketAddr) -> (u16, u16) {
+    let mut s = TcpStream::connect(addr).await.expect("modbus connect");
+    s.write_all(&[0, 1, 0, 0, 0, 6, 1, 0x03, 0, 1, 0, 2])
+        .await
+        .expect("send");
+    let mut r = [0u8; 13];
+    s.read_exact(&mut r).await.expect("reply");
+    assert_eq!(r[7], 0x03, "no exception: {r:?}");
+    (
+        u16::from_be_bytes([r[9], r[10]]),
+        u16::from_be_bytes([r[11], r[12]]),
+    )
+}
+
+/// BACnet ReadProperty present-value of multi-state-value N (unsigned).
+async fn bacnet_msv(addr: SocketAddr, instance: u32) -> u32 {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let oid = ((19u32 << 22) | instance).to_be_bytes();
+    let mut f = vec![0x81, 0x0A, 0, 0, 0x01, 0x04, 0x00, 0x05, 0x11, 12, 0x0C];
+    f.extend_from_slice(&oid);
+    f.extend_from_slice(&[0x19, 85]);
+    let len = f.len() as u16;
+    f[2..4].copy_from_slice(&len.to_be_bytes());
+    sock.send_to(&f, addr).await.expect("send");
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(3), sock.recv(&mut buf))
+        .await
+        .expect("reply in time")
+        .expect("recv");
+    let r = &buf[..n];
+    // ... 0x3E 0x21 <u8> 0x3F: an application-tagged unsigned of 1 byte.
+    let pos = r.iter().position(|b| *b == 0x3E).expect("opening tag") + 1;
+    assert_eq!(r[pos] & 0xF8, 0x20, "unsigned: {r:02x?}");
+    let len = usize::from(r[pos] & 0x07);
+    r[pos + 1..pos + 1 + len]
+        .iter()
+        .fold(0u32, |a, b| (a << 8) | u32::from(*b))
+}
+
+/// Haystack `read` of one point (anonymous read), its curVal as text.
+async fn haystack_cur(http: SocketAddr, id: &str) -> String {
+    let j: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{http}/api/haystack/read?id=@{id}"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("read")
+        .json()
+        .await
+        .expect("json");
+    j["rows"][0]["curVal"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Polls all three protocols until they agree on (stream, input) ordinals.
+async fn all_protocols_read(app: &App, want: (u16, u16), within: Duration) -> Duration {
+    let t0 = Instant::now();
+    let names = (
+        ["LIVE", "STOPPED", "ERROR"][usize::from(want.0) - 1],
+        ["ACTIVE", "NO_SIGNAL", "ERROR"][usize::from(want.1) - 1],
+    );
+    loop {
+        let m = modbus_statuses(app.addrs.modbus.expect("modbus")).await;
+        let b = (
+            bacnet_msv(app.addrs.bacnet.expect("bacnet"), 1).await,
+            bacnet_msv(app.addrs.bacnet.expect("bacnet"), 2).await,
+        );
+        let http = app.addrs.http.expect("http");
+        let h = (
+            haystack_cur(http, "stream_status").await,
+            haystack_cur(http, "input_status").await,
+        );
+        if m == want
+            && b == (u32::from(want.0), u32::from(want.1))
+            && h.0.ends_with(names.0)
+            && h.1.ends_with(names.1)
+        {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < within,
+            "after {within:?}: modbus {m:?}, bacnet {b:?}, haystack {h:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_source_is_seen_on_every_protocol_within_2s() {
+    let app = start().await;
+    let to = input_addr(&app).await;
+    let stop = CancellationToken::new();
+    let src = source(to, 2_000_000, stop.clone());
+    all_protocols_read(&app, (1, 1), Duration::from_secs(5)).await;
+    stop.cancel();
+    let _ = src.await;
+    let dt = all_protocols_read(&app, (3, 2), Duration::from_secs(2)).await;
+    eprintln!("NO_SIGNAL/ERROR on Modbus, BACnet and Haystack {dt:?} after the source stopped");
+    let stop = CancellationToken::new();
+    let src = source(to, 2_000_000, stop.clone());
+    all_protocols_read(&app, (1, 1), Duration::from_secs(2)).await;
+    stop.cancel();
+    let _ = src.await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_and_bitrate_out_match_what_viewers_receive() {
+    let app = start().await;
+    let to = input_addr(&app).await;
+    let stop = CancellationToken::new();
+    let src = source(to, 4_000_000, stop.clone());
+    let http = app.addrs.http.expect("http");
+    const N: usize = 3;
+    let mut viewers = Vec::new();
+    let counting = CancellationToken::new();
+    for _ in 0..N {
+        let c = counting.clone();
+        viewers.push(tokio::spawn(async move {
+            let r = reqwest::get(format!("http://{http}/stream/live.ts"))
+                .await
+                .expect("viewer");
+            let mut body = r.bytes_stream();
+            let mut n = 0u64;
+            let mut first: Option<Instant> = None;
+            loop {
+                tokio::select! {
+                    _ = c.cancelled() => break,
+                    b = body.next() => match b {
+                        Some(Ok(b)) => {
+                            first.get_or_insert_with(Instant::now);
+                            n += b.len() as u64;
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            (n, first.map(|f| f.elapsed()).unwrap_or_default())
+        }));
+    }
+    // Let the viewers settle, then compare the points with the bytes.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let db = &app.db;
+    let read = |id: &str| {
+        db.read(db.lookup(id).expect("point"))
+            .and_then(|s| s.value)
+            .map(|v| v.as_f64())
+    };
+    assert_eq!(read("connected_viewers"), Some(N as f64));
+    let gbps = read("total_bitrate_out").expect("bitrate out");
+    counting.cancel();
+    let mut total_bps = 0.0;
+    for v in viewers {
+        let (n, dt) = v.await.expect("viewer task");
+        total_bps += n as f64 * 8.0 / dt.as_secs_f64();
+    }
+    let ours = gbps * 1e9;
+    let err = (ours - total_bps).abs() / total_bps;
+    eprintln!(
+        "Total Bitrate Out {:.3} Mbit/s vs viewers received {:.3} Mbit/s ({:.1}% apart)",
+        ours / 1e6,
+        total_bps / 1e6,
+        err * 100.0
+    );
+    assert!(err < 0.05, "bitrate out {ours} vs received {total_bps}");
+    stop.cancel();
+    let _ = src.await;
+    app.stop().await;
+}
