@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod json;
 pub mod live;
+pub mod openapi;
 pub mod routes;
 
 use std::net::SocketAddr;
@@ -98,6 +99,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/points/{id}/history", get(get_history))
         .route("/api/audit", get(get_audit))
         .route("/api/auth/login", post(auth::login))
+        .route("/api/openapi.json", get(openapi::serve))
         .route("/api/ws", get(live::ws_points))
         .route("/ws/dashboard", get(live::ws_dashboard))
         .route("/ws/events/{stream}", get(live::ws_events))

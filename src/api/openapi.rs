@@ -1,0 +1,433 @@
+//! The OpenAPI 3.0 document of the REST API (`GET /api/openapi.json`), built from the running configuration: point ids, seed endpoints from the HTTP map, and the operation table below.
+
+use serde_json::{json, Map, Value as J};
+
+use super::ApiState;
+use crate::points::HttpMethod;
+
+/// (method, path, summary, role needed, request schema, success status, response schema)
+type Op = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    u16,
+    &'static str,
+);
+
+/// Every operator operation. `tests/interop/test_openapi.py` checks that
+/// each one answers on the running server (no 404/405), so this table and
+/// the router cannot drift apart unnoticed.
+pub const OPS: &[Op] = &[
+    (
+        "get",
+        "/health",
+        "Liveness and version",
+        "none",
+        None,
+        200,
+        "Object",
+    ),
+    (
+        "get",
+        "/api/points",
+        "Every point with value, status, tags and addresses",
+        "viewer",
+        None,
+        200,
+        "PointList",
+    ),
+    (
+        "get",
+        "/api/points/{id}",
+        "One point",
+        "viewer",
+        None,
+        200,
+        "Point",
+    ),
+    (
+        "post",
+        "/api/points/{id}",
+        "Command a point through its priority array",
+        "operator",
+        Some("Write"),
+        200,
+        "Point",
+    ),
+    (
+        "get",
+        "/api/points/{id}/history",
+        "History samples (from/to RFC 3339)",
+        "viewer",
+        None,
+        200,
+        "History",
+    ),
+    (
+        "get",
+        "/api/audit",
+        "Audit events, newest first (from, to, kind, target, source, before, limit)",
+        "viewer",
+        None,
+        200,
+        "AuditPage",
+    ),
+    (
+        "post",
+        "/api/auth/login",
+        "Exchange a user name and password for a JWT",
+        "none",
+        Some("Login"),
+        200,
+        "Token",
+    ),
+    (
+        "get",
+        "/api/routes",
+        "Routes with their documents and live stats",
+        "viewer",
+        None,
+        200,
+        "RouteList",
+    ),
+    (
+        "post",
+        "/api/routes",
+        "Create a route (hot)",
+        "operator",
+        Some("Route"),
+        201,
+        "Route",
+    ),
+    (
+        "get",
+        "/api/routes/{route}",
+        "One route",
+        "viewer",
+        None,
+        200,
+        "Route",
+    ),
+    (
+        "put",
+        "/api/routes/{route}",
+        "Replace a route",
+        "operator",
+        Some("Route"),
+        200,
+        "Route",
+    ),
+    (
+        "delete",
+        "/api/routes/{route}",
+        "Delete a route",
+        "operator",
+        None,
+        204,
+        "Empty",
+    ),
+    (
+        "get",
+        "/api/routes/{route}/inputs",
+        "Inputs of a route",
+        "viewer",
+        None,
+        200,
+        "ItemList",
+    ),
+    (
+        "post",
+        "/api/routes/{route}/inputs",
+        "Add an input (rebuilds the route's inputs)",
+        "operator",
+        Some("Item"),
+        200,
+        "Route",
+    ),
+    (
+        "get",
+        "/api/routes/{route}/inputs/{name}",
+        "One input",
+        "viewer",
+        None,
+        200,
+        "Item",
+    ),
+    (
+        "delete",
+        "/api/routes/{route}/inputs/{name}",
+        "Remove an input",
+        "operator",
+        None,
+        200,
+        "Route",
+    ),
+    (
+        "get",
+        "/api/routes/{route}/outputs",
+        "Outputs of a route",
+        "viewer",
+        None,
+        200,
+        "ItemList",
+    ),
+    (
+        "post",
+        "/api/routes/{route}/outputs",
+        "Add an output (hot)",
+        "operator",
+        Some("Item"),
+        201,
+        "Item",
+    ),
+    (
+        "get",
+        "/api/routes/{route}/outputs/{name}",
+        "One output",
+        "viewer",
+        None,
+        200,
+        "Item",
+    ),
+    (
+        "put",
+        "/api/routes/{route}/outputs/{name}",
+        "Replace an output (hot)",
+        "operator",
+        Some("Item"),
+        200,
+        "Item",
+    ),
+    (
+        "delete",
+        "/api/routes/{route}/outputs/{name}",
+        "Remove an output (hot)",
+        "operator",
+        None,
+        204,
+        "Empty",
+    ),
+    (
+        "post",
+        "/api/routes/{route}/outputs/{name}/enable",
+        "Enable an output (hot)",
+        "operator",
+        None,
+        200,
+        "Item",
+    ),
+    (
+        "post",
+        "/api/routes/{route}/outputs/{name}/disable",
+        "Disable an output (hot)",
+        "operator",
+        None,
+        200,
+        "Item",
+    ),
+    (
+        "post",
+        "/api/routes/{route}/outputs/{name}/move",
+        "Move an output to another route (hot)",
+        "operator",
+        Some("Move"),
+        200,
+        "Object",
+    ),
+    (
+        "get",
+        "/stats",
+        "Service statistics (seed 004)",
+        "none",
+        None,
+        200,
+        "Object",
+    ),
+    (
+        "get",
+        "/metrics",
+        "Prometheus text exposition",
+        "none",
+        None,
+        200,
+        "Text",
+    ),
+];
+
+fn schemas(s: &ApiState) -> J {
+    let ids: Vec<&str> = s.db.defs().iter().map(|d| d.id.as_str()).collect();
+    let value = json!({"nullable": true, "oneOf": [{"type": "number"}, {"type": "boolean"}, {"type": "string"}]});
+    json!({
+        "Object": {"type": "object", "additionalProperties": true},
+        "Empty": {"type": "object"},
+        "Text": {"type": "string"},
+        "Error": {"type": "object", "required": ["error", "status"], "properties": {
+            "error": {"type": "string"}, "status": {"type": "integer"}}},
+        "PointId": {"type": "string", "enum": ids},
+        "Point": {"type": "object", "required": ["id", "name", "kind", "status"], "properties": {
+            "id": {"$ref": "#/components/schemas/PointId"},
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "role": {"type": "string", "enum": ["measurement", "command", "status"]},
+            "kind": {"type": "string", "enum": ["number", "bool", "enum"]},
+            "value": value,
+            "state": {"type": "string"},
+            "unit": {"type": "string", "nullable": true},
+            "status": {"type": "string", "enum": ["ok", "stale", "fault", "unavailable", "overridden"]},
+            "reason": {"type": "string"},
+            "updated": {"type": "string", "format": "date-time"},
+            "writable": {"type": "boolean"},
+            "level": {"type": "integer", "minimum": 1, "maximum": 17},
+            "addresses": {"type": "object", "properties": {
+                "bacnet": {"type": "string", "nullable": true},
+                "modbus": {"type": "array", "items": {"type": "string"}},
+                "http": {"type": "array", "items": {"type": "string"}}}},
+            "priority_array": {"type": "object"}}},
+        "PointList": {"type": "array", "items": {"$ref": "#/components/schemas/Point"}},
+        "Write": {"type": "object", "required": ["value"], "properties": {
+            "value": value,
+            "priority": {"type": "integer", "minimum": 1, "maximum": 17}}},
+        "History": {"type": "object", "properties": {
+            "id": {"type": "string"}, "from": {"type": "string"}, "to": {"type": "string"},
+            "samples": {"type": "array", "items": {"type": "object", "properties": {
+                "t": {"type": "string", "format": "date-time"}, "v": value}}}}},
+        "AuditPage": {"type": "object", "properties": {
+            "events": {"type": "array", "items": {"type": "object"}},
+            "next": {"type": "integer", "nullable": true}}},
+        "Login": {"type": "object", "required": ["username", "password"], "properties": {
+            "username": {"type": "string"}, "password": {"type": "string", "format": "password"}}},
+        "Token": {"type": "object", "properties": {
+            "token": {"type": "string"}, "token_type": {"type": "string"},
+            "expires_in": {"type": "integer"}, "role": {"type": "string"}}},
+        "Item": {"type": "object", "required": ["type"], "additionalProperties": true,
+            "description": "An input or output: the keys of a [[route.input]] / [[route.output]] table (docs/routes.md). Secrets are write-only.",
+            "properties": {"name": {"type": "string"}, "type": {"type": "string"}}},
+        "ItemList": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}},
+        "Route": {"type": "object", "required": ["name"], "additionalProperties": true,
+            "description": "The keys of a [[route]] table (docs/routes.md), with inputs/outputs arrays.",
+            "properties": {
+                "name": {"type": "string"},
+                "enabled": {"type": "boolean"},
+                "inputs": {"$ref": "#/components/schemas/ItemList"},
+                "outputs": {"$ref": "#/components/schemas/ItemList"}}},
+        "RouteList": {"type": "object", "properties": {
+            "routes": {"type": "array", "items": {"$ref": "#/components/schemas/Route"}},
+            "primary": {"type": "string", "nullable": true}}},
+        "Move": {"type": "object", "required": ["to"], "properties": {"to": {"type": "string"}}},
+    })
+}
+
+fn operation(
+    path: &str,
+    summary: &str,
+    role: &str,
+    req: Option<&str>,
+    status: u16,
+    resp: &str,
+) -> J {
+    let mut op = Map::new();
+    op.insert("summary".into(), json!(summary));
+    op.insert("description".into(), json!(format!("Role needed: {role}.")));
+    let params: Vec<J> = path
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .collect();
+    if !params.is_empty() {
+        op.insert("parameters".into(), J::Array(params));
+    }
+    if let Some(r) = req {
+        op.insert(
+            "requestBody".into(),
+            json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{r}")}}}}),
+        );
+    }
+    let body = match resp {
+        "Empty" => json!({"description": "done"}),
+        "Text" => {
+            json!({"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}})
+        }
+        r => {
+            json!({"description": "ok", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{r}")}}}})
+        }
+    };
+    let err = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let mut responses = Map::new();
+    responses.insert(status.to_string(), body);
+    responses.insert("default".into(), err);
+    op.insert("responses".into(), J::Object(responses));
+    if role == "none" {
+        op.insert("security".into(), json!([]));
+    }
+    J::Object(op)
+}
+
+/// Builds the document.
+pub fn document(s: &ApiState) -> J {
+    let mut paths: Map<String, J> = Map::new();
+    let mut add = |path: &str, method: &str, op: J| {
+        let e = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        if let Some(o) = e.as_object_mut() {
+            o.insert(method.to_string(), op);
+        }
+    };
+    for (m, p, summary, role, req, status, resp) in OPS {
+        add(p, m, operation(p, summary, role, *req, *status, resp));
+    }
+    // The seed endpoints of mappings/http.toml, as configured.
+    for ep in &s.maps.http.endpoints {
+        if ep.path.starts_with("/api/points/") {
+            continue;
+        }
+        let name =
+            s.db.def(ep.point)
+                .map(|d| d.name.clone())
+                .unwrap_or_default();
+        match ep.method {
+            HttpMethod::Get => add(
+                &ep.path,
+                "get",
+                operation(
+                    &ep.path,
+                    &format!("{name} (seed endpoint)"),
+                    "viewer",
+                    None,
+                    200,
+                    "Point",
+                ),
+            ),
+            HttpMethod::Post => add(
+                &ep.path,
+                "post",
+                operation(
+                    &ep.path,
+                    &format!("Command {name} (seed endpoint)"),
+                    "operator",
+                    None,
+                    200,
+                    "Point",
+                ),
+            ),
+        }
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "castpoint operator API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Points (seed 000), routes (seed 001), audit and history. Haystack is served separately under /api/haystack (Haystack 4 REST).",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas(s),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+        "security": [{"bearer": []}],
+    })
+}
+
+pub async fn serve(axum::extract::State(s): axum::extract::State<ApiState>) -> axum::Json<J> {
+    axum::Json(document(&s))
+}
