@@ -206,6 +206,38 @@ impl App {
                 e.stop().await;
             });
         }
+        // Router events that matter to operators go to the audit log:
+        // restarts and input switches (failover), with their reasons.
+        {
+            let mut rx = engine.subscribe();
+            let (st, token) = (store.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                loop {
+                    let ev = tokio::select! {
+                        _ = token.cancelled() => return,
+                        ev = rx.recv() => ev,
+                    };
+                    let ev = match ev {
+                        Ok(ev) => ev,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!("{n} router events not audited (lagged)");
+                            continue;
+                        }
+                        Err(_) => return,
+                    };
+                    let kind = match &ev.kind {
+                        crate::engine::EventKind::Restarted => "restart",
+                        crate::engine::EventKind::InputSwitched { .. } => "failover",
+                        _ => continue,
+                    };
+                    let detail = serde_json::to_string(&ev).unwrap_or_default();
+                    let src = crate::points::Source::internal();
+                    if let Err(e) = st.record_event(kind, Some(&ev.route), &src, "ok", &detail) {
+                        tracing::warn!("router event not audited: {e}");
+                    }
+                }
+            });
+        }
         // --- engine: end ---
 
         // --- telemetry: start (owned by src/telemetry) ---

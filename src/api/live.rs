@@ -51,11 +51,33 @@ async fn points_feed(mut sock: WebSocket, s: ApiState) {
     // Subscribe before the snapshot so no change falls between the two.
     let mut changes = s.db.subscribe();
     let mut writes = s.db.subscribe_writes();
+    let mut events = s.engine.as_ref().map(|e| e.subscribe());
+    // Router stats (bitrate, drops, clients, SRT RTT/loss/buffers) once a
+    // second, as seed 001's dashboards expect.
+    let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
     if send(&mut sock, &snapshot(&s)).await.is_err() {
         return;
     }
     loop {
         let msg = tokio::select! {
+            _ = stats_tick.tick(), if s.engine.is_some() => match &s.engine {
+                Some(e) => json!({"type": "stats", "router": serde_json::to_value(e.snapshot()).unwrap_or(J::Null)}),
+                None => continue,
+            },
+            ev = async {
+                match events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match ev {
+                Ok(ev) => {
+                    let mut j = serde_json::to_value(&ev).unwrap_or(J::Null);
+                    j["type"] = json!("event");
+                    j
+                }
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => { events = None; continue }
+            },
             c = changes.recv() => match c {
                 Ok(c) => change_json(&s.db, c.id, &c.state, c.seq),
                 Err(RecvError::Lagged(n)) => {

@@ -185,6 +185,34 @@ async fn stopping_the_source_is_seen_on_every_protocol_within_2s() {
     let stop = CancellationToken::new();
     let src = source(to, 2_000_000, stop.clone());
     all_protocols_read(&app, (1, 1), Duration::from_secs(2)).await;
+    // System Restart rebuilds the router: the restart is in the audit log,
+    // and the route comes back LIVE on every protocol.
+    let http = app.addrs.http.expect("http");
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("http://{http}/api/points/system_restart"))
+        .json(&serde_json::json!({"value": true}))
+        .send()
+        .await
+        .expect("restart");
+    assert_eq!(r.status(), 200);
+    let t0 = Instant::now();
+    loop {
+        let a: serde_json::Value = c
+            .get(format!("http://{http}/api/audit?kind=restart"))
+            .send()
+            .await
+            .expect("audit")
+            .json()
+            .await
+            .expect("json");
+        if !a["events"].as_array().expect("events").is_empty() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3), "restart audited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    all_protocols_read(&app, (1, 1), Duration::from_secs(3)).await;
     stop.cancel();
     let _ = src.await;
     app.stop().await;
