@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${CASTPOINT_BIN:-target/release/castpoint}
 [ -x "$BIN" ] || BIN=target/debug/castpoint
-SECS=${SECS:-60}
+SECS=${SECS:-30}
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
 printf '[telemetry]\nenabled = true\n' > "$tmp/on.toml"
