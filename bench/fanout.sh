@@ -6,7 +6,7 @@
 # Usage: bench/fanout.sh [N list, default 1,10,50,100] [seconds per run, default 8]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
+[ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --quiet
 SRC="${TMPDIR:-/tmp}/castpoint-bench-10mbit.ts"
 if [ ! -s "$SRC" ]; then
   # A constant 10 Mbit/s mux (null-padded) of 720p25 H.264 + AAC, 20 s.
