@@ -8,7 +8,10 @@ BIN=${CASTPOINT_BIN:-target/release/castpoint}
 [ -x "$BIN" ] || BIN=target/debug/castpoint
 SECS=${SECS:-30}
 tmp=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
+on=""; off=""
+# start() runs in a command substitution, so its processes are not jobs of
+# this shell: stop them by pid.
+trap 'kill $on $off 2>/dev/null || true; rm -rf "$tmp"' EXIT
 printf '[telemetry]\nenabled = true\n' > "$tmp/on.toml"
 printf '[telemetry]\nenabled = false\n' > "$tmp/off.toml"
 start() { # config -> pid
