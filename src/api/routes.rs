@@ -339,16 +339,32 @@ fn with_items(doc: &J, key: &str, list: Vec<J>) -> J {
     d
 }
 
+/// `GET .../inputs` or `.../outputs` (key `input` / `output`).
+fn list_items(s: &ApiState, h: &HeaderMap, route: &str, key: &str) -> Result<Json<J>, ApiError> {
+    authorize(s, h, Role::Viewer)?;
+    Ok(Json(redact(&J::Array(items(&doc_of(s, route)?, key)))))
+}
+
+/// `GET .../inputs/{name}` or `.../outputs/{name}`.
+fn one_item(
+    s: &ApiState,
+    h: &HeaderMap,
+    route: &str,
+    key: &str,
+    name: &str,
+) -> Result<Json<J>, ApiError> {
+    authorize(s, h, Role::Viewer)?;
+    let (_, v) = find(&doc_of(s, route)?, key, name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no {key} {name:?}")))?;
+    Ok(Json(redact(&v)))
+}
+
 async fn list_inputs(
     State(s): State<ApiState>,
     h: HeaderMap,
     Path(route): Path<String>,
 ) -> Result<Json<J>, ApiError> {
-    authorize(&s, &h, Role::Viewer)?;
-    Ok(Json(redact(&J::Array(items(
-        &doc_of(&s, &route)?,
-        "input",
-    )))))
+    list_items(&s, &h, &route, "input")
 }
 
 async fn one_input(
@@ -356,10 +372,23 @@ async fn one_input(
     h: HeaderMap,
     Path((route, name)): Path<(String, String)>,
 ) -> Result<Json<J>, ApiError> {
-    authorize(&s, &h, Role::Viewer)?;
-    let (_, v) = find(&doc_of(&s, &route)?, "input", &name)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no input {name:?}")))?;
-    Ok(Json(redact(&v)))
+    one_item(&s, &h, &route, "input", &name)
+}
+
+async fn list_outputs(
+    State(s): State<ApiState>,
+    h: HeaderMap,
+    Path(route): Path<String>,
+) -> Result<Json<J>, ApiError> {
+    list_items(&s, &h, &route, "output")
+}
+
+async fn one_output(
+    State(s): State<ApiState>,
+    h: HeaderMap,
+    Path((route, name)): Path<(String, String)>,
+) -> Result<Json<J>, ApiError> {
+    one_item(&s, &h, &route, "output", &name)
 }
 
 /// Inputs change the route's input set: the route is rebuilt (its outputs
@@ -422,29 +451,6 @@ async fn remove_input(
     list.remove(i);
     let doc = with_items(&doc, "input", list);
     rebuild_with(&s, &route, doc, "remove input", peer, &caller).await
-}
-
-async fn list_outputs(
-    State(s): State<ApiState>,
-    h: HeaderMap,
-    Path(route): Path<String>,
-) -> Result<Json<J>, ApiError> {
-    authorize(&s, &h, Role::Viewer)?;
-    Ok(Json(redact(&J::Array(items(
-        &doc_of(&s, &route)?,
-        "output",
-    )))))
-}
-
-async fn one_output(
-    State(s): State<ApiState>,
-    h: HeaderMap,
-    Path((route, name)): Path<(String, String)>,
-) -> Result<Json<J>, ApiError> {
-    authorize(&s, &h, Role::Viewer)?;
-    let (_, v) = find(&doc_of(&s, &route)?, "output", &name)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no output {name:?}")))?;
-    Ok(Json(redact(&v)))
 }
 
 fn output_spec(route: &str, v: &J, i: usize) -> Result<OutputSpec, ApiError> {

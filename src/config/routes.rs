@@ -516,7 +516,7 @@ bind = "127.0.0.1:5000"
 [[route.input]]
 type = "srt"
 mode = "listener"
-addr = "127.0.0.1:9000"
+addr = "127.0.0.1:9100"
 passphrase = "0123456789abc"
 pbkeylen = 32
 [[route.output]]
