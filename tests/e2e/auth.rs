@@ -75,14 +75,7 @@ async fn writes_need_a_token_of_the_right_role_once_users_exist() {
     let r = write(Some(op.clone())).await.expect("post");
     assert_eq!(r.status(), 200);
     // The audit names the user.
-    let pt: J = c
-        .get(format!("{base}/api/points/recording_enable"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let pt: J = crate::util::get_json(&c, format!("{base}/api/points/recording_enable")).await;
     assert!(pt["priority_array"]["slots"][11]["who"]
         .as_str()
         .expect("who")

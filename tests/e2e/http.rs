@@ -51,14 +51,7 @@ async fn stream_start_stop_round_trip() {
         .await
         .expect("post");
     assert_eq!(r.status(), 200);
-    let p: J = c
-        .get(format!("{base}/api/points/stream_enable"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let p: J = crate::util::get_json(&c, format!("{base}/api/points/stream_enable")).await;
     assert_eq!(p["value"], false);
     assert_eq!(p["priority_array"]["slots"][11]["value"], false);
     assert!(p["priority_array"]["slots"][11]["who"]
@@ -69,14 +62,7 @@ async fn stream_start_stop_round_trip() {
         .send()
         .await
         .expect("post");
-    let p: J = c
-        .get(format!("{base}/api/points/stream_enable"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let p: J = crate::util::get_json(&c, format!("{base}/api/points/stream_enable")).await;
     assert_eq!(p["value"], true);
     app.stop().await;
 }

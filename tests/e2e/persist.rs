@@ -82,14 +82,7 @@ async fn sigkill_during_write_burst_loses_no_acknowledged_command() {
         .expect("some writes acknowledged");
     assert!(n > 10, "only {n} writes before the kill");
     let mut p2 = spawn(dir.path());
-    let pt: J = c
-        .get(format!("{}/api/points/input_select", p2.http))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let pt: J = crate::util::get_json(&c, format!("{}/api/points/input_select", p2.http)).await;
     // The last acknowledged write is in force. (A write in flight when the
     // process died may also have landed: then it is the one after.)
     let got = pt["priority_array"]["slots"][8]["value"]
@@ -99,17 +92,11 @@ async fn sigkill_during_write_burst_loses_no_acknowledged_command() {
         got == last as f64 || got == ((n + 1) % 17) as f64,
         "slot 9 = {got}, last acknowledged {last} (write #{n})"
     );
-    let audit: J = c
-        .get(format!(
-            "{}/api/audit?target=input_select&limit=1000",
-            p2.http
-        ))
-        .send()
-        .await
-        .expect("audit")
-        .json()
-        .await
-        .expect("json");
+    let audit: J = crate::util::get_json(
+        &c,
+        format!("{}/api/audit?target=input_select&limit=1000", p2.http),
+    )
+    .await;
     assert!(audit["events"].as_array().expect("events").len() >= 10);
     let _ = p2.child.kill();
     let _ = p2.child.wait();

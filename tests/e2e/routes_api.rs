@@ -107,14 +107,7 @@ async fn route_crud_with_roles_and_restart() {
         .await
         .expect("disable");
     assert_eq!(r.status(), 200);
-    let outs: J = c
-        .get(format!("{base}/api/routes/lobby/outputs"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let outs: J = crate::util::get_json(&c, format!("{base}/api/routes/lobby/outputs")).await;
     assert_eq!(outs.as_array().expect("outputs").len(), 2);
     assert_eq!(outs[1]["enabled"], false);
     let r = c
@@ -125,14 +118,8 @@ async fn route_crud_with_roles_and_restart() {
         .expect("delete");
     assert_eq!(r.status(), 204);
     // The audit has every change, with the user.
-    let audit: J = c
-        .get(format!("{base}/api/audit?kind=route&target=lobby"))
-        .send()
-        .await
-        .expect("audit")
-        .json()
-        .await
-        .expect("json");
+    let audit: J =
+        crate::util::get_json(&c, format!("{base}/api/audit?kind=route&target=lobby")).await;
     let ev = audit["events"].as_array().expect("events");
     assert_eq!(ev.len(), 4, "{audit}");
     assert_eq!(ev[0]["user"], "op");
@@ -146,14 +133,7 @@ async fn route_crud_with_roles_and_restart() {
     let app = App::start(cfg).await.expect("restart");
     let base = format!("http://{}", app.addrs.http.expect("http"));
     let op = login(&c, &base, "op", "operator-pw").await;
-    let r: J = c
-        .get(format!("{base}/api/routes/lobby"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let r: J = crate::util::get_json(&c, format!("{base}/api/routes/lobby")).await;
     assert_eq!(r["outputs"].as_array().expect("outputs").len(), 1);
     assert_eq!(r["outputs"][0]["name"], "feed");
     assert_eq!(r["outputs"][0]["enabled"], false);

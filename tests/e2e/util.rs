@@ -48,3 +48,14 @@ pub fn loopback(cfg: &mut Config) {
     ));
     cfg.server.data_dir = dir;
 }
+
+/// GET a URL and parse the JSON body (the request must succeed).
+pub async fn get_json(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    c.get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json body")
+}
