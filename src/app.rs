@@ -19,6 +19,8 @@ pub struct BoundAddrs {
     pub http: Option<SocketAddr>,
     pub bacnet: Option<SocketAddr>,
     pub modbus: Option<SocketAddr>,
+    /// RTMP ingest listener (OBS-style publishers).
+    pub rtmp: Option<SocketAddr>,
 }
 
 /// A running castpoint.
@@ -239,6 +241,12 @@ impl App {
             });
         }
         // --- engine: end ---
+
+        // --- rtmp: start (owned by src/media/rtmp) ---
+        // --- rtmp: end ---
+
+        // --- media: start (owned by src/media/ffmpeg) ---
+        // --- media: end ---
 
         // --- telemetry: start (owned by src/telemetry) ---
         {

@@ -1,0 +1,1 @@
+//! Supervised ffmpeg child processes: spawn, progress parsing, restart with backoff, reaping (transcode and RTMP push).

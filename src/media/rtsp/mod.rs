@@ -1,0 +1,1 @@
+//! RTSP pull inputs (IP cameras): RTSP client, RTP depacketizing, remux to MPEG-TS.

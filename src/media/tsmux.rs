@@ -1,0 +1,1 @@
+//! Native MPEG-TS muxer: H.264 (Annex B) and AAC (ADTS) access units in, whole 188-byte TS packets out.

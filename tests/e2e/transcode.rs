@@ -1,0 +1,1 @@
+//! End-to-end tests of the transcode feature against the running server and real third-party tools.
