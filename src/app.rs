@@ -246,6 +246,27 @@ impl App {
         // --- rtmp: end ---
 
         // --- media: start (owned by src/media/ffmpeg) ---
+        {
+            // Children a crashed castpoint left behind (their parent pid is
+            // gone) are killed before this one starts its own.
+            let reaped = tokio::task::spawn_blocking(crate::media::ffmpeg::reap_stale)
+                .await
+                .unwrap_or_default();
+            if !reaped.is_empty() {
+                tracing::warn!("killed {} stale ffmpeg children: {reaped:?}", reaped.len());
+            }
+            match crate::media::ffmpeg::Media::parse(&cfg.origin, &cfg.server.extra) {
+                Ok(m) => {
+                    tracing::info!(
+                        "media: ffmpeg {:?}, {} output profiles",
+                        m.ffmpeg.display().to_string(),
+                        m.profiles.len()
+                    );
+                    engine.set_media(m).await;
+                }
+                Err(errs) => faults.extend(errs.into_iter().map(|e| format!("media: {e}"))),
+            }
+        }
         // --- media: end ---
 
         // --- telemetry: start (owned by src/telemetry) ---

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::{parse_duration, ConfigError, Errors, ServerConfig};
 use crate::engine::spec::{
-    EngineSpec, InputKind, InputSpec, Mode, OutputKind, OutputSpec, RouteSpec, SrtMode, SrtSpec,
-    DEFAULT_FAILOVER, DEFAULT_QUEUE,
+    EngineSpec, InputKind, InputSpec, Mode, OutputKind, OutputSource, OutputSpec, ProfileRef,
+    RouteSpec, SrtMode, SrtSpec, DEFAULT_FAILOVER, DEFAULT_QUEUE,
 };
 
 /// Typed reads from one table; unknown keys are reported at the end.
@@ -297,6 +297,18 @@ pub fn output(
     }
     let enabled = t.bool("enabled", true, errs);
     let queue = t.int("queue", DEFAULT_QUEUE as i64, 1, 65536, errs) as usize;
+    let source = match t.opt_str("source", errs).as_deref() {
+        None | Some("auto") => OutputSource::Auto,
+        Some("passthrough") => OutputSource::Passthrough,
+        Some(x) => {
+            t.err(
+                "source",
+                format!("unknown source {x:?} (auto, passthrough)"),
+                errs,
+            );
+            OutputSource::Auto
+        }
+    };
     let kind = match t.req_str("type", errs).as_deref() {
         Some("udp") => {
             let dest = t.addr("dest", errs);
@@ -343,10 +355,53 @@ pub fn output(
             Some(OutputKind::Record { segment, keep })
         }
         Some("srt") => srt(&mut t, errs, true).map(OutputKind::Srt),
+        Some("rtmp") => {
+            let preset = t.opt_str("preset", errs);
+            let url = t.opt_str("url", errs);
+            let key = t.opt_str("key", errs);
+            let url = match (preset.as_deref(), url) {
+                (None | Some("custom"), Some(u)) => Some(u),
+                (None | Some("custom"), None) => {
+                    t.err(
+                        "url",
+                        "required (rtmp:// or rtmps://) unless a preset is set",
+                        errs,
+                    );
+                    None
+                }
+                (Some(p), u) => match crate::media::ffmpeg::profile::rtmp_preset(p) {
+                    Some(x) => Some(u.unwrap_or_else(|| x.to_string())),
+                    None => {
+                        t.err(
+                            "preset",
+                            format!("unknown preset {p:?} (youtube, twitch, facebook, custom)"),
+                            errs,
+                        );
+                        None
+                    }
+                },
+            };
+            if let Some(u) = &url {
+                if !(u.starts_with("rtmp://") || u.starts_with("rtmps://")) {
+                    t.err("url", "expected an rtmp:// or rtmps:// URL", errs);
+                }
+            }
+            if key
+                .as_ref()
+                .is_some_and(|k| k.contains(['/', ' ', '?', '#']))
+            {
+                t.err(
+                    "key",
+                    "a stream key cannot contain '/', ' ', '?' or '#'",
+                    errs,
+                );
+            }
+            url.map(|url| OutputKind::Rtmp { url, key })
+        }
         Some(x) => {
             t.err(
                 "type",
-                format!("unknown output type {x:?} (udp, http, hls, record, srt)"),
+                format!("unknown output type {x:?} (udp, http, hls, record, srt, rtmp)"),
                 errs,
             );
             None
@@ -359,6 +414,7 @@ pub fn output(
         enabled,
         kind: kind?,
         queue,
+        source,
     })
 }
 
@@ -374,13 +430,28 @@ pub fn parse_route(file: &str, at: &str, tb: &toml::Table, errs: &mut Errors) ->
     let enabled = t.bool("enabled", true, errs);
     let mode = match t.opt_str("mode", errs).as_deref() {
         None | Some("passthrough") => Mode::Passthrough,
+        Some("transcode") => Mode::Transcode,
         Some(m) => {
             t.err(
                 "mode",
-                format!("unknown mode {m:?} (passthrough; transcode is not available yet)"),
+                format!("unknown mode {m:?} (passthrough, transcode)"),
                 errs,
             );
             Mode::Passthrough
+        }
+    };
+    // Which [[profile]] transcoding uses: its number or its name (checked
+    // against the profiles by `parse`, which sees the whole file).
+    t.known.push("profile");
+    let profile = match t.t.get("profile") {
+        None => None,
+        Some(toml::Value::Integer(n)) if (1..=64).contains(n) => {
+            Some(ProfileRef::Number(*n as u32))
+        }
+        Some(toml::Value::String(s)) if !s.is_empty() => Some(ProfileRef::Name(s.clone())),
+        Some(_) => {
+            t.err("profile", "a [[profile]] number (1..=64) or name", errs);
+            None
         }
     };
     let failover_timeout = t.duration("failover_timeout", DEFAULT_FAILOVER, errs);
@@ -432,6 +503,7 @@ pub fn parse_route(file: &str, at: &str, tb: &toml::Table, errs: &mut Errors) ->
         outputs,
         failover_timeout,
         switch_back,
+        profile,
     })
 }
 
@@ -443,6 +515,17 @@ pub fn parse(file: &str, server: &ServerConfig) -> Result<EngineSpec, Errors> {
     for (i, t) in server.routes.iter().enumerate() {
         if let Some(r) = parse_route(file, &format!("route[{i}]"), t, &mut errs) {
             routes.push(r);
+        }
+    }
+    // Profile references must name a defined [[profile]] (the media
+    // section's own errors are reported by its parser).
+    if let Ok(media) = crate::media::ffmpeg::Media::parse(file, &server.extra) {
+        for (i, r) in routes.iter().enumerate() {
+            if let Some(p) = &r.profile {
+                if let Err(e) = media.resolve(Some(p)) {
+                    errs.push(ConfigError::new(file, format!("route[{i}].profile"), e));
+                }
+            }
         }
     }
     let mut names = HashSet::new();

@@ -23,6 +23,10 @@ struct Ids {
     encoding_latency: Option<PointId>,
     stream_status: Option<PointId>,
     input_status: Option<PointId>,
+    transcode_enable: Option<PointId>,
+    output_profile: Option<PointId>,
+    encoder_status: Option<PointId>,
+    cdn_status: Option<PointId>,
 }
 
 impl Ids {
@@ -39,6 +43,10 @@ impl Ids {
             encoding_latency: db.lookup("encoding_latency"),
             stream_status: db.lookup("stream_status"),
             input_status: db.lookup("input_status"),
+            transcode_enable: db.lookup("transcode_enable"),
+            output_profile: db.lookup("output_profile"),
+            encoder_status: db.lookup("encoder_status"),
+            cdn_status: db.lookup("cdn_status"),
         }
     }
 }
@@ -71,6 +79,8 @@ pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken, publish
     let mut input_select = w(ids.input_select);
     let mut recording = w(ids.recording_enable);
     let mut restart = w(ids.system_restart);
+    let mut transcode = w(ids.transcode_enable);
+    let mut profile = w(ids.output_profile);
     if let (true, Some(id)) = (publish_points, ids.encoding_latency) {
         let _ = db.set(
             id,
@@ -83,6 +93,7 @@ pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken, publish
     apply_input_select(&engine, value(&input_select)).await;
     apply_recording(&engine, value(&recording)).await;
     apply_restart(&engine, &db, ids.system_restart).await;
+    apply_transcode(&engine, &db, &ids).await;
     if publish_points {
         publish(&db, &ids, &engine.snapshot());
     }
@@ -94,6 +105,8 @@ pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken, publish
             _ = changed(&mut input_select) => apply_input_select(&engine, value(&input_select)).await,
             _ = changed(&mut recording) => apply_recording(&engine, value(&recording)).await,
             _ = changed(&mut restart) => apply_restart(&engine, &db, ids.system_restart).await,
+            _ = changed(&mut transcode) => apply_transcode(&engine, &db, &ids).await,
+            _ = changed(&mut profile) => apply_transcode(&engine, &db, &ids).await,
             _ = tick.tick(), if publish_points => publish(&db, &ids, &engine.snapshot()),
         }
     }
@@ -126,6 +139,32 @@ async fn apply_recording(engine: &Engine, v: Option<Value>) {
     };
     if let Err(e) = engine.set_recording(&route, v.as_bool()).await {
         tracing::warn!("recording_enable: {e}");
+    }
+}
+
+/// Transcode Enable and Output Profile drive the primary route. A Transcode
+/// Enable still at its relinquish default leaves the route in its
+/// configured mode (`mode = "transcode"` stays on); a written value
+/// overrides it. Output Profile 0 = the route's own configured profile.
+async fn apply_transcode(engine: &Engine, db: &PointDb, ids: &Ids) {
+    let Some(route) = engine.primary().await else {
+        return;
+    };
+    let en = ids.transcode_enable.and_then(|id| {
+        let st = db.read(id)?;
+        let v = st.value?;
+        let default = db.def(id).and_then(|d| d.relinquish_default);
+        let written = st.level.is_some_and(|l| l < DEFAULT_LEVEL) || default != Some(v);
+        written.then(|| v.as_bool())
+    });
+    let prof = ids
+        .output_profile
+        .and_then(|id| db.read(id)?.value)
+        .map(|v| v.as_f64())
+        .filter(|n| *n >= 1.0)
+        .map(|n| n as u32);
+    if let Err(e) = engine.set_transcode(&route, en, prof).await {
+        tracing::warn!("transcode_enable/output_profile: {e}");
     }
 }
 
@@ -181,6 +220,10 @@ pub fn derive(s: &EngineSnapshot) -> Derived {
             d.active_streams += 1.0;
         }
         d.dropped_frames += r.input_frames_lost as f64;
+        // Frames ffmpeg dropped while transcoding count too.
+        if let Some(t) = &r.transcode {
+            d.dropped_frames += t.ffmpeg.drop_frames as f64;
+        }
         for o in &r.outputs {
             d.dropped_frames += o.frames_lost as f64;
             if o.kind == "http" || o.kind == "srt-listener" {
@@ -211,7 +254,79 @@ pub fn derive(s: &EngineSnapshot) -> Derived {
     d
 }
 
+/// A status point's (ordinal, reason), or why it is unavailable.
+pub type StatusValue = Result<(u16, Option<String>), String>;
+
+/// (ordinal, reason) of Encoder Status and the Encoding Latency of the
+/// primary route; `Err(reason)` where there is nothing to report.
+pub fn encoder(s: &EngineSnapshot) -> (StatusValue, Result<f64, String>) {
+    let Some(r) = s.primary.as_deref().and_then(|p| s.route(p)) else {
+        let why = "primary route not running".to_string();
+        return (Err(why.clone()), Err(why));
+    };
+    let Some(t) = &r.transcode else {
+        let why = "passthrough: no encoder running".to_string();
+        return (Err(why.clone()), Err(why));
+    };
+    let status = match t.status {
+        "overload" => (2, t.reason.clone()),
+        "fault" => (3, t.reason.clone()),
+        "starting" => (1, Some("transcoder starting".into())),
+        _ => (1, None),
+    };
+    let latency = match t.ffmpeg.latency_ms {
+        Some(ms) => Ok(ms),
+        None if t.status == "fault" => Err(format!(
+            "transcoder fault: {}",
+            t.reason.clone().unwrap_or_default()
+        )),
+        None => Err("transcoder running: no input frame matched at its output yet".into()),
+    };
+    (Ok(status), latency)
+}
+
+/// CDN Status: CONNECTED (1) when every enabled RTMP output is connected,
+/// else DISCONNECTED (2) naming the failing ones; Err when there are none.
+pub fn cdn(s: &EngineSnapshot) -> StatusValue {
+    let mut n = 0;
+    let mut bad = Vec::new();
+    for r in &s.routes {
+        for o in r.outputs.iter().filter(|o| o.kind == "rtmp" && o.enabled) {
+            n += 1;
+            if !o.up {
+                bad.push(format!(
+                    "{}/{}: {}",
+                    r.name,
+                    o.name,
+                    o.error.as_deref().unwrap_or("disconnected")
+                ));
+            }
+        }
+    }
+    match (n, bad.is_empty()) {
+        (0, _) => Err("no RTMP outputs".into()),
+        (_, true) => Ok((1, None)),
+        (_, false) => Ok((2, Some(bad.join("; ")))),
+    }
+}
+
 fn publish(db: &PointDb, ids: &Ids, s: &EngineSnapshot) {
+    let status = |id: Option<PointId>, r: StatusValue| {
+        let Some(id) = id else { return };
+        let _ = match r {
+            Ok((v, why)) => db.set(id, Some(Value::Enum(v)), Quality::Ok, why.as_deref()),
+            Err(why) => db.set(id, None, Quality::Unavailable, Some(&why)),
+        };
+    };
+    let (enc, lat) = encoder(s);
+    status(ids.encoder_status, enc);
+    status(ids.cdn_status, cdn(s));
+    if let Some(id) = ids.encoding_latency {
+        let _ = match lat {
+            Ok(ms) => db.set(id, Some(Value::Number(ms)), Quality::Ok, None),
+            Err(why) => db.set(id, None, Quality::Unavailable, Some(&why)),
+        };
+    }
     let d = derive(s);
     let set = |id: Option<PointId>, v: Value| {
         if let Some(id) = id {

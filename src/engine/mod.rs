@@ -39,8 +39,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use route::{OutputSlot, RouteCmd, RouteShared, RouteTask};
-use spec::{EngineSpec, InputKind, OutputKind, OutputSpec, RouteSpec};
+use crate::media::ffmpeg::Media;
+use route::{OutputSlot, RouteCmd, RouteShared, RouteTask, TranscodeReq};
+use spec::{
+    EngineSpec, InputKind, Mode, OutputKind, OutputSource, OutputSpec, ProfileRef, RouteSpec,
+};
 use stats::{EngineSnapshot, IoStats};
 
 /// Something that happened in the router (input switch, output added...).
@@ -152,6 +155,10 @@ pub enum EngineError {
 struct Overlay {
     stream_enabled: bool,
     forced: Option<usize>,
+    /// Transcode Enable (None: the route's configured mode).
+    transcode: Option<bool>,
+    /// Output Profile (None or 0: the route's configured profile).
+    profile: Option<u32>,
 }
 
 impl Default for Overlay {
@@ -159,6 +166,8 @@ impl Default for Overlay {
         Overlay {
             stream_enabled: true,
             forced: None,
+            transcode: None,
+            profile: None,
         }
     }
 }
@@ -192,6 +201,8 @@ struct Inner {
     http: output::HttpRegistry,
     hls: hls::HlsRegistry,
     events: Events,
+    /// ffmpeg path and output profiles (`[media]`, `[[profile]]`).
+    media: RwLock<Arc<Media>>,
 }
 
 impl Drop for Inner {
@@ -228,6 +239,7 @@ impl Engine {
                 http: Default::default(),
                 hls: Default::default(),
                 events: Events::new(),
+                media: RwLock::new(Arc::new(Media::default())),
             }),
         };
         // Once-a-second bit-rate sampler.
@@ -577,11 +589,67 @@ impl Engine {
                         keep: 0,
                     },
                     queue: spec::DEFAULT_QUEUE * 4,
+                    source: OutputSource::Auto,
                 },
             )
             .await?;
         }
         Ok(())
+    }
+
+    /// Sets the ffmpeg path and output profiles; transcoding routes restart
+    /// their transcoder with the new settings (RTMP outputs pick them up
+    /// when they next start).
+    pub async fn set_media(&self, media: Media) {
+        *self.inner.media.write() = Arc::new(media);
+        let st = self.inner.state.lock().await;
+        for r in &st.desired.routes {
+            if let Some(rt) = st.running.get(&r.name) {
+                let ov = st.overlay.get(&r.name).copied().unwrap_or_default();
+                let _ = rt
+                    .cmd
+                    .send(RouteCmd::SetTranscode(self.transcode_req(r, &ov)))
+                    .await;
+            }
+        }
+    }
+
+    /// Transcode Enable and Output Profile of a route: `enabled` None =
+    /// the route's configured mode; `profile` None or 0 = its configured
+    /// profile. Passthrough outputs keep running across the switch.
+    pub async fn set_transcode(
+        &self,
+        route: &str,
+        enabled: Option<bool>,
+        profile: Option<u32>,
+    ) -> Result<(), EngineError> {
+        let mut st = self.inner.state.lock().await;
+        let spec = find_route(&st.desired, route)?.clone();
+        let ov = {
+            let o = st.overlay.entry(route.to_string()).or_default();
+            o.transcode = enabled;
+            o.profile = profile.filter(|p| *p > 0);
+            *o
+        };
+        if let Some(rt) = st.running.get(route) {
+            let _ = rt
+                .cmd
+                .send(RouteCmd::SetTranscode(self.transcode_req(&spec, &ov)))
+                .await;
+        }
+        Ok(())
+    }
+
+    fn transcode_req(&self, spec: &RouteSpec, ov: &Overlay) -> Option<TranscodeReq> {
+        if !ov.transcode.unwrap_or(spec.mode == Mode::Transcode) {
+            return None;
+        }
+        let media = self.inner.media.read().clone();
+        let pref = ov.profile.map(ProfileRef::Number).or(spec.profile.clone());
+        Some(TranscodeReq {
+            profile: media.resolve(pref.as_ref()),
+            media,
+        })
     }
 
     /// HTTP-TS (`/stream/{name}.ts`) and HLS (`/hls/{name}/...`) endpoints,
@@ -671,6 +739,19 @@ impl Engine {
                 let name = spec.name.clone();
                 t.spawn_blocking(move || srt::run_output(rx, sp, s, c, ev, route, name))
             }
+            OutputKind::Rtmp { url, key } => {
+                let media = self.inner.media.read().clone();
+                let target = crate::media::ffmpeg::profile::rtmp_target(url, key.as_deref());
+                t.spawn(crate::media::ffmpeg::run_rtmp_push(
+                    media,
+                    target,
+                    key.clone(),
+                    format!("rtmp:{route}/{}", spec.name),
+                    rx,
+                    s,
+                    c,
+                ))
+            }
         };
         (
             OutputSlot {
@@ -738,6 +819,7 @@ impl Engine {
             switches: 0.into(),
             video_pid: (-1).into(),
             input_frames_lost: 0.into(),
+            transcode: Mutex::new(None),
         });
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let task = RouteTask {
@@ -748,7 +830,14 @@ impl Engine {
             events: self.inner.events.clone(),
             stream_enabled: ov.stream_enabled,
             forced: ov.forced.filter(|&f| f < spec.inputs.len()),
+            tasks: self.inner.tasks.clone(),
+            cancel: cancel.clone(),
+            tc: Default::default(),
         };
+        // Queued before the task runs: it transcodes from its first chunk.
+        if let Some(req) = self.transcode_req(&spec, &ov) {
+            let _ = cmd_tx.try_send(RouteCmd::SetTranscode(Some(req)));
+        }
         let c = cancel.clone();
         let handle = self
             .inner

@@ -9,10 +9,11 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::spec::{OutputKind, OutputSpec};
+use super::spec::{OutputKind, OutputSource, OutputSpec};
 use super::stats::{IoStats, RouteSnapshot};
 use super::ts::{FrameLoss, PsiTracker, VideoGapCounter};
 use super::{EngineEvent, EventKind, Events};
+use crate::media::ffmpeg::{Media, Profile, TranscodeStats};
 
 /// A chunk of whole TS packets read by input `idx`.
 pub(crate) struct InputMsg {
@@ -43,7 +44,49 @@ impl OutputSlot {
     }
 }
 
+/// What a transcoding route should run (None in `SetTranscode`: stop).
+pub(crate) struct TranscodeReq {
+    pub media: Arc<Media>,
+    pub profile: Result<Arc<Profile>, String>,
+}
+
+impl TranscodeReq {
+    /// Same media config and same profile = nothing to restart.
+    fn ident(&self) -> String {
+        let p = match &self.profile {
+            Ok(p) => format!("{:p}", Arc::as_ptr(p)),
+            Err(e) => e.clone(),
+        };
+        format!("{:p}/{p}", Arc::as_ptr(&self.media))
+    }
+}
+
+/// The running transcoder of a route.
+struct Tc {
+    ident: String,
+    /// The route's TS to the child (bounded; full = chunk dropped, counted).
+    tx: mpsc::Sender<Bytes>,
+    /// The child's TS back.
+    rx: mpsc::Receiver<Bytes>,
+    rx_closed: bool,
+    cancel: CancellationToken,
+    stats: Arc<TranscodeStats>,
+}
+
+/// Auto outputs fall back to the original stream when the transcoder has
+/// delivered nothing for this long (ffmpeg missing, crashed, restarting).
+const TC_STALL: Duration = Duration::from_secs(2);
+
+async fn recv_tc(tc: &mut Option<Tc>) -> Option<Bytes> {
+    match tc {
+        Some(t) if !t.rx_closed => t.rx.recv().await,
+        _ => std::future::pending().await,
+    }
+}
+
 pub(crate) enum RouteCmd {
+    /// Start (or switch the profile of) the transcoder, or stop it.
+    SetTranscode(Option<TranscodeReq>),
     AddOutput(Box<OutputSlot>),
     RemoveOutput(String, oneshot::Sender<Option<Box<OutputSlot>>>),
     SetOutputEnabled(String, bool, oneshot::Sender<bool>),
@@ -71,6 +114,8 @@ pub(crate) struct RouteShared {
     pub video_pid: AtomicI64,
     /// Frames damaged by continuity gaps of the forwarded input.
     pub input_frames_lost: AtomicU64,
+    /// The transcoder while transcoding is on.
+    pub transcode: Mutex<Option<Arc<TranscodeStats>>>,
 }
 
 impl RouteShared {
@@ -96,6 +141,7 @@ impl RouteShared {
                 .iter()
                 .map(|(n, k, e, s)| s.snapshot(n, k, *e))
                 .collect(),
+            transcode: self.transcode.lock().as_ref().map(|t| t.snapshot()),
         }
     }
 
@@ -121,6 +167,25 @@ pub(crate) struct RouteTask {
     pub events: Events,
     pub stream_enabled: bool,
     pub forced: Option<usize>,
+    /// Where the transcoder task is spawned (the engine's tracker).
+    pub tasks: tokio_util::task::TaskTracker,
+    pub cancel: CancellationToken,
+    pub tc: TcState,
+}
+
+/// Transcoding state of a route task.
+#[derive(Default)]
+pub(crate) struct TcState {
+    tc: Option<Tc>,
+    /// Auto outputs currently carry the transcoded stream.
+    auto_on_tc: bool,
+    /// Auto outputs have diverged from the passthrough stream once: from
+    /// then on they get their own copy with their own CC rewriter, so
+    /// their counters stay continuous across every switch.
+    auto_private: bool,
+    rw_auto: Option<super::ts::CcRewriter>,
+    psi: PsiTracker,
+    last: Option<Instant>,
 }
 
 impl RouteTask {
@@ -161,6 +226,14 @@ impl RouteTask {
                     Some(c) => self.command(c, &mut active, &inputs, &mut rewriter),
                     None => break,
                 },
+                t = recv_tc(&mut self.tc.tc) => match t {
+                    Some(c) => self.forward_tc(c, &rewriter),
+                    None => {
+                        if let Some(t) = self.tc.tc.as_mut() {
+                            t.rx_closed = true;
+                        }
+                    }
+                },
                 got = data.recv_many(&mut batch, 64), if !inputs_gone => {
                     if got == 0 {
                         // Every input task ended (bind failures): keep
@@ -187,6 +260,9 @@ impl RouteTask {
                 }
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    if self.tc.auto_on_tc && self.tc.last.is_none_or(|l| now.duration_since(l) > TC_STALL) {
+                        self.auto_back_to_passthrough("transcoder stalled");
+                    }
                     let want = self.choose(active, &inputs, now);
                     if want != active {
                         let why = if want.is_none() { "no data" } else { "failover: no data on active input" };
@@ -196,6 +272,7 @@ impl RouteTask {
             }
         }
         self.shared.active.store(-1, Relaxed);
+        self.stop_tc();
         // The outputs outlive the route task: the engine stops them (or
         // they were moved away already).
         std::mem::take(&mut self.outputs)
@@ -286,43 +363,112 @@ impl RouteTask {
         }
         rw.rewrite(&mut data);
         let chunk = data.freeze();
-        let stream_on = self.stream_enabled;
-        for o in self.outputs.iter_mut() {
-            if !o.spec.enabled || (!stream_on && o.gated_by_stream_enable()) {
-                continue;
-            }
-            if let Some(sock) = &o.direct {
-                if super::output::udp_send_chunk(sock, &chunk, &o.stats) {
-                    if let Some(v) = video {
-                        o.loss.delivered(&chunk, v);
-                    }
-                } else {
-                    o.stats.dropped(chunk.len());
-                    if let Some(v) = video {
-                        let n = o.loss.dropped(&chunk, v);
-                        o.stats.frames_lost.fetch_add(n, Relaxed);
-                    }
-                }
-                continue;
-            }
-            match o.tx.try_send(chunk.clone()) {
-                Ok(()) => {
-                    if let Some(v) = video {
-                        o.loss.delivered(&chunk, v);
-                    }
-                }
-                Err(mpsc::error::TrySendError::Full(c)) => {
-                    o.stats.dropped(c.len());
-                    if let Some(v) = video {
-                        let n = o.loss.dropped(&c, v);
-                        o.stats.frames_lost.fetch_add(n, Relaxed);
-                    }
-                }
-                // The output's task ended (failed for good or removed):
-                // nothing to feed.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+        if let Some(t) = &self.tc.tc {
+            if t.tx.try_send(chunk.clone()).is_err() {
+                t.stats.child.in_dropped_chunks.fetch_add(1, Relaxed);
             }
         }
+        let stream_on = self.stream_enabled;
+        if self.tc.auto_on_tc || !self.tc.auto_private {
+            // Auto outputs share the passthrough chunk (or are fed by the
+            // transcoder instead).
+            let auto = !self.tc.auto_on_tc;
+            fan_out(&mut self.outputs, &chunk, video, stream_on, |s| {
+                s == OutputSource::Passthrough || auto
+            });
+        } else {
+            fan_out(&mut self.outputs, &chunk, video, stream_on, |s| {
+                s == OutputSource::Passthrough
+            });
+            let mut own = BytesMut::from(&chunk[..]);
+            if let Some(rw) = self.tc.rw_auto.as_mut() {
+                rw.rewrite(&mut own);
+            }
+            fan_out(&mut self.outputs, &own.freeze(), video, stream_on, |s| {
+                s == OutputSource::Auto
+            });
+        }
+    }
+
+    /// A chunk of transcoded TS: to the auto outputs.
+    fn forward_tc(&mut self, chunk: Bytes, main: &super::ts::CcRewriter) {
+        let now = Instant::now();
+        self.tc.last = Some(now);
+        if !self.tc.auto_on_tc {
+            if !self.tc.auto_private {
+                // Continue from the counters the auto outputs saw last.
+                self.tc.rw_auto = Some(main.clone());
+                self.tc.auto_private = true;
+            }
+            if let Some(rw) = self.tc.rw_auto.as_mut() {
+                rw.switched();
+            }
+            self.tc.auto_on_tc = true;
+            tracing::info!(route = %self.shared.name, "auto outputs now carry the transcoded stream");
+        }
+        let mut data = chunk
+            .try_into_mut()
+            .unwrap_or_else(|b| BytesMut::from(&b[..]));
+        self.tc.psi.observe(&data);
+        let video = self.tc.psi.video.map(|v| v.0);
+        if let Some(rw) = self.tc.rw_auto.as_mut() {
+            rw.rewrite(&mut data);
+        }
+        let stream_on = self.stream_enabled;
+        fan_out(&mut self.outputs, &data.freeze(), video, stream_on, |s| {
+            s == OutputSource::Auto
+        });
+    }
+
+    fn auto_back_to_passthrough(&mut self, why: &str) {
+        if !self.tc.auto_on_tc {
+            return;
+        }
+        self.tc.auto_on_tc = false;
+        if let Some(rw) = self.tc.rw_auto.as_mut() {
+            rw.switched();
+        }
+        tracing::info!(route = %self.shared.name, "auto outputs back to the original stream ({why})");
+    }
+
+    fn start_tc(&mut self, req: TranscodeReq) {
+        let ident = req.ident();
+        let (name, number) = match &req.profile {
+            Ok(p) => (p.name.clone(), p.number),
+            Err(_) => (String::new(), 0),
+        };
+        // ~1 s of 10 Mbit/s each way.
+        let (in_tx, in_rx) = mpsc::channel(1024);
+        let (out_tx, out_rx) = mpsc::channel(1024);
+        let stats = Arc::new(TranscodeStats::new(&name, number));
+        let cancel = self.cancel.child_token();
+        self.tasks.spawn(crate::media::ffmpeg::run_transcode(
+            req.media,
+            req.profile,
+            self.shared.name.clone(),
+            in_rx,
+            out_tx,
+            stats.clone(),
+            cancel.clone(),
+        ));
+        *self.shared.transcode.lock() = Some(stats.clone());
+        self.tc.psi = PsiTracker::default();
+        self.tc.tc = Some(Tc {
+            ident,
+            tx: in_tx,
+            rx: out_rx,
+            rx_closed: false,
+            cancel,
+            stats,
+        });
+    }
+
+    fn stop_tc(&mut self) {
+        if let Some(t) = self.tc.tc.take() {
+            t.cancel.cancel();
+        }
+        *self.shared.transcode.lock() = None;
+        self.auto_back_to_passthrough("transcoding off");
     }
 
     fn publish_outputs(&self) {
@@ -348,6 +494,16 @@ impl RouteTask {
         rw: &mut super::ts::CcRewriter,
     ) {
         match c {
+            RouteCmd::SetTranscode(req) => match req {
+                None => self.stop_tc(),
+                Some(r) => {
+                    let same = self.tc.tc.as_ref().is_some_and(|t| t.ident == r.ident());
+                    if !same {
+                        self.stop_tc();
+                        self.start_tc(r);
+                    }
+                }
+            },
             RouteCmd::AddOutput(slot) => {
                 self.outputs.push(*slot);
             }
@@ -391,5 +547,52 @@ impl RouteTask {
             }
         }
         self.publish_outputs();
+    }
+}
+
+/// Hands `chunk` to every enabled output whose source `pick` accepts; never
+/// waits: a full queue (or socket buffer) drops the chunk for that output.
+fn fan_out(
+    outputs: &mut [OutputSlot],
+    chunk: &Bytes,
+    video: Option<u16>,
+    stream_on: bool,
+    pick: impl Fn(OutputSource) -> bool,
+) {
+    for o in outputs.iter_mut() {
+        if !o.spec.enabled || (!stream_on && o.gated_by_stream_enable()) || !pick(o.spec.source) {
+            continue;
+        }
+        if let Some(sock) = &o.direct {
+            if super::output::udp_send_chunk(sock, chunk, &o.stats) {
+                if let Some(v) = video {
+                    o.loss.delivered(chunk, v);
+                }
+            } else {
+                o.stats.dropped(chunk.len());
+                if let Some(v) = video {
+                    let n = o.loss.dropped(chunk, v);
+                    o.stats.frames_lost.fetch_add(n, Relaxed);
+                }
+            }
+            continue;
+        }
+        match o.tx.try_send(chunk.clone()) {
+            Ok(()) => {
+                if let Some(v) = video {
+                    o.loss.delivered(chunk, v);
+                }
+            }
+            Err(mpsc::error::TrySendError::Full(c)) => {
+                o.stats.dropped(c.len());
+                if let Some(v) = video {
+                    let n = o.loss.dropped(&c, v);
+                    o.stats.frames_lost.fetch_add(n, Relaxed);
+                }
+            }
+            // The output's task ended (failed for good or removed):
+            // nothing to feed.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 }

@@ -22,6 +22,27 @@ pub struct EngineSpec {
 pub enum Mode {
     /// TS packets pass through untouched (CC rewritten at input switches).
     Passthrough,
+    /// The active input is also re-encoded by an ffmpeg child (an output
+    /// profile); outputs with `source = "auto"` carry the transcoded TS.
+    Transcode,
+}
+
+/// An output profile chosen by its number (the Output Profile point's
+/// value) or its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileRef {
+    Number(u32),
+    Name(String),
+}
+
+/// Which stream an output carries on a transcoding route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputSource {
+    /// The transcoded stream while the route transcodes, else the original.
+    #[default]
+    Auto,
+    /// Always the original input stream.
+    Passthrough,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +56,8 @@ pub struct RouteSpec {
     pub failover_timeout: Duration,
     /// Return to a higher-priority input as soon as it delivers again.
     pub switch_back: bool,
+    /// The output profile transcoding uses (None: profile 1 / the first).
+    pub profile: Option<ProfileRef>,
 }
 
 impl RouteSpec {
@@ -47,6 +70,7 @@ impl RouteSpec {
             outputs: Vec::new(),
             failover_timeout: DEFAULT_FAILOVER,
             switch_back: false,
+            profile: None,
         }
     }
 }
@@ -106,6 +130,8 @@ pub struct OutputSpec {
     pub kind: OutputKind,
     /// Bounded queue depth in chunks; overflow drops whole chunks.
     pub queue: usize,
+    /// Original or transcoded stream (transcoding routes only).
+    pub source: OutputSource,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +157,12 @@ pub enum OutputKind {
         window: usize,
     },
     Srt(SrtSpec),
+    /// RTMP/RTMPS push through an ffmpeg child (`url` + `/` + `key`).
+    Rtmp {
+        url: String,
+        /// The stream key: a secret (never logged, write-only in the API).
+        key: Option<String>,
+    },
 }
 
 impl OutputKind {
@@ -142,6 +174,7 @@ impl OutputKind {
             OutputKind::Hls { .. } => "hls",
             OutputKind::Srt(s) if s.mode == SrtMode::Listener => "srt-listener",
             OutputKind::Srt(_) => "srt-caller",
+            OutputKind::Rtmp { .. } => "rtmp",
         }
     }
 }

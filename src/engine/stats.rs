@@ -31,6 +31,8 @@ pub struct IoStats {
     pub local: Mutex<Option<SocketAddr>>,
     /// SRT statistics per connection (empty for other protocols).
     pub srt: Mutex<Vec<SrtConnStats>>,
+    /// The ffmpeg child of an RTMP push output.
+    pub ffmpeg: Mutex<Option<std::sync::Arc<crate::media::ffmpeg::child::ChildStats>>>,
 }
 
 impl IoStats {
@@ -87,6 +89,7 @@ impl IoStats {
             frames_lost: self.frames_lost.load(Relaxed),
             clients: self.clients.load(Relaxed),
             srt: self.srt.lock().clone(),
+            ffmpeg: self.ffmpeg.lock().as_ref().map(|c| c.snapshot()),
         }
     }
 }
@@ -130,6 +133,8 @@ pub struct IoSnapshot {
     pub frames_lost: u64,
     pub clients: u64,
     pub srt: Vec<SrtConnStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ffmpeg: Option<crate::media::ffmpeg::child::ChildSnapshot>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -147,6 +152,9 @@ pub struct RouteSnapshot {
     pub input_frames_lost: u64,
     pub inputs: Vec<IoSnapshot>,
     pub outputs: Vec<IoSnapshot>,
+    /// The route's transcoder while transcoding is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcode: Option<crate::media::ffmpeg::TranscodeSnapshot>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]

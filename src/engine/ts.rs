@@ -161,6 +161,7 @@ impl CcChecker {
 /// per PID stays fixed (so the source's own CC behaviour, duplicates and
 /// gaps, passes through), and at a switch each PID continues from the last
 /// counter the downstream saw.
+#[derive(Clone)]
 pub struct CcRewriter {
     /// Per PID: bit 7 = seen on output; low nibble = last output CC.
     last_out: Box<[u8; 8192]>,

@@ -392,6 +392,7 @@ bind = "127.0.0.1:0"
             ttl: None,
         },
         queue: 256,
+        source: Default::default(),
     };
     app.engine
         .add_output("one", spec.clone())

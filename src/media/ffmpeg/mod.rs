@@ -1,1 +1,439 @@
 //! Supervised ffmpeg child processes: spawn, progress parsing, restart with backoff, reaping (transcode and RTMP push).
+//!
+//! `[media] ffmpeg` names the binary, `[[profile]]` tables the output
+//! profiles. The engine asks this module for two things: a transcoder (TS
+//! in, TS out, one child per transcoding route) and an RTMP push output
+//! (TS in, FLV to a CDN, one child per destination so one failing never
+//! affects another). Every child carries [`child::TAG_ENV`]; at start-up
+//! [`reap_stale`] kills tagged children whose castpoint died.
+
+pub mod child;
+pub mod latency;
+pub mod matrix;
+pub mod profile;
+pub mod progress;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, Errors};
+use crate::engine::spec::ProfileRef;
+use crate::engine::stats::IoStats;
+use child::{ChildSnapshot, ChildSpec, ChildStats};
+pub use profile::{Encoder, Profile};
+
+/// The media settings: the ffmpeg binary and the output profiles.
+pub struct Media {
+    pub ffmpeg: PathBuf,
+    pub profiles: Vec<Arc<Profile>>,
+    nvenc: tokio::sync::OnceCell<Result<(), String>>,
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Media {
+            ffmpeg: PathBuf::from("ffmpeg"),
+            profiles: Vec::new(),
+            nvenc: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Media {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Media")
+            .field("ffmpeg", &self.ffmpeg)
+            .field("profiles", &self.profiles.len())
+            .finish()
+    }
+}
+
+impl Media {
+    /// Parses `[media]` and every `[[profile]]`; errors name `media.key`
+    /// and `profile[i].key`.
+    pub fn parse(file: &str, extra: &toml::Table) -> Result<Media, Errors> {
+        let mut errs = Vec::new();
+        let mut m = Media::default();
+        match extra.get("media") {
+            None => {}
+            Some(toml::Value::Table(t)) => {
+                for (k, v) in t {
+                    match (k.as_str(), v) {
+                        ("ffmpeg", toml::Value::String(s)) if !s.is_empty() => {
+                            m.ffmpeg = PathBuf::from(s)
+                        }
+                        ("ffmpeg", _) => errs.push(ConfigError::new(
+                            file,
+                            "media.ffmpeg",
+                            "expected the ffmpeg binary's path or name",
+                        )),
+                        _ => errs.push(ConfigError::new(
+                            file,
+                            format!("media.{k}"),
+                            "unknown key (ffmpeg)",
+                        )),
+                    }
+                }
+            }
+            Some(_) => errs.push(ConfigError::new(file, "media", "expected a table")),
+        }
+        m.profiles = profile::parse_profiles(file, extra.get("profile"), &mut errs)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        if errs.is_empty() {
+            Ok(m)
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// The profile a route uses: by number or name; with none given, profile
+    /// 1, else the first one defined.
+    pub fn resolve(&self, r: Option<&ProfileRef>) -> Result<Arc<Profile>, String> {
+        let found = match r {
+            Some(ProfileRef::Number(n)) => self.profiles.iter().find(|p| p.number == *n),
+            Some(ProfileRef::Name(s)) => self.profiles.iter().find(|p| &p.name == s),
+            None => self
+                .profiles
+                .iter()
+                .find(|p| p.number == 1)
+                .or_else(|| self.profiles.first()),
+        };
+        found.cloned().ok_or_else(|| match r {
+            Some(ProfileRef::Number(n)) => format!("no [[profile]] with number {n}"),
+            Some(ProfileRef::Name(s)) => format!("no [[profile]] named {s:?}"),
+            None => "no [[profile]] defined".to_string(),
+        })
+    }
+
+    /// Whether NVENC can encode here, probed once with a tiny test encode.
+    pub async fn nvenc(&self) -> Result<(), String> {
+        self.nvenc
+            .get_or_init(|| probe_nvenc(self.ffmpeg.clone()))
+            .await
+            .clone()
+    }
+}
+
+async fn probe_nvenc(ffmpeg: PathBuf) -> Result<(), String> {
+    let mut c = tokio::process::Command::new(&ffmpeg);
+    c.args([
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=black:s=256x144:d=0.2",
+        "-c:v",
+        "h264_nvenc",
+        "-f",
+        "null",
+        "-",
+    ])
+    .env(
+        child::TAG_ENV,
+        format!("{}:nvenc-probe", std::process::id()),
+    )
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .kill_on_drop(true);
+    let r = match tokio::time::timeout(Duration::from_secs(15), c.output()).await {
+        Err(_) => Err("NVENC test encode timed out".to_string()),
+        Ok(Err(e)) => Err(format!(
+            "cannot run ffmpeg {:?}: {e}",
+            ffmpeg.display().to_string()
+        )),
+        Ok(Ok(o)) if o.status.success() => Ok(()),
+        Ok(Ok(o)) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let last = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("failed")
+                .trim()
+                .to_string();
+            Err(format!("NVENC test encode failed: {last}"))
+        }
+    };
+    match &r {
+        Ok(()) => {
+            tracing::info!("NVENC usable: hardware encoding for profiles with encoder = auto")
+        }
+        Err(e) => tracing::info!("software encoding (libx264/libx265): {e}"),
+    }
+    r
+}
+
+/// Kills castpoint-tagged processes whose castpoint is gone (a crash left
+/// them behind): the tag names the parent pid, and an orphan has been
+/// re-parented away from it. Children of live castpoints are left alone.
+/// Returns the pids killed.
+pub fn reap_stale() -> Vec<u32> {
+    let mut killed = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return killed;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let tag = env.split(|b| *b == 0).find_map(|kv| {
+            kv.strip_prefix(child::TAG_ENV.as_bytes())
+                .and_then(|r| r.strip_prefix(b"="))
+        });
+        let Some(tag) = tag else { continue };
+        let tag = String::from_utf8_lossy(tag);
+        let Some(owner) = tag.split(':').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Some(ppid) = parent_of(pid) else { continue };
+        if ppid == owner || pid == std::process::id() {
+            continue;
+        }
+        tracing::warn!(
+            "killing stale castpoint child {pid} ({tag}): its castpoint {owner} is gone"
+        );
+        // `kill` keeps this crate free of unsafe libc calls.
+        let ok = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            killed.push(pid);
+        }
+    }
+    killed
+}
+
+/// Parent pid from `/proc/PID/stat` (field 4, after the parenthesised name).
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A route's transcoder as snapshots see it.
+#[derive(Debug)]
+pub struct TranscodeStats {
+    pub profile: String,
+    pub number: u32,
+    pub encoder: Mutex<Option<String>>,
+    /// A fault before any child could run (unknown profile).
+    pub fault: Mutex<Option<String>>,
+    pub child: Arc<ChildStats>,
+    started: Instant,
+}
+
+impl TranscodeStats {
+    pub fn new(profile: &str, number: u32) -> Self {
+        TranscodeStats {
+            profile: profile.to_string(),
+            number,
+            encoder: Mutex::new(None),
+            fault: Mutex::new(None),
+            child: Arc::new(ChildStats::default()),
+            started: Instant::now(),
+        }
+    }
+
+    /// (status, reason): status is "ok", "starting", "overload" or "fault".
+    pub fn status(&self) -> (&'static str, Option<String>) {
+        if let Some(f) = self.fault.lock().clone() {
+            return ("fault", Some(f));
+        }
+        let c = &self.child;
+        if c.progressing(Duration::from_secs(3)) {
+            let since = *c.overload_since.lock();
+            if let Some(t) = since.filter(|t| t.elapsed() >= Duration::from_secs(3)) {
+                let speed = c.last.lock().as_ref().and_then(|(p, _)| p.speed);
+                return (
+                    "overload",
+                    Some(format!(
+                        "ffmpeg slower than real time or dropping frames for {} s (speed {})",
+                        t.elapsed().as_secs(),
+                        speed.map_or("n/a".into(), |s| format!("{s:.2}x"))
+                    )),
+                );
+            }
+            return ("ok", None);
+        }
+        let running = c.running.load(Relaxed);
+        let since = (*c.started.lock()).unwrap_or(self.started);
+        if running && since.elapsed() < Duration::from_secs(10) {
+            return ("starting", None);
+        }
+        if running {
+            return (
+                "fault",
+                Some("no progress from ffmpeg for 10 s (no input?)".into()),
+            );
+        }
+        let why = c.fault.lock().clone();
+        if self.started.elapsed() < Duration::from_secs(2) && why.is_none() {
+            return ("starting", None);
+        }
+        (
+            "fault",
+            Some(why.unwrap_or_else(|| "ffmpeg is not running".into())),
+        )
+    }
+
+    pub fn snapshot(&self) -> TranscodeSnapshot {
+        let (status, reason) = self.status();
+        TranscodeSnapshot {
+            profile: self.profile.clone(),
+            number: self.number,
+            encoder: self.encoder.lock().clone(),
+            status,
+            reason,
+            ffmpeg: self.child.snapshot(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TranscodeSnapshot {
+    pub profile: String,
+    pub number: u32,
+    /// "software (libx264)", "nvenc (h264_nvenc)", ...
+    pub encoder: Option<String>,
+    pub status: &'static str,
+    pub reason: Option<String>,
+    pub ffmpeg: ChildSnapshot,
+}
+
+/// Runs a route's transcoder until `cancel`: `input` is the route's TS,
+/// `output` gets the transcoded TS.
+pub async fn run_transcode(
+    media: Arc<Media>,
+    profile: Result<Arc<Profile>, String>,
+    route: String,
+    mut input: mpsc::Receiver<Bytes>,
+    output: mpsc::Sender<Bytes>,
+    stats: Arc<TranscodeStats>,
+    cancel: CancellationToken,
+) {
+    let p = match profile {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(route = %route, "transcode: {e}");
+            *stats.fault.lock() = Some(e);
+            // Keep the queue drained so the route sees no backpressure.
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    c = input.recv() => if c.is_none() { return },
+                }
+            }
+        }
+    };
+    let enc = if p.encoder == profile::EncoderPref::Software || p.video == profile::VideoCodec::Copy
+    {
+        Encoder::Software
+    } else {
+        match media.nvenc().await {
+            Ok(()) => Encoder::Nvenc,
+            Err(why) => {
+                tracing::warn!(
+                    route = %route,
+                    "profile {:?}: NVENC not usable, encoding in software ({why})",
+                    p.name
+                );
+                Encoder::Software
+            }
+        }
+    };
+    let enc = p.encoder_for(enc == Encoder::Nvenc);
+    let codec = match (p.video, enc) {
+        (profile::VideoCodec::Copy, _) => "copy",
+        (profile::VideoCodec::Hevc, Encoder::Nvenc) => "nvenc (hevc_nvenc)",
+        (profile::VideoCodec::H264, Encoder::Nvenc) => "nvenc (h264_nvenc)",
+        (profile::VideoCodec::Hevc, Encoder::Software) => "software (libx265)",
+        (profile::VideoCodec::H264, Encoder::Software) => "software (libx264)",
+    };
+    *stats.encoder.lock() = Some(codec.to_string());
+    let spec = ChildSpec {
+        program: media.ffmpeg.clone(),
+        args: p.transcode_args(enc),
+        secrets: Vec::new(),
+        label: format!("transcode:{route}"),
+        stdout: true,
+    };
+    child::supervise(spec, input, Some(output), stats.child.clone(), cancel).await;
+}
+
+/// An RTMP(S) push output: one child per destination. `io.up`/`io.error`
+/// carry connected/disconnected and the reason.
+pub async fn run_rtmp_push(
+    media: Arc<Media>,
+    target: String,
+    key: Option<String>,
+    label: String,
+    input: mpsc::Receiver<Bytes>,
+    io: Arc<IoStats>,
+    cancel: CancellationToken,
+) {
+    let cs = Arc::new(ChildStats::default());
+    *io.ffmpeg.lock() = Some(cs.clone());
+    io.set_error("connecting");
+    let spec = ChildSpec {
+        program: media.ffmpeg.clone(),
+        args: profile::rtmp_push_args(&target),
+        secrets: key.into_iter().collect(),
+        label,
+        stdout: false,
+    };
+    let sup = child::supervise(spec, input, None, cs.clone(), cancel.clone());
+    tokio::pin!(sup);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_size = 0u64;
+    loop {
+        tokio::select! {
+            _ = &mut sup => break,
+            _ = tick.tick() => {
+                // Connected = ffmpeg is writing to the server (its progress
+                // keeps coming); otherwise the last error is the reason.
+                if cs.progressing(Duration::from_secs(3)) {
+                    if !io.up.load(Relaxed) {
+                        io.set_up(None);
+                    }
+                    io.clients.store(1, Relaxed);
+                    let size = cs.last.lock().as_ref().and_then(|(p, _)| p.total_size).unwrap_or(0);
+                    if size > last_size {
+                        io.add((size - last_size) as usize);
+                    }
+                    last_size = size;
+                } else {
+                    last_size = 0;
+                    io.clients.store(0, Relaxed);
+                    let why = cs
+                        .fault
+                        .lock()
+                        .clone()
+                        .or_else(|| cs.running.load(Relaxed).then(|| "connecting".to_string()))
+                        .unwrap_or_else(|| "not running".into());
+                    io.set_error(why);
+                }
+            }
+        }
+    }
+    io.clients.store(0, Relaxed);
+    io.set_error("stopped");
+}

@@ -1,0 +1,730 @@
+//! Output profiles (`[[profile]]` tables: codec, encoder, size, rate, bit rate, GOP, preset, audio, audio matrix) and the ffmpeg argument lists built from them (transcode and RTMP push).
+
+use super::matrix::{self, Track, TrackSpec};
+use crate::config::{ConfigError, Errors};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    H264,
+    Hevc,
+    /// Video passes through untouched (audio-only work such as a matrix).
+    Copy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderPref {
+    /// NVENC when a usable GPU was found at start-up, else software.
+    Auto,
+    Nvenc,
+    Software,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioCodec {
+    Aac,
+    Copy,
+    None,
+}
+
+/// Which encoder a child actually uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoder {
+    Nvenc,
+    Software,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    /// The Output Profile point's value selecting this profile.
+    pub number: u32,
+    pub name: String,
+    pub video: VideoCodec,
+    pub encoder: EncoderPref,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<f64>,
+    /// Video bit rate, bit/s.
+    pub bitrate: u64,
+    /// Key-frame interval in frames.
+    pub gop: Option<u32>,
+    pub preset: Option<String>,
+    pub audio: AudioCodec,
+    pub audio_bitrate: u64,
+    /// Audio matrix: output tracks (empty: the source's first track as is).
+    pub tracks: Vec<Track>,
+}
+
+const X264_PRESETS: &[&str] = &[
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+];
+
+/// x264 preset names -> NVENC p1..p7 (fastest to slowest), so one profile
+/// works on both encoders.
+fn nvenc_preset(p: &str) -> &'static str {
+    match p {
+        "ultrafast" | "superfast" | "p1" => "p1",
+        "veryfast" | "p2" => "p2",
+        "faster" | "p3" => "p3",
+        "fast" | "p4" => "p4",
+        "medium" | "p5" => "p5",
+        "slow" | "p6" => "p6",
+        _ => "p7",
+    }
+}
+
+/// Parses every `[[profile]]` table; errors name `profile[i].key`.
+pub fn parse_profiles(file: &str, v: Option<&toml::Value>, errs: &mut Errors) -> Vec<Profile> {
+    let Some(v) = v else { return Vec::new() };
+    let Some(arr) = v.as_array() else {
+        errs.push(ConfigError::new(
+            file,
+            "profile",
+            "expected [[profile]] tables",
+        ));
+        return Vec::new();
+    };
+    let mut out: Vec<Profile> = Vec::new();
+    for (i, t) in arr.iter().enumerate() {
+        let at = format!("profile[{i}]");
+        let Some(t) = t.as_table() else {
+            errs.push(ConfigError::new(file, at, "expected a table"));
+            continue;
+        };
+        if let Some(p) = parse_one(file, &at, t, errs) {
+            if out.iter().any(|o| o.number == p.number) {
+                errs.push(ConfigError::new(
+                    file,
+                    format!("{at}.number"),
+                    format!("duplicate profile number {}", p.number),
+                ));
+            } else if out.iter().any(|o| o.name == p.name) {
+                errs.push(ConfigError::new(
+                    file,
+                    format!("{at}.name"),
+                    format!("duplicate profile name {:?}", p.name),
+                ));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn parse_one(file: &str, at: &str, t: &toml::Table, errs: &mut Errors) -> Option<Profile> {
+    let before = errs.len();
+    let mut e = |k: &str, m: String| errs.push(ConfigError::new(file, format!("{at}.{k}"), m));
+    let known = [
+        "number",
+        "name",
+        "video",
+        "encoder",
+        "width",
+        "height",
+        "fps",
+        "bitrate",
+        "gop",
+        "preset",
+        "audio",
+        "audio_bitrate",
+        "audio_track",
+    ];
+    for k in t.keys() {
+        if !known.contains(&k.as_str()) {
+            e(k, "unknown key".into());
+        }
+    }
+    let int = |k: &str, lo: i64, hi: i64, e: &mut dyn FnMut(&str, String)| -> Option<i64> {
+        match t.get(k) {
+            None => None,
+            Some(toml::Value::Integer(n)) if (lo..=hi).contains(n) => Some(*n),
+            Some(_) => {
+                e(k, format!("expected an integer {lo}..={hi}"));
+                None
+            }
+        }
+    };
+    let string = |k: &str, e: &mut dyn FnMut(&str, String)| -> Option<String> {
+        match t.get(k) {
+            None => None,
+            Some(toml::Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                e(k, "expected a string".into());
+                None
+            }
+        }
+    };
+    let number = int("number", 1, 64, &mut e);
+    if number.is_none() && !t.contains_key("number") {
+        e(
+            "number",
+            "required (1..=64, the Output Profile point's value)".into(),
+        );
+    }
+    let name = string("name", &mut e).unwrap_or_else(|| format!("profile{}", number.unwrap_or(0)));
+    let video = match string("video", &mut e).as_deref() {
+        None | Some("h264") => VideoCodec::H264,
+        Some("hevc") | Some("h265") => VideoCodec::Hevc,
+        Some("copy") => VideoCodec::Copy,
+        Some(x) => {
+            e(
+                "video",
+                format!("unknown video codec {x:?} (h264, hevc, copy)"),
+            );
+            VideoCodec::H264
+        }
+    };
+    let encoder = match string("encoder", &mut e).as_deref() {
+        None | Some("auto") => EncoderPref::Auto,
+        Some("nvenc") => EncoderPref::Nvenc,
+        Some("software") => EncoderPref::Software,
+        Some(x) => {
+            e(
+                "encoder",
+                format!("unknown encoder {x:?} (auto, nvenc, software)"),
+            );
+            EncoderPref::Auto
+        }
+    };
+    // Even sizes: 4:2:0 chroma needs them.
+    let width = int("width", 16, 7680, &mut e).map(|w| w as u32);
+    let height = int("height", 16, 4320, &mut e).map(|h| h as u32);
+    for (k, v) in [("width", width), ("height", height)] {
+        if v.is_some_and(|v| v % 2 != 0) {
+            e(k, "must be even (4:2:0 video)".into());
+        }
+    }
+    let fps = match t.get("fps") {
+        None => None,
+        Some(v) => match v.as_float().or_else(|| v.as_integer().map(|i| i as f64)) {
+            Some(f) if (1.0..=240.0).contains(&f) => Some(f),
+            _ => {
+                e("fps", "expected a frame rate 1..=240".into());
+                None
+            }
+        },
+    };
+    let bitrate = int("bitrate", 50_000, 200_000_000, &mut e).unwrap_or(2_000_000) as u64;
+    let gop = int("gop", 1, 1000, &mut e).map(|g| g as u32);
+    let preset = string("preset", &mut e);
+    if let Some(p) = &preset {
+        let nv = p.len() == 2 && p.starts_with('p') && ('1'..='7').contains(&p.chars().nth(1)?);
+        if !X264_PRESETS.contains(&p.as_str()) && !nv {
+            e(
+                "preset",
+                format!(
+                    "unknown preset {p:?} ({} or p1..p7)",
+                    X264_PRESETS.join(", ")
+                ),
+            );
+        }
+    }
+    if video == VideoCodec::Copy
+        && (width.is_some() || height.is_some() || fps.is_some() || gop.is_some())
+    {
+        e(
+            "video",
+            "video = \"copy\" cannot change width, height, fps or gop".into(),
+        );
+    }
+    let audio = match string("audio", &mut e).as_deref() {
+        None | Some("aac") => AudioCodec::Aac,
+        Some("copy") => AudioCodec::Copy,
+        Some("none") => AudioCodec::None,
+        Some(x) => {
+            e(
+                "audio",
+                format!("unknown audio codec {x:?} (aac, copy, none)"),
+            );
+            AudioCodec::Aac
+        }
+    };
+    let audio_bitrate = int("audio_bitrate", 8_000, 1_024_000, &mut e).unwrap_or(128_000) as u64;
+    let mut tracks = Vec::new();
+    match t.get("audio_track") {
+        None => {}
+        Some(toml::Value::Array(a)) => {
+            if audio != AudioCodec::Aac && !a.is_empty() {
+                e(
+                    "audio_track",
+                    "an audio matrix needs audio = \"aac\" (it re-encodes)".into(),
+                );
+            }
+            for (j, tt) in a.iter().enumerate() {
+                let tat = format!("audio_track[{j}]");
+                let Some(tt) = tt.as_table() else {
+                    e(&tat, "expected a table".into());
+                    continue;
+                };
+                if let Some(tr) = parse_track(tt, &tat, &mut e) {
+                    tracks.push(tr);
+                }
+            }
+            if tracks.len() > 8 {
+                e("audio_track", "at most 8 audio tracks".into());
+            }
+        }
+        Some(_) => e(
+            "audio_track",
+            "expected [[profile.audio_track]] tables".into(),
+        ),
+    }
+    if errs.len() > before {
+        return None;
+    }
+    Some(Profile {
+        number: number? as u32,
+        name,
+        video,
+        encoder,
+        width,
+        height,
+        fps,
+        bitrate,
+        gop,
+        preset,
+        audio,
+        audio_bitrate,
+        tracks,
+    })
+}
+
+fn parse_track(t: &toml::Table, at: &str, e: &mut dyn FnMut(&str, String)) -> Option<Track> {
+    let mut spec = TrackSpec::default();
+    let mut ok = true;
+    for (k, v) in t {
+        let key = format!("{at}.{k}");
+        match (k.as_str(), v) {
+            ("layout", toml::Value::String(s)) => spec.layout = Some(s.clone()),
+            ("downmix", toml::Value::String(s)) => spec.downmix = Some(s.clone()),
+            ("extract", toml::Value::String(s)) => spec.extract = Some(s.clone()),
+            ("channels", toml::Value::Array(a)) => {
+                for (i, x) in a.iter().enumerate() {
+                    match x.as_str() {
+                        Some(s) => spec.channels.push(s.to_string()),
+                        None => {
+                            e(&format!("{key}[{i}]"), "expected a mix string".into());
+                            ok = false;
+                        }
+                    }
+                }
+            }
+            ("gain_db", toml::Value::Array(a)) => {
+                for (i, x) in a.iter().enumerate() {
+                    match x.as_float().or_else(|| x.as_integer().map(|n| n as f64)) {
+                        Some(g) => spec.gain_db.push(g),
+                        None => {
+                            e(&format!("{key}[{i}]"), "expected a number (dB)".into());
+                            ok = false;
+                        }
+                    }
+                }
+            }
+            ("gain_db", x) if x.as_float().is_some() || x.as_integer().is_some() => {
+                spec.gain_db.push(
+                    x.as_float()
+                        .unwrap_or_else(|| x.as_integer().unwrap_or(0) as f64),
+                );
+            }
+            ("layout" | "downmix" | "extract" | "channels" | "gain_db", _) => {
+                e(&key, "wrong type".into());
+                ok = false;
+            }
+            _ => {
+                e(
+                    &key,
+                    "unknown key (layout, downmix, extract, channels, gain_db)".into(),
+                );
+                ok = false;
+            }
+        }
+    }
+    if !ok {
+        return None;
+    }
+    match matrix::build(&spec) {
+        Ok(t) => Some(t),
+        Err((k, m)) => {
+            e(&format!("{at}.{k}"), m);
+            None
+        }
+    }
+}
+
+/// Common head of every child's command line: quiet logs, machine-readable
+/// progress on stderr twice a second, TS on stdin with a short probe.
+fn head(args: &mut Vec<String>) {
+    for a in [
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "warning",
+        "-nostats",
+        "-progress",
+        "pipe:2",
+        "-stats_period",
+        "0.5",
+        "-probesize",
+        "1000000",
+        "-analyzeduration",
+        "1000000",
+    ] {
+        args.push(a.into());
+    }
+}
+
+fn push(args: &mut Vec<String>, xs: &[&str]) {
+    args.extend(xs.iter().map(|s| s.to_string()));
+}
+
+impl Profile {
+    /// The encoder this profile uses given whether NVENC is usable.
+    pub fn encoder_for(&self, nvenc_ok: bool) -> Encoder {
+        match self.encoder {
+            EncoderPref::Software => Encoder::Software,
+            EncoderPref::Auto | EncoderPref::Nvenc if nvenc_ok => Encoder::Nvenc,
+            _ => Encoder::Software,
+        }
+    }
+
+    /// ffmpeg arguments for a transcode child: TS on stdin, TS on stdout.
+    /// Input timestamps are kept (`-copyts`, no mux delay) so that output
+    /// PTS can be matched to input PTS for the latency measurement.
+    pub fn transcode_args(&self, enc: Encoder) -> Vec<String> {
+        let mut a = Vec::new();
+        head(&mut a);
+        push(&mut a, &["-copyts", "-f", "mpegts", "-i", "pipe:0"]);
+        let mut graph: Vec<String> = Vec::new();
+        let mut vf: Vec<String> = Vec::new();
+        if let (Some(w), Some(h)) = (self.width, self.height) {
+            vf.push(format!("scale={w}:{h}"));
+        } else if let Some(w) = self.width {
+            vf.push(format!("scale={w}:-2"));
+        } else if let Some(h) = self.height {
+            vf.push(format!("scale=-2:{h}"));
+        }
+        if let Some(f) = self.fps {
+            vf.push(format!("fps={f}"));
+        }
+        let video_map = if self.video != VideoCodec::Copy && !vf.is_empty() {
+            graph.push(format!("[0:v:0]{}[v]", vf.join(",")));
+            "[v]".to_string()
+        } else {
+            "0:v:0?".to_string()
+        };
+        let mut audio_maps: Vec<String> = Vec::new();
+        match (self.audio, self.tracks.len()) {
+            (AudioCodec::None, _) => {}
+            (_, 0) => audio_maps.push("0:a:0?".into()),
+            (_, 1) => {
+                graph.push(format!("[0:a:0]{}[a0]", self.tracks[0].pan()));
+                audio_maps.push("[a0]".into());
+            }
+            (_, n) => {
+                let labels: String = (0..n).map(|i| format!("[s{i}]")).collect();
+                graph.push(format!("[0:a:0]asplit={n}{labels}"));
+                for (i, t) in self.tracks.iter().enumerate() {
+                    graph.push(format!("[s{i}]{}[a{i}]", t.pan()));
+                    audio_maps.push(format!("[a{i}]"));
+                }
+            }
+        }
+        if !graph.is_empty() {
+            a.push("-filter_complex".into());
+            a.push(graph.join(";"));
+        }
+        a.push("-map".into());
+        a.push(video_map);
+        for m in audio_maps {
+            a.push("-map".into());
+            a.push(m);
+        }
+        let b = self.bitrate.to_string();
+        let gop = self
+            .gop
+            .unwrap_or_else(|| (self.fps.unwrap_or(25.0) * 2.0).round() as u32)
+            .to_string();
+        let preset = self.preset.as_deref();
+        match (self.video, enc) {
+            (VideoCodec::Copy, _) => push(&mut a, &["-c:v", "copy"]),
+            (v, Encoder::Nvenc) => {
+                let c = if v == VideoCodec::Hevc {
+                    "hevc_nvenc"
+                } else {
+                    "h264_nvenc"
+                };
+                push(
+                    &mut a,
+                    &[
+                        "-c:v",
+                        c,
+                        "-preset",
+                        nvenc_preset(preset.unwrap_or("p2")),
+                        "-tune",
+                        "ll",
+                        "-rc",
+                        "cbr",
+                        "-zerolatency",
+                        "1",
+                        "-bf",
+                        "0",
+                    ],
+                );
+            }
+            (v, Encoder::Software) => {
+                let p = match preset {
+                    Some(p) if X264_PRESETS.contains(&p) => p,
+                    _ => "veryfast",
+                };
+                if v == VideoCodec::Hevc {
+                    push(
+                        &mut a,
+                        &[
+                            "-c:v",
+                            "libx265",
+                            "-preset",
+                            p,
+                            "-tune",
+                            "zerolatency",
+                            "-x265-params",
+                            "log-level=error",
+                        ],
+                    );
+                } else {
+                    push(
+                        &mut a,
+                        &["-c:v", "libx264", "-preset", p, "-tune", "zerolatency"],
+                    );
+                }
+            }
+        }
+        if self.video != VideoCodec::Copy {
+            let buf = (self.bitrate * 2).to_string();
+            push(
+                &mut a,
+                &[
+                    "-b:v",
+                    &b,
+                    "-maxrate",
+                    &b,
+                    "-bufsize",
+                    &buf,
+                    "-g",
+                    &gop,
+                    "-keyint_min",
+                    &gop,
+                    "-sc_threshold",
+                    "0",
+                    "-pix_fmt",
+                    "yuv420p",
+                ],
+            );
+        }
+        match self.audio {
+            AudioCodec::None => {}
+            AudioCodec::Copy => push(&mut a, &["-c:a", "copy"]),
+            AudioCodec::Aac => {
+                let ab = self.audio_bitrate.to_string();
+                push(&mut a, &["-c:a", "aac", "-b:a", &ab]);
+            }
+        }
+        push(
+            &mut a,
+            &[
+                "-muxdelay",
+                "0",
+                "-muxpreload",
+                "0",
+                "-flush_packets",
+                "1",
+                "-f",
+                "mpegts",
+                "pipe:1",
+            ],
+        );
+        a
+    }
+}
+
+/// ffmpeg arguments for an RTMP(S) push: TS on stdin, stream copy to FLV
+/// (ffmpeg inserts aac_adtstoasc for AAC from TS by itself).
+pub fn rtmp_push_args(target: &str) -> Vec<String> {
+    let mut a = Vec::new();
+    head(&mut a);
+    push(
+        &mut a,
+        &[
+            "-f",
+            "mpegts",
+            "-i",
+            "pipe:0",
+            "-map",
+            "0:v:0?",
+            "-map",
+            "0:a:0?",
+            "-c",
+            "copy",
+            "-flvflags",
+            "no_duration_filesize",
+            "-rtmp_live",
+            "live",
+            "-f",
+            "flv",
+            target,
+        ],
+    );
+    a
+}
+
+/// The ingest URL of an RTMP preset.
+pub fn rtmp_preset(name: &str) -> Option<&'static str> {
+    match name {
+        "youtube" => Some("rtmp://a.rtmp.youtube.com/live2"),
+        "twitch" => Some("rtmp://live.twitch.tv/app"),
+        "facebook" => Some("rtmps://live-api-s.facebook.com:443/rtmp"),
+        _ => None,
+    }
+}
+
+/// `url` + `/` + `key` (the key is a path segment of RTMP URLs).
+pub fn rtmp_target(url: &str, key: Option<&str>) -> String {
+    match key.filter(|k| !k.is_empty()) {
+        Some(k) => format!("{}/{k}", url.trim_end_matches('/')),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(s: &str) -> Result<Vec<Profile>, Errors> {
+        let v: toml::Table = toml::from_str(s).expect("toml");
+        let mut errs = Vec::new();
+        let p = parse_profiles("t.toml", v.get("profile"), &mut errs);
+        if errs.is_empty() {
+            Ok(p)
+        } else {
+            Err(errs)
+        }
+    }
+
+    #[test]
+    fn full_profile_builds_expected_args() {
+        let p = load(
+            r#"
+[[profile]]
+number = 2
+name = "sd"
+width = 640
+height = 360
+fps = 25
+bitrate = 800000
+gop = 50
+preset = "ultrafast"
+audio_bitrate = 96000
+[[profile.audio_track]]
+downmix = "stereo"
+[[profile.audio_track]]
+extract = "FC"
+gain_db = 3
+"#,
+        )
+        .expect("valid");
+        let a = p[0].transcode_args(Encoder::Software).join(" ");
+        assert!(a.contains("-copyts -f mpegts -i pipe:0"), "{a}");
+        assert!(a.contains("[0:v:0]scale=640:360,fps=25[v]"), "{a}");
+        assert!(a.contains("[0:a:0]asplit=2[s0][s1]"), "{a}");
+        assert!(a.contains("[s1]pan=mono|c0=1.4125*FC[a1]"), "{a}");
+        assert!(a.contains("-map [v] -map [a0] -map [a1]"), "{a}");
+        assert!(
+            a.contains("-c:v libx264 -preset ultrafast -tune zerolatency"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-b:v 800000 -maxrate 800000 -bufsize 1600000 -g 50"),
+            "{a}"
+        );
+        assert!(a.contains("-c:a aac -b:a 96000"), "{a}");
+        assert!(a.ends_with("-f mpegts pipe:1"), "{a}");
+        let n = p[0].transcode_args(Encoder::Nvenc).join(" ");
+        assert!(n.contains("-c:v h264_nvenc -preset p1 -tune ll"), "{n}");
+    }
+
+    #[test]
+    fn defaults_and_copy() {
+        let p =
+            load("[[profile]]\nnumber = 1\nvideo = \"copy\"\naudio = \"none\"\n").expect("valid");
+        let a = p[0].transcode_args(Encoder::Software).join(" ");
+        assert!(a.contains("-map 0:v:0? -c:v copy"), "{a}");
+        assert!(!a.contains("-c:a"), "{a}");
+        assert_eq!(p[0].name, "profile1");
+        assert_eq!(p[0].encoder_for(true), Encoder::Nvenc);
+        let sw = load("[[profile]]\nnumber = 1\nencoder = \"software\"\n").expect("valid");
+        assert_eq!(sw[0].encoder_for(true), Encoder::Software);
+        assert_eq!(sw[0].encoder_for(false), Encoder::Software);
+    }
+
+    #[test]
+    fn errors_name_profile_keys() {
+        let e = load(
+            r#"
+[[profile]]
+number = 1
+video = "vp9"
+width = 641
+color = 1
+[[profile.audio_track]]
+extract = "CENTRE"
+[[profile]]
+number = 1
+name = "dup"
+audio = "copy"
+[[profile.audio_track]]
+downmix = "stereo"
+"#,
+        )
+        .expect_err("invalid");
+        let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"profile[0].video"), "{keys:?}");
+        assert!(keys.contains(&"profile[0].width"), "{keys:?}");
+        assert!(keys.contains(&"profile[0].color"), "{keys:?}");
+        assert!(
+            keys.contains(&"profile[0].audio_track[0].channels"),
+            "{keys:?}"
+        );
+        assert!(keys.contains(&"profile[1].audio_track"), "{keys:?}");
+        let msg = e
+            .iter()
+            .find(|x| x.key == "profile[0].audio_track[0].channels")
+            .map(|x| x.message.clone())
+            .unwrap_or_default();
+        assert!(msg.contains("unknown channel \"CENTRE\""), "{msg}");
+    }
+
+    #[test]
+    fn rtmp_targets_and_args() {
+        assert_eq!(
+            rtmp_target("rtmp://h/live/", Some("k1")),
+            "rtmp://h/live/k1"
+        );
+        assert_eq!(rtmp_target("rtmp://h/live/x", None), "rtmp://h/live/x");
+        assert_eq!(rtmp_preset("twitch"), Some("rtmp://live.twitch.tv/app"));
+        let a = rtmp_push_args("rtmp://h/live/k1").join(" ");
+        assert!(a.contains("-f mpegts -i pipe:0"), "{a}");
+        assert!(
+            a.ends_with(
+                "-c copy -flvflags no_duration_filesize -rtmp_live live -f flv rtmp://h/live/k1"
+            ),
+            "{a}"
+        );
+    }
+}
