@@ -106,6 +106,13 @@ impl App {
             stored_routes,
         )));
 
+        // Output profiles: the config's, overlaid with what the API stored.
+        let profiles = Arc::new(crate::api::profiles::Profiles::new(
+            &cfg.origin,
+            &cfg.server.extra,
+            store.profiles()?,
+        ));
+
         // Routers other parts serve on the HTTP listener (Haystack, engine
         // HTTP outputs): the listener is bound here, but the server is
         // spawned after every part's block so each can add its routes first.
@@ -124,6 +131,7 @@ impl App {
                         api: api_cfg.clone(),
                         engine: Some(engine.clone()),
                         route_docs: route_docs.clone(),
+                        profiles: Some(profiles.clone()),
                     };
                     http_server = Some((l, api::router(state).merge(engine.router())));
                 }
@@ -255,7 +263,15 @@ impl App {
             if !reaped.is_empty() {
                 tracing::warn!("killed {} stale ffmpeg children: {reaped:?}", reaped.len());
             }
-            match crate::media::ffmpeg::Media::parse(&cfg.origin, &cfg.server.extra) {
+            // Stored profiles that no longer validate (after an upgrade)
+            // must not take transcoding down: fall back to the file's.
+            let media = profiles.media().or_else(|errs| {
+                for e in &errs {
+                    tracing::error!("stored output profiles ignored: {e}");
+                }
+                crate::media::ffmpeg::Media::parse(&cfg.origin, &cfg.server.extra)
+            });
+            match media {
                 Ok(m) => {
                     tracing::info!(
                         "media: ffmpeg {:?}, {} output profiles",

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod json;
 pub mod live;
 pub mod openapi;
+pub mod profiles;
 pub mod routes;
 
 use std::net::SocketAddr;
@@ -36,6 +37,8 @@ pub struct ApiState {
     pub engine: Option<crate::engine::Engine>,
     /// Desired-state documents of the routes, by name (see `routes.rs`).
     pub route_docs: Arc<parking_lot::Mutex<std::collections::BTreeMap<String, serde_json::Value>>>,
+    /// Output profiles (config overlaid with stored ones; see `profiles.rs`).
+    pub profiles: Option<Arc<profiles::Profiles>>,
 }
 
 /// A JSON error response: `{"error": "...", "status": 404}`.
@@ -153,7 +156,9 @@ pub fn router(state: ApiState) -> Router {
             }
         }
     }
-    r.merge(routes::router()).with_state(state)
+    r.merge(routes::router())
+        .merge(profiles::router())
+        .with_state(state)
 }
 
 async fn health(State(s): State<ApiState>) -> impl IntoResponse {

@@ -238,6 +238,42 @@ pub const OPS: &[Op] = &[
     ),
     (
         "get",
+        "/api/profiles",
+        "Output profiles (config overlaid with stored changes)",
+        "viewer",
+        None,
+        200,
+        "ProfileList",
+    ),
+    (
+        "get",
+        "/api/profiles/{number}",
+        "One output profile",
+        "viewer",
+        None,
+        200,
+        "Profile",
+    ),
+    (
+        "put",
+        "/api/profiles/{number}",
+        "Create or replace an output profile (transcoders pick it up at once)",
+        "operator",
+        Some("Profile"),
+        200,
+        "Profile",
+    ),
+    (
+        "delete",
+        "/api/profiles/{number}",
+        "Delete an output profile no route names",
+        "operator",
+        None,
+        200,
+        "Object",
+    ),
+    (
+        "get",
         "/stats",
         "Service statistics (seed 004)",
         "none",
@@ -315,6 +351,13 @@ fn schemas(s: &ApiState) -> J {
         "RouteList": {"type": "object", "properties": {
             "routes": {"type": "array", "items": {"$ref": "#/components/schemas/Route"}},
             "primary": {"type": "string", "nullable": true}}},
+        "Profile": {"type": "object", "additionalProperties": true,
+            "description": "The keys of a [[profile]] table (docs/transcode.md).",
+            "properties": {
+                "number": {"type": "integer", "minimum": 1, "maximum": 64},
+                "name": {"type": "string"}}},
+        "ProfileList": {"type": "object", "properties": {
+            "profiles": {"type": "array", "items": {"$ref": "#/components/schemas/Profile"}}}},
         "Move": {"type": "object", "required": ["to"], "properties": {"to": {"type": "string"}}},
     })
 }

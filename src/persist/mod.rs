@@ -73,6 +73,13 @@ const MIGRATIONS: &[&str] = &[
         doc TEXT,
         updated TEXT NOT NULL
     );",
+    // 4: output profiles created or changed through the operator API.
+    // doc NULL = a tombstone: a profile of the config file deleted by the API.
+    "CREATE TABLE profiles (
+        number INTEGER PRIMARY KEY,
+        doc TEXT,
+        updated TEXT NOT NULL
+    );",
 ];
 
 /// A stored user: SCRAM-SHA-256 keys only, never the password.
@@ -655,6 +662,32 @@ impl Store {
         let rows = st
             .query_map([], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })?
+            .filter_map(Result::ok)
+            .map(|(n, d)| (n, d.and_then(|d| serde_json::from_str(&d).ok())))
+            .collect();
+        Ok(rows)
+    }
+}
+
+impl Store {
+    /// Stores an output profile document (`None` = deleted).
+    pub fn profile_put(&self, number: u32, doc: Option<&J>) -> anyhow::Result<()> {
+        self.conn.lock().execute(
+            "INSERT INTO profiles (number, doc, updated) VALUES (?1, ?2, ?3)
+             ON CONFLICT(number) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
+            params![number, doc.map(|d| d.to_string()), ts(Utc::now())],
+        )?;
+        Ok(())
+    }
+
+    /// Every stored profile document, in number order (`None` = deleted).
+    pub fn profiles(&self) -> anyhow::Result<Vec<(u32, Option<J>)>> {
+        let c = self.conn.lock();
+        let mut st = c.prepare("SELECT number, doc FROM profiles ORDER BY number")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, u32>(0)?, r.get::<_, Option<String>>(1)?))
             })?
             .filter_map(Result::ok)
             .map(|(n, d)| (n, d.and_then(|d| serde_json::from_str(&d).ok())))

@@ -160,3 +160,129 @@ async fn route_crud_with_roles_and_restart() {
         .any(|r| r.name == "lobby"));
     app.stop().await;
 }
+
+/// Output profiles through `/api/profiles`: validated with the file's
+/// parser, stored, audited, refused while a route names them, and still
+/// there (or still gone) after a restart on the same data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_crud_validates_persists_and_protects_used_profiles() {
+    let mut cfg = Config::embedded().expect("config");
+    loopback(&mut cfg);
+    let p1: toml::Table = toml::from_str(
+        "number = 1\nname = \"sd\"\nvideo = \"h264\"\nwidth = 640\nheight = 360\nbitrate = 1000000",
+    )
+    .expect("profile toml");
+    cfg.server.extra.insert(
+        "profile".into(),
+        toml::Value::Array(vec![toml::Value::Table(p1)]),
+    );
+    let restart_cfg = cfg.clone();
+    let app = App::start(cfg).await.expect("start");
+    let base = format!("http://{}", app.addrs.http.expect("http"));
+    let c = reqwest::Client::new();
+    let list = crate::util::get_json(&c, format!("{base}/api/profiles")).await;
+    assert_eq!(
+        list["profiles"].as_array().map(|a| a.len()),
+        Some(1),
+        "{list}"
+    );
+    assert_eq!(list["profiles"][0]["name"], "sd");
+
+    // Create profile 2; a bad key or a duplicate name is a 422 naming it.
+    let hd =
+        json!({"name": "hd", "video": "h264", "width": 1280, "height": 720, "bitrate": 3000000});
+    let r = c
+        .put(format!("{base}/api/profiles/2"))
+        .json(&hd)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 201);
+    let r = c
+        .put(format!("{base}/api/profiles/3"))
+        .json(&json!({"name": "x", "width": "wide"}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 422);
+    let msg = r.text().await.expect("body");
+    assert!(msg.contains("width"), "{msg}");
+    let r = c
+        .put(format!("{base}/api/profiles/3"))
+        .json(&json!({"name": "hd"}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 422, "duplicate name accepted");
+    let r = c
+        .put(format!("{base}/api/profiles/2"))
+        .json(&json!({"number": 5, "name": "hd"}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 422, "number mismatch accepted");
+    let r = c
+        .get(format!("{base}/api/profiles/99"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+
+    // A route naming profile 1 protects it from deletion.
+    let route = json!({
+        "name": "lobby", "mode": "passthrough", "profile": 1,
+        "inputs": [{"name": "in", "type": "udp", "bind": "127.0.0.1:0"}],
+        "outputs": [{"name": "web", "type": "http", "path": "lobby"}]
+    });
+    let r = c
+        .post(format!("{base}/api/routes"))
+        .json(&route)
+        .send()
+        .await
+        .expect("post route");
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let r = c
+        .delete(format!("{base}/api/profiles/1"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 409);
+    // Changing profile 1 (a config profile) is stored as an override.
+    let r = c
+        .put(format!("{base}/api/profiles/1"))
+        .json(
+            &json!({"name": "sd", "video": "h264", "width": 480, "height": 270, "bitrate": 800000}),
+        )
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+    let audit = crate::util::get_json(&c, format!("{base}/api/audit?kind=profile")).await;
+    let n = audit["events"].as_array().map(|a| a.len()).unwrap_or(0);
+    assert!(n >= 2, "profile changes audited: {audit}");
+    app.stop().await;
+
+    // Same data dir: the stored profiles win over the file.
+    let app = App::start(restart_cfg.clone()).await.expect("restart");
+    let base = format!("http://{}", app.addrs.http.expect("http"));
+    let one = crate::util::get_json(&c, format!("{base}/api/profiles/1")).await;
+    assert_eq!(one["width"], 480, "{one}");
+    let two = crate::util::get_json(&c, format!("{base}/api/profiles/2")).await;
+    assert_eq!(two["name"], "hd");
+    let r = c
+        .delete(format!("{base}/api/profiles/2"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 200);
+    app.stop().await;
+    let app = App::start(restart_cfg).await.expect("restart");
+    let base = format!("http://{}", app.addrs.http.expect("http"));
+    let list = crate::util::get_json(&c, format!("{base}/api/profiles")).await;
+    let names: Vec<&str> = list["profiles"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, vec!["sd"], "{list}");
+    app.stop().await;
+}
