@@ -391,10 +391,10 @@ async fn one_output(
     one_item(&s, &h, &route, "output", &name)
 }
 
-/// Inputs change the route's input set: the route is rebuilt (its outputs
-/// keep their identity; viewers reconnect), unlike output changes, which
-/// are hot.
-async fn rebuild_with(
+/// Input changes are hot: the engine keeps unchanged inputs (and the
+/// active one) running, stops removed ones and starts new ones; outputs
+/// and their viewers never notice.
+async fn set_inputs_with(
     s: &ApiState,
     route: &str,
     doc: J,
@@ -403,12 +403,10 @@ async fn rebuild_with(
     caller: &Caller,
 ) -> Result<Json<J>, ApiError> {
     let spec = validate(&doc)?;
-    let e = engine(s)?;
-    let old = e.remove_route(route).await.map_err(engine_err)?;
-    if let Err(err) = e.add_route(spec).await {
-        let _ = e.add_route(old).await;
-        return Err(engine_err(err));
-    }
+    engine(s)?
+        .set_inputs(route, spec.inputs)
+        .await
+        .map_err(engine_err)?;
     commit(s, route, Some(doc.clone()), what, peer, caller)?;
     Ok(Json(route_json(s, route, &doc)))
 }
@@ -434,7 +432,7 @@ async fn add_input(
     }
     list.push(input);
     let doc = with_items(&doc, "input", list);
-    rebuild_with(&s, &route, doc, "add input", peer, &caller).await
+    set_inputs_with(&s, &route, doc, "add input", peer, &caller).await
 }
 
 async fn remove_input(
@@ -450,7 +448,7 @@ async fn remove_input(
     let mut list = items(&doc, "input");
     list.remove(i);
     let doc = with_items(&doc, "input", list);
-    rebuild_with(&s, &route, doc, "remove input", peer, &caller).await
+    set_inputs_with(&s, &route, doc, "remove input", peer, &caller).await
 }
 
 fn output_spec(route: &str, v: &J, i: usize) -> Result<OutputSpec, ApiError> {

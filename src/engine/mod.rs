@@ -42,7 +42,8 @@ use tokio_util::task::TaskTracker;
 use crate::media::ffmpeg::Media;
 use route::{OutputSlot, RouteCmd, RouteShared, RouteTask, TranscodeReq};
 use spec::{
-    EngineSpec, InputKind, Mode, OutputKind, OutputSource, OutputSpec, ProfileRef, RouteSpec,
+    EngineSpec, InputKind, InputSpec, Mode, OutputKind, OutputSource, OutputSpec, ProfileRef,
+    RouteSpec,
 };
 use stats::{EngineSnapshot, IoStats};
 
@@ -178,6 +179,22 @@ struct RunningRoute {
     inputs: TaskTracker,
     task: JoinHandle<Vec<OutputSlot>>,
     shared: Arc<RouteShared>,
+    /// The inputs now running, in priority order (hot input changes).
+    running_inputs: Vec<RunningInput>,
+    /// Key of the next input spawned (keys are never reused in a route, so
+    /// a chunk still queued from a removed input is recognised and dropped).
+    next_key: usize,
+    /// Kept so inputs added later can feed the route task.
+    data_tx: mpsc::Sender<route::InputMsg>,
+}
+
+/// One running input task of a route.
+struct RunningInput {
+    key: usize,
+    spec: InputSpec,
+    stats: Arc<IoStats>,
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
 }
 
 struct EngState {
@@ -766,39 +783,128 @@ impl Engine {
         )
     }
 
+    /// Spawns one input task on the route's tracker. `key` identifies the
+    /// input's chunks to the route task for as long as it runs, whatever
+    /// its position after hot input changes.
+    fn spawn_input(
+        tracker: &TaskTracker,
+        key: usize,
+        inp: &InputSpec,
+        tx: mpsc::Sender<route::InputMsg>,
+        route_cancel: &CancellationToken,
+    ) -> RunningInput {
+        let stats = Arc::new(IoStats::default());
+        let feed = input::Feed::new(key, tx, stats.clone());
+        let cancel = route_cancel.child_token();
+        let c = cancel.clone();
+        let handle = match &inp.kind {
+            InputKind::Udp {
+                bind,
+                multicast,
+                interface,
+            } => {
+                let (b, m, i) = (*bind, *multicast, *interface);
+                tracker.spawn(async move { input::run_udp(feed, b, m, i, c).await })
+            }
+            InputKind::Http { url } => {
+                let url = url.clone();
+                tracker.spawn(async move { input::run_http(feed, url, c).await })
+            }
+            InputKind::Srt(sp) => {
+                let sp = sp.clone();
+                tracker.spawn_blocking(move || srt::run_input(feed, sp, c))
+            }
+            InputKind::Generator { bitrate } => {
+                let b = *bitrate;
+                tracker.spawn(async move { input::run_generator(feed, b, c).await })
+            }
+        };
+        RunningInput {
+            key,
+            spec: inp.clone(),
+            stats,
+            cancel,
+            handle,
+        }
+    }
+
+    /// Replaces a route's inputs while it streams: inputs whose spec is
+    /// unchanged keep running (the source is never interrupted), removed
+    /// ones stop (their sockets are released before new ones bind), new
+    /// ones start; the outputs never notice unless the active input itself
+    /// was removed, which is then a failover like any other.
+    pub async fn set_inputs(&self, route: &str, inputs: Vec<InputSpec>) -> Result<(), EngineError> {
+        let mut st = self.inner.state.lock().await;
+        find_route_mut(&mut st.desired, route)?.inputs = inputs.clone();
+        let Some(rt) = st.running.get_mut(route) else {
+            return Ok(());
+        };
+        let mut old = std::mem::take(&mut rt.running_inputs);
+        let mut kept: Vec<Option<RunningInput>> = Vec::with_capacity(inputs.len());
+        for spec in &inputs {
+            match old.iter().position(|o| o.spec == *spec) {
+                Some(p) => kept.push(Some(old.remove(p))),
+                None => kept.push(None),
+            }
+        }
+        for o in &old {
+            o.cancel.cancel();
+        }
+        for o in old {
+            let _ = o.handle.await;
+        }
+        let mut now_running = Vec::with_capacity(inputs.len());
+        for (spec, k) in inputs.iter().zip(kept) {
+            let ri = match k {
+                Some(ri) => ri,
+                None => {
+                    let key = rt.next_key;
+                    rt.next_key += 1;
+                    Self::spawn_input(&rt.inputs, key, spec, rt.data_tx.clone(), &rt.cancel)
+                }
+            };
+            now_running.push(ri);
+        }
+        *rt.shared.inputs.lock() = now_running
+            .iter()
+            .map(|r| {
+                (
+                    r.spec.name.clone(),
+                    r.spec.kind.type_name(),
+                    r.stats.clone(),
+                )
+            })
+            .collect();
+        let keys: Vec<usize> = now_running.iter().map(|r| r.key).collect();
+        rt.running_inputs = now_running;
+        let (tx, rx) = oneshot::channel();
+        let _ = rt.cmd.send(RouteCmd::SetInputs(keys, tx)).await;
+        let _ = rx.await;
+        Ok(())
+    }
+
     fn start_route(&self, st: &mut EngState, spec: RouteSpec) {
         let cancel = self.inner.cancel.child_token();
         let inputs = TaskTracker::new();
         // Room for ~1 s of 10 Mbit/s datagrams if the route task stalls.
         let (data_tx, data_rx) = mpsc::channel(1024);
-        let mut in_stats = Vec::new();
-        for (i, inp) in spec.inputs.iter().enumerate() {
-            let stats = Arc::new(IoStats::default());
-            in_stats.push((inp.name.clone(), inp.kind.type_name(), stats.clone()));
-            let feed = input::Feed::new(i, data_tx.clone(), stats);
-            let c = cancel.clone();
-            match &inp.kind {
-                InputKind::Udp {
-                    bind,
-                    multicast,
-                    interface,
-                } => {
-                    inputs.spawn(input::run_udp(feed, *bind, *multicast, *interface, c));
-                }
-                InputKind::Http { url } => {
-                    inputs.spawn(input::run_http(feed, url.clone(), c));
-                }
-                InputKind::Srt(sp) => {
-                    let sp = sp.clone();
-                    inputs.spawn_blocking(move || srt::run_input(feed, sp, c));
-                }
-                InputKind::Generator { bitrate } => {
-                    inputs.spawn(input::run_generator(feed, *bitrate, c));
-                }
-            }
-        }
+        let running_inputs: Vec<RunningInput> = spec
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, inp)| Self::spawn_input(&inputs, i, inp, data_tx.clone(), &cancel))
+            .collect();
+        let in_stats = running_inputs
+            .iter()
+            .map(|r| {
+                (
+                    r.spec.name.clone(),
+                    r.spec.kind.type_name(),
+                    r.stats.clone(),
+                )
+            })
+            .collect();
         inputs.close();
-        drop(data_tx);
         let mut slots = Vec::new();
         for o in &spec.outputs {
             let (slot, h) =
@@ -811,7 +917,7 @@ impl Engine {
         let shared = Arc::new(RouteShared {
             name: spec.name.clone(),
             enabled: spec.enabled,
-            inputs: in_stats,
+            inputs: Mutex::new(in_stats),
             outputs: Mutex::new(Vec::new()),
             active: (-1).into(),
             forced: (-1).into(),
@@ -852,6 +958,9 @@ impl Engine {
                 inputs,
                 task: handle,
                 shared,
+                next_key: spec.inputs.len(),
+                running_inputs,
+                data_tx,
             },
         );
         self.inner

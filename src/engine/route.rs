@@ -15,7 +15,10 @@ use super::ts::{FrameLoss, PsiTracker, VideoGapCounter};
 use super::{EngineEvent, EventKind, Events};
 use crate::media::ffmpeg::{Media, Profile, TranscodeStats};
 
-/// A chunk of whole TS packets read by input `idx`.
+/// A chunk of whole TS packets read by the input with key `idx` (a key is
+/// stable for the life of the input task and never reused in a route; the
+/// route task maps keys to priority positions, which hot input changes
+/// move).
 pub(crate) struct InputMsg {
     pub idx: usize,
     pub data: BytesMut,
@@ -94,6 +97,9 @@ pub(crate) enum RouteCmd {
     SetRecording(bool, oneshot::Sender<usize>),
     SelectInput(Option<usize>),
     SetStreamEnabled(bool),
+    /// Hot input change: the keys of the inputs now running, in priority
+    /// order (the engine has already started/stopped the tasks).
+    SetInputs(Vec<usize>, oneshot::Sender<()>),
 }
 
 /// (name, type, enabled, stats) of one output, as snapshots see it.
@@ -103,7 +109,9 @@ pub(crate) type OutputEntry = (String, &'static str, bool, Arc<IoStats>);
 pub(crate) struct RouteShared {
     pub name: String,
     pub enabled: bool,
-    pub inputs: Vec<(String, &'static str, Arc<IoStats>)>,
+    /// (name, type, stats) of the inputs in priority order; replaced by
+    /// the engine on hot input changes.
+    pub inputs: Mutex<Vec<(String, &'static str, Arc<IoStats>)>>,
     /// (name, type, enabled, stats) of the outputs, kept by the route task.
     pub outputs: Mutex<Vec<OutputEntry>>,
     /// -1 = none.
@@ -132,6 +140,7 @@ impl RouteShared {
             input_frames_lost: self.input_frames_lost.load(Relaxed),
             inputs: self
                 .inputs
+                .lock()
                 .iter()
                 .map(|(n, k, s)| s.snapshot(n, k, true))
                 .collect(),
@@ -146,7 +155,7 @@ impl RouteShared {
     }
 
     pub fn stats_list(&self) -> Vec<Arc<IoStats>> {
-        let mut v: Vec<_> = self.inputs.iter().map(|x| x.2.clone()).collect();
+        let mut v: Vec<_> = self.inputs.lock().iter().map(|x| x.2.clone()).collect();
         v.extend(self.outputs.lock().iter().map(|x| x.3.clone()));
         v
     }
@@ -195,7 +204,9 @@ impl RouteTask {
         mut cmds: mpsc::Receiver<RouteCmd>,
         cancel: CancellationToken,
     ) -> Vec<OutputSlot> {
-        let n = self.shared.inputs.len();
+        let n = self.shared.inputs.lock().len();
+        // Input keys by priority position (see `InputMsg`).
+        let mut keys: Vec<usize> = (0..n).collect();
         let mut inputs: Vec<InputState> = (0..n)
             .map(|_| InputState {
                 last: None,
@@ -223,6 +234,10 @@ impl RouteTask {
                 biased;
                 _ = cancel.cancelled() => break,
                 c = cmds.recv() => match c {
+                    Some(RouteCmd::SetInputs(new_keys, reply)) => {
+                        self.set_inputs(new_keys, &mut keys, &mut inputs, &mut active, &mut rewriter);
+                        let _ = reply.send(());
+                    }
                     Some(c) => self.command(c, &mut active, &inputs, &mut rewriter),
                     None => break,
                 },
@@ -243,7 +258,9 @@ impl RouteTask {
                     }
                     let now = Instant::now();
                     for m in batch.drain(..) {
-                        let Some(st) = inputs.get_mut(m.idx) else { continue };
+                        // Chunks still queued from a removed input: dropped.
+                        let Some(pos) = keys.iter().position(|k| *k == m.idx) else { continue };
+                        let st = &mut inputs[pos];
                         let fresh = st.last.is_none_or(|l| now.duration_since(l) > self.timeout);
                         if fresh {
                             st.since = Some(now);
@@ -253,7 +270,7 @@ impl RouteTask {
                         if want != active {
                             self.switch(&mut active, want, &mut rewriter, "input available");
                         }
-                        if active == Some(m.idx) {
+                        if active == Some(pos) {
                             self.forward(m.data, &mut rewriter, &mut psi, &mut gaps);
                         }
                     }
@@ -276,6 +293,47 @@ impl RouteTask {
         // The outputs outlive the route task: the engine stops them (or
         // they were moved away already).
         std::mem::take(&mut self.outputs)
+    }
+
+    /// Applies a hot input change: kept inputs keep their liveness (and
+    /// the active one stays active, so viewers see nothing); if the active
+    /// input was removed the route fails over like on a dead input.
+    fn set_inputs(
+        &mut self,
+        new_keys: Vec<usize>,
+        keys: &mut Vec<usize>,
+        inputs: &mut Vec<InputState>,
+        active: &mut Option<usize>,
+        rw: &mut super::ts::CcRewriter,
+    ) {
+        let active_key = active.and_then(|a| keys.get(a).copied());
+        let mut states = Vec::with_capacity(new_keys.len());
+        for k in &new_keys {
+            let st = match keys.iter().position(|x| x == k) {
+                Some(p) => std::mem::replace(
+                    &mut inputs[p],
+                    InputState {
+                        last: None,
+                        since: None,
+                    },
+                ),
+                None => InputState {
+                    last: None,
+                    since: None,
+                },
+            };
+            states.push(st);
+        }
+        *inputs = states;
+        *keys = new_keys;
+        *active = active_key.and_then(|k| keys.iter().position(|x| *x == k));
+        self.shared
+            .active
+            .store(active.map_or(-1, |x| x as i64), Relaxed);
+        let want = self.choose(*active, inputs, Instant::now());
+        if want != *active {
+            self.switch(active, want, rw, "inputs changed");
+        }
     }
 
     fn alive(&self, s: &InputState, now: Instant) -> bool {
@@ -326,8 +384,7 @@ impl RouteTask {
             self.shared.switches.fetch_add(1, Relaxed);
         }
         let name = |i: Option<usize>| {
-            i.and_then(|i| self.shared.inputs.get(i))
-                .map(|x| x.0.clone())
+            i.and_then(|i| self.shared.inputs.lock().get(i).map(|x| x.0.clone()))
         };
         tracing::info!(
             route = %self.shared.name,
@@ -540,6 +597,10 @@ impl RouteTask {
                 if want != *active {
                     self.switch(active, want, rw, "input select");
                 }
+            }
+            // `run` applies it: it needs the input table mutably.
+            RouteCmd::SetInputs(_, reply) => {
+                let _ = reply.send(());
             }
             RouteCmd::SetStreamEnabled(en) => {
                 self.stream_enabled = en;

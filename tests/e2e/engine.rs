@@ -974,3 +974,131 @@ segment = "1min"
 fn app_data_dir(app: &App) -> std::path::PathBuf {
     app.engine.data_dir().to_path_buf()
 }
+
+/// Inputs change hot: adding a backup and removing an idle one never
+/// touches the active input or the outputs (no switch event, no gap, no
+/// CC error); removing the active input is a failover to the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_input_changes_leave_the_active_input_and_outputs_alone() {
+    let out = std::sync::Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+    let text = format!(
+        r#"
+[[route]]
+name = "main"
+failover_timeout = "300ms"
+[[route.input]]
+name = "primary"
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "udp"
+type = "udp"
+dest = "{}"
+"#,
+        out.local_addr().expect("addr")
+    );
+    let app = start_with(&text).await;
+    let mut events = app.engine.subscribe();
+    let a = input_addr(&app, "main", 0).await;
+    let src_a = source(a, Gen::new(0));
+    let stop_rx = tokio_util::sync::CancellationToken::new();
+    // Receives the whole time, recording the longest silence.
+    let rx_task = {
+        let (out, stop) = (out.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut cc = CcCheck::default();
+            let mut buf = vec![0u8; 65536];
+            let mut last: Option<Instant> = None;
+            let mut gap = Duration::ZERO;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return (cc, gap),
+                    r = out.recv(&mut buf) => match r {
+                        Ok(n) => {
+                            let now = Instant::now();
+                            if let Some(l) = last {
+                                gap = gap.max(now - l);
+                            }
+                            last = Some(now);
+                            cc.feed(&buf[..n]);
+                        }
+                        Err(_) => return (cc, gap),
+                    },
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let desired = app.engine.desired().await;
+    let primary = desired.routes[0].inputs[0].clone();
+    let mut backup = primary.clone();
+    backup.name = "backup".into();
+    // The start-up switch (none -> primary) is not what this test is about.
+    while events.try_recv().is_ok() {}
+    // Add a backup (hot), feed it, then remove it again.
+    app.engine
+        .set_inputs("main", vec![primary.clone(), backup.clone()])
+        .await
+        .expect("add input");
+    let b = input_addr(&app, "main", 1).await;
+    assert_eq!(
+        input_addr(&app, "main", 0).await,
+        a,
+        "primary was restarted"
+    );
+    let src_b = source(b, Gen::new(9));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let snap = app.engine.snapshot();
+    let r = snap.route("main").expect("route");
+    assert_eq!(r.active_input, Some(0));
+    assert_eq!(r.inputs.len(), 2);
+    assert!(r.inputs[1].packets > 0, "backup input receives");
+    app.engine
+        .set_inputs("main", vec![primary.clone()])
+        .await
+        .expect("remove idle input");
+    src_b.abort();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    while let Ok(ev) = events.try_recv() {
+        assert!(
+            !matches!(ev.kind, EventKind::InputSwitched { .. }),
+            "hot change of an idle input switched inputs: {ev:?}"
+        );
+    }
+    // Removing the active input (backup fed) is a failover.
+    app.engine
+        .set_inputs("main", vec![primary.clone(), backup.clone()])
+        .await
+        .expect("add input");
+    let b = input_addr(&app, "main", 1).await;
+    let src_b = source(b, Gen::new(5));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.engine
+        .set_inputs("main", vec![backup.clone()])
+        .await
+        .expect("remove active input");
+    let switched = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(2), events.recv())
+            .await
+            .expect("a switch event")
+            .expect("event");
+        if let EventKind::InputSwitched { to: Some(0), .. } = ev.kind {
+            break true;
+        }
+    };
+    assert!(switched);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    src_a.abort();
+    src_b.abort();
+    stop_rx.cancel();
+    let (cc, gap) = rx_task.await.expect("receiver");
+    assert!(cc.packets > 1000, "only {} packets", cc.packets);
+    assert_eq!(cc.errors, 0, "continuity errors across input changes");
+    assert!(
+        gap < Duration::from_millis(250),
+        "output silent for {gap:?}"
+    );
+    let snap = app.engine.snapshot();
+    assert_eq!(snap.route("main").expect("route").inputs[0].name, "backup");
+    app.stop().await;
+}
