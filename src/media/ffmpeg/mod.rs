@@ -382,7 +382,7 @@ pub async fn run_transcode(
 /// An RTMP(S) push output: one child per destination. `io.up`/`io.error`
 /// carry connected/disconnected and the reason.
 pub async fn run_rtmp_push(
-    media: Arc<Media>,
+    mut media: tokio::sync::watch::Receiver<Option<Arc<Media>>>,
     target: String,
     key: Option<String>,
     label: String,
@@ -392,6 +392,14 @@ pub async fn run_rtmp_push(
 ) {
     let cs = Arc::new(ChildStats::default());
     *io.ffmpeg.lock() = Some(cs.clone());
+    io.set_error("waiting for the [media] settings");
+    let media = tokio::select! {
+        _ = cancel.cancelled() => return,
+        m = media.wait_for(|m| m.is_some()) => match m.ok().and_then(|m| m.clone()) {
+            Some(m) => m,
+            None => return,
+        },
+    };
     io.set_error("connecting");
     let spec = ChildSpec {
         program: media.ffmpeg.clone(),
