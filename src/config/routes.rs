@@ -663,4 +663,62 @@ color = 1
         let e = load("primary_route = \"x\"\n[[route]]\nname = \"a\"\n").expect_err("invalid");
         assert_eq!(e[0].key, "primary_route");
     }
+
+    #[test]
+    fn transcode_route_rtmp_output_and_source() {
+        let s = load(
+            r#"
+[[profile]]
+number = 2
+name = "sd"
+[[route]]
+name = "t"
+mode = "transcode"
+profile = "sd"
+[[route.output]]
+type = "rtmp"
+preset = "twitch"
+key = "live_123"
+source = "passthrough"
+[[route.output]]
+type = "rtmp"
+url = "rtmps://x.example/app"
+"#,
+        )
+        .expect("valid");
+        let r = &s.routes[0];
+        assert_eq!(r.mode, Mode::Transcode);
+        assert_eq!(r.profile, Some(ProfileRef::Name("sd".into())));
+        assert_eq!(r.outputs[0].source, OutputSource::Passthrough);
+        assert_eq!(
+            r.outputs[0].kind,
+            OutputKind::Rtmp {
+                url: "rtmp://live.twitch.tv/app".into(),
+                key: Some("live_123".into())
+            }
+        );
+        assert_eq!(r.outputs[1].source, OutputSource::Auto);
+        let e = load(
+            r#"
+[[route]]
+name = "t"
+mode = "transcode"
+[[route.output]]
+type = "rtmp"
+url = "http://x"
+source = "other"
+[[route.output]]
+type = "rtmp"
+preset = "myspace"
+"#,
+        )
+        .expect_err("invalid");
+        let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"route[0].output[0].url"), "{keys:?}");
+        assert!(keys.contains(&"route[0].output[0].source"), "{keys:?}");
+        assert!(keys.contains(&"route[0].output[1].preset"), "{keys:?}");
+        let e = load("[[route]]\nname = \"t\"\nprofile = 7\n").expect_err("no profile 7");
+        assert_eq!(e[0].key, "route[0].profile");
+        assert_eq!(e[0].message, "no [[profile]] with number 7");
+    }
 }

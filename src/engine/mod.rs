@@ -218,8 +218,10 @@ struct Inner {
     http: output::HttpRegistry,
     hls: hls::HlsRegistry,
     events: Events,
-    /// ffmpeg path and output profiles (`[media]`, `[[profile]]`).
-    media: RwLock<Arc<Media>>,
+    /// ffmpeg path and output profiles (`[media]`, `[[profile]]`); None
+    /// until the app sets them: transcoding waits for them and RTMP
+    /// outputs start their child once they are known.
+    media: tokio::sync::watch::Sender<Option<Arc<Media>>>,
 }
 
 impl Drop for Inner {
@@ -256,7 +258,7 @@ impl Engine {
                 http: Default::default(),
                 hls: Default::default(),
                 events: Events::new(),
-                media: RwLock::new(Arc::new(Media::default())),
+                media: tokio::sync::watch::channel(None).0,
             }),
         };
         // Once-a-second bit-rate sampler.
@@ -618,7 +620,7 @@ impl Engine {
     /// their transcoder with the new settings (RTMP outputs pick them up
     /// when they next start).
     pub async fn set_media(&self, media: Media) {
-        *self.inner.media.write() = Arc::new(media);
+        self.inner.media.send_replace(Some(Arc::new(media)));
         let st = self.inner.state.lock().await;
         for r in &st.desired.routes {
             if let Some(rt) = st.running.get(&r.name) {
@@ -661,7 +663,7 @@ impl Engine {
         if !ov.transcode.unwrap_or(spec.mode == Mode::Transcode) {
             return None;
         }
-        let media = self.inner.media.read().clone();
+        let media = self.inner.media.borrow().clone()?;
         let pref = ov.profile.map(ProfileRef::Number).or(spec.profile.clone());
         Some(TranscodeReq {
             profile: media.resolve(pref.as_ref()),
@@ -757,7 +759,7 @@ impl Engine {
                 t.spawn_blocking(move || srt::run_output(rx, sp, s, c, ev, route, name))
             }
             OutputKind::Rtmp { url, key } => {
-                let media = self.inner.media.read().clone();
+                let media = self.inner.media.subscribe();
                 let target = crate::media::ffmpeg::profile::rtmp_target(url, key.as_deref());
                 t.spawn(crate::media::ffmpeg::run_rtmp_push(
                     media,

@@ -1,1 +1,641 @@
 //! End-to-end tests of the transcode feature against the running server and real third-party tools.
+//!
+//! Real ffmpeg everywhere: an ffmpeg lavfi source (H.264 + 5.1 AAC) feeds a
+//! UDP input, ffprobe decodes the outputs, an `ffmpeg -listen 1` RTMP
+//! server receives pushes, and children are killed by pid.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use castpoint::app::App;
+use castpoint::config::Config;
+use castpoint::engine::stats::EngineSnapshot;
+use castpoint::points::{Protocol, Quality, Source, Value};
+use tokio::net::UdpSocket;
+
+use crate::util;
+
+/// A child process killed (and reaped) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A live ffmpeg test source: 320x180 H.264 + 5.1 AAC as TS over UDP.
+fn source(dest: SocketAddr) -> Proc {
+    let c = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x180:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=f=440:r=48000",
+            "-filter_complex",
+            "[1:a]pan=5.1|c0=c0|c1=c0|c2=c0|c3=c0|c4=c0|c5=c0[a]",
+            "-map",
+            "0:v",
+            "-map",
+            "[a]",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "25",
+            "-b:v",
+            "400k",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "128k",
+            "-f",
+            "mpegts",
+            &format!("udp://{dest}?pkt_size=1316"),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ffmpeg is installed");
+    Proc(c)
+}
+
+async fn start_with(text: &str) -> App {
+    // Router counters and statuses are published with telemetry on.
+    let text = format!("{text}\n[telemetry]\nenabled = true\n");
+    let mut cfg = Config::from_text("test.toml", &text, Path::new(".")).expect("valid config");
+    util::loopback(&mut cfg);
+    App::start(cfg).await.expect("app starts")
+}
+
+async fn until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn input_addr(app: &App, route: &str) -> SocketAddr {
+    until("input bound", 5, || {
+        app.engine
+            .snapshot()
+            .route(route)
+            .and_then(|r| r.inputs.first())
+            .and_then(|i| i.local)
+    })
+    .await
+}
+
+fn point(app: &App, id: &str) -> castpoint::points::PointState {
+    app.db
+        .read(app.db.lookup(id).expect("point exists"))
+        .expect("state")
+}
+
+fn write(app: &App, id: &str, v: Value) {
+    let who = Source::new(Protocol::Bacnet, None, None);
+    app.db
+        .write(app.db.lookup(id).expect("point"), Some(v), 8, &who)
+        .expect("write");
+}
+
+/// Per-PID continuity check of a UDP output, read continuously in the
+/// background (an unread socket would overflow and look like CC errors).
+#[derive(Default)]
+struct Cc {
+    errors: AtomicU64,
+    packets: AtomicU64,
+}
+
+fn watch_udp(sock: UdpSocket) -> (Arc<Cc>, tokio::task::JoinHandle<()>) {
+    let cc = Arc::new(Cc::default());
+    let c = cc.clone();
+    let h = tokio::spawn(async move {
+        let mut last: HashMap<u16, u8> = HashMap::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = sock.recv(&mut buf).await {
+            for p in buf[..n].chunks_exact(188) {
+                let pid = (u16::from(p[1] & 0x1F) << 8) | u16::from(p[2]);
+                if pid == 0x1FFF || p[3] & 0x10 == 0 {
+                    continue;
+                }
+                let v = p[3] & 0x0F;
+                if let Some(l) = last.insert(pid, v) {
+                    if v != (l + 1) & 0x0F {
+                        c.errors.fetch_add(1, Relaxed);
+                    }
+                }
+                c.packets.fetch_add(1, Relaxed);
+            }
+        }
+    });
+    (cc, h)
+}
+
+/// ffprobe's view of a live URL: (codec, width, height, channels) per stream.
+fn probe(url: &str) -> Vec<(String, u64, u64, u64)> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-rw_timeout",
+            "5000000",
+            "-show_entries",
+            "stream=codec_name,width,height,channels",
+            "-of",
+            "json",
+            url,
+        ])
+        .output()
+        .expect("ffprobe is installed");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    j["streams"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    (
+                        s["codec_name"].as_str().unwrap_or("").to_string(),
+                        s["width"].as_u64().unwrap_or(0),
+                        s["height"].as_u64().unwrap_or(0),
+                        s["channels"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn transcode_pid(s: &EngineSnapshot, route: &str) -> Option<u32> {
+    s.route(route)?.transcode.as_ref()?.ffmpeg.pid
+}
+
+const PROFILES: &str = r#"
+[[profile]]
+number = 1
+name = "tiny"
+width = 256
+height = 144
+fps = 25
+gop = 25
+bitrate = 300000
+preset = "ultrafast"
+audio_bitrate = 64000
+[[profile.audio_track]]
+downmix = "stereo"
+[[profile.audio_track]]
+extract = "FC"
+gain_db = -3
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcode_profile_matrix_toggle_and_child_kill() {
+    let pass_sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let auto_sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let text = format!(
+        r#"primary_route = "tc"
+{PROFILES}
+[[route]]
+name = "tc"
+mode = "transcode"
+profile = "tiny"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "web"
+type = "http"
+path = "tc"
+[[route.output]]
+name = "orig"
+type = "udp"
+dest = "{}"
+source = "passthrough"
+[[route.output]]
+name = "auto"
+type = "udp"
+dest = "{}"
+"#,
+        pass_sock.local_addr().expect("addr"),
+        auto_sock.local_addr().expect("addr"),
+    );
+    let app = start_with(&text).await;
+    let _src = source(input_addr(&app, "tc").await);
+    let (pass_cc, h1) = watch_udp(pass_sock);
+    let (auto_cc, h2) = watch_udp(auto_sock);
+    let http = app.addrs.http.expect("http");
+    let url = format!("http://{http}/stream/tc.ts");
+
+    // The transcoded output decodes at the profile's size, with the audio
+    // matrix's two tracks: a stereo downmix and the mono centre channel.
+    until("transcoder progress", 20, || {
+        let s = app.engine.snapshot();
+        let t = s.route("tc")?.transcode.clone()?;
+        (t.status == "ok").then_some(())
+    })
+    .await;
+    let streams = probe(&url);
+    assert!(
+        streams.contains(&("h264".into(), 256, 144, 0)),
+        "{streams:?}"
+    );
+    assert!(streams.contains(&("aac".into(), 0, 0, 2)), "{streams:?}");
+    assert!(streams.contains(&("aac".into(), 0, 0, 1)), "{streams:?}");
+    // Encoder Status OK, Encoding Latency measured through the child.
+    until("encoder status OK", 10, || {
+        (point(&app, "encoder_status").value == Some(Value::Enum(1))).then_some(())
+    })
+    .await;
+    let lat = until("encoding latency", 10, || {
+        let st = point(&app, "encoding_latency");
+        (st.quality == Quality::Ok).then_some(st.value)
+    })
+    .await;
+    let ms = lat.map(|v| v.as_f64()).unwrap_or(-1.0);
+    assert!(ms > 0.0 && ms < 5000.0, "latency {ms} ms");
+
+    // Transcode Enable off: the auto outputs carry the original, the
+    // passthrough output never stops; latency becomes Unavailable.
+    write(&app, "transcode_enable", Value::Bool(false));
+    until("transcode off", 5, || {
+        app.engine
+            .snapshot()
+            .route("tc")?
+            .transcode
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    until("latency unavailable", 5, || {
+        (point(&app, "encoding_latency").quality == Quality::Unavailable).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let streams = probe(&url);
+    assert!(
+        streams.contains(&("h264".into(), 320, 180, 0)),
+        "original after off: {streams:?}"
+    );
+    // And on again.
+    write(&app, "transcode_enable", Value::Bool(true));
+    until("transcoding again", 20, || {
+        let s = app.engine.snapshot();
+        (s.route("tc")?.transcode.as_ref()?.status == "ok").then_some(())
+    })
+    .await;
+    let streams = probe(&url);
+    assert!(
+        streams.contains(&("h264".into(), 256, 144, 0)),
+        "transcoded after on: {streams:?}"
+    );
+
+    // SIGKILL the child: a new one delivers again within 3 s.
+    let snap = app.engine.snapshot();
+    let pid = transcode_pid(&snap, "tc").expect("child pid");
+    let out_before = snap
+        .route("tc")
+        .and_then(|r| r.transcode.as_ref())
+        .map(|t| t.ffmpeg.out_bytes);
+    let killed = Instant::now();
+    let st = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    until("transcoder restored", 3, || {
+        let s = app.engine.snapshot();
+        let t = s.route("tc")?.transcode.clone()?;
+        let fresh = t.ffmpeg.pid.is_some_and(|p| p != pid)
+            && t.ffmpeg.progress_age_ms.is_some_and(|a| a < 1000)
+            && Some(t.ffmpeg.out_bytes) > out_before;
+        fresh.then_some(())
+    })
+    .await;
+    let restored = killed.elapsed();
+    let t = app
+        .engine
+        .snapshot()
+        .route("tc")
+        .and_then(|r| r.transcode.clone())
+        .expect("tc");
+    assert_eq!(t.ffmpeg.restarts, 1, "{t:?}");
+    eprintln!("transcode child restored {restored:?} after SIGKILL");
+
+    // The passthrough output ran through all of it without a CC error.
+    let (pe, pp) = (pass_cc.errors.load(Relaxed), pass_cc.packets.load(Relaxed));
+    assert!(pp > 1000, "passthrough output got {pp} packets");
+    assert_eq!(pe, 0, "passthrough CC errors");
+    eprintln!(
+        "auto output: {} packets, {} CC errors (the SIGKILL cut the transcoded stream mid-packet-run)",
+        auto_cc.packets.load(Relaxed),
+        auto_cc.errors.load(Relaxed)
+    );
+    assert!(auto_cc.packets.load(Relaxed) > 1000);
+    h1.abort();
+    h2.abort();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_ffmpeg_faults_but_passthrough_flows() {
+    let out = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let text = format!(
+        r#"primary_route = "m"
+{PROFILES}
+[media]
+ffmpeg = "/nonexistent/ffmpeg"
+[[route]]
+name = "m"
+mode = "transcode"
+[[route.input]]
+type = "generator"
+bitrate = 1000000
+[[route.output]]
+name = "auto"
+type = "udp"
+dest = "{}"
+[[route.output]]
+name = "cdn"
+type = "rtmp"
+url = "rtmp://127.0.0.1:9/live"
+key = "secret-key-1"
+"#,
+        out.local_addr().expect("addr")
+    );
+    let app = start_with(&text).await;
+    let (cc, h) = watch_udp(out);
+    let st = until("encoder FAULT", 10, || {
+        let st = point(&app, "encoder_status");
+        (st.value == Some(Value::Enum(3))).then_some(st)
+    })
+    .await;
+    let why = st.reason.as_deref().unwrap_or("");
+    assert!(why.contains("cannot run ffmpeg"), "{why}");
+    assert!(why.contains("/nonexistent/ffmpeg"), "{why}");
+    assert_eq!(
+        point(&app, "encoding_latency").quality,
+        Quality::Unavailable
+    );
+    let cdn = until("CDN DISCONNECTED", 10, || {
+        let st = point(&app, "cdn_status");
+        (st.value == Some(Value::Enum(2))).then_some(st)
+    })
+    .await;
+    let why = cdn.reason.as_deref().unwrap_or("");
+    assert!(
+        why.contains("m/cdn") && why.contains("cannot run ffmpeg"),
+        "{why}"
+    );
+    // The auto output falls back to the original stream.
+    until("passthrough data", 10, || {
+        (cc.packets.load(Relaxed) > 500).then_some(())
+    })
+    .await;
+    let json = serde_json::to_string(&app.engine.snapshot()).expect("json");
+    assert!(!json.contains("secret-key-1"), "stream key leaked: {json}");
+    h.abort();
+    app.stop().await;
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+/// `ffmpeg -listen 1` as a one-shot RTMP server writing what it receives.
+fn rtmp_server(port: u16, key: &str, file: &Path) -> Proc {
+    let c = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-listen",
+            "1",
+            "-i",
+            &format!("rtmp://127.0.0.1:{port}/live/{key}"),
+            "-c",
+            "copy",
+            "-f",
+            "mpegts",
+            "-y",
+        ])
+        .arg(file)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ffmpeg is installed");
+    Proc(c)
+}
+
+fn cdn(app: &App) -> (Option<Value>, String) {
+    let st = point(app, "cdn_status");
+    (
+        st.value,
+        st.reason.map(|r| r.to_string()).unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_push_reconnects_after_listener_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_tcp_port();
+    let dead = free_tcp_port();
+    let key = "k3y-s3cret";
+    let text = format!(
+        r#"
+primary_route = "r"
+[[route]]
+name = "r"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "good"
+type = "rtmp"
+url = "rtmp://127.0.0.1:{port}/live"
+key = "{key}"
+[[route.output]]
+name = "dead"
+type = "rtmp"
+preset = "custom"
+url = "rtmp://127.0.0.1:{dead}/live"
+key = "other"
+"#
+    );
+    let server = rtmp_server(port, key, &dir.path().join("a.ts"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let app = start_with(&text).await;
+    let _src = source(input_addr(&app, "r").await);
+    // One destination failing never affects another.
+    until("good connected", 15, || {
+        let s = app.engine.snapshot();
+        let o = s
+            .route("r")?
+            .outputs
+            .iter()
+            .find(|o| o.name == "good")?
+            .clone();
+        o.up.then_some(())
+    })
+    .await;
+    until("CDN names only the dead output", 5, || {
+        let (v, why) = cdn(&app);
+        (v == Some(Value::Enum(2)) && why.contains("r/dead") && !why.contains("r/good"))
+            .then_some(())
+    })
+    .await;
+    app.engine.remove_output("r", "dead").await.expect("remove");
+    until("CDN CONNECTED", 5, || {
+        (cdn(&app).0 == Some(Value::Enum(1))).then_some(())
+    })
+    .await;
+    // The listener goes away: DISCONNECTED; it comes back: CONNECTED.
+    drop(server);
+    until("CDN DISCONNECTED", 10, || {
+        let (v, why) = cdn(&app);
+        (v == Some(Value::Enum(2)) && why.contains("r/good")).then_some(())
+    })
+    .await;
+    let _server2 = rtmp_server(port, key, &dir.path().join("b.ts"));
+    until("CDN CONNECTED again", 20, || {
+        (cdn(&app).0 == Some(Value::Enum(1))).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let streams = probe(&dir.path().join("b.ts").display().to_string());
+    assert!(
+        streams.iter().any(|s| s.0 == "h264" && s.1 == 320),
+        "second listener decodes: {streams:?}"
+    );
+    let s = app.engine.snapshot();
+    let o = s
+        .route("r")
+        .and_then(|r| r.outputs.iter().find(|o| o.name == "good"))
+        .expect("out");
+    let f = o.ffmpeg.as_ref().expect("child stats");
+    assert!(f.restarts >= 1, "{f:?}");
+    let json = serde_json::to_string(&s).expect("json");
+    assert!(!json.contains(key), "stream key leaked: {json}");
+    app.stop().await;
+}
+
+/// Tagged processes of a castpoint: (pid, tag).
+fn tagged_children_of(owner: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let want = format!("CASTPOINT_CHILD={owner}:");
+        if env
+            .split(|b| *b == 0)
+            .any(|kv| kv.starts_with(want.as_bytes()))
+            && alive(pid)
+        {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// Running (not gone, not a zombie waiting for its reaper).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .map(|i| s[i + 1..].trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_die_with_castpoint_and_stale_ones_are_reaped() {
+    // 1. The real binary with a transcoding route: SIGKILL it, its ffmpeg
+    //    child ends on its own (stdin EOF).
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"data_dir = "{}"
+{PROFILES}
+[http]
+bind = "127.0.0.1:0"
+[bacnet]
+enabled = false
+[modbus]
+enabled = false
+[telemetry]
+enabled = false
+[[route]]
+name = "t"
+mode = "transcode"
+[[route.input]]
+type = "generator"
+bitrate = 1000000
+"#,
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("write config");
+    let mut cp = Command::new(env!("CARGO_BIN_EXE_castpoint"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("castpoint binary");
+    let owner = cp.id();
+    let kids = until("castpoint's ffmpeg child", 15, || {
+        let k = tagged_children_of(owner);
+        (!k.is_empty()).then_some(k)
+    })
+    .await;
+    cp.kill().expect("SIGKILL castpoint");
+    let _ = cp.wait();
+    until("orphaned ffmpeg gone", 5, || {
+        (!kids.iter().any(|p| alive(*p))).then_some(())
+    })
+    .await;
+
+    // 2. A stale tagged process whose castpoint is gone (an orphan that
+    //    ignores stdin) is killed when a castpoint starts.
+    let out = Command::new("sh")
+        .args(["-c", "sleep 60 </dev/null >/dev/null 2>&1 & echo $!"])
+        .env("CASTPOINT_CHILD", "4194304:transcode:stale")
+        .output()
+        .expect("sh");
+    let stale: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(alive(stale));
+    let app = util::start().await;
+    until("stale child reaped", 5, || (!alive(stale)).then_some(())).await;
+    app.stop().await;
+}

@@ -157,7 +157,7 @@ impl ChildStats {
                 .is_some_and(|(_, t)| t.elapsed() <= within)
     }
 
-    fn on_progress(&self, p: Progress) {
+    pub(crate) fn on_progress(&self, p: Progress) {
         let now = Instant::now();
         let prev_drops = self.last.lock().as_ref().and_then(|(p, _)| p.drop_frames);
         let slow = p.speed.is_some_and(|s| s < 0.95)

@@ -382,7 +382,7 @@ pub async fn run_transcode(
 /// An RTMP(S) push output: one child per destination. `io.up`/`io.error`
 /// carry connected/disconnected and the reason.
 pub async fn run_rtmp_push(
-    media: Arc<Media>,
+    mut media: tokio::sync::watch::Receiver<Option<Arc<Media>>>,
     target: String,
     key: Option<String>,
     label: String,
@@ -392,6 +392,14 @@ pub async fn run_rtmp_push(
 ) {
     let cs = Arc::new(ChildStats::default());
     *io.ffmpeg.lock() = Some(cs.clone());
+    io.set_error("waiting for the [media] settings");
+    let media = tokio::select! {
+        _ = cancel.cancelled() => return,
+        m = media.wait_for(|m| m.is_some()) => match m.ok().and_then(|m| m.clone()) {
+            Some(m) => m,
+            None => return,
+        },
+    };
     io.set_error("connecting");
     let spec = ChildSpec {
         program: media.ffmpeg.clone(),
@@ -436,4 +444,81 @@ pub async fn run_rtmp_push(
     }
     io.clients.store(0, Relaxed);
     io.set_error("stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress::Progress;
+    use super::*;
+
+    fn media(text: &str) -> Result<Media, Errors> {
+        let t: toml::Table = toml::from_str(text).expect("toml");
+        Media::parse("t.toml", &t)
+    }
+
+    #[test]
+    fn media_section_and_profile_resolution() {
+        let m = media(
+            "[media]\nffmpeg = \"/opt/ff/ffmpeg\"\n[[profile]]\nnumber = 3\nname = \"a\"\n[[profile]]\nnumber = 1\nname = \"b\"\n",
+        )
+        .expect("valid");
+        assert_eq!(m.ffmpeg, PathBuf::from("/opt/ff/ffmpeg"));
+        assert_eq!(m.resolve(None).map(|p| p.number), Ok(1));
+        assert_eq!(
+            m.resolve(Some(&ProfileRef::Name("a".into())))
+                .map(|p| p.number),
+            Ok(3)
+        );
+        assert_eq!(
+            m.resolve(Some(&ProfileRef::Number(9))).map(|p| p.number),
+            Err("no [[profile]] with number 9".into())
+        );
+        assert_eq!(
+            Media::default().resolve(None).map(|p| p.number),
+            Err("no [[profile]] defined".into())
+        );
+        let e = media("[media]\nffmpeg = 3\nffprobe = \"x\"\n").expect_err("invalid");
+        let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["media.ffmpeg", "media.ffprobe"]);
+    }
+
+    fn prog(speed: f64, drops: u64) -> Progress {
+        Progress {
+            speed: Some(speed),
+            drop_frames: Some(drops),
+            ..Progress::default()
+        }
+    }
+
+    #[test]
+    fn status_ok_overload_fault() {
+        let t = TranscodeStats::new("p", 1);
+        assert_eq!(t.status().0, "starting");
+        t.child.running.store(true, Relaxed);
+        t.child.on_progress(prog(1.0, 0));
+        assert_eq!(t.status(), ("ok", None));
+        // Slow, but not yet for 3 s: still OK.
+        t.child.on_progress(prog(0.5, 0));
+        assert_eq!(t.status().0, "ok");
+        *t.child.overload_since.lock() = Instant::now().checked_sub(Duration::from_secs(4));
+        t.child.on_progress(prog(0.5, 0));
+        let (s, why) = t.status();
+        assert_eq!(s, "overload");
+        assert!(why.unwrap_or_default().contains("speed 0.50x"));
+        // Rising drops at full speed count as overload too.
+        t.child.on_progress(prog(1.0, 0));
+        assert_eq!(t.status().0, "ok");
+        t.child.on_progress(prog(1.0, 5));
+        assert!(t.child.overload_since.lock().is_some());
+        // The child ends: FAULT with its reason; drops are kept.
+        t.child.running.store(false, Relaxed);
+        *t.child.fault.lock() = Some("ffmpeg exited with status 1: boom".into());
+        assert_eq!(
+            t.status(),
+            ("fault", Some("ffmpeg exited with status 1: boom".into()))
+        );
+        assert_eq!(t.child.drop_frames(), 5);
+        *t.fault.lock() = Some("no [[profile]] named \"x\"".into());
+        assert_eq!(t.status().0, "fault");
+    }
 }
