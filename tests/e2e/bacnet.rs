@@ -822,7 +822,8 @@ async fn trend_log_read_range_serves_the_point_history() {
     wp.extend_from_slice(&oid(TL, tl));
     wp.extend_from_slice(&[0x19, 133, 0x3E, 0x10, 0x3F]);
     let e = c.call(&confirmed(14, 15, &wp)).await;
-    assert_eq!(e[0], 0x50, "Log_Enable write refused: {e:02x?}");
+    // Trend Logs are configuration: SERVICES / SERVICE_REQUEST_DENIED (29).
+    assert_eq!(error_of(&e), (5, 29), "Log_Enable write refused");
 
     let his = app.db.history(
         id,

@@ -72,8 +72,8 @@ type Inbox = Arc<Mutex<VecDeque<BACnetLogRecord>>>;
 /// Resident size of one record slot (`size_of::<BACnetLogRecord>()`, checked
 /// in the tests; REAL, failure and status records own no heap). The stack's
 /// ring is a `VecDeque` that grows by doubling, so a full log of N records
-/// holds `N.next_power_of_two() * RECORD_BYTES`: 786 KiB for the default
-/// 10,000, 6.3 MB for the maximum 100,000 (docs/bacnet-pics.md).
+/// holds `N.next_power_of_two() * RECORD_BYTES`: 768 KiB for the default
+/// 10,000, 6 MiB for the maximum 100,000 (docs/bacnet-pics.md).
 pub const RECORD_BYTES: usize = 48;
 
 /// A castpoint Trend Log: the stack's TrendLogObject, fed from the point
