@@ -570,7 +570,7 @@ fn uint(d: &[u8]) -> u64 {
 }
 
 /// One decoded Trend Log record: (date, time, datum).
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Datum {
     Real(f32),
     Failure(u64, u64),
@@ -887,5 +887,73 @@ async fn trend_log_read_range_serves_the_point_history() {
     assert!(r.count >= 1 && r.count < 8, "a partial page: {}", r.count);
     assert_eq!(r.flags & (FIRST_ITEM | MORE_ITEMS), FIRST_ITEM | MORE_ITEMS);
     assert_eq!(r.records.len() as u64, r.count);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_read_ranges_get_an_answer_and_the_log_keeps_serving() {
+    let app = util::start().await;
+    let c = Client::new(app.addrs.bacnet.expect("bacnet bound")).await;
+    let id = app.db.lookup("cpu_usage").expect("point");
+    app.db
+        .set(id, Some(Value::Number(5.0)), Quality::Ok, None)
+        .expect("set");
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("no range", read_range(1, 3, &[], 5)),
+        ("count 0", read_range(2, 3, &by_position(1, 0), 5)),
+        ("index 0", read_range(3, 3, &by_position(0, 5), 5)),
+        (
+            "huge index",
+            read_range(4, 3, &by_position(u32::MAX, -5), 5),
+        ),
+        ("sequence 0", read_range(5, 3, &by_sequence(0, 5), 5)),
+        (
+            "count i32::MIN",
+            read_range(6, 3, &by_position(1, i32::MIN), 5),
+        ),
+        (
+            "deprecated byTime [4]",
+            read_range(7, 3, &[0x4E, 0x21, 0x01, 0x31, 0x01, 0x4F], 5),
+        ),
+        (
+            "unclosed range",
+            read_range(8, 3, &[0x3E, 0x21, 0x01, 0x31, 0x01], 5),
+        ),
+        (
+            "unspecified time",
+            read_range(9, 3, &by_time([0xFF; 4], [0xFF; 4], 3), 5),
+        ),
+        ("unknown log", read_range(10, 77, &by_position(1, 1), 5)),
+    ];
+    // ReadRange of a non-list property (AI3 Present_Value).
+    let mut v = vec![0x01, 0x04, 0x00, 0x05, 11, 26, 0x0C];
+    v.extend_from_slice(&oid(AI, 3));
+    v.extend_from_slice(&[0x19, PV]);
+    v.extend_from_slice(&by_position(1, 1));
+    cases.push(("not a list", bvlc(&v)));
+    // Random bytes after a valid object and property, from a fixed seed so
+    // a failure replays.
+    let mut x: u32 = 0x2545_F491;
+    for k in 0..100u8 {
+        let mut body = Vec::new();
+        for _ in 0..(k % 24) {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            body.push(x as u8);
+        }
+        cases.push(("random range", read_range(100 + k, 3, &body, 5)));
+    }
+    for (what, frame) in &cases {
+        let a = c.call(frame).await;
+        // Complex ack, Error, Reject or Abort: always an answer.
+        assert!(
+            matches!(a[0] >> 4, 3 | 5 | 6 | 7),
+            "{what}: unexpected reply {a:02x?}"
+        );
+    }
+    // Still serving, and the log is intact.
+    let r = c.read_range(99, 3, &by_position(1, 10)).await;
+    assert_eq!((r.count, r.records[0].2.clone()), (1, Datum::Real(5.0)));
     app.stop().await;
 }
