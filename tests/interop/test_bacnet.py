@@ -625,6 +625,8 @@ def tserver():
     first.stop()
     now = int(time.time() * 1000)
     rows = [("cpu_usage", now - 3_600_000 + k * 60_000 + k * 137, 2.5 * k) for k in range(40)]
+    # memory_usage (TL4): 1,000 samples, more than one ReadRange answer holds.
+    rows += [("memory_usage", now - 10_000_000 + k * 10_000, float(k % 97)) for k in range(1000)]
     db = sqlite3.connect(pathlib.Path(d) / "castpoint.db")
     db.executemany("INSERT INTO history (point, at, value) VALUES (?, ?, ?)", rows)
     db.commit()
@@ -703,6 +705,35 @@ def test_trend_log_properties_and_read_range_match_the_point_history(tserver):
                 app, addr, 3,
                 Range(bySequenceNumber=RangeBySequenceNumber(referenceSequenceNumber=39, count=10)))
             assert (flags, n, seq) == ([0, 1, 0], 3, 39)
+        finally:
+            app.close()
+
+    run(go())
+
+
+def test_a_read_range_larger_than_one_answer_pages_with_more_items(tserver):
+    """bacpypes3 accepts 16 segments of 1024 octets: 1,000 records do not fit
+    one answer, so it gets a full page with MORE_ITEMS (not an Abort) and
+    reads on from there; together the pages are the history."""
+    from bacpypes3.basetypes import Range, RangeByPosition
+    with urllib.request.urlopen(f"{tserver.http_base}/api/points/memory_usage/history") as r:
+        his = json.load(r)["samples"]
+    assert len(his) == 1000
+
+    async def go():
+        app = client(995)
+        addr = target(tserver)
+        try:
+            flags, n, _, first = await _read_range(
+                app, addr, 4, Range(byPosition=RangeByPosition(referenceIndex=1, count=1000)))
+            assert flags == [1, 0, 1] and 500 < n < 1000, (flags, n)
+            flags, m, _, rest = await _read_range(
+                app, addr, 4, Range(byPosition=RangeByPosition(referenceIndex=n + 1, count=1000)))
+            # The rest of the samples, then the restart's LOG_INTERRUPTED.
+            assert flags == [0, 1, 0] and n + m == 1001, (flags, n, m)
+            recs = (first + rest)[:1000]
+            assert [r.logDatum.realValue for r in recs] == [s["v"] for s in his]
+            assert [_ts(r) for r in recs] == [_sample_ts(s["t"]) for s in his]
         finally:
             app.close()
 

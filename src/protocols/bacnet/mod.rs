@@ -389,14 +389,16 @@ pub async fn start(
             max_result_elements: 4096,
             max_service_ack_bytes: 96 * 1024,
         })
-        // The stack's default page (256 records, 16 KiB) would answer a
-        // ReadRange of 1,000 trend records with MORE_ITEMS and a quarter of
-        // them; a Trend Log record is ~20 octets, so the same segmented
-        // ceiling as RPM (65 x 1476) serves ~4,000. A client that cannot
-        // take segments gets as many as fit its APDU, with MORE_ITEMS.
+        // One ReadRange answer: at most 16,000 octets (~720 trend records),
+        // then MORE_ITEMS and the client asks for the next page. The stack
+        // shrinks a page to fit an unsegmented client's APDU, but not to a
+        // segmented client's Max_Segments: a bigger page would be aborted
+        // (BUFFER_OVERFLOW) for a client taking 16 segments of 1024 octets
+        // (bacpypes3's defaults, 16,304 octets of service data). The item
+        // cap is above what fits, so octets decide.
         .read_range_budget(ReadRangeBudget {
             max_returned_items: 4096,
-            max_service_ack_bytes: 96 * 1024,
+            max_service_ack_bytes: 16_000,
         })
         .policy(FnPolicy::new().mutation(move |ctx| authorize(&point_oids, ctx)))
         .on_reinitialize(move |ctx, _odb| {
