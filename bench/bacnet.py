@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
-"""BACnet benchmark: ReadPropertyMultiple of every object's present-value, castpoint vs a bacpypes3 server with the same objects, measured in the same run.
+"""BACnet benchmark: ReadPropertyMultiple of every object's present-value, castpoint vs a bacpypes3 server with the same objects, measured in the same run; then ReadRange of 1,000 Trend Log records.
 
-Usage: python3 bench/bacnet.py [--seconds 5] [--window 1,8] [--bin target/release/castpoint]
-Prints a Markdown table. The client is a small raw-UDP asyncio client (the
+Usage: python3 bench/bacnet.py [--seconds 5] [--window 1,8] [--trend-reads 50] [--bin target/release/castpoint]
+Prints Markdown tables. The client is a small raw-UDP asyncio client (the
 same bytes to both servers), so the numbers compare servers, not clients.
+
+The Trend Log part has no server peer: bacpypes3 0.0.110 cannot serve
+ReadRange (its do_ReadRangeRequest is commented out in
+bacpypes3/service/object.py), so it is measured as castpoint alone, with the
+raw client (segmented answer, one segment acknowledged at a time) and with
+bacpypes3 as the client (its own decode included) for reference.
 """
 import argparse
 import asyncio
@@ -120,8 +126,8 @@ def bacpypes3_server(port_file):
     asyncio.run(main())
 
 
-def start_castpoint(binary):
-    data = tempfile.mkdtemp(prefix="castpoint-bench-")
+def start_castpoint(binary, data=None):
+    data = data or tempfile.mkdtemp(prefix="castpoint-bench-")
     p = subprocess.Popen([binary, "run", "--http", "127.0.0.1:0", "--bacnet", "127.0.0.1:0",
                           "--modbus", "127.0.0.1:0", "--data-dir", data],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -147,6 +153,134 @@ def start_bacpypes3():
     raise RuntimeError("bacpypes3 server did not start")
 
 
+TREND_RECORDS = 1000
+
+
+def trend_data_dir(binary):
+    """A data dir whose SQLite history holds TREND_RECORDS cpu_usage samples
+    (10 s apart, ending now): castpoint restores them into Trend Log TL3."""
+    import sqlite3
+    data = tempfile.mkdtemp(prefix="castpoint-bench-trend-")
+    p, _ = start_castpoint(binary, data)  # creates the schema
+    p.terminate()
+    p.wait()
+    now = int(time.time() * 1000)
+    rows = [("cpu_usage", now - (TREND_RECORDS - k) * 10_000, float(k % 100))
+            for k in range(TREND_RECORDS)]
+    db = sqlite3.connect(pathlib.Path(data) / "castpoint.db")
+    db.executemany("INSERT INTO history (point, at, value) VALUES (?, ?, ?)", rows)
+    db.commit()
+    db.close()
+    return data
+
+
+def read_range_request(invoke, index, count):
+    # Confirmed request, segmented response accepted (SA), > 64 segments,
+    # max APDU 1476; ReadRange TL3 Log_Buffer by position.
+    apdu = bytes([0x02, 0x75, invoke, 26, 0x0C]) + struct.pack(">I", (20 << 22) | 3) + \
+        bytes([0x19, 0x83, 0x3E, 0x22]) + struct.pack(">H", index) + b"\x32" + \
+        struct.pack(">h", count) + b"\x3f"
+    npdu = b"\x01\x04" + apdu
+    return bytes([0x81, 0x0A]) + struct.pack(">H", len(npdu) + 4) + npdu
+
+
+def segment_ack(invoke, seq):
+    npdu = bytes([0x01, 0x00, 0x40, invoke, seq, 1])
+    return bytes([0x81, 0x0A]) + struct.pack(">H", len(npdu) + 4) + npdu
+
+
+def raw_page(s, port, index, count):
+    """One ReadRange answer: (items, more-items flag, octets of service data)."""
+    s.sendto(read_range_request(1, index, count), ("127.0.0.1", port))
+    body = b""
+    while True:
+        a = s.recv(2048)[6:]
+        if a[0] >> 4 != 3:
+            raise RuntimeError(f"not an ack: {a[:8].hex()}")
+        if a[0] & 0x08:  # segment: invoke, sequence, window, service
+            body += a[5:]
+            s.sendto(segment_ack(1, a[2]), ("127.0.0.1", port))
+            if not a[0] & 0x04:
+                break
+        else:
+            body = a[3:]
+            break
+    # object id (5), property (2), result flags [3] (3), item count [4]
+    more = bool(body[9] & 0x20)
+    n_len = body[10] & 0x07
+    items = int.from_bytes(body[11:11 + n_len], "big")
+    return items, more, len(body)
+
+
+def raw_read_range(port, count):
+    """All `count` records from position 1, page after page; returns
+    (seconds, records, pages, octets)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2.0)
+    t0 = time.perf_counter()
+    got, pages, octets = 0, 0, 0
+    while got < count:
+        n, more, b = raw_page(s, port, got + 1, count - got)
+        got, pages, octets = got + n, pages + 1, octets + b
+        if not more:
+            break
+    el = time.perf_counter() - t0
+    s.close()
+    return el, got, pages, octets
+
+
+async def bacpypes3_read_range(port, reads):
+    from bacpypes3.app import Application
+    from bacpypes3.argparse import SimpleArgumentParser
+    from bacpypes3.pdu import Address
+    from bacpypes3.primitivedata import ObjectIdentifier
+    app = Application.from_args(SimpleArgumentParser().parse_args(
+        ["--address", "127.0.0.1/8:0", "--instance", "990"]))
+    addr = Address(f"127.0.0.1:{port}")
+    lat, n = [], 0
+    try:
+        for _ in range(reads):
+            t0 = time.perf_counter()
+            n = 0
+            while n < TREND_RECORDS:
+                recs = await app.read_range(addr, ObjectIdentifier("trend-log,3"), "log-buffer",
+                                            range_params=("p", n + 1, None, None, TREND_RECORDS - n))
+                if not recs:
+                    break
+                n += len(recs)
+            lat.append(time.perf_counter() - t0)
+    finally:
+        app.close()
+    return lat, n
+
+
+def trend_bench(binary, reads):
+    data = trend_data_dir(binary)
+    cp, port = start_castpoint(binary, data)
+    rows = []
+    try:
+        for _ in range(3):  # warm-up
+            raw_read_range(port, TREND_RECORDS)
+        res = [raw_read_range(port, TREND_RECORDS) for _ in range(reads)]
+        lat = [r[0] for r in res]
+        rows.append(("raw UDP client (1476-octet segments, window 1)", res[0][1], res[0][2],
+                     res[0][3], statistics.median(lat) * 1e3, pct(lat, 0.99) * 1e3))
+        lat, n = asyncio.run(bacpypes3_read_range(port, reads))
+        rows.append(("bacpypes3 0.0.110 client (its defaults)", n, None, None,
+                     statistics.median(lat) * 1e3, pct(lat, 0.99) * 1e3))
+    finally:
+        cp.terminate()
+        cp.wait()
+    print(f"\nReadRange by position of {TREND_RECORDS} Trend Log records (TL3, restored from "
+          f"history), castpoint server, {reads} reads each, loopback\n")
+    print("| client | records | answers | octets | p50 ms | p99 ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    dash = lambda v: "-" if v is None else v
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {dash(r[2])} | {dash(r[3])} | {r[4]:.2f} | {r[5]:.2f} |")
+    print("\nbacpypes3 0.0.110 cannot serve ReadRange (no server-side peer to compare).")
+
+
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
@@ -157,7 +291,12 @@ def main():
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--window", default="1,8")
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "castpoint"))
+    ap.add_argument("--trend-reads", type=int, default=50,
+                    help="ReadRange reads of 1,000 Trend Log records (0: skip)")
+    ap.add_argument("--trend-only", action="store_true")
     a = ap.parse_args()
+    if a.trend_only:
+        return trend_bench(a.bin, a.trend_reads)
     cp, cp_port = start_castpoint(a.bin)
     bp = None
     rows = []
@@ -185,6 +324,8 @@ def main():
         c, b = by[("castpoint", w)], by[("bacpypes3", w)]
         print(f"\nwindow {w}: castpoint/bacpypes3 throughput x{c[2] / max(b[2], 1e-9):.1f}, "
               f"p99 x{b[4] / max(c[4], 1e-9):.1f} lower")
+    if a.trend_reads > 0:
+        trend_bench(a.bin, a.trend_reads)
 
 
 if __name__ == "__main__":

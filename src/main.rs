@@ -137,10 +137,11 @@ fn main() -> ExitCode {
         Cmd::CheckConfig { config } => match load(&config) {
             Ok(c) => {
                 println!(
-                    "{}: ok ({} points, {} BACnet objects, {} Modbus registers, {} HTTP endpoints)",
+                    "{}: ok ({} points, {} BACnet objects + {} Trend Logs, {} Modbus registers, {} HTTP endpoints)",
                     c.origin,
                     c.points.len(),
                     c.maps.bacnet.objects.len(),
+                    c.maps.bacnet.trend_logs.len(),
                     c.maps.modbus.registers.len(),
                     c.maps.http.endpoints.len()
                 );

@@ -7,8 +7,9 @@ use serde::Deserialize;
 use super::points::toml_to_value;
 use super::{ConfigError, Errors};
 use crate::points::{
-    BacnetMap, BacnetObject, BacnetObjectType, HttpEndpoint, HttpMap, HttpMethod, Kind,
-    ModbusField, ModbusMap, ModbusRegister, ModbusTable, PointDef, PointId, RegType, WordOrder,
+    BacnetMap, BacnetObject, BacnetObjectType, BacnetTrendLog, HttpEndpoint, HttpMap, HttpMethod,
+    Kind, ModbusField, ModbusMap, ModbusRegister, ModbusTable, PointDef, PointId, RegType, Role,
+    WordOrder, DEFAULT_TREND_BUFFER, MAX_TREND_BUFFER,
 };
 
 /// Point ids by name, for resolving mapping references.
@@ -48,7 +49,36 @@ struct BacnetFile {
     #[serde(default)]
     options: BacnetOptions,
     #[serde(default)]
+    trend_log: TrendLogOptions,
+    #[serde(default)]
     object: Vec<BacnetRaw>,
+}
+
+/// `[trend_log]`: one Trend Log object per mapped `his` measurement.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrendLogOptions {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_trend_buffer")]
+    buffer_size: i64,
+}
+
+impl Default for TrendLogOptions {
+    fn default() -> Self {
+        TrendLogOptions {
+            enabled: true,
+            buffer_size: i64::from(DEFAULT_TREND_BUFFER),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_trend_buffer() -> i64 {
+    i64::from(DEFAULT_TREND_BUFFER)
 }
 
 #[derive(Deserialize, Default)]
@@ -66,6 +96,8 @@ struct BacnetRaw {
     object_type: String,
     instance: u32,
     units: Option<String>,
+    /// Per-object override of `[trend_log] enabled` (only `his` measurements).
+    trend_log: Option<bool>,
 }
 
 /// Largest BACnet object instance (22 bits, 4194303 is "unconfigured").
@@ -79,10 +111,28 @@ pub fn parse_bacnet(file: &str, text: &str, pts: &PointIndex, errs: &mut Errors)
             return BacnetMap::default();
         }
     };
+    let tl = &raw.trend_log;
+    let trend_buffer_size = match u32::try_from(tl.buffer_size) {
+        Ok(n) if (1..=MAX_TREND_BUFFER).contains(&n) => n,
+        _ => {
+            errs.push(ConfigError::new(
+                file,
+                "trend_log.buffer_size".to_string(),
+                format!(
+                    "{} records: must be 1..={MAX_TREND_BUFFER} (memory is bounded per log)",
+                    tl.buffer_size
+                ),
+            ));
+            DEFAULT_TREND_BUFFER
+        }
+    };
     let mut map = BacnetMap {
         bitrate_units_fallback: raw.options.bitrate_units_fallback,
         objects: Vec::new(),
+        trend_logs: Vec::new(),
+        trend_buffer_size,
     };
+    let mut seen_log: HashMap<u32, usize> = HashMap::new();
     let mut seen_addr: HashMap<(BacnetObjectType, u32), usize> = HashMap::new();
     let mut seen_point: HashMap<PointId, usize> = HashMap::new();
     for (i, o) in raw.object.iter().enumerate() {
@@ -168,6 +218,40 @@ pub fn parse_bacnet(file: &str, text: &str, pts: &PointIndex, errs: &mut Errors)
             };
             errs.push(ConfigError::new(file, key("type"), msg));
             continue;
+        }
+        let loggable = def.his && def.role == Role::Measurement;
+        if o.trend_log == Some(true) && !loggable {
+            errs.push(ConfigError::new(
+                file,
+                key("trend_log"),
+                format!(
+                    "point {:?} is not a `his` measurement: only those have a Trend Log",
+                    o.point
+                ),
+            ));
+            continue;
+        }
+        if loggable && o.trend_log.unwrap_or(tl.enabled) {
+            // TLn logs the object numbered n, so a front-end pairs them by
+            // eye; two logged objects of different types with the same
+            // instance would give two TLn.
+            if let Some(j) = seen_log.insert(o.instance, i) {
+                errs.push(ConfigError::new(
+                    file,
+                    key("instance"),
+                    format!(
+                        "Trend Log TL{} would log both this object and object[{j}] (a Trend Log takes the logged object's instance; set trend_log = false on one)",
+                        o.instance
+                    ),
+                ));
+                continue;
+            }
+            map.trend_logs.push(BacnetTrendLog {
+                point: pid,
+                instance: o.instance,
+                logged_type: ot,
+                logged_instance: o.instance,
+            });
         }
         map.objects.push(BacnetObject {
             point: pid,

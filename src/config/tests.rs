@@ -263,3 +263,52 @@ fn durations_parse() {
     assert_eq!(parse_duration("5"), None);
     let _ = Path::new(".");
 }
+
+#[test]
+fn trend_log_keys_are_validated() {
+    // Default map: ten logs, TLn logs AIn.
+    let c = Config::embedded().expect("embedded");
+    assert_eq!(c.maps.bacnet.trend_logs.len(), 10);
+    assert_eq!(c.maps.bacnet.trend_buffer_size, 10_000);
+    // buffer_size out of range names the key.
+    let bacnet = DEFAULT_BACNET.replacen("buffer_size = 10000", "buffer_size = 0", 1);
+    let e = one_error(load_with(
+        &[("b.toml", &bacnet)],
+        "[mappings]\nbacnet = \"b.toml\"\n",
+    ));
+    assert_eq!(e.key, "trend_log.buffer_size", "{e}");
+    let bacnet = DEFAULT_BACNET.replacen("buffer_size = 10000", "buffer_size = 100001", 1);
+    let e = one_error(load_with(
+        &[("b.toml", &bacnet)],
+        "[mappings]\nbacnet = \"b.toml\"\n",
+    ));
+    assert!(e.message.contains("1..=100000"), "{e}");
+    // Unknown keys in the table are refused.
+    let bacnet = DEFAULT_BACNET.replacen("enabled = true", "enable = true", 1);
+    assert!(load_with(&[("b.toml", &bacnet)], "[mappings]\nbacnet = \"b.toml\"\n").is_err());
+    // A command has no history log.
+    let bacnet = DEFAULT_BACNET.replacen(
+        "point = \"stream_enable\"\ntype = \"binary-output\"",
+        "point = \"stream_enable\"\ntype = \"binary-output\"\ntrend_log = true",
+        1,
+    );
+    let e = one_error(load_with(
+        &[("b.toml", &bacnet)],
+        "[mappings]\nbacnet = \"b.toml\"\n",
+    ));
+    assert!(
+        e.key.ends_with("].trend_log") && e.message.contains("his"),
+        "{e}"
+    );
+    // Off globally, on for one object.
+    let bacnet = DEFAULT_BACNET
+        .replacen("enabled = true", "enabled = false", 1)
+        .replacen(
+            "point = \"cpu_usage\"\ntype = \"analog-input\"",
+            "point = \"cpu_usage\"\ntype = \"analog-input\"\ntrend_log = true",
+            1,
+        );
+    let c = load_with(&[("b.toml", &bacnet)], "[mappings]\nbacnet = \"b.toml\"\n").expect("valid");
+    assert_eq!(c.maps.bacnet.trend_logs.len(), 1);
+    assert_eq!(c.maps.bacnet.trend_logs[0].instance, 3);
+}

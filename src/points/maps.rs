@@ -63,11 +63,32 @@ pub struct BacnetObject {
     pub units: Option<String>,
 }
 
+/// One BACnet Trend Log object: the history of one mapped measurement,
+/// logging that object's Present_Value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BacnetTrendLog {
+    pub point: PointId,
+    /// Trend Log instance: the logged object's own instance (TL0 logs AI0).
+    pub instance: u32,
+    /// The object whose Present_Value the log references.
+    pub logged_type: BacnetObjectType,
+    pub logged_instance: u32,
+}
+
+/// Largest `[trend_log] buffer_size` (records per log): bounds memory.
+pub const MAX_TREND_BUFFER: u32 = 100_000;
+/// Default `[trend_log] buffer_size`.
+pub const DEFAULT_TREND_BUFFER: u32 = 10_000;
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct BacnetMap {
     /// Publish no-units instead of the 2024 bit-rate units.
     pub bitrate_units_fallback: bool,
     pub objects: Vec<BacnetObject>,
+    /// Trend Log objects, in map order of the objects they log.
+    pub trend_logs: Vec<BacnetTrendLog>,
+    /// Buffer_Size of every Trend Log (records), 1..=[`MAX_TREND_BUFFER`].
+    pub trend_buffer_size: u32,
 }
 
 /// Modbus data tables.

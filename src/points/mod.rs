@@ -9,8 +9,9 @@ pub use db::{
     Source, WriteError, WriteOutcome, WriteRecord, DEFAULT_LEVEL, OVERRIDE_LEVEL, PRIORITY_LEVELS,
 };
 pub use maps::{
-    BacnetMap, BacnetObject, BacnetObjectType, HttpEndpoint, HttpMap, HttpMethod, Maps,
-    ModbusField, ModbusMap, ModbusRegister, ModbusTable, RegType, WordOrder,
+    BacnetMap, BacnetObject, BacnetObjectType, BacnetTrendLog, HttpEndpoint, HttpMap, HttpMethod,
+    Maps, ModbusField, ModbusMap, ModbusRegister, ModbusTable, RegType, WordOrder,
+    DEFAULT_TREND_BUFFER, MAX_TREND_BUFFER,
 };
 pub use model::{Kind, PointDef, PointId, Quality, Role, SiteEquip, TagValue, Value, ValueError};
 

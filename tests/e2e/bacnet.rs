@@ -520,3 +520,440 @@ async fn registers_as_a_foreign_device_and_renews_before_the_ttl() {
     );
     app.stop().await;
 }
+
+// ------------------------------------------------------------- Trend Logs
+
+const TL: u32 = 20;
+const LOG_BUFFER: u8 = 131;
+
+/// One BACnet tag as the test reads it: (tag number, context?, length or
+/// opening/closing marker, content).
+#[derive(Debug, PartialEq)]
+enum Tag<'a> {
+    Open(u8),
+    Close(u8),
+    Prim { num: u8, ctx: bool, data: &'a [u8] },
+}
+
+/// Reads one tag at `a[*i..]` (short tag numbers and lengths < 254 only:
+/// all a Trend Log record needs).
+fn tag<'a>(a: &'a [u8], i: &mut usize) -> Tag<'a> {
+    let b = a[*i];
+    *i += 1;
+    let num = b >> 4;
+    let ctx = b & 0x08 != 0;
+    match b & 0x07 {
+        6 if ctx => return Tag::Open(num),
+        7 if ctx => return Tag::Close(num),
+        _ => {}
+    }
+    let mut len = (b & 0x07) as usize;
+    if !ctx && num == 1 {
+        // Application BOOLEAN carries its value in the length bits.
+        return Tag::Prim {
+            num,
+            ctx,
+            data: &a[*i - 1..*i - 1],
+        };
+    }
+    if len == 5 {
+        len = a[*i] as usize;
+        *i += 1;
+    }
+    let data = &a[*i..*i + len];
+    *i += len;
+    Tag::Prim { num, ctx, data }
+}
+
+fn uint(d: &[u8]) -> u64 {
+    d.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+}
+
+/// One decoded Trend Log record: (date, time, datum).
+#[derive(Debug, Clone, PartialEq)]
+enum Datum {
+    Real(f32),
+    Failure(u64, u64),
+    Status(u8),
+}
+
+/// A ReadRange-ACK: (result flags byte, item count, first sequence number, records).
+struct RangeAck {
+    flags: u8,
+    count: u64,
+    first_seq: Option<u64>,
+    records: Vec<([u8; 4], [u8; 4], Datum)>,
+}
+
+const FIRST_ITEM: u8 = 0x80;
+const LAST_ITEM: u8 = 0x40;
+const MORE_ITEMS: u8 = 0x20;
+
+fn parse_range_ack(a: &[u8]) -> RangeAck {
+    assert_eq!(a[0], 0x30, "complex ack: {a:02x?}");
+    assert_eq!(a[2], 26, "ReadRange ack: {a:02x?}");
+    let mut i = 3;
+    let mut flags = 0;
+    let mut count = 0;
+    let mut first_seq = None;
+    let mut records = Vec::new();
+    while i < a.len() {
+        match tag(a, &mut i) {
+            Tag::Prim {
+                num: 3,
+                ctx: true,
+                data,
+            } => flags = data[1],
+            Tag::Prim {
+                num: 4,
+                ctx: true,
+                data,
+            } => count = uint(data),
+            Tag::Prim {
+                num: 6,
+                ctx: true,
+                data,
+            } => first_seq = Some(uint(data)),
+            Tag::Open(5) => loop {
+                // BACnetLogRecord: [0] { date time } [1] { datum } [2] flags?
+                match tag(a, &mut i) {
+                    Tag::Close(5) => break,
+                    Tag::Open(0) => {
+                        let Tag::Prim { data: d, .. } = tag(a, &mut i) else {
+                            panic!("date")
+                        };
+                        let Tag::Prim { data: t, .. } = tag(a, &mut i) else {
+                            panic!("time")
+                        };
+                        assert_eq!(tag(a, &mut i), Tag::Close(0));
+                        assert_eq!(tag(a, &mut i), Tag::Open(1));
+                        let datum = match tag(a, &mut i) {
+                            Tag::Prim { num: 2, data, .. } => {
+                                Datum::Real(f32::from_be_bytes(data.try_into().expect("REAL")))
+                            }
+                            Tag::Prim { num: 0, data, .. } => Datum::Status(data[1]),
+                            Tag::Open(8) => {
+                                let Tag::Prim { data: c, .. } = tag(a, &mut i) else {
+                                    panic!()
+                                };
+                                let Tag::Prim { data: e, .. } = tag(a, &mut i) else {
+                                    panic!()
+                                };
+                                assert_eq!(tag(a, &mut i), Tag::Close(8));
+                                Datum::Failure(uint(c), uint(e))
+                            }
+                            other => panic!("unexpected datum {other:?} in {a:02x?}"),
+                        };
+                        assert_eq!(tag(a, &mut i), Tag::Close(1));
+                        records.push((
+                            d.try_into().expect("date"),
+                            t.try_into().expect("time"),
+                            datum,
+                        ));
+                    }
+                    // Optional status flags of the record.
+                    Tag::Prim {
+                        num: 2, ctx: true, ..
+                    } => {}
+                    other => panic!("unexpected {other:?} in {a:02x?}"),
+                }
+            },
+            _ => {}
+        }
+    }
+    RangeAck {
+        flags,
+        count,
+        first_seq,
+        records,
+    }
+}
+
+/// ReadRange of a Trend Log's Log_Buffer; `range` is the encoded range
+/// choice. `max_apdu` is the header octet (5 = 1476, 0 = 50 octets).
+fn read_range(invoke: u8, inst: u32, range: &[u8], max_apdu: u8) -> Vec<u8> {
+    let mut v = vec![0x01, 0x04, 0x00, max_apdu, invoke, 26, 0x0C];
+    v.extend_from_slice(&oid(TL, inst));
+    v.extend_from_slice(&[0x19, LOG_BUFFER]);
+    v.extend_from_slice(range);
+    bvlc(&v)
+}
+
+fn signed(n: i32) -> Vec<u8> {
+    let mut v = vec![0x34];
+    v.extend_from_slice(&n.to_be_bytes());
+    v
+}
+
+fn unsigned(n: u32) -> Vec<u8> {
+    let mut v = vec![0x24];
+    v.extend_from_slice(&n.to_be_bytes());
+    v
+}
+
+fn by_position(index: u32, count: i32) -> Vec<u8> {
+    [vec![0x3E], unsigned(index), signed(count), vec![0x3F]].concat()
+}
+
+fn by_sequence(seq: u32, count: i32) -> Vec<u8> {
+    [vec![0x6E], unsigned(seq), signed(count), vec![0x6F]].concat()
+}
+
+fn by_time(date: [u8; 4], time: [u8; 4], count: i32) -> Vec<u8> {
+    let mut v = vec![0x7E, 0xA4];
+    v.extend_from_slice(&date);
+    v.push(0xB4);
+    v.extend_from_slice(&time);
+    v.extend_from_slice(&signed(count));
+    v.push(0x7F);
+    v
+}
+
+/// BACnet date/time octets of an instant (the device runs at UTC).
+fn stamp(at: chrono::DateTime<chrono::Utc>) -> ([u8; 4], [u8; 4]) {
+    use chrono::{Datelike, Timelike};
+    (
+        [
+            (at.year() - 1900) as u8,
+            at.month() as u8,
+            at.day() as u8,
+            at.weekday().number_from_monday() as u8,
+        ],
+        [
+            at.hour() as u8,
+            at.minute() as u8,
+            at.second() as u8,
+            (at.nanosecond() / 10_000_000) as u8,
+        ],
+    )
+}
+
+impl Client {
+    /// An Unsigned property (Record_Count and the like).
+    async fn read_unsigned(&self, ty: u32, inst: u32, prop: u8) -> u64 {
+        let a = self.call(&read_property(9, ty, inst, prop, None)).await;
+        assert_eq!(a[0], 0x30, "complex ack: {a:02x?}");
+        let pos = a.iter().position(|b| *b == 0x3E).expect("opening tag") + 1;
+        let mut i = pos;
+        match tag(&a, &mut i) {
+            Tag::Prim {
+                num: 2,
+                ctx: false,
+                data,
+            } => uint(data),
+            other => panic!("not Unsigned: {other:?} in {a:02x?}"),
+        }
+    }
+
+    async fn read_range(&self, invoke: u8, inst: u32, range: &[u8]) -> RangeAck {
+        parse_range_ack(&self.call(&read_range(invoke, inst, range, 5)).await)
+    }
+}
+
+#[tokio::test]
+async fn trend_log_read_range_serves_the_point_history() {
+    let app = util::start().await;
+    let c = Client::new(app.addrs.bacnet.expect("bacnet bound")).await;
+    // cpu_usage is AI3, logged by TL3; period 30 s, COV_Increment 1.
+    let id = app.db.lookup("cpu_usage").expect("point");
+    let tl = 3;
+    for v in [10.0, 20.0, 30.0, 40.0, 50.0] {
+        app.db
+            .set(id, Some(Value::Number(v)), Quality::Ok, None)
+            .expect("set");
+        // Distinct hundredths, so each record has its own timestamp.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // The source stops: a failure record, no number.
+    app.db
+        .set(
+            id,
+            Some(Value::Number(50.0)),
+            Quality::Stale,
+            Some("source stopped"),
+        )
+        .expect("stale");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Back with the same value: the history has no new sample, the log
+    // records the value again so it does not end on the failure.
+    app.db
+        .set(id, Some(Value::Number(50.4)), Quality::Ok, None)
+        .expect("ok");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    app.db
+        .set(id, Some(Value::Number(60.0)), Quality::Ok, None)
+        .expect("set");
+
+    let t0 = std::time::Instant::now();
+    while c.read_unsigned(TL, tl, 141).await < 8 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "records reach the log"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.read_unsigned(TL, tl, 141).await, 8, "Record_Count");
+    assert_eq!(c.read_unsigned(TL, tl, 145).await, 8, "Total_Record_Count");
+    assert_eq!(c.read_unsigned(TL, tl, 126).await, 10_000, "Buffer_Size");
+    assert_eq!(
+        c.read_unsigned(TL, tl, 134).await,
+        3000,
+        "Log_Interval: 30 s"
+    );
+    // Log_Enable TRUE, Stop_When_Full FALSE (application BOOLEAN 0x11 / 0x10).
+    let en = c.call(&read_property(10, TL, tl, 133, None)).await;
+    assert!(en.windows(3).any(|w| w == [0x3E, 0x11, 0x3F]), "{en:02x?}");
+    let swf = c.call(&read_property(11, TL, tl, 144, None)).await;
+    assert!(
+        swf.windows(3).any(|w| w == [0x3E, 0x10, 0x3F]),
+        "{swf:02x?}"
+    );
+    // Log_DeviceObjectProperty: AI3, Present_Value.
+    let r = c.call(&read_property(12, TL, tl, 132, None)).await;
+    let mut want = vec![0x0C];
+    want.extend_from_slice(&oid(AI, 3));
+    want.extend_from_slice(&[0x19, PV]);
+    assert!(r.windows(want.len()).any(|w| w == want), "{r:02x?}");
+    // Log_Buffer is ReadRange-only: READ_ACCESS_DENIED (27).
+    let e = c.call(&read_property(13, TL, tl, LOG_BUFFER, None)).await;
+    assert_eq!(error_of(&e), (2, 27));
+    // Trend Logs are configuration: writes refused.
+    let mut wp = vec![0x0C];
+    wp.extend_from_slice(&oid(TL, tl));
+    wp.extend_from_slice(&[0x19, 133, 0x3E, 0x10, 0x3F]);
+    let e = c.call(&confirmed(14, 15, &wp)).await;
+    // Trend Logs are configuration: SERVICES / SERVICE_REQUEST_DENIED (29).
+    assert_eq!(error_of(&e), (5, 29), "Log_Enable write refused");
+
+    let his = app.db.history(
+        id,
+        chrono::Utc::now() - chrono::Duration::hours(1),
+        chrono::Utc::now() + chrono::Duration::seconds(1),
+    );
+    // 50.4 is within COV_Increment (1) of 50: not a history sample, only
+    // the log's recovery record.
+    let values: Vec<f64> = his.iter().map(|s| s.value.as_f64()).collect();
+    assert_eq!(values, [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]);
+
+    // MORE_ITEMS means "matched but did not fit" (Clause 15.8.1.3.3), and
+    // only By Sequence Number / By Time answers carry firstSequenceNumber.
+    // By position, first three: FIRST_ITEM.
+    let r = c.read_range(20, tl, &by_position(1, 3)).await;
+    assert_eq!((r.flags, r.count, r.first_seq), (FIRST_ITEM, 3, None));
+    for (k, rec) in r.records.iter().enumerate() {
+        let (d, t) = stamp(his[k].at);
+        assert_eq!(
+            *rec,
+            (d, t, Datum::Real(his[k].value.as_f64() as f32)),
+            "record {k}"
+        );
+    }
+    // By position backwards from the last: LAST_ITEM.
+    let r = c.read_range(21, tl, &by_position(8, -4)).await;
+    assert_eq!((r.flags, r.count, r.first_seq), (LAST_ITEM, 4, None));
+    let data: Vec<&Datum> = r.records.iter().map(|x| &x.2).collect();
+    assert_eq!(
+        data,
+        [
+            &Datum::Real(50.0),
+            &Datum::Failure(7, 30), // COMMUNICATION / TIMEOUT
+            &Datum::Real(50.4),
+            &Datum::Real(60.0)
+        ]
+    );
+    // By sequence number from 6 on: 6..8, LAST_ITEM only.
+    let r = c.read_range(22, tl, &by_sequence(6, 10)).await;
+    assert_eq!((r.flags, r.count, r.first_seq), (LAST_ITEM, 3, Some(6)));
+    // By time: records newer than a reference between samples 2 and 3.
+    let mid = his[1].at + (his[2].at - his[1].at) / 2;
+    let (d, t) = stamp(mid);
+    let r = c.read_range(23, tl, &by_time(d, t, 2)).await;
+    assert_eq!((r.flags, r.count, r.first_seq), (0, 2, Some(3)));
+    assert_eq!(r.records[0].2, Datum::Real(30.0));
+    assert_eq!(r.records[0].0, stamp(his[2].at).0);
+    assert_eq!(r.records[0].1, stamp(his[2].at).1);
+    // Whole buffer, all flags: FIRST_ITEM | LAST_ITEM, no MORE_ITEMS.
+    let r = c.read_range(24, tl, &by_position(1, 100)).await;
+    assert_eq!((r.flags, r.count), (FIRST_ITEM | LAST_ITEM, 8));
+    // Nothing at a position past the end: an empty page, no flags.
+    let r = c.read_range(25, tl, &by_position(50, 3)).await;
+    assert_eq!((r.flags, r.count, r.records.len()), (0, 0, 0));
+
+    // A client that takes 50-octet APDUs and no segments gets what fits,
+    // with MORE_ITEMS, never a truncated record.
+    let a = c.call(&read_range(26, tl, &by_position(1, 8), 0)).await;
+    assert!(a.len() <= 50, "fits the client's APDU: {} octets", a.len());
+    let r = parse_range_ack(&a);
+    assert!(r.count >= 1 && r.count < 8, "a partial page: {}", r.count);
+    assert_eq!(r.flags & (FIRST_ITEM | MORE_ITEMS), FIRST_ITEM | MORE_ITEMS);
+    assert_eq!(r.records.len() as u64, r.count);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_read_ranges_get_an_answer_and_the_log_keeps_serving() {
+    let app = util::start().await;
+    let c = Client::new(app.addrs.bacnet.expect("bacnet bound")).await;
+    let id = app.db.lookup("cpu_usage").expect("point");
+    app.db
+        .set(id, Some(Value::Number(5.0)), Quality::Ok, None)
+        .expect("set");
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("no range", read_range(1, 3, &[], 5)),
+        ("count 0", read_range(2, 3, &by_position(1, 0), 5)),
+        ("index 0", read_range(3, 3, &by_position(0, 5), 5)),
+        (
+            "huge index",
+            read_range(4, 3, &by_position(u32::MAX, -5), 5),
+        ),
+        ("sequence 0", read_range(5, 3, &by_sequence(0, 5), 5)),
+        (
+            "count i32::MIN",
+            read_range(6, 3, &by_position(1, i32::MIN), 5),
+        ),
+        (
+            "deprecated byTime [4]",
+            read_range(7, 3, &[0x4E, 0x21, 0x01, 0x31, 0x01, 0x4F], 5),
+        ),
+        (
+            "unclosed range",
+            read_range(8, 3, &[0x3E, 0x21, 0x01, 0x31, 0x01], 5),
+        ),
+        (
+            "unspecified time",
+            read_range(9, 3, &by_time([0xFF; 4], [0xFF; 4], 3), 5),
+        ),
+        ("unknown log", read_range(10, 77, &by_position(1, 1), 5)),
+    ];
+    // ReadRange of a non-list property (AI3 Present_Value).
+    let mut v = vec![0x01, 0x04, 0x00, 0x05, 11, 26, 0x0C];
+    v.extend_from_slice(&oid(AI, 3));
+    v.extend_from_slice(&[0x19, PV]);
+    v.extend_from_slice(&by_position(1, 1));
+    cases.push(("not a list", bvlc(&v)));
+    // Random bytes after a valid object and property, from a fixed seed so
+    // a failure replays.
+    let mut x: u32 = 0x2545_F491;
+    for k in 0..100u8 {
+        let mut body = Vec::new();
+        for _ in 0..(k % 24) {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            body.push(x as u8);
+        }
+        cases.push(("random range", read_range(100 + k, 3, &body, 5)));
+    }
+    for (what, frame) in &cases {
+        let a = c.call(frame).await;
+        // Complex ack, Error, Reject or Abort: always an answer.
+        assert!(
+            matches!(a[0] >> 4, 3 | 5 | 6 | 7),
+            "{what}: unexpected reply {a:02x?}"
+        );
+    }
+    // Still serving, and the log is intact.
+    let r = c.read_range(99, 3, &by_position(1, 10)).await;
+    assert_eq!((r.count, r.records[0].2.clone()), (1, Datum::Real(5.0)));
+    app.stop().await;
+}

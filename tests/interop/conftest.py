@@ -37,12 +37,13 @@ def castpoint_bin():
 class Server:
     """A running castpoint with its bound addresses: http, bacnet, modbus as (host, port)."""
 
-    def __init__(self, extra_args=(), config=None):
+    def __init__(self, extra_args=(), config=None, data=None):
         # Default: no telemetry sampler, so values only change when a test
         # changes them (reads over two protocols are then comparable).
         if config is None:
             config = pathlib.Path(__file__).parent / "quiet.toml"
-        self.data = tempfile.mkdtemp(prefix="castpoint-interop-")
+        # `data`: an existing data dir (a restart keeps its SQLite state).
+        self.data = data or tempfile.mkdtemp(prefix="castpoint-interop-")
         args = [castpoint_bin(), "run",
                 "--http", "127.0.0.1:0", "--bacnet", "127.0.0.1:0",
                 "--modbus", "127.0.0.1:0", "--data-dir", self.data]

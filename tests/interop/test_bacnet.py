@@ -1,5 +1,6 @@
 """BACnet/IP interop: bacpypes3 as the client of the real castpoint binary (who-is, RP/RPM of every object, WP with priorities, COV, DCC/Reinit), and tshark dissecting every reply."""
 import asyncio
+import datetime
 import json
 import pathlib
 import shutil
@@ -156,7 +157,9 @@ def test_read_property_of_every_object(bserver):
                          "multi-state-value,0", "multi-state-value,1", "binary-output,0",
                          "network-port,1"]:
                 assert ObjectIdentifier(want) in ol
-            assert len(ol) == 25
+            # Device, Network Port, 23 point objects, 10 Trend Logs (TLn logs AIn).
+            assert len(ol) == 35
+            assert sum(1 for o in ol if str(o[0]) == "trend-log") == 10
             # object-list by index: 0 is the size, 1 the device.
             n = await app.read_property(addr, ObjectIdentifier(f"device,{DEVICE}"), "object-list", 0)
             assert n == len(ol)
@@ -165,7 +168,7 @@ def test_read_property_of_every_object(bserver):
             for oid in ol:
                 name = await app.read_property(addr, oid, "object-name")
                 assert name
-                if oid[0].attr in ("analog-input", "analog-value", "binary-output", "multi-state-value"):
+                if str(oid[0]) in ("analog-input", "analog-value", "binary-output", "multi-state-value"):
                     pv = await app.read_property(addr, oid, "present-value")
                     assert pv is not None
                     sf = await app.read_property(addr, oid, "status-flags")
@@ -199,6 +202,12 @@ def test_rpm_all_required_optional_of_every_object(bserver):
                 props = {str(p) for (_, p, _, v) in res}
                 assert "object-name" in props and "object-type" in props, oid
                 errors = [(p, v) for (_, p, _, v) in res if isinstance(v, (ErrorType, ErrorRejectAbortNack))]
+                if str(oid[0]) == "trend-log":
+                    # Log_Buffer is ReadRange-only (Clause 12.25.14): an
+                    # inline read-access-denied, never a broken reply.
+                    assert [(str(p), str(v.errorCode)) for p, v in errors] == \
+                        [("log-buffer", "read-access-denied")], (oid, errors)
+                    continue
                 assert errors == [], (oid, errors)
                 req = await app.read_property_multiple(addr, [oid, ["required"]])
                 opt = await app.read_property_multiple(addr, [oid, ["optional"]])
@@ -543,7 +552,8 @@ def test_export_ede(tmp_path):
     lines = out.splitlines()
     assert "VERSION_OF_LAYOUT;2.3" in lines
     rows = [l.split(";") for l in lines if not l.startswith("#") and l.count(";") == 15]
-    assert len(rows) == 24  # device + 23 objects
+    assert len(rows) == 34  # device + 23 objects + 10 Trend Logs
+    assert [r[3:5] for r in rows if r[0] == "cpu_usage_trend"] == [["20", "3"]]
     by_key = {r[0]: r for r in rows}
     assert by_key["stream_enable"][3:5] == ["4", "0"]
     assert by_key["cpu_usage"][14] == "98"
@@ -577,3 +587,154 @@ def test_i_am_broadcast_at_start_up(tmp_path):
                          capture_output=True, text=True, check=True).stdout
     rows = [l.split("\t") for l in out.splitlines() if l.strip()]
     assert [str(port), "0x0b", "0", str(DEVICE)] in rows, out
+
+
+# ------------------------------------------------------------- Trend Logs
+
+def _ts(rec):
+    """A LogRecord's timestamp as (y, m, d, H, M, S, hundredths)."""
+    d, t = rec.timestamp.date, rec.timestamp.time
+    return (d[0] + 1900, d[1], d[2], t[0], t[1], t[2], t[3])
+
+
+def _sample_ts(iso):
+    """A history sample's RFC 3339 time, truncated to BACnet hundredths (UTC device)."""
+    at = datetime.datetime.fromisoformat(iso).astimezone(datetime.timezone.utc)
+    return (at.year, at.month, at.day, at.hour, at.minute, at.second, at.microsecond // 10_000)
+
+
+async def _read_range(app, addr, inst, rng):
+    from bacpypes3.apdu import ReadRangeACK, ReadRangeRequest
+    from bacpypes3.basetypes import LogRecord
+    req = ReadRangeRequest(objectIdentifier=ObjectIdentifier(f"trend-log,{inst}"),
+                           propertyIdentifier="log-buffer", range=rng)
+    req.pduDestination = addr
+    ack = await app.request(req)
+    assert isinstance(ack, ReadRangeACK), ack
+    recs = ack.itemData.cast_out(ListOf(LogRecord))
+    return list(ack.resultFlags), ack.itemCount, ack.firstSequenceNumber, list(recs)
+
+
+@pytest.fixture(scope="module")
+def tserver():
+    """castpoint restarted over a data dir whose SQLite history holds 40
+    cpu_usage samples of the last hour (telemetry off: nothing else moves)."""
+    import sqlite3
+    d = tempfile.mkdtemp(prefix="castpoint-trend-")
+    first = Server(data=d)  # creates the schema
+    first.stop()
+    now = int(time.time() * 1000)
+    rows = [("cpu_usage", now - 3_600_000 + k * 60_000 + k * 137, 2.5 * k) for k in range(40)]
+    # memory_usage (TL4): 1,000 samples, more than one ReadRange answer holds.
+    rows += [("memory_usage", now - 10_000_000 + k * 10_000, float(k % 97)) for k in range(1000)]
+    db = sqlite3.connect(pathlib.Path(d) / "castpoint.db")
+    db.executemany("INSERT INTO history (point, at, value) VALUES (?, ?, ?)", rows)
+    db.commit()
+    db.close()
+    s = Server(data=d)
+    yield s
+    s.stop()
+
+
+def test_trend_log_properties_and_read_range_match_the_point_history(tserver):
+    from bacpypes3.basetypes import (Range, RangeByPosition, RangeBySequenceNumber,
+                                     RangeByTime)
+    with urllib.request.urlopen(f"{tserver.http_base}/api/points/cpu_usage/history") as r:
+        his = json.load(r)["samples"]
+    assert len(his) == 40, "the restored history"
+
+    async def go():
+        app = client(996)
+        addr = target(tserver)
+        oid = ObjectIdentifier("trend-log,3")
+        try:
+            assert oid in await object_list(app, addr)
+            rp = lambda p: app.read_property(addr, oid, p)
+            assert await rp("object-name") == "CPU Usage Trend Log"
+            assert await rp("enable") == 1          # Log_Enable
+            assert await rp("stop-when-full") == 0
+            assert await rp("buffer-size") == 10000
+            # 40 restored samples + LOG_INTERRUPTED for the restart.
+            assert await rp("record-count") == 41
+            assert await rp("total-record-count") == 41
+            assert await rp("log-interval") == 3000   # 30 s sample period
+            assert str(await rp("logging-type")) == "polled"
+            ref = await rp("log-device-object-property")
+            assert ref.objectIdentifier == ObjectIdentifier("analog-input,3")
+            assert str(ref.propertyIdentifier) == "present-value"
+
+            # By position: the first 5 are the oldest samples, same values
+            # and timestamps (to the hundredth) as /api/points/{id}/history.
+            flags, n, seq, recs = await _read_range(
+                app, addr, 3, Range(byPosition=RangeByPosition(referenceIndex=1, count=5)))
+            assert (flags, n, seq) == ([1, 0, 0], 5, None)
+            for rec, s in zip(recs, his[:5]):
+                assert rec.logDatum.realValue == s["v"]
+                assert _ts(rec) == _sample_ts(s["t"])
+
+            # The whole buffer in one answer: FIRST_ITEM and LAST_ITEM; the
+            # newest record is the restart's LOG_INTERRUPTED status.
+            flags, n, seq, recs = await _read_range(
+                app, addr, 3, Range(byPosition=RangeByPosition(referenceIndex=1, count=1000)))
+            assert (flags, n) == ([1, 1, 0], 41)
+            assert [r.logDatum.realValue for r in recs[:40]] == [s["v"] for s in his]
+            assert [_ts(r) for r in recs[:40]] == [_sample_ts(s["t"]) for s in his]
+            assert recs[40].logDatum.logStatus is not None
+            assert list(recs[40].logDatum.logStatus) == [0, 0, 1]   # log-interrupted
+
+            # By time: after a reference between samples 10 and 11, five
+            # records from the 11th (sequence number 11).
+            a, b = (datetime.datetime.fromisoformat(his[i]["t"]) for i in (9, 10))
+            mid = (a + (b - a) / 2).astimezone(datetime.timezone.utc)
+            ref_time = DateTime(
+                date=Date((mid.year - 1900, mid.month, mid.day, mid.isoweekday())),
+                time=Time((mid.hour, mid.minute, mid.second, mid.microsecond // 10_000)))
+            flags, n, seq, recs = await _read_range(
+                app, addr, 3, Range(byTime=RangeByTime(referenceTime=ref_time, count=5)))
+            assert (flags, n, seq) == ([0, 0, 0], 5, 11)
+            assert [r.logDatum.realValue for r in recs] == [s["v"] for s in his[10:15]]
+            assert [_ts(r) for r in recs] == [_sample_ts(s["t"]) for s in his[10:15]]
+            # Backwards from the same reference: the three before it.
+            flags, n, seq, recs = await _read_range(
+                app, addr, 3, Range(byTime=RangeByTime(referenceTime=ref_time, count=-3)))
+            assert (flags, n, seq) == ([0, 0, 0], 3, 8)
+            assert [r.logDatum.realValue for r in recs] == [s["v"] for s in his[7:10]]
+
+            # By sequence number, the tail: LAST_ITEM.
+            flags, n, seq, recs = await _read_range(
+                app, addr, 3,
+                Range(bySequenceNumber=RangeBySequenceNumber(referenceSequenceNumber=39, count=10)))
+            assert (flags, n, seq) == ([0, 1, 0], 3, 39)
+        finally:
+            app.close()
+
+    run(go())
+
+
+def test_a_read_range_larger_than_one_answer_pages_with_more_items(tserver):
+    """bacpypes3 accepts 16 segments of 1024 octets: 1,000 records do not fit
+    one answer, so it gets a full page with MORE_ITEMS (not an Abort) and
+    reads on from there; together the pages are the history."""
+    from bacpypes3.basetypes import Range, RangeByPosition
+    with urllib.request.urlopen(f"{tserver.http_base}/api/points/memory_usage/history") as r:
+        his = json.load(r)["samples"]
+    assert len(his) == 1000
+
+    async def go():
+        app = client(995)
+        addr = target(tserver)
+        try:
+            flags, n, _, first = await _read_range(
+                app, addr, 4, Range(byPosition=RangeByPosition(referenceIndex=1, count=1000)))
+            assert flags == [1, 0, 1] and 500 < n < 1000, (flags, n)
+            flags, m, _, rest = await _read_range(
+                app, addr, 4, Range(byPosition=RangeByPosition(referenceIndex=n + 1, count=1000)))
+            # The rest of the samples, then the restart's LOG_INTERRUPTED.
+            assert flags == [0, 1, 0] and n + m == 1001, (flags, n, m)
+            recs = (first + rest)[:1000]
+            assert [r.logDatum.realValue for r in recs] == [s["v"] for s in his]
+            assert [_ts(r) for r in recs] == [_sample_ts(s["t"]) for s in his]
+        finally:
+            app.close()
+
+    run(go())

@@ -98,5 +98,19 @@ pub fn export(cfg: &Config, stamp: &str) -> (String, String) {
             short = o.object_type.short(),
         ));
     }
+    // Trend Logs (object type 20): read-only, no COV, no present value.
+    for t in &cfg.maps.bacnet.trend_logs {
+        let Some(def) = cfg.points.get(t.point.index()) else {
+            continue;
+        };
+        ede.push_str(&format!(
+            "{key}_trend;{dev};{name} Trend Log;20;{inst};history of {short}{li} ({name});;;;N;N;;;;;TL{inst}\n",
+            key = cell(&def.id),
+            name = cell(&def.name),
+            inst = t.instance,
+            short = t.logged_type.short(),
+            li = t.logged_instance,
+        ));
+    }
     (ede, states)
 }

@@ -32,6 +32,7 @@
 
 pub mod ede;
 pub mod objects;
+pub mod trend;
 pub mod units;
 
 use std::collections::HashSet;
@@ -45,7 +46,7 @@ use bacnet_objects::network_port::{BipPortConfig, NetworkPortObject};
 use bacnet_objects::traits::BACnetObject;
 use bacnet_objects::DeviceIdentity;
 use bacnet_server::mutation::{MutationAuthorizationContext, MutationTarget};
-use bacnet_server::server::{BACnetServer, DccPolicy, ReadPropertyMultipleBudget};
+use bacnet_server::server::{BACnetServer, DccPolicy, ReadPropertyMultipleBudget, ReadRangeBudget};
 use bacnet_server::FnPolicy;
 use bacnet_transport::bip::{BipMode, BipTransport, ForeignDeviceConfig};
 use bacnet_types::enums::{ErrorClass, ErrorCode, ObjectType, ReinitializedState, Segmentation};
@@ -59,6 +60,7 @@ use crate::config::BacnetSection;
 use crate::points::{Maps, PointDb, PointId, Protocol, Source, Value};
 
 use objects::PointObject;
+use trend::{PointTrendLog, TrendFeed};
 
 /// Network Port object instance for the one B/IP port.
 pub const NETWORK_PORT_INSTANCE: u32 = 1;
@@ -216,11 +218,30 @@ fn identity(
         .with_bip_port(NETWORK_PORT_INSTANCE, 0, ip, port)
 }
 
-/// Device + Network Port + point objects, Object_List seeded with all of them.
+/// The Trend Log objects of the BACnet map, filled from the history up to
+/// now, and the feeds that keep them current.
+pub fn trend_logs(
+    db: &PointDb,
+    maps: &Maps,
+) -> Result<(Vec<PointTrendLog>, Vec<TrendFeed>), String> {
+    let now = chrono::Utc::now();
+    let mut logs = Vec::with_capacity(maps.bacnet.trend_logs.len());
+    let mut feeds = Vec::with_capacity(maps.bacnet.trend_logs.len());
+    for tl in &maps.bacnet.trend_logs {
+        let (log, feed) = trend::build(db, tl, maps.bacnet.trend_buffer_size, now)?;
+        logs.push(log);
+        feeds.push(feed);
+    }
+    Ok((logs, feeds))
+}
+
+/// Device + Network Port + point objects + Trend Logs, Object_List seeded
+/// with all of them.
 fn database(
     id: &DeviceIdentity,
     db: &PointDb,
     points: Vec<PointObject>,
+    logs: Vec<PointTrendLog>,
 ) -> Result<ObjectDatabase, BacnetError> {
     let site = db.site();
     let mut device = DeviceObject::new(DeviceConfig {
@@ -254,6 +275,7 @@ fn database(
         ports.push(port);
     }
     oids.extend(points.iter().map(|p| p.object_identifier()));
+    oids.extend(logs.iter().map(|l| l.object_identifier()));
     device.set_object_list(oids);
     let mut odb = ObjectDatabase::new();
     odb.add(Box::new(device))?;
@@ -262,6 +284,9 @@ fn database(
     }
     for p in points {
         odb.add(Box::new(p))?;
+    }
+    for l in logs {
+        odb.add(Box::new(l))?;
     }
     Ok(odb)
 }
@@ -315,6 +340,10 @@ pub async fn start(
     let ip = *bind.ip();
     let broadcast = opts.broadcast.unwrap_or_else(|| broadcast_for(ip));
     let points = point_objects(&db, &maps)?;
+    // Subscribe before the logs read the history, so no change between the
+    // two is missed (a change already in the history is skipped by time).
+    let rx = db.subscribe();
+    let (logs, feeds) = trend_logs(&db, &maps)?;
     let point_oids: HashSet<ObjectIdentifier> =
         points.iter().map(|p| p.object_identifier()).collect();
     let by_point: Vec<(PointId, ObjectIdentifier)> = maps
@@ -325,7 +354,8 @@ pub async fn start(
         .map(|(o, p)| (o.point, p.object_identifier()))
         .collect();
     let id = identity(cfg, &opts, ip, bind.port()).map_err(|e| format!("bacnet: {e}"))?;
-    let odb = database(&id, &db, points).map_err(|e| format!("bacnet: {e}"))?;
+    let n_logs = logs.len();
+    let odb = database(&id, &db, points, logs).map_err(|e| format!("bacnet: {e}"))?;
     let port_oid = ObjectIdentifier::new(ObjectType::NETWORK_PORT, NETWORK_PORT_INSTANCE)
         .map_err(|e| format!("bacnet: {e}"))?;
 
@@ -358,6 +388,17 @@ pub async fn start(
         .read_property_multiple_budget(ReadPropertyMultipleBudget {
             max_result_elements: 4096,
             max_service_ack_bytes: 96 * 1024,
+        })
+        // One ReadRange answer: at most 16,000 octets (~720 trend records),
+        // then MORE_ITEMS and the client asks for the next page. The stack
+        // shrinks a page to fit an unsegmented client's APDU, but not to a
+        // segmented client's Max_Segments: a bigger page would be aborted
+        // (BUFFER_OVERFLOW) for a client taking 16 segments of 1024 octets
+        // (bacpypes3's defaults, 16,304 octets of service data). The item
+        // cap is above what fits, so octets decide.
+        .read_range_budget(ReadRangeBudget {
+            max_returned_items: 4096,
+            max_service_ack_bytes: 16_000,
         })
         .policy(FnPolicy::new().mutation(move |ctx| authorize(&point_oids, ctx)))
         .on_reinitialize(move |ctx, _odb| {
@@ -418,51 +459,89 @@ pub async fn start(
         tracing::warn!("bacnet: start-up I-Am not sent: {e}");
     }
     tracing::info!(
-        "bacnet: device {} on {bound} (broadcast {broadcast}), {} objects",
+        "bacnet: device {} on {bound} (broadcast {broadcast}), {} objects, {n_logs} trend logs",
         cfg.device_instance,
         by_point.len()
     );
-    tasks.spawn(run(server, db, by_point, shutdown));
+    tasks.spawn(run(server, db, rx, by_point, feeds, shutdown));
     Ok(bound)
 }
 
 /// Owns the running stack: pushes every database change of a mapped point to
-/// it (COV), and stops it on shutdown.
+/// it (COV), moves new history samples and quality changes into the Trend
+/// Logs, and stops it on shutdown.
 async fn run(
     mut server: BACnetServer<BipTransport>,
     db: PointDb,
+    mut rx: tokio::sync::broadcast::Receiver<crate::points::Change>,
     by_point: Vec<(PointId, ObjectIdentifier)>,
+    mut feeds: Vec<TrendFeed>,
     shutdown: CancellationToken,
 ) {
-    // Point index -> position in `by_point`, so the hot path never hashes.
+    // Point index -> position in `by_point` / `feeds`, so the hot path never
+    // hashes.
     let mut index: Vec<Option<usize>> = vec![None; db.len()];
     for (i, (p, _)) in by_point.iter().enumerate() {
         if let Some(slot) = index.get_mut(p.index()) {
             *slot = Some(i);
         }
     }
-    let mut rx = db.subscribe();
+    let mut log_index: Vec<Option<usize>> = vec![None; db.len()];
+    for (i, f) in feeds.iter().enumerate() {
+        if let Some(slot) = log_index.get_mut(f.point.index()) {
+            *slot = Some(i);
+        }
+    }
     let mut dirty = vec![false; by_point.len()];
+    let mut log_dirty = vec![false; feeds.len()];
     loop {
+        let mut lagged = false;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             r = rx.recv() => match r {
-                Ok(c) => {
-                    if let Some(Some(i)) = index.get(c.id.index()) {
-                        dirty[*i] = true;
-                    }
-                }
-                // Missed changes: re-evaluate every object; COV criteria
-                // send only what really changed since the last notification.
-                Err(RecvError::Lagged(_)) => dirty.iter_mut().for_each(|d| *d = true),
+                Ok(c) => note(&db, &c, &index, &log_index, &mut feeds, &mut dirty, &mut log_dirty),
+                Err(RecvError::Lagged(_)) => lagged = true,
                 Err(RecvError::Closed) => break,
             },
         }
         // Coalesce a burst (telemetry sets many points at once) into one
         // evaluation per object.
-        while let Ok(c) = rx.try_recv() {
-            if let Some(Some(i)) = index.get(c.id.index()) {
-                dirty[*i] = true;
+        loop {
+            match rx.try_recv() {
+                Ok(c) => note(
+                    &db,
+                    &c,
+                    &index,
+                    &log_index,
+                    &mut feeds,
+                    &mut dirty,
+                    &mut log_dirty,
+                ),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => lagged = true,
+                Err(_) => break,
+            }
+        }
+        if lagged {
+            // Missed changes: re-evaluate every object; COV criteria send
+            // only what really changed since the last notification, and the
+            // logs catch up on the history from where they stood (a quality
+            // flip that came and went in the gap is not logged).
+            dirty.iter_mut().for_each(|d| *d = true);
+            for (i, f) in feeds.iter_mut().enumerate() {
+                if let Some(st) = db.read(f.point) {
+                    log_dirty[i] |= f.on_change(&db, &st);
+                }
+            }
+        }
+        if log_dirty.iter().any(|d| *d) {
+            // One database lock per batch; each log drains its own inbox.
+            let mut odb = server.database().write().await;
+            for (i, f) in feeds.iter().enumerate() {
+                if std::mem::take(&mut log_dirty[i]) {
+                    if let Some(o) = odb.get_mut(&f.oid) {
+                        let _ = o.add_trend_record(trend::drain_signal());
+                    }
+                }
             }
         }
         for (i, (_, oid)) in by_point.iter().enumerate() {
@@ -480,6 +559,24 @@ async fn run(
     }
     if let Err(e) = server.stop().await {
         tracing::warn!("bacnet: stop: {e}");
+    }
+}
+
+/// Marks the COV object of a changed point and queues its Trend Log records.
+fn note(
+    db: &PointDb,
+    c: &crate::points::Change,
+    index: &[Option<usize>],
+    log_index: &[Option<usize>],
+    feeds: &mut [TrendFeed],
+    dirty: &mut [bool],
+    log_dirty: &mut [bool],
+) {
+    if let Some(Some(i)) = index.get(c.id.index()) {
+        dirty[*i] = true;
+    }
+    if let Some(Some(i)) = log_index.get(c.id.index()) {
+        log_dirty[*i] |= feeds[*i].on_change(db, &c.state);
     }
 }
 

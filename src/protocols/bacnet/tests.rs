@@ -270,10 +270,20 @@ fn ede_lists_device_and_every_object() {
         .lines()
         .filter(|l| !l.starts_with('#') && l.contains(";389001;"))
         .collect();
-    assert_eq!(rows.len(), 1 + cfg.maps.bacnet.objects.len());
+    assert_eq!(
+        rows.len(),
+        1 + cfg.maps.bacnet.objects.len() + cfg.maps.bacnet.trend_logs.len()
+    );
     assert!(rows
         .iter()
         .any(|r| r.starts_with("total_bitrate_out;389001;Total Bitrate Out;0;2;")));
+    // TL3 logs AI3.
+    assert!(
+        rows.iter().any(|r| r.starts_with(
+            "cpu_usage_trend;389001;CPU Usage Trend Log;20;3;history of AI3 (CPU Usage);"
+        )),
+        "{rows:?}"
+    );
     assert!(rows.iter().all(|r| r.split(';').count() == 16), "{rows:?}");
     assert!(states.contains(";OK;WARNING;FAULT"));
 }
