@@ -334,6 +334,26 @@ queue = 60000
         "the stalled viewer dropped nothing"
     );
     assert_eq!(slow.dropped_packets % 7, 0);
+    // Every dropped chunk holds video packets of the synthetic source, so
+    // frames are lost too, and they reach the Dropped Frames point.
+    assert!(
+        slow.frames_lost > 0,
+        "no frames counted for the slow viewer"
+    );
+    // A lost frame lost at least one of its packets.
+    assert!(slow.frames_lost <= slow.dropped_packets);
+    let id = app.db.lookup("dropped_frames").expect("point");
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        let v = app.db.read(id).and_then(|s| s.value);
+        if let Some(Value::Number(n)) = v {
+            if n >= slow.frames_lost as f64 {
+                break;
+            }
+        }
+        assert!(Instant::now() < end, "Dropped Frames stayed at {v:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(udp.dropped_chunks, 0, "the UDP output lost chunks");
     assert_eq!(udp.bytes, input.bytes, "UDP output got less than the input");
     assert!(
@@ -342,6 +362,61 @@ queue = 60000
         input.bytes
     );
     drop(viewer);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_viewer_joins_at_a_keyframe_with_pat_and_pmt_first() {
+    let text = r#"
+[[route]]
+name = "j"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "web"
+type = "http"
+"#;
+    let app = start_with(text).await;
+    let http = app.addrs.http.expect("http bound");
+    let inp = input_addr(&app, "j", 0).await;
+    let src = source(inp, Gen::new(3));
+    // Let PSI be learned, then join mid-stream several times: each viewer
+    // must see PAT, PMT, then the PES that starts an IDR.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let mut resp = reqwest::get(format!("http://{http}/stream/j.ts"))
+            .await
+            .expect("GET");
+        let mut body = Vec::new();
+        while body.len() < 4 * 188 {
+            let c = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+                .await
+                .expect("data within 5 s")
+                .expect("body");
+            body.extend_from_slice(&c.expect("stream ended"));
+        }
+        let pid =
+            |i: usize| (u16::from(body[i * 188 + 1] & 0x1F) << 8) | u16::from(body[i * 188 + 2]);
+        let pusi = |i: usize| body[i * 188 + 1] & 0x40 != 0;
+        assert_eq!((pid(0), pusi(0)), (0, true), "first packet is not a PAT");
+        assert_eq!((pid(1), pusi(1)), (0x1000, true), "second is not the PMT");
+        assert_eq!(
+            (pid(2), pusi(2)),
+            (VIDEO, true),
+            "third does not start video"
+        );
+        assert_eq!(
+            body[2 * 188 + 4 + 13],
+            0x65,
+            "the first picture is not an IDR"
+        );
+        let mut cc = CcCheck::default();
+        cc.feed(&body[..body.len() / 188 * 188]);
+        assert_eq!(cc.errors, 0, "the joiner's stream has CC gaps");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    src.abort();
     app.stop().await;
 }
 
@@ -709,6 +784,7 @@ pbkeylen = 24
         i0.bytes, 0,
         "a caller with the wrong key length delivered data"
     );
+    assert!(i0.rejected >= 1, "the AES-128 caller was not counted");
     // 1. srt-live-transmit caller (AES-256) into our listener input.
     let feed_port = free_udp_port();
     let _feeder = Kill(slt(&[
@@ -772,6 +848,13 @@ pbkeylen = 24
         format!("srt://{lst}?passphrase=nottherightone&pbkeylen=16&streamid=viewer"),
         Duration::from_secs(4),
     );
+    // A receiving caller asking for AES-256 from the AES-128 listener: the
+    // sender's (our) length wins in libsrt's handshake, so it is served at
+    // the configured AES-128 and cannot downgrade or upset anyone.
+    let other_len = pull_via_slt(
+        format!("srt://{lst}?passphrase=anothersecretphrase&pbkeylen=32&streamid=viewer"),
+        Duration::from_secs(4),
+    );
     let bad_sid = pull_via_slt(
         format!("srt://{lst}?passphrase=anothersecretphrase&pbkeylen=16&streamid=intruder"),
         Duration::from_secs(4),
@@ -783,9 +866,33 @@ pbkeylen = 24
         receive(s, Duration::from_secs(4), &mut cc).await;
         cc
     }));
-    let (good, bad_pass, bad_sid, tens) = tokio::join!(good, bad_pass, bad_sid, tens);
+    let lst_stats = async {
+        // Sampled while the callers above are connected.
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        let snap = app.engine.snapshot();
+        let r = snap.route("s").expect("r");
+        r.outputs
+            .iter()
+            .find(|o| o.name == "lst")
+            .cloned()
+            .expect("lst")
+    };
+    let (good, bad_pass, bad_sid, other_len, tens, lst_stats) =
+        tokio::join!(good, bad_pass, bad_sid, other_len, tens, lst_stats);
     assert!(good.packets > 500, "the good caller got {}", good.packets);
     assert_eq!(good.errors, 0);
+    assert!(other_len.packets > 500, "got {}", other_len.packets);
+    assert_eq!(lst_stats.clients, 2, "good + AES-256-asking callers");
+    assert!(
+        lst_stats.srt.iter().all(|c| c.pbkeylen == 16),
+        "a caller got another key length: {:?}",
+        lst_stats.srt
+    );
+    // Counted per refused handshake (the caller keeps retrying).
+    assert!(
+        lst_stats.rejected >= 1,
+        "the refused streamid is not counted"
+    );
     assert_eq!(bad_pass.packets, 0, "a wrong passphrase got data");
     assert_eq!(bad_sid.packets, 0, "a refused streamid got data");
     let snap = app.engine.snapshot();
