@@ -366,6 +366,45 @@ queue = 60000
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_burst_arrives_as_whole_1316_byte_datagrams_in_order() {
+    // A burst is coalesced by the input and sent with UDP GSO by the output:
+    // the receiver must still see one 7-packet datagram per input datagram.
+    let out = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let text = format!(
+        "[[route]]\nname = \"b\"\n[[route.input]]\ntype = \"udp\"\nbind = \"127.0.0.1:0\"\n\
+         [[route.output]]\nname = \"u\"\ntype = \"udp\"\ndest = \"{}\"\n",
+        out.local_addr().expect("addr")
+    );
+    let app = start_with(&text).await;
+    let inp = input_addr(&app, "b", 0).await;
+    let mut g = Gen::new(0);
+    let sent: Vec<Vec<u8>> = (0..120).map(|_| g.datagram()).collect();
+    let bursts = sent.clone();
+    // Sent while the receiver below reads (an unread socket buffer holds
+    // fewer than 100 such datagrams).
+    let sender = tokio::spawn(async move {
+        let src = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        for burst in bursts.chunks(40) {
+            for d in burst {
+                src.send_to(d, inp).await.expect("send");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut buf = vec![0u8; 65536];
+    for (i, want) in sent.iter().enumerate() {
+        let n = tokio::time::timeout(Duration::from_secs(3), out.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("datagram {i} never arrived"))
+            .expect("recv");
+        assert_eq!(n, 1316, "datagram {i} has {n} bytes");
+        assert_eq!(&buf[..n], &want[..], "datagram {i} differs");
+    }
+    sender.await.expect("sender");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_viewer_joins_at_a_keyframe_with_pat_and_pmt_first() {
     let text = r#"
 [[route]]
@@ -1079,4 +1118,119 @@ segment = "1min"
 
 fn app_data_dir(app: &App) -> std::path::PathBuf {
     app.engine.data_dir().to_path_buf()
+}
+
+/// (first video packet is a keyframe, duration from PTS) of a TS file by
+/// ffprobe: last PTS + its duration - first PTS.
+fn ffprobe_segment(path: &Path) -> (bool, f64) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .args(["packet=pts_time,duration_time,flags", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut pts = Vec::new();
+    let mut first_key = None;
+    for l in text.lines() {
+        let f: Vec<&str> = l.split(',').collect();
+        let (Some(p), Some(d)) = (
+            f.first().and_then(|x| x.parse::<f64>().ok()),
+            f.get(1).and_then(|x| x.parse::<f64>().ok()),
+        ) else {
+            continue;
+        };
+        if first_key.is_none() {
+            first_key = Some(f.get(2).is_some_and(|x| x.starts_with('K')));
+        }
+        pts.push((p, d));
+    }
+    let lo = pts.iter().map(|x| x.0).fold(f64::MAX, f64::min);
+    let hi = pts.iter().map(|x| x.0 + x.1).fold(f64::MIN, f64::max);
+    (first_key.unwrap_or(false), hi - lo)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_extinf_matches_ffprobe_durations_and_segments_start_at_keyframes() {
+    let text = r#"
+[[route]]
+name = "h"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "hls"
+type = "hls"
+segment = "2s"
+"#;
+    let app = start_with(text).await;
+    let inp = input_addr(&app, "h", 0).await;
+    let http = app.addrs.http.expect("http");
+    // 25 fps with a keyframe every 0.6 s: cuts land at 2.4 s of media.
+    let _ff = Kill(
+        Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-re", "-f", "lavfi", "-i"])
+            .arg("testsrc=size=320x240:rate=25")
+            .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "15"])
+            .args(["-t", "30", "-f", "mpegts"])
+            .arg(format!("udp://{inp}?pkt_size=1316"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("ffmpeg is installed"),
+    );
+    let end = Instant::now() + Duration::from_secs(25);
+    let playlist = loop {
+        if let Ok(r) = reqwest::get(format!("http://{http}/hls/h/index.m3u8")).await {
+            if r.status().is_success() {
+                let t = r.text().await.expect("body");
+                if t.matches("#EXTINF:").count() >= 3 {
+                    break t;
+                }
+            }
+        }
+        assert!(Instant::now() < end, "no 3 HLS segments in 25 s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        playlist.starts_with("#EXTM3U\n#EXT-X-VERSION:3\n"),
+        "{playlist}"
+    );
+    let target: f64 = playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-TARGETDURATION:"))
+        .and_then(|v| v.parse().ok())
+        .expect("target duration");
+    assert!(playlist.contains("#EXT-X-MEDIA-SEQUENCE:"), "{playlist}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let lines: Vec<&str> = playlist.lines().collect();
+    let mut checked = 0;
+    for (i, l) in lines.iter().enumerate() {
+        let Some(v) = l.strip_prefix("#EXTINF:") else {
+            continue;
+        };
+        let extinf: f64 = v.trim_end_matches(',').parse().expect("EXTINF");
+        let name = lines[i + 1];
+        let body = reqwest::get(format!("http://{http}/hls/h/{name}"))
+            .await
+            .expect("GET")
+            .bytes()
+            .await
+            .expect("segment");
+        let f = dir.path().join(name);
+        std::fs::write(&f, &body).expect("write");
+        let (key, dur) = ffprobe_segment(&f);
+        assert!(key, "{name} does not start with a keyframe");
+        assert!(
+            (dur - extinf).abs() <= 0.04 + 1e-6,
+            "{name}: EXTINF {extinf} but ffprobe says {dur}"
+        );
+        assert!(extinf.round() <= target);
+        assert!(
+            (extinf - 2.4).abs() < 0.05,
+            "{name}: not cut on media time: {extinf}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3);
+    app.stop().await;
 }
