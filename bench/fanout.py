@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fan-out benchmark: one 10 Mbit/s MPEG-TS input to N UDP outputs through castpoint, beside N srt-live-transmit relays and N `ffmpeg -c copy` relays; prints a Markdown table (CPU % of one core, RSS, added latency p50/p99)."""
+"""Fan-out benchmark: one 10 Mbit/s MPEG-TS input to N UDP outputs through castpoint, beside N srt-live-transmit relays and N `ffmpeg -c copy` relays; then to N SRT callers of one castpoint SRT listener output beside N srt-live-transmit UDP->SRT-listener relays (one caller each). Prints Markdown tables (CPU % of one core, RSS, added latency p50/p99)."""
 import argparse
 import os
 import socket
@@ -168,6 +168,89 @@ def run_castpoint(binary, n, secs, src_file):
     return r
 
 
+SRT_LATENCY_MS = 50
+
+
+def slt_caller(listener, dest):
+    """An srt-live-transmit caller pulling from an SRT listener into UDP
+    `dest` (the viewer side: its CPU is not counted for either party)."""
+    return subprocess.Popen(
+        ["srt-live-transmit", "-q", f"srt://127.0.0.1:{listener}?latency={SRT_LATENCY_MS}",
+         f"udp://{dest[0]}:{dest[1]}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_all(procs):
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def run_castpoint_srt(binary, n, secs, src_file):
+    """One SRT listener output (what a user deploys: one port, any number
+    of viewers, streamid access) serving N srt-live-transmit callers."""
+    inport, lport = free_port(), free_port()
+    extra = sinks(n - 1)
+    src = Source(src_file, [("127.0.0.1", inport)])
+    probe = Probe(src)
+    cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    cfg.write('[http]\nbind = "127.0.0.1:0"\n[bacnet]\nenabled = false\n[modbus]\nenabled = false\n')
+    cfg.write(f'[[route]]\nname = "bench"\n[[route.input]]\ntype = "udp"\nbind = "127.0.0.1:{inport}"\n')
+    cfg.write(f'[[route.output]]\nname = "srt"\ntype = "srt"\nmode = "listener"\n'
+              f'addr = "127.0.0.1:{lport}"\nlatency = "{SRT_LATENCY_MS}ms"\n')
+    cfg.close()
+    data = tempfile.mkdtemp()
+    proc = subprocess.Popen([binary, "run", "--config", cfg.name, "--data-dir", data],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("castpoint exited before it was ready")
+        if line.strip() == "ready":
+            break
+    dests = [probe.addr] + [s.getsockname() for s in extra]
+    callers = [slt_caller(lport, d) for d in dests]
+    time.sleep(1)
+    probe.t.start()
+    src.t.start()
+    r = measure([proc.pid], probe, secs)
+    src.stop = probe.stop = True
+    stop_all(callers)
+    proc.terminate()
+    proc.wait()
+    os.unlink(cfg.name)
+    return r
+
+
+def run_slt_srt(n, secs, src_file):
+    """N srt-live-transmit relays UDP -> SRT listener, one caller each."""
+    ports = [free_port() for _ in range(n)]
+    lports = [free_port() for _ in range(n)]
+    src = Source(src_file, [("127.0.0.1", p) for p in ports])
+    probe = Probe(src)
+    extra = sinks(n - 1)
+    dests = [probe.addr] + [s.getsockname() for s in extra]
+    relays = [subprocess.Popen(
+        ["srt-live-transmit", "-q", f"udp://127.0.0.1:{p}",
+         f"srt://127.0.0.1:{lp}?mode=listener&latency={SRT_LATENCY_MS}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for p, lp in zip(ports, lports)]
+    time.sleep(0.5)
+    callers = [slt_caller(lp, d) for lp, d in zip(lports, dests)]
+    time.sleep(1)
+    probe.t.start()
+    src.t.start()
+    r = measure([p.pid for p in relays], probe, secs)
+    src.stop = probe.stop = True
+    stop_all(callers + relays)
+    return r
+
+
 def run_peers(kind, n, secs, src_file):
     ports = [free_port() for _ in range(n)]
     src = Source(src_file, [("127.0.0.1", p) for p in ports])
@@ -208,6 +291,7 @@ def main():
     ap.add_argument("--secs", type=float, default=8)
     ap.add_argument("--max-slt", type=int, default=50)
     ap.add_argument("--max-ffmpeg", type=int, default=10)
+    ap.add_argument("--srt-n", default="1,10,50")
     a = ap.parse_args()
     print("| N | castpoint CPU % | RSS MiB | p50 ms | p99 ms | srt-live-transmit x N CPU % | RSS MiB | p50 ms | p99 ms | ffmpeg -c copy x N CPU % | RSS MiB | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -223,6 +307,21 @@ def main():
             p = run_peers(kind, n, a.secs, a.source)
             row += [f"{p[0]:.1f}", f"{p[1]:.0f}", f"{p[2]:.2f}", f"{p[3]:.2f}"]
         print("| " + " | ".join(row) + " |", flush=True)
+    if not a.srt_n:
+        return
+    print()
+    print(f"SRT outputs (latency {SRT_LATENCY_MS} ms; callers' CPU not counted):")
+    print()
+    print("| N callers | castpoint (1 SRT listener output) CPU % | per caller | RSS MiB | p50 ms | p99 ms | srt-live-transmit relays x N CPU % | per relay | RSS MiB | p50 ms | p99 ms | castpoint / srt-live-transmit per output |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n in [int(x) for x in a.srt_n.split(",")]:
+        print(f"SRT N={n} ...", file=sys.stderr, flush=True)
+        c = run_castpoint_srt(a.bin, n, a.secs, a.source)
+        p = run_slt_srt(n, a.secs, a.source)
+        ratio = (c[0] / n) / (p[0] / n) if p[0] > 0 else float("nan")
+        print(f"| {n} | {c[0]:.1f} | {c[0] / n:.2f} | {c[1]:.0f} | {c[2]:.2f} | {c[3]:.2f} "
+              f"| {p[0]:.1f} | {p[0] / n:.2f} | {p[1]:.0f} | {p[2]:.2f} | {p[3]:.2f} | {ratio:.2f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 # Fan-out benchmark: one 10 Mbit/s TS input to N = 1, 10, 50, 100 UDP outputs
 # through castpoint, beside N srt-live-transmit and N `ffmpeg -c copy` relays
 # (peers capped by default at 50 and 10 processes: ffmpeg relays take ~70 MiB
-# each). Prints a Markdown table. Needs ffmpeg and srt-tools.
-# Usage: bench/fanout.sh [N list, default 1,10,50,100] [seconds per run, default 8]
+# each); then N = 1, 10, 50 srt-live-transmit callers of one castpoint SRT
+# listener output beside N srt-live-transmit UDP->SRT relays (one caller
+# each). Prints Markdown tables. Needs ffmpeg and srt-tools.
+# Usage: bench/fanout.sh [UDP N list, default 1,10,50,100] [seconds per run, default 8]
+#                        [SRT N list, default 1,10,50; "" skips]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --quiet
@@ -15,4 +18,4 @@ if [ ! -s "$SRC" ]; then
     -c:a aac -muxrate 10M -t 20 -f mpegts "$SRC"
 fi
 exec python3 bench/fanout.py --bin target/release/castpoint --source "$SRC" \
-  --n "${1:-1,10,50,100}" --secs "${2:-8}"
+  --n "${1:-1,10,50,100}" --secs "${2:-8}" --srt-n "${3-1,10,50}"

@@ -93,6 +93,9 @@ pub(crate) fn bind_udp(
     UdpSocket::from_std(s.into())
 }
 
+/// Most datagrams read into one chunk: what one GSO send carries.
+const COALESCE_MAX: usize = 48;
+
 pub(crate) async fn run_udp(
     mut feed: Feed,
     bind: SocketAddr,
@@ -121,8 +124,30 @@ pub(crate) async fn run_udp(
         };
         match r {
             Ok(_) => {
+                // Fast path: datagrams of whole packets are used as they are,
+                // and the ones already waiting in the socket join them in
+                // one chunk (never waiting for more): a burst then costs the
+                // route one hand-over and each UDP output one GSO send.
+                let mut odd = None;
+                if ts::is_aligned(&buf) {
+                    let mut n = 1;
+                    while n < COALESCE_MAX {
+                        // Room for any datagram, so none is truncated.
+                        if buf.capacity() - buf.len() < 65536 {
+                            buf.reserve(256 * 1024);
+                        }
+                        let before = buf.len();
+                        match sock.try_recv_buf(&mut buf) {
+                            Ok(_) if ts::is_aligned(&buf[before..]) => n += 1,
+                            Ok(_) => {
+                                odd = Some(buf.split_off(before));
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
                 let dg = buf.split();
-                // Fast path: a datagram of whole packets is used as is.
                 let chunk = if ts::is_aligned(&dg) {
                     dg
                 } else {
@@ -130,6 +155,11 @@ pub(crate) async fn run_udp(
                 };
                 if !feed.push(chunk).await {
                     return;
+                }
+                if let Some(o) = odd {
+                    if !feed.push(aligner.push(&o)).await {
+                        return;
+                    }
                 }
             }
             Err(e) => {

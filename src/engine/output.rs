@@ -1,4 +1,4 @@
-//! Output tasks: UDP unicast/multicast sender, HTTP-TS server endpoints (one bounded queue per viewer), and rotating TS recordings; each drains its own bounded queue.
+//! Output tasks: UDP unicast/multicast sender, HTTP-TS server endpoints (one bounded queue per viewer, each viewer started at a keyframe with PAT/PMT first), and rotating TS recordings; each drains its own bounded queue.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -14,19 +14,35 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::stats::IoStats;
-use super::ts::TS;
+use super::ts::{keyframe_start, FrameLoss, PsiCache, TS};
 
 /// 7 TS packets: the customary MPEG-TS-over-UDP datagram (fits a 1500 MTU).
 pub const DATAGRAM: usize = 7 * TS;
+
+/// Most datagrams one GSO send may carry: the IP length limit (64 KiB)
+/// holds 49 payloads of 1316 bytes.
+const GSO_MAX: usize = 65_507 / DATAGRAM;
+
+/// One UDP output's socket, sent on directly by the route task.
+pub(crate) struct UdpOut {
+    sock: std::net::UdpSocket,
+    /// UDP_SEGMENT is set: a send of several datagrams' worth is cut into
+    /// 1316-byte datagrams by the kernel, which walks the IP stack once for
+    /// all of them instead of once per datagram.
+    gso: bool,
+}
+
+impl UdpOut {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.sock.local_addr()
+    }
+}
 
 /// A connected, non-blocking UDP socket for one output. The route task
 /// sends on it directly: the kernel's socket buffer is this output's bounded
 /// queue (a full one fails with WouldBlock and the datagram is dropped and
 /// counted), which saves a task wake-up per datagram per output.
-pub(crate) fn udp_sender(
-    dest: SocketAddr,
-    ttl: Option<u32>,
-) -> std::io::Result<std::net::UdpSocket> {
+pub(crate) fn udp_sender(dest: SocketAddr, ttl: Option<u32>) -> std::io::Result<UdpOut> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(dest), Type::DGRAM, Some(Protocol::UDP))?;
     let _ = s.set_send_buffer_size(4 << 20);
@@ -46,15 +62,34 @@ pub(crate) fn udp_sender(
     // Connected: the kernel resolves the route once instead of per datagram.
     s.connect(&dest.into())?;
     s.set_nonblocking(true)?;
-    Ok(s.into())
+    // Linux >= 4.18; elsewhere (or refused) every datagram is its own send.
+    let gso = nix::sys::socket::setsockopt(
+        &s,
+        nix::sys::socket::sockopt::UdpGsoSegment,
+        &(DATAGRAM as i32),
+    )
+    .is_ok();
+    Ok(UdpOut {
+        sock: s.into(),
+        gso,
+    })
 }
 
-/// Sends one chunk on a direct UDP output. Returns false when the socket
-/// buffer was full (the rest of the chunk is dropped, whole packets only).
+/// Sends one chunk on a direct UDP output as 1316-byte datagrams (the last
+/// one shorter if the chunk is). A chunk of several datagrams goes out in one
+/// GSO send when the socket has it: nothing is ever held back to build a
+/// batch, so this only saves work when the input delivered several datagrams
+/// at once. Returns false when the socket buffer was full (the rest of the
+/// chunk is dropped, whole packets only).
 #[inline]
-pub(crate) fn udp_send_chunk(sock: &std::net::UdpSocket, chunk: &[u8], stats: &IoStats) -> bool {
-    for dg in chunk.chunks(DATAGRAM) {
-        match sock.send(dg) {
+pub(crate) fn udp_send_chunk(out: &UdpOut, chunk: &[u8], stats: &IoStats) -> bool {
+    let step = if out.gso {
+        DATAGRAM * GSO_MAX
+    } else {
+        DATAGRAM
+    };
+    for part in chunk.chunks(step) {
+        match out.sock.send(part) {
             Ok(n) => stats.add(n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
             // ECONNREFUSED from an ICMP port-unreachable: nobody listens
@@ -78,11 +113,28 @@ pub(crate) struct HttpEndpoint {
     queue: usize,
 }
 
+/// How long a joining viewer waits for a keyframe before it is started
+/// anyway (a stream without IDRs, e.g. intra refresh, must still play).
+const JOIN_WAIT: Duration = Duration::from_secs(10);
+/// How long a joining viewer waits for PAT/PMT (no video PID known).
+const PSI_WAIT: Duration = Duration::from_secs(1);
+
 struct Client {
     tx: mpsc::Sender<Bytes>,
+    /// Not started yet: waiting for the next random access point.
+    joined: Option<Instant>,
+    loss: FrameLoss,
 }
 
 pub(crate) type HttpRegistry = Arc<RwLock<HashMap<String, Arc<HttpEndpoint>>>>;
+
+/// What a chunk offers a viewer that is waiting to start.
+struct JoinPoint {
+    /// PAT + PMT followed by the chunk from its keyframe on.
+    at_keyframe: Option<Bytes>,
+    /// PAT + PMT followed by the whole chunk (after the waits run out).
+    anyway: Bytes,
+}
 
 pub(crate) async fn run_http(
     mut rx: mpsc::Receiver<Bytes>,
@@ -106,29 +158,87 @@ pub(crate) async fn run_http(
         r.insert(path.clone(), ep.clone());
     }
     stats.set_up(None);
+    let mut cache = PsiCache::default();
     loop {
         let chunk = tokio::select! {
             _ = cancel.cancelled() => break,
             c = rx.recv() => c,
         };
         let Some(chunk) = chunk else { break };
+        let video = cache.psi.video;
+        let key = video.and_then(|(pid, st)| keyframe_start(&chunk, pid, st));
+        // PSI before the keyframe is what a joiner starting there has seen.
+        let split = key.unwrap_or(chunk.len());
+        cache.observe(&chunk[..split]);
         let mut clients = ep.clients.lock();
-        clients.retain_mut(|c| match c.tx.try_send(chunk.clone()) {
-            Ok(()) => {
-                stats.add(chunk.len());
-                true
+        let join = clients
+            .iter()
+            .any(|c| c.joined.is_some())
+            .then(|| join_point(&cache, &chunk, key));
+        cache.observe(&chunk[split..]);
+        let now = Instant::now();
+        clients.retain_mut(|c| {
+            let data = match c.joined {
+                None => chunk.clone(),
+                Some(t) => match join.as_ref().and_then(|j| j.pick(now - t, video)) {
+                    Some(b) => b,
+                    None => return !c.tx.is_closed(),
+                },
+            };
+            let len = data.len();
+            match c.tx.try_send(data) {
+                Ok(()) => {
+                    if c.joined.take().is_none() {
+                        if let Some((v, _)) = video {
+                            c.loss.delivered(&chunk, v);
+                        }
+                    }
+                    stats.add(len);
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // This viewer is slow: it loses the chunk (whole
+                    // packets, so its TS stays parseable), nobody else does.
+                    stats.dropped(chunk.len());
+                    if let Some((v, _)) = video {
+                        let n = c.loss.dropped(&chunk, v);
+                        stats.frames_lost.fetch_add(n, Relaxed);
+                    }
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // This viewer is slow: it loses the chunk, nobody else does.
-                stats.dropped(chunk.len());
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
     }
     let mut r = registry.write();
     if r.get(&path).is_some_and(|e| Arc::ptr_eq(e, &ep)) {
         r.remove(&path);
+    }
+}
+
+fn join_point(cache: &PsiCache, chunk: &Bytes, key: Option<usize>) -> JoinPoint {
+    let with_header = |from: usize| {
+        let mut b = bytes::BytesMut::with_capacity(2 * TS + chunk.len());
+        if let Some(h) = cache.header() {
+            b.extend_from_slice(&h);
+        }
+        b.extend_from_slice(&chunk[from..]);
+        b.freeze()
+    };
+    JoinPoint {
+        at_keyframe: key.filter(|_| cache.header().is_some()).map(with_header),
+        anyway: with_header(0),
+    }
+}
+
+impl JoinPoint {
+    /// What a viewer that has waited `waited` gets now, if anything.
+    fn pick(&self, waited: Duration, video: Option<(u16, u8)>) -> Option<Bytes> {
+        if let Some(b) = &self.at_keyframe {
+            return Some(b.clone());
+        }
+        let give_up = if video.is_some() { JOIN_WAIT } else { PSI_WAIT };
+        (waited >= give_up).then(|| self.anyway.clone())
     }
 }
 
@@ -147,7 +257,11 @@ impl HttpEndpoint {
         self: &Arc<Self>,
     ) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
         let (tx, rx) = mpsc::channel(self.queue.max(16));
-        self.clients.lock().push(Client { tx });
+        self.clients.lock().push(Client {
+            tx,
+            joined: Some(Instant::now()),
+            loss: FrameLoss::default(),
+        });
         self.stats.clients.fetch_add(1, Relaxed);
         let guard = ViewerGuard(self.stats.clone());
         futures::stream::unfold((rx, guard), |(mut rx, g)| async move {

@@ -36,7 +36,7 @@ pub(crate) struct OutputSlot {
     pub loss: FrameLoss,
     /// UDP outputs: sent directly from the route task (see
     /// `output::udp_sender`); `tx` is unused then.
-    pub direct: Option<Arc<std::net::UdpSocket>>,
+    pub direct: Option<Arc<super::output::UdpOut>>,
 }
 
 impl OutputSlot {

@@ -18,6 +18,8 @@ pub struct IoStats {
     pub dropped_packets: AtomicU64,
     /// Video frames lost to drops (output) or continuity gaps (input).
     pub frames_lost: AtomicU64,
+    /// Peers refused after the handshake (SRT listeners: wrong key length).
+    pub rejected: AtomicU64,
     /// Connected clients (HTTP-TS viewers, SRT callers on a listener) or
     /// 1 for a connected SRT caller / sending UDP socket.
     pub clients: AtomicU64,
@@ -87,6 +89,7 @@ impl IoStats {
             dropped_chunks: self.dropped_chunks.load(Relaxed),
             dropped_packets: self.dropped_packets.load(Relaxed),
             frames_lost: self.frames_lost.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
             clients: self.clients.load(Relaxed),
             srt: self.srt.lock().clone(),
             ffmpeg: self.ffmpeg.lock().as_ref().map(|c| c.snapshot()),
@@ -99,6 +102,8 @@ impl IoStats {
 pub struct SrtConnStats {
     pub peer: Option<SocketAddr>,
     pub streamid: Option<String>,
+    /// AES key length in bytes the connection uses (0 = unencrypted).
+    pub pbkeylen: i32,
     pub rtt_ms: f64,
     /// Estimated link bandwidth.
     pub bandwidth_mbps: f64,
@@ -131,6 +136,7 @@ pub struct IoSnapshot {
     pub dropped_chunks: u64,
     pub dropped_packets: u64,
     pub frames_lost: u64,
+    pub rejected: u64,
     pub clients: u64,
     pub srt: Vec<SrtConnStats>,
     #[serde(skip_serializing_if = "Option::is_none")]

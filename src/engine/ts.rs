@@ -256,6 +256,49 @@ impl PsiTracker {
     }
 }
 
+/// The latest single-packet PAT and PMT of a stream, so that a consumer
+/// joining mid-stream (an HTTP-TS viewer, an HLS segment) can be started
+/// with them: a decoder needs both before it can use anything else.
+/// Sections spanning several packets are not cached (rare for one program).
+#[derive(Default, Clone)]
+pub struct PsiCache {
+    pub psi: PsiTracker,
+    pat: Option<[u8; TS]>,
+    pmt: Option<[u8; TS]>,
+}
+
+impl PsiCache {
+    pub fn observe(&mut self, chunk: &[u8]) {
+        self.psi.observe(chunk);
+        for p in chunk.chunks_exact(TS) {
+            if !pusi(p) {
+                continue;
+            }
+            let pid = pid(p);
+            let slot = if pid == 0 {
+                &mut self.pat
+            } else if Some(pid) == self.psi.pmt_pid {
+                &mut self.pmt
+            } else {
+                continue;
+            };
+            let mut copy = [0u8; TS];
+            copy.copy_from_slice(p);
+            *slot = Some(copy);
+        }
+    }
+
+    /// PAT then PMT, as last seen. Their continuity counters are the ones
+    /// the stream used, so the next PAT/PMT a joiner gets continues them.
+    pub fn header(&self) -> Option<[u8; 2 * TS]> {
+        let (pat, pmt) = (self.pat?, self.pmt?);
+        let mut h = [0u8; 2 * TS];
+        h[..TS].copy_from_slice(&pat);
+        h[TS..].copy_from_slice(&pmt);
+        Some(h)
+    }
+}
+
 /// The PSI section that starts in this packet (payload after pointer field).
 pub fn section(p: &[u8]) -> Option<&[u8]> {
     let payload = payload(p)?;
@@ -407,6 +450,49 @@ pub fn keyframe_start(chunk: &[u8], video_pid: u16, stream_type: u8) -> Option<u
     None
 }
 
+/// PTS and DTS (90 kHz, 33 bits) of the PES header that starts in packet
+/// `p`, if it has them (DTS defaults to the PTS when absent).
+pub fn pes_timestamps(p: &[u8]) -> Option<(u64, u64)> {
+    if p.len() < 4 || !pusi(p) {
+        return None;
+    }
+    let pl = payload(p)?;
+    if pl.get(0..3)? != [0, 0, 1] {
+        return None;
+    }
+    let flags = *pl.get(7)? >> 6;
+    let ts = |at: usize| -> Option<u64> {
+        let b = pl.get(at..at + 5)?;
+        // Each of the three parts is followed by a marker bit.
+        if b[0] & 1 == 0 || b[2] & 1 == 0 || b[4] & 1 == 0 {
+            return None;
+        }
+        Some(
+            (u64::from(b[0] >> 1) & 0x07) << 30
+                | u64::from(b[1]) << 22
+                | u64::from(b[2] >> 1) << 15
+                | u64::from(b[3]) << 7
+                | u64::from(b[4] >> 1),
+        )
+    };
+    match flags {
+        0b10 => ts(9).map(|pts| (pts, pts)),
+        0b11 => Some((ts(9)?, ts(14)?)),
+        _ => None,
+    }
+}
+
+/// `b - a` on the 33-bit 90 kHz clock, as a signed difference (wrap-safe).
+pub fn ts_delta(a: u64, b: u64) -> i64 {
+    const WRAP: i64 = 1 << 33;
+    let d = (b as i64 - a as i64).rem_euclid(WRAP);
+    if d >= WRAP / 2 {
+        d - WRAP
+    } else {
+        d
+    }
+}
+
 /// Scans an elementary-stream fragment for NAL start codes.
 fn has_keyframe_nal(es: &[u8], stream_type: u8) -> bool {
     let mut i = 0;
@@ -430,7 +516,7 @@ fn has_keyframe_nal(es: &[u8], stream_type: u8) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -515,6 +601,52 @@ mod tests {
         assert_eq!(f.dropped(&cont, 256), 1);
     }
 
+    /// A video packet starting a PES with the given PTS (and DTS).
+    pub(crate) fn pes_pkt(pid: u16, cc: u8, pts: u64, dts: Option<u64>) -> [u8; TS] {
+        let mut p = pkt(pid, cc, true);
+        let enc = |prefix: u8, t: u64| {
+            [
+                (prefix << 4) | (((t >> 30) as u8 & 0x07) << 1) | 1,
+                (t >> 22) as u8,
+                (((t >> 15) as u8) << 1) | 1,
+                (t >> 7) as u8,
+                ((t as u8) << 1) | 1,
+            ]
+        };
+        let mut h = vec![0, 0, 1, 0xE0, 0, 0, 0x80];
+        match dts {
+            None => {
+                h.extend_from_slice(&[0x80, 5]);
+                h.extend_from_slice(&enc(0b0010, pts));
+            }
+            Some(d) => {
+                h.extend_from_slice(&[0xC0, 10]);
+                h.extend_from_slice(&enc(0b0011, pts));
+                h.extend_from_slice(&enc(0b0001, d));
+            }
+        }
+        h.extend_from_slice(&[0, 0, 0, 1, 0x65]);
+        p[4..4 + h.len()].copy_from_slice(&h);
+        p
+    }
+
+    #[test]
+    fn pes_timestamps_round_trip_and_wrap() {
+        let big = (1u64 << 33) - 5;
+        assert_eq!(
+            pes_timestamps(&pes_pkt(256, 0, 123_456, None)),
+            Some((123_456, 123_456))
+        );
+        assert_eq!(
+            pes_timestamps(&pes_pkt(256, 0, big, Some(big - 3600))),
+            Some((big, big - 3600))
+        );
+        assert_eq!(pes_timestamps(&pkt(256, 0, true)), None);
+        assert_eq!(ts_delta(big, 10), 15);
+        assert_eq!(ts_delta(10, big), -15);
+        assert_eq!(ts_delta(0, 90_000), 90_000);
+    }
+
     proptest! {
         #[test]
         fn aligner_never_panics_and_emits_whole_packets(data in proptest::collection::vec(any::<u8>(), 0..3000), cut in 1usize..500) {
@@ -537,6 +669,12 @@ mod tests {
             let _ = CcChecker::default().check(&chunk);
             let _ = FrameLoss::default().dropped(&chunk, 256);
             let _ = VideoGapCounter::default().observe(&chunk, 256);
+            for p in chunk.chunks_exact(TS) {
+                let _ = pes_timestamps(p);
+            }
+            let mut pc = PsiCache::default();
+            pc.observe(&chunk);
+            let _ = pc.header();
             CcRewriter::default().rewrite(&mut chunk);
             let _ = section(&data);
             let _ = payload(&data);

@@ -334,6 +334,26 @@ queue = 60000
         "the stalled viewer dropped nothing"
     );
     assert_eq!(slow.dropped_packets % 7, 0);
+    // Every dropped chunk holds video packets of the synthetic source, so
+    // frames are lost too, and they reach the Dropped Frames point.
+    assert!(
+        slow.frames_lost > 0,
+        "no frames counted for the slow viewer"
+    );
+    // A lost frame lost at least one of its packets.
+    assert!(slow.frames_lost <= slow.dropped_packets);
+    let id = app.db.lookup("dropped_frames").expect("point");
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        let v = app.db.read(id).and_then(|s| s.value);
+        if let Some(Value::Number(n)) = v {
+            if n >= slow.frames_lost as f64 {
+                break;
+            }
+        }
+        assert!(Instant::now() < end, "Dropped Frames stayed at {v:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(udp.dropped_chunks, 0, "the UDP output lost chunks");
     assert_eq!(udp.bytes, input.bytes, "UDP output got less than the input");
     assert!(
@@ -342,6 +362,100 @@ queue = 60000
         input.bytes
     );
     drop(viewer);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_burst_arrives_as_whole_1316_byte_datagrams_in_order() {
+    // A burst is coalesced by the input and sent with UDP GSO by the output:
+    // the receiver must still see one 7-packet datagram per input datagram.
+    let out = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let text = format!(
+        "[[route]]\nname = \"b\"\n[[route.input]]\ntype = \"udp\"\nbind = \"127.0.0.1:0\"\n\
+         [[route.output]]\nname = \"u\"\ntype = \"udp\"\ndest = \"{}\"\n",
+        out.local_addr().expect("addr")
+    );
+    let app = start_with(&text).await;
+    let inp = input_addr(&app, "b", 0).await;
+    let mut g = Gen::new(0);
+    let sent: Vec<Vec<u8>> = (0..120).map(|_| g.datagram()).collect();
+    let bursts = sent.clone();
+    // Sent while the receiver below reads (an unread socket buffer holds
+    // fewer than 100 such datagrams).
+    let sender = tokio::spawn(async move {
+        let src = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        for burst in bursts.chunks(40) {
+            for d in burst {
+                src.send_to(d, inp).await.expect("send");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut buf = vec![0u8; 65536];
+    for (i, want) in sent.iter().enumerate() {
+        let n = tokio::time::timeout(Duration::from_secs(3), out.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("datagram {i} never arrived"))
+            .expect("recv");
+        assert_eq!(n, 1316, "datagram {i} has {n} bytes");
+        assert_eq!(&buf[..n], &want[..], "datagram {i} differs");
+    }
+    sender.await.expect("sender");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_viewer_joins_at_a_keyframe_with_pat_and_pmt_first() {
+    let text = r#"
+[[route]]
+name = "j"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "web"
+type = "http"
+"#;
+    let app = start_with(text).await;
+    let http = app.addrs.http.expect("http bound");
+    let inp = input_addr(&app, "j", 0).await;
+    let src = source(inp, Gen::new(3));
+    // Let PSI be learned, then join mid-stream several times: each viewer
+    // must see PAT, PMT, then the PES that starts an IDR.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let mut resp = reqwest::get(format!("http://{http}/stream/j.ts"))
+            .await
+            .expect("GET");
+        let mut body = Vec::new();
+        while body.len() < 4 * 188 {
+            let c = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+                .await
+                .expect("data within 5 s")
+                .expect("body");
+            body.extend_from_slice(&c.expect("stream ended"));
+        }
+        let pid =
+            |i: usize| (u16::from(body[i * 188 + 1] & 0x1F) << 8) | u16::from(body[i * 188 + 2]);
+        let pusi = |i: usize| body[i * 188 + 1] & 0x40 != 0;
+        assert_eq!((pid(0), pusi(0)), (0, true), "first packet is not a PAT");
+        assert_eq!((pid(1), pusi(1)), (0x1000, true), "second is not the PMT");
+        assert_eq!(
+            (pid(2), pusi(2)),
+            (VIDEO, true),
+            "third does not start video"
+        );
+        assert_eq!(
+            body[2 * 188 + 4 + 13],
+            0x65,
+            "the first picture is not an IDR"
+        );
+        let mut cc = CcCheck::default();
+        cc.feed(&body[..body.len() / 188 * 188]);
+        assert_eq!(cc.errors, 0, "the joiner's stream has CC gaps");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    src.abort();
     app.stop().await;
 }
 
@@ -710,6 +824,7 @@ pbkeylen = 24
         i0.bytes, 0,
         "a caller with the wrong key length delivered data"
     );
+    assert!(i0.rejected >= 1, "the AES-128 caller was not counted");
     // 1. srt-live-transmit caller (AES-256) into our listener input.
     let feed_port = free_udp_port();
     let _feeder = Kill(slt(&[
@@ -773,6 +888,13 @@ pbkeylen = 24
         format!("srt://{lst}?passphrase=nottherightone&pbkeylen=16&streamid=viewer"),
         Duration::from_secs(4),
     );
+    // A receiving caller asking for AES-256 from the AES-128 listener: the
+    // sender's (our) length wins in libsrt's handshake, so it is served at
+    // the configured AES-128 and cannot downgrade or upset anyone.
+    let other_len = pull_via_slt(
+        format!("srt://{lst}?passphrase=anothersecretphrase&pbkeylen=32&streamid=viewer"),
+        Duration::from_secs(4),
+    );
     let bad_sid = pull_via_slt(
         format!("srt://{lst}?passphrase=anothersecretphrase&pbkeylen=16&streamid=intruder"),
         Duration::from_secs(4),
@@ -784,9 +906,33 @@ pbkeylen = 24
         receive(s, Duration::from_secs(4), &mut cc).await;
         cc
     }));
-    let (good, bad_pass, bad_sid, tens) = tokio::join!(good, bad_pass, bad_sid, tens);
+    let lst_stats = async {
+        // Sampled while the callers above are connected.
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        let snap = app.engine.snapshot();
+        let r = snap.route("s").expect("r");
+        r.outputs
+            .iter()
+            .find(|o| o.name == "lst")
+            .cloned()
+            .expect("lst")
+    };
+    let (good, bad_pass, bad_sid, other_len, tens, lst_stats) =
+        tokio::join!(good, bad_pass, bad_sid, other_len, tens, lst_stats);
     assert!(good.packets > 500, "the good caller got {}", good.packets);
     assert_eq!(good.errors, 0);
+    assert!(other_len.packets > 500, "got {}", other_len.packets);
+    assert_eq!(lst_stats.clients, 2, "good + AES-256-asking callers");
+    assert!(
+        lst_stats.srt.iter().all(|c| c.pbkeylen == 16),
+        "a caller got another key length: {:?}",
+        lst_stats.srt
+    );
+    // Counted per refused handshake (the caller keeps retrying).
+    assert!(
+        lst_stats.rejected >= 1,
+        "the refused streamid is not counted"
+    );
     assert_eq!(bad_pass.packets, 0, "a wrong passphrase got data");
     assert_eq!(bad_sid.packets, 0, "a refused streamid got data");
     let snap = app.engine.snapshot();
@@ -1100,5 +1246,120 @@ dest = "{}"
     );
     let snap = app.engine.snapshot();
     assert_eq!(snap.route("main").expect("route").inputs[0].name, "backup");
+    app.stop().await;
+}
+
+/// (first video packet is a keyframe, duration from PTS) of a TS file by
+/// ffprobe: last PTS + its duration - first PTS.
+fn ffprobe_segment(path: &Path) -> (bool, f64) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .args(["packet=pts_time,duration_time,flags", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut pts = Vec::new();
+    let mut first_key = None;
+    for l in text.lines() {
+        let f: Vec<&str> = l.split(',').collect();
+        let (Some(p), Some(d)) = (
+            f.first().and_then(|x| x.parse::<f64>().ok()),
+            f.get(1).and_then(|x| x.parse::<f64>().ok()),
+        ) else {
+            continue;
+        };
+        if first_key.is_none() {
+            first_key = Some(f.get(2).is_some_and(|x| x.starts_with('K')));
+        }
+        pts.push((p, d));
+    }
+    let lo = pts.iter().map(|x| x.0).fold(f64::MAX, f64::min);
+    let hi = pts.iter().map(|x| x.0 + x.1).fold(f64::MIN, f64::max);
+    (first_key.unwrap_or(false), hi - lo)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_extinf_matches_ffprobe_durations_and_segments_start_at_keyframes() {
+    let text = r#"
+[[route]]
+name = "h"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "hls"
+type = "hls"
+segment = "2s"
+"#;
+    let app = start_with(text).await;
+    let inp = input_addr(&app, "h", 0).await;
+    let http = app.addrs.http.expect("http");
+    // 25 fps with a keyframe every 0.6 s: cuts land at 2.4 s of media.
+    let _ff = Kill(
+        Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-re", "-f", "lavfi", "-i"])
+            .arg("testsrc=size=320x240:rate=25")
+            .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "15"])
+            .args(["-t", "30", "-f", "mpegts"])
+            .arg(format!("udp://{inp}?pkt_size=1316"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("ffmpeg is installed"),
+    );
+    let end = Instant::now() + Duration::from_secs(25);
+    let playlist = loop {
+        if let Ok(r) = reqwest::get(format!("http://{http}/hls/h/index.m3u8")).await {
+            if r.status().is_success() {
+                let t = r.text().await.expect("body");
+                if t.matches("#EXTINF:").count() >= 3 {
+                    break t;
+                }
+            }
+        }
+        assert!(Instant::now() < end, "no 3 HLS segments in 25 s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        playlist.starts_with("#EXTM3U\n#EXT-X-VERSION:3\n"),
+        "{playlist}"
+    );
+    let target: f64 = playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-TARGETDURATION:"))
+        .and_then(|v| v.parse().ok())
+        .expect("target duration");
+    assert!(playlist.contains("#EXT-X-MEDIA-SEQUENCE:"), "{playlist}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let lines: Vec<&str> = playlist.lines().collect();
+    let mut checked = 0;
+    for (i, l) in lines.iter().enumerate() {
+        let Some(v) = l.strip_prefix("#EXTINF:") else {
+            continue;
+        };
+        let extinf: f64 = v.trim_end_matches(',').parse().expect("EXTINF");
+        let name = lines[i + 1];
+        let body = reqwest::get(format!("http://{http}/hls/h/{name}"))
+            .await
+            .expect("GET")
+            .bytes()
+            .await
+            .expect("segment");
+        let f = dir.path().join(name);
+        std::fs::write(&f, &body).expect("write");
+        let (key, dur) = ffprobe_segment(&f);
+        assert!(key, "{name} does not start with a keyframe");
+        assert!(
+            (dur - extinf).abs() <= 0.04 + 1e-6,
+            "{name}: EXTINF {extinf} but ffprobe says {dur}"
+        );
+        assert!(extinf.round() <= target);
+        assert!(
+            (extinf - 2.4).abs() < 0.05,
+            "{name}: not cut on media time: {extinf}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3);
     app.stop().await;
 }

@@ -47,6 +47,7 @@ fn conn_stats(s: &Socket, peer: Option<SocketAddr>, streamid: Option<String>) ->
     SrtConnStats {
         peer,
         streamid,
+        pbkeylen: s.get_i32(ffi::SRTO_PBKEYLEN).unwrap_or(0),
         rtt_ms: p.ms_rtt,
         bandwidth_mbps: p.mbps_bandwidth,
         send_rate_mbps: p.mbps_send_rate,
@@ -172,7 +173,7 @@ pub(crate) fn run_input(mut feed: Feed, sp: SrtSpec, cancel: CancellationToken) 
                     continue;
                 }
                 let Ok((s, peer)) = l.accept() else { continue };
-                if !key_ok(&s, &sp) {
+                if !key_ok(&s, &sp, &feed.stats) {
                     continue;
                 }
                 let sid = s.streamid();
@@ -187,9 +188,14 @@ pub(crate) fn run_input(mut feed: Feed, sp: SrtSpec, cancel: CancellationToken) 
     }
 }
 
-/// libsrt lets a caller's key length win over the listener's; castpoint
-/// enforces the configured length so that "AES-256 only" means it.
-fn key_ok(s: &Socket, sp: &SrtSpec) -> bool {
+/// libsrt lets the *sending* side's key length win: a caller that sends into
+/// our listener input imposes its length, so castpoint closes it after the
+/// handshake (counted in `rejected`) to make "AES-256 only" mean it. A
+/// caller that receives from our listener output is told our length in the
+/// handshake and adopts it (libsrt logs "PBKEYLEN conflict - OVERRIDDEN"):
+/// it cannot downgrade, and the length it was configured with never goes on
+/// the wire, so there is nothing to reject; the check still guards it.
+fn key_ok(s: &Socket, sp: &SrtSpec, stats: &IoStats) -> bool {
     if sp.passphrase.is_none() || sp.pbkeylen == 0 {
         return true;
     }
@@ -200,6 +206,7 @@ fn key_ok(s: &Socket, sp: &SrtSpec) -> bool {
                 "srt: rejecting caller with key length {other:?} (want {})",
                 sp.pbkeylen
             );
+            stats.rejected.fetch_add(1, Relaxed);
             false
         }
     }
@@ -301,13 +308,14 @@ fn run_listener_output(
 ) {
     let allow = sp.allow.clone();
     let ev = events.clone();
-    let (r2, n2) = (route.clone(), name.clone());
+    let (r2, n2, st2) = (route.clone(), name.clone(), stats.clone());
     let setup = || -> Result<(Socket, Epoll, ffi::ListenHook), SrtError> {
         let l = Socket::new()?;
         configure(&l, &sp, false)?;
         let hook = l.set_listen_callback(move |peer, sid| {
             let ok = allow.is_empty() || sid.is_some_and(|s| allow.iter().any(|a| a == s));
             if !ok {
+                st2.rejected.fetch_add(1, Relaxed);
                 ev.emit(EngineEvent::new(
                     &r2,
                     EventKind::CallerRejected {
@@ -343,7 +351,7 @@ fn run_listener_output(
             while !cancel.is_cancelled() && !done.load(Relaxed) {
                 if ep.wait(100) {
                     if let Ok((s, peer)) = l.accept() {
-                        if key_ok(&s, &sp) {
+                        if key_ok(&s, &sp, &stats) {
                             // A slow caller must not block the others:
                             // its sends fail fast and it loses the chunk.
                             let _ = s.set_bool(ffi::SRTO_SNDSYN, false);
