@@ -789,6 +789,7 @@ impl Engine {
     /// input's chunks to the route task for as long as it runs, whatever
     /// its position after hot input changes.
     fn spawn_input(
+        &self,
         tracker: &TaskTracker,
         key: usize,
         inp: &InputSpec,
@@ -862,7 +863,7 @@ impl Engine {
                 None => {
                     let key = rt.next_key;
                     rt.next_key += 1;
-                    Self::spawn_input(&rt.inputs, key, spec, rt.data_tx.clone(), &rt.cancel)
+                    self.spawn_input(&rt.inputs, key, spec, rt.data_tx.clone(), &rt.cancel)
                 }
             };
             now_running.push(ri);
@@ -894,7 +895,7 @@ impl Engine {
             .inputs
             .iter()
             .enumerate()
-            .map(|(i, inp)| Self::spawn_input(&inputs, i, inp, data_tx.clone(), &cancel))
+            .map(|(i, inp)| self.spawn_input(&inputs, i, inp, data_tx.clone(), &cancel))
             .collect();
         let in_stats = running_inputs
             .iter()
