@@ -373,7 +373,10 @@ dest = "{}"
     );
     h1.abort();
     h2.abort();
+    // A graceful shutdown kills and reaps the child.
+    let last = transcode_pid(&app.engine.snapshot(), "tc").expect("pid");
     app.stop().await;
+    assert!(!alive(last), "transcode child {last} outlived the server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
