@@ -6,6 +6,7 @@ and the plain ffmpeg keep input timestamps, so the wall time between the
 source sending the PES of frame PTS p and the receiver getting the PES of
 output frame PTS p is the conversion's added latency."""
 import argparse
+import bisect
 import os
 import socket
 import subprocess
@@ -79,6 +80,7 @@ class Source:
         self.dgs = [data[i * DG:(i + 1) * DG] for i in range(len(data) // DG)]
         self.dest = dest
         self.sent = {}
+        self.keys = []
         self.stop = False
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
@@ -95,8 +97,9 @@ class Source:
             now = time.perf_counter()
             for k in range(0, DG, 188):
                 pts = pes_pts(dg[k:k + 188])
-                if pts is not None:
-                    self.sent.setdefault(pts, now)
+                if pts is not None and pts not in self.sent:
+                    self.sent[pts] = now
+                    bisect.insort(self.keys, pts)
             self.sock.sendto(dg, self.dest)
             i += 1
             wait = start + i * period - time.perf_counter()
@@ -128,7 +131,13 @@ class Probe:
                 pts = pes_pts(dg[k:k + 188])
                 if pts is None:
                     continue
-                t0 = self.src.sent.get(pts)
+                # Output PTS are the input's snapped to the output frame
+                # grid (nearest frame): match the nearest input frame.
+                keys = self.src.keys
+                i = bisect.bisect_left(keys, pts)
+                near = [keys[j] for j in (i - 1, i) if 0 <= j < len(keys)]
+                best = min(near, key=lambda k: abs(k - pts), default=None)
+                t0 = self.src.sent.get(best) if best is not None and abs(best - pts) <= 9000 else None
                 if self.on and t0 is not None:
                     self.lat.append((now - t0) * 1000)
 
@@ -185,7 +194,11 @@ def run_castpoint(binary, prof, secs, src_file):
     r = measure(lambda: [proc.pid] + children(proc.pid), probe, secs)
     src.stop = probe.stop = True
     proc.terminate()
-    proc.wait()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
     os.unlink(cfg.name)
     return r
 
@@ -207,7 +220,11 @@ def run_ffmpeg(prof, secs, src_file):
     r = measure(lambda: [p.pid], probe, secs)
     src.stop = probe.stop = True
     p.terminate()
-    p.wait()
+    try:
+        p.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
     return r
 
 

@@ -254,6 +254,18 @@ dest = "{}"
         (t.status == "ok").then_some(())
     })
     .await;
+    // No GPU here: encoder = "auto" fell back to software (with a logged
+    // reason); on a machine with a usable NVENC it would say so.
+    let enc = app
+        .engine
+        .snapshot()
+        .route("tc")
+        .and_then(|r| r.transcode.as_ref()?.encoder.clone());
+    if Path::new("/dev/nvidia0").exists() {
+        assert!(enc.is_some(), "{enc:?}");
+    } else {
+        assert_eq!(enc.as_deref(), Some("software (libx264)"));
+    }
     let streams = probe(&url);
     assert!(
         streams.contains(&("h264".into(), 256, 144, 0)),
@@ -273,6 +285,7 @@ dest = "{}"
     .await;
     let ms = lat.map(|v| v.as_f64()).unwrap_or(-1.0);
     assert!(ms > 0.0 && ms < 5000.0, "latency {ms} ms");
+    eprintln!("encoding latency through the child: {ms} ms");
 
     // Transcode Enable off: the auto outputs carry the original, the
     // passthrough output never stops; latency becomes Unavailable.
@@ -316,6 +329,7 @@ dest = "{}"
         .route("tc")
         .and_then(|r| r.transcode.as_ref())
         .map(|t| t.ffmpeg.out_bytes);
+    let auto_cc_before_kill = auto_cc.errors.load(Relaxed);
     let killed = Instant::now();
     let st = Command::new("kill")
         .args(["-KILL", &pid.to_string()])
@@ -346,14 +360,23 @@ dest = "{}"
     assert!(pp > 1000, "passthrough output got {pp} packets");
     assert_eq!(pe, 0, "passthrough CC errors");
     eprintln!(
-        "auto output: {} packets, {} CC errors (the SIGKILL cut the transcoded stream mid-packet-run)",
+        "auto output: {} packets, {auto_cc_before_kill} CC errors across the on/off/on switches, {} in all (the SIGKILL cuts the transcoded stream mid-run)",
         auto_cc.packets.load(Relaxed),
         auto_cc.errors.load(Relaxed)
     );
     assert!(auto_cc.packets.load(Relaxed) > 1000);
+    // Auto outputs keep their counters continuous across every switch
+    // between the original and the transcoded stream.
+    assert_eq!(
+        auto_cc_before_kill, 0,
+        "auto output CC errors across switches"
+    );
     h1.abort();
     h2.abort();
+    // A graceful shutdown kills and reaps the child.
+    let last = transcode_pid(&app.engine.snapshot(), "tc").expect("pid");
     app.stop().await;
+    assert!(!alive(last), "transcode child {last} outlived the server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

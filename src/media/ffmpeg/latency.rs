@@ -37,9 +37,10 @@ pub fn pes_pts(p: &[u8], pid: u16) -> Option<u64> {
     )
 }
 
-/// a >= b on the 33-bit PTS circle.
-fn ge(a: u64, b: u64) -> bool {
-    a.wrapping_sub(b) & (WRAP - 1) < WRAP / 2
+/// Distance of two PTS on the 33-bit circle.
+fn dist(a: u64, b: u64) -> u64 {
+    let d = a.wrapping_sub(b) & (WRAP - 1);
+    d.min(WRAP - d)
 }
 
 impl std::fmt::Debug for LatencyMeter {
@@ -81,12 +82,18 @@ impl LatencyMeter {
         let now = Instant::now();
         for p in chunk.chunks_exact(TS) {
             let Some(pts) = pes_pts(p, v) else { continue };
-            // Frames are written in decode order, so look at every
-            // remembered input frame, not only the oldest.
+            // Output timestamps are the input's (-copyts) snapped to the
+            // output frame grid (rounded to the nearest frame), so the
+            // matching input frame is the nearest one within 100 ms; frames
+            // are in decode order, so search every remembered one.
             let hit = self
                 .seen
                 .iter()
-                .position(|(ip, _)| ge(*ip, pts) && ip.wrapping_sub(pts) & (WRAP - 1) < 90_000);
+                .enumerate()
+                .map(|(i, (ip, _))| (i, dist(*ip, pts)))
+                .filter(|(_, d)| *d <= 9_000)
+                .min_by_key(|(_, d)| *d)
+                .map(|(i, _)| i);
             if let Some(i) = hit {
                 let ms = now.duration_since(self.seen[i].1).as_secs_f64() * 1000.0;
                 let s = match self.current {
@@ -147,10 +154,19 @@ mod tests {
     }
 
     #[test]
-    fn wrap_compare() {
-        assert!(ge(10, 5));
-        assert!(!ge(5, 10));
-        assert!(ge(3, WRAP - 3));
+    fn wrap_distance() {
+        assert_eq!(dist(10, 5), 5);
+        assert_eq!(dist(5, 10), 5);
+        assert_eq!(dist(3, WRAP - 3), 6);
+    }
+
+    #[test]
+    fn matches_the_nearest_input_frame() {
+        let mut m = LatencyMeter::default();
+        // No PSI: nothing is measured (the video PID is unknown).
+        m.input(&pes_packet(0x100, 128_090));
+        assert!(m.seen.is_empty());
+        assert_eq!(m.current_ms(), None);
     }
 
     proptest::proptest! {
