@@ -73,7 +73,15 @@ pub struct HaystackSection {
 
 /// Top-level tables owned by other parts (validated by them); anything
 /// else at the top level is a typo and refused.
-pub const OTHER_SECTIONS: &[&str] = &["telemetry", "profile", "users", "audit", "history", "api"];
+pub const OTHER_SECTIONS: &[&str] = &[
+    "telemetry",
+    "profile",
+    "users",
+    "audit",
+    "history",
+    "api",
+    "rtmp",
+];
 
 // No deny_unknown_fields: serde cannot combine it with `flatten`; unknown
 // top-level keys are refused by hand against OTHER_SECTIONS instead.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::{parse_duration, ConfigError, Errors, ServerConfig};
 use crate::engine::spec::{
-    EngineSpec, InputKind, InputSpec, Mode, OutputKind, OutputSpec, RouteSpec, SrtMode, SrtSpec,
-    DEFAULT_FAILOVER, DEFAULT_QUEUE,
+    EngineSpec, InputKind, InputSpec, Mode, OutputKind, OutputSpec, RouteSpec, RtmpInput, SrtMode,
+    SrtSpec, DEFAULT_FAILOVER, DEFAULT_QUEUE,
 };
 
 /// Typed reads from one table; unknown keys are reported at the end.
@@ -267,10 +267,25 @@ fn input(
                 bitrate: bitrate as u64,
             })
         }
+        Some("rtmp") => {
+            let app = t.opt_str("app", errs).unwrap_or_else(|| "live".to_string());
+            if !valid_name(&app) {
+                t.err("app", "use letters, digits, '-', '_' or '.'", errs);
+            }
+            // The stream key travels in the publish URL's last segment.
+            let key = t.req_str("key", errs);
+            if key
+                .as_deref()
+                .is_some_and(|k| k.is_empty() || k.len() > 256 || k.contains(['/', '?', ' ']))
+            {
+                t.err("key", "1..256 characters without '/', '?' or spaces", errs);
+            }
+            key.map(|key| InputKind::Rtmp(RtmpInput { app, key }))
+        }
         Some(x) => {
             t.err(
                 "type",
-                format!("unknown input type {x:?} (udp, http, srt, generator)"),
+                format!("unknown input type {x:?} (udp, http, srt, generator, rtmp)"),
                 errs,
             );
             None

@@ -13,7 +13,7 @@
 
 pub mod bridge;
 mod hls;
-mod input;
+pub(crate) mod input;
 mod output;
 mod route;
 pub mod spec;
@@ -191,6 +191,8 @@ struct Inner {
     primary: RwLock<Option<String>>,
     http: output::HttpRegistry,
     hls: hls::HlsRegistry,
+    /// RTMP ingest: route inputs waiting for publishers, by app and key.
+    rtmp: crate::media::rtmp::Registry,
     events: Events,
 }
 
@@ -227,6 +229,7 @@ impl Engine {
                 primary: RwLock::new(None),
                 http: Default::default(),
                 hls: Default::default(),
+                rtmp: Default::default(),
                 events: Events::new(),
             }),
         };
@@ -252,6 +255,11 @@ impl Engine {
             }
         });
         e
+    }
+
+    /// The RTMP ingest registry the RTMP server hands publishers to.
+    pub fn rtmp_registry(&self) -> crate::media::rtmp::Registry {
+        self.inner.rtmp.clone()
     }
 
     /// Where recordings go (`<data_dir>/recordings/<route>/`).
@@ -713,6 +721,10 @@ impl Engine {
                 }
                 InputKind::Generator { bitrate } => {
                     inputs.spawn(input::run_generator(feed, *bitrate, c));
+                }
+                InputKind::Rtmp(r) => {
+                    let reg = self.inner.rtmp.clone();
+                    inputs.spawn(crate::media::rtmp::run_input(feed, r.clone(), reg, c));
                 }
             }
         }

@@ -76,6 +76,24 @@ pub enum InputKind {
     Generator {
         bitrate: u64,
     },
+    /// RTMP ingest: publishers to `rtmp://HOST/{app}/{key}` feed this input.
+    Rtmp(RtmpInput),
+}
+
+/// An RTMP ingest point. The stream key is a secret: `Debug` hides it.
+#[derive(Clone, PartialEq)]
+pub struct RtmpInput {
+    pub app: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for RtmpInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtmpInput")
+            .field("app", &self.app)
+            .field("key", &"***")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +172,7 @@ impl InputKind {
             InputKind::Srt(s) if s.mode == SrtMode::Listener => "srt-listener",
             InputKind::Srt(_) => "srt-caller",
             InputKind::Generator { .. } => "generator",
+            InputKind::Rtmp(_) => "rtmp",
         }
     }
 }

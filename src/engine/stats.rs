@@ -31,6 +31,8 @@ pub struct IoStats {
     pub local: Mutex<Option<SocketAddr>>,
     /// SRT statistics per connection (empty for other protocols).
     pub srt: Mutex<Vec<SrtConnStats>>,
+    /// The connected publisher (RTMP ingest).
+    pub peer: Mutex<Option<SocketAddr>>,
 }
 
 impl IoStats {
@@ -87,6 +89,7 @@ impl IoStats {
             frames_lost: self.frames_lost.load(Relaxed),
             clients: self.clients.load(Relaxed),
             srt: self.srt.lock().clone(),
+            peer: *self.peer.lock(),
         }
     }
 }
@@ -130,6 +133,8 @@ pub struct IoSnapshot {
     pub frames_lost: u64,
     pub clients: u64,
     pub srt: Vec<SrtConnStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
