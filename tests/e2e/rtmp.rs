@@ -284,3 +284,71 @@ dest = "127.0.0.1:9"
     }
     app.stop().await;
 }
+
+/// Hostile or broken peers get closed connections, never a stuck or
+/// crashed server: wrong handshake version, an oversized message, garbage
+/// chunk headers, and silence past `idle_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_are_dropped_and_the_server_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let app = start_with(
+        "[rtmp]\nidle_timeout = \"1s\"\nmax_message = 65536\n\
+         [[route]]\nname = \"r\"\n[[route.input]]\ntype = \"rtmp\"\nkey = \"k\"\n\
+         [[route.output]]\ntype = \"udp\"\ndest = \"127.0.0.1:9\"\n",
+    )
+    .await;
+    let rtmp = app.addrs.rtmp.expect("rtmp");
+    /// Handshakes, sends `after`, and returns how long until the server closed.
+    async fn session(rtmp: SocketAddr, after: &[u8]) -> Duration {
+        let mut s = TcpStream::connect(rtmp).await.expect("connect");
+        let mut c0c1 = vec![3u8];
+        c0c1.extend(std::iter::repeat_n(7u8, 1536));
+        s.write_all(&c0c1).await.expect("c0c1");
+        let mut s012 = vec![0u8; 1 + 2 * 1536];
+        s.read_exact(&mut s012).await.expect("s0s1s2");
+        assert_eq!(s012[0], 3);
+        assert_eq!(&s012[1537..], &c0c1[1..], "S2 echoes C1");
+        s.write_all(&s012[1..1537]).await.expect("c2");
+        s.write_all(after).await.expect("send");
+        let t = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return t.elapsed(),
+                Ok(Ok(_)) => continue,
+                Err(_) => panic!("server did not close the connection"),
+            }
+        }
+    }
+    // Declares a 16 MiB message (over max_message): closed at once.
+    let big = [0x03, 0, 0, 0, 0xFF, 0xFF, 0xFF, 9, 1, 0, 0, 0];
+    assert!(session(rtmp, &big).await < Duration::from_millis(500));
+    // A compressed header on a chunk stream never opened.
+    assert!(session(rtmp, &[0x45, 0, 0, 0, 0, 0, 1, 9]).await < Duration::from_millis(500));
+    // A command that is not AMF0.
+    let mut bad = vec![0x03, 0, 0, 0, 0, 0, 4, 20, 0, 0, 0, 0];
+    bad.extend_from_slice(&[0x11, 0x22, 0x33, 0x44]);
+    assert!(session(rtmp, &bad).await < Duration::from_millis(500));
+    // Silence: closed after the 1 s idle timeout.
+    let quiet = session(rtmp, &[]).await;
+    assert!(
+        quiet >= Duration::from_millis(900) && quiet < Duration::from_secs(3),
+        "{quiet:?}"
+    );
+    // RTMPE (version 6) is refused during the handshake.
+    let mut s = TcpStream::connect(rtmp).await.expect("connect");
+    let mut c = vec![6u8];
+    c.extend(std::iter::repeat_n(0u8, 1536));
+    s.write_all(&c).await.expect("c0c1");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed promptly")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // Still serving: a fresh handshake works and the input is untouched.
+    assert!(session(rtmp, &big).await < Duration::from_millis(500));
+    assert_eq!(input_snapshot(&app, "r", 0).clients, 0);
+    app.stop().await;
+}
