@@ -225,6 +225,42 @@ fn srt(t: &mut T, errs: &mut Errors, output: bool) -> Option<SrtSpec> {
     })
 }
 
+/// `type = "rtsp"`: url, transport (tcp|udp), user, password, timeout, udp_bind.
+fn rtsp(t: &mut T, errs: &mut Errors) -> Option<InputKind> {
+    use crate::media::rtsp::{parse_url, RtspSpec, RtspTransport};
+    let url = t.req_str("url", errs);
+    if let Some(Err(e)) = url.as_deref().map(parse_url) {
+        t.err("url", e, errs);
+    }
+    let transport = match t.opt_str("transport", errs).as_deref() {
+        None | Some("tcp") => RtspTransport::Tcp,
+        Some("udp") => RtspTransport::Udp,
+        Some(x) => {
+            t.err(
+                "transport",
+                format!("{x:?}: expected \"tcp\" or \"udp\""),
+                errs,
+            );
+            RtspTransport::Tcp
+        }
+    };
+    let user = t.opt_str("user", errs);
+    let password = t.opt_str("password", errs);
+    let timeout = t.duration("timeout", Duration::from_secs(5), errs);
+    let udp_bind = t
+        .ipv4("udp_bind", errs)
+        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+        .into();
+    Some(InputKind::Rtsp(RtspSpec {
+        url: url?,
+        transport,
+        user,
+        password,
+        timeout,
+        udp_bind,
+    }))
+}
+
 fn input(
     file: &str,
     at: String,
@@ -282,10 +318,11 @@ fn input(
             }
             key.map(|key| InputKind::Rtmp(RtmpInput { app, key }))
         }
+        Some("rtsp") => rtsp(&mut t, errs),
         Some(x) => {
             t.err(
                 "type",
-                format!("unknown input type {x:?} (udp, http, srt, generator, rtmp)"),
+                format!("unknown input type {x:?} (udp, http, srt, generator, rtmp, rtsp)"),
                 errs,
             );
             None

@@ -726,6 +726,9 @@ impl Engine {
                     let reg = self.inner.rtmp.clone();
                     inputs.spawn(crate::media::rtmp::run_input(feed, r.clone(), reg, c));
                 }
+                InputKind::Rtsp(sp) => {
+                    inputs.spawn(crate::media::rtsp::run_input(feed, sp.clone(), c));
+                }
             }
         }
         inputs.close();

@@ -78,6 +78,8 @@ pub enum InputKind {
     },
     /// RTMP ingest: publishers to `rtmp://HOST/{app}/{key}` feed this input.
     Rtmp(RtmpInput),
+    /// RTSP pull from an IP camera (media::rtsp), remuxed to TS.
+    Rtsp(crate::media::rtsp::RtspSpec),
 }
 
 /// An RTMP ingest point. The stream key is a secret: `Debug` hides it.
@@ -173,6 +175,7 @@ impl InputKind {
             InputKind::Srt(_) => "srt-caller",
             InputKind::Generator { .. } => "generator",
             InputKind::Rtmp(_) => "rtmp",
+            InputKind::Rtsp(_) => "rtsp",
         }
     }
 }
