@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -57,6 +58,8 @@ impl Default for CameraConfig {
 /// A running camera; dropping it (or [`Camera::stop`]) closes every socket.
 pub struct Camera {
     pub addr: SocketAddr,
+    /// GET_PARAMETER / OPTIONS requests received while playing.
+    pub keepalives: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -65,6 +68,8 @@ impl Camera {
         let l = TcpListener::bind(cfg.bind).await?;
         let addr = l.local_addr()?;
         let cfg = Arc::new(cfg);
+        let keepalives = Arc::new(AtomicU64::new(0));
+        let ka = keepalives.clone();
         let task = tokio::spawn(async move {
             // Connection tasks live in this set: aborting the accept task
             // drops it, which aborts them all (a camera losing power).
@@ -73,14 +78,18 @@ impl Camera {
                 tokio::select! {
                     r = l.accept() => {
                         if let Ok((s, peer)) = r {
-                            conns.spawn(serve(s, peer, addr, cfg.clone()));
+                            conns.spawn(serve(s, peer, addr, cfg.clone(), ka.clone()));
                         }
                     }
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 }
             }
         });
-        Ok(Camera { addr, task })
+        Ok(Camera {
+            addr,
+            keepalives,
+            task,
+        })
     }
 
     /// `rtsp://addr/path` (no credentials).
@@ -227,7 +236,13 @@ const REALM: &str = "castpoint-sim";
 /// RTP payload size limit (fits a 1500-byte MTU with headers).
 const MTU: usize = 1400;
 
-async fn serve(sock: TcpStream, peer: SocketAddr, local: SocketAddr, cfg: Arc<CameraConfig>) {
+async fn serve(
+    sock: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    cfg: Arc<CameraConfig>,
+    keepalives: Arc<AtomicU64>,
+) {
     let _ = sock.set_nodelay(true);
     let (mut rd, mut wr) = sock.into_split();
     let (tx, mut rx) = mpsc::channel::<Bytes>(4096);
@@ -245,9 +260,16 @@ async fn serve(sock: TcpStream, peer: SocketAddr, local: SocketAddr, cfg: Arc<Ca
     let mut buf = Vec::with_capacity(8192);
     let mut tmp = [0u8; 8192];
     'conn: loop {
-        let n = match rd.read(&mut tmp).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        // Like a camera, expire a playing session that sends no request
+        // (keep-alive) within its announced timeout.
+        let limit = if media.is_some() {
+            Duration::from_secs(u64::from(cfg.session_timeout.max(1)))
+        } else {
+            Duration::from_secs(3600)
+        };
+        let n = match tokio::time::timeout(limit, rd.read(&mut tmp)).await {
+            Err(_) | Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
         };
         buf.extend_from_slice(&tmp[..n]);
         loop {
@@ -293,6 +315,9 @@ async fn serve(sock: TcpStream, peer: SocketAddr, local: SocketAddr, cfg: Arc<Ca
             let ts_mode = path.starts_with(&format!("{}.ts", cfg.path));
             let known = path == cfg.path || path.starts_with(&format!("{}/", cfg.path)) || ts_mode;
             let sess = format!("Session: {session};timeout={}\r\n", cfg.session_timeout);
+            if media.is_some() && matches!(req.method.as_str(), "GET_PARAMETER" | "OPTIONS") {
+                keepalives.fetch_add(1, Ordering::Relaxed);
+            }
             let out = match req.method.as_str() {
                 "OPTIONS" => reply(
                     "200 OK",

@@ -357,3 +357,38 @@ dest = "127.0.0.1:{udp_out}"
     cam.stop();
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alives_hold_a_session_the_camera_would_expire() {
+    // The camera drops a playing session silent for 2 s; the client must
+    // send GET_PARAMETER within that (every timeout/2).
+    let cam = Camera::start(CameraConfig {
+        session_timeout: 2,
+        ..CameraConfig::default()
+    })
+    .await
+    .expect("camera");
+    let text = format!(
+        r#"
+[[route]]
+name = "ka"
+[[route.input]]
+type = "rtsp"
+url = "{}"
+[[route.output]]
+type = "http"
+"#,
+        cam.url("stream")
+    );
+    let app = start_with(&text).await;
+    wait_for(&app, "ka", 10, "never up", |s| s.inputs[0].up).await;
+    let before = input(&app, "ka", 0).bytes;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let i = input(&app, "ka", 0);
+    assert!(i.up && i.error.is_none(), "{i:?}");
+    // ~2 Mbit/s for 5 s without a reconnect gap.
+    assert!(i.bytes - before > 900_000, "{i:?}");
+    let ka = cam.keepalives.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(ka >= 3, "only {ka} keep-alives in 5 s");
+    app.stop().await;
+}
