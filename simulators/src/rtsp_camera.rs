@@ -37,6 +37,9 @@ pub struct CameraConfig {
     pub password: Option<String>,
     /// Announced in `Session: id;timeout=N`.
     pub session_timeout: u32,
+    /// Also announce a G.711 PCMU track (never sent), as many cameras do:
+    /// clients must skip what they cannot use.
+    pub pcmu: bool,
 }
 
 impl Default for CameraConfig {
@@ -51,6 +54,7 @@ impl Default for CameraConfig {
             user: None,
             password: None,
             session_timeout: 60,
+            pcmu: false,
         }
     }
 }
@@ -255,7 +259,7 @@ async fn serve(
     }));
     let nonce = format!("{:016x}", fastrand::u64(..));
     let session = format!("{:08X}", fastrand::u32(..));
-    let mut dests: Vec<Option<Dest>> = vec![None, None];
+    let mut dests: Vec<Option<Dest>> = vec![None, None, None];
     let mut media: Option<Abort> = None;
     let mut buf = Vec::with_capacity(8192);
     let mut tmp = [0u8; 8192];
@@ -335,7 +339,13 @@ async fn serve(
                     )
                 }
                 "SETUP" => {
-                    let track = usize::from(req.uri.ends_with("trackID=1"));
+                    // trackID=2 is the PCMU track: set up, never sent.
+                    let track = req
+                        .uri
+                        .rsplit_once("trackID=")
+                        .and_then(|(_, n)| n.parse::<usize>().ok())
+                        .unwrap_or(0)
+                        .min(2);
                     let t = req.header("Transport").unwrap_or_default().to_string();
                     let range = |key: &str| {
                         t.split(';').find_map(|p| {
@@ -439,6 +449,9 @@ fn sdp(cfg: &CameraConfig, ts_mode: bool, ip: IpAddr) -> String {
              a=fmtp:97 streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3;config=1188\r\n\
              a=control:trackID=1\r\n",
         );
+    }
+    if cfg.pcmu {
+        s.push_str("m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=control:trackID=2\r\n");
     }
     s
 }

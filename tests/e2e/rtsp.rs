@@ -25,6 +25,8 @@ async fn camera(user: Option<&str>, password: Option<&str>) -> Camera {
     Camera::start(CameraConfig {
         user: user.map(str::to_string),
         password: password.map(str::to_string),
+        // A G.711 track the router must skip without failing.
+        pcmu: true,
         ..CameraConfig::default()
     })
     .await
