@@ -394,3 +394,16 @@ type = "http"
     assert!(ka >= 3, "only {ka} keep-alives in 5 s");
     app.stop().await;
 }
+
+#[test]
+fn api_documents_hide_camera_passwords() {
+    let doc = serde_json::json!({"input": [{
+        "type": "rtsp",
+        "url": "rtsp://admin:s3cret@cam:554/live",
+        "user": "admin",
+        "password": "s3cret"
+    }]});
+    let shown = castpoint::api::routes::redact(&doc).to_string();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("rtsp://admin:***@cam:554/live"), "{shown}");
+}
