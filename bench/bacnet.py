@@ -129,7 +129,7 @@ def bacpypes3_server(port_file):
 def start_castpoint(binary, data=None):
     data = data or tempfile.mkdtemp(prefix="castpoint-bench-")
     p = subprocess.Popen([binary, "run", "--http", "127.0.0.1:0", "--bacnet", "127.0.0.1:0",
-                          "--modbus", "127.0.0.1:0", "--data-dir", data],
+                          "--modbus", "127.0.0.1:0", "--rtmp", "127.0.0.1:0", "--data-dir", data],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     port = None
     for line in p.stdout:

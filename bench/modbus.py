@@ -94,7 +94,7 @@ def main():
     try:
         data = tempfile.mkdtemp(prefix="castpoint-bench-")
         cp = subprocess.Popen([str(CASTPOINT), "run", "--http", "127.0.0.1:0", "--bacnet",
-                               "127.0.0.1:0", "--modbus", "127.0.0.1:0", "--data-dir", data],
+                               "127.0.0.1:0", "--modbus", "127.0.0.1:0", "--rtmp", "127.0.0.1:0", "--data-dir", data],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         procs.append(cp)
         servers = {"castpoint": read_listen_line(cp)}

@@ -15,7 +15,7 @@ trap 'kill $on $off 2>/dev/null || true; rm -rf "$tmp"' EXIT
 printf '[telemetry]\nenabled = true\n' > "$tmp/on.toml"
 printf '[telemetry]\nenabled = false\n' > "$tmp/off.toml"
 start() { # config -> pid
-  "$BIN" run --config "$1" --http 127.0.0.1:0 --bacnet 127.0.0.1:0 --modbus 127.0.0.1:0 \
+  "$BIN" run --config "$1" --http 127.0.0.1:0 --bacnet 127.0.0.1:0 --modbus 127.0.0.1:0 --rtmp 127.0.0.1:0 \
     --data-dir "$tmp/$(basename "$1" .toml)" >/dev/null 2>&1 &
   echo $!
 }

@@ -251,6 +251,35 @@ impl App {
         // --- engine: end ---
 
         // --- rtmp: start (owned by src/media/rtmp) ---
+        match crate::media::rtmp::RtmpConfig::parse(&cfg.origin, &cfg.server.extra) {
+            Ok(rc) if rc.enabled => {
+                let reg = engine.rtmp_registry();
+                match crate::media::rtmp::bind(&rc).await {
+                    Ok(l) => {
+                        let addr = l.local_addr().ok();
+                        addrs.rtmp = addr;
+                        if let Some(a) = addr {
+                            reg.set_server(Ok(a));
+                        }
+                        tasks.spawn(crate::media::rtmp::serve(
+                            l,
+                            rc,
+                            reg,
+                            tasks.clone(),
+                            shutdown.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        reg.set_server(Err(format!("bind {}: {e}", rc.bind)));
+                        faults.push(format!("rtmp {}: {e}", rc.bind));
+                    }
+                }
+            }
+            Ok(_) => engine
+                .rtmp_registry()
+                .set_server(Err("disabled ([rtmp] enabled = false)".into())),
+            Err(errs) => faults.extend(errs.into_iter().map(|e| format!("rtmp: {e}"))),
+        }
         // --- rtmp: end ---
 
         // --- media: start (owned by src/media/ffmpeg) ---

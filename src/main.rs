@@ -35,6 +35,9 @@ enum Cmd {
         /// Modbus TCP bind address, overriding the config.
         #[arg(long)]
         modbus: Option<SocketAddr>,
+        /// RTMP ingest bind address, overriding `[rtmp] bind`.
+        #[arg(long)]
+        rtmp: Option<SocketAddr>,
         /// Data directory, overriding the config.
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -197,6 +200,7 @@ fn main() -> ExitCode {
             http,
             bacnet,
             modbus,
+            rtmp,
             data_dir,
         } => {
             let mut cfg = match load(&config) {
@@ -211,6 +215,9 @@ fn main() -> ExitCode {
             }
             if let Some(a) = modbus {
                 cfg.server.modbus.bind = a;
+            }
+            if let Some(a) = rtmp {
+                castpoint::media::rtmp::RtmpConfig::override_bind(&mut cfg.server.extra, a);
             }
             if let Some(d) = data_dir {
                 cfg.server.data_dir = d;
@@ -337,6 +344,7 @@ fn run(cfg: Config) -> ExitCode {
             ("http", app.addrs.http),
             ("bacnet", app.addrs.bacnet),
             ("modbus", app.addrs.modbus),
+            ("rtmp", app.addrs.rtmp),
         ] {
             if let Some(a) = a {
                 let _ = writeln!(out, "listening {name} {a}");

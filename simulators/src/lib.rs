@@ -8,6 +8,8 @@
 pub mod bacnet;
 #[cfg(feature = "tools")]
 pub mod haystack_auth;
+#[cfg(feature = "tools")]
+pub mod rtsp_camera;
 pub mod tsgen;
 #[cfg(feature = "tools")]
 pub mod util;

@@ -84,6 +84,9 @@ pub fn redact(v: &J) -> J {
                 .map(|(k, x)| {
                     if SECRET_KEYS.contains(&k.as_str()) && !x.is_null() {
                         (k.clone(), json!("***"))
+                    } else if let (true, Some(u)) = (k == "url", x.as_str()) {
+                        // Camera URLs may carry user:password@ (RTSP).
+                        (k.clone(), json!(crate::media::rtsp::redact_url(u)))
                     } else {
                         (k.clone(), redact(x))
                     }

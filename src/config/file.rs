@@ -81,6 +81,7 @@ pub const OTHER_SECTIONS: &[&str] = &[
     "history",
     "api",
     "media",
+    "rtmp",
 ];
 
 // No deny_unknown_fields: serde cannot combine it with `flatten`; unknown

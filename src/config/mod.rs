@@ -233,6 +233,9 @@ impl Config {
         if let Err(e) = crate::media::ffmpeg::Media::parse(name, &server.extra) {
             errs.extend(e);
         }
+        if let Err(e) = crate::media::rtmp::RtmpConfig::parse(name, &server.extra) {
+            errs.extend(e);
+        }
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{parse_duration, ConfigError, Errors, ServerConfig};
 use crate::engine::spec::{
     EngineSpec, InputKind, InputSpec, Mode, OutputKind, OutputSource, OutputSpec, ProfileRef,
-    RouteSpec, SrtMode, SrtSpec, DEFAULT_FAILOVER, DEFAULT_QUEUE,
+    RouteSpec, RtmpInput, SrtMode, SrtSpec, DEFAULT_FAILOVER, DEFAULT_QUEUE,
 };
 
 /// Typed reads from one table; unknown keys are reported at the end.
@@ -225,6 +225,42 @@ fn srt(t: &mut T, errs: &mut Errors, output: bool) -> Option<SrtSpec> {
     })
 }
 
+/// `type = "rtsp"`: url, transport (tcp|udp), user, password, timeout, udp_bind.
+fn rtsp(t: &mut T, errs: &mut Errors) -> Option<InputKind> {
+    use crate::media::rtsp::{parse_url, RtspSpec, RtspTransport};
+    let url = t.req_str("url", errs);
+    if let Some(Err(e)) = url.as_deref().map(parse_url) {
+        t.err("url", e, errs);
+    }
+    let transport = match t.opt_str("transport", errs).as_deref() {
+        None | Some("tcp") => RtspTransport::Tcp,
+        Some("udp") => RtspTransport::Udp,
+        Some(x) => {
+            t.err(
+                "transport",
+                format!("{x:?}: expected \"tcp\" or \"udp\""),
+                errs,
+            );
+            RtspTransport::Tcp
+        }
+    };
+    let user = t.opt_str("user", errs);
+    let password = t.opt_str("password", errs);
+    let timeout = t.duration("timeout", Duration::from_secs(5), errs);
+    let udp_bind = t
+        .ipv4("udp_bind", errs)
+        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+        .into();
+    Some(InputKind::Rtsp(RtspSpec {
+        url: url?,
+        transport,
+        user,
+        password,
+        timeout,
+        udp_bind,
+    }))
+}
+
 fn input(
     file: &str,
     at: String,
@@ -267,10 +303,26 @@ fn input(
                 bitrate: bitrate as u64,
             })
         }
+        Some("rtmp") => {
+            let app = t.opt_str("app", errs).unwrap_or_else(|| "live".to_string());
+            if !valid_name(&app) {
+                t.err("app", "use letters, digits, '-', '_' or '.'", errs);
+            }
+            // The stream key travels in the publish URL's last segment.
+            let key = t.req_str("key", errs);
+            if key
+                .as_deref()
+                .is_some_and(|k| k.is_empty() || k.len() > 256 || k.contains(['/', '?', ' ']))
+            {
+                t.err("key", "1..256 characters without '/', '?' or spaces", errs);
+            }
+            key.map(|key| InputKind::Rtmp(RtmpInput { app, key }))
+        }
+        Some("rtsp") => rtsp(&mut t, errs),
         Some(x) => {
             t.err(
                 "type",
-                format!("unknown input type {x:?} (udp, http, srt, generator)"),
+                format!("unknown input type {x:?} (udp, http, srt, generator, rtmp, rtsp)"),
                 errs,
             );
             None

@@ -13,7 +13,7 @@
 
 pub mod bridge;
 mod hls;
-mod input;
+pub(crate) mod input;
 mod output;
 mod route;
 pub mod spec;
@@ -217,6 +217,8 @@ struct Inner {
     primary: RwLock<Option<String>>,
     http: output::HttpRegistry,
     hls: hls::HlsRegistry,
+    /// RTMP ingest: route inputs waiting for publishers, by app and key.
+    rtmp: crate::media::rtmp::Registry,
     events: Events,
     /// ffmpeg path and output profiles (`[media]`, `[[profile]]`); None
     /// until the app sets them: transcoding waits for them and RTMP
@@ -257,6 +259,7 @@ impl Engine {
                 primary: RwLock::new(None),
                 http: Default::default(),
                 hls: Default::default(),
+                rtmp: Default::default(),
                 events: Events::new(),
                 media: tokio::sync::watch::channel(None).0,
             }),
@@ -283,6 +286,11 @@ impl Engine {
             }
         });
         e
+    }
+
+    /// The RTMP ingest registry the RTMP server hands publishers to.
+    pub fn rtmp_registry(&self) -> crate::media::rtmp::Registry {
+        self.inner.rtmp.clone()
     }
 
     /// Where recordings go (`<data_dir>/recordings/<route>/`).
@@ -820,6 +828,14 @@ impl Engine {
             InputKind::Generator { bitrate } => {
                 let b = *bitrate;
                 tracker.spawn(async move { input::run_generator(feed, b, c).await })
+            }
+            InputKind::Rtmp(r) => {
+                let (r, reg) = (r.clone(), self.inner.rtmp.clone());
+                tracker.spawn(async move { crate::media::rtmp::run_input(feed, r, reg, c).await })
+            }
+            InputKind::Rtsp(sp) => {
+                let sp = sp.clone();
+                tracker.spawn(async move { crate::media::rtsp::run_input(feed, sp, c).await })
             }
         };
         RunningInput {

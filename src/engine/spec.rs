@@ -100,6 +100,26 @@ pub enum InputKind {
     Generator {
         bitrate: u64,
     },
+    /// RTMP ingest: publishers to `rtmp://HOST/{app}/{key}` feed this input.
+    Rtmp(RtmpInput),
+    /// RTSP pull from an IP camera (media::rtsp), remuxed to TS.
+    Rtsp(crate::media::rtsp::RtspSpec),
+}
+
+/// An RTMP ingest point. The stream key is a secret: `Debug` hides it.
+#[derive(Clone, PartialEq)]
+pub struct RtmpInput {
+    pub app: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for RtmpInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtmpInput")
+            .field("app", &self.app)
+            .field("key", &"***")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +207,8 @@ impl InputKind {
             InputKind::Srt(s) if s.mode == SrtMode::Listener => "srt-listener",
             InputKind::Srt(_) => "srt-caller",
             InputKind::Generator { .. } => "generator",
+            InputKind::Rtmp(_) => "rtmp",
+            InputKind::Rtsp(_) => "rtsp",
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct IoStats {
     pub srt: Mutex<Vec<SrtConnStats>>,
     /// The ffmpeg child of an RTMP push output.
     pub ffmpeg: Mutex<Option<std::sync::Arc<crate::media::ffmpeg::child::ChildStats>>>,
+    /// The connected publisher (RTMP ingest).
+    pub peer: Mutex<Option<SocketAddr>>,
 }
 
 impl IoStats {
@@ -93,6 +95,7 @@ impl IoStats {
             clients: self.clients.load(Relaxed),
             srt: self.srt.lock().clone(),
             ffmpeg: self.ffmpeg.lock().as_ref().map(|c| c.snapshot()),
+            peer: *self.peer.lock(),
         }
     }
 }
@@ -141,6 +144,7 @@ pub struct IoSnapshot {
     pub srt: Vec<SrtConnStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ffmpeg: Option<crate::media::ffmpeg::child::ChildSnapshot>,
+    pub peer: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -21,6 +21,8 @@ fn spawn(data: &std::path::Path) -> Proc {
             "127.0.0.1:0",
             "--modbus",
             "127.0.0.1:0",
+            "--rtmp",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data)

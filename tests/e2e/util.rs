@@ -38,6 +38,7 @@ pub fn loopback(cfg: &mut Config) {
     cfg.server.http.bind = any;
     cfg.server.bacnet.bind = any;
     cfg.server.modbus.bind = any;
+    castpoint::media::rtmp::RtmpConfig::override_bind(&mut cfg.server.extra, any);
     let dir = std::env::temp_dir().join(format!(
         "castpoint-test-{}-{}",
         std::process::id(),

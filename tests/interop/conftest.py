@@ -46,7 +46,8 @@ class Server:
         self.data = data or tempfile.mkdtemp(prefix="castpoint-interop-")
         args = [castpoint_bin(), "run",
                 "--http", "127.0.0.1:0", "--bacnet", "127.0.0.1:0",
-                "--modbus", "127.0.0.1:0", "--data-dir", self.data]
+                "--modbus", "127.0.0.1:0", "--rtmp", "127.0.0.1:0",
+                "--data-dir", self.data]
         if config:
             args += ["--config", str(config)]
         args += list(extra_args)

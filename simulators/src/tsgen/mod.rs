@@ -33,7 +33,8 @@
 //! ```
 
 mod analyze;
-mod h264;
+// The RTSP camera simulator packetizes these pictures itself.
+pub(crate) mod h264;
 pub mod ts;
 
 pub use analyze::{read_stamp, read_stamp_in_payload, AnalyzerReport, PidCc, TsAnalyzer};
@@ -177,7 +178,7 @@ pub fn unix_us(t: SystemTime) -> u64 {
 }
 
 /// A silent AAC-LC frame, mono 48 kHz: one SCE with max_sfb = 0, then END.
-fn adts_silence() -> [u8; 11] {
+pub(crate) fn adts_silence() -> [u8; 11] {
     let raw = [0x00u8, 0x00, 0x00, 0x07];
     let len = 7 + raw.len();
     let mut f = [0u8; 11];
