@@ -100,6 +100,12 @@ addr = "127.0.0.1:0"
     .await;
     let rtmp = app.addrs.rtmp.expect("rtmp listener bound");
     let http = app.addrs.http.expect("http");
+    // Before any publisher: the input is up and shows where to publish.
+    wait_for("the input to register", Duration::from_secs(5), || {
+        let s = input_snapshot(&app, "obs", 0);
+        s.up && s.local == Some(rtmp) && s.clients == 0
+    })
+    .await;
     // The key is write-only in the API.
     let doc = reqwest::get(format!("http://{http}/api/routes/obs"))
         .await

@@ -263,7 +263,15 @@ impl Registry {
 
     /// Records the listener's state (inputs show it while no one publishes).
     pub fn set_server(&self, state: Result<SocketAddr, String>) {
-        self.inner.lock().server = Some(state);
+        let mut g = self.inner.lock();
+        // Inputs started before the listener learn where to publish now.
+        for ep in g.endpoints.values() {
+            match &state {
+                Ok(a) => ep.stats.set_up(Some(*a)),
+                Err(e) => ep.stats.set_error(format!("rtmp server not running: {e}")),
+            }
+        }
+        g.server = Some(state);
     }
 
     fn server(&self) -> Option<Result<SocketAddr, String>> {
