@@ -545,8 +545,17 @@ key = "other"
         (cdn(&app).0 == Some(Value::Enum(1))).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let streams = probe(&dir.path().join("b.ts").display().to_string());
+    // The listening ffmpeg probes its FLV input for ~2 s before it writes
+    // anything (longer on a loaded machine): poll the file, don't guess.
+    let file = dir.path().join("b.ts").display().to_string();
+    let end = Instant::now() + Duration::from_secs(20);
+    let streams = loop {
+        let streams = probe(&file);
+        if streams.iter().any(|s| s.0 == "h264" && s.1 == 320) || Instant::now() > end {
+            break streams;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert!(
         streams.iter().any(|s| s.0 == "h264" && s.1 == 320),
         "second listener decodes: {streams:?}"
