@@ -19,11 +19,11 @@ use parking_lot::Mutex;
 use serde_json::{json, Value as J};
 
 use super::auth::{authorize, Caller};
+use super::routes::{audit_change, not_stored};
 use super::{ApiError, ApiState};
 use crate::config::Errors;
 use crate::engine::spec::ProfileRef;
 use crate::media::ffmpeg::Media;
-use crate::points::{Protocol, Source};
 use crate::protocols::haystack::auth::Role;
 
 /// Highest profile number: the Output Profile point's range (0 = the
@@ -178,17 +178,8 @@ async fn commit(
     }
     let media = p.media_with("request", &candidate).map_err(invalid)?;
     if let Some(store) = &s.store {
-        store.profile_put(n, doc.as_ref()).map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}"))
-        })?;
-        let src = Source::new(
-            Protocol::Rest,
-            Some(peer),
-            caller.as_ref().map(|c| c.user.clone()),
-        );
-        if let Err(e) = store.record_event("profile", None, &src, "ok", what) {
-            tracing::warn!("profile change not audited: {e}");
-        }
+        store.profile_put(n, doc.as_ref()).map_err(not_stored)?;
+        audit_change(store, "profile", None, what, peer, caller);
     }
     *p.docs.lock() = candidate;
     if let Some(e) = &s.engine {

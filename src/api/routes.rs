@@ -162,6 +162,31 @@ fn doc_of(s: &ApiState, route: &str) -> Result<J, ApiError> {
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no route named {route:?}")))
 }
 
+/// A desired-state change the store refused: nothing was applied.
+pub(super) fn not_stored(e: anyhow::Error) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}"))
+}
+
+/// Audits an operator's desired-state change (`kind` route/profile). A
+/// failed audit write is logged, not fatal: the change itself is stored.
+pub(super) fn audit_change(
+    store: &crate::persist::Store,
+    kind: &str,
+    target: Option<&str>,
+    what: &str,
+    peer: SocketAddr,
+    caller: &Caller,
+) {
+    let src = Source::new(
+        Protocol::Rest,
+        Some(peer),
+        caller.as_ref().map(|c| c.user.clone()),
+    );
+    if let Err(e) = store.record_event(kind, target, &src, "ok", what) {
+        tracing::warn!("{kind} change not audited: {e}");
+    }
+}
+
 /// Stores a route's new document (or its deletion) and audits the change.
 fn commit(
     s: &ApiState,
@@ -172,17 +197,8 @@ fn commit(
     caller: &Caller,
 ) -> Result<(), ApiError> {
     if let Some(store) = &s.store {
-        store.route_put(route, doc.as_ref()).map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}"))
-        })?;
-        let src = Source::new(
-            Protocol::Rest,
-            Some(peer),
-            caller.as_ref().map(|c| c.user.clone()),
-        );
-        if let Err(e) = store.record_event("route", Some(route), &src, "ok", what) {
-            tracing::warn!("route change not audited: {e}");
-        }
+        store.route_put(route, doc.as_ref()).map_err(not_stored)?;
+        audit_change(store, "route", Some(route), what, peer, caller);
     }
     let mut docs = s.route_docs.lock();
     match doc {
