@@ -14,6 +14,7 @@
 pub mod bridge;
 mod hls;
 pub(crate) mod input;
+pub mod join;
 mod output;
 mod route;
 pub mod spec;

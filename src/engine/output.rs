@@ -13,8 +13,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::join::JoinTracker;
 use super::stats::IoStats;
-use super::ts::{keyframe_start, FrameLoss, PsiCache, TS};
+use super::ts::{FrameLoss, TS};
 
 /// 7 TS packets: the customary MPEG-TS-over-UDP datagram (fits a 1500 MTU).
 pub const DATAGRAM: usize = 7 * TS;
@@ -113,12 +114,6 @@ pub(crate) struct HttpEndpoint {
     queue: usize,
 }
 
-/// How long a joining viewer waits for a keyframe before it is started
-/// anyway (a stream without IDRs, e.g. intra refresh, must still play).
-const JOIN_WAIT: Duration = Duration::from_secs(10);
-/// How long a joining viewer waits for PAT/PMT (no video PID known).
-const PSI_WAIT: Duration = Duration::from_secs(1);
-
 struct Client {
     tx: mpsc::Sender<Bytes>,
     /// Not started yet: waiting for the next random access point.
@@ -127,14 +122,6 @@ struct Client {
 }
 
 pub(crate) type HttpRegistry = Arc<RwLock<HashMap<String, Arc<HttpEndpoint>>>>;
-
-/// What a chunk offers a viewer that is waiting to start.
-struct JoinPoint {
-    /// PAT + PMT followed by the chunk from its keyframe on.
-    at_keyframe: Option<Bytes>,
-    /// PAT + PMT followed by the whole chunk (after the waits run out).
-    anyway: Bytes,
-}
 
 pub(crate) async fn run_http(
     mut rx: mpsc::Receiver<Bytes>,
@@ -158,24 +145,17 @@ pub(crate) async fn run_http(
         r.insert(path.clone(), ep.clone());
     }
     stats.set_up(None);
-    let mut cache = PsiCache::default();
+    let mut joins = JoinTracker::default();
     loop {
         let chunk = tokio::select! {
             _ = cancel.cancelled() => break,
             c = rx.recv() => c,
         };
         let Some(chunk) = chunk else { break };
-        let video = cache.psi.video;
-        let key = video.and_then(|(pid, st)| keyframe_start(&chunk, pid, st));
-        // PSI before the keyframe is what a joiner starting there has seen.
-        let split = key.unwrap_or(chunk.len());
-        cache.observe(&chunk[..split]);
         let mut clients = ep.clients.lock();
-        let join = clients
-            .iter()
-            .any(|c| c.joined.is_some())
-            .then(|| join_point(&cache, &chunk, key));
-        cache.observe(&chunk[split..]);
+        let waiting = clients.iter().any(|c| c.joined.is_some());
+        let join = joins.next(&chunk, waiting);
+        let video = joins.video();
         let now = Instant::now();
         clients.retain_mut(|c| {
             let data = match c.joined {
@@ -213,32 +193,6 @@ pub(crate) async fn run_http(
     let mut r = registry.write();
     if r.get(&path).is_some_and(|e| Arc::ptr_eq(e, &ep)) {
         r.remove(&path);
-    }
-}
-
-fn join_point(cache: &PsiCache, chunk: &Bytes, key: Option<usize>) -> JoinPoint {
-    let with_header = |from: usize| {
-        let mut b = bytes::BytesMut::with_capacity(2 * TS + chunk.len());
-        if let Some(h) = cache.header() {
-            b.extend_from_slice(&h);
-        }
-        b.extend_from_slice(&chunk[from..]);
-        b.freeze()
-    };
-    JoinPoint {
-        at_keyframe: key.filter(|_| cache.header().is_some()).map(with_header),
-        anyway: with_header(0),
-    }
-}
-
-impl JoinPoint {
-    /// What a viewer that has waited `waited` gets now, if anything.
-    fn pick(&self, waited: Duration, video: Option<(u16, u8)>) -> Option<Bytes> {
-        if let Some(b) = &self.at_keyframe {
-            return Some(b.clone());
-        }
-        let give_up = if video.is_some() { JOIN_WAIT } else { PSI_WAIT };
-        (waited >= give_up).then(|| self.anyway.clone())
     }
 }
 

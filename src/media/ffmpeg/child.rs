@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::latency::LatencyMeter;
 use super::progress::{redact, Line, Progress, ProgressParser};
+use crate::engine::join::Joiner;
 use crate::engine::ts::Aligner;
 
 /// Environment variable every child carries: `<castpoint pid>:<label>`.
@@ -225,6 +226,10 @@ pub async fn supervise(
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut first = true;
+    // Every run starts its child at a keyframe, PAT and PMT first: a
+    // `-c copy` push that starts mid-GOP cannot learn the picture size,
+    // and a decoder would only produce errors until the next IDR.
+    let mut join = Joiner::new();
     tracing::info!(child = %spec.label, "ffmpeg: {}", spec.display());
     loop {
         if cancel.is_cancelled() {
@@ -240,7 +245,15 @@ pub async fn supervise(
                 "cannot run ffmpeg {:?}: {e}",
                 spec.program.display().to_string()
             )),
-            Ok(child) => run_once(child, &spec, &mut input, output.as_ref(), &stats, &cancel).await,
+            Ok(child) => {
+                join.rejoin();
+                let io = Io {
+                    input: &mut input,
+                    join: &mut join,
+                    output: output.as_ref(),
+                };
+                run_once(child, &spec, io, &stats, &cancel).await
+            }
         };
         stats.ended();
         let why = match end {
@@ -260,21 +273,35 @@ pub async fn supervise(
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = &mut sleep => break,
-                c = input.recv() => if c.is_none() { return },
+                c = input.recv() => match c {
+                    Some(c) => join.skip(&c),
+                    None => return,
+                },
             }
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
+/// A run's pipes on the supervisor's side.
+struct Io<'a> {
+    input: &'a mut mpsc::Receiver<Bytes>,
+    join: &'a mut Joiner,
+    output: Option<&'a mpsc::Sender<Bytes>>,
+}
+
 async fn run_once(
     mut child: tokio::process::Child,
     spec: &ChildSpec,
-    input: &mut mpsc::Receiver<Bytes>,
-    output: Option<&mpsc::Sender<Bytes>>,
+    io: Io<'_>,
     stats: &Arc<ChildStats>,
     cancel: &CancellationToken,
 ) -> End {
+    let Io {
+        input,
+        join,
+        output,
+    } = io;
     stats.pid.store(child.id().unwrap_or(0), Relaxed);
     stats.running.store(true, Relaxed);
     *stats.started.lock() = Some(Instant::now());
@@ -287,6 +314,7 @@ async fn run_once(
     // write fails (the child is dying).
     let feed = async {
         while let Some(c) = input.recv().await {
+            let Some(c) = join.push(c) else { continue };
             stats.latency.lock().input(&c);
             if let Err(e) = stdin.write_all(&c).await {
                 return Some(e);
