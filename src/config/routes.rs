@@ -5,9 +5,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use super::{parse_duration, ConfigError, Errors, ServerConfig};
+use crate::engine::coalesce;
 use crate::engine::spec::{
-    EngineSpec, InputKind, InputSpec, Mode, OutputKind, OutputSource, OutputSpec, ProfileRef,
-    RouteSpec, RtmpInput, SrtMode, SrtSpec, DEFAULT_FAILOVER, DEFAULT_QUEUE,
+    Coalesce, EngineSpec, InputKind, InputSpec, Mode, OutputKind, OutputSource, OutputSpec,
+    ProfileRef, RouteSpec, RtmpInput, SrtMode, SrtSpec, DEFAULT_FAILOVER, DEFAULT_QUEUE,
 };
 
 /// Typed reads from one table; unknown keys are reported at the end.
@@ -511,6 +512,22 @@ pub fn parse_route(file: &str, at: &str, tb: &toml::Table, errs: &mut Errors) ->
         t.err("failover_timeout", "at least 50ms", errs);
     }
     let switch_back = t.bool("switch_back", false, errs);
+    let udp_coalesce = match t.opt_str("udp_coalesce", errs).as_deref() {
+        None | Some("auto") => Coalesce::Auto,
+        Some("off") => Coalesce::Off,
+        Some(s) => match parse_duration(s) {
+            Some(d) if d.is_zero() => Coalesce::Off,
+            Some(d) if d <= coalesce::MAX_HOLD => Coalesce::Hold(d),
+            _ => {
+                t.err(
+                    "udp_coalesce",
+                    format!("{s:?}: \"auto\", \"off\" or a hold up to 20ms (e.g. \"1.5ms\")"),
+                    errs,
+                );
+                Coalesce::Auto
+            }
+        },
+    };
     let mut inputs = Vec::new();
     for (i, it) in t.tables("input", errs).into_iter().enumerate() {
         if let Some(x) = input(file, format!("{at}.input[{i}]"), it, errs, i) {
@@ -556,6 +573,7 @@ pub fn parse_route(file: &str, at: &str, tb: &toml::Table, errs: &mut Errors) ->
         failover_timeout,
         switch_back,
         profile,
+        udp_coalesce,
     })
 }
 
@@ -708,6 +726,24 @@ color = 1
         assert!(keys.contains(&"route[0].output[0].pbkeylen"), "{keys:?}");
         assert!(keys.contains(&"route[0].output[1].type"), "{keys:?}");
         assert!(keys.contains(&"route[0].output[1].color"), "{keys:?}");
+    }
+
+    #[test]
+    fn udp_coalesce_values() {
+        let one = |v: &str| {
+            load(&format!("[[route]]\nname = \"a\"\n{v}"))
+                .map(|s| s.routes[0].udp_coalesce)
+                .map_err(|e| e[0].to_string())
+        };
+        assert_eq!(one(""), Ok(Coalesce::Auto));
+        assert_eq!(one("udp_coalesce = \"off\"\n"), Ok(Coalesce::Off));
+        assert_eq!(one("udp_coalesce = \"0ms\"\n"), Ok(Coalesce::Off));
+        assert_eq!(
+            one("udp_coalesce = \"1.5ms\"\n"),
+            Ok(Coalesce::Hold(Duration::from_micros(1500)))
+        );
+        let e = one("udp_coalesce = \"1s\"\n").expect_err("too long");
+        assert!(e.contains("route[0].udp_coalesce"), "{e}");
     }
 
     #[test]

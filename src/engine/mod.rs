@@ -12,6 +12,7 @@
 //! engine never knows which protocol asked.
 
 pub mod bridge;
+pub mod coalesce;
 mod hls;
 pub(crate) mod input;
 pub mod join;
@@ -959,6 +960,8 @@ impl Engine {
             tasks: self.inner.tasks.clone(),
             cancel: cancel.clone(),
             tc: Default::default(),
+            coalesce: spec.udp_coalesce,
+            udp: Default::default(),
         };
         // Queued before the task runs: it transcodes from its first chunk.
         if let Some(req) = self.transcode_req(&spec, &ov) {

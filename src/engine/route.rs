@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::coalesce::{Coalesce, Coalescer};
 use super::spec::{OutputKind, OutputSource, OutputSpec};
 use super::stats::{IoStats, RouteSnapshot};
 use super::ts::{FrameLoss, PsiTracker, VideoGapCounter};
@@ -180,6 +181,10 @@ pub(crate) struct RouteTask {
     pub tasks: tokio_util::task::TaskTracker,
     pub cancel: CancellationToken,
     pub tc: TcState,
+    /// `udp_coalesce` of the route.
+    pub coalesce: Coalesce,
+    /// The passthrough stream's pending share for direct UDP outputs.
+    pub udp: Coalescer,
 }
 
 /// Transcoding state of a route task.
@@ -229,10 +234,25 @@ impl RouteTask {
             .store(self.forced.map_or(-1, |f| f as i64), Relaxed);
         let mut batch: Vec<InputMsg> = Vec::with_capacity(64);
         let mut inputs_gone = false;
+        // Backstop for held UDP data (normally the next chunk sends it).
+        let udp_timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(udp_timer);
+        let mut armed: Option<Instant> = None;
         loop {
+            let due = self.udp.deadline();
+            if due != armed {
+                if let Some(d) = due {
+                    udp_timer.as_mut().reset(d.into());
+                }
+                armed = due;
+            }
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                _ = &mut udp_timer, if armed.is_some() => {
+                    self.flush_udp();
+                    armed = None;
+                }
                 c = cmds.recv() => match c {
                     Some(RouteCmd::SetInputs(new_keys, reply)) => {
                         self.set_inputs(new_keys, &mut keys, &mut inputs, &mut active, &mut rewriter);
@@ -271,7 +291,7 @@ impl RouteTask {
                             self.switch(&mut active, want, &mut rewriter, "input available");
                         }
                         if active == Some(pos) {
-                            self.forward(m.data, &mut rewriter, &mut psi, &mut gaps);
+                            self.forward(m.data, &mut rewriter, &mut psi, &mut gaps, now);
                         }
                     }
                 }
@@ -288,6 +308,7 @@ impl RouteTask {
                 }
             }
         }
+        self.flush_udp();
         self.shared.active.store(-1, Relaxed);
         self.stop_tc();
         // The outputs outlive the route task: the engine stops them (or
@@ -306,6 +327,7 @@ impl RouteTask {
         active: &mut Option<usize>,
         rw: &mut super::ts::CcRewriter,
     ) {
+        self.flush_udp();
         let active_key = active.and_then(|a| keys.get(a).copied());
         let mut states = Vec::with_capacity(new_keys.len());
         for k in &new_keys {
@@ -374,6 +396,7 @@ impl RouteTask {
         rw: &mut super::ts::CcRewriter,
         why: &str,
     ) {
+        self.flush_udp();
         let from = *active;
         *active = to;
         rw.switched();
@@ -408,6 +431,7 @@ impl RouteTask {
         rw: &mut super::ts::CcRewriter,
         psi: &mut PsiTracker,
         gaps: &mut VideoGapCounter,
+        now: Instant,
     ) {
         psi.observe(&data);
         let video = psi.video.map(|v| v.0);
@@ -430,25 +454,84 @@ impl RouteTask {
             // Auto outputs share the passthrough chunk (or are fed by the
             // transcoder instead).
             let auto = !self.tc.auto_on_tc;
-            fan_out(&mut self.outputs, &chunk, video, stream_on, |s| {
-                s == OutputSource::Passthrough || auto
-            });
+            fan_out(
+                &mut self.outputs,
+                &chunk,
+                video,
+                stream_on,
+                Targets::Queued,
+                |s| s == OutputSource::Passthrough || auto,
+            );
+            self.fan_out_udp(&chunk, video, auto, now);
         } else {
-            fan_out(&mut self.outputs, &chunk, video, stream_on, |s| {
-                s == OutputSource::Passthrough
-            });
+            fan_out(
+                &mut self.outputs,
+                &chunk,
+                video,
+                stream_on,
+                Targets::Queued,
+                |s| s == OutputSource::Passthrough,
+            );
+            self.fan_out_udp(&chunk, video, false, now);
             let mut own = BytesMut::from(&chunk[..]);
             if let Some(rw) = self.tc.rw_auto.as_mut() {
                 rw.rewrite(&mut own);
             }
-            fan_out(&mut self.outputs, &own.freeze(), video, stream_on, |s| {
-                s == OutputSource::Auto
-            });
+            fan_out(
+                &mut self.outputs,
+                &own.freeze(),
+                video,
+                stream_on,
+                Targets::All,
+                |s| s == OutputSource::Auto,
+            );
         }
+    }
+
+    /// The passthrough chunk's share for the direct UDP outputs: sent now,
+    /// or held briefly so that one send carries several datagrams (see
+    /// `coalesce`). `with_auto`: auto outputs get the passthrough stream.
+    fn fan_out_udp(&mut self, chunk: &Bytes, video: Option<u16>, with_auto: bool, now: Instant) {
+        let tag = (video, with_auto);
+        if self.udp.tag != tag {
+            self.flush_udp();
+            self.udp.tag = tag;
+        }
+        let udp_outputs = self
+            .outputs
+            .iter()
+            .filter(|o| o.direct.is_some() && o.spec.enabled)
+            .count();
+        if let Some(b) = self.udp.push(chunk, now, self.coalesce.hold(udp_outputs)) {
+            self.send_udp(&b);
+        }
+    }
+
+    /// Sends what the direct UDP outputs have pending. Called before
+    /// anything that changes who gets what (commands, switches, the
+    /// transcoder), so held data goes where it would have gone at once.
+    fn flush_udp(&mut self) {
+        if let Some(b) = self.udp.take() {
+            self.send_udp(&b);
+        }
+    }
+
+    fn send_udp(&mut self, b: &Bytes) {
+        let (video, with_auto) = self.udp.tag;
+        let stream_on = self.stream_enabled;
+        fan_out(
+            &mut self.outputs,
+            b,
+            video,
+            stream_on,
+            Targets::Direct,
+            |s| s == OutputSource::Passthrough || with_auto,
+        );
     }
 
     /// A chunk of transcoded TS: to the auto outputs.
     fn forward_tc(&mut self, chunk: Bytes, main: &super::ts::CcRewriter) {
+        self.flush_udp();
         let now = Instant::now();
         self.tc.last = Some(now);
         if !self.tc.auto_on_tc {
@@ -472,12 +555,18 @@ impl RouteTask {
             rw.rewrite(&mut data);
         }
         let stream_on = self.stream_enabled;
-        fan_out(&mut self.outputs, &data.freeze(), video, stream_on, |s| {
-            s == OutputSource::Auto
-        });
+        fan_out(
+            &mut self.outputs,
+            &data.freeze(),
+            video,
+            stream_on,
+            Targets::All,
+            |s| s == OutputSource::Auto,
+        );
     }
 
     fn auto_back_to_passthrough(&mut self, why: &str) {
+        self.flush_udp();
         if !self.tc.auto_on_tc {
             return;
         }
@@ -550,6 +639,7 @@ impl RouteTask {
         inputs: &[InputState],
         rw: &mut super::ts::CcRewriter,
     ) {
+        self.flush_udp();
         match c {
             RouteCmd::SetTranscode(req) => match req {
                 None => self.stop_tc(),
@@ -611,17 +701,37 @@ impl RouteTask {
     }
 }
 
-/// Hands `chunk` to every enabled output whose source `pick` accepts; never
-/// waits: a full queue (or socket buffer) drops the chunk for that output.
+/// Which outputs a `fan_out` serves.
+#[derive(Clone, Copy, PartialEq)]
+enum Targets {
+    All,
+    /// Outputs with their own queue (direct UDP ones are served apart).
+    Queued,
+    /// Direct UDP outputs only.
+    Direct,
+}
+
+/// Hands `chunk` to every enabled output of `targets` whose source `pick`
+/// accepts; never waits: a full queue (or socket buffer) drops the chunk
+/// for that output.
 fn fan_out(
     outputs: &mut [OutputSlot],
     chunk: &Bytes,
     video: Option<u16>,
     stream_on: bool,
+    targets: Targets,
     pick: impl Fn(OutputSource) -> bool,
 ) {
     for o in outputs.iter_mut() {
         if !o.spec.enabled || (!stream_on && o.gated_by_stream_enable()) || !pick(o.spec.source) {
+            continue;
+        }
+        let wanted = match targets {
+            Targets::All => true,
+            Targets::Queued => o.direct.is_none(),
+            Targets::Direct => o.direct.is_some(),
+        };
+        if !wanted {
             continue;
         }
         if let Some(sock) = &o.direct {

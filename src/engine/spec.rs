@@ -3,6 +3,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+pub use super::coalesce::Coalesce;
+
 /// Default failover timeout: no data on the active input for this long
 /// switches to the next one.
 pub const DEFAULT_FAILOVER: Duration = Duration::from_millis(500);
@@ -58,6 +60,8 @@ pub struct RouteSpec {
     pub switch_back: bool,
     /// The output profile transcoding uses (None: profile 1 / the first).
     pub profile: Option<ProfileRef>,
+    /// How long data for direct UDP outputs may be held to batch sends.
+    pub udp_coalesce: Coalesce,
 }
 
 impl RouteSpec {
@@ -71,6 +75,7 @@ impl RouteSpec {
             failover_timeout: DEFAULT_FAILOVER,
             switch_back: false,
             profile: None,
+            udp_coalesce: Coalesce::Auto,
         }
     }
 }
