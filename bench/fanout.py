@@ -137,14 +137,17 @@ def measure(pids, probe, secs):
     return cpu, rss_mib(pids), p(0.5), p(0.99), len(lat)
 
 
-def run_castpoint(binary, n, secs, src_file):
+def run_castpoint(binary, n, secs, src_file, coalesce=""):
     inport = free_port()
     extra = sinks(n - 1)
     cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     src = Source(src_file, [("127.0.0.1", inport)])
     probe = Probe(src)
     cfg.write('[http]\nbind = "127.0.0.1:0"\n[bacnet]\nenabled = false\n[modbus]\nenabled = false\n')
-    cfg.write(f'[[route]]\nname = "bench"\n[[route.input]]\ntype = "udp"\nbind = "127.0.0.1:{inport}"\n')
+    cfg.write('[[route]]\nname = "bench"\n')
+    if coalesce:
+        cfg.write(f'udp_coalesce = "{coalesce}"\n')
+    cfg.write(f'[[route.input]]\ntype = "udp"\nbind = "127.0.0.1:{inport}"\n')
     dests = [probe.addr] + [s.getsockname() for s in extra]
     for i, d in enumerate(dests):
         cfg.write(f'[[route.output]]\nname = "o{i}"\ntype = "udp"\ndest = "{d[0]}:{d[1]}"\n')
@@ -292,13 +295,14 @@ def main():
     ap.add_argument("--max-slt", type=int, default=50)
     ap.add_argument("--max-ffmpeg", type=int, default=10)
     ap.add_argument("--srt-n", default="1,10,50")
+    ap.add_argument("--coalesce", default="", help="the route's udp_coalesce (default: castpoint's)")
     a = ap.parse_args()
     print("| N | castpoint CPU % | RSS MiB | p50 ms | p99 ms | srt-live-transmit x N CPU % | RSS MiB | p50 ms | p99 ms | ffmpeg -c copy x N CPU % | RSS MiB | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in [int(x) for x in a.n.split(",")]:
         row = [str(n)]
         print(f"N={n} ...", file=sys.stderr, flush=True)
-        c = run_castpoint(a.bin, n, a.secs, a.source)
+        c = run_castpoint(a.bin, n, a.secs, a.source, a.coalesce)
         row += [f"{c[0]:.1f}", f"{c[1]:.0f}", f"{c[2]:.2f}", f"{c[3]:.2f}"]
         for kind, cap in (("slt", a.max_slt), ("ffmpeg", a.max_ffmpeg)):
             if n > cap:

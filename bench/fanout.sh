@@ -7,6 +7,8 @@
 # each). Prints Markdown tables. Needs ffmpeg and srt-tools.
 # Usage: bench/fanout.sh [UDP N list, default 1,10,50,100] [seconds per run, default 8]
 #                        [SRT N list, default 1,10,50; "" skips]
+# BENCH_UDP_COALESCE sets the route's udp_coalesce (default: castpoint's own
+# default, "auto"); e.g. BENCH_UDP_COALESCE=off for the unbatched figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --quiet
@@ -18,4 +20,5 @@ if [ ! -s "$SRC" ]; then
     -c:a aac -muxrate 10M -t 20 -f mpegts "$SRC"
 fi
 exec python3 bench/fanout.py --bin target/release/castpoint --source "$SRC" \
-  --n "${1:-1,10,50,100}" --secs "${2:-8}" --srt-n "${3-1,10,50}"
+  --n "${1:-1,10,50,100}" --secs "${2:-8}" --srt-n "${3-1,10,50}" \
+  --coalesce "${BENCH_UDP_COALESCE:-}"
