@@ -227,6 +227,61 @@ async fn next_chunk(rx: &mut mpsc::Receiver<Bytes>, cancel: &CancellationToken) 
     }
 }
 
+/// Most bytes gathered into one burst (~48 live-mode messages).
+const BURST_BYTES: usize = 64 * 1024;
+
+/// How long an SRT output gathers chunks before handing them to libsrt:
+/// a twentieth of the SRT latency (the receiver's buffer absorbs it), at
+/// most 5 ms. Handing libsrt one datagram at a time woke its send thread
+/// (and ours) for every 1316 bytes: at 10 Mbit/s that was ~1,900 context
+/// switches a second on the send thread alone, the bulk of the cost of a
+/// single caller. srt-live-transmit gets the same effect from polling its
+/// input every few milliseconds.
+fn burst_window(sp: &SrtSpec) -> Duration {
+    (sp.latency / 20).min(Duration::from_millis(5))
+}
+
+/// Waits for the next chunk, then gathers what else arrives within
+/// `window` (or up to BURST_BYTES) into `burst`. False when the output
+/// must stop (cancelled or the route dropped its sender); a partial burst
+/// is still returned for sending.
+async fn next_burst(
+    rx: &mut mpsc::Receiver<Bytes>,
+    cancel: &CancellationToken,
+    window: Duration,
+    burst: &mut Vec<Bytes>,
+) -> bool {
+    burst.clear();
+    let Some(first) = next_chunk(rx, cancel).await else {
+        return false;
+    };
+    let mut bytes = first.len();
+    burst.push(first);
+    if window.is_zero() {
+        return true;
+    }
+    let deadline = tokio::time::Instant::now() + window;
+    while bytes < BURST_BYTES {
+        // Take what is already queued without arming a timer.
+        let c = match rx.try_recv() {
+            Ok(c) => Some(c),
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep_until(deadline) => None,
+                c = rx.recv() => match c {
+                    Some(c) => Some(c),
+                    None => return false,
+                },
+            },
+        };
+        let Some(c) = c else { break };
+        bytes += c.len();
+        burst.push(c);
+    }
+    true
+}
+
 /// Sends `chunk` to one non-blocking socket as live-mode messages of whole
 /// TS packets. Ok(false): libsrt's send buffer is full, so the rest of the
 /// chunk is dropped (counted) and the stream stays parseable. Err: the
@@ -260,9 +315,7 @@ pub(crate) async fn run_output(
 ) {
     match sp.mode {
         SrtMode::Caller => run_caller_output(rx, sp, stats, cancel).await,
-        SrtMode::Listener => {
-            run_listener_output(rx, sp, stats, cancel, events, route, name).await
-        }
+        SrtMode::Listener => run_listener_output(rx, sp, stats, cancel, events, route, name).await,
     }
 }
 
@@ -275,7 +328,13 @@ async fn run_caller_output(
     let mut sock: Option<Arc<Socket>> = None;
     let mut last_try: Option<Instant> = None;
     let mut last_stats = Instant::now();
-    while let Some(chunk) = next_chunk(&mut rx, &cancel).await {
+    let window = burst_window(&sp);
+    let mut burst = Vec::new();
+    loop {
+        let more = next_burst(&mut rx, &cancel, window, &mut burst).await;
+        if burst.is_empty() {
+            break;
+        }
         if sock.is_none() && last_try.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             last_try = Some(Instant::now());
             let sp2 = sp.clone();
@@ -301,7 +360,10 @@ async fn run_caller_output(
             }
         }
         let Some(s) = &sock else { continue };
-        if let Err(code) = send_chunk(s, &chunk, &stats) {
+        if let Err(code) = burst
+            .iter()
+            .try_for_each(|c| send_chunk(s, c, &stats).map(drop))
+        {
             let msg = SrtError {
                 code,
                 message: "connection lost".into(),
@@ -324,17 +386,24 @@ async fn run_caller_output(
                 *stats.srt.lock() = vec![v];
             }
         }
+        if !more {
+            break;
+        }
     }
     stats.clients.store(0, Relaxed);
 }
 
 /// How many libsrt multiplexers (each one UDP socket with its own send and
-/// receive thread) a listener output spreads its callers over. libsrt
-/// sends every packet of a multiplexer from one thread; with one of them,
-/// 50 callers at 10 Mbit/s (47,500 packets/s) needed ~half a core on that
-/// single thread and fell a second behind once the machine was busy.
+/// receive thread) a listener output spreads its callers over: two per
+/// core, 2 to 8. libsrt sends every packet of a multiplexer from one
+/// thread; with one of them, 50 callers at 10 Mbit/s (47,500 packets/s)
+/// kept that thread runnable all the time, and on a busy machine the
+/// scheduler gave it ~20% of a core: the send buffers filled to libsrt's
+/// 1 s drop threshold. The kernel spreads callers over the sockets by
+/// address hash, unevenly for few callers, hence more sockets than cores.
+/// An idle multiplexer costs ~0.2% of a core (its receive thread polls).
 fn listener_muxes() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+    std::thread::available_parallelism().map_or(2, |n| (2 * n.get()).clamp(2, 8))
 }
 
 /// Binds `n` UDP sockets to `addr` with SO_REUSEPORT, so that the kernel
@@ -398,7 +467,12 @@ fn listen_output(
         let l = Socket::new()?;
         configure(&l, sp, false)?;
         let allow = sp.allow.clone();
-        let (ev, r2, n2, st2) = (events.clone(), route.to_string(), name.to_string(), stats.clone());
+        let (ev, r2, n2, st2) = (
+            events.clone(),
+            route.to_string(),
+            name.to_string(),
+            stats.clone(),
+        );
         let hook = l.set_listen_callback(move |peer, sid| {
             let ok = allow.is_empty() || sid.is_some_and(|s| allow.iter().any(|a| a == s));
             if !ok {
@@ -522,12 +596,24 @@ async fn run_listener_output(
             )
         })
     };
-    while let Some(chunk) = next_chunk(&mut rx, &cancel).await {
+    let window = burst_window(&sp);
+    let mut burst = Vec::new();
+    loop {
+        let more = next_burst(&mut rx, &cancel, window, &mut burst).await;
         let mut c = callers.lock();
         for caller in c.iter_mut().filter(|c| !c.dead) {
-            if send_chunk(&caller.sock, &chunk, &stats).is_err() {
-                caller.dead = true;
+            // Chunk by chunk: a full send buffer drops the chunk that did
+            // not fit (whole TS packets), and the next one may fit again.
+            for chunk in &burst {
+                if send_chunk(&caller.sock, chunk, &stats).is_err() {
+                    caller.dead = true;
+                    break;
+                }
             }
+        }
+        drop(c);
+        if !more {
+            break;
         }
     }
     done.store(true, Relaxed);
