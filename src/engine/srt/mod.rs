@@ -1,4 +1,4 @@
-//! SRT inputs and outputs over libsrt (listener and caller, latency, AES-128/192/256 passphrase, streamid access), run on blocking threads since every libsrt call blocks.
+//! SRT inputs and outputs over libsrt (listener and caller, latency, AES-128/192/256 passphrase, streamid access): inputs, connects and accepts on blocking threads (those libsrt calls block), output sends from async tasks on non-blocking sockets.
 
 pub mod ffi;
 
