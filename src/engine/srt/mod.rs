@@ -394,16 +394,18 @@ async fn run_caller_output(
 }
 
 /// How many libsrt multiplexers (each one UDP socket with its own send and
-/// receive thread) a listener output spreads its callers over: two per
-/// core, 2 to 8. libsrt sends every packet of a multiplexer from one
+/// receive thread) a listener output spreads its callers over: four per
+/// core, 4 to 16. libsrt sends every packet of a multiplexer from one
 /// thread; with one of them, 50 callers at 10 Mbit/s (47,500 packets/s)
 /// kept that thread runnable all the time, and on a busy machine the
 /// scheduler gave it ~20% of a core: the send buffers filled to libsrt's
 /// 1 s drop threshold. The kernel spreads callers over the sockets by
-/// address hash, unevenly for few callers, hence more sockets than cores.
-/// An idle multiplexer costs ~0.2% of a core (its receive thread polls).
+/// address hash, unevenly (random ports: some sockets get well over 1/K),
+/// hence more sockets than cores: on 2 cores, 8 kept p50 at 64-112 ms
+/// where 4 ranged 108-1020 ms. An idle multiplexer costs ~0.1% of a core
+/// (its receive thread polls).
 fn listener_muxes() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| (2 * n.get()).clamp(2, 8))
+    std::thread::available_parallelism().map_or(4, |n| (4 * n.get()).clamp(4, 16))
 }
 
 /// Binds `n` UDP sockets to `addr` with SO_REUSEPORT, so that the kernel
