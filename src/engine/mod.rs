@@ -766,7 +766,7 @@ impl Engine {
                 let ev = self.inner.events.clone();
                 let route = route.to_string();
                 let name = spec.name.clone();
-                t.spawn_blocking(move || srt::run_output(rx, sp, s, c, ev, route, name))
+                t.spawn(srt::run_output(rx, sp, s, c, ev, route, name))
             }
             OutputKind::Rtmp { url, key } => {
                 let media = self.inner.media.subscribe();

@@ -149,6 +149,7 @@ extern "C" {
     fn srt_create_socket() -> SrtSocket;
     fn srt_close(u: SrtSocket) -> c_int;
     fn srt_bind(u: SrtSocket, name: *const SockAddrStorage, namelen: c_int) -> c_int;
+    fn srt_bind_acquire(u: SrtSocket, udpsock: c_int) -> c_int;
     fn srt_listen(u: SrtSocket, backlog: c_int) -> c_int;
     fn srt_accept(u: SrtSocket, addr: *mut SockAddrStorage, addrlen: *mut c_int) -> SrtSocket;
     fn srt_connect(u: SrtSocket, name: *const SockAddrStorage, namelen: c_int) -> c_int;
@@ -325,6 +326,26 @@ impl Socket {
         Ok(())
     }
 
+    /// Binds to an already bound UDP socket, which libsrt takes over (it
+    /// closes it with the multiplexer). Unlike `bind`, this always gives
+    /// the socket a multiplexer of its own (its own send and receive
+    /// threads), even when other SRT sockets use the same port through
+    /// SO_REUSEPORT.
+    pub fn bind_acquire(&self, udp: std::net::UdpSocket) -> Result<(), SrtError> {
+        use std::os::fd::IntoRawFd;
+        let fd = udp.into_raw_fd();
+        // SAFETY: fd is an open, bound UDP socket whose ownership we give
+        // up here; libsrt keeps it open and closes it itself.
+        let r = unsafe { srt_bind_acquire(self.0, fd) };
+        if r == SRT_ERROR {
+            // On failure libsrt did not attach it; close it ourselves.
+            // SAFETY: fd came from into_raw_fd above and is still ours.
+            drop(unsafe { <std::net::UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            return Err(err());
+        }
+        Ok(())
+    }
+
     pub fn listen(&self, backlog: i32) -> Result<(), SrtError> {
         // SAFETY: plain integers.
         let r = unsafe { srt_listen(self.0, backlog) };
@@ -411,6 +432,32 @@ impl Socket {
         };
         if r == SRT_ERROR {
             return Err(err());
+        }
+        Ok(r as usize)
+    }
+
+    /// Sends one message without building an error message: the hot
+    /// path of a non-blocking (SRTO_SNDSYN false) socket, where a full
+    /// send buffer (SRT_EASYNCSND) is routine. Err carries libsrt's code.
+    pub fn try_send(&self, data: &[u8]) -> Result<usize, i32> {
+        // SAFETY: as in `send`.
+        let r = unsafe {
+            srt_sendmsg2(
+                self.0,
+                data.as_ptr().cast(),
+                data.len() as c_int,
+                std::ptr::null_mut(),
+            )
+        };
+        if r == SRT_ERROR {
+            // SAFETY: a null errno pointer is allowed; clearing resets the
+            // thread-local error state.
+            let code = unsafe {
+                let c = srt_getlasterror(std::ptr::null_mut());
+                srt_clearlasterror();
+                c
+            };
+            return Err(code);
         }
         Ok(r as usize)
     }
@@ -561,6 +608,23 @@ impl Epoll {
             return Err(err());
         }
         Ok(())
+    }
+
+    /// Waits up to `ms` milliseconds and writes the ids of ready sockets
+    /// into `ready`; returns how many it wrote.
+    pub fn ready(&self, ms: i64, ready: &mut [SrtSocket]) -> usize {
+        let mut evs = [const { EpollEvent { fd: 0, events: 0 } }; 16];
+        // SAFETY: evs is a live array of 16 events and we pass its length.
+        let n = unsafe { srt_epoll_uwait(self.0, evs.as_mut_ptr(), evs.len() as c_int, ms) };
+        if n <= 0 {
+            let _ = last_error();
+            return 0;
+        }
+        let n = (n as usize).min(evs.len()).min(ready.len());
+        for (r, e) in ready.iter_mut().zip(&evs[..n]) {
+            *r = e.fd;
+        }
+        n
     }
 
     /// True when a watched socket is ready within `ms` milliseconds.

@@ -1,4 +1,4 @@
-//! SRT inputs and outputs over libsrt (listener and caller, latency, AES-128/192/256 passphrase, streamid access), run on blocking threads since every libsrt call blocks.
+//! SRT inputs and outputs over libsrt (listener and caller, latency, AES-128/192/256 passphrase, streamid access): inputs, connects and accepts on blocking threads (those libsrt calls block), output sends from async tasks on non-blocking sockets.
 
 pub mod ffi;
 
@@ -213,92 +213,99 @@ fn key_ok(s: &Socket, sp: &SrtSpec, stats: &IoStats) -> bool {
 }
 
 struct Caller {
-    sock: Socket,
+    sock: Arc<Socket>,
     peer: Option<SocketAddr>,
     streamid: Option<String>,
     dead: bool,
 }
 
-/// Waits for the next chunk or cancellation, from a blocking thread.
-fn next_chunk(
-    rt: &tokio::runtime::Handle,
-    rx: &mut mpsc::Receiver<Bytes>,
-    cancel: &CancellationToken,
-) -> Option<Bytes> {
-    rt.block_on(async {
-        tokio::select! {
-            _ = cancel.cancelled() => None,
-            c = rx.recv() => c,
-        }
-    })
-}
-
-/// An SRT output (blocking; runs on the blocking pool).
-pub(crate) fn run_output(
-    mut rx: mpsc::Receiver<Bytes>,
-    sp: SrtSpec,
-    stats: Arc<IoStats>,
-    cancel: CancellationToken,
-    events: Events,
-    route: String,
-    name: String,
-) {
-    let rt = tokio::runtime::Handle::current();
-    match sp.mode {
-        SrtMode::Caller => {
-            let mut sock: Option<Socket> = None;
-            let mut last_try: Option<Instant> = None;
-            let mut last_stats = Instant::now();
-            while let Some(chunk) = next_chunk(&rt, &mut rx, &cancel) {
-                if sock.is_none() && last_try.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-                {
-                    last_try = Some(Instant::now());
-                    let r = Socket::new().and_then(|s| {
-                        configure(&s, &sp, true)?;
-                        s.set_i32(ffi::SRTO_SNDTIMEO, 1000)?;
-                        s.connect(sp.addr)?;
-                        Ok(s)
-                    });
-                    match r {
-                        Ok(s) => {
-                            stats.set_up(s.local_addr());
-                            stats.clients.store(1, Relaxed);
-                            sock = Some(s);
-                        }
-                        Err(e) => stats.set_error(format!("connect {}: {e}", sp.addr)),
-                    }
-                }
-                let Some(s) = &sock else { continue };
-                for dg in chunk.chunks(DATAGRAM) {
-                    match s.send(dg) {
-                        Ok(n) => stats.add(n),
-                        Err(e) => {
-                            tracing::info!("srt output {}: {e}", sp.addr);
-                            stats.set_error(e.to_string());
-                            stats.clients.store(0, Relaxed);
-                            stats.srt.lock().clear();
-                            sock = None;
-                            break;
-                        }
-                    }
-                }
-                if let Some(s) = &sock {
-                    if last_stats.elapsed() >= Duration::from_secs(1) {
-                        last_stats = Instant::now();
-                        *stats.srt.lock() = vec![conn_stats(s, Some(sp.addr), sp.streamid.clone())];
-                    }
-                }
-            }
-            stats.clients.store(0, Relaxed);
-        }
-        SrtMode::Listener => run_listener_output(&rt, rx, sp, stats, cancel, events, route, name),
+/// Waits for the next chunk or cancellation.
+async fn next_chunk(rx: &mut mpsc::Receiver<Bytes>, cancel: &CancellationToken) -> Option<Bytes> {
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        c = rx.recv() => c,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_listener_output(
-    rt: &tokio::runtime::Handle,
-    mut rx: mpsc::Receiver<Bytes>,
+/// Most bytes gathered into one burst (~48 live-mode messages).
+const BURST_BYTES: usize = 64 * 1024;
+
+/// How long an SRT output gathers chunks before handing them to libsrt:
+/// a twentieth of the SRT latency (the receiver's buffer absorbs it), at
+/// most 5 ms. Handing libsrt one datagram at a time woke its send thread
+/// (and ours) for every 1316 bytes: at 10 Mbit/s that was ~1,900 context
+/// switches a second on the send thread alone, the bulk of the cost of a
+/// single caller. srt-live-transmit gets the same effect from polling its
+/// input every few milliseconds.
+fn burst_window(sp: &SrtSpec) -> Duration {
+    (sp.latency / 20).min(Duration::from_millis(5))
+}
+
+/// Waits for the next chunk, then gathers what else arrives within
+/// `window` (or up to BURST_BYTES) into `burst`. False when the output
+/// must stop (cancelled or the route dropped its sender); a partial burst
+/// is still returned for sending.
+async fn next_burst(
+    rx: &mut mpsc::Receiver<Bytes>,
+    cancel: &CancellationToken,
+    window: Duration,
+    burst: &mut Vec<Bytes>,
+) -> bool {
+    burst.clear();
+    let Some(first) = next_chunk(rx, cancel).await else {
+        return false;
+    };
+    let mut bytes = first.len();
+    burst.push(first);
+    if window.is_zero() {
+        return true;
+    }
+    let deadline = tokio::time::Instant::now() + window;
+    while bytes < BURST_BYTES {
+        // Take what is already queued without arming a timer.
+        let c = match rx.try_recv() {
+            Ok(c) => Some(c),
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep_until(deadline) => None,
+                c = rx.recv() => match c {
+                    Some(c) => Some(c),
+                    None => return false,
+                },
+            },
+        };
+        let Some(c) = c else { break };
+        bytes += c.len();
+        burst.push(c);
+    }
+    true
+}
+
+/// Sends `chunk` to one non-blocking socket as live-mode messages of whole
+/// TS packets. Ok(false): libsrt's send buffer is full, so the rest of the
+/// chunk is dropped (counted) and the stream stays parseable. Err: the
+/// connection is broken.
+fn send_chunk(s: &Socket, chunk: &[u8], stats: &IoStats) -> Result<bool, i32> {
+    for dg in chunk.chunks(DATAGRAM) {
+        match s.try_send(dg) {
+            Ok(n) => stats.add(n),
+            Err(ffi::SRT_EASYNCSND) => {
+                stats.dropped(chunk.len());
+                return Ok(false);
+            }
+            Err(code) => return Err(code),
+        }
+    }
+    Ok(true)
+}
+
+/// An SRT output. Sends run on the async task that receives the chunks
+/// (sockets are non-blocking, so `srt_sendmsg2` only copies into libsrt's
+/// send buffer and never waits): a chunk costs no thread hand-off. Only
+/// what blocks in libsrt (connect, accept) runs on blocking threads.
+pub(crate) async fn run_output(
+    rx: mpsc::Receiver<Bytes>,
     sp: SrtSpec,
     stats: Arc<IoStats>,
     cancel: CancellationToken,
@@ -306,12 +313,168 @@ fn run_listener_output(
     route: String,
     name: String,
 ) {
-    let allow = sp.allow.clone();
-    let ev = events.clone();
-    let (r2, n2, st2) = (route.clone(), name.clone(), stats.clone());
-    let setup = || -> Result<(Socket, Epoll, ffi::ListenHook), SrtError> {
+    match sp.mode {
+        SrtMode::Caller => run_caller_output(rx, sp, stats, cancel).await,
+        SrtMode::Listener => run_listener_output(rx, sp, stats, cancel, events, route, name).await,
+    }
+}
+
+async fn run_caller_output(
+    mut rx: mpsc::Receiver<Bytes>,
+    sp: SrtSpec,
+    stats: Arc<IoStats>,
+    cancel: CancellationToken,
+) {
+    let mut sock: Option<Arc<Socket>> = None;
+    let mut last_try: Option<Instant> = None;
+    let mut last_stats = Instant::now();
+    let window = burst_window(&sp);
+    let mut burst = Vec::new();
+    loop {
+        let more = next_burst(&mut rx, &cancel, window, &mut burst).await;
+        if burst.is_empty() {
+            break;
+        }
+        if sock.is_none() && last_try.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            last_try = Some(Instant::now());
+            let sp2 = sp.clone();
+            // srt_connect blocks up to SRTO_CONNTIMEO.
+            let r = tokio::task::spawn_blocking(move || {
+                let s = Socket::new()?;
+                configure(&s, &sp2, true)?;
+                s.connect(sp2.addr)?;
+                // Connected: from now on a full send buffer drops chunks
+                // (counted) instead of stalling the task.
+                s.set_bool(ffi::SRTO_SNDSYN, false)?;
+                Ok::<_, SrtError>(s)
+            })
+            .await;
+            match r {
+                Ok(Ok(s)) => {
+                    stats.set_up(s.local_addr());
+                    stats.clients.store(1, Relaxed);
+                    sock = Some(Arc::new(s));
+                }
+                Ok(Err(e)) => stats.set_error(format!("connect {}: {e}", sp.addr)),
+                Err(e) => stats.set_error(format!("connect {}: {e}", sp.addr)),
+            }
+        }
+        let Some(s) = &sock else { continue };
+        if let Err(code) = burst
+            .iter()
+            .try_for_each(|c| send_chunk(s, c, &stats).map(drop))
+        {
+            let msg = SrtError {
+                code,
+                message: "connection lost".into(),
+            };
+            tracing::info!("srt output {}: {msg}", sp.addr);
+            stats.set_error(msg.to_string());
+            stats.clients.store(0, Relaxed);
+            stats.srt.lock().clear();
+            sock = None;
+            continue;
+        }
+        if last_stats.elapsed() >= Duration::from_secs(1) {
+            last_stats = Instant::now();
+            let (s, sid) = (s.clone(), sp.streamid.clone());
+            let addr = sp.addr;
+            // srt_bistats takes libsrt locks the send thread also takes.
+            if let Ok(v) =
+                tokio::task::spawn_blocking(move || conn_stats(&s, Some(addr), sid)).await
+            {
+                *stats.srt.lock() = vec![v];
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    stats.clients.store(0, Relaxed);
+}
+
+/// How many libsrt multiplexers (each one UDP socket with its own send and
+/// receive thread) a listener output spreads its callers over: four per
+/// core, 4 to 16. libsrt sends every packet of a multiplexer from one
+/// thread; with one of them, 50 callers at 10 Mbit/s (47,500 packets/s)
+/// kept that thread runnable all the time, and on a busy machine the
+/// scheduler gave it ~20% of a core: the send buffers filled to libsrt's
+/// 1 s drop threshold. The kernel spreads callers over the sockets by
+/// address hash, unevenly (random ports: some sockets get well over 1/K),
+/// hence more sockets than cores: on 2 cores, 8 kept p50 at 64-112 ms
+/// where 4 ranged 108-1020 ms. An idle multiplexer costs ~0.1% of a core
+/// (its receive thread polls).
+fn listener_muxes() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| (4 * n.get()).clamp(4, 16))
+}
+
+/// Binds `n` UDP sockets to `addr` with SO_REUSEPORT, so that the kernel
+/// spreads callers over them by address hash (a caller's packets always
+/// reach the same one). A plain bind first keeps "address in use" an
+/// error, as with one socket, and resolves port 0.
+fn reuseport_udp(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    use socket2::{Domain, Protocol, Type};
+    let addr = std::net::UdpSocket::bind(addr)?.local_addr()?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = socket2::Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_port(true)?;
+        match s.bind(&addr.into()) {
+            Ok(()) => out.push(s.into()),
+            // Extra sockets are an optimisation: fewer is still correct.
+            Err(e) if i > 0 => {
+                tracing::warn!("srt listener {addr}: {n} send threads wanted, {i} bound: {e}");
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// The listening half of a listener output: K listener sockets on one port
+/// (see `listener_muxes`), their listen hooks and one epoll set.
+struct Listeners {
+    socks: Vec<Socket>,
+    ep: Epoll,
+    hooks: Vec<ffi::ListenHook>,
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        // The hooks must outlive their listeners (see set_listen_callback).
+        self.socks.clear();
+        self.hooks.clear();
+    }
+}
+
+fn listen_output(
+    sp: &SrtSpec,
+    stats: &Arc<IoStats>,
+    events: &Events,
+    route: &str,
+    name: &str,
+) -> Result<Listeners, SrtError> {
+    let udp = reuseport_udp(sp.addr, listener_muxes()).map_err(|e| SrtError {
+        code: e.raw_os_error().unwrap_or(0),
+        message: e.to_string(),
+    })?;
+    let ep = Epoll::new()?;
+    let mut out = Listeners {
+        socks: Vec::new(),
+        ep,
+        hooks: Vec::new(),
+    };
+    for u in udp {
         let l = Socket::new()?;
-        configure(&l, &sp, false)?;
+        configure(&l, sp, false)?;
+        let allow = sp.allow.clone();
+        let (ev, r2, n2, st2) = (
+            events.clone(),
+            route.to_string(),
+            name.to_string(),
+            stats.clone(),
+        );
         let hook = l.set_listen_callback(move |peer, sid| {
             let ok = allow.is_empty() || sid.is_some_and(|s| allow.iter().any(|a| a == s));
             if !ok {
@@ -326,13 +489,91 @@ fn run_listener_output(
             }
             ok
         })?;
-        l.bind(sp.addr)?;
+        out.hooks.push(hook);
+        l.bind_acquire(u)?;
         l.listen(64)?;
-        let ep = Epoll::new()?;
-        ep.add_in(&l)?;
-        Ok((l, ep, hook))
-    };
-    let (l, ep, hook) = match setup() {
+        out.ep.add_in(&l)?;
+        out.socks.push(l);
+    }
+    Ok(out)
+}
+
+/// Admits callers and refreshes their stats once a second until `done`;
+/// the sending task never waits on it beyond a short lock.
+#[allow(clippy::too_many_arguments)]
+fn accept_loop(
+    ls: Listeners,
+    callers: &Mutex<Vec<Caller>>,
+    done: &AtomicBool,
+    sp: &SrtSpec,
+    stats: &IoStats,
+    cancel: &CancellationToken,
+    events: &Events,
+    route: &str,
+    name: &str,
+) {
+    let mut last_stats = Instant::now();
+    let mut ready = [0; 16];
+    while !cancel.is_cancelled() && !done.load(Relaxed) {
+        let n = ls.ep.ready(100, &mut ready);
+        for id in &ready[..n] {
+            let Some(l) = ls.socks.iter().find(|l| l.id() == *id) else {
+                continue;
+            };
+            let Ok((s, peer)) = l.accept() else { continue };
+            if !key_ok(&s, sp, stats) {
+                events.emit(EngineEvent::new(
+                    route,
+                    EventKind::CallerRejected {
+                        output: name.to_string(),
+                        reason: format!("key length from {peer:?} differs from {}", sp.pbkeylen),
+                    },
+                ));
+                continue;
+            }
+            // A slow caller must not block the others: its sends fail
+            // fast and it loses the chunk.
+            let _ = s.set_bool(ffi::SRTO_SNDSYN, false);
+            let streamid = s.streamid();
+            tracing::info!("srt output {}: caller {peer:?} {streamid:?}", sp.addr);
+            callers.lock().push(Caller {
+                sock: Arc::new(s),
+                peer,
+                streamid,
+                dead: false,
+            });
+        }
+        if last_stats.elapsed() >= Duration::from_millis(1000) {
+            last_stats = Instant::now();
+            let live: Vec<_> = {
+                let mut c = callers.lock();
+                c.retain(|c| !c.dead && c.sock.connected());
+                stats.clients.store(c.len() as u64, Relaxed);
+                c.iter()
+                    .map(|c| (c.sock.clone(), c.peer, c.streamid.clone()))
+                    .collect()
+            };
+            // Outside the lock: srt_bistats waits on libsrt's own locks.
+            let v = live
+                .into_iter()
+                .map(|(s, peer, sid)| conn_stats(&s, peer, sid))
+                .collect();
+            *stats.srt.lock() = v;
+        }
+    }
+    drop(ls);
+}
+
+async fn run_listener_output(
+    mut rx: mpsc::Receiver<Bytes>,
+    sp: SrtSpec,
+    stats: Arc<IoStats>,
+    cancel: CancellationToken,
+    events: Events,
+    route: String,
+    name: String,
+) {
+    let ls = match listen_output(&sp, &stats, &events, &route, &name) {
         Ok(x) => x,
         Err(e) => {
             tracing::error!("srt output listener {}: {e}", sp.addr);
@@ -340,80 +581,45 @@ fn run_listener_output(
             return;
         }
     };
-    stats.set_up(l.local_addr());
-    let callers: Mutex<Vec<Caller>> = Mutex::new(Vec::new());
-    let done = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        // Acceptor: admits callers and refreshes their stats; the sender
-        // below never waits on it.
-        scope.spawn(|| {
-            let mut last_stats = Instant::now();
-            while !cancel.is_cancelled() && !done.load(Relaxed) {
-                if ep.wait(100) {
-                    if let Ok((s, peer)) = l.accept() {
-                        if key_ok(&s, &sp, &stats) {
-                            // A slow caller must not block the others:
-                            // its sends fail fast and it loses the chunk.
-                            let _ = s.set_bool(ffi::SRTO_SNDSYN, false);
-                            let streamid = s.streamid();
-                            tracing::info!("srt output {}: caller {peer:?} {streamid:?}", sp.addr);
-                            callers.lock().push(Caller {
-                                sock: s,
-                                peer,
-                                streamid,
-                                dead: false,
-                            });
-                        } else {
-                            events.emit(EngineEvent::new(
-                                &route,
-                                EventKind::CallerRejected {
-                                    output: name.clone(),
-                                    reason: format!(
-                                        "key length from {peer:?} differs from {}",
-                                        sp.pbkeylen
-                                    ),
-                                },
-                            ));
-                        }
-                    }
-                }
-                if last_stats.elapsed() >= Duration::from_millis(1000) {
-                    last_stats = Instant::now();
-                    let mut c = callers.lock();
-                    c.retain(|c| !c.dead && c.sock.connected());
-                    stats.clients.store(c.len() as u64, Relaxed);
-                    let v: Vec<_> = c
-                        .iter()
-                        .map(|c| conn_stats(&c.sock, c.peer, c.streamid.clone()))
-                        .collect();
-                    drop(c);
-                    *stats.srt.lock() = v;
-                }
-            }
-        });
-        while let Some(chunk) = next_chunk(rt, &mut rx, &cancel) {
-            let mut c = callers.lock();
-            for caller in c.iter_mut().filter(|c| !c.dead) {
-                for dg in chunk.chunks(DATAGRAM) {
-                    match caller.sock.send(dg) {
-                        Ok(n) => stats.add(n),
-                        Err(e) if e.code == ffi::SRT_EASYNCSND => {
-                            stats.dropped(chunk.len());
-                            break;
-                        }
-                        Err(_) => {
-                            caller.dead = true;
-                            break;
-                        }
-                    }
+    stats.set_up(ls.socks.first().and_then(|l| l.local_addr()));
+    let callers: Arc<Mutex<Vec<Caller>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let acceptor = {
+        let (callers, done, sp, stats, cancel) = (
+            callers.clone(),
+            done.clone(),
+            sp.clone(),
+            stats.clone(),
+            cancel.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            accept_loop(
+                ls, &callers, &done, &sp, &stats, &cancel, &events, &route, &name,
+            )
+        })
+    };
+    let window = burst_window(&sp);
+    let mut burst = Vec::new();
+    loop {
+        let more = next_burst(&mut rx, &cancel, window, &mut burst).await;
+        let mut c = callers.lock();
+        for caller in c.iter_mut().filter(|c| !c.dead) {
+            // Chunk by chunk: a full send buffer drops the chunk that did
+            // not fit (whole TS packets), and the next one may fit again.
+            for chunk in &burst {
+                if send_chunk(&caller.sock, chunk, &stats).is_err() {
+                    caller.dead = true;
+                    break;
                 }
             }
         }
-        done.store(true, Relaxed);
-    });
+        drop(c);
+        if !more {
+            break;
+        }
+    }
+    done.store(true, Relaxed);
+    let _ = acceptor.await;
     callers.lock().clear();
     stats.clients.store(0, Relaxed);
-    drop(ep);
-    drop(l);
-    drop(hook);
 }
