@@ -23,7 +23,7 @@ pub enum Coalesce {
 /// this pairs them while keeping the added latency under 2 ms at p99.
 pub const AUTO_HOLD: Duration = Duration::from_micros(1500);
 /// Fewer UDP outputs than this: `auto` sends at once.
-pub const AUTO_MIN_OUTPUTS: usize = 8;
+pub const AUTO_MIN_OUTPUTS: usize = 32;
 /// The longest hold a route may ask for.
 pub const MAX_HOLD: Duration = Duration::from_millis(20);
 /// Enough bytes pending: send now (a GSO send's upper bound is far above;
