@@ -450,29 +450,21 @@ impl RouteTask {
             }
         }
         let stream_on = self.stream_enabled;
-        if self.tc.auto_on_tc || !self.tc.auto_private {
-            // Auto outputs share the passthrough chunk (or are fed by the
-            // transcoder instead).
-            let auto = !self.tc.auto_on_tc;
-            fan_out(
-                &mut self.outputs,
-                &chunk,
-                video,
-                stream_on,
-                Targets::Queued,
-                |s| s == OutputSource::Passthrough || auto,
-            );
-            self.fan_out_udp(&chunk, video, auto, now);
-        } else {
-            fan_out(
-                &mut self.outputs,
-                &chunk,
-                video,
-                stream_on,
-                Targets::Queued,
-                |s| s == OutputSource::Passthrough,
-            );
-            self.fan_out_udp(&chunk, video, false, now);
+        // Auto outputs share the passthrough chunk unless they carry the
+        // transcoder's stream, or have their own copy (own CC rewriter)
+        // since they first diverged.
+        let shared = self.tc.auto_on_tc || !self.tc.auto_private;
+        let with_auto = shared && !self.tc.auto_on_tc;
+        fan_out(
+            &mut self.outputs,
+            &chunk,
+            video,
+            stream_on,
+            Targets::Queued,
+            |s| s == OutputSource::Passthrough || with_auto,
+        );
+        self.fan_out_udp(&chunk, video, with_auto, now);
+        if !shared {
             let mut own = BytesMut::from(&chunk[..]);
             if let Some(rw) = self.tc.rw_auto.as_mut() {
                 rw.rewrite(&mut own);

@@ -420,35 +420,17 @@ impl Socket {
 
     /// Sends one message (≤ 1316 bytes in live mode).
     pub fn send(&self, data: &[u8]) -> Result<usize, SrtError> {
-        // SAFETY: data is a live slice of data.len() bytes; a null mctrl
-        // means default message control.
-        let r = unsafe {
-            srt_sendmsg2(
-                self.0,
-                data.as_ptr().cast(),
-                data.len() as c_int,
-                std::ptr::null_mut(),
-            )
-        };
-        if r == SRT_ERROR {
-            return Err(err());
+        match self.sendmsg(data) {
+            SRT_ERROR => Err(err()),
+            r => Ok(r as usize),
         }
-        Ok(r as usize)
     }
 
     /// Sends one message without building an error message: the hot
     /// path of a non-blocking (SRTO_SNDSYN false) socket, where a full
     /// send buffer (SRT_EASYNCSND) is routine. Err carries libsrt's code.
     pub fn try_send(&self, data: &[u8]) -> Result<usize, i32> {
-        // SAFETY: as in `send`.
-        let r = unsafe {
-            srt_sendmsg2(
-                self.0,
-                data.as_ptr().cast(),
-                data.len() as c_int,
-                std::ptr::null_mut(),
-            )
-        };
+        let r = self.sendmsg(data);
         if r == SRT_ERROR {
             // SAFETY: a null errno pointer is allowed; clearing resets the
             // thread-local error state.
@@ -460,6 +442,19 @@ impl Socket {
             return Err(code);
         }
         Ok(r as usize)
+    }
+
+    fn sendmsg(&self, data: &[u8]) -> c_int {
+        // SAFETY: data is a live slice of data.len() bytes; a null mctrl
+        // means default message control.
+        unsafe {
+            srt_sendmsg2(
+                self.0,
+                data.as_ptr().cast(),
+                data.len() as c_int,
+                std::ptr::null_mut(),
+            )
+        }
     }
 
     /// Receives one message into `buf`; Ok(0) never happens in live mode.
