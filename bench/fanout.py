@@ -137,37 +137,43 @@ def measure(pids, probe, secs):
     return cpu, rss_mib(pids), p(0.5), p(0.99), len(lat)
 
 
-def run_castpoint(binary, n, secs, src_file, coalesce=""):
-    inport = free_port()
-    extra = sinks(n - 1)
+def start_castpoint(binary, route_toml):
+    """castpoint with only HTTP besides the route (on an ephemeral port),
+    once it prints `ready`. Returns (process, config path)."""
     cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    src = Source(src_file, [("127.0.0.1", inport)])
-    probe = Probe(src)
     cfg.write('[http]\nbind = "127.0.0.1:0"\n[bacnet]\nenabled = false\n[modbus]\nenabled = false\n')
-    cfg.write('[[route]]\nname = "bench"\n')
-    if coalesce:
-        cfg.write(f'udp_coalesce = "{coalesce}"\n')
-    cfg.write(f'[[route.input]]\ntype = "udp"\nbind = "127.0.0.1:{inport}"\n')
-    dests = [probe.addr] + [s.getsockname() for s in extra]
-    for i, d in enumerate(dests):
-        cfg.write(f'[[route.output]]\nname = "o{i}"\ntype = "udp"\ndest = "{d[0]}:{d[1]}"\n')
+    cfg.write(route_toml)
     cfg.close()
-    data = tempfile.mkdtemp()
-    proc = subprocess.Popen([binary, "run", "--config", cfg.name, "--data-dir", data],
+    proc = subprocess.Popen([binary, "run", "--config", cfg.name, "--data-dir", tempfile.mkdtemp()],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     while True:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError("castpoint exited before it was ready")
         if line.strip() == "ready":
-            break
+            return proc, cfg.name
+
+
+def run_castpoint(binary, n, secs, src_file, coalesce=""):
+    inport = free_port()
+    extra = sinks(n - 1)
+    src = Source(src_file, [("127.0.0.1", inport)])
+    probe = Probe(src)
+    route = '[[route]]\nname = "bench"\n'
+    if coalesce:
+        route += f'udp_coalesce = "{coalesce}"\n'
+    route += f'[[route.input]]\ntype = "udp"\nbind = "127.0.0.1:{inport}"\n'
+    dests = [probe.addr] + [s.getsockname() for s in extra]
+    for i, d in enumerate(dests):
+        route += f'[[route.output]]\nname = "o{i}"\ntype = "udp"\ndest = "{d[0]}:{d[1]}"\n'
+    proc, cfg = start_castpoint(binary, route)
     probe.t.start()
     src.t.start()
     r = measure([proc.pid], probe, secs)
     src.stop = probe.stop = True
     proc.terminate()
     proc.wait()
-    os.unlink(cfg.name)
+    os.unlink(cfg)
     return r
 
 
@@ -201,21 +207,11 @@ def run_castpoint_srt(binary, n, secs, src_file):
     extra = sinks(n - 1)
     src = Source(src_file, [("127.0.0.1", inport)])
     probe = Probe(src)
-    cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    cfg.write('[http]\nbind = "127.0.0.1:0"\n[bacnet]\nenabled = false\n[modbus]\nenabled = false\n')
-    cfg.write(f'[[route]]\nname = "bench"\n[[route.input]]\ntype = "udp"\nbind = "127.0.0.1:{inport}"\n')
-    cfg.write(f'[[route.output]]\nname = "srt"\ntype = "srt"\nmode = "listener"\n'
-              f'addr = "127.0.0.1:{lport}"\nlatency = "{SRT_LATENCY_MS}ms"\n')
-    cfg.close()
-    data = tempfile.mkdtemp()
-    proc = subprocess.Popen([binary, "run", "--config", cfg.name, "--data-dir", data],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    while True:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("castpoint exited before it was ready")
-        if line.strip() == "ready":
-            break
+    proc, cfg = start_castpoint(
+        binary,
+        f'[[route]]\nname = "bench"\n[[route.input]]\ntype = "udp"\nbind = "127.0.0.1:{inport}"\n'
+        f'[[route.output]]\nname = "srt"\ntype = "srt"\nmode = "listener"\n'
+        f'addr = "127.0.0.1:{lport}"\nlatency = "{SRT_LATENCY_MS}ms"\n')
     dests = [probe.addr] + [s.getsockname() for s in extra]
     callers = [slt_caller(lport, d) for d in dests]
     time.sleep(1)
@@ -226,7 +222,7 @@ def run_castpoint_srt(binary, n, secs, src_file):
     stop_all(callers)
     proc.terminate()
     proc.wait()
-    os.unlink(cfg.name)
+    os.unlink(cfg)
     return r
 
 
