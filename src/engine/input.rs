@@ -22,15 +22,36 @@ pub(crate) struct Feed {
     pub tx: mpsc::Sender<InputMsg>,
     pub stats: Arc<IoStats>,
     pub cc: CcChecker,
+    /// The route's read pace in µs (see `route::read_pace`).
+    pub pace: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Feed {
-    pub fn new(idx: usize, tx: mpsc::Sender<InputMsg>, stats: Arc<IoStats>) -> Self {
+    pub fn new(
+        idx: usize,
+        tx: mpsc::Sender<InputMsg>,
+        stats: Arc<IoStats>,
+        pace: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
         Feed {
             idx,
             tx,
             stats,
             cc: CcChecker::default(),
+            pace,
+        }
+    }
+
+    /// Waits out the route's read pace (nothing when it is zero). False
+    /// when cancelled.
+    pub async fn pace(&self, cancel: &CancellationToken) -> bool {
+        let us = self.pace.load(std::sync::atomic::Ordering::Relaxed);
+        if us == 0 {
+            return true;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(Duration::from_micros(us)) => true,
         }
     }
 
@@ -129,8 +150,8 @@ pub(crate) async fn run_udp(
                 // one chunk (never waiting for more): a burst then costs the
                 // route one hand-over and each UDP output one GSO send.
                 let mut odd = None;
+                let mut n = 1;
                 if ts::is_aligned(&buf) {
-                    let mut n = 1;
                     while n < COALESCE_MAX {
                         // Room for any datagram, so none is truncated.
                         if buf.capacity() - buf.len() < 65536 {
@@ -160,6 +181,12 @@ pub(crate) async fn run_udp(
                     if !feed.push(aligner.push(&o)).await {
                         return;
                     }
+                }
+                // Let a few ms of datagrams gather when every output can
+                // wait for them (one wake-up for several datagrams); never
+                // when the socket still held more than one read takes.
+                if n < COALESCE_MAX && !feed.pace(&cancel).await {
+                    return;
                 }
             }
             Err(e) => {

@@ -25,6 +25,7 @@ pub mod ts;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -805,9 +806,10 @@ impl Engine {
         inp: &InputSpec,
         tx: mpsc::Sender<route::InputMsg>,
         route_cancel: &CancellationToken,
+        pace: &Arc<AtomicU64>,
     ) -> RunningInput {
         let stats = Arc::new(IoStats::default());
-        let feed = input::Feed::new(key, tx, stats.clone());
+        let feed = input::Feed::new(key, tx, stats.clone(), pace.clone());
         let cancel = route_cancel.child_token();
         let c = cancel.clone();
         let handle = match &inp.kind {
@@ -881,7 +883,8 @@ impl Engine {
                 None => {
                     let key = rt.next_key;
                     rt.next_key += 1;
-                    self.spawn_input(&rt.inputs, key, spec, rt.data_tx.clone(), &rt.cancel)
+                    let pace = &rt.shared.read_pace_us;
+                    self.spawn_input(&rt.inputs, key, spec, rt.data_tx.clone(), &rt.cancel, pace)
                 }
             };
             now_running.push(ri);
@@ -909,11 +912,13 @@ impl Engine {
         let inputs = TaskTracker::new();
         // Room for ~1 s of 10 Mbit/s datagrams if the route task stalls.
         let (data_tx, data_rx) = mpsc::channel(1024);
+        // Set by the route task from its outputs (see `RouteShared`).
+        let pace = Arc::new(AtomicU64::new(0));
         let running_inputs: Vec<RunningInput> = spec
             .inputs
             .iter()
             .enumerate()
-            .map(|(i, inp)| self.spawn_input(&inputs, i, inp, data_tx.clone(), &cancel))
+            .map(|(i, inp)| self.spawn_input(&inputs, i, inp, data_tx.clone(), &cancel, &pace))
             .collect();
         let in_stats = running_inputs
             .iter()
@@ -947,6 +952,7 @@ impl Engine {
             video_pid: (-1).into(),
             input_frames_lost: 0.into(),
             transcode: Mutex::new(None),
+            read_pace_us: pace,
         });
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let task = RouteTask {

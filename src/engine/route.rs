@@ -125,6 +125,9 @@ pub(crate) struct RouteShared {
     pub input_frames_lost: AtomicU64,
     /// The transcoder while transcoding is on.
     pub transcode: Mutex<Option<Arc<TranscodeStats>>>,
+    /// How long (µs) inputs that can wait between reads may do so: the
+    /// least delay any enabled output tolerates (see `read_pace`).
+    pub read_pace_us: Arc<AtomicU64>,
 }
 
 impl RouteShared {
@@ -610,6 +613,15 @@ impl RouteTask {
     }
 
     fn publish_outputs(&self) {
+        let pace = read_pace(
+            self.outputs
+                .iter()
+                .filter(|o| o.spec.enabled)
+                .map(|o| &o.spec.kind),
+        );
+        self.shared
+            .read_pace_us
+            .store(pace.as_micros() as u64, Relaxed);
         *self.shared.outputs.lock() = self
             .outputs
             .iter()
@@ -693,6 +705,29 @@ impl RouteTask {
     }
 }
 
+/// The longest an input may leave datagrams in its socket between reads.
+const MAX_READ_PACE: Duration = Duration::from_millis(5);
+
+/// How long inputs may wait between reads for these outputs. Every wake-up
+/// per datagram costs a context switch, the bulk of a lightly loaded
+/// route's CPU; reading a few milliseconds' worth at once is what
+/// srt-live-transmit does. Only when every output tolerates it: an SRT
+/// output the twentieth of its latency it already gathers for, queued
+/// outputs (HTTP-TS, HLS, recording, RTMP) a few ms, UDP outputs nothing
+/// (they have `udp_coalesce`). No outputs: no pacing.
+pub(crate) fn read_pace<'a>(kinds: impl Iterator<Item = &'a OutputKind>) -> Duration {
+    let mut pace: Option<Duration> = None;
+    for k in kinds {
+        let t = match k {
+            OutputKind::Udp { .. } => Duration::ZERO,
+            OutputKind::Srt(sp) => super::srt::burst_window(sp),
+            _ => MAX_READ_PACE,
+        };
+        pace = Some(pace.map_or(t, |p| p.min(t)));
+    }
+    pace.unwrap_or(Duration::ZERO).min(MAX_READ_PACE)
+}
+
 /// Which outputs a `fan_out` serves.
 #[derive(Clone, Copy, PartialEq)]
 enum Targets {
@@ -757,5 +792,44 @@ fn fan_out(
             // nothing to feed.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::spec::{SrtMode, SrtSpec};
+
+    fn srt(latency_ms: u64) -> OutputKind {
+        OutputKind::Srt(SrtSpec {
+            mode: SrtMode::Listener,
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            latency: Duration::from_millis(latency_ms),
+            passphrase: None,
+            pbkeylen: 0,
+            streamid: None,
+            allow: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn read_pace_is_the_least_any_output_tolerates() {
+        let udp = OutputKind::Udp {
+            dest: "127.0.0.1:1".parse().expect("addr"),
+            ttl: None,
+        };
+        let http = OutputKind::Http { path: "x".into() };
+        // Nothing to serve: read as data comes.
+        assert_eq!(read_pace([].iter()), Duration::ZERO);
+        // SRT: a twentieth of its latency; queued outputs a few ms.
+        assert_eq!(read_pace([srt(50)].iter()), Duration::from_micros(2500));
+        assert_eq!(
+            read_pace([srt(50), srt(20)].iter()),
+            Duration::from_millis(1)
+        );
+        assert_eq!(read_pace([http.clone()].iter()), MAX_READ_PACE);
+        assert_eq!(read_pace([srt(2000)].iter()), MAX_READ_PACE);
+        // Any UDP output: never paced.
+        assert_eq!(read_pace([srt(50), udp, http].iter()), Duration::ZERO);
     }
 }

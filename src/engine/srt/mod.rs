@@ -237,7 +237,7 @@ const BURST_BYTES: usize = 64 * 1024;
 /// switches a second on the send thread alone, the bulk of the cost of a
 /// single caller. srt-live-transmit gets the same effect from polling its
 /// input every few milliseconds.
-fn burst_window(sp: &SrtSpec) -> Duration {
+pub(crate) fn burst_window(sp: &SrtSpec) -> Duration {
     (sp.latency / 20).min(Duration::from_millis(5))
 }
 
