@@ -190,6 +190,8 @@ def slt_caller(listener, dest):
 
 
 def stop_all(procs):
+    """Terminate, then kill what is still there after 3 s (srt-live-transmit
+    may sit in a read once the source stops)."""
     for p in procs:
         p.terminate()
     for p in procs:
@@ -270,15 +272,7 @@ def run_peers(kind, n, secs, src_file):
     src.t.start()
     r = measure([p.pid for p in procs], probe, secs)
     src.stop = probe.stop = True
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            # srt-live-transmit may sit in a read once the source stops.
-            p.kill()
-            p.wait()
+    stop_all(procs)
     return r
 
 
