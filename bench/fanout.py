@@ -286,21 +286,43 @@ def main():
     ap.add_argument("--max-ffmpeg", type=int, default=10)
     ap.add_argument("--srt-n", default="1,10,50")
     ap.add_argument("--coalesce", default="", help="the route's udp_coalesce (default: castpoint's)")
+    ap.add_argument("--reps", type=int, default=1,
+                    help="runs per row, castpoint and peers interleaved; medians are printed "
+                         "(a single caller's few % of a core moves by +-30%% run to run)")
     a = ap.parse_args()
+    if not a.n:
+        srt_table(a)
+        return
     print("| N | castpoint CPU % | RSS MiB | p50 ms | p99 ms | srt-live-transmit x N CPU % | RSS MiB | p50 ms | p99 ms | ffmpeg -c copy x N CPU % | RSS MiB | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in [int(x) for x in a.n.split(",")]:
         row = [str(n)]
         print(f"N={n} ...", file=sys.stderr, flush=True)
-        c = run_castpoint(a.bin, n, a.secs, a.source, a.coalesce)
+        runs = {"cp": [], "slt": [], "ffmpeg": []}
+        for _ in range(a.reps):
+            runs["cp"].append(run_castpoint(a.bin, n, a.secs, a.source, a.coalesce))
+            for kind, cap in (("slt", a.max_slt), ("ffmpeg", a.max_ffmpeg)):
+                if n <= cap:
+                    runs[kind].append(run_peers(kind, n, a.secs, a.source))
+        c = medians(runs["cp"])
         row += [f"{c[0]:.1f}", f"{c[1]:.0f}", f"{c[2]:.2f}", f"{c[3]:.2f}"]
         for kind, cap in (("slt", a.max_slt), ("ffmpeg", a.max_ffmpeg)):
             if n > cap:
                 row += ["skipped (N > %d)" % cap, "", "", ""]
                 continue
-            p = run_peers(kind, n, a.secs, a.source)
+            p = medians(runs[kind])
             row += [f"{p[0]:.1f}", f"{p[1]:.0f}", f"{p[2]:.2f}", f"{p[3]:.2f}"]
         print("| " + " | ".join(row) + " |", flush=True)
+    srt_table(a)
+
+
+def medians(results):
+    """Per-column medians of (cpu, rss, p50, p99, samples) tuples."""
+    cols = list(zip(*results))
+    return tuple(sorted(c)[len(c) // 2] for c in cols)
+
+
+def srt_table(a):
     if not a.srt_n:
         return
     print()
@@ -310,8 +332,14 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in [int(x) for x in a.srt_n.split(",")]:
         print(f"SRT N={n} ...", file=sys.stderr, flush=True)
-        c = run_castpoint_srt(a.bin, n, a.secs, a.source)
-        p = run_slt_srt(n, a.secs, a.source)
+        cs, ps = [], []
+        for _ in range(a.reps):
+            cs.append(run_castpoint_srt(a.bin, n, a.secs, a.source))
+            ps.append(run_slt_srt(n, a.secs, a.source))
+        c, p = medians(cs), medians(ps)
+        if a.reps > 1:
+            print(f"SRT N={n}: castpoint CPU {[round(x[0], 2) for x in cs]}, "
+                  f"srt-live-transmit {[round(x[0], 2) for x in ps]}", file=sys.stderr, flush=True)
         ratio = (c[0] / n) / (p[0] / n) if p[0] > 0 else float("nan")
         print(f"| {n} | {c[0]:.1f} | {c[0] / n:.2f} | {c[1]:.0f} | {c[2]:.2f} | {c[3]:.2f} "
               f"| {p[0]:.1f} | {p[0] / n:.2f} | {p[1]:.0f} | {p[2]:.2f} | {p[3]:.2f} | {ratio:.2f} |",

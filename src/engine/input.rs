@@ -42,17 +42,10 @@ impl Feed {
         }
     }
 
-    /// Waits out the route's read pace (nothing when it is zero). False
-    /// when cancelled.
-    pub async fn pace(&self, cancel: &CancellationToken) -> bool {
-        let us = self.pace.load(std::sync::atomic::Ordering::Relaxed);
-        if us == 0 {
-            return true;
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => false,
-            _ = tokio::time::sleep(Duration::from_micros(us)) => true,
-        }
+    /// How long the input may leave datagrams in its socket before
+    /// reading them (see `route::read_pace`); zero: read at once.
+    pub fn pace(&self) -> Duration {
+        Duration::from_micros(self.pace.load(Relaxed))
     }
 
     /// Returns false when the route is gone.
@@ -93,13 +86,13 @@ impl Feed {
     }
 }
 
-/// Binds a UDP socket with SO_REUSEADDR and a large receive buffer, joining
-/// a multicast group when asked.
+/// Binds a non-blocking UDP socket with SO_REUSEADDR and a large receive
+/// buffer, joining a multicast group when asked.
 pub(crate) fn bind_udp(
     bind: SocketAddr,
     multicast: Option<Ipv4Addr>,
     interface: Ipv4Addr,
-) -> std::io::Result<UdpSocket> {
+) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
@@ -111,11 +104,79 @@ pub(crate) fn bind_udp(
     if let Some(group) = multicast {
         s.join_multicast_v4(&group, &interface)?;
     }
-    UdpSocket::from_std(s.into())
+    Ok(s.into())
 }
 
 /// Most datagrams read into one chunk: what one GSO send carries.
 const COALESCE_MAX: usize = 48;
+
+/// Room for the largest UDP datagram, so none is ever truncated.
+const MAX_DATAGRAM: usize = 65_536;
+
+/// Datagrams are received into a zeroed area of this size and handed on as
+/// slices of it (no copy); a fresh area is taken when less than one
+/// datagram's room is left.
+const AREA: usize = 256 * 1024;
+
+/// A UDP input's socket, registered with the runtime's poller only while
+/// the task waits for it to become readable. While a paced input sleeps it
+/// is not: the poller is edge-triggered, so a registered socket woke a
+/// runtime thread for every arriving datagram even though nobody was
+/// waiting for it, which undid most of what pacing saves.
+enum InSock {
+    Plain(std::net::UdpSocket),
+    Registered(UdpSocket),
+    /// Only between the two (a failed conversion ends the input).
+    Gone,
+}
+
+impl InSock {
+    fn registered(&mut self) -> std::io::Result<&UdpSocket> {
+        if let InSock::Plain(_) = self {
+            if let InSock::Plain(s) = std::mem::replace(self, InSock::Gone) {
+                *self = InSock::Registered(UdpSocket::from_std(s)?);
+            }
+        }
+        match self {
+            InSock::Registered(r) => Ok(r),
+            _ => Err(std::io::Error::other("socket lost")),
+        }
+    }
+
+    fn plain(&mut self) -> std::io::Result<()> {
+        if let InSock::Registered(_) = self {
+            if let InSock::Registered(r) = std::mem::replace(self, InSock::Gone) {
+                *self = InSock::Plain(r.into_std()?);
+            }
+        }
+        match self {
+            InSock::Plain(_) => Ok(()),
+            _ => Err(std::io::Error::other("socket lost")),
+        }
+    }
+
+    /// Non-blocking receive; through the registration when there is one, so
+    /// that a WouldBlock clears its readiness.
+    fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            InSock::Plain(s) => s.recv(buf),
+            InSock::Registered(r) => r.try_recv(buf),
+            InSock::Gone => Err(std::io::Error::other("socket lost")),
+        }
+    }
+}
+
+/// What a UDP input does before its next read.
+#[derive(Clone, Copy)]
+enum Next {
+    /// Wait until the socket is readable (nothing was there, or the route
+    /// wants every datagram at once).
+    Readable,
+    /// Sleep this long, then take everything queued.
+    Pace(Duration),
+    /// Read again at once (the last read stopped at its cap).
+    Now,
+}
 
 pub(crate) async fn run_udp(
     mut feed: Feed,
@@ -133,71 +194,89 @@ pub(crate) async fn run_udp(
         }
     };
     feed.stats.set_up(sock.local_addr().ok());
-    let mut buf = BytesMut::with_capacity(256 * 1024);
+    let mut sock = InSock::Plain(sock);
+    let mut area = BytesMut::new();
     let mut aligner = Aligner::new();
+    let mut next = Next::Readable;
     loop {
-        if buf.capacity() - buf.len() < 65536 {
-            buf.reserve(256 * 1024);
-        }
-        let r = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = sock.recv_buf(&mut buf) => r,
+        let r = match next {
+            Next::Readable => match sock.registered() {
+                Ok(reg) => tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = reg.readable() => r,
+                },
+                Err(e) => Err(e),
+            },
+            Next::Pace(d) => match sock.plain() {
+                Ok(()) => tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(d) => Ok(()),
+                },
+                Err(e) => Err(e),
+            },
+            Next::Now => Ok(()),
         };
-        match r {
-            Ok(_) => {
-                // Fast path: datagrams of whole packets are used as they are,
-                // and the ones already waiting in the socket join them in
-                // one chunk (never waiting for more): a burst then costs the
-                // route one hand-over and each UDP output one GSO send.
-                let mut odd = None;
-                let mut n = 1;
-                if ts::is_aligned(&buf) {
-                    while n < COALESCE_MAX {
-                        // Room for any datagram, so none is truncated.
-                        if buf.capacity() - buf.len() < 65536 {
-                            buf.reserve(256 * 1024);
-                        }
-                        let before = buf.len();
-                        match sock.try_recv_buf(&mut buf) {
-                            Ok(_) if ts::is_aligned(&buf[before..]) => n += 1,
-                            Ok(_) => {
-                                odd = Some(buf.split_off(before));
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+        if let Err(e) = r {
+            tracing::error!("udp input {bind}: {e}");
+            feed.stats.set_error(format!("{bind}: {e}"));
+            return;
+        }
+        // Take everything already queued (never waiting for more): a burst
+        // then costs the route one hand-over and each UDP output one GSO
+        // send. Datagrams of whole packets are used as they are; an odd
+        // one ends the chunk and goes through the aligner.
+        let mut n = 0;
+        let mut filled = 0;
+        let mut odd = None;
+        while n < COALESCE_MAX {
+            if area.len() - filled < MAX_DATAGRAM {
+                if filled > 0 {
+                    break;
                 }
-                let dg = buf.split();
-                let chunk = if ts::is_aligned(&dg) {
-                    dg
-                } else {
-                    aligner.push(&dg)
-                };
-                if !feed.push(chunk).await {
-                    return;
-                }
-                if let Some(o) = odd {
-                    if !feed.push(aligner.push(&o)).await {
-                        return;
-                    }
-                }
-                // Let a few ms of datagrams gather when every output can
-                // wait for them (one wake-up for several datagrams); never
-                // when the socket still held more than one read takes.
-                if n < COALESCE_MAX && !feed.pace(&cancel).await {
-                    return;
-                }
+                area = BytesMut::zeroed(AREA);
             }
-            Err(e) => {
-                // ICMP errors and the like: keep reading.
-                tracing::debug!("udp input {bind}: {e}");
-                buf.clear();
+            match sock.recv(&mut area[filled..filled + MAX_DATAGRAM]) {
+                Ok(len) => {
+                    n += 1;
+                    if ts::is_aligned(&area[filled..filled + len]) {
+                        filled += len;
+                    } else {
+                        odd = Some(len);
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // ICMP errors and the like: reported once, keep reading.
+                    tracing::debug!("udp input {bind}: {e}");
+                    n += 1;
+                }
             }
         }
+        if filled > 0 && !feed.push(area.split_to(filled)).await {
+            return;
+        }
+        if let Some(len) = odd {
+            let o = area.split_to(len);
+            if !feed.push(aligner.push(&o)).await {
+                return;
+            }
+        }
+        // Let a few ms of datagrams gather when every output can wait for
+        // them (one wake-up for several datagrams); never when the socket
+        // held more than one read takes.
+        next = if n >= COALESCE_MAX || (filled > 0 && area.len() < MAX_DATAGRAM) {
+            Next::Now
+        } else if n == 0 {
+            Next::Readable
+        } else {
+            match feed.pace() {
+                d if d.is_zero() => Next::Readable,
+                d => Next::Pace(d),
+            }
+        };
     }
 }
-
 pub(crate) async fn run_http(mut feed: Feed, url: String, cancel: CancellationToken) {
     let client = match reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))

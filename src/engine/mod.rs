@@ -46,7 +46,7 @@ use crate::media::ffmpeg::Media;
 use route::{OutputSlot, RouteCmd, RouteShared, RouteTask, TranscodeReq};
 use spec::{
     EngineSpec, InputKind, InputSpec, Mode, OutputKind, OutputSource, OutputSpec, ProfileRef,
-    RouteSpec,
+    RouteSpec, SrtMode,
 };
 use stats::{EngineSnapshot, IoStats};
 
@@ -189,6 +189,92 @@ struct RunningRoute {
     next_key: usize,
     /// Kept so inputs added later can feed the route task.
     data_tx: mpsc::Sender<route::InputMsg>,
+    /// The data-plane runtime the route's tasks run on.
+    rt: Option<tokio::runtime::Handle>,
+}
+
+/// The routes' runtimes: one single-threaded tokio runtime per core, each
+/// on its own thread; a route's input, route and output tasks all run on
+/// one of them (round robin over routes). On the shared multi-threaded
+/// runtime every wake-up of an idle worker woke a second one to look for
+/// work to steal, so a lightly loaded route cost two threads' context
+/// switches per chunk; here a chunk goes from input to outputs on one
+/// thread with no hand-off. The control plane (HTTP, protocols, the
+/// engine's own commands) stays on the main runtime.
+struct DataPlane {
+    handles: Vec<tokio::runtime::Handle>,
+    next: std::sync::atomic::AtomicUsize,
+    /// Ends the runtimes' threads when the engine is dropped.
+    stop: CancellationToken,
+}
+
+impl DataPlane {
+    fn new() -> DataPlane {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get().min(64));
+        let stop = CancellationToken::new();
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name(format!("cp-route{i}-blk"))
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::warn!("route runtime {i}: {e}; routes share the main runtime");
+                    break;
+                }
+            };
+            let h = rt.handle().clone();
+            let s = stop.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("cp-route{i}"))
+                .spawn(move || rt.block_on(s.cancelled()));
+            match spawned {
+                Ok(_) => handles.push(h),
+                Err(e) => {
+                    tracing::warn!("route runtime {i}: {e}; routes share the main runtime");
+                    break;
+                }
+            }
+        }
+        DataPlane {
+            handles,
+            next: Default::default(),
+            stop,
+        }
+    }
+
+    /// The runtime for a new route (None: the caller's).
+    fn pick(&self) -> Option<tokio::runtime::Handle> {
+        if self.handles.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(self.handles[i % self.handles.len()].clone())
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Spawns `fut` on `tracker`, on the route's runtime when it has one.
+fn spawn_on<F>(
+    tracker: &TaskTracker,
+    rt: Option<&tokio::runtime::Handle>,
+    fut: F,
+) -> JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match rt {
+        Some(h) => tracker.spawn_on(fut, h),
+        None => tracker.spawn(fut),
+    }
 }
 
 /// One running input task of a route.
@@ -227,6 +313,7 @@ struct Inner {
     /// until the app sets them: transcoding waits for them and RTMP
     /// outputs start their child once they are known.
     media: tokio::sync::watch::Sender<Option<Arc<Media>>>,
+    dp: DataPlane,
 }
 
 impl Drop for Inner {
@@ -265,6 +352,7 @@ impl Engine {
                 rtmp: Default::default(),
                 events: Events::new(),
                 media: tokio::sync::watch::channel(None).0,
+                dp: DataPlane::new(),
             }),
         };
         // Once-a-second bit-rate sampler.
@@ -429,7 +517,8 @@ impl Engine {
         if let Some(rt) = st.running.get(route) {
             let tracker_cancel = self.inner.cancel.child_token();
             let cmd = rt.cmd.clone();
-            let (slot, handle) = self.spawn_output(route, spec.clone(), tracker_cancel);
+            let (slot, handle) =
+                self.spawn_output(route, spec.clone(), tracker_cancel, rt.rt.as_ref());
             st.output_tasks
                 .insert((route.to_string(), spec.name.clone()), handle);
             let _ = cmd.send(RouteCmd::AddOutput(Box::new(slot))).await;
@@ -534,7 +623,8 @@ impl Engine {
             }
             (None, Some(rt)) => {
                 let cmd = rt.cmd.clone();
-                let (slot, h) = self.spawn_output(to, spec, self.inner.cancel.child_token());
+                let (slot, h) =
+                    self.spawn_output(to, spec, self.inner.cancel.child_token(), rt.rt.as_ref());
                 st.output_tasks
                     .insert((to.to_string(), name.to_string()), h);
                 let _ = cmd.send(RouteCmd::AddOutput(Box::new(slot))).await;
@@ -709,6 +799,7 @@ impl Engine {
         route: &str,
         spec: OutputSpec,
         cancel: CancellationToken,
+        rt: Option<&tokio::runtime::Handle>,
     ) -> (OutputSlot, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(spec.queue.max(1));
         let stats = Arc::new(IoStats::default());
@@ -722,7 +813,7 @@ impl Engine {
                     Ok(sock) => {
                         s.set_up(sock.local_addr().ok());
                         s.clients.store(1, std::sync::atomic::Ordering::Relaxed);
-                        direct = Some(Arc::new(sock));
+                        direct = Some(route::Direct::Udp(Arc::new(sock)));
                     }
                     Err(e) => {
                         tracing::error!("udp output {dest}: {e}");
@@ -730,57 +821,71 @@ impl Engine {
                     }
                 }
                 drop(rx);
-                t.spawn(output::run_udp(c))
+                spawn_on(t, rt, output::run_udp(c))
             }
-            OutputKind::Http { path } => t.spawn(output::run_http(
-                rx,
-                path.clone(),
-                self.inner.http.clone(),
-                spec.queue,
-                s,
-                c,
-            )),
-            OutputKind::Record { segment, keep } => t.spawn(output::run_record(
-                rx,
-                self.inner.data_dir.join("recordings").join(route),
-                route.to_string(),
-                *segment,
-                *keep,
-                s,
-                c,
-            )),
+            OutputKind::Http { path } => spawn_on(
+                t,
+                rt,
+                output::run_http(rx, path.clone(), self.inner.http.clone(), spec.queue, s, c),
+            ),
+            OutputKind::Record { segment, keep } => spawn_on(
+                t,
+                rt,
+                output::run_record(
+                    rx,
+                    self.inner.data_dir.join("recordings").join(route),
+                    route.to_string(),
+                    *segment,
+                    *keep,
+                    s,
+                    c,
+                ),
+            ),
             OutputKind::Hls {
                 path,
                 segment,
                 window,
-            } => t.spawn(hls::run(
-                rx,
-                path.clone(),
-                self.inner.hls.clone(),
-                *segment,
-                *window,
-                s,
-                c,
-            )),
-            OutputKind::Srt(sp) => {
-                let sp = sp.clone();
-                let ev = self.inner.events.clone();
-                let route = route.to_string();
-                let name = spec.name.clone();
-                t.spawn(srt::run_output(rx, sp, s, c, ev, route, name))
+            } => spawn_on(
+                t,
+                rt,
+                hls::run(
+                    rx,
+                    path.clone(),
+                    self.inner.hls.clone(),
+                    *segment,
+                    *window,
+                    s,
+                    c,
+                ),
+            ),
+            OutputKind::Srt(sp) if sp.mode == SrtMode::Listener => {
+                let (ev, route, name) = (
+                    self.inner.events.clone(),
+                    route.to_string(),
+                    spec.name.clone(),
+                );
+                let (out, task) = srt::listener_output(sp.clone(), s, c, ev, route, name);
+                direct = out.map(route::Direct::Srt);
+                drop(rx);
+                spawn_on(t, rt, task)
             }
+            OutputKind::Srt(sp) => spawn_on(t, rt, srt::run_caller_output(rx, sp.clone(), s, c)),
             OutputKind::Rtmp { url, key } => {
                 let media = self.inner.media.subscribe();
                 let target = crate::media::ffmpeg::profile::rtmp_target(url, key.as_deref());
-                t.spawn(crate::media::ffmpeg::run_rtmp_push(
-                    media,
-                    target,
-                    key.clone(),
-                    format!("rtmp:{route}/{}", spec.name),
-                    rx,
-                    s,
-                    c,
-                ))
+                spawn_on(
+                    t,
+                    rt,
+                    crate::media::ffmpeg::run_rtmp_push(
+                        media,
+                        target,
+                        key.clone(),
+                        format!("rtmp:{route}/{}", spec.name),
+                        rx,
+                        s,
+                        c,
+                    ),
+                )
             }
         };
         (
@@ -799,9 +904,11 @@ impl Engine {
     /// Spawns one input task on the route's tracker. `key` identifies the
     /// input's chunks to the route task for as long as it runs, whatever
     /// its position after hot input changes.
+    #[allow(clippy::too_many_arguments)]
     fn spawn_input(
         &self,
         tracker: &TaskTracker,
+        rt: Option<&tokio::runtime::Handle>,
         key: usize,
         inp: &InputSpec,
         tx: mpsc::Sender<route::InputMsg>,
@@ -819,11 +926,17 @@ impl Engine {
                 interface,
             } => {
                 let (b, m, i) = (*bind, *multicast, *interface);
-                tracker.spawn(async move { input::run_udp(feed, b, m, i, c).await })
+                spawn_on(tracker, rt, async move {
+                    input::run_udp(feed, b, m, i, c).await
+                })
             }
             InputKind::Http { url } => {
                 let url = url.clone();
-                tracker.spawn(async move { input::run_http(feed, url, c).await })
+                spawn_on(
+                    tracker,
+                    rt,
+                    async move { input::run_http(feed, url, c).await },
+                )
             }
             InputKind::Srt(sp) => {
                 let sp = sp.clone();
@@ -831,15 +944,21 @@ impl Engine {
             }
             InputKind::Generator { bitrate } => {
                 let b = *bitrate;
-                tracker.spawn(async move { input::run_generator(feed, b, c).await })
+                spawn_on(tracker, rt, async move {
+                    input::run_generator(feed, b, c).await
+                })
             }
             InputKind::Rtmp(r) => {
                 let (r, reg) = (r.clone(), self.inner.rtmp.clone());
-                tracker.spawn(async move { crate::media::rtmp::run_input(feed, r, reg, c).await })
+                spawn_on(tracker, rt, async move {
+                    crate::media::rtmp::run_input(feed, r, reg, c).await
+                })
             }
             InputKind::Rtsp(sp) => {
                 let sp = sp.clone();
-                tracker.spawn(async move { crate::media::rtsp::run_input(feed, sp, c).await })
+                spawn_on(tracker, rt, async move {
+                    crate::media::rtsp::run_input(feed, sp, c).await
+                })
             }
         };
         RunningInput {
@@ -884,7 +1003,16 @@ impl Engine {
                     let key = rt.next_key;
                     rt.next_key += 1;
                     let pace = &rt.shared.read_pace_us;
-                    self.spawn_input(&rt.inputs, key, spec, rt.data_tx.clone(), &rt.cancel, pace)
+                    let h = rt.rt.clone();
+                    self.spawn_input(
+                        &rt.inputs,
+                        h.as_ref(),
+                        key,
+                        spec,
+                        rt.data_tx.clone(),
+                        &rt.cancel,
+                        pace,
+                    )
                 }
             };
             now_running.push(ri);
@@ -908,6 +1036,7 @@ impl Engine {
     }
 
     fn start_route(&self, st: &mut EngState, spec: RouteSpec) {
+        let rt = self.inner.dp.pick();
         let cancel = self.inner.cancel.child_token();
         let inputs = TaskTracker::new();
         // Room for ~1 s of 10 Mbit/s datagrams if the route task stalls.
@@ -918,7 +1047,17 @@ impl Engine {
             .inputs
             .iter()
             .enumerate()
-            .map(|(i, inp)| self.spawn_input(&inputs, i, inp, data_tx.clone(), &cancel, &pace))
+            .map(|(i, inp)| {
+                self.spawn_input(
+                    &inputs,
+                    rt.as_ref(),
+                    i,
+                    inp,
+                    data_tx.clone(),
+                    &cancel,
+                    &pace,
+                )
+            })
             .collect();
         let in_stats = running_inputs
             .iter()
@@ -933,8 +1072,12 @@ impl Engine {
         inputs.close();
         let mut slots = Vec::new();
         for o in &spec.outputs {
-            let (slot, h) =
-                self.spawn_output(&spec.name, o.clone(), self.inner.cancel.child_token());
+            let (slot, h) = self.spawn_output(
+                &spec.name,
+                o.clone(),
+                self.inner.cancel.child_token(),
+                rt.as_ref(),
+            );
             st.output_tasks
                 .insert((spec.name.clone(), o.name.clone()), h);
             slots.push(slot);
@@ -974,10 +1117,9 @@ impl Engine {
             let _ = cmd_tx.try_send(RouteCmd::SetTranscode(Some(req)));
         }
         let c = cancel.clone();
-        let handle = self
-            .inner
-            .tasks
-            .spawn(async move { task.run(data_rx, cmd_rx, c).await });
+        let handle = spawn_on(&self.inner.tasks, rt.as_ref(), async move {
+            task.run(data_rx, cmd_rx, c).await
+        });
         self.inner.shared.write().push(shared.clone());
         st.running.insert(
             spec.name.clone(),
@@ -990,6 +1132,7 @@ impl Engine {
                 next_key: spec.inputs.len(),
                 running_inputs,
                 data_tx,
+                rt,
             },
         );
         self.inner

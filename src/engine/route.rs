@@ -35,9 +35,27 @@ pub(crate) struct OutputSlot {
     /// Cancels the output's task (remove).
     pub cancel: CancellationToken,
     pub loss: FrameLoss,
-    /// UDP outputs: sent directly from the route task (see
-    /// `output::udp_sender`); `tx` is unused then.
-    pub direct: Option<Arc<super::output::UdpOut>>,
+    /// Outputs the route task sends to itself; `tx` is unused then.
+    pub direct: Option<Direct>,
+}
+
+/// An output the route task sends to without a queue or a task hop: the
+/// socket's own buffer is the bounded queue, and a full one drops (counted).
+pub(crate) enum Direct {
+    /// A UDP output (see `output::udp_sender`); its share may be held
+    /// briefly to batch sends (`coalesce`).
+    Udp(Arc<super::output::UdpOut>),
+    /// An SRT listener output's callers (see `srt::ListenerOut`): a send
+    /// only copies into libsrt's buffers, so the chunk costs no wake-up of
+    /// an output task (at one caller, that hop was most of our CPU beside
+    /// libsrt's own).
+    Srt(Arc<super::srt::ListenerOut>),
+}
+
+impl OutputSlot {
+    fn is_direct_udp(&self) -> bool {
+        matches!(self.direct, Some(Direct::Udp(_)))
+    }
 }
 
 impl OutputSlot {
@@ -463,7 +481,7 @@ impl RouteTask {
             &chunk,
             video,
             stream_on,
-            Targets::Queued,
+            Targets::Now,
             |s| s == OutputSource::Passthrough || with_auto,
         );
         self.fan_out_udp(&chunk, video, with_auto, now);
@@ -495,7 +513,7 @@ impl RouteTask {
         let udp_outputs = self
             .outputs
             .iter()
-            .filter(|o| o.direct.is_some() && o.spec.enabled)
+            .filter(|o| o.is_direct_udp() && o.spec.enabled)
             .count();
         if let Some(b) = self.udp.push(chunk, now, self.coalesce.hold(udp_outputs)) {
             self.send_udp(&b);
@@ -514,14 +532,9 @@ impl RouteTask {
     fn send_udp(&mut self, b: &Bytes) {
         let (video, with_auto) = self.udp.tag;
         let stream_on = self.stream_enabled;
-        fan_out(
-            &mut self.outputs,
-            b,
-            video,
-            stream_on,
-            Targets::Direct,
-            |s| s == OutputSource::Passthrough || with_auto,
-        );
+        fan_out(&mut self.outputs, b, video, stream_on, Targets::Udp, |s| {
+            s == OutputSource::Passthrough || with_auto
+        });
     }
 
     /// A chunk of transcoded TS: to the auto outputs.
@@ -706,15 +719,16 @@ impl RouteTask {
 }
 
 /// The longest an input may leave datagrams in its socket between reads.
-const MAX_READ_PACE: Duration = Duration::from_millis(5);
+const MAX_READ_PACE: Duration = Duration::from_millis(10);
 
 /// How long inputs may wait between reads for these outputs. Every wake-up
-/// per datagram costs a context switch, the bulk of a lightly loaded
-/// route's CPU; reading a few milliseconds' worth at once is what
-/// srt-live-transmit does. Only when every output tolerates it: an SRT
-/// output the twentieth of its latency it already gathers for, queued
-/// outputs (HTTP-TS, HLS, recording, RTMP) a few ms, UDP outputs nothing
-/// (they have `udp_coalesce`). No outputs: no pacing.
+/// per datagram costs context switches (ours and libsrt's send thread's),
+/// the bulk of a lightly loaded route's CPU; reading several milliseconds'
+/// worth at once is what srt-live-transmit does (it polls its UDP input
+/// every few ms and hands libsrt what it found). Only when every output
+/// tolerates it: an SRT output `srt::burst_window`, queued outputs
+/// (HTTP-TS, HLS, recording, RTMP: TCP or files, buffered anyway) 10 ms,
+/// UDP outputs nothing (they have `udp_coalesce`). No outputs: no pacing.
 pub(crate) fn read_pace<'a>(kinds: impl Iterator<Item = &'a OutputKind>) -> Duration {
     let mut pace: Option<Duration> = None;
     for k in kinds {
@@ -732,10 +746,11 @@ pub(crate) fn read_pace<'a>(kinds: impl Iterator<Item = &'a OutputKind>) -> Dura
 #[derive(Clone, Copy, PartialEq)]
 enum Targets {
     All,
-    /// Outputs with their own queue (direct UDP ones are served apart).
-    Queued,
+    /// Every output served at once: queued ones and direct SRT ones
+    /// (direct UDP ones are served apart, possibly held to coalesce).
+    Now,
     /// Direct UDP outputs only.
-    Direct,
+    Udp,
 }
 
 /// Hands `chunk` to every enabled output of `targets` whose source `pick`
@@ -755,19 +770,26 @@ fn fan_out(
         }
         let wanted = match targets {
             Targets::All => true,
-            Targets::Queued => o.direct.is_none(),
-            Targets::Direct => o.direct.is_some(),
+            Targets::Now => !o.is_direct_udp(),
+            Targets::Udp => o.is_direct_udp(),
         };
         if !wanted {
             continue;
         }
-        if let Some(sock) = &o.direct {
-            if super::output::udp_send_chunk(sock, chunk, &o.stats) {
+        if let Some(d) = &o.direct {
+            let sent = match d {
+                Direct::Udp(sock) => super::output::udp_send_chunk(sock, chunk, &o.stats),
+                // Drops are counted per caller by the send itself.
+                Direct::Srt(l) => l.send(chunk),
+            };
+            if sent {
                 if let Some(v) = video {
                     o.loss.delivered(chunk, v);
                 }
             } else {
-                o.stats.dropped(chunk.len());
+                if matches!(d, Direct::Udp(_)) {
+                    o.stats.dropped(chunk.len());
+                }
                 if let Some(v) = video {
                     let n = o.loss.dropped(chunk, v);
                     o.stats.frames_lost.fetch_add(n, Relaxed);
@@ -821,11 +843,11 @@ mod tests {
         let http = OutputKind::Http { path: "x".into() };
         // Nothing to serve: read as data comes.
         assert_eq!(read_pace([].iter()), Duration::ZERO);
-        // SRT: a twentieth of its latency; queued outputs a few ms.
-        assert_eq!(read_pace([srt(50)].iter()), Duration::from_micros(2500));
+        // SRT: a fifth of its latency; queued outputs 10 ms.
+        assert_eq!(read_pace([srt(25)].iter()), Duration::from_millis(5));
         assert_eq!(
             read_pace([srt(50), srt(20)].iter()),
-            Duration::from_millis(1)
+            Duration::from_millis(4)
         );
         assert_eq!(read_pace([http.clone()].iter()), MAX_READ_PACE);
         assert_eq!(read_pace([srt(2000)].iter()), MAX_READ_PACE);

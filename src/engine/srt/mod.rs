@@ -3,7 +3,7 @@
 pub mod ffi;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -230,15 +230,20 @@ async fn next_chunk(rx: &mut mpsc::Receiver<Bytes>, cancel: &CancellationToken) 
 /// Most bytes gathered into one burst (~48 live-mode messages).
 const BURST_BYTES: usize = 64 * 1024;
 
-/// How long an SRT output gathers chunks before handing them to libsrt:
-/// a twentieth of the SRT latency (the receiver's buffer absorbs it), at
-/// most 5 ms. Handing libsrt one datagram at a time woke its send thread
-/// (and ours) for every 1316 bytes: at 10 Mbit/s that was ~1,900 context
-/// switches a second on the send thread alone, the bulk of the cost of a
-/// single caller. srt-live-transmit gets the same effect from polling its
-/// input every few milliseconds.
+/// How long data for an SRT output may be gathered before it is handed to
+/// libsrt (the read pace of a UDP input feeding it, the burst of a caller
+/// output): a fifth of the SRT latency, at most 10 ms. Handing libsrt one
+/// datagram at a time woke its send thread (and ours) for every 1316
+/// bytes: at 10 Mbit/s ~1,900 context switches a second on the send
+/// thread alone, the bulk of the cost of a single caller; with 5 ms
+/// batches a caller still cost ~1.2x an srt-live-transmit relay, with
+/// 10 ms the same (which is what srt-live-transmit's few-ms input polling
+/// amounts to). The delay is added before libsrt timestamps the packets,
+/// so it never eats into the receiver's latency window (retransmissions
+/// keep their full budget); it adds at most this much end-to-end delay and
+/// output jitter, which the decoder's buffer absorbs.
 pub(crate) fn burst_window(sp: &SrtSpec) -> Duration {
-    (sp.latency / 20).min(Duration::from_millis(5))
+    (sp.latency / 5).min(Duration::from_millis(10))
 }
 
 /// Waits for the next chunk, then gathers what else arrives within
@@ -300,26 +305,12 @@ fn send_chunk(s: &Socket, chunk: &[u8], stats: &IoStats) -> Result<bool, i32> {
     Ok(true)
 }
 
-/// An SRT output. Sends run on the async task that receives the chunks
-/// (sockets are non-blocking, so `srt_sendmsg2` only copies into libsrt's
-/// send buffer and never waits): a chunk costs no thread hand-off. Only
-/// what blocks in libsrt (connect, accept) runs on blocking threads.
-pub(crate) async fn run_output(
-    rx: mpsc::Receiver<Bytes>,
-    sp: SrtSpec,
-    stats: Arc<IoStats>,
-    cancel: CancellationToken,
-    events: Events,
-    route: String,
-    name: String,
-) {
-    match sp.mode {
-        SrtMode::Caller => run_caller_output(rx, sp, stats, cancel).await,
-        SrtMode::Listener => run_listener_output(rx, sp, stats, cancel, events, route, name).await,
-    }
-}
-
-async fn run_caller_output(
+/// An SRT caller output. Sends run on the async task that receives the
+/// chunks (the socket is non-blocking, so `srt_sendmsg2` only copies into
+/// libsrt's send buffer and never waits); only connecting runs on a
+/// blocking thread. (Listener outputs are sent to by the route task: see
+/// `listener_output`.)
+pub(crate) async fn run_caller_output(
     mut rx: mpsc::Receiver<Bytes>,
     sp: SrtSpec,
     stats: Arc<IoStats>,
@@ -432,9 +423,23 @@ fn reuseport_udp(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::Ud
     Ok(out)
 }
 
-/// The listening half of a listener output: K listener sockets on one port
-/// (see `listener_muxes`), their listen hooks and one epoll set.
+/// The listening half of a listener output: K UDP sockets on one port (see
+/// `listener_muxes`), each handed to an SRT listener of its own, and so to
+/// a libsrt multiplexer (a send and a receive thread), only once a caller's
+/// handshake reaches it. An idle multiplexer's receive thread wakes every
+/// 10 ms whether or not it has callers (~0.1% of a core each); creating
+/// them lazily keeps a single-caller output at one multiplexer while 50
+/// callers still spread over all K. All K sockets are bound from the start
+/// so that the kernel's hash of a caller to a socket never changes (a
+/// socket joining the group later would move established callers).
+/// Multiplexers are never closed while the output runs, for the same
+/// reason.
 struct Listeners {
+    /// Bound sockets of the group that no caller has reached yet; their
+    /// first datagram (a handshake) waits in the socket buffer until the
+    /// accept thread hands the socket to libsrt, and the caller repeats
+    /// it every 250 ms anyway.
+    idle: Vec<std::net::UdpSocket>,
     socks: Vec<Socket>,
     ep: Epoll,
     hooks: Vec<ffi::ListenHook>,
@@ -448,32 +453,26 @@ impl Drop for Listeners {
     }
 }
 
-fn listen_output(
-    sp: &SrtSpec,
-    stats: &Arc<IoStats>,
-    events: &Events,
-    route: &str,
-    name: &str,
-) -> Result<Listeners, SrtError> {
-    let udp = reuseport_udp(sp.addr, listener_muxes()).map_err(|e| SrtError {
-        code: e.raw_os_error().unwrap_or(0),
-        message: e.to_string(),
-    })?;
-    let ep = Epoll::new()?;
-    let mut out = Listeners {
-        socks: Vec::new(),
-        ep,
-        hooks: Vec::new(),
-    };
-    for u in udp {
+/// Everything an SRT listener of a listener output needs to admit callers.
+struct Admit<'a> {
+    sp: &'a SrtSpec,
+    stats: &'a Arc<IoStats>,
+    events: &'a Events,
+    route: &'a str,
+    name: &'a str,
+}
+
+impl Listeners {
+    /// Hands one bound UDP socket of the group to a new SRT listener.
+    fn activate(&mut self, udp: std::net::UdpSocket, a: &Admit) -> Result<(), SrtError> {
         let l = Socket::new()?;
-        configure(&l, sp, false)?;
-        let allow = sp.allow.clone();
+        configure(&l, a.sp, false)?;
+        let allow = a.sp.allow.clone();
         let (ev, r2, n2, st2) = (
-            events.clone(),
-            route.to_string(),
-            name.to_string(),
-            stats.clone(),
+            a.events.clone(),
+            a.route.to_string(),
+            a.name.to_string(),
+            a.stats.clone(),
         );
         let hook = l.set_listen_callback(move |peer, sid| {
             let ok = allow.is_empty() || sid.is_some_and(|s| allow.iter().any(|a| a == s));
@@ -489,44 +488,93 @@ fn listen_output(
             }
             ok
         })?;
-        out.hooks.push(hook);
-        l.bind_acquire(u)?;
+        self.hooks.push(hook);
+        l.bind_acquire(udp)?;
         l.listen(64)?;
-        out.ep.add_in(&l)?;
-        out.socks.push(l);
+        self.ep.add_in(&l)?;
+        self.socks.push(l);
+        Ok(())
     }
-    Ok(out)
+
+    /// Waits up to `ms` for a handshake on a socket libsrt does not read
+    /// yet, then hands every such socket to libsrt.
+    fn wake_idle(&mut self, ms: u16, a: &Admit) {
+        use nix::poll::{poll, PollFd, PollFlags};
+        if self.idle.is_empty() {
+            std::thread::sleep(Duration::from_millis(u64::from(ms)));
+            return;
+        }
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd> = self
+                .idle
+                .iter()
+                .map(|u| PollFd::new(std::os::fd::AsFd::as_fd(u), PollFlags::POLLIN))
+                .collect();
+            if poll(&mut fds, ms).is_err() {
+                return;
+            }
+            fds.iter().map(|f| f.any().unwrap_or(false)).collect()
+        };
+        let idle = std::mem::take(&mut self.idle);
+        for (udp, r) in idle.into_iter().zip(ready) {
+            if !r {
+                self.idle.push(udp);
+                continue;
+            }
+            if let Err(e) = self.activate(udp, a) {
+                // That share of callers cannot connect; the others can.
+                tracing::error!("srt output {}: listener: {e}", a.sp.addr);
+                a.stats.set_error(format!("listen {}: {e}", a.sp.addr));
+            }
+        }
+    }
 }
 
-/// Admits callers and refreshes their stats once a second until `done`;
-/// the sending task never waits on it beyond a short lock.
-#[allow(clippy::too_many_arguments)]
+/// Binds the listener output's port (all K sockets; none is handed to
+/// libsrt yet).
+fn listen_output(sp: &SrtSpec) -> Result<Listeners, SrtError> {
+    let udp = reuseport_udp(sp.addr, listener_muxes()).map_err(|e| SrtError {
+        code: e.raw_os_error().unwrap_or(0),
+        message: e.to_string(),
+    })?;
+    Ok(Listeners {
+        idle: udp,
+        socks: Vec::new(),
+        ep: Epoll::new()?,
+        hooks: Vec::new(),
+    })
+}
+
+/// How often the accept thread looks for callers libsrt has connected on
+/// the active listeners: a connected caller waits at most this long for
+/// its first packet. Waiting in `srt_epoll_uwait` instead cost ~170
+/// wake-ups a second (libsrt re-checks every few ms).
+const ACCEPT_TICK_MS: u16 = 50;
+
+/// Admits callers and refreshes their stats once a second until
+/// cancelled; the route task never waits on it beyond a short lock.
 fn accept_loop(
-    ls: Listeners,
+    mut ls: Listeners,
     callers: &Mutex<Vec<Caller>>,
-    done: &AtomicBool,
-    sp: &SrtSpec,
-    stats: &IoStats,
+    a: &Admit,
     cancel: &CancellationToken,
-    events: &Events,
-    route: &str,
-    name: &str,
 ) {
     let mut last_stats = Instant::now();
     let mut ready = [0; 16];
-    while !cancel.is_cancelled() && !done.load(Relaxed) {
-        let n = ls.ep.ready(100, &mut ready);
+    while !cancel.is_cancelled() {
+        ls.wake_idle(ACCEPT_TICK_MS, a);
+        let n = ls.ep.ready(0, &mut ready);
         for id in &ready[..n] {
             let Some(l) = ls.socks.iter().find(|l| l.id() == *id) else {
                 continue;
             };
             let Ok((s, peer)) = l.accept() else { continue };
-            if !key_ok(&s, sp, stats) {
-                events.emit(EngineEvent::new(
-                    route,
+            if !key_ok(&s, a.sp, a.stats) {
+                a.events.emit(EngineEvent::new(
+                    a.route,
                     EventKind::CallerRejected {
-                        output: name.to_string(),
-                        reason: format!("key length from {peer:?} differs from {}", sp.pbkeylen),
+                        output: a.name.to_string(),
+                        reason: format!("key length from {peer:?} differs from {}", a.sp.pbkeylen),
                     },
                 ));
                 continue;
@@ -535,7 +583,7 @@ fn accept_loop(
             // fast and it loses the chunk.
             let _ = s.set_bool(ffi::SRTO_SNDSYN, false);
             let streamid = s.streamid();
-            tracing::info!("srt output {}: caller {peer:?} {streamid:?}", sp.addr);
+            tracing::info!("srt output {}: caller {peer:?} {streamid:?}", a.sp.addr);
             callers.lock().push(Caller {
                 sock: Arc::new(s),
                 peer,
@@ -548,7 +596,7 @@ fn accept_loop(
             let live: Vec<_> = {
                 let mut c = callers.lock();
                 c.retain(|c| !c.dead && c.sock.connected());
-                stats.clients.store(c.len() as u64, Relaxed);
+                a.stats.clients.store(c.len() as u64, Relaxed);
                 c.iter()
                     .map(|c| (c.sock.clone(), c.peer, c.streamid.clone()))
                     .collect()
@@ -558,68 +606,82 @@ fn accept_loop(
                 .into_iter()
                 .map(|(s, peer, sid)| conn_stats(&s, peer, sid))
                 .collect();
-            *stats.srt.lock() = v;
+            *a.stats.srt.lock() = v;
         }
     }
     drop(ls);
 }
 
-async fn run_listener_output(
-    mut rx: mpsc::Receiver<Bytes>,
+/// A listener output's connected callers. The route task sends to them
+/// itself (`route::Direct::Srt`); the accept thread adds callers and
+/// prunes broken ones.
+pub(crate) struct ListenerOut {
+    callers: Mutex<Vec<Caller>>,
+    stats: Arc<IoStats>,
+}
+
+impl ListenerOut {
+    /// Sends one chunk to every live caller: a non-blocking copy into each
+    /// caller's libsrt send buffer. A caller whose buffer is full loses the
+    /// rest of the chunk (whole TS packets, counted) and no other caller
+    /// waits for it. False when any caller lost data.
+    pub fn send(&self, chunk: &[u8]) -> bool {
+        let mut all = true;
+        let mut c = self.callers.lock();
+        for caller in c.iter_mut().filter(|c| !c.dead) {
+            match send_chunk(&caller.sock, chunk, &self.stats) {
+                Ok(true) => {}
+                Ok(false) => all = false,
+                Err(_) => caller.dead = true,
+            }
+        }
+        all
+    }
+}
+
+/// Binds a listener output (synchronously, so that the engine knows at
+/// once whether the port is taken) and returns its callers, for the route
+/// task, and the output's task, which admits callers until cancelled.
+pub(crate) fn listener_output(
     sp: SrtSpec,
     stats: Arc<IoStats>,
     cancel: CancellationToken,
     events: Events,
     route: String,
     name: String,
+) -> (
+    Option<Arc<ListenerOut>>,
+    impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let ls = match listen_output(&sp, &stats, &events, &route, &name) {
+    let ls = match listen_output(&sp) {
         Ok(x) => x,
         Err(e) => {
             tracing::error!("srt output listener {}: {e}", sp.addr);
             stats.set_error(format!("listen {}: {e}", sp.addr));
-            return;
+            return (None, futures::future::Either::Left(async {}));
         }
     };
-    stats.set_up(ls.socks.first().and_then(|l| l.local_addr()));
-    let callers: Arc<Mutex<Vec<Caller>>> = Arc::default();
-    let done = Arc::new(AtomicBool::new(false));
-    let acceptor = {
-        let (callers, done, sp, stats, cancel) = (
-            callers.clone(),
-            done.clone(),
-            sp.clone(),
-            stats.clone(),
-            cancel.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            accept_loop(
-                ls, &callers, &done, &sp, &stats, &cancel, &events, &route, &name,
-            )
-        })
+    stats.set_up(ls.idle.first().and_then(|u| u.local_addr().ok()));
+    let out = Arc::new(ListenerOut {
+        callers: Mutex::new(Vec::new()),
+        stats: stats.clone(),
+    });
+    let o = out.clone();
+    let task = async move {
+        let (o2, stats2) = (o.clone(), stats.clone());
+        let acceptor = tokio::task::spawn_blocking(move || {
+            let a = Admit {
+                sp: &sp,
+                stats: &stats2,
+                events: &events,
+                route: &route,
+                name: &name,
+            };
+            accept_loop(ls, &o2.callers, &a, &cancel)
+        });
+        let _ = acceptor.await;
+        o.callers.lock().clear();
+        stats.clients.store(0, Relaxed);
     };
-    let window = burst_window(&sp);
-    let mut burst = Vec::new();
-    loop {
-        let more = next_burst(&mut rx, &cancel, window, &mut burst).await;
-        let mut c = callers.lock();
-        for caller in c.iter_mut().filter(|c| !c.dead) {
-            // Chunk by chunk: a full send buffer drops the chunk that did
-            // not fit (whole TS packets), and the next one may fit again.
-            for chunk in &burst {
-                if send_chunk(&caller.sock, chunk, &stats).is_err() {
-                    caller.dead = true;
-                    break;
-                }
-            }
-        }
-        drop(c);
-        if !more {
-            break;
-        }
-    }
-    done.store(true, Relaxed);
-    let _ = acceptor.await;
-    callers.lock().clear();
-    stats.clients.store(0, Relaxed);
+    (Some(out), futures::future::Either::Right(task))
 }
