@@ -9,6 +9,9 @@
 #                        [SRT N list, default 1,10,50; "" skips]
 # BENCH_UDP_COALESCE sets the route's udp_coalesce (default: castpoint's own
 # default, "auto"); e.g. BENCH_UDP_COALESCE=off for the unbatched figures.
+# BENCH_REPS=R runs every row R times (castpoint and peers interleaved) and
+# prints medians: a single output's few % of a core moves +-30% run to run.
+# An empty UDP N list ("") skips the UDP table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --quiet
@@ -20,5 +23,5 @@ if [ ! -s "$SRC" ]; then
     -c:a aac -muxrate 10M -t 20 -f mpegts "$SRC"
 fi
 exec python3 bench/fanout.py --bin target/release/castpoint --source "$SRC" \
-  --n "${1:-1,10,50,100}" --secs "${2:-8}" --srt-n "${3-1,10,50}" \
-  --coalesce "${BENCH_UDP_COALESCE:-}"
+  --n "${1-1,10,50,100}" --secs "${2:-8}" --srt-n "${3-1,10,50}" \
+  --coalesce "${BENCH_UDP_COALESCE:-}" --reps "${BENCH_REPS:-1}"

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -461,6 +462,77 @@ async fn udp_coalescing_delivers_every_datagram_in_order_and_flushes_the_tail() 
         assert_eq!(o.bytes, 150 * 1316, "{}: {o:?}", o.name);
         assert_eq!(o.dropped_chunks, 0, "{}", o.name);
     }
+    app.stop().await;
+}
+
+/// An HTTP-TS output lets its route's UDP input read at a pace (it sleeps
+/// between reads with its socket off the poller): nothing may be lost or
+/// reordered across pacing, and an input that went silent must wake on its
+/// next datagram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_udp_input_loses_nothing_and_wakes_after_silence() {
+    let text = r#"
+[[route]]
+name = "p"
+failover_timeout = "100ms"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "web"
+type = "http"
+"#;
+    let app = start_with(text).await;
+    let http = app.addrs.http.expect("http bound");
+    let inp = input_addr(&app, "p", 0).await;
+    let got = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let viewer = {
+        let got = got.clone();
+        tokio::spawn(async move {
+            let mut resp = reqwest::get(format!("http://{http}/stream/p.ts"))
+                .await
+                .expect("GET");
+            while let Ok(Some(c)) = resp.chunk().await {
+                got.lock().expect("lock").extend_from_slice(&c);
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let src = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let mut g = Gen::new(0);
+    let mut sent = 0u64;
+    let burst = |n: usize, g: &mut Gen| (0..n).map(|_| g.datagram()).collect::<Vec<_>>();
+    for d in burst(300, &mut g) {
+        sent += d.len() as u64;
+        src.send_to(&d, inp).await.expect("send");
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    // Silence: the route loses its input; the input's socket waits for
+    // readability again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = got.lock().expect("lock").len();
+    assert!(before > 0, "the viewer got nothing from the first burst");
+    let second = burst(200, &mut g);
+    for d in &second {
+        sent += d.len() as u64;
+        src.send_to(d, inp).await.expect("send");
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let snap = app.engine.snapshot();
+    let r = snap.route("p").expect("route");
+    assert_eq!(r.inputs[0].bytes, sent, "the input lost datagrams");
+    let body = got.lock().expect("lock").clone();
+    assert_eq!(
+        body.len() - before,
+        second.iter().map(Vec::len).sum::<usize>(),
+        "the viewer did not get exactly the burst after the silence"
+    );
+    assert_eq!(&body[before..], &second.concat()[..], "reordered or altered");
+    let mut cc = CcCheck::default();
+    cc.feed(&body);
+    assert_eq!(cc.errors, 0, "CC gaps in the viewer's stream");
+    viewer.abort();
     app.stop().await;
 }
 
