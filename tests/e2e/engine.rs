@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use castpoint::app::App;
@@ -465,24 +465,22 @@ async fn udp_coalescing_delivers_every_datagram_in_order_and_flushes_the_tail() 
     app.stop().await;
 }
 
+/// A route `name` from one UDP input to one HTTP-TS output `web`, with
+/// `extra` route keys.
+fn udp_to_http(name: &str, extra: &str) -> String {
+    format!(
+        "[[route]]\nname = \"{name}\"\n{extra}\n[[route.input]]\ntype = \"udp\"\n\
+         bind = \"127.0.0.1:0\"\n[[route.output]]\nname = \"web\"\ntype = \"http\"\n"
+    )
+}
+
 /// An HTTP-TS output lets its route's UDP input read at a pace (it sleeps
 /// between reads with its socket off the poller): nothing may be lost or
 /// reordered across pacing, and an input that went silent must wake on its
 /// next datagram.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paced_udp_input_loses_nothing_and_wakes_after_silence() {
-    let text = r#"
-[[route]]
-name = "p"
-failover_timeout = "100ms"
-[[route.input]]
-type = "udp"
-bind = "127.0.0.1:0"
-[[route.output]]
-name = "web"
-type = "http"
-"#;
-    let app = start_with(text).await;
+    let app = start_with(&udp_to_http("p", "failover_timeout = \"100ms\"")).await;
     let http = app.addrs.http.expect("http bound");
     let inp = input_addr(&app, "p", 0).await;
     let got = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
@@ -528,7 +526,11 @@ type = "http"
         second.iter().map(Vec::len).sum::<usize>(),
         "the viewer did not get exactly the burst after the silence"
     );
-    assert_eq!(&body[before..], &second.concat()[..], "reordered or altered");
+    assert_eq!(
+        &body[before..],
+        &second.concat()[..],
+        "reordered or altered"
+    );
     let mut cc = CcCheck::default();
     cc.feed(&body);
     assert_eq!(cc.errors, 0, "CC gaps in the viewer's stream");
@@ -538,17 +540,7 @@ type = "http"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_viewer_joins_at_a_keyframe_with_pat_and_pmt_first() {
-    let text = r#"
-[[route]]
-name = "j"
-[[route.input]]
-type = "udp"
-bind = "127.0.0.1:0"
-[[route.output]]
-name = "web"
-type = "http"
-"#;
-    let app = start_with(text).await;
+    let app = start_with(&udp_to_http("j", "")).await;
     let http = app.addrs.http.expect("http bound");
     let inp = input_addr(&app, "j", 0).await;
     let src = source(inp, Gen::new(3));
