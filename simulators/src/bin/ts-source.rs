@@ -164,6 +164,9 @@ struct Counters {
     generated: u64,
     sent: u64,
     lost: u64,
+    /// Of `lost`, those after the last chunk sent: no receiver can tell
+    /// them from the end of the stream.
+    lost_tail: u64,
     outage: u64,
 }
 
@@ -239,11 +242,13 @@ async fn run() -> anyhow::Result<()> {
             if burst_left > 0 {
                 burst_left -= 1;
                 c.lost += 1;
+                c.lost_tail += 1;
                 continue;
             }
             if a.loss > 0.0 && fastrand::f64() * 100.0 < a.loss {
                 burst_left = a.burst - 1;
                 c.lost += 1;
+                c.lost_tail += 1;
                 continue;
             }
             if a.jitter_ms > 0.0 {
@@ -260,6 +265,7 @@ async fn run() -> anyhow::Result<()> {
                 break 'outer;
             }
             c.sent += 1;
+            c.lost_tail = 0;
         }
         if a.no_pace {
             let stream_secs = pacer.sent() as f64 * interval.as_secs_f64();
@@ -275,6 +281,7 @@ async fn run() -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "chunks_generated": c.generated, "chunks_sent": c.sent, "chunks_lost": c.lost,
+                "chunks_lost_tail": c.lost_tail,
                 "chunks_outage": c.outage, "frames": gen.frames(), "seconds": secs,
                 "bitrate_bps": a.bitrate,
             })

@@ -169,7 +169,10 @@ pub(crate) fn run_input(mut feed: Feed, sp: SrtSpec, cancel: CancellationToken) 
             };
             feed.stats.set_up(l.local_addr());
             while !cancel.is_cancelled() {
-                if !ep.wait(100) {
+                // Polled (see ACCEPT_TICK_MS): a backup input waiting for
+                // its caller costs ~20 wake-ups a second, not ~170.
+                if !ep.wait(0) {
+                    std::thread::sleep(Duration::from_millis(u64::from(ACCEPT_TICK_MS)));
                     continue;
                 }
                 let Ok((s, peer)) = l.accept() else { continue };
@@ -545,9 +548,9 @@ fn listen_output(sp: &SrtSpec) -> Result<Listeners, SrtError> {
     })
 }
 
-/// How often the accept thread looks for callers libsrt has connected on
-/// the active listeners: a connected caller waits at most this long for
-/// its first packet. Waiting in `srt_epoll_uwait` instead cost ~170
+/// How often accept threads (listener outputs and inputs) look for callers
+/// libsrt has connected: a connected caller waits at most this long for
+/// its first packet, or to be read. Waiting in `srt_epoll_uwait` instead cost ~170
 /// wake-ups a second (libsrt re-checks every few ms).
 const ACCEPT_TICK_MS: u16 = 50;
 
