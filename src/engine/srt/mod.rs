@@ -550,8 +550,8 @@ fn listen_output(sp: &SrtSpec) -> Result<Listeners, SrtError> {
 
 /// How often accept threads (listener outputs and inputs) look for callers
 /// libsrt has connected: a connected caller waits at most this long for
-/// its first packet, or to be read. Waiting in `srt_epoll_uwait` instead cost ~170
-/// wake-ups a second (libsrt re-checks every few ms).
+/// its first packet, or to be read. Waiting in `srt_epoll_uwait` instead
+/// cost ~170 wake-ups a second (libsrt re-checks every few ms).
 const ACCEPT_TICK_MS: u16 = 50;
 
 /// Admits callers and refreshes their stats once a second until
