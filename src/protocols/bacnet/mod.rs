@@ -137,6 +137,39 @@ pub fn parse_options(raw: &toml::Table) -> Result<BacnetOptions, Vec<String>> {
     }
 }
 
+/// The address a wildcard bind (0.0.0.0) publishes as the device's B/IP
+/// address (Network Port object, I-Am's source): the IPv4 address of the
+/// interface holding the default route, else the first non-loopback one,
+/// else loopback. The stack refuses to register an unspecified address, and
+/// BMS front-ends need a concrete one to reach the device.
+pub fn primary_ipv4() -> Ipv4Addr {
+    // /proc/net/route: Iface, Destination (hex), ...; the default route has
+    // destination 00000000.
+    let default_if = std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|t| {
+            t.lines().skip(1).find_map(|l| {
+                let mut f = l.split_whitespace();
+                let (name, dest) = (f.next()?, f.next()?);
+                (dest == "00000000").then(|| name.to_string())
+            })
+        });
+    let v4: Vec<(String, Ipv4Addr)> = if_addrs::get_if_addrs()
+        .map(|ifs| {
+            ifs.into_iter()
+                .filter_map(|i| match i.addr {
+                    if_addrs::IfAddr::V4(a) if !a.ip.is_loopback() => Some((i.name, a.ip)),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    default_if
+        .and_then(|d| v4.iter().find(|(n, _)| *n == d).map(|(_, ip)| *ip))
+        .or_else(|| v4.first().map(|(_, ip)| *ip))
+        .unwrap_or(Ipv4Addr::LOCALHOST)
+}
+
 /// The netmask of the interface holding `ip` (0.0.0.0 when unknown).
 pub fn netmask_of(ip: Ipv4Addr) -> Ipv4Addr {
     if ip.is_loopback() {
@@ -337,7 +370,15 @@ pub async fn start(
             ))
         }
     };
-    let ip = *bind.ip();
+    let bind_ip = *bind.ip();
+    // A wildcard bind still listens on every interface (loopback included:
+    // the stack binds 0.0.0.0 unless it shares the port by address), but
+    // the registered Network Port and the I-Am need a concrete address.
+    let ip = if bind_ip.is_unspecified() {
+        primary_ipv4()
+    } else {
+        bind_ip
+    };
     let broadcast = opts.broadcast.unwrap_or_else(|| broadcast_for(ip));
     let points = point_objects(&db, &maps)?;
     // Subscribe before the logs read the history, so no change between the
@@ -374,14 +415,20 @@ pub async fn start(
     let mut builder = BACnetServer::bip_builder()
         .device(id)
         .database(odb)
-        .interface(ip)
+        .interface(bind_ip)
         .port(bind.port())
         .broadcast_address(broadcast)
         // A specific address and port binds that address only; a wildcard or
         // an ephemeral port binds 0.0.0.0 (the stack needs both to share).
-        .share_port_by_address(!ip.is_unspecified() && bind.port() != 0)
-        .mode(mode)
-        .registered_network_port(port_oid)
+        .share_port_by_address(!bind_ip.is_unspecified() && bind.port() != 0)
+        .mode(mode);
+    // The stack keeps a registered Network Port's address in step with the
+    // bound socket, which it refuses for a wildcard bind; then the object
+    // keeps the primary address it was declared with (`identity`).
+    if !bind_ip.is_unspecified() {
+        builder = builder.registered_network_port(port_oid);
+    }
+    builder = builder
         // The stack's default (256 results) refuses an RPM ALL of every
         // castpoint object (~330 results) with Abort out-of-resources; the
         // whole device fits easily in these (65 segments x 1476 octets).
@@ -449,7 +496,7 @@ pub async fn start(
         .map_err(|e| format!("bacnet {}: {e}", cfg.bind))?;
     let mac = server.local_mac().to_vec();
     let bound = match peer_from_mac(&mac) {
-        Some(SocketAddr::V4(a)) if ip.is_unspecified() => {
+        Some(SocketAddr::V4(a)) if bind_ip.is_unspecified() => {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), a.port())
         }
         Some(a) => a,

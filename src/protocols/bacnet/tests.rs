@@ -60,6 +60,24 @@ fn broadcast_of_loopback_and_wildcard() {
     assert_eq!(broadcast_for(Ipv4Addr::UNSPECIFIED), Ipv4Addr::BROADCAST);
 }
 
+/// The embedded configuration binds 0.0.0.0: the device must still publish
+/// a concrete unicast address of this host (the stack refuses to register
+/// an unspecified one, which kept BACnet down on the default config).
+#[test]
+fn wildcard_bind_publishes_a_concrete_host_address() {
+    let ip = primary_ipv4();
+    assert!(!ip.is_unspecified() && !ip.is_multicast() && !ip.is_broadcast());
+    let host: Vec<Ipv4Addr> = if_addrs::get_if_addrs()
+        .expect("interfaces")
+        .into_iter()
+        .filter_map(|i| match i.addr {
+            if_addrs::IfAddr::V4(a) => Some(a.ip),
+            _ => None,
+        })
+        .collect();
+    assert!(host.contains(&ip), "{ip} is not one of {host:?}");
+}
+
 #[test]
 fn units_follow_the_point_and_the_fallback() {
     let (cfg, db, _) = setup();
