@@ -214,24 +214,8 @@ impl DataPlane {
         let stop = CancellationToken::new();
         let mut handles = Vec::with_capacity(n);
         for i in 0..n {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .thread_name(format!("cp-route{i}-blk"))
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::warn!("route runtime {i}: {e}; routes share the main runtime");
-                    break;
-                }
-            };
-            let h = rt.handle().clone();
-            let s = stop.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("cp-route{i}"))
-                .spawn(move || rt.block_on(s.cancelled()));
-            match spawned {
-                Ok(_) => handles.push(h),
+            match Self::start(i, stop.clone()) {
+                Ok(h) => handles.push(h),
                 Err(e) => {
                     tracing::warn!("route runtime {i}: {e}; routes share the main runtime");
                     break;
@@ -243,6 +227,19 @@ impl DataPlane {
             next: Default::default(),
             stop,
         }
+    }
+
+    /// Builds runtime `i` and starts its thread, which runs until `stop`.
+    fn start(i: usize, stop: CancellationToken) -> std::io::Result<tokio::runtime::Handle> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(format!("cp-route{i}-blk"))
+            .build()?;
+        let h = rt.handle().clone();
+        std::thread::Builder::new()
+            .name(format!("cp-route{i}"))
+            .spawn(move || rt.block_on(stop.cancelled()))?;
+        Ok(h)
     }
 
     /// The runtime for a new route (None: the caller's).

@@ -56,9 +56,7 @@ impl OutputSlot {
     fn is_direct_udp(&self) -> bool {
         matches!(self.direct, Some(Direct::Udp(_)))
     }
-}
 
-impl OutputSlot {
     /// Stream Enable gates what viewers see; recordings follow Recording
     /// Enable (the slot's own enabled flag) only.
     fn gated_by_stream_enable(&self) -> bool {
