@@ -88,6 +88,7 @@ pub fn write_error(e: WriteError, point: &str) -> ApiError {
         | WriteError::OutOfRange
         | WriteError::NullDefault => StatusCode::UNPROCESSABLE_ENTITY,
         WriteError::Storage => StatusCode::SERVICE_UNAVAILABLE,
+        WriteError::Denied => StatusCode::FORBIDDEN,
     };
     ApiError::new(status, format!("{point}: {e}"))
 }

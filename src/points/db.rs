@@ -11,6 +11,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, watch};
 
 use super::model::{Kind, PointDef, PointId, Quality, Role, SiteEquip, Value, ValueError};
+use super::policy::WritePolicy;
 
 /// Number of command priority levels (BACnet 1..16). Level 17 addresses the
 /// relinquish default, as Haystack pointWrite does.
@@ -182,6 +183,10 @@ pub enum WriteError {
     /// The command could not be stored durably, so it was not applied.
     #[error("the command could not be stored; it was not applied")]
     Storage,
+    /// The protocol's write policy refuses this source (read-only, or a
+    /// peer outside `write_allow`).
+    #[error("writes from this source are not allowed by the protocol's write policy")]
+    Denied,
 }
 
 /// Durable storage of commands, called synchronously inside
@@ -260,6 +265,9 @@ struct Inner {
     history: Vec<Mutex<VecDeque<Sample>>>,
     audit: Mutex<VecDeque<Arc<WriteRecord>>>,
     persister: std::sync::OnceLock<Arc<dyn Persister>>,
+    // Per-protocol write policies (Modbus and BACnet carry no
+    // authentication); checked first in `write`, so refusals are audited.
+    policies: RwLock<HashMap<Protocol, WritePolicy>>,
 }
 
 /// Cheap-clone handle to the point database.
@@ -340,6 +348,7 @@ impl PointDb {
                 history,
                 audit: Mutex::new(VecDeque::new()),
                 persister: std::sync::OnceLock::new(),
+                policies: RwLock::new(HashMap::new()),
             }),
         }
     }
@@ -430,6 +439,12 @@ impl PointDb {
         let _ = self.inner.persister.set(p);
     }
 
+    /// Sets the write policy of one protocol (replacing any earlier one).
+    /// Writes from `Protocol::Internal` are never subject to a policy.
+    pub fn set_write_policy(&self, protocol: Protocol, policy: WritePolicy) {
+        self.inner.policies.write().insert(protocol, policy);
+    }
+
     /// Commands a point through its priority array. `value = None`
     /// relinquishes the level. Level 17 replaces the relinquish default.
     /// Every attempt is audited, refused ones included. With a persister
@@ -491,6 +506,17 @@ impl PointDb {
         priority: u8,
         rec: &mut WriteRecord,
     ) -> Result<WriteOutcome, WriteError> {
+        if let Some(p) = self.inner.policies.read().get(&rec.source.protocol) {
+            if let Err(d) = p.check(rec.source.peer.map(|a| a.ip())) {
+                tracing::warn!(
+                    "{} write to {} refused by write policy ({d:?}): {}",
+                    rec.source.protocol.as_str(),
+                    rec.point,
+                    rec.source.describe()
+                );
+                return Err(WriteError::Denied);
+            }
+        }
         let def = self.def(id).ok_or(WriteError::UnknownPoint)?;
         if !def.writable {
             return Err(WriteError::NotWritable);

@@ -3,6 +3,7 @@
 mod db;
 mod maps;
 mod model;
+mod policy;
 
 pub use db::{
     Change, DbOptions, Persister, PointDb, PointState, PriorityArray, Protocol, Sample, SlotValue,
@@ -14,6 +15,7 @@ pub use maps::{
     DEFAULT_TREND_BUFFER, MAX_TREND_BUFFER,
 };
 pub use model::{Kind, PointDef, PointId, Quality, Role, SiteEquip, TagValue, Value, ValueError};
+pub use policy::{loopback, Cidr, Denial, WritePolicy};
 
 #[cfg(test)]
 mod tests;

@@ -422,3 +422,57 @@ fn a_command_that_cannot_be_stored_is_not_applied() {
         .all(Option::is_none));
     assert_eq!(db.audit_tail(1)[0].result, Err(WriteError::Storage));
 }
+
+#[test]
+fn write_policy_refuses_and_audits_per_protocol() {
+    use crate::points::{Protocol, WritePolicy};
+    let db = db();
+    let sp = db.lookup("sp").expect("sp");
+    let policy = WritePolicy {
+        read_only: false,
+        write_allow: vec!["192.0.2.10/32".parse().expect("cidr")],
+    };
+    db.set_write_policy(Protocol::Modbus, policy);
+    let outsider = Source::new(
+        Protocol::Modbus,
+        Some("192.0.2.11:5000".parse().expect("addr")),
+        None,
+    );
+    assert_eq!(
+        db.write(sp, Some(Value::Number(3.0)), 10, &outsider),
+        Err(WriteError::Denied)
+    );
+    let a = db.audit_tail(1);
+    assert_eq!(a[0].result, Err(WriteError::Denied));
+    assert_eq!(a[0].source.peer, outsider.peer);
+    let supervisor = Source::new(
+        Protocol::Modbus,
+        Some("192.0.2.10:5000".parse().expect("addr")),
+        None,
+    );
+    assert!(db
+        .write(sp, Some(Value::Number(3.0)), 10, &supervisor)
+        .is_ok());
+    // Other protocols are untouched by the Modbus policy.
+    let bacnet = Source::new(
+        Protocol::Bacnet,
+        Some("192.0.2.11:47808".parse().expect("addr")),
+        None,
+    );
+    assert!(db.write(sp, Some(Value::Number(4.0)), 10, &bacnet).is_ok());
+    db.set_write_policy(
+        Protocol::Bacnet,
+        WritePolicy {
+            read_only: true,
+            write_allow: vec![],
+        },
+    );
+    assert_eq!(
+        db.write(sp, Some(Value::Number(5.0)), 10, &bacnet),
+        Err(WriteError::Denied)
+    );
+    // castpoint's own writes are never subject to a protocol policy.
+    assert!(db
+        .write(sp, Some(Value::Number(5.0)), 10, &Source::internal())
+        .is_ok());
+}

@@ -105,6 +105,8 @@ pub fn write_error(e: WriteError) -> Error {
         WriteError::NullDefault => invalid_data_type(),
         // The command could not be made durable, so it was not applied.
         WriteError::Storage => err(ErrorClass::DEVICE, ErrorCode::OPERATIONAL_PROBLEM),
+        // The site's [bacnet] write policy refuses this source.
+        WriteError::Denied => write_denied(),
     }
 }
 

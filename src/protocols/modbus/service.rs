@@ -294,6 +294,9 @@ impl Service {
                 .write(*id, Some(*v), self.map.write_priority, &src)
                 .map_err(|e| match e {
                     WriteError::NotWritable => Exception::IllegalDataAddress,
+                    // [modbus] read_only / write_allow: the usual answer of
+                    // write-protected Modbus devices.
+                    WriteError::Denied => Exception::IllegalFunction,
                     WriteError::TypeMismatch | WriteError::OutOfRange => {
                         Exception::IllegalDataValue
                     }
