@@ -68,9 +68,9 @@ impl App {
         let api_cfg = crate::api::auth::ApiConfig::parse(&cfg.origin, cfg.server.extra.get("api"))
             .map_err(|e| anyhow::anyhow!(crate::config::ConfigErrors(e)))?;
         let users = crate::auth::Users::new(store.clone(), api_cfg.token_ttl)?;
-        if users.is_empty() && !api_cfg.require_auth {
+        if !users.has_credentials() && !api_cfg.require_auth {
             tracing::warn!(
-                "no users: the REST API accepts writes without a token until one is added (castpoint user add NAME --role admin)"
+                "no users: the REST API accepts writes from loopback only, without a token, until one is added (castpoint user add NAME --role admin)"
             );
         }
         tracing::info!(
@@ -133,7 +133,8 @@ impl App {
                         route_docs: route_docs.clone(),
                         profiles: Some(profiles.clone()),
                     };
-                    http_server = Some((l, api::router(state).merge(engine.router())));
+                    let router = api::router(state.clone()).merge(engine.router());
+                    http_server = Some((l, router, state));
                 }
                 Err(e) => faults.push(format!("http {}: {e}", cfg.server.http.bind)),
             }
@@ -182,7 +183,18 @@ impl App {
                     let u = users.clone();
                     let lookup: haystack::auth::UserLookup =
                         Arc::new(move |name: &str| u.scram_user(name));
-                    let ctx = haystack::Ctx::with_users(db.clone(), &maps, settings, Some(lookup));
+                    let st = store.clone();
+                    let on_login: haystack::auth::LoginHook = Arc::new(move |user, peer, ok| {
+                        let p = crate::points::Protocol::Haystack;
+                        crate::api::auth::audit_login(&st, p, user, peer, ok);
+                    });
+                    let ctx = haystack::Ctx::with_users(
+                        db.clone(),
+                        &maps,
+                        settings,
+                        Some(lookup),
+                        Some(on_login),
+                    );
                     extra_routes
                         .push(axum::Router::new().nest("/api/haystack", haystack::router(ctx)));
                 }
@@ -329,10 +341,12 @@ impl App {
         }
         // --- telemetry: end ---
 
-        if let Some((l, mut router)) = http_server {
+        if let Some((l, mut router, state)) = http_server {
             for r in extra_routes {
                 router = router.merge(r);
             }
+            // One authorization layer over every route, merged ones included.
+            let router = api::guard::layer(router, state);
             let token = shutdown.clone();
             tasks.spawn(async move {
                 let svc = router.into_make_service_with_connect_info::<SocketAddr>();

@@ -12,4 +12,6 @@ pub mod media;
 pub mod persist;
 pub mod points;
 pub mod protocols;
+pub mod redact;
 pub mod telemetry;
+pub mod throttle;

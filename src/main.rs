@@ -66,6 +66,12 @@ enum Cmd {
         #[command(subcommand)]
         what: UserCmd,
     },
+    /// Manage API keys: long-lived, named, role-scoped REST credentials
+    /// (`Authorization: Bearer <key>` or `X-API-Key: <key>`).
+    Apikey {
+        #[command(subcommand)]
+        what: ApikeyCmd,
+    },
     /// Write a protocol map document to stdout.
     Export {
         #[command(subcommand)]
@@ -95,6 +101,36 @@ enum UserCmd {
         data_dir: Option<PathBuf>,
     },
     /// List users and roles.
+    List {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApikeyCmd {
+    /// Create a key and print it once (only its SHA-256 is stored).
+    Add {
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Revoke a key (refused at once by the running server).
+    Remove {
+        name: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// List keys: name, role, creation time (never the key).
     List {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -189,6 +225,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::User { what } => user_cmd(what),
+        Cmd::Apikey { what } => apikey_cmd(what),
         Cmd::Export {
             what: Export::Ede { config, out },
         } => match load(&config) {
@@ -277,6 +314,74 @@ fn user_cmd(what: UserCmd) -> ExitCode {
         UserCmd::List { .. } => users.list().map(|l| {
             for (n, r) in l {
                 println!("{n}\t{r}");
+            }
+        }),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Opens the shared user store of a config's (or an explicit) data dir.
+fn open_users(
+    config: &Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> Result<(castpoint::auth::Users, PathBuf), ExitCode> {
+    let cfg = load(config)?;
+    let dir = data_dir.unwrap_or(cfg.server.data_dir);
+    castpoint::persist::Store::open(&dir, 100_000)
+        .map(std::sync::Arc::new)
+        .and_then(|s| castpoint::auth::Users::new(s, std::time::Duration::from_secs(3600)))
+        .map(|u| (u, dir))
+        .map_err(|e| {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        })
+}
+
+fn apikey_cmd(what: ApikeyCmd) -> ExitCode {
+    let (config, data_dir) = match &what {
+        ApikeyCmd::Add {
+            config, data_dir, ..
+        }
+        | ApikeyCmd::Remove {
+            config, data_dir, ..
+        }
+        | ApikeyCmd::List { config, data_dir } => (config.clone(), data_dir.clone()),
+    };
+    let (users, dir) = match open_users(&config, data_dir) {
+        Ok(u) => u,
+        Err(code) => return code,
+    };
+    let r = match what {
+        ApikeyCmd::Add { name, role, .. } => {
+            let role = castpoint::protocols::haystack::auth::Role::parse(&role)
+                .unwrap_or(castpoint::protocols::haystack::auth::Role::Viewer);
+            users.apikey_add(&name, role).map(|key| {
+                // The key alone on stdout, so scripts can capture it.
+                println!("{key}");
+                eprintln!(
+                    "API key {name} ({}) saved in {}; it is shown only this once",
+                    role.as_str(),
+                    dir.display()
+                );
+            })
+        }
+        ApikeyCmd::Remove { name, .. } => users.apikey_remove(&name).and_then(|found| {
+            if found {
+                println!("API key {name} removed");
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("no API key {name}"))
+            }
+        }),
+        ApikeyCmd::List { .. } => users.apikey_list().map(|l| {
+            for k in l {
+                println!("{}\t{}\t{}", k.name, k.role, k.created);
             }
         }),
     };

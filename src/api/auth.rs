@@ -1,20 +1,13 @@
-//! REST authentication: `POST /api/auth/login` issues a JWT; handlers ask `authorize` for the role they need.
-//!
-//! Policy: while no user exists (a fresh demo), the API is open and says so
-//! in the log; as soon as `castpoint user add` has created one, every write
-//! needs a bearer token of a role that may do it, and reads need one unless
-//! `[api] anonymous_read` is on. `[api] require_auth = true` closes it from
-//! the start.
+//! REST authentication: `[api]` settings and `POST /api/auth/login`, which issues a JWT (with per-address and per-user backoff); the policy itself is enforced by `guard.rs`.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::Json;
 use serde_json::json;
 
 use super::{ApiError, ApiState};
 use crate::auth::Claims;
 use crate::config::{parse_duration, ConfigError};
-use crate::protocols::haystack::auth::Role;
 
 /// `[api]` settings.
 #[derive(Debug, Clone)]
@@ -79,46 +72,46 @@ fn unauthorized(msg: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, msg.to_string())
 }
 
-/// Checks the bearer token against the role an operation needs.
-pub fn authorize(s: &ApiState, headers: &HeaderMap, need: Role) -> Result<Caller, ApiError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        });
-    let Some(users) = &s.users else {
-        return Ok(None);
+/// Audits a finished login (REST or Haystack): kind `login`, the user as
+/// target, result `ok` or `failed`. A failed audit write is logged only.
+pub fn audit_login(
+    store: &crate::persist::Store,
+    protocol: crate::points::Protocol,
+    user: &str,
+    peer: std::net::IpAddr,
+    ok: bool,
+) {
+    let src = crate::points::Source::new(
+        protocol,
+        Some(std::net::SocketAddr::new(peer, 0)),
+        Some(user.to_string()),
+    );
+    let (result, detail) = if ok {
+        ("ok", "login")
+    } else {
+        ("failed", "wrong user name or password")
     };
-    if let Some(token) = bearer {
-        let c = users.verify_token(token).map_err(unauthorized)?;
-        if c.role < need {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "role {} may not do this (needs {})",
-                    c.role.as_str(),
-                    need.as_str()
-                ),
-            ));
-        }
-        return Ok(Some(c));
+    if let Err(e) = store.record_event("login", Some(user), &src, result, detail) {
+        tracing::warn!("login not audited: {e}");
     }
-    let closed = s.api.require_auth || !users.is_empty();
-    if !closed || (need == Role::Viewer && s.api.anonymous_read) {
-        return Ok(None);
+    if !ok {
+        tracing::warn!(
+            "failed {} login for {user:?} from {peer}",
+            protocol.as_str()
+        );
     }
-    Err(unauthorized(
-        "a bearer token is required: POST /api/auth/login",
-    ))
 }
 
 /// `POST /api/auth/login {"username": "...", "password": "..."}`.
+///
+/// Failures back off per client address and per user (429 with
+/// `Retry-After` while they do), are audited and counted in `/metrics`.
 pub async fn login(
     State(s): State<ApiState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let users = s
         .users
         .as_ref()
@@ -134,15 +127,43 @@ pub async fn login(
             "expected {\"username\": \"...\", \"password\": \"...\"}",
         ));
     };
-    // Same answer for unknown users and wrong passwords.
-    let role = users
-        .verify(user, pw)
-        .ok_or_else(|| unauthorized("invalid username or password"))?;
+    let keys = crate::throttle::keys(peer.ip(), user);
+    let keys = [keys[0].as_str(), keys[1].as_str()];
+    if let Some(wait) = users.throttle.check(&keys) {
+        let secs = wait.as_secs().max(1);
+        let mut r = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many failed logins; retry in {secs} s"),
+        )
+        .into_response();
+        if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return Ok(r);
+    }
+    // Same answer, and the same key-derivation work, for unknown users
+    // and wrong passwords. The derivation is CPU work: off the runtime.
+    let (u2, name, pw2) = (users.clone(), user.to_string(), pw.to_string());
+    let role = tokio::task::spawn_blocking(move || u2.verify(&name, &pw2))
+        .await
+        .ok()
+        .flatten();
+    let ok = role.is_some();
+    if let Some(store) = &s.store {
+        audit_login(store, crate::points::Protocol::Rest, user, peer.ip(), ok);
+    }
+    let Some(role) = role else {
+        users.throttle.failed(&keys);
+        crate::throttle::REST_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(unauthorized("invalid username or password"));
+    };
+    users.throttle.succeeded(&keys);
     let token = users.issue(user, role);
     Ok(Json(json!({
         "token": token,
         "token_type": "Bearer",
         "expires_in": users.token_ttl.as_secs(),
         "role": role.as_str(),
-    })))
+    }))
+    .into_response())
 }

@@ -61,7 +61,8 @@ async fn points_feed(mut sock: WebSocket, s: ApiState) {
     loop {
         let msg = tokio::select! {
             _ = stats_tick.tick(), if s.engine.is_some() => match &s.engine {
-                Some(e) => json!({"type": "stats", "router": serde_json::to_value(e.snapshot()).unwrap_or(J::Null)}),
+                // Router errors may quote an output URL with its key.
+                Some(e) => json!({"type": "stats", "router": super::routes::redact(&serde_json::to_value(e.snapshot()).unwrap_or(J::Null))}),
                 None => continue,
             },
             ev = async {
@@ -71,7 +72,7 @@ async fn points_feed(mut sock: WebSocket, s: ApiState) {
                 }
             } => match ev {
                 Ok(ev) => {
-                    let mut j = serde_json::to_value(&ev).unwrap_or(J::Null);
+                    let mut j = super::routes::redact(&serde_json::to_value(&ev).unwrap_or(J::Null));
                     j["type"] = json!("event");
                     j
                 }
@@ -296,6 +297,18 @@ pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
             }
         }
     }
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(
+        out,
+        "# HELP castpoint_login_failures_total Failed logins (wrong user name or password) since start.\n# TYPE castpoint_login_failures_total counter\ncastpoint_login_failures_total{{protocol=\"rest\"}} {}\ncastpoint_login_failures_total{{protocol=\"haystack\"}} {}",
+        crate::throttle::REST_FAILURES.load(Relaxed),
+        crate::throttle::HAYSTACK_FAILURES.load(Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP castpoint_login_throttled_total Login attempts refused unverified while their address or user was backing off.\n# TYPE castpoint_login_throttled_total counter\ncastpoint_login_throttled_total {}",
+        crate::throttle::THROTTLED.load(Relaxed),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -1,6 +1,8 @@
 //! The HTTP API over the point database: `/health`, the seed endpoints of seed 000, and `/api/points`.
 
+pub mod apikeys;
 pub mod auth;
+pub mod guard;
 pub mod json;
 pub mod live;
 pub mod openapi;
@@ -19,7 +21,6 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::points::{HttpMethod, Maps, PointDb, PointId, Protocol, Source, Value, WriteError};
-use crate::protocols::haystack::auth::Role;
 
 /// Shared state of the API handlers (cheap to clone).
 #[derive(Clone)]
@@ -130,9 +131,8 @@ pub fn router(state: ApiState) -> Router {
                     post(
                         move |State(s): State<ApiState>,
                               ConnectInfo(peer): ConnectInfo<SocketAddr>,
-                              headers: axum::http::HeaderMap,
+                              guard::Authed(caller): guard::Authed,
                               body: axum::body::Bytes| async move {
-                            let caller = auth::authorize(&s, &headers, Role::Operator)?;
                             let req = match fixed {
                                 // Fixed commands (stream start/stop) ignore any body.
                                 Some(v) => WriteBody {
@@ -159,6 +159,7 @@ pub fn router(state: ApiState) -> Router {
     }
     r.merge(routes::router())
         .merge(profiles::router())
+        .merge(apikeys::router())
         .with_state(state)
 }
 
@@ -263,10 +264,9 @@ async fn post_point(
     State(s): State<ApiState>,
     Path(id): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: axum::http::HeaderMap,
+    guard::Authed(caller): guard::Authed,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let caller = auth::authorize(&s, &headers, Role::Operator)?;
     let pid = lookup(&s, &id)?;
     if s.db.def(pid).is_some_and(|d| !d.writable) {
         return Err(ApiError::new(

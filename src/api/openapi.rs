@@ -96,7 +96,7 @@ pub const OPS: &[Op] = &[
         "post",
         "/api/routes",
         "Create a route (hot)",
-        "operator",
+        "admin",
         Some("Route"),
         201,
         "Route",
@@ -114,7 +114,7 @@ pub const OPS: &[Op] = &[
         "put",
         "/api/routes/{route}",
         "Replace a route",
-        "operator",
+        "admin",
         Some("Route"),
         200,
         "Route",
@@ -123,7 +123,7 @@ pub const OPS: &[Op] = &[
         "delete",
         "/api/routes/{route}",
         "Delete a route",
-        "operator",
+        "admin",
         None,
         204,
         "Empty",
@@ -141,7 +141,7 @@ pub const OPS: &[Op] = &[
         "post",
         "/api/routes/{route}/inputs",
         "Add an input (rebuilds the route's inputs)",
-        "operator",
+        "admin",
         Some("Item"),
         200,
         "Route",
@@ -159,7 +159,7 @@ pub const OPS: &[Op] = &[
         "delete",
         "/api/routes/{route}/inputs/{name}",
         "Remove an input",
-        "operator",
+        "admin",
         None,
         200,
         "Route",
@@ -177,7 +177,7 @@ pub const OPS: &[Op] = &[
         "post",
         "/api/routes/{route}/outputs",
         "Add an output (hot)",
-        "operator",
+        "admin",
         Some("Item"),
         201,
         "Item",
@@ -195,7 +195,7 @@ pub const OPS: &[Op] = &[
         "put",
         "/api/routes/{route}/outputs/{name}",
         "Replace an output (hot)",
-        "operator",
+        "admin",
         Some("Item"),
         200,
         "Item",
@@ -204,7 +204,7 @@ pub const OPS: &[Op] = &[
         "delete",
         "/api/routes/{route}/outputs/{name}",
         "Remove an output (hot)",
-        "operator",
+        "admin",
         None,
         204,
         "Empty",
@@ -231,7 +231,7 @@ pub const OPS: &[Op] = &[
         "post",
         "/api/routes/{route}/outputs/{name}/move",
         "Move an output to another route (hot)",
-        "operator",
+        "admin",
         Some("Move"),
         200,
         "Object",
@@ -258,7 +258,7 @@ pub const OPS: &[Op] = &[
         "put",
         "/api/profiles/{number}",
         "Create or replace an output profile (transcoders pick it up at once)",
-        "operator",
+        "admin",
         Some("Profile"),
         200,
         "Profile",
@@ -267,7 +267,7 @@ pub const OPS: &[Op] = &[
         "delete",
         "/api/profiles/{number}",
         "Delete an output profile no route names",
-        "operator",
+        "admin",
         None,
         200,
         "Object",
@@ -276,7 +276,7 @@ pub const OPS: &[Op] = &[
         "get",
         "/stats",
         "Service statistics (seed 004)",
-        "none",
+        "viewer",
         None,
         200,
         "Object",
@@ -285,10 +285,46 @@ pub const OPS: &[Op] = &[
         "get",
         "/metrics",
         "Prometheus text exposition",
-        "none",
+        "viewer",
         None,
         200,
         "Text",
+    ),
+    (
+        "get",
+        "/api/openapi.json",
+        "This document",
+        "none",
+        None,
+        200,
+        "Object",
+    ),
+    (
+        "get",
+        "/api/apikeys",
+        "API keys (names, roles, creation times; never the keys)",
+        "admin",
+        None,
+        200,
+        "ApiKeyList",
+    ),
+    (
+        "post",
+        "/api/apikeys",
+        "Create an API key; the answer is the only time the key is shown",
+        "admin",
+        Some("ApiKeyNew"),
+        201,
+        "ApiKeyCreated",
+    ),
+    (
+        "delete",
+        "/api/apikeys/{name}",
+        "Revoke an API key",
+        "admin",
+        None,
+        204,
+        "Empty",
     ),
 ];
 
@@ -359,6 +395,18 @@ fn schemas(s: &ApiState) -> J {
         "ProfileList": {"type": "object", "properties": {
             "profiles": {"type": "array", "items": {"$ref": "#/components/schemas/Profile"}}}},
         "Move": {"type": "object", "required": ["to"], "properties": {"to": {"type": "string"}}},
+        "ApiKeyList": {"type": "object", "properties": {
+            "apikeys": {"type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"},
+                "role": {"type": "string", "enum": ["viewer", "operator", "admin"]},
+                "created": {"type": "string", "format": "date-time"}}}}}},
+        "ApiKeyNew": {"type": "object", "required": ["name", "role"], "properties": {
+            "name": {"type": "string"},
+            "role": {"type": "string", "enum": ["viewer", "operator", "admin"]}}},
+        "ApiKeyCreated": {"type": "object", "properties": {
+            "name": {"type": "string"},
+            "role": {"type": "string"},
+            "key": {"type": "string", "description": "Shown once; use as `Authorization: Bearer <key>` or `X-API-Key: <key>`."}}},
     })
 }
 
@@ -399,6 +447,22 @@ fn operation(
     let err = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let mut responses = Map::new();
     responses.insert(status.to_string(), body);
+    if role != "none" {
+        responses.insert(
+            "401".into(),
+            json!({"description": "no or invalid credential", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
+        );
+        responses.insert(
+            "403".into(),
+            json!({"description": "role too low, or a remote write while no user exists", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
+        );
+    }
+    if path == "/api/auth/login" {
+        responses.insert(
+            "429".into(),
+            json!({"description": "too many failed logins from this address or for this user (Retry-After)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
+        );
+    }
     responses.insert("default".into(), err);
     op.insert("responses".into(), J::Object(responses));
     if role == "none" {
@@ -447,7 +511,10 @@ pub fn document(s: &ApiState) -> J {
                 operation(
                     &ep.path,
                     &format!("Command {name} (seed endpoint)"),
-                    "operator",
+                    match s.db.def(ep.point) {
+                        Some(d) if super::guard::ADMIN_POINTS.contains(&d.id.as_str()) => "admin",
+                        _ => "operator",
+                    },
                     None,
                     200,
                     "Point",
@@ -460,14 +527,20 @@ pub fn document(s: &ApiState) -> J {
         "info": {
             "title": "castpoint operator API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Points (seed 000), routes (seed 001), audit and history. Haystack is served separately under /api/haystack (Haystack 4 REST).",
+            "description": "Points (seed 000), routes (seed 001), audit and history. Haystack is served separately under /api/haystack (Haystack 4 REST, its own SCRAM authentication). Every operation names the role it needs; public: /health, /api/auth/login, /api/openapi.json. While no user or API key exists, writes are accepted from loopback only (403 otherwise). Failed logins back off per address and per user (429 with Retry-After).",
         },
         "paths": paths,
         "components": {
             "schemas": schemas(s),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT or API key",
+                    "description": "A JWT from POST /api/auth/login, or an API key (cpk_...)."},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "accessToken": {"type": "apiKey", "in": "query", "name": "access_token",
+                    "description": "GET only: for WebSockets (/api/ws, /ws/dashboard, /ws/events/{stream}) and media URLs (/stream/*, /hls/*), where clients cannot set headers."},
+            },
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"apiKey": []}, {"accessToken": []}],
     })
 }
 

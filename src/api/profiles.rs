@@ -12,19 +12,19 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use parking_lot::Mutex;
 use serde_json::{json, Value as J};
 
-use super::auth::{authorize, Caller};
+use super::auth::Caller;
+use super::guard::Authed;
 use super::routes::{audit_change, not_stored};
 use super::{ApiError, ApiState};
 use crate::config::Errors;
 use crate::engine::spec::ProfileRef;
 use crate::media::ffmpeg::Media;
-use crate::protocols::haystack::auth::Role;
 
 /// Highest profile number: the Output Profile point's range (0 = the
 /// route's own profile).
@@ -134,18 +134,12 @@ fn invalid(errs: Errors) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msgs.join("; "))
 }
 
-async fn list(State(s): State<ApiState>, h: HeaderMap) -> Result<Json<J>, ApiError> {
-    authorize(&s, &h, Role::Viewer)?;
+async fn list(State(s): State<ApiState>) -> Result<Json<J>, ApiError> {
     let docs: Vec<J> = profiles(&s)?.docs.lock().values().cloned().collect();
     Ok(Json(json!({ "profiles": docs })))
 }
 
-async fn one(
-    State(s): State<ApiState>,
-    h: HeaderMap,
-    Path(raw): Path<String>,
-) -> Result<Json<J>, ApiError> {
-    authorize(&s, &h, Role::Viewer)?;
+async fn one(State(s): State<ApiState>, Path(raw): Path<String>) -> Result<Json<J>, ApiError> {
     let n = number(&raw)?;
     profiles(&s)?
         .docs
@@ -191,11 +185,10 @@ async fn commit(
 async fn put_profile(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    Authed(caller): Authed,
     Path(raw): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<J>), ApiError> {
-    let caller = authorize(&s, &h, Role::Operator)?;
     let n = number(&raw)?;
     let mut doc: J = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?;
@@ -235,10 +228,9 @@ async fn put_profile(
 async fn remove(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    Authed(caller): Authed,
     Path(raw): Path<String>,
 ) -> Result<Json<J>, ApiError> {
-    let caller = authorize(&s, &h, Role::Operator)?;
     let n = number(&raw)?;
     let name = profiles(&s)?
         .docs

@@ -6,23 +6,26 @@
 //! and the API can never disagree on what a route is. Documents of routes the
 //! API created or changed are stored in SQLite and win over the config file
 //! at the next start; deleting a route of the file stores a tombstone.
-//! Secrets (SRT passphrases, stream keys) are write-only: answers show `"***"`.
+//! Secrets (SRT passphrases, stream keys, passwords and keys inside URLs)
+//! are write-only: answers show `"***"`, and a document sent back with the
+//! placeholder still in it means "unchanged" (see [`restore_secrets`]), so
+//! fetch-edit-write-back never destroys a secret the client cannot see.
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value as J};
 
-use super::auth::{authorize, Caller};
+use super::auth::Caller;
+use super::guard::Authed;
 use super::{ApiError, ApiState};
 use crate::config::routes as parse;
 use crate::engine::spec::{OutputSpec, RouteSpec};
 use crate::engine::EngineError;
 use crate::points::{Protocol, Source};
-use crate::protocols::haystack::auth::Role;
 
 /// Keys whose values are secrets, never returned or logged.
 const SECRET_KEYS: &[&str] = &["passphrase", "key", "stream_key", "password", "token"];
@@ -84,9 +87,10 @@ pub fn redact(v: &J) -> J {
                 .map(|(k, x)| {
                     if SECRET_KEYS.contains(&k.as_str()) && !x.is_null() {
                         (k.clone(), json!("***"))
-                    } else if let (true, Some(u)) = (k == "url", x.as_str()) {
-                        // Camera URLs may carry user:password@ (RTSP).
-                        (k.clone(), json!(crate::media::rtsp::redact_url(u)))
+                    } else if let Some(t) = x.as_str() {
+                        // Camera URLs carry user:password@, CDN URLs the
+                        // stream key; error texts may quote either.
+                        (k.clone(), json!(crate::redact::redact_text(t)))
                     } else {
                         (k.clone(), redact(x))
                     }
@@ -96,6 +100,84 @@ pub fn redact(v: &J) -> J {
         J::Array(a) => J::Array(a.iter().map(redact).collect()),
         other => other.clone(),
     }
+}
+
+/// Puts back the secrets a client sent as their redacted form: `"***"`
+/// for a secret key, or a URL equal to the redaction of the stored one,
+/// means "unchanged". Items of arrays are paired by `name` (else by
+/// position). A placeholder with nothing stored behind it is refused: the
+/// literal `***` must never become a key or a passphrase.
+pub fn restore_secrets(new: &mut J, old: &J, at: &str) -> Result<(), ApiError> {
+    match new {
+        J::Object(o) => {
+            for (k, v) in o.iter_mut() {
+                let before = old.get(k.as_str());
+                let here = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                if SECRET_KEYS.contains(&k.as_str())
+                    && v.as_str() == Some(crate::redact::PLACEHOLDER)
+                {
+                    match before.filter(|b| !b.is_null()) {
+                        Some(b) => *v = b.clone(),
+                        None => {
+                            return Err(ApiError::new(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                format!("{here}: \"***\" is the redacted placeholder, and no secret is stored here to keep: send the secret itself"),
+                            ))
+                        }
+                    }
+                } else if let (Some(shown), Some(stored)) = (v.as_str(), before.and_then(J::as_str))
+                {
+                    if crate::redact::is_redaction_of(shown, stored) {
+                        *v = json!(stored);
+                    } else {
+                        refuse_placeholder_url(shown, &here)?;
+                    }
+                } else if let Some(shown) = v.as_str() {
+                    refuse_placeholder_url(shown, &here)?;
+                } else if let Some(b) = before {
+                    restore_secrets(v, b, &here)?;
+                } else {
+                    restore_secrets(v, &J::Null, &here)?;
+                }
+            }
+            Ok(())
+        }
+        J::Array(a) => {
+            let olds = old.as_array();
+            for (i, v) in a.iter_mut().enumerate() {
+                let name = v.get("name").and_then(J::as_str).map(String::from);
+                let before = olds
+                    .and_then(|l| match &name {
+                        Some(n) => l
+                            .iter()
+                            .find(|x| x.get("name").and_then(J::as_str) == Some(n.as_str())),
+                        None => l.get(i),
+                    })
+                    .unwrap_or(&J::Null);
+                restore_secrets(v, before, &format!("{at}[{i}]"))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A URL still in its redacted form with no stored URL it stands for.
+fn refuse_placeholder_url(shown: &str, at: &str) -> Result<(), ApiError> {
+    if shown.contains("://")
+        && shown.contains(crate::redact::PLACEHOLDER)
+        && crate::redact::redact_url(shown) == shown
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{at}: this URL is the redacted form of one not stored here: send the full URL with its key or password"),
+        ));
+    }
+    Ok(())
 }
 
 /// JSON document -> TOML table; `inputs`/`outputs` are accepted for the
@@ -226,13 +308,12 @@ fn route_json(s: &ApiState, name: &str, doc: &J) -> J {
             let v = o.remove(toml_name).unwrap_or_else(|| json!([]));
             o.insert(json_name.to_string(), v);
         }
-        o.insert("stats".into(), stats);
+        o.insert("stats".into(), redact(&stats));
     }
     d
 }
 
-async fn list(State(s): State<ApiState>, h: HeaderMap) -> Result<Json<J>, ApiError> {
-    authorize(&s, &h, Role::Viewer)?;
+async fn list(State(s): State<ApiState>) -> Result<Json<J>, ApiError> {
     let docs = s.route_docs.lock().clone();
     let primary = match &s.engine {
         Some(e) => e.primary().await,
@@ -242,12 +323,7 @@ async fn list(State(s): State<ApiState>, h: HeaderMap) -> Result<Json<J>, ApiErr
     Ok(Json(json!({"routes": routes, "primary": primary})))
 }
 
-async fn one(
-    State(s): State<ApiState>,
-    h: HeaderMap,
-    Path(route): Path<String>,
-) -> Result<Json<J>, ApiError> {
-    authorize(&s, &h, Role::Viewer)?;
+async fn one(State(s): State<ApiState>, Path(route): Path<String>) -> Result<Json<J>, ApiError> {
     let d = doc_of(&s, &route)?;
     Ok(Json(route_json(&s, &route, &d)))
 }
@@ -255,11 +331,11 @@ async fn one(
 async fn create(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    Authed(caller): Authed,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<J>), ApiError> {
-    let caller = authorize(&s, &h, Role::Operator)?;
-    let doc = canonical(&parse_body(&body)?)?;
+    let mut doc = canonical(&parse_body(&body)?)?;
+    restore_secrets(&mut doc, &J::Null, "")?;
     let spec = validate(&doc)?;
     let name = spec.name.clone();
     if s.route_docs.lock().contains_key(&name) {
@@ -276,13 +352,14 @@ async fn create(
 async fn replace(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    Authed(caller): Authed,
     Path(route): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<J>, ApiError> {
-    let caller = authorize(&s, &h, Role::Operator)?;
     let mut doc = parse_body(&body)?;
     if let Some(o) = doc.as_object_mut() {
+        // What GET adds and PUT cannot set: the route's live counters.
+        o.remove("stats");
         match o.get("name").and_then(J::as_str) {
             None => {
                 o.insert("name".into(), json!(route));
@@ -295,9 +372,9 @@ async fn replace(
             Some(_) => {}
         }
     }
-    let doc = canonical(&doc)?;
+    let mut doc = canonical(&doc)?;
+    restore_secrets(&mut doc, &doc_of(&s, &route)?, "")?;
     let spec = validate(&doc)?;
-    doc_of(&s, &route)?;
     let e = engine(&s)?;
     let old = e.remove_route(&route).await.map_err(engine_err)?;
     if let Err(err) = e.add_route(spec).await {
@@ -319,10 +396,9 @@ async fn replace(
 async fn remove(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    Authed(caller): Authed,
     Path(route): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let caller = authorize(&s, &h, Role::Operator)?;
     doc_of(&s, &route)?;
     engine(&s)?.remove_route(&route).await.map_err(engine_err)?;
     commit(&s, &route, None, "delete route", peer, &caller)?;
@@ -359,20 +435,12 @@ fn with_items(doc: &J, key: &str, list: Vec<J>) -> J {
 }
 
 /// `GET .../inputs` or `.../outputs` (key `input` / `output`).
-fn list_items(s: &ApiState, h: &HeaderMap, route: &str, key: &str) -> Result<Json<J>, ApiError> {
-    authorize(s, h, Role::Viewer)?;
+fn list_items(s: &ApiState, route: &str, key: &str) -> Result<Json<J>, ApiError> {
     Ok(Json(redact(&J::Array(items(&doc_of(s, route)?, key)))))
 }
 
 /// `GET .../inputs/{name}` or `.../outputs/{name}`.
-fn one_item(
-    s: &ApiState,
-    h: &HeaderMap,
-    route: &str,
-    key: &str,
-    name: &str,
-) -> Result<Json<J>, ApiError> {
-    authorize(s, h, Role::Viewer)?;
+fn one_item(s: &ApiState, route: &str, key: &str, name: &str) -> Result<Json<J>, ApiError> {
     let (_, v) = find(&doc_of(s, route)?, key, name)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no {key} {name:?}")))?;
     Ok(Json(redact(&v)))
@@ -380,34 +448,30 @@ fn one_item(
 
 async fn list_inputs(
     State(s): State<ApiState>,
-    h: HeaderMap,
     Path(route): Path<String>,
 ) -> Result<Json<J>, ApiError> {
-    list_items(&s, &h, &route, "input")
+    list_items(&s, &route, "input")
 }
 
 async fn one_input(
     State(s): State<ApiState>,
-    h: HeaderMap,
     Path((route, name)): Path<(String, String)>,
 ) -> Result<Json<J>, ApiError> {
-    one_item(&s, &h, &route, "input", &name)
+    one_item(&s, &route, "input", &name)
 }
 
 async fn list_outputs(
     State(s): State<ApiState>,
-    h: HeaderMap,
     Path(route): Path<String>,
 ) -> Result<Json<J>, ApiError> {
-    list_items(&s, &h, &route, "output")
+    list_items(&s, &route, "output")
 }
 
 async fn one_output(
     State(s): State<ApiState>,
-    h: HeaderMap,
     Path((route, name)): Path<(String, String)>,
 ) -> Result<Json<J>, ApiError> {
-    one_item(&s, &h, &route, "output", &name)
+    one_item(&s, &route, "output", &name)
 }
 
 /// Input changes are hot: the engine keeps unchanged inputs (and the
@@ -433,12 +497,12 @@ async fn set_inputs_with(
 async fn add_input(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    Authed(caller): Authed,
     Path(route): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<J>, ApiError> {
-    let caller = authorize(&s, &h, Role::Operator)?;
-    let input = canonical(&parse_body(&body)?)?;
+    let mut input = canonical(&parse_body(&body)?)?;
+    restore_secrets(&mut input, &J::Null, "")?;
     let doc = doc_of(&s, &route)?;
     let mut list = items(&doc, "input");
     if let Some(n) = input.get("name").and_then(J::as_str) {
@@ -457,10 +521,9 @@ async fn add_input(
 async fn remove_input(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    Authed(caller): Authed,
     Path((route, name)): Path<(String, String)>,
 ) -> Result<Json<J>, ApiError> {
-    let caller = authorize(&s, &h, Role::Operator)?;
     let doc = doc_of(&s, &route)?;
     let (i, _) = find(&doc, "input", &name)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no input {name:?}")))?;
@@ -490,12 +553,12 @@ fn output_spec(route: &str, v: &J, i: usize) -> Result<OutputSpec, ApiError> {
 async fn add_output(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    Authed(caller): Authed,
     Path(route): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<J>), ApiError> {
-    let caller = authorize(&s, &h, Role::Operator)?;
     let mut out = canonical(&parse_body(&body)?)?;
+    restore_secrets(&mut out, &J::Null, "")?;
     let doc = doc_of(&s, &route)?;
     let mut list = items(&doc, "output");
     let spec = output_spec(&route, &out, list.len())?;
@@ -521,18 +584,18 @@ async fn add_output(
 async fn replace_output(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    Authed(caller): Authed,
     Path((route, name)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Json<J>, ApiError> {
-    let caller = authorize(&s, &h, Role::Operator)?;
     let mut out = canonical(&parse_body(&body)?)?;
     if let Some(o) = out.as_object_mut() {
         o.insert("name".into(), json!(name));
     }
     let doc = doc_of(&s, &route)?;
-    let (i, _) = find(&doc, "output", &name)
+    let (i, stored) = find(&doc, "output", &name)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no output {name:?}")))?;
+    restore_secrets(&mut out, &stored, "")?;
     let spec = output_spec(&route, &out, i)?;
     let e = engine(&s)?;
     let old = e.remove_output(&route, &name).await.map_err(engine_err)?;
@@ -556,10 +619,9 @@ async fn replace_output(
 async fn remove_output(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    Authed(caller): Authed,
     Path((route, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let caller = authorize(&s, &h, Role::Operator)?;
     let doc = doc_of(&s, &route)?;
     let (i, _) = find(&doc, "output", &name)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no output {name:?}")))?;
@@ -583,12 +645,11 @@ async fn remove_output(
 async fn set_enabled(
     s: ApiState,
     peer: SocketAddr,
-    h: HeaderMap,
+    caller: Caller,
     route: String,
     name: String,
     en: bool,
 ) -> Result<Json<J>, ApiError> {
-    let caller = authorize(&s, &h, Role::Operator)?;
     let doc = doc_of(&s, &route)?;
     let (i, mut out) = find(&doc, "output", &name)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no output {name:?}")))?;
@@ -620,19 +681,19 @@ async fn set_enabled(
 async fn enable_output(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    Authed(caller): Authed,
     Path((route, name)): Path<(String, String)>,
 ) -> Result<Json<J>, ApiError> {
-    set_enabled(s, peer, h, route, name, true).await
+    set_enabled(s, peer, caller, route, name, true).await
 }
 
 async fn disable_output(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    Authed(caller): Authed,
     Path((route, name)): Path<(String, String)>,
 ) -> Result<Json<J>, ApiError> {
-    set_enabled(s, peer, h, route, name, false).await
+    set_enabled(s, peer, caller, route, name, false).await
 }
 
 /// `POST .../move {"to": "other-route"}`: the output keeps running and its
@@ -640,11 +701,10 @@ async fn disable_output(
 async fn move_output(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    Authed(caller): Authed,
     Path((route, name)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Json<J>, ApiError> {
-    let caller = authorize(&s, &h, Role::Operator)?;
     let b = parse_body(&body)?;
     let to = b
         .get("to")
@@ -718,7 +778,10 @@ pub fn specs(docs: &std::collections::BTreeMap<String, J>) -> Vec<RouteSpec> {
         .filter_map(|(name, d)| match validate(d) {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::error!("stored route {name} ignored: {}", e.message());
+                tracing::error!(
+                    "stored route {name} ignored: {}",
+                    crate::redact::redact_text(e.message())
+                );
                 None
             }
         })

@@ -80,6 +80,18 @@ const MIGRATIONS: &[&str] = &[
         doc TEXT,
         updated TEXT NOT NULL
     );",
+    // 5: token revocation and API keys. `epoch` is a random number
+    // replaced at every password change: a JWT carries the epoch it was
+    // issued under, so changing the password (or removing and re-adding
+    // the user) revokes every older token. API keys are kept as SHA-256
+    // of a 256-bit random key: never the key itself.
+    "ALTER TABLE users ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE api_keys (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        hash BLOB NOT NULL UNIQUE,
+        created TEXT NOT NULL
+    );",
 ];
 
 /// A stored user: SCRAM-SHA-256 keys only, never the password.
@@ -91,6 +103,16 @@ pub struct UserRow {
     pub iterations: u32,
     pub stored_key: Vec<u8>,
     pub server_key: Vec<u8>,
+    /// Token epoch: tokens issued under another epoch are refused.
+    pub epoch: i64,
+}
+
+/// A stored API key: its name, role and creation time (never the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    pub name: String,
+    pub role: String,
+    pub created: String,
 }
 
 /// `[audit]` and `[history]` settings.
@@ -566,11 +588,11 @@ impl Store {
     /// Adds or replaces a user.
     pub fn user_put(&self, u: &UserRow) -> anyhow::Result<()> {
         self.conn.lock().execute(
-            "INSERT INTO users (name, role, salt, iterations, stored_key, server_key, created)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO users (name, role, salt, iterations, stored_key, server_key, created, epoch)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT(name) DO UPDATE SET role = excluded.role, salt = excluded.salt,
                iterations = excluded.iterations, stored_key = excluded.stored_key,
-               server_key = excluded.server_key",
+               server_key = excluded.server_key, epoch = excluded.epoch",
             params![
                 u.name,
                 u.role,
@@ -578,7 +600,8 @@ impl Store {
                 i64::from(u.iterations),
                 u.stored_key,
                 u.server_key,
-                ts(Utc::now())
+                ts(Utc::now()),
+                u.epoch
             ],
         )?;
         Ok(())
@@ -596,7 +619,7 @@ impl Store {
     pub fn user_get(&self, name: &str) -> anyhow::Result<Option<UserRow>> {
         let c = self.conn.lock();
         Ok(c.query_row(
-            "SELECT name, role, salt, iterations, stored_key, server_key FROM users WHERE name = ?1",
+            "SELECT name, role, salt, iterations, stored_key, server_key, epoch FROM users WHERE name = ?1",
             params![name],
             |r| {
                 Ok(UserRow {
@@ -606,6 +629,7 @@ impl Store {
                     iterations: u32::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
                     stored_key: r.get(4)?,
                     server_key: r.get(5)?,
+                    epoch: r.get(6)?,
                 })
             },
         )
@@ -641,6 +665,63 @@ impl Store {
             params![name, v],
         )?;
         Ok(v)
+    }
+}
+
+impl Store {
+    /// Adds an API key (its SHA-256); false if the name is taken.
+    pub fn apikey_add(&self, name: &str, role: &str, hash: &[u8]) -> anyhow::Result<bool> {
+        Ok(self.conn.lock().execute(
+            "INSERT INTO api_keys (name, role, hash, created) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name) DO NOTHING",
+            params![name, role, hash, ts(Utc::now())],
+        )? > 0)
+    }
+
+    /// Removes an API key; false if there was none.
+    pub fn apikey_remove(&self, name: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .conn
+            .lock()
+            .execute("DELETE FROM api_keys WHERE name = ?1", params![name])?
+            > 0)
+    }
+
+    /// Every API key, in name order.
+    pub fn apikey_list(&self) -> anyhow::Result<Vec<ApiKeyRow>> {
+        let c = self.conn.lock();
+        let mut st = c.prepare("SELECT name, role, created FROM api_keys ORDER BY name")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ApiKeyRow {
+                    name: r.get(0)?,
+                    role: r.get(1)?,
+                    created: r.get(2)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// The (name, role) of the key with this SHA-256.
+    pub fn apikey_by_hash(&self, hash: &[u8]) -> anyhow::Result<Option<(String, String)>> {
+        Ok(self
+            .conn
+            .lock()
+            .query_row(
+                "SELECT name, role FROM api_keys WHERE hash = ?1",
+                params![hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// True when any API key exists (the API is then closed like with users).
+    pub fn apikey_any(&self) -> anyhow::Result<bool> {
+        Ok(self
+            .conn
+            .lock()
+            .query_row("SELECT EXISTS(SELECT 1 FROM api_keys)", [], |r| r.get(0))?)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Haystack authentication (docHaystack/Auth): HELLO -> SCRAM-SHA-256 (RFC 5802/7677) -> bearer token, over users kept as salted SCRAM keys.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
@@ -132,6 +133,9 @@ pub struct Session {
     pub user: String,
     pub role: Role,
     expires: Instant,
+    /// The user's StoredKey at login: a password change or removal ends
+    /// the session at its next use.
+    stored_key: [u8; 32],
 }
 
 /// One handshake in progress, keyed by its handshake token.
@@ -154,7 +158,14 @@ pub enum AuthReply {
     Forbidden(&'static str),
     /// 400: a header we cannot parse.
     BadRequest(&'static str),
+    /// 429: too many failed logins from this address or for this user;
+    /// retry after this many seconds.
+    TooMany(u64),
 }
+
+/// Called after every finished SCRAM exchange with (user, client address,
+/// success), so the app can audit logins.
+pub type LoginHook = std::sync::Arc<dyn Fn(&str, IpAddr, bool) + Send + Sync>;
 
 /// Most handshakes in flight / sessions alive; bounded so that an
 /// unauthenticated peer cannot grow memory without limit.
@@ -177,6 +188,9 @@ pub struct Authenticator {
     /// Secret for fake salts of unknown users, so a HELLO does not reveal
     /// which user names exist.
     fake_secret: [u8; 32],
+    /// Backoff of failed logins per client address and per user.
+    throttle: crate::throttle::Throttle,
+    hook: Option<LoginHook>,
 }
 
 /// Parses `key=value, key=value` auth parameters (after the scheme name).
@@ -212,7 +226,15 @@ impl Authenticator {
             pending: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             fake_secret: random_bytes().unwrap_or([7u8; 32]),
+            throttle: crate::throttle::Throttle::new(),
+            hook: None,
         }
+    }
+
+    /// Reports every finished login (audit).
+    pub fn with_hook(mut self, hook: LoginHook) -> Self {
+        self.hook = Some(hook);
+        self
     }
 
     /// Adds the shared user store; config users take precedence.
@@ -228,17 +250,30 @@ impl Authenticator {
             .or_else(|| self.lookup.as_ref().and_then(|l| l(name)))
     }
 
-    /// The session of a bearer token, if it is live.
+    /// The session of a bearer token, if it is live and its user still
+    /// exists with the password they logged in with.
     pub fn session(&self, token: &str) -> Option<Session> {
-        let mut s = self.sessions.lock();
         let now = Instant::now();
-        match s.get(token) {
-            Some(x) if x.expires > now => Some(x.clone()),
-            Some(_) => {
-                s.remove(token);
+        let x = {
+            let mut s = self.sessions.lock();
+            match s.get(token) {
+                Some(x) if x.expires > now => x.clone(),
+                Some(_) => {
+                    s.remove(token);
+                    return None;
+                }
+                None => return None,
+            }
+        };
+        // Looked up outside the lock: the shared store is a database.
+        match self.user(&x.user) {
+            Some(u) if bool::from(u.stored_key.ct_eq(&x.stored_key)) => {
+                Some(Session { role: u.role, ..x })
+            }
+            _ => {
+                self.sessions.lock().remove(token);
                 None
             }
-            None => None,
         }
     }
 
@@ -247,15 +282,52 @@ impl Authenticator {
         self.sessions.lock().remove(token);
     }
 
-    /// Handles a HELLO or SCRAM `Authorization` header value.
+    /// Handles a HELLO or SCRAM `Authorization` header value (tests; the
+    /// server uses [`Self::handle_from`] with the client's address).
     pub fn handle(&self, header: &str) -> AuthReply {
+        self.handle_from(header, IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// Handles a HELLO or SCRAM header from a client address: failed
+    /// exchanges back that address and that user off (see `throttle`).
+    pub fn handle_from(&self, header: &str, peer: IpAddr) -> AuthReply {
         let header = header.trim();
         let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
         match scheme.to_ascii_uppercase().as_str() {
-            "HELLO" => self.hello(&params(rest)),
-            "SCRAM" => self.scram(&params(rest)),
+            "HELLO" => {
+                let p = params(rest);
+                // Refused early, before any handshake state is kept.
+                let user = p
+                    .get("username")
+                    .and_then(|u| b64_decode(u))
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_default();
+                let keys = crate::throttle::keys(peer, &user);
+                if let Some(w) = self.throttle.check(&[&keys[0], &keys[1]]) {
+                    return AuthReply::TooMany(w.as_secs().max(1));
+                }
+                self.hello(&p)
+            }
+            "SCRAM" => self.scram(&params(rest), peer),
             _ => AuthReply::BadRequest("unsupported authorization scheme"),
         }
+    }
+
+    /// Counts the outcome of a final SCRAM message.
+    fn finished(&self, user: &str, peer: IpAddr, reply: AuthReply) -> AuthReply {
+        let keys = crate::throttle::keys(peer, user);
+        let keys = [keys[0].as_str(), keys[1].as_str()];
+        let ok = matches!(reply, AuthReply::Issued(_));
+        if ok {
+            self.throttle.succeeded(&keys);
+        } else {
+            self.throttle.failed(&keys);
+            crate::throttle::HAYSTACK_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(h) = &self.hook {
+            h(user, peer, ok);
+        }
+        reply
     }
 
     fn hello(&self, p: &HashMap<String, String>) -> AuthReply {
@@ -301,7 +373,7 @@ impl Authenticator {
         }
     }
 
-    fn scram(&self, p: &HashMap<String, String>) -> AuthReply {
+    fn scram(&self, p: &HashMap<String, String>, peer: IpAddr) -> AuthReply {
         let Some(token) = p.get("handshaketoken") else {
             return AuthReply::BadRequest("SCRAM needs handshakeToken");
         };
@@ -356,11 +428,33 @@ impl Authenticator {
                 // One final attempt per handshake, whatever its outcome.
                 pend.remove(token);
                 drop(pend);
+                let keys = crate::throttle::keys(peer, &state.user);
+                if let Some(w) = self.throttle.check(&[&keys[0], &keys[1]]) {
+                    return AuthReply::TooMany(w.as_secs().max(1));
+                }
+                let reply =
+                    self.scram_final(&state.user, &client_first, &server_first, &nonce, &data);
+                self.finished(&state.user, peer, reply)
+            }
+        }
+    }
+
+    /// Checks the client-final-message and issues the bearer token.
+    fn scram_final(
+        &self,
+        user_name: &str,
+        client_first: &str,
+        server_first: &str,
+        nonce: &str,
+        data: &str,
+    ) -> AuthReply {
+        {
+            {
                 let Some((without_proof, proof)) = data.rsplit_once(",p=") else {
                     return AuthReply::BadRequest("client-final-message needs p=");
                 };
                 let a = scram_attrs(without_proof);
-                if a.get(&'r') != Some(&nonce) {
+                if a.get(&'r').map(String::as_str) != Some(nonce) {
                     return AuthReply::Forbidden("nonce mismatch");
                 }
                 // Channel binding must be the "n,," header we agreed to.
@@ -370,7 +464,7 @@ impl Authenticator {
                 let Some(proof) = b64_decode(proof) else {
                     return AuthReply::BadRequest("client proof is not base64");
                 };
-                let Some(user) = self.user(&state.user) else {
+                let Some(user) = self.user(user_name) else {
                     return AuthReply::Forbidden("authentication failed");
                 };
                 let auth_message = format!("{client_first},{server_first},{without_proof}");
@@ -403,6 +497,7 @@ impl Authenticator {
                         user: user.name.clone(),
                         role: user.role,
                         expires: now + self.token_ttl,
+                        stored_key: user.stored_key,
                     },
                 );
                 let v = format!("v={}", STANDARD.encode(server_sig));

@@ -192,20 +192,24 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(db: PointDb, maps: &Maps, settings: Settings) -> Arc<Ctx> {
-        Self::with_users(db, maps, settings, None)
+        Self::with_users(db, maps, settings, None, None)
     }
 
     /// Like `new`, with castpoint's shared user store consulted after the
-    /// users of `[haystack]`.
+    /// users of `[haystack]`, and a hook told of every finished login.
     pub fn with_users(
         db: PointDb,
         maps: &Maps,
         settings: Settings,
         lookup: Option<auth::UserLookup>,
+        on_login: Option<auth::LoginHook>,
     ) -> Arc<Ctx> {
         let mut authn = Authenticator::new(settings.users.clone(), settings.token_ttl);
         if let Some(l) = lookup {
             authn = authn.with_lookup(l);
+        }
+        if let Some(h) = on_login {
+            authn = authn.with_hook(h);
         }
         Arc::new(Ctx {
             records: Records::build(&db, maps),
@@ -303,7 +307,7 @@ async fn handle(State(ctx): State<Arc<Ctx>>, Path(op): Path<String>, req: Reques
                     None => return status(StatusCode::FORBIDDEN, "invalid or expired auth token"),
                 }
             } else if scheme == "HELLO" || scheme == "SCRAM" {
-                return match ctx.auth.handle(a) {
+                return match ctx.auth.handle_from(a, peer.ip()) {
                     AuthReply::Challenge(c) => with_header(
                         status(StatusCode::UNAUTHORIZED, "continue authentication"),
                         header::WWW_AUTHENTICATE,
@@ -316,6 +320,14 @@ async fn handle(State(ctx): State<Arc<Ctx>>, Path(op): Path<String>, req: Reques
                     ),
                     AuthReply::Forbidden(why) => status(StatusCode::FORBIDDEN, why),
                     AuthReply::BadRequest(why) => status(StatusCode::BAD_REQUEST, why),
+                    AuthReply::TooMany(secs) => with_header(
+                        status(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "too many failed logins; retry later",
+                        ),
+                        header::RETRY_AFTER,
+                        &secs.to_string(),
+                    ),
                 };
             } else {
                 return unauthorized();

@@ -23,8 +23,14 @@ pub struct Caller {
 }
 
 impl Caller {
-    fn owner(&self) -> &str {
-        self.user.as_deref().unwrap_or("")
+    /// Who a watch belongs to and whose quota it counts against: the user
+    /// when authenticated, else the client address, so anonymous clients
+    /// no longer share (and exhaust) one quota.
+    fn owner(&self) -> String {
+        match &self.user {
+            Some(u) => format!("user:{u}"),
+            None => format!("addr:{}", self.peer.ip()),
+        }
     }
 }
 
@@ -406,7 +412,7 @@ fn watch_sub(ctx: &Ctx, caller: &Caller, req: ReqGrid) -> OpResult {
     let (keys, per_row) = rec_keys(ctx, &req);
     let (id, lease) = ctx.watches.subscribe(
         &ctx.db,
-        caller.owner(),
+        &caller.owner(),
         watch_id.as_deref(),
         dis.as_deref(),
         lease,
@@ -435,7 +441,8 @@ fn watch_unsub(ctx: &Ctx, caller: &Caller, req: ReqGrid) -> OpResult {
     };
     let close = req.meta.contains_key("close") || req.rows.is_empty();
     let (keys, _) = rec_keys(ctx, &req);
-    ctx.watches.unsubscribe(caller.owner(), &id, close, &keys)?;
+    ctx.watches
+        .unsubscribe(&caller.owner(), &id, close, &keys)?;
     Ok(Grid::empty())
 }
 
@@ -447,7 +454,7 @@ fn watch_poll(ctx: &Ctx, caller: &Caller, req: ReqGrid) -> OpResult {
     };
     let refresh = req.meta.contains_key("refresh")
         || req.rows.first().is_some_and(|r| r.contains_key("refresh"));
-    let (keys, lease) = ctx.watches.poll(&ctx.db, caller.owner(), &id, refresh)?;
+    let (keys, lease) = ctx.watches.poll(&ctx.db, &caller.owner(), &id, refresh)?;
     let rows = keys
         .into_iter()
         .filter_map(|k| ctx.records.dict(&ctx.db, k))

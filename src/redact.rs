@@ -1,0 +1,206 @@
+//! Secret redaction for URLs and free text: passwords in `user:pass@`, RTMP stream keys in the path, and secret query parameters become `***`.
+//!
+//! Dependency-free on purpose: the API, the engine and the media children
+//! all print URLs an operator typed (camera URLs, CDN ingest URLs), and
+//! each of them must show the same redacted form. A redacted URL is also
+//! what the REST API hands out, so `is_redaction_of` lets a client send a
+//! document back unchanged without destroying the secret it cannot see.
+
+/// What every secret is replaced with.
+pub const PLACEHOLDER: &str = "***";
+
+/// Query parameters whose values are secrets (compared case-insensitively).
+const SECRET_PARAMS: &[&str] = &[
+    "passphrase",
+    "password",
+    "pass",
+    "pwd",
+    "key",
+    "streamkey",
+    "stream_key",
+    "token",
+    "access_token",
+    "auth",
+    "secret",
+    "sig",
+    "signature",
+];
+
+/// Redacts one URL:
+/// - `scheme://user:pass@host/...` -> `scheme://user:***@host/...`;
+/// - `rtmp[s|t|e]://host/app/KEY` -> `rtmp://host/app/***` (the last path
+///   segment of an RTMP URL with at least two segments is the stream key,
+///   the form YouTube/Twitch/Facebook show);
+/// - secret query parameters (`?passphrase=`, `?key=`, ...) -> `=***`.
+///
+/// Text that is not a URL is returned unchanged.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
+        return url.to_string();
+    }
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(auth_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:{PLACEHOLDER}@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    // Split the tail into path, query and fragment.
+    let (before_frag, frag) = match tail.split_once('#') {
+        Some((a, f)) => (a, Some(f)),
+        None => (tail, None),
+    };
+    let (path, query) = match before_frag.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (before_frag, None),
+    };
+    let mut path = path.to_string();
+    if scheme.to_ascii_lowercase().starts_with("rtmp") {
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        if segs.len() >= 2 {
+            if let Some(i) = path.trim_end_matches('/').rfind('/') {
+                let end = path.trim_end_matches('/').len();
+                path.replace_range(i + 1..end, PLACEHOLDER);
+            }
+        }
+    }
+    let mut out = format!("{scheme}://{authority}{path}");
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(&redact_query(q));
+    }
+    if let Some(f) = frag {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+fn redact_query(q: &str) -> String {
+    q.split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v))
+                if !v.is_empty()
+                    && SECRET_PARAMS
+                        .iter()
+                        .any(|s| s.eq_ignore_ascii_case(k.trim())) =>
+            {
+                format!("{k}={PLACEHOLDER}")
+            }
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Redacts every URL inside free text (log lines, error messages): a URL
+/// starts at `scheme://` and ends at whitespace or a quote.
+pub fn redact_text(text: &str) -> String {
+    if !text.contains("://") {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        // Walk back over the scheme.
+        let start = rest[..i]
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || "+-.".contains(*c)))
+            .map_or(0, |(j, c)| j + c.len_utf8());
+        let end = rest[i..]
+            .find(|c: char| c.is_whitespace() || "\"'<>`".contains(c))
+            .map_or(rest.len(), |j| i + j);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// True when `shown` is what [`redact_url`] makes of `secret` and differs
+/// from it: a client sent the redacted form back, meaning "unchanged".
+pub fn is_redaction_of(shown: &str, secret: &str) -> bool {
+    shown != secret && shown.contains(PLACEHOLDER) && redact_url(secret) == shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_passwords_are_hidden() {
+        assert_eq!(
+            redact_url("rtsp://admin:secret@cam:554/live"),
+            "rtsp://admin:***@cam:554/live"
+        );
+        assert_eq!(redact_url("rtsp://cam/a@b"), "rtsp://cam/a@b");
+        assert_eq!(redact_url("rtsp://u@cam/"), "rtsp://u@cam/");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn rtmp_stream_keys_in_the_path_are_hidden() {
+        assert_eq!(
+            redact_url("rtmp://a.rtmp.youtube.com/live2/abcd-efgh-1234"),
+            "rtmp://a.rtmp.youtube.com/live2/***"
+        );
+        assert_eq!(
+            redact_url("rtmps://live-api-s.facebook.com:443/rtmp/FB-123?s_bl=1&s_sc=2"),
+            "rtmps://live-api-s.facebook.com:443/rtmp/***?s_bl=1&s_sc=2"
+        );
+        // One segment is only the application: nothing to hide.
+        assert_eq!(redact_url("rtmp://host/live"), "rtmp://host/live");
+        assert_eq!(redact_url("rtmp://host/live/"), "rtmp://host/live/");
+        // Other schemes keep their paths.
+        assert_eq!(redact_url("http://h/a/b"), "http://h/a/b");
+    }
+
+    #[test]
+    fn secret_query_parameters_are_hidden() {
+        assert_eq!(
+            redact_url("srt://1.2.3.4:9000?mode=caller&passphrase=very+secret&streamid=x"),
+            "srt://1.2.3.4:9000?mode=caller&passphrase=***&streamid=x"
+        );
+        assert_eq!(
+            redact_url("https://h/p?KEY=abc#frag"),
+            "https://h/p?KEY=***#frag"
+        );
+    }
+
+    #[test]
+    fn text_with_urls_is_redacted_in_place() {
+        assert_eq!(
+            redact_text("push to rtmp://h/live/KEY failed: \"rtsp://u:p@c/x\" gone"),
+            "push to rtmp://h/live/*** failed: \"rtsp://u:***@c/x\" gone"
+        );
+        assert_eq!(redact_text("no urls here"), "no urls here");
+        assert_eq!(redact_text("://odd"), "://odd");
+    }
+
+    #[test]
+    fn a_redaction_sent_back_is_recognised() {
+        let k = "rtmp://h/live/KEY";
+        assert!(is_redaction_of("rtmp://h/live/***", k));
+        assert!(!is_redaction_of(k, k));
+        assert!(!is_redaction_of("rtmp://other/live/***", k));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(s in ".*") {
+            let _ = redact_url(&s);
+            let _ = redact_text(&s);
+        }
+    }
+}
