@@ -11,6 +11,7 @@ mod persist;
 mod routes_api;
 mod rtmp;
 mod rtsp;
+mod secure;
 mod status_live;
 mod telemetry;
 mod transcode;

@@ -1,4 +1,4 @@
-//! Operator route API end to end: CRUD with JWT roles, hot output changes, secrets write-only, desired state surviving a restart.
+//! Operator route API end to end: CRUD with JWT roles (admin-only changes), hot output changes, secrets write-only, desired state surviving a restart.
 
 use std::time::Duration;
 
@@ -31,7 +31,8 @@ async fn route_crud_with_roles_and_restart() {
     let app = App::start(cfg).await.expect("start");
     let base = format!("http://{}", app.addrs.http.expect("http"));
     let users = Users::new(app.store.clone(), Duration::from_secs(600)).expect("users");
-    users.add("op", Role::Operator, "operator-pw").expect("op");
+    // Route changes are admin-only (issue 15); the user keeps its name.
+    users.add("op", Role::Admin, "operator-pw").expect("op");
     users
         .add("view", Role::Viewer, "viewer-pw1")
         .expect("viewer");
@@ -117,9 +118,16 @@ async fn route_crud_with_roles_and_restart() {
         .await
         .expect("delete");
     assert_eq!(r.status(), 204);
-    // The audit has every change, with the user.
-    let audit: J =
-        crate::util::get_json(&c, format!("{base}/api/audit?kind=route&target=lobby")).await;
+    // The audit has every change, with the user (never read anonymously).
+    let audit: J = c
+        .get(format!("{base}/api/audit?kind=route&target=lobby"))
+        .bearer_auth(&op)
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
     let ev = audit["events"].as_array().expect("events");
     assert_eq!(ev.len(), 4, "{audit}");
     assert_eq!(ev[0]["user"], "op");

@@ -516,6 +516,22 @@ mod tests {
 
     /// A full client side of the exchange, as phable does it.
     fn login(a: &Authenticator, user: &str, password: &str, url_alphabet: bool) -> AuthReply {
+        login_from(
+            a,
+            user,
+            password,
+            url_alphabet,
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        )
+    }
+
+    fn login_from(
+        a: &Authenticator,
+        user: &str,
+        password: &str,
+        url_alphabet: bool,
+        peer: IpAddr,
+    ) -> AuthReply {
         let enc = |b: &[u8]| {
             let s = b64_encode(b);
             if url_alphabet {
@@ -524,18 +540,21 @@ mod tests {
                 s
             }
         };
-        let AuthReply::Challenge(h) = a.handle(&format!("HELLO username={}", enc(user.as_bytes())))
-        else {
-            panic!("hello")
+        let r = a.handle_from(&format!("HELLO username={}", enc(user.as_bytes())), peer);
+        let AuthReply::Challenge(h) = r else {
+            return r;
         };
         let p = params(h.trim_start_matches("SCRAM "));
         let token = p["handshaketoken"].clone();
         let cnonce = "abcdef0123456789abcdef01";
         let c1_bare = format!("n={user},r={cnonce}");
-        let r = a.handle(&format!(
-            "SCRAM handshakeToken={token}, data={}",
-            enc(format!("n,,{c1_bare}").as_bytes())
-        ));
+        let r = a.handle_from(
+            &format!(
+                "SCRAM handshakeToken={token}, data={}",
+                enc(format!("n,,{c1_bare}").as_bytes())
+            ),
+            peer,
+        );
         let AuthReply::Challenge(h) = r else {
             return r;
         };
@@ -553,10 +572,10 @@ mod tests {
         let sig = hmac(&sk, am.as_bytes());
         let proof: Vec<u8> = ck.iter().zip(sig).map(|(a, b)| a ^ b).collect();
         let fin = format!("{without},p={}", enc(&proof));
-        a.handle(&format!(
-            "SCRAM handshakeToken={token}, data={}",
-            enc(fin.as_bytes())
-        ))
+        a.handle_from(
+            &format!("SCRAM handshakeToken={token}, data={}", enc(fin.as_bytes())),
+            peer,
+        )
     }
 
     fn auth() -> Authenticator {
@@ -600,6 +619,66 @@ mod tests {
             login(&a, "ghost", "x", false),
             AuthReply::Forbidden(_)
         ));
+    }
+
+    /// 200 SCRAM attempts took 0.6 s with no backoff; now a few failures
+    /// from one address or for one user make the next ones wait (429).
+    #[test]
+    fn failed_scram_logins_back_off_per_address_and_per_user() {
+        let a = auth();
+        let (p1, p2) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        for _ in 0..crate::throttle::FREE_FAILURES {
+            assert!(matches!(
+                login_from(&a, "op", "nope", false, p1),
+                AuthReply::Forbidden(_)
+            ));
+        }
+        // Same address (any user), same user (any address): wait.
+        assert!(matches!(
+            login_from(&a, "ghost", "x", false, p1),
+            AuthReply::TooMany(s) if (1..=60).contains(&s)
+        ));
+        assert!(matches!(
+            login_from(&a, "op", "s3cret", false, p2),
+            AuthReply::TooMany(_)
+        ));
+        // Neither key involved: verified as usual.
+        assert!(matches!(
+            login_from(&a, "ghost", "x", false, p2),
+            AuthReply::Forbidden(_)
+        ));
+    }
+
+    /// Removing a user or changing their password ends their sessions.
+    #[test]
+    fn sessions_end_when_the_password_changes() {
+        let salt = b"0123456789abcdef".to_vec();
+        let current = std::sync::Arc::new(Mutex::new(Some(derive_keys("s3cret", &salt, 4096))));
+        let c2 = current.clone();
+        let lookup: UserLookup = std::sync::Arc::new(move |name: &str| {
+            let (stored_key, server_key) = (*c2.lock())?;
+            (name == "op").then(|| User {
+                name: "op".into(),
+                role: Role::Operator,
+                salt: b"0123456789abcdef".to_vec(),
+                iterations: 4096,
+                stored_key,
+                server_key,
+            })
+        });
+        let a = Authenticator::new(Vec::new(), Duration::from_secs(60)).with_lookup(lookup);
+        let AuthReply::Issued(info) = login(&a, "op", "s3cret", false) else {
+            panic!("login failed")
+        };
+        let tok = params(&info)["authtoken"].clone();
+        assert!(a.session(&tok).is_some());
+        *current.lock() = Some(derive_keys("n3w-secret", &salt, 4096));
+        assert!(
+            a.session(&tok).is_none(),
+            "password change ends the session"
+        );
+        *current.lock() = None;
+        assert!(a.session(&tok).is_none());
     }
 
     #[test]
