@@ -16,6 +16,12 @@ def test_openapi_validates_and_matches_the_router():
             doc = json.load(r)
         validate(doc)
         assert "/api/routes/{route}/outputs/{name}/move" in doc["paths"]
+        # Roles are part of the document, and the API key endpoints are in it.
+        assert "admin" in doc["paths"]["/api/routes"]["post"]["description"]
+        assert "admin" in doc["paths"]["/api/apikeys"]["post"]["description"]
+        assert "/api/apikeys/{name}" in doc["paths"]
+        assert set(doc["components"]["securitySchemes"]) >= {"bearer", "apiKey", "accessToken"}
+        assert doc["paths"]["/health"]["get"]["security"] == []
         assert "/api/stream/start" in doc["paths"]  # seed endpoints from the HTTP map
         ids = doc["components"]["schemas"]["PointId"]["enum"]
         assert len(ids) == 23 and "stream_enable" in ids
