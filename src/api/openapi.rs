@@ -50,7 +50,7 @@ pub const OPS: &[Op] = &[
     (
         "post",
         "/api/points/{id}",
-        "Command a point through its priority array",
+        "Command a point through its priority array (admin for system_restart)",
         "operator",
         Some("Write"),
         200,

@@ -787,3 +787,46 @@ pub fn specs(docs: &std::collections::BTreeMap<String, J>) -> Vec<RouteSpec> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_hide_every_secret_including_urls_and_error_texts() {
+        let doc = json!({
+            "inputs": [{"name": "cam", "passphrase": "pp", "url": "rtsp://u:pw@c/x"}],
+            "outputs": [{"name": "yt", "url": "rtmp://h/live2/K1", "key": "K2"}],
+            "stats": {"outputs": [{"error": "push to rtmp://h/live2/K1 failed"}]}
+        });
+        let shown = redact(&doc).to_string();
+        for s in ["pp", "pw@", "K1", "K2"] {
+            assert!(!shown.contains(s), "{s} in {shown}");
+        }
+    }
+
+    #[test]
+    fn placeholders_sent_back_restore_the_stored_secrets_by_item_name() {
+        let stored = json!({"output": [
+            {"name": "a", "url": "rtmp://h/app/KA", "key": "SA"},
+            {"name": "b", "url": "rtmp://h/app/KB", "key": "SB"}]});
+        // The client reordered the items and kept the placeholders.
+        let mut back = json!({"output": [
+            {"name": "b", "url": "rtmp://h/app/***", "key": "***"},
+            {"name": "a", "url": "rtmp://h/app/***", "key": "new-key"}]});
+        assert!(restore_secrets(&mut back, &stored, "").is_ok());
+        assert_eq!(back["output"][0]["url"], "rtmp://h/app/KB");
+        assert_eq!(back["output"][0]["key"], "SB");
+        assert_eq!(back["output"][1]["url"], "rtmp://h/app/KA");
+        assert_eq!(back["output"][1]["key"], "new-key");
+        // Placeholders with nothing stored behind them are refused.
+        let mut new_item = json!({"name": "c", "key": "***"});
+        assert!(restore_secrets(&mut new_item, &J::Null, "").is_err());
+        let mut new_url = json!({"name": "c", "url": "rtmp://h/app/***"});
+        assert!(restore_secrets(&mut new_url, &J::Null, "").is_err());
+        // A changed URL is taken as sent.
+        let mut changed = json!({"output": [{"name": "a", "url": "rtmp://other/app/NEW"}]});
+        assert!(restore_secrets(&mut changed, &stored, "").is_ok());
+        assert_eq!(changed["output"][0]["url"], "rtmp://other/app/NEW");
+    }
+}
