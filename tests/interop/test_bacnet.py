@@ -577,7 +577,9 @@ def test_export_ede(tmp_path):
     lines = out.splitlines()
     assert "VERSION_OF_LAYOUT;2.3" in lines
     rows = [l.split(";") for l in lines if not l.startswith("#") and l.count(";") == 15]
-    assert len(rows) == 34  # device + 23 objects + 10 Trend Logs
+    assert len(rows) == 35  # device + network port + 23 objects + 10 Trend Logs
+    # The EDE's object types are the Device's Protocol_Object_Types_Supported.
+    assert {int(r[3]) for r in rows} == {0, 2, 4, 8, 19, 20, 56}
     assert [r[3:5] for r in rows if r[0] == "cpu_usage_trend"] == [["20", "3"]]
     by_key = {r[0]: r for r in rows}
     assert by_key["stream_enable"][3:5] == ["4", "0"]

@@ -288,10 +288,20 @@ fn ede_lists_device_and_every_object() {
         .lines()
         .filter(|l| !l.starts_with('#') && l.contains(";389001;"))
         .collect();
+    // Device, Network Port, point objects, Trend Logs: the Object_List.
     assert_eq!(
         rows.len(),
-        1 + cfg.maps.bacnet.objects.len() + cfg.maps.bacnet.trend_logs.len()
+        2 + cfg.maps.bacnet.objects.len() + cfg.maps.bacnet.trend_logs.len()
     );
+    // The object types the EDE lists are the ones the Device claims in
+    // Protocol_Object_Types_Supported (AI, AV, BO, Device, MSV, TL, NP).
+    let mut types: Vec<u32> = rows
+        .iter()
+        .filter_map(|r| r.split(';').nth(3)?.parse().ok())
+        .collect();
+    types.sort_unstable();
+    types.dedup();
+    assert_eq!(types, [0, 2, 4, 8, 19, 20, 56]);
     assert!(rows
         .iter()
         .any(|r| r.starts_with("total_bitrate_out;389001;Total Bitrate Out;0;2;")));
