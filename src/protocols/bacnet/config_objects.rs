@@ -1,12 +1,14 @@
-//! The Device and Network Port objects as castpoint serves them: the stack's built-in objects behind a wrapper that makes them read-only from the network and states only what castpoint does.
+//! The Device object as castpoint serves it: the stack's built-in Device behind a wrapper that makes it read-only from the network and states only what castpoint does.
 //!
 //! Why a wrapper and not the server's mutation policy: a policy can only
 //! answer SERVICES / SERVICE_REQUEST_DENIED, while Clause 15.9.1.3.1 wants
 //! PROPERTY / WRITE_ACCESS_DENIED for a property that exists but may not be
 //! written (and UNKNOWN_PROPERTY for one that does not). The stack's Device
-//! object would also accept writes to Description, and its Network Port to
-//! the link settings: castpoint's device identity and port are its
-//! configuration file's, so every write is refused here, by the object.
+//! object would also accept writes to Description: castpoint's device
+//! identity is its configuration file's, so every write is refused here, by
+//! the object. (The Network Port cannot be wrapped: the stack finds the
+//! registered port by downcasting to its own type; see `authorize` in
+//! `mod.rs`.)
 //!
 //! The Device wrapper also replaces two values the stack cannot be told:
 //! - Protocol_Object_Types_Supported: the stack's Device flags the 64 types
@@ -83,7 +85,7 @@ pub fn object_types_bits(types: &[ObjectType]) -> PropertyValue {
 /// 2 warmstart).
 pub type RestartReason = Arc<AtomicU32>;
 
-/// A stack object served read-only, with optional replaced values.
+/// A stack object served read-only, with replaced values.
 pub struct ConfigObject<O> {
     inner: O,
     object_types: Option<PropertyValue>,
@@ -91,15 +93,6 @@ pub struct ConfigObject<O> {
 }
 
 impl<O: BACnetObject> ConfigObject<O> {
-    /// A read-only view of `inner` (Network Port).
-    pub fn new(inner: O) -> Self {
-        ConfigObject {
-            inner,
-            object_types: None,
-            restart_reason: None,
-        }
-    }
-
     /// The Device: `types` served in Protocol_Object_Types_Supported,
     /// `restart` in Last_Restart_Reason.
     pub fn device(inner: O, types: &[ObjectType], restart: RestartReason) -> Self {

@@ -453,3 +453,24 @@ fn device_uuid_is_made_once_with_mode_0600() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_config_reports_bad_bacnet_keys() {
+    // What `castpoint check-config` runs: the extra [bacnet] keys are
+    // validated with the others, not only when the server starts.
+    let text = "[bacnet]\nwrite_allow = [\"10.0.0.0/33\"]\nread_only = \"yes\"\npasword = \"x\"\n";
+    let e = match Config::from_text("c.toml", text, std::path::Path::new(".")) {
+        Ok(_) => panic!("bad [bacnet] keys accepted"),
+        Err(e) => e,
+    };
+    let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+    for k in [
+        "bacnet.write_allow[0]",
+        "bacnet.read_only",
+        "bacnet.pasword",
+    ] {
+        assert!(keys.contains(&k), "{k} not reported: {e}");
+    }
+    let ok = "[bacnet]\nwrite_allow = [\"192.0.2.0/24\"]\nread_only = false\n";
+    assert!(Config::from_text("c.toml", ok, std::path::Path::new(".")).is_ok());
+}
