@@ -59,6 +59,7 @@ use bacnet_objects::DeviceIdentity;
 use bacnet_server::mutation::{MutationAuthorizationContext, MutationTarget};
 use bacnet_server::server::{
     BACnetServer, DccPolicy, DiscoveryPolicy, ReadPropertyMultipleBudget, ReadRangeBudget,
+    TimeSyncPolicy,
 };
 use bacnet_server::FnPolicy;
 use bacnet_transport::bip::{BipMode, BipTransport, ForeignDeviceConfig};
@@ -584,6 +585,14 @@ pub async fn start(
     if !bind_ip.is_unspecified() {
         builder = builder.registered_network_port(port_oid);
     }
+    // ---- Conformance settings: every stack default that changes what the
+    // device answers is set here, explicitly, with the reason (an upgrade
+    // of rusty-bacnet must not change castpoint's answers silently). The
+    // rest lives where it must: Protocol_Object_Types_Supported and
+    // Last_Restart_Reason in the Device wrapper (`config_objects.rs`), the
+    // Trend Logs' reporting rows in `trend.rs`, Segmentation_Supported and
+    // Device_UUID in `identity`. Protocol_Services_Supported cannot be set:
+    // the stack serves its fixed EXECUTED_SERVICES (docs/bacnet-pics.md).
     builder = builder
         // The stack's default (256 results) refuses an RPM ALL of every
         // castpoint object (~330 results) with Abort out-of-resources; the
@@ -612,8 +621,6 @@ pub async fn start(
                 .mutation(move |ctx| authorize(&port_writable, ctx))
                 .life_safety_operation(|_| true),
         )
-        // Conformance settings (see the module docs).
-        //
         // Who-Is: the stack's default coalesces a second Who-Is from the same
         // requester within 200 ms into no answer, which breaks scripted
         // tools and front-ends that retry quickly; Clause 16.10 expects an
@@ -628,6 +635,16 @@ pub async fn start(
             global_burst_capacity: 64,
             ..DiscoveryPolicy::default()
         })
+        // Kept at the stack's defaults, stated: TimeSynchronization and
+        // UTCTimeSynchronization are accepted from any source and move the
+        // device clock (never the host's); Event Enrollment evaluation is
+        // off because castpoint has no Event Enrollment object and does no
+        // event reporting (the stack's default, on, would be a no-op);
+        // fault detection stays off (castpoint's objects derive
+        // Reliability from the point quality themselves).
+        .time_sync_policy(TimeSyncPolicy::default())
+        .enable_event_enrollment(false)
+        .enable_fault_detection(false)
         .on_reinitialize(move |ctx, _odb| {
             // Only a restart is a castpoint operation; backup/restore are not.
             if ctx.state != ReinitializedState::WARMSTART
