@@ -163,6 +163,7 @@ impl App {
         if cfg.server.bacnet.enabled {
             match crate::protocols::bacnet::start(
                 &cfg.server.bacnet,
+                &cfg.server.data_dir,
                 db.clone(),
                 maps.clone(),
                 shutdown.clone(),

@@ -274,9 +274,23 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<ServerConfig> 
         bind: b.addr("bind", "0.0.0.0:47808", errs),
         device_instance: b.int("device_instance", 389_001, 0, 4_194_302, errs) as u32,
         device_name: b.string("device_name", "castpoint", errs),
-        vendor_id: b.int("vendor_id", 999, 0, 65535, errs) as u16,
+        vendor_id: b.int(
+            "vendor_id",
+            i64::from(crate::protocols::bacnet::DEFAULT_VENDOR_ID),
+            0,
+            65535,
+            errs,
+        ) as u16,
         raw: b.rest(),
     };
+    // The extra [bacnet] keys (password, write policy, ...): check-config
+    // reports them like the ones above instead of leaving them to start-up.
+    if let Err(e) = crate::protocols::bacnet::parse_options(&bacnet.raw) {
+        for m in e {
+            let (k, msg) = m.split_once(": ").unwrap_or(("bacnet", m.as_str()));
+            errs.push(ConfigError::new(file, k.to_string(), msg.to_string()));
+        }
+    }
     let mut m = Section::new(file, "modbus", &raw.modbus);
     let enabled = m.bool("enabled", true, errs);
     let bind = m.addr("bind", "0.0.0.0:5020", errs);

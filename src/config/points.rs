@@ -52,6 +52,8 @@ struct PointRaw {
     unit: Option<String>,
     min: Option<f64>,
     max: Option<f64>,
+    #[serde(default)]
+    integer: bool,
     period: String,
     #[serde(default)]
     writable: bool,
@@ -263,6 +265,7 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<PointFile> {
             unit,
             min: p.min,
             max: p.max,
+            integer: p.integer,
             sample_period: period,
             writable: p.writable,
             states: p.states,

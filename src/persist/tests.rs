@@ -29,7 +29,7 @@ fn commands_survive_a_restart() {
         db.set_persister(store.clone());
         let sp = db.lookup("input_select").expect("sp");
         let en = db.lookup("stream_enable").expect("en");
-        db.write(sp, Some(Value::Number(0.75)), 8, &src())
+        db.write(sp, Some(Value::Number(3.0)), 8, &src())
             .expect("w");
         db.write(sp, Some(Value::Number(2.0)), 16, &src())
             .expect("w");
@@ -44,10 +44,10 @@ fn commands_survive_a_restart() {
     let sp = db.lookup("input_select").expect("sp");
     let pa = db.priority_array(sp).expect("pa");
     let s8 = pa.slots[7].as_ref().expect("slot 8");
-    assert_eq!(s8.value, Value::Number(0.75));
+    assert_eq!(s8.value, Value::Number(3.0));
     assert_eq!(s8.who, src());
     assert_eq!(pa.slots[15].as_ref().expect("16").value, Value::Number(2.0));
-    assert_eq!(db.read(sp).expect("st").value, Some(Value::Number(0.75)));
+    assert_eq!(db.read(sp).expect("st").value, Some(Value::Number(3.0)));
     let en = db.lookup("stream_enable").expect("en");
     let pa = db.priority_array(en).expect("pa");
     assert_eq!(pa.default, Value::Bool(true));

@@ -184,6 +184,9 @@ pub struct PointDef {
     /// Typical range from the seed; writes outside it are refused.
     pub min: Option<f64>,
     pub max: Option<f64>,
+    /// Number points that only take whole values (an input or profile
+    /// number): a fractional write is refused on every protocol.
+    pub integer: bool,
     /// How often the source samples this point.
     pub sample_period: Duration,
     pub writable: bool,
@@ -227,6 +230,9 @@ impl PointDef {
                     return Err(ValueError::OutOfRange);
                 }
                 if self.min.is_some_and(|m| *n < m) || self.max.is_some_and(|m| *n > m) {
+                    return Err(ValueError::OutOfRange);
+                }
+                if self.integer && n.fract() != 0.0 {
                     return Err(ValueError::OutOfRange);
                 }
                 Ok(())

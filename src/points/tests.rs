@@ -21,6 +21,7 @@ fn num(id: &str, writable: bool, min: f64, max: f64) -> PointDef {
         unit: None,
         min: Some(min),
         max: Some(max),
+        integer: false,
         sample_period: Duration::from_secs(1),
         writable,
         states: vec![],
@@ -40,6 +41,7 @@ fn boolean(id: &str) -> PointDef {
         kind: Kind::Bool,
         min: None,
         max: None,
+        integer: false,
         relinquish_default: Some(Value::Bool(false)),
         ..num(id, true, 0.0, 1.0)
     }
@@ -51,6 +53,7 @@ fn status(id: &str) -> PointDef {
         kind: Kind::Enum,
         min: None,
         max: None,
+        integer: false,
         states: vec!["OK".into(), "WARNING".into(), "FAULT".into()],
         ..num(id, false, 0.0, 0.0)
     }

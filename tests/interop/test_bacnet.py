@@ -25,6 +25,7 @@ from bacpypes3.basetypes import DateTime, ErrorType, PropertyValue, WriteAccessS
 from bacpypes3.constructeddata import Any, ListOf
 from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import (
+    Boolean,
     CharacterString,
     Date,
     Enumerated,
@@ -50,7 +51,22 @@ def bserver():
     cfg = d / "castpoint.toml"
     cfg.write_text(text)
     s = Server(config=cfg)
+    # Everything this module's tests send to and get from this server is
+    # captured, for test_tshark_finds_nothing_malformed_over_the_whole_run.
+    s.capture = None
+    if shutil.which("tshark"):
+        s.pcap = d / "module.pcap"
+        s.capture = subprocess.Popen(
+            ["tshark", "-i", "lo", "-f", f"udp port {s.addrs['bacnet'][1]}", "-w", str(s.pcap)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for line in s.capture.stderr:
+            if "Capture started" in line:
+                break
+        time.sleep(0.5)
     yield s
+    if s.capture and s.capture.poll() is None:
+        s.capture.terminate()
+        s.capture.wait(timeout=10)
     s.stop()
 
 
@@ -223,8 +239,8 @@ def test_rpm_all_required_optional_of_every_object(bserver):
 
 
 COMMANDABLE = [
-    ("analog-value,0", "input_select", [Real(0.75), Real(1.0), Real(16.0)], [0.75, 1.0, 16.0], 0.0),
-    ("analog-value,1", "output_profile", [Real(0.75), Real(1.0), Real(64.0)], [0.75, 1.0, 64.0], 0.0),
+    ("analog-value,0", "input_select", [Real(2.0), Real(1.0), Real(16.0)], [2.0, 1.0, 16.0], 0.0),
+    ("analog-value,1", "output_profile", [Real(2.0), Real(1.0), Real(64.0)], [2.0, 1.0, 64.0], 0.0),
     ("binary-output,0", "stream_enable", [Enumerated(0), Enumerated(1), Enumerated(0)], [False, True, False], True),
     ("binary-output,1", "recording_enable", [Enumerated(1), Enumerated(0), Enumerated(1)], [True, False, True], False),
     ("binary-output,2", "transcode_enable", [Enumerated(1), Enumerated(0), Enumerated(1)], [True, False, True], False),
@@ -285,8 +301,17 @@ def test_write_errors_use_standard_codes(bserver):
                 ("analog-input,0", "present-value", Real(1.0), None, "write-access-denied"),
                 ("analog-value,0", "object-name", CharacterString("x"), None, "write-access-denied"),
                 ("multi-state-value,0", "present-value", Unsigned(2), None, "write-access-denied"),
-                # The device and its port are configuration, not writable from BACnet.
-                (f"device,{DEVICE}", "object-name", CharacterString("x"), None, "service-request-denied"),
+                # Input Select takes whole input numbers only.
+                ("analog-value,0", "present-value", Real(2.5), 10, "value-out-of-range"),
+                # A missing object (Clause 15.9): unknown-object.
+                ("analog-value,99", "present-value", Real(1.0), 10, "unknown-object"),
+                # The device, its port and the logs are configuration: their
+                # properties are read-only (Clause 15.9: write-access-denied).
+                (f"device,{DEVICE}", "object-name", CharacterString("x"), None, "write-access-denied"),
+                (f"device,{DEVICE}", "description", CharacterString("x"), None, "write-access-denied"),
+                ("network-port,1", "object-name", CharacterString("x"), None, "write-access-denied"),
+                ("trend-log,3", "enable", Boolean(False), None, "write-access-denied"),
+                ("trend-log,3", "record-count", Unsigned(0), None, "write-access-denied"),
             ]
             for oid, prop, v, prio, code in cases:
                 with pytest.raises(ErrorRejectAbortNack) as e:
@@ -308,7 +333,7 @@ def test_write_property_multiple(bserver):
                 WriteAccessSpecification(
                     objectIdentifier=ObjectIdentifier("analog-value,0"),
                     listOfProperties=[PropertyValue(propertyIdentifier="present-value",
-                                                    value=Any(Real(0.75)), priority=11)]),
+                                                    value=Any(Real(3.0)), priority=11)]),
                 WriteAccessSpecification(
                     objectIdentifier=ObjectIdentifier("binary-output,1"),
                     listOfProperties=[PropertyValue(propertyIdentifier="present-value",
@@ -316,7 +341,7 @@ def test_write_property_multiple(bserver):
             ])
             req.pduDestination = addr
             await app.request(req)
-            assert rest_get(bserver, "input_select")["value"] == 0.75
+            assert rest_get(bserver, "input_select")["value"] == 3.0
             assert rest_get(bserver, "recording_enable")["value"] is True
             for oid in ("analog-value,0", "binary-output,1"):
                 await app.write_property(addr, ObjectIdentifier(oid), "present-value", Null(()), None, 11)
@@ -498,7 +523,7 @@ def test_tshark_finds_no_malformed_reply(bserver, tmp_path):
                 for oid in ol:
                     await app.read_property_multiple(addr, [oid, ["all"]])
                     await app.read_property(addr, oid, "object-name")
-                await app.write_property(addr, ObjectIdentifier("analog-value,0"), "present-value", Real(0.75), None, 10)
+                await app.write_property(addr, ObjectIdentifier("analog-value,0"), "present-value", Real(4.0), None, 10)
                 await app.write_property(addr, ObjectIdentifier("analog-value,0"), "present-value", Null(()), None, 10)
                 try:
                     await app.write_property(addr, ObjectIdentifier("analog-value,0"), "present-value", Real(99), None, 10)
@@ -552,7 +577,9 @@ def test_export_ede(tmp_path):
     lines = out.splitlines()
     assert "VERSION_OF_LAYOUT;2.3" in lines
     rows = [l.split(";") for l in lines if not l.startswith("#") and l.count(";") == 15]
-    assert len(rows) == 34  # device + 23 objects + 10 Trend Logs
+    assert len(rows) == 35  # device + network port + 23 objects + 10 Trend Logs
+    # The EDE's object types are the Device's Protocol_Object_Types_Supported.
+    assert {int(r[3]) for r in rows} == {0, 2, 4, 8, 19, 20, 56}
     assert [r[3:5] for r in rows if r[0] == "cpu_usage_trend"] == [["20", "3"]]
     by_key = {r[0]: r for r in rows}
     assert by_key["stream_enable"][3:5] == ["4", "0"]
@@ -587,6 +614,178 @@ def test_i_am_broadcast_at_start_up(tmp_path):
                          capture_output=True, text=True, check=True).stdout
     rows = [l.split("\t") for l in out.splitlines() if l.strip()]
     assert [str(port), "0x0b", "0", str(DEVICE)] in rows, out
+
+
+# ------------------------------------------- issue 18: conformance checks
+
+def raw_exchange(s, frames, wait=1.5, want=None):
+    """Sends raw BVLC frames to the server from one socket and returns the
+    datagrams received until `want` of them arrived or `wait` s of silence."""
+    import socket
+    port = s.addrs["bacnet"][1]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(wait)
+    got = []
+    try:
+        for f in frames:
+            sock.sendto(f, ("127.0.0.1", port))
+        while want is None or len(got) < want:
+            try:
+                got.append(sock.recv(2048))
+            except socket.timeout:
+                break
+    finally:
+        sock.close()
+    return got
+
+
+def bvlc_unicast(apdu, confirmed=True):
+    import struct
+    npdu = bytes([0x01, 0x04 if confirmed else 0x00]) + apdu
+    return bytes([0x81, 0x0A]) + struct.pack(">H", len(npdu) + 4) + npdu
+
+
+def test_event_information_and_enrollment_summary_are_empty_lists(bserver):
+    """No Notification Class, no active event: both services answer an
+    empty list (Clause 13.12), not Error device/operational-problem."""
+    from bacpypes3.apdu import GetEventInformationACK, GetEventInformationRequest
+
+    async def go():
+        app = client()
+        try:
+            req = GetEventInformationRequest()
+            req.pduDestination = target(bserver)
+            ack = await app.request(req)
+            assert isinstance(ack, GetEventInformationACK), ack
+            assert list(ack.listOfEventSummaries) == []
+            assert not ack.moreEvents
+            # The Trend Logs advertise no intrinsic reporting.
+            props = await app.read_property(target(bserver), ObjectIdentifier("trend-log,3"),
+                                            "property-list")
+            names = {str(p) for p in props}
+            assert not names & {"notification-class", "event-enable", "acked-transitions",
+                                "notify-type", "event-time-stamps"}, names
+        finally:
+            app.close()
+    run(go())
+    # GetEnrollmentSummary (4), filter ALL: ComplexACK with an empty list
+    # (raw: bacpypes3 0.0.110 does not return from an empty one).
+    got = raw_exchange(bserver, [bvlc_unicast(bytes([0x00, 0x05, 0x21, 0x04, 0x09, 0x00]))],
+                       want=1)
+    assert [g[6:] for g in got] == [bytes([0x30, 0x21, 0x04])], got
+
+
+def test_protocol_object_types_supported_is_the_served_types(bserver):
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            dev = ObjectIdentifier(f"device,{DEVICE}")
+            types = await app.read_property(addr, dev, "protocol-object-types-supported")
+            claimed = set(str(types).split(";"))
+            served = {str(o[0]) for o in await object_list(app, addr)}
+            assert claimed == served == {"analog-input", "analog-value", "binary-output", "device",
+                                         "multi-state-value", "trend-log", "network-port"}, claimed
+            uuid = await app.read_property(addr, dev, "device-uuid")
+            assert len(uuid) == 16 and uuid != bytes(16)
+            assert uuid[6] >> 4 == 4, "version 4"
+        finally:
+            app.close()
+    run(go())
+
+
+def test_a_network_command_does_not_set_overridden(bserver):
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            o = ObjectIdentifier("analog-value,1")
+            await app.write_property(addr, o, "present-value", Real(5.0), None, 8)
+            assert rest_get(bserver, "output_profile")["status"] == "overridden"
+            sf = await app.read_property(addr, o, "status-flags")
+            assert list(sf) == [0, 0, 0, 0], sf
+            ccp = await app.read_property(addr, o, "current-command-priority")
+            assert int(ccp.unsigned) == 8
+            await app.write_property(addr, o, "present-value", Null(()), None, 8)
+        finally:
+            app.close()
+    run(go())
+
+
+def test_each_who_is_gets_an_i_am(bserver):
+    """A retry within 200 ms is answered too (Clause 16.10)."""
+    who_is = bvlc_unicast(bytes([0x10, 0x08]), confirmed=False)
+    got = raw_exchange(bserver, [who_is, who_is, who_is], want=3)
+    iams = [g for g in got if g[6:8] == bytes([0x10, 0x00])]
+    assert len(iams) == 3, got
+
+
+def test_reinitialize_sets_last_restart_reason(bserver):
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            req = ReinitializeDeviceRequest(reinitializedStateOfDevice="coldstart", password=PASSWORD)
+            req.pduDestination = addr
+            await app.request(req)
+            reason = await app.read_property(addr, ObjectIdentifier(f"device,{DEVICE}"),
+                                             "last-restart-reason")
+            assert str(reason) == "coldstart"
+        finally:
+            app.close()
+    run(go())
+    assert restart_consumed(bserver, "bacnet")
+
+
+def test_write_policy_refuses_a_source_outside_write_allow():
+    """[bacnet] write_allow without this host: write-access-denied, audited
+    with the BACnet peer, value unchanged."""
+    text = base_config_text()
+    text = text.replace("[bacnet]\n", '[bacnet]\nwrite_allow = ["192.0.2.0/24"]\n', 1)
+    d = pathlib.Path(tempfile.mkdtemp(prefix="castpoint-bacnet-policy-"))
+    (d / "castpoint.toml").write_text(text)
+    s = Server(config=d / "castpoint.toml")
+    try:
+        async def go():
+            app = client(994)
+            try:
+                with pytest.raises(ErrorRejectAbortNack) as e:
+                    await app.write_property(target(s), ObjectIdentifier("analog-value,0"),
+                                             "present-value", Real(3.0), None, 10)
+                assert "write-access-denied" in str(e.value)
+            finally:
+                app.close()
+        run(go())
+        assert rest_get(s, "input_select")["value"] == 0
+        with urllib.request.urlopen(s.http_base + "/api/audit?target=input_select&limit=5") as r:
+            ev = json.load(r)["events"]
+        assert ev and ev[0]["protocol"] == "bacnet" and ev[0]["result"].startswith("refused"), ev
+        assert ev[0]["peer"].startswith("127.0.0.1:"), ev
+    finally:
+        s.stop()
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+def test_tshark_finds_nothing_malformed_over_the_whole_run(bserver):
+    """Runs after every other test of `bserver` (file order): tshark
+    dissects all their traffic, new services included; 0 malformed."""
+    time.sleep(1.0)
+    bserver.capture.terminate()
+    bserver.capture.wait(timeout=10)
+    port = bserver.addrs["bacnet"][1]
+    out = subprocess.run(["tshark", "-r", str(bserver.pcap), "-d", f"udp.port=={port},bvlc",
+                          "-T", "fields", "-e", "frame.number", "-e", "_ws.malformed",
+                          "-e", "_ws.expert.message"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [l.split("\t") for l in out.splitlines() if l.strip()]
+    assert len(rows) > 20, len(rows)
+    malformed = [r for r in rows if len(r) > 1 and r[1]]
+    assert malformed == [], malformed
+    text = subprocess.run(["tshark", "-r", str(bserver.pcap), "-d", f"udp.port=={port},bvlc"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "Malformed" not in text
+    print(f"tshark: {len(rows)} frames, 0 malformed")
 
 
 # ------------------------------------------------------------- Trend Logs

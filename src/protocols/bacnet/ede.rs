@@ -51,6 +51,12 @@ pub fn export(cfg: &Config, stamp: &str) -> (String, String) {
         cell(&b.device_name),
         cell(&b.device_name)
     ));
+    // The Network Port is in Object_List and Protocol_Object_Types_Supported,
+    // so the EDE lists it too (type 56, read-only configuration).
+    ede.push_str(&format!(
+        "network_port;{dev};port-{np};56;{np};BACnet/IP port;;;;N;N;;;;;\n",
+        np = super::NETWORK_PORT_INSTANCE
+    ));
     let mut states = header(&b.device_name, stamp);
     states.push_str("#Reference Number;Text 1;Text 2;Text 3;Text 4;Text 5;Text 6;Text 7;Text 8\n");
     let mut next_ref = 1u32;

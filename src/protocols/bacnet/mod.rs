@@ -25,17 +25,27 @@
 //! - Changes made by anything else (telemetry, other protocols) are pushed to
 //!   the stack with `set_present_value_local`, which runs the stack's own COV
 //!   evaluation (cov-increment, status-flags) and sends notifications.
+//! - The Device and Network Port are the stack's objects behind
+//!   [`config_objects::ConfigObject`], read-only from the network; Trend
+//!   Logs are read-only too. WriteProperty/WPM reach every object, so each
+//!   refusal carries the object's own Clause 15.9 error.
 //! - A [`ServerPolicy`](bacnet_server::ServerPolicy) narrows the stack's
-//!   permissive defaults: only point objects may be written (the object
-//!   decides which property: Present_Value of commandable objects), and
-//!   CreateObject/DeleteObject/list edits/file writes are refused.
+//!   permissive defaults: CreateObject/DeleteObject/list edits/file writes
+//!   are refused.
+//!
+//! # Stack defaults that affect conformance
+//!
+//! Every rusty-bacnet default castpoint overrides, and every one it keeps on
+//! purpose, is set explicitly in [`start`] (the builder chain under
+//! "conformance settings") with the reason next to it, so an upgrade of the
+//! stack cannot silently change what the device answers.
 
+pub mod config_objects;
 pub mod ede;
 pub mod objects;
 pub mod trend;
 pub mod units;
 
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,10 +53,14 @@ use std::time::Duration;
 use bacnet_objects::database::ObjectDatabase;
 use bacnet_objects::device::{DeviceConfig, DeviceObject, EXECUTED_SERVICES};
 use bacnet_objects::network_port::{BipPortConfig, NetworkPortObject};
+use bacnet_objects::property_metadata::PropertyWriteCapability;
 use bacnet_objects::traits::BACnetObject;
 use bacnet_objects::DeviceIdentity;
 use bacnet_server::mutation::{MutationAuthorizationContext, MutationTarget};
-use bacnet_server::server::{BACnetServer, DccPolicy, ReadPropertyMultipleBudget, ReadRangeBudget};
+use bacnet_server::server::{
+    BACnetServer, DccPolicy, DiscoveryPolicy, ReadPropertyMultipleBudget, ReadRangeBudget,
+    TimeSyncPolicy,
+};
 use bacnet_server::FnPolicy;
 use bacnet_transport::bip::{BipMode, BipTransport, ForeignDeviceConfig};
 use bacnet_types::enums::{ErrorClass, ErrorCode, ObjectType, ReinitializedState, Segmentation};
@@ -57,10 +71,68 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::BacnetSection;
+use crate::points::WritePolicy;
 use crate::points::{Maps, PointDb, PointId, Protocol, Source, Value};
+
+use config_objects::{ConfigObject, RestartReason};
 
 use objects::PointObject;
 use trend::{PointTrendLog, TrendFeed};
+
+/// The `[bacnet] vendor_id` default: 999 is on no vendor's entry in
+/// ASHRAE's list, so it collides with nobody's proprietary extensions, but
+/// it is not castpoint's either. An integrator sets the one ASHRAE assigned
+/// to them (docs/bacnet-pics.md).
+pub const DEFAULT_VENDOR_ID: u16 = 999;
+
+/// The file in the data directory holding the Device_UUID.
+pub const DEVICE_UUID_FILE: &str = "device-uuid";
+
+/// The Device_UUID (Clause 12.11.62): made at first start (RFC 4122 version
+/// 4, random) and kept in `<data_dir>/device-uuid` (mode 0600, 32 hex
+/// digits), so it survives restarts and upgrades like the data it names.
+pub fn device_uuid(data_dir: &std::path::Path) -> Result<[u8; 16], String> {
+    let path = data_dir.join(DEVICE_UUID_FILE);
+    let parse = |t: &str| -> Option<[u8; 16]> {
+        let t = t.trim();
+        if t.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(t.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        (out != [0u8; 16]).then_some(out)
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(t) => {
+            return parse(&t).ok_or_else(|| {
+                format!(
+                    "bacnet: {} does not hold a Device UUID (32 hex digits)",
+                    path.display()
+                )
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("bacnet: {}: {e}", path.display())),
+    }
+    let mut u = [0u8; 16];
+    getrandom::fill(&mut u).map_err(|e| format!("bacnet: Device UUID: {e}"))?;
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("bacnet: {}: {e}", data_dir.display()))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    use std::io::Write;
+    opts.open(&path)
+        .and_then(|mut f| f.write_all(format!("{hex}\n").as_bytes()))
+        .map_err(|e| format!("bacnet: {}: {e}", path.display()))?;
+    Ok(u)
+}
 
 /// Network Port object instance for the one B/IP port.
 pub const NETWORK_PORT_INSTANCE: u32 = 1;
@@ -89,6 +161,9 @@ pub struct BacnetOptions {
     /// client's max APDU (default true); false answers Abort
     /// segmentation-not-supported instead.
     pub segmentation: bool,
+    /// `read_only` / `write_allow`: which sources may write (enforced by
+    /// `PointDb::write`, refusals answered WRITE_ACCESS_DENIED and audited).
+    pub write_policy: WritePolicy,
 }
 
 /// Parses and validates the extra `[bacnet]` keys; errors name `bacnet.key`.
@@ -99,8 +174,14 @@ pub fn parse_options(raw: &toml::Table) -> Result<BacnetOptions, Vec<String>> {
         ..BacnetOptions::default()
     };
     let mut errs = Vec::new();
+    match WritePolicy::from_table("bacnet", raw) {
+        Ok(p) => o.write_policy = p,
+        Err(e) => errs.extend(e),
+    }
     for (k, v) in raw {
         match (k.as_str(), v) {
+            // Validated by WritePolicy::from_table above.
+            ("read_only" | "write_allow", _) => {}
             ("broadcast", toml::Value::String(s)) => match s.parse() {
                 Ok(a) => o.broadcast = Some(a),
                 Err(_) => errs.push(format!("bacnet.broadcast: {s:?} is not an IPv4 address")),
@@ -238,8 +319,10 @@ fn identity(
     opts: &BacnetOptions,
     ip: Ipv4Addr,
     port: u16,
+    uuid: [u8; 16],
 ) -> Result<DeviceIdentity, BacnetError> {
     DeviceIdentity::new(cfg.device_instance, cfg.vendor_id)?
+        .with_device_uuid(uuid)
         .with_name(cfg.device_name.clone())
         .with_max_apdu(1476)?
         .with_segmentation(if opts.segmentation {
@@ -275,6 +358,7 @@ fn database(
     db: &PointDb,
     points: Vec<PointObject>,
     logs: Vec<PointTrendLog>,
+    restart: RestartReason,
 ) -> Result<ObjectDatabase, BacnetError> {
     let site = db.site();
     let mut device = DeviceObject::new(DeviceConfig {
@@ -309,10 +393,14 @@ fn database(
     }
     oids.extend(points.iter().map(|p| p.object_identifier()));
     oids.extend(logs.iter().map(|l| l.object_identifier()));
+    let types = served_types(&oids);
     device.set_object_list(oids);
     let mut odb = ObjectDatabase::new();
-    odb.add(Box::new(device))?;
+    odb.add(Box::new(ConfigObject::device(device, &types, restart)))?;
     for p in ports {
+        // Not wrapped: the stack binds the registered port by downcasting
+        // to its own NetworkPortObject. `authorize` keeps its writable
+        // properties from the network instead.
         odb.add(Box::new(p))?;
     }
     for p in points {
@@ -324,19 +412,65 @@ fn database(
     Ok(odb)
 }
 
-/// Which objects a network write may reach. The objects themselves decide
-/// which properties (Present_Value of commandable ones) and answer with the
-/// standard error; everything else the stack would allow by default (writes
-/// to the Device or Network Port, CreateObject, DeleteObject, list edits,
-/// file writes, WriteGroup) is denied here with SERVICE_REQUEST_DENIED.
-fn authorize(points: &HashSet<ObjectIdentifier>, ctx: &MutationAuthorizationContext) -> bool {
+/// The object types in an Object_List, once each, in type order: what
+/// Protocol_Object_Types_Supported claims (Clause 12.11.15).
+pub fn served_types(oids: &[ObjectIdentifier]) -> Vec<ObjectType> {
+    let mut types: Vec<ObjectType> = oids.iter().map(|o| o.object_type()).collect();
+    types.sort_by_key(|t| t.to_raw());
+    types.dedup();
+    types
+}
+
+/// Which mutations reach the stack. Every service the stack claims in
+/// Protocol_Services_Supported reaches it, so each is executed and refused
+/// (when it is) with the error its clause names, not as unsupported:
+///
+/// - WriteProperty / WritePropertyMultiple reach every object: castpoint's
+///   objects refuse what they do not take (WRITE_ACCESS_DENIED,
+///   UNKNOWN_PROPERTY); a missing object gets OBJECT / UNKNOWN_OBJECT.
+/// - Add/RemoveListElement: the stack edits a list by writing it back
+///   through the object, which refuses it.
+/// - DeleteObject: no castpoint object is deletable
+///   (OBJECT_DELETION_NOT_PERMITTED).
+/// - AtomicWriteFile: there is no File object (UNKNOWN_OBJECT).
+/// - WriteGroup: there is no Channel object, nothing to write.
+/// - COV subscriptions: allowed.
+/// - CreateObject is an exception: the stack would create its own objects
+///   of every standard type it implements, outside the point database, so
+///   it stays refused (SERVICES / SERVICE_REQUEST_DENIED). So is
+///   ConfirmedAuditNotification: with no Audit Log object to store into,
+///   the stack refuses it the same way whatever the policy says. The stack
+///   fixes Protocol_Services_Supported, so both stay claimed
+///   (docs/bacnet-pics.md).
+///
+/// The Network Port cannot be wrapped (see `database`), and the stack's
+/// port object accepts writes to its link settings and Description
+/// (`port_writable`): those are refused here with SERVICE_REQUEST_DENIED;
+/// its read-only properties reach the object and get WRITE_ACCESS_DENIED.
+fn authorize(
+    port_writable: &[(ObjectIdentifier, u32)],
+    ctx: &MutationAuthorizationContext,
+) -> bool {
+    let port_setting =
+        |o: &ObjectIdentifier, p: u32| port_writable.iter().any(|(po, pp)| po == o && *pp == p);
     match &ctx.target {
-        MutationTarget::WriteProperty(r) => points.contains(&r.object_identifier),
-        MutationTarget::WritePropertyMultiple(a) => points.contains(&a.reference.object_identifier),
-        MutationTarget::SubscribeCov(_)
+        MutationTarget::WriteProperty(r) => {
+            !port_setting(&r.object_identifier, r.property_identifier.to_raw())
+        }
+        MutationTarget::WritePropertyMultiple(a) => !port_setting(
+            &a.reference.object_identifier,
+            a.reference.property_identifier,
+        ),
+        MutationTarget::AddListElement(r) | MutationTarget::RemoveListElement(r) => {
+            !port_setting(&r.object_identifier, r.property_identifier.to_raw())
+        }
+        MutationTarget::DeleteObject(_)
+        | MutationTarget::AtomicWriteFile(_)
+        | MutationTarget::WriteGroup(_)
+        | MutationTarget::SubscribeCov(_)
         | MutationTarget::SubscribeCovProperty(_)
         | MutationTarget::SubscribeCovPropertyMultiple(_) => true,
-        _ => false,
+        MutationTarget::CreateObject(_) => false,
     }
 }
 
@@ -356,6 +490,7 @@ fn peer_from_mac(mac: &[u8]) -> Option<SocketAddr> {
 /// Returns the address actually bound (port 0 resolved).
 pub async fn start(
     cfg: &BacnetSection,
+    data_dir: &std::path::Path,
     db: PointDb,
     maps: Arc<Maps>,
     shutdown: CancellationToken,
@@ -385,8 +520,6 @@ pub async fn start(
     // two is missed (a change already in the history is skipped by time).
     let rx = db.subscribe();
     let (logs, feeds) = trend_logs(&db, &maps)?;
-    let point_oids: HashSet<ObjectIdentifier> =
-        points.iter().map(|p| p.object_identifier()).collect();
     let by_point: Vec<(PointId, ObjectIdentifier)> = maps
         .bacnet
         .objects
@@ -394,9 +527,33 @@ pub async fn start(
         .zip(points.iter())
         .map(|(o, p)| (o.point, p.object_identifier()))
         .collect();
-    let id = identity(cfg, &opts, ip, bind.port()).map_err(|e| format!("bacnet: {e}"))?;
+    let uuid = device_uuid(data_dir)?;
+    let id = identity(cfg, &opts, ip, bind.port(), uuid).map_err(|e| format!("bacnet: {e}"))?;
     let n_logs = logs.len();
-    let odb = database(&id, &db, points, logs).map_err(|e| format!("bacnet: {e}"))?;
+    let restart_reason = RestartReason::default();
+    let odb = database(&id, &db, points, logs, restart_reason.clone())
+        .map_err(|e| format!("bacnet: {e}"))?;
+    let port_writable: Vec<(ObjectIdentifier, u32)> = odb
+        .find_by_type(ObjectType::NETWORK_PORT)
+        .into_iter()
+        .filter_map(|oid| {
+            odb.get(&oid)
+                .map(|o| (oid, o.property_metadata().into_owned()))
+        })
+        .flat_map(|(oid, rows)| {
+            rows.into_iter()
+                .filter(|r| r.write_capability != PropertyWriteCapability::ReadOnly)
+                .map(move |r| (oid, r.property_identifier.to_raw()))
+        })
+        .collect();
+    if cfg.vendor_id == DEFAULT_VENDOR_ID {
+        tracing::warn!(
+            "bacnet: vendor_id {DEFAULT_VENDOR_ID} is a placeholder no vendor holds; set [bacnet] vendor_id to the identifier ASHRAE assigned to the integrator (docs/bacnet-pics.md)"
+        );
+    }
+    // The site's write policy for BACnet sources, checked by PointDb::write
+    // against the requester's B/IP address (objects.rs passes it as Source).
+    db.set_write_policy(Protocol::Bacnet, opts.write_policy.clone());
     let port_oid = ObjectIdentifier::new(ObjectType::NETWORK_PORT, NETWORK_PORT_INSTANCE)
         .map_err(|e| format!("bacnet: {e}"))?;
 
@@ -428,6 +585,14 @@ pub async fn start(
     if !bind_ip.is_unspecified() {
         builder = builder.registered_network_port(port_oid);
     }
+    // ---- Conformance settings: every stack default that changes what the
+    // device answers is set here, explicitly, with the reason (an upgrade
+    // of rusty-bacnet must not change castpoint's answers silently). The
+    // rest lives where it must: Protocol_Object_Types_Supported and
+    // Last_Restart_Reason in the Device wrapper (`config_objects.rs`), the
+    // Trend Logs' reporting rows in `trend.rs`, Segmentation_Supported and
+    // Device_UUID in `identity`. Protocol_Services_Supported cannot be set:
+    // the stack serves its fixed EXECUTED_SERVICES (docs/bacnet-pics.md).
     builder = builder
         // The stack's default (256 results) refuses an RPM ALL of every
         // castpoint object (~330 results) with Abort out-of-resources; the
@@ -447,7 +612,39 @@ pub async fn start(
             max_returned_items: 4096,
             max_service_ack_bytes: 16_000,
         })
-        .policy(FnPolicy::new().mutation(move |ctx| authorize(&point_oids, ctx)))
+        // LifeSafetyOperation is claimed by the stack (EXECUTED_SERVICES),
+        // and its default policy refuses it as SERVICE_REQUEST_DENIED; let
+        // through, it is executed: castpoint has no life-safety object, so
+        // the object named is refused with an OBJECT error.
+        .policy(
+            FnPolicy::new()
+                .mutation(move |ctx| authorize(&port_writable, ctx))
+                .life_safety_operation(|_| true),
+        )
+        // Who-Is: the stack's default coalesces a second Who-Is from the same
+        // requester within 200 ms into no answer, which breaks scripted
+        // tools and front-ends that retry quickly; Clause 16.10 expects an
+        // I-Am for each matching Who-Is. Floods stay bounded by the stack's
+        // token buckets, kept at their defaults here but stated: 16 answers
+        // per second per requester (burst 16), 64 per second in all.
+        .discovery_policy(DiscoveryPolicy {
+            coalesce_window: Duration::ZERO,
+            max_responses_per_sec_per_source: 16,
+            source_burst_capacity: 16,
+            max_responses_per_sec_global: 64,
+            global_burst_capacity: 64,
+            ..DiscoveryPolicy::default()
+        })
+        // Kept at the stack's defaults, stated: TimeSynchronization and
+        // UTCTimeSynchronization are accepted from any source and move the
+        // device clock (never the host's); Event Enrollment evaluation is
+        // off because castpoint has no Event Enrollment object and does no
+        // event reporting (the stack's default, on, would be a no-op);
+        // fault detection stays off (castpoint's objects derive
+        // Reliability from the point quality themselves).
+        .time_sync_policy(TimeSyncPolicy::default())
+        .enable_event_enrollment(false)
+        .enable_fault_detection(false)
         .on_reinitialize(move |ctx, _odb| {
             // Only a restart is a castpoint operation; backup/restore are not.
             if ctx.state != ReinitializedState::WARMSTART
@@ -467,8 +664,15 @@ pub async fn start(
             let src = Source::new(Protocol::Bacnet, peer_from_mac(&ctx.source_mac), None);
             restart_db
                 .write(point, Some(Value::Bool(true)), RESTART_PRIORITY, &src)
-                .map(|_| ())
-                .map_err(objects::write_error)
+                .map_err(objects::write_error)?;
+            // BACnetRestartReason: coldstart 1, warmstart 2 (Clause 12.11.47).
+            let reason = if ctx.state == ReinitializedState::COLDSTART {
+                1
+            } else {
+                2
+            };
+            restart_reason.store(reason, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
         });
     match &opts.password {
         Some(p) => {

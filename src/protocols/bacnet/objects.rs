@@ -147,14 +147,19 @@ fn status_flags(fault: bool, overridden: bool) -> PropertyValue {
 ///   COMMUNICATION_FAILURE rather than Out_Of_Service (which in BACnet means
 ///   "decoupled on purpose" and makes Present_Value writable).
 /// - Fault: the source reports an error: FAULT + UNRELIABLE_OTHER.
-/// - Overridden: an operator level (1..8) holds the value: OVERRIDDEN flag.
+/// - Overridden (the point database's name for "a level 1..8 holds the
+///   value", shown as REST `status` / Haystack `curStatus` "overridden"):
+///   no flag. Those levels are written over the network (BACnet, Modbus,
+///   Haystack, REST), and in Clause 12 OVERRIDDEN means overridden by a
+///   mechanism *local* to the device (a hand switch), which castpoint does
+///   not have; a network command shows in Priority_Array and
+///   Current_Command_Priority instead. So OVERRIDDEN is never set.
 pub fn quality_flags(q: Quality) -> (bool, bool, Reliability) {
     match q {
-        Quality::Ok => (false, false, Reliability::NO_FAULT_DETECTED),
+        Quality::Ok | Quality::Overridden => (false, false, Reliability::NO_FAULT_DETECTED),
         Quality::Stale => (true, false, Reliability::COMMUNICATION_FAILURE),
         Quality::Fault => (true, false, Reliability::UNRELIABLE_OTHER),
         Quality::Unavailable => (true, false, Reliability::NO_SENSOR),
-        Quality::Overridden => (false, true, Reliability::NO_FAULT_DETECTED),
     }
 }
 

@@ -147,15 +147,15 @@ fn commandable_writes_go_through_the_priority_array() {
     let (_, db, mut objs) = setup();
     let pid = db.lookup("input_select").expect("point");
     let av = find(&mut objs, "Input Select");
-    av.write_property(P::PRESENT_VALUE, None, PropertyValue::Real(0.75), Some(9))
-        .expect("write 0.75");
+    av.write_property(P::PRESENT_VALUE, None, PropertyValue::Real(3.0), Some(9))
+        .expect("write 3.0");
     assert_eq!(
         av.read_property(P::PRESENT_VALUE, None).expect("pv"),
-        PropertyValue::Real(0.75)
+        PropertyValue::Real(3.0)
     );
     assert_eq!(
         av.read_property(P::PRIORITY_ARRAY, Some(9)).expect("slot"),
-        PropertyValue::Real(0.75)
+        PropertyValue::Real(3.0)
     );
     assert_eq!(
         av.read_property(P::CURRENT_COMMAND_PRIORITY, None)
@@ -165,7 +165,7 @@ fn commandable_writes_go_through_the_priority_array() {
     let pa = db.priority_array(pid).expect("pa");
     assert_eq!(
         pa.slots[8].as_ref().map(|s| s.value),
-        Some(Value::Number(0.75))
+        Some(Value::Number(3.0))
     );
     assert_eq!(
         pa.slots[8].as_ref().map(|s| s.who.protocol),
@@ -288,10 +288,20 @@ fn ede_lists_device_and_every_object() {
         .lines()
         .filter(|l| !l.starts_with('#') && l.contains(";389001;"))
         .collect();
+    // Device, Network Port, point objects, Trend Logs: the Object_List.
     assert_eq!(
         rows.len(),
-        1 + cfg.maps.bacnet.objects.len() + cfg.maps.bacnet.trend_logs.len()
+        2 + cfg.maps.bacnet.objects.len() + cfg.maps.bacnet.trend_logs.len()
     );
+    // The object types the EDE lists are the ones the Device claims in
+    // Protocol_Object_Types_Supported (AI, AV, BO, Device, MSV, TL, NP).
+    let mut types: Vec<u32> = rows
+        .iter()
+        .filter_map(|r| r.split(';').nth(3)?.parse().ok())
+        .collect();
+    types.sort_unstable();
+    types.dedup();
+    assert_eq!(types, [0, 2, 4, 8, 19, 20, 56]);
     assert!(rows
         .iter()
         .any(|r| r.starts_with("total_bitrate_out;389001;Total Bitrate Out;0;2;")));
@@ -362,4 +372,105 @@ proptest! {
         let _ = s::device_mgmt::ReinitializeDeviceRequest::decode(&data);
         let _ = s::device_mgmt::TimeSynchronizationRequest::decode(&data);
     }
+}
+
+#[test]
+fn a_network_command_is_not_a_local_override() {
+    // Clause 12: OVERRIDDEN is a local (hand) override; castpoint has none.
+    assert_eq!(
+        objects::quality_flags(Quality::Overridden),
+        (false, false, Reliability::NO_FAULT_DETECTED)
+    );
+}
+
+#[test]
+fn the_write_policy_keys_are_bacnet_options() {
+    let t: toml::Table =
+        toml::from_str("read_only = true\nwrite_allow = [\"192.0.2.0/24\"]").expect("toml");
+    let o = parse_options(&t).expect("valid");
+    assert!(o.write_policy.read_only);
+    assert_eq!(o.write_policy.write_allow.len(), 1);
+    let bad: toml::Table = toml::from_str("read_only = 1\nwrite_allow = [\"x\"]").expect("toml");
+    let e = parse_options(&bad).expect_err("invalid");
+    assert!(e.iter().any(|m| m.starts_with("bacnet.read_only")), "{e:?}");
+    assert!(
+        e.iter().any(|m| m.starts_with("bacnet.write_allow")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn object_types_supported_has_one_bit_per_served_type() {
+    use bacnet_types::enums::ObjectType;
+    let oids = [
+        ObjectIdentifier::new(ObjectType::ANALOG_VALUE, 1).expect("oid"),
+        ObjectIdentifier::new(ObjectType::DEVICE, 7).expect("oid"),
+        ObjectIdentifier::new(ObjectType::ANALOG_VALUE, 2).expect("oid"),
+        ObjectIdentifier::new(ObjectType::NETWORK_PORT, 1).expect("oid"),
+    ];
+    let types = served_types(&oids);
+    assert_eq!(
+        types,
+        [
+            ObjectType::ANALOG_VALUE,
+            ObjectType::DEVICE,
+            ObjectType::NETWORK_PORT
+        ]
+    );
+    // Bits 2, 8, 56: eight octets, 7 unused bits after bit 56.
+    let mut data = vec![0u8; 8];
+    data[0] = 0x20;
+    data[1] = 0x80;
+    data[7] = 0x80;
+    assert_eq!(
+        config_objects::object_types_bits(&types),
+        PropertyValue::BitString {
+            unused_bits: 7,
+            data
+        }
+    );
+}
+
+#[test]
+fn device_uuid_is_made_once_with_mode_0600() {
+    let dir = std::env::temp_dir().join(format!("castpoint-uuid-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let a = device_uuid(&dir).expect("made");
+    assert_ne!(a, [0u8; 16]);
+    assert_eq!(a[6] >> 4, 4);
+    assert_eq!(a[8] >> 6, 2);
+    assert_eq!(device_uuid(&dir).expect("kept"), a);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(dir.join(DEVICE_UUID_FILE)).expect("file");
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    }
+    std::fs::write(dir.join(DEVICE_UUID_FILE), "not hex\n").expect("write");
+    assert!(
+        device_uuid(&dir).is_err(),
+        "a damaged file is an error, not a new id"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_config_reports_bad_bacnet_keys() {
+    // What `castpoint check-config` runs: the extra [bacnet] keys are
+    // validated with the others, not only when the server starts.
+    let text = "[bacnet]\nwrite_allow = [\"10.0.0.0/33\"]\nread_only = \"yes\"\npasword = \"x\"\n";
+    let e = match Config::from_text("c.toml", text, std::path::Path::new(".")) {
+        Ok(_) => panic!("bad [bacnet] keys accepted"),
+        Err(e) => e,
+    };
+    let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+    for k in [
+        "bacnet.write_allow[0]",
+        "bacnet.read_only",
+        "bacnet.pasword",
+    ] {
+        assert!(keys.contains(&k), "{k} not reported: {e}");
+    }
+    let ok = "[bacnet]\nwrite_allow = [\"192.0.2.0/24\"]\nread_only = false\n";
+    assert!(Config::from_text("c.toml", ok, std::path::Path::new(".")).is_ok());
 }

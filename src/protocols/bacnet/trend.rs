@@ -32,32 +32,25 @@
 //! wrapper ignores the poller's acquisitions: `add_trend_record` only drains
 //! the inbox castpoint fills from the history. Everything else is delegated.
 //!
-//! Network writes to a Trend Log are refused by the server's policy
-//! (castpoint's object set is its configuration), so Log_Enable stays TRUE,
-//! Stop_When_Full FALSE and the reference fixed.
+//! Network writes to a Trend Log are refused by the object itself with
+//! WRITE_ACCESS_DENIED (castpoint's object set is its configuration), so
+//! Log_Enable stays TRUE, Stop_When_Full FALSE and the reference fixed. The
+//! log has no intrinsic reporting: its BUFFER_READY rows ([`REPORTING`]) are
+//! not served.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bacnet_objects::clock::ClockReader;
-use bacnet_objects::event::{
-    EnrollmentSummaryCapability, EventStateChange, EventTransitionCommit,
-    EventTransitionCommitError, TransitionOutcome,
-};
 use bacnet_objects::log_buffer::{LogBufferRecords, LogRecordIdentity};
-use bacnet_objects::log_reporting::BufferReadyReport;
 use bacnet_objects::property_metadata::PropertyMetadata;
 use bacnet_objects::traits::BACnetObject;
 use bacnet_objects::trend::TrendLogObject;
-use bacnet_types::constructed::{
-    BACnetDeviceObjectPropertyReference, BACnetLogRecord, BACnetObjectPropertyReference, LogDatum,
-};
-use bacnet_types::enums::{ErrorClass, ErrorCode, EventState, PropertyIdentifier as P};
+use bacnet_types::constructed::{BACnetDeviceObjectPropertyReference, BACnetLogRecord, LogDatum};
+use bacnet_types::enums::{ErrorClass, ErrorCode, PropertyIdentifier as P};
 use bacnet_types::error::Error;
-use bacnet_types::primitives::{
-    BACnetTimeStamp, Date, ObjectIdentifier, PropertyValue, StatusFlags, Time,
-};
+use bacnet_types::primitives::{Date, ObjectIdentifier, PropertyValue, StatusFlags, Time};
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use parking_lot::Mutex;
 
@@ -306,6 +299,32 @@ impl PointTrendLog {
     }
 }
 
+/// The Trend Log rows of intrinsic (BUFFER_READY) reporting. castpoint has
+/// no Notification Class object and sends no event notifications, so a log
+/// must not advertise them: with Notification_Class and Event_Enable in its
+/// Property_List, GetEventInformation and GetEnrollmentSummary treat it as
+/// event-initiating and fail on the missing class (Clause 13.12 expects an
+/// empty list from a device with no active events).
+pub const REPORTING: [P; 13] = [
+    P::NOTIFICATION_THRESHOLD,
+    P::RECORDS_SINCE_NOTIFICATION,
+    P::LAST_NOTIFY_RECORD,
+    P::NOTIFICATION_CLASS,
+    P::EVENT_ENABLE,
+    P::ACKED_TRANSITIONS,
+    P::NOTIFY_TYPE,
+    P::EVENT_TIME_STAMPS,
+    P::EVENT_MESSAGE_TEXTS,
+    P::EVENT_MESSAGE_TEXTS_CONFIG,
+    P::EVENT_DETECTION_ENABLE,
+    P::EVENT_ALGORITHM_INHIBIT_REF,
+    P::EVENT_ALGORITHM_INHIBIT,
+];
+
+fn unknown_property() -> Error {
+    Error::protocol(ErrorClass::PROPERTY, ErrorCode::UNKNOWN_PROPERTY)
+}
+
 impl BACnetObject for PointTrendLog {
     fn object_identifier(&self) -> ObjectIdentifier {
         self.inner.object_identifier()
@@ -316,26 +335,52 @@ impl BACnetObject for PointTrendLog {
     }
 
     fn read_property(&self, property: P, array_index: Option<u32>) -> Result<PropertyValue, Error> {
+        if REPORTING.contains(&property) {
+            return Err(unknown_property());
+        }
+        if property == P::PROPERTY_LIST {
+            return super::config_objects::read_property_list(&self.property_list(), array_index);
+        }
         self.inner.read_property(property, array_index)
     }
 
+    /// Every property is read-only from the network, Log_Enable and
+    /// Record_Count included (a documented deviation, docs/bacnet-pics.md):
+    /// the log is a window onto the point history that Haystack hisRead and
+    /// the REST API serve too, so a purge or a pause here would hold only
+    /// until the next restart refills the buffer from that history.
     fn write_property(
         &mut self,
         property: P,
-        array_index: Option<u32>,
-        value: PropertyValue,
-        priority: Option<u8>,
+        _array_index: Option<u32>,
+        _value: PropertyValue,
+        _priority: Option<u8>,
     ) -> Result<(), Error> {
-        self.inner
-            .write_property(property, array_index, value, priority)
+        if property == P::PROPERTY_LIST || self.property_list().contains(&property) {
+            Err(Error::protocol(
+                ErrorClass::PROPERTY,
+                ErrorCode::WRITE_ACCESS_DENIED,
+            ))
+        } else {
+            Err(unknown_property())
+        }
     }
 
     fn property_metadata(&self) -> Cow<'_, [PropertyMetadata]> {
-        self.inner.property_metadata()
+        Cow::Owned(super::config_objects::read_only_rows(
+            &self.inner.property_metadata(),
+            &REPORTING,
+        ))
     }
 
     fn property_list(&self) -> Cow<'static, [P]> {
-        self.inner.property_list()
+        bacnet_objects::property_metadata::property_list_from_metadata(&self.property_metadata())
+    }
+
+    /// The log set is configuration: DeleteObject gets
+    /// OBJECT_DELETION_NOT_PERMITTED.
+    fn is_deleteable(&self) -> bool {
+        false
     }
 
     fn bind_clock_internal(&mut self, clock: Option<Arc<dyn ClockReader>>) {
@@ -370,54 +415,9 @@ impl BACnetObject for PointTrendLog {
         self.inner.log_collecting_internal()
     }
 
-    fn enrollment_summary_capability_internal(&self) -> Option<EnrollmentSummaryCapability> {
-        self.inner.enrollment_summary_capability_internal()
-    }
-
-    fn evaluate_intrinsic_reporting(&mut self) -> Option<TransitionOutcome> {
-        self.inner.evaluate_intrinsic_reporting()
-    }
-
-    fn tick_intrinsic_reporting(&mut self) -> Option<TransitionOutcome> {
-        self.inner.tick_intrinsic_reporting()
-    }
-
-    fn commit_event_transition_internal(
-        &mut self,
-        commit: EventTransitionCommit,
-    ) -> Result<(), EventTransitionCommitError> {
-        self.inner.commit_event_transition_internal(commit)
-    }
-
-    fn acknowledge_alarm_correlated_internal(
-        &mut self,
-        event_state: EventState,
-        timestamp: &BACnetTimeStamp,
-    ) -> Result<(), Error> {
-        self.inner
-            .acknowledge_alarm_correlated_internal(event_state, timestamp)
-    }
-
-    fn acknowledge_alarm_correlated_detailed_internal(
-        &mut self,
-        event_state: EventState,
-        timestamp: &BACnetTimeStamp,
-    ) -> Result<Option<EventStateChange>, Error> {
-        self.inner
-            .acknowledge_alarm_correlated_detailed_internal(event_state, timestamp)
-    }
-
-    fn buffer_ready_report_internal(&self) -> Option<BufferReadyReport> {
-        self.inner.buffer_ready_report_internal()
-    }
-
-    fn event_algorithm_inhibit_reference_internal(&self) -> Option<BACnetObjectPropertyReference> {
-        self.inner.event_algorithm_inhibit_reference_internal()
-    }
-
-    fn follow_event_algorithm_inhibit_internal(&mut self, inhibit: bool) -> bool {
-        self.inner.follow_event_algorithm_inhibit_internal(inhibit)
-    }
+    // No intrinsic reporting (see REPORTING): the trait's defaults (no
+    // enrollment, no transitions, no BUFFER_READY report) stand for the
+    // event hooks, which are not forwarded to the inner log.
 }
 
 /// The record handed to `add_trend_record` to make a castpoint log drain its
