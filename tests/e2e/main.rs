@@ -2,6 +2,7 @@
 
 mod auth;
 mod bacnet;
+mod datadir;
 mod engine;
 mod haystack;
 mod http;
