@@ -9,6 +9,7 @@ mod http;
 mod live;
 mod modbus;
 mod persist;
+mod recording;
 mod routes_api;
 mod rtmp;
 mod rtsp;
