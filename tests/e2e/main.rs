@@ -13,6 +13,7 @@ mod recording;
 mod routes_api;
 mod rtmp;
 mod rtsp;
+mod srt_log;
 mod status_live;
 mod telemetry;
 mod transcode;
