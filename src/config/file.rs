@@ -14,8 +14,9 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../castpoint.toml");
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
-    /// Start even when the data dir or `castpoint.db` is readable by group
-    /// or others (it holds the JWT key and stream secrets); default false.
+    /// Leave the modes of the data dir and `castpoint.db` alone (neither
+    /// made private nor refused) even when group or others can access them;
+    /// default false.
     pub allow_insecure_permissions: bool,
     pub points_file: Option<String>,
     pub mappings: MappingFiles,

@@ -1,12 +1,12 @@
-//! The data dir on disk: private modes (0700 dir, 0600 database files), refusal of a data dir or database others can read, a fresh database created whole (never a 0-byte file), and the one-instance lock.
+//! The data dir on disk: private modes (0700 dir, 0600 database files), made private when castpoint owns them and refused when not, a fresh database created whole (never a 0-byte file), and the one-instance lock.
 //!
 //! `castpoint.db` holds the JWT signing key, the users' SCRAM keys and the
 //! routes' stream secrets (SRT passphrases, RTMP keys, camera passwords): a
 //! local user who can read it can forge an admin token. So castpoint creates
-//! its files private whatever the umask, and refuses to start on files it
-//! finds open to group or others instead of silently changing modes an
-//! operator may have set on purpose (the error names the `chmod` to run;
-//! `allow_insecure_permissions = true` starts anyway, with a warning).
+//! its files private whatever the umask, makes private the ones it owns
+//! that it finds open to group or others (with a warning), and refuses to
+//! start on such files owned by another user (the error names the `chmod` to
+//! run); `allow_insecure_permissions = true` leaves modes alone and starts.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -25,12 +25,13 @@ pub const APPLICATION_ID: i32 = 0x6361_7374;
 /// How the store treats the data dir.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StoreOptions {
-    /// Start even when the data dir or database is open to group/others.
+    /// Leave a data dir or database open to group/others as it is and
+    /// start (only a warning).
     pub allow_insecure_permissions: bool,
 }
 
 /// Creates `dir` (and missing parents) with mode 0700 if it does not exist.
-/// An existing dir is left as it is ([`check_modes`] judges it).
+/// An existing dir is left as it is ([`secure_modes`] judges it).
 pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
         return Ok(());
@@ -47,66 +48,87 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Group/other permission bits of `p` (None: it does not exist).
-fn open_bits(p: &Path) -> anyhow::Result<Option<u32>> {
+/// Mode bits and owner of `p` (None: it does not exist).
+fn mode_owner(p: &Path) -> anyhow::Result<Option<(u32, u32)>> {
+    use std::os::unix::fs::MetadataExt;
     match std::fs::metadata(p) {
-        Ok(m) => Ok(Some(m.permissions().mode() & 0o777)),
+        Ok(m) => Ok(Some((m.permissions().mode() & 0o777, m.uid()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", p.display())),
     }
 }
 
 /// The data dir and its database files that group or others can access,
-/// as (path, mode); empty when everything is private.
-pub fn insecure_paths(dir: &Path) -> anyhow::Result<Vec<(PathBuf, u32)>> {
+/// as (path, mode, owner uid, the private mode it should have); empty when
+/// everything is private.
+pub fn insecure_paths(dir: &Path) -> anyhow::Result<Vec<(PathBuf, u32, u32, u32)>> {
     let mut bad = Vec::new();
-    if let Some(m) = open_bits(dir)? {
-        if m & 0o077 != 0 {
-            bad.push((dir.to_path_buf(), m));
-        }
-    }
-    for name in [DB_FILE, "castpoint.db-wal", "castpoint.db-shm"] {
-        let p = dir.join(name);
-        if let Some(m) = open_bits(&p)? {
+    let files = [DB_FILE, "castpoint.db-wal", "castpoint.db-shm"];
+    let paths = std::iter::once((dir.to_path_buf(), 0o700))
+        .chain(files.iter().map(|f| (dir.join(f), 0o600)));
+    for (p, private) in paths {
+        if let Some((m, uid)) = mode_owner(&p)? {
             if m & 0o077 != 0 {
-                bad.push((p, m));
+                bad.push((p, m, uid, private));
             }
         }
     }
     Ok(bad)
 }
 
-/// Refuses (or with `allow` only warns about) a data dir or database files
-/// that group or others can access.
-pub fn check_modes(dir: &Path, allow: bool) -> anyhow::Result<()> {
-    let bad = insecure_paths(dir)?;
-    if bad.is_empty() {
+/// Makes the data dir and database files private. One that group or
+/// others can access is set to 0700/0600 (with a warning) when this
+/// process's user owns it: the files are castpoint's, and an install from
+/// before this check (SQLite created them under the umask, 0644) is fixed
+/// without a manual step. One owned by another user is not castpoint's to
+/// change: the start is refused, naming the `chmod` to run. With `allow`
+/// (`allow_insecure_permissions = true`) nothing is changed or refused,
+/// only warned about.
+pub fn secure_modes(dir: &Path, allow: bool) -> anyhow::Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    let mut refused = Vec::new();
+    for (p, m, uid, private) in insecure_paths(dir)? {
+        if allow {
+            tracing::warn!(
+                "{} (mode {m:04o}) is accessible by group or others and holds or guards \
+                 castpoint's secrets; left as it is (allow_insecure_permissions = true)",
+                p.display()
+            );
+            continue;
+        }
+        if uid == me {
+            match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(private)) {
+                Ok(()) => {
+                    tracing::warn!(
+                        "{} was mode {m:04o} (accessible by group or others): set to {private:04o}, \
+                         it holds or guards the JWT signing key, user keys and stream secrets",
+                        p.display()
+                    );
+                    continue;
+                }
+                Err(e) => tracing::warn!("cannot set mode {private:04o} on {}: {e}", p.display()),
+            }
+        }
+        refused.push((p, m, private));
+    }
+    if refused.is_empty() {
         return Ok(());
     }
-    let list: Vec<String> = bad
+    let list: Vec<String> = refused
         .iter()
-        .map(|(p, m)| format!("{} (mode {m:04o})", p.display()))
+        .map(|(p, m, _)| format!("{} (mode {m:04o})", p.display()))
         .collect();
-    let fix: Vec<String> = bad
+    let fix: Vec<String> = refused
         .iter()
-        .map(|(p, _)| {
-            let mode = if p.as_path() == dir { "700" } else { "600" };
-            format!("chmod {mode} '{}'", p.display())
-        })
+        .map(|(p, _, private)| format!("chmod {private:o} '{}'", p.display()))
         .collect();
-    let msg = format!(
-        "{} readable by group or others: castpoint.db holds the JWT signing key, user keys and stream secrets. Fix with: {}",
+    anyhow::bail!(
+        "{} readable by group or others and not owned by this user, so castpoint does not \
+         change it: castpoint.db holds the JWT signing key, user keys and stream secrets. \
+         Fix with: {}; or set allow_insecure_permissions = true in the config to start anyway",
         list.join(", "),
         fix.join(" && ")
-    );
-    if allow {
-        tracing::warn!("{msg} (started anyway: allow_insecure_permissions = true)");
-        Ok(())
-    } else {
-        anyhow::bail!(
-            "{msg}; or set allow_insecure_permissions = true in the config to start anyway"
-        )
-    }
+    )
 }
 
 /// Makes sure `path` (castpoint.db) is a database to open: an existing

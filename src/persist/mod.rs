@@ -329,11 +329,12 @@ impl Store {
     /// Opens (creating) `castpoint.db` in `dir` and applies migrations. The
     /// start-up checks: the data dir is created 0700 and the database 0600
     /// (whatever the umask); a data dir or database open to group/others is
-    /// refused unless `opts` allows it; a 0-byte database is refused (not
+    /// made private when this user owns it and refused otherwise, unless
+    /// `opts` allows it; a 0-byte database is refused (not
     /// taken for a fresh one); `PRAGMA quick_check` must pass.
     pub fn open_with(dir: &Path, audit_cap: usize, opts: &StoreOptions) -> anyhow::Result<Store> {
         datadir::create_private_dir(dir)?;
-        datadir::check_modes(dir, opts.allow_insecure_permissions)?;
+        datadir::secure_modes(dir, opts.allow_insecure_permissions)?;
         let path = dir.join(datadir::DB_FILE);
         datadir::ensure_db(&path)?;
         let damaged = |e: &dyn std::fmt::Display| {
