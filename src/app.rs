@@ -33,6 +33,8 @@ pub struct App {
     pub addrs: BoundAddrs,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Released when the App is dropped (after `stop`).
+    _lock: crate::persist::DataDirLock,
 }
 
 impl App {
@@ -52,7 +54,16 @@ impl App {
         );
         // The store comes first: commands are restored and durable before
         // any protocol can read or write them.
-        let store = Arc::new(Store::open(&cfg.server.data_dir, pcfg.audit_retention)?);
+        // One server per data dir: the lock is taken before the store is
+        // touched, and held for the life of the App.
+        let lock = crate::persist::DataDirLock::acquire(&cfg.server.data_dir)?;
+        let store = Arc::new(Store::open_with(
+            &cfg.server.data_dir,
+            pcfg.audit_retention,
+            &crate::persist::StoreOptions {
+                allow_insecure_permissions: cfg.server.allow_insecure_permissions,
+            },
+        )?);
         let restored = store.restore(&db)?;
         let since = chrono::Utc::now()
             - chrono::Duration::from_std(pcfg.history_retention)
@@ -381,6 +392,7 @@ impl App {
             addrs,
             shutdown,
             tasks,
+            _lock: lock,
         })
     }
 

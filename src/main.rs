@@ -279,7 +279,10 @@ fn user_cmd(what: UserCmd) -> ExitCode {
         Err(code) => return code,
     };
     let dir = data_dir.unwrap_or(cfg.server.data_dir);
-    let users = castpoint::persist::Store::open(&dir, 100_000)
+    let opts = castpoint::persist::StoreOptions {
+        allow_insecure_permissions: cfg.server.allow_insecure_permissions,
+    };
+    let users = castpoint::persist::Store::open_with(&dir, 100_000, &opts)
         .map(std::sync::Arc::new)
         .and_then(|s| castpoint::auth::Users::new(s, std::time::Duration::from_secs(3600)));
     let users = match users {

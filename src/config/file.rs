@@ -14,6 +14,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../castpoint.toml");
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    /// Leave the modes of the data dir and `castpoint.db` alone (neither
+    /// made private nor refused) even when group or others can access them;
+    /// default false.
+    pub allow_insecure_permissions: bool,
     pub points_file: Option<String>,
     pub mappings: MappingFiles,
     pub http: HttpSection,
@@ -90,6 +94,8 @@ pub const OTHER_SECTIONS: &[&str] = &[
 struct Raw {
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
+    #[serde(default)]
+    allow_insecure_permissions: bool,
     points_file: Option<String>,
     #[serde(default)]
     mappings: MappingFiles,
@@ -335,6 +341,7 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<ServerConfig> 
     };
     Some(ServerConfig {
         data_dir: raw.data_dir,
+        allow_insecure_permissions: raw.allow_insecure_permissions,
         points_file: raw.points_file,
         mappings: raw.mappings,
         http,

@@ -17,6 +17,7 @@ mod hls;
 pub(crate) mod input;
 pub mod join;
 mod output;
+mod record;
 mod route;
 pub mod spec;
 pub mod srt;
@@ -98,6 +99,16 @@ pub enum EventKind {
     CallerRejected {
         output: String,
         reason: String,
+    },
+    /// An output stopped working (a recording on a full disk): the error
+    /// is also in the output's stats until it recovers.
+    OutputFailed {
+        output: String,
+        error: String,
+    },
+    /// A failed output works again.
+    OutputRecovered {
+        output: String,
     },
     Restarted,
 }
@@ -828,15 +839,16 @@ impl Engine {
             OutputKind::Record { segment, keep } => spawn_on(
                 t,
                 rt,
-                output::run_record(
-                    rx,
-                    self.inner.data_dir.join("recordings").join(route),
-                    route.to_string(),
-                    *segment,
-                    *keep,
-                    s,
-                    c,
-                ),
+                record::Recorder {
+                    dir: self.inner.data_dir.join("recordings").join(route),
+                    route: route.to_string(),
+                    output: spec.name.clone(),
+                    segment: *segment,
+                    keep: *keep,
+                    stats: s,
+                    events: self.inner.events.clone(),
+                }
+                .run(rx, c),
             ),
             OutputKind::Hls {
                 path,

@@ -1,15 +1,13 @@
-//! Output tasks: UDP unicast/multicast sender, HTTP-TS server endpoints (one bounded queue per viewer, each viewer started at a keyframe with PAT/PMT first), and rotating TS recordings; each drains its own bounded queue.
+//! Output tasks: UDP unicast/multicast sender and HTTP-TS server endpoints (one bounded queue per viewer, each viewer started at a keyframe with PAT/PMT first); each drains its own bounded queue. Recordings are in `record.rs`.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -221,105 +219,5 @@ impl HttpEndpoint {
         futures::stream::unfold((rx, guard), |(mut rx, g)| async move {
             rx.recv().await.map(|b| (Ok(b), (rx, g)))
         })
-    }
-}
-
-/// Rotating TS recording: a new file every `segment`, and a new file
-/// whenever data resumes after a pause (Recording Enable off/on).
-pub(crate) async fn run_record(
-    mut rx: mpsc::Receiver<Bytes>,
-    dir: PathBuf,
-    route: String,
-    segment: Duration,
-    keep: usize,
-    stats: Arc<IoStats>,
-    cancel: CancellationToken,
-) {
-    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-        stats.set_error(format!("{}: {e}", dir.display()));
-        return;
-    }
-    stats.set_up(None);
-    let mut file: Option<(tokio::io::BufWriter<tokio::fs::File>, Instant)> = None;
-    loop {
-        let next = tokio::select! {
-            _ = cancel.cancelled() => None,
-            r = tokio::time::timeout(Duration::from_secs(1), rx.recv()) => match r {
-                Ok(Some(c)) => Some(Some(c)),
-                Ok(None) => None,
-                Err(_) => Some(None),
-            },
-        };
-        let Some(next) = next else { break };
-        let Some(chunk) = next else {
-            // A pause: close the file so it is complete on disk.
-            if let Some((mut f, _)) = file.take() {
-                let _ = f.flush().await;
-                stats.clients.store(0, Relaxed);
-            }
-            continue;
-        };
-        if file.as_ref().is_some_and(|(_, t)| t.elapsed() >= segment) {
-            if let Some((mut f, _)) = file.take() {
-                let _ = f.flush().await;
-            }
-        }
-        if file.is_none() {
-            let name = format!(
-                "{route}-{}.ts",
-                chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
-            );
-            match tokio::fs::File::create(dir.join(&name)).await {
-                Ok(f) => {
-                    file = Some((
-                        tokio::io::BufWriter::with_capacity(256 * 1024, f),
-                        Instant::now(),
-                    ));
-                    stats.clients.store(1, Relaxed);
-                    stats.set_up(None);
-                    prune(&dir, &route, keep).await;
-                }
-                Err(e) => {
-                    stats.set_error(format!("{}: {e}", dir.join(&name).display()));
-                    continue;
-                }
-            }
-        }
-        if let Some((f, _)) = file.as_mut() {
-            match f.write_all(&chunk).await {
-                Ok(()) => stats.add(chunk.len()),
-                Err(e) => {
-                    stats.set_error(format!("write: {e}"));
-                    file = None;
-                }
-            }
-        }
-    }
-    if let Some((mut f, _)) = file.take() {
-        let _ = f.flush().await;
-    }
-    stats.clients.store(0, Relaxed);
-}
-
-/// Keeps the newest `keep` recordings of a route (0 = keep everything).
-async fn prune(dir: &Path, route: &str, keep: usize) {
-    if keep == 0 {
-        return;
-    }
-    let mut names = Vec::new();
-    if let Ok(mut rd) = tokio::fs::read_dir(dir).await {
-        while let Ok(Some(e)) = rd.next_entry().await {
-            let n = e.file_name().to_string_lossy().to_string();
-            if n.starts_with(&format!("{route}-")) && n.ends_with(".ts") {
-                names.push(n);
-            }
-        }
-    }
-    // Timestamps in the names sort chronologically.
-    names.sort();
-    if names.len() > keep {
-        for n in &names[..names.len() - keep] {
-            let _ = tokio::fs::remove_file(dir.join(n)).await;
-        }
     }
 }

@@ -13,6 +13,9 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value as J};
 
+mod datadir;
+pub use datadir::{DataDirLock, StoreOptions, DB_FILE, LOCK_FILE};
+
 use crate::points::{
     Kind, Persister, PointDb, PriorityArray, Protocol, Sample, SlotValue, Source, Value,
     WriteRecord, PRIORITY_LEVELS,
@@ -339,16 +342,51 @@ fn array_from_json(text: &str) -> Option<PriorityArray> {
 }
 
 impl Store {
-    /// Opens (creating) `castpoint.db` in `dir` and applies migrations.
+    /// Opens (creating) `castpoint.db` in `dir` and applies migrations,
+    /// with the secure defaults of [`StoreOptions`].
     pub fn open(dir: &Path, audit_cap: usize) -> anyhow::Result<Store> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
-        let path = dir.join("castpoint.db");
+        Store::open_with(dir, audit_cap, &StoreOptions::default())
+    }
+
+    /// Opens (creating) `castpoint.db` in `dir` and applies migrations. The
+    /// start-up checks: the data dir is created 0700 and the database 0600
+    /// (whatever the umask); a data dir or database open to group/others is
+    /// made private when this user owns it and refused otherwise, unless
+    /// `opts` allows it; a 0-byte database is refused (not
+    /// taken for a fresh one); `PRAGMA quick_check` must pass.
+    pub fn open_with(dir: &Path, audit_cap: usize, opts: &StoreOptions) -> anyhow::Result<Store> {
+        datadir::create_private_dir(dir)?;
+        datadir::secure_modes(dir, opts.allow_insecure_permissions)?;
+        let path = dir.join(datadir::DB_FILE);
+        datadir::ensure_db(&path)?;
+        let damaged = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!(
+                "{p}: {e}. The database is damaged or not a castpoint database: restore it \
+                 from a backup, or move it away to start empty: mv '{p}' '{p}.damaged'",
+                p = path.display()
+            )
+        };
         let conn = Connection::open(&path)
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| damaged(&e))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // A damaged file must stop the start rather than be half-read: it
+        // costs one pass over the database (about a second per GB).
+        let problems: Vec<String> = conn
+            .prepare("PRAGMA quick_check(5)")
+            .and_then(|mut st| {
+                st.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| damaged(&e))?;
+        if problems != ["ok"] {
+            return Err(damaged(&format_args!(
+                "integrity check (PRAGMA quick_check) failed: {}",
+                problems.join("; ")
+            )));
+        }
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let version = usize::try_from(version).unwrap_or(0);
         if version > MIGRATIONS.len() {

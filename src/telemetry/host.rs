@@ -1,9 +1,9 @@
-//! Host readings through sysinfo: CPU, memory, own RSS, network byte counters and disk usage, each refreshed only when sampled.
+//! Host readings: CPU, memory, own RSS and network byte counters through sysinfo, and the data dir's disk usage through statvfs, each refreshed only when sampled.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use sysinfo::{Disks, Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+use sysinfo::{Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 /// Host probes. Each `*_pct`/`*_gbps` call refreshes only what it reads:
 /// sysinfo's full refresh costs ~5 ms, the targeted ones 15-600 µs.
@@ -104,16 +104,18 @@ impl Host {
 
     /// Usage in percent of the filesystem holding `disk_path` (the data dir).
     pub fn disk_pct(&self) -> Option<f64> {
-        let disks = Disks::new_with_refreshed_list().ok()?;
-        let target =
-            std::fs::canonicalize(&self.disk_path).unwrap_or_else(|_| self.disk_path.clone());
-        // The longest mount point that prefixes the path is its filesystem.
-        let d = disks
-            .iter()
-            .filter(|d| target.starts_with(d.mount_point()))
-            .max_by_key(|d| d.mount_point().as_os_str().len())
-            .or_else(|| disks.iter().find(|d| d.mount_point() == Path::new("/")))?;
-        let total = d.total_space();
-        (total > 0).then(|| total.saturating_sub(d.available_space()) as f64 * 100.0 / total as f64)
+        disk_usage_pct(&self.disk_path)
     }
+}
+
+/// Usage in percent of the filesystem `path` is on, as `df` reports it:
+/// used / (used + available to unprivileged users). statvfs on the path
+/// itself asks the kernel for that path's filesystem, whatever it is (a
+/// tmpfs, a bind mount, a mount sysinfo does not list); None when the path
+/// cannot be queried.
+pub fn disk_usage_pct(path: &Path) -> Option<f64> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    let used = s.blocks().saturating_sub(s.blocks_free());
+    let usable = used.saturating_add(s.blocks_available());
+    (usable > 0).then(|| used as f64 * 100.0 / usable as f64)
 }

@@ -129,3 +129,59 @@ fn config_errors_name_keys() {
     assert_eq!(c.gpu, GpuMode::Required);
     assert_eq!(c.periods.get("cpu_usage"), Some(&Duration::from_secs(5)));
 }
+
+/// A tmpfs mounted on a temporary dir for the test's life (needs root, as
+/// in CI); None (the caller skips, saying why) where mounting is refused.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn disk_usage_is_the_data_dirs_own_filesystem() {
+    let Some(fs) = Tmpfs::mount("4m") else {
+        eprintln!(
+            "SKIPPED disk_usage_is_the_data_dirs_own_filesystem: cannot mount a tmpfs (not root?)"
+        );
+        return;
+    };
+    let data = fs.0.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    // 3 MiB of the 4 MiB tmpfs: 75 % used, whatever `/` is at.
+    std::fs::write(data.join("fill"), vec![1u8; 3 << 20]).expect("fill");
+    let mut s = Sampler::new(
+        db(),
+        TelemetryConfig::default(),
+        Box::new(gpu::Disabled),
+        data.clone(),
+    );
+    s.sample_disk();
+    let pct = s.disk_pct.expect("disk usage measured");
+    assert!(
+        (74.0..=77.0).contains(&pct),
+        "tmpfs at {pct:.1}%, expected 75%"
+    );
+    // Filled up: the reading follows the tmpfs, not `/`.
+    let _ = std::fs::write(data.join("fill2"), vec![1u8; 2 << 20]);
+    s.sample_disk();
+    assert!(s.disk_pct.expect("disk") > 99.0, "{:?}", s.disk_pct);
+}

@@ -2,16 +2,19 @@
 
 mod auth;
 mod bacnet;
+mod datadir;
 mod engine;
 mod haystack;
 mod http;
 mod live;
 mod modbus;
 mod persist;
+mod recording;
 mod routes_api;
 mod rtmp;
 mod rtsp;
 mod secure;
+mod srt_log;
 mod status_live;
 mod telemetry;
 mod transcode;

@@ -171,6 +171,53 @@ extern "C" {
     fn srt_epoll_uwait(eid: c_int, fds: *mut EpollEvent, fds_size: c_int, timeout: i64) -> c_int;
     fn srt_epoll_release(eid: c_int) -> c_int;
     fn srt_setloglevel(ll: c_int);
+    fn srt_setlogflags(flags: c_int);
+    fn srt_setloghandler(opaque: *mut c_void, handler: Option<LogHandler>);
+}
+
+/// `SRT_LOG_HANDLER_FN` of srt.h / logging_api.h.
+type LogHandler = unsafe extern "C" fn(
+    opaque: *mut c_void,
+    level: c_int,
+    file: *const c_char,
+    line: c_int,
+    area: *const c_char,
+    message: *const c_char,
+);
+
+// SRT_LOGF_DISABLE_* of logging_api.h: the handler gets the bare message
+// (tracing adds time, level and line end itself).
+const SRT_LOGF_DISABLE_TIME: c_int = 1;
+const SRT_LOGF_DISABLE_THREADNAME: c_int = 2;
+const SRT_LOGF_DISABLE_SEVERITY: c_int = 4;
+const SRT_LOGF_DISABLE_EOL: c_int = 8;
+
+/// libsrt's log lines go to tracing through the rate limiter of
+/// `super::log` instead of straight to stderr.
+///
+/// # Safety
+/// Called by libsrt with `message` null or a NUL-terminated string valid
+/// for the duration of the call; nothing else is read.
+unsafe extern "C" fn log_handler(
+    _opaque: *mut c_void,
+    level: c_int,
+    _file: *const c_char,
+    _line: c_int,
+    _area: *const c_char,
+    message: *const c_char,
+) {
+    if message.is_null() {
+        return;
+    }
+    // SAFETY: see the function's contract: libsrt's message is a valid C
+    // string for this call, copied before returning.
+    let msg = unsafe { CStr::from_ptr(message) }.to_string_lossy();
+    // A panic must not unwind into C (it would abort the process).
+    let _ = std::panic::catch_unwind(|| {
+        // With every prefix flag off, libsrt still starts the line with
+        // its separator (": "); the message names its function already.
+        super::log::forward(level, msg.trim_start_matches([':', ' ']).trim_end())
+    });
 }
 
 static INIT: Once = Once::new();
@@ -178,10 +225,20 @@ static INIT: Once = Once::new();
 /// Starts libsrt once per process (it spawns its own GC thread).
 pub fn startup() {
     INIT.call_once(|| {
-        // SAFETY: srt_startup has no preconditions and Once serialises it.
+        // SAFETY: srt_startup has no preconditions and Once serialises it;
+        // the log handler is a plain function (no opaque pointer, null
+        // passed) that libsrt may call from any of its threads, which
+        // `log_handler` allows.
         unsafe {
+            srt_setloghandler(std::ptr::null_mut(), Some(log_handler));
+            srt_setlogflags(
+                SRT_LOGF_DISABLE_TIME
+                    | SRT_LOGF_DISABLE_THREADNAME
+                    | SRT_LOGF_DISABLE_SEVERITY
+                    | SRT_LOGF_DISABLE_EOL,
+            );
             srt_startup();
-            // LOG_ERR (3): keep libsrt's stderr chatter to real errors.
+            // LOG_ERR (3): real errors only (a rejected handshake is one).
             srt_setloglevel(3);
         }
     });

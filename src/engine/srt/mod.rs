@@ -1,6 +1,7 @@
 //! SRT inputs and outputs over libsrt (listener and caller, latency, AES-128/192/256 passphrase, streamid access): inputs, connects and accepts on blocking threads (those libsrt calls block), output sends from async tasks on non-blocking sockets.
 
 pub mod ffi;
+mod log;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
