@@ -5,6 +5,7 @@ mod bacnet;
 mod engine;
 mod haystack;
 mod http;
+mod listeners;
 mod live;
 mod modbus;
 mod persist;
