@@ -206,7 +206,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let limiter = Limiter::new("http", opts.caps);
+    let limiter = Limiter::new("http", listener.local_addr().ok(), opts.caps);
     let tls = match &opts.tls {
         Some(store) => match store.server_config() {
             Ok(c) => {

@@ -13,7 +13,8 @@
 //! [`ListenerStats`] and logged at most once a second per listener.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -51,6 +52,9 @@ pub enum Refusal {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListenerStats {
     pub listener: String,
+    /// The listener's bound address (several apps can share a process in
+    /// tests).
+    pub addr: Option<SocketAddr>,
     pub open: u64,
     pub accepted_total: u64,
     /// Refused because the listener was full.
@@ -69,6 +73,7 @@ struct State {
 /// Admission control for one listener. Cheap to share (`Arc`).
 pub struct Limiter {
     name: String,
+    addr: Option<SocketAddr>,
     caps: Caps,
     state: Mutex<State>,
     accepted: AtomicU64,
@@ -108,15 +113,16 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 impl Limiter {
-    /// A limiter for the listener `name` (`http`, `modbus`, `rtmp`),
-    /// registered for [`snapshot`]. Caps of 0 are taken as 1.
-    pub fn new(name: &str, caps: Caps) -> Arc<Limiter> {
+    /// A limiter for the listener `name` (`http`, `modbus`, `rtmp`) bound
+    /// at `addr`, registered for [`snapshot`]. Caps of 0 are taken as 1.
+    pub fn new(name: &str, addr: Option<SocketAddr>, caps: Caps) -> Arc<Limiter> {
         let caps = Caps {
             max_connections: caps.max_connections.max(1),
             max_connections_per_ip: caps.max_connections_per_ip.max(1),
         };
         let l = Arc::new(Limiter {
             name: name.to_string(),
+            addr,
             caps,
             state: Mutex::new(State {
                 open: 0,
@@ -194,6 +200,7 @@ impl Limiter {
     pub fn stats(&self) -> ListenerStats {
         ListenerStats {
             listener: self.name.clone(),
+            addr: self.addr,
             open: self.state.lock().open as u64,
             accepted_total: self.accepted.load(Relaxed),
             refused_total: self.refused_total.load(Relaxed),
@@ -210,6 +217,46 @@ pub fn snapshot() -> Vec<ListenerStats> {
         .filter_map(Weak::upgrade)
         .map(|l| l.stats())
         .collect()
+}
+
+/// The counters of every live listener in Prometheus text format (for
+/// `/metrics`).
+pub fn prometheus() -> String {
+    let mut out = String::new();
+    let all = snapshot();
+    let label = |l: &ListenerStats| {
+        let addr = l.addr.map(|a| a.to_string()).unwrap_or_default();
+        format!("listener=\"{}\",addr=\"{addr}\"", l.listener)
+    };
+    out.push_str("# HELP castpoint_connections_open Connections open on a TCP listener.\n# TYPE castpoint_connections_open gauge\n");
+    for l in &all {
+        let _ = writeln!(out, "castpoint_connections_open{{{}}} {}", label(l), l.open);
+    }
+    out.push_str("# HELP castpoint_connections_accepted_total Connections admitted by a TCP listener.\n# TYPE castpoint_connections_accepted_total counter\n");
+    for l in &all {
+        let _ = writeln!(
+            out,
+            "castpoint_connections_accepted_total{{{}}} {}",
+            label(l),
+            l.accepted_total
+        );
+    }
+    out.push_str("# HELP castpoint_connections_refused_total Connections refused by a TCP listener's caps (reason: full = max_connections, per_ip = max_connections_per_ip).\n# TYPE castpoint_connections_refused_total counter\n");
+    for l in &all {
+        let _ = writeln!(
+            out,
+            "castpoint_connections_refused_total{{{},reason=\"full\"}} {}",
+            label(l),
+            l.refused_total
+        );
+        let _ = writeln!(
+            out,
+            "castpoint_connections_refused_total{{{},reason=\"per_ip\"}} {}",
+            label(l),
+            l.refused_per_ip
+        );
+    }
+    out
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (the kernel allows it
@@ -314,6 +361,7 @@ mod tests {
     fn total_and_per_ip_caps() {
         let l = Limiter::new(
             "test",
+            None,
             Caps {
                 max_connections: 3,
                 max_connections_per_ip: 2,
@@ -332,6 +380,9 @@ mod tests {
             (3, 4, 1, 1)
         );
         assert!(snapshot().iter().any(|s| s.listener == "test"));
+        assert!(prometheus().contains(
+            "castpoint_connections_refused_total{listener=\"test\",addr=\"\",reason=\"per_ip\"} 1"
+        ));
     }
 
     #[test]

@@ -296,6 +296,8 @@ pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
             }
         }
     }
+    // Connection caps of the TCP listeners (src/netlimit.rs).
+    out.push_str(&crate::netlimit::prometheus());
     (
         [(
             header::CONTENT_TYPE,

@@ -59,8 +59,8 @@ async fn connect_from(addr: SocketAddr, src: &str) -> std::io::Result<TcpStream>
     sock.connect(addr).await
 }
 
-/// A plain HTTP/1.1 GET over a fresh connection from `src`; the status.
-async fn get_status(addr: SocketAddr, src: &str, path: &str) -> Option<u16> {
+/// A plain HTTP/1.1 GET over a fresh connection from `src`: status, body.
+async fn get(addr: SocketAddr, src: &str, path: &str) -> Option<(u16, String)> {
     let mut s = timeout(Duration::from_secs(10), connect_from(addr, src))
         .await
         .ok()?
@@ -72,8 +72,14 @@ async fn get_status(addr: SocketAddr, src: &str, path: &str) -> Option<u16> {
         .await
         .ok()?
         .ok()?;
-    let head = String::from_utf8_lossy(&buf);
-    head.split_whitespace().nth(1)?.parse().ok()
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+async fn get_status(addr: SocketAddr, src: &str, path: &str) -> Option<u16> {
+    get(addr, src, path).await.map(|(s, _)| s)
 }
 
 /// 600 half-sent requests from one address against a castpoint limited to
@@ -141,6 +147,17 @@ enabled = false
         Some(200),
         "a fresh client is answered during the flood"
     );
+    // Refusals are counted (the flood's connections beyond its share).
+    let (_, metrics) = get(http, "127.0.0.2", "/metrics").await.expect("metrics");
+    let key = format!(
+        "castpoint_connections_refused_total{{listener=\"http\",addr=\"{http}\",reason=\"per_ip\"}} "
+    );
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{key} in /metrics:\n{metrics}"));
+    assert!(refused >= 400, "{refused} refused per address");
     // (c) Modbus and RTMP still accept and answer.
     let mut m = timeout(Duration::from_secs(10), TcpStream::connect(modbus))
         .await

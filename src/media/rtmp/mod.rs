@@ -318,7 +318,7 @@ pub async fn serve(
 ) {
     let cfg = Arc::new(cfg);
     // Refusals are counted and logged (rate-limited) by the limiter.
-    let limiter = crate::netlimit::Limiter::new("rtmp", cfg.caps());
+    let limiter = crate::netlimit::Limiter::new("rtmp", listener.local_addr().ok(), cfg.caps());
     loop {
         let (sock, peer) = tokio::select! {
             _ = cancel.cancelled() => return,

@@ -41,7 +41,7 @@ pub async fn run(
     tasks: TaskTracker,
 ) {
     // Refusals are counted and logged (rate-limited) by the limiter.
-    let limiter = Limiter::new("modbus", limits.caps);
+    let limiter = Limiter::new("modbus", listener.local_addr().ok(), limits.caps);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
