@@ -153,7 +153,11 @@ impl App {
                         Ok(o) => {
                             http_server = Some((l, api::router(state).merge(engine.router()), o))
                         }
-                        Err(e) => faults.push(format!("http {}: {e}", cfg.server.http.bind)),
+                        Err(e) => {
+                            // Not served: not announced as listening either.
+                            addrs.http = None;
+                            faults.push(format!("http {}: {e}", cfg.server.http.bind))
+                        }
                     }
                 }
                 Err(e) => faults.push(format!("http {}: {e}", cfg.server.http.bind)),

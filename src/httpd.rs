@@ -193,7 +193,9 @@ async fn reload_on_sighup(shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             r = hup.recv() => if r.is_none() { return },
         }
-        reload_all();
+        if reload_all() == 0 && STORES.lock().iter().all(|w| w.strong_count() == 0) {
+            tracing::info!("SIGHUP: no HTTPS certificate to reload");
+        }
     }
 }
 
@@ -209,11 +211,7 @@ pub async fn serve(
     let limiter = Limiter::new("http", listener.local_addr().ok(), opts.caps);
     let tls = match &opts.tls {
         Some(store) => match store.server_config() {
-            Ok(c) => {
-                #[cfg(unix)]
-                tasks.spawn(reload_on_sighup(shutdown.clone()));
-                Some(tokio_rustls::TlsAcceptor::from(c))
-            }
+            Ok(c) => Some(tokio_rustls::TlsAcceptor::from(c)),
             Err(e) => {
                 tracing::error!("http: cannot serve HTTPS: {e}");
                 return;
@@ -221,6 +219,10 @@ pub async fn serve(
         },
         None => None,
     };
+    // Installed with or without HTTPS: a `systemctl reload` (SIGHUP) must
+    // never stop castpoint (the signal's default action).
+    #[cfg(unix)]
+    tasks.spawn(reload_on_sighup(shutdown.clone()));
     let header_timeout = opts.header_read_timeout;
     loop {
         let (sock, peer) = tokio::select! {

@@ -21,8 +21,7 @@ def make_cert(d, name):
 
 
 def context(cafile_text):
-    ctx = ssl.create_default_context(cadata=cafile_text)
-    return ctx
+    return ssl.create_default_context(cadata=cafile_text)
 
 
 def get_health(port, cafile_text, conn=None):
@@ -77,3 +76,13 @@ def test_https_health_and_certificate_reload_on_sighup(https_server):
     status, _ = get_health(port, a_cert, conn=kept)
     assert status == 200
     kept.close()
+
+
+def test_sighup_without_https_does_not_stop_castpoint(server):
+    server.proc.send_signal(signal.SIGHUP)
+    # The default action of SIGHUP would end the process at once.
+    with pytest.raises(subprocess.TimeoutExpired):
+        server.proc.wait(timeout=2)
+    c = http.client.HTTPConnection(*server.addrs["http"], timeout=5)
+    c.request("GET", "/health")
+    assert c.getresponse().status == 200
