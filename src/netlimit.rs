@@ -92,7 +92,7 @@ impl Drop for Permit {
         let mut s = self.limiter.state.lock();
         s.open = s.open.saturating_sub(1);
         if let Some(n) = s.per_ip.get_mut(&self.ip) {
-            *n -= 1;
+            *n = n.saturating_sub(1);
             if *n == 0 {
                 s.per_ip.remove(&self.ip);
             }
