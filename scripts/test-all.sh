@@ -10,8 +10,8 @@ SUDO=""
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 
 # Debian packages: libsrt (SRT FFI), the real peers (srt-live-transmit,
-# ffmpeg/ffprobe, mbpoll, tshark) and pkg-config.
-DEB_PKGS="pkg-config libsrt-openssl-dev srt-tools ffmpeg mbpoll tshark"
+# ffmpeg/ffprobe, mbpoll, tshark, openssl for test_tls.py) and pkg-config.
+DEB_PKGS="pkg-config libsrt-openssl-dev srt-tools ffmpeg mbpoll tshark openssl"
 missing=""
 for p in $DEB_PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -129,6 +129,22 @@ impl App {
         // spawned after every part's block so each can add its routes first.
         let mut extra_routes: Vec<axum::Router> = Vec::new();
         let mut http_server = None;
+        // Listener caps fitted under the open-file limit (raised to the hard
+        // limit first), so a flood of one listener cannot starve the others.
+        let caps = crate::netlimit::ListenerCaps::fit(
+            cfg.server
+                .http
+                .enabled
+                .then(|| crate::httpd::caps(&cfg.server.http)),
+            cfg.server
+                .modbus
+                .enabled
+                .then(|| crate::protocols::modbus::caps(&cfg.server.modbus)),
+            crate::media::rtmp::RtmpConfig::parse(&cfg.origin, &cfg.server.extra)
+                .ok()
+                .filter(|r| r.enabled)
+                .map(|r| r.caps()),
+        );
         if cfg.server.http.enabled {
             match TcpListener::bind(cfg.server.http.bind).await {
                 Ok(l) => {
@@ -144,8 +160,17 @@ impl App {
                         route_docs: route_docs.clone(),
                         profiles: Some(profiles.clone()),
                     };
-                    let router = api::router(state.clone()).merge(engine.router());
-                    http_server = Some((l, router, state));
+                    match crate::httpd::Options::from_section(&cfg.server.http, caps.http) {
+                        Ok(o) => {
+                            let router = api::router(state.clone()).merge(engine.router());
+                            http_server = Some((l, router, state, o))
+                        }
+                        Err(e) => {
+                            // Not served: not announced as listening either.
+                            addrs.http = None;
+                            faults.push(format!("http {}: {e}", cfg.server.http.bind))
+                        }
+                    }
                 }
                 Err(e) => faults.push(format!("http {}: {e}", cfg.server.http.bind)),
             }
@@ -159,6 +184,7 @@ impl App {
                 &cfg.server.modbus,
                 db.clone(),
                 &maps.modbus,
+                caps.modbus,
                 shutdown.clone(),
                 &tasks,
             )
@@ -287,7 +313,7 @@ impl App {
                         }
                         tasks.spawn(crate::media::rtmp::serve(
                             l,
-                            rc,
+                            rc.with_caps(caps.rtmp),
                             reg,
                             tasks.clone(),
                             shutdown.clone(),
@@ -353,22 +379,20 @@ impl App {
         }
         // --- telemetry: end ---
 
-        if let Some((l, mut router, state)) = http_server {
+        if let Some((l, mut router, state, opts)) = http_server {
             for r in extra_routes {
                 router = router.merge(r);
             }
             // One authorization layer over every route, merged ones included.
             let router = api::guard::layer(router, state);
-            let token = shutdown.clone();
-            tasks.spawn(async move {
-                let svc = router.into_make_service_with_connect_info::<SocketAddr>();
-                if let Err(e) = axum::serve(l, svc)
-                    .with_graceful_shutdown(token.cancelled_owned())
-                    .await
-                {
-                    tracing::error!("http server stopped: {e}");
-                }
-            });
+            // src/httpd.rs: header-read timeout, caps, HTTPS.
+            tasks.spawn(crate::httpd::serve(
+                l,
+                router,
+                opts,
+                shutdown.clone(),
+                tasks.clone(),
+            ));
         }
 
         // Communication Status: OK when every enabled listener is bound.

@@ -309,6 +309,8 @@ pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
         "# HELP castpoint_login_throttled_total Login attempts refused unverified while their address or user was backing off.\n# TYPE castpoint_login_throttled_total counter\ncastpoint_login_throttled_total {}",
         crate::throttle::THROTTLED.load(Relaxed),
     );
+    // Connection caps of the TCP listeners (src/netlimit.rs).
+    out.push_str(&crate::netlimit::prometheus());
     (
         [(
             header::CONTENT_TYPE,

@@ -47,6 +47,15 @@ pub struct HttpSection {
     pub bind: SocketAddr,
     /// Priority REST writes take in the points' priority arrays.
     pub write_priority: u8,
+    /// Listener limits and HTTPS (src/httpd.rs): connections at once, per
+    /// source address, time to send a request's headers.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub header_read_timeout: Duration,
+    /// PEM certificate chain and private key: both set = HTTPS. Relative
+    /// paths are resolved against the config file's directory.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +250,22 @@ impl<'a> Section<'a> {
         }
     }
 
+    fn path(&mut self, k: &'static str, errs: &mut Errors) -> Option<PathBuf> {
+        self.known.push(k);
+        match self.table.get(k) {
+            None => None,
+            Some(toml::Value::String(s)) if !s.is_empty() => Some(PathBuf::from(s)),
+            Some(_) => {
+                errs.push(ConfigError::new(
+                    self.file,
+                    self.key(k),
+                    "expected a file path string",
+                ));
+                None
+            }
+        }
+    }
+
     /// Keys this parser does not handle stay in `raw` for the part that owns
     /// them; they are not errors here.
     fn rest(&self) -> toml::Table {
@@ -270,7 +295,26 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<ServerConfig> 
         enabled: h.bool("enabled", true, errs),
         bind: h.addr("bind", "0.0.0.0:8080", errs),
         write_priority: h.int("write_priority", 12, 1, 16, errs) as u8,
+        max_connections: h.int("max_connections", 512, 1, 100_000, errs) as usize,
+        max_connections_per_ip: h.int("max_connections_per_ip", 64, 1, 100_000, errs) as usize,
+        header_read_timeout: h.duration("header_read_timeout", Duration::from_secs(10), errs),
+        tls_cert: h.path("tls_cert", errs),
+        tls_key: h.path("tls_key", errs),
     };
+    if http.header_read_timeout.is_zero() || http.header_read_timeout > Duration::from_secs(600) {
+        errs.push(ConfigError::new(
+            file,
+            "http.header_read_timeout",
+            "expected a duration between \"1ms\" and \"10min\"",
+        ));
+    }
+    if http.tls_cert.is_some() != http.tls_key.is_some() {
+        errs.push(ConfigError::new(
+            file,
+            if http.tls_cert.is_some() { "http.tls_key" } else { "http.tls_cert" },
+            "tls_cert and tls_key go together (PEM files of the certificate chain and its private key)",
+        ));
+    }
     for k in h.rest().keys() {
         errs.push(ConfigError::new(file, format!("http.{k}"), "unknown key"));
     }

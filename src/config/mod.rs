@@ -164,9 +164,15 @@ impl Config {
     pub fn from_text(name: &str, text: &str, base: &Path) -> Result<Config, ConfigErrors> {
         let mut errs = Vec::new();
         let server = file::parse(name, text, &mut errs);
-        let Some(server) = server else {
+        let Some(mut server) = server else {
             return Err(ConfigErrors(errs));
         };
+        // HTTPS files, like points_file, are relative to the config file.
+        for p in [&mut server.http.tls_cert, &mut server.http.tls_key] {
+            if let Some(f) = p.as_mut() {
+                *f = base.join(&*f);
+            }
+        }
         // Routes are validated here too so that `check-config` reports them.
         if let Err(e) = routes::parse(name, &server) {
             errs.extend(e);
@@ -235,6 +241,16 @@ impl Config {
         }
         if let Err(e) = crate::media::rtmp::RtmpConfig::parse(name, &server.extra) {
             errs.extend(e);
+        }
+        // Listeners (src/httpd.rs, src/protocols/modbus): the certificate
+        // loads and fits its key; Modbus's own keys and write policy.
+        if let Err(e) = crate::httpd::check(&server.http) {
+            let (key, msg) = e.split_once(": ").unwrap_or(("http", e.as_str()));
+            errs.push(ConfigError::new(name, key, msg));
+        }
+        for e in crate::protocols::modbus::config_problems(&server.modbus) {
+            let (key, msg) = e.split_once(": ").unwrap_or(("modbus", e.as_str()));
+            errs.push(ConfigError::new(name, key, msg));
         }
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));

@@ -6,6 +6,7 @@ mod datadir;
 mod engine;
 mod haystack;
 mod http;
+mod listeners;
 mod live;
 mod modbus;
 mod persist;

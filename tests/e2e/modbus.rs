@@ -678,3 +678,116 @@ async fn connection_limit_idle_timeout_and_unit_ids_from_config() {
     assert!(c.read_regs(0x04, 0, 1).await.is_ok());
     app.stop().await;
 }
+
+/// Connects from a chosen loopback source address (Linux routes all of
+/// 127/8 to lo, so 127.0.0.2 is a second "host" on the same machine).
+async fn connect_from(addr: SocketAddr, src: &str) -> Client {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind(SocketAddr::new(src.parse().expect("ip"), 0))
+        .expect("bind source address");
+    let s = timeout(T, sock.connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    Client { s, tid: 0, unit: 1 }
+}
+
+#[tokio::test]
+async fn one_address_holding_its_share_does_not_lock_out_another() {
+    // Defaults: max_connections = 64, max_connections_per_ip = 8.
+    let app = start().await;
+    let addr = modbus_addr(&app);
+    // 127.0.0.1 opens every slot of the listener; only its share is served.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..64 {
+        let mut c = Client::connect(addr).await;
+        let tid = c.send_adu(1, &[0x04, 0, 0, 0, 1]).await;
+        let mut h = [0u8; 7];
+        match timeout(T, c.s.read_exact(&mut h)).await {
+            Ok(Ok(_)) => {
+                assert_eq!(u16::from_be_bytes([h[0], h[1]]), tid);
+                let len = u16::from_be_bytes([h[4], h[5]]) as usize;
+                let mut pdu = vec![0u8; len - 1];
+                c.s.read_exact(&mut pdu).await.expect("pdu");
+                held.push(c);
+            }
+            Ok(Err(_)) => refused += 1,
+            Err(_) => panic!("a refused connection is closed at once, not left hanging"),
+        }
+    }
+    assert_eq!(held.len(), 8, "one address gets max_connections_per_ip");
+    assert_eq!(refused, 56);
+    // A second host is still served while the first holds its share.
+    let mut other = connect_from(addr, "127.0.0.2").await;
+    assert!(other.read_regs(0x04, 0, 1).await.is_ok());
+    // The held connections are still served too.
+    assert!(held[0].read_regs(0x04, 0, 1).await.is_ok());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn write_allow_refuses_other_sources_with_exception_01_and_audits_the_peer() {
+    let mut cfg = Config::embedded().expect("embedded config");
+    loopback(&mut cfg);
+    cfg.server.modbus.raw.insert(
+        "write_allow".into(),
+        toml::Value::Array(vec![toml::Value::String("127.0.0.2/32".into())]),
+    );
+    let app = App::start(cfg).await.expect("app starts");
+    let addr = modbus_addr(&app);
+    assert_eq!(http_point(&app, "stream_enable").await["value"], true);
+    // From 127.0.0.1: refused with exception 01 (illegal function), and
+    // nothing changes; reads still work.
+    let mut denied = Client::connect(addr).await;
+    assert_eq!(denied.call(&[0x05, 0, 0, 0, 0]).await, Err(0x01));
+    assert_eq!(denied.call(&[0x10, 0, 100, 0, 1, 2, 0, 5]).await, Err(0x01));
+    assert_eq!(denied.read_bits(0x01, 0, 1).await, Ok(vec![true]));
+    assert_eq!(http_point(&app, "stream_enable").await["value"], true);
+    // The refusal is audited with the peer, in the durable audit log.
+    let peer = denied.s.local_addr().expect("local addr").to_string();
+    let base = format!("http://{}", app.addrs.http.expect("http bound"));
+    let audit: J = reqwest::get(format!("{base}/api/audit?target=stream_enable"))
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    let events = audit["events"].as_array().expect("events");
+    assert!(
+        events.iter().any(|e| e["protocol"] == "modbus"
+            && e["peer"] == J::String(peer.clone())
+            && e["result"] != "ok"),
+        "refusal audited with peer {peer}: {audit}"
+    );
+    // From 127.0.0.2: accepted.
+    let mut allowed = connect_from(addr, "127.0.0.2").await;
+    allowed
+        .write_coil(0, 0x0000)
+        .await
+        .expect("FC05 from 127.0.0.2");
+    assert_eq!(http_point(&app, "stream_enable").await["value"], false);
+    app.stop().await;
+}
+
+#[test]
+fn check_config_rejects_a_bad_write_allow_network() {
+    let base = std::path::Path::new(".");
+    let e = Config::from_text(
+        "c.toml",
+        "[modbus]\nwrite_allow = [\"10.0.0.0/33\"]\nmax_connections_per_ip = 0\n",
+        base,
+    )
+    .err()
+    .map(|e| e.to_string())
+    .expect("refused");
+    assert!(e.contains("c.toml: modbus.write_allow[0]: "), "{e}");
+    assert!(e.contains("c.toml: modbus.max_connections_per_ip: "), "{e}");
+    let ok = Config::from_text(
+        "c.toml",
+        "[modbus]\nread_only = true\nwrite_allow = [\"192.0.2.0/24\", \"::1\"]\nmax_connections_per_ip = 4\n",
+        base,
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.to_string()));
+}

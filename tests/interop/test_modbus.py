@@ -301,3 +301,50 @@ def test_float_word_orders_with_pymodbus_and_mbpoll(word_order_server):
     assert float(vals[203]) == 3.0
     _, vals = mbpoll(server, "-a", "1", "-r", "209", "-c", "1", "-t", "4:int", None)
     assert int(vals[209]) == 40
+
+
+@pytest.fixture
+def write_allow_server():
+    d = pathlib.Path(tempfile.mkdtemp(prefix="castpoint-mb-allow-"))
+    (d / "castpoint.toml").write_text(
+        '[telemetry]\nenabled = false\n[modbus]\nwrite_allow = ["127.0.0.2/32"]\n')
+    s = Server(config=d / "castpoint.toml")
+    yield s
+    s.stop()
+
+
+def test_pymodbus_write_from_outside_write_allow_gets_exception_01(write_allow_server):
+    server = write_allow_server
+    host, port = server.addrs["modbus"]
+    outsider = ModbusTcpClient(host, port=port, timeout=3)
+    assert outsider.connect()
+    try:
+        # Writes refused with 01 (illegal function); reads still answered.
+        assert exception_code(outsider.write_coil(0, False)) == 1
+        assert exception_code(outsider.write_register(100, 3)) == 1
+        assert ok(outsider.read_coils(0, count=1)).bits[0] is True
+        local = outsider.socket.getsockname()
+    finally:
+        outsider.close()
+    assert point(server, "stream_enable")["value"] is True
+    audit = http_get(server, "/api/audit?target=stream_enable")["events"]
+    assert any(e["protocol"] == "modbus" and e["peer"] == f"{local[0]}:{local[1]}"
+               and e["result"] != "ok" for e in audit), audit
+    # Linux routes all of 127/8 to lo: 127.0.0.2 is the allowed host.
+    allowed = ModbusTcpClient(host, port=port, timeout=3, source_address=("127.0.0.2", 0))
+    assert allowed.connect()
+    try:
+        ok(allowed.write_coil(0, False))
+    finally:
+        allowed.close()
+    assert point(server, "stream_enable")["value"] is False
+
+
+def test_check_config_names_a_bad_write_allow_entry(tmp_path):
+    from conftest import castpoint_bin
+    cfg = tmp_path / "castpoint.toml"
+    cfg.write_text('[modbus]\nwrite_allow = ["10.0.0.0/33"]\n')
+    p = subprocess.run([castpoint_bin(), "check-config", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "modbus.write_allow[0]: " in p.stderr, p.stderr

@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,6 +41,8 @@ pub struct RtmpConfig {
     pub bind: SocketAddr,
     /// Concurrent connections (publishers and handshakes); more are closed.
     pub max_connections: usize,
+    /// Concurrent connections from one source address.
+    pub max_connections_per_ip: usize,
     /// A connection silent this long is closed (a stalled publisher).
     pub idle_timeout: Duration,
     /// Largest RTMP message accepted (a keyframe); bounds memory per peer.
@@ -53,6 +55,7 @@ impl Default for RtmpConfig {
             enabled: true,
             bind: SocketAddr::from(([0, 0, 0, 0], 1935)),
             max_connections: 64,
+            max_connections_per_ip: 8,
             idle_timeout: Duration::from_secs(10),
             max_message: 8 << 20,
         }
@@ -67,6 +70,23 @@ impl RtmpConfig {
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if let Some(t) = t.as_table_mut() {
             t.insert("bind".into(), toml::Value::String(addr.to_string()));
+        }
+    }
+
+    /// The listener caps this section asks for.
+    pub fn caps(&self) -> crate::netlimit::Caps {
+        crate::netlimit::Caps {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+        }
+    }
+
+    /// The same config with the caps `netlimit::fit_caps` settled on.
+    pub fn with_caps(self, caps: crate::netlimit::Caps) -> RtmpConfig {
+        RtmpConfig {
+            max_connections: caps.max_connections,
+            max_connections_per_ip: caps.max_connections_per_ip,
+            ..self
         }
     }
 
@@ -98,6 +118,10 @@ impl RtmpConfig {
                 },
                 "max_connections" => match int(1, 10_000) {
                     Some(n) => c.max_connections = n as usize,
+                    None => errs.push(ConfigError::new(file, key, "expected an integer 1..=10000")),
+                },
+                "max_connections_per_ip" => match int(1, 10_000) {
+                    Some(n) => c.max_connections_per_ip = n as usize,
                     None => errs.push(ConfigError::new(file, key, "expected an integer 1..=10000")),
                 },
                 "max_message" => match int(64 * 1024, 16 << 20) {
@@ -293,7 +317,8 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let cfg = Arc::new(cfg);
-    let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    // Refusals are counted and logged (rate-limited) by the limiter.
+    let limiter = crate::netlimit::Limiter::new("rtmp", listener.local_addr().ok(), cfg.caps());
     loop {
         let (sock, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -302,16 +327,16 @@ pub async fn serve(
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!("rtmp accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
                     continue;
                 }
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(
-                "rtmp {peer}: refused, {} connections already open ([rtmp] max_connections)",
-                cfg.max_connections
-            );
+        let Ok(permit) = limiter.admit(peer.ip()) else {
+            drop(sock);
             continue;
         };
         let _ = sock.set_nodelay(true);

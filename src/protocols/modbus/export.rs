@@ -172,8 +172,11 @@ byte count that disagrees with the quantity, a coil value other than \
 that covers only one word of a 32-bit value; 04 internal failure; 0x0B unit \
 id not served. A malformed MBAP header (protocol id != 0, length < 2 or > 254) \
 closes the connection.\n\
-- Connections: at most `[modbus] max_connections` (default 64); one that \
-completes no request within `[modbus] idle_timeout` (default 60 s) is closed.\n\n",
+- Connections: at most `[modbus] max_connections` (default 64), of which \
+`[modbus] max_connections_per_ip` (default 8) from one address; one that \
+completes no request within `[modbus] idle_timeout` (default 60 s) is closed.\n\
+- Writes can be limited by source network (`[modbus] write_allow`) or refused \
+(`[modbus] read_only`): a refused write gets exception 01 and is audited.\n\n",
         map.word_order.as_str(),
         map.write_priority,
         MAX_READ_REGS,

@@ -1,4 +1,4 @@
-//! Modbus TCP server over the point database and `mappings/modbus.toml`: FC 01-06, 15, 16, 23 and 43/14, unit-id filtering, connection limit, idle timeout.
+//! Modbus TCP server over the point database and `mappings/modbus.toml`: FC 01-06, 15, 16, 23 and 43/14, unit-id filtering, write policy (read_only, write_allow), connection caps (total, per address), idle timeout.
 //!
 //! # Why castpoint owns the framing instead of serving through tokio-modbus
 //!
@@ -52,37 +52,108 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ModbusSection;
-use crate::points::{ModbusMap, PointDb};
+use crate::netlimit::Caps;
+use crate::points::{ModbusMap, PointDb, Protocol, WritePolicy};
 
 pub use export::{map_csv, map_markdown};
 pub use frame::{decode_request, split_frame, Exception, Request};
 pub use server::Limits;
 pub use service::Service;
 
-/// Problems with keys of `[modbus]` this module does not know (the config
-/// loader keeps them in `raw` for the part that owns the section).
-pub fn config_problems(section: &ModbusSection) -> Vec<String> {
-    section
-        .raw
-        .keys()
-        .map(|k| format!("modbus.{k}: unknown key (known: enabled, bind, unit_ids, max_connections, idle_timeout)"))
-        .collect()
+/// Keys of `[modbus]` this module reads from the section's `raw` (the
+/// config loader parses the others).
+const OWN_KEYS: &[&str] = &["max_connections_per_ip", "read_only", "write_allow"];
+
+/// Default `[modbus] max_connections_per_ip`: one host cannot hold every
+/// one of the default 64 slots.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 8;
+
+/// What this module reads from `[modbus]`'s extra keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub max_connections_per_ip: usize,
+    /// `read_only` / `write_allow`: enforced by `PointDb::write`.
+    pub policy: WritePolicy,
 }
 
-/// Binds `[modbus] bind` and serves it on `tasks` until `shutdown`.
-/// Returns the bound address (tests bind port 0).
+impl Settings {
+    /// Parses the extra keys; errors are `modbus.key: message` lines.
+    pub fn parse(section: &ModbusSection) -> Result<Settings, Vec<String>> {
+        let mut errs: Vec<String> = section
+            .raw
+            .keys()
+            .filter(|k| !OWN_KEYS.contains(&k.as_str()))
+            .map(|k| format!("modbus.{k}: unknown key (known: enabled, bind, unit_ids, max_connections, max_connections_per_ip, idle_timeout, read_only, write_allow)"))
+            .collect();
+        let max_connections_per_ip = match section.raw.get("max_connections_per_ip") {
+            None => DEFAULT_MAX_CONNECTIONS_PER_IP,
+            Some(v) => match v.as_integer().filter(|n| (1..=10_000).contains(n)) {
+                Some(n) => n as usize,
+                None => {
+                    errs.push(
+                        "modbus.max_connections_per_ip: expected an integer 1..=10000".into(),
+                    );
+                    DEFAULT_MAX_CONNECTIONS_PER_IP
+                }
+            },
+        };
+        let policy = WritePolicy::from_table("modbus", &section.raw).unwrap_or_else(|e| {
+            errs.extend(e);
+            WritePolicy::default()
+        });
+        if errs.is_empty() {
+            Ok(Settings {
+                max_connections_per_ip,
+                policy,
+            })
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+/// Problems with `[modbus]`'s keys this module owns (unknown keys, a bad
+/// CIDR in `write_allow`): `check-config` reports them, `run` refuses them.
+pub fn config_problems(section: &ModbusSection) -> Vec<String> {
+    Settings::parse(section).err().unwrap_or_default()
+}
+
+/// The listener caps `[modbus]` asks for (before `netlimit::fit_caps`).
+pub fn caps(section: &ModbusSection) -> Caps {
+    Caps {
+        max_connections: section.max_connections,
+        max_connections_per_ip: Settings::parse(section)
+            .map(|s| s.max_connections_per_ip)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP),
+    }
+}
+
+/// Binds `[modbus] bind` and serves it on `tasks` until `shutdown`, with
+/// the write policy of `[modbus] read_only` / `write_allow` installed in
+/// the database first. Returns the bound address (tests bind port 0).
 pub async fn start(
     section: &ModbusSection,
     db: PointDb,
     map: &ModbusMap,
+    caps: Caps,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> std::io::Result<SocketAddr> {
+    // A policy that does not parse must not leave writes open.
+    let settings = Settings::parse(section)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.join("; ")))?;
+    if !settings.policy.read_only && settings.policy.write_allow.is_empty() {
+        tracing::warn!(
+            "modbus: any host that reaches {} can write command points (set [modbus] read_only or write_allow)",
+            section.bind
+        );
+    }
+    db.set_write_policy(Protocol::Modbus, settings.policy);
     let listener = TcpListener::bind(section.bind).await?;
     let addr = listener.local_addr()?;
     let svc = Arc::new(Service::new(db, map, &section.unit_ids));
     let limits = Limits {
-        max_connections: section.max_connections,
+        caps,
         idle_timeout: (!section.idle_timeout.is_zero()).then_some(section.idle_timeout),
     };
     tasks.spawn(server::run(listener, svc, limits, shutdown, tasks.clone()));

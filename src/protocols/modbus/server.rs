@@ -1,4 +1,4 @@
-//! The Modbus TCP listener: accept loop with a connection limit, one task per connection with an idle timeout, pipelined request framing.
+//! The Modbus TCP listener: accept loop with connection caps (total and per address), one task per connection with an idle timeout, pipelined request framing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,20 +7,21 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::frame::split_frame;
 use super::service::Service;
+use crate::netlimit::{Caps, Limiter};
 
 /// Per-listener limits from `[modbus]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Connections served at once; more are accepted and closed at once so
-    /// a flood cannot exhaust file descriptors or memory.
-    pub max_connections: usize,
+    /// Connections served at once, in all and per source address; more
+    /// are accepted and closed at once so a flood cannot exhaust file
+    /// descriptors or memory, and one host cannot lock the others out.
+    pub caps: Caps,
     /// A connection that completes no request for this long is closed
     /// (`None`: never). Also bounds how long a truncated frame or a peer
     /// that stops reading its responses can hold a connection slot.
@@ -39,10 +40,8 @@ pub async fn run(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    // A flood of refused connections logs once a second, not once each.
-    let mut last_refusal_log: Option<Instant> = None;
-    let mut refused_since_log: u64 = 0;
+    // Refusals are counted and logged (rate-limited) by the limiter.
+    let limiter = Limiter::new("modbus", listener.local_addr().ok(), limits.caps);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -50,18 +49,8 @@ pub async fn run(
         };
         match accepted {
             Ok((sock, peer)) => {
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                let Ok(permit) = limiter.admit(peer.ip()) else {
                     drop(sock);
-                    refused_since_log += 1;
-                    if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                        tracing::warn!(
-                            %peer,
-                            "modbus: {refused_since_log} connection(s) refused: max_connections = {} reached",
-                            limits.max_connections
-                        );
-                        last_refusal_log = Some(Instant::now());
-                        refused_since_log = 0;
-                    }
                     continue;
                 };
                 let svc = svc.clone();
