@@ -242,16 +242,21 @@ fn ids(rows: &[J]) -> Vec<String> {
 
 #[tokio::test]
 async fn scram_login_bearer_and_refusals() {
-    let (app, base) = start_with("token_ttl = \"1s\"").await;
+    // A short lifetime so expiry is observable; long enough that a debug
+    // build's PBKDF2 on a loaded 2-core machine cannot expire the token
+    // between login and first use (it did with 1 s).
+    let (app, base) = start_with("token_ttl = \"3s\"").await;
     // No credentials and no anonymous mode: 401.
     let r = reqwest::get(format!("{base}/about")).await.expect("get");
     assert_eq!(r.status(), 401);
-    // Both base64 alphabets log in.
-    let t1 = login(&base, "op", OP_PW, false).await.expect("std");
-    let _t2 = login(&base, "op", OP_PW, true).await.expect("url");
     // Wrong password and unknown user fail at the proof: 403.
     assert_eq!(login(&base, "op", "bad", false).await, Err(403));
     assert_eq!(login(&base, "nobody", "x", false).await, Err(403));
+    // Both base64 alphabets log in (the token used below is taken last).
+    let _t2 = login(&base, "op", OP_PW, true).await.expect("url");
+    // Taken before the login, so the token cannot be older than this.
+    let issued = std::time::Instant::now();
+    let t1 = login(&base, "op", OP_PW, false).await.expect("std");
     let c = reqwest::Client::new();
     let about = |t: String| {
         c.get(format!("{base}/about"))
@@ -264,9 +269,22 @@ async fn scram_login_bearer_and_refusals() {
     assert!(z.starts_with("ver:\"3.0\"\n"), "{z}");
     assert!(z.contains("\"op\""), "whoami in about: {z}");
     assert_eq!(about("bogus".into()).await.expect("bogus").status(), 403);
-    // Tokens expire: 403 tells the client to authenticate again.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert_eq!(about(t1).await.expect("expired").status(), 403);
+    // Tokens expire: 403 tells the client to authenticate again. Asked
+    // until it happens (bounded), and never before the lifetime is over.
+    let deadline = issued + Duration::from_secs(15);
+    loop {
+        let s = about(t1.clone()).await.expect("expired").status();
+        if s == 403 {
+            assert!(
+                issued.elapsed() >= Duration::from_millis(2900),
+                "expired early"
+            );
+            break;
+        }
+        assert_eq!(s, 200);
+        assert!(std::time::Instant::now() < deadline, "token never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     app.stop().await;
 }
 
