@@ -99,6 +99,13 @@ pub enum EventKind {
         output: String,
         reason: String,
     },
+    /// A caller refused by a listener *input* (a second publisher while
+    /// one is connected, a failed handshake: wrong passphrase, a wrong
+    /// key length, a refused streamid).
+    InputRejected {
+        input: String,
+        reason: String,
+    },
     Restarted,
 }
 
@@ -904,6 +911,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn spawn_input(
         &self,
+        route: &str,
         tracker: &TaskTracker,
         rt: Option<&tokio::runtime::Handle>,
         key: usize,
@@ -936,8 +944,13 @@ impl Engine {
                 )
             }
             InputKind::Srt(sp) => {
+                let who = srt::InputId {
+                    events: self.inner.events.clone(),
+                    route: route.to_string(),
+                    input: inp.name.clone(),
+                };
                 let sp = sp.clone();
-                tracker.spawn_blocking(move || srt::run_input(feed, sp, c))
+                tracker.spawn_blocking(move || srt::run_input(feed, sp, who, c))
             }
             InputKind::Generator { bitrate } => {
                 let b = *bitrate;
@@ -1002,6 +1015,7 @@ impl Engine {
                     let pace = &rt.shared.read_pace_us;
                     let h = rt.rt.clone();
                     self.spawn_input(
+                        route,
                         &rt.inputs,
                         h.as_ref(),
                         key,
@@ -1046,6 +1060,7 @@ impl Engine {
             .enumerate()
             .map(|(i, inp)| {
                 self.spawn_input(
+                    &spec.name,
                     &inputs,
                     rt.as_ref(),
                     i,

@@ -1487,3 +1487,121 @@ segment = "2s"
     assert!(checked >= 3);
     app.stop().await;
 }
+
+/// The `input_rejected` events of `route` so far (as JSON, so that the
+/// test reads what the API's event feed shows).
+fn input_rejections(app: &App, route: &str) -> Vec<String> {
+    app.engine
+        .recent_events()
+        .iter()
+        .filter(|e| e.route == route)
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .filter(|j| j["event"] == "input_rejected")
+        .map(|j| j["reason"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Issue 17 items 2 and 4: a busy SRT listener input refuses a second
+/// caller in the handshake (it used to be "connected" into libsrt's backlog
+/// and stream into nothing), and a caller with a wrong passphrase (refused
+/// by libsrt after our listen callback admitted it) is counted and
+/// reported too; the publisher on air never notices either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srt_listener_input_refuses_second_caller_and_wrong_passphrase() {
+    let port = free_udp_port();
+    let app = start_with(&format!(
+        r#"
+[[route]]
+name = "busy"
+[[route.input]]
+name = "contribution"
+type = "srt"
+mode = "listener"
+addr = "127.0.0.1:{port}"
+passphrase = "correcthorsebattery"
+pbkeylen = 16
+[[route.output]]
+type = "udp"
+dest = "127.0.0.1:9"
+"#
+    ))
+    .await;
+    let input = |app: &App| app.engine.snapshot().route("busy").expect("r").inputs[0].clone();
+    let caller = |pass: &str, pbkeylen: u32| {
+        let feed = free_udp_port();
+        let k = Kill(slt(&[
+            &format!("udp://127.0.0.1:{feed}"),
+            &format!("srt://127.0.0.1:{port}?passphrase={pass}&pbkeylen={pbkeylen}"),
+        ]));
+        (
+            k,
+            format!("127.0.0.1:{feed}")
+                .parse::<SocketAddr>()
+                .expect("addr"),
+        )
+    };
+    // The publisher.
+    let (_first, feed) = caller("correcthorsebattery", 16);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let src = source(feed, Gen::new(0));
+    let end = Instant::now() + Duration::from_secs(10);
+    while !(input(&app).clients == 1 && input(&app).bytes > 100_000) {
+        assert!(Instant::now() < end, "the first caller never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(input(&app).rejected, 0);
+    // A second caller with the right passphrase, and one offering another
+    // key length, while the first one publishes: refused, counted, reported.
+    let (second, feed2) = caller("correcthorsebattery", 16);
+    let (third, feed3) = caller("correcthorsebattery", 32);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let src2 = source(feed2, Gen::new(5));
+    let src3 = source(feed3, Gen::new(7));
+    let end = Instant::now() + Duration::from_secs(10);
+    while input(&app).rejected < 2 || input_rejections(&app, "busy").len() < 2 {
+        assert!(
+            Instant::now() < end,
+            "second callers not refused: rejected = {}, events {:?}",
+            input(&app).rejected,
+            input_rejections(&app, "busy")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ev = input_rejections(&app, "busy");
+    assert!(ev.iter().any(|r| r.contains("already connected")), "{ev:?}");
+    let i = input(&app);
+    assert_eq!(i.clients, 1, "{i:?}");
+    assert_eq!(i.cc_errors, 0, "the publisher on air was disturbed");
+    src2.abort();
+    src3.abort();
+    drop(second);
+    drop(third);
+
+    // The publisher leaves; a caller with a wrong passphrase is refused by
+    // libsrt, and that refusal is counted and reported as well.
+    src.abort();
+    drop(_first);
+    let end = Instant::now() + Duration::from_secs(15);
+    while input(&app).clients != 0 {
+        assert!(Instant::now() < end, "the publisher never left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = input(&app).rejected;
+    let (_bad, feed4) = caller("nottherightphrase", 16);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let src4 = source(feed4, Gen::new(3));
+    let end = Instant::now() + Duration::from_secs(10);
+    while input(&app).rejected <= before {
+        assert!(
+            Instant::now() < end,
+            "the wrong passphrase was not counted (rejected = {before})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ev = input_rejections(&app, "busy");
+    assert!(ev.iter().any(|r| r.contains("passphrase")), "{ev:?}");
+    let i = input(&app);
+    assert_eq!(i.clients, 0, "a wrong passphrase got connected: {i:?}");
+    src4.abort();
+    app.stop().await;
+}
