@@ -538,6 +538,17 @@ impl RouteTask {
     /// A chunk of transcoded TS: to the auto outputs.
     fn forward_tc(&mut self, chunk: Bytes, main: &super::ts::CcRewriter) {
         self.flush_udp();
+        if chunk.is_empty() {
+            // A new ffmpeg child starts (see `child::supervise`): its
+            // counters start over, so the auto outputs re-base them even
+            // when it delivers within TC_STALL and they never went back
+            // to the original stream.
+            if let Some(rw) = self.tc.rw_auto.as_mut() {
+                rw.switched();
+            }
+            self.tc.psi = PsiTracker::default();
+            return;
+        }
         let now = Instant::now();
         self.tc.last = Some(now);
         if !self.tc.auto_on_tc {

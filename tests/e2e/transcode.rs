@@ -671,3 +671,71 @@ bitrate = 1000000
     until("stale child reaped", 5, || (!alive(stale)).then_some(())).await;
     app.stop().await;
 }
+
+/// Issue 17 item 3: every new transcoder child restarts its continuity
+/// counters. A `copy` profile restarts within the 2 s stall timeout, so
+/// the auto outputs never fall back to the original stream in between:
+/// they must still re-base their counters at the new child's first packet
+/// (they used to keep the old child's offsets: a jump on every PID).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcoder_restart_keeps_auto_output_counters_continuous() {
+    let auto_sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let text = format!(
+        r#"
+[[profile]]
+number = 1
+name = "same"
+video = "copy"
+audio = "copy"
+[[route]]
+name = "rs"
+mode = "transcode"
+profile = "same"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "auto"
+type = "udp"
+dest = "{}"
+"#,
+        auto_sock.local_addr().expect("addr"),
+    );
+    let app = start_with(&text).await;
+    let _src = source(input_addr(&app, "rs").await);
+    let (auto_cc, h) = watch_udp(auto_sock);
+    let progress = |app: &App| {
+        let s = app.engine.snapshot();
+        let t = s.route("rs")?.transcode.clone()?;
+        let fresh = t.ffmpeg.progress_age_ms.is_some_and(|a| a < 1000) && t.ffmpeg.out_bytes > 0;
+        fresh.then_some((t.ffmpeg.pid?, t.ffmpeg.out_bytes))
+    };
+    until("transcoder progress", 20, || progress(&app)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for round in 0..3 {
+        let (pid, out) = until("a running child", 10, || progress(&app)).await;
+        let st = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+        let killed = Instant::now();
+        until("a new child delivering", 10, || {
+            progress(&app).filter(|(p, o)| *p != pid && *o > out)
+        })
+        .await;
+        eprintln!(
+            "round {round}: new child delivering {:?} after SIGKILL",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let (errors, packets) = (auto_cc.errors.load(Relaxed), auto_cc.packets.load(Relaxed));
+    assert!(packets > 1000, "auto output got {packets} packets");
+    assert_eq!(
+        errors, 0,
+        "auto output: {errors} CC errors in {packets} packets across 3 transcoder restarts"
+    );
+    h.abort();
+    app.stop().await;
+}

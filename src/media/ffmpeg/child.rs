@@ -216,7 +216,8 @@ enum End {
 
 /// Runs `spec` until `cancel` (or until `input` closes), restarting it with
 /// backoff. `output` receives stdout as chunks of whole TS packets
-/// (try_send: a full queue drops the chunk, counted).
+/// (try_send: a full queue drops the chunk, counted), each child's preceded
+/// by an empty chunk.
 pub async fn supervise(
     spec: ChildSpec,
     mut input: mpsc::Receiver<Bytes>,
@@ -247,6 +248,17 @@ pub async fn supervise(
             )),
             Ok(child) => {
                 join.rejoin();
+                // An empty chunk tells the reader that a new child's
+                // stream starts here (its counters, PSI versions and
+                // clock restart): the route re-bases the continuity
+                // counters of its auto outputs at this point, in order
+                // with the old child's last chunks.
+                if let Some(out) = &output {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        r = out.send(Bytes::new()) => if r.is_err() { break },
+                    }
+                }
                 let io = Io {
                     input: &mut input,
                     join: &mut join,
