@@ -811,6 +811,7 @@ impl Engine {
         let c = cancel.clone();
         let t = &self.inner.tasks;
         let mut direct = None;
+        let mut enabled_tx = None;
         let handle = match &spec.kind {
             OutputKind::Udp { dest, ttl } => {
                 match output::udp_sender(*dest, *ttl) {
@@ -876,12 +877,15 @@ impl Engine {
             OutputKind::Srt(sp) => spawn_on(t, rt, srt::run_caller_output(rx, sp.clone(), s, c)),
             OutputKind::Rtmp { url, key } => {
                 let media = self.inner.media.subscribe();
+                let (en_tx, en_rx) = tokio::sync::watch::channel(spec.enabled);
+                enabled_tx = Some(en_tx);
                 let target = crate::media::ffmpeg::profile::rtmp_target(url, key.as_deref());
                 spawn_on(
                     t,
                     rt,
                     crate::media::ffmpeg::run_rtmp_push(
                         media,
+                        en_rx,
                         target,
                         key.clone(),
                         format!("rtmp:{route}/{}", spec.name),
@@ -900,6 +904,7 @@ impl Engine {
                 cancel,
                 loss: Default::default(),
                 direct,
+                enabled_tx,
             },
             handle,
         )

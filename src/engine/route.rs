@@ -37,6 +37,9 @@ pub(crate) struct OutputSlot {
     pub loss: FrameLoss,
     /// Outputs the route task sends to itself; `tx` is unused then.
     pub direct: Option<Direct>,
+    /// Tells an output task that runs a process (RTMP push) whether it is
+    /// enabled: a disabled output runs no child.
+    pub enabled_tx: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 /// An output the route task sends to without a queue or a task hop: the
@@ -688,6 +691,9 @@ impl RouteTask {
                 let mut found = false;
                 for o in self.outputs.iter_mut().filter(|o| o.spec.name == name) {
                     o.spec.enabled = en;
+                    if let Some(t) = &o.enabled_tx {
+                        t.send_replace(en);
+                    }
                     found = true;
                 }
                 let _ = reply.send(found);

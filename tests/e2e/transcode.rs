@@ -739,3 +739,93 @@ dest = "{}"
     h.abort();
     app.stop().await;
 }
+
+/// Live children of this process tagged with exactly `label`.
+fn children_labelled(label: &str) -> Vec<u32> {
+    let want = format!("CASTPOINT_CHILD={}:{label}", std::process::id());
+    tagged_children_of(std::process::id())
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
+        })
+        .collect()
+}
+
+/// Issue 17 item 5: a disabled RTMP push output runs no ffmpeg child (it
+/// used to start one anyway); enabling it starts one that delivers,
+/// disabling it again stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_rtmp_push_output_runs_no_child() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_tcp_port();
+    let key = "dis-k3y";
+    let text = format!(
+        r#"
+[[route]]
+name = "dis"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "cdn"
+type = "rtmp"
+url = "rtmp://127.0.0.1:{port}/live"
+key = "{key}"
+enabled = false
+"#
+    );
+    let _server = rtmp_server(port, key, &dir.path().join("a.ts"));
+    let app = start_with(&text).await;
+    let _src = source(input_addr(&app, "dis").await);
+    let label = "rtmp:dis/cdn";
+    let output = |app: &App| {
+        app.engine
+            .snapshot()
+            .route("dis")
+            .and_then(|r| r.outputs.iter().find(|o| o.name == "cdn").cloned())
+            .expect("output")
+    };
+    // Data flows on the route for a while: still no child.
+    until("input data", 10, || {
+        let s = app.engine.snapshot();
+        (s.route("dis")?.inputs[0].bytes > 200_000).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        children_labelled(label),
+        Vec::<u32>::new(),
+        "a disabled output runs ffmpeg"
+    );
+    let o = output(&app);
+    assert!(
+        o.ffmpeg
+            .as_ref()
+            .is_none_or(|f| f.pid.is_none() && !f.running),
+        "{o:?}"
+    );
+    assert_eq!(o.error.as_deref(), Some("disabled"), "{o:?}");
+
+    // Enabled: a child starts and connects.
+    app.engine
+        .set_output_enabled("dis", "cdn", true)
+        .await
+        .expect("enable");
+    until("the push connected", 20, || output(&app).up.then_some(())).await;
+    let pids = children_labelled(label);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+
+    // Disabled again: the child is stopped and reaped.
+    app.engine
+        .set_output_enabled("dis", "cdn", false)
+        .await
+        .expect("disable");
+    until("the child gone", 10, || {
+        (children_labelled(label).is_empty() && !alive(pids[0])).then_some(())
+    })
+    .await;
+    let o = output(&app);
+    assert!(!o.up && o.clients == 0, "{o:?}");
+    app.stop().await;
+}

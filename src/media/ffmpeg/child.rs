@@ -220,7 +220,7 @@ enum End {
 /// by an empty chunk.
 pub async fn supervise(
     spec: ChildSpec,
-    mut input: mpsc::Receiver<Bytes>,
+    input: &mut mpsc::Receiver<Bytes>,
     output: Option<mpsc::Sender<Bytes>>,
     stats: Arc<ChildStats>,
     cancel: CancellationToken,
@@ -260,7 +260,7 @@ pub async fn supervise(
                     }
                 }
                 let io = Io {
-                    input: &mut input,
+                    input: &mut *input,
                     join: &mut join,
                     output: output.as_ref(),
                 };

@@ -376,17 +376,21 @@ pub async fn run_transcode(
         label: format!("transcode:{route}"),
         stdout: true,
     };
-    child::supervise(spec, input, Some(output), stats.child.clone(), cancel).await;
+    child::supervise(spec, &mut input, Some(output), stats.child.clone(), cancel).await;
 }
 
 /// An RTMP(S) push output: one child per destination. `io.up`/`io.error`
-/// carry connected/disconnected and the reason.
+/// carry connected/disconnected and the reason. A disabled output runs no
+/// child at all (`enabled` false: the child is stopped, and started again
+/// when the output is enabled).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_rtmp_push(
     mut media: tokio::sync::watch::Receiver<Option<Arc<Media>>>,
+    mut enabled: tokio::sync::watch::Receiver<bool>,
     target: String,
     key: Option<String>,
     label: String,
-    input: mpsc::Receiver<Bytes>,
+    mut input: mpsc::Receiver<Bytes>,
     io: Arc<IoStats>,
     cancel: CancellationToken,
 ) {
@@ -400,7 +404,6 @@ pub async fn run_rtmp_push(
             None => return,
         },
     };
-    io.set_error("connecting");
     let spec = ChildSpec {
         program: media.ffmpeg.clone(),
         args: profile::rtmp_push_args(&target),
@@ -408,42 +411,69 @@ pub async fn run_rtmp_push(
         label,
         stdout: false,
     };
-    let sup = child::supervise(spec, input, None, cs.clone(), cancel.clone());
-    tokio::pin!(sup);
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut last_size = 0u64;
     loop {
-        tokio::select! {
-            _ = &mut sup => break,
-            _ = tick.tick() => {
-                // Connected = ffmpeg is writing to the server (its progress
-                // keeps coming); otherwise the last error is the reason.
-                if cs.progressing(Duration::from_secs(3)) {
-                    if !io.up.load(Relaxed) {
-                        io.set_up(None);
+        if !*enabled.borrow_and_update() {
+            io.clients.store(0, Relaxed);
+            io.set_error("disabled");
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = enabled.wait_for(|e| *e) => if r.is_err() { break },
+            }
+            // What was queued before the output was disabled is stale.
+            while input.try_recv().is_ok() {}
+        }
+        io.set_error("connecting");
+        let run = cancel.child_token();
+        let sup = child::supervise(spec.clone(), &mut input, None, cs.clone(), run.clone());
+        tokio::pin!(sup);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut last_size = 0u64;
+        loop {
+            tokio::select! {
+                _ = &mut sup => break,
+                r = enabled.changed(), if !run.is_cancelled() => {
+                    if r.is_err() || !*enabled.borrow() {
+                        // Disabled (or the output is going away): stop the
+                        // child; `sup` returns once it is reaped.
+                        run.cancel();
                     }
-                    io.clients.store(1, Relaxed);
-                    let size = cs.last.lock().as_ref().and_then(|(p, _)| p.total_size).unwrap_or(0);
-                    if size > last_size {
-                        io.add((size - last_size) as usize);
+                }
+                _ = tick.tick() => {
+                    // Connected = ffmpeg is writing to the server (its progress
+                    // keeps coming); otherwise the last error is the reason.
+                    if cs.progressing(Duration::from_secs(3)) {
+                        if !io.up.load(Relaxed) {
+                            io.set_up(None);
+                        }
+                        io.clients.store(1, Relaxed);
+                        let size = cs.last.lock().as_ref().and_then(|(p, _)| p.total_size).unwrap_or(0);
+                        if size > last_size {
+                            io.add((size - last_size) as usize);
+                        }
+                        last_size = size;
+                    } else {
+                        last_size = 0;
+                        io.clients.store(0, Relaxed);
+                        let why = cs
+                            .fault
+                            .lock()
+                            .clone()
+                            .or_else(|| cs.running.load(Relaxed).then(|| "connecting".to_string()))
+                            .unwrap_or_else(|| "not running".into());
+                        io.set_error(why);
                     }
-                    last_size = size;
-                } else {
-                    last_size = 0;
-                    io.clients.store(0, Relaxed);
-                    let why = cs
-                        .fault
-                        .lock()
-                        .clone()
-                        .or_else(|| cs.running.load(Relaxed).then(|| "connecting".to_string()))
-                        .unwrap_or_else(|| "not running".into());
-                    io.set_error(why);
                 }
             }
         }
+        // Ended for good unless only this run was stopped (disabled).
+        if cancel.is_cancelled() || !run.is_cancelled() {
+            break;
+        }
     }
     io.clients.store(0, Relaxed);
-    io.set_error("stopped");
+    if cancel.is_cancelled() {
+        io.set_error("stopped");
+    }
 }
 
 #[cfg(test)]
