@@ -170,6 +170,8 @@ struct Overlay {
     transcode: Option<bool>,
     /// Output Profile (None or 0: the route's configured profile).
     profile: Option<u32>,
+    /// Recording Enable (None: each `record` output as configured).
+    recording: Option<bool>,
 }
 
 impl Default for Overlay {
@@ -179,6 +181,7 @@ impl Default for Overlay {
             forced: None,
             transcode: None,
             profile: None,
+            recording: None,
         }
     }
 }
@@ -682,27 +685,28 @@ impl Engine {
     /// Recording Enable: turns the route's `record` outputs on or off; a
     /// route without one gets a default recording output (`recording`,
     /// 10-minute files under `data_dir/recordings/<route>/`).
-    pub async fn set_recording(&self, route: &str, en: bool) -> Result<(), EngineError> {
+    pub async fn set_recording(&self, route: &str, en: Option<bool>) -> Result<(), EngineError> {
         let has = {
             let mut st = self.inner.state.lock().await;
-            let r = find_route_mut(&mut st.desired, route)?;
-            let mut n = 0;
-            for o in r
+            st.overlay.entry(route.to_string()).or_default().recording = en;
+            // The configuration is left as it is: `None` puts every record
+            // output back to its configured `enabled`.
+            let r = find_route(&st.desired, route)?;
+            let want: Vec<(String, bool)> = r
                 .outputs
-                .iter_mut()
+                .iter()
                 .filter(|o| matches!(o.kind, OutputKind::Record { .. }))
-            {
-                o.enabled = en;
-                n += 1;
-            }
+                .map(|o| (o.name.clone(), en.unwrap_or(o.enabled)))
+                .collect();
+            let has = !want.is_empty();
             if let Some(rt) = st.running.get(route) {
                 let (tx, rx) = oneshot::channel();
-                let _ = rt.cmd.send(RouteCmd::SetRecording(en, tx)).await;
+                let _ = rt.cmd.send(RouteCmd::SetRecording(want, tx)).await;
                 let _ = rx.await;
             }
-            n > 0
+            has
         };
-        if en && !has {
+        if en == Some(true) && !has {
             self.add_output(
                 route,
                 OutputSpec {
@@ -1088,7 +1092,13 @@ impl Engine {
             .collect();
         inputs.close();
         let mut slots = Vec::new();
+        let recording = st.overlay.get(&spec.name).and_then(|o| o.recording);
         for o in &spec.outputs {
+            let mut o = o.clone();
+            // A written Recording Enable outlives a route restart.
+            if let (Some(en), OutputKind::Record { .. }) = (recording, &o.kind) {
+                o.enabled = en;
+            }
             let (slot, h) = self.spawn_output(
                 &spec.name,
                 o.clone(),

@@ -114,7 +114,8 @@ pub(crate) enum RouteCmd {
     RemoveOutput(String, oneshot::Sender<Option<Box<OutputSlot>>>),
     SetOutputEnabled(String, bool, oneshot::Sender<bool>),
     /// Enables or disables every recording output; answers how many exist.
-    SetRecording(bool, oneshot::Sender<usize>),
+    /// Record outputs' enabled states (see `Engine::set_recording`).
+    SetRecording(Vec<(String, bool)>, oneshot::Sender<usize>),
     SelectInput(Option<usize>),
     SetStreamEnabled(bool),
     /// Hot input change: the keys of the inputs now running, in priority
@@ -698,15 +699,17 @@ impl RouteTask {
                 }
                 let _ = reply.send(found);
             }
-            RouteCmd::SetRecording(en, reply) => {
+            RouteCmd::SetRecording(want, reply) => {
                 let mut n = 0;
                 for o in self
                     .outputs
                     .iter_mut()
                     .filter(|o| matches!(o.spec.kind, OutputKind::Record { .. }))
                 {
-                    o.spec.enabled = en;
-                    n += 1;
+                    if let Some((_, en)) = want.iter().find(|(name, _)| *name == o.spec.name) {
+                        o.spec.enabled = *en;
+                        n += 1;
+                    }
                 }
                 let _ = reply.send(n);
             }

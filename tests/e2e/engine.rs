@@ -1605,3 +1605,94 @@ dest = "127.0.0.1:9"
     src4.abort();
     app.stop().await;
 }
+
+/// Issue 17 item 7: one rule for every command point — nothing written
+/// leaves the configuration alone. Recording Enable at its relinquish
+/// default (false) used to switch off a `record` output configured
+/// `enabled = true` on the primary route; a written value overrides it,
+/// relinquishing it restores the configured state. Connected Viewers and
+/// Total Bitrate Out say in `/api/points` that they update every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritten_recording_enable_keeps_the_configured_record_output() {
+    let app = start_with(
+        r#"
+primary_route = "rec"
+[[route]]
+name = "rec"
+[[route.input]]
+type = "generator"
+bitrate = 500000
+[[route.output]]
+name = "archive"
+type = "record"
+enabled = true
+"#,
+    )
+    .await;
+    let archive = |app: &App| {
+        app.engine
+            .snapshot()
+            .route("rec")
+            .and_then(|r| r.outputs.iter().find(|o| o.name == "archive").cloned())
+            .expect("archive")
+    };
+    let until_enabled = |want: bool| {
+        let app = &app;
+        async move {
+            let end = Instant::now() + Duration::from_secs(5);
+            while archive(app).enabled != want {
+                assert!(Instant::now() < end, "archive enabled != {want}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // The bridge has applied every command point once it publishes.
+    let end = Instant::now() + Duration::from_secs(5);
+    while app
+        .db
+        .read(app.db.lookup("active_streams").expect("point"))
+        .and_then(|s| s.value)
+        .is_none()
+    {
+        assert!(Instant::now() < end, "the bridge never published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let a = archive(&app);
+    assert!(
+        a.enabled,
+        "nothing written, yet the record output is off: {a:?}"
+    );
+    let end = Instant::now() + Duration::from_secs(5);
+    while archive(&app).bytes == 0 {
+        assert!(Instant::now() < end, "the record output writes nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Written false: off; relinquished: back to the configured `true`.
+    let id = app.db.lookup("recording_enable").expect("point");
+    let who = Source::new(Protocol::Modbus, None, None);
+    app.db
+        .write(id, Some(Value::Bool(false)), 8, &who)
+        .expect("write");
+    until_enabled(false).await;
+    app.db.write(id, None, 8, &who).expect("relinquish");
+    until_enabled(true).await;
+
+    let http = app.addrs.http.expect("http");
+    let doc: serde_json::Value = reqwest::get(format!("http://{http}/api/points"))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    let list = doc
+        .as_array()
+        .or_else(|| doc["points"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    for id in ["connected_viewers", "total_bitrate_out"] {
+        let p = list.iter().find(|p| p["id"] == id).expect(id);
+        assert_eq!(p["period_s"], 1.0, "{id}: {p}");
+    }
+    app.stop().await;
+}
