@@ -759,6 +759,7 @@ fn children_labelled(label: &str) -> Vec<u32> {
 async fn disabled_rtmp_push_output_runs_no_child() {
     let dir = tempfile::tempdir().expect("tmp");
     let port = free_tcp_port();
+    let dead = free_tcp_port();
     let key = "dis-k3y";
     let text = format!(
         r#"
@@ -773,6 +774,11 @@ type = "rtmp"
 url = "rtmp://127.0.0.1:{port}/live"
 key = "{key}"
 enabled = false
+[[route.output]]
+name = "embedded"
+type = "rtmp"
+preset = "custom"
+url = "rtmp://127.0.0.1:{dead}/live/emb3dd3d-k3y"
 "#
     );
     let _server = rtmp_server(port, key, &dir.path().join("a.ts"));
@@ -827,5 +833,23 @@ enabled = false
     .await;
     let o = output(&app);
     assert!(!o.up && o.clients == 0, "{o:?}");
+
+    // Issue 15 item 10: a key inside the URL never shows in what ffmpeg's
+    // errors turn into (output error, last log line).
+    let emb = until("the embedded-key push to fail", 20, || {
+        let s = app.engine.snapshot();
+        let o = s
+            .route("dis")?
+            .outputs
+            .iter()
+            .find(|o| o.name == "embedded")?
+            .clone();
+        let f = o.ffmpeg.clone()?;
+        let text = format!("{:?} {:?} {:?}", o.error, f.error, f.last_log);
+        text.contains("rtmp://").then_some(text)
+    })
+    .await;
+    assert!(!emb.contains("emb3dd3d-k3y"), "key leaked: {emb}");
+    assert!(emb.contains("/live/***"), "{emb}");
     app.stop().await;
 }
