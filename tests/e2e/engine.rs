@@ -1696,3 +1696,71 @@ enabled = true
     }
     app.stop().await;
 }
+
+/// Issue 17 item 6: an HLS viewer concatenates the segments of the
+/// playlist; every segment starts with PAT and PMT (copies of the last
+/// ones sent, so their counters repeat once: a duplicate, which decoders
+/// and the viewers tool accept) and every PID's counters run on across
+/// segment boundaries. Investigated for the "one CC error at start" report:
+/// not reproduced; kept as a regression test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_segments_continue_every_pids_counters() {
+    let app = start_with(
+        r#"
+[[route]]
+name = "h"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+type = "hls"
+path = "h"
+segment = "1s"
+window = 6
+"#,
+    )
+    .await;
+    let src = source(input_addr(&app, "h", 0).await, Gen::new(0));
+    let base = format!("http://{}/hls/h/", app.addrs.http.expect("http"));
+    let c = reqwest::Client::new();
+    let mut names = Vec::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    while names.len() < 4 {
+        assert!(Instant::now() < end, "fewer than 4 HLS segments: {names:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let Ok(r) = c.get(format!("{base}index.m3u8")).send().await else {
+            continue;
+        };
+        let text = r.text().await.unwrap_or_default();
+        names = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
+    }
+    let mut an = castpoint_sim::tsgen::TsAnalyzer::new();
+    for n in &names {
+        let body = c
+            .get(format!("{base}{n}"))
+            .send()
+            .await
+            .expect("segment")
+            .bytes()
+            .await
+            .expect("body");
+        assert!(body.len() >= 2 * 188 && body[0] == 0x47, "{n}");
+        let pid = |p: &[u8]| (u16::from(p[1] & 0x1F) << 8) | u16::from(p[2]);
+        assert_eq!(pid(&body[..188]), 0, "{n} does not start with the PAT");
+        an.feed(&body, 0);
+    }
+    let r = an.report();
+    assert!(r.packets > 1000, "{r:?}");
+    assert_eq!(
+        r.cc_errors,
+        0,
+        "CC errors across {names:?}: {:?}",
+        an.pids()
+    );
+    src.abort();
+    app.stop().await;
+}
