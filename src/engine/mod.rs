@@ -707,11 +707,13 @@ impl Engine {
             has
         };
         if en == Some(true) && !has {
+            // Configured disabled, enabled by the written point: when it is
+            // relinquished the route goes back to not recording.
             self.add_output(
                 route,
                 OutputSpec {
                     name: "recording".into(),
-                    enabled: true,
+                    enabled: false,
                     kind: OutputKind::Record {
                         segment: Duration::from_secs(600),
                         keep: 0,
@@ -721,6 +723,13 @@ impl Engine {
                 },
             )
             .await?;
+            let st = self.inner.state.lock().await;
+            if let Some(rt) = st.running.get(route) {
+                let (tx, rx) = oneshot::channel();
+                let want = vec![("recording".to_string(), true)];
+                let _ = rt.cmd.send(RouteCmd::SetRecording(want, tx)).await;
+                let _ = rx.await;
+            }
         }
         Ok(())
     }

@@ -812,6 +812,29 @@ async fn command_points_drive_the_primary_route() {
         .expect("a recording output")
         .clone();
     assert!(rec.bytes > 100_000, "recorded only {} bytes", rec.bytes);
+    // Relinquished: the route is as configured again, i.e. the output the
+    // write added stays off (it never turns back on within a second).
+    let rec_on = |app: &App| {
+        app.engine
+            .snapshot()
+            .route("main")
+            .and_then(|r| r.outputs.iter().find(|o| o.kind == "record").cloned())
+            .is_some_and(|o| o.enabled)
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    while rec_on(&app) {
+        assert!(Instant::now() < end, "Recording Enable false left it on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.db.write(re, None, 10, &who).expect("relinquish");
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        assert!(
+            !rec_on(&app),
+            "relinquished Recording Enable left the recording on"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // System Restart rebuilds the router and relinquishes its slot.
     let sr = app.db.lookup("system_restart").expect("pt");
