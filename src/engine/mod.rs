@@ -899,6 +899,7 @@ impl Engine {
                     crate::media::ffmpeg::run_rtmp_push(
                         media,
                         en_rx,
+                        url.clone(),
                         target,
                         key.clone(),
                         format!("rtmp:{route}/{}", spec.name),

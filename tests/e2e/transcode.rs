@@ -818,6 +818,14 @@ name = "embedded"
 type = "rtmp"
 preset = "custom"
 url = "rtmp://127.0.0.1:{dead}/live/emb3dd3d-k3y"
+[[route]]
+name = "back"
+[[route.input]]
+type = "rtmp"
+key = "0wn-ingest-k3y"
+[[route.output]]
+type = "udp"
+dest = "127.0.0.1:9"
 "#
     );
     let _server = rtmp_server(port, key, &dir.path().join("a.ts"));
@@ -890,5 +898,54 @@ url = "rtmp://127.0.0.1:{dead}/live/emb3dd3d-k3y"
     .await;
     assert!(!emb.contains("emb3dd3d-k3y"), "key leaked: {emb}");
     assert!(emb.contains("/live/***"), "{emb}");
+
+    // Issue 15 item 10: a separate `key` reaches ffmpeg through a private
+    // preset file, not its command line (readable by any local user). Our
+    // own RTMP ingest, which refuses unknown keys, is the server.
+    let own_key = "0wn-ingest-k3y";
+    let rtmp = app.addrs.rtmp.expect("rtmp listener");
+    app.engine
+        .add_output(
+            "dis",
+            castpoint::engine::spec::OutputSpec {
+                name: "own".into(),
+                enabled: true,
+                kind: castpoint::engine::spec::OutputKind::Rtmp {
+                    url: format!("rtmp://{rtmp}/live"),
+                    key: Some(own_key.into()),
+                },
+                queue: castpoint::engine::spec::DEFAULT_QUEUE,
+                source: castpoint::engine::spec::OutputSource::Auto,
+            },
+        )
+        .await
+        .expect("add output");
+    until("our ingest receiving the push", 20, || {
+        let s = app.engine.snapshot();
+        let i = s.route("back")?.inputs.first()?.clone();
+        (i.clients == 1 && i.bytes > 50_000).then_some(())
+    })
+    .await;
+    let pids = children_labelled("rtmp:dis/own");
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0])).expect("cmdline");
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        !cmdline.contains(own_key),
+        "the key is on the command line: {cmdline}"
+    );
+    // The key file: owner-only, in an owner-only directory, gone when the
+    // server stops.
+    let preset = cmdline
+        .split_whitespace()
+        .skip_while(|a| *a != "-fpre")
+        .nth(1)
+        .map(std::path::PathBuf::from)
+        .expect("-fpre FILE");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&preset), 0o600);
+    assert_eq!(mode(preset.parent().expect("dir")), 0o700);
     app.stop().await;
+    assert!(!preset.exists(), "{preset:?} outlived the server");
 }

@@ -387,6 +387,7 @@ pub async fn run_transcode(
 pub async fn run_rtmp_push(
     mut media: tokio::sync::watch::Receiver<Option<Arc<Media>>>,
     mut enabled: tokio::sync::watch::Receiver<bool>,
+    target_url: String,
     target: String,
     key: Option<String>,
     label: String,
@@ -404,9 +405,29 @@ pub async fn run_rtmp_push(
             None => return,
         },
     };
+    // The key reaches ffmpeg through a preset file in a private directory
+    // (0700, file 0600), not its command line, which every local user can
+    // read in /proc/PID/cmdline (`ps`). ffmpeg applies the file's
+    // `rtmp_playpath=KEY` to the output's RTMP protocol.
+    let key = key.filter(|k| !k.is_empty());
+    let secret = match &key {
+        Some(k) => match KeyFile::create(&label, k) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!("rtmp push {label}: {e}");
+                io.set_error(e);
+                return;
+            }
+        },
+        None => None,
+    };
+    let (url, preset) = match &secret {
+        Some(f) => (target_url, Some(f.path.display().to_string())),
+        None => (target, None),
+    };
     let spec = ChildSpec {
         program: media.ffmpeg.clone(),
-        args: profile::rtmp_push_args(&target),
+        args: profile::rtmp_push_args(&url, preset.as_deref()),
         secrets: key.into_iter().collect(),
         label,
         stdout: false,
@@ -473,6 +494,63 @@ pub async fn run_rtmp_push(
     io.clients.store(0, Relaxed);
     if cancel.is_cancelled() {
         io.set_error("stopped");
+    }
+}
+
+/// A stream key in a file only castpoint's user can read: a fresh 0700
+/// directory under the temp dir holding a 0600 ffmpeg preset file
+/// (`rtmp_playpath=KEY`). Removed when dropped (the output stops).
+struct KeyFile {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl KeyFile {
+    fn create(label: &str, key: &str) -> Result<KeyFile, String> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        // One line `name=value` (ffmpeg reads at most 999 bytes of it).
+        if key.contains(['\n', '\r']) || key.len() > 999 {
+            return Err("the stream key must be one line of at most 999 bytes".into());
+        }
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let tag: String = label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let dir = std::env::temp_dir().join(format!(
+            "castpoint-{}-{tag}-{}-{nanos}",
+            std::process::id(),
+            SEQ.fetch_add(1, Relaxed)
+        ));
+        // create (not create_all): fails if it exists, so nobody can have
+        // prepared it for us.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("cannot create a private directory for the stream key: {e}"))?;
+        let path = dir.join("push.ffpreset");
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "rtmp_playpath={key}"));
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(format!("cannot write the stream key file: {e}"));
+        }
+        Ok(KeyFile { dir, path })
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
