@@ -65,8 +65,17 @@ async fn changed(rx: &mut Option<watch::Receiver<PointState>>) {
     }
 }
 
-fn value(rx: &Option<watch::Receiver<PointState>>) -> Option<Value> {
-    rx.as_ref().and_then(|r| r.borrow().value)
+/// The one rule for every command point: its value counts only when
+/// something was written — at a priority above the relinquish default, or
+/// a relinquish default changed from the point file's. A command point
+/// with nothing written leaves the route as configured (None).
+fn commanded(db: &PointDb, id: Option<PointId>) -> Option<Value> {
+    let id = id?;
+    let st = db.read(id)?;
+    let v = st.value?;
+    let default = db.def(id).and_then(|d| d.relinquish_default);
+    let written = st.level.is_some_and(|l| l < DEFAULT_LEVEL) || default != Some(v);
+    written.then_some(v)
 }
 
 /// Runs until `cancel`: applies command points (level-triggered: the
@@ -89,9 +98,9 @@ pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken, publish
             Some("not applicable in passthrough"),
         );
     }
-    apply_stream_enable(&engine, value(&stream_enable)).await;
-    apply_input_select(&engine, value(&input_select)).await;
-    apply_recording(&engine, value(&recording)).await;
+    apply_stream_enable(&engine, commanded(&db, ids.stream_enable)).await;
+    apply_input_select(&engine, commanded(&db, ids.input_select)).await;
+    apply_recording(&engine, commanded(&db, ids.recording_enable)).await;
     apply_restart(&engine, &db, ids.system_restart).await;
     apply_transcode(&engine, &db, &ids).await;
     if publish_points {
@@ -101,9 +110,9 @@ pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken, publish
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = changed(&mut stream_enable) => apply_stream_enable(&engine, value(&stream_enable)).await,
-            _ = changed(&mut input_select) => apply_input_select(&engine, value(&input_select)).await,
-            _ = changed(&mut recording) => apply_recording(&engine, value(&recording)).await,
+            _ = changed(&mut stream_enable) => apply_stream_enable(&engine, commanded(&db, ids.stream_enable)).await,
+            _ = changed(&mut input_select) => apply_input_select(&engine, commanded(&db, ids.input_select)).await,
+            _ = changed(&mut recording) => apply_recording(&engine, commanded(&db, ids.recording_enable)).await,
             _ = changed(&mut restart) => apply_restart(&engine, &db, ids.system_restart).await,
             _ = changed(&mut transcode) => apply_transcode(&engine, &db, &ids).await,
             _ = changed(&mut profile) => apply_transcode(&engine, &db, &ids).await,
@@ -113,31 +122,36 @@ pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken, publish
 }
 
 async fn apply_stream_enable(engine: &Engine, v: Option<Value>) {
-    let (Some(route), Some(v)) = (engine.primary().await, v) else {
+    let Some(route) = engine.primary().await else {
         return;
     };
-    if let Err(e) = engine.set_stream_enabled(&route, v.as_bool()).await {
+    // Nothing written: routes stream (there is no configured "off").
+    let en = v.is_none_or(|v| v.as_bool());
+    if let Err(e) = engine.set_stream_enabled(&route, en).await {
         tracing::warn!("stream_enable: {e}");
     }
 }
 
 async fn apply_input_select(engine: &Engine, v: Option<Value>) {
-    let (Some(route), Some(v)) = (engine.primary().await, v) else {
+    let Some(route) = engine.primary().await else {
         return;
     };
-    // 0 = automatic; N = force the route's input N (1-based).
-    let n = v.as_f64();
+    // 0 (or nothing written) = automatic; N = force the route's input N
+    // (1-based).
+    let n = v.map_or(0.0, |v| v.as_f64());
     let sel = if n >= 1.0 { Some(n as usize - 1) } else { None };
     if let Err(e) = engine.select_input(&route, sel).await {
         tracing::warn!("input_select: {e}");
     }
 }
 
+/// Recording Enable: a written value turns the primary route's record
+/// outputs on/off; nothing written leaves each as configured.
 async fn apply_recording(engine: &Engine, v: Option<Value>) {
-    let (Some(route), Some(v)) = (engine.primary().await, v) else {
+    let Some(route) = engine.primary().await else {
         return;
     };
-    if let Err(e) = engine.set_recording(&route, v.as_bool()).await {
+    if let Err(e) = engine.set_recording(&route, v.map(|v| v.as_bool())).await {
         tracing::warn!("recording_enable: {e}");
     }
 }
@@ -150,13 +164,7 @@ async fn apply_transcode(engine: &Engine, db: &PointDb, ids: &Ids) {
     let Some(route) = engine.primary().await else {
         return;
     };
-    let en = ids.transcode_enable.and_then(|id| {
-        let st = db.read(id)?;
-        let v = st.value?;
-        let default = db.def(id).and_then(|d| d.relinquish_default);
-        let written = st.level.is_some_and(|l| l < DEFAULT_LEVEL) || default != Some(v);
-        written.then(|| v.as_bool())
-    });
+    let en = commanded(db, ids.transcode_enable).map(|v| v.as_bool());
     let prof = ids
         .output_profile
         .and_then(|id| db.read(id)?.value)

@@ -322,7 +322,10 @@ pub(crate) async fn run_http(mut feed: Feed, url: String, cancel: CancellationTo
         match r {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!("http input {url}: {e}; retrying in 1 s");
+                tracing::warn!(
+                    "http input {}: {e}; retrying in 1 s",
+                    crate::media::redact::redact_urls(&url)
+                );
                 feed.stats.set_error(e);
             }
         }

@@ -110,6 +110,13 @@ pub enum EventKind {
     OutputRecovered {
         output: String,
     },
+    /// A caller refused by a listener *input* (a second publisher while
+    /// one is connected, a failed handshake: wrong passphrase, a wrong
+    /// key length, a refused streamid).
+    InputRejected {
+        input: String,
+        reason: String,
+    },
     Restarted,
 }
 
@@ -174,6 +181,8 @@ struct Overlay {
     transcode: Option<bool>,
     /// Output Profile (None or 0: the route's configured profile).
     profile: Option<u32>,
+    /// Recording Enable (None: each `record` output as configured).
+    recording: Option<bool>,
 }
 
 impl Default for Overlay {
@@ -183,6 +192,7 @@ impl Default for Overlay {
             forced: None,
             transcode: None,
             profile: None,
+            recording: None,
         }
     }
 }
@@ -686,32 +696,35 @@ impl Engine {
     /// Recording Enable: turns the route's `record` outputs on or off; a
     /// route without one gets a default recording output (`recording`,
     /// 10-minute files under `data_dir/recordings/<route>/`).
-    pub async fn set_recording(&self, route: &str, en: bool) -> Result<(), EngineError> {
+    pub async fn set_recording(&self, route: &str, en: Option<bool>) -> Result<(), EngineError> {
         let has = {
             let mut st = self.inner.state.lock().await;
-            let r = find_route_mut(&mut st.desired, route)?;
-            let mut n = 0;
-            for o in r
+            st.overlay.entry(route.to_string()).or_default().recording = en;
+            // The configuration is left as it is: `None` puts every record
+            // output back to its configured `enabled`.
+            let r = find_route(&st.desired, route)?;
+            let want: Vec<(String, bool)> = r
                 .outputs
-                .iter_mut()
+                .iter()
                 .filter(|o| matches!(o.kind, OutputKind::Record { .. }))
-            {
-                o.enabled = en;
-                n += 1;
-            }
+                .map(|o| (o.name.clone(), en.unwrap_or(o.enabled)))
+                .collect();
+            let has = !want.is_empty();
             if let Some(rt) = st.running.get(route) {
                 let (tx, rx) = oneshot::channel();
-                let _ = rt.cmd.send(RouteCmd::SetRecording(en, tx)).await;
+                let _ = rt.cmd.send(RouteCmd::SetRecording(want, tx)).await;
                 let _ = rx.await;
             }
-            n > 0
+            has
         };
-        if en && !has {
+        if en == Some(true) && !has {
+            // Configured disabled, enabled by the written point: when it is
+            // relinquished the route goes back to not recording.
             self.add_output(
                 route,
                 OutputSpec {
                     name: "recording".into(),
-                    enabled: true,
+                    enabled: false,
                     kind: OutputKind::Record {
                         segment: Duration::from_secs(600),
                         keep: 0,
@@ -721,6 +734,13 @@ impl Engine {
                 },
             )
             .await?;
+            let st = self.inner.state.lock().await;
+            if let Some(rt) = st.running.get(route) {
+                let (tx, rx) = oneshot::channel();
+                let want = vec![("recording".to_string(), true)];
+                let _ = rt.cmd.send(RouteCmd::SetRecording(want, tx)).await;
+                let _ = rx.await;
+            }
         }
         Ok(())
     }
@@ -815,6 +835,7 @@ impl Engine {
         let c = cancel.clone();
         let t = &self.inner.tasks;
         let mut direct = None;
+        let mut enabled_tx = None;
         let handle = match &spec.kind {
             OutputKind::Udp { dest, ttl } => {
                 match output::udp_sender(*dest, *ttl) {
@@ -881,12 +902,16 @@ impl Engine {
             OutputKind::Srt(sp) => spawn_on(t, rt, srt::run_caller_output(rx, sp.clone(), s, c)),
             OutputKind::Rtmp { url, key } => {
                 let media = self.inner.media.subscribe();
+                let (en_tx, en_rx) = tokio::sync::watch::channel(spec.enabled);
+                enabled_tx = Some(en_tx);
                 let target = crate::media::ffmpeg::profile::rtmp_target(url, key.as_deref());
                 spawn_on(
                     t,
                     rt,
                     crate::media::ffmpeg::run_rtmp_push(
                         media,
+                        en_rx,
+                        url.clone(),
                         target,
                         key.clone(),
                         format!("rtmp:{route}/{}", spec.name),
@@ -905,6 +930,7 @@ impl Engine {
                 cancel,
                 loss: Default::default(),
                 direct,
+                enabled_tx,
             },
             handle,
         )
@@ -916,6 +942,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn spawn_input(
         &self,
+        route: &str,
         tracker: &TaskTracker,
         rt: Option<&tokio::runtime::Handle>,
         key: usize,
@@ -948,8 +975,13 @@ impl Engine {
                 )
             }
             InputKind::Srt(sp) => {
+                let who = srt::InputId {
+                    events: self.inner.events.clone(),
+                    route: route.to_string(),
+                    input: inp.name.clone(),
+                };
                 let sp = sp.clone();
-                tracker.spawn_blocking(move || srt::run_input(feed, sp, c))
+                tracker.spawn_blocking(move || srt::run_input(feed, sp, who, c))
             }
             InputKind::Generator { bitrate } => {
                 let b = *bitrate;
@@ -1014,6 +1046,7 @@ impl Engine {
                     let pace = &rt.shared.read_pace_us;
                     let h = rt.rt.clone();
                     self.spawn_input(
+                        route,
                         &rt.inputs,
                         h.as_ref(),
                         key,
@@ -1058,6 +1091,7 @@ impl Engine {
             .enumerate()
             .map(|(i, inp)| {
                 self.spawn_input(
+                    &spec.name,
                     &inputs,
                     rt.as_ref(),
                     i,
@@ -1080,7 +1114,13 @@ impl Engine {
             .collect();
         inputs.close();
         let mut slots = Vec::new();
+        let recording = st.overlay.get(&spec.name).and_then(|o| o.recording);
         for o in &spec.outputs {
+            let mut o = o.clone();
+            // A written Recording Enable outlives a route restart.
+            if let (Some(en), OutputKind::Record { .. }) = (recording, &o.kind) {
+                o.enabled = en;
+            }
             let (slot, h) = self.spawn_output(
                 &spec.name,
                 o.clone(),

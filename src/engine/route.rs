@@ -37,6 +37,9 @@ pub(crate) struct OutputSlot {
     pub loss: FrameLoss,
     /// Outputs the route task sends to itself; `tx` is unused then.
     pub direct: Option<Direct>,
+    /// Tells an output task that runs a process (RTMP push) whether it is
+    /// enabled: a disabled output runs no child.
+    pub enabled_tx: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 /// An output the route task sends to without a queue or a task hop: the
@@ -111,7 +114,8 @@ pub(crate) enum RouteCmd {
     RemoveOutput(String, oneshot::Sender<Option<Box<OutputSlot>>>),
     SetOutputEnabled(String, bool, oneshot::Sender<bool>),
     /// Enables or disables every recording output; answers how many exist.
-    SetRecording(bool, oneshot::Sender<usize>),
+    /// Record outputs' enabled states (see `Engine::set_recording`).
+    SetRecording(Vec<(String, bool)>, oneshot::Sender<usize>),
     SelectInput(Option<usize>),
     SetStreamEnabled(bool),
     /// Hot input change: the keys of the inputs now running, in priority
@@ -538,6 +542,17 @@ impl RouteTask {
     /// A chunk of transcoded TS: to the auto outputs.
     fn forward_tc(&mut self, chunk: Bytes, main: &super::ts::CcRewriter) {
         self.flush_udp();
+        if chunk.is_empty() {
+            // A new ffmpeg child starts (see `child::supervise`): its
+            // counters start over, so the auto outputs re-base them even
+            // when it delivers within TC_STALL and they never went back
+            // to the original stream.
+            if let Some(rw) = self.tc.rw_auto.as_mut() {
+                rw.switched();
+            }
+            self.tc.psi = PsiTracker::default();
+            return;
+        }
         let now = Instant::now();
         self.tc.last = Some(now);
         if !self.tc.auto_on_tc {
@@ -677,19 +692,24 @@ impl RouteTask {
                 let mut found = false;
                 for o in self.outputs.iter_mut().filter(|o| o.spec.name == name) {
                     o.spec.enabled = en;
+                    if let Some(t) = &o.enabled_tx {
+                        t.send_replace(en);
+                    }
                     found = true;
                 }
                 let _ = reply.send(found);
             }
-            RouteCmd::SetRecording(en, reply) => {
+            RouteCmd::SetRecording(want, reply) => {
                 let mut n = 0;
                 for o in self
                     .outputs
                     .iter_mut()
                     .filter(|o| matches!(o.spec.kind, OutputKind::Record { .. }))
                 {
-                    o.spec.enabled = en;
-                    n += 1;
+                    if let Some((_, en)) = want.iter().find(|(name, _)| *name == o.spec.name) {
+                        o.spec.enabled = *en;
+                        n += 1;
+                    }
                 }
                 let _ = reply.send(n);
             }

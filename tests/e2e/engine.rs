@@ -812,6 +812,29 @@ async fn command_points_drive_the_primary_route() {
         .expect("a recording output")
         .clone();
     assert!(rec.bytes > 100_000, "recorded only {} bytes", rec.bytes);
+    // Relinquished: the route is as configured again, i.e. the output the
+    // write added stays off (it never turns back on within a second).
+    let rec_on = |app: &App| {
+        app.engine
+            .snapshot()
+            .route("main")
+            .and_then(|r| r.outputs.iter().find(|o| o.kind == "record").cloned())
+            .is_some_and(|o| o.enabled)
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    while rec_on(&app) {
+        assert!(Instant::now() < end, "Recording Enable false left it on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.db.write(re, None, 10, &who).expect("relinquish");
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        assert!(
+            !rec_on(&app),
+            "relinquished Recording Enable left the recording on"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // System Restart rebuilds the router and relinquishes its slot.
     let sr = app.db.lookup("system_restart").expect("pt");
@@ -1485,5 +1508,282 @@ segment = "2s"
         checked += 1;
     }
     assert!(checked >= 3);
+    app.stop().await;
+}
+
+/// The `input_rejected` events of `route` so far (as JSON, so that the
+/// test reads what the API's event feed shows).
+fn input_rejections(app: &App, route: &str) -> Vec<String> {
+    app.engine
+        .recent_events()
+        .iter()
+        .filter(|e| e.route == route)
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .filter(|j| j["event"] == "input_rejected")
+        .map(|j| j["reason"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Issue 17 items 2 and 4: a busy SRT listener input refuses a second
+/// caller in the handshake (it used to be "connected" into libsrt's backlog
+/// and stream into nothing), and a caller with a wrong passphrase (refused
+/// by libsrt after our listen callback admitted it) is counted and
+/// reported too; the publisher on air never notices either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srt_listener_input_refuses_second_caller_and_wrong_passphrase() {
+    let port = free_udp_port();
+    let app = start_with(&format!(
+        r#"
+[[route]]
+name = "busy"
+[[route.input]]
+name = "contribution"
+type = "srt"
+mode = "listener"
+addr = "127.0.0.1:{port}"
+passphrase = "correcthorsebattery"
+pbkeylen = 16
+[[route.output]]
+type = "udp"
+dest = "127.0.0.1:9"
+"#
+    ))
+    .await;
+    let input = |app: &App| app.engine.snapshot().route("busy").expect("r").inputs[0].clone();
+    let caller = |pass: &str, pbkeylen: u32| {
+        let feed = free_udp_port();
+        let k = Kill(slt(&[
+            &format!("udp://127.0.0.1:{feed}"),
+            &format!("srt://127.0.0.1:{port}?passphrase={pass}&pbkeylen={pbkeylen}"),
+        ]));
+        (
+            k,
+            format!("127.0.0.1:{feed}")
+                .parse::<SocketAddr>()
+                .expect("addr"),
+        )
+    };
+    // The publisher.
+    let (_first, feed) = caller("correcthorsebattery", 16);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let src = source(feed, Gen::new(0));
+    let end = Instant::now() + Duration::from_secs(10);
+    while !(input(&app).clients == 1 && input(&app).bytes > 100_000) {
+        assert!(Instant::now() < end, "the first caller never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(input(&app).rejected, 0);
+    // A second caller with the right passphrase, and one offering another
+    // key length, while the first one publishes: refused, counted, reported.
+    let (second, feed2) = caller("correcthorsebattery", 16);
+    let (third, feed3) = caller("correcthorsebattery", 32);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let src2 = source(feed2, Gen::new(5));
+    let src3 = source(feed3, Gen::new(7));
+    let end = Instant::now() + Duration::from_secs(10);
+    while input(&app).rejected < 2 || input_rejections(&app, "busy").len() < 2 {
+        assert!(
+            Instant::now() < end,
+            "second callers not refused: rejected = {}, events {:?}",
+            input(&app).rejected,
+            input_rejections(&app, "busy")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ev = input_rejections(&app, "busy");
+    assert!(ev.iter().any(|r| r.contains("already connected")), "{ev:?}");
+    let i = input(&app);
+    assert_eq!(i.clients, 1, "{i:?}");
+    assert_eq!(i.cc_errors, 0, "the publisher on air was disturbed");
+    src2.abort();
+    src3.abort();
+    drop(second);
+    drop(third);
+
+    // The publisher leaves; a caller with a wrong passphrase is refused by
+    // libsrt, and that refusal is counted and reported as well.
+    src.abort();
+    drop(_first);
+    let end = Instant::now() + Duration::from_secs(15);
+    while input(&app).clients != 0 {
+        assert!(Instant::now() < end, "the publisher never left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = input(&app).rejected;
+    let (_bad, feed4) = caller("nottherightphrase", 16);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let src4 = source(feed4, Gen::new(3));
+    let end = Instant::now() + Duration::from_secs(10);
+    while input(&app).rejected <= before {
+        assert!(
+            Instant::now() < end,
+            "the wrong passphrase was not counted (rejected = {before})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ev = input_rejections(&app, "busy");
+    assert!(ev.iter().any(|r| r.contains("passphrase")), "{ev:?}");
+    let i = input(&app);
+    assert_eq!(i.clients, 0, "a wrong passphrase got connected: {i:?}");
+    src4.abort();
+    app.stop().await;
+}
+
+/// Issue 17 item 7: one rule for every command point — nothing written
+/// leaves the configuration alone. Recording Enable at its relinquish
+/// default (false) used to switch off a `record` output configured
+/// `enabled = true` on the primary route; a written value overrides it,
+/// relinquishing it restores the configured state. Connected Viewers and
+/// Total Bitrate Out say in `/api/points` that they update every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritten_recording_enable_keeps_the_configured_record_output() {
+    let app = start_with(
+        r#"
+primary_route = "rec"
+[[route]]
+name = "rec"
+[[route.input]]
+type = "generator"
+bitrate = 500000
+[[route.output]]
+name = "archive"
+type = "record"
+enabled = true
+"#,
+    )
+    .await;
+    let archive = |app: &App| {
+        app.engine
+            .snapshot()
+            .route("rec")
+            .and_then(|r| r.outputs.iter().find(|o| o.name == "archive").cloned())
+            .expect("archive")
+    };
+    let until_enabled = |want: bool| {
+        let app = &app;
+        async move {
+            let end = Instant::now() + Duration::from_secs(5);
+            while archive(app).enabled != want {
+                assert!(Instant::now() < end, "archive enabled != {want}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // The bridge has applied every command point once it publishes.
+    let end = Instant::now() + Duration::from_secs(5);
+    while app
+        .db
+        .read(app.db.lookup("active_streams").expect("point"))
+        .and_then(|s| s.value)
+        .is_none()
+    {
+        assert!(Instant::now() < end, "the bridge never published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let a = archive(&app);
+    assert!(
+        a.enabled,
+        "nothing written, yet the record output is off: {a:?}"
+    );
+    let end = Instant::now() + Duration::from_secs(5);
+    while archive(&app).bytes == 0 {
+        assert!(Instant::now() < end, "the record output writes nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Written false: off; relinquished: back to the configured `true`.
+    let id = app.db.lookup("recording_enable").expect("point");
+    let who = Source::new(Protocol::Modbus, None, None);
+    app.db
+        .write(id, Some(Value::Bool(false)), 8, &who)
+        .expect("write");
+    until_enabled(false).await;
+    app.db.write(id, None, 8, &who).expect("relinquish");
+    until_enabled(true).await;
+
+    let http = app.addrs.http.expect("http");
+    let doc: serde_json::Value = reqwest::get(format!("http://{http}/api/points"))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    let list = doc
+        .as_array()
+        .or_else(|| doc["points"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    for id in ["connected_viewers", "total_bitrate_out"] {
+        let p = list.iter().find(|p| p["id"] == id).expect(id);
+        assert_eq!(p["period_s"], 1.0, "{id}: {p}");
+    }
+    app.stop().await;
+}
+
+/// Issue 17 item 6: an HLS viewer concatenates the segments of the
+/// playlist; every segment starts with PAT and PMT (copies of the last
+/// ones sent, so their counters repeat once: a duplicate, which decoders
+/// and the viewers tool accept) and every PID's counters run on across
+/// segment boundaries. Investigated for the "one CC error at start" report:
+/// not reproduced; kept as a regression test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_segments_continue_every_pids_counters() {
+    let app = start_with(
+        r#"
+[[route]]
+name = "h"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+type = "hls"
+path = "h"
+segment = "1s"
+window = 6
+"#,
+    )
+    .await;
+    let src = source(input_addr(&app, "h", 0).await, Gen::new(0));
+    let base = format!("http://{}/hls/h/", app.addrs.http.expect("http"));
+    let c = reqwest::Client::new();
+    let mut names = Vec::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    while names.len() < 4 {
+        assert!(Instant::now() < end, "fewer than 4 HLS segments: {names:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let Ok(r) = c.get(format!("{base}index.m3u8")).send().await else {
+            continue;
+        };
+        let text = r.text().await.unwrap_or_default();
+        names = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
+    }
+    let mut an = castpoint_sim::tsgen::TsAnalyzer::new();
+    for n in &names {
+        let body = c
+            .get(format!("{base}{n}"))
+            .send()
+            .await
+            .expect("segment")
+            .bytes()
+            .await
+            .expect("body");
+        assert!(body.len() >= 2 * 188 && body[0] == 0x47, "{n}");
+        let pid = |p: &[u8]| (u16::from(p[1] & 0x1F) << 8) | u16::from(p[2]);
+        assert_eq!(pid(&body[..188]), 0, "{n} does not start with the PAT");
+        an.feed(&body, 0);
+    }
+    let r = an.report();
+    assert!(r.packets > 1000, "{r:?}");
+    assert_eq!(
+        r.cc_errors,
+        0,
+        "CC errors across {names:?}: {:?}",
+        an.pids()
+    );
+    src.abort();
     app.stop().await;
 }

@@ -358,3 +358,138 @@ async fn hostile_peers_are_dropped_and_the_server_keeps_serving() {
     assert_eq!(input_snapshot(&app, "r", 0).clients, 0);
     app.stop().await;
 }
+
+/// Reads `d` of the HTTP-TS output at `url` and returns ffprobe's compact
+/// per-stream packet counts of what arrived.
+async fn probe_http_ts(url: &str, d: Duration) -> String {
+    let mut got = Vec::new();
+    let end = Instant::now() + d;
+    if let Ok(mut resp) = reqwest::get(url).await {
+        while Instant::now() < end {
+            match tokio::time::timeout(Duration::from_millis(500), resp.chunk()).await {
+                Ok(Ok(Some(c))) => got.extend_from_slice(&c),
+                Ok(_) => break,
+                Err(_) => {}
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = dir.path().join("got.ts");
+    std::fs::write(&f, &got).expect("write");
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_packets", "-show_entries"])
+        .args(["stream=codec_name,nb_read_packets", "-of", "compact"])
+        .arg(&f)
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Packets ffprobe counted for `codec` in `probe_http_ts`'s output.
+fn packets_of(probe: &str, codec: &str) -> u64 {
+    probe
+        .lines()
+        .find(|l| l.contains(&format!("codec_name={codec}|")))
+        .and_then(|l| l.rsplit("nb_read_packets=").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 17 item 1: real encoders and relays publish as they do in the
+/// field. Debian's ffmpeg 5.1 relaying a TS with ADTS AAC (`-c copy -f
+/// flv`) sends an empty AAC sequence header before the real one (it used
+/// to close the publish); GStreamer's rtmp2sink sends its metadata again
+/// every second. Every publisher must come out of the HTTP-TS output as
+/// decodable H.264 + AAC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_and_encoders_from_the_field_publish() {
+    let app = start_with(&format!(
+        r#"
+[[route]]
+name = "field"
+[[route.input]]
+name = "ingest"
+type = "rtmp"
+key = "{KEY}"
+[[route.output]]
+name = "web"
+type = "http"
+path = "field"
+"#
+    ))
+    .await;
+    let rtmp = app.addrs.rtmp.expect("rtmp");
+    let url = format!("http://{}/stream/field.ts", app.addrs.http.expect("http"));
+    let dir = tempfile::tempdir().expect("tmp");
+    // A TS file as a contribution feed would carry it: H.264 + ADTS AAC.
+    let src = dir.path().join("src.ts");
+    let st = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=320x180:rate=25")
+        .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"])
+        .args(["-t", "12", "-c:v", "libx264", "-preset", "ultrafast"])
+        .args(["-g", "25", "-c:a", "aac", "-f", "mpegts"])
+        .arg(&src)
+        .status()
+        .expect("ffmpeg is installed");
+    assert!(st.success());
+    let target = format!("rtmp://{rtmp}/live/{KEY}");
+    let relay = || {
+        Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-re", "-i"])
+            .arg(&src)
+            .args(["-c", "copy", "-f", "flv", &target])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ffmpeg")
+    };
+    let gst = || {
+        let pipeline = format!(
+            "videotestsrc is-live=true num-buffers=300 ! video/x-raw,width=320,height=180,framerate=25/1 \
+             ! x264enc tune=zerolatency key-int-max=25 speed-preset=ultrafast ! h264parse \
+             ! flvmux name=m streamable=true ! rtmp2sink location={target} \
+             audiotestsrc is-live=true num-buffers=560 ! audio/x-raw,rate=48000 ! voaacenc ! aacparse ! m."
+        );
+        Command::new("gst-launch-1.0")
+            .arg("-q")
+            .args(pipeline.split_whitespace())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gst-launch-1.0 is installed (gstreamer1.0-tools, -plugins-bad/-ugly)")
+    };
+    let publishers: [(&str, &dyn Fn() -> Child); 2] = [
+        ("ffmpeg -c copy relay of TS", &relay),
+        ("GStreamer rtmp2sink", &gst),
+    ];
+    for (what, start) in publishers {
+        let mut p = Kill(start());
+        wait_for(what, Duration::from_secs(15), || {
+            let s = input_snapshot(&app, "field", 0);
+            s.clients == 1 && s.bytes > 50_000
+        })
+        .await;
+        let probe = probe_http_ts(&url, Duration::from_secs(3)).await;
+        assert!(
+            packets_of(&probe, "h264") >= 25 && packets_of(&probe, "aac") >= 25,
+            "{what}: {probe}"
+        );
+        assert_eq!(
+            p.0.try_wait().ok().flatten().map(|s| s.success()),
+            None,
+            "{what}: the publisher was cut off"
+        );
+        assert_eq!(
+            exit_ok(&mut p.0, Duration::from_secs(20)).await,
+            Some(true),
+            "{what}"
+        );
+        wait_for("the publisher gone", Duration::from_secs(5), || {
+            input_snapshot(&app, "field", 0).clients == 0
+        })
+        .await;
+    }
+    app.stop().await;
+}

@@ -671,3 +671,281 @@ bitrate = 1000000
     until("stale child reaped", 5, || (!alive(stale)).then_some(())).await;
     app.stop().await;
 }
+
+/// Issue 17 item 3: every new transcoder child restarts its continuity
+/// counters. A `copy` profile restarts within the 2 s stall timeout, so
+/// the auto outputs never fall back to the original stream in between:
+/// they must still re-base their counters at the new child's first packet
+/// (they used to keep the old child's offsets: a jump on every PID).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcoder_restart_keeps_auto_output_counters_continuous() {
+    let auto_sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let text = format!(
+        r#"
+[[profile]]
+number = 1
+name = "same"
+video = "copy"
+audio = "copy"
+[[route]]
+name = "rs"
+mode = "transcode"
+profile = "same"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "auto"
+type = "udp"
+dest = "{}"
+"#,
+        auto_sock.local_addr().expect("addr"),
+    );
+    let app = start_with(&text).await;
+    // 50 fps with a keyframe every 10 frames: a new child finds its
+    // stream parameters and first keyframe quickly, inside the 2 s stall
+    // timeout (with 1 s GOPs it often took longer, and the fallback to the
+    // original stream re-based the counters anyway).
+    let dest = input_addr(&app, "rs").await;
+    let _src = Proc(
+        Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-re",
+                "-f",
+                "lavfi",
+                "-i",
+            ])
+            .arg("testsrc2=size=320x180:rate=50")
+            .args(["-f", "lavfi", "-i", "sine=f=440:r=48000"])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+            ])
+            .args(["-g", "10", "-b:v", "400k", "-c:a", "aac", "-f", "mpegts"])
+            .arg(format!("udp://{dest}?pkt_size=1316"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("ffmpeg is installed"),
+    );
+    let (auto_cc, h) = watch_udp(auto_sock);
+    let progress = |app: &App| {
+        let s = app.engine.snapshot();
+        let t = s.route("rs")?.transcode.clone()?;
+        let fresh = t.ffmpeg.progress_age_ms.is_some_and(|a| a < 1000) && t.ffmpeg.out_bytes > 0;
+        fresh.then_some((t.ffmpeg.pid?, t.ffmpeg.out_bytes))
+    };
+    until("transcoder progress", 20, || progress(&app)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut fast = 0;
+    for round in 0..4 {
+        let (pid, out) = until("a running child", 10, || progress(&app)).await;
+        let st = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+        let killed = Instant::now();
+        until("a new child delivering", 10, || {
+            progress(&app).filter(|(p, o)| *p != pid && *o > out)
+        })
+        .await;
+        let took = killed.elapsed();
+        eprintln!("round {round}: new child delivering {took:?} after SIGKILL");
+        if took < Duration::from_millis(1800) {
+            fast += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let (errors, packets) = (auto_cc.errors.load(Relaxed), auto_cc.packets.load(Relaxed));
+    assert!(packets > 1000, "auto output got {packets} packets");
+    // A restart must beat the stall timeout, or this test would not
+    // exercise the re-basing at a new child.
+    assert!(
+        fast >= 1,
+        "every restart took longer than the stall timeout"
+    );
+    assert_eq!(
+        errors, 0,
+        "auto output: {errors} CC errors in {packets} packets across 4 transcoder restarts"
+    );
+    h.abort();
+    app.stop().await;
+}
+
+/// Live children of this process tagged with exactly `label`.
+fn children_labelled(label: &str) -> Vec<u32> {
+    let want = format!("CASTPOINT_CHILD={}:{label}", std::process::id());
+    tagged_children_of(std::process::id())
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
+        })
+        .collect()
+}
+
+/// Issue 17 item 5: a disabled RTMP push output runs no ffmpeg child (it
+/// used to start one anyway); enabling it starts one that delivers,
+/// disabling it again stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_rtmp_push_output_runs_no_child() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_tcp_port();
+    let dead = free_tcp_port();
+    let key = "dis-k3y";
+    let text = format!(
+        r#"
+[[route]]
+name = "dis"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "cdn"
+type = "rtmp"
+url = "rtmp://127.0.0.1:{port}/live"
+key = "{key}"
+enabled = false
+[[route.output]]
+name = "embedded"
+type = "rtmp"
+preset = "custom"
+url = "rtmp://127.0.0.1:{dead}/live/emb3dd3d-k3y"
+[[route]]
+name = "back"
+[[route.input]]
+type = "rtmp"
+key = "0wn-ingest-k3y"
+[[route.output]]
+type = "udp"
+dest = "127.0.0.1:9"
+"#
+    );
+    let _server = rtmp_server(port, key, &dir.path().join("a.ts"));
+    let app = start_with(&text).await;
+    let _src = source(input_addr(&app, "dis").await);
+    let label = "rtmp:dis/cdn";
+    let output = |app: &App| {
+        app.engine
+            .snapshot()
+            .route("dis")
+            .and_then(|r| r.outputs.iter().find(|o| o.name == "cdn").cloned())
+            .expect("output")
+    };
+    // Data flows on the route for a while: still no child.
+    until("input data", 10, || {
+        let s = app.engine.snapshot();
+        (s.route("dis")?.inputs[0].bytes > 200_000).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        children_labelled(label),
+        Vec::<u32>::new(),
+        "a disabled output runs ffmpeg"
+    );
+    let o = output(&app);
+    assert!(
+        o.ffmpeg
+            .as_ref()
+            .is_none_or(|f| f.pid.is_none() && !f.running),
+        "{o:?}"
+    );
+    assert_eq!(o.error.as_deref(), Some("disabled"), "{o:?}");
+
+    // Enabled: a child starts and connects.
+    app.engine
+        .set_output_enabled("dis", "cdn", true)
+        .await
+        .expect("enable");
+    until("the push connected", 20, || output(&app).up.then_some(())).await;
+    let pids = children_labelled(label);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+
+    // Disabled again: the child is stopped and reaped.
+    app.engine
+        .set_output_enabled("dis", "cdn", false)
+        .await
+        .expect("disable");
+    until("the child gone", 10, || {
+        (children_labelled(label).is_empty() && !alive(pids[0])).then_some(())
+    })
+    .await;
+    let o = output(&app);
+    assert!(!o.up && o.clients == 0, "{o:?}");
+
+    // Issue 15 item 10: a key inside the URL never shows in what ffmpeg's
+    // errors turn into (output error, last log line).
+    let emb = until("the embedded-key push to fail", 20, || {
+        let s = app.engine.snapshot();
+        let o = s
+            .route("dis")?
+            .outputs
+            .iter()
+            .find(|o| o.name == "embedded")?
+            .clone();
+        let f = o.ffmpeg.clone()?;
+        let text = format!("{:?} {:?} {:?}", o.error, f.error, f.last_log);
+        text.contains("rtmp://").then_some(text)
+    })
+    .await;
+    assert!(!emb.contains("emb3dd3d-k3y"), "key leaked: {emb}");
+    assert!(emb.contains("/live/***"), "{emb}");
+
+    // Issue 15 item 10: a separate `key` reaches ffmpeg through a private
+    // preset file, not its command line (readable by any local user). Our
+    // own RTMP ingest, which refuses unknown keys, is the server.
+    let own_key = "0wn-ingest-k3y";
+    let rtmp = app.addrs.rtmp.expect("rtmp listener");
+    app.engine
+        .add_output(
+            "dis",
+            castpoint::engine::spec::OutputSpec {
+                name: "own".into(),
+                enabled: true,
+                kind: castpoint::engine::spec::OutputKind::Rtmp {
+                    url: format!("rtmp://{rtmp}/live"),
+                    key: Some(own_key.into()),
+                },
+                queue: castpoint::engine::spec::DEFAULT_QUEUE,
+                source: castpoint::engine::spec::OutputSource::Auto,
+            },
+        )
+        .await
+        .expect("add output");
+    until("our ingest receiving the push", 20, || {
+        let s = app.engine.snapshot();
+        let i = s.route("back")?.inputs.first()?.clone();
+        (i.clients == 1 && i.bytes > 50_000).then_some(())
+    })
+    .await;
+    let pids = children_labelled("rtmp:dis/own");
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0])).expect("cmdline");
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        !cmdline.contains(own_key),
+        "the key is on the command line: {cmdline}"
+    );
+    // The key file: owner-only, in an owner-only directory, gone when the
+    // server stops.
+    let preset = cmdline
+        .split_whitespace()
+        .skip_while(|a| *a != "-fpre")
+        .nth(1)
+        .map(std::path::PathBuf::from)
+        .expect("-fpre FILE");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&preset), 0o600);
+    assert_eq!(mode(preset.parent().expect("dir")), 0o700);
+    app.stop().await;
+    assert!(!preset.exists(), "{preset:?} outlived the server");
+}

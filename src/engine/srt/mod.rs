@@ -79,13 +79,16 @@ fn nap(cancel: &CancellationToken, d: Duration) -> bool {
 }
 
 /// Reads one connected SRT socket into the route until it breaks or we are
-/// cancelled. Returns true when cancelled.
+/// cancelled. Returns true when cancelled. `each_second` runs once a second
+/// while reading (a listener input refuses callers that slipped past the
+/// handshake check meanwhile).
 fn read_loop(
     s: &Socket,
     feed: &mut Feed,
     cancel: &CancellationToken,
     peer: Option<SocketAddr>,
     streamid: Option<String>,
+    each_second: &mut dyn FnMut(),
 ) -> bool {
     // Short receive timeout so that cancellation is noticed.
     let _ = s.set_i32(ffi::SRTO_RCVTIMEO, 100);
@@ -100,6 +103,7 @@ fn read_loop(
         if last_stats.elapsed() >= Duration::from_secs(1) {
             last_stats = Instant::now();
             *feed.stats.srt.lock() = vec![conn_stats(s, peer, streamid.clone())];
+            each_second();
         }
         match s.recv(&mut buf) {
             Ok(n) => {
@@ -120,8 +124,81 @@ fn read_loop(
     cancelled
 }
 
+/// Who an SRT input is, for its refusal events and log lines.
+pub(crate) struct InputId {
+    pub events: Events,
+    pub route: String,
+    pub input: String,
+}
+
+impl InputId {
+    /// Counts, logs and reports one refused caller.
+    fn refuse(&self, stats: &IoStats, reason: String) {
+        stats.rejected.fetch_add(1, Relaxed);
+        tracing::warn!(
+            route = %self.route,
+            "srt input {:?}: refused a caller: {reason}",
+            self.input
+        );
+        self.events.emit(EngineEvent::new(
+            &self.route,
+            EventKind::InputRejected {
+                input: self.input.clone(),
+                reason,
+            },
+        ));
+    }
+}
+
+/// How long a caller admitted by the listen callback may take to come out
+/// of `srt_accept`. libsrt runs the callback *before* it checks the
+/// passphrase; a caller that fails that check (wrong or missing
+/// passphrase) is refused by libsrt without telling the listener, so an
+/// admitted caller that never arrives is counted as refused after this.
+const ADMITTED_GRACE: Duration = Duration::from_secs(2);
+
+/// Callers the listen callback admitted and `srt_accept` has not returned
+/// yet (see `ADMITTED_GRACE`).
+#[derive(Default)]
+struct Admitted(Mutex<Vec<(Option<SocketAddr>, Instant)>>);
+
+impl Admitted {
+    fn add(&self, peer: Option<SocketAddr>) {
+        let mut v = self.0.lock();
+        // libsrt repeats the callback for a caller's repeated conclusion
+        // handshakes: one entry per caller, aged from the first (a caller
+        // retrying a wrong passphrase is counted once per grace period).
+        if !v.iter().any(|(p, _)| *p == peer) {
+            v.push((peer, Instant::now()));
+        }
+    }
+
+    fn accepted(&self, peer: Option<SocketAddr>) {
+        self.0.lock().retain(|(p, _)| *p != peer);
+    }
+
+    /// Callers admitted longer than `ADMITTED_GRACE` ago (removed).
+    fn expired(&self) -> Vec<Option<SocketAddr>> {
+        let mut out = Vec::new();
+        self.0.lock().retain(|(p, t)| {
+            let keep = t.elapsed() < ADMITTED_GRACE;
+            if !keep {
+                out.push(*p);
+            }
+            keep
+        });
+        out
+    }
+}
+
 /// An SRT input (blocking; runs on the blocking pool).
-pub(crate) fn run_input(mut feed: Feed, sp: SrtSpec, cancel: CancellationToken) {
+///
+/// A listener input takes one publisher at a time: while one is connected,
+/// further callers are refused in the handshake (counted in `rejected`,
+/// event `input_rejected`, a log line), never parked unseen in libsrt's
+/// backlog. A caller whose handshake fails after admission (wrong or
+/// missing passphrase) is counted and reported the same way.
+pub(crate) fn run_input(mut feed: Feed, sp: SrtSpec, who: InputId, cancel: CancellationToken) {
     match sp.mode {
         SrtMode::Caller => loop {
             if cancel.is_cancelled() {
@@ -135,7 +212,8 @@ pub(crate) fn run_input(mut feed: Feed, sp: SrtSpec, cancel: CancellationToken) 
             match r {
                 Ok(s) => {
                     feed.stats.set_up(s.local_addr());
-                    if read_loop(&s, &mut feed, &cancel, Some(sp.addr), sp.streamid.clone()) {
+                    let (peer, sid) = (Some(sp.addr), sp.streamid.clone());
+                    if read_loop(&s, &mut feed, &cancel, peer, sid, &mut || {}) {
                         return;
                     }
                 }
@@ -146,13 +224,35 @@ pub(crate) fn run_input(mut feed: Feed, sp: SrtSpec, cancel: CancellationToken) 
             }
         },
         SrtMode::Listener => {
+            let who = Arc::new(who);
+            let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let admitted = Arc::new(Admitted::default());
             let want = sp.streamid.clone();
             let setup = || -> Result<(Socket, Epoll, ffi::ListenHook), SrtError> {
                 let l = Socket::new()?;
                 configure(&l, &sp, false)?;
-                let hook = l.set_listen_callback(move |_peer, sid| match &want {
-                    Some(w) => sid == Some(w.as_str()),
-                    None => true,
+                let (who, busy, admitted, stats) = (
+                    who.clone(),
+                    busy.clone(),
+                    admitted.clone(),
+                    feed.stats.clone(),
+                );
+                let hook = l.set_listen_callback(move |peer, sid| {
+                    if let Some(w) = &want {
+                        if sid != Some(w.as_str()) {
+                            who.refuse(&stats, format!("streamid {sid:?} from {peer:?} not allowed"));
+                            return false;
+                        }
+                    }
+                    if busy.load(Relaxed) {
+                        who.refuse(
+                            &stats,
+                            format!("{peer:?}: a publisher is already connected (one per listener input)"),
+                        );
+                        return false;
+                    }
+                    admitted.add(peer);
+                    true
                 })?;
                 l.bind(sp.addr)?;
                 l.listen(1)?;
@@ -169,7 +269,19 @@ pub(crate) fn run_input(mut feed: Feed, sp: SrtSpec, cancel: CancellationToken) 
                 }
             };
             feed.stats.set_up(l.local_addr());
+            let stats = feed.stats.clone();
+            let failed_handshakes = || {
+                for peer in admitted.expired() {
+                    who.refuse(
+                        &stats,
+                        format!(
+                            "{peer:?} failed the handshake after admission (wrong or missing passphrase, or encryption mismatch)"
+                        ),
+                    );
+                }
+            };
             while !cancel.is_cancelled() {
+                failed_handshakes();
                 // Polled (see ACCEPT_TICK_MS): a backup input waiting for
                 // its caller costs ~20 wake-ups a second, not ~170.
                 if !ep.wait(0) {
@@ -177,11 +289,36 @@ pub(crate) fn run_input(mut feed: Feed, sp: SrtSpec, cancel: CancellationToken) 
                     continue;
                 }
                 let Ok((s, peer)) = l.accept() else { continue };
-                if !key_ok(&s, &sp, &feed.stats) {
+                admitted.accepted(peer);
+                if !key_ok(&s, &sp) {
+                    who.refuse(
+                        &feed.stats,
+                        format!("key length from {peer:?} differs from {}", sp.pbkeylen),
+                    );
                     continue;
                 }
                 let sid = s.streamid();
-                if read_loop(&s, &mut feed, &cancel, peer, sid) {
+                tracing::info!("srt input {}: publisher {peer:?} connected", sp.addr);
+                busy.store(true, Relaxed);
+                // Two callers admitted within one accept tick: the later
+                // one is closed here rather than left in the backlog.
+                let mut each_second = || {
+                    failed_handshakes();
+                    while ep.wait(0) {
+                        let Ok((extra, p)) = l.accept() else { break };
+                        admitted.accepted(p);
+                        drop(extra);
+                        who.refuse(
+                            &stats,
+                            format!(
+                                "{p:?}: a publisher is already connected (one per listener input)"
+                            ),
+                        );
+                    }
+                };
+                let cancelled = read_loop(&s, &mut feed, &cancel, peer, sid, &mut each_second);
+                busy.store(false, Relaxed);
+                if cancelled {
                     break;
                 }
             }
@@ -199,21 +336,11 @@ pub(crate) fn run_input(mut feed: Feed, sp: SrtSpec, cancel: CancellationToken) 
 /// handshake and adopts it (libsrt logs "PBKEYLEN conflict - OVERRIDDEN"):
 /// it cannot downgrade, and the length it was configured with never goes on
 /// the wire, so there is nothing to reject; the check still guards it.
-fn key_ok(s: &Socket, sp: &SrtSpec, stats: &IoStats) -> bool {
+fn key_ok(s: &Socket, sp: &SrtSpec) -> bool {
     if sp.passphrase.is_none() || sp.pbkeylen == 0 {
         return true;
     }
-    match s.get_i32(ffi::SRTO_PBKEYLEN) {
-        Some(k) if k == i32::from(sp.pbkeylen) => true,
-        other => {
-            tracing::warn!(
-                "srt: rejecting caller with key length {other:?} (want {})",
-                sp.pbkeylen
-            );
-            stats.rejected.fetch_add(1, Relaxed);
-            false
-        }
-    }
+    matches!(s.get_i32(ffi::SRTO_PBKEYLEN), Some(k) if k == i32::from(sp.pbkeylen))
 }
 
 struct Caller {
@@ -573,7 +700,13 @@ fn accept_loop(
                 continue;
             };
             let Ok((s, peer)) = l.accept() else { continue };
-            if !key_ok(&s, a.sp, a.stats) {
+            if !key_ok(&s, a.sp) {
+                tracing::warn!(
+                    "srt output {}: rejecting caller {peer:?}: key length differs from {}",
+                    a.sp.addr,
+                    a.sp.pbkeylen
+                );
+                a.stats.rejected.fetch_add(1, Relaxed);
                 a.events.emit(EngineEvent::new(
                     a.route,
                     EventKind::CallerRejected {

@@ -53,7 +53,7 @@ impl ChildSpec {
                 s.push_str(a);
             }
         }
-        redact(&s, &self.secrets)
+        crate::media::redact::redact_urls(&redact(&s, &self.secrets))
     }
 }
 
@@ -216,10 +216,11 @@ enum End {
 
 /// Runs `spec` until `cancel` (or until `input` closes), restarting it with
 /// backoff. `output` receives stdout as chunks of whole TS packets
-/// (try_send: a full queue drops the chunk, counted).
+/// (try_send: a full queue drops the chunk, counted), each child's preceded
+/// by an empty chunk.
 pub async fn supervise(
     spec: ChildSpec,
-    mut input: mpsc::Receiver<Bytes>,
+    input: &mut mpsc::Receiver<Bytes>,
     output: Option<mpsc::Sender<Bytes>>,
     stats: Arc<ChildStats>,
     cancel: CancellationToken,
@@ -247,8 +248,19 @@ pub async fn supervise(
             )),
             Ok(child) => {
                 join.rejoin();
+                // An empty chunk tells the reader that a new child's
+                // stream starts here (its counters, PSI versions and
+                // clock restart): the route re-bases the continuity
+                // counters of its auto outputs at this point, in order
+                // with the old child's last chunks.
+                if let Some(out) = &output {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        r = out.send(Bytes::new()) => if r.is_err() { break },
+                    }
+                }
                 let io = Io {
-                    input: &mut input,
+                    input: &mut *input,
                     join: &mut join,
                     output: output.as_ref(),
                 };
@@ -258,7 +270,7 @@ pub async fn supervise(
         stats.ended();
         let why = match end {
             End::Stop => break,
-            End::Died(why) => why,
+            End::Died(why) => crate::media::redact::redact_urls(&redact(&why, &spec.secrets)),
         };
         tracing::warn!(child = %spec.label, "ffmpeg ended: {why}; restarting in {backoff:?}");
         *stats.fault.lock() = Some(why);
@@ -359,7 +371,9 @@ async fn run_once(
             match p.line(&line) {
                 Line::Block(b) => stats.on_progress(b),
                 Line::Log(s) => {
-                    let s = redact(&s, &spec.secrets);
+                    // ffmpeg repeats its output URL (and so a key inside
+                    // it) in error messages.
+                    let s = crate::media::redact::redact_urls(&redact(&s, &spec.secrets));
                     tracing::debug!(child = %spec.label, "ffmpeg: {s}");
                     *stats.last_log.lock() = Some(s);
                 }

@@ -376,17 +376,22 @@ pub async fn run_transcode(
         label: format!("transcode:{route}"),
         stdout: true,
     };
-    child::supervise(spec, input, Some(output), stats.child.clone(), cancel).await;
+    child::supervise(spec, &mut input, Some(output), stats.child.clone(), cancel).await;
 }
 
 /// An RTMP(S) push output: one child per destination. `io.up`/`io.error`
-/// carry connected/disconnected and the reason.
+/// carry connected/disconnected and the reason. A disabled output runs no
+/// child at all (`enabled` false: the child is stopped, and started again
+/// when the output is enabled).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_rtmp_push(
     mut media: tokio::sync::watch::Receiver<Option<Arc<Media>>>,
+    mut enabled: tokio::sync::watch::Receiver<bool>,
+    target_url: String,
     target: String,
     key: Option<String>,
     label: String,
-    input: mpsc::Receiver<Bytes>,
+    mut input: mpsc::Receiver<Bytes>,
     io: Arc<IoStats>,
     cancel: CancellationToken,
 ) {
@@ -400,50 +405,153 @@ pub async fn run_rtmp_push(
             None => return,
         },
     };
-    io.set_error("connecting");
+    // The key reaches ffmpeg through a preset file in a private directory
+    // (0700, file 0600), not its command line, which every local user can
+    // read in /proc/PID/cmdline (`ps`). ffmpeg applies the file's
+    // `rtmp_playpath=KEY` to the output's RTMP protocol.
+    let key = key.filter(|k| !k.is_empty());
+    let secret = match &key {
+        Some(k) => match KeyFile::create(&label, k) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!("rtmp push {label}: {e}");
+                io.set_error(e);
+                return;
+            }
+        },
+        None => None,
+    };
+    let (url, preset) = match &secret {
+        Some(f) => (target_url, Some(f.path.display().to_string())),
+        None => (target, None),
+    };
     let spec = ChildSpec {
         program: media.ffmpeg.clone(),
-        args: profile::rtmp_push_args(&target),
+        args: profile::rtmp_push_args(&url, preset.as_deref()),
         secrets: key.into_iter().collect(),
         label,
         stdout: false,
     };
-    let sup = child::supervise(spec, input, None, cs.clone(), cancel.clone());
-    tokio::pin!(sup);
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut last_size = 0u64;
     loop {
-        tokio::select! {
-            _ = &mut sup => break,
-            _ = tick.tick() => {
-                // Connected = ffmpeg is writing to the server (its progress
-                // keeps coming); otherwise the last error is the reason.
-                if cs.progressing(Duration::from_secs(3)) {
-                    if !io.up.load(Relaxed) {
-                        io.set_up(None);
+        if !*enabled.borrow_and_update() {
+            io.clients.store(0, Relaxed);
+            io.set_error("disabled");
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = enabled.wait_for(|e| *e) => if r.is_err() { break },
+            }
+            // What was queued before the output was disabled is stale.
+            while input.try_recv().is_ok() {}
+        }
+        io.set_error("connecting");
+        let run = cancel.child_token();
+        let sup = child::supervise(spec.clone(), &mut input, None, cs.clone(), run.clone());
+        tokio::pin!(sup);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut last_size = 0u64;
+        loop {
+            tokio::select! {
+                _ = &mut sup => break,
+                r = enabled.changed(), if !run.is_cancelled() => {
+                    if r.is_err() || !*enabled.borrow() {
+                        // Disabled (or the output is going away): stop the
+                        // child; `sup` returns once it is reaped.
+                        run.cancel();
                     }
-                    io.clients.store(1, Relaxed);
-                    let size = cs.last.lock().as_ref().and_then(|(p, _)| p.total_size).unwrap_or(0);
-                    if size > last_size {
-                        io.add((size - last_size) as usize);
+                }
+                _ = tick.tick() => {
+                    // Connected = ffmpeg is writing to the server (its progress
+                    // keeps coming); otherwise the last error is the reason.
+                    if cs.progressing(Duration::from_secs(3)) {
+                        if !io.up.load(Relaxed) {
+                            io.set_up(None);
+                        }
+                        io.clients.store(1, Relaxed);
+                        let size = cs.last.lock().as_ref().and_then(|(p, _)| p.total_size).unwrap_or(0);
+                        if size > last_size {
+                            io.add((size - last_size) as usize);
+                        }
+                        last_size = size;
+                    } else {
+                        last_size = 0;
+                        io.clients.store(0, Relaxed);
+                        let why = cs
+                            .fault
+                            .lock()
+                            .clone()
+                            .or_else(|| cs.running.load(Relaxed).then(|| "connecting".to_string()))
+                            .unwrap_or_else(|| "not running".into());
+                        io.set_error(why);
                     }
-                    last_size = size;
-                } else {
-                    last_size = 0;
-                    io.clients.store(0, Relaxed);
-                    let why = cs
-                        .fault
-                        .lock()
-                        .clone()
-                        .or_else(|| cs.running.load(Relaxed).then(|| "connecting".to_string()))
-                        .unwrap_or_else(|| "not running".into());
-                    io.set_error(why);
                 }
             }
         }
+        // Ended for good unless only this run was stopped (disabled).
+        if cancel.is_cancelled() || !run.is_cancelled() {
+            break;
+        }
     }
     io.clients.store(0, Relaxed);
-    io.set_error("stopped");
+    if cancel.is_cancelled() {
+        io.set_error("stopped");
+    }
+}
+
+/// A stream key in a file only castpoint's user can read: a fresh 0700
+/// directory under the temp dir holding a 0600 ffmpeg preset file
+/// (`rtmp_playpath=KEY`). Removed when dropped (the output stops).
+struct KeyFile {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl KeyFile {
+    fn create(label: &str, key: &str) -> Result<KeyFile, String> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        // One line `name=value` (ffmpeg reads at most 999 bytes of it).
+        if key.contains(['\n', '\r']) || key.len() > 999 {
+            return Err("the stream key must be one line of at most 999 bytes".into());
+        }
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let tag: String = label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let dir = std::env::temp_dir().join(format!(
+            "castpoint-{}-{tag}-{}-{nanos}",
+            std::process::id(),
+            SEQ.fetch_add(1, Relaxed)
+        ));
+        // create (not create_all): fails if it exists, so nobody can have
+        // prepared it for us.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("cannot create a private directory for the stream key: {e}"))?;
+        let path = dir.join("push.ffpreset");
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "rtmp_playpath={key}"));
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(format!("cannot write the stream key file: {e}"));
+        }
+        Ok(KeyFile { dir, path })
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[cfg(test)]

@@ -556,7 +556,9 @@ impl Profile {
 
 /// ffmpeg arguments for an RTMP(S) push: TS on stdin, stream copy to FLV
 /// (ffmpeg inserts aac_adtstoasc for AAC from TS by itself).
-pub fn rtmp_push_args(target: &str) -> Vec<String> {
+/// `preset`: a file holding `rtmp_playpath=KEY` (see `run_rtmp_push`), so
+/// that the key is not on the command line.
+pub fn rtmp_push_args(target: &str, preset: Option<&str>) -> Vec<String> {
     let mut a = Vec::new();
     head(&mut a);
     push(
@@ -576,11 +578,12 @@ pub fn rtmp_push_args(target: &str) -> Vec<String> {
             "no_duration_filesize",
             "-rtmp_live",
             "live",
-            "-f",
-            "flv",
-            target,
         ],
     );
+    if let Some(p) = preset {
+        push(&mut a, &["-fpre", p]);
+    }
+    push(&mut a, &["-f", "flv", target]);
     a
 }
 
@@ -718,12 +721,19 @@ downmix = "stereo"
         );
         assert_eq!(rtmp_target("rtmp://h/live/x", None), "rtmp://h/live/x");
         assert_eq!(rtmp_preset("twitch"), Some("rtmp://live.twitch.tv/app"));
-        let a = rtmp_push_args("rtmp://h/live/k1").join(" ");
+        let a = rtmp_push_args("rtmp://h/live/k1", None).join(" ");
         assert!(a.contains("-f mpegts -i pipe:0"), "{a}");
         assert!(
             a.ends_with(
                 "-c copy -flvflags no_duration_filesize -rtmp_live live -f flv rtmp://h/live/k1"
             ),
+            "{a}"
+        );
+        // The key comes from a preset file: the URL on the command line
+        // has none.
+        let a = rtmp_push_args("rtmp://h/live", Some("/p/push.ffpreset")).join(" ");
+        assert!(
+            a.ends_with("-fpre /p/push.ffpreset -f flv rtmp://h/live"),
             "{a}"
         );
     }

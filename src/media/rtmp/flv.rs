@@ -17,6 +17,11 @@ pub enum Tag {
         annexb: Vec<u8>,
     },
     AacConfig(Vec<u8>),
+    /// A sequence header that cannot be used (empty, no SPS/PPS): real
+    /// relays send these (Debian's ffmpeg 5.1 relaying ADTS AAC from TS
+    /// sends an empty AAC one before the real one), so the session waits
+    /// for a usable one instead of refusing the publish.
+    BadConfig(String),
     Audio(Vec<u8>),
     /// Nothing to mux (end of sequence, video info frames, empty bodies).
     Skip,
@@ -73,7 +78,8 @@ pub fn video(body: &[u8], nalu_len: u8) -> Result<Tag, Unsupported> {
         .clamp(-60_000, 60_000);
     let data = &body[5..];
     match pkt {
-        0 => avc_config(data),
+        // An unusable AVC sequence header is not fatal: wait for the next.
+        0 => Ok(avc_config(data).unwrap_or_else(|Unsupported(why)| Tag::BadConfig(why))),
         1 => {
             let annexb = length_to_annexb(data, nalu_len)?;
             if annexb.is_empty() {
@@ -183,7 +189,8 @@ pub fn audio(body: &[u8]) -> Result<Tag, Unsupported> {
         )));
     }
     match body.get(1) {
-        Some(0) => Ok(Tag::AacConfig(body[2..].to_vec())),
+        Some(0) if body.len() > 2 => Ok(Tag::AacConfig(body[2..].to_vec())),
+        Some(0) => Ok(Tag::BadConfig("empty AAC sequence header".into())),
         Some(1) if body.len() > 2 => Ok(Tag::Audio(body[2..].to_vec())),
         _ => Ok(Tag::Skip),
     }

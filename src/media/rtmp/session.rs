@@ -38,6 +38,10 @@ struct Session<'a> {
     audio: Option<AacConfig>,
     config_sent: Option<MuxConfig>,
     seen_keyframe: bool,
+    /// Unusable sequence headers already logged (see `unusable_header`).
+    header_warned: Vec<String>,
+    /// The last metadata logged (see `on_data`).
+    last_meta: Option<String>,
     last_ts: Option<u32>,
     clock: i64,
     /// Set when the session must end after flushing replies.
@@ -90,6 +94,8 @@ pub(super) async fn run(
         audio: None,
         config_sent: None,
         seen_keyframe: false,
+        header_warned: Vec::new(),
+        last_meta: None,
         last_ts: None,
         clock: 0,
         closing: None,
@@ -378,6 +384,22 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// A sequence header we cannot use: logged once per distinct reason
+    /// (a relay may repeat it), the publish goes on and the next usable
+    /// header is taken.
+    fn unusable_header(&mut self, why: &str) {
+        if self.header_warned.iter().any(|w| w == why) {
+            return;
+        }
+        if self.header_warned.len() < 8 {
+            self.header_warned.push(why.to_string());
+        }
+        tracing::warn!(
+            "rtmp {}: ignoring an unusable sequence header ({why}); waiting for the next one",
+            self.peer
+        );
+    }
+
     async fn unpublish(&mut self) {
         if let Some(p) = self.publisher.take() {
             tracing::info!("rtmp {}: unpublished", self.peer);
@@ -391,27 +413,36 @@ impl Session<'_> {
         let Ok(v) = amf0::decode_all(p) else { return };
         if let Some(md) = v.iter().find(|x| matches!(x, Amf::Object(_))) {
             let num = |k: &str| md.get(k).and_then(Amf::as_f64).unwrap_or(0.0);
-            tracing::info!(
-                "rtmp {}: metadata {}x{} @ {} fps, video codec {:?}, audio codec {:?}",
-                self.peer,
+            let text = format!(
+                "{}x{} @ {} fps, video codec {:?}, audio codec {:?}",
                 num("width"),
                 num("height"),
                 num("framerate"),
                 md.get("videocodecid"),
                 md.get("audiocodecid"),
             );
+            // GStreamer's rtmp2sink repeats its metadata every second:
+            // logged when it changes.
+            if self.last_meta.as_deref() != Some(text.as_str()) {
+                tracing::info!("rtmp {}: metadata {text}", self.peer);
+                self.last_meta = Some(text);
+            }
         }
     }
 
     async fn on_media(&mut self, m: &Message) -> Result<(), String> {
-        if self.publisher.is_none() {
-            return Ok(());
-        }
+        // Sequence headers are kept even when they come before the publish
+        // is answered (some encoders send them right after createStream);
+        // frames before the publish are dropped.
         let tag = if m.type_id == msg::VIDEO {
             flv::video(&m.payload, self.nalu_len)
         } else {
             flv::audio(&m.payload)
         };
+        if self.publisher.is_none() && !matches!(tag, Ok(Tag::AvcConfig { .. } | Tag::AacConfig(_)))
+        {
+            return Ok(());
+        }
         let tag = match tag {
             Ok(t) => t,
             Err(flv::Unsupported(why)) => {
@@ -441,12 +472,15 @@ impl Session<'_> {
             Tag::AacConfig(asc) => {
                 match AacConfig::from_asc(&asc) {
                     Ok(a) => self.audio = Some(a),
-                    Err(why) => {
-                        let why = format!("AAC config: {why}");
-                        self.on_status("error", "NetStream.Publish.Rejected", &why);
-                        self.closing = Some(format!("refused: {why}"));
-                    }
+                    // Relays send empty or placeholder headers before the
+                    // real one: keep waiting (audio frames are dropped
+                    // until a usable header arrives).
+                    Err(why) => self.unusable_header(&format!("AAC config: {why}")),
                 }
+                return Ok(());
+            }
+            Tag::BadConfig(why) => {
+                self.unusable_header(&why);
                 return Ok(());
             }
             Tag::Skip => return Ok(()),

@@ -163,6 +163,13 @@ fn flv_avc_and_aac() {
         Ok(Tag::AacConfig(vec![0x11, 0x90]))
     );
     assert_eq!(flv::audio(&[0xAF, 1, 9, 9]), Ok(Tag::Audio(vec![9, 9])));
+    // Empty or unusable sequence headers (ffmpeg relays send an empty AAC
+    // one first) are not fatal: the session waits for a usable one.
+    assert!(matches!(flv::audio(&[0xAF, 0]), Ok(Tag::BadConfig(_))));
+    assert!(matches!(
+        flv::video(&[0x17, 0, 0, 0, 0], 4),
+        Ok(Tag::BadConfig(_))
+    ));
     // A NALU length past the end is an error, not a panic.
     assert!(flv::video(&[0x27, 1, 0, 0, 0, 0, 0, 9, 9, 1], 4).is_err());
 }

@@ -51,7 +51,9 @@ impl std::fmt::Display for RtspError {
                 f,
                 "401 Unauthorized on {method}: the camera wants credentials (set user and password)"
             ),
-            RtspError::NotFound(u) => write!(f, "404 Not Found: {u}"),
+            RtspError::NotFound(u) => {
+                write!(f, "404 Not Found: {}", crate::media::redact::redact_url(u))
+            }
             RtspError::Status {
                 method,
                 code,
@@ -320,7 +322,10 @@ pub(super) async fn run(
         }
     }
     for r in &skipped {
-        tracing::info!("rtsp input {url}: skipping track ({r})");
+        tracing::info!(
+            "rtsp input {}: skipping track ({r})",
+            crate::media::redact::redact_url(&url)
+        );
     }
     if chosen.is_empty() {
         return Err(RtspError::Unsupported(if skipped.is_empty() {
@@ -416,7 +421,8 @@ pub(super) async fn run(
     feed.stats.set_up(None);
     feed.stats.clients.store(1, Relaxed);
     tracing::info!(
-        "rtsp input {url}: playing {} track(s) over {:?}",
+        "rtsp input {}: playing {} track(s) over {:?}",
+        crate::media::redact::redact_url(&url),
         tracks.len(),
         spec.transport
     );
@@ -454,7 +460,11 @@ pub(super) async fn run(
                         }
                         Frame::Request { method, cseq } => c.answer_server_request(&method, cseq).await,
                         Frame::Response(r) if r.status >= 300 => {
-                            tracing::debug!("rtsp input {url}: keep-alive answered {}", r.status);
+                            tracing::debug!(
+                                "rtsp input {}: keep-alive answered {}",
+                                crate::media::redact::redact_url(&url),
+                                r.status
+                            );
                         }
                         Frame::Response(_) => {}
                     }
