@@ -9,28 +9,17 @@
 /// What every secret is replaced with.
 pub const PLACEHOLDER: &str = "***";
 
-/// Query parameters whose values are secrets (compared case-insensitively).
-const SECRET_PARAMS: &[&str] = &[
-    "passphrase",
-    "password",
-    "pass",
-    "pwd",
-    "key",
-    "streamkey",
-    "stream_key",
-    "token",
-    "access_token",
-    "auth",
-    "secret",
-    "sig",
-    "signature",
-];
+/// Query parameters whose values are secrets: any name containing one of
+/// these (lower-cased), so `passphrase`, `streamkey`, `wowzatoken`,
+/// `auth_token` and `X-Amz-Signature` are all caught.
+const SECRET_PARAMS: &[&str] = &["pass", "key", "token", "secret", "auth", "sig", "pwd"];
 
 /// Redacts one URL:
 /// - `scheme://user:pass@host/...` -> `scheme://user:***@host/...`;
-/// - `rtmp[s|t|e]://host/app/KEY` -> `rtmp://host/app/***` (the last path
-///   segment of an RTMP URL with at least two segments is the stream key,
-///   the form YouTube/Twitch/Facebook show);
+/// - `rtmp[s|t|e]://host/app/KEY` -> `rtmp://host/app/***`: everything
+///   after the application is the stream key (`app/inst/KEY` included),
+///   the form YouTube/Twitch/Facebook show, and every query value of an
+///   RTMP URL is part of it too (Facebook's `?s_bl=..&a=..`);
 /// - secret query parameters (`?passphrase=`, `?key=`, ...) -> `=***`.
 ///
 /// Text that is not a URL is returned unchanged.
@@ -63,20 +52,22 @@ pub fn redact_url(url: &str) -> String {
         Some((p, q)) => (p, Some(q)),
         None => (before_frag, None),
     };
-    let mut path = path.to_string();
-    if scheme.to_ascii_lowercase().starts_with("rtmp") {
-        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        if segs.len() >= 2 {
-            if let Some(i) = path.trim_end_matches('/').rfind('/') {
-                let end = path.trim_end_matches('/').len();
-                path.replace_range(i + 1..end, PLACEHOLDER);
-            }
+    let rtmp = scheme.to_ascii_lowercase().starts_with("rtmp");
+    let path = if rtmp {
+        // "/app" stays; "/app/KEY" (or "/app/inst/KEY") hides the rest.
+        let mut segs = path.splitn(3, '/');
+        let _ = segs.next();
+        match (segs.next(), segs.next()) {
+            (Some(app), Some(k)) if !k.is_empty() => format!("/{app}/{PLACEHOLDER}"),
+            _ => path.to_string(),
         }
-    }
+    } else {
+        path.to_string()
+    };
     let mut out = format!("{scheme}://{authority}{path}");
     if let Some(q) = query {
         out.push('?');
-        out.push_str(&redact_query(q));
+        out.push_str(&redact_query(q, rtmp));
     }
     if let Some(f) = frag {
         out.push('#');
@@ -85,15 +76,10 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
-fn redact_query(q: &str) -> String {
+fn redact_query(q: &str, all: bool) -> String {
     q.split('&')
         .map(|kv| match kv.split_once('=') {
-            Some((k, v))
-                if !v.is_empty()
-                    && SECRET_PARAMS
-                        .iter()
-                        .any(|s| s.eq_ignore_ascii_case(k.trim())) =>
-            {
+            Some((k, v)) if !v.is_empty() && (all || is_secret_param(k)) => {
                 format!("{k}={PLACEHOLDER}")
             }
             _ => kv.to_string(),
@@ -102,8 +88,21 @@ fn redact_query(q: &str) -> String {
         .join("&")
 }
 
-/// Redacts every URL inside free text (log lines, error messages): a URL
-/// starts at `scheme://` and ends at whitespace or a quote.
+/// Schemes recognised inside text even when other letters precede them
+/// (longest first, so `rtmps` wins over `rtmp`).
+const KNOWN_SCHEMES: &[&str] = &[
+    "rtmps", "rtmpt", "rtmpe", "rtmp", "rtsps", "rtsp", "https", "http", "srt",
+];
+
+fn is_secret_param(name: &str) -> bool {
+    let n = name.trim().to_ascii_lowercase();
+    SECRET_PARAMS.iter().any(|s| n.contains(s))
+}
+
+/// Redacts every URL inside free text (log lines, error messages, ffmpeg's
+/// stderr): a URL starts at `scheme://` and ends at whitespace or a quote;
+/// a trailing `:`/`,`/`;`/`)`/`.` belongs to the sentence (ffmpeg writes
+/// "URL: Input/output error").
 pub fn redact_text(text: &str) -> String {
     if !text.contains("://") {
         return text.to_string();
@@ -117,9 +116,21 @@ pub fn redact_text(text: &str) -> String {
             .rev()
             .find(|(_, c)| !(c.is_ascii_alphanumeric() || "+-.".contains(*c)))
             .map_or(0, |(j, c)| j + c.len_utf8());
+        // Text glued to a known scheme ("xrtmp://") must not hide it: the
+        // URL starts at the longest known scheme that ends the word.
+        let word = rest[start..i].to_ascii_lowercase();
+        let start = KNOWN_SCHEMES
+            .iter()
+            .find(|k| word.ends_with(*k))
+            .map_or(start, |k| i - k.len());
         let end = rest[i..]
             .find(|c: char| c.is_whitespace() || "\"'<>`".contains(c))
             .map_or(rest.len(), |j| i + j);
+        let end = start
+            + rest[start..end]
+                .trim_end_matches([':', ',', ';', ')', '.'])
+                .len();
+        let end = end.max(i + 3);
         out.push_str(&rest[..start]);
         out.push_str(&redact_url(&rest[start..end]));
         rest = &rest[end..];
@@ -157,7 +168,7 @@ mod tests {
         );
         assert_eq!(
             redact_url("rtmps://live-api-s.facebook.com:443/rtmp/FB-123?s_bl=1&s_sc=2"),
-            "rtmps://live-api-s.facebook.com:443/rtmp/***?s_bl=1&s_sc=2"
+            "rtmps://live-api-s.facebook.com:443/rtmp/***?s_bl=***&s_sc=***"
         );
         // One segment is only the application: nothing to hide.
         assert_eq!(redact_url("rtmp://host/live"), "rtmp://host/live");
@@ -196,7 +207,42 @@ mod tests {
         assert!(!is_redaction_of("rtmp://other/live/***", k));
     }
 
+    #[test]
+    fn every_segment_after_the_application_and_query_values_of_rtmp() {
+        assert_eq!(
+            redact_url("rtmps://h:443/app/inst/KEY"),
+            "rtmps://h:443/app/***"
+        );
+        assert_eq!(
+            redact_url("rtmp://h/live/k?token=t0k"),
+            "rtmp://h/live/***?token=***"
+        );
+        assert_eq!(
+            redact_url("srt://1.2.3.4:9000?passphrase=secretsecret&latency=200&wowzatoken=x"),
+            "srt://1.2.3.4:9000?passphrase=***&latency=200&wowzatoken=***"
+        );
+        assert_eq!(redact_url("http://h/x.ts"), "http://h/x.ts");
+    }
+
+    #[test]
+    fn urls_inside_ffmpeg_lines_are_found() {
+        let line =
+            "[tcp] rtmp://127.0.0.1:1935/live/s3cr3t: Input/output error (see 'rtmp://h/a/k2')";
+        assert_eq!(
+            redact_text(line),
+            "[tcp] rtmp://127.0.0.1:1935/live/***: Input/output error (see 'rtmp://h/a/***')"
+        );
+        assert_eq!(redact_text("RTMP://H/A/K"), "RTMP://H/A/***");
+        assert_eq!(redact_text("end rtmp://h/a/k."), "end rtmp://h/a/***.");
+    }
+
     proptest::proptest! {
+        #[test]
+        fn hides_rtmp_keys_in_any_text(pre in ".{0,20}", key in "[A-Za-z0-9_-]{4,30}", post in "[ :,].{0,20}") {
+            let r = redact_text(&format!("{pre}rtmp://host/live/{key}{post}"));
+            proptest::prop_assert!(r.contains("rtmp://host/live/***"), "{}", r);
+        }
+
         #[test]
         fn never_panics(s in ".*") {
             let _ = redact_url(&s);

@@ -324,7 +324,7 @@ pub(crate) async fn run_http(mut feed: Feed, url: String, cancel: CancellationTo
             Err(e) => {
                 tracing::warn!(
                     "http input {}: {e}; retrying in 1 s",
-                    crate::media::redact::redact_urls(&url)
+                    crate::redact::redact_text(&url)
                 );
                 feed.stats.set_error(e);
             }

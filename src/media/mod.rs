@@ -4,7 +4,6 @@
 //! module for inputs and outputs that need more than moving TS packets.
 
 pub mod ffmpeg;
-pub mod redact;
 pub mod rtmp;
 pub mod rtsp;
 pub mod tsmux;

@@ -53,7 +53,7 @@ impl ChildSpec {
                 s.push_str(a);
             }
         }
-        crate::media::redact::redact_urls(&redact(&s, &self.secrets))
+        crate::redact::redact_text(&redact(&s, &self.secrets))
     }
 }
 
@@ -270,7 +270,7 @@ pub async fn supervise(
         stats.ended();
         let why = match end {
             End::Stop => break,
-            End::Died(why) => crate::media::redact::redact_urls(&redact(&why, &spec.secrets)),
+            End::Died(why) => crate::redact::redact_text(&redact(&why, &spec.secrets)),
         };
         tracing::warn!(child = %spec.label, "ffmpeg ended: {why}; restarting in {backoff:?}");
         *stats.fault.lock() = Some(why);
@@ -373,7 +373,7 @@ async fn run_once(
                 Line::Log(s) => {
                     // ffmpeg repeats its output URL (and so a key inside
                     // it) in error messages.
-                    let s = crate::media::redact::redact_urls(&redact(&s, &spec.secrets));
+                    let s = crate::redact::redact_text(&redact(&s, &spec.secrets));
                     tracing::debug!(child = %spec.label, "ffmpeg: {s}");
                     *stats.last_log.lock() = Some(s);
                 }

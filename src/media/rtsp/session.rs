@@ -52,7 +52,7 @@ impl std::fmt::Display for RtspError {
                 "401 Unauthorized on {method}: the camera wants credentials (set user and password)"
             ),
             RtspError::NotFound(u) => {
-                write!(f, "404 Not Found: {}", crate::media::redact::redact_url(u))
+                write!(f, "404 Not Found: {}", crate::redact::redact_url(u))
             }
             RtspError::Status {
                 method,
@@ -324,7 +324,7 @@ pub(super) async fn run(
     for r in &skipped {
         tracing::info!(
             "rtsp input {}: skipping track ({r})",
-            crate::media::redact::redact_url(&url)
+            crate::redact::redact_url(&url)
         );
     }
     if chosen.is_empty() {
@@ -422,7 +422,7 @@ pub(super) async fn run(
     feed.stats.clients.store(1, Relaxed);
     tracing::info!(
         "rtsp input {}: playing {} track(s) over {:?}",
-        crate::media::redact::redact_url(&url),
+        crate::redact::redact_url(&url),
         tracks.len(),
         spec.transport
     );
@@ -462,7 +462,7 @@ pub(super) async fn run(
                         Frame::Response(r) if r.status >= 300 => {
                             tracing::debug!(
                                 "rtsp input {}: keep-alive answered {}",
-                                crate::media::redact::redact_url(&url),
+                                crate::redact::redact_url(&url),
                                 r.status
                             );
                         }
