@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod limits;
 pub mod media;
 pub mod persist;
 pub mod points;

@@ -2,6 +2,7 @@
 
 mod auth;
 mod bacnet;
+mod decoders;
 mod engine;
 mod haystack;
 mod http;

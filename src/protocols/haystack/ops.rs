@@ -313,6 +313,9 @@ pub fn parse_filter(s: &str) -> Result<Filter, String> {
     if s.trim().is_empty() {
         return Err("empty filter".into());
     }
+    // libhaystack's filter parser recurses per parenthesis (4096 `(` fit
+    // the length limit above and overflow a worker's stack).
+    super::depth::check_filter(s).map_err(|e| format!("invalid filter: {e}"))?;
     Filter::try_from(s).map_err(|e| format!("invalid filter {s:?}: {e}"))
 }
 
@@ -804,5 +807,15 @@ mod tests {
         assert!(parse_filter("equipRef->siteRef->dis == \"x\"").is_ok());
         assert!(parse_filter("point and (").is_err());
         assert!(parse_filter("").is_err());
+        // libhaystack's filter parser recurses per parenthesis: deep input
+        // is refused before it, at 100,000 as at 65.
+        for n in [65, 4000, 100_000] {
+            let e = parse_filter(&format!("{}a", "(".repeat(n))).expect_err("deep");
+            assert!(e.contains("nesting") || e.contains("longer"), "{e}");
+        }
+        let e = parse_filter(&"(".repeat(4000)).expect_err("deep");
+        assert!(e.contains("nesting deeper than 64"), "{e}");
+        let ok = format!("{}point{}", "(".repeat(64), ")".repeat(64));
+        assert!(parse_filter(&ok).is_ok());
     }
 }
