@@ -10,6 +10,7 @@
 
 use std::fmt::Write as _;
 
+use libhaystack::filter::Filter;
 use libhaystack::val::{Dict, Value as HVal};
 
 use super::depth;
@@ -846,6 +847,20 @@ pub fn parse_scalar(s: &str) -> Option<HVal> {
 pub fn zinc_from_str(text: &str) -> Result<Result<HVal, String>, String> {
     depth::check_zinc(text).map_err(|e| format!("invalid Zinc: {e}"))?;
     Ok(libhaystack::encoding::zinc::decode::from_str(text).map_err(|e| e.to_string()))
+}
+
+/// Parses a Haystack filter; never panics, errors are messages.
+pub fn parse_filter(s: &str) -> Result<Filter, String> {
+    if s.len() > 4096 {
+        return Err("filter longer than 4096 characters".into());
+    }
+    if s.trim().is_empty() {
+        return Err("empty filter".into());
+    }
+    // libhaystack's filter parser recurses per parenthesis (4096 `(` fit
+    // the length limit above and overflow a worker's stack).
+    depth::check_filter(s).map_err(|e| format!("invalid filter: {e}"))?;
+    Filter::try_from(s).map_err(|e| format!("invalid filter {s:?}: {e}"))
 }
 
 fn percent_decode(s: &str) -> Result<String, String> {
