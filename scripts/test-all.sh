@@ -40,3 +40,6 @@ cargo test --workspace 2>&1
 echo "== interop tests (pytest against the real binary)"
 cargo build --quiet --bin castpoint
 python3 -m pytest -q tests/interop
+
+echo "== fuzzing (every untrusted decoder, 20 s each; docs/security.md)"
+scripts/fuzz.sh 20

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod httpd;
+pub mod limits;
 pub mod media;
 pub mod netlimit;
 pub mod persist;

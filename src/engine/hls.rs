@@ -31,9 +31,23 @@ struct Window {
     /// Discontinuities that have slid out of the window
     /// (EXT-X-DISCONTINUITY-SEQUENCE).
     disc_seq: u64,
-    /// Largest rounded EXTINF so far: the target duration never shrinks
-    /// between playlist reloads.
-    target: u64,
+    /// The configured segment duration, rounded: the least target.
+    min_target: u64,
+}
+
+impl Window {
+    /// EXT-X-TARGETDURATION: the largest rounded EXTINF (RFC 8216 4.3.3.1)
+    /// of the segments in the window, never below the configured duration.
+    /// It grows when a long segment enters and only shrinks once that
+    /// segment has slid out, so a hostile burst does not pin it for the
+    /// rest of the route's life.
+    fn target(&self) -> u64 {
+        self.segments
+            .iter()
+            .map(|s| s.secs.round() as u64)
+            .fold(self.min_target, u64::max)
+            .max(1)
+    }
 }
 
 #[derive(Default)]
@@ -49,7 +63,9 @@ impl HlsStream {
         let first = w.segments.front()?;
         let mut m = format!(
             "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-DISCONTINUITY-SEQUENCE:{}\n",
-            w.target, first.seq, w.disc_seq
+            w.target(),
+            first.seq,
+            w.disc_seq
         );
         for s in w.segments.iter() {
             if s.discontinuity {
@@ -67,8 +83,7 @@ impl HlsStream {
 
     fn push(&self, seg: Segment, window: usize, min_target: u64) {
         let mut w = self.window.lock();
-        // RFC 8216: each EXTINF rounded to the nearest integer <= target.
-        w.target = w.target.max(min_target).max(seg.secs.round() as u64).max(1);
+        w.min_target = min_target;
         w.segments.push_back(seg);
         while w.segments.len() > window {
             if w.segments.pop_front().is_some_and(|s| s.discontinuity) {
@@ -97,19 +112,37 @@ pub(crate) struct Cut {
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
-/// A video timestamp step larger than this (forward) or going back more
-/// than `MAX_BACK` is an input switch to an unrelated clock, not B-frame
-/// reordering or a short stall.
-const MAX_FWD: i64 = 5 * 90_000;
+/// A video DTS going back more than this is an input switch to an
+/// unrelated clock, not reordering or jitter.
 const MAX_BACK: i64 = 90_000;
+/// Forward DTS steps longer than the target duration (but at least 1 s, at
+/// most 5 s) between two consecutive frames are jumps, not media: a camera
+/// does not pause for longer than a segment without its clock being
+/// meaningless to a player (issue 15 item 12: a burst of 4.9 s steps counted
+/// as media pinned `#EXT-X-TARGETDURATION:1472`).
+const MIN_JUMP: i64 = 90_000;
+const MAX_FWD: i64 = 5 * 90_000;
+/// A segment is cut at this many target durations even without a keyframe
+/// (media time, or arrival time for streams without video timestamps), so
+/// no EXTINF exceeds `HARD_MAX * target` plus one frame step.
+const HARD_MAX: u32 = 3;
 
 /// The segment in progress.
 struct Open {
     arrived: Instant,
     at: chrono::DateTime<chrono::Utc>,
-    /// DTS of the keyframe it starts with.
+    /// DTS of the frame it starts with (a keyframe unless cut at the hard
+    /// maximum).
     dts: Option<u64>,
     discontinuity: bool,
+}
+
+/// What following the video DTS through one frame found.
+enum Clock {
+    /// The clock continues; the frame's DTS if the piece starts a frame.
+    Frame(Option<u64>),
+    /// The clock jumped: the media end time of the segment in progress.
+    Jump(Option<u64>),
 }
 
 /// Cuts the stream into segments; sans-IO so it can be tested directly.
@@ -138,6 +171,16 @@ impl Segmenter {
         }
     }
 
+    /// The longest forward DTS step that still counts as media (90 kHz).
+    fn max_step(&self) -> i64 {
+        (self.target.as_millis() as i64 * 90).clamp(MIN_JUMP, MAX_FWD)
+    }
+
+    /// The longest a segment may grow before it is cut without a keyframe.
+    fn hard_max(&self) -> Duration {
+        self.target * HARD_MAX
+    }
+
     fn header(&self) -> BytesMut {
         let mut b = BytesMut::with_capacity(1 << 20);
         if let Some(h) = self.psi.header() {
@@ -146,11 +189,10 @@ impl Segmenter {
         b
     }
 
-    /// Follows the video DTS through a chunk; returns the media end time of
-    /// the segment in progress when the clock jumps (an input switch).
-    fn track_dts(&mut self, chunk: &[u8], video_pid: u16) -> Option<Option<u64>> {
-        let mut jumped = None;
-        for p in chunk.chunks_exact(TS) {
+    /// Follows the video DTS through one piece (at most one PES start).
+    fn track_dts(&mut self, piece: &[u8], video_pid: u16) -> Clock {
+        let mut seen = None;
+        for p in piece.chunks_exact(TS) {
             if ts::pid(p) != video_pid {
                 continue;
             }
@@ -159,17 +201,17 @@ impl Segmenter {
             };
             if let Some(l) = self.last_dts {
                 let d = ts::ts_delta(l, dts);
-                if !(-MAX_BACK..=MAX_FWD).contains(&d) {
-                    if jumped.is_none() {
-                        jumped = Some(Some(l.wrapping_add(self.step) & ((1 << 33) - 1)));
-                    }
+                if !(-MAX_BACK..=self.max_step()).contains(&d) {
+                    self.last_dts = Some(dts);
+                    return Clock::Jump(Some(l.wrapping_add(self.step) & ((1 << 33) - 1)));
                 } else if d > 0 {
                     self.step = d as u64;
                 }
             }
             self.last_dts = Some(dts);
+            seen = Some(dts);
         }
-        jumped
+        Clock::Frame(seen)
     }
 
     fn finish(&mut self, end_dts: Option<u64>, now: Instant, tail: &[u8]) -> Option<Cut> {
@@ -181,7 +223,13 @@ impl Segmenter {
             }
             _ => None,
         };
-        let secs = media.unwrap_or_else(|| now.duration_since(open.arrived).as_secs_f64());
+        // Arrival time only stands in for missing timestamps; a stalled
+        // sender must not stretch one segment past the hard maximum.
+        let secs = media.unwrap_or_else(|| {
+            now.duration_since(open.arrived)
+                .min(self.hard_max())
+                .as_secs_f64()
+        });
         let fresh = self.header();
         Some(Cut {
             secs,
@@ -202,20 +250,46 @@ impl Segmenter {
         });
     }
 
-    /// Feeds a chunk; returns a finished segment if one was cut.
-    pub fn push(&mut self, chunk: &[u8], now: Instant) -> Option<Cut> {
+    /// Feeds a chunk; returns the segments it finished. A chunk may hold
+    /// many frames (a UDP input hands over a whole burst at once), so it is
+    /// split at every video PES start and each frame is judged on its own:
+    /// a jump or the hard maximum falls exactly between two frames.
+    pub fn push(&mut self, chunk: &[u8], now: Instant) -> Vec<Cut> {
         self.psi.observe(chunk);
+        let mut out = Vec::new();
+        let Some((vpid, _)) = self.psi.psi.video else {
+            out.extend(self.push_frame(chunk, now));
+            return out;
+        };
+        let mut from = 0;
+        for (i, p) in chunk.chunks_exact(TS).enumerate() {
+            if i * TS > from && ts::pid(p) == vpid && ts::pusi(p) {
+                out.extend(self.push_frame(&chunk[from..i * TS], now));
+                from = i * TS;
+            }
+        }
+        out.extend(self.push_frame(&chunk[from..], now));
+        out
+    }
+
+    /// One piece of a chunk with at most one video PES start, at its front.
+    fn push_frame(&mut self, chunk: &[u8], now: Instant) -> Option<Cut> {
         let video = self.psi.psi.video;
         let mut done = None;
+        let mut frame_dts = None;
         if let Some((pid, _)) = video {
-            if let Some(end) = self.track_dts(chunk, pid) {
-                // The whole chunk is the new input's (chunks come from one
-                // input): close the segment before it, start the next one at
-                // the new input's first keyframe, marked discontinuous.
-                done = self.finish(end, now, &[]);
-                self.open = None;
-                self.cur.clear();
-                self.pending_disc = true;
+            match self.track_dts(chunk, pid) {
+                Clock::Jump(end) => {
+                    // This frame is on another clock (an input switch, or a
+                    // hostile jump): close the segment before it, start the
+                    // next one at the next keyframe, marked discontinuous, so
+                    // the jump is never counted as duration.
+                    done = self.finish(end, now, &[]);
+                    self.open = None;
+                    self.cur.clear();
+                    self.pending_disc = true;
+                }
+                Clock::Frame(d) => frame_dts = d,
             }
         }
         let cut = match video {
@@ -239,19 +313,26 @@ impl Segmenter {
             return done;
         };
         let arrived = now.duration_since(open.arrived);
-        let media_reached = |dts: Option<u64>| match (open.dts, dts) {
-            (Some(a), Some(b)) => ts::ts_delta(a, b) >= self.target.as_millis() as i64 * 90,
-            _ => arrived >= self.target,
+        let media_reached = |dts: Option<u64>, limit: Duration| match (open.dts, dts) {
+            (Some(a), Some(b)) => ts::ts_delta(a, b) >= limit.as_millis() as i64 * 90,
+            _ => arrived >= limit,
         };
-        // Cut at a keyframe once the target is reached; a stream without
-        // keyframes is cut anyway at 3x the target so memory stays bounded.
+        // Cut at a keyframe once the target is reached; at the hard maximum
+        // cut anyway (media time at a frame boundary, else arrival time at a
+        // chunk boundary), so no segment outgrows it and memory stays bounded.
+        let hard = self.hard_max();
         match cut {
-            Some((off, dts)) if media_reached(dts) => {
+            Some((off, dts)) if media_reached(dts, self.target) => {
                 let c = self.finish(dts, now, &chunk[..off]);
                 self.start(chunk, off, dts, now);
                 c
             }
-            _ if arrived >= self.target * 3 => {
+            _ if frame_dts.is_some() && media_reached(frame_dts, hard) => {
+                let c = self.finish(frame_dts, now, &[]);
+                self.start(chunk, 0, frame_dts, now);
+                c
+            }
+            _ if arrived >= hard => {
                 let c = self.finish(None, now, &[]);
                 self.start(chunk, 0, None, now);
                 c
@@ -292,7 +373,7 @@ pub(crate) async fn run(
             c = rx.recv() => c,
         };
         let Some(chunk) = c else { break };
-        if let Some(c) = seg.push(&chunk, Instant::now()) {
+        for c in seg.push(&chunk, Instant::now()) {
             stats.add(c.data.len());
             let seg = Segment {
                 seq,
@@ -387,9 +468,7 @@ mod tests {
             let mut chunk = if i % gop == 0 { psi() } else { Vec::new() };
             chunk.extend_from_slice(&frame(dts0 + i * 3600, i % gop == 0));
             // Arrival time deliberately unrelated to media time (a burst).
-            if let Some(c) = s.push(&chunk, t0) {
-                cuts.push(c);
-            }
+            cuts.extend(s.push(&chunk, t0));
         }
     }
 
@@ -433,6 +512,219 @@ mod tests {
         assert!(cuts[2].discontinuity);
         assert!((cuts[2].secs - 2.0).abs() < 1e-9, "{}", cuts[2].secs);
         assert!(!cuts[3].discontinuity);
+    }
+
+    /// Moves the PTS and DTS of the PES header starting in `p` by `add`
+    /// (90 kHz, wrapping at 33 bits), keeping the marker bits.
+    fn shift_pes(p: &mut [u8], add: u64) {
+        let mut off = 4;
+        if p[3] & 0x20 != 0 {
+            off += 1 + usize::from(p[4]);
+        }
+        let Some(pl) = p.get_mut(off..) else { return };
+        if pl.len() < 19 || pl[0..3] != [0, 0, 1] {
+            return;
+        }
+        let flags = pl[7] >> 6;
+        let rw = |b: &mut [u8]| {
+            let t = (u64::from(b[0] >> 1) & 0x07) << 30
+                | u64::from(b[1]) << 22
+                | u64::from(b[2] >> 1) << 15
+                | u64::from(b[3]) << 7
+                | u64::from(b[4] >> 1);
+            let t = t.wrapping_add(add) & ((1 << 33) - 1);
+            b[0] = (b[0] & 0xF0) | (((t >> 30) as u8 & 0x07) << 1) | 1;
+            b[1] = (t >> 22) as u8;
+            b[2] = (((t >> 15) as u8 & 0x7F) << 1) | 1;
+            b[3] = (t >> 7) as u8;
+            b[4] = ((t as u8 & 0x7F) << 1) | 1;
+        };
+        if flags & 0b10 != 0 {
+            rw(&mut pl[9..14]);
+        }
+        if flags == 0b11 {
+            rw(&mut pl[14..19]);
+        }
+    }
+
+    /// `frames` video frames of the simulators' real TS generator (25 fps,
+    /// a keyframe every 25 frames, 7-packet chunks), frame `k`'s PTS/DTS
+    /// moved by `shift(k)`.
+    fn generated(frames: u64, shift: impl Fn(u64) -> u64) -> Vec<Vec<u8>> {
+        use castpoint_sim::tsgen::{TsConfig, TsGenerator};
+        let cfg = TsConfig {
+            bitrate: 1_000_000,
+            video_filler: false,
+            ..TsConfig::default()
+        };
+        let vpid = cfg.video_pid;
+        let mut g = TsGenerator::new(cfg).expect("generator");
+        let mut out = Vec::new();
+        let mut k = 0;
+        while k < frames {
+            let mut c = g.next_chunk(std::time::SystemTime::now()).to_vec();
+            for p in c.chunks_exact_mut(TS) {
+                if ts::pid(p) == vpid && ts::pes_timestamps(p).is_some() {
+                    shift_pes(p, shift(k));
+                    k += 1;
+                }
+            }
+            out.push(c);
+        }
+        out
+    }
+
+    /// Feeds chunks paced at 40 chunks/s into a segmenter and a 5-segment
+    /// window (2 s target); checks every playlist on the way against RFC
+    /// 8216 (each rounded EXTINF <= TARGETDURATION) and returns the cut
+    /// durations, the largest target seen and the final playlist.
+    fn play(chunks: &[Vec<u8>]) -> (Vec<Cut>, u64, String) {
+        let t0 = Instant::now();
+        let mut s = Segmenter::new(Duration::from_secs(2));
+        let st = HlsStream::default();
+        let (mut cuts, mut most, mut seq) = (Vec::new(), 0, 0);
+        for (i, c) in chunks.iter().enumerate() {
+            for cut in s.push(c, t0 + Duration::from_millis(25 * i as u64)) {
+                let seg = Segment {
+                    seq,
+                    secs: cut.secs,
+                    data: cut.data.clone(),
+                    discontinuity: cut.discontinuity,
+                    at: cut.at,
+                };
+                seq += 1;
+                st.push(seg, 5, 2);
+                cuts.push(cut);
+                let m = st.playlist().expect("playlist");
+                let target: u64 = m
+                    .lines()
+                    .find_map(|l| l.strip_prefix("#EXT-X-TARGETDURATION:"))
+                    .and_then(|t| t.parse().ok())
+                    .expect("target");
+                for l in m.lines().filter_map(|l| l.strip_prefix("#EXTINF:")) {
+                    let d: f64 = l.trim_end_matches(',').parse().expect("extinf");
+                    assert!(d.round() as u64 <= target, "{m}");
+                }
+                most = most.max(target);
+            }
+        }
+        (cuts, most, st.playlist().expect("playlist"))
+    }
+
+    const SEC: u64 = 90_000;
+
+    /// Hands the chunks holding frames `frames` over `per` at a time as one
+    /// chunk (a UDP input drains its whole socket queue at once).
+    fn merge(chunks: Vec<Vec<u8>>, frames: std::ops::Range<u64>, per: usize) -> Vec<Vec<u8>> {
+        let (mut out, mut burst, mut n, mut k) = (Vec::new(), Vec::new(), 0, 0);
+        for c in chunks {
+            let starts = c
+                .chunks_exact(TS)
+                .filter(|p| ts::pid(p) == 0x100 && ts::pes_timestamps(p).is_some())
+                .count() as u64;
+            if frames.contains(&k) {
+                burst.extend_from_slice(&c);
+                n += 1;
+                if n == per {
+                    out.push(std::mem::take(&mut burst));
+                    n = 0;
+                }
+            } else {
+                if !burst.is_empty() {
+                    out.push(std::mem::take(&mut burst));
+                    n = 0;
+                }
+                out.push(c);
+            }
+            k += starts;
+        }
+        out
+    }
+
+    /// Issue 15 item 12: a burst of frames whose DTS jumps forward (past
+    /// the jump threshold, and just under it) must neither produce a long
+    /// segment nor pin TARGETDURATION; once the burst has slid out of the
+    /// window the playlist is back at the configured 2 s.
+    #[test]
+    fn hostile_timestamp_bursts_are_bounded_and_the_target_recovers() {
+        // (extra DTS per burst frame, whole burst in one chunk)
+        for (jump, one_chunk) in [
+            (49 * SEC / 10, false),
+            (19 * SEC / 10, false),
+            (19 * SEC / 10, true),
+        ] {
+            // 6 s normal, 300 burst frames, then 16 s normal on the moved clock.
+            let (a, b) = (150, 450);
+            let chunks = generated(b + 400, |k| match k {
+                k if k < a => 0,
+                k if k < b => (k - a + 1) * jump,
+                _ => (b - a) * jump,
+            });
+            let chunks = if one_chunk {
+                merge(chunks, a..b, usize::MAX)
+            } else {
+                chunks
+            };
+            let (cuts, most, last) = play(&chunks);
+            // Hard maximum 3 x 2 s plus one frame step of at most 2 s.
+            for c in &cuts {
+                assert!(c.secs <= 8.0 + 1e-9, "jump {jump}: {} s segment", c.secs);
+            }
+            assert!(most <= 8, "jump {jump}: TARGETDURATION reached {most}");
+            assert!(
+                cuts.iter().any(|c| c.discontinuity) || jump < 2 * SEC,
+                "jumps are discontinuities"
+            );
+            assert!(
+                last.contains("#EXT-X-TARGETDURATION:2\n"),
+                "jump {jump}, one chunk {one_chunk}: not recovered:\n{last}"
+            );
+            assert!(!last.contains("#EXT-X-DISCONTINUITY\n"), "{last}");
+        }
+    }
+
+    /// Random DTS values (as from garbage input) for 200 frames, several
+    /// frames per chunk: every segment stays bounded and the playlist
+    /// recovers.
+    #[test]
+    fn random_timestamps_are_bounded_and_the_target_recovers() {
+        let rnd = |k: u64| {
+            // SplitMix64: deterministic, no dependency.
+            let mut z = k
+                .wrapping_add(0x9E37_79B9_7F4A_7C15)
+                .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let chunks = generated(650, |k| match k {
+            k if k < 100 => 0,
+            k if k < 300 => rnd(k),
+            _ => rnd(300),
+        });
+        for per in [1, 7, 40] {
+            let (cuts, most, last) = play(&merge(chunks.clone(), 100..300, per));
+            for c in &cuts {
+                assert!(c.secs <= 8.0 + 1e-9, "{per}: {} s segment", c.secs);
+            }
+            assert!(most <= 8, "{per}: TARGETDURATION reached {most}");
+            assert!(last.contains("#EXT-X-TARGETDURATION:2\n"), "{per}: {last}");
+        }
+    }
+
+    /// A stream that never sends another keyframe is still cut at the hard
+    /// maximum on media time, at a frame boundary.
+    #[test]
+    fn no_keyframes_still_cut_at_the_hard_maximum() {
+        let mut s = Segmenter::new(Duration::from_secs(2));
+        let mut cuts = Vec::new();
+        feed(&mut s, 900_000, 25 * 20, 1000, &mut cuts);
+        assert!(cuts.len() >= 3, "{}", cuts.len());
+        for c in &cuts {
+            assert!((c.secs - 6.0).abs() < 1e-9, "{}", c.secs);
+            // Starts with PAT, PMT, then a video PES start.
+            assert_eq!(ts::pid(&c.data[2 * TS..]), V);
+            assert!(ts::pusi(&c.data[2 * TS..]));
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod auth;
 mod bacnet;
 mod datadir;
+mod decoders;
 mod engine;
 mod haystack;
 mod http;

@@ -236,3 +236,28 @@ pub fn obj(kv: &[(&str, Amf)]) -> Amf {
 pub fn s(v: &str) -> Amf {
     Amf::String(v.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Objects, ECMA arrays and strict arrays nested 100,000 deep (a 1 MiB
+    /// RTMP message holds that many) stop at the limit with an error.
+    #[test]
+    fn depth_100k_is_a_clean_error() {
+        let n = 100_000;
+        let object: Vec<u8> = [3u8, 0, 1, b'a'].repeat(n);
+        let ecma: Vec<u8> = [8u8, 0, 0, 0, 1, 0, 1, b'a'].repeat(n);
+        let strict: Vec<u8> = [10u8, 0, 0, 0, 1].repeat(n);
+        for b in [object, ecma, strict] {
+            let e = decode_all(&b).expect_err("too deep");
+            assert_eq!(e, AmfError("nesting too deep".into()));
+        }
+        // At the limit it decodes (16 levels under the top value).
+        let mut ok = [3u8, 0, 1, b'a'].repeat(MAX_DEPTH);
+        ok.push(5);
+        ok.extend([0u8, 0, 9].repeat(MAX_DEPTH));
+        let v = decode_all(&ok).expect("at the limit");
+        assert_eq!(v.len(), 1);
+    }
+}

@@ -43,6 +43,13 @@ impl std::fmt::Display for SdpError {
     }
 }
 
+/// Most media sections a description may have: a camera offers a few; the
+/// RTSP body limit (1 MiB) would otherwise allow ~50,000 `m=` lines, each
+/// kept and walked by the session.
+pub const MAX_MEDIA: usize = 64;
+
+/// Parses a session description. Line-based and flat (nothing nests), so
+/// hostile input costs at most one pass over the text.
 pub fn parse(text: &str) -> Result<Sdp, SdpError> {
     let mut sdp = Sdp::default();
     let mut saw_version = false;
@@ -57,6 +64,9 @@ pub fn parse(text: &str) -> Result<Sdp, SdpError> {
         match t {
             "v" => saw_version = true,
             "m" => {
+                if sdp.media.len() >= MAX_MEDIA {
+                    return Err(SdpError(format!("more than {MAX_MEDIA} media sections")));
+                }
                 let mut f = v.split_whitespace();
                 let kind = f.next().unwrap_or_default().to_string();
                 let _port = f.next();
@@ -283,6 +293,27 @@ m=audio 0 RTP/AVP 0\r\na=control:trackID=3\r\n";
         assert_eq!(resolve_control(base, Some("*")), base);
         let ts = parse("v=0\nm=video 0 RTP/AVP 33\n").unwrap();
         assert_eq!(ts.media[0].codec(), Codec::Mp2t);
+    }
+
+    /// SDP does not nest, but "depth 100,000" of anything that looks like
+    /// nesting, or that many media sections, is a clean answer.
+    #[test]
+    fn depth_100k_and_many_media_are_clean() {
+        let deep = format!(
+            "v=0\nm=video 0 RTP/AVP 96\na=rtpmap:96 H264/90000\na=fmtp:96 sprop-parameter-sets={};x={}\na=control:{}\n",
+            "[".repeat(100_000),
+            "{".repeat(100_000),
+            "(".repeat(100_000)
+        );
+        let s = parse(&deep).expect("flat text parses");
+        // Whatever it makes of the garbage parameter sets, it answers.
+        let _ = s.media[0].codec();
+        assert_eq!(s.media[0].control.as_deref().map(str::len), Some(100_000));
+        let many = format!("v=0\n{}", "m=video 0 RTP/AVP 96\n".repeat(100_000));
+        let e = parse(&many).expect_err("too many media");
+        assert!(e.to_string().contains("more than 64 media sections"), "{e}");
+        let ok = format!("v=0\n{}", "m=video 0 RTP/AVP 96\n".repeat(MAX_MEDIA));
+        assert_eq!(parse(&ok).expect("64 is fine").media.len(), MAX_MEDIA);
     }
 
     proptest! {

@@ -10,7 +10,10 @@
 
 use std::fmt::Write as _;
 
+use libhaystack::filter::Filter;
 use libhaystack::val::{Dict, Value as HVal};
+
+use super::depth;
 
 /// Zinc grid format version we write (Haystack 3.0 Zinc, read by every client).
 pub const ZINC_VER: &str = "3.0";
@@ -757,16 +760,28 @@ pub fn decode_request(fmt: BodyFormat, body: &[u8]) -> Result<ReqGrid, String> {
         return Err(format!("request grid larger than {MAX_REQUEST} bytes"));
     }
     let text = std::str::from_utf8(body).map_err(|e| format!("request is not UTF-8: {e}"))?;
+    decode_text(fmt, text)
+}
+
+/// Decodes request-grid text of any length (callers bound the size):
+/// nesting is refused before libhaystack recurses (Zinc: [`depth`], JSON:
+/// serde_json's limit).
+pub fn decode_text(fmt: BodyFormat, text: &str) -> Result<ReqGrid, String> {
     if text.trim().is_empty() {
         return Ok(ReqGrid::default());
     }
     let grid = match fmt {
-        BodyFormat::Zinc => match libhaystack::encoding::zinc::decode::from_str(text) {
+        BodyFormat::Zinc => match zinc_from_str(text)? {
             Ok(HVal::Grid(g)) => *g,
             Ok(_) => return Err("request body is a Zinc value, not a grid".into()),
             Err(e) => return Err(format!("invalid Zinc grid: {e}")),
         },
         BodyFormat::Json => {
+            // serde_json refuses nesting deeper than 128 arrays/objects
+            // itself (its default recursion limit; castpoint never enables
+            // `unbounded_depth`), and libhaystack's Hayson decoder is a
+            // serde visitor driven by that deserializer, so the limit holds
+            // for it too (tested below at depth 100,000).
             let g: libhaystack::val::Grid = serde_json::from_str(text)
                 .map_err(|e| format!("invalid Haystack JSON grid: {e}"))?;
             g
@@ -794,6 +809,9 @@ pub fn decode_query(query: &str) -> Result<ReqGrid, String> {
         let val = if STRING_PARAMS.contains(&k.as_str()) && !v.starts_with('"') {
             HVal::make_str(&v)
         } else {
+            // Too deep to be a Zinc scalar is an error, not a Str: the
+            // client meant a value and gets told why it was refused.
+            depth::check_zinc(&v).map_err(|e| format!("parameter {k}: {e}"))?;
             parse_scalar(&v).unwrap_or_else(|| HVal::make_str(&v))
         };
         row.insert(k, val);
@@ -817,10 +835,32 @@ pub fn parse_scalar(s: &str) -> Option<HVal> {
     // Rule out the parser taking a prefix (`T and x` reads as `T`): wrap the
     // value in a one-cell grid, which must then parse completely.
     let text = format!("ver:\"3.0\"\nv\n{s}\n");
-    match libhaystack::encoding::zinc::decode::from_str(&text) {
-        Ok(HVal::Grid(g)) if g.rows.len() == 1 => g.rows[0].get("v").cloned(),
+    match zinc_from_str(&text) {
+        Ok(Ok(HVal::Grid(g))) if g.rows.len() == 1 => g.rows[0].get("v").cloned(),
         _ => None,
     }
+}
+
+/// libhaystack's Zinc decoder behind the nesting pre-check: the only way
+/// castpoint hands untrusted text to it. The outer error is the refusal
+/// (too deep), the inner one libhaystack's.
+pub fn zinc_from_str(text: &str) -> Result<Result<HVal, String>, String> {
+    depth::check_zinc(text).map_err(|e| format!("invalid Zinc: {e}"))?;
+    Ok(libhaystack::encoding::zinc::decode::from_str(text).map_err(|e| e.to_string()))
+}
+
+/// Parses a Haystack filter; never panics, errors are messages.
+pub fn parse_filter(s: &str) -> Result<Filter, String> {
+    if s.len() > 4096 {
+        return Err("filter longer than 4096 characters".into());
+    }
+    if s.trim().is_empty() {
+        return Err("empty filter".into());
+    }
+    // libhaystack's filter parser recurses per parenthesis (4096 `(` fit
+    // the length limit above and overflow a worker's stack).
+    depth::check_filter(s).map_err(|e| format!("invalid filter: {e}"))?;
+    Filter::try_from(s).map_err(|e| format!("invalid filter {s:?}: {e}"))
 }
 
 fn percent_decode(s: &str) -> Result<String, String> {
@@ -925,6 +965,98 @@ mod tests {
             Some(Format::Zinc)
         );
         assert_eq!(Format::from_accept(Some("image/png")), None);
+    }
+
+    /// A one-column Zinc grid whose cell is `cell`.
+    fn zinc_cell(cell: &str) -> String {
+        format!("ver:\"3.0\"\nv\n{cell}\n")
+    }
+
+    /// Zinc nesting `n` deep of each container kind (unterminated: the
+    /// decoder would recurse before noticing).
+    fn deep_zinc(n: usize) -> [String; 3] {
+        [
+            zinc_cell(&"[".repeat(n)),
+            zinc_cell(&"{a:".repeat(n)),
+            zinc_cell(&"<<\nver:\"3.0\"\nv\n".repeat(n)),
+        ]
+    }
+
+    #[test]
+    fn zinc_100k_deep_is_a_clean_error() {
+        for body in deep_zinc(100_000) {
+            let e = decode_text(BodyFormat::Zinc, &body).expect_err("too deep");
+            assert!(e.contains("nesting deeper than 64"), "{e}");
+            assert_eq!(parse_scalar(&body), None);
+        }
+        let e = decode_query(&format!("id={}", "[".repeat(4000))).expect_err("too deep");
+        assert!(e.contains("parameter id: nesting deeper than 64"), "{e}");
+        let e = decode_query(&format!("id={}", "%5B".repeat(100_000))).expect_err("too deep");
+        assert!(e.contains("nesting"), "{e}");
+    }
+
+    #[test]
+    fn json_100k_deep_is_a_clean_error() {
+        let row = |v: &str| {
+            format!(
+                "{{\"_kind\":\"grid\",\"meta\":{{\"ver\":\"3.0\"}},\"cols\":[{{\"name\":\"v\"}}],\"rows\":[{{\"v\":{v}}}]}}"
+            )
+        };
+        let grid_in_grid = {
+            let mut s = String::new();
+            for _ in 0..100_000 {
+                s.push_str("{\"_kind\":\"grid\",\"rows\":[{\"v\":");
+            }
+            s
+        };
+        for body in [
+            "[".repeat(100_000),
+            row(&"[".repeat(100_000)),
+            row(&"{\"a\":".repeat(100_000)),
+            row(&grid_in_grid),
+        ] {
+            let e = decode_text(BodyFormat::Json, &body).expect_err("too deep");
+            assert!(e.contains("recursion limit"), "{e}");
+        }
+    }
+
+    /// Right at the limits, decoding, encoding back and dropping the values
+    /// fit the 2 MiB stack of a tokio worker (debug build: the worst case).
+    #[test]
+    fn nesting_at_the_limits_fits_a_worker_stack() {
+        let t = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                let n = depth::MAX_NESTING - 1; // the grid itself is level 0
+                let zinc = [
+                    zinc_cell(&format!("{}{}", "[".repeat(n), "]".repeat(n))),
+                    zinc_cell(&format!("{}1{}", "{a:".repeat(n), "}".repeat(n))),
+                    zinc_cell(&format!(
+                        "{}1\n{}",
+                        "<<\nver:\"3.0\"\nv\n".repeat(n),
+                        ">>\n".repeat(n)
+                    )),
+                ];
+                for z in zinc {
+                    let g = decode_request(BodyFormat::Zinc, z.as_bytes()).expect("decodes");
+                    let out = Grid::from_rows(g.meta.clone(), g.rows.clone());
+                    for f in [Format::Zinc, Format::Json, Format::JsonV3, Format::Csv] {
+                        assert!(!f.encode(&out).is_empty());
+                    }
+                }
+                let json = format!(
+                    "{{\"_kind\":\"grid\",\"meta\":{{\"ver\":\"3.0\"}},\"cols\":[{{\"name\":\"v\"}}],\"rows\":[{{\"v\":{}1{}}}]}}",
+                    "[".repeat(124),
+                    "]".repeat(124)
+                );
+                let g = decode_request(BodyFormat::Json, json.as_bytes()).expect("decodes");
+                let out = Grid::from_rows(g.meta, g.rows);
+                for f in [Format::Zinc, Format::Json, Format::JsonV3, Format::Csv] {
+                    assert!(!f.encode(&out).is_empty());
+                }
+            })
+            .expect("spawn");
+        t.join().expect("no stack overflow at the limits");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! as Haxall does).
 
 pub mod auth;
+pub mod depth;
 pub mod encoding;
 pub mod ops;
 pub mod records;
