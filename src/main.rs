@@ -171,6 +171,7 @@ fn load(config: &Option<PathBuf>) -> Result<Config, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    castpoint::api::live::mark_start();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::CheckConfig { config } => match load(&config) {
@@ -422,6 +423,12 @@ fn run(cfg: Config) -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: journald, files and
+        // pipes get plain text, and NO_COLOR (no-color.org) turns them off.
+        .with_ansi(log_colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -455,7 +462,14 @@ fn run(cfg: Config) -> ExitCode {
                 let _ = writeln!(out, "listening {name} {a}");
             }
         }
-        let _ = writeln!(out, "ready");
+        // `ready` means every configured part is up. A part that failed
+        // (a port in use) does not stop the others, but the process says
+        // so instead: `degraded: <part>: <error>; ...` (docs/configuration.md).
+        if app.faults.is_empty() {
+            let _ = writeln!(out, "ready");
+        } else {
+            let _ = writeln!(out, "degraded: {}", app.faults.join("; "));
+        }
         let _ = out.flush();
         drop(out);
         shutdown_signal().await;
@@ -463,6 +477,13 @@ fn run(cfg: Config) -> ExitCode {
         app.stop().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Whether log lines may carry ANSI colour: stderr is a terminal and
+/// NO_COLOR is unset or empty (an empty NO_COLOR does not count, per
+/// no-color.org).
+fn log_colour(tty: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    tty && no_color.is_none_or(|v| v.is_empty())
 }
 
 async fn shutdown_signal() {

@@ -15,4 +15,5 @@ mod secure;
 mod status_live;
 mod telemetry;
 mod transcode;
+mod truth;
 mod util;
