@@ -100,7 +100,7 @@ impl Service {
             }
             Request::WriteSingleCoil { addr, value } => {
                 let coils = &self.map.coils;
-                let v = self.audited(
+                let (reg, v) = self.audited(
                     coils,
                     addr,
                     peer,
@@ -109,7 +109,6 @@ impl Service {
                         Ok((reg, self.value_of(reg, if value { 1.0 } else { 0.0 })?))
                     })(),
                 )?;
-                let (reg, v) = v;
                 self.commit(&[(reg.point, v)], peer)?;
                 out.extend_from_slice(pdu);
                 Ok(())
