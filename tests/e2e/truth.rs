@@ -417,3 +417,33 @@ async fn modbus_values_refused_while_decoding_are_audited() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_input_error_names_its_cause() {
+    // A port nothing listens on: the error must say why ("connection
+    // refused"), not only reqwest's "error sending request".
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let text = format!(
+        "[[route]]\nname = \"h\"\n[[route.input]]\ntype = \"http\"\nurl = \"http://127.0.0.1:{port}/x.ts\"\n"
+    );
+    let mut cfg = Config::from_text("test.toml", &text, Path::new(".")).expect("valid");
+    util::loopback(&mut cfg);
+    let app = App::start(cfg).await.expect("app starts");
+    let end = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        let e = app
+            .engine
+            .snapshot()
+            .route("h")
+            .and_then(|r| r.inputs.first().and_then(|i| i.error.clone()));
+        if let Some(e) = e {
+            break e;
+        }
+        assert!(Instant::now() < end, "no input error reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(err.to_ascii_lowercase().contains("refused"), "{err}");
+    app.stop().await;
+}
