@@ -31,6 +31,9 @@ pub struct App {
     pub engine: crate::engine::Engine,
     pub maps: Arc<Maps>,
     pub addrs: BoundAddrs,
+    /// Parts that did not start (a listener that failed to bind, ...):
+    /// `castpoint run` prints `degraded: ...` instead of `ready` for them.
+    pub faults: Vec<String>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     /// Released when the App is dropped (after `stop`).
@@ -42,6 +45,7 @@ impl App {
     /// cannot start (a port in use) is logged and reflected in Communication
     /// Status; it never takes the others down.
     pub async fn start(cfg: Config) -> anyhow::Result<App> {
+        crate::api::live::mark_start();
         let pcfg = crate::persist::PersistConfig::parse(&cfg.origin, &cfg.server.extra)
             .map_err(|e| anyhow::anyhow!(crate::config::ConfigErrors(e)))?;
         let db = PointDb::new(
@@ -414,6 +418,7 @@ impl App {
             engine,
             maps,
             addrs,
+            faults,
             shutdown,
             tasks,
             _lock: lock,

@@ -171,6 +171,7 @@ fn load(config: &Option<PathBuf>) -> Result<Config, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    castpoint::api::live::mark_start();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::CheckConfig { config } => match load(&config) {
@@ -425,6 +426,12 @@ fn run(cfg: Config) -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: journald, files and
+        // pipes get plain text, and NO_COLOR (no-color.org) turns them off.
+        .with_ansi(log_colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -458,7 +465,14 @@ fn run(cfg: Config) -> ExitCode {
                 let _ = writeln!(out, "listening {name} {a}");
             }
         }
-        let _ = writeln!(out, "ready");
+        // `ready` means every configured part is up. A part that failed
+        // (a port in use) does not stop the others, but the process says
+        // so instead: `degraded: <part>: <error>; ...` (docs/configuration.md).
+        if app.faults.is_empty() {
+            let _ = writeln!(out, "ready");
+        } else {
+            let _ = writeln!(out, "degraded: {}", app.faults.join("; "));
+        }
         let _ = out.flush();
         drop(out);
         shutdown_signal().await;
@@ -466,6 +480,13 @@ fn run(cfg: Config) -> ExitCode {
         app.stop().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Whether log lines may carry ANSI colour: stderr is a terminal and
+/// NO_COLOR is unset or empty (an empty NO_COLOR does not count, per
+/// no-color.org).
+fn log_colour(tty: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    tty && no_color.is_none_or(|v| v.is_empty())
 }
 
 async fn shutdown_signal() {
@@ -488,5 +509,20 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_colour;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(log_colour(true, None));
+        assert!(!log_colour(false, None), "piped or journald: plain text");
+        assert!(!log_colour(true, Some(OsStr::new("1"))));
+        // no-color.org: an empty NO_COLOR does not count.
+        assert!(log_colour(true, Some(OsStr::new(""))));
     }
 }

@@ -226,6 +226,22 @@ async fn guard(State(s): State<ApiState>, mut req: Request, next: Next) -> Respo
         // No user store at all (embedding without persistence): open.
         return next.run(req).await;
     };
+    let method = req.method().clone();
+    let write = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    // Refusals worth an audit record (api/refusals.rs has the rule):
+    // rejected credentials, too-low roles, and refused writes.
+    let refuse = |resp: Response, user: Option<String>, reason: &str, audit: bool| {
+        if let (true, Some(store)) = (audit, &s.store) {
+            let src = crate::points::Source::new(crate::points::Protocol::Rest, peer, user);
+            let detail = format!("{method} {path} -> HTTP {}", resp.status().as_u16());
+            super::refusals::record(store, "auth", &path, &src, reason, &detail);
+        }
+        resp
+    };
     let caller = match credential(&req) {
         Some(c) => {
             let u = users.clone();
@@ -235,22 +251,20 @@ async fn guard(State(s): State<ApiState>, mut req: Request, next: Next) -> Respo
                 .unwrap_or(Err("verification failed"));
             match verified {
                 Ok(claims) => Some(claims),
-                Err(e) => return unauthorized(e),
+                Err(e) => return refuse(unauthorized(e), None, e, true),
             }
         }
         None => None,
     };
     match &caller {
         Some(c) if c.role < need_role => {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "role {} may not do this (needs {})",
-                    c.role.as_str(),
-                    need_role.as_str()
-                ),
-            )
-            .into_response()
+            let msg = format!(
+                "role {} may not do this (needs {})",
+                c.role.as_str(),
+                need_role.as_str()
+            );
+            let resp = ApiError::new(StatusCode::FORBIDDEN, msg.clone()).into_response();
+            return refuse(resp, Some(c.user.clone()), &msg, true);
         }
         Some(_) => {}
         None => {
@@ -261,15 +275,15 @@ async fn guard(State(s): State<ApiState>, mut req: Request, next: Next) -> Respo
                     .await
                     .unwrap_or(true);
             if !closed {
-                let loopback = req
-                    .extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .is_some_and(|c| c.0.ip().is_loopback());
+                let loopback = peer.is_some_and(|p| p.ip().is_loopback());
                 if !anon_read_ok && !loopback {
-                    return ApiError::new(StatusCode::FORBIDDEN, NO_USER_MESSAGE).into_response();
+                    let resp =
+                        ApiError::new(StatusCode::FORBIDDEN, NO_USER_MESSAGE).into_response();
+                    return refuse(resp, None, "remote write while no user exists", write);
                 }
             } else if !(anon_read_ok && s.api.anonymous_read) {
-                return unauthorized("a bearer token or API key is required: POST /api/auth/login");
+                let msg = "a bearer token or API key is required: POST /api/auth/login";
+                return refuse(unauthorized(msg), None, "no credential", write);
             }
         }
     }

@@ -137,6 +137,19 @@ fn state_name(db: &PointDb, id: &str) -> J {
     }
 }
 
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Records the process start; `main` calls it first thing (and
+/// `App::start` again for embedders), only the first call counts.
+pub fn mark_start() {
+    STARTED.get_or_init(std::time::Instant::now);
+}
+
+/// Time since [`mark_start`] (zero if it was never called).
+pub fn uptime() -> Duration {
+    STARTED.get().map(|t| t.elapsed()).unwrap_or_default()
+}
+
 /// The service statistics of seed 004 (`/stats`) plus castpoint's statuses.
 fn stats_json(s: &ApiState) -> J {
     let db = &s.db;
@@ -144,7 +157,9 @@ fn stats_json(s: &ApiState) -> J {
         "active_streams": num(db, "active_streams"),
         "total_viewers": num(db, "connected_viewers"),
         "total_bitrate_gbps": num(db, "total_bitrate_out"),
-        "uptime_seconds": num(db, "uptime").as_f64().map(|h| (h * 3600.0).round()),
+        // From the process clock, not the `uptime` point: that point is
+        // sampled hourly (in hours), so it read 0 for the first hour.
+        "uptime_seconds": uptime().as_secs(),
         "cpu_percent": num(db, "cpu_usage"),
         "memory_percent": num(db, "memory_usage"),
         "gpu_percent": num(db, "gpu_usage"),
@@ -201,29 +216,71 @@ pub async fn ws_events(
     ws: WebSocketUpgrade,
     Path(stream): Path<String>,
     State(s): State<ApiState>,
-) -> impl IntoResponse {
-    ws.on_upgrade(move |sock| stream_events(sock, s, stream))
+) -> axum::response::Response {
+    // Only routes that exist (running or not) have events; the seed's
+    // stream points describe the primary route alone.
+    let (known, primary) = match &s.engine {
+        Some(e) => {
+            let d = e.desired().await;
+            (d.routes.iter().any(|r| r.name == stream), d.primary)
+        }
+        None => (false, None),
+    };
+    if !known {
+        return super::ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            format!("no route {stream:?}"),
+        )
+        .into_response();
+    }
+    let is_primary = primary.as_deref() == Some(stream.as_str());
+    ws.on_upgrade(move |sock| stream_events(sock, s, stream, is_primary))
+        .into_response()
 }
 
-fn stream_status(s: &ApiState, stream: &str) -> J {
+/// The status message of one route: the seed's points for the primary
+/// route, the router's own counters for the others.
+fn stream_status(s: &ApiState, stream: &str, is_primary: bool) -> J {
+    if is_primary {
+        return json!({
+            "type": "status",
+            "stream": stream,
+            "stream_status": state_name(&s.db, "stream_status"),
+            "input_status": state_name(&s.db, "input_status"),
+            "viewers": num(&s.db, "connected_viewers"),
+        });
+    }
+    let route = s.engine.as_ref().and_then(|e| {
+        e.snapshot()
+            .route(stream)
+            .map(|r| super::routes::redact(&serde_json::to_value(r).unwrap_or(J::Null)))
+    });
     json!({
         "type": "status",
         "stream": stream,
-        "stream_status": state_name(&s.db, "stream_status"),
-        "input_status": state_name(&s.db, "input_status"),
-        "viewers": num(&s.db, "connected_viewers"),
+        "running": route.is_some(),
+        "route": route,
     })
 }
 
-/// Events of one stream: its status on connect and on `status`, then every
-/// change of a stream point.
-async fn stream_events(mut sock: WebSocket, s: ApiState, stream: String) {
-    let ids: Vec<PointId> = STREAM_POINTS
-        .iter()
-        .filter_map(|p| s.db.lookup(p))
-        .collect();
+/// Events of one route: its status on connect and on `status`, then its
+/// router events (failover, outputs, restarts) and, for the primary route,
+/// every change of a stream point. Other routes' events never appear.
+async fn stream_events(mut sock: WebSocket, s: ApiState, stream: String, is_primary: bool) {
+    let ids: Vec<PointId> = if is_primary {
+        STREAM_POINTS
+            .iter()
+            .filter_map(|p| s.db.lookup(p))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut changes = s.db.subscribe();
-    if send(&mut sock, &stream_status(&s, &stream)).await.is_err() {
+    let mut events = s.engine.as_ref().map(|e| e.subscribe());
+    if send(&mut sock, &stream_status(&s, &stream, is_primary))
+        .await
+        .is_err()
+    {
         return;
     }
     loop {
@@ -235,13 +292,30 @@ async fn stream_events(mut sock: WebSocket, s: ApiState, stream: String) {
                     j
                 }
                 Ok(_) => continue,
-                Err(RecvError::Lagged(_)) => stream_status(&s, &stream),
+                Err(RecvError::Lagged(_)) => stream_status(&s, &stream, is_primary),
                 Err(RecvError::Closed) => return,
+            },
+            ev = async {
+                match events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match ev {
+                Ok(ev) if ev.route == stream || ev.route == "*" => {
+                    let mut j = super::routes::redact(&serde_json::to_value(&ev).unwrap_or(J::Null));
+                    j["type"] = json!("event");
+                    j["stream"] = json!(stream);
+                    j
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => { events = None; continue }
             },
             m = sock.recv() => match m {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(Message::Text(t))) if t.as_str() == "ping" => json!({"type": "pong"}),
-                Some(Ok(Message::Text(t))) if t.as_str() == "status" => stream_status(&s, &stream),
+                Some(Ok(Message::Text(t))) if t.as_str() == "status" => {
+                    stream_status(&s, &stream, is_primary)
+                }
                 Some(Ok(_)) => continue,
             },
         };

@@ -7,6 +7,7 @@ pub mod json;
 pub mod live;
 pub mod openapi;
 pub mod profiles;
+pub mod refusals;
 pub mod routes;
 
 use std::net::SocketAddr;
@@ -135,21 +136,20 @@ pub fn router(state: ApiState) -> Router {
                               body: axum::body::Bytes| async move {
                             let req = match fixed {
                                 // Fixed commands (stream start/stop) ignore any body.
-                                Some(v) => WriteBody {
+                                Some(v) => Ok(WriteBody {
                                     value: Some(v),
                                     priority: None,
-                                },
-                                None => {
-                                    let b: serde_json::Value = serde_json::from_slice(&body)
-                                        .map_err(|e| {
-                                            ApiError::new(
-                                                StatusCode::BAD_REQUEST,
-                                                format!("invalid JSON body: {e}"),
-                                            )
-                                        })?;
-                                    parse_write_body(&s, id, &b)?
-                                }
+                                }),
+                                None => serde_json::from_slice::<serde_json::Value>(&body)
+                                    .map_err(|e| {
+                                        ApiError::new(
+                                            StatusCode::BAD_REQUEST,
+                                            format!("invalid JSON body: {e}"),
+                                        )
+                                    })
+                                    .and_then(|b| parse_write_body(&s, id, &b)),
                             };
+                            let req = refused_write(&s, id_name(&s, id), peer, &caller, req)?;
                             do_write(&s, id, req, peer, caller)
                         },
                     ),
@@ -267,16 +267,51 @@ async fn post_point(
     guard::Authed(caller): guard::Authed,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let pid = lookup(&s, &id)?;
-    if s.db.def(pid).is_some_and(|d| !d.writable) {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{id}: point is not writable"),
-        ));
-    }
-    let Json(b) = body?;
-    let req = parse_write_body(&s, pid, &b)?;
+    // Every refusal before the database sees the write is audited here
+    // (the database audits its own refusals).
+    let checked = lookup(&s, &id).and_then(|pid| {
+        if s.db.def(pid).is_some_and(|d| !d.writable) {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{id}: point is not writable"),
+            ));
+        }
+        let Json(b) = body?;
+        Ok((pid, parse_write_body(&s, pid, &b)?))
+    });
+    let (pid, req) = refused_write(&s, id.clone(), peer, &caller, checked)?;
     do_write(&s, pid, req, peer, caller)
+}
+
+fn id_name(s: &ApiState, id: PointId) -> String {
+    s.db.def(id).map(|d| d.id.clone()).unwrap_or_default()
+}
+
+/// Audits a REST write refused before it reached `PointDb::write` (bad
+/// JSON, wrong type, unknown or read-only point) and passes the result on.
+fn refused_write<T>(
+    s: &ApiState,
+    target: String,
+    peer: SocketAddr,
+    caller: &auth::Caller,
+    r: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    if let (Err(e), Some(store)) = (&r, &s.store) {
+        let src = Source::new(
+            Protocol::Rest,
+            Some(peer),
+            caller.as_ref().map(|c| c.user.clone()),
+        );
+        refusals::record(
+            store,
+            "write",
+            &target,
+            &src,
+            e.message(),
+            &format!("HTTP {}", e.status.as_u16()),
+        );
+    }
+    r
 }
 
 fn parse_time(k: &str, v: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {

@@ -330,7 +330,11 @@ pub const OPS: &[Op] = &[
 
 fn schemas(s: &ApiState) -> J {
     let ids: Vec<&str> = s.db.defs().iter().map(|d| d.id.as_str()).collect();
-    let value = json!({"nullable": true, "oneOf": [{"type": "number"}, {"type": "boolean"}, {"type": "string"}]});
+    // OpenAPI 3.0 ignores `nullable` without a `type` beside it (3.0.3
+    // clarification), so null goes on one branch of the `oneOf`: exactly
+    // one branch then matches null, as `oneOf` requires.
+    let value = json!({"description": "The value; null when the point has no fresh value (status says why).",
+        "oneOf": [{"type": "number", "nullable": true}, {"type": "boolean"}, {"type": "string"}]});
     json!({
         "Object": {"type": "object", "additionalProperties": true},
         "Empty": {"type": "object"},

@@ -333,14 +333,8 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<ServerConfig> 
         ) as u16,
         raw: b.rest(),
     };
-    // The extra [bacnet] keys (password, write policy, ...): check-config
-    // reports them like the ones above instead of leaving them to start-up.
-    if let Err(e) = crate::protocols::bacnet::parse_options(&bacnet.raw) {
-        for m in e {
-            let (k, msg) = m.split_once(": ").unwrap_or(("bacnet", m.as_str()));
-            errs.push(ConfigError::new(file, k.to_string(), msg.to_string()));
-        }
-    }
+    // The extra [bacnet] keys (password, write policy, ...) are checked
+    // with the other parts' sections in `config::section_problems`.
     let mut m = Section::new(file, "modbus", &raw.modbus);
     let enabled = m.bool("enabled", true, errs);
     let bind = m.addr("bind", "0.0.0.0:5020", errs);

@@ -1,5 +1,6 @@
 //! Configuration: the embedded defaults, `castpoint.toml`, and validation of points and mappings into specs; every error names its file and key.
 
+pub mod binds;
 pub mod file;
 pub mod maps;
 pub mod points;
@@ -136,6 +137,44 @@ fn read_named(
     }
 }
 
+/// `"section.key: message"` (the parts' own error strings) as a located
+/// config error.
+fn part_error(file: &str, e: &str) -> ConfigError {
+    match e.split_once(": ") {
+        Some((k, m)) => ConfigError::new(file, k, m),
+        None => ConfigError::new(file, "(section)", e),
+    }
+}
+
+/// The `[bacnet]`, `[modbus]` and `[haystack]` keys their parts parse at
+/// start, validated with the very functions `App::start` calls, so that
+/// whatever `run` would refuse `check-config` refuses too (and `run`
+/// refuses it at load, before anything starts). Checked whether or not
+/// the section is enabled: a typo is a typo.
+pub fn section_problems(file: &str, server: &ServerConfig) -> Errors {
+    let mut errs = Vec::new();
+    if let Err(e) = crate::protocols::bacnet::parse_options(&server.bacnet.raw) {
+        errs.extend(e.iter().map(|e| part_error(file, e)));
+    }
+    if server.bacnet.enabled && server.bacnet.bind.is_ipv6() {
+        errs.push(ConfigError::new(
+            file,
+            "bacnet.bind",
+            format!(
+                "{} is IPv6; BACnet/IP (Annex J) is IPv4",
+                server.bacnet.bind
+            ),
+        ));
+    }
+    for e in crate::protocols::modbus::config_problems(&server.modbus) {
+        errs.push(part_error(file, &e));
+    }
+    if let Err(e) = crate::protocols::haystack::Settings::from_raw(&server.haystack.raw) {
+        errs.extend(e.iter().map(|e| part_error(file, e)));
+    }
+    errs
+}
+
 impl Config {
     /// The embedded default configuration (demo route, all protocols up).
     pub fn embedded() -> Result<Config, ConfigErrors> {
@@ -163,6 +202,16 @@ impl Config {
     /// Parses and validates a config text. `base` resolves relative paths.
     pub fn from_text(name: &str, text: &str, base: &Path) -> Result<Config, ConfigErrors> {
         let mut errs = Vec::new();
+        // A 0-byte (or comments-only) file is almost always a mistake (a
+        // failed copy, the wrong path): "all defaults" must be asked for
+        // by running without --config, not by an empty file.
+        if toml::from_str::<toml::Table>(text).is_ok_and(|t| t.is_empty()) {
+            return Err(ConfigErrors(vec![ConfigError::new(
+                name,
+                "(file)",
+                "the file is empty: write the sections to change, or run without --config for the embedded defaults",
+            )]));
+        }
         let server = file::parse(name, text, &mut errs);
         let Some(mut server) = server else {
             return Err(ConfigErrors(errs));
@@ -174,9 +223,14 @@ impl Config {
             }
         }
         // Routes are validated here too so that `check-config` reports them.
-        if let Err(e) = routes::parse(name, &server) {
-            errs.extend(e);
-        }
+        let spec = match routes::parse(name, &server) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                errs.extend(e);
+                None
+            }
+        };
+        errs.extend(section_problems(name, &server));
         let (pname, ptext) = match &server.points_file {
             Some(f) => read_named(base, f, &mut errs, name, "points_file").unwrap_or_default(),
             None => (
@@ -239,17 +293,17 @@ impl Config {
         if let Err(e) = crate::media::ffmpeg::Media::parse(name, &server.extra) {
             errs.extend(e);
         }
-        if let Err(e) = crate::media::rtmp::RtmpConfig::parse(name, &server.extra) {
-            errs.extend(e);
-        }
-        // Listeners (src/httpd.rs, src/protocols/modbus): the certificate
-        // loads and fits its key; Modbus's own keys and write policy.
+        let rtmp = match crate::media::rtmp::RtmpConfig::parse(name, &server.extra) {
+            Ok(r) => r.enabled.then_some(r.bind),
+            Err(e) => {
+                errs.extend(e);
+                None
+            }
+        };
+        errs.extend(binds::conflicts(name, &server, rtmp, spec.as_ref()));
+        // The HTTPS certificate loads and fits its key (src/httpd.rs).
         if let Err(e) = crate::httpd::check(&server.http) {
             let (key, msg) = e.split_once(": ").unwrap_or(("http", e.as_str()));
-            errs.push(ConfigError::new(name, key, msg));
-        }
-        for e in crate::protocols::modbus::config_problems(&server.modbus) {
-            let (key, msg) = e.split_once(": ").unwrap_or(("modbus", e.as_str()));
             errs.push(ConfigError::new(name, key, msg));
         }
         if !errs.is_empty() {

@@ -312,3 +312,72 @@ fn trend_log_keys_are_validated() {
     assert_eq!(c.maps.bacnet.trend_logs.len(), 1);
     assert_eq!(c.maps.bacnet.trend_logs[0].instance, 3);
 }
+
+/// The errors of a config text (it must be refused).
+fn refused(text: &str) -> Vec<ConfigError> {
+    match Config::from_text("t.toml", text, Path::new(".")) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.0,
+    }
+}
+
+fn has(errs: &[ConfigError], key: &str, part: &str) -> bool {
+    errs.iter()
+        .any(|e| e.key == key && e.message.contains(part))
+}
+
+#[test]
+fn an_empty_file_is_an_error() {
+    for text in ["", "\n  \n", "# only a comment\n"] {
+        let e = refused(text);
+        assert!(has(&e, "(file)", "empty"), "{e:?}");
+    }
+}
+
+#[test]
+fn part_sections_are_validated_at_load_like_run_does() {
+    let e = refused("[bacnet]\nbroadcst = \"10.0.0.255\"\n");
+    assert!(has(&e, "bacnet.broadcst", "unknown key"), "{e:?}");
+    let e = refused("[bacnet]\npassword = \"\"\n");
+    assert!(has(&e, "bacnet.password", "1 to 20"), "{e:?}");
+    let e = refused("[bacnet]\nbind = \"[::1]:47808\"\n");
+    assert!(has(&e, "bacnet.bind", "IPv6"), "{e:?}");
+    let e = refused("[modbus]\nunit_id = 1\n");
+    assert!(has(&e, "modbus.unit_id", "unknown key"), "{e:?}");
+    let e = refused("[haystack]\nanonymous_reads = true\n");
+    assert!(has(&e, "haystack.anonymous_reads", "unknown"), "{e:?}");
+    let e = refused("[haystack]\naction_level = 40\n");
+    assert!(has(&e, "haystack.action_level", "1..=16"), "{e:?}");
+    // Disabled sections are still checked: a typo is a typo.
+    let e = refused("[haystack]\nenabled = false\nfoo = 1\n");
+    assert!(has(&e, "haystack.foo", "unknown"), "{e:?}");
+}
+
+#[test]
+fn every_static_bind_conflict_is_reported() {
+    // Two routes on one UDP port.
+    let e = refused(
+        "[[route]]\nname = \"a\"\n[[route.input]]\ntype = \"udp\"\nbind = \"127.0.0.1:6000\"\n\
+         [[route]]\nname = \"b\"\n[[route.input]]\ntype = \"udp\"\nbind = \"0.0.0.0:6000\"\n",
+    );
+    assert!(has(&e, "route \"b\" input \"in0\"", "route \"a\""), "{e:?}");
+    // An SRT listener input and output on one port.
+    let e = refused(
+        "[[route]]\nname = \"s\"\n[[route.input]]\ntype = \"srt\"\nmode = \"listener\"\naddr = \"127.0.0.1:9000\"\n\
+         [[route.output]]\nname = \"o\"\ntype = \"srt\"\nmode = \"listener\"\naddr = \"127.0.0.1:9000\"\n",
+    );
+    assert!(
+        e.iter().any(|x| x.key == "route \"s\" output \"o\""),
+        "{e:?}"
+    );
+    // Modbus and HTTP on one TCP port (the wildcard covers 127.0.0.1).
+    let e = refused("[http]\nbind = \"0.0.0.0:8080\"\n[modbus]\nbind = \"127.0.0.1:8080\"\n");
+    assert!(has(&e, "modbus.bind", "http.bind"), "{e:?}");
+    // UDP and TCP may share a number; port 0 never collides; a disabled
+    // listener binds nothing.
+    let ok = "[http]\nbind = \"127.0.0.1:0\"\n[modbus]\nbind = \"127.0.0.1:0\"\n\
+              [bacnet]\nbind = \"127.0.0.1:5020\"\n";
+    Config::from_text("t.toml", ok, Path::new(".")).expect("no conflict");
+    let ok = "[http]\nbind = \"0.0.0.0:5020\"\n[modbus]\nenabled = false\n";
+    Config::from_text("t.toml", ok, Path::new(".")).expect("modbus off");
+}

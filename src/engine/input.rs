@@ -290,7 +290,11 @@ pub(crate) async fn run_http(mut feed: Feed, url: String, cancel: CancellationTo
     };
     loop {
         let attempt = async {
-            let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
+            let resp = client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?; // the cause chain, not just "error sending request"
             if !resp.status().is_success() {
                 return Err(format!("HTTP {}", resp.status()));
             }

@@ -499,6 +499,42 @@ impl PointDb {
         res
     }
 
+    /// Audits a write a protocol refused before it could call [`write`]
+    /// (a value that does not decode, a read-only register): recorded like
+    /// `write`'s own refusals, so every attempt is in the audit log.
+    ///
+    /// [`write`]: PointDb::write
+    pub fn audit_refused(&self, id: PointId, priority: u8, source: &Source, err: WriteError) {
+        let cur = self.read(id).and_then(|s| s.value);
+        let rec = WriteRecord {
+            at: Utc::now(),
+            point: self
+                .def(id)
+                .map(|d| d.id.clone())
+                .unwrap_or_else(|| format!("#{}", id.0)),
+            priority,
+            requested: None,
+            old: cur,
+            new: cur,
+            source: source.clone(),
+            result: Err(err),
+        };
+        if let Some(p) = self.inner.persister.get() {
+            if let Err(e) = p.persist(&rec, None) {
+                tracing::warn!("audit of a refused write not stored: {e}");
+            }
+        }
+        let rec = Arc::new(rec);
+        {
+            let mut a = self.inner.audit.lock();
+            if a.len() >= self.inner.opts.audit_cap.max(1) {
+                a.pop_front();
+            }
+            a.push_back(rec.clone());
+        }
+        let _ = self.inner.writes.send(rec);
+    }
+
     fn write_inner(
         &self,
         id: PointId,

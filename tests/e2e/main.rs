@@ -20,4 +20,5 @@ mod srt_log;
 mod status_live;
 mod telemetry;
 mod transcode;
+mod truth;
 mod util;

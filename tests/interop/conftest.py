@@ -65,6 +65,10 @@ class Server:
                 self.addrs[parts[1]] = (host, int(port))
             elif parts == ["ready"]:
                 return
+            elif line.startswith("degraded:"):
+                # A configured part did not start: fail now, with why.
+                self.proc.kill()
+                raise RuntimeError(f"castpoint started degraded: {line.strip()}")
         raise RuntimeError("castpoint did not print 'ready' in 30 s")
 
     @property

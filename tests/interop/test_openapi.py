@@ -44,3 +44,76 @@ def test_openapi_validates_and_matches_the_router():
                     assert b"error" in body, (method, path, body)
     finally:
         s.stop()
+
+
+ROUTE_CONFIG = """
+primary_route = "r"
+[telemetry]
+enabled = false
+[[route]]
+name = "r"
+[[route.input]]
+name = "in0"
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "h"
+type = "http"
+"""
+
+
+def test_every_response_validates_against_the_document(tmp_path):
+    """openapi-core checks what the server really sends (null values, errors, text) against the document it publishes."""
+    from openapi_core import OpenAPI
+    from openapi_core.testing import MockRequest, MockResponse
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(ROUTE_CONFIG)
+    s = Server(config=cfg)
+    try:
+        with urllib.request.urlopen(s.http_base + "/api/openapi.json", timeout=10) as r:
+            doc = json.load(r)
+        validate(doc)
+        api = OpenAPI.from_dict(doc)
+
+        def call(method, path, body=None):
+            req = urllib.request.Request(
+                s.http_base + path, method=method.upper(),
+                data=None if body is None else json.dumps(body).encode(),
+                headers={"content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    status, data, ctype = r.status, r.read(), r.headers.get("content-type")
+            except urllib.error.HTTPError as e:
+                status, data, ctype = e.code, e.read(), e.headers.get("content-type")
+            api.validate_response(
+                MockRequest("http://localhost", method, path,
+                            data=None if body is None else json.dumps(body)),
+                MockResponse(data, status_code=status,
+                             content_type=(ctype or "application/json").split(";")[0]))
+            return status, data
+
+        # gpu_usage has no source with telemetry off: its value is null.
+        status, data = call("get", "/api/points")
+        points = json.loads(data)
+        assert status == 200 and any(p["value"] is None for p in points)
+        # Every GET operation, with real names substituted.
+        subst = {"{id}": "gpu_usage", "{route}": "r", "{number}": "1"}
+        for path, ops in doc["paths"].items():
+            if "get" not in ops:
+                continue
+            concrete = path
+            for k, v in subst.items():
+                concrete = concrete.replace(k, v)
+            concrete = concrete.replace("inputs/{name}", "inputs/in0").replace("outputs/{name}", "outputs/h")
+            concrete = concrete.replace("{name}", "x")
+            call("get", concrete)
+        # Writes, a release (null) and refusals.
+        assert call("post", "/api/points/recording_enable", {"value": True})[0] == 200
+        assert call("post", "/api/points/recording_enable", {"value": None})[0] == 200
+        assert call("post", "/api/points/recording_enable", {"value": "maybe"})[0] == 422
+        assert call("get", "/api/points/nope")[0] == 404
+        status, data = call("get", "/api/points/recording_enable/history")
+        assert status == 200
+    finally:
+        s.stop()

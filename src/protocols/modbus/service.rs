@@ -99,25 +99,42 @@ impl Service {
                 self.read_words(&self.map.input, addr, qty, out)
             }
             Request::WriteSingleCoil { addr, value } => {
-                let reg = self.writable_one(&self.map.coils, addr)?;
-                let v = self.value_of(reg, if value { 1.0 } else { 0.0 })?;
+                let coils = &self.map.coils;
+                let (reg, v) = self.audited(
+                    coils,
+                    addr,
+                    peer,
+                    (|| {
+                        let reg = self.writable_one(coils, addr)?;
+                        Ok((reg, self.value_of(reg, if value { 1.0 } else { 0.0 })?))
+                    })(),
+                )?;
                 self.commit(&[(reg.point, v)], peer)?;
                 out.extend_from_slice(pdu);
                 Ok(())
             }
             Request::WriteSingleRegister { addr, value } => {
-                let reg = self.writable_one(&self.map.holding, addr)?;
-                // FC06 on either word of a 32-bit value would half-write it.
-                if reg.reg_type.width() != 1 {
-                    return Err(Exception::IllegalDataValue);
-                }
-                let v = self.value_of(reg, decode_words(reg, [value, 0])?)?;
+                let holding = &self.map.holding;
+                let (reg, v) = self.audited(
+                    holding,
+                    addr,
+                    peer,
+                    (|| {
+                        let reg = self.writable_one(holding, addr)?;
+                        // FC06 on either word of a 32-bit value would half-write it.
+                        if reg.reg_type.width() != 1 {
+                            return Err(Exception::IllegalDataValue);
+                        }
+                        Ok((reg, self.value_of(reg, decode_words(reg, [value, 0])?)?))
+                    })(),
+                )?;
                 self.commit(&[(reg.point, v)], peer)?;
                 out.extend_from_slice(pdu);
                 Ok(())
             }
             Request::WriteMultipleCoils { addr, bits } => {
-                let writes = self.plan_coils(addr, bits)?;
+                let writes =
+                    self.audited(&self.map.coils, addr, peer, self.plan_coils(addr, bits))?;
                 self.commit(&writes, peer)?;
                 out.push(0x0F);
                 out.extend_from_slice(&addr.to_be_bytes());
@@ -125,7 +142,12 @@ impl Service {
                 Ok(())
             }
             Request::WriteMultipleRegisters { addr, words } => {
-                let writes = self.plan_registers(addr, words)?;
+                let writes = self.audited(
+                    &self.map.holding,
+                    addr,
+                    peer,
+                    self.plan_registers(addr, words),
+                )?;
                 self.commit(&writes, peer)?;
                 out.push(0x10);
                 out.extend_from_slice(&addr.to_be_bytes());
@@ -141,7 +163,12 @@ impl Service {
                 // Validate the read range before writing, so a request that
                 // would be refused as a whole has no side effect.
                 self.map.holding.span(read_addr, read_qty)?;
-                let writes = self.plan_registers(write_addr, words)?;
+                let writes = self.audited(
+                    &self.map.holding,
+                    write_addr,
+                    peer,
+                    self.plan_registers(write_addr, words),
+                )?;
                 self.commit(&writes, peer)?;
                 // The spec performs the write before the read.
                 out.push(0x17);
@@ -207,6 +234,35 @@ impl Service {
             }
         }
         Ok(())
+    }
+
+    /// Audits a write refused before it reaches the point database (a
+    /// value that does not decode: 03; a read-only register: 02) against
+    /// the point mapped at `addr`; an address nothing is mapped at has no
+    /// point to audit.
+    fn audited<T>(
+        &self,
+        table: &Table,
+        addr: u16,
+        peer: SocketAddr,
+        r: Result<T, Exception>,
+    ) -> Result<T, Exception> {
+        if let Err(e) = &r {
+            let point = table
+                .span(addr, 1)
+                .ok()
+                .and_then(|v| v.first().map(|r| r.point));
+            if let Some(id) = point {
+                let err = match e {
+                    Exception::IllegalDataAddress => WriteError::NotWritable,
+                    _ => WriteError::OutOfRange,
+                };
+                let src = Source::new(Protocol::Modbus, Some(peer), None);
+                self.db
+                    .audit_refused(id, self.map.write_priority, &src, err);
+            }
+        }
+        r
     }
 
     /// The single mapped, writable register at `addr`: unmapped or read-only is 02.

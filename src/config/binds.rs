@@ -1,0 +1,152 @@
+//! Static bind conflicts: every listener a config declares (HTTP, Modbus, BACnet, RTMP, route inputs and SRT listener outputs), checked pairwise before anything binds.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::{ConfigError, Errors, ServerConfig};
+use crate::engine::spec::{EngineSpec, InputKind, OutputKind, SrtMode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// One socket the config asks for: who (a config key), protocol, address.
+struct Listener {
+    who: String,
+    proto: Proto,
+    addr: SocketAddr,
+}
+
+/// Two binds collide when protocol and port match and one address covers
+/// the other: equal, or either is the wildcard of the same family (a
+/// 0.0.0.0 listener takes the port on every IPv4 address). Port 0 asks
+/// the system for a free port, so it never collides.
+fn overlaps(a: &Listener, b: &Listener) -> bool {
+    if a.proto != b.proto || a.addr.port() == 0 || a.addr.port() != b.addr.port() {
+        return false;
+    }
+    let (x, y) = (a.addr.ip(), b.addr.ip());
+    x == y
+        || (x.is_unspecified() && x.is_ipv4() == y.is_ipv4())
+        || (y.is_unspecified() && x.is_ipv4() == y.is_ipv4())
+}
+
+/// Every listener of the file. `rtmp` is the `[rtmp]` listener when it is
+/// enabled; `spec` the parsed routes (absent when they did not parse).
+fn listeners(
+    server: &ServerConfig,
+    rtmp: Option<SocketAddr>,
+    spec: Option<&EngineSpec>,
+) -> Vec<Listener> {
+    let mut v = Vec::new();
+    let mut push = |who: String, proto, addr| v.push(Listener { who, proto, addr });
+    if server.http.enabled {
+        push("http.bind".into(), Proto::Tcp, server.http.bind);
+    }
+    if server.modbus.enabled {
+        push("modbus.bind".into(), Proto::Tcp, server.modbus.bind);
+    }
+    if server.bacnet.enabled {
+        push("bacnet.bind".into(), Proto::Udp, server.bacnet.bind);
+    }
+    if let Some(a) = rtmp {
+        push("rtmp.bind".into(), Proto::Tcp, a);
+    }
+    for r in spec.map(|s| s.routes.as_slice()).unwrap_or_default() {
+        for i in &r.inputs {
+            let who = format!("route {:?} input {:?}", r.name, i.name);
+            match &i.kind {
+                // A multicast input binds the group's port on the group:
+                // inputs of different groups may share a port.
+                InputKind::Udp {
+                    bind, multicast, ..
+                } => {
+                    let addr = match multicast {
+                        Some(g) => SocketAddr::new(IpAddr::V4(*g), bind.port()),
+                        None => *bind,
+                    };
+                    push(who, Proto::Udp, addr)
+                }
+                InputKind::Srt(s) if s.mode == SrtMode::Listener => push(who, Proto::Udp, s.addr),
+                _ => {}
+            }
+        }
+        for o in &r.outputs {
+            if let OutputKind::Srt(s) = &o.kind {
+                if s.mode == SrtMode::Listener {
+                    let who = format!("route {:?} output {:?}", r.name, o.name);
+                    push(who, Proto::Udp, s.addr);
+                }
+            }
+        }
+    }
+    v
+}
+
+/// One error per pair of listeners that cannot both bind.
+pub fn conflicts(
+    file: &str,
+    server: &ServerConfig,
+    rtmp: Option<SocketAddr>,
+    spec: Option<&EngineSpec>,
+) -> Errors {
+    let l = listeners(server, rtmp, spec);
+    let mut errs = Vec::new();
+    for (i, a) in l.iter().enumerate() {
+        for b in &l[i + 1..] {
+            if overlaps(a, b) {
+                errs.push(ConfigError::new(
+                    file,
+                    b.who.clone(),
+                    format!(
+                        "{} {} is also bound by {} ({}): one of them would fail to bind or get the other's traffic",
+                        b.proto.as_str(),
+                        b.addr,
+                        a.who,
+                        a.addr
+                    ),
+                ));
+            }
+        }
+    }
+    errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(proto: Proto, a: &str) -> Listener {
+        Listener {
+            who: a.into(),
+            proto,
+            addr: a.parse().expect("literal"),
+        }
+    }
+
+    #[test]
+    fn wildcard_covers_every_address_and_port_zero_never_collides() {
+        let t = |a, b| overlaps(&l(Proto::Tcp, a), &l(Proto::Tcp, b));
+        assert!(t("0.0.0.0:80", "127.0.0.1:80"));
+        assert!(t("127.0.0.1:80", "0.0.0.0:80"));
+        assert!(t("10.0.0.1:80", "10.0.0.1:80"));
+        assert!(!t("10.0.0.1:80", "10.0.0.2:80"));
+        assert!(!t("0.0.0.0:0", "0.0.0.0:0"));
+        assert!(!t("0.0.0.0:80", "0.0.0.0:81"));
+        assert!(!t("[::]:80", "127.0.0.1:80"));
+        assert!(!overlaps(
+            &l(Proto::Tcp, "0.0.0.0:80"),
+            &l(Proto::Udp, "0.0.0.0:80")
+        ));
+    }
+}
