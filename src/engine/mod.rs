@@ -904,6 +904,17 @@ impl Engine {
                 let media = self.inner.media.subscribe();
                 let (en_tx, en_rx) = tokio::sync::watch::channel(spec.enabled);
                 enabled_tx = Some(en_tx);
+                // A key typed inside `url` (the form CDNs show) is split
+                // off so it reaches ffmpeg through the private preset file
+                // too, never its command line.
+                let (url, key) = match key.as_deref().filter(|k| !k.is_empty()) {
+                    Some(k) => (url.clone(), Some(k.to_string())),
+                    None => match crate::media::ffmpeg::profile::split_rtmp_key(url) {
+                        Some((base, k)) => (base, Some(k)),
+                        None => (url.clone(), None),
+                    },
+                };
+                let (url, key) = (&url, &key);
                 let target = crate::media::ffmpeg::profile::rtmp_target(url, key.as_deref());
                 spawn_on(
                     t,

@@ -1503,3 +1503,38 @@ async fn integer_points_refuse_fractional_values() {
     c.call(&wp(3, AV, 0, 85, &[0x00], Some(10))).await;
     app.stop().await;
 }
+
+/// Issue 16 item 8: writes BACnet refuses before the point database sees
+/// them (wrong datatype, priority 6, a read-only object, a read-only
+/// property) are audited with the requester, like the database's own.
+#[tokio::test]
+async fn writes_refused_before_the_database_are_audited_with_the_peer() {
+    let app = util::start().await;
+    let c = Client::new(app.addrs.bacnet.expect("bound")).await;
+    let me = c.sock.local_addr().expect("local");
+    let refused = |app: &castpoint::app::App| {
+        app.db
+            .audit_tail(10_000)
+            .iter()
+            .filter(|r| r.source.protocol == Protocol::Bacnet && r.result.is_err())
+            .map(|r| (r.point.clone(), r.priority, r.source.peer))
+            .collect::<Vec<_>>()
+    };
+    assert!(refused(&app).is_empty());
+    let e = c.call(&write_property(1, BO, 0, &real(1.0), Some(9))).await;
+    assert_eq!(error_of(&e), (2, 9));
+    let e = c.call(&write_property(2, AV, 0, &real(2.0), Some(6))).await;
+    assert_eq!(error_of(&e), (2, 40));
+    let e = c.call(&write_property(3, AI, 0, &real(1.0), None)).await;
+    assert_eq!(error_of(&e), (2, 40));
+    let e = c
+        .call(&wp(4, AV, 0, 77, &char_string(0x70, "x"), None))
+        .await;
+    assert_eq!(error_of(&e), (2, 40));
+    let r = refused(&app);
+    assert_eq!(r.len(), 4, "{r:?}");
+    assert!(r.iter().all(|(_, _, peer)| *peer == Some(me)), "{r:?}");
+    assert_eq!(r[0].1, 9);
+    assert_eq!(r[1].1, 6);
+    app.stop().await;
+}

@@ -829,3 +829,52 @@ async fn formats_negotiation_and_malformed_input() {
     assert_eq!(st, 403);
     app.stop().await;
 }
+
+/// Issue 16 item 8: pointWrites refused before the point database sees
+/// them (level, timed override, value type, the caller's role) are audited
+/// with protocol, peer and user, like the database's own refusals.
+#[tokio::test]
+async fn point_writes_refused_before_the_database_are_audited() {
+    let (app, base) = start().await;
+    let op = Hs::new(&base, "op", OP_PW).await;
+    let viewer = Hs::new(&base, "viewer", VIEW_PW).await;
+    for req in [
+        "@input_select,0,1",
+        "@input_select,18,1",
+        "@input_select,8,\"x\"",
+    ] {
+        op.err("pointWrite", &format!("ver:\"3.0\"\nid,level,val\n{req}\n"))
+            .await;
+    }
+    op.err(
+        "pointWrite",
+        "ver:\"3.0\"\nid,level,val,duration\n@input_select,8,1,5min\n",
+    )
+    .await;
+    viewer
+        .err(
+            "pointWrite",
+            "ver:\"3.0\"\nid,level,val\n@input_select,8,1\n",
+        )
+        .await;
+    let refused: Vec<_> = app
+        .db
+        .audit_tail(10_000)
+        .iter()
+        .filter(|r| r.source.protocol == Protocol::Haystack && r.result.is_err())
+        .map(|r| {
+            (
+                r.point.clone(),
+                r.source.user.clone(),
+                r.source.peer.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(refused.len(), 5, "{refused:?}");
+    assert!(refused
+        .iter()
+        .all(|(p, _, peer)| p == "input_select" && *peer));
+    assert_eq!(refused[4].1.as_deref(), Some("viewer"));
+    assert_eq!(refused[0].1.as_deref(), Some("op"));
+    app.stop().await;
+}

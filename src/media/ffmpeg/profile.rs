@@ -605,9 +605,62 @@ pub fn rtmp_target(url: &str, key: Option<&str>) -> String {
     }
 }
 
+/// Splits the stream key off an RTMP URL written in the CDN form
+/// `rtmp[s]://host[:port]/app/KEY[?query]`: `(url without the key, KEY
+/// with its query)`, so a key typed inside `url` takes the same private
+/// path to ffmpeg as a separate `key` (ffmpeg's `rtmp_playpath` is exactly
+/// what follows the application). Other shapes (no key, `app/inst/KEY`)
+/// are left whole: guessing the application there could misroute the push.
+pub fn split_rtmp_key(url: &str) -> Option<(String, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    if !scheme.to_ascii_lowercase().starts_with("rtmp") {
+        return None;
+    }
+    let slash = rest.find('/')?;
+    let (authority, path) = rest.split_at(slash);
+    let (path_only, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let segs: Vec<&str> = path_only[1..].split('/').collect();
+    match segs.as_slice() {
+        [app, key] if !app.is_empty() && !key.is_empty() => {
+            let key = match query {
+                Some(q) => format!("{key}?{q}"),
+                None => key.to_string(),
+            };
+            Some((format!("{scheme}://{authority}/{app}"), key))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_inside_cdn_urls_are_split_off() {
+        assert_eq!(
+            split_rtmp_key("rtmp://a.rtmp.youtube.com/live2/abcd-efgh"),
+            Some(("rtmp://a.rtmp.youtube.com/live2".into(), "abcd-efgh".into()))
+        );
+        assert_eq!(
+            split_rtmp_key("rtmps://fb.example:443/rtmp/FB-1?s_bl=1&a=x"),
+            Some((
+                "rtmps://fb.example:443/rtmp".into(),
+                "FB-1?s_bl=1&a=x".into()
+            ))
+        );
+        assert_eq!(split_rtmp_key("rtmp://h/live"), None);
+        assert_eq!(split_rtmp_key("rtmp://h/live/"), None);
+        assert_eq!(split_rtmp_key("rtmp://h/app/inst/k"), None);
+        assert_eq!(split_rtmp_key("srt://h:1/live/k"), None);
+        // Joined again, the split gives back the URL that was configured.
+        let u = "rtmp://h:1935/live/k3y?x=1";
+        let (base, key) = split_rtmp_key(u).expect("split");
+        assert_eq!(rtmp_target(&base, Some(&key)), u);
+    }
 
     fn load(s: &str) -> Result<Vec<Profile>, Errors> {
         let v: toml::Table = toml::from_str(s).expect("toml");

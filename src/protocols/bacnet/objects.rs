@@ -532,34 +532,43 @@ impl PointObject {
         priority: Option<u8>,
         peer: Option<SocketAddr>,
     ) -> Result<(), Error> {
+        let source = Source::new(Protocol::Bacnet, peer, None);
+        let level = priority.unwrap_or(DEFAULT_WRITE_PRIORITY);
+        // Refusals decided here, before the point database sees the write,
+        // are audited like its own (every attempt is in the audit log).
+        let refuse = |why: WriteError, answer: Error| -> Result<(), Error> {
+            self.db.audit_refused(self.id, level, &source, why);
+            Err(answer)
+        };
         if property != P::PRESENT_VALUE {
             // Value-independent checks first (the trait's contract): an
             // unknown property is UNKNOWN_PROPERTY, a known one read-only.
             if array_index.is_some() && !self.is_array_property(property) {
-                return Err(not_an_array());
+                return refuse(WriteError::NotWritable, not_an_array());
             }
             if self.property_list().contains(&property) || property == P::PROPERTY_LIST {
-                return Err(write_denied());
+                return refuse(WriteError::NotWritable, write_denied());
             }
-            return Err(unknown_property());
+            return refuse(WriteError::NotWritable, unknown_property());
         }
         if array_index.is_some() {
-            return Err(not_an_array());
+            return refuse(WriteError::TypeMismatch, not_an_array());
         }
         if !self.commandable() {
-            return Err(write_denied());
+            return refuse(WriteError::NotWritable, write_denied());
         }
-        let priority = priority.unwrap_or(DEFAULT_WRITE_PRIORITY);
-        if priority == MINIMUM_ON_OFF_PRIORITY {
-            return Err(write_denied());
+        if level == MINIMUM_ON_OFF_PRIORITY {
+            return refuse(WriteError::InvalidPriority, write_denied());
         }
-        if !(1..=16).contains(&priority) {
-            return Err(out_of_range());
+        if !(1..=16).contains(&level) {
+            return refuse(WriteError::InvalidPriority, out_of_range());
         }
-        let v = self.decode(&value)?;
-        let source = Source::new(Protocol::Bacnet, peer, None);
+        let v = match self.decode(&value) {
+            Ok(v) => v,
+            Err(e) => return refuse(WriteError::TypeMismatch, e),
+        };
         self.db
-            .write(self.id, v, priority, &source)
+            .write(self.id, v, level, &source)
             .map(|_| ())
             .map_err(write_error)
     }

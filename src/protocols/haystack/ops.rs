@@ -529,27 +529,71 @@ fn point_write(ctx: &Ctx, caller: &Caller, req: ReqGrid) -> OpResult {
                 rows,
             ))
         }
-        Some(HVal::Number(n)) => {
-            require_writer(caller)?;
-            if n.value.fract() != 0.0 || !(1.0..=17.0).contains(&n.value) {
-                return Err("level must be an integer 1..17".into());
-            }
-            if row.get("duration").is_some_and(|d| !d.is_null()) {
-                return Err("timed overrides (duration) are not supported; write without duration and relinquish later".into());
-            }
-            let level = n.value as u8;
-            let val = match row.get("val") {
-                None | Some(HVal::Null) => None,
-                Some(v) => Some(from_hval(def, v).map_err(|e| format!("@{id}: {e}"))?),
-            };
+        Some(lv) => {
             let src = Source::new(Protocol::Haystack, Some(caller.peer), caller.user.clone());
-            ctx.db
-                .write(pid, val, level, &src)
-                .map_err(|e| write_err(e, &id))?;
-            Ok(Grid::empty())
+            match checked_write(def, caller, &id, lv, row.get("duration"), row.get("val")) {
+                Ok((level, val)) => {
+                    ctx.db
+                        .write(pid, val, level, &src)
+                        .map_err(|e| write_err(e, &id))?;
+                    Ok(Grid::empty())
+                }
+                // Refused before the point database saw it: audited here,
+                // like the database's own refusals.
+                Err((why, level, answer)) => {
+                    ctx.db.audit_refused(pid, level, &src, why);
+                    Err(answer)
+                }
+            }
         }
-        Some(_) => Err("level must be a Number".into()),
     }
+}
+
+/// The checks of a pointWrite that come before `PointDb::write`: the
+/// caller's role, the level, no timed override, a value of the point's
+/// kind. A refusal carries what the audit records and the level asked for.
+fn checked_write(
+    def: &crate::points::PointDef,
+    caller: &Caller,
+    id: &str,
+    level: &HVal,
+    duration: Option<&HVal>,
+    val: Option<&HVal>,
+) -> Result<(u8, Option<crate::points::Value>), (WriteError, u8, OpError)> {
+    let HVal::Number(n) = level else {
+        return Err((
+            WriteError::InvalidPriority,
+            0,
+            "level must be a Number".into(),
+        ));
+    };
+    let asked = if (1.0..=17.0).contains(&n.value) {
+        n.value as u8
+    } else {
+        0
+    };
+    require_writer(caller).map_err(|e| (WriteError::Denied, asked, e))?;
+    if n.value.fract() != 0.0 || asked == 0 {
+        return Err((
+            WriteError::InvalidPriority,
+            asked,
+            "level must be an integer 1..17".into(),
+        ));
+    }
+    if duration.is_some_and(|d| !d.is_null()) {
+        return Err((WriteError::TypeMismatch, asked, "timed overrides (duration) are not supported; write without duration and relinquish later".into()));
+    }
+    let val = match val {
+        None | Some(HVal::Null) => None,
+        Some(v) => Some(from_hval(def, v).map_err(|e| {
+            (
+                WriteError::TypeMismatch,
+                asked,
+                format!("@{id}: {e}").into(),
+            )
+        })?),
+    };
+    Ok((asked, val))
 }
 
 fn write_err(e: WriteError, id: &str) -> OpError {
