@@ -79,6 +79,16 @@ enum Cmd {
     },
 }
 
+/// Where `user` and `apikey` find the store: the config's data dir, or
+/// `--data-dir`.
+#[derive(clap::Args, Clone)]
+struct StoreArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum UserCmd {
     /// Add or replace a user; the password is read from stdin (first line).
@@ -87,25 +97,19 @@ enum UserCmd {
         /// viewer, operator or admin.
         #[arg(long, value_parser = ["viewer", "operator", "admin"])]
         role: String,
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Remove a user (their tokens stop working at once).
     Remove {
         name: String,
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// List users and roles.
     List {
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -117,25 +121,19 @@ enum ApikeyCmd {
         /// viewer, operator or admin.
         #[arg(long, value_parser = ["viewer", "operator", "admin"])]
         role: String,
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Revoke a key (refused at once by the running server).
     Remove {
         name: String,
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// List keys: name, role, creation time (never the key).
     List {
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -266,14 +264,10 @@ fn main() -> ExitCode {
 }
 
 fn user_cmd(what: UserCmd) -> ExitCode {
-    let (config, data_dir) = match &what {
-        UserCmd::Add {
-            config, data_dir, ..
+    let StoreArgs { config, data_dir } = match &what {
+        UserCmd::Add { store, .. } | UserCmd::Remove { store, .. } | UserCmd::List { store } => {
+            store.clone()
         }
-        | UserCmd::Remove {
-            config, data_dir, ..
-        }
-        | UserCmd::List { config, data_dir } => (config.clone(), data_dir.clone()),
     };
     let cfg = match load(&config) {
         Ok(c) => c,
@@ -348,14 +342,10 @@ fn open_users(
 }
 
 fn apikey_cmd(what: ApikeyCmd) -> ExitCode {
-    let (config, data_dir) = match &what {
-        ApikeyCmd::Add {
-            config, data_dir, ..
-        }
-        | ApikeyCmd::Remove {
-            config, data_dir, ..
-        }
-        | ApikeyCmd::List { config, data_dir } => (config.clone(), data_dir.clone()),
+    let StoreArgs { config, data_dir } = match &what {
+        ApikeyCmd::Add { store, .. }
+        | ApikeyCmd::Remove { store, .. }
+        | ApikeyCmd::List { store } => store.clone(),
     };
     let (users, dir) = match open_users(&config, data_dir) {
         Ok(u) => u,

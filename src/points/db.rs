@@ -479,14 +479,26 @@ impl PointDb {
             rec.old = cur;
             rec.new = cur;
             if *e != WriteError::Storage {
-                if let Some(p) = self.inner.persister.get() {
-                    // Refused writes are audited best-effort: nothing changed.
-                    if let Err(err) = p.persist(&rec, None) {
-                        tracing::warn!("audit of a refused write not stored: {err}");
-                    }
-                }
+                self.persist_refusal(&rec);
             }
         }
+        self.remember(rec);
+        res
+    }
+
+    /// Stores the audit record of a refused write, best-effort: nothing
+    /// changed, so a failure to store it refuses nothing more.
+    fn persist_refusal(&self, rec: &WriteRecord) {
+        if let Some(p) = self.inner.persister.get() {
+            if let Err(err) = p.persist(rec, None) {
+                tracing::warn!("audit of a refused write not stored: {err}");
+            }
+        }
+    }
+
+    /// Keeps an audit record in the bounded in-memory tail and tells the
+    /// write subscribers (audit feeds, WebSockets).
+    fn remember(&self, rec: WriteRecord) {
         let rec = Arc::new(rec);
         {
             let mut a = self.inner.audit.lock();
@@ -496,7 +508,6 @@ impl PointDb {
             a.push_back(rec.clone());
         }
         let _ = self.inner.writes.send(rec);
-        res
     }
 
     /// Audits a write a protocol refused before it could call [`write`]
@@ -519,20 +530,8 @@ impl PointDb {
             source: source.clone(),
             result: Err(err),
         };
-        if let Some(p) = self.inner.persister.get() {
-            if let Err(e) = p.persist(&rec, None) {
-                tracing::warn!("audit of a refused write not stored: {e}");
-            }
-        }
-        let rec = Arc::new(rec);
-        {
-            let mut a = self.inner.audit.lock();
-            if a.len() >= self.inner.opts.audit_cap.max(1) {
-                a.pop_front();
-            }
-            a.push_back(rec.clone());
-        }
-        let _ = self.inner.writes.send(rec);
+        self.persist_refusal(&rec);
+        self.remember(rec);
     }
 
     fn write_inner(
