@@ -226,7 +226,8 @@ impl RateMeter {
     /// `bytes` spread evenly over `[start, end]` (`start == end`: at one
     /// instant). What falls before the kept history is forgotten.
     pub fn credit(&mut self, start: Instant, end: Instant, bytes: f64) {
-        if !(bytes > 0.0) || end < start {
+        // NaN and nothing both credit nothing.
+        if bytes.is_nan() || bytes <= 0.0 || end < start {
             return;
         }
         let start = start.max(self.born);
