@@ -23,6 +23,9 @@ struct Segment {
     /// Timestamps do not continue from the previous segment (input switch).
     discontinuity: bool,
     at: chrono::DateTime<chrono::Utc>,
+    /// When its data arrived (first chunk to the cut): what a client that
+    /// fetches it is credited with for the output's bit rate.
+    arrived: (Instant, Instant),
 }
 
 #[derive(Default)]
@@ -50,9 +53,11 @@ impl Window {
     }
 }
 
-#[derive(Default)]
 pub(crate) struct HlsStream {
     window: Mutex<Window>,
+    /// The output's counters: what the HTTP handler serves is what this
+    /// output delivers.
+    stats: Arc<IoStats>,
 }
 
 pub(crate) type HlsRegistry = Arc<RwLock<HashMap<String, Arc<HlsStream>>>>;
@@ -92,13 +97,13 @@ impl HlsStream {
         }
     }
 
-    fn segment(&self, seq: u64) -> Option<Bytes> {
+    fn segment(&self, seq: u64) -> Option<(Bytes, (Instant, Instant))> {
         self.window
             .lock()
             .segments
             .iter()
             .find(|s| s.seq == seq)
-            .map(|s| s.data.clone())
+            .map(|s| (s.data.clone(), s.arrived))
     }
 }
 
@@ -354,7 +359,10 @@ pub(crate) async fn run(
     stats: Arc<IoStats>,
     cancel: CancellationToken,
 ) {
-    let stream = Arc::new(HlsStream::default());
+    let stream = Arc::new(HlsStream {
+        window: Mutex::default(),
+        stats: stats.clone(),
+    });
     {
         let mut r = registry.write();
         if r.contains_key(&path) {
@@ -364,18 +372,29 @@ pub(crate) async fn run(
         r.insert(path.clone(), stream.clone());
     }
     stats.set_up(None);
+    // Bytes served are credited to when the segment's data arrived; a live
+    // client fetches a segment within about one target duration of its
+    // cut, so the rate is read over a window that far back, when every
+    // client has fetched what falls in it.
+    stats.set_rate_lag(segment * 2 + Duration::from_secs(1));
     let mut seg = Segmenter::new(segment);
     let min_target = segment.as_secs_f64().round() as u64;
     let mut seq = 0u64;
+    let mut started: Option<Instant> = None;
     loop {
         let c = tokio::select! {
             _ = cancel.cancelled() => break,
             c = rx.recv() => c,
         };
         let Some(chunk) = c else { break };
-        for c in seg.push(&chunk, Instant::now()) {
-            stats.add(c.data.len());
+        let now = Instant::now();
+        let from = *started.get_or_insert(now);
+        for c in seg.push(&chunk, now) {
+            // The next segment's data starts arriving at this cut.
+            let arrived = (started.unwrap_or(from), now);
+            started = Some(now);
             let seg = Segment {
+                arrived,
                 seq,
                 secs: c.secs,
                 data: c.data,
@@ -403,21 +422,27 @@ pub(crate) async fn serve(
     };
     if file == "index.m3u8" {
         return match s.playlist() {
-            Some(p) => (
-                [
-                    (header::CONTENT_TYPE, "application/vnd.apple.mpegurl"),
-                    (header::CACHE_CONTROL, "no-cache"),
-                ],
-                p,
-            )
-                .into_response(),
+            Some(p) => {
+                s.stats.add_spread(p.len(), Instant::now(), Instant::now());
+                (
+                    [
+                        (header::CONTENT_TYPE, "application/vnd.apple.mpegurl"),
+                        (header::CACHE_CONTROL, "no-cache"),
+                    ],
+                    p,
+                )
+                    .into_response()
+            }
             // No complete segment yet: clients retry.
             None => (StatusCode::NOT_FOUND, "no segment yet").into_response(),
         };
     }
     let seq = file.strip_suffix(".ts").and_then(|n| n.parse::<u64>().ok());
     match seq.and_then(|n| s.segment(n)) {
-        Some(b) => ([(header::CONTENT_TYPE, "video/mp2t")], b).into_response(),
+        Some((b, (from, to))) => {
+            s.stats.add_spread(b.len(), from, to);
+            ([(header::CONTENT_TYPE, "video/mp2t")], b).into_response()
+        }
         None => (StatusCode::NOT_FOUND, "no such segment").into_response(),
     }
 }
@@ -581,7 +606,10 @@ mod tests {
     fn play(chunks: &[Vec<u8>]) -> (Vec<Cut>, u64, String) {
         let t0 = Instant::now();
         let mut s = Segmenter::new(Duration::from_secs(2));
-        let st = HlsStream::default();
+        let st = HlsStream {
+            window: Mutex::default(),
+            stats: Arc::default(),
+        };
         let (mut cuts, mut most, mut seq) = (Vec::new(), 0, 0);
         for (i, c) in chunks.iter().enumerate() {
             for cut in s.push(c, t0 + Duration::from_millis(25 * i as u64)) {
@@ -591,6 +619,7 @@ mod tests {
                     data: cut.data.clone(),
                     discontinuity: cut.discontinuity,
                     at: cut.at,
+                    arrived: (Instant::now(), Instant::now()),
                 };
                 seq += 1;
                 st.push(seg, 5, 2);
@@ -729,7 +758,10 @@ mod tests {
 
     #[test]
     fn playlist_has_version_sequences_and_discontinuity_tags() {
-        let st = HlsStream::default();
+        let st = HlsStream {
+            window: Mutex::default(),
+            stats: Arc::default(),
+        };
         let at = chrono::Utc::now();
         for (seq, d) in [(0u64, false), (1, true), (2, false), (3, false)] {
             let seg = Segment {
@@ -738,6 +770,7 @@ mod tests {
                 data: Bytes::new(),
                 discontinuity: d,
                 at,
+                arrived: (Instant::now(), Instant::now()),
             };
             st.push(seg, 2, 2);
         }

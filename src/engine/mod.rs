@@ -378,18 +378,16 @@ impl Engine {
         let cancel = e.inner.cancel.clone();
         e.inner.tasks.spawn(async move {
             let mut t = tokio::time::interval(Duration::from_secs(1));
-            let mut last = Instant::now();
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = t.tick() => {}
                 }
                 let Some(inner) = weak.upgrade() else { return };
-                let secs = last.elapsed().as_secs_f64();
-                last = Instant::now();
+                let now = Instant::now();
                 for r in inner.shared.read().iter() {
                     for s in r.stats_list() {
-                        s.sample(secs);
+                        s.sample(now);
                     }
                 }
             }
@@ -842,7 +840,7 @@ impl Engine {
                     Ok(sock) => {
                         s.set_up(sock.local_addr().ok());
                         s.clients.store(1, std::sync::atomic::Ordering::Relaxed);
-                        direct = Some(route::Direct::Udp(Arc::new(sock)));
+                        direct = Some(route::Direct::Udp(Box::new(sock)));
                     }
                     Err(e) => {
                         tracing::error!("udp output {dest}: {e}");

@@ -29,6 +29,25 @@ pub(crate) struct UdpOut {
     /// 1316-byte datagrams by the kernel, which walks the IP stack once for
     /// all of them instead of once per datagram.
     gso: bool,
+    /// The last refused send, while the output is failing: a send error
+    /// turns it `up = false` until sends have gone through without one for
+    /// `RECOVER_AFTER`.
+    failing: Option<Instant>,
+}
+
+/// Quiet time after the last send error before a failing UDP output counts
+/// as delivering again. Over a network, Linux answers a dead port with at
+/// most about one ICMP port-unreachable a second (per destination), so a
+/// shorter wait would flap between failed and recovered.
+pub(crate) const RECOVER_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What one chunk's send did.
+pub(crate) struct UdpSent {
+    /// Bytes of the chunk that did not go out (full socket buffer, or a
+    /// send the OS refused).
+    pub unsent: usize,
+    /// The output failed (with why) or recovered with this chunk.
+    pub change: Option<Result<(), String>>,
 }
 
 impl UdpOut {
@@ -71,6 +90,7 @@ pub(crate) fn udp_sender(dest: SocketAddr, ttl: Option<u32>) -> std::io::Result<
     Ok(UdpOut {
         sock: s.into(),
         gso,
+        failing: None,
     })
 }
 
@@ -78,25 +98,56 @@ pub(crate) fn udp_sender(dest: SocketAddr, ttl: Option<u32>) -> std::io::Result<
 /// one shorter if the chunk is). A chunk of several datagrams goes out in one
 /// GSO send when the socket has it: nothing is ever held back to build a
 /// batch, so this only saves work when the input delivered several datagrams
-/// at once. Returns false when the socket buffer was full (the rest of the
-/// chunk is dropped, whole packets only).
+/// at once. A full socket buffer drops the rest of the chunk (whole packets
+/// only). A send the OS refuses is counted (`send_errors`, its text kept)
+/// and fails the output: the socket is connected, so an ICMP
+/// port-unreachable for an earlier datagram comes back as ECONNREFUSED on
+/// the next send, which the kernel then does not send. While failing, what
+/// does go out is not counted in `bytes`: the receiver refuses it too.
 #[inline]
-pub(crate) fn udp_send_chunk(out: &UdpOut, chunk: &[u8], stats: &IoStats) -> bool {
+pub(crate) fn udp_send_chunk(out: &mut UdpOut, chunk: &[u8], stats: &IoStats) -> UdpSent {
     let step = if out.gso {
         DATAGRAM * GSO_MAX
     } else {
         DATAGRAM
     };
+    let mut sent = UdpSent {
+        unsent: 0,
+        change: None,
+    };
+    let mut off = 0;
+    let mut ok = 0;
     for part in chunk.chunks(step) {
+        off += part.len();
         match out.sock.send(part) {
-            Ok(n) => stats.add(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            // ECONNREFUSED from an ICMP port-unreachable: nobody listens
-            // yet; UDP carries on regardless.
-            Err(_) => {}
+            Ok(n) => ok += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                sent.unsent += chunk.len() - off + part.len();
+                break;
+            }
+            Err(e) => {
+                sent.unsent += part.len();
+                stats.send_error(&e);
+                if out.failing.is_none() {
+                    let why = format!("send: {e}");
+                    stats.set_error(why.clone());
+                    sent.change = Some(Err(why));
+                }
+                out.failing = Some(Instant::now());
+            }
         }
     }
-    true
+    match out.failing {
+        None => stats.add(ok),
+        Some(t) if sent.change.is_none() && t.elapsed() >= RECOVER_AFTER => {
+            out.failing = None;
+            stats.set_up(None);
+            stats.add(ok);
+            sent.change = Some(Ok(()));
+        }
+        Some(_) => {}
+    }
+    sent
 }
 
 /// The task of a direct UDP output only holds its place until removed, so

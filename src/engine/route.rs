@@ -47,7 +47,7 @@ pub(crate) struct OutputSlot {
 pub(crate) enum Direct {
     /// A UDP output (see `output::udp_sender`); its share may be held
     /// briefly to batch sends (`coalesce`).
-    Udp(Arc<super::output::UdpOut>),
+    Udp(Box<super::output::UdpOut>),
     /// An SRT listener output's callers (see `srt::ListenerOut`): a send
     /// only copies into libsrt's buffers, so the chunk costs no wake-up of
     /// an output task (at one caller, that hop was most of our CPU beside
@@ -479,6 +479,8 @@ impl RouteTask {
         let shared = self.tc.auto_on_tc || !self.tc.auto_private;
         let with_auto = shared && !self.tc.auto_on_tc;
         fan_out(
+            &self.events,
+            &self.shared.name,
             &mut self.outputs,
             &chunk,
             video,
@@ -493,6 +495,8 @@ impl RouteTask {
                 rw.rewrite(&mut own);
             }
             fan_out(
+                &self.events,
+                &self.shared.name,
                 &mut self.outputs,
                 &own.freeze(),
                 video,
@@ -534,9 +538,16 @@ impl RouteTask {
     fn send_udp(&mut self, b: &Bytes) {
         let (video, with_auto) = self.udp.tag;
         let stream_on = self.stream_enabled;
-        fan_out(&mut self.outputs, b, video, stream_on, Targets::Udp, |s| {
-            s == OutputSource::Passthrough || with_auto
-        });
+        fan_out(
+            &self.events,
+            &self.shared.name,
+            &mut self.outputs,
+            b,
+            video,
+            stream_on,
+            Targets::Udp,
+            |s| s == OutputSource::Passthrough || with_auto,
+        );
     }
 
     /// A chunk of transcoded TS: to the auto outputs.
@@ -577,6 +588,8 @@ impl RouteTask {
         }
         let stream_on = self.stream_enabled;
         fan_out(
+            &self.events,
+            &self.shared.name,
             &mut self.outputs,
             &data.freeze(),
             video,
@@ -774,7 +787,31 @@ enum Targets {
 /// Hands `chunk` to every enabled output of `targets` whose source `pick`
 /// accepts; never waits: a full queue (or socket buffer) drops the chunk
 /// for that output.
+/// Logs and announces a direct UDP output failing (a refused send) or
+/// recovering.
+fn udp_health(events: &Events, route: &str, output: &str, change: Result<(), String>) {
+    let kind = match change {
+        Err(error) => {
+            tracing::warn!(route, "udp output {output} failed: {error}");
+            EventKind::OutputFailed {
+                output: output.to_string(),
+                error,
+            }
+        }
+        Ok(()) => {
+            tracing::info!(route, "udp output {output} delivers again");
+            EventKind::OutputRecovered {
+                output: output.to_string(),
+            }
+        }
+    };
+    events.emit(EngineEvent::new(route, kind));
+}
+
+#[allow(clippy::too_many_arguments)]
 fn fan_out(
+    events: &Events,
+    route: &str,
     outputs: &mut [OutputSlot],
     chunk: &Bytes,
     video: Option<u16>,
@@ -794,9 +831,18 @@ fn fan_out(
         if !wanted {
             continue;
         }
-        if let Some(d) = &o.direct {
+        if let Some(d) = &mut o.direct {
             let sent = match d {
-                Direct::Udp(sock) => super::output::udp_send_chunk(sock, chunk, &o.stats),
+                Direct::Udp(sock) => {
+                    let r = super::output::udp_send_chunk(sock, chunk, &o.stats);
+                    if let Some(change) = r.change {
+                        udp_health(events, route, &o.spec.name, change);
+                    }
+                    if r.unsent > 0 {
+                        o.stats.dropped(r.unsent);
+                    }
+                    r.unsent == 0
+                }
                 // Drops are counted per caller by the send itself.
                 Direct::Srt(l) => l.send(chunk),
             };
@@ -804,14 +850,9 @@ fn fan_out(
                 if let Some(v) = video {
                     o.loss.delivered(chunk, v);
                 }
-            } else {
-                if matches!(d, Direct::Udp(_)) {
-                    o.stats.dropped(chunk.len());
-                }
-                if let Some(v) = video {
-                    let n = o.loss.dropped(chunk, v);
-                    o.stats.frames_lost.fetch_add(n, Relaxed);
-                }
+            } else if let Some(v) = video {
+                let n = o.loss.dropped(chunk, v);
+                o.stats.frames_lost.fetch_add(n, Relaxed);
             }
             continue;
         }

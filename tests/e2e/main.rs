@@ -11,6 +11,7 @@ mod listeners;
 mod live;
 mod modbus;
 mod persist;
+mod rates;
 mod recording;
 mod routes_api;
 mod rtmp;
