@@ -9,6 +9,7 @@ use crate::engine::coalesce;
 use crate::engine::spec::{
     Coalesce, EngineSpec, InputKind, InputSpec, Mode, OutputKind, OutputSource, OutputSpec,
     ProfileRef, RouteSpec, RtmpInput, SrtMode, SrtSpec, DEFAULT_FAILOVER, DEFAULT_QUEUE,
+    DEFAULT_SIGNAL_TIMEOUT,
 };
 
 /// Typed reads from one table; unknown keys are reported at the end.
@@ -511,6 +512,10 @@ pub fn parse_route(file: &str, at: &str, tb: &toml::Table, errs: &mut Errors) ->
     if failover_timeout < Duration::from_millis(50) {
         t.err("failover_timeout", "at least 50ms", errs);
     }
+    let signal_timeout = t.duration("signal_timeout", DEFAULT_SIGNAL_TIMEOUT, errs);
+    if signal_timeout < Duration::from_millis(100) {
+        t.err("signal_timeout", "at least 100ms", errs);
+    }
     let switch_back = t.bool("switch_back", false, errs);
     let udp_coalesce = match t.opt_str("udp_coalesce", errs).as_deref() {
         None | Some("auto") => Coalesce::Auto,
@@ -571,6 +576,7 @@ pub fn parse_route(file: &str, at: &str, tb: &toml::Table, errs: &mut Errors) ->
         inputs,
         outputs,
         failover_timeout,
+        signal_timeout,
         switch_back,
         profile,
         udp_coalesce,
