@@ -131,7 +131,7 @@ pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken, publish
                 let snap = engine.snapshot();
                 signals.observe(&snap, Instant::now());
                 n += 1;
-                if n % 4 == 0 {
+                if n.is_multiple_of(4) {
                     publish(&db, &ids, &snap, &mut signals, &timeouts(&engine).await);
                 }
             }

@@ -160,7 +160,6 @@ fn value(app: &App, id: &str) -> Option<Value> {
 async fn statuses_become(app: &App, want: (u16, u16, u16), secs: u64) {
     let mb = app.addrs.modbus.expect("modbus");
     let bn = app.addrs.bacnet.expect("bacnet");
-    let mut last = String::new();
     let end = Instant::now() + Duration::from_secs(secs);
     loop {
         let m = (
@@ -185,10 +184,9 @@ async fn statuses_become(app: &App, want: (u16, u16, u16), secs: u64) {
         {
             return;
         }
-        last = format!("modbus {m:?}, bacnet {b:?}, db {db:?}");
         assert!(
             Instant::now() < end,
-            "after {secs} s: {last}; want stream/input/active = {want:?}"
+            "after {secs} s: modbus {m:?}, bacnet {b:?}, db {db:?}; want stream/input/active = {want:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
