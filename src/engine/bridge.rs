@@ -281,21 +281,36 @@ impl Signals {
                     }
                 }
             };
+            let mut forwarded = false;
             let inputs = r
                 .inputs
                 .iter()
-                .map(|i| {
-                    let last = match seen.inputs.iter().find(|(n, _, _)| *n == i.name) {
-                        Some((_, b, last)) if i.bytes > *b => Some(now),
-                        Some((_, _, last)) => *last,
+                .enumerate()
+                .map(|(k, i)| {
+                    let grew = match seen.inputs.iter().find(|(n, _, _)| *n == i.name) {
+                        Some((_, b, _)) => i.bytes > *b,
                         // First look (or an input added at run time):
                         // bytes already counted arrived just now.
-                        None => (i.bytes > 0).then_some(now),
+                        None => i.bytes > 0,
                     };
+                    let last = if grew {
+                        Some(now)
+                    } else {
+                        seen.inputs
+                            .iter()
+                            .find(|(n, _, _)| *n == i.name)
+                            .and_then(|(_, _, l)| *l)
+                    };
+                    forwarded |= grew && r.active_input == Some(k);
                     (i.name.clone(), i.bytes, last)
                 })
                 .collect();
             seen.inputs = inputs;
+            // Counted here, at every look, so that even a short burst
+            // between two publications ends the start-up grace.
+            if forwarded {
+                seen.had_signal = true;
+            }
         }
     }
 
