@@ -669,6 +669,7 @@ primary_route = "main"
 name = "main"
 switch_back = true
 failover_timeout = "300ms"
+signal_timeout = "2s"
 [[route.input]]
 type = "udp"
 bind = "127.0.0.1:5000"
@@ -697,6 +698,7 @@ allow = ["a", "b"]
         let r = &s.routes[0];
         assert!(r.switch_back);
         assert_eq!(r.failover_timeout, Duration::from_millis(300));
+        assert_eq!(r.signal_timeout, Duration::from_secs(2));
         assert_eq!(r.inputs.len(), 2);
         assert_eq!(r.outputs.len(), 3);
         assert_eq!(
@@ -750,6 +752,18 @@ color = 1
         );
         let e = one("udp_coalesce = \"1s\"\n").expect_err("too long");
         assert!(e.contains("route[0].udp_coalesce"), "{e}");
+    }
+
+    #[test]
+    fn signal_timeout_default_and_minimum() {
+        let one = |v: &str| {
+            load(&format!("[[route]]\nname = \"a\"\n{v}"))
+                .map(|s| s.routes[0].signal_timeout)
+                .map_err(|e| e[0].to_string())
+        };
+        assert_eq!(one(""), Ok(DEFAULT_SIGNAL_TIMEOUT));
+        let e = one("signal_timeout = \"50ms\"\n").expect_err("too short");
+        assert!(e.contains("route[0].signal_timeout"), "{e}");
     }
 
     #[test]
