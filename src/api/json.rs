@@ -88,8 +88,15 @@ pub fn point_json(db: &PointDb, maps: &Maps, id: PointId) -> J {
     o.insert("role".into(), json!(def.role.as_str()));
     o.insert("kind".into(), json!(def.kind.as_str()));
     o.insert("value".into(), value_json(st.value));
-    if let Some(Value::Enum(e)) = st.value {
-        o.insert("state".into(), json!(def.state_name(e)));
+    match st.value {
+        Some(Value::Enum(e)) => {
+            o.insert("state".into(), json!(def.state_name(e)));
+        }
+        // No value: the "N/A" state names it (value stays null).
+        None if def.na_state().is_some() => {
+            o.insert("state".into(), json!(crate::points::NA_STATE));
+        }
+        _ => {}
     }
     o.insert("unit".into(), json!(def.unit));
     o.insert("status".into(), json!(st.quality.as_str()));

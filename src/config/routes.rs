@@ -9,6 +9,7 @@ use crate::engine::coalesce;
 use crate::engine::spec::{
     Coalesce, EngineSpec, InputKind, InputSpec, Mode, OutputKind, OutputSource, OutputSpec,
     ProfileRef, RouteSpec, RtmpInput, SrtMode, SrtSpec, DEFAULT_FAILOVER, DEFAULT_QUEUE,
+    DEFAULT_SIGNAL_TIMEOUT,
 };
 
 /// Typed reads from one table; unknown keys are reported at the end.
@@ -511,6 +512,10 @@ pub fn parse_route(file: &str, at: &str, tb: &toml::Table, errs: &mut Errors) ->
     if failover_timeout < Duration::from_millis(50) {
         t.err("failover_timeout", "at least 50ms", errs);
     }
+    let signal_timeout = t.duration("signal_timeout", DEFAULT_SIGNAL_TIMEOUT, errs);
+    if signal_timeout < Duration::from_millis(100) {
+        t.err("signal_timeout", "at least 100ms", errs);
+    }
     let switch_back = t.bool("switch_back", false, errs);
     let udp_coalesce = match t.opt_str("udp_coalesce", errs).as_deref() {
         None | Some("auto") => Coalesce::Auto,
@@ -571,6 +576,7 @@ pub fn parse_route(file: &str, at: &str, tb: &toml::Table, errs: &mut Errors) ->
         inputs,
         outputs,
         failover_timeout,
+        signal_timeout,
         switch_back,
         profile,
         udp_coalesce,
@@ -663,6 +669,7 @@ primary_route = "main"
 name = "main"
 switch_back = true
 failover_timeout = "300ms"
+signal_timeout = "2s"
 [[route.input]]
 type = "udp"
 bind = "127.0.0.1:5000"
@@ -691,6 +698,7 @@ allow = ["a", "b"]
         let r = &s.routes[0];
         assert!(r.switch_back);
         assert_eq!(r.failover_timeout, Duration::from_millis(300));
+        assert_eq!(r.signal_timeout, Duration::from_secs(2));
         assert_eq!(r.inputs.len(), 2);
         assert_eq!(r.outputs.len(), 3);
         assert_eq!(
@@ -744,6 +752,18 @@ color = 1
         );
         let e = one("udp_coalesce = \"1s\"\n").expect_err("too long");
         assert!(e.contains("route[0].udp_coalesce"), "{e}");
+    }
+
+    #[test]
+    fn signal_timeout_default_and_minimum() {
+        let one = |v: &str| {
+            load(&format!("[[route]]\nname = \"a\"\n{v}"))
+                .map(|s| s.routes[0].signal_timeout)
+                .map_err(|e| e[0].to_string())
+        };
+        assert_eq!(one(""), Ok(DEFAULT_SIGNAL_TIMEOUT));
+        let e = one("signal_timeout = \"50ms\"\n").expect_err("too short");
+        assert!(e.contains("route[0].signal_timeout"), "{e}");
     }
 
     #[test]

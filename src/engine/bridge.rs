@@ -1,13 +1,16 @@
 //! The point bridge: drives the engine from the resolved values of the command points (Stream Enable, Input Select, Recording Enable, System Restart) and publishes engine-derived measurements and statuses; the engine itself never sees points or protocols.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::stats::EngineSnapshot;
+use super::spec::DEFAULT_SIGNAL_TIMEOUT;
+use super::stats::{EngineSnapshot, RouteSnapshot};
 use super::Engine;
 use crate::points::{PointDb, PointId, PointState, Quality, Source, Value, DEFAULT_LEVEL};
+use crate::telemetry::status::{route_status, RouteSignal, RouteStatus, STARTUP_GRACE};
 
 /// Point ids the bridge uses (absent ones are skipped: a custom point list
 /// may leave some out).
@@ -103,10 +106,18 @@ pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken, publish
     apply_recording(&engine, commanded(&db, ids.recording_enable)).await;
     apply_restart(&engine, &db, ids.system_restart).await;
     apply_transcode(&engine, &db, &ids).await;
+    let mut signals = Signals::default();
     if publish_points {
-        publish(&db, &ids, &engine.snapshot());
+        let snap = engine.snapshot();
+        signals.observe(&snap, Instant::now());
+        publish(&db, &ids, &snap, &mut signals, &timeouts(&engine).await);
     }
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Input counters are looked at four times a second (so a lost signal
+    // is seen within signal_timeout + 250 ms); points are published once a
+    // second.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut n: u64 = 0;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -116,9 +127,27 @@ pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken, publish
             _ = changed(&mut restart) => apply_restart(&engine, &db, ids.system_restart).await,
             _ = changed(&mut transcode) => apply_transcode(&engine, &db, &ids).await,
             _ = changed(&mut profile) => apply_transcode(&engine, &db, &ids).await,
-            _ = tick.tick(), if publish_points => publish(&db, &ids, &engine.snapshot()),
+            _ = tick.tick(), if publish_points => {
+                let snap = engine.snapshot();
+                signals.observe(&snap, Instant::now());
+                n += 1;
+                if n.is_multiple_of(4) {
+                    publish(&db, &ids, &snap, &mut signals, &timeouts(&engine).await);
+                }
+            }
         }
     }
+}
+
+/// Each route's `signal_timeout`, from the desired state.
+async fn timeouts(engine: &Engine) -> HashMap<String, Duration> {
+    engine
+        .desired()
+        .await
+        .routes
+        .into_iter()
+        .map(|r| (r.name, r.signal_timeout))
+        .collect()
 }
 
 async fn apply_stream_enable(engine: &Engine, v: Option<Value>) {
@@ -204,6 +233,123 @@ async fn apply_restart(engine: &Engine, db: &PointDb, id: Option<PointId>) {
     }
 }
 
+/// What the bridge has seen of each running route: when it appeared (its
+/// start), whether it has had a signal since, and per input when its byte
+/// counter last grew. Liveness is judged from the input counters the data
+/// plane already keeps, so the route task pays nothing for it.
+#[derive(Debug, Default)]
+pub struct Signals {
+    routes: HashMap<String, Seen>,
+}
+
+#[derive(Debug)]
+struct Seen {
+    since: Instant,
+    had_signal: bool,
+    /// (input name, bytes at the last look, when they last grew).
+    inputs: Vec<(String, u64, Option<Instant>)>,
+}
+
+impl Signals {
+    /// Takes one look at the counters at `now`.
+    pub fn observe(&mut self, s: &EngineSnapshot, now: Instant) {
+        self.routes.retain(|n, _| s.route(n).is_some());
+        for r in &s.routes {
+            // A counter that went backwards belongs to a rebuilt route
+            // (System Restart, route replaced): it starts over.
+            let restarted = self.routes.get(&r.name).is_some_and(|seen| {
+                r.inputs.iter().any(|i| {
+                    seen.inputs
+                        .iter()
+                        .any(|(n, b, _)| *n == i.name && i.bytes < *b)
+                })
+            });
+            let seen = match self.routes.get_mut(&r.name) {
+                Some(seen) if !restarted => seen,
+                _ => {
+                    self.routes.insert(
+                        r.name.clone(),
+                        Seen {
+                            since: now,
+                            had_signal: false,
+                            inputs: Vec::new(),
+                        },
+                    );
+                    match self.routes.get_mut(&r.name) {
+                        Some(seen) => seen,
+                        None => continue,
+                    }
+                }
+            };
+            let mut forwarded = false;
+            let inputs = r
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(k, i)| {
+                    let grew = match seen.inputs.iter().find(|(n, _, _)| *n == i.name) {
+                        Some((_, b, _)) => i.bytes > *b,
+                        // First look (or an input added at run time):
+                        // bytes already counted arrived just now.
+                        None => i.bytes > 0,
+                    };
+                    let last = if grew {
+                        Some(now)
+                    } else {
+                        seen.inputs
+                            .iter()
+                            .find(|(n, _, _)| *n == i.name)
+                            .and_then(|(_, _, l)| *l)
+                    };
+                    forwarded |= grew && r.active_input == Some(k);
+                    (i.name.clone(), i.bytes, last)
+                })
+                .collect();
+            seen.inputs = inputs;
+            // Counted here, at every look, so that even a short burst
+            // between two publications ends the start-up grace.
+            if forwarded {
+                seen.had_signal = true;
+            }
+        }
+    }
+
+    /// The inputs of [`route_status`] for route `r` at `now`; records that
+    /// the route has had a signal.
+    pub fn signal(&mut self, r: &RouteSnapshot, timeout: Duration, now: Instant) -> RouteSignal {
+        let (uptime, data_age, had) = match self.routes.get_mut(&r.name) {
+            Some(seen) => {
+                // The forwarded input: the active one, which is the forced
+                // one while Input Select forces an input (even a silent one).
+                let age = r
+                    .active_input
+                    .and_then(|a| r.inputs.get(a))
+                    .and_then(|i| seen.inputs.iter().find(|(n, _, _)| *n == i.name))
+                    .and_then(|(_, _, last)| *last)
+                    .map(|t| now.saturating_duration_since(t));
+                if age.is_some_and(|a| a <= timeout) {
+                    seen.had_signal = true;
+                }
+                (
+                    now.saturating_duration_since(seen.since),
+                    age,
+                    seen.had_signal,
+                )
+            }
+            None => (Duration::ZERO, None, false),
+        };
+        RouteSignal {
+            stream_enabled: r.stream_enabled,
+            data_age,
+            signal_timeout: timeout,
+            uptime,
+            had_signal: had,
+            inputs_failed: !r.inputs.is_empty()
+                && r.inputs.iter().all(|i| i.error.is_some() && !i.up),
+        }
+    }
+}
+
 /// Engine-wide figures the measurement points carry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Derived {
@@ -211,11 +357,18 @@ pub struct Derived {
     pub viewers: f64,
     pub bitrate_out_gbps: f64,
     pub dropped_frames: f64,
-    /// (stream_status, input_status) ordinals of the primary route.
-    pub primary: Option<(u16, u16)>,
+    /// Stream Status and Input Status of the primary route.
+    pub primary: Option<RouteStatus>,
 }
 
-pub fn derive(s: &EngineSnapshot) -> Derived {
+/// Derives the measurements from one snapshot; `timeout` gives each
+/// route's `signal_timeout`.
+pub fn derive(
+    s: &EngineSnapshot,
+    signals: &mut Signals,
+    timeout: impl Fn(&str) -> Duration,
+    now: Instant,
+) -> Derived {
     let mut d = Derived {
         active_streams: 0.0,
         viewers: 0.0,
@@ -224,7 +377,9 @@ pub fn derive(s: &EngineSnapshot) -> Derived {
         primary: None,
     };
     for r in &s.routes {
-        if r.active_input.is_some() && r.stream_enabled {
+        let st = route_status(&signals.signal(r, timeout(&r.name), now));
+        // Only routes that are LIVE (media arriving, streaming on) count.
+        if st.live {
             d.active_streams += 1.0;
         }
         d.dropped_frames += r.input_frames_lost as f64;
@@ -242,21 +397,7 @@ pub fn derive(s: &EngineSnapshot) -> Derived {
             }
         }
         if s.primary.as_deref() == Some(r.name.as_str()) {
-            let input = if r.active_input.is_some() {
-                1
-            } else if !r.inputs.is_empty() && r.inputs.iter().all(|i| i.error.is_some() && !i.up) {
-                3
-            } else {
-                2
-            };
-            let stream = if !r.stream_enabled {
-                2
-            } else if input == 1 {
-                1
-            } else {
-                3
-            };
-            d.primary = Some((stream, input));
+            d.primary = Some(st);
         }
     }
     d
@@ -318,7 +459,13 @@ pub fn cdn(s: &EngineSnapshot) -> StatusValue {
     }
 }
 
-fn publish(db: &PointDb, ids: &Ids, s: &EngineSnapshot) {
+fn publish(
+    db: &PointDb,
+    ids: &Ids,
+    s: &EngineSnapshot,
+    signals: &mut Signals,
+    timeouts: &HashMap<String, Duration>,
+) {
     let status = |id: Option<PointId>, r: StatusValue| {
         let Some(id) = id else { return };
         let _ = match r {
@@ -335,7 +482,13 @@ fn publish(db: &PointDb, ids: &Ids, s: &EngineSnapshot) {
             Err(why) => db.set(id, None, Quality::Unavailable, Some(&why)),
         };
     }
-    let d = derive(s);
+    let now = Instant::now();
+    let d = derive(
+        s,
+        signals,
+        |r| timeouts.get(r).copied().unwrap_or(DEFAULT_SIGNAL_TIMEOUT),
+        now,
+    );
     let set = |id: Option<PointId>, v: Value| {
         if let Some(id) = id {
             let _ = db.set(id, Some(v), Quality::Ok, None);
@@ -349,9 +502,20 @@ fn publish(db: &PointDb, ids: &Ids, s: &EngineSnapshot) {
     );
     set(ids.dropped_frames, Value::Number(d.dropped_frames));
     match d.primary {
-        Some((stream, input)) => {
-            set(ids.stream_status, Value::Enum(stream));
-            set(ids.input_status, Value::Enum(input));
+        Some(st) => {
+            match st.stream {
+                Some(v) => set(ids.stream_status, Value::Enum(v)),
+                None => {
+                    if let Some(id) = ids.stream_status {
+                        let why = format!(
+                            "route starting: no signal yet (start-up grace {} s)",
+                            STARTUP_GRACE.as_secs()
+                        );
+                        let _ = db.set(id, None, Quality::Unavailable, Some(&why));
+                    }
+                }
+            }
+            set(ids.input_status, Value::Enum(st.input));
         }
         None => {
             // No primary route running (none configured, or disabled).

@@ -8,6 +8,10 @@ pub use super::coalesce::Coalesce;
 /// Default failover timeout: no data on the active input for this long
 /// switches to the next one.
 pub const DEFAULT_FAILOVER: Duration = Duration::from_millis(500);
+/// Default signal timeout: a route whose active input has delivered
+/// nothing for longer than this is not LIVE (Stream Status ERROR, Input
+/// Status NO_SIGNAL, not counted in Active Streams).
+pub const DEFAULT_SIGNAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default per-output queue depth, in chunks (a chunk is typically 7 TS
 /// packets = one 1316-byte datagram; 512 chunks ~ 0.5 s at 10 Mbit/s).
 pub const DEFAULT_QUEUE: usize = 512;
@@ -56,6 +60,8 @@ pub struct RouteSpec {
     pub inputs: Vec<InputSpec>,
     pub outputs: Vec<OutputSpec>,
     pub failover_timeout: Duration,
+    /// No data from the active input for longer than this: no signal.
+    pub signal_timeout: Duration,
     /// Return to a higher-priority input as soon as it delivers again.
     pub switch_back: bool,
     /// The output profile transcoding uses (None: profile 1 / the first).
@@ -73,6 +79,7 @@ impl RouteSpec {
             inputs: Vec::new(),
             outputs: Vec::new(),
             failover_timeout: DEFAULT_FAILOVER,
+            signal_timeout: DEFAULT_SIGNAL_TIMEOUT,
             switch_back: false,
             profile: None,
             udp_coalesce: Coalesce::Auto,

@@ -14,7 +14,9 @@ pub use maps::{
     Maps, ModbusField, ModbusMap, ModbusRegister, ModbusTable, RegType, WordOrder,
     DEFAULT_TREND_BUFFER, MAX_TREND_BUFFER,
 };
-pub use model::{Kind, PointDef, PointId, Quality, Role, SiteEquip, TagValue, Value, ValueError};
+pub use model::{
+    Kind, PointDef, PointId, Quality, Role, SiteEquip, TagValue, Value, ValueError, NA_STATE,
+};
 pub use policy::{loopback, Cidr, Denial, WritePolicy};
 
 #[cfg(test)]

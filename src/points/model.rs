@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+/// The state name an enum point reads while it is unavailable.
+pub const NA_STATE: &str = "N/A";
+
 /// Index of a point in the database. Protocol maps resolve point ids to this
 /// once at start-up so the hot paths (Modbus at ~100k req/s) never hash strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -204,6 +207,15 @@ pub struct PointDef {
 
 impl PointDef {
     /// Name of an enum ordinal, if it is one of this point's states.
+    /// The ordinal of the point's "N/A" state (points/streaming-server.toml):
+    /// what protocols that must show a state number (BACnet Present_Value,
+    /// Modbus registers) show while the point has no value, so that an
+    /// unavailable status never reads as a real state.
+    pub fn na_state(&self) -> Option<u16> {
+        let i = self.states.iter().position(|s| s == NA_STATE)?;
+        u16::try_from(i + 1).ok()
+    }
+
     pub fn state_name(&self, ordinal: u16) -> Option<&str> {
         if ordinal == 0 {
             return None;

@@ -1,4 +1,4 @@
-//! Status derivation, sans-IO: Server Status, GPU Status and the memory-growth ("leak") detector, from samples and thresholds.
+//! Status derivation, sans-IO: Server Status, GPU Status, a route's Stream/Input Status (signal timeout, start-up grace) and the memory-growth ("leak") detector, from samples and thresholds.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -188,6 +188,71 @@ pub fn gpu_status(mode: GpuMode, reading: &Result<GpuSample, String>, t: &Thresh
     d
 }
 
+/// How long after a route starts a missing signal is "starting", not a
+/// fault: inputs need time to bind, connect (SRT/RTMP/RTSP handshakes) and
+/// deliver, and judging them before that raised a spurious Stream Status
+/// ERROR (and so Server Status FAULT) at start-up.
+pub const STARTUP_GRACE: Duration = Duration::from_secs(5);
+
+/// What a route's Stream Status and Input Status are derived from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteSignal {
+    /// Stream Enable (false: STOPPED whatever the signal).
+    pub stream_enabled: bool,
+    /// Time since the input the route forwards (the active or forced one)
+    /// last delivered data; `None`: no such input, or it never delivered.
+    pub data_age: Option<Duration>,
+    /// The route's `signal_timeout`.
+    pub signal_timeout: Duration,
+    /// Time since the route (re)started.
+    pub uptime: Duration,
+    /// The route has had a signal since it started.
+    pub had_signal: bool,
+    /// Every input failed to bind or connect.
+    pub inputs_failed: bool,
+}
+
+/// A route's derived statuses: Stream Status ordinal (`None` = N/A: the
+/// route is within its start-up grace and has had no signal yet), Input
+/// Status ordinal, and whether it counts in Active Streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteStatus {
+    pub stream: Option<u16>,
+    pub input: u16,
+    pub live: bool,
+}
+
+/// Stream Status LIVE(1) / STOPPED(2) / ERROR(3) and Input Status
+/// ACTIVE(1) / NO_SIGNAL(2) / ERROR(3): a route is LIVE only while media
+/// arrives, i.e. its forwarded input delivered within `signal_timeout`.
+/// Within [`STARTUP_GRACE`] of a start and before the first signal, nothing
+/// is an error yet: Stream Status N/A, Input Status NO_SIGNAL.
+pub fn route_status(r: &RouteSignal) -> RouteStatus {
+    let signal = r.data_age.is_some_and(|a| a <= r.signal_timeout);
+    let starting = !r.had_signal && r.uptime < STARTUP_GRACE;
+    let input = if signal {
+        1
+    } else if r.inputs_failed && !starting {
+        3
+    } else {
+        2
+    };
+    let stream = if !r.stream_enabled {
+        Some(2)
+    } else if signal {
+        Some(1)
+    } else if starting {
+        None
+    } else {
+        Some(3)
+    };
+    RouteStatus {
+        stream,
+        input,
+        live: r.stream_enabled && signal,
+    }
+}
+
 /// Detects steady growth of the process's resident memory (seed 001's
 /// "memory leak detection"): over a full window, memory grew by more than
 /// both a ratio and an absolute amount, and most steps went up.
@@ -336,6 +401,132 @@ mod tests {
             let d = server_status(&inp, &t);
             assert_eq!(d.health, want, "case {i}: {inp:?}");
             assert_eq!(d.reasons.is_empty(), want == Health::Ok, "case {i}");
+        }
+    }
+
+    #[test]
+    fn route_status_table() {
+        let ms = Duration::from_millis;
+        let base = RouteSignal {
+            stream_enabled: true,
+            data_age: Some(ms(10)),
+            signal_timeout: ms(1000),
+            uptime: ms(60_000),
+            had_signal: true,
+            inputs_failed: false,
+        };
+        let st = |stream, input, live| RouteStatus {
+            stream,
+            input,
+            live,
+        };
+        let cases: Vec<(&str, RouteSignal, RouteStatus)> = vec![
+            ("media arriving", base, st(Some(1), 1, true)),
+            (
+                "age at the timeout still live",
+                RouteSignal {
+                    data_age: Some(ms(1000)),
+                    ..base
+                },
+                st(Some(1), 1, true),
+            ),
+            (
+                "forced idle input: nothing for 1.2 s",
+                RouteSignal {
+                    data_age: Some(ms(1200)),
+                    ..base
+                },
+                st(Some(3), 2, false),
+            ),
+            (
+                "forced input that never delivered",
+                RouteSignal {
+                    data_age: None,
+                    ..base
+                },
+                st(Some(3), 2, false),
+            ),
+            (
+                "stream disabled",
+                RouteSignal {
+                    stream_enabled: false,
+                    ..base
+                },
+                st(Some(2), 1, false),
+            ),
+            (
+                "every input failed",
+                RouteSignal {
+                    data_age: None,
+                    inputs_failed: true,
+                    ..base
+                },
+                st(Some(3), 3, false),
+            ),
+            (
+                "start-up grace: no signal yet is not an error",
+                RouteSignal {
+                    data_age: None,
+                    uptime: ms(200),
+                    had_signal: false,
+                    ..base
+                },
+                st(None, 2, false),
+            ),
+            (
+                "start-up grace: a bind failure waits for the grace too",
+                RouteSignal {
+                    data_age: None,
+                    uptime: ms(200),
+                    had_signal: false,
+                    inputs_failed: true,
+                    ..base
+                },
+                st(None, 2, false),
+            ),
+            (
+                "grace over without a signal: error",
+                RouteSignal {
+                    data_age: None,
+                    uptime: STARTUP_GRACE,
+                    had_signal: false,
+                    ..base
+                },
+                st(Some(3), 2, false),
+            ),
+            (
+                "signal lost within the grace after a first signal: error",
+                RouteSignal {
+                    data_age: Some(ms(1500)),
+                    uptime: ms(3000),
+                    had_signal: true,
+                    ..base
+                },
+                st(Some(3), 2, false),
+            ),
+            (
+                "live within the grace",
+                RouteSignal {
+                    uptime: ms(300),
+                    had_signal: true,
+                    ..base
+                },
+                st(Some(1), 1, true),
+            ),
+            (
+                "disabled within the grace: stopped",
+                RouteSignal {
+                    stream_enabled: false,
+                    data_age: None,
+                    uptime: ms(300),
+                    had_signal: false,
+                    ..base
+                },
+                st(Some(2), 2, false),
+            ),
+        ];
+        for (what, sig, want) in cases {
+            assert_eq!(route_status(&sig), want, "{what}: {sig:?}");
         }
     }
 

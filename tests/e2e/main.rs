@@ -4,6 +4,7 @@ mod auth;
 mod bacnet;
 mod datadir;
 mod decoders;
+mod derived;
 mod engine;
 mod haystack;
 mod http;

@@ -196,6 +196,14 @@ def test_read_property_of_every_object(bserver):
             assert int(units) == 47932
             st = await app.read_property(addr, ObjectIdentifier("multi-state-value,0"), "state-text")
             assert list(st) == ["OK", "WARNING", "FAULT"]
+            # No transcoder, no RTMP output: Encoder Status (MSV3) and CDN
+            # Status (MSV4) read their N/A state, not OK / CONNECTED, with
+            # the fault flag and reliability no-sensor.
+            for inst, n in ((3, 4), (4, 3)):
+                o = ObjectIdentifier(f"multi-state-value,{inst}")
+                assert int(await app.read_property(addr, o, "present-value")) == n
+                assert list(await app.read_property(addr, o, "state-text"))[n - 1] == "N/A"
+                assert str(await app.read_property(addr, o, "reliability")) == "no-sensor"
             with pytest.raises(ErrorRejectAbortNack) as e:
                 await app.read_property(addr, ObjectIdentifier("multi-state-value,0"), "state-text", 99)
             assert "invalid-array-index" in str(e.value)

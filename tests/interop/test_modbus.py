@@ -73,8 +73,18 @@ def test_pymodbus_reads_match_http(server, client):
     regs = ok(client.read_holding_registers(0, count=7)).registers
     for pid, reg in zip(STATUSES, regs):
         p = point(server, pid)
-        expect = 0 if p["value"] is None else p["value"]
+        if p["value"] is None and p["states"][-1] == "N/A":
+            # Unavailable: the N/A state (the last one), never a real state.
+            assert p["state"] == "N/A", p
+            expect = len(p["states"])
+        else:
+            # A point without an N/A state reads 0 while unavailable.
+            expect = 0 if p["value"] is None else p["value"]
         assert reg == expect, (pid, reg, p)
+    # No transcoder and no RTMP output here: Encoder Status and CDN Status
+    # read N/A (4 and 3), not OK / CONNECTED.
+    assert regs[3] == 4 and point(server, "encoder_status")["state"] == "N/A"
+    assert regs[4] == 3 and point(server, "cdn_status")["state"] == "N/A"
     # Quality codes 30201.. and quality-ok bits 10001.. for every point.
     q = ok(client.read_input_registers(200, count=23)).registers
     bits = ok(client.read_discrete_inputs(0, count=23)).bits[:23]
@@ -186,8 +196,12 @@ def test_mbpoll_reads_seed_addresses(server, client):
     assert [int(vals[i]) for i in (1, 2, 3)] == expect
     # 40001-40002 statuses (-t 4).
     _, vals = mbpoll(server, "-a", "1", "-r", "1", "-c", "2", "-t", "4", None)
-    assert [int(vals[1]), int(vals[2])] == [point(server, "server_status")["value"] or 0,
-                                             point(server, "stream_status")["value"] or 0]
+    def ordinal(p):
+        if p["value"] is None:
+            return len(p["states"]) if p["states"][-1] == "N/A" else 0
+        return p["value"]
+    assert [int(vals[1]), int(vals[2])] == [ordinal(point(server, "server_status")),
+                                             ordinal(point(server, "stream_status"))]
     # Coil 00001 (-t 0) and f32 30101.. big-endian words (-B, map default ABCD).
     _, vals = mbpoll(server, "-a", "1", "-r", "1", "-t", "0", None)
     assert vals[1] == "1"

@@ -236,7 +236,8 @@ impl PointObject {
     }
 
     /// A point value in this object's Present_Value datatype. An absent value
-    /// (no source) is still a valid datatype: 0.0 / inactive / state 1, with
+    /// (no source) is still a valid datatype: 0.0 / inactive / the "N/A"
+    /// state (state 1 for a point without one), with
     /// Status_Flags FAULT and Reliability saying why.
     fn encode(&self, v: Option<Value>) -> PropertyValue {
         if self.analog() {
@@ -248,7 +249,13 @@ impl PointObject {
             let n = match v {
                 Some(Value::Enum(e)) if e >= 1 => u64::from(e),
                 Some(other) => (other.as_f64().max(1.0)) as u64,
-                None => 1,
+                // No value: the point's "N/A" state where it has one, so an
+                // unavailable status never reads as a real (healthy) state.
+                None => self
+                    .states
+                    .iter()
+                    .position(|s| s == crate::points::NA_STATE)
+                    .map_or(1, |i| i as u64 + 1),
             };
             PropertyValue::Unsigned(n)
         }

@@ -159,7 +159,9 @@ registers; the word order names where the big-endian bytes A B C D land \
 - Quality: every point has a quality code register (30201..) and a \
 quality-ok discrete input (10001..), so a PLC can tell a stale or unavailable \
 value from a real zero. A point with no value (quality 3, unavailable) reads 0 \
-in 16/32-bit integer registers and NaN in f32 registers.\n\
+in 16/32-bit integer registers and NaN in f32 registers, except a status \
+whose states end with N/A: it reads that state's ordinal (the N/A sentinel \
+in the values column), never a real state.\n\
 - Enumerations use the same 1-based ordinals as BACnet and Haystack \
 (1 = first state).\n\
 - Writes go through the point's priority array at priority {} (the same path \

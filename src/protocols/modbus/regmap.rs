@@ -92,7 +92,8 @@ pub fn encode_bit(reg: &ModbusRegister, st: &PointState) -> bool {
 /// The one or two registers a register entry shows (the second word is
 /// meaningful only for 32-bit types). Values beyond the type's range
 /// saturate at its limits; a missing value reads 0 in integer forms and NaN
-/// in f32 (the quality registers say why).
+/// in f32 (the quality registers say why). An enum point with an N/A state
+/// never gets here without a value: the service substitutes that ordinal.
 pub fn encode_words(reg: &ModbusRegister, st: &PointState) -> [u16; 2] {
     let x = match reg.field {
         ModbusField::Value => match st.value {

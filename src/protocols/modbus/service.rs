@@ -225,7 +225,17 @@ impl Service {
         let start = u32::from(addr);
         let end = start + u32::from(qty);
         for reg in regs {
-            let w = encode_words(reg, &self.state(reg.point)?);
+            let mut st = self.state(reg.point)?;
+            if st.value.is_none() {
+                // An unavailable enum point reads its "N/A" state's ordinal
+                // (documented in the map), never 0 or a real state.
+                st.value = self
+                    .db
+                    .def(reg.point)
+                    .and_then(|d| d.na_state())
+                    .map(Value::Enum);
+            }
+            let w = encode_words(reg, &st);
             for (k, word) in w.iter().take(usize::from(reg.reg_type.width())).enumerate() {
                 let a = u32::from(reg.offset) + k as u32;
                 if (start..end).contains(&a) {
