@@ -400,26 +400,24 @@ mod tests {
     }
 
     /// A wrong password for an unknown user costs the same key derivation
-    /// as for an existing one (before: 0.13 ms against 1.4 ms).
+    /// as for an existing one (before: 0.13 ms against 1.4 ms). Counted in
+    /// PBKDF2 rounds, not timed: a timed test on a shared 2-core machine
+    /// failed on load alone.
     #[test]
     fn unknown_users_cost_as_much_as_known_ones() {
+        use crate::protocols::haystack::auth::PBKDF2_ROUNDS;
         let (_d, u) = users();
         u.add("alice", Role::Admin, "correct horse").expect("add");
-        let median = |name: &str| {
-            let mut t: Vec<Duration> = (0..7)
-                .map(|_| {
-                    let t0 = std::time::Instant::now();
-                    assert_eq!(u.verify(name, "wrong horse!"), None);
-                    t0.elapsed()
-                })
-                .collect();
-            t.sort();
-            t[3]
+        let rounds = |name: &str| {
+            PBKDF2_ROUNDS.with(|c| c.set(0));
+            assert_eq!(u.verify(name, "wrong horse!"), None);
+            PBKDF2_ROUNDS.with(|c| c.get())
         };
-        let (known, unknown) = (median("alice"), median("mallory"));
-        assert!(
-            unknown * 2 >= known,
-            "unknown user {unknown:?} vs existing user {known:?}"
+        let (known, unknown) = (rounds("alice"), rounds("mallory"));
+        assert!(known > 0, "the known user's check derived nothing");
+        assert_eq!(
+            unknown, known,
+            "unknown user vs existing user, PBKDF2 rounds"
         );
     }
 

@@ -257,8 +257,10 @@ async fn forcing_an_idle_backup_is_no_signal_not_live() {
 /// NO_SIGNAL, Server Status never FAULT; after the grace, ERROR.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_error_within_the_start_up_grace() {
-    let app = start(TWO).await;
+    // Taken before the start, so the route's grace cannot have begun
+    // earlier than this: a slow start-up only shortens what is checked.
     let t0 = Instant::now();
+    let app = start(TWO).await;
     let mb = app.addrs.modbus.expect("modbus");
     let bn = app.addrs.bacnet.expect("bacnet");
     let grace = castpoint::telemetry::status::STARTUP_GRACE;

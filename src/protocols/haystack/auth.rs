@@ -91,8 +91,17 @@ fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
+// PBKDF2 rounds done on this thread: lets tests check that every login
+// path does the same work without timing anything.
+#[cfg(test)]
+thread_local! {
+    pub static PBKDF2_ROUNDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// SCRAM keys for a password: (stored_key, server_key).
 pub fn derive_keys(password: &str, salt: &[u8], iterations: u32) -> ([u8; 32], [u8; 32]) {
+    #[cfg(test)]
+    PBKDF2_ROUNDS.with(|c| c.set(c.get() + u64::from(iterations)));
     let mut salted = [0u8; 32];
     pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut salted);
     let client_key = hmac(&salted, b"Client Key");
