@@ -229,8 +229,23 @@ impl Media {
 pub fn resolve_control(base: &str, control: Option<&str>) -> String {
     match control.map(str::trim) {
         None | Some("") | Some("*") => base.to_string(),
-        Some(c) if c.len() > 7 && c[..7].eq_ignore_ascii_case("rtsp://") => c.to_string(),
-        Some(c) if c.len() > 8 && c[..8].eq_ignore_ascii_case("rtsps://") => c.to_string(),
+        // `get`, not slicing: a camera's control attribute may put a
+        // multi-byte character across byte 7 or 8 (found by the sdp fuzz
+        // target: slicing panicked there).
+        Some(c)
+            if c.len() > 7
+                && c.get(..7)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("rtsp://")) =>
+        {
+            c.to_string()
+        }
+        Some(c)
+            if c.len() > 8
+                && c.get(..8)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("rtsps://")) =>
+        {
+            c.to_string()
+        }
         Some(c) => {
             if base.ends_with('/') {
                 format!("{base}{}", c.trim_start_matches('/'))
@@ -243,6 +258,21 @@ pub fn resolve_control(base: &str, control: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Fuzz regression: a control value with a multi-byte character
+    /// across byte 7 ("tra\u{1d2}...") panicked in `resolve_control`.
+    #[test]
+    fn control_urls_with_multibyte_characters_resolve() {
+        let c = "tra\u{1d2}\u{bfd9}ck";
+        assert_eq!(
+            super::resolve_control("rtsp://h/p/", Some(c)),
+            format!("rtsp://h/p/{c}")
+        );
+        assert_eq!(
+            super::resolve_control("rtsp://h/p", Some("rtsp\u{e9}://x")),
+            "rtsp://h/p/rtsp\u{e9}://x"
+        );
+    }
+
     use super::*;
     use proptest::prelude::*;
 
