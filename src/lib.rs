@@ -3,6 +3,18 @@
 //! See `docs/ARCHITECTURE.md` for the bird's-eye view. Dependency direction:
 //! `app` -> everything; `protocols`, `engine`, `telemetry`, `api` -> `points`.
 
+/// `castpoint --version`, `/health` and `castpoint_build_info`: the package
+/// version and the git commit it was built from (build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CASTPOINT_GIT_COMMIT"),
+    ")"
+);
+
+/// The git commit this binary was built from ("unknown" outside a checkout).
+pub const GIT_COMMIT: &str = env!("CASTPOINT_GIT_COMMIT");
+
 pub mod api;
 pub mod app;
 pub mod auth;
@@ -16,5 +28,6 @@ pub mod persist;
 pub mod points;
 pub mod protocols;
 pub mod redact;
+pub mod statuscmd;
 pub mod telemetry;
 pub mod throttle;

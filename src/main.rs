@@ -12,7 +12,9 @@ use castpoint::config::Config;
 #[derive(Parser)]
 #[command(
     name = "castpoint",
-    version,
+    // `castpoint --version`: the package version and the git commit it was
+    // built from (build.rs), the first thing a bug report needs.
+    version = castpoint::VERSION,
     about = "Streaming router + BACnet/Modbus/Haystack gateway"
 )]
 struct Cli {
@@ -41,7 +43,30 @@ enum Cmd {
         /// Data directory, overriding the config.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Log line format on stderr: `text` (colour only on a terminal,
+        /// never with NO_COLOR) or `json` (one object per line, for
+        /// journald/Loki/ELK). Levels and filters come from RUST_LOG.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
+    /// Print a summary of a running server (routes, outputs, alarms, points
+    /// out of order) read from its REST API.
+    Status {
+        /// The server's HTTP listener.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// A JWT or API key, when the server has users (default:
+        /// CASTPOINT_TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Write a shell completion script to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man page (roff) to stdout.
+    Man,
     /// Validate a configuration and its point and mapping files.
     CheckConfig {
         #[arg(long)]
@@ -77,6 +102,12 @@ enum Cmd {
         #[command(subcommand)]
         what: Export,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Where `user` and `apikey` find the store: the config's data dir, or
@@ -238,6 +269,7 @@ fn main() -> ExitCode {
             modbus,
             rtmp,
             data_dir,
+            log_format,
         } => {
             let mut cfg = match load(&config) {
                 Ok(c) => c,
@@ -258,7 +290,53 @@ fn main() -> ExitCode {
             if let Some(d) = data_dir {
                 cfg.server.data_dir = d;
             }
-            run(cfg)
+            run(cfg, log_format)
+        }
+        Cmd::Status { url, token } => {
+            let token = token.or_else(|| std::env::var("CASTPOINT_TOKEN").ok());
+            match castpoint::statuscmd::Target::parse(&url, token)
+                .and_then(|t| castpoint::statuscmd::run(&t))
+            {
+                Ok(text) => emit(text.as_bytes()),
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Into memory first: clap_complete panics when its writer
+            // fails, and `castpoint completions bash | head` closes stdout.
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "castpoint", &mut buf);
+            emit(&buf)
+        }
+        Cmd::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            match clap_mangen::Man::new(cmd).render(&mut buf) {
+                Ok(()) => emit(&buf),
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Writes a generated document to stdout; a closed pipe (`| head`) is not
+/// an error worth a panic, any other write failure is reported.
+fn emit(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stdout: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -410,19 +488,25 @@ fn export_ede(c: &Config, out: Option<PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(cfg: Config) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
+fn run(cfg: Config, log_format: LogFormat) -> ExitCode {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log_format {
+        // One JSON object per line (timestamp, level, target, fields):
+        // what log shippers parse without a regex; never coloured.
+        LogFormat::Json => logs.json().with_ansi(false).init(),
         // Colour codes only for a person at a terminal: journald, files and
         // pipes get plain text, and NO_COLOR (no-color.org) turns them off.
-        .with_ansi(log_colour(
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            std::env::var_os("NO_COLOR").as_deref(),
-        ))
-        .init();
+        LogFormat::Text => logs
+            .with_ansi(log_colour(
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
+            .init(),
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

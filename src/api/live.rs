@@ -329,6 +329,14 @@ async fn stream_events(mut sock: WebSocket, s: ApiState, stream: String, is_prim
 /// `castpoint_point_quality`, enums also as a state-set gauge.
 pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     let mut out = String::with_capacity(8192);
+    // The Prometheus "info" idiom: a constant 1 whose labels say which
+    // build answers, so a dashboard can show (and alert on) mixed versions.
+    let _ = writeln!(
+        out,
+        "# HELP castpoint_build_info Version and git commit of the running binary.\n# TYPE castpoint_build_info gauge\ncastpoint_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        crate::GIT_COMMIT
+    );
     out.push_str("# HELP castpoint_point_value Current value of a point (bool 0/1, enum ordinal 1..N).\n# TYPE castpoint_point_value gauge\n");
     for id in s.db.ids() {
         let (Some(d), Some(st)) = (s.db.def(id), s.db.read(id)) else {

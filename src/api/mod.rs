@@ -164,7 +164,12 @@ pub fn router(state: ApiState) -> Router {
 }
 
 async fn health(State(s): State<ApiState>) -> impl IntoResponse {
-    Json(json!({"status": "ok", "points": s.db.len(), "version": env!("CARGO_PKG_VERSION")}))
+    Json(json!({
+        "status": "ok",
+        "points": s.db.len(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": crate::GIT_COMMIT,
+    }))
 }
 
 async fn list_points(State(s): State<ApiState>) -> impl IntoResponse {
