@@ -393,6 +393,11 @@ pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     );
     // Connection caps of the TCP listeners (src/netlimit.rs).
     out.push_str(&crate::netlimit::prometheus());
+    // The router per route/input/output/SRT connection, and the process.
+    if let Some(e) = &s.engine {
+        super::metrics::engine(&mut out, &e.snapshot());
+    }
+    super::metrics::process(&mut out);
     (
         [(
             header::CONTENT_TYPE,

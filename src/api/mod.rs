@@ -5,6 +5,7 @@ pub mod auth;
 pub mod guard;
 pub mod json;
 pub mod live;
+mod metrics;
 pub mod openapi;
 pub mod profiles;
 pub mod refusals;

@@ -351,9 +351,13 @@ pub(crate) async fn run_generator(mut feed: Feed, bitrate: u64, cancel: Cancella
         Ok(g) => g,
         Err(e) => {
             tracing::error!("generator input: {}", e.0);
+            feed.stats.set_error(e.0);
             return;
         }
     };
+    // Up like a bound UDP input: it produces from now on (it read "down"
+    // for as long as it ran, while delivering the route's media).
+    feed.stats.set_up(None);
     let mut pacer = Pacer::new(std::time::Instant::now(), g.chunk_duration());
     loop {
         let deadline = tokio::time::Instant::from_std(pacer.next_deadline());
