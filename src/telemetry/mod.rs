@@ -322,7 +322,12 @@ impl Sampler {
     pub fn derive_statuses(&mut self) {
         let g = status::gpu_status(self.cfg.gpu, &self.last_gpu, &self.cfg.thresholds);
         if let Some(id) = self.ids.gpu_status {
-            self.set_status(id, g.health.ordinal(), g.reason());
+            match g {
+                Ok(g) => self.set_status(id, g.health.ordinal(), g.reason()),
+                Err(why) => {
+                    let _ = self.db.set(id, None, Quality::Unavailable, Some(&why));
+                }
+            }
         }
         let mut faults = Vec::new();
         for (name, bad) in COMPONENTS {

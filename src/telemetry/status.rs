@@ -155,19 +155,22 @@ pub struct GpuSample {
 }
 
 /// GPU Status from the mode and the latest reading (`Err` = NVML missing or
-/// failing, with its message). Returns `None` when GPU monitoring is off.
-pub fn gpu_status(mode: GpuMode, reading: &Result<GpuSample, String>, t: &Thresholds) -> Derived {
+/// failing). `Err(reason)` means there is no GPU to report on (`gpu =
+/// "auto"` finding none, or `gpu = "none"`): the point is unavailable (N/A
+/// on every protocol), never a healthy OK for a GPU that does not exist.
+pub fn gpu_status(
+    mode: GpuMode,
+    reading: &Result<GpuSample, String>,
+    t: &Thresholds,
+) -> Result<Derived, String> {
     let mut d = Derived::ok();
     match reading {
         Err(e) => match mode {
             GpuMode::Required => {
                 d.raise(Health::Fault, format!("GPU required but unavailable: {e}"))
             }
-            // Optional GPU: its absence is reported as a reason, not a fault.
-            GpuMode::Auto => d.reasons.push(format!("no GPU (gpu = auto): {e}")),
-            GpuMode::None => d
-                .reasons
-                .push("GPU monitoring disabled (gpu = none)".into()),
+            GpuMode::Auto => return Err(format!("no GPU (gpu = auto): {e}")),
+            GpuMode::None => return Err("GPU monitoring disabled (gpu = none)".into()),
         },
         Ok(s) => {
             if s.util_pct >= t.gpu_warn {
@@ -185,7 +188,7 @@ pub fn gpu_status(mode: GpuMode, reading: &Result<GpuSample, String>, t: &Thresh
             }
         }
     }
-    d
+    Ok(d)
 }
 
 /// How long after a route starts a missing signal is "starting", not a
@@ -535,25 +538,28 @@ mod tests {
         let t = Thresholds::default();
         let missing: Result<GpuSample, String> = Err("libnvidia-ml.so not found".into());
         assert_eq!(
-            gpu_status(GpuMode::Required, &missing, &t).health,
+            gpu_status(GpuMode::Required, &missing, &t).unwrap().health,
             Health::Fault
         );
+        // No GPU to report on: unavailable with the reason, not OK.
         let auto = gpu_status(GpuMode::Auto, &missing, &t);
-        assert_eq!(auto.health, Health::Ok);
-        assert!(auto.reason().is_some_and(|r| r.contains("gpu = auto")));
-        assert_eq!(gpu_status(GpuMode::None, &missing, &t).health, Health::Ok);
+        assert!(auto.is_err_and(|r| r.contains("gpu = auto")));
+        assert!(gpu_status(GpuMode::None, &missing, &t).is_err());
         let busy = Ok(GpuSample {
             util_pct: 99.0,
             ..Default::default()
         });
-        assert_eq!(gpu_status(GpuMode::Auto, &busy, &t).health, Health::Warning);
+        assert_eq!(
+            gpu_status(GpuMode::Auto, &busy, &t).unwrap().health,
+            Health::Warning
+        );
         let hot = Ok(GpuSample {
             util_pct: 10.0,
             temp_c: Some(96.0),
             ..Default::default()
         });
         assert_eq!(
-            gpu_status(GpuMode::Required, &hot, &t).health,
+            gpu_status(GpuMode::Required, &hot, &t).unwrap().health,
             Health::Fault
         );
         let fine = Ok(GpuSample {
@@ -561,7 +567,10 @@ mod tests {
             temp_c: Some(50.0),
             ..Default::default()
         });
-        assert_eq!(gpu_status(GpuMode::Required, &fine, &t).health, Health::Ok);
+        assert_eq!(
+            gpu_status(GpuMode::Required, &fine, &t).unwrap().health,
+            Health::Ok
+        );
     }
 
     #[test]

@@ -48,10 +48,11 @@ fn gpu_present_path_feeds_points() {
 
 #[test]
 fn missing_gpu_is_unavailable_and_fault_only_when_required() {
+    // No GPU: N/A (unavailable) unless one is required (FAULT).
     for (mode, want) in [
-        (GpuMode::Auto, 1),
-        (GpuMode::Required, 3),
-        (GpuMode::None, 1),
+        (GpuMode::Auto, None),
+        (GpuMode::Required, Some(Value::Enum(3))),
+        (GpuMode::None, None),
     ] {
         let db = db();
         let cfg = TelemetryConfig {
@@ -66,9 +67,11 @@ fn missing_gpu_is_unavailable_and_fault_only_when_required() {
         assert_eq!(g.value, None);
         assert_eq!(g.quality, Quality::Unavailable);
         assert!(g.reason.is_some());
+        let st = state(&db, "gpu_status");
+        assert_eq!(st.value, want, "{mode:?}");
         assert_eq!(
-            state(&db, "gpu_status").value,
-            Some(Value::Enum(want)),
+            st.quality == Quality::Unavailable,
+            want.is_none(),
             "{mode:?}"
         );
         // A required GPU that is missing makes the whole server FAULT.
