@@ -1,5 +1,6 @@
 //! The point database and model: every measurement, command and status as a point, with quality, priority arrays, history and change feeds.
 
+pub mod alarm;
 mod db;
 mod maps;
 mod model;
