@@ -15,6 +15,7 @@ pub const VERSION: &str = concat!(
 /// The git commit this binary was built from ("unknown" outside a checkout).
 pub const GIT_COMMIT: &str = env!("CASTPOINT_GIT_COMMIT");
 
+pub mod alarms;
 pub mod api;
 pub mod app;
 pub mod auth;

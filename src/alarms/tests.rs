@@ -1,0 +1,199 @@
+//! Tests of the alarm runtime against a real point database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::config::Config;
+use crate::points::alarm::{Algorithm, PerTransition};
+use crate::points::{DbOptions, Protocol, Quality, Value};
+
+fn db() -> PointDb {
+    let c = Config::embedded().expect("embedded");
+    PointDb::new(c.points, c.site, DbOptions::default())
+}
+
+fn high(limit: f64, delay_ms: u64) -> AlarmSpec {
+    AlarmSpec {
+        algorithm: Algorithm::OutOfRange {
+            high_limit: Some(limit),
+            low_limit: None,
+            deadband: 1.0,
+        },
+        fault_values: vec![],
+        fault_on_bad_quality: false,
+        time_delay: Duration::from_millis(delay_ms),
+        time_delay_normal: Some(Duration::ZERO),
+        event_enable: PerTransition::all(true),
+        notification_class: 1,
+    }
+}
+
+fn classes() -> HashMap<u32, ClassRules> {
+    HashMap::from([(
+        1,
+        ClassRules {
+            priority: PerTransition::all(100),
+            ack_required: PerTransition {
+                to_offnormal: true,
+                to_fault: true,
+                to_normal: false,
+            },
+        },
+    )])
+}
+
+#[derive(Default)]
+struct MemStore {
+    transitions: Mutex<Vec<(String, EventState)>>,
+    acks: Mutex<Vec<(String, TransitionKind, String)>>,
+    fail_acks: std::sync::atomic::AtomicBool,
+}
+
+impl AlarmStore for MemStore {
+    fn record_transition(&self, rec: &AlarmRecord) -> anyhow::Result<()> {
+        self.transitions
+            .lock()
+            .push((rec.point.clone(), rec.transition.to));
+        Ok(())
+    }
+    fn record_ack(
+        &self,
+        point: &str,
+        kind: TransitionKind,
+        _ts: DateTime<Utc>,
+        source: &Source,
+    ) -> anyhow::Result<()> {
+        if self.fail_acks.load(std::sync::atomic::Ordering::Relaxed) {
+            anyhow::bail!("disk full");
+        }
+        self.acks
+            .lock()
+            .push((point.to_string(), kind, source.describe()));
+        Ok(())
+    }
+}
+
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < end, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn set(db: &PointDb, id: PointId, v: f64) {
+    db.set(id, Some(Value::Number(v)), Quality::Ok, None)
+        .expect("set");
+}
+
+#[tokio::test]
+async fn a_limit_alarm_is_raised_stored_acknowledged_and_cleared() {
+    let db = db();
+    let cpu = db.lookup("cpu_usage").expect("cpu");
+    let alarms = Alarms::new(db.clone(), vec![(cpu, high(90.0, 0))], classes(), 100);
+    let store = Arc::new(MemStore::default());
+    alarms.set_store(store.clone());
+    let mut events = alarms.subscribe();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(alarms.clone().run(stop.clone()));
+
+    set(&db, cpu, 50.0);
+    set(&db, cpu, 97.0);
+    let st = eventually("high limit", || {
+        alarms
+            .state(cpu)
+            .filter(|s| s.event_state == EventState::HighLimit)
+    })
+    .await;
+    assert!(!st.acked.to_offnormal);
+    let active = alarms.active();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].point, "cpu_usage");
+    assert_eq!(alarms.counts(), (1, 1));
+    match events.recv().await.expect("event") {
+        AlarmEvent::Transition(r) => {
+            assert_eq!(r.transition.to, EventState::HighLimit);
+            assert_eq!(r.transition.value, Some(Value::Number(97.0)));
+            assert!(r.transition.notify && r.transition.ack_required);
+        }
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(
+        store.transitions.lock().as_slice(),
+        &[("cpu_usage".to_string(), EventState::HighLimit)]
+    );
+
+    // A wrong time stamp is refused and nothing is stored.
+    let src = Source::new(Protocol::Rest, None, Some("op".into()));
+    let ts = st.time_stamps.to_offnormal.expect("stamp");
+    let wrong = ts - chrono::Duration::seconds(1);
+    assert!(matches!(
+        alarms.acknowledge("cpu_usage", TransitionKind::ToOffnormal, wrong, &src),
+        Err(AckFailure::Refused(AckError::InvalidTimeStamp(_)))
+    ));
+    // A store failure refuses the ack and keeps it unacknowledged.
+    store
+        .fail_acks
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(matches!(
+        alarms.acknowledge("cpu_usage", TransitionKind::ToOffnormal, ts, &src),
+        Err(AckFailure::Store(_))
+    ));
+    assert!(!alarms.state(cpu).expect("state").acked.to_offnormal);
+    store
+        .fail_acks
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(alarms
+        .acknowledge("cpu_usage", TransitionKind::ToOffnormal, ts, &src)
+        .expect("ack"));
+    assert_eq!(store.acks.lock().len(), 1);
+    assert!(store.acks.lock()[0].2.contains("op"));
+    assert_eq!(alarms.counts(), (1, 0));
+    assert!(matches!(
+        alarms.acknowledge("uptime", TransitionKind::ToOffnormal, ts, &src),
+        Err(AckFailure::NoAlarm(_))
+    ));
+
+    // Back below the limit minus the deadband: NORMAL, not listed.
+    set(&db, cpu, 10.0);
+    eventually("normal", || {
+        alarms
+            .state(cpu)
+            .filter(|s| s.event_state == EventState::Normal)
+    })
+    .await;
+    assert!(alarms.active().is_empty());
+    assert_eq!(alarms.history(10).len(), 2);
+    stop.cancel();
+    task.await.expect("run");
+}
+
+#[tokio::test]
+async fn a_time_delay_fires_without_another_change() {
+    let db = db();
+    let cpu = db.lookup("cpu_usage").expect("cpu");
+    let alarms = Alarms::new(db.clone(), vec![(cpu, high(90.0, 150))], classes(), 100);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(alarms.clone().run(stop.clone()));
+    // Whether `run` sees this as a change or in its start-up evaluation,
+    // nothing else happens afterwards: only the deadline can raise it.
+    set(&db, cpu, 95.0);
+    // One change only: the deadline alone must raise it.
+    eventually("high limit after the delay", || {
+        alarms
+            .state(cpu)
+            .filter(|s| s.event_state == EventState::HighLimit)
+    })
+    .await;
+    stop.cancel();
+    task.await.expect("run");
+}
