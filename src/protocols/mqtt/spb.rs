@@ -534,6 +534,44 @@ mod tests {
         assert_eq!(p.encode(), want);
     }
 
+    /// An NCMD encoded by Google's protobuf runtime (pysparkplug 0.6,
+    /// the fuzz seed): decoded field by field.
+    #[test]
+    fn decodes_what_google_protobuf_encodes() {
+        let p = Payload::decode(include_bytes!("../../../fuzz/seeds/spb_payload/ncmd")).unwrap();
+        let got: Vec<_> = p
+            .metrics
+            .iter()
+            .map(|m| (m.name.as_deref(), m.alias, m.datatype, m.value.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Some("input_select"),
+                    None,
+                    Some(datatype::DOUBLE),
+                    Some(Val::Double(4.0))
+                ),
+                (
+                    Some("Node Control/Rebirth"),
+                    None,
+                    Some(datatype::BOOLEAN),
+                    Some(Val::Bool(true))
+                ),
+                (
+                    Some("server_status"),
+                    None,
+                    Some(datatype::STRING),
+                    Some(Val::Str("OK".into()))
+                ),
+                // Int8 -1 travels as a uint32 0xff in int_value.
+                (None, Some(1010), Some(datatype::INT8), Some(Val::Int(0xff))),
+            ]
+        );
+        assert!(p.timestamp.is_some());
+    }
+
     #[test]
     fn hostile_inputs_are_errors_not_panics() {
         let cases: Vec<(Vec<u8>, DecodeError)> = vec![
