@@ -397,3 +397,70 @@ def test_check_config_refuses_bad_mqtt_keys(tmp_path):
     assert r.returncode != 0
     assert "mqtt" in r.stdout + r.stderr
     assert "hunter2" not in r.stdout + r.stderr
+
+
+def test_mqtts_with_a_private_ca_and_credentials(tmp_path):
+    """mqtts:// through rustls with only the configured CA, and a broker
+    that refuses anonymous clients: the node births with its credentials."""
+    d = pathlib.Path(tempfile.mkdtemp(prefix="castpoint-mqtts-"))
+    os.chmod(d, 0o755)  # mosquitto drops root for user mosquitto
+    ssl = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True,  # noqa: E731
+                                    capture_output=True)
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "1", "-subj", "/CN=castpoint-test-ca")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr",
+        "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "srv.pem", "-days", "1", "-extfile", "san.ext")
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(d / "passwd"), "node", "s3cret-pw"],
+                   check=True, capture_output=True)
+    for f in d.iterdir():
+        os.chmod(f, 0o644)
+    port = free_port()
+    conf = d / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/srv.pem\n"
+                    f"keyfile {d}/srv.key\nallow_anonymous false\npassword_file {d}/passwd\n"
+                    "persistence false\n")
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    s = None
+    sub = paho.Client(client_id="tls-host")
+    try:
+        def up():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return True
+            except OSError:
+                return False
+        wait(up, 10, "mosquitto (TLS) to listen")
+        got = []
+        sub.tls_set(ca_certs=str(d / "ca.pem"))
+        sub.username_pw_set("node", "s3cret-pw")
+        sub.on_connect = lambda c, *_: c.subscribe(f"spBv1.0/{GROUP}/NBIRTH/node1", 0)
+        sub.on_message = lambda _c, _u, m: got.append(m.payload)
+        sub.connect("127.0.0.1", port)
+        sub.loop_start()
+        cfg = tmp_path / "castpoint.toml"
+        cfg.write_text(QUIET + f"""
+[mqtt]
+enabled = true
+brokers = ["mqtts://127.0.0.1:{port}"]
+group_id = "{GROUP}"
+edge_node_id = "node1"
+username = "node"
+password = "s3cret-pw"
+ca_file = "{d}/ca.pem"
+reconnect_max = "1s"
+""")
+        s = Server(config=cfg)
+        wait(lambda: got, 30, "NBIRTH over mqtts://")
+        birth = spb.NBirth.decode(got[0])
+        assert any(m.name == "cpu_usage" for m in birth.metrics)
+    finally:
+        sub.loop_stop()
+        if s:
+            s.stop()
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(d, ignore_errors=True)
