@@ -8,7 +8,8 @@ use serde::Deserialize;
 use crate::config::{parse_duration, ConfigError};
 
 /// `[mqtt]` as written in `castpoint.toml` (docs/configuration.md#mqtt).
-#[derive(Debug, Clone, Deserialize)]
+/// Its `Debug` (like [`MqttConfig`]'s) shows the password as `***`.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttSection {
     /// Off by default: a node publishes to a broker only when asked to.
@@ -123,7 +124,7 @@ impl Broker {
 }
 
 /// The validated section the node runs from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MqttConfig {
     pub enabled: bool,
     pub brokers: Vec<Broker>,
@@ -143,6 +144,60 @@ pub struct MqttConfig {
     pub store_forward_max: usize,
     pub max_incoming_packet: usize,
 }
+
+/// `Debug` for both structs: every field but the password, which is shown
+/// as `***` when set, so no `{:?}` can leak it into a log.
+macro_rules! debug_redacted {
+    ($t:ty, $($f:ident),*) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    $(.field(stringify!($f), &self.$f))*
+                    .field("password", &self.password.as_ref().map(|_| crate::redact::PLACEHOLDER))
+                    .finish()
+            }
+        }
+    };
+}
+
+debug_redacted!(
+    MqttSection,
+    enabled,
+    brokers,
+    group_id,
+    edge_node_id,
+    client_id,
+    username,
+    ca_file,
+    client_cert,
+    client_key,
+    primary_host_id,
+    command_priority,
+    read_only,
+    keep_alive,
+    reconnect_max,
+    store_forward_max,
+    max_incoming_packet
+);
+debug_redacted!(
+    MqttConfig,
+    enabled,
+    brokers,
+    group_id,
+    edge_node_id,
+    client_id,
+    username,
+    ca_file,
+    client_cert,
+    client_key,
+    primary_host_id,
+    command_priority,
+    read_only,
+    keep_alive,
+    reconnect_max,
+    store_forward_max,
+    max_incoming_packet
+);
 
 /// A Sparkplug id (group, node, device, host): UTF-8 without the MQTT
 /// topic separators and wildcards (spB 3.0 §4.1.1).
@@ -321,6 +376,16 @@ impl MqttConfig {
                 *p = base.join(&*p);
             }
         }
+        // The CA and client certificate load (what `start` will do), so
+        // `check-config` reports a missing or bad file.
+        if c.brokers.iter().any(|b| b.tls) {
+            if let Err(e) = super::session::tls_config(&c) {
+                return Err(vec![match e.split_once(": ") {
+                    Some((k, m)) => ConfigError::new(file, k, m),
+                    None => ConfigError::new(file, "mqtt", e),
+                }]);
+            }
+        }
         Ok(c)
     }
 }
@@ -347,7 +412,11 @@ mod tests {
 
     #[test]
     fn full_section() {
-        let c = parse(
+        // A real CA file (relative to the config's folder): mqtts:// loads it.
+        let dir = tempfile::tempdir().unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ck.cert.pem()).unwrap();
+        let t: toml::Table = toml::from_str(
             r#"[mqtt]
 enabled = true
 brokers = ["mqtts://a.example:8883", "mqtt://[::1]:1884", "mqtt://b"]
@@ -362,13 +431,14 @@ store_forward_max = 50
 "#,
         )
         .unwrap();
+        let c = MqttConfig::parse("f.toml", &t, dir.path()).unwrap();
         assert_eq!(c.brokers.len(), 3);
         assert!(c.brokers[0].tls);
         assert_eq!(c.brokers[1].host, "::1");
         assert_eq!(c.brokers[1].port, 1884);
         assert_eq!(c.brokers[2].port, 1883);
         assert_eq!(c.client_id, "castpoint-campus-bldg-7");
-        assert_eq!(c.ca_file.as_deref(), Some(Path::new("/etc/cp/ca.pem")));
+        assert_eq!(c.ca_file, Some(dir.path().join("ca.pem")));
     }
 
     #[test]
@@ -394,6 +464,22 @@ keep_alive = "1ms"
         ] {
             assert!(all.contains(k), "{k} missing in {all}");
         }
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let c = parse("[mqtt]\nusername = \"u\"\npassword = \"hunter2\"\n").unwrap();
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2") && d.contains("***"), "{d}");
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_a_config_error() {
+        let e = parse("[mqtt]\nbrokers = [\"mqtts://h\"]\nca_file = \"nope.pem\"\n").unwrap_err();
+        assert!(
+            e[0].contains("mqtt.ca_file") && e[0].contains("nope.pem"),
+            "{e:?}"
+        );
     }
 
     #[test]
