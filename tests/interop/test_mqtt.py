@@ -349,6 +349,21 @@ def test_sigkill_makes_the_broker_publish_ndeath_with_the_birth_bdseq(broker, tm
         host.close()
 
 
+def test_clean_stop_publishes_ndeath_first(broker, tmp_path):
+    """SIGTERM: castpoint publishes its own NDEATH (spB 3.0: before an
+    intentional disconnect), with the bdSeq of its birth."""
+    host = Host(broker.port)
+    s = Server(config=node_config(tmp_path, [broker.port]))
+    try:
+        b = bdseq(host.wait_for("NBIRTH"))
+        s.stop()
+        assert s.proc.returncode == 0, s.proc.returncode
+        assert host.wait_for("NDEATH", timeout=15).bd_seq_metric.value == b
+    finally:
+        s.stop()
+        host.close()
+
+
 def test_broker_outage_rebirth_and_history(broker, tmp_path):
     """A 10 s broker outage: castpoint reconnects with a new bdSeq, births
     again, and every value changed during the outage arrives afterwards as
