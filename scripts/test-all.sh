@@ -12,9 +12,10 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 # Debian packages: libsrt (SRT FFI), the real peers (srt-live-transmit,
 # ffmpeg/ffprobe, mbpoll, tshark, openssl for test_tls.py,
 # GStreamer rtmp2sink for the RTMP ingest compatibility test), pkg-config,
-# and for test_packaging.py lintian, systemd (systemd-analyze) and man-db.
+# for test_packaging.py lintian, systemd (systemd-analyze) and man-db, and mosquitto
+# for test_mqtt.py.
 DEB_PKGS="pkg-config libsrt-openssl-dev srt-tools ffmpeg mbpoll tshark openssl gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly"
-DEB_PKGS="$DEB_PKGS lintian systemd man-db"
+DEB_PKGS="$DEB_PKGS lintian systemd man-db mosquitto"
 missing=""
 for p in $DEB_PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

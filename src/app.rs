@@ -31,6 +31,8 @@ pub struct App {
     pub engine: crate::engine::Engine,
     pub maps: Arc<Maps>,
     pub addrs: BoundAddrs,
+    /// The MQTT Sparkplug edge node's status, when `[mqtt] enabled`.
+    pub mqtt: Option<Arc<crate::protocols::mqtt::Status>>,
     /// Parts that did not start (a listener that failed to bind, ...):
     /// `castpoint run` prints `degraded: ...` instead of `ready` for them.
     pub faults: Vec<String>,
@@ -110,6 +112,7 @@ impl App {
         ));
         let mut addrs = BoundAddrs::default();
         let mut faults: Vec<String> = Vec::new();
+        let mut mqtt = None;
         // Created before the HTTP server so its HTTP-TS/HLS routes can be merged.
         let engine = crate::engine::Engine::new(cfg.server.data_dir.clone(), &shutdown);
         // Desired state of the routes: the config's, overlaid with what the
@@ -368,6 +371,22 @@ impl App {
         }
         // --- media: end ---
 
+        // --- mqtt: start (owned by src/protocols/mqtt) ---
+        let base = std::path::Path::new(&cfg.origin)
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        match crate::protocols::mqtt::MqttConfig::parse(&cfg.origin, &cfg.server.extra, base) {
+            Ok(mc) if mc.enabled => {
+                match crate::protocols::mqtt::start(mc, db.clone(), shutdown.clone(), &tasks) {
+                    Ok(s) => mqtt = Some(s),
+                    Err(e) => faults.push(format!("mqtt: {e}")),
+                }
+            }
+            Ok(_) => {}
+            Err(errs) => faults.extend(errs.into_iter().map(|e| format!("mqtt: {e}"))),
+        }
+        // --- mqtt: end ---
+
         // --- telemetry: start (owned by src/telemetry) ---
         {
             if tcfg.enabled {
@@ -418,6 +437,7 @@ impl App {
             engine,
             maps,
             addrs,
+            mqtt,
             faults,
             shutdown,
             tasks,

@@ -29,6 +29,9 @@ pub mod msg;
 pub mod rtp;
 #[path = "../../src/media/rtsp/sdp.rs"]
 pub mod sdp;
+/// Sparkplug B payloads (`protocols/mqtt/spb.rs`, NCMD/DCMD from the broker).
+#[path = "../../src/protocols/mqtt/spb.rs"]
+pub mod spb;
 #[path = "../../src/engine/ts.rs"]
 pub mod ts;
 

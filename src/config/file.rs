@@ -95,6 +95,7 @@ pub const OTHER_SECTIONS: &[&str] = &[
     "api",
     "media",
     "rtmp",
+    "mqtt",
 ];
 
 // No deny_unknown_fields: serde cannot combine it with `flatten`; unknown

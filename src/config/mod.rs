@@ -300,6 +300,10 @@ impl Config {
                 None
             }
         };
+        // [mqtt] (src/protocols/mqtt/config.rs).
+        if let Err(e) = crate::protocols::mqtt::MqttConfig::parse(name, &server.extra, base) {
+            errs.extend(e);
+        }
         errs.extend(binds::conflicts(name, &server, rtmp, spec.as_ref()));
         // The HTTPS certificate loads and fits its key (src/httpd.rs).
         if let Err(e) = crate::httpd::check(&server.http) {

@@ -285,6 +285,7 @@ fn protocol_from(s: &str) -> Protocol {
         "modbus" => Protocol::Modbus,
         "haystack" => Protocol::Haystack,
         "rest" => Protocol::Rest,
+        "mqtt" => Protocol::Mqtt,
         _ => Protocol::Internal,
     }
 }

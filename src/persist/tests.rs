@@ -54,6 +54,29 @@ fn commands_survive_a_restart() {
     assert_eq!(db.read(en).expect("st").value, Some(Value::Bool(false)));
 }
 
+/// An MQTT (Sparkplug NCMD) write keeps its source across a restart, so
+/// the priority array still says who holds the slot.
+#[test]
+fn an_mqtt_slot_keeps_its_protocol_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mqtt = Source::new(Protocol::Mqtt, None, None);
+    {
+        let store = Arc::new(Store::open(dir.path(), 1000).expect("open"));
+        let db = db();
+        db.set_persister(store.clone());
+        let sp = db.lookup("input_select").expect("sp");
+        db.write(sp, Some(Value::Number(4.0)), 10, &mqtt)
+            .expect("w");
+    }
+    let store = Store::open(dir.path(), 1000).expect("reopen");
+    let db = db();
+    store.restore(&db).expect("restore");
+    let pa = db
+        .priority_array(db.lookup("input_select").expect("sp"))
+        .expect("pa");
+    assert_eq!(pa.slots[9].as_ref().expect("slot 10").who, mqtt);
+}
+
 #[test]
 fn audit_keeps_exactly_the_newest_cap_events() {
     let dir = tempfile::tempdir().expect("tmp");

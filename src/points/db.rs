@@ -30,6 +30,8 @@ pub enum Protocol {
     Modbus,
     Haystack,
     Rest,
+    /// MQTT Sparkplug B NCMD/DCMD (src/protocols/mqtt).
+    Mqtt,
     /// castpoint itself (telemetry, start-up restore, the engine).
     Internal,
 }
@@ -41,6 +43,7 @@ impl Protocol {
             Protocol::Modbus => "modbus",
             Protocol::Haystack => "haystack",
             Protocol::Rest => "rest",
+            Protocol::Mqtt => "mqtt",
             Protocol::Internal => "internal",
         }
     }

@@ -3,3 +3,4 @@
 pub mod bacnet;
 pub mod haystack;
 pub mod modbus;
+pub mod mqtt;

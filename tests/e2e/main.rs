@@ -11,6 +11,7 @@ mod http;
 mod listeners;
 mod live;
 mod modbus;
+mod mqtt;
 mod persist;
 mod rates;
 mod recording;
