@@ -16,5 +16,6 @@ pub mod persist;
 pub mod points;
 pub mod protocols;
 pub mod redact;
+pub mod section;
 pub mod telemetry;
 pub mod throttle;

@@ -253,7 +253,7 @@ fn main() -> ExitCode {
                 cfg.server.modbus.bind = a;
             }
             if let Some(a) = rtmp {
-                castpoint::media::rtmp::RtmpConfig::override_bind(&mut cfg.server.extra, a);
+                cfg.server.rtmp.bind = a;
             }
             if let Some(d) = data_dir {
                 cfg.server.data_dir = d;

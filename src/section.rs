@@ -1,0 +1,204 @@
+//! The vocabulary every part's config section shares: `Problem` (a key path and a message), the `Section` trait, durations, and serde helpers; dependency-free, so parts never import `config`.
+//!
+//! A part owns its section type (`#[derive(Deserialize)]` with
+//! `#[serde(default, deny_unknown_fields)]`, defaults in `Default`) and
+//! its semantic rules in [`Section::validate`]. `config` deserialises each
+//! section of the file once and prefixes the problems with the file and
+//! the section's key (`castpoint.toml: modbus.unit_ids[3]: ...`).
+
+use std::time::Duration;
+
+/// One semantic problem in a section, keyed relative to the section root
+/// (`"bind"`, `"user[1].role"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same problem one level down: `at` + `.` + key (or `at[i]`).
+    pub fn under(self, at: &str) -> Problem {
+        Problem {
+            key: join(at, &self.key),
+            message: self.message,
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Joins key paths: `a` + `b` = `a.b`, `a` + `[1].b` = `a[1].b`.
+pub fn join(at: &str, key: &str) -> String {
+    match (at.is_empty(), key.is_empty()) {
+        (true, _) => key.to_string(),
+        (_, true) => at.to_string(),
+        _ if key.starts_with('[') => format!("{at}{key}"),
+        _ => format!("{at}.{key}"),
+    }
+}
+
+/// A config section: its type's `Default` is the section's meaning when
+/// absent; `validate` reports the semantic rules serde cannot express
+/// (ranges, keys that go together). Parsing already refused unknown keys
+/// and wrong types.
+pub trait Section {
+    fn validate(&self) -> Vec<Problem> {
+        Vec::new()
+    }
+}
+
+/// Parses "250ms", "1s", "30s", "1min", "5m", "1h", "7d".
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// Checks an integer-like value against an inclusive range.
+pub fn range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &str,
+    v: T,
+    lo: T,
+    hi: T,
+    out: &mut Vec<Problem>,
+) {
+    if v < lo || v > hi {
+        out.push(Problem::new(
+            key,
+            format!("expected an integer {lo}..={hi}"),
+        ));
+    }
+}
+
+/// `#[serde(with = "crate::section::duration")]`: a duration string
+/// ("500ms", "60s", "5min"); serialised back in milliseconds.
+pub mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} (e.g. \"500ms\", \"60s\", \"5min\")"
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", v.as_millis()))
+    }
+}
+
+/// `#[serde(default, with = "crate::section::opt_duration")]`.
+pub mod opt_duration {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => super::duration::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// A table of duration strings (`[telemetry.periods] cpu_usage = "5s"`).
+pub fn duration_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::HashMap<String, Duration>, D::Error> {
+    let m = <std::collections::HashMap<String, String> as serde::Deserialize>::deserialize(d)?;
+    m.into_iter()
+        .map(|(k, s)| match parse_duration(&s) {
+            Some(v) => Ok((k, v)),
+            None => Err(serde::de::Error::custom(format!(
+                "{k}: invalid duration {s:?} (e.g. \"500ms\", \"5s\")"
+            ))),
+        })
+        .collect()
+}
+
+/// A number written as an integer or a float, kept as written (so a
+/// document serialised back reads the same).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum Num {
+    I(i64),
+    F(f64),
+}
+
+impl Num {
+    pub fn get(self) -> f64 {
+        match self {
+            Num::I(i) => i as f64,
+            Num::F(f) => f,
+        }
+    }
+}
+
+/// A number written as an integer or a float (`fps = 25` or `29.97`).
+pub fn number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        I(i64),
+        F(f64),
+    }
+    match <N as serde::Deserialize>::deserialize(d) {
+        Ok(N::I(i)) => Ok(i as f64),
+        Ok(N::F(f)) => Ok(f),
+        Err(_) => Err(serde::de::Error::custom("expected a number")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_key_paths() {
+        assert_eq!(join("route[0]", "output[1].url"), "route[0].output[1].url");
+        assert_eq!(join("profile", "[2].name"), "profile[2].name");
+        assert_eq!(join("", "bind"), "bind");
+        assert_eq!(join("http", ""), "http");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5min"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("1.5ms"), Some(Duration::from_micros(1500)));
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_duration("-1s"), None);
+    }
+}
