@@ -80,7 +80,7 @@ fn default_data_dir() -> PathBuf {
 }
 
 /// Every top-level key castpoint knows.
-const KNOWN: &[&str] = &[
+pub(crate) const KNOWN: &[&str] = &[
     "data_dir",
     "allow_insecure_permissions",
     "points_file",
