@@ -132,28 +132,35 @@ pub mod opt_duration {
     }
 }
 
-/// A table of duration strings (`[telemetry.periods] cpu_usage = "5s"`).
-pub fn duration_map<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<std::collections::HashMap<String, Duration>, D::Error> {
-    let m = <std::collections::HashMap<String, String> as serde::Deserialize>::deserialize(d)?;
-    m.into_iter()
-        .map(|(k, s)| match parse_duration(&s) {
-            Some(v) => Ok((k, v)),
-            None => Err(serde::de::Error::custom(format!(
-                "{k}: invalid duration {s:?} (e.g. \"500ms\", \"5s\")"
-            ))),
-        })
-        .collect()
-}
-
 /// A number written as an integer or a float, kept as written (so a
 /// document serialised back reads the same).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 #[serde(untagged)]
 pub enum Num {
     I(i64),
     F(f64),
+}
+
+impl<'de> serde::Deserialize<'de> for Num {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Num;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Num, E> {
+                Ok(Num::I(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Num, E> {
+                i64::try_from(v).map(Num::I).map_err(E::custom)
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Num, E> {
+                Ok(Num::F(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Num {
@@ -165,19 +172,10 @@ impl Num {
     }
 }
 
-/// A number written as an integer or a float (`fps = 25` or `29.97`).
+/// `#[serde(deserialize_with = "crate::section::number")]`: an integer
+/// or a float (`cpu_warn = 85` or `85.5`).
 pub fn number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum N {
-        I(i64),
-        F(f64),
-    }
-    match <N as serde::Deserialize>::deserialize(d) {
-        Ok(N::I(i)) => Ok(i as f64),
-        Ok(N::F(f)) => Ok(f),
-        Err(_) => Err(serde::de::Error::custom("expected a number")),
-    }
+    <Num as serde::Deserialize>::deserialize(d).map(Num::get)
 }
 
 #[cfg(test)]

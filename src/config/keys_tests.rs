@@ -37,11 +37,18 @@ const SECTIONS: &[(&str, &str, &str)] = &[
         "haystack.user[0].bogus",
     ),
     ("telemetry", "[telemetry]\nbogus = 1\n", "telemetry.bogus"),
+    (
+        "telemetry",
+        "[telemetry.periods]\ncpu_usage = \"5s\"\nbogus = \"5s\"\n",
+        "telemetry.periods.bogus",
+    ),
     ("api", "[api]\nbogus = 1\n", "api.bogus"),
     ("audit", "[audit]\nbogus = 1\n", "audit.bogus"),
     ("history", "[history]\nbogus = 1\n", "history.bogus"),
     ("media", "[media]\nbogus = 1\n", "media.bogus"),
     ("rtmp", "[rtmp]\nbogus = 1\n", "rtmp.bogus"),
+    // Accepted and ignored before: no part read it.
+    ("users", "[users]\nadmin = \"x\"\n", "users"),
     (
         "profile",
         "[[profile]]\nnumber = 1\n[[profile]]\nnumber = 2\nbogus = 1\n",

@@ -56,11 +56,33 @@ pub struct RouteTable {
     pub output: Vec<OutputTable>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ProfileKey {
     Number(i64),
     Name(String),
+}
+
+impl<'de> Deserialize<'de> for ProfileKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ProfileKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a [[profile]] number (1..=64) or name")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<ProfileKey, E> {
+                Ok(ProfileKey::Number(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ProfileKey, E> {
+                i64::try_from(v).map(ProfileKey::Number).map_err(E::custom)
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ProfileKey, E> {
+                Ok(ProfileKey::Name(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `[[route.input]]` as written: the keys of every input type (those a

@@ -86,8 +86,38 @@ struct TelemetrySection {
     #[serde(deserialize_with = "crate::section::number")]
     leak_ratio: f64,
     leak_min_mib: u64,
-    #[serde(deserialize_with = "crate::section::duration_map")]
-    periods: HashMap<String, Duration>,
+    periods: Periods,
+}
+
+/// `[telemetry.periods]`: the sampled points whose period can be set.
+#[derive(Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Periods {
+    #[serde(with = "crate::section::opt_duration")]
+    cpu_usage: Option<Duration>,
+    #[serde(with = "crate::section::opt_duration")]
+    memory_usage: Option<Duration>,
+    #[serde(with = "crate::section::opt_duration")]
+    network_throughput: Option<Duration>,
+    #[serde(with = "crate::section::opt_duration")]
+    uptime: Option<Duration>,
+    #[serde(with = "crate::section::opt_duration")]
+    gpu_usage: Option<Duration>,
+}
+
+impl Periods {
+    fn into_map(self) -> HashMap<String, Duration> {
+        [
+            ("cpu_usage", self.cpu_usage),
+            ("memory_usage", self.memory_usage),
+            ("network_throughput", self.network_throughput),
+            ("uptime", self.uptime),
+            ("gpu_usage", self.gpu_usage),
+        ]
+        .into_iter()
+        .filter_map(|(k, d)| Some((k.to_string(), d?)))
+        .collect()
+    }
 }
 
 impl Default for TelemetrySection {
@@ -111,7 +141,7 @@ impl Default for TelemetrySection {
             leak_window: c.leak_window,
             leak_ratio: c.leak_ratio,
             leak_min_mib: c.leak_min_mib,
-            periods: c.periods,
+            periods: Periods::default(),
         }
     }
 }
@@ -134,7 +164,7 @@ impl From<TelemetrySection> for TelemetryConfig {
                 gpu_temp_warn_c: s.gpu_temp_warn_c,
                 gpu_temp_fault_c: s.gpu_temp_fault_c,
             },
-            periods: s.periods,
+            periods: s.periods.into_map(),
             leak_window: s.leak_window,
             leak_ratio: s.leak_ratio,
             leak_min_mib: s.leak_min_mib,
