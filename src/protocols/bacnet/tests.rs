@@ -293,7 +293,7 @@ fn every_listed_property_reads() {
 #[test]
 fn ede_lists_device_and_every_object() {
     let (cfg, _, _) = setup();
-    let (ede, states) = ede::export(&cfg, "2025-01-01");
+    let (ede, states) = ede::export(&cfg.server.bacnet, &cfg.points, &cfg.maps, "2025-01-01");
     assert!(ede.contains("VERSION_OF_LAYOUT;2.3"));
     let rows: Vec<&str> = ede
         .lines()
