@@ -39,6 +39,25 @@ impl std::fmt::Display for Problem {
     }
 }
 
+/// A section table as a JSON document with the keys it was written with:
+/// absent (`None`) keys are left out, at every level, so a table read back
+/// from the document means the same.
+pub fn to_doc<T: serde::Serialize>(t: &T) -> Option<serde_json::Value> {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.retain(|_, x| !x.is_null());
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(t).ok()?;
+    strip(&mut v);
+    Some(v)
+}
+
 /// Joins key paths: `a` + `b` = `a.b`, `a` + `[1].b` = `a[1].b`.
 pub fn join(at: &str, key: &str) -> String {
     match (at.is_empty(), key.is_empty()) {

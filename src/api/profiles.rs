@@ -56,7 +56,7 @@ impl Profiles {
     ) -> Profiles {
         let mut docs = BTreeMap::new();
         for t in tables {
-            if let Ok(v) = serde_json::to_value(t) {
+            if let Some(v) = crate::section::to_doc(t) {
                 docs.insert(t.number, v);
             }
         }

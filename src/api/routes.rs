@@ -751,7 +751,7 @@ pub fn initial_docs(
 ) -> std::collections::BTreeMap<String, J> {
     let mut docs = std::collections::BTreeMap::new();
     for t in config_routes {
-        if let (Some(name), Ok(v)) = (&t.name, serde_json::to_value(t)) {
+        if let (Some(name), Some(v)) = (&t.name, crate::section::to_doc(t)) {
             docs.insert(name.clone(), v);
         }
     }

@@ -33,22 +33,14 @@ pub struct Route {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteTable {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     /// Which [[profile]] transcoding uses: its number or its name.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<ProfileKey>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub failover_timeout: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub signal_timeout: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub switch_back: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub udp_coalesce: Option<String>,
     #[serde(default)]
     pub input: Vec<InputTable>,
@@ -90,55 +82,35 @@ impl<'de> Deserialize<'de> for ProfileKey {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputTable {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// udp, http, srt, generator, rtmp, rtsp.
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "type")]
     pub kind: Option<String>,
     /// udp.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub bind: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub multicast: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
     /// http, rtsp.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// SRT: listener or caller.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub passphrase: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub pbkeylen: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub streamid: Option<String>,
     /// SRT listener outputs: the streamids callers may ask for.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub allow: Option<Vec<String>>,
     /// generator.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub bitrate: Option<i64>,
     /// rtmp.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// rtsp.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub transport: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub udp_bind: Option<String>,
 }
 
@@ -146,57 +118,37 @@ pub struct InputTable {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputTable {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// udp, http, hls, record, srt, rtmp.
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "type")]
     pub kind: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<i64>,
     /// auto or passthrough.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// udp.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub dest: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<i64>,
     /// http, hls.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// hls, record.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub segment: Option<String>,
     /// hls.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<i64>,
     /// record.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub keep: Option<i64>,
     /// SRT: listener or caller.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub passphrase: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub pbkeylen: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub streamid: Option<String>,
     /// SRT listener outputs: the streamids callers may ask for.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub allow: Option<Vec<String>>,
     /// rtmp.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub preset: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
 
@@ -267,7 +219,7 @@ impl At<'_> {
 
     /// Refuses the keys of `table` that its `type` does not take.
     fn only(&self, table: &impl Serialize, kind: &str, allowed: &[&[&str]], errs: &mut Errors) {
-        let Ok(serde_json::Value::Object(m)) = serde_json::to_value(table) else {
+        let Some(serde_json::Value::Object(m)) = crate::section::to_doc(table) else {
             return;
         };
         for k in m.keys() {

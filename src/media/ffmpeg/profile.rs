@@ -86,29 +86,18 @@ fn nvenc_preset(p: &str) -> &'static str {
 pub struct ProfileTable {
     /// Required: 1..=64, the Output Profile point's value.
     pub number: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub video: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub encoder: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub width: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub height: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub fps: Option<Num>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub bitrate: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub gop: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub preset: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub audio: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub audio_bitrate: Option<u64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub audio_track: Vec<TrackTable>,
 }
 
@@ -116,16 +105,12 @@ pub struct ProfileTable {
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrackTable {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub layout: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub downmix: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub extract: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub channels: Vec<String>,
     /// One gain for every channel, or one per channel.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub gain_db: Option<Gains>,
 }
 
