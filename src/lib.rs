@@ -1,7 +1,9 @@
 //! castpoint: a live-video streaming router that is also a BACnet/IP, Modbus TCP and Project Haystack gateway.
 //!
 //! See `docs/ARCHITECTURE.md` for the bird's-eye view. Dependency direction:
-//! `app` -> everything; `protocols`, `engine`, `telemetry`, `api` -> `points`.
+//! `app` -> everything; `protocols`, `engine`, `telemetry`, `api` -> `points`;
+//! `api` -> `config` -> the parts' section types -> `section` (parts never
+//! import `config`).
 
 pub mod api;
 pub mod app;

@@ -294,9 +294,6 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<ServerConfig> 
         .enumerate()
         .filter_map(|(i, t)| typed(file, &format!("profile[{i}]"), toml::Value::Table(t), errs))
         .collect();
-    if let Err(p) = crate::media::ffmpeg::Media::build(&MediaSection::default(), &profile) {
-        problems(file, "", p, errs);
-    }
     let route_tables = tables(file, &mut doc, "route", errs);
     let mut c = ServerConfig {
         http: section(file, &mut doc, "http", errs),
@@ -325,6 +322,11 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<ServerConfig> 
         c.points_file = top.points_file;
         c.primary_route = top.primary_route;
     }
-    c.routes = routes::parse(file, route_tables, &c, errs);
+    // The profiles are validated once here; routes resolve theirs in them.
+    let media = crate::media::ffmpeg::Media::build(&c.media, &c.profile);
+    if let Err(p) = &media {
+        problems(file, "", p.clone(), errs);
+    }
+    c.routes = routes::parse(file, route_tables, &c, media.ok().as_ref(), errs);
     Some(c)
 }

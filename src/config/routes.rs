@@ -753,6 +753,7 @@ pub fn parse(
     file: &str,
     tables: Vec<toml::Table>,
     c: &ServerConfig,
+    media: Option<&crate::media::ffmpeg::Media>,
     errs: &mut Errors,
 ) -> Vec<Route> {
     let before = errs.len();
@@ -768,7 +769,7 @@ pub fn parse(
     }
     // Profile references must name a defined [[profile]] (the profiles'
     // own errors are reported by their section).
-    if let Ok(media) = crate::media::ffmpeg::Media::build(&c.media, &c.profile) {
+    if let Some(media) = media {
         for (i, r) in routes.iter().enumerate() {
             if let Some(Err(e)) = r.spec.profile.as_ref().map(|p| media.resolve(Some(p))) {
                 errs.push(ConfigError::new(file, format!("route[{i}].profile"), e));
