@@ -105,13 +105,14 @@ pub(crate) const KNOWN: &[&str] = &[
 pub(crate) fn located(
     file: &str,
     at: &str,
-    e: &serde_path_to_error::Error<impl serde::de::Error + std::fmt::Display>,
+    e: &serde_path_to_error::Error<toml::de::Error>,
 ) -> ConfigError {
     let mut path = e.path().to_string();
     if path == "." {
         path.clear();
     }
-    let msg = e.inner().to_string();
+    // The bare message: the key is already in the path.
+    let msg = e.inner().message().to_string();
     let msg = msg.trim().replace('\n', " ");
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         let key = rest.split('`').next().unwrap_or_default();
@@ -145,7 +146,7 @@ pub(crate) fn typed<T: DeserializeOwned>(
             Ok(t) => return Some(t),
             Err(e) => {
                 let err = located(file, at, &e);
-                let unknown = e.inner().to_string();
+                let unknown = e.inner().message().to_string();
                 let unknown = unknown
                     .strip_prefix("unknown field `")
                     .and_then(|r| r.split('`').next());
