@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::persist::Store;
+use crate::persist::{DataDirLock, PersistConfig, Store};
 use crate::points::{DbOptions, Maps, PointDb, Quality, Value};
 use crate::protocols::haystack;
 
@@ -39,8 +39,32 @@ pub struct App {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     /// Released when the App is dropped (after `stop`).
-    _lock: crate::persist::DataDirLock,
+    _lock: DataDirLock,
 }
+
+/// What the parts started so far share while `App::start` wires them.
+struct Wiring {
+    db: PointDb,
+    store: Arc<Store>,
+    users: crate::auth::Users,
+    maps: Arc<Maps>,
+    engine: crate::engine::Engine,
+    route_docs: Arc<parking_lot::Mutex<std::collections::BTreeMap<String, serde_json::Value>>>,
+    has_stored_routes: bool,
+    profiles: Arc<crate::api::profiles::Profiles>,
+    caps: crate::netlimit::ListenerCaps,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    addrs: BoundAddrs,
+    faults: Vec<String>,
+    mqtt: Option<Arc<crate::protocols::mqtt::Status>>,
+    /// Routers other parts serve on the HTTP listener (Haystack): the
+    /// listener is bound first, but served after every part added its own.
+    extra_routes: Vec<axum::Router>,
+}
+
+/// The bound HTTP listener, served once every part has added its routes.
+type HttpServer = (TcpListener, axum::Router, ApiState, crate::httpd::Options);
 
 impl App {
     /// Builds the point database and starts every enabled part. A part that
@@ -48,401 +72,21 @@ impl App {
     /// Status; it never takes the others down.
     pub async fn start(cfg: Config) -> anyhow::Result<App> {
         crate::api::live::mark_start();
-        let pcfg = crate::persist::PersistConfig::parse(&cfg.origin, &cfg.server.extra)
-            .map_err(|e| anyhow::anyhow!(crate::config::ConfigErrors(e)))?;
-        let db = PointDb::new(
-            cfg.points.clone(),
-            cfg.site.clone(),
-            DbOptions {
-                history_retention: pcfg.history_retention,
-                ..DbOptions::default()
-            },
-        );
-        // The store comes first: commands are restored and durable before
-        // any protocol can read or write them.
-        // One server per data dir: the lock is taken before the store is
-        // touched, and held for the life of the App.
-        let lock = crate::persist::DataDirLock::acquire(&cfg.server.data_dir)?;
-        let store = Arc::new(Store::open_with(
-            &cfg.server.data_dir,
-            pcfg.audit_retention,
-            &crate::persist::StoreOptions {
-                allow_insecure_permissions: cfg.server.allow_insecure_permissions,
-            },
-        )?);
-        let restored = store.restore(&db)?;
-        let since = chrono::Utc::now()
-            - chrono::Duration::from_std(pcfg.history_retention)
-                .unwrap_or(chrono::Duration::days(7));
-        for id in db.ids().collect::<Vec<_>>() {
-            if let Some(def) = db.def(id) {
-                for s in store.load_history(&def.id, def.kind, since)? {
-                    db.insert_history(id, s);
-                }
-            }
+        let (db, store, lock) = start_store(&cfg)?;
+        let mut w = wiring(&cfg, db, store)?;
+        let http = start_http(&cfg, &mut w).await;
+        start_modbus(&cfg, &mut w).await;
+        start_bacnet(&cfg, &mut w).await;
+        start_haystack(&cfg, &mut w);
+        start_engine(&cfg, &mut w).await;
+        start_rtmp(&cfg, &mut w).await;
+        start_media(&w).await;
+        start_mqtt(&cfg, &mut w);
+        start_telemetry(&cfg, &w);
+        if let Some(h) = http {
+            serve_http(h, &mut w);
         }
-        db.set_persister(store.clone());
-        let api_cfg = crate::api::auth::ApiConfig::parse(&cfg.origin, cfg.server.extra.get("api"))
-            .map_err(|e| anyhow::anyhow!(crate::config::ConfigErrors(e)))?;
-        let users = crate::auth::Users::new(store.clone(), api_cfg.token_ttl)?;
-        if !users.has_credentials() && !api_cfg.require_auth {
-            tracing::warn!(
-                "no users: the REST API accepts writes from loopback only, without a token, until one is added (castpoint user add NAME --role admin)"
-            );
-        }
-        tracing::info!(
-            "state store {} (schema v{}): {restored} command arrays restored",
-            store.path.display(),
-            store.schema_version()
-        );
-        let tcfg = crate::telemetry::TelemetryConfig::parse(
-            &cfg.origin,
-            cfg.server.extra.get("telemetry"),
-        )
-        .map_err(|e| anyhow::anyhow!(crate::config::ConfigErrors(e)))?;
-        let maps = Arc::new(cfg.maps.clone());
-        let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        tasks.spawn(crate::persist::history_flusher(
-            store.clone(),
-            db.clone(),
-            pcfg.history_retention,
-            std::time::Duration::from_secs(10),
-            shutdown.clone(),
-        ));
-        let mut addrs = BoundAddrs::default();
-        let mut faults: Vec<String> = Vec::new();
-        let mut mqtt = None;
-        // Created before the HTTP server so its HTTP-TS/HLS routes can be merged.
-        let engine = crate::engine::Engine::new(cfg.server.data_dir.clone(), &shutdown);
-        // Desired state of the routes: the config's, overlaid with what the
-        // operator API stored.
-        let stored_routes = store.routes()?;
-        let has_stored_routes = !stored_routes.is_empty();
-        let route_docs = Arc::new(parking_lot::Mutex::new(crate::api::routes::initial_docs(
-            &cfg.server.routes,
-            stored_routes,
-        )));
-
-        // Output profiles: the config's, overlaid with what the API stored.
-        let profiles = Arc::new(crate::api::profiles::Profiles::new(
-            &cfg.origin,
-            &cfg.server.extra,
-            store.profiles()?,
-        ));
-
-        // Routers other parts serve on the HTTP listener (Haystack, engine
-        // HTTP outputs): the listener is bound here, but the server is
-        // spawned after every part's block so each can add its routes first.
-        let mut extra_routes: Vec<axum::Router> = Vec::new();
-        let mut http_server = None;
-        // Listener caps fitted under the open-file limit (raised to the hard
-        // limit first), so a flood of one listener cannot starve the others.
-        let caps = crate::netlimit::ListenerCaps::fit(
-            cfg.server
-                .http
-                .enabled
-                .then(|| crate::httpd::caps(&cfg.server.http)),
-            cfg.server
-                .modbus
-                .enabled
-                .then(|| crate::protocols::modbus::caps(&cfg.server.modbus)),
-            crate::media::rtmp::RtmpConfig::parse(&cfg.origin, &cfg.server.extra)
-                .ok()
-                .filter(|r| r.enabled)
-                .map(|r| r.caps()),
-        );
-        if cfg.server.http.enabled {
-            match TcpListener::bind(cfg.server.http.bind).await {
-                Ok(l) => {
-                    addrs.http = l.local_addr().ok();
-                    let state = ApiState {
-                        db: db.clone(),
-                        maps: maps.clone(),
-                        write_priority: cfg.server.http.write_priority,
-                        store: Some(store.clone()),
-                        users: Some(users.clone()),
-                        api: api_cfg.clone(),
-                        engine: Some(engine.clone()),
-                        route_docs: route_docs.clone(),
-                        profiles: Some(profiles.clone()),
-                    };
-                    match crate::httpd::Options::from_section(&cfg.server.http, caps.http) {
-                        Ok(o) => {
-                            let router = api::router(state.clone()).merge(engine.router());
-                            http_server = Some((l, router, state, o))
-                        }
-                        Err(e) => {
-                            // Not served: not announced as listening either.
-                            addrs.http = None;
-                            faults.push(format!("http {}: {e}", cfg.server.http.bind))
-                        }
-                    }
-                }
-                Err(e) => faults.push(format!("http {}: {e}", cfg.server.http.bind)),
-            }
-        }
-
-        // --- modbus: start (owned by src/protocols/modbus) ---
-        if cfg.server.modbus.enabled {
-            use crate::protocols::modbus;
-            faults.extend(modbus::config_problems(&cfg.server.modbus));
-            match modbus::start(
-                &cfg.server.modbus,
-                db.clone(),
-                &maps.modbus,
-                caps.modbus,
-                shutdown.clone(),
-                &tasks,
-            )
-            .await
-            {
-                Ok(a) => addrs.modbus = Some(a),
-                Err(e) => faults.push(format!("modbus {}: {e}", cfg.server.modbus.bind)),
-            }
-        }
-        // --- modbus: end ---
-
-        // --- bacnet: start (owned by src/protocols/bacnet) ---
-        if cfg.server.bacnet.enabled {
-            match crate::protocols::bacnet::start(
-                &cfg.server.bacnet,
-                &cfg.server.data_dir,
-                db.clone(),
-                maps.clone(),
-                shutdown.clone(),
-                &tasks,
-            )
-            .await
-            {
-                Ok(a) => addrs.bacnet = Some(a),
-                Err(e) => faults.push(format!("bacnet {}: {e}", cfg.server.bacnet.bind)),
-            }
-        }
-        // --- bacnet: end ---
-
-        // --- haystack: start (owned by src/protocols/haystack) ---
-        if cfg.server.haystack.enabled && cfg.server.http.enabled {
-            match haystack::Settings::from_raw(&cfg.server.haystack.raw) {
-                Ok(settings) => {
-                    let u = users.clone();
-                    let lookup: haystack::auth::UserLookup =
-                        Arc::new(move |name: &str| u.scram_user(name));
-                    let st = store.clone();
-                    let on_login: haystack::auth::LoginHook = Arc::new(move |user, peer, ok| {
-                        let p = crate::points::Protocol::Haystack;
-                        crate::api::auth::audit_login(&st, p, user, peer, ok);
-                    });
-                    let ctx = haystack::Ctx::with_users(
-                        db.clone(),
-                        &maps,
-                        settings,
-                        Some(lookup),
-                        Some(on_login),
-                    );
-                    extra_routes
-                        .push(axum::Router::new().nest("/api/haystack", haystack::router(ctx)));
-                }
-                Err(errs) => faults.extend(errs.into_iter().map(|e| format!("haystack: {e}"))),
-            }
-        }
-        // --- haystack: end ---
-
-        // --- engine: start (owned by src/engine) ---
-        match crate::config::routes::parse(&cfg.origin, &cfg.server) {
-            Ok(mut spec) => {
-                if has_stored_routes {
-                    spec.routes = crate::api::routes::specs(&route_docs.lock());
-                }
-                engine.apply(spec).await
-            }
-            Err(errs) => {
-                for e in errs {
-                    faults.push(format!("engine: {e}"));
-                }
-            }
-        }
-        {
-            let (e, d, token) = (engine.clone(), db.clone(), shutdown.clone());
-            // Router counters are telemetry too: `[telemetry] enabled =
-            // false` stops them with the host sampler (commands still apply).
-            let publish = tcfg.enabled;
-            tasks.spawn(async move {
-                crate::engine::bridge::run(e.clone(), d, token, publish).await;
-                // Shutdown: stop every route and wait for sockets to close.
-                e.stop().await;
-            });
-        }
-        // Router events that matter to operators go to the audit log:
-        // restarts and input switches (failover), with their reasons.
-        {
-            let mut rx = engine.subscribe();
-            let (st, token) = (store.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                loop {
-                    let ev = tokio::select! {
-                        _ = token.cancelled() => return,
-                        ev = rx.recv() => ev,
-                    };
-                    let ev = match ev {
-                        Ok(ev) => ev,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!("{n} router events not audited (lagged)");
-                            continue;
-                        }
-                        Err(_) => return,
-                    };
-                    let kind = match &ev.kind {
-                        crate::engine::EventKind::Restarted => "restart",
-                        crate::engine::EventKind::InputSwitched { .. } => "failover",
-                        _ => continue,
-                    };
-                    let detail = serde_json::to_string(&ev).unwrap_or_default();
-                    let src = crate::points::Source::internal();
-                    if let Err(e) = st.record_event(kind, Some(&ev.route), &src, "ok", &detail) {
-                        tracing::warn!("router event not audited: {e}");
-                    }
-                }
-            });
-        }
-        // --- engine: end ---
-
-        // --- rtmp: start (owned by src/media/rtmp) ---
-        match crate::media::rtmp::RtmpConfig::parse(&cfg.origin, &cfg.server.extra) {
-            Ok(rc) if rc.enabled => {
-                let reg = engine.rtmp_registry();
-                match crate::media::rtmp::bind(&rc).await {
-                    Ok(l) => {
-                        let addr = l.local_addr().ok();
-                        addrs.rtmp = addr;
-                        if let Some(a) = addr {
-                            reg.set_server(Ok(a));
-                        }
-                        tasks.spawn(crate::media::rtmp::serve(
-                            l,
-                            rc.with_caps(caps.rtmp),
-                            reg,
-                            tasks.clone(),
-                            shutdown.clone(),
-                        ));
-                    }
-                    Err(e) => {
-                        reg.set_server(Err(format!("bind {}: {e}", rc.bind)));
-                        faults.push(format!("rtmp {}: {e}", rc.bind));
-                    }
-                }
-            }
-            Ok(_) => engine
-                .rtmp_registry()
-                .set_server(Err("disabled ([rtmp] enabled = false)".into())),
-            Err(errs) => faults.extend(errs.into_iter().map(|e| format!("rtmp: {e}"))),
-        }
-        // --- rtmp: end ---
-
-        // --- media: start (owned by src/media/ffmpeg) ---
-        {
-            // Children a crashed castpoint left behind (their parent pid is
-            // gone) are killed before this one starts its own.
-            let reaped = tokio::task::spawn_blocking(crate::media::ffmpeg::reap_stale)
-                .await
-                .unwrap_or_default();
-            if !reaped.is_empty() {
-                tracing::warn!("killed {} stale ffmpeg children: {reaped:?}", reaped.len());
-            }
-            // Stored profiles that no longer validate (after an upgrade)
-            // must not take transcoding down: fall back to the file's.
-            let media = profiles.media().or_else(|errs| {
-                for e in &errs {
-                    tracing::error!("stored output profiles ignored: {e}");
-                }
-                crate::media::ffmpeg::Media::parse(&cfg.origin, &cfg.server.extra)
-            });
-            match media {
-                Ok(m) => {
-                    tracing::info!(
-                        "media: ffmpeg {:?}, {} output profiles",
-                        m.ffmpeg.display().to_string(),
-                        m.profiles.len()
-                    );
-                    engine.set_media(m).await;
-                }
-                Err(errs) => faults.extend(errs.into_iter().map(|e| format!("media: {e}"))),
-            }
-        }
-        // --- media: end ---
-
-        // --- mqtt: start (owned by src/protocols/mqtt) ---
-        let base = std::path::Path::new(&cfg.origin)
-            .parent()
-            .unwrap_or(std::path::Path::new("."));
-        match crate::protocols::mqtt::MqttConfig::parse(&cfg.origin, &cfg.server.extra, base) {
-            Ok(mc) if mc.enabled => {
-                match crate::protocols::mqtt::start(mc, db.clone(), shutdown.clone(), &tasks) {
-                    Ok(s) => mqtt = Some(s),
-                    Err(e) => faults.push(format!("mqtt: {e}")),
-                }
-            }
-            Ok(_) => {}
-            Err(errs) => faults.extend(errs.into_iter().map(|e| format!("mqtt: {e}"))),
-        }
-        // --- mqtt: end ---
-
-        // --- telemetry: start (owned by src/telemetry) ---
-        {
-            if tcfg.enabled {
-                let gpu = crate::telemetry::gpu_source(&tcfg);
-                let sampler = crate::telemetry::Sampler::new(
-                    db.clone(),
-                    tcfg,
-                    gpu,
-                    cfg.server.data_dir.clone(),
-                );
-                tasks.spawn(sampler.run(shutdown.clone()));
-            }
-        }
-        // --- telemetry: end ---
-
-        if let Some((l, mut router, state, opts)) = http_server {
-            for r in extra_routes {
-                router = router.merge(r);
-            }
-            // One authorization layer over every route, merged ones included.
-            let router = api::guard::layer(router, state);
-            // src/httpd.rs: header-read timeout, caps, HTTPS.
-            tasks.spawn(crate::httpd::serve(
-                l,
-                router,
-                opts,
-                shutdown.clone(),
-                tasks.clone(),
-            ));
-        }
-
-        // Communication Status: OK when every enabled listener is bound.
-        if let Some(id) = db.lookup("communication_status") {
-            let (v, q, r) = if faults.is_empty() {
-                (Value::Enum(1), Quality::Ok, None)
-            } else {
-                (Value::Enum(2), Quality::Ok, Some(faults.join("; ")))
-            };
-            let _ = db.set(id, Some(v), q, r.as_deref());
-        }
-        for f in &faults {
-            tracing::error!("cannot start {f}");
-        }
-        tasks.close();
-        Ok(App {
-            db,
-            store,
-            engine,
-            maps,
-            addrs,
-            mqtt,
-            faults,
-            shutdown,
-            tasks,
-            _lock: lock,
-        })
+        Ok(w.finish(lock))
     }
 
     /// Token that stops every part when cancelled.
@@ -459,5 +103,385 @@ impl App {
     /// Waits until every part has finished (after the token is cancelled).
     pub async fn wait(self) {
         self.tasks.wait().await;
+    }
+}
+
+/// The point database and the store: commands are restored and durable,
+/// history loaded, before any protocol can read or write them. One server
+/// per data dir: the lock is taken before the store is touched, and held
+/// for the life of the App.
+fn start_store(cfg: &Config) -> anyhow::Result<(PointDb, Arc<Store>, DataDirLock)> {
+    let s = &cfg.server;
+    let pcfg = PersistConfig::new(&s.audit, &s.history);
+    let db = PointDb::new(
+        cfg.points.clone(),
+        cfg.site.clone(),
+        DbOptions {
+            history_retention: pcfg.history_retention,
+            ..DbOptions::default()
+        },
+    );
+    let lock = DataDirLock::acquire(&s.data_dir)?;
+    let opts = crate::persist::StoreOptions {
+        allow_insecure_permissions: s.allow_insecure_permissions,
+    };
+    let store = Arc::new(Store::open_with(&s.data_dir, pcfg.audit_retention, &opts)?);
+    let restored = store.restore(&db)?;
+    let since = chrono::Utc::now()
+        - chrono::Duration::from_std(pcfg.history_retention).unwrap_or(chrono::Duration::days(7));
+    for id in db.ids().collect::<Vec<_>>() {
+        if let Some(def) = db.def(id) {
+            for h in store.load_history(&def.id, def.kind, since)? {
+                db.insert_history(id, h);
+            }
+        }
+    }
+    db.set_persister(store.clone());
+    tracing::info!(
+        "state store {} (schema v{}): {restored} command arrays restored",
+        store.path.display(),
+        store.schema_version()
+    );
+    Ok((db, store, lock))
+}
+
+/// Users, the engine, the desired routes and profiles (the config's,
+/// overlaid with what the operator API stored), listener caps, and the
+/// history flusher.
+fn wiring(cfg: &Config, db: PointDb, store: Arc<Store>) -> anyhow::Result<Wiring> {
+    let s = &cfg.server;
+    let users = crate::auth::Users::new(store.clone(), s.api.token_ttl)?;
+    if !users.has_credentials() && !s.api.require_auth {
+        tracing::warn!(
+            "no users: the REST API accepts writes from loopback only, without a token, until one is added (castpoint user add NAME --role admin)"
+        );
+    }
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(crate::persist::history_flusher(
+        store.clone(),
+        db.clone(),
+        s.history.retention,
+        std::time::Duration::from_secs(10),
+        shutdown.clone(),
+    ));
+    // Created before the HTTP server so its HTTP-TS/HLS routes can be merged.
+    let engine = crate::engine::Engine::new(s.data_dir.clone(), &shutdown);
+    let stored_routes = store.routes()?;
+    let has_stored_routes = !stored_routes.is_empty();
+    let tables: Vec<_> = s.routes.iter().map(|r| &r.table).collect();
+    let docs = crate::api::routes::initial_docs(&tables, stored_routes);
+    let profiles = crate::api::profiles::Profiles::new(&s.media, &s.profile, store.profiles()?);
+    // Listener caps fitted under the open-file limit (raised to the hard
+    // limit first), so a flood of one listener cannot starve the others.
+    let caps = crate::netlimit::ListenerCaps::fit(
+        s.http.enabled.then(|| crate::httpd::caps(&s.http)),
+        s.modbus
+            .enabled
+            .then(|| crate::protocols::modbus::caps(&s.modbus)),
+        s.rtmp.enabled.then(|| s.rtmp.caps()),
+    );
+    Ok(Wiring {
+        db,
+        store,
+        users,
+        maps: Arc::new(cfg.maps.clone()),
+        engine,
+        route_docs: Arc::new(parking_lot::Mutex::new(docs)),
+        has_stored_routes,
+        profiles: Arc::new(profiles),
+        caps,
+        shutdown,
+        tasks,
+        addrs: BoundAddrs::default(),
+        faults: Vec::new(),
+        mqtt: None,
+        extra_routes: Vec::new(),
+    })
+}
+
+/// Binds the HTTP listener (served later by `serve_http`).
+async fn start_http(cfg: &Config, w: &mut Wiring) -> Option<HttpServer> {
+    let h = &cfg.server.http;
+    if !h.enabled {
+        return None;
+    }
+    let l = match TcpListener::bind(h.bind).await {
+        Ok(l) => l,
+        Err(e) => {
+            w.faults.push(format!("http {}: {e}", h.bind));
+            return None;
+        }
+    };
+    let state = ApiState {
+        db: w.db.clone(),
+        maps: w.maps.clone(),
+        write_priority: h.write_priority,
+        store: Some(w.store.clone()),
+        users: Some(w.users.clone()),
+        api: cfg.server.api.clone(),
+        engine: Some(w.engine.clone()),
+        route_docs: w.route_docs.clone(),
+        profiles: Some(w.profiles.clone()),
+    };
+    match crate::httpd::Options::from_section(h, w.caps.http) {
+        Ok(o) => {
+            w.addrs.http = l.local_addr().ok();
+            let router = api::router(state.clone()).merge(w.engine.router());
+            Some((l, router, state, o))
+        }
+        Err(e) => {
+            // Not served: not announced as listening either.
+            w.faults.push(format!("http {}: {e}", h.bind));
+            None
+        }
+    }
+}
+
+// --- modbus: start (owned by src/protocols/modbus) ---
+async fn start_modbus(cfg: &Config, w: &mut Wiring) {
+    let m = &cfg.server.modbus;
+    if !m.enabled {
+        return;
+    }
+    let started = crate::protocols::modbus::start(
+        m,
+        w.db.clone(),
+        &w.maps.modbus,
+        w.caps.modbus,
+        w.shutdown.clone(),
+        &w.tasks,
+    )
+    .await;
+    match started {
+        Ok(a) => w.addrs.modbus = Some(a),
+        Err(e) => w.faults.push(format!("modbus {}: {e}", m.bind)),
+    }
+}
+// --- modbus: end ---
+
+// --- bacnet: start (owned by src/protocols/bacnet) ---
+async fn start_bacnet(cfg: &Config, w: &mut Wiring) {
+    let b = &cfg.server.bacnet;
+    if !b.enabled {
+        return;
+    }
+    let started = crate::protocols::bacnet::start(
+        b,
+        &cfg.server.data_dir,
+        w.db.clone(),
+        w.maps.clone(),
+        w.shutdown.clone(),
+        &w.tasks,
+    )
+    .await;
+    match started {
+        Ok(a) => w.addrs.bacnet = Some(a),
+        Err(e) => w.faults.push(format!("bacnet {}: {e}", b.bind)),
+    }
+}
+// --- bacnet: end ---
+
+// --- haystack: start (owned by src/protocols/haystack) ---
+/// Haystack ops under `/api/haystack` on the HTTP listener, with the shared
+/// user store consulted after `[haystack]`'s own users.
+fn start_haystack(cfg: &Config, w: &mut Wiring) {
+    if !cfg.server.haystack.enabled || !cfg.server.http.enabled {
+        return;
+    }
+    let settings = match cfg.server.haystack.settings() {
+        Ok(s) => s,
+        Err(errs) => {
+            let f = errs.into_iter().map(|e| format!("haystack: haystack.{e}"));
+            w.faults.extend(f);
+            return;
+        }
+    };
+    let u = w.users.clone();
+    let lookup: haystack::auth::UserLookup = Arc::new(move |name: &str| u.scram_user(name));
+    let st = w.store.clone();
+    let on_login: haystack::auth::LoginHook = Arc::new(move |user, peer, ok| {
+        let p = crate::points::Protocol::Haystack;
+        crate::api::auth::audit_login(&st, p, user, peer, ok);
+    });
+    let db = w.db.clone();
+    let ctx = haystack::Ctx::with_users(db, &w.maps, settings, Some(lookup), Some(on_login));
+    let r = axum::Router::new().nest("/api/haystack", haystack::router(ctx));
+    w.extra_routes.push(r);
+}
+// --- haystack: end ---
+
+// --- engine: start (owned by src/engine) ---
+/// The routes (the config's, or the operator API's stored set), the point
+/// bridge, and the audit of router events.
+async fn start_engine(cfg: &Config, w: &mut Wiring) {
+    let mut spec = crate::config::routes::engine_spec(&cfg.server);
+    if w.has_stored_routes {
+        spec.routes = crate::api::routes::specs(&w.route_docs.lock());
+    }
+    w.engine.apply(spec).await;
+    let (e, d, token) = (w.engine.clone(), w.db.clone(), w.shutdown.clone());
+    // Router counters are telemetry too: `[telemetry] enabled = false`
+    // stops them with the host sampler (commands still apply).
+    let publish = cfg.server.telemetry.enabled;
+    w.tasks.spawn(async move {
+        crate::engine::bridge::run(e.clone(), d, token, publish).await;
+        // Shutdown: stop every route and wait for sockets to close.
+        e.stop().await;
+    });
+    let rx = w.engine.subscribe();
+    let audit = audit_router_events(rx, w.store.clone(), w.shutdown.clone());
+    w.tasks.spawn(audit);
+}
+
+/// Router events that matter to operators go to the audit log: restarts
+/// and input switches (failover), with their reasons.
+async fn audit_router_events(
+    mut rx: tokio::sync::broadcast::Receiver<crate::engine::EngineEvent>,
+    st: Arc<Store>,
+    token: CancellationToken,
+) {
+    loop {
+        let ev = tokio::select! {
+            _ = token.cancelled() => return,
+            ev = rx.recv() => ev,
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!("{n} router events not audited (lagged)");
+                continue;
+            }
+            Err(_) => return,
+        };
+        let kind = match &ev.kind {
+            crate::engine::EventKind::Restarted => "restart",
+            crate::engine::EventKind::InputSwitched { .. } => "failover",
+            _ => continue,
+        };
+        let detail = serde_json::to_string(&ev).unwrap_or_default();
+        let src = crate::points::Source::internal();
+        if let Err(e) = st.record_event(kind, Some(&ev.route), &src, "ok", &detail) {
+            tracing::warn!("router event not audited: {e}");
+        }
+    }
+}
+// --- engine: end ---
+
+// --- rtmp: start (owned by src/media/rtmp) ---
+async fn start_rtmp(cfg: &Config, w: &mut Wiring) {
+    let rc = &cfg.server.rtmp;
+    let reg = w.engine.rtmp_registry();
+    if !rc.enabled {
+        reg.set_server(Err("disabled ([rtmp] enabled = false)".into()));
+        return;
+    }
+    match crate::media::rtmp::bind(rc).await {
+        Ok(l) => {
+            w.addrs.rtmp = l.local_addr().ok();
+            if let Some(a) = w.addrs.rtmp {
+                reg.set_server(Ok(a));
+            }
+            w.tasks.spawn(crate::media::rtmp::serve(
+                l,
+                rc.clone().with_caps(w.caps.rtmp),
+                reg,
+                w.tasks.clone(),
+                w.shutdown.clone(),
+            ));
+        }
+        Err(e) => {
+            reg.set_server(Err(format!("bind {}: {e}", rc.bind)));
+            w.faults.push(format!("rtmp {}: {e}", rc.bind));
+        }
+    }
+}
+// --- rtmp: end ---
+
+// --- media: start (owned by src/media/ffmpeg) ---
+/// The MQTT Sparkplug B edge node (src/protocols/mqtt), when enabled.
+fn start_mqtt(cfg: &Config, w: &mut Wiring) {
+    if let Some(mc) = &cfg.mqtt {
+        match crate::protocols::mqtt::start(mc.clone(), w.db.clone(), w.shutdown.clone(), &w.tasks)
+        {
+            Ok(s) => w.mqtt = Some(s),
+            Err(e) => w.faults.push(format!("mqtt: {e}")),
+        }
+    }
+}
+
+async fn start_media(w: &Wiring) {
+    // Children a crashed castpoint left behind (their parent pid is gone)
+    // are killed before this one starts its own.
+    let reaped = tokio::task::spawn_blocking(crate::media::ffmpeg::reap_stale)
+        .await
+        .unwrap_or_default();
+    if !reaped.is_empty() {
+        tracing::warn!("killed {} stale ffmpeg children: {reaped:?}", reaped.len());
+    }
+    // Stored profiles that no longer validate (after an upgrade) must not
+    // take transcoding down: `Profiles::media` falls back to the file's.
+    let m = w.profiles.media();
+    tracing::info!(
+        "media: ffmpeg {:?}, {} output profiles",
+        m.ffmpeg.display().to_string(),
+        m.profiles.len()
+    );
+    w.engine.set_media(m).await;
+}
+// --- media: end ---
+
+// --- telemetry: start (owned by src/telemetry) ---
+fn start_telemetry(cfg: &Config, w: &Wiring) {
+    let t = &cfg.server.telemetry;
+    if !t.enabled {
+        return;
+    }
+    let gpu = crate::telemetry::gpu_source(t);
+    let dir = cfg.server.data_dir.clone();
+    let sampler = crate::telemetry::Sampler::new(w.db.clone(), t.clone(), gpu, dir);
+    w.tasks.spawn(sampler.run(w.shutdown.clone()));
+}
+// --- telemetry: end ---
+
+/// Serves the HTTP listener with every part's routes under one
+/// authorization layer (src/httpd.rs: header-read timeout, caps, HTTPS).
+fn serve_http((l, mut router, state, opts): HttpServer, w: &mut Wiring) {
+    for r in w.extra_routes.drain(..) {
+        router = router.merge(r);
+    }
+    let router = api::guard::layer(router, state);
+    let serve = crate::httpd::serve(l, router, opts, w.shutdown.clone(), w.tasks.clone());
+    w.tasks.spawn(serve);
+}
+
+impl Wiring {
+    /// Communication Status (OK when every enabled listener is bound), the
+    /// faults logged, and the running App.
+    fn finish(self, lock: DataDirLock) -> App {
+        if let Some(id) = self.db.lookup("communication_status") {
+            let (v, r) = if self.faults.is_empty() {
+                (Value::Enum(1), None)
+            } else {
+                (Value::Enum(2), Some(self.faults.join("; ")))
+            };
+            let _ = self.db.set(id, Some(v), Quality::Ok, r.as_deref());
+        }
+        for f in &self.faults {
+            tracing::error!("cannot start {f}");
+        }
+        self.tasks.close();
+        App {
+            db: self.db,
+            store: self.store,
+            engine: self.engine,
+            maps: self.maps,
+            addrs: self.addrs,
+            mqtt: self.mqtt,
+            faults: self.faults,
+            shutdown: self.shutdown,
+            tasks: self.tasks,
+            _lock: lock,
+        }
     }
 }

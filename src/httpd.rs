@@ -32,12 +32,76 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::HttpSection;
 use crate::netlimit::{Caps, Limiter};
+use crate::section::{Problem, Section};
 
 /// How long open connections may finish their responses after shutdown
 /// before they are dropped (a live HTTP-TS viewer would never finish).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// `[http]`: the REST/Haystack/HTTP-TS listener.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    pub enabled: bool,
+    pub bind: SocketAddr,
+    /// Priority REST writes take in the points' priority arrays.
+    pub write_priority: u8,
+    /// Listener limits: connections at once, per source address, time to
+    /// send a request's headers.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    #[serde(with = "crate::section::duration")]
+    pub header_read_timeout: Duration,
+    /// PEM certificate chain and private key: both set = HTTPS. Relative
+    /// paths are resolved against the config file's directory.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            enabled: true,
+            bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            write_priority: 12,
+            max_connections: 512,
+            max_connections_per_ip: 64,
+            header_read_timeout: Duration::from_secs(10),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl Section for HttpSection {
+    fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        crate::section::range("write_priority", self.write_priority, 1, 16, &mut p);
+        crate::section::range("max_connections", self.max_connections, 1, 100_000, &mut p);
+        let per_ip = self.max_connections_per_ip;
+        crate::section::range("max_connections_per_ip", per_ip, 1, 100_000, &mut p);
+        let t = self.header_read_timeout;
+        if t.is_zero() || t > Duration::from_secs(600) {
+            p.push(Problem::new(
+                "header_read_timeout",
+                "expected a duration between \"1ms\" and \"10min\"",
+            ));
+        }
+        for (k, f) in [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key)] {
+            if f.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+                p.push(Problem::new(k, "expected a file path string"));
+            }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            p.push(Problem::new(
+                if self.tls_cert.is_some() { "tls_key" } else { "tls_cert" },
+                "tls_cert and tls_key go together (PEM files of the certificate chain and its private key)",
+            ));
+        }
+        p
+    }
+}
 
 /// How the HTTP listener serves.
 #[derive(Clone)]

@@ -1,7 +1,9 @@
 //! castpoint: a live-video streaming router that is also a BACnet/IP, Modbus TCP and Project Haystack gateway.
 //!
 //! See `docs/ARCHITECTURE.md` for the bird's-eye view. Dependency direction:
-//! `app` -> everything; `protocols`, `engine`, `telemetry`, `api` -> `points`.
+//! `app` -> everything; `protocols`, `engine`, `telemetry`, `api` -> `points`;
+//! `api` -> `config` -> the parts' section types -> `section` (parts never
+//! import `config`).
 
 /// `castpoint --version`, `/health` and `castpoint_build_info`: the package
 /// version and the git commit it was built from (build.rs).
@@ -29,6 +31,7 @@ pub mod persist;
 pub mod points;
 pub mod protocols;
 pub mod redact;
+pub mod section;
 pub mod statuscmd;
 pub mod telemetry;
 pub mod throttle;

@@ -285,7 +285,7 @@ fn main() -> ExitCode {
                 cfg.server.modbus.bind = a;
             }
             if let Some(a) = rtmp {
-                castpoint::media::rtmp::RtmpConfig::override_bind(&mut cfg.server.extra, a);
+                cfg.server.rtmp.bind = a;
             }
             if let Some(d) = data_dir {
                 cfg.server.data_dir = d;
@@ -468,7 +468,8 @@ fn apikey_cmd(what: ApikeyCmd) -> ExitCode {
 
 fn export_ede(c: &Config, out: Option<PathBuf>) -> ExitCode {
     let stamp = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    let (ede, states) = castpoint::protocols::bacnet::ede::export(c, &stamp);
+    let (ede, states) =
+        castpoint::protocols::bacnet::ede::export(&c.server.bacnet, &c.points, &c.maps, &stamp);
     let Some(dir) = out else {
         print!("{ede}");
         return ExitCode::SUCCESS;

@@ -7,63 +7,10 @@ use serde_json::json;
 
 use super::{ApiError, ApiState};
 use crate::auth::Claims;
-use crate::config::{parse_duration, ConfigError};
 
-/// `[api]` settings.
-#[derive(Debug, Clone)]
-pub struct ApiConfig {
-    pub require_auth: bool,
-    pub anonymous_read: bool,
-    pub token_ttl: std::time::Duration,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        ApiConfig {
-            require_auth: false,
-            anonymous_read: true,
-            token_ttl: std::time::Duration::from_secs(3600),
-        }
-    }
-}
-
-impl ApiConfig {
-    pub fn parse(file: &str, t: Option<&toml::Value>) -> Result<ApiConfig, Vec<ConfigError>> {
-        let mut c = ApiConfig::default();
-        let Some(t) = t else { return Ok(c) };
-        let Some(t) = t.as_table() else {
-            return Err(vec![ConfigError::new(file, "api", "expected a table")]);
-        };
-        let mut errs = Vec::new();
-        for (k, v) in t {
-            let key = format!("api.{k}");
-            match k.as_str() {
-                "require_auth" => match v.as_bool() {
-                    Some(b) => c.require_auth = b,
-                    None => errs.push(ConfigError::new(file, key, "expected true or false")),
-                },
-                "anonymous_read" => match v.as_bool() {
-                    Some(b) => c.anonymous_read = b,
-                    None => errs.push(ConfigError::new(file, key, "expected true or false")),
-                },
-                "token_ttl" => match v.as_str().and_then(parse_duration) {
-                    Some(d) if d.as_secs() >= 60 => c.token_ttl = d,
-                    _ => errs.push(ConfigError::new(
-                        file,
-                        key,
-                        "expected a duration of at least 1min",
-                    )),
-                },
-                _ => errs.push(ConfigError::new(file, key, "unknown key")),
-            }
-        }
-        if errs.is_empty() {
-            Ok(c)
-        } else {
-            Err(errs)
-        }
-    }
-}
+/// `[api]` settings: the section type lives in `config` (the API sits above
+/// it: it re-validates route and profile documents with config's parsers).
+pub use crate::config::api::ApiConfig;
 
 /// Who is calling: `None` = anonymous (allowed by policy).
 pub type Caller = Option<Claims>;

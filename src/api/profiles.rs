@@ -22,9 +22,11 @@ use super::auth::Caller;
 use super::guard::Authed;
 use super::routes::{audit_change, not_stored};
 use super::{ApiError, ApiState};
-use crate::config::Errors;
 use crate::engine::spec::ProfileRef;
+use crate::media::ffmpeg::profile::ProfileTable;
 use crate::media::ffmpeg::Media;
+use crate::media::ffmpeg::MediaSection;
+use crate::section::Problem;
 
 /// Highest profile number: the Output Profile point's range (0 = the
 /// route's own profile).
@@ -32,27 +34,30 @@ pub const MAX_PROFILE: u32 = 64;
 
 /// The desired profiles: the config's, overlaid with the stored ones.
 pub struct Profiles {
-    /// Config file name, for error messages at start-up.
-    file: String,
-    /// The config's `[media]` table (the ffmpeg path), kept so every
+    /// The config's `[media]` section (the ffmpeg path), kept so every
     /// rebuilt `Media` carries it.
-    media: Option<toml::Value>,
+    media: MediaSection,
+    /// The file's own profiles, validated at load: what transcoding falls
+    /// back to when stored documents no longer validate.
+    file: Vec<ProfileTable>,
     docs: Mutex<BTreeMap<u32, J>>,
 }
+
+/// A problem of a profile document set (`profile[i].key: message`).
+pub type Errors = Vec<Problem>;
 
 impl Profiles {
     /// The config's `[[profile]]` tables overlaid with `stored` (changed
     /// documents replace, tombstones delete, new numbers are added).
-    pub fn new(file: &str, extra: &toml::Table, stored: Vec<(u32, Option<J>)>) -> Profiles {
+    pub fn new(
+        media: &MediaSection,
+        tables: &[ProfileTable],
+        stored: Vec<(u32, Option<J>)>,
+    ) -> Profiles {
         let mut docs = BTreeMap::new();
-        if let Some(arr) = extra.get("profile").and_then(|v| v.as_array()) {
-            for t in arr {
-                let n = t.get("number").and_then(|n| n.as_integer());
-                if let (Some(n), Ok(v)) = (n, serde_json::to_value(t)) {
-                    if let Ok(n) = u32::try_from(n) {
-                        docs.insert(n, v);
-                    }
-                }
+        for t in tables {
+            if let Some(v) = crate::section::to_doc(t) {
+                docs.insert(t.number, v);
             }
         }
         for (n, doc) in stored {
@@ -66,40 +71,38 @@ impl Profiles {
             }
         }
         Profiles {
-            file: file.to_string(),
-            media: extra.get("media").cloned(),
+            media: media.clone(),
+            file: tables.to_vec(),
             docs: Mutex::new(docs),
         }
     }
 
     /// The media settings for the current documents. Stored documents that
     /// no longer validate (after an upgrade) must not take transcoding
-    /// down: the caller falls back to the file's profiles.
-    pub fn media(&self) -> Result<Media, Errors> {
+    /// down: the file's profiles (validated at load) are used instead.
+    pub fn media(&self) -> Media {
         let docs = self.docs.lock().clone();
-        self.media_with(&self.file, &docs)
+        self.media_with(&docs).unwrap_or_else(|errs| {
+            for e in &errs {
+                tracing::error!("stored output profiles ignored: {e}");
+            }
+            Media::build(&self.media, &self.file).unwrap_or_default()
+        })
     }
 
-    fn media_with(&self, file: &str, docs: &BTreeMap<u32, J>) -> Result<Media, Errors> {
-        let mut extra = toml::Table::new();
-        if let Some(m) = &self.media {
-            extra.insert("media".into(), m.clone());
-        }
-        let mut arr = Vec::new();
+    fn media_with(&self, docs: &BTreeMap<u32, J>) -> Result<Media, Errors> {
+        let mut tables = Vec::new();
         for (n, d) in docs {
-            match serde_json::from_value::<toml::Value>(d.clone()) {
-                Ok(v) => arr.push(v),
+            match serde_path_to_error::deserialize::<_, ProfileTable>(d) {
+                Ok(t) => tables.push(t),
                 Err(e) => {
-                    return Err(vec![crate::config::ConfigError::new(
-                        file,
-                        format!("profile {n}"),
-                        format!("not a profile document: {e}"),
-                    )])
+                    let at = crate::section::join(&format!("profile {n}"), &e.path().to_string());
+                    let m = format!("not a profile document: {}", e.inner());
+                    return Err(vec![Problem::new(at, m)]);
                 }
             }
         }
-        extra.insert("profile".into(), toml::Value::Array(arr));
-        Media::parse(file, &extra)
+        Media::build(&self.media, &tables)
     }
 }
 
@@ -170,7 +173,7 @@ async fn commit(
             candidate.remove(&n);
         }
     }
-    let media = p.media_with("request", &candidate).map_err(invalid)?;
+    let media = p.media_with(&candidate).map_err(invalid)?;
     if let Some(store) = &s.store {
         store.profile_put(n, doc.as_ref()).map_err(not_stored)?;
         audit_change(store, "profile", None, what, peer, caller);

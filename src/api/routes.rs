@@ -746,16 +746,13 @@ async fn move_output(
 /// with what the API stored (changed routes replace, tombstones delete, new
 /// routes are added).
 pub fn initial_docs(
-    config_routes: &[toml::Table],
+    config_routes: &[&parse::RouteTable],
     stored: Vec<(String, Option<J>)>,
 ) -> std::collections::BTreeMap<String, J> {
     let mut docs = std::collections::BTreeMap::new();
     for t in config_routes {
-        if let (Some(name), Ok(v)) = (
-            t.get("name").and_then(|n| n.as_str()),
-            serde_json::to_value(t),
-        ) {
-            docs.insert(name.to_string(), v);
+        if let (Some(name), Some(v)) = (&t.name, crate::section::to_doc(t)) {
+            docs.insert(name.clone(), v);
         }
     }
     for (name, doc) in stored {

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::{ConfigError, Errors, ServerConfig};
-use crate::engine::spec::{EngineSpec, InputKind, OutputKind, SrtMode};
+use crate::engine::spec::{InputKind, OutputKind, SrtMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -41,13 +41,8 @@ fn overlaps(a: &Listener, b: &Listener) -> bool {
         || (y.is_unspecified() && x.is_ipv4() == y.is_ipv4())
 }
 
-/// Every listener of the file. `rtmp` is the `[rtmp]` listener when it is
-/// enabled; `spec` the parsed routes (absent when they did not parse).
-fn listeners(
-    server: &ServerConfig,
-    rtmp: Option<SocketAddr>,
-    spec: Option<&EngineSpec>,
-) -> Vec<Listener> {
+/// Every listener of the file (routes that did not validate are left out).
+fn listeners(server: &ServerConfig) -> Vec<Listener> {
     let mut v = Vec::new();
     let mut push = |who: String, proto, addr| v.push(Listener { who, proto, addr });
     if server.http.enabled {
@@ -59,10 +54,10 @@ fn listeners(
     if server.bacnet.enabled {
         push("bacnet.bind".into(), Proto::Udp, server.bacnet.bind);
     }
-    if let Some(a) = rtmp {
-        push("rtmp.bind".into(), Proto::Tcp, a);
+    if server.rtmp.enabled {
+        push("rtmp.bind".into(), Proto::Tcp, server.rtmp.bind);
     }
-    for r in spec.map(|s| s.routes.as_slice()).unwrap_or_default() {
+    for r in server.routes.iter().map(|r| &r.spec) {
         for i in &r.inputs {
             let who = format!("route {:?} input {:?}", r.name, i.name);
             match &i.kind {
@@ -94,13 +89,8 @@ fn listeners(
 }
 
 /// One error per pair of listeners that cannot both bind.
-pub fn conflicts(
-    file: &str,
-    server: &ServerConfig,
-    rtmp: Option<SocketAddr>,
-    spec: Option<&EngineSpec>,
-) -> Errors {
-    let l = listeners(server, rtmp, spec);
+pub fn conflicts(file: &str, server: &ServerConfig) -> Errors {
+    let l = listeners(server);
     let mut errs = Vec::new();
     for (i, a) in l.iter().enumerate() {
         for b in &l[i + 1..] {

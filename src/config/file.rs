@@ -1,16 +1,31 @@
-//! The `castpoint.toml` server configuration: binds, device identity, data dir, protocol options and routes.
+//! `castpoint.toml` -> [`ServerConfig`]: the file is read once, each top-level section deserialised on its own into the type its part owns (so one bad section does not hide another's errors) and validated by it.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::{parse_duration, ConfigError, Errors};
+use super::{routes, ConfigError, Errors};
+use crate::section::{join, Problem, Section};
 
 /// The configuration `castpoint run` uses when given no `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../castpoint.toml");
 
+pub use super::api::ApiConfig;
+pub use crate::httpd::HttpSection;
+pub use crate::media::ffmpeg::profile::ProfileTable;
+pub use crate::media::ffmpeg::MediaSection;
+pub use crate::media::rtmp::RtmpConfig;
+pub use crate::persist::{AuditSection, HistorySection};
+pub use crate::protocols::bacnet::BacnetSection;
+pub use crate::protocols::haystack::HaystackSection;
+pub use crate::protocols::modbus::ModbusSection;
+pub use crate::protocols::mqtt::MqttSection;
+pub use crate::telemetry::TelemetryConfig;
+
+/// Everything in `castpoint.toml`, typed and validated. Adding a section is
+/// one field here plus one line in [`parse`]; its type (with `Default` and
+/// [`Section::validate`]) lives in the part that owns it.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
@@ -20,17 +35,27 @@ pub struct ServerConfig {
     pub allow_insecure_permissions: bool,
     pub points_file: Option<String>,
     pub mappings: MappingFiles,
+    /// Name of the route the seed's single-stream command points act on
+    /// (none: the first route).
+    pub primary_route: Option<String>,
     pub http: HttpSection,
     pub bacnet: BacnetSection,
     pub modbus: ModbusSection,
     pub haystack: HaystackSection,
-    /// Name of the route the seed's single-stream command points act on.
-    pub primary_route: Option<String>,
-    /// `[[route]]` tables, validated by the engine's route parser.
-    pub routes: Vec<toml::Table>,
-    /// Other top-level tables (telemetry, profiles, ...) kept for the parts
-    /// that own them, so each part validates its own section.
-    pub extra: toml::Table,
+    pub telemetry: TelemetryConfig,
+    pub api: ApiConfig,
+    pub audit: AuditSection,
+    pub history: HistorySection,
+    pub media: MediaSection,
+    /// `[[profile]]` tables (validated into `media::ffmpeg::Media`).
+    pub profile: Vec<ProfileTable>,
+    pub rtmp: RtmpConfig,
+    /// `[mqtt]` (src/protocols/mqtt; resolved into `Config::mqtt`).
+    pub mqtt: MqttSection,
+    /// `[[route]]` tables, each with its validated engine spec.
+    pub routes: Vec<routes::Route>,
+    /// The top-level keys the file wrote (the others mean their defaults).
+    pub written: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -41,354 +66,273 @@ pub struct MappingFiles {
     pub http: Option<String>,
 }
 
-#[derive(Debug, Clone)]
-pub struct HttpSection {
-    pub enabled: bool,
-    pub bind: SocketAddr,
-    /// Priority REST writes take in the points' priority arrays.
-    pub write_priority: u8,
-    /// Listener limits and HTTPS (src/httpd.rs): connections at once, per
-    /// source address, time to send a request's headers.
-    pub max_connections: usize,
-    pub max_connections_per_ip: usize,
-    pub header_read_timeout: Duration,
-    /// PEM certificate chain and private key: both set = HTTPS. Relative
-    /// paths are resolved against the config file's directory.
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone)]
-pub struct BacnetSection {
-    pub enabled: bool,
-    pub bind: SocketAddr,
-    pub device_instance: u32,
-    pub device_name: String,
-    pub vendor_id: u16,
-    pub raw: toml::Table,
-}
-
-#[derive(Debug, Clone)]
-pub struct ModbusSection {
-    pub enabled: bool,
-    pub bind: SocketAddr,
-    pub unit_ids: Vec<u8>,
-    pub max_connections: usize,
-    pub idle_timeout: Duration,
-    pub raw: toml::Table,
-}
-
-#[derive(Debug, Clone)]
-pub struct HaystackSection {
-    pub enabled: bool,
-    pub raw: toml::Table,
-}
-
-/// Top-level tables owned by other parts (validated by them); anything
-/// else at the top level is a typo and refused.
-pub const OTHER_SECTIONS: &[&str] = &[
-    "telemetry",
-    "profile",
-    "users",
-    "audit",
-    "history",
-    "api",
-    "media",
-    "rtmp",
-    "mqtt",
-];
-
-// No deny_unknown_fields: serde cannot combine it with `flatten`; unknown
-// top-level keys are refused by hand against OTHER_SECTIONS instead.
+/// The top-level keys that are not sections.
 #[derive(Deserialize)]
-struct Raw {
+#[serde(deny_unknown_fields)]
+struct Top {
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
     #[serde(default)]
     allow_insecure_permissions: bool,
     points_file: Option<String>,
-    #[serde(default)]
-    mappings: MappingFiles,
-    #[serde(default)]
-    http: toml::Table,
-    #[serde(default)]
-    bacnet: toml::Table,
-    #[serde(default)]
-    modbus: toml::Table,
-    #[serde(default)]
-    haystack: toml::Table,
     primary_route: Option<String>,
-    #[serde(default)]
-    route: Vec<toml::Table>,
-    #[serde(flatten)]
-    extra: toml::Table,
 }
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
 
-/// Typed access to one section's keys, recording errors by `section.key`.
-struct Section<'a> {
-    file: &'a str,
-    name: &'a str,
-    table: &'a toml::Table,
-    known: Vec<&'static str>,
+/// Every top-level key castpoint knows.
+pub(crate) const KNOWN: &[&str] = &[
+    "data_dir",
+    "allow_insecure_permissions",
+    "points_file",
+    "primary_route",
+    "mappings",
+    "http",
+    "bacnet",
+    "modbus",
+    "haystack",
+    "telemetry",
+    "api",
+    "audit",
+    "history",
+    "media",
+    "profile",
+    "rtmp",
+    "mqtt",
+    "route",
+];
+
+/// A serde error as one located config error: the full key path (serde's
+/// path, with the unknown key itself appended) under `at`.
+pub(crate) fn located(
+    file: &str,
+    at: &str,
+    e: &serde_path_to_error::Error<toml::de::Error>,
+) -> ConfigError {
+    let mut path = e.path().to_string();
+    if path == "." {
+        path.clear();
+    }
+    // The bare message: the key is already in the path.
+    let msg = e.inner().message().to_string();
+    let msg = msg.trim().replace('\n', " ");
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let key = rest.split('`').next().unwrap_or_default();
+        if !path.ends_with(key) {
+            path = join(&path, key);
+        }
+        let expected = rest.split_once(", ").map(|(_, e)| e).unwrap_or("");
+        let m = match expected {
+            "" => "unknown key".to_string(),
+            e => format!("unknown key ({e})"),
+        };
+        return ConfigError::new(file, join(at, &path), m);
+    }
+    ConfigError::new(file, join(at, &path), msg)
 }
 
-impl<'a> Section<'a> {
-    fn new(file: &'a str, name: &'a str, table: &'a toml::Table) -> Self {
-        Section {
-            file,
-            name,
-            table,
-            known: Vec::new(),
-        }
-    }
-
-    fn key(&self, k: &str) -> String {
-        format!("{}.{k}", self.name)
-    }
-
-    fn bool(&mut self, k: &'static str, d: bool, errs: &mut Errors) -> bool {
-        self.known.push(k);
-        match self.table.get(k) {
-            None => d,
-            Some(toml::Value::Boolean(b)) => *b,
-            Some(_) => {
-                errs.push(ConfigError::new(
-                    self.file,
-                    self.key(k),
-                    "expected true or false",
-                ));
-                d
-            }
-        }
-    }
-
-    fn addr(&mut self, k: &'static str, d: &str, errs: &mut Errors) -> SocketAddr {
-        self.known.push(k);
-        let fallback: SocketAddr = d.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        match self.table.get(k) {
-            None => fallback,
-            Some(toml::Value::String(s)) => match s.parse() {
-                Ok(a) => a,
-                Err(_) => {
-                    errs.push(ConfigError::new(
-                        self.file,
-                        self.key(k),
-                        format!("invalid socket address {s:?} (e.g. \"0.0.0.0:8080\")"),
-                    ));
-                    fallback
+/// Deserialises one value into `T`, recording a located error for each
+/// bad key: serde stops at the first, so the key it names is taken out and
+/// the rest tried again (the result, with those keys at their defaults,
+/// still goes through `validate`, so its other problems are reported too).
+/// `None` when what is left still does not deserialise (a missing key).
+pub(crate) fn typed<T: DeserializeOwned>(
+    file: &str,
+    at: &str,
+    mut v: toml::Value,
+    errs: &mut Errors,
+) -> Option<T> {
+    // Bounded: each round removes one key.
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+            Ok(t) => return Some(t),
+            Err(e) => {
+                let err = located(file, at, &e);
+                let unknown = e.inner().message().to_string();
+                let unknown = unknown
+                    .strip_prefix("unknown field `")
+                    .and_then(|r| r.split('`').next());
+                errs.push(err);
+                if !remove_at(&mut v, e.path(), unknown) {
+                    return None;
                 }
-            },
-            Some(_) => {
-                errs.push(ConfigError::new(
-                    self.file,
-                    self.key(k),
-                    "expected an address string",
-                ));
-                fallback
             }
         }
     }
+    None
+}
 
-    fn int(&mut self, k: &'static str, d: i64, lo: i64, hi: i64, errs: &mut Errors) -> i64 {
-        self.known.push(k);
-        match self.table.get(k) {
-            None => d,
-            Some(toml::Value::Integer(n)) if (lo..=hi).contains(n) => *n,
-            Some(_) => {
-                errs.push(ConfigError::new(
-                    self.file,
-                    self.key(k),
-                    format!("expected an integer {lo}..={hi}"),
-                ));
-                d
-            }
+/// Removes the value at a serde path (or the unknown key in the table the
+/// path names); false when there is nothing to remove there.
+fn remove_at(v: &mut toml::Value, path: &serde_path_to_error::Path, unknown: Option<&str>) -> bool {
+    use serde_path_to_error::Segment;
+    let mut segs: Vec<&Segment> = path.iter().collect();
+    // The path may end at the unknown key itself or at its table.
+    if let (Some(k), Some(Segment::Map { key })) = (unknown, segs.last()) {
+        if key == k {
+            segs.pop();
         }
     }
-
-    fn string(&mut self, k: &'static str, d: &str, errs: &mut Errors) -> String {
-        self.known.push(k);
-        match self.table.get(k) {
-            None => d.to_string(),
-            Some(toml::Value::String(s)) => s.clone(),
-            Some(_) => {
-                errs.push(ConfigError::new(
-                    self.file,
-                    self.key(k),
-                    "expected a string",
-                ));
-                d.to_string()
-            }
-        }
-    }
-
-    fn duration(&mut self, k: &'static str, d: Duration, errs: &mut Errors) -> Duration {
-        self.known.push(k);
-        match self.table.get(k) {
-            None => d,
-            Some(toml::Value::String(s)) => match parse_duration(s) {
-                Some(x) => x,
-                None => {
-                    errs.push(ConfigError::new(
-                        self.file,
-                        self.key(k),
-                        format!("invalid duration {s:?} (e.g. \"500ms\", \"60s\", \"5min\")"),
-                    ));
-                    d
+    let (parent, last) = match unknown {
+        Some(k) => (segs.as_slice(), Some(k.to_string())),
+        None => match segs.split_last() {
+            Some((Segment::Map { key }, rest)) => (rest, Some(key.clone())),
+            Some((Segment::Seq { index }, rest)) => {
+                let Some(toml::Value::Array(a)) = walk(v, rest) else {
+                    return false;
+                };
+                if *index >= a.len() {
+                    return false;
                 }
-            },
-            Some(_) => {
-                errs.push(ConfigError::new(
-                    self.file,
-                    self.key(k),
-                    "expected a duration string",
-                ));
-                d
+                a.remove(*index);
+                return true;
             }
-        }
-    }
-
-    fn path(&mut self, k: &'static str, errs: &mut Errors) -> Option<PathBuf> {
-        self.known.push(k);
-        match self.table.get(k) {
-            None => None,
-            Some(toml::Value::String(s)) if !s.is_empty() => Some(PathBuf::from(s)),
-            Some(_) => {
-                errs.push(ConfigError::new(
-                    self.file,
-                    self.key(k),
-                    "expected a file path string",
-                ));
-                None
-            }
-        }
-    }
-
-    /// Keys this parser does not handle stay in `raw` for the part that owns
-    /// them; they are not errors here.
-    fn rest(&self) -> toml::Table {
-        self.table
-            .iter()
-            .filter(|(k, _)| !self.known.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+            _ => return false,
+        },
+    };
+    match (walk(v, parent), last) {
+        (Some(toml::Value::Table(t)), Some(k)) => t.remove(&k).is_some(),
+        _ => false,
     }
 }
 
+fn walk<'v>(
+    mut v: &'v mut toml::Value,
+    segs: &[&serde_path_to_error::Segment],
+) -> Option<&'v mut toml::Value> {
+    use serde_path_to_error::Segment;
+    for s in segs {
+        v = match (s, v) {
+            (Segment::Map { key }, toml::Value::Table(t)) => t.get_mut(key)?,
+            (Segment::Seq { index }, toml::Value::Array(a)) => a.get_mut(*index)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+/// The problems of a part's `validate`, located under `at`.
+pub(crate) fn problems(file: &str, at: &str, p: Vec<Problem>, errs: &mut Errors) {
+    errs.extend(
+        p.into_iter()
+            .map(|p| ConfigError::new(file, join(at, &p.key), p.message)),
+    );
+}
+
+/// Takes section `name` out of the document into its typed, validated form
+/// (absent: its defaults).
+pub(crate) fn section<T: DeserializeOwned + Default + Section>(
+    file: &str,
+    doc: &mut toml::Table,
+    name: &str,
+    errs: &mut Errors,
+) -> T {
+    let Some(v) = doc.remove(name) else {
+        return T::default();
+    };
+    match typed::<T>(file, name, v, errs) {
+        Some(t) => {
+            problems(file, name, t.validate(), errs);
+            t
+        }
+        None => T::default(),
+    }
+}
+
+/// An array of tables (`[[profile]]`, `[[route]]`): each element on its
+/// own, so one bad table does not hide the next one's errors.
+fn tables(file: &str, doc: &mut toml::Table, name: &str, errs: &mut Errors) -> Vec<toml::Table> {
+    match doc.remove(name) {
+        None => Vec::new(),
+        Some(toml::Value::Array(a)) => {
+            let mut out = Vec::new();
+            for (i, v) in a.into_iter().enumerate() {
+                match v {
+                    toml::Value::Table(t) => out.push(t),
+                    _ => errs.push(ConfigError::new(
+                        file,
+                        format!("{name}[{i}]"),
+                        "expected a table",
+                    )),
+                }
+            }
+            out
+        }
+        Some(_) => {
+            errs.push(ConfigError::new(
+                file,
+                name,
+                format!("expected [[{name}]] tables"),
+            ));
+            Vec::new()
+        }
+    }
+}
+
+/// Parses the file; `None` only when it is not TOML at all.
 pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<ServerConfig> {
-    let raw: Raw = match toml::from_str(text) {
+    let mut doc: toml::Table = match toml::from_str(text) {
         Ok(r) => r,
         Err(e) => {
             errs.push(ConfigError::from_toml(file, text, &e));
             return None;
         }
     };
-    for k in raw.extra.keys() {
-        if !OTHER_SECTIONS.contains(&k.as_str()) {
-            errs.push(ConfigError::new(file, k.clone(), "unknown key"));
-        }
+    let written = doc.keys().cloned().collect();
+    let unknown: Vec<String> = doc
+        .keys()
+        .filter(|k| !KNOWN.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for k in unknown {
+        doc.remove(&k);
+        errs.push(ConfigError::new(file, k, "unknown key"));
     }
-    let mut h = Section::new(file, "http", &raw.http);
-    let http = HttpSection {
-        enabled: h.bool("enabled", true, errs),
-        bind: h.addr("bind", "0.0.0.0:8080", errs),
-        write_priority: h.int("write_priority", 12, 1, 16, errs) as u8,
-        max_connections: h.int("max_connections", 512, 1, 100_000, errs) as usize,
-        max_connections_per_ip: h.int("max_connections_per_ip", 64, 1, 100_000, errs) as usize,
-        header_read_timeout: h.duration("header_read_timeout", Duration::from_secs(10), errs),
-        tls_cert: h.path("tls_cert", errs),
-        tls_key: h.path("tls_key", errs),
+    let mappings = doc
+        .remove("mappings")
+        .and_then(|v| typed::<MappingFiles>(file, "mappings", v, errs))
+        .unwrap_or_default();
+    let profile: Vec<ProfileTable> = tables(file, &mut doc, "profile", errs)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, t)| typed(file, &format!("profile[{i}]"), toml::Value::Table(t), errs))
+        .collect();
+    let route_tables = tables(file, &mut doc, "route", errs);
+    let mut c = ServerConfig {
+        http: section(file, &mut doc, "http", errs),
+        bacnet: section(file, &mut doc, "bacnet", errs),
+        modbus: section(file, &mut doc, "modbus", errs),
+        haystack: section(file, &mut doc, "haystack", errs),
+        telemetry: section(file, &mut doc, "telemetry", errs),
+        api: section(file, &mut doc, "api", errs),
+        audit: section(file, &mut doc, "audit", errs),
+        history: section(file, &mut doc, "history", errs),
+        media: section(file, &mut doc, "media", errs),
+        rtmp: section(file, &mut doc, "rtmp", errs),
+        mqtt: section(file, &mut doc, "mqtt", errs),
+        profile,
+        mappings,
+        routes: Vec::new(),
+        written,
+        data_dir: default_data_dir(),
+        allow_insecure_permissions: false,
+        points_file: None,
+        primary_route: None,
     };
-    if http.header_read_timeout.is_zero() || http.header_read_timeout > Duration::from_secs(600) {
-        errs.push(ConfigError::new(
-            file,
-            "http.header_read_timeout",
-            "expected a duration between \"1ms\" and \"10min\"",
-        ));
+    // What is left are the plain top-level keys.
+    if let Some(top) = typed::<Top>(file, "", toml::Value::Table(doc), errs) {
+        c.data_dir = top.data_dir;
+        c.allow_insecure_permissions = top.allow_insecure_permissions;
+        c.points_file = top.points_file;
+        c.primary_route = top.primary_route;
     }
-    if http.tls_cert.is_some() != http.tls_key.is_some() {
-        errs.push(ConfigError::new(
-            file,
-            if http.tls_cert.is_some() { "http.tls_key" } else { "http.tls_cert" },
-            "tls_cert and tls_key go together (PEM files of the certificate chain and its private key)",
-        ));
+    // The profiles are validated once here; routes resolve theirs in them.
+    let media = crate::media::ffmpeg::Media::build(&c.media, &c.profile);
+    if let Err(p) = &media {
+        problems(file, "", p.clone(), errs);
     }
-    for k in h.rest().keys() {
-        errs.push(ConfigError::new(file, format!("http.{k}"), "unknown key"));
-    }
-    let mut b = Section::new(file, "bacnet", &raw.bacnet);
-    let bacnet = BacnetSection {
-        enabled: b.bool("enabled", true, errs),
-        bind: b.addr("bind", "0.0.0.0:47808", errs),
-        device_instance: b.int("device_instance", 389_001, 0, 4_194_302, errs) as u32,
-        device_name: b.string("device_name", "castpoint", errs),
-        vendor_id: b.int(
-            "vendor_id",
-            i64::from(crate::protocols::bacnet::DEFAULT_VENDOR_ID),
-            0,
-            65535,
-            errs,
-        ) as u16,
-        raw: b.rest(),
-    };
-    // The extra [bacnet] keys (password, write policy, ...) are checked
-    // with the other parts' sections in `config::section_problems`.
-    let mut m = Section::new(file, "modbus", &raw.modbus);
-    let enabled = m.bool("enabled", true, errs);
-    let bind = m.addr("bind", "0.0.0.0:5020", errs);
-    m.known.push("unit_ids");
-    let unit_ids = match raw.modbus.get("unit_ids") {
-        None => vec![0, 1, 255],
-        Some(toml::Value::Array(a)) => {
-            let mut v = Vec::new();
-            for (i, x) in a.iter().enumerate() {
-                match x.as_integer().and_then(|n| u8::try_from(n).ok()) {
-                    Some(n) => v.push(n),
-                    None => errs.push(ConfigError::new(
-                        file,
-                        format!("modbus.unit_ids[{i}]"),
-                        "unit ids are 0..=255",
-                    )),
-                }
-            }
-            v
-        }
-        Some(_) => {
-            errs.push(ConfigError::new(
-                file,
-                "modbus.unit_ids",
-                "expected an array of unit ids",
-            ));
-            vec![0, 1, 255]
-        }
-    };
-    let modbus = ModbusSection {
-        enabled,
-        bind,
-        unit_ids,
-        max_connections: m.int("max_connections", 64, 1, 10_000, errs) as usize,
-        idle_timeout: m.duration("idle_timeout", Duration::from_secs(60), errs),
-        raw: m.rest(),
-    };
-    let mut hs = Section::new(file, "haystack", &raw.haystack);
-    let haystack = HaystackSection {
-        enabled: hs.bool("enabled", true, errs),
-        raw: hs.rest(),
-    };
-    Some(ServerConfig {
-        data_dir: raw.data_dir,
-        allow_insecure_permissions: raw.allow_insecure_permissions,
-        points_file: raw.points_file,
-        mappings: raw.mappings,
-        http,
-        bacnet,
-        modbus,
-        haystack,
-        primary_route: raw.primary_route,
-        routes: raw.route,
-        extra: raw.extra,
-    })
+    c.routes = routes::parse(file, route_tables, &c, media.ok().as_ref(), errs);
+    Some(c)
 }

@@ -1,5 +1,6 @@
 //! Configuration: the embedded defaults, `castpoint.toml`, and validation of points and mappings into specs; every error names its file and key.
 
+pub mod api;
 pub mod binds;
 pub mod file;
 pub mod maps;
@@ -9,8 +10,8 @@ pub mod table;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+pub use crate::section::parse_duration;
 pub use file::{BacnetSection, HaystackSection, HttpSection, ModbusSection, ServerConfig};
 
 use crate::points::{Maps, PointDef, SiteEquip};
@@ -80,30 +81,12 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Parses "250ms", "1s", "30s", "1min", "5m", "1h", "7d".
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    if !n.is_finite() || n < 0.0 {
-        return None;
-    }
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(secs).ok()
-}
-
 /// Everything castpoint runs from, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    /// The MQTT edge node's resolved config, when `[mqtt] enabled`.
+    pub mqtt: Option<crate::protocols::mqtt::MqttConfig>,
     pub points: Vec<PointDef>,
     pub site: SiteEquip,
     pub maps: Maps,
@@ -137,42 +120,32 @@ fn read_named(
     }
 }
 
-/// `"section.key: message"` (the parts' own error strings) as a located
-/// config error.
-fn part_error(file: &str, e: &str) -> ConfigError {
-    match e.split_once(": ") {
-        Some((k, m)) => ConfigError::new(file, k, m),
-        None => ConfigError::new(file, "(section)", e),
-    }
+/// The errors a config text gets (empty when it is valid), with relative
+/// paths resolved against the current directory; for tests and tools.
+pub fn errors_of(text: &str) -> Vec<ConfigError> {
+    Config::from_text("t.toml", text, Path::new("."))
+        .err()
+        .map(|e| e.0)
+        .unwrap_or_default()
 }
 
-/// The `[bacnet]`, `[modbus]` and `[haystack]` keys their parts parse at
-/// start, validated with the very functions `App::start` calls, so that
-/// whatever `run` would refuse `check-config` refuses too (and `run`
-/// refuses it at load, before anything starts). Checked whether or not
-/// the section is enabled: a typo is a typo.
-pub fn section_problems(file: &str, server: &ServerConfig) -> Errors {
+/// One section from TOML text, deserialised and validated as in a file
+/// (tests and tools that build a config in code); errors as in a file.
+pub fn section_from_str<T>(name: &str, text: &str) -> Result<T, ConfigErrors>
+where
+    T: serde::de::DeserializeOwned + Default + crate::section::Section,
+{
     let mut errs = Vec::new();
-    if let Err(e) = crate::protocols::bacnet::parse_options(&server.bacnet.raw) {
-        errs.extend(e.iter().map(|e| part_error(file, e)));
+    let t: toml::Table = toml::from_str(text)
+        .map_err(|e| ConfigErrors(vec![ConfigError::from_toml(name, text, &e)]))?;
+    let mut doc = toml::Table::new();
+    doc.insert(name.to_string(), toml::Value::Table(t));
+    let v = file::section(name, &mut doc, name, &mut errs);
+    if errs.is_empty() {
+        Ok(v)
+    } else {
+        Err(ConfigErrors(errs))
     }
-    if server.bacnet.enabled && server.bacnet.bind.is_ipv6() {
-        errs.push(ConfigError::new(
-            file,
-            "bacnet.bind",
-            format!(
-                "{} is IPv6; BACnet/IP (Annex J) is IPv4",
-                server.bacnet.bind
-            ),
-        ));
-    }
-    for e in crate::protocols::modbus::config_problems(&server.modbus) {
-        errs.push(part_error(file, &e));
-    }
-    if let Err(e) = crate::protocols::haystack::Settings::from_raw(&server.haystack.raw) {
-        errs.extend(e.iter().map(|e| part_error(file, e)));
-    }
-    errs
 }
 
 impl Config {
@@ -222,15 +195,6 @@ impl Config {
                 *f = base.join(&*f);
             }
         }
-        // Routes are validated here too so that `check-config` reports them.
-        let spec = match routes::parse(name, &server) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                errs.extend(e);
-                None
-            }
-        };
-        errs.extend(section_problems(name, &server));
         let (pname, ptext) = match &server.points_file {
             Some(f) => read_named(base, f, &mut errs, name, "points_file").unwrap_or_default(),
             None => (
@@ -277,34 +241,19 @@ impl Config {
             modbus: maps::parse_modbus(&mn, &mt, &idx, &mut errs),
             http: maps::parse_http(&hn, &ht, &idx, &mut errs),
         };
-        // Sections owned by other parts are validated here too, so that
-        // `check-config` reports every problem before anything starts.
-        if let Err(e) =
-            crate::telemetry::TelemetryConfig::parse(name, server.extra.get("telemetry"))
-        {
-            errs.extend(e);
-        }
-        if let Err(e) = crate::api::auth::ApiConfig::parse(name, server.extra.get("api")) {
-            errs.extend(e);
-        }
-        if let Err(e) = crate::persist::PersistConfig::parse(name, &server.extra) {
-            errs.extend(e);
-        }
-        if let Err(e) = crate::media::ffmpeg::Media::parse(name, &server.extra) {
-            errs.extend(e);
-        }
-        let rtmp = match crate::media::rtmp::RtmpConfig::parse(name, &server.extra) {
-            Ok(r) => r.enabled.then_some(r.bind),
-            Err(e) => {
-                errs.extend(e);
+        // [mqtt]: its file paths resolve against this file's folder and its
+        // TLS files must load; the section's own problems were reported
+        // when it was read, so only what resolving adds is reported here.
+        let mqtt = match crate::protocols::mqtt::MqttConfig::resolve(&server.mqtt, base) {
+            Ok(c) => c.enabled.then_some(c),
+            Err(p) => {
+                if crate::section::Section::validate(&server.mqtt).is_empty() {
+                    file::problems(name, "mqtt", p, &mut errs);
+                }
                 None
             }
         };
-        // [mqtt] (src/protocols/mqtt/config.rs).
-        if let Err(e) = crate::protocols::mqtt::MqttConfig::parse(name, &server.extra, base) {
-            errs.extend(e);
-        }
-        errs.extend(binds::conflicts(name, &server, rtmp, spec.as_ref()));
+        errs.extend(binds::conflicts(name, &server));
         // The HTTPS certificate loads and fits its key (src/httpd.rs).
         if let Err(e) = crate::httpd::check(&server.http) {
             let (key, msg) = e.split_once(": ").unwrap_or(("http", e.as_str()));
@@ -315,6 +264,7 @@ impl Config {
         }
         Ok(Config {
             server,
+            mqtt,
             points: pf.points,
             site: pf.site,
             maps,
@@ -325,3 +275,6 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod keys_tests;

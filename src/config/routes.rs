@@ -1,10 +1,20 @@
-//! `[[route]]` tables and `primary_route` -> the engine's validated `EngineSpec`; every error names `route[i].key` (or `route[i].output[j].key`).
+//! `[[route]]` tables and `primary_route` -> the engine's validated `RouteSpec`s; every error names `route[i].key` (or `route[i].output[j].key`).
+//!
+//! A route table is typed ([`RouteTable`], [`InputTable`], [`OutputTable`]:
+//! flat structs with every key any type takes, `deny_unknown_fields`); the
+//! keys a given `type` does not take are refused by [`only`]. Adding a key
+//! is one field in the struct plus its name in the type's list. Durations
+//! and addresses stay the strings written, so the operator API's documents
+//! read back as written.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use super::{parse_duration, ConfigError, Errors, ServerConfig};
+use serde::{Deserialize, Serialize};
+
+use super::file::ServerConfig;
+use super::{parse_duration, ConfigError, Errors};
 use crate::engine::coalesce;
 use crate::engine::spec::{
     Coalesce, EngineSpec, InputKind, InputSpec, Mode, OutputKind, OutputSource, OutputSpec,
@@ -12,65 +22,158 @@ use crate::engine::spec::{
     DEFAULT_SIGNAL_TIMEOUT,
 };
 
-/// Typed reads from one table; unknown keys are reported at the end.
-struct T<'a> {
-    file: &'a str,
-    at: String,
-    t: &'a toml::Table,
-    known: Vec<&'static str>,
+/// One `[[route]]` of the file: the table as written and its spec.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub table: RouteTable,
+    pub spec: RouteSpec,
 }
 
-impl<'a> T<'a> {
-    fn new(file: &'a str, at: String, t: &'a toml::Table) -> Self {
-        T {
-            file,
-            at,
-            t,
-            known: Vec::new(),
-        }
-    }
+/// `[[route]]` as written.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTable {
+    pub name: Option<String>,
+    pub enabled: Option<bool>,
+    pub mode: Option<String>,
+    /// Which [[profile]] transcoding uses: its number or its name.
+    pub profile: Option<ProfileKey>,
+    pub failover_timeout: Option<String>,
+    pub signal_timeout: Option<String>,
+    pub switch_back: Option<bool>,
+    pub udp_coalesce: Option<String>,
+    #[serde(default)]
+    pub input: Vec<InputTable>,
+    #[serde(default)]
+    pub output: Vec<OutputTable>,
+}
 
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ProfileKey {
+    Number(i64),
+    Name(String),
+}
+
+impl<'de> Deserialize<'de> for ProfileKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ProfileKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a [[profile]] number (1..=64) or name")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<ProfileKey, E> {
+                Ok(ProfileKey::Number(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ProfileKey, E> {
+                i64::try_from(v).map(ProfileKey::Number).map_err(E::custom)
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ProfileKey, E> {
+                Ok(ProfileKey::Name(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `[[route.input]]` as written: the keys of every input type (those a
+/// given `type` does not take are refused by [`only`]).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputTable {
+    pub name: Option<String>,
+    /// udp, http, srt, generator, rtmp, rtsp.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// udp.
+    pub bind: Option<String>,
+    pub multicast: Option<String>,
+    pub interface: Option<String>,
+    /// http, rtsp.
+    pub url: Option<String>,
+    /// SRT: listener or caller.
+    pub mode: Option<String>,
+    pub addr: Option<String>,
+    pub latency: Option<String>,
+    pub passphrase: Option<String>,
+    pub pbkeylen: Option<i64>,
+    pub streamid: Option<String>,
+    /// SRT listener outputs: the streamids callers may ask for.
+    pub allow: Option<Vec<String>>,
+    /// generator.
+    pub bitrate: Option<i64>,
+    /// rtmp.
+    pub app: Option<String>,
+    pub key: Option<String>,
+    /// rtsp.
+    pub transport: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub timeout: Option<String>,
+    pub udp_bind: Option<String>,
+}
+
+/// `[[route.output]]` as written: the keys of every output type.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputTable {
+    pub name: Option<String>,
+    /// udp, http, hls, record, srt, rtmp.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub enabled: Option<bool>,
+    pub queue: Option<i64>,
+    /// auto or passthrough.
+    pub source: Option<String>,
+    /// udp.
+    pub dest: Option<String>,
+    pub ttl: Option<i64>,
+    /// http, hls.
+    pub path: Option<String>,
+    /// hls, record.
+    pub segment: Option<String>,
+    /// hls.
+    pub window: Option<i64>,
+    /// record.
+    pub keep: Option<i64>,
+    /// SRT: listener or caller.
+    pub mode: Option<String>,
+    pub addr: Option<String>,
+    pub latency: Option<String>,
+    pub passphrase: Option<String>,
+    pub pbkeylen: Option<i64>,
+    pub streamid: Option<String>,
+    /// SRT listener outputs: the streamids callers may ask for.
+    pub allow: Option<Vec<String>>,
+    /// rtmp.
+    pub preset: Option<String>,
+    pub url: Option<String>,
+    pub key: Option<String>,
+}
+
+/// Where errors go: the file and the table's key path.
+struct At<'a> {
+    file: &'a str,
+    at: String,
+}
+
+impl At<'_> {
     fn err(&self, k: &str, msg: impl Into<String>, errs: &mut Errors) {
         errs.push(ConfigError::new(self.file, format!("{}.{k}", self.at), msg));
     }
 
-    fn opt_str(&mut self, k: &'static str, errs: &mut Errors) -> Option<String> {
-        self.known.push(k);
-        match self.t.get(k)? {
-            toml::Value::String(s) => Some(s.clone()),
-            _ => {
-                self.err(k, "expected a string", errs);
-                None
-            }
-        }
-    }
-
-    fn req_str(&mut self, k: &'static str, errs: &mut Errors) -> Option<String> {
-        let present = self.t.contains_key(k);
-        let v = self.opt_str(k, errs);
-        if !present {
+    fn req<'v, T>(&self, k: &str, v: &'v Option<T>, errs: &mut Errors) -> Option<&'v T> {
+        if v.is_none() {
             self.err(k, "required", errs);
         }
-        v
+        v.as_ref()
     }
 
-    fn bool(&mut self, k: &'static str, d: bool, errs: &mut Errors) -> bool {
-        self.known.push(k);
-        match self.t.get(k) {
+    fn int(&self, k: &str, v: Option<i64>, d: i64, lo: i64, hi: i64, errs: &mut Errors) -> i64 {
+        match v {
             None => d,
-            Some(toml::Value::Boolean(b)) => *b,
-            Some(_) => {
-                self.err(k, "expected true or false", errs);
-                d
-            }
-        }
-    }
-
-    fn int(&mut self, k: &'static str, d: i64, lo: i64, hi: i64, errs: &mut Errors) -> i64 {
-        self.known.push(k);
-        match self.t.get(k) {
-            None => d,
-            Some(toml::Value::Integer(n)) if (lo..=hi).contains(n) => *n,
+            Some(n) if (lo..=hi).contains(&n) => n,
             Some(_) => {
                 self.err(k, format!("expected an integer {lo}..={hi}"), errs);
                 d
@@ -78,78 +181,54 @@ impl<'a> T<'a> {
         }
     }
 
-    fn duration(&mut self, k: &'static str, d: Duration, errs: &mut Errors) -> Duration {
-        match self.opt_str(k, errs) {
+    fn duration(&self, k: &str, v: &Option<String>, d: Duration, errs: &mut Errors) -> Duration {
+        match v {
             None => d,
-            Some(s) => match parse_duration(&s) {
-                Some(x) => x,
-                None => {
-                    self.err(
-                        k,
-                        format!("invalid duration {s:?} (e.g. \"500ms\", \"2s\")"),
-                        errs,
-                    );
-                    d
-                }
-            },
+            Some(s) => parse_duration(s).unwrap_or_else(|| {
+                let m = format!("invalid duration {s:?} (e.g. \"500ms\", \"2s\")");
+                self.err(k, m, errs);
+                d
+            }),
         }
     }
 
-    fn addr(&mut self, k: &'static str, errs: &mut Errors) -> Option<SocketAddr> {
-        let s = self.req_str(k, errs)?;
-        match s.parse() {
-            Ok(a) => Some(a),
-            Err(_) => {
+    fn addr(&self, k: &str, v: &Option<String>, errs: &mut Errors) -> Option<SocketAddr> {
+        let s = self.req(k, v, errs)?;
+        s.parse()
+            .map_err(|_| {
+                let m = format!("invalid socket address {s:?} (e.g. \"127.0.0.1:5000\")");
+                self.err(k, m, errs)
+            })
+            .ok()
+    }
+
+    fn ipv4(&self, k: &str, v: &Option<String>, errs: &mut Errors) -> Option<Ipv4Addr> {
+        let s = v.as_ref()?;
+        s.parse()
+            .map_err(|_| self.err(k, format!("invalid IPv4 address {s:?}"), errs))
+            .ok()
+    }
+
+    fn name(&self, k: &str, v: &Option<String>, d: String, errs: &mut Errors) -> String {
+        let n = v.clone().unwrap_or(d);
+        if !valid_name(&n) {
+            self.err(k, "use letters, digits, '-', '_' or '.'", errs);
+        }
+        n
+    }
+
+    /// Refuses the keys of `table` that its `type` does not take.
+    fn only(&self, table: &impl Serialize, kind: &str, allowed: &[&[&str]], errs: &mut Errors) {
+        let Some(serde_json::Value::Object(m)) = crate::section::to_doc(table) else {
+            return;
+        };
+        for k in m.keys() {
+            if !allowed.iter().any(|a| a.contains(&k.as_str())) {
                 self.err(
                     k,
-                    format!("invalid socket address {s:?} (e.g. \"127.0.0.1:5000\")"),
+                    format!("unknown key (type {kind:?} does not take it)"),
                     errs,
                 );
-                None
-            }
-        }
-    }
-
-    fn ipv4(&mut self, k: &'static str, errs: &mut Errors) -> Option<Ipv4Addr> {
-        let s = self.opt_str(k, errs)?;
-        match s.parse() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                self.err(k, format!("invalid IPv4 address {s:?}"), errs);
-                None
-            }
-        }
-    }
-
-    fn tables(&mut self, k: &'static str, errs: &mut Errors) -> Vec<&'a toml::Table> {
-        self.known.push(k);
-        match self.t.get(k) {
-            None => Vec::new(),
-            Some(toml::Value::Array(a)) => {
-                let mut v = Vec::new();
-                for (i, x) in a.iter().enumerate() {
-                    match x {
-                        toml::Value::Table(t) => v.push(t),
-                        _ => self.err(&format!("{k}[{i}]"), "expected a table", errs),
-                    }
-                }
-                v
-            }
-            Some(_) => {
-                self.err(k, format!("expected [[route.{k}]] tables"), errs);
-                Vec::new()
-            }
-        }
-    }
-
-    fn finish(self, errs: &mut Errors) {
-        for k in self.t.keys() {
-            if !self.known.contains(&k.as_str()) {
-                errs.push(ConfigError::new(
-                    self.file,
-                    format!("{}.{k}", self.at),
-                    "unknown key",
-                ));
             }
         }
     }
@@ -164,58 +243,69 @@ fn valid_name(s: &str) -> bool {
         && !s.starts_with('.')
 }
 
-fn srt(t: &mut T, errs: &mut Errors, output: bool) -> Option<SrtSpec> {
-    let mode = match t.req_str("mode", errs).as_deref() {
+/// The SRT keys inputs and outputs share.
+const SRT_KEYS: &[&str] = &[
+    "mode",
+    "addr",
+    "latency",
+    "passphrase",
+    "pbkeylen",
+    "streamid",
+    "allow",
+];
+
+/// The SRT keys of an input or output table.
+struct SrtKeys<'a> {
+    mode: &'a Option<String>,
+    addr: &'a Option<String>,
+    latency: &'a Option<String>,
+    passphrase: &'a Option<String>,
+    pbkeylen: Option<i64>,
+    streamid: &'a Option<String>,
+    allow: &'a Option<Vec<String>>,
+}
+
+fn srt(t: &At, k: SrtKeys, errs: &mut Errors, output: bool) -> Option<SrtSpec> {
+    let mode = match t.req("mode", k.mode, errs).map(String::as_str) {
         Some("listener") => SrtMode::Listener,
         Some("caller") => SrtMode::Caller,
         Some(m) => {
-            t.err(
-                "mode",
-                format!("unknown SRT mode {m:?} (listener, caller)"),
-                errs,
-            );
+            let m = format!("unknown SRT mode {m:?} (listener, caller)");
+            t.err("mode", m, errs);
             return None;
         }
         None => return None,
     };
-    let addr = t.addr("addr", errs)?;
-    let latency = t.duration("latency", Duration::from_millis(200), errs);
-    let passphrase = t.opt_str("passphrase", errs);
-    if let Some(p) = &passphrase {
-        if !(10..=79).contains(&p.len()) {
-            t.err(
-                "passphrase",
-                "SRT passphrases are 10 to 79 characters",
-                errs,
-            );
-        }
+    let addr = t.addr("addr", k.addr, errs)?;
+    let latency = t.duration("latency", k.latency, Duration::from_millis(200), errs);
+    let passphrase = k.passphrase.clone();
+    if passphrase
+        .as_ref()
+        .is_some_and(|p| !(10..=79).contains(&p.len()))
+    {
+        t.err(
+            "passphrase",
+            "SRT passphrases are 10 to 79 characters",
+            errs,
+        );
     }
-    let pbkeylen = t.int("pbkeylen", 0, 0, 32, errs) as u8;
+    let pbkeylen = t.int("pbkeylen", k.pbkeylen, 0, 0, 32, errs) as u8;
     if ![0, 16, 24, 32].contains(&pbkeylen) {
         t.err("pbkeylen", "expected 16, 24 or 32 (AES-128/192/256)", errs);
     }
-    let streamid = t.opt_str("streamid", errs);
+    let streamid = k.streamid.clone();
     if streamid.as_ref().is_some_and(|s| s.len() > 512) {
         t.err("streamid", "at most 512 bytes", errs);
     }
-    t.known.push("allow");
-    let mut allow = Vec::new();
-    match t.t.get("allow") {
-        None => {}
-        Some(toml::Value::Array(a)) if output && mode == SrtMode::Listener => {
-            for (i, v) in a.iter().enumerate() {
-                match v.as_str() {
-                    Some(s) => allow.push(s.to_string()),
-                    None => t.err(&format!("allow[{i}]"), "expected a streamid string", errs),
-                }
-            }
+    let allow = match k.allow {
+        None => Vec::new(),
+        Some(a) if output && mode == SrtMode::Listener => a.clone(),
+        Some(_) => {
+            let m = "an array of streamids, only on SRT listener outputs";
+            t.err("allow", m, errs);
+            Vec::new()
         }
-        Some(_) => t.err(
-            "allow",
-            "an array of streamids, only on SRT listener outputs",
-            errs,
-        ),
-    }
+    };
     Some(SrtSpec {
         mode,
         addr,
@@ -228,114 +318,259 @@ fn srt(t: &mut T, errs: &mut Errors, output: bool) -> Option<SrtSpec> {
 }
 
 /// `type = "rtsp"`: url, transport (tcp|udp), user, password, timeout, udp_bind.
-fn rtsp(t: &mut T, errs: &mut Errors) -> Option<InputKind> {
+fn rtsp(t: &At, x: &InputTable, errs: &mut Errors) -> Option<InputKind> {
     use crate::media::rtsp::{parse_url, RtspSpec, RtspTransport};
-    let url = t.req_str("url", errs);
-    if let Some(Err(e)) = url.as_deref().map(parse_url) {
+    let url = t.req("url", &x.url, errs);
+    if let Some(Err(e)) = url.map(|u| parse_url(u)) {
         t.err("url", e, errs);
     }
-    let transport = match t.opt_str("transport", errs).as_deref() {
+    let transport = match x.transport.as_deref() {
         None | Some("tcp") => RtspTransport::Tcp,
         Some("udp") => RtspTransport::Udp,
-        Some(x) => {
+        Some(v) => {
             t.err(
                 "transport",
-                format!("{x:?}: expected \"tcp\" or \"udp\""),
+                format!("{v:?}: expected \"tcp\" or \"udp\""),
                 errs,
             );
             RtspTransport::Tcp
         }
     };
-    let user = t.opt_str("user", errs);
-    let password = t.opt_str("password", errs);
-    let timeout = t.duration("timeout", Duration::from_secs(5), errs);
-    let udp_bind = t
-        .ipv4("udp_bind", errs)
-        .unwrap_or(Ipv4Addr::UNSPECIFIED)
-        .into();
+    let timeout = t.duration("timeout", &x.timeout, Duration::from_secs(5), errs);
+    let udp_bind = t.ipv4("udp_bind", &x.udp_bind, errs);
     Some(InputKind::Rtsp(RtspSpec {
-        url: url?,
+        url: url?.clone(),
         transport,
-        user,
-        password,
+        user: x.user.clone(),
+        password: x.password.clone(),
         timeout,
-        udp_bind,
+        udp_bind: udp_bind.unwrap_or(Ipv4Addr::UNSPECIFIED).into(),
     }))
 }
 
-fn input(
-    file: &str,
-    at: String,
-    tb: &toml::Table,
-    errs: &mut Errors,
-    i: usize,
-) -> Option<InputSpec> {
-    let mut t = T::new(file, at, tb);
-    let name = t.opt_str("name", errs).unwrap_or_else(|| format!("in{i}"));
-    if !valid_name(&name) {
-        t.err("name", "use letters, digits, '-', '_' or '.'", errs);
+/// The keys each input type takes (besides `name` and `type`).
+fn input_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "udp" => &["bind", "multicast", "interface"],
+        "http" => &["url"],
+        "srt" => SRT_KEYS,
+        "generator" => &["bitrate"],
+        "rtmp" => &["app", "key"],
+        "rtsp" => &[
+            "url",
+            "transport",
+            "user",
+            "password",
+            "timeout",
+            "udp_bind",
+        ],
+        _ => &[],
     }
-    let kind = match t.req_str("type", errs).as_deref() {
-        Some("udp") => {
-            let bind = t.addr("bind", errs);
-            let multicast = t.ipv4("multicast", errs);
+}
+
+/// Validates one input table (`[[route.input]]`, `i`-th) into its spec.
+fn input(t: &At, x: &InputTable, i: usize, errs: &mut Errors) -> Option<InputSpec> {
+    let name = t.name("name", &x.name, format!("in{i}"), errs);
+    let kind = t.req("type", &x.kind, errs)?.as_str();
+    let srt_keys = || SrtKeys {
+        mode: &x.mode,
+        addr: &x.addr,
+        latency: &x.latency,
+        passphrase: &x.passphrase,
+        pbkeylen: x.pbkeylen,
+        streamid: &x.streamid,
+        allow: &x.allow,
+    };
+    let spec = match kind {
+        "udp" => {
+            let bind = t.addr("bind", &x.bind, errs);
+            let multicast = t.ipv4("multicast", &x.multicast, errs);
             if multicast.is_some_and(|m| !m.is_multicast()) {
                 t.err("multicast", "not a multicast group (224.0.0.0/4)", errs);
             }
-            let interface = t.ipv4("interface", errs).unwrap_or(Ipv4Addr::UNSPECIFIED);
+            let interface = t.ipv4("interface", &x.interface, errs);
             bind.map(|bind| InputKind::Udp {
                 bind,
                 multicast,
-                interface,
+                interface: interface.unwrap_or(Ipv4Addr::UNSPECIFIED),
             })
         }
-        Some("http") => {
-            let url = t.req_str("url", errs);
-            if let Some(u) = &url {
-                if !(u.starts_with("http://") || u.starts_with("https://")) {
-                    t.err("url", "expected an http:// or https:// URL", errs);
-                }
+        "http" => {
+            let url = t.req("url", &x.url, errs);
+            if url.is_some_and(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
+                t.err("url", "expected an http:// or https:// URL", errs);
             }
-            url.map(|url| InputKind::Http { url })
+            url.map(|url| InputKind::Http { url: url.clone() })
         }
-        Some("srt") => srt(&mut t, errs, false).map(InputKind::Srt),
-        Some("generator") => {
-            let bitrate = t.int("bitrate", 4_000_000, 100_000, 200_000_000, errs);
+        "srt" => srt(t, srt_keys(), errs, false).map(InputKind::Srt),
+        "generator" => {
+            let bitrate = t.int("bitrate", x.bitrate, 4_000_000, 100_000, 200_000_000, errs);
             Some(InputKind::Generator {
                 bitrate: bitrate as u64,
             })
         }
-        Some("rtmp") => {
-            let app = t.opt_str("app", errs).unwrap_or_else(|| "live".to_string());
-            if !valid_name(&app) {
-                t.err("app", "use letters, digits, '-', '_' or '.'", errs);
-            }
+        "rtmp" => {
+            let app = t.name("app", &x.app, "live".into(), errs);
             // The stream key travels in the publish URL's last segment.
-            let key = t.req_str("key", errs);
-            if key
-                .as_deref()
-                .is_some_and(|k| k.is_empty() || k.len() > 256 || k.contains(['/', '?', ' ']))
-            {
+            let key = t.req("key", &x.key, errs);
+            if key.is_some_and(|k| k.is_empty() || k.len() > 256 || k.contains(['/', '?', ' '])) {
                 t.err("key", "1..256 characters without '/', '?' or spaces", errs);
             }
-            key.map(|key| InputKind::Rtmp(RtmpInput { app, key }))
+            key.map(|key| {
+                InputKind::Rtmp(RtmpInput {
+                    app,
+                    key: key.clone(),
+                })
+            })
         }
-        Some("rtsp") => rtsp(&mut t, errs),
-        Some(x) => {
-            t.err(
-                "type",
-                format!("unknown input type {x:?} (udp, http, srt, generator, rtmp, rtsp)"),
-                errs,
-            );
-            None
+        "rtsp" => rtsp(t, x, errs),
+        other => {
+            let m = format!("unknown input type {other:?} (udp, http, srt, generator, rtmp, rtsp)");
+            t.err("type", m, errs);
+            return None;
         }
-        None => None,
     };
-    t.finish(errs);
-    Some(InputSpec { name, kind: kind? })
+    t.only(x, kind, &[&["name", "type"], input_keys(kind)], errs);
+    Some(InputSpec { name, kind: spec? })
 }
 
-/// Parses one output table (`[[route.output]]`) of route `route`.
+/// The keys each output type takes (besides the common ones).
+fn output_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "udp" => &["dest", "ttl"],
+        "http" => &["path"],
+        "hls" => &["path", "segment", "window"],
+        "record" => &["segment", "keep"],
+        "srt" => SRT_KEYS,
+        "rtmp" => &["preset", "url", "key"],
+        _ => &[],
+    }
+}
+
+/// `type = "rtmp"` outputs: a preset or an rtmp(s):// URL, and a key.
+fn rtmp_push(t: &At, x: &OutputTable, errs: &mut Errors) -> Option<OutputKind> {
+    let url = match (x.preset.as_deref(), x.url.clone()) {
+        (None | Some("custom"), Some(u)) => Some(u),
+        (None | Some("custom"), None) => {
+            let m = "required (rtmp:// or rtmps://) unless a preset is set";
+            t.err("url", m, errs);
+            None
+        }
+        (Some(p), u) => match crate::media::ffmpeg::profile::rtmp_preset(p) {
+            Some(v) => Some(u.unwrap_or_else(|| v.to_string())),
+            None => {
+                let m = format!("unknown preset {p:?} (youtube, twitch, facebook, custom)");
+                t.err("preset", m, errs);
+                None
+            }
+        },
+    };
+    if url
+        .as_ref()
+        .is_some_and(|u| !(u.starts_with("rtmp://") || u.starts_with("rtmps://")))
+    {
+        t.err("url", "expected an rtmp:// or rtmps:// URL", errs);
+    }
+    let key = x.key.clone();
+    if key
+        .as_ref()
+        .is_some_and(|k| k.contains(['/', ' ', '?', '#']))
+    {
+        t.err(
+            "key",
+            "a stream key cannot contain '/', ' ', '?' or '#'",
+            errs,
+        );
+    }
+    url.map(|url| OutputKind::Rtmp { url, key })
+}
+
+/// Validates one output table of route `route` into its spec.
+fn output_spec(
+    t: &At,
+    x: &OutputTable,
+    route: &str,
+    i: usize,
+    errs: &mut Errors,
+) -> Option<OutputSpec> {
+    let name = t.name("name", &x.name, format!("out{i}"), errs);
+    let queue = t.int("queue", x.queue, DEFAULT_QUEUE as i64, 1, 65536, errs) as usize;
+    let source = match x.source.as_deref() {
+        None | Some("auto") => OutputSource::Auto,
+        Some("passthrough") => OutputSource::Passthrough,
+        Some(v) => {
+            t.err(
+                "source",
+                format!("unknown source {v:?} (auto, passthrough)"),
+                errs,
+            );
+            OutputSource::Auto
+        }
+    };
+    let kind = t.req("type", &x.kind, errs)?.as_str();
+    let spec = match kind {
+        "udp" => {
+            let dest = t.addr("dest", &x.dest, errs);
+            let ttl = x.ttl.map(|_| t.int("ttl", x.ttl, 1, 1, 255, errs) as u32);
+            dest.map(|dest| OutputKind::Udp { dest, ttl })
+        }
+        "http" => {
+            let path = t.name("path", &x.path, route.to_string(), errs);
+            Some(OutputKind::Http { path })
+        }
+        "hls" => {
+            let path = t.name("path", &x.path, route.to_string(), errs);
+            let segment = t.duration("segment", &x.segment, Duration::from_secs(2), errs);
+            if segment < Duration::from_millis(500) || segment > Duration::from_secs(60) {
+                t.err("segment", "between 500ms and 60s", errs);
+            }
+            let window = t.int("window", x.window, 6, 2, 100, errs) as usize;
+            Some(OutputKind::Hls {
+                path,
+                segment,
+                window,
+            })
+        }
+        "record" => {
+            let segment = t.duration("segment", &x.segment, Duration::from_secs(600), errs);
+            if segment < Duration::from_secs(1) {
+                t.err("segment", "at least 1s", errs);
+            }
+            let keep = t.int("keep", x.keep, 0, 0, 100_000, errs) as usize;
+            Some(OutputKind::Record { segment, keep })
+        }
+        "srt" => {
+            let k = SrtKeys {
+                mode: &x.mode,
+                addr: &x.addr,
+                latency: &x.latency,
+                passphrase: &x.passphrase,
+                pbkeylen: x.pbkeylen,
+                streamid: &x.streamid,
+                allow: &x.allow,
+            };
+            srt(t, k, errs, true).map(OutputKind::Srt)
+        }
+        "rtmp" => rtmp_push(t, x, errs),
+        other => {
+            let m = format!("unknown output type {other:?} (udp, http, hls, record, srt, rtmp)");
+            t.err("type", m, errs);
+            return None;
+        }
+    };
+    let common: &[&str] = &["name", "type", "enabled", "queue", "source"];
+    t.only(x, kind, &[common, output_keys(kind)], errs);
+    Some(OutputSpec {
+        name,
+        enabled: x.enabled.unwrap_or(true),
+        kind: spec?,
+        queue,
+        source,
+    })
+}
+
+/// Parses one output table (`[[route.output]]`) of route `route` (the
+/// operator API's output documents).
 pub fn output(
     file: &str,
     at: String,
@@ -344,145 +579,61 @@ pub fn output(
     errs: &mut Errors,
     i: usize,
 ) -> Option<OutputSpec> {
-    let mut t = T::new(file, at, tb);
-    let name = t.opt_str("name", errs).unwrap_or_else(|| format!("out{i}"));
-    if !valid_name(&name) {
-        t.err("name", "use letters, digits, '-', '_' or '.'", errs);
-    }
-    let enabled = t.bool("enabled", true, errs);
-    let queue = t.int("queue", DEFAULT_QUEUE as i64, 1, 65536, errs) as usize;
-    let source = match t.opt_str("source", errs).as_deref() {
-        None | Some("auto") => OutputSource::Auto,
-        Some("passthrough") => OutputSource::Passthrough,
-        Some(x) => {
-            t.err(
-                "source",
-                format!("unknown source {x:?} (auto, passthrough)"),
-                errs,
-            );
-            OutputSource::Auto
-        }
-    };
-    let kind = match t.req_str("type", errs).as_deref() {
-        Some("udp") => {
-            let dest = t.addr("dest", errs);
-            t.known.push("ttl");
-            let ttl = match t.t.get("ttl") {
-                None => None,
-                Some(toml::Value::Integer(n)) if (1..=255).contains(n) => Some(*n as u32),
-                Some(_) => {
-                    t.err("ttl", "expected an integer 1..=255", errs);
-                    None
-                }
-            };
-            dest.map(|dest| OutputKind::Udp { dest, ttl })
-        }
-        Some("http") => {
-            let path = t.opt_str("path", errs).unwrap_or_else(|| route.to_string());
-            if !valid_name(&path) {
-                t.err("path", "use letters, digits, '-', '_' or '.'", errs);
-            }
-            Some(OutputKind::Http { path })
-        }
-        Some("hls") => {
-            let path = t.opt_str("path", errs).unwrap_or_else(|| route.to_string());
-            if !valid_name(&path) {
-                t.err("path", "use letters, digits, '-', '_' or '.'", errs);
-            }
-            let segment = t.duration("segment", Duration::from_secs(2), errs);
-            if segment < Duration::from_millis(500) || segment > Duration::from_secs(60) {
-                t.err("segment", "between 500ms and 60s", errs);
-            }
-            let window = t.int("window", 6, 2, 100, errs) as usize;
-            Some(OutputKind::Hls {
-                path,
-                segment,
-                window,
-            })
-        }
-        Some("record") => {
-            let segment = t.duration("segment", Duration::from_secs(600), errs);
-            if segment < Duration::from_secs(1) {
-                t.err("segment", "at least 1s", errs);
-            }
-            let keep = t.int("keep", 0, 0, 100_000, errs) as usize;
-            Some(OutputKind::Record { segment, keep })
-        }
-        Some("srt") => srt(&mut t, errs, true).map(OutputKind::Srt),
-        Some("rtmp") => {
-            let preset = t.opt_str("preset", errs);
-            let url = t.opt_str("url", errs);
-            let key = t.opt_str("key", errs);
-            let url = match (preset.as_deref(), url) {
-                (None | Some("custom"), Some(u)) => Some(u),
-                (None | Some("custom"), None) => {
-                    t.err(
-                        "url",
-                        "required (rtmp:// or rtmps://) unless a preset is set",
-                        errs,
-                    );
-                    None
-                }
-                (Some(p), u) => match crate::media::ffmpeg::profile::rtmp_preset(p) {
-                    Some(x) => Some(u.unwrap_or_else(|| x.to_string())),
-                    None => {
-                        t.err(
-                            "preset",
-                            format!("unknown preset {p:?} (youtube, twitch, facebook, custom)"),
-                            errs,
-                        );
-                        None
-                    }
-                },
-            };
-            if let Some(u) = &url {
-                if !(u.starts_with("rtmp://") || u.starts_with("rtmps://")) {
-                    t.err("url", "expected an rtmp:// or rtmps:// URL", errs);
-                }
-            }
-            if key
-                .as_ref()
-                .is_some_and(|k| k.contains(['/', ' ', '?', '#']))
-            {
-                t.err(
-                    "key",
-                    "a stream key cannot contain '/', ' ', '?' or '#'",
-                    errs,
-                );
-            }
-            url.map(|url| OutputKind::Rtmp { url, key })
-        }
-        Some(x) => {
-            t.err(
-                "type",
-                format!("unknown output type {x:?} (udp, http, hls, record, srt, rtmp)"),
-                errs,
-            );
-            None
-        }
-        None => None,
-    };
-    t.finish(errs);
-    Some(OutputSpec {
-        name,
-        enabled,
-        kind: kind?,
-        queue,
-        source,
-    })
+    let x: OutputTable = super::file::typed(file, &at, toml::Value::Table(tb.clone()), errs)?;
+    output_spec(&At { file, at }, &x, route, i, errs)
 }
 
-/// Parses one `[[route]]` table (also used by the operator API for JSON-ish
-/// bodies converted to TOML tables). `at` is e.g. `route[0]`.
-pub fn parse_route(file: &str, at: &str, tb: &toml::Table, errs: &mut Errors) -> Option<RouteSpec> {
+/// A `[[route]]` table as written into its typed form: the route's own
+/// keys, then each input and output on its own, so one bad output does not
+/// hide the next one's errors.
+pub fn route_table(
+    file: &str,
+    at: &str,
+    mut tb: toml::Table,
+    errs: &mut Errors,
+) -> Option<RouteTable> {
+    let items = |k: &str, tb: &mut toml::Table, errs: &mut Errors| match tb.remove(k) {
+        None => Vec::new(),
+        Some(toml::Value::Array(a)) => a.into_iter().enumerate().collect(),
+        Some(_) => {
+            errs.push(ConfigError::new(
+                file,
+                format!("{at}.{k}"),
+                format!("expected [[route.{k}]] tables"),
+            ));
+            Vec::new()
+        }
+    };
+    let inputs = items("input", &mut tb, errs);
+    let outputs = items("output", &mut tb, errs);
+    let mut r: Option<RouteTable> = super::file::typed(file, at, toml::Value::Table(tb), errs);
+    let input: Vec<InputTable> = inputs
+        .into_iter()
+        .filter_map(|(i, v)| super::file::typed(file, &format!("{at}.input[{i}]"), v, errs))
+        .collect();
+    let output: Vec<OutputTable> = outputs
+        .into_iter()
+        .filter_map(|(i, v)| super::file::typed(file, &format!("{at}.output[{i}]"), v, errs))
+        .collect();
+    if let Some(r) = r.as_mut() {
+        r.input = input;
+        r.output = output;
+    }
+    r
+}
+
+/// Validates a typed route table into its spec. `at` is e.g. `route[0]`.
+pub fn route_spec(file: &str, at: &str, r: &RouteTable, errs: &mut Errors) -> Option<RouteSpec> {
     let before = errs.len();
-    let mut t = T::new(file, at.to_string(), tb);
-    let name = t.req_str("name", errs).unwrap_or_default();
+    let t = At {
+        file,
+        at: at.to_string(),
+    };
+    let name = t.req("name", &r.name, errs).cloned().unwrap_or_default();
     if !name.is_empty() && !valid_name(&name) {
         t.err("name", "use letters, digits, '-', '_' or '.'", errs);
     }
-    let enabled = t.bool("enabled", true, errs);
-    let mode = match t.opt_str("mode", errs).as_deref() {
+    let mode = match r.mode.as_deref() {
         None | Some("passthrough") => Mode::Passthrough,
         Some("transcode") => Mode::Transcode,
         Some(m) => {
@@ -494,125 +645,159 @@ pub fn parse_route(file: &str, at: &str, tb: &toml::Table, errs: &mut Errors) ->
             Mode::Passthrough
         }
     };
-    // Which [[profile]] transcoding uses: its number or its name (checked
-    // against the profiles by `parse`, which sees the whole file).
-    t.known.push("profile");
-    let profile = match t.t.get("profile") {
+    // Checked against the profiles by `parse`, which sees the whole file.
+    let profile = match &r.profile {
         None => None,
-        Some(toml::Value::Integer(n)) if (1..=64).contains(n) => {
-            Some(ProfileRef::Number(*n as u32))
-        }
-        Some(toml::Value::String(s)) if !s.is_empty() => Some(ProfileRef::Name(s.clone())),
+        Some(ProfileKey::Number(n)) if (1..=64).contains(n) => Some(ProfileRef::Number(*n as u32)),
+        Some(ProfileKey::Name(s)) if !s.is_empty() => Some(ProfileRef::Name(s.clone())),
         Some(_) => {
             t.err("profile", "a [[profile]] number (1..=64) or name", errs);
             None
         }
     };
-    let failover_timeout = t.duration("failover_timeout", DEFAULT_FAILOVER, errs);
+    let failover_timeout = t.duration(
+        "failover_timeout",
+        &r.failover_timeout,
+        DEFAULT_FAILOVER,
+        errs,
+    );
     if failover_timeout < Duration::from_millis(50) {
         t.err("failover_timeout", "at least 50ms", errs);
     }
-    let signal_timeout = t.duration("signal_timeout", DEFAULT_SIGNAL_TIMEOUT, errs);
+    let signal_timeout = t.duration(
+        "signal_timeout",
+        &r.signal_timeout,
+        DEFAULT_SIGNAL_TIMEOUT,
+        errs,
+    );
     if signal_timeout < Duration::from_millis(100) {
         t.err("signal_timeout", "at least 100ms", errs);
     }
-    let switch_back = t.bool("switch_back", false, errs);
-    let udp_coalesce = match t.opt_str("udp_coalesce", errs).as_deref() {
+    let udp_coalesce = coalesce_of(&t, r.udp_coalesce.as_deref(), errs);
+    let mut inputs = Vec::new();
+    for (i, x) in r.input.iter().enumerate() {
+        let at = At {
+            file,
+            at: format!("{at}.input[{i}]"),
+        };
+        inputs.extend(input(&at, x, i, errs));
+    }
+    let mut outputs = Vec::new();
+    for (i, x) in r.output.iter().enumerate() {
+        let at = At {
+            file,
+            at: format!("{at}.output[{i}]"),
+        };
+        outputs.extend(output_spec(&at, x, &name, i, errs));
+    }
+    unique(&t, "output", outputs.iter().map(|o| &o.name), errs);
+    unique(&t, "input", inputs.iter().map(|x| &x.name), errs);
+    if errs.len() > before {
+        return None;
+    }
+    Some(RouteSpec {
+        name,
+        enabled: r.enabled.unwrap_or(true),
+        mode,
+        inputs,
+        outputs,
+        failover_timeout,
+        signal_timeout,
+        switch_back: r.switch_back.unwrap_or(false),
+        profile,
+        udp_coalesce,
+    })
+}
+
+/// `udp_coalesce`: "auto", "off" or a hold up to `coalesce::MAX_HOLD`.
+fn coalesce_of(t: &At, v: Option<&str>, errs: &mut Errors) -> Coalesce {
+    match v {
         None | Some("auto") => Coalesce::Auto,
         Some("off") => Coalesce::Off,
         Some(s) => match parse_duration(s) {
             Some(d) if d.is_zero() => Coalesce::Off,
             Some(d) if d <= coalesce::MAX_HOLD => Coalesce::Hold(d),
             _ => {
-                t.err(
-                    "udp_coalesce",
-                    format!("{s:?}: \"auto\", \"off\" or a hold up to 20ms (e.g. \"1.5ms\")"),
-                    errs,
-                );
+                let m = format!("{s:?}: \"auto\", \"off\" or a hold up to 20ms (e.g. \"1.5ms\")");
+                t.err("udp_coalesce", m, errs);
                 Coalesce::Auto
             }
         },
-    };
-    let mut inputs = Vec::new();
-    for (i, it) in t.tables("input", errs).into_iter().enumerate() {
-        if let Some(x) = input(file, format!("{at}.input[{i}]"), it, errs, i) {
-            inputs.push(x);
+    }
+}
+
+/// Refuses a second input (or output) of the same name in one route.
+fn unique<'a>(t: &At, what: &str, names: impl Iterator<Item = &'a String>, errs: &mut Errors) {
+    let mut seen = HashSet::new();
+    for (i, n) in names.enumerate() {
+        if !seen.insert(n) {
+            t.err(
+                &format!("{what}[{i}].name"),
+                format!("duplicate {what} name {n:?}"),
+                errs,
+            );
         }
     }
-    let mut outputs = Vec::new();
-    for (i, ot) in t.tables("output", errs).into_iter().enumerate() {
-        if let Some(x) = output(file, format!("{at}.output[{i}]"), ot, &name, errs, i) {
-            outputs.push(x);
-        }
-    }
-    let mut names = HashSet::new();
-    for (i, o) in outputs.iter().enumerate() {
-        if !names.insert(o.name.clone()) {
-            errs.push(ConfigError::new(
-                file,
-                format!("{at}.output[{i}].name"),
-                format!("duplicate output name {:?}", o.name),
-            ));
-        }
-    }
-    let mut names = HashSet::new();
-    for (i, x) in inputs.iter().enumerate() {
-        if !names.insert(x.name.clone()) {
-            errs.push(ConfigError::new(
-                file,
-                format!("{at}.input[{i}].name"),
-                format!("duplicate input name {:?}", x.name),
-            ));
-        }
-    }
-    t.finish(errs);
-    if errs.len() > before {
-        return None;
-    }
-    Some(RouteSpec {
-        name,
-        enabled,
-        mode,
-        inputs,
-        outputs,
-        failover_timeout,
-        signal_timeout,
-        switch_back,
-        profile,
-        udp_coalesce,
-    })
+}
+
+/// Parses one `[[route]]` table (also used by the operator API for JSON
+/// bodies converted to TOML tables). `at` is e.g. `route[0]`.
+pub fn parse_route(file: &str, at: &str, tb: &toml::Table, errs: &mut Errors) -> Option<RouteSpec> {
+    let r = route_table(file, at, tb.clone(), errs)?;
+    route_spec(file, at, &r, errs)
 }
 
 /// Every route of the config, with cross-route checks (unique route names,
-/// unique HTTP/HLS paths, a primary route that exists).
-pub fn parse(file: &str, server: &ServerConfig) -> Result<EngineSpec, Errors> {
-    let mut errs = Vec::new();
+/// unique HTTP/HLS paths, defined profiles, a primary route that exists).
+pub fn parse(
+    file: &str,
+    tables: Vec<toml::Table>,
+    c: &ServerConfig,
+    media: Option<&crate::media::ffmpeg::Media>,
+    errs: &mut Errors,
+) -> Vec<Route> {
+    let before = errs.len();
     let mut routes = Vec::new();
-    for (i, t) in server.routes.iter().enumerate() {
-        if let Some(r) = parse_route(file, &format!("route[{i}]"), t, &mut errs) {
-            routes.push(r);
+    for (i, t) in tables.into_iter().enumerate() {
+        let at = format!("route[{i}]");
+        let Some(table) = route_table(file, &at, t, errs) else {
+            continue;
+        };
+        if let Some(spec) = route_spec(file, &at, &table, errs) {
+            routes.push(Route { table, spec });
         }
     }
-    // Profile references must name a defined [[profile]] (the media
-    // section's own errors are reported by its parser).
-    if let Ok(media) = crate::media::ffmpeg::Media::parse(file, &server.extra) {
+    // Profile references must name a defined [[profile]] (the profiles'
+    // own errors are reported by their section).
+    if let Some(media) = media {
         for (i, r) in routes.iter().enumerate() {
-            if let Some(p) = &r.profile {
-                if let Err(e) = media.resolve(Some(p)) {
-                    errs.push(ConfigError::new(file, format!("route[{i}].profile"), e));
-                }
+            if let Some(Err(e)) = r.spec.profile.as_ref().map(|p| media.resolve(Some(p))) {
+                errs.push(ConfigError::new(file, format!("route[{i}].profile"), e));
             }
         }
     }
+    let specs: Vec<&RouteSpec> = routes.iter().map(|r| &r.spec).collect();
+    cross_route(file, &specs, errs);
+    if let Some(p) = &c.primary_route {
+        if !routes.iter().any(|r| &r.spec.name == p) && errs.len() == before {
+            errs.push(ConfigError::new(
+                file,
+                "primary_route",
+                format!("no [[route]] named {p:?}"),
+            ));
+        }
+    }
+    routes
+}
+
+/// Unique route names and HTTP/HLS paths across routes.
+fn cross_route(file: &str, routes: &[&RouteSpec], errs: &mut Errors) {
     let mut names = HashSet::new();
     let mut paths = HashSet::new();
     for (i, r) in routes.iter().enumerate() {
         if !names.insert(r.name.clone()) {
-            errs.push(ConfigError::new(
-                file,
-                format!("route[{i}].name"),
-                format!("duplicate route name {:?}", r.name),
-            ));
+            let m = format!("duplicate route name {:?}", r.name);
+            errs.push(ConfigError::new(file, format!("route[{i}].name"), m));
         }
         for (j, o) in r.outputs.iter().enumerate() {
             let p = match &o.kind {
@@ -621,32 +806,26 @@ pub fn parse(file: &str, server: &ServerConfig) -> Result<EngineSpec, Errors> {
                 _ => continue,
             };
             if !paths.insert(p) {
+                let k = format!("route[{i}].output[{j}].path");
                 errs.push(ConfigError::new(
                     file,
-                    format!("route[{i}].output[{j}].path"),
+                    k,
                     "path already served by another output",
                 ));
             }
         }
     }
-    let primary = match &server.primary_route {
-        Some(p) if !routes.iter().any(|r| &r.name == p) && errs.is_empty() => {
-            errs.push(ConfigError::new(
-                file,
-                "primary_route",
-                format!("no [[route]] named {p:?}"),
-            ));
-            None
-        }
-        Some(p) => Some(p.clone()),
-        // Without an explicit choice the first route is the primary one.
-        None => routes.first().map(|r| r.name.clone()),
-    };
-    if errs.is_empty() {
-        Ok(EngineSpec { routes, primary })
-    } else {
-        Err(errs)
-    }
+}
+
+/// The engine's spec of the config's routes: the primary route is the one
+/// named, else the first.
+pub fn engine_spec(c: &ServerConfig) -> EngineSpec {
+    let routes: Vec<RouteSpec> = c.routes.iter().map(|r| r.spec.clone()).collect();
+    let primary = c
+        .primary_route
+        .clone()
+        .or_else(|| routes.first().map(|r| r.name.clone()));
+    EngineSpec { routes, primary }
 }
 
 #[cfg(test)]
@@ -657,7 +836,7 @@ mod tests {
 
     fn load(extra: &str) -> Result<EngineSpec, Errors> {
         let c = Config::from_text("t.toml", extra, Path::new(".")).map_err(|e| e.0)?;
-        parse("t.toml", &c.server)
+        Ok(engine_spec(&c.server))
     }
 
     #[test]

@@ -136,57 +136,63 @@ impl Default for PersistConfig {
     }
 }
 
-impl PersistConfig {
-    /// Parses `[audit] retention = N` and `[history] retention = "7d"`.
-    pub fn parse(file: &str, extra: &toml::Table) -> Result<Self, Vec<crate::config::ConfigError>> {
-        use crate::config::ConfigError;
-        let mut c = PersistConfig::default();
-        let mut errs = Vec::new();
-        for (section, keyname) in [("audit", "retention"), ("history", "retention")] {
-            let Some(t) = extra.get(section) else {
-                continue;
-            };
-            let Some(t) = t.as_table() else {
-                errs.push(ConfigError::new(file, section, "expected a table"));
-                continue;
-            };
-            for (k, v) in t {
-                let key = format!("{section}.{k}");
-                if k != keyname {
-                    errs.push(ConfigError::new(file, key, "unknown key"));
-                    continue;
-                }
-                if section == "audit" {
-                    match v
-                        .as_integer()
-                        .and_then(|n| usize::try_from(n).ok())
-                        .filter(|n| *n >= 1)
-                    {
-                        Some(n) => c.audit_retention = n,
-                        None => errs.push(ConfigError::new(
-                            file,
-                            key,
-                            "expected a number of events >= 1",
-                        )),
-                    }
-                } else {
-                    match v.as_str().and_then(crate::config::parse_duration) {
-                        Some(d) if d >= std::time::Duration::from_secs(60) => {
-                            c.history_retention = d
-                        }
-                        _ => errs.push(ConfigError::new(
-                            file,
-                            key,
-                            "expected a duration such as \"7d\" (at least 1min)",
-                        )),
-                    }
-                }
-            }
+/// `[audit]`: how many audit events are kept.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSection {
+    pub retention: usize,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            retention: PersistConfig::default().audit_retention,
         }
-        if errs.is_empty() {
-            Ok(c)
-        } else {
-            Err(errs)
+    }
+}
+
+impl crate::section::Section for AuditSection {
+    fn validate(&self) -> Vec<crate::section::Problem> {
+        if self.retention < 1 {
+            let m = "expected a number of events >= 1";
+            return vec![crate::section::Problem::new("retention", m)];
+        }
+        Vec::new()
+    }
+}
+
+/// `[history]`: how long point history is kept.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistorySection {
+    #[serde(with = "crate::section::duration")]
+    pub retention: std::time::Duration,
+}
+
+impl Default for HistorySection {
+    fn default() -> Self {
+        HistorySection {
+            retention: PersistConfig::default().history_retention,
+        }
+    }
+}
+
+impl crate::section::Section for HistorySection {
+    fn validate(&self) -> Vec<crate::section::Problem> {
+        if self.retention < std::time::Duration::from_secs(60) {
+            let m = "expected a duration such as \"7d\" (at least 1min)";
+            return vec![crate::section::Problem::new("retention", m)];
+        }
+        Vec::new()
+    }
+}
+
+impl PersistConfig {
+    /// The store's settings from `[audit]` and `[history]`.
+    pub fn new(audit: &AuditSection, history: &HistorySection) -> Self {
+        PersistConfig {
+            audit_retention: audit.retention,
+            history_retention: history.retention,
         }
     }
 }

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{parse_duration, ConfigError};
 use crate::points::{PointDb, PointId, Quality, Value};
+use crate::section::{Problem, Section};
 use gpu::GpuSource;
 use status::{GpuMode, GpuSample, MemoryGrowth, ServerInputs, Thresholds};
 
 /// `[telemetry]` settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(from = "TelemetrySection")]
 pub struct TelemetryConfig {
     /// Off: nothing is sampled and measurements stay `unavailable` (tests
     /// that drive points by hand, or a gateway with its own probes).
@@ -54,103 +55,161 @@ impl Default for TelemetryConfig {
     }
 }
 
-impl TelemetryConfig {
-    /// Parses the `[telemetry]` table; every error names `telemetry.<key>`.
-    pub fn parse(file: &str, t: Option<&toml::Value>) -> Result<Self, Vec<ConfigError>> {
-        let mut c = TelemetryConfig::default();
-        let mut errs = Vec::new();
-        let Some(t) = t else { return Ok(c) };
-        let Some(t) = t.as_table() else {
-            return Err(vec![ConfigError::new(
-                file,
-                "telemetry",
-                "expected a table",
-            )]);
-        };
-        let err = |k: &str, m: &str| ConfigError::new(file, format!("telemetry.{k}"), m);
-        for (k, v) in t {
-            let pct = |v: &toml::Value| {
-                v.as_float()
-                    .or_else(|| v.as_integer().map(|i| i as f64))
-                    .filter(|x| (0.0..=200.0).contains(x))
-            };
-            match k.as_str() {
-                "enabled" => match v.as_bool() {
-                    Some(b) => c.enabled = b,
-                    None => errs.push(err(k, "expected true or false")),
-                },
-                "gpu" => match v.as_str().and_then(GpuMode::parse) {
-                    Some(m) => c.gpu = m,
-                    None => errs.push(err(k, "expected \"auto\", \"required\" or \"none\"")),
-                },
-                "gpu_index" => match v.as_integer().and_then(|i| u32::try_from(i).ok()) {
-                    Some(i) => c.gpu_index = i,
-                    None => errs.push(err(k, "expected a GPU index >= 0")),
-                },
-                "interfaces" => match v.as_array() {
-                    Some(a) if a.iter().all(|x| x.is_str()) => {
-                        c.interfaces = a
-                            .iter()
-                            .filter_map(|x| x.as_str().map(String::from))
-                            .collect()
-                    }
-                    _ => errs.push(err(k, "expected an array of interface names")),
-                },
-                "cpu_warn" | "cpu_fault" | "mem_warn" | "mem_fault" | "disk_warn"
-                | "disk_fault" | "gpu_warn" | "gpu_temp_warn_c" | "gpu_temp_fault_c" => {
-                    let Some(x) = pct(v) else {
-                        errs.push(err(k, "expected a number 0..=200"));
-                        continue;
-                    };
-                    let th = &mut c.thresholds;
-                    match k.as_str() {
-                        "cpu_warn" => th.cpu_warn = x,
-                        "cpu_fault" => th.cpu_fault = x,
-                        "mem_warn" => th.mem_warn = x,
-                        "mem_fault" => th.mem_fault = x,
-                        "disk_warn" => th.disk_warn = x,
-                        "disk_fault" => th.disk_fault = x,
-                        "gpu_warn" => th.gpu_warn = x,
-                        "gpu_temp_warn_c" => th.gpu_temp_warn_c = x,
-                        _ => th.gpu_temp_fault_c = x,
-                    }
-                }
-                "leak_window" => match v.as_str().and_then(parse_duration) {
-                    Some(d) if d >= Duration::from_secs(10) => c.leak_window = d,
-                    _ => errs.push(err(k, "expected a duration of at least 10s")),
-                },
-                "leak_ratio" => match pct(v) {
-                    Some(x) => c.leak_ratio = x,
-                    None => errs.push(err(k, "expected a ratio such as 0.25")),
-                },
-                "leak_min_mib" => match v.as_integer().and_then(|i| u64::try_from(i).ok()) {
-                    Some(x) => c.leak_min_mib = x,
-                    None => errs.push(err(k, "expected MiB >= 0")),
-                },
-                "periods" => match v.as_table() {
-                    Some(p) => {
-                        for (pk, pv) in p {
-                            match pv.as_str().and_then(parse_duration) {
-                                Some(d) if d >= Duration::from_millis(200) => {
-                                    c.periods.insert(pk.clone(), d);
-                                }
-                                _ => errs.push(err(
-                                    &format!("periods.{pk}"),
-                                    "expected a duration of at least 200ms",
-                                )),
-                            }
-                        }
-                    }
-                    None => errs.push(err(k, "expected a table of point = \"duration\"")),
-                },
-                _ => errs.push(err(k, "unknown key")),
+/// `[telemetry]` as written: flat keys (thresholds beside the rest).
+#[derive(serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct TelemetrySection {
+    enabled: bool,
+    gpu: GpuMode,
+    gpu_index: u32,
+    interfaces: Vec<String>,
+    #[serde(deserialize_with = "crate::section::number")]
+    cpu_warn: f64,
+    #[serde(deserialize_with = "crate::section::number")]
+    cpu_fault: f64,
+    #[serde(deserialize_with = "crate::section::number")]
+    mem_warn: f64,
+    #[serde(deserialize_with = "crate::section::number")]
+    mem_fault: f64,
+    #[serde(deserialize_with = "crate::section::number")]
+    disk_warn: f64,
+    #[serde(deserialize_with = "crate::section::number")]
+    disk_fault: f64,
+    #[serde(deserialize_with = "crate::section::number")]
+    gpu_warn: f64,
+    #[serde(deserialize_with = "crate::section::number")]
+    gpu_temp_warn_c: f64,
+    #[serde(deserialize_with = "crate::section::number")]
+    gpu_temp_fault_c: f64,
+    #[serde(with = "crate::section::duration")]
+    leak_window: Duration,
+    #[serde(deserialize_with = "crate::section::number")]
+    leak_ratio: f64,
+    leak_min_mib: u64,
+    periods: Periods,
+}
+
+/// `[telemetry.periods]`: the sampled points whose period can be set.
+#[derive(Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Periods {
+    #[serde(with = "crate::section::opt_duration")]
+    cpu_usage: Option<Duration>,
+    #[serde(with = "crate::section::opt_duration")]
+    memory_usage: Option<Duration>,
+    #[serde(with = "crate::section::opt_duration")]
+    network_throughput: Option<Duration>,
+    #[serde(with = "crate::section::opt_duration")]
+    uptime: Option<Duration>,
+    #[serde(with = "crate::section::opt_duration")]
+    gpu_usage: Option<Duration>,
+}
+
+impl Periods {
+    fn into_map(self) -> HashMap<String, Duration> {
+        [
+            ("cpu_usage", self.cpu_usage),
+            ("memory_usage", self.memory_usage),
+            ("network_throughput", self.network_throughput),
+            ("uptime", self.uptime),
+            ("gpu_usage", self.gpu_usage),
+        ]
+        .into_iter()
+        .filter_map(|(k, d)| Some((k.to_string(), d?)))
+        .collect()
+    }
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        let c = TelemetryConfig::default();
+        let t = c.thresholds;
+        TelemetrySection {
+            enabled: c.enabled,
+            gpu: c.gpu,
+            gpu_index: c.gpu_index,
+            interfaces: c.interfaces,
+            cpu_warn: t.cpu_warn,
+            cpu_fault: t.cpu_fault,
+            mem_warn: t.mem_warn,
+            mem_fault: t.mem_fault,
+            disk_warn: t.disk_warn,
+            disk_fault: t.disk_fault,
+            gpu_warn: t.gpu_warn,
+            gpu_temp_warn_c: t.gpu_temp_warn_c,
+            gpu_temp_fault_c: t.gpu_temp_fault_c,
+            leak_window: c.leak_window,
+            leak_ratio: c.leak_ratio,
+            leak_min_mib: c.leak_min_mib,
+            periods: Periods::default(),
+        }
+    }
+}
+
+impl From<TelemetrySection> for TelemetryConfig {
+    fn from(s: TelemetrySection) -> Self {
+        TelemetryConfig {
+            enabled: s.enabled,
+            gpu: s.gpu,
+            gpu_index: s.gpu_index,
+            interfaces: s.interfaces,
+            thresholds: Thresholds {
+                cpu_warn: s.cpu_warn,
+                cpu_fault: s.cpu_fault,
+                mem_warn: s.mem_warn,
+                mem_fault: s.mem_fault,
+                disk_warn: s.disk_warn,
+                disk_fault: s.disk_fault,
+                gpu_warn: s.gpu_warn,
+                gpu_temp_warn_c: s.gpu_temp_warn_c,
+                gpu_temp_fault_c: s.gpu_temp_fault_c,
+            },
+            periods: s.periods.into_map(),
+            leak_window: s.leak_window,
+            leak_ratio: s.leak_ratio,
+            leak_min_mib: s.leak_min_mib,
+        }
+    }
+}
+
+impl Section for TelemetryConfig {
+    fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let t = &self.thresholds;
+        let pct = [
+            ("cpu_warn", t.cpu_warn),
+            ("cpu_fault", t.cpu_fault),
+            ("mem_warn", t.mem_warn),
+            ("mem_fault", t.mem_fault),
+            ("disk_warn", t.disk_warn),
+            ("disk_fault", t.disk_fault),
+            ("gpu_warn", t.gpu_warn),
+            ("gpu_temp_warn_c", t.gpu_temp_warn_c),
+            ("gpu_temp_fault_c", t.gpu_temp_fault_c),
+        ];
+        for (k, x) in pct {
+            if !(0.0..=200.0).contains(&x) {
+                p.push(Problem::new(k, "expected a number 0..=200"));
             }
         }
-        if errs.is_empty() {
-            Ok(c)
-        } else {
-            Err(errs)
+        if !(0.0..=200.0).contains(&self.leak_ratio) {
+            p.push(Problem::new("leak_ratio", "expected a ratio such as 0.25"));
         }
+        if self.leak_window < Duration::from_secs(10) {
+            p.push(Problem::new(
+                "leak_window",
+                "expected a duration of at least 10s",
+            ));
+        }
+        let mut periods: Vec<_> = self.periods.iter().collect();
+        periods.sort();
+        for (k, d) in periods {
+            if *d < Duration::from_millis(200) {
+                let m = "expected a duration of at least 200ms";
+                p.push(Problem::new(format!("periods.{k}"), m));
+            }
+        }
+        p
     }
 }
 

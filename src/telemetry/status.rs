@@ -120,7 +120,8 @@ pub fn server_status(i: &ServerInputs, t: &Thresholds) -> Derived {
 }
 
 /// How a missing GPU is judged (`[telemetry] gpu = ...`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum GpuMode {
     /// Use a GPU when NVML finds one; a missing GPU is not a fault.
     #[default]

@@ -112,23 +112,26 @@ fn host_probes_give_real_values() {
 
 #[test]
 fn config_errors_name_keys() {
-    let t: toml::Value = toml::from_str(
-        "gpu = \"sometimes\"\ncpu_warn = \"high\"\nbogus = 1\n[periods]\ncpu_usage = \"1ms\"\n",
-    )
-    .expect("toml");
-    let e = TelemetryConfig::parse("c.toml", Some(&t)).expect_err("invalid");
-    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
-    for k in [
-        "telemetry.gpu",
-        "telemetry.cpu_warn",
-        "telemetry.bogus",
-        "telemetry.periods.cpu_usage",
+    for (text, key) in [
+        ("gpu = \"sometimes\"\n", "telemetry.gpu"),
+        ("cpu_warn = \"high\"\n", "telemetry.cpu_warn"),
+        ("cpu_warn = 300\n", "telemetry.cpu_warn"),
+        ("bogus = 1\n", "telemetry.bogus"),
+        (
+            "[periods]\ncpu_usage = \"1ms\"\n",
+            "telemetry.periods.cpu_usage",
+        ),
     ] {
-        assert!(keys.contains(&k), "{k} in {keys:?}");
+        let e = crate::config::section_from_str::<TelemetryConfig>("telemetry", text)
+            .expect_err("invalid");
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&key), "{key} in {keys:?}");
     }
-    let ok: toml::Value =
-        toml::from_str("gpu = \"required\"\n[periods]\ncpu_usage = \"5s\"\n").expect("toml");
-    let c = TelemetryConfig::parse("c.toml", Some(&ok)).expect("valid");
+    let c = crate::config::section_from_str::<TelemetryConfig>(
+        "telemetry",
+        "gpu = \"required\"\n[periods]\ncpu_usage = \"5s\"\n",
+    )
+    .expect("valid");
     assert_eq!(c.gpu, GpuMode::Required);
     assert_eq!(c.periods.get("cpu_usage"), Some(&Duration::from_secs(5)));
 }

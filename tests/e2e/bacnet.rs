@@ -487,12 +487,12 @@ async fn registers_as_a_foreign_device_and_renews_before_the_ttl() {
     let bbmd = UdpSocket::bind("127.0.0.1:0").await.expect("bbmd");
     let mut cfg = castpoint::config::Config::embedded().expect("config");
     util::loopback(&mut cfg);
-    let raw = &mut cfg.server.bacnet.raw;
-    raw.insert(
-        "foreign_bbmd".into(),
-        toml::Value::String(bbmd.local_addr().expect("addr").to_string()),
-    );
-    raw.insert("foreign_ttl".into(), toml::Value::Integer(4));
+    let bbmd_addr = match bbmd.local_addr().expect("addr") {
+        std::net::SocketAddr::V4(a) => a,
+        a => panic!("{a} is not IPv4"),
+    };
+    cfg.server.bacnet.foreign_bbmd = Some(bbmd_addr);
+    cfg.server.bacnet.foreign_ttl = 4;
     let app = castpoint::app::App::start(cfg).await.expect("start");
     assert!(app.addrs.bacnet.is_some());
     let mut buf = [0u8; 1500];
@@ -966,8 +966,9 @@ const PASSWORD: &str = "e2e-pw";
 async fn start_with(bacnet: &str) -> castpoint::app::App {
     let mut cfg = castpoint::config::Config::embedded().expect("config");
     util::loopback(&mut cfg);
-    let t: toml::Table = toml::from_str(bacnet).expect("toml");
-    cfg.server.bacnet.raw.extend(t);
+    // The section as the test writes it, on the loopback bind.
+    let text = format!("bind = \"{}\"\n{bacnet}", cfg.server.bacnet.bind);
+    cfg.server.bacnet = castpoint::config::section_from_str("bacnet", &text).expect("bacnet");
     castpoint::app::App::start(cfg).await.expect("app starts")
 }
 

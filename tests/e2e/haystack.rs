@@ -27,8 +27,8 @@ async fn start_with(extra: &str) -> (App, String) {
         user_entry("viewer", Role::Viewer, VIEW_PW, 4096).expect("entry")
     )
     .replace("[[haystack.user]]", "[[user]]");
-    let raw: toml::Table = toml::from_str(&format!("{extra}\n{users}")).expect("toml");
-    cfg.server.haystack.raw = raw;
+    let text = format!("{extra}\n{users}");
+    cfg.server.haystack = castpoint::config::section_from_str("haystack", &text).expect("haystack");
     let app = App::start(cfg).await.expect("app starts");
     let base = format!(
         "http://{}/api/haystack",

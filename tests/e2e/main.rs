@@ -2,6 +2,7 @@
 
 mod auth;
 mod bacnet;
+mod config_keys;
 mod datadir;
 mod decoders;
 mod derived;

@@ -731,10 +731,7 @@ async fn one_address_holding_its_share_does_not_lock_out_another() {
 async fn write_allow_refuses_other_sources_with_exception_01_and_audits_the_peer() {
     let mut cfg = Config::embedded().expect("embedded config");
     loopback(&mut cfg);
-    cfg.server.modbus.raw.insert(
-        "write_allow".into(),
-        toml::Value::Array(vec![toml::Value::String("127.0.0.2/32".into())]),
-    );
+    cfg.server.modbus.write_allow = vec!["127.0.0.2/32".into()];
     let app = App::start(cfg).await.expect("app starts");
     let addr = modbus_addr(&app);
     assert_eq!(http_point(&app, "stream_enable").await["value"], true);

@@ -28,14 +28,15 @@ async fn a_dead_or_silent_broker_disturbs_nothing_else() {
 
     let mut cfg = Config::embedded().unwrap();
     loopback(&mut cfg);
-    let section: toml::Table = toml::from_str(&format!(
+    let section: castpoint::protocols::mqtt::MqttSection = toml::from_str(&format!(
         "enabled = true\nbrokers = [\"mqtt://127.0.0.1:{dead_port}\", \"mqtt://{silent_addr}\"]\n\
          reconnect_max = \"1s\"\nedge_node_id = \"e2e\"\n"
     ))
     .unwrap();
-    cfg.server
-        .extra
-        .insert("mqtt".into(), toml::Value::Table(section));
+    cfg.mqtt = Some(
+        castpoint::protocols::mqtt::MqttConfig::resolve(&section, std::path::Path::new("."))
+            .expect("valid [mqtt]"),
+    );
     let app = App::start(cfg).await.expect("app starts");
     assert!(app.faults.is_empty(), "not degraded: {:?}", app.faults);
     let status = app.mqtt.clone().expect("mqtt enabled");

@@ -176,14 +176,11 @@ async fn route_crud_with_roles_and_restart() {
 async fn profile_crud_validates_persists_and_protects_used_profiles() {
     let mut cfg = Config::embedded().expect("config");
     loopback(&mut cfg);
-    let p1: toml::Table = toml::from_str(
+    let p1 = toml::from_str(
         "number = 1\nname = \"sd\"\nvideo = \"h264\"\nwidth = 640\nheight = 360\nbitrate = 1000000",
     )
     .expect("profile toml");
-    cfg.server.extra.insert(
-        "profile".into(),
-        toml::Value::Array(vec![toml::Value::Table(p1)]),
-    );
+    cfg.server.profile = vec![p1];
     let restart_cfg = cfg.clone();
     let app = App::start(cfg).await.expect("start");
     let base = format!("http://{}", app.addrs.http.expect("http"));

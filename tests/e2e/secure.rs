@@ -17,11 +17,9 @@ use crate::util::loopback;
 async fn start_with(api: &str, haystack: &str) -> App {
     let mut cfg = Config::embedded().expect("embedded config");
     loopback(&mut cfg);
-    let api: toml::Table = toml::from_str(api).expect("api toml");
-    cfg.server
-        .extra
-        .insert("api".into(), toml::Value::Table(api));
-    cfg.server.haystack.raw = toml::from_str(haystack).expect("haystack toml");
+    cfg.server.api = castpoint::config::section_from_str("api", api).expect("api toml");
+    cfg.server.haystack =
+        castpoint::config::section_from_str("haystack", haystack).expect("haystack toml");
     App::start(cfg).await.expect("app starts")
 }
 

@@ -167,10 +167,7 @@ async fn refused_rest_writes_and_auth_failures_are_audited() {
     let mut cfg = Config::embedded().expect("embedded");
     util::loopback(&mut cfg);
     // Anonymous reads refused once a user exists, so that one is seen.
-    let api: toml::Table = toml::from_str("anonymous_read = false").expect("toml");
-    cfg.server
-        .extra
-        .insert("api".into(), toml::Value::Table(api));
+    cfg.server.api.anonymous_read = false;
     let app = App::start(cfg).await.expect("app starts");
     let http = app.addrs.http.expect("http");
     let c = reqwest::Client::new();

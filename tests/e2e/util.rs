@@ -14,12 +14,9 @@ pub async fn start() -> App {
 
 /// Turns telemetry off in a config that has no `[telemetry]` of its own.
 pub fn quiet(cfg: &mut Config) {
-    let mut t = toml::Table::new();
-    t.insert("enabled".into(), toml::Value::Boolean(false));
-    cfg.server
-        .extra
-        .entry("telemetry")
-        .or_insert(toml::Value::Table(t));
+    if !cfg.server.written.contains("telemetry") {
+        cfg.server.telemetry.enabled = false;
+    }
 }
 
 /// Moves every bind of a config to an ephemeral loopback port, in a fresh
@@ -28,9 +25,7 @@ pub fn loopback(cfg: &mut Config) {
     quiet(cfg);
     // The embedded demo route binds a fixed port (its UDP backup input):
     // tests declare the routes they need themselves.
-    cfg.server
-        .routes
-        .retain(|r| r.get("name").and_then(|n| n.as_str()) != Some("demo"));
+    cfg.server.routes.retain(|r| r.spec.name != "demo");
     if cfg.server.primary_route.as_deref() == Some("demo") {
         cfg.server.primary_route = None;
     }
@@ -38,7 +33,7 @@ pub fn loopback(cfg: &mut Config) {
     cfg.server.http.bind = any;
     cfg.server.bacnet.bind = any;
     cfg.server.modbus.bind = any;
-    castpoint::media::rtmp::RtmpConfig::override_bind(&mut cfg.server.extra, any);
+    cfg.server.rtmp.bind = any;
     let dir = std::env::temp_dir().join(format!(
         "castpoint-test-{}-{}",
         std::process::id(),

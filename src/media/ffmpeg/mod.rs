@@ -24,11 +24,38 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, Errors};
 use crate::engine::spec::ProfileRef;
 use crate::engine::stats::IoStats;
+use crate::section::{Problem, Section};
 use child::{ChildSnapshot, ChildSpec, ChildStats};
 pub use profile::{Encoder, Profile};
+
+/// `[media]`: the ffmpeg binary (path or name looked up in PATH).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSection {
+    pub ffmpeg: PathBuf,
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        MediaSection {
+            ffmpeg: PathBuf::from("ffmpeg"),
+        }
+    }
+}
+
+impl Section for MediaSection {
+    fn validate(&self) -> Vec<Problem> {
+        if self.ffmpeg.as_os_str().is_empty() {
+            return vec![Problem::new(
+                "ffmpeg",
+                "expected the ffmpeg binary's path or name",
+            )];
+        }
+        Vec::new()
+    }
+}
 
 /// The media settings: the ffmpeg binary and the output profiles.
 pub struct Media {
@@ -57,43 +84,22 @@ impl std::fmt::Debug for Media {
 }
 
 impl Media {
-    /// Parses `[media]` and every `[[profile]]`; errors name `media.key`
-    /// and `profile[i].key`.
-    pub fn parse(file: &str, extra: &toml::Table) -> Result<Media, Errors> {
+    /// The media settings of `[media]` and the `[[profile]]` tables;
+    /// problems name `profile[i].key` (from the file's root).
+    pub fn build(
+        section: &MediaSection,
+        profiles: &[profile::ProfileTable],
+    ) -> Result<Media, Vec<Problem>> {
         let mut errs = Vec::new();
-        let mut m = Media::default();
-        match extra.get("media") {
-            None => {}
-            Some(toml::Value::Table(t)) => {
-                for (k, v) in t {
-                    match (k.as_str(), v) {
-                        ("ffmpeg", toml::Value::String(s)) if !s.is_empty() => {
-                            m.ffmpeg = PathBuf::from(s)
-                        }
-                        ("ffmpeg", _) => errs.push(ConfigError::new(
-                            file,
-                            "media.ffmpeg",
-                            "expected the ffmpeg binary's path or name",
-                        )),
-                        _ => errs.push(ConfigError::new(
-                            file,
-                            format!("media.{k}"),
-                            "unknown key (ffmpeg)",
-                        )),
-                    }
-                }
-            }
-            Some(_) => errs.push(ConfigError::new(file, "media", "expected a table")),
+        let profiles = profile::parse_profiles(profiles, &mut errs);
+        if !errs.is_empty() {
+            return Err(errs);
         }
-        m.profiles = profile::parse_profiles(file, extra.get("profile"), &mut errs)
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-        if errs.is_empty() {
-            Ok(m)
-        } else {
-            Err(errs)
-        }
+        Ok(Media {
+            ffmpeg: section.ffmpeg.clone(),
+            profiles: profiles.into_iter().map(Arc::new).collect(),
+            ..Media::default()
+        })
     }
 
     /// The profile a route uses: by number or name; with none given, profile
@@ -559,9 +565,10 @@ mod tests {
     use super::progress::Progress;
     use super::*;
 
-    fn media(text: &str) -> Result<Media, Errors> {
-        let t: toml::Table = toml::from_str(text).expect("toml");
-        Media::parse("t.toml", &t)
+    fn media(text: &str) -> Result<Media, Vec<crate::config::ConfigError>> {
+        let c = crate::config::Config::from_text("t.toml", text, std::path::Path::new("."))
+            .map_err(|e| e.0)?;
+        Ok(Media::build(&c.server.media, &c.server.profile).expect("validated"))
     }
 
     #[test]
@@ -586,7 +593,8 @@ mod tests {
             Err("no [[profile]] defined".into())
         );
         let e = media("[media]\nffmpeg = 3\nffprobe = \"x\"\n").expect_err("invalid");
-        let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
+        let mut keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
+        keys.sort();
         assert_eq!(keys, ["media.ffmpeg", "media.ffprobe"]);
     }
 

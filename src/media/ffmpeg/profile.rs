@@ -1,7 +1,7 @@
 //! Output profiles (`[[profile]]` tables: codec, encoder, size, rate, bit rate, GOP, preset, audio, audio matrix) and the ffmpeg argument lists built from them (transcode and RTMP push).
 
 use super::matrix::{self, Track, TrackSpec};
-use crate::config::{ConfigError, Errors};
+use crate::section::{Num, Problem};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VideoCodec {
@@ -80,34 +80,60 @@ fn nvenc_preset(p: &str) -> &'static str {
     }
 }
 
-/// Parses every `[[profile]]` table; errors name `profile[i].key`.
-pub fn parse_profiles(file: &str, v: Option<&toml::Value>, errs: &mut Errors) -> Vec<Profile> {
-    let Some(v) = v else { return Vec::new() };
-    let Some(arr) = v.as_array() else {
-        errs.push(ConfigError::new(
-            file,
-            "profile",
-            "expected [[profile]] tables",
-        ));
-        return Vec::new();
-    };
+/// One `[[profile]]` table as written (also the operator API's document).
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileTable {
+    /// Required: 1..=64, the Output Profile point's value.
+    pub number: u32,
+    pub name: Option<String>,
+    pub video: Option<String>,
+    pub encoder: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<Num>,
+    pub bitrate: Option<u64>,
+    pub gop: Option<u32>,
+    pub preset: Option<String>,
+    pub audio: Option<String>,
+    pub audio_bitrate: Option<u64>,
+    #[serde(default)]
+    pub audio_track: Vec<TrackTable>,
+}
+
+/// One `[[profile.audio_track]]` (docs/transcode.md).
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackTable {
+    pub layout: Option<String>,
+    pub downmix: Option<String>,
+    pub extract: Option<String>,
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// One gain for every channel, or one per channel.
+    pub gain_db: Option<Gains>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum Gains {
+    One(Num),
+    Each(Vec<Num>),
+}
+
+/// Validates every `[[profile]]` table; problems name `profile[i].key`.
+pub fn parse_profiles(tables: &[ProfileTable], errs: &mut Vec<Problem>) -> Vec<Profile> {
     let mut out: Vec<Profile> = Vec::new();
-    for (i, t) in arr.iter().enumerate() {
+    for (i, t) in tables.iter().enumerate() {
         let at = format!("profile[{i}]");
-        let Some(t) = t.as_table() else {
-            errs.push(ConfigError::new(file, at, "expected a table"));
-            continue;
-        };
-        if let Some(p) = parse_one(file, &at, t, errs) {
+        if let Some(p) = parse_one(&at, t, errs) {
             if out.iter().any(|o| o.number == p.number) {
-                errs.push(ConfigError::new(
-                    file,
+                errs.push(Problem::new(
                     format!("{at}.number"),
                     format!("duplicate profile number {}", p.number),
                 ));
             } else if out.iter().any(|o| o.name == p.name) {
-                errs.push(ConfigError::new(
-                    file,
+                errs.push(Problem::new(
                     format!("{at}.name"),
                     format!("duplicate profile name {:?}", p.name),
                 ));
@@ -119,58 +145,27 @@ pub fn parse_profiles(file: &str, v: Option<&toml::Value>, errs: &mut Errors) ->
     out
 }
 
-fn parse_one(file: &str, at: &str, t: &toml::Table, errs: &mut Errors) -> Option<Profile> {
+fn parse_one(at: &str, t: &ProfileTable, errs: &mut Vec<Problem>) -> Option<Profile> {
     let before = errs.len();
-    let mut e = |k: &str, m: String| errs.push(ConfigError::new(file, format!("{at}.{k}"), m));
-    let known = [
-        "number",
-        "name",
-        "video",
-        "encoder",
-        "width",
-        "height",
-        "fps",
-        "bitrate",
-        "gop",
-        "preset",
-        "audio",
-        "audio_bitrate",
-        "audio_track",
-    ];
-    for k in t.keys() {
-        if !known.contains(&k.as_str()) {
-            e(k, "unknown key".into());
-        }
-    }
-    let int = |k: &str, lo: i64, hi: i64, e: &mut dyn FnMut(&str, String)| -> Option<i64> {
-        match t.get(k) {
-            None => None,
-            Some(toml::Value::Integer(n)) if (lo..=hi).contains(n) => Some(*n),
-            Some(_) => {
-                e(k, format!("expected an integer {lo}..={hi}"));
-                None
-            }
+    let mut e = |k: &str, m: String| errs.push(Problem::new(format!("{at}.{k}"), m));
+    let int = |k: &str, v: Option<u64>, lo: u64, hi: u64, e: &mut dyn FnMut(&str, String)| {
+        let v = v?;
+        if (lo..=hi).contains(&v) {
+            Some(v)
+        } else {
+            e(k, format!("expected an integer {lo}..={hi}"));
+            None
         }
     };
-    let string = |k: &str, e: &mut dyn FnMut(&str, String)| -> Option<String> {
-        match t.get(k) {
-            None => None,
-            Some(toml::Value::String(s)) => Some(s.clone()),
-            Some(_) => {
-                e(k, "expected a string".into());
-                None
-            }
-        }
-    };
-    let number = int("number", 1, 64, &mut e);
-    if number.is_none() && !t.contains_key("number") {
+    if !(1..=64).contains(&t.number) {
         e(
             "number",
-            "required (1..=64, the Output Profile point's value)".into(),
+            "expected an integer 1..=64 (the Output Profile point's value)".into(),
         );
     }
-    let name = string("name", &mut e).unwrap_or_else(|| format!("profile{}", number.unwrap_or(0)));
-    let video = match string("video", &mut e).as_deref() {
+    let number = t.number;
+    let name = t.name.clone().unwrap_or_else(|| format!("profile{number}"));
+    let video = match t.video.as_deref() {
         None | Some("h264") => VideoCodec::H264,
         Some("hevc") | Some("h265") => VideoCodec::Hevc,
         Some("copy") => VideoCodec::Copy,
@@ -182,7 +177,7 @@ fn parse_one(file: &str, at: &str, t: &toml::Table, errs: &mut Errors) -> Option
             VideoCodec::H264
         }
     };
-    let encoder = match string("encoder", &mut e).as_deref() {
+    let encoder = match t.encoder.as_deref() {
         None | Some("auto") => EncoderPref::Auto,
         Some("nvenc") => EncoderPref::Nvenc,
         Some("software") => EncoderPref::Software,
@@ -195,26 +190,24 @@ fn parse_one(file: &str, at: &str, t: &toml::Table, errs: &mut Errors) -> Option
         }
     };
     // Even sizes: 4:2:0 chroma needs them.
-    let width = int("width", 16, 7680, &mut e).map(|w| w as u32);
-    let height = int("height", 16, 4320, &mut e).map(|h| h as u32);
+    let width = int("width", t.width.map(u64::from), 16, 7680, &mut e).map(|w| w as u32);
+    let height = int("height", t.height.map(u64::from), 16, 4320, &mut e).map(|h| h as u32);
     for (k, v) in [("width", width), ("height", height)] {
         if v.is_some_and(|v| v % 2 != 0) {
             e(k, "must be even (4:2:0 video)".into());
         }
     }
-    let fps = match t.get("fps") {
+    let fps = match t.fps.map(|f| f.get()) {
         None => None,
-        Some(v) => match v.as_float().or_else(|| v.as_integer().map(|i| i as f64)) {
-            Some(f) if (1.0..=240.0).contains(&f) => Some(f),
-            _ => {
-                e("fps", "expected a frame rate 1..=240".into());
-                None
-            }
-        },
+        Some(f) if (1.0..=240.0).contains(&f) => Some(f),
+        Some(_) => {
+            e("fps", "expected a frame rate 1..=240".into());
+            None
+        }
     };
-    let bitrate = int("bitrate", 50_000, 200_000_000, &mut e).unwrap_or(2_000_000) as u64;
-    let gop = int("gop", 1, 1000, &mut e).map(|g| g as u32);
-    let preset = string("preset", &mut e);
+    let bitrate = int("bitrate", t.bitrate, 50_000, 200_000_000, &mut e).unwrap_or(2_000_000);
+    let gop = int("gop", t.gop.map(u64::from), 1, 1000, &mut e).map(|g| g as u32);
+    let preset = t.preset.clone();
     if let Some(p) = &preset {
         let nv = p.len() == 2 && p.starts_with('p') && ('1'..='7').contains(&p.chars().nth(1)?);
         if !X264_PRESETS.contains(&p.as_str()) && !nv {
@@ -235,7 +228,7 @@ fn parse_one(file: &str, at: &str, t: &toml::Table, errs: &mut Errors) -> Option
             "video = \"copy\" cannot change width, height, fps or gop".into(),
         );
     }
-    let audio = match string("audio", &mut e).as_deref() {
+    let audio = match t.audio.as_deref() {
         None | Some("aac") => AudioCodec::Aac,
         Some("copy") => AudioCodec::Copy,
         Some("none") => AudioCodec::None,
@@ -247,41 +240,28 @@ fn parse_one(file: &str, at: &str, t: &toml::Table, errs: &mut Errors) -> Option
             AudioCodec::Aac
         }
     };
-    let audio_bitrate = int("audio_bitrate", 8_000, 1_024_000, &mut e).unwrap_or(128_000) as u64;
+    let audio_bitrate =
+        int("audio_bitrate", t.audio_bitrate, 8_000, 1_024_000, &mut e).unwrap_or(128_000);
     let mut tracks = Vec::new();
-    match t.get("audio_track") {
-        None => {}
-        Some(toml::Value::Array(a)) => {
-            if audio != AudioCodec::Aac && !a.is_empty() {
-                e(
-                    "audio_track",
-                    "an audio matrix needs audio = \"aac\" (it re-encodes)".into(),
-                );
-            }
-            for (j, tt) in a.iter().enumerate() {
-                let tat = format!("audio_track[{j}]");
-                let Some(tt) = tt.as_table() else {
-                    e(&tat, "expected a table".into());
-                    continue;
-                };
-                if let Some(tr) = parse_track(tt, &tat, &mut e) {
-                    tracks.push(tr);
-                }
-            }
-            if tracks.len() > 8 {
-                e("audio_track", "at most 8 audio tracks".into());
-            }
-        }
-        Some(_) => e(
+    if audio != AudioCodec::Aac && !t.audio_track.is_empty() {
+        e(
             "audio_track",
-            "expected [[profile.audio_track]] tables".into(),
-        ),
+            "an audio matrix needs audio = \"aac\" (it re-encodes)".into(),
+        );
+    }
+    for (j, tt) in t.audio_track.iter().enumerate() {
+        if let Some(tr) = parse_track(tt, &format!("audio_track[{j}]"), &mut e) {
+            tracks.push(tr);
+        }
+    }
+    if tracks.len() > 8 {
+        e("audio_track", "at most 8 audio tracks".into());
     }
     if errs.len() > before {
         return None;
     }
     Some(Profile {
-        number: number? as u32,
+        number,
         name,
         video,
         encoder,
@@ -297,59 +277,18 @@ fn parse_one(file: &str, at: &str, t: &toml::Table, errs: &mut Errors) -> Option
     })
 }
 
-fn parse_track(t: &toml::Table, at: &str, e: &mut dyn FnMut(&str, String)) -> Option<Track> {
-    let mut spec = TrackSpec::default();
-    let mut ok = true;
-    for (k, v) in t {
-        let key = format!("{at}.{k}");
-        match (k.as_str(), v) {
-            ("layout", toml::Value::String(s)) => spec.layout = Some(s.clone()),
-            ("downmix", toml::Value::String(s)) => spec.downmix = Some(s.clone()),
-            ("extract", toml::Value::String(s)) => spec.extract = Some(s.clone()),
-            ("channels", toml::Value::Array(a)) => {
-                for (i, x) in a.iter().enumerate() {
-                    match x.as_str() {
-                        Some(s) => spec.channels.push(s.to_string()),
-                        None => {
-                            e(&format!("{key}[{i}]"), "expected a mix string".into());
-                            ok = false;
-                        }
-                    }
-                }
-            }
-            ("gain_db", toml::Value::Array(a)) => {
-                for (i, x) in a.iter().enumerate() {
-                    match x.as_float().or_else(|| x.as_integer().map(|n| n as f64)) {
-                        Some(g) => spec.gain_db.push(g),
-                        None => {
-                            e(&format!("{key}[{i}]"), "expected a number (dB)".into());
-                            ok = false;
-                        }
-                    }
-                }
-            }
-            ("gain_db", x) if x.as_float().is_some() || x.as_integer().is_some() => {
-                spec.gain_db.push(
-                    x.as_float()
-                        .unwrap_or_else(|| x.as_integer().unwrap_or(0) as f64),
-                );
-            }
-            ("layout" | "downmix" | "extract" | "channels" | "gain_db", _) => {
-                e(&key, "wrong type".into());
-                ok = false;
-            }
-            _ => {
-                e(
-                    &key,
-                    "unknown key (layout, downmix, extract, channels, gain_db)".into(),
-                );
-                ok = false;
-            }
-        }
-    }
-    if !ok {
-        return None;
-    }
+fn parse_track(t: &TrackTable, at: &str, e: &mut dyn FnMut(&str, String)) -> Option<Track> {
+    let spec = TrackSpec {
+        layout: t.layout.clone(),
+        downmix: t.downmix.clone(),
+        extract: t.extract.clone(),
+        channels: t.channels.clone(),
+        gain_db: match &t.gain_db {
+            None => Vec::new(),
+            Some(Gains::One(g)) => vec![g.get()],
+            Some(Gains::Each(v)) => v.iter().map(|g| g.get()).collect(),
+        },
+    };
     match matrix::build(&spec) {
         Ok(t) => Some(t),
         Err((k, m)) => {
@@ -662,15 +601,11 @@ mod tests {
         assert_eq!(rtmp_target(&base, Some(&key)), u);
     }
 
-    fn load(s: &str) -> Result<Vec<Profile>, Errors> {
-        let v: toml::Table = toml::from_str(s).expect("toml");
+    fn load(s: &str) -> Result<Vec<Profile>, Vec<crate::config::ConfigError>> {
+        let c = crate::config::Config::from_text("t.toml", s, std::path::Path::new("."))
+            .map_err(|e| e.0)?;
         let mut errs = Vec::new();
-        let p = parse_profiles("t.toml", v.get("profile"), &mut errs);
-        if errs.is_empty() {
-            Ok(p)
-        } else {
-            Err(errs)
-        }
+        Ok(parse_profiles(&c.server.profile, &mut errs))
     }
 
     #[test]

@@ -29,13 +29,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::tsmux::{MuxConfig, TsMuxer};
-use crate::config::ConfigError;
 use crate::engine::input::Feed;
 use crate::engine::spec::RtmpInput;
 use crate::engine::stats::IoStats;
+use crate::section::{Problem, Section};
 
 /// `[rtmp]` in castpoint.toml.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RtmpConfig {
     pub enabled: bool,
     pub bind: SocketAddr,
@@ -44,6 +45,7 @@ pub struct RtmpConfig {
     /// Concurrent connections from one source address.
     pub max_connections_per_ip: usize,
     /// A connection silent this long is closed (a stalled publisher).
+    #[serde(with = "crate::section::duration")]
     pub idle_timeout: Duration,
     /// Largest RTMP message accepted (a keyframe); bounds memory per peer.
     pub max_message: usize,
@@ -63,16 +65,6 @@ impl Default for RtmpConfig {
 }
 
 impl RtmpConfig {
-    /// Sets `[rtmp] bind` in a config's extra sections (CLI `--rtmp`, tests).
-    pub fn override_bind(extra: &mut toml::Table, addr: SocketAddr) {
-        let t = extra
-            .entry("rtmp")
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        if let Some(t) = t.as_table_mut() {
-            t.insert("bind".into(), toml::Value::String(addr.to_string()));
-        }
-    }
-
     /// The listener caps this section asks for.
     pub fn caps(&self) -> crate::netlimit::Caps {
         crate::netlimit::Caps {
@@ -89,67 +81,26 @@ impl RtmpConfig {
             ..self
         }
     }
+}
 
-    /// Parses `[rtmp]` from the config's extra sections (absent: defaults).
-    pub fn parse(file: &str, extra: &toml::Table) -> Result<RtmpConfig, Vec<ConfigError>> {
-        let mut c = RtmpConfig::default();
-        let mut errs = Vec::new();
-        let Some(t) = extra.get("rtmp") else {
-            return Ok(c);
-        };
-        let Some(t) = t.as_table() else {
-            return Err(vec![ConfigError::new(file, "rtmp", "expected a table")]);
-        };
-        for (k, v) in t {
-            let key = format!("rtmp.{k}");
-            let int = |lo: i64, hi: i64| v.as_integer().filter(|n| (lo..=hi).contains(n));
-            match k.as_str() {
-                "enabled" => match v.as_bool() {
-                    Some(b) => c.enabled = b,
-                    None => errs.push(ConfigError::new(file, key, "expected true or false")),
-                },
-                "bind" => match v.as_str().and_then(|s| s.parse().ok()) {
-                    Some(a) => c.bind = a,
-                    None => errs.push(ConfigError::new(
-                        file,
-                        key,
-                        "expected an address like \"0.0.0.0:1935\"",
-                    )),
-                },
-                "max_connections" => match int(1, 10_000) {
-                    Some(n) => c.max_connections = n as usize,
-                    None => errs.push(ConfigError::new(file, key, "expected an integer 1..=10000")),
-                },
-                "max_connections_per_ip" => match int(1, 10_000) {
-                    Some(n) => c.max_connections_per_ip = n as usize,
-                    None => errs.push(ConfigError::new(file, key, "expected an integer 1..=10000")),
-                },
-                "max_message" => match int(64 * 1024, 16 << 20) {
-                    Some(n) => c.max_message = n as usize,
-                    None => errs.push(ConfigError::new(
-                        file,
-                        key,
-                        "expected bytes 65536..=16777216",
-                    )),
-                },
-                "idle_timeout" => match v.as_str().and_then(crate::config::parse_duration) {
-                    Some(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(600) => {
-                        c.idle_timeout = d
-                    }
-                    _ => errs.push(ConfigError::new(
-                        file,
-                        key,
-                        "expected a duration between \"1s\" and \"10m\"",
-                    )),
-                },
-                _ => errs.push(ConfigError::new(file, key, "unknown key")),
-            }
+impl Section for RtmpConfig {
+    fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        crate::section::range("max_connections", self.max_connections, 1, 10_000, &mut p);
+        let per_ip = self.max_connections_per_ip;
+        crate::section::range("max_connections_per_ip", per_ip, 1, 10_000, &mut p);
+        if !(64 * 1024..=16 << 20).contains(&self.max_message) {
+            p.push(Problem::new(
+                "max_message",
+                "expected bytes 65536..=16777216",
+            ));
         }
-        if errs.is_empty() {
-            Ok(c)
-        } else {
-            Err(errs)
+        let t = self.idle_timeout;
+        if t < Duration::from_secs(1) || t > Duration::from_secs(600) {
+            let m = "expected a duration between \"1s\" and \"10m\"";
+            p.push(Problem::new("idle_timeout", m));
         }
+        p
     }
 }
 

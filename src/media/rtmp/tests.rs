@@ -101,24 +101,25 @@ fn limits_are_enforced() {
 
 #[test]
 fn config_parses_and_names_bad_keys() {
-    let t: toml::Table = toml::from_str(
-        "[rtmp]\nbind = \"127.0.0.1:1936\"\nmax_connections = 4\nidle_timeout = \"5s\"\n",
+    let c = crate::config::section_from_str::<RtmpConfig>(
+        "rtmp",
+        "bind = \"127.0.0.1:1936\"\nmax_connections = 4\nidle_timeout = \"5s\"\n",
     )
-    .expect("toml");
-    let c = RtmpConfig::parse("f.toml", &t).expect("valid");
+    .expect("valid");
     assert_eq!(c.bind.port(), 1936);
     assert_eq!(c.max_connections, 4);
     assert!(c.enabled);
-    let t: toml::Table =
-        toml::from_str("[rtmp]\nbind = \"nope\"\nmax_connections = 0\nfoo = 1\n").expect("toml");
-    let e = RtmpConfig::parse("f.toml", &t).expect_err("invalid");
-    let keys: Vec<String> = e.iter().map(|e| e.key.clone()).collect();
-    assert!(keys.contains(&"rtmp.bind".to_string()));
-    assert!(keys.contains(&"rtmp.max_connections".to_string()));
-    assert!(keys.contains(&"rtmp.foo".to_string()));
+    for (text, key) in [
+        ("bind = \"nope\"", "rtmp.bind"),
+        ("max_connections = 0", "rtmp.max_connections"),
+        ("foo = 1", "rtmp.foo"),
+    ] {
+        let e = crate::config::errors_of(&format!("[rtmp]\n{text}\n"));
+        assert!(e.iter().any(|e| e.key == key), "{key}: {e:?}");
+    }
     assert_eq!(
-        RtmpConfig::parse("f", &toml::Table::new()),
-        Ok(RtmpConfig::default())
+        crate::config::section_from_str::<RtmpConfig>("rtmp", "").expect("valid"),
+        RtmpConfig::default()
     );
 }
 

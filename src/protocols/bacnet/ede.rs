@@ -1,6 +1,7 @@
 //! EDE 2.3 export (the semicolon CSV "Engineering Data Exchange" point list BMS integrators import) of the BACnet device.
 
-use crate::config::Config;
+use super::BacnetSection;
+use crate::points::Maps;
 use crate::points::{BacnetObjectType, PointDef};
 
 use super::units;
@@ -38,8 +39,12 @@ fn num(v: Option<f64>) -> String {
 }
 
 /// The EDE data file and its state-text file (`*_StateTexts.csv`), as text.
-pub fn export(cfg: &Config, stamp: &str) -> (String, String) {
-    let b = &cfg.server.bacnet;
+pub fn export(
+    b: &BacnetSection,
+    points: &[PointDef],
+    maps: &Maps,
+    stamp: &str,
+) -> (String, String) {
     let dev = b.device_instance;
     let mut ede = header(&b.device_name, stamp);
     ede.push_str(
@@ -60,15 +65,15 @@ pub fn export(cfg: &Config, stamp: &str) -> (String, String) {
     let mut states = header(&b.device_name, stamp);
     states.push_str("#Reference Number;Text 1;Text 2;Text 3;Text 4;Text 5;Text 6;Text 7;Text 8\n");
     let mut next_ref = 1u32;
-    for o in &cfg.maps.bacnet.objects {
-        let Some(def): Option<&PointDef> = cfg.points.get(o.point.index()) else {
+    for o in &maps.bacnet.objects {
+        let Some(def): Option<&PointDef> = points.get(o.point.index()) else {
             continue;
         };
         let unit = if matches!(
             o.object_type,
             BacnetObjectType::AnalogInput | BacnetObjectType::AnalogValue
         ) {
-            units::units_code(def, o, cfg.maps.bacnet.bitrate_units_fallback)
+            units::units_code(def, o, maps.bacnet.bitrate_units_fallback)
                 .map(|c| c.to_string())
                 .unwrap_or_default()
         } else {
@@ -105,8 +110,8 @@ pub fn export(cfg: &Config, stamp: &str) -> (String, String) {
         ));
     }
     // Trend Logs (object type 20): read-only, no COV, no present value.
-    for t in &cfg.maps.bacnet.trend_logs {
-        let Some(def) = cfg.points.get(t.point.index()) else {
+    for t in &maps.bacnet.trend_logs {
+        let Some(def) = points.get(t.point.index()) else {
             continue;
         };
         ede.push_str(&format!(

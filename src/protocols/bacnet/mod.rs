@@ -70,9 +70,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::BacnetSection;
 use crate::points::WritePolicy;
 use crate::points::{Maps, PointDb, PointId, Protocol, Source, Value};
+use crate::section::{Problem, Section};
 
 use config_objects::{ConfigObject, RestartReason};
 
@@ -145,9 +145,15 @@ pub const RESTART_PRIORITY: u8 = 8;
 /// confirmed subscriber is unreachable.
 const COV_PUSH_WAIT: Duration = Duration::from_millis(250);
 
-/// Extra `[bacnet]` keys castpoint reads from `BacnetSection::raw`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct BacnetOptions {
+/// `[bacnet]`: the B/IP device.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BacnetSection {
+    pub enabled: bool,
+    pub bind: SocketAddr,
+    pub device_instance: u32,
+    pub device_name: String,
+    pub vendor_id: u16,
     /// Directed broadcast address (default: from the interface's netmask).
     pub broadcast: Option<Ipv4Addr>,
     /// Password for DeviceCommunicationControl and ReinitializeDevice. Without
@@ -163,58 +169,94 @@ pub struct BacnetOptions {
     pub segmentation: bool,
     /// `read_only` / `write_allow`: which sources may write (enforced by
     /// `PointDb::write`, refusals answered WRITE_ACCESS_DENIED and audited).
+    pub read_only: bool,
+    pub write_allow: Vec<String>,
+}
+
+impl Default for BacnetSection {
+    fn default() -> Self {
+        BacnetSection {
+            enabled: true,
+            bind: SocketAddr::from(([0, 0, 0, 0], 47808)),
+            device_instance: 389_001,
+            device_name: "castpoint".into(),
+            vendor_id: DEFAULT_VENDOR_ID,
+            broadcast: None,
+            password: None,
+            foreign_bbmd: None,
+            foreign_ttl: 300,
+            segmentation: true,
+            read_only: false,
+            write_allow: Vec::new(),
+        }
+    }
+}
+
+impl Section for BacnetSection {
+    /// Checked whether or not the section is enabled (a typo is a typo),
+    /// except the IPv6 bind, which only matters to a running device.
+    fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        crate::section::range(
+            "device_instance",
+            self.device_instance,
+            0,
+            4_194_302,
+            &mut p,
+        );
+        if self.enabled && self.bind.is_ipv6() {
+            p.push(Problem::new(
+                "bind",
+                format!("{} is IPv6; BACnet/IP (Annex J) is IPv4", self.bind),
+            ));
+        }
+        // Clause 16.1.1.1.3 / 16.4.1.1.2: 1..=20 characters.
+        if self
+            .password
+            .as_ref()
+            .is_some_and(|s| s.is_empty() || s.len() > 20)
+        {
+            p.push(Problem::new("password", "must be 1 to 20 characters"));
+        }
+        if let Some(a) = self.foreign_bbmd {
+            if a.ip().is_unspecified() || a.port() == 0 {
+                p.push(Problem::new(
+                    "foreign_bbmd",
+                    format!("{a} is not an IPv4 address:port of a BBMD"),
+                ));
+            }
+        }
+        if self.foreign_ttl < 2 {
+            p.push(Problem::new("foreign_ttl", "seconds, 2..=65535"));
+        }
+        p.extend(super::policy_problems(&self.write_allow));
+        p
+    }
+}
+
+/// The `[bacnet]` options the device runs with (after `validate`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BacnetOptions {
+    pub broadcast: Option<Ipv4Addr>,
+    pub password: Option<String>,
+    pub foreign_bbmd: Option<SocketAddrV4>,
+    pub foreign_ttl: u16,
+    pub segmentation: bool,
     pub write_policy: WritePolicy,
 }
 
-/// Parses and validates the extra `[bacnet]` keys; errors name `bacnet.key`.
-pub fn parse_options(raw: &toml::Table) -> Result<BacnetOptions, Vec<String>> {
-    let mut o = BacnetOptions {
-        foreign_ttl: 300,
-        segmentation: true,
-        ..BacnetOptions::default()
-    };
-    let mut errs = Vec::new();
-    match WritePolicy::from_table("bacnet", raw) {
-        Ok(p) => o.write_policy = p,
-        Err(e) => errs.extend(e),
-    }
-    for (k, v) in raw {
-        match (k.as_str(), v) {
-            // Validated by WritePolicy::from_table above.
-            ("read_only" | "write_allow", _) => {}
-            ("broadcast", toml::Value::String(s)) => match s.parse() {
-                Ok(a) => o.broadcast = Some(a),
-                Err(_) => errs.push(format!("bacnet.broadcast: {s:?} is not an IPv4 address")),
-            },
-            ("password", toml::Value::String(s)) => {
-                if s.is_empty() || s.len() > 20 {
-                    // Clause 16.1.1.1.3 / 16.4.1.1.2: 1..=20 characters.
-                    errs.push("bacnet.password: must be 1 to 20 characters".into());
-                } else {
-                    o.password = Some(s.clone());
-                }
-            }
-            ("foreign_bbmd", toml::Value::String(s)) => match s.parse::<SocketAddrV4>() {
-                Ok(a) if !a.ip().is_unspecified() && a.port() != 0 => o.foreign_bbmd = Some(a),
-                _ => errs.push(format!(
-                    "bacnet.foreign_bbmd: {s:?} is not an IPv4 address:port of a BBMD"
-                )),
-            },
-            ("foreign_ttl", toml::Value::Integer(n)) => match u16::try_from(*n) {
-                Ok(t) if t >= 2 => o.foreign_ttl = t,
-                _ => errs.push("bacnet.foreign_ttl: seconds, 2..=65535".into()),
-            },
-            ("segmentation", toml::Value::Boolean(b)) => o.segmentation = *b,
-            ("broadcast" | "password" | "foreign_bbmd" | "foreign_ttl" | "segmentation", _) => {
-                errs.push(format!("bacnet.{k}: wrong type"))
-            }
-            _ => errs.push(format!("bacnet.{k}: unknown key")),
+impl BacnetSection {
+    /// The device's options; a `write_allow` entry that does not parse (a
+    /// section that skipped `validate`) is left out.
+    pub fn options(&self) -> BacnetOptions {
+        BacnetOptions {
+            broadcast: self.broadcast,
+            password: self.password.clone(),
+            foreign_bbmd: self.foreign_bbmd,
+            foreign_ttl: self.foreign_ttl,
+            segmentation: self.segmentation,
+            write_policy: super::policy_of(self.read_only, &self.write_allow),
         }
-    }
-    if errs.is_empty() {
-        Ok(o)
-    } else {
-        Err(errs)
     }
 }
 
@@ -496,7 +538,7 @@ pub async fn start(
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<SocketAddr, String> {
-    let opts = parse_options(&cfg.raw).map_err(|e| e.join("; "))?;
+    let opts = cfg.options();
     let bind = match cfg.bind {
         SocketAddr::V4(a) => a,
         SocketAddr::V6(a) => {

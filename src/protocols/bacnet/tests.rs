@@ -30,24 +30,35 @@ fn code(e: Error) -> (ErrorClass, ErrorCode) {
     }
 }
 
+fn options(text: &str) -> Result<BacnetOptions, Vec<String>> {
+    crate::config::section_from_str::<BacnetSection>("bacnet", text)
+        .map(|s| s.options())
+        .map_err(|e| {
+            e.0.iter()
+                .map(|e| format!("{}: {}", e.key, e.message))
+                .collect()
+        })
+}
+
 #[test]
 fn options_parse_and_name_their_keys() {
-    let t: toml::Table = toml::from_str(
+    let o = options(
         "password = \"secret\"\nbroadcast = \"10.0.0.255\"\nforeign_bbmd = \"10.1.1.1:47808\"\nforeign_ttl = 60",
     )
-    .expect("toml");
-    let o = parse_options(&t).expect("valid");
+    .expect("valid");
     assert_eq!(o.password.as_deref(), Some("secret"));
     assert_eq!(o.broadcast, Some(Ipv4Addr::new(10, 0, 0, 255)));
     assert_eq!(o.foreign_ttl, 60);
-    let bad: toml::Table =
-        toml::from_str("pasword = \"x\"\nforeign_ttl = 0\nbroadcast = 3").expect("toml");
-    let e = parse_options(&bad).expect_err("invalid");
+    let e = options("pasword = \"x\"").expect_err("invalid");
     assert!(e.iter().any(|m| m.starts_with("bacnet.pasword")), "{e:?}");
+    let e = options("foreign_ttl = 0\npassword = \"\"").expect_err("invalid");
     assert!(
         e.iter().any(|m| m.starts_with("bacnet.foreign_ttl")),
         "{e:?}"
     );
+    assert!(e.iter().any(|m| m.starts_with("bacnet.password")), "{e:?}");
+    let e = options("broadcast = 3").expect_err("invalid");
+    assert!(e.iter().any(|m| m.starts_with("bacnet.broadcast")), "{e:?}");
     assert!(e.iter().any(|m| m.starts_with("bacnet.broadcast")), "{e:?}");
 }
 
@@ -282,7 +293,7 @@ fn every_listed_property_reads() {
 #[test]
 fn ede_lists_device_and_every_object() {
     let (cfg, _, _) = setup();
-    let (ede, states) = ede::export(&cfg, "2025-01-01");
+    let (ede, states) = ede::export(&cfg.server.bacnet, &cfg.points, &cfg.maps, "2025-01-01");
     assert!(ede.contains("VERSION_OF_LAYOUT;2.3"));
     let rows: Vec<&str> = ede
         .lines()
@@ -385,16 +396,14 @@ fn a_network_command_is_not_a_local_override() {
 
 #[test]
 fn the_write_policy_keys_are_bacnet_options() {
-    let t: toml::Table =
-        toml::from_str("read_only = true\nwrite_allow = [\"192.0.2.0/24\"]").expect("toml");
-    let o = parse_options(&t).expect("valid");
+    let o = options("read_only = true\nwrite_allow = [\"192.0.2.0/24\"]").expect("valid");
     assert!(o.write_policy.read_only);
     assert_eq!(o.write_policy.write_allow.len(), 1);
-    let bad: toml::Table = toml::from_str("read_only = 1\nwrite_allow = [\"x\"]").expect("toml");
-    let e = parse_options(&bad).expect_err("invalid");
+    let e = options("read_only = 1").expect_err("invalid");
     assert!(e.iter().any(|m| m.starts_with("bacnet.read_only")), "{e:?}");
+    let e = options("write_allow = [\"x\"]").expect_err("invalid");
     assert!(
-        e.iter().any(|m| m.starts_with("bacnet.write_allow")),
+        e.iter().any(|m| m.starts_with("bacnet.write_allow[0]")),
         "{e:?}"
     );
 }

@@ -26,8 +26,8 @@ use axum::routing::any;
 use axum::Router;
 use chrono::{DateTime, Utc};
 
-use crate::config::parse_duration;
 use crate::points::{Maps, PointDb};
+use crate::section::{Problem, Section};
 use auth::{AuthReply, Authenticator, Role, User};
 use encoding::{BodyFormat, Format, Grid};
 use ops::{Caller, OpError};
@@ -64,120 +64,138 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
-    /// Parses the `[haystack]` table's own keys; every error names
-    /// `haystack.<key>`.
-    pub fn from_raw(raw: &toml::Table) -> Result<Settings, Vec<String>> {
-        let mut s = Settings::default();
-        let mut errs = Vec::new();
-        for (k, v) in raw {
-            let key = format!("haystack.{k}");
-            match k.as_str() {
-                "anonymous_read" => match v.as_bool() {
-                    Some(b) => s.anonymous_read = b,
-                    None => errs.push(format!("{key}: expected true or false")),
-                },
-                "token_ttl" | "watch_lease" | "max_watch_lease" => {
-                    match v.as_str().and_then(parse_duration) {
-                        Some(d) if d >= Duration::from_secs(1) => match k.as_str() {
-                            "token_ttl" => s.token_ttl = d,
-                            "watch_lease" => s.watch_lease = d,
-                            _ => s.max_watch_lease = d,
-                        },
-                        _ => errs.push(format!(
-                            "{key}: expected a duration of at least 1s (e.g. \"1h\")"
-                        )),
-                    }
-                }
-                "action_level" => match v.as_integer() {
-                    Some(n @ 1..=16) => s.action_level = n as u8,
-                    _ => errs.push(format!("{key}: expected an integer 1..=16")),
-                },
-                "server_name" => match v.as_str() {
-                    Some(n) => s.server_name = n.to_string(),
-                    None => errs.push(format!("{key}: expected a string")),
-                },
-                "user" => match v.as_array() {
-                    Some(a) => {
-                        for (i, u) in a.iter().enumerate() {
-                            match parse_user(u) {
-                                Ok(u) => {
-                                    if s.users.iter().any(|x| x.name == u.name) {
-                                        errs.push(format!(
-                                            "{key}[{i}].name: duplicate user {:?}",
-                                            u.name
-                                        ));
-                                    }
-                                    s.users.push(u);
-                                }
-                                Err(e) => errs.push(format!("{key}[{i}].{e}")),
-                            }
-                        }
-                    }
-                    None => errs.push(format!("{key}: expected [[haystack.user]] tables")),
-                },
-                _ => errs.push(format!("{key}: unknown key")),
-            }
-        }
-        if s.watch_lease > s.max_watch_lease {
-            errs.push("haystack.watch_lease: longer than haystack.max_watch_lease".into());
-        }
-        if errs.is_empty() {
-            Ok(s)
-        } else {
-            Err(errs)
+/// `[haystack]` as written: the ops' options and the users (SCRAM keys).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaystackSection {
+    /// Served under `/api/haystack` on the HTTP listener (needs `[http]`).
+    pub enabled: bool,
+    pub anonymous_read: bool,
+    #[serde(with = "crate::section::duration")]
+    pub token_ttl: Duration,
+    #[serde(with = "crate::section::duration")]
+    pub watch_lease: Duration,
+    #[serde(with = "crate::section::duration")]
+    pub max_watch_lease: Duration,
+    pub action_level: u8,
+    pub server_name: String,
+    /// `[[haystack.user]]`: passwords are never stored (`castpoint haystack-user`).
+    pub user: Vec<UserEntry>,
+}
+
+/// One `[[haystack.user]]`: SCRAM-SHA-256 keys in base64.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserEntry {
+    pub name: String,
+    pub role: String,
+    pub salt: String,
+    pub iterations: u32,
+    pub stored_key: String,
+    pub server_key: String,
+}
+
+impl Default for HaystackSection {
+    fn default() -> Self {
+        let s = Settings::default();
+        HaystackSection {
+            enabled: true,
+            anonymous_read: s.anonymous_read,
+            token_ttl: s.token_ttl,
+            watch_lease: s.watch_lease,
+            max_watch_lease: s.max_watch_lease,
+            action_level: s.action_level,
+            server_name: s.server_name,
+            user: Vec::new(),
         }
     }
 }
 
-fn parse_user(v: &toml::Value) -> Result<User, String> {
-    let t = v.as_table().ok_or("(entry): expected a table")?;
-    for k in t.keys() {
-        if ![
-            "name",
-            "role",
-            "salt",
-            "iterations",
-            "stored_key",
-            "server_key",
-        ]
-        .contains(&k.as_str())
-        {
-            return Err(format!(
-                "{k}: unknown key (passwords are never stored; use `castpoint haystack-user`)"
+impl Section for HaystackSection {
+    fn validate(&self) -> Vec<Problem> {
+        self.settings().err().unwrap_or_default()
+    }
+}
+
+impl HaystackSection {
+    /// The ops' settings, users decoded; problems keyed below `[haystack]`.
+    pub fn settings(&self) -> Result<Settings, Vec<Problem>> {
+        let mut errs = Vec::new();
+        for (k, d) in [
+            ("token_ttl", self.token_ttl),
+            ("watch_lease", self.watch_lease),
+            ("max_watch_lease", self.max_watch_lease),
+        ] {
+            if d < Duration::from_secs(1) {
+                errs.push(Problem::new(
+                    k,
+                    "expected a duration of at least 1s (e.g. \"1h\")",
+                ));
+            }
+        }
+        crate::section::range("action_level", self.action_level, 1, 16, &mut errs);
+        if self.watch_lease > self.max_watch_lease {
+            errs.push(Problem::new(
+                "watch_lease",
+                "longer than haystack.max_watch_lease",
             ));
         }
+        let mut users: Vec<User> = Vec::new();
+        for (i, u) in self.user.iter().enumerate() {
+            match decode_user(u) {
+                Ok(u) => {
+                    if users.iter().any(|x| x.name == u.name) {
+                        let m = format!("duplicate user {:?}", u.name);
+                        errs.push(Problem::new(format!("user[{i}].name"), m));
+                    }
+                    users.push(u);
+                }
+                Err(p) => errs.push(p.under(&format!("user[{i}]"))),
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        Ok(Settings {
+            anonymous_read: self.anonymous_read,
+            token_ttl: self.token_ttl,
+            watch_lease: self.watch_lease,
+            max_watch_lease: self.max_watch_lease,
+            action_level: self.action_level,
+            server_name: self.server_name.clone(),
+            users,
+        })
     }
-    let s = |k: &str| -> Result<&str, String> {
-        t.get(k)
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| format!("{k}: expected a string"))
-    };
-    let name = s("name")?.to_string();
+}
+
+fn decode_user(t: &UserEntry) -> Result<User, Problem> {
+    let name = t.name.clone();
     if name.is_empty() || name.contains([',', '=']) {
-        return Err("name: must be non-empty without ',' or '='".into());
+        return Err(Problem::new("name", "must be non-empty without ',' or '='"));
     }
-    let role = Role::parse(s("role")?).ok_or("role: expected viewer, operator or admin")?;
-    let salt = auth::b64_decode(s("salt")?)
+    let role = Role::parse(&t.role)
+        .ok_or_else(|| Problem::new("role", "expected viewer, operator or admin"))?;
+    let salt = auth::b64_decode(&t.salt)
         .filter(|b| !b.is_empty())
-        .ok_or("salt: expected base64")?;
-    let iterations = t
-        .get("iterations")
-        .and_then(|v| v.as_integer())
-        .filter(|n| (1000..=10_000_000).contains(n))
-        .ok_or("iterations: expected an integer 1000..=10000000")? as u32;
-    let key = |k: &str| -> Result<[u8; 32], String> {
-        auth::b64_decode(s(k)?)
+        .ok_or_else(|| Problem::new("salt", "expected base64"))?;
+    if !(1000..=10_000_000).contains(&t.iterations) {
+        return Err(Problem::new(
+            "iterations",
+            "expected an integer 1000..=10000000",
+        ));
+    }
+    let key = |k: &str, v: &str| -> Result<[u8; 32], Problem> {
+        auth::b64_decode(v)
             .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-            .ok_or_else(|| format!("{k}: expected 32 bytes of base64 (SHA-256)"))
+            .ok_or_else(|| Problem::new(k, "expected 32 bytes of base64 (SHA-256)"))
     };
     Ok(User {
         name,
         role,
         salt,
-        iterations,
-        stored_key: key("stored_key")?,
-        server_key: key("server_key")?,
+        iterations: t.iterations,
+        stored_key: key("stored_key", &t.stored_key)?,
+        server_key: key("server_key", &t.server_key)?,
     })
 }
 
@@ -422,13 +440,28 @@ pub fn user_entry_cli(name: &str, role: &str, iterations: u32) -> Result<String,
 mod tests {
     use super::*;
 
+    fn settings(text: &str) -> Result<Settings, Vec<String>> {
+        let s =
+            crate::config::section_from_str::<HaystackSection>("haystack", text).map_err(|e| {
+                e.0.iter()
+                    .map(|e| format!("{}: {}", e.key, e.message))
+                    .collect::<Vec<_>>()
+            })?;
+        Ok(s.settings().expect("validated"))
+    }
+
     #[test]
     fn settings_parse_and_name_keys() {
-        let t: toml::Table = toml::from_str(
+        let e = settings("anonymous_read = true\nbogus = 1\n").expect_err("errors");
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("haystack.bogus: unknown key")),
+            "{e:?}"
+        );
+        let e = settings(
             r#"
             anonymous_read = true
             token_ttl = "10min"
-            bogus = 1
             [[user]]
             name = "a"
             role = "admin"
@@ -438,21 +471,14 @@ mod tests {
             server_key = "y"
             "#,
         )
-        .expect("toml");
-        let e = Settings::from_raw(&t).expect_err("errors");
-        assert!(
-            e.iter().any(|m| m == "haystack.bogus: unknown key"),
-            "{e:?}"
-        );
+        .expect_err("errors");
         assert!(
             e.iter()
                 .any(|m| m.starts_with("haystack.user[0].iterations")),
             "{e:?}"
         );
         let entry = auth::user_entry("bob", Role::Operator, "pw", 4096).expect("entry");
-        let t: toml::Table =
-            toml::from_str(&entry.replace("[[haystack.user]]", "[[user]]")).expect("toml");
-        let s = Settings::from_raw(&t).expect("valid");
+        let s = settings(&entry.replace("[[haystack.user]]", "[[user]]")).expect("valid");
         assert_eq!(s.users[0].name, "bob");
         assert_eq!(s.users[0].role, Role::Operator);
     }

@@ -46,85 +46,72 @@ mod service;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ModbusSection;
 use crate::netlimit::Caps;
-use crate::points::{ModbusMap, PointDb, Protocol, WritePolicy};
+use crate::points::{ModbusMap, PointDb, Protocol};
+use crate::section::{Problem, Section};
 
 pub use export::{map_csv, map_markdown};
 pub use frame::{decode_request, split_frame, Exception, Request};
 pub use server::Limits;
 pub use service::Service;
 
-/// Keys of `[modbus]` this module reads from the section's `raw` (the
-/// config loader parses the others).
-const OWN_KEYS: &[&str] = &["max_connections_per_ip", "read_only", "write_allow"];
-
 /// Default `[modbus] max_connections_per_ip`: one host cannot hold every
 /// one of the default 64 slots.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 8;
 
-/// What this module reads from `[modbus]`'s extra keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
+/// `[modbus]`: the Modbus TCP server.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModbusSection {
+    pub enabled: bool,
+    pub bind: SocketAddr,
+    pub unit_ids: Vec<u8>,
+    pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    #[serde(with = "crate::section::duration")]
+    pub idle_timeout: Duration,
     /// `read_only` / `write_allow`: enforced by `PointDb::write`.
-    pub policy: WritePolicy,
+    pub read_only: bool,
+    pub write_allow: Vec<String>,
 }
 
-impl Settings {
-    /// Parses the extra keys; errors are `modbus.key: message` lines.
-    pub fn parse(section: &ModbusSection) -> Result<Settings, Vec<String>> {
-        let mut errs: Vec<String> = section
-            .raw
-            .keys()
-            .filter(|k| !OWN_KEYS.contains(&k.as_str()))
-            .map(|k| format!("modbus.{k}: unknown key (known: enabled, bind, unit_ids, max_connections, max_connections_per_ip, idle_timeout, read_only, write_allow)"))
-            .collect();
-        let max_connections_per_ip = match section.raw.get("max_connections_per_ip") {
-            None => DEFAULT_MAX_CONNECTIONS_PER_IP,
-            Some(v) => match v.as_integer().filter(|n| (1..=10_000).contains(n)) {
-                Some(n) => n as usize,
-                None => {
-                    errs.push(
-                        "modbus.max_connections_per_ip: expected an integer 1..=10000".into(),
-                    );
-                    DEFAULT_MAX_CONNECTIONS_PER_IP
-                }
-            },
-        };
-        let policy = WritePolicy::from_table("modbus", &section.raw).unwrap_or_else(|e| {
-            errs.extend(e);
-            WritePolicy::default()
-        });
-        if errs.is_empty() {
-            Ok(Settings {
-                max_connections_per_ip,
-                policy,
-            })
-        } else {
-            Err(errs)
+impl Default for ModbusSection {
+    fn default() -> Self {
+        ModbusSection {
+            enabled: true,
+            bind: SocketAddr::from(([0, 0, 0, 0], 5020)),
+            unit_ids: vec![0, 1, 255],
+            max_connections: 64,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            idle_timeout: Duration::from_secs(60),
+            read_only: false,
+            write_allow: Vec::new(),
         }
     }
 }
 
-/// Problems with `[modbus]`'s keys this module owns (unknown keys, a bad
-/// CIDR in `write_allow`): `check-config` reports them, `run` refuses them.
-pub fn config_problems(section: &ModbusSection) -> Vec<String> {
-    Settings::parse(section).err().unwrap_or_default()
+impl Section for ModbusSection {
+    fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        crate::section::range("max_connections", self.max_connections, 1, 10_000, &mut p);
+        let per_ip = self.max_connections_per_ip;
+        crate::section::range("max_connections_per_ip", per_ip, 1, 10_000, &mut p);
+        p.extend(super::policy_problems(&self.write_allow));
+        p
+    }
 }
 
 /// The listener caps `[modbus]` asks for (before `netlimit::fit_caps`).
 pub fn caps(section: &ModbusSection) -> Caps {
     Caps {
         max_connections: section.max_connections,
-        max_connections_per_ip: Settings::parse(section)
-            .map(|s| s.max_connections_per_ip)
-            .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP),
+        max_connections_per_ip: section.max_connections_per_ip,
     }
 }
 
@@ -140,15 +127,22 @@ pub async fn start(
     tasks: &TaskTracker,
 ) -> std::io::Result<SocketAddr> {
     // A policy that does not parse must not leave writes open.
-    let settings = Settings::parse(section)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.join("; ")))?;
-    if !settings.policy.read_only && settings.policy.write_allow.is_empty() {
+    let bad: Vec<String> = super::policy_problems(&section.write_allow)
+        .iter()
+        .map(|p| format!("modbus.{p}"))
+        .collect();
+    if !bad.is_empty() {
+        let e = bad.join("; ");
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e));
+    }
+    let policy = super::policy_of(section.read_only, &section.write_allow);
+    if !policy.read_only && policy.write_allow.is_empty() {
         tracing::warn!(
             "modbus: any host that reaches {} can write command points (set [modbus] read_only or write_allow)",
             section.bind
         );
     }
-    db.set_write_policy(Protocol::Modbus, settings.policy);
+    db.set_write_policy(Protocol::Modbus, policy);
     let listener = TcpListener::bind(section.bind).await?;
     let addr = listener.local_addr()?;
     let svc = Arc::new(Service::new(db, map, &section.unit_ids));

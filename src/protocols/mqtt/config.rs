@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{parse_duration, ConfigError};
+use crate::section::{parse_duration, Problem, Section};
 
 /// `[mqtt]` as written in `castpoint.toml` (docs/configuration.md#mqtt).
 /// Its `Debug` (like [`MqttConfig`]'s) shows the password as `***`.
@@ -233,10 +233,27 @@ pub fn default_node_id() -> String {
     }
 }
 
+/// `mqtt.key: message` -> a problem keyed inside the section.
+fn problem(e: &str) -> Problem {
+    match e.split_once(": ") {
+        Some((k, m)) => Problem::new(k.strip_prefix("mqtt.").unwrap_or(k), m),
+        None => Problem::new("", e),
+    }
+}
+
+impl Section for MqttSection {
+    fn validate(&self) -> Vec<Problem> {
+        match self.check() {
+            Ok(_) => Vec::new(),
+            Err(errs) => errs.iter().map(|e| problem(e)).collect(),
+        }
+    }
+}
+
 impl MqttSection {
     /// Every problem of the section as `mqtt.key: message`, or the config
     /// the node runs from. Checked whether or not `enabled`: a typo is a typo.
-    pub fn validate(&self) -> Result<MqttConfig, Vec<String>> {
+    pub fn check(&self) -> Result<MqttConfig, Vec<String>> {
         let mut errs = Vec::new();
         let mut brokers = Vec::new();
         if self.brokers.is_empty() {
@@ -343,31 +360,18 @@ impl MqttSection {
 }
 
 impl MqttConfig {
-    /// Reads and validates `[mqtt]` from the config's extra sections; file
-    /// paths are resolved against `base` (the config file's folder).
-    pub fn parse(
-        file: &str,
-        extra: &toml::Table,
+    /// The config the node runs from: the section checked, its file paths
+    /// resolved against `base` (the config file's folder), and the mqtts
+    /// CA and client certificate loaded (what `start` will do), so
+    /// `check-config` reports a missing or bad file. Problems are keyed
+    /// inside the section.
+    pub fn resolve(
+        section: &MqttSection,
         base: &std::path::Path,
-    ) -> Result<MqttConfig, Vec<ConfigError>> {
-        let section: MqttSection = match extra.get("mqtt") {
-            None => MqttSection::default(),
-            Some(v) => v.clone().try_into().map_err(|e: toml::de::Error| {
-                vec![ConfigError::new(
-                    file,
-                    "mqtt",
-                    e.message().trim().replace('\n', " "),
-                )]
-            })?,
-        };
-        let mut c = section.validate().map_err(|errs| {
-            errs.iter()
-                .map(|e| match e.split_once(": ") {
-                    Some((k, m)) => ConfigError::new(file, k, m),
-                    None => ConfigError::new(file, "mqtt", e.as_str()),
-                })
-                .collect::<Vec<_>>()
-        })?;
+    ) -> Result<MqttConfig, Vec<Problem>> {
+        let mut c = section
+            .check()
+            .map_err(|errs| errs.iter().map(|e| problem(e)).collect::<Vec<_>>())?;
         for p in [&mut c.ca_file, &mut c.client_cert, &mut c.client_key]
             .into_iter()
             .flatten()
@@ -376,15 +380,8 @@ impl MqttConfig {
                 *p = base.join(&*p);
             }
         }
-        // The CA and client certificate load (what `start` will do), so
-        // `check-config` reports a missing or bad file.
         if c.brokers.iter().any(|b| b.tls) {
-            if let Err(e) = super::session::tls_config(&c) {
-                return Err(vec![match e.split_once(": ") {
-                    Some((k, m)) => ConfigError::new(file, k, m),
-                    None => ConfigError::new(file, "mqtt", e),
-                }]);
-            }
+            super::session::tls_config(&c).map_err(|e| vec![problem(&e)])?;
         }
         Ok(c)
     }
@@ -395,10 +392,21 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn parse(text: &str) -> Result<MqttConfig, Vec<String>> {
+    /// The section as config reads it, resolved; errors as `mqtt.key: msg`.
+    fn parse_in(text: &str, base: &Path) -> Result<MqttConfig, Vec<String>> {
         let t: toml::Table = toml::from_str(text).unwrap();
-        MqttConfig::parse("f.toml", &t, Path::new("/etc/cp"))
-            .map_err(|e| e.iter().map(|e| e.to_string()).collect())
+        let sec: MqttSection = match t.get("mqtt") {
+            None => MqttSection::default(),
+            Some(v) => v
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| vec![e.message().to_string()])?,
+        };
+        MqttConfig::resolve(&sec, base).map_err(|e| e.iter().map(|p| format!("mqtt.{p}")).collect())
+    }
+
+    fn parse(text: &str) -> Result<MqttConfig, Vec<String>> {
+        parse_in(text, Path::new("/etc/cp"))
     }
 
     #[test]
@@ -416,7 +424,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         std::fs::write(dir.path().join("ca.pem"), ck.cert.pem()).unwrap();
-        let t: toml::Table = toml::from_str(
+        let c = parse_in(
             r#"[mqtt]
 enabled = true
 brokers = ["mqtts://a.example:8883", "mqtt://[::1]:1884", "mqtt://b"]
@@ -429,9 +437,9 @@ primary_host_id = "scada"
 command_priority = 9
 store_forward_max = 50
 "#,
+            dir.path(),
         )
         .unwrap();
-        let c = MqttConfig::parse("f.toml", &t, dir.path()).unwrap();
         assert_eq!(c.brokers.len(), 3);
         assert!(c.brokers[0].tls);
         assert_eq!(c.brokers[1].host, "::1");
