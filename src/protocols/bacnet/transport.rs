@@ -530,10 +530,9 @@ fn create_object_is_well_formed(d: &[u8]) -> bool {
     if read_tag(d, &mut i) != Some(Tag::Close(0)) {
         return false;
     }
-    if i < d.len() {
-        if read_tag(d, &mut i) != Some(Tag::Open(1)) || !skip_to_close(d, &mut i, 1) {
-            return false;
-        }
+    // The optional list of initial values: one balanced [1] to the end.
+    if i < d.len() && (read_tag(d, &mut i) != Some(Tag::Open(1)) || !skip_to_close(d, &mut i, 1)) {
+        return false;
     }
     i == d.len()
 }
