@@ -1271,19 +1271,10 @@ async fn every_claimed_confirmed_service_is_executed() {
         "{tried} confirmed services claimed: {claimed:?}"
     );
     // The stack sets Protocol_Services_Supported from its fixed
-    // EXECUTED_SERVICES, and two of them stay refused (docs/bacnet-pics.md):
-    // CreateObject (10), which would create the stack's own objects outside
-    // the point database, and ConfirmedAuditNotification (32), which the
-    // stack refuses without an Audit Log to store into. Any other refusal
-    // fails here.
-    assert_eq!(
-        refused,
-        [
-            (10, "Error services/29".to_string()),
-            (32, "Error services/29".to_string())
-        ],
-        "claimed but refused"
-    );
+    // EXECUTED_SERVICES; castpoint executes every one of them, CreateObject
+    // and ConfirmedAuditNotification included (answered by castpoint's
+    // transport filter, docs/bacnet-pics.md).
+    assert_eq!(refused, [], "claimed but refused");
     // Who-Is (8) and Who-Has (7) are answered.
     assert!(claimed.contains(&34) && claimed.contains(&33));
     c.send(&unconfirmed(8, &[])).await;
@@ -1537,5 +1528,93 @@ async fn writes_refused_before_the_database_are_audited_with_the_peer() {
     assert!(r.iter().all(|(_, _, peer)| *peer == Some(me)), "{r:?}");
     assert_eq!(r[0].1, 9);
     assert_eq!(r[1].1, 6);
+    app.stop().await;
+}
+
+/// A Reject PDU's (invoke id, reason), if `a` is one.
+fn reject_of(a: &[u8]) -> Option<(u8, u8)> {
+    (a.len() == 3 && a[0] == 0x60).then(|| (a[1], a[2]))
+}
+
+#[tokio::test]
+async fn undefined_enumerations_in_dcc_and_reinitialize_are_rejected() {
+    let app = start_with(&format!("password = \"{PASSWORD}\"")).await;
+    let c = Client::new(app.addrs.bacnet.expect("bound")).await;
+    // DeviceCommunicationControl enable-disable 7 (defined: 0..=2), with and
+    // without the password and a time duration: Reject UNDEFINED_ENUMERATION
+    // (8), Clause 18.9 / 20.1.8, before any password check.
+    let mut d = vec![0x19, 0x07];
+    d.extend(char_string(0x28, PASSWORD));
+    let a = c.call(&confirmed(1, 17, &d)).await;
+    assert_eq!(reject_of(&a), Some((1, 8)), "DCC 7: {a:02x?}");
+    let a = c.call(&confirmed(2, 17, &[0x09, 0x05, 0x19, 0x03])).await;
+    assert_eq!(reject_of(&a), Some((2, 8)), "DCC 3, no password: {a:02x?}");
+    // ReinitializeDevice state 9 (defined: 0..=7).
+    let mut d = vec![0x09, 0x09];
+    d.extend(char_string(0x18, PASSWORD));
+    let a = c.call(&confirmed(3, 20, &d)).await;
+    assert_eq!(reject_of(&a), Some((3, 8)), "RD 9: {a:02x?}");
+    let a = c.call(&confirmed(4, 20, &[0x09, 0x08])).await;
+    assert_eq!(reject_of(&a), Some((4, 8)), "RD 8, no password: {a:02x?}");
+    // Defined values still reach the stack: DCC enable and RD WARMSTART with
+    // the password are executed, a wrong password is refused.
+    let mut d = vec![0x19, 0x00];
+    d.extend(char_string(0x28, PASSWORD));
+    assert_eq!(c.call(&confirmed(5, 17, &d)).await, [0x20, 5, 17]);
+    let mut d = vec![0x09, 0x01];
+    d.extend(char_string(0x18, PASSWORD));
+    assert_eq!(c.call(&confirmed(6, 20, &d)).await, [0x20, 6, 20]);
+    let mut d = vec![0x09, 0x01];
+    d.extend(char_string(0x18, "wrong"));
+    let a = c.call(&confirmed(7, 20, &d)).await;
+    assert_eq!(a[0], 0x50, "wrong password: {a:02x?}");
+    // A request routed to the device (SNET 7, SADR 0x42) is answered back
+    // through the router it came from: DNET 7, DADR 0x42, hop count 255.
+    let f = bvlc(&[
+        0x01, 0x0C, 0x00, 0x07, 0x01, 0x42, 0x00, 0x05, 8, 17, 0x19, 0x07,
+    ]);
+    c.send(&f).await;
+    let r = c.recv(3000).await.expect("routed reply");
+    assert_eq!(
+        r.get(4..),
+        Some(&[0x01, 0x20, 0x00, 0x07, 0x01, 0x42, 0xFF, 0x60, 8, 8][..]),
+        "{r:02x?}"
+    );
+    // The device keeps serving.
+    assert!(c.read_real(AI, 0).await.is_finite());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn create_object_is_refused_as_dynamic_creation_not_supported() {
+    let app = util::start().await;
+    let c = Client::new(app.addrs.bacnet.expect("bound")).await;
+    let count = |a: &[u8]| a[a.len() - 3..].to_vec();
+    let before = count(&c.call(&read_property(1, 8, DEVICE, 76, Some(0))).await);
+    // CreateObject-Error: [0] { OBJECT (1), DYNAMIC_CREATION_NOT_SUPPORTED
+    // (4) }, [1] first-failed-element-number 0 (Clause 15.3.1.3.1), by
+    // object type (analog-value), by identifier, with initial values.
+    let expected = |invoke: u8| vec![0x50, invoke, 10, 0x0E, 0x91, 1, 0x91, 4, 0x0F, 0x19, 0x00];
+    let by_type = [0x0E, 0x09, 0x02, 0x0F];
+    assert_eq!(c.call(&confirmed(2, 10, &by_type)).await, expected(2));
+    let mut by_id = vec![0x0E, 0x1C];
+    by_id.extend(oid(AV, 77));
+    by_id.push(0x0F);
+    assert_eq!(c.call(&confirmed(3, 10, &by_id)).await, expected(3));
+    let mut with_values = by_type.to_vec();
+    with_values.extend([0x1E, 0x09, 77, 0x2E]);
+    with_values.extend(char_string(0x70, "made"));
+    with_values.extend([0x2F, 0x1F]);
+    assert_eq!(c.call(&confirmed(4, 10, &with_values)).await, expected(4));
+    // Nothing was created.
+    let after = count(&c.call(&read_property(5, 8, DEVICE, 76, Some(0))).await);
+    assert_eq!(before, after, "Object_List length");
+    let e = c.call(&rp(6, AV, 77, 85)).await;
+    assert_eq!(error_of(&e), (1, 31), "{e:02x?}");
+    // A malformed CreateObject is still the stack's to reject (or ignore).
+    c.send(&confirmed(7, 10, &[0x0E, 0x0F])).await;
+    if let Some(r) = c.recv(2000).await {
+        assert_ne!(apdu(&r), Some(&expected(7)[..]), "{r:02x?}");
+    }
     app.stop().await;
 }

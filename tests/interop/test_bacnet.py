@@ -457,6 +457,45 @@ def test_system_restart_is_a_consumed_trigger(bserver):
     assert restart_consumed(bserver, "bacnet")
 
 
+def test_undefined_enumerations_are_rejected_and_create_object_is_refused(bserver):
+    """Issue 18 item 7 and Clause 15.3: bacpypes3 sends DCC enable-disable 7,
+    ReinitializeDevice state 9 (Reject UNDEFINED_ENUMERATION) and a
+    CreateObject (Error OBJECT / DYNAMIC_CREATION_NOT_SUPPORTED)."""
+    from bacpypes3.apdu import CreateObjectRequest, CreateObjectRequestObjectSpecifier
+
+    def norm(e):
+        return str(e).lower().replace("-", "").replace("_", "")
+
+    async def go():
+        app = client()
+        try:
+            addr = target(bserver)
+            for req in (DeviceCommunicationControlRequest(enableDisable=7, password=PASSWORD),
+                        ReinitializeDeviceRequest(reinitializedStateOfDevice=9, password=PASSWORD)):
+                req.pduDestination = addr
+                with pytest.raises(ErrorRejectAbortNack) as e:
+                    await app.request(req)
+                assert "undefinedenumeration" in norm(e.value), str(e.value)
+            co = CreateObjectRequest(
+                objectSpecifier=CreateObjectRequestObjectSpecifier(objectType="analog-value"))
+            co.pduDestination = addr
+            with pytest.raises(ErrorRejectAbortNack) as e:
+                await app.request(co)
+            # bacpypes3 decodes it as a CreateObject-Error (whose str() it
+            # cannot build, so read the fields).
+            err = e.value
+            assert type(err).__name__ == "CreateObjectError", type(err)
+            got = (norm(err.errorType.errorClass), norm(err.errorType.errorCode),
+                   int(err.firstFailedElementNumber))
+            assert got == ("object", "dynamiccreationnotsupported", 0), got
+            # The device keeps answering.
+            name = await app.read_property(addr, ObjectIdentifier(f"device,{DEVICE}"), "object-name")
+            assert str(name)
+        finally:
+            app.close()
+    run(go())
+
+
 def test_dcc_and_reinitialize_need_the_password(bserver):
     async def go():
         app = client()

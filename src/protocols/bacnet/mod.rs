@@ -43,6 +43,7 @@
 pub mod config_objects;
 pub mod ede;
 pub mod objects;
+pub mod transport;
 pub mod trend;
 pub mod units;
 
@@ -611,16 +612,21 @@ pub async fn start(
     };
     let restart_db = db.clone();
     let restart = restart_db.lookup("system_restart");
-    let mut builder = BACnetServer::bip_builder()
+    let mut link = BipTransport::new(bind_ip, bind.port(), broadcast);
+    // A specific address and port binds that address only; a wildcard or
+    // an ephemeral port binds 0.0.0.0 (the stack needs both to share).
+    link.set_share_port_by_address(!bind_ip.is_unspecified() && bind.port() != 0);
+    link.set_mode(mode);
+    // The stack's own B/IP link behind castpoint's filter, which answers the
+    // few requests the stack would answer wrongly before any hook runs
+    // (undefined enumerations in DCC/Reinitialize, CreateObject,
+    // ConfirmedAuditNotification: transport.rs). The generic builder takes
+    // the same settings as `bip_builder`, which builds this BipTransport
+    // the same way.
+    let mut builder = BACnetServer::<Link>::generic_builder()
+        .transport(transport::Filtered::new(link))
         .device(id)
-        .database(odb)
-        .interface(bind_ip)
-        .port(bind.port())
-        .broadcast_address(broadcast)
-        // A specific address and port binds that address only; a wildcard or
-        // an ephemeral port binds 0.0.0.0 (the stack needs both to share).
-        .share_port_by_address(!bind_ip.is_unspecified() && bind.port() != 0)
-        .mode(mode);
+        .database(odb);
     // The stack keeps a registered Network Port's address in step with the
     // bound socket, which it refuses for a wildcard bind; then the object
     // keeps the primary address it was declared with (`identity`).
@@ -736,7 +742,7 @@ pub async fn start(
                 });
         }
     }
-    let server: BACnetServer<BipTransport> = builder
+    let server: BACnetServer<Link> = builder
         .build()
         .await
         .map_err(|e| format!("bacnet {}: {e}", cfg.bind))?;
@@ -764,7 +770,7 @@ pub async fn start(
 /// it (COV), moves new history samples and quality changes into the Trend
 /// Logs, and stops it on shutdown.
 async fn run(
-    mut server: BACnetServer<BipTransport>,
+    mut server: BACnetServer<Link>,
     db: PointDb,
     mut rx: tokio::sync::broadcast::Receiver<crate::points::Change>,
     by_point: Vec<(PointId, ObjectIdentifier)>,
@@ -872,6 +878,9 @@ fn note(
         log_dirty[*i] |= feeds[*i].on_change(db, &c.state);
     }
 }
+
+/// The data link the device runs on (transport.rs).
+type Link = transport::Filtered<BipTransport>;
 
 #[cfg(test)]
 mod tests;

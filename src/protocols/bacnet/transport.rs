@@ -1,0 +1,780 @@
+//! castpoint's B/IP transport: the stack's `BipTransport` behind a filter that answers the few confirmed requests the stack would answer wrongly before any castpoint hook runs.
+//!
+//! # Why a transport wrapper
+//!
+//! rusty-bacnet 0.15 decides three answers itself, ahead of every policy
+//! and handler castpoint can install (issue 18, docs/bacnet-pics.md):
+//!
+//! - DeviceCommunicationControl with an undefined enable-disable value and
+//!   ReinitializeDevice with an undefined reinitialized-state are answered
+//!   with an Error (SERVICES / OTHER, or SERVICE_REQUEST_DENIED after the
+//!   password check), where Clause 18.9 / 20.1.8 ask for Reject
+//!   UNDEFINED_ENUMERATION (reject reason 8), decided on the request's
+//!   syntax, before any password check (as bacnet-stack does).
+//! - CreateObject is claimed in the stack's fixed Protocol_Services_Supported
+//!   and would create the stack's own objects outside the point database;
+//!   castpoint's object set is its configuration, so Clause 15.3.1.3.1 asks
+//!   for Error OBJECT / DYNAMIC_CREATION_NOT_SUPPORTED (a CreateObject-Error
+//!   with first-failed-element-number 0), which the stack's policy hook
+//!   cannot give (it can only deny).
+//! - ConfirmedAuditNotification is claimed too, and refused by the stack
+//!   whenever no Audit Log is configured to store into. castpoint executes
+//!   it the way it executes ConfirmedEventNotification: a well-formed
+//!   notification is acknowledged (SimpleACK) and not kept, since castpoint
+//!   has no Audit Log (Clause 13.21.2: no local action is assigned).
+//!
+//! The stack is generic over its data link (`TransportPort`), so the one
+//! place castpoint sees a request before the stack is the link's receive
+//! channel. [`Filtered`] delegates every `TransportPort` method to the
+//! inner transport (the trait's "wrappers must delegate" contract: the
+//! registered Network Port, its lease, the group-destination rules, the
+//! NPDU limits), and in `start` puts a task between the inner transport's
+//! receiver and the stack's: a frame [`answer`] has an answer for is
+//! answered through the inner transport's `send_unicast` (so it leaves from
+//! the device's own socket) and not passed on; every other frame passes
+//! untouched, in order.
+//!
+//! # What is answered here, and what is left to the stack
+//!
+//! Only an unsegmented Confirmed-Request that came by unicast, with no DNET
+//! (a frame addressed to another network is the stack's to judge) and no
+//! link reply channel, whose whole service request is well-formed apart
+//! from the value judged. A malformed request, a segmented one, a broadcast
+//! one and everything else go to the stack unchanged, which rejects or
+//! ignores them as before. A request routed to castpoint (SNET/SADR present)
+//! is answered back the same way: DNET/DADR = the request's SNET/SADR, hop
+//! count 255, sent to the router it came through. The reply keeps the
+//! request's network priority (Clause 6.2.2).
+//!
+//! Decoding is bounded and never panics: every read is a checked slice
+//! access, every loop consumes at least one octet, and the input is one
+//! datagram (the unit tests feed it hostile bytes).
+
+use std::sync::Arc;
+
+use bacnet_transport::port::{
+    Bip6Port, BipPort, DataAttribute, GroupDestinations, ReceivedNpdu, TransportPort,
+};
+// bacnet-npdu's type, through bacnet-encoding's re-export (not a direct
+// dependency of castpoint).
+use bacnet_encoding::npdu::view::NpduLimits;
+use bacnet_types::error::Error;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// The stack's own receive channel capacity for B/IP (bacnet-transport's
+/// `NPDU_CHANNEL_CAPACITY`), kept so the filter adds no buffering of its own.
+const CHANNEL_CAPACITY: usize = 256;
+
+/// Confirmed service choices (Clause 21).
+const CREATE_OBJECT: u8 = 10;
+const DEVICE_COMMUNICATION_CONTROL: u8 = 17;
+const REINITIALIZE_DEVICE: u8 = 20;
+const CONFIRMED_AUDIT_NOTIFICATION: u8 = 32;
+
+/// BACnetRejectReason undefined-enumeration.
+pub const REJECT_UNDEFINED_ENUMERATION: u8 = 8;
+/// Error class OBJECT / error code DYNAMIC_CREATION_NOT_SUPPORTED.
+pub const ERROR_CLASS_OBJECT: u8 = 1;
+pub const ERROR_DYNAMIC_CREATION_NOT_SUPPORTED: u8 = 4;
+
+/// Highest defined BACnetEnableDisable (enable 0, disable 1,
+/// disable-initiation 2) and reinitialized-state-of-device (coldstart 0 ..
+/// activate-changes 7): neither enumeration is extensible.
+const MAX_ENABLE_DISABLE: u32 = 2;
+const MAX_REINITIALIZED_STATE: u32 = 7;
+
+/// A transport that answers [`answer`]'s requests itself and delegates
+/// everything else to `T`.
+pub struct Filtered<T: TransportPort + 'static> {
+    /// Shared with the filter task, which sends its answers through it.
+    /// The `&mut` methods need it unshared: before start it is, and `stop`
+    /// ends the filter task first.
+    inner: Arc<T>,
+    filter: Option<JoinHandle<()>>,
+}
+
+impl<T: TransportPort + 'static> Filtered<T> {
+    pub fn new(inner: T) -> Self {
+        Filtered {
+            inner: Arc::new(inner),
+            filter: None,
+        }
+    }
+
+    fn inner_mut(&mut self) -> Result<&mut T, Error> {
+        Arc::get_mut(&mut self.inner).ok_or_else(|| {
+            Error::Encoding("castpoint transport: inner transport still shared".into())
+        })
+    }
+
+    /// Ends the filter task and waits until it has dropped its share of the
+    /// inner transport.
+    async fn end_filter(&mut self) {
+        if let Some(task) = self.filter.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl<T: TransportPort + 'static> Drop for Filtered<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.filter.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Moves frames from the inner transport to the stack, answering the ones
+/// [`answer`] answers.
+async fn filter<T: TransportPort + 'static>(
+    inner: Arc<T>,
+    mut from_link: mpsc::Receiver<ReceivedNpdu>,
+    to_stack: mpsc::Sender<ReceivedNpdu>,
+) {
+    while let Some(frame) = from_link.recv().await {
+        // A group-addressed confirmed request is dropped by the stack
+        // (Clause 6.3); a link reply channel (MS/TP) or a direct-response
+        // capability (SC) means the reply must take that path: the stack's.
+        let ours =
+            !frame.link_layer_group && frame.reply_tx.is_none() && frame.direct_response.is_none();
+        if ours {
+            if let Some(reply) = answer(&frame.npdu) {
+                if let Err(e) = inner.send_unicast(&reply, &frame.source_mac).await {
+                    tracing::debug!("bacnet: answer not sent: {e}");
+                }
+                continue;
+            }
+        }
+        if to_stack.send(frame).await.is_err() {
+            break; // the stack stopped
+        }
+    }
+}
+
+impl<T: TransportPort + 'static> TransportPort for Filtered<T> {
+    fn bip_broadcast_endpoint(&self) -> Option<std::net::SocketAddrV4> {
+        self.inner.bip_broadcast_endpoint()
+    }
+
+    fn supports_local_nonrouter_number_controls(&self) -> bool {
+        self.inner.supports_local_nonrouter_number_controls()
+    }
+
+    fn bip_port(&self) -> Option<BipPort> {
+        self.inner.bip_port()
+    }
+
+    fn bip6_port(&self) -> Option<Bip6Port> {
+        self.inner.bip6_port()
+    }
+
+    fn retain_network_port_lease_internal(&mut self, lease: Arc<()>) -> Result<(), Error> {
+        self.inner_mut()?.retain_network_port_lease_internal(lease)
+    }
+
+    fn prepare_for_routing(&mut self) {
+        if let Ok(inner) = self.inner_mut() {
+            inner.prepare_for_routing();
+        }
+    }
+
+    async fn start(&mut self) -> Result<mpsc::Receiver<ReceivedNpdu>, Error> {
+        if self.filter.is_some() {
+            return Err(Error::Transport(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "castpoint transport already started",
+            )));
+        }
+        let from_link = self.inner_mut()?.start().await?;
+        let (to_stack, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        self.filter = Some(tokio::spawn(filter(
+            Arc::clone(&self.inner),
+            from_link,
+            to_stack,
+        )));
+        Ok(rx)
+    }
+
+    async fn stop(&mut self) -> Result<(), Error> {
+        self.end_filter().await;
+        self.inner_mut()?.stop().await
+    }
+
+    fn abort(&mut self) {
+        if let Some(task) = self.filter.take() {
+            task.abort();
+        }
+        // Unshared unless the aborted task has not been dropped yet; then
+        // the inner transport aborts itself when that last share drops
+        // (BipTransport's Drop calls its abort).
+        if let Ok(inner) = self.inner_mut() {
+            inner.abort();
+        }
+    }
+
+    async fn send_unicast(&self, npdu: &[u8], mac: &[u8]) -> Result<(), Error> {
+        self.inner.send_unicast(npdu, mac).await
+    }
+
+    fn send_unicast_with_data_attributes<'a>(
+        &'a self,
+        npdu: &'a [u8],
+        mac: &'a [u8],
+        data_attributes: &'a [DataAttribute],
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'a {
+        self.inner
+            .send_unicast_with_data_attributes(npdu, mac, data_attributes)
+    }
+
+    async fn send_broadcast(&self, npdu: &[u8]) -> Result<(), Error> {
+        self.inner.send_broadcast(npdu).await
+    }
+
+    fn send_broadcast_with_data_attributes<'a>(
+        &'a self,
+        npdu: &'a [u8],
+        data_attributes: &'a [DataAttribute],
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'a {
+        self.inner
+            .send_broadcast_with_data_attributes(npdu, data_attributes)
+    }
+
+    fn local_mac(&self) -> &[u8] {
+        self.inner.local_mac()
+    }
+
+    fn local_receive_apdu_capacity(&self) -> u16 {
+        self.inner.local_receive_apdu_capacity()
+    }
+
+    fn egress_apdu_limit(&self) -> u16 {
+        self.inner.egress_apdu_limit()
+    }
+
+    fn max_npdu(&self) -> NpduLimits {
+        self.inner.max_npdu()
+    }
+
+    fn max_npdu_changes(&self) -> Option<watch::Receiver<NpduLimits>> {
+        self.inner.max_npdu_changes()
+    }
+
+    fn is_broadcast_mac(&self, mac: &[u8]) -> bool {
+        self.inner.is_broadcast_mac(mac)
+    }
+
+    fn is_group_destination(&self, mac: &[u8]) -> bool {
+        self.inner.is_group_destination(mac)
+    }
+
+    fn group_destinations(&self) -> GroupDestinations {
+        self.inner.group_destinations()
+    }
+
+    fn local_broadcast_destinations(&self) -> GroupDestinations {
+        self.inner.local_broadcast_destinations()
+    }
+}
+
+// ---- The classifier: pure, bounded, no stack types. ----
+
+/// The reply NPDU castpoint sends itself for this received NPDU, or `None`
+/// when the frame goes to the stack untouched.
+pub fn answer(npdu: &[u8]) -> Option<Vec<u8>> {
+    let (route, apdu) = split_npdu(npdu)?;
+    // Confirmed-Request, not segmented: type 0, SEG bit clear.
+    let first = *apdu.first()?;
+    if first >> 4 != 0 || first & 0x08 != 0 {
+        return None;
+    }
+    let invoke = *apdu.get(2)?;
+    let service = *apdu.get(3)?;
+    let data = apdu.get(4..)?;
+    let reply_apdu = match service {
+        DEVICE_COMMUNICATION_CONTROL => {
+            (dcc_enable_disable(data)? > MAX_ENABLE_DISABLE).then_some(())?;
+            vec![0x60, invoke, REJECT_UNDEFINED_ENUMERATION]
+        }
+        REINITIALIZE_DEVICE => {
+            (reinitialized_state(data)? > MAX_REINITIALIZED_STATE).then_some(())?;
+            vec![0x60, invoke, REJECT_UNDEFINED_ENUMERATION]
+        }
+        CREATE_OBJECT => {
+            create_object_is_well_formed(data).then_some(())?;
+            // CreateObject-Error: [0] Error { class, code }, [1]
+            // first-failed-element-number 0 (not an initial value's fault).
+            vec![
+                0x50,
+                invoke,
+                CREATE_OBJECT,
+                0x0E,
+                0x91,
+                ERROR_CLASS_OBJECT,
+                0x91,
+                ERROR_DYNAMIC_CREATION_NOT_SUPPORTED,
+                0x0F,
+                0x19,
+                0x00,
+            ]
+        }
+        CONFIRMED_AUDIT_NOTIFICATION => {
+            audit_notification_is_well_formed(data).then_some(())?;
+            vec![0x20, invoke, CONFIRMED_AUDIT_NOTIFICATION]
+        }
+        _ => return None,
+    };
+    Some(reply_npdu(npdu.get(1).copied()? & 0x03, route, &reply_apdu))
+}
+
+/// Where a request came from beyond the link: its SNET and SADR.
+type Route<'a> = Option<(&'a [u8], &'a [u8])>;
+
+/// The request's source route and its APDU, for an NPDU castpoint may
+/// answer: version 1, an APDU (not a network message), no DNET, no reserved
+/// control bits, SLEN 1..=6 when SNET is present.
+fn split_npdu(npdu: &[u8]) -> Option<(Route<'_>, &[u8])> {
+    if *npdu.first()? != 0x01 {
+        return None;
+    }
+    let control = *npdu.get(1)?;
+    // 0x80 network message, 0x40/0x10 reserved, 0x20 DNET present.
+    if control & 0xF0 != 0 {
+        return None;
+    }
+    let mut i = 2;
+    let route = if control & 0x08 != 0 {
+        let snet = npdu.get(i..i + 2)?;
+        let slen = usize::from(*npdu.get(i + 2)?);
+        if slen == 0 || slen > 6 || snet == [0xFF, 0xFF] {
+            return None;
+        }
+        let sadr = npdu.get(i + 3..i + 3 + slen)?;
+        i += 3 + slen;
+        Some((snet, sadr))
+    } else {
+        None
+    };
+    Some((route, npdu.get(i..)?))
+}
+
+/// A reply NPDU at `priority`, addressed back along `route`.
+fn reply_npdu(priority: u8, route: Route<'_>, apdu: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(apdu.len() + 12);
+    v.push(0x01);
+    match route {
+        Some((snet, sadr)) => {
+            v.push(0x20 | priority);
+            v.extend_from_slice(snet);
+            // SADR is 1..=6 octets (split_npdu).
+            v.push(sadr.len() as u8);
+            v.extend_from_slice(sadr);
+            v.push(0xFF); // hop count
+        }
+        None => v.push(priority),
+    }
+    v.extend_from_slice(apdu);
+    v
+}
+
+/// One tag's header, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag<'a> {
+    Open(u8),
+    Close(u8),
+    /// Context-tagged primitive: tag number and content.
+    Context(u8, &'a [u8]),
+    /// Application-tagged primitive: tag number and content.
+    Application(u8, &'a [u8]),
+}
+
+/// The tag at `*i`, advancing past it and its content; `None` for a
+/// malformed or truncated one.
+fn read_tag<'a>(d: &'a [u8], i: &mut usize) -> Option<Tag<'a>> {
+    let octet = *d.get(*i)?;
+    let mut at = *i + 1;
+    let mut number = octet >> 4;
+    if number == 0x0F {
+        number = *d.get(at)?;
+        at += 1;
+    }
+    let context = octet & 0x08 != 0;
+    let lvt = octet & 0x07;
+    if context && lvt == 6 {
+        *i = at;
+        return Some(Tag::Open(number));
+    }
+    if context && lvt == 7 {
+        *i = at;
+        return Some(Tag::Close(number));
+    }
+    // An application BOOLEAN holds its value in the length field.
+    let len = if !context && number == 1 {
+        0
+    } else if lvt < 5 {
+        usize::from(lvt)
+    } else {
+        let ext = *d.get(at)?;
+        at += 1;
+        match ext {
+            254 => {
+                let b = d.get(at..at + 2)?;
+                at += 2;
+                usize::from(u16::from_be_bytes([b[0], b[1]]))
+            }
+            255 => {
+                let b = d.get(at..at + 4)?;
+                at += 4;
+                usize::try_from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])).ok()?
+            }
+            n => usize::from(n),
+        }
+    };
+    let content = d.get(at..at.checked_add(len)?)?;
+    *i = at + len;
+    Some(if context {
+        Tag::Context(number, content)
+    } else {
+        Tag::Application(number, content)
+    })
+}
+
+/// An unsigned or enumerated content of 1..=4 octets.
+fn uint(content: &[u8]) -> Option<u32> {
+    if content.is_empty() || content.len() > 4 {
+        return None;
+    }
+    Some(content.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)))
+}
+
+/// A CharacterString content: a character set octet, then the characters.
+fn is_char_string(content: &[u8]) -> bool {
+    !content.is_empty()
+}
+
+/// DeviceCommunicationControl-Request: time-duration [0] Unsigned16
+/// OPTIONAL, enable-disable [1] ENUMERATED, password [2] CharacterString
+/// OPTIONAL. The enable-disable value of a well-formed request.
+fn dcc_enable_disable(d: &[u8]) -> Option<u32> {
+    let mut i = 0;
+    let mut tag = read_tag(d, &mut i)?;
+    if let Tag::Context(0, c) = tag {
+        uint(c).filter(|n| *n <= u32::from(u16::MAX))?;
+        tag = read_tag(d, &mut i)?;
+    }
+    let Tag::Context(1, c) = tag else {
+        return None;
+    };
+    let value = uint(c)?;
+    if i < d.len() {
+        match read_tag(d, &mut i)? {
+            Tag::Context(2, c) if is_char_string(c) => {}
+            _ => return None,
+        }
+    }
+    (i == d.len()).then_some(value)
+}
+
+/// ReinitializeDevice-Request: reinitialized-state-of-device [0]
+/// ENUMERATED, password [1] CharacterString OPTIONAL. The state of a
+/// well-formed request.
+fn reinitialized_state(d: &[u8]) -> Option<u32> {
+    let mut i = 0;
+    let Tag::Context(0, c) = read_tag(d, &mut i)? else {
+        return None;
+    };
+    let value = uint(c)?;
+    if i < d.len() {
+        match read_tag(d, &mut i)? {
+            Tag::Context(1, c) if is_char_string(c) => {}
+            _ => return None,
+        }
+    }
+    (i == d.len()).then_some(value)
+}
+
+/// Skips balanced tags until the closing tag `number` at this depth;
+/// false if the data ends first or is malformed.
+fn skip_to_close(d: &[u8], i: &mut usize, number: u8) -> bool {
+    // Open tags seen inside, innermost last; bounded by the input length
+    // since every tag consumes at least one octet.
+    let mut open: Vec<u8> = Vec::new();
+    while let Some(tag) = read_tag(d, i) {
+        match tag {
+            Tag::Open(n) => open.push(n),
+            Tag::Close(n) => match open.pop() {
+                Some(m) if m == n => {}
+                Some(_) => return false,
+                None => return n == number,
+            },
+            Tag::Context(..) | Tag::Application(..) => {}
+        }
+    }
+    false
+}
+
+/// CreateObject-Request: object-specifier [0] CHOICE { object-type [0]
+/// ENUMERATED, object-identifier [1] BACnetObjectIdentifier },
+/// list-of-initial-values [1] SEQUENCE OF BACnetPropertyValue OPTIONAL.
+fn create_object_is_well_formed(d: &[u8]) -> bool {
+    let mut i = 0;
+    if read_tag(d, &mut i) != Some(Tag::Open(0)) {
+        return false;
+    }
+    match read_tag(d, &mut i) {
+        Some(Tag::Context(0, c)) if uint(c).is_some() => {}
+        Some(Tag::Context(1, c)) if c.len() == 4 => {}
+        _ => return false,
+    }
+    if read_tag(d, &mut i) != Some(Tag::Close(0)) {
+        return false;
+    }
+    // The optional list of initial values: one balanced [1] to the end.
+    if i < d.len() && (read_tag(d, &mut i) != Some(Tag::Open(1)) || !skip_to_close(d, &mut i, 1)) {
+        return false;
+    }
+    i == d.len()
+}
+
+/// ConfirmedAuditNotification-Request: notifications [0] SEQUENCE OF
+/// BACnetAuditNotification. Well-formed: one [0] list, balanced, holding
+/// each required field of a notification at least once (source-device
+/// [2], operation [4], target-device [10]).
+fn audit_notification_is_well_formed(d: &[u8]) -> bool {
+    let mut i = 0;
+    if read_tag(d, &mut i) != Some(Tag::Open(0)) {
+        return false;
+    }
+    let (mut source, mut operation, mut target) = (false, false, false);
+    loop {
+        let Some(tag) = read_tag(d, &mut i) else {
+            return false;
+        };
+        match tag {
+            Tag::Close(0) => break,
+            Tag::Close(_) => return false,
+            Tag::Open(n) => {
+                source |= n == 2;
+                target |= n == 10;
+                if !skip_to_close(d, &mut i, n) {
+                    return false;
+                }
+            }
+            Tag::Context(4, c) => operation |= uint(c).is_some(),
+            Tag::Context(..) => {}
+            Tag::Application(..) => return false,
+        }
+    }
+    source && operation && target && i == d.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn npdu(apdu: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x01, 0x04];
+        v.extend_from_slice(apdu);
+        v
+    }
+
+    fn request(service: u8, data: &[u8]) -> Vec<u8> {
+        let mut a = vec![0x00, 0x05, 0x2A, service];
+        a.extend_from_slice(data);
+        npdu(&a)
+    }
+
+    #[test]
+    fn undefined_enumerations_are_rejected() {
+        for v in [3u8, 7, 255] {
+            let r = answer(&request(17, &[0x19, v])).expect("answered");
+            assert_eq!(r, [0x01, 0x00, 0x60, 0x2A, 8]);
+        }
+        // With duration and password.
+        let r = answer(&request(17, &[0x09, 0x05, 0x19, 0x07, 0x2A, 0x00, b'p']));
+        assert_eq!(r.as_deref(), Some(&[0x01, 0x00, 0x60, 0x2A, 8][..]));
+        // Four-octet value.
+        assert!(answer(&request(17, &[0x1C, 0, 0, 1, 0])).is_some());
+        for v in [8u8, 9, 200] {
+            let r = answer(&request(20, &[0x09, v, 0x1A, 0x00, b'p'])).expect("answered");
+            assert_eq!(r, [0x01, 0x00, 0x60, 0x2A, 8]);
+        }
+    }
+
+    #[test]
+    fn defined_values_and_malformed_requests_go_to_the_stack() {
+        for v in 0..=2u8 {
+            assert_eq!(answer(&request(17, &[0x19, v])), None);
+        }
+        for v in 0..=7u8 {
+            assert_eq!(answer(&request(20, &[0x09, v])), None);
+        }
+        // Missing enable-disable, trailing garbage, wrong tags, empty value.
+        assert_eq!(answer(&request(17, &[0x09, 0x05])), None);
+        assert_eq!(answer(&request(17, &[0x19, 0x07, 0x00])), None);
+        assert_eq!(answer(&request(17, &[0x29, 0x07])), None);
+        assert_eq!(answer(&request(17, &[0x18])), None);
+        assert_eq!(answer(&request(20, &[0x19, 0x09])), None);
+        assert_eq!(answer(&request(20, &[0x09, 0x09, 0x18])), None);
+        // Duration above Unsigned16.
+        assert_eq!(answer(&request(17, &[0x0B, 1, 0, 0, 0x19, 7])), None);
+        // Other services, unconfirmed, segmented, network messages, DNET.
+        assert_eq!(answer(&request(12, &[0x19, 0x07])), None);
+        assert_eq!(answer(&npdu(&[0x10, 17, 0x19, 0x07])), None);
+        assert_eq!(
+            answer(&npdu(&[0x08, 0x05, 0x2A, 0, 1, 17, 0x19, 0x07])),
+            None
+        );
+        assert_eq!(answer(&[0x01, 0x80, 0x00]), None);
+        let mut dnet = vec![0x01, 0x24, 0x00, 0x05, 0x01, 0x07, 0xFF];
+        dnet.extend_from_slice(&[0x00, 0x05, 0x2A, 17, 0x19, 0x07]);
+        assert_eq!(answer(&dnet), None);
+    }
+
+    #[test]
+    fn create_object_gets_dynamic_creation_not_supported() {
+        let err = [
+            0x01, 0x00, 0x50, 0x2A, 10, 0x0E, 0x91, 1, 0x91, 4, 0x0F, 0x19, 0x00,
+        ];
+        // By type (analog-value), by identifier, with initial values.
+        assert_eq!(
+            answer(&request(10, &[0x0E, 0x09, 0x02, 0x0F])).unwrap(),
+            err
+        );
+        let by_id = [0x0E, 0x1C, 0x00, 0x80, 0x00, 0x05, 0x0F];
+        assert_eq!(answer(&request(10, &by_id)).unwrap(), err);
+        let with_values = [
+            0x0E, 0x09, 0x02, 0x0F, 0x1E, 0x09, 0x4D, 0x2E, 0x75, 0x02, 0x00, b'x', 0x2F, 0x1F,
+        ];
+        assert_eq!(answer(&request(10, &with_values)).unwrap(), err);
+        // Malformed: the stack's.
+        for bad in [
+            &[][..],
+            &[0x0E, 0x0F],
+            &[0x0E, 0x09, 0x02],
+            &[0x0E, 0x1B, 0, 0, 1, 0x0F],
+            &[0x0E, 0x09, 0x02, 0x0F, 0x1E, 0x2E, 0x1F],
+            &[0x0E, 0x09, 0x02, 0x0F, 0x00],
+        ] {
+            assert_eq!(answer(&request(10, bad)), None, "{bad:02x?}");
+        }
+    }
+
+    #[test]
+    fn audit_notifications_are_acknowledged_when_well_formed() {
+        let mut d = vec![0x0E, 0x2E, 0x0C, 0x02, 0x00, 0x00, 0x01, 0x2F, 0x49, 0x00];
+        d.extend_from_slice(&[0xAE, 0x0C, 0x02, 0x00, 0x00, 0x02, 0xAF, 0x0F]);
+        assert_eq!(
+            answer(&request(32, &d)).unwrap(),
+            [0x01, 0x00, 0x20, 0x2A, 32]
+        );
+        // No target device / unbalanced / empty: the stack's.
+        assert_eq!(answer(&request(32, &d[..10])), None);
+        assert_eq!(answer(&request(32, &[0x0E, 0x0F])), None);
+        let mut no_target = d[..10].to_vec();
+        no_target.push(0x0F);
+        assert_eq!(answer(&request(32, &no_target)), None);
+    }
+
+    #[test]
+    fn routed_requests_are_answered_back_through_their_router() {
+        // SNET 7, SADR 0x42, priority 2 (control 0x0E = SNET + expecting
+        // reply + priority 2).
+        let mut f = vec![0x01, 0x0E, 0x00, 0x07, 0x01, 0x42];
+        f.extend_from_slice(&[0x00, 0x05, 0x09, 17, 0x19, 0x09]);
+        let r = answer(&f).expect("answered");
+        assert_eq!(r, [0x01, 0x22, 0x00, 0x07, 0x01, 0x42, 0xFF, 0x60, 0x09, 8]);
+        // SLEN 0 / SNET 0xFFFF are not valid sources.
+        let mut bad = vec![0x01, 0x0C, 0x00, 0x07, 0x00];
+        bad.extend_from_slice(&[0x00, 0x05, 0x09, 17, 0x19, 0x09]);
+        assert_eq!(answer(&bad), None);
+        let mut bad = vec![0x01, 0x0C, 0xFF, 0xFF, 0x01, 0x42];
+        bad.extend_from_slice(&[0x00, 0x05, 0x09, 17, 0x19, 0x09]);
+        assert_eq!(answer(&bad), None);
+    }
+
+    /// xorshift64*: a dependency-free generator for the hostile-bytes run.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+    }
+
+    /// Hostile bytes never panic and any answer is one of the three shapes,
+    /// no longer than a routed CreateObject-Error.
+    #[test]
+    fn hostile_bytes_never_panic() {
+        let check = |f: &[u8]| {
+            if let Some(r) = answer(f) {
+                assert!(r.len() <= 21, "{f:02x?} -> {r:02x?}");
+                let at = if r[1] & 0x20 != 0 {
+                    6 + r[5] as usize + 1
+                } else {
+                    2
+                };
+                assert!(matches!(r[at], 0x20 | 0x50 | 0x60), "{f:02x?} -> {r:02x?}");
+            }
+        };
+        // Every input of up to two octets, and every one-octet tail of the
+        // seeds.
+        check(&[]);
+        for a in 0..=255u8 {
+            check(&[a]);
+            for b in 0..=255u8 {
+                check(&[a, b]);
+            }
+        }
+        let seeds: Vec<Vec<u8>> = vec![
+            request(17, &[0x09, 0x05, 0x19, 0x07, 0x2A, 0x00, b'p']),
+            request(20, &[0x09, 0x09, 0x1A, 0x00, b'p']),
+            request(
+                10,
+                &[
+                    0x0E, 0x09, 0x02, 0x0F, 0x1E, 0x09, 0x4D, 0x2E, 0x75, 0x02, 0x00, b'x', 0x2F,
+                    0x1F,
+                ],
+            ),
+            request(
+                32,
+                &[
+                    0x0E, 0x2E, 0x0C, 2, 0, 0, 1, 0x2F, 0x49, 0, 0xAE, 0x0C, 2, 0, 0, 2, 0xAF, 0x0F,
+                ],
+            ),
+        ];
+        for s in &seeds {
+            for cut in 0..=s.len() {
+                check(&s[..cut]);
+                for b in 0..=255u8 {
+                    let mut m = s[..cut].to_vec();
+                    m.push(b);
+                    check(&m);
+                }
+            }
+        }
+        // Random mutations of the seeds: flips, insertions, deletions,
+        // huge extended lengths.
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..200_000 {
+            let mut m = seeds[(rng.next() % seeds.len() as u64) as usize].clone();
+            for _ in 0..1 + rng.next() % 4 {
+                let pos = (rng.next() as usize) % (m.len() + 1);
+                match rng.next() % 4 {
+                    0 if pos < m.len() => m[pos] ^= 1 << (rng.next() % 8),
+                    1 => m.insert(pos, rng.next() as u8),
+                    2 if pos < m.len() => {
+                        m.remove(pos);
+                    }
+                    _ => m
+                        .splice(pos..pos, [0x7D, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])
+                        .for_each(drop),
+                }
+            }
+            check(&m);
+        }
+    }
+}
