@@ -2,6 +2,7 @@
 
 pub mod apikeys;
 pub mod auth;
+pub mod console;
 pub mod guard;
 pub mod json;
 pub mod live;
@@ -160,6 +161,7 @@ pub fn router(state: ApiState) -> Router {
     r.merge(routes::router())
         .merge(profiles::router())
         .merge(apikeys::router())
+        .merge(console::router())
         .with_state(state)
 }
 
