@@ -11,7 +11,8 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 
 # Debian packages: libsrt (SRT FFI), the real peers (srt-live-transmit,
 # ffmpeg/ffprobe, mbpoll, tshark, openssl for test_tls.py,
-# GStreamer rtmp2sink for the RTMP ingest compatibility test) and pkg-config.
+# GStreamer rtmp2sink for the RTMP ingest compatibility test), chromium +
+# chromium-driver for the web console tests (test_console.py) and pkg-config.
 DEB_PKGS="pkg-config libsrt-openssl-dev srt-tools ffmpeg mbpoll tshark openssl gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly chromium chromium-driver"
 missing=""
 for p in $DEB_PKGS; do

@@ -169,6 +169,17 @@ def test_operator_flow_live_status_output_switch_preview(console_server):
             shot(d, "routes-stopped")
             assert not mb.write_coil(0, True).isError()
             wait(d, lambda: tile_status(d, "cam") == "LIVE", timeout=10)
+            # The feeds drop; a change made meanwhile arrives with the
+            # snapshot the page gets when it reconnects (0.5 s later).
+            conn = d.find_element(By.ID, "conn")
+            n = int(conn.get_attribute("data-connects"))
+            conn.click()
+            assert not mb.write_coil(0, False).isError()
+            wait(d, lambda: int(d.find_element(By.ID, "conn").get_attribute("data-connects")) == n + 1
+                 and d.find_element(By.ID, "conn").text == "live", timeout=10, msg="no reconnect")
+            wait(d, lambda: tile_status(d, "cam") == "STOPPED", timeout=5)
+            assert not mb.write_coil(0, True).isError()
+            wait(d, lambda: tile_status(d, "cam") == "LIVE", timeout=10)
         finally:
             mb.close()
 
@@ -228,15 +239,28 @@ def test_operator_flow_live_status_output_switch_preview(console_server):
         d.find_element(By.ID, "write").click()
         row14 = '#priority-array tr[data-level="14"]'
         wait(d, lambda: "true" in d.find_element(By.CSS_SELECTOR, row14).text, msg="level 14 not shown written")
+        d.execute_script("window.scrollTo(0, 0)")
         shot(d, "points")
         d.find_element(By.CSS_SELECTOR, '#write-level option[value="14"]').click()
         d.find_element(By.ID, "relinquish").click()
         wait(d, lambda: "true" not in d.find_element(By.CSS_SELECTOR, row14).text)
 
-        # Audit: the Modbus write is there.
+        # Audit: the Modbus write is there, and the kind filter narrows it.
         d.get(srv.http_base + "/#/audit")
         wait(d, lambda: "modbus" in d.find_element(By.ID, "audit-table").text)
         shot(d, "audit")
+        d.find_element(By.ID, "f-kind").send_keys("login")
+        d.find_element(By.CSS_SELECTOR, "form.filters button").click()
+        wait(d, lambda: {r.get_attribute("data-kind") for r in
+                         d.find_elements(By.CSS_SELECTOR, "#audit-table tbody tr")} == {"login"})
+
+        # Users (API keys) and the API/export links: shown to an admin.
+        d.get(srv.http_base + "/#/users")
+        wait(d, lambda: "castpoint user add" in d.find_element(By.ID, "main").text)
+        shot(d, "users")
+        d.get(srv.http_base + "/#/links")
+        wait(d, lambda: d.find_elements(By.CSS_SELECTOR, 'a[href="/api/openapi.json"]'))
+        shot(d, "links")
         assert console_errors(d) == []
     finally:
         d.quit()

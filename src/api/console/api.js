@@ -116,6 +116,11 @@ export class Feed {
     ws.onerror = () => {};
   }
 
+  /** Drops the connection now; it reconnects (and resynchronises) as after any drop. */
+  reconnect() {
+    if (this.ws) this.ws.close();
+  }
+
   send(text) {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(text);
   }

@@ -127,6 +127,7 @@ function startFeeds() {
   stopFeeds();
   store.pointsFeed = new Feed("/api/ws", onPoints, (up) => {
     store.feeds.points = up;
+    if (up) store.connects = (store.connects || 0) + 1;
     // Reconnected: the snapshot resynchronises points; documents too.
     if (up) loadRoutes();
     changed();
@@ -158,6 +159,7 @@ function renderStatus() {
   const up = store.feeds.points && store.feeds.dashboard;
   el.textContent = up ? "live" : "reconnecting…";
   el.className = up ? "conn up" : "conn down";
+  el.dataset.connects = String(store.connects || 0);
 }
 
 // ------------------------------------------------------------------ pages
@@ -212,7 +214,14 @@ function shell() {
       {},
       h("span", { class: "brand" }, "castpoint"),
       h("nav", {}, ...nav),
-      h("span", { id: "conn", class: "conn down" }, "connecting…"),
+      h("span", {
+        id: "conn",
+        class: "conn down",
+        title: "Live feeds (WebSockets /api/ws and /ws/dashboard); click to reconnect now",
+        onclick: () => {
+          for (const f of [store.pointsFeed, store.dashFeed]) if (f) f.reconnect();
+        },
+      }, "connecting…"),
       h("span", { class: "who", id: "who" }, who),
       h(
         "button",

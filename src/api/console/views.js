@@ -50,9 +50,20 @@ async function act(note, what, f) {
     await f();
     if (note) note.ok(`${what}: done`);
     loadRoutes();
+    return true;
   } catch (x) {
     if (note) note.fail(`${what}: ${x.message}`);
+    return false;
   }
+}
+
+/** A switch's change handler: runs `f(on)`; a refused change puts the switch back. */
+function flip(note, what, f) {
+  return async (e) => {
+    const box = e.target;
+    const on = box.checked;
+    if (!(await act(note, `${what} ${on ? "on" : "off"}`, () => f(on)))) box.checked = !on;
+  };
 }
 
 /** An SVG sparkline of up to 300 samples. */
@@ -83,7 +94,7 @@ function pointValue(p) {
   if (p.value == null) return p.state || "—";
   if (p.state) return p.state;
   if (typeof p.value === "boolean") return p.value ? "true" : "false";
-  const v = typeof p.value === "number" ? +p.value.toFixed(3) : p.value;
+  const v = typeof p.value === "number" ? +p.value.toFixed(Math.abs(p.value) >= 100 ? 0 : 2) : p.value;
   return p.unit ? `${v} ${p.unit}` : `${v}`;
 }
 
@@ -141,12 +152,9 @@ function outputSwitch(route, o, note) {
       "data-write": "output-enable",
       "data-output": o.name,
       checked: !!o.enabled,
-      onchange: (e) => {
-        const on = e.target.checked;
-        act(note, `${on ? "enable" : "disable"} ${o.name}`, () =>
-          post(`/api/routes/${encodeURIComponent(route)}/outputs/${encodeURIComponent(o.name)}/${on ? "enable" : "disable"}`),
-        );
-      },
+      onchange: flip(note, o.name, (on) =>
+        post(`/api/routes/${encodeURIComponent(route)}/outputs/${encodeURIComponent(o.name)}/${on ? "enable" : "disable"}`),
+      ),
     }),
     h("span", { class: "slider" }),
   );
@@ -411,13 +419,14 @@ const routeDetail = {
     const primary = () => name === store.primary;
     const doc = () => store.routeDocs && store.routeDocs.find((d) => d.name === name);
 
-    const putDoc = (f, what) =>
-      act(note, what, async () => {
-        const d = JSON.parse(JSON.stringify(doc()));
-        delete d.stats;
-        f(d);
-        await api("PUT", `/api/routes/${encodeURIComponent(name)}`, d);
-      });
+    /** PUT the route's document changed by `f` (the server validates it). */
+    const putDocNow = async (f) => {
+      const d = JSON.parse(JSON.stringify(doc()));
+      delete d.stats;
+      f(d);
+      await api("PUT", `/api/routes/${encodeURIComponent(name)}`, d);
+    };
+    const putDoc = (f, what) => act(note, what, () => putDocNow(f));
 
     const toggle = (label, id, on, onchange, title) =>
       h("label", { class: "toggle", title: title || "" }, h("span", {}, label), " ",
@@ -438,9 +447,9 @@ const routeDetail = {
       if (primary()) {
         const pv = (k) => ep.get(k) && ep.get(k).value;
         if (can("operator")) {
-          items.push(toggle("Stream enable", "stream-enable", pv("stream_enable") !== false, (e) => act(note, "Stream Enable", () => writePoint("stream_enable", e.target.checked)), "point stream_enable"));
-          items.push(toggle("Recording", "recording-enable", !!pv("recording_enable"), (e) => act(note, "Recording Enable", () => writePoint("recording_enable", e.target.checked)), "point recording_enable"));
-          items.push(toggle("Transcode", "transcode-enable", !!pv("transcode_enable"), (e) => act(note, "Transcode Enable", () => writePoint("transcode_enable", e.target.checked)), "point transcode_enable"));
+          items.push(toggle("Stream enable", "stream-enable", pv("stream_enable") !== false, flip(note, "Stream Enable", (on) => writePoint("stream_enable", on)), "point stream_enable"));
+          items.push(toggle("Recording", "recording-enable", !!pv("recording_enable"), flip(note, "Recording Enable", (on) => writePoint("recording_enable", on)), "point recording_enable"));
+          items.push(toggle("Transcode", "transcode-enable", !!pv("transcode_enable"), flip(note, "Transcode Enable", (on) => writePoint("transcode_enable", on)), "point transcode_enable"));
         } else {
           items.push(h("p", {}, `Stream enable: ${pointValue(ep.get("stream_enable"))} · Recording: ${pointValue(ep.get("recording_enable"))} · Transcode: ${pointValue(ep.get("transcode_enable"))}`));
         }
@@ -448,7 +457,7 @@ const routeDetail = {
       } else {
         items.push(h("p", { class: "muted small" }, "Stream enable, force input and the recording/transcode points act on the primary route only; here recordings are their record outputs' switches."));
         if (can("admin") && d) {
-          items.push(toggle("Transcode (route mode)", "transcode-mode", d.mode === "transcode", (e) => putDoc((x) => (x.mode = e.target.checked ? "transcode" : "passthrough"), "transcode mode")));
+          items.push(toggle("Transcode (route mode)", "transcode-mode", d.mode === "transcode", flip(note, "transcode mode", (on) => putDocNow((x) => (x.mode = on ? "transcode" : "passthrough")))));
         }
       }
       replace(controls, items);
@@ -587,7 +596,7 @@ function historyChart(samples) {
   return svg;
 }
 
-function pointPanel(store, id, close) {
+function pointPanel(store, id, close, form) {
   const p = store.points.get(id);
   const note = notice();
   const box = h("div", { class: "card panel", id: "point-panel", "data-point": id });
@@ -608,6 +617,13 @@ function pointPanel(store, id, close) {
     else input = h("input", { id: "write-value", type: "number", step: "any", value: p.value ?? "" });
     const level = h("select", { id: "write-level" }, h("option", { value: "" }, "REST default"),
       Array.from({ length: 16 }, (_, i) => h("option", { value: i + 1 }, `${i + 1}`)));
+    // The panel is redrawn when the point changes: keep the user's choices.
+    if (form.id === id) {
+      if (form.value != null) input.value = form.value;
+      if (form.level != null) level.value = form.level;
+    }
+    input.addEventListener("change", () => Object.assign(form, { id, value: input.value }));
+    level.addEventListener("change", () => Object.assign(form, { id, level: level.value }));
     const parse = () => (p.kind === "bool" ? input.value === "true" : Number(input.value));
     const prio = () => (level.value ? Number(level.value) : undefined);
     items.push(h("h3", {}, "Command"), h("div", { class: "write" },
@@ -633,36 +649,64 @@ function pointPanel(store, id, close) {
 const points = {
   mount(el, arg, store) {
     const body = h("tbody");
-    const panel = h("div");
+    const panel = h("div", { class: "side" });
+    const layout = h("div", { class: "points-layout" });
+    const form = {};
+    const rows = new Map();
+    let shownIds = "";
     let open = arg || null;
     let shownPanel = "";
+    layout.append(
+      h("table", { class: "grid points", id: "points-table" },
+        h("thead", {}, h("tr", {}, ["Point", "Value", "Status", "Level", "BACnet", "Modbus", "Haystack", "REST"].map((t) => h("th", {}, t)))), body),
+      panel,
+    );
     el.append(
       h("h1", {}, "Points"),
       h("p", { class: "muted small" }, "Every point of the server with its address on each protocol. Click a point for its priority array, commands and history."),
       h("section", { class: "card placeholder", id: "point-blocks" }, h("p", { class: "muted" }, "Route point blocks: not part of this build yet; they will be listed here once the server has them.")),
-      panel,
-      h("table", { class: "grid points", id: "points-table" },
-        h("thead", {}, h("tr", {}, ["Point", "Value", "Status", "Level", "BACnet", "Modbus", "Haystack", "REST"].map((t) => h("th", {}, t)))), body),
+      layout,
     );
     const self = {
       update() {
-        replace(body, [...store.points.values()].map((p) =>
-          h("tr", { "data-point": p.id, class: p.id === open ? "sel" : "", onclick: () => { open = p.id; shownPanel = ""; self.update(); } },
-            h("td", {}, p.name, h("div", { class: "muted small" }, p.id)),
-            h("td", { class: "val" }, pointValue(p)),
-            h("td", {}, badge(p.status)),
-            h("td", {}, p.level ?? ""),
-            h("td", { class: "small" }, p.addresses?.bacnet || ""),
-            h("td", { class: "small" }, (p.addresses?.modbus || []).join(", ")),
-            h("td", { class: "small" }, `@${p.id}`),
-            h("td", { class: "small" }, (p.addresses?.http || []).join(", ")))));
+        // Rows are built once per point and patched, so a click on a row
+        // is never lost to a redraw between press and release.
+        const ids = [...store.points.keys()];
+        if (ids.join() !== shownIds) {
+          shownIds = ids.join();
+          rows.clear();
+          replace(body, [...store.points.values()].map((p) => {
+            const val = h("td", { class: "val" });
+            const st = h("td");
+            const lvl = h("td");
+            const tr = h("tr", { "data-point": p.id, onclick: () => { open = p.id; shownPanel = ""; self.update(); } },
+              h("td", {}, p.name, h("div", { class: "muted small" }, p.id)), val, st, lvl,
+              h("td", { class: "small" }, p.addresses?.bacnet || ""),
+              h("td", { class: "small" }, (p.addresses?.modbus || []).join(", ")),
+              h("td", { class: "small" }, `@${p.id}`),
+              h("td", { class: "small" }, (p.addresses?.http || []).join(", ")));
+            rows.set(p.id, { tr, val, st, lvl, shown: "" });
+            return tr;
+          }));
+        }
+        for (const [id, r] of rows) {
+          const p = store.points.get(id);
+          const key = JSON.stringify([pointValue(p), p.status, p.level, id === open]);
+          if (key === r.shown) continue;
+          r.shown = key;
+          r.val.textContent = pointValue(p);
+          replace(r.st, badge(p.status));
+          r.lvl.textContent = p.level ?? "";
+          r.tr.className = id === open ? "sel" : "";
+        }
         const cur = open && store.points.get(open);
         // Redraw the panel when its point changed, not while typing.
         const key = cur ? JSON.stringify([cur.value, cur.status, cur.priority_array, can("operator")]) : "";
         if (key !== shownPanel) {
           shownPanel = key;
           const keepNote = panel.querySelector(".notice");
-          replace(panel, cur ? pointPanel(store, open, () => { open = null; shownPanel = ""; self.update(); }) : "");
+          replace(panel, cur ? pointPanel(store, open, () => { open = null; shownPanel = ""; self.update(); }, form) : "");
+          layout.classList.toggle("with-panel", !!cur);
           const n = panel.querySelector(".notice");
           if (keepNote && n) n.replaceWith(keepNote);
         }
@@ -677,7 +721,7 @@ const points = {
 const audit = {
   mount(el) {
     const f = {
-      kind: h("select", { id: "f-kind" }, ["", "write", "auth", "login", "route", "profile", "audit"].map((k) => h("option", { value: k }, k || "any kind"))),
+      kind: h("input", { id: "f-kind", list: "audit-kinds", placeholder: "kind (any)" }),
       target: h("input", { id: "f-target", placeholder: "point or route" }),
       source: h("input", { id: "f-source", placeholder: "protocol (modbus, rest, …)" }),
       from: h("input", { id: "f-from", type: "datetime-local" }),
@@ -711,6 +755,7 @@ const audit = {
     more.onclick = () => load(true);
     el.append(
       h("h1", {}, "Audit"),
+      h("datalist", { id: "audit-kinds" }, ["write", "auth", "login", "route", "profile", "apikey", "failover", "restart", "audit"].map((k) => h("option", { value: k }))),
       h("form", { class: "filters", onsubmit: (e) => { e.preventDefault(); load(false); } },
         f.kind, f.target, f.source, h("label", {}, "from ", f.from), h("label", {}, "to ", f.to), h("button", { type: "submit" }, "Filter")),
       err,
