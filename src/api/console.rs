@@ -77,31 +77,78 @@ pub fn is_public(method: &Method, path: &str) -> bool {
     matches!(*method, Method::GET | Method::HEAD) && (path == "/" || path.starts_with("/console/"))
 }
 
-/// A weak validator from the content: a reload costs a 304, and a new
-/// binary's files are never served stale from a cache.
-fn etag(body: &str) -> String {
+/// A validator from the content: a reload costs a 304, and a new binary's
+/// files are never served stale from a cache. The gzip form has its own.
+fn etag(body: &str, gz: bool) -> String {
     use sha2::Digest;
     let d = sha2::Sha256::digest(body.as_bytes());
     let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("\"{hex}\"")
+    if gz {
+        format!("\"{hex}-gz\"")
+    } else {
+        format!("\"{hex}\"")
+    }
+}
+
+/// The gzip form of every asset, compressed once on first use.
+fn gzipped(i: usize) -> &'static [u8] {
+    static GZ: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    GZ.get_or_init(|| {
+        ASSETS
+            .iter()
+            .map(|a| super::gzip::gzip(a.2.as_bytes()))
+            .collect()
+    })
+    .get(i)
+    .map_or(&[], Vec::as_slice)
+}
+
+/// Whether the client takes gzip (`Accept-Encoding: gzip`, not `q=0`).
+fn accepts_gzip(h: &HeaderMap) -> bool {
+    h.get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or("");
+            let q0 = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q0
+        })
 }
 
 fn asset(h: &HeaderMap, name: &str) -> Response {
-    let Some((_, ctype, body)) = ASSETS.iter().find(|a| a.0 == name) else {
+    let Some(i) = ASSETS.iter().position(|a| a.0 == name) else {
         return ApiError::new(StatusCode::NOT_FOUND, format!("no console file {name:?}"))
             .into_response();
     };
-    let tag = etag(body);
+    let (_, ctype, body) = ASSETS[i];
+    let gz = accepts_gzip(h);
+    let tag = etag(body, gz);
     let fresh = h
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == tag));
     let mut r = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
+    } else if gz {
+        (
+            [
+                (header::CONTENT_TYPE, ctype),
+                (header::CONTENT_ENCODING, "gzip"),
+            ],
+            gzipped(i),
+        )
+            .into_response()
     } else {
-        ([(header::CONTENT_TYPE, *ctype)], *body).into_response()
+        ([(header::CONTENT_TYPE, ctype)], body).into_response()
     };
     let hd = r.headers_mut();
+    hd.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     if let Ok(v) = HeaderValue::from_str(&tag) {
         hd.insert(header::ETAG, v);
     }
@@ -172,6 +219,28 @@ mod tests {
     }
 
     #[test]
+    fn gzip_is_served_when_accepted_and_not_when_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, deflate, br"),
+        );
+        let r = asset(&h, "views.js");
+        assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
+        assert!(r.headers()[header::ETAG]
+            .to_str()
+            .unwrap_or("")
+            .ends_with("-gz\""));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("br, gzip;q=0"),
+        );
+        let r = asset(&h, "views.js");
+        assert!(!r.headers().contains_key(header::CONTENT_ENCODING));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[test]
     fn only_reads_of_console_paths_are_public() {
         assert!(is_public(&Method::GET, "/"));
         assert!(is_public(&Method::GET, "/console/app.js"));
@@ -185,5 +254,7 @@ mod tests {
         // Uncompressed, so the bound holds whatever the transfer encoding.
         let total: usize = ASSETS.iter().map(|a| a.2.len()).sum();
         assert!(total < 150_000, "console assets are {total} bytes");
+        let gz: usize = (0..ASSETS.len()).map(|i| gzipped(i).len()).sum();
+        assert!(gz < total / 2, "gzip: {gz} of {total} bytes");
     }
 }

@@ -4,6 +4,7 @@ pub mod apikeys;
 pub mod auth;
 pub mod console;
 pub mod guard;
+pub mod gzip;
 pub mod json;
 pub mod live;
 pub mod openapi;

@@ -1,4 +1,5 @@
 """The web console in a real browser: Debian's chromium driven by chromedriver through Selenium, against the real binary (login, live route status from a Modbus write, output switches seen on the wire, the preview, the viewer role, no console errors); screenshots at 1280x800 go to target/test-output/console (CASTPOINT_TEST_OUT overrides)."""
+import gzip
 import json
 import os
 import pathlib
@@ -86,6 +87,14 @@ def wait(d, cond, timeout=20, poll=0.05, msg=""):
     return WebDriverWait(d, timeout, poll_frequency=poll,
                          ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)
                          ).until(lambda _: cond(), msg)
+
+
+def click(d, css, timeout=10):
+    """Clicks the element `css` names, finding it again if a redraw replaced it."""
+    def once():
+        d.find_element(By.CSS_SELECTOR, css).click()
+        return True
+    wait(d, once, timeout=timeout)
 
 
 def console_errors(d):
@@ -189,7 +198,7 @@ def test_operator_flow_live_status_output_switch_preview(console_server):
              msg="both UDP outputs should flow first")
         sw = '[data-route="cam"] input[data-output="udp-a"]'
         wait(d, lambda: d.find_element(By.CSS_SELECTOR, sw).is_selected())
-        d.find_element(By.CSS_SELECTOR, f'[data-route="cam"] tr[data-output="udp-a"] label.switch').click()
+        click(d, f'[data-route="cam"] tr[data-output="udp-a"] label.switch')
         wait(d, lambda: not d.find_element(By.CSS_SELECTOR, sw).is_selected()
              and "OFF" in d.find_element(By.CSS_SELECTOR, '[data-route="cam"] tr[data-output="udp-a"]').text,
              msg="the page should show udp-a off")
@@ -197,7 +206,7 @@ def test_operator_flow_live_status_output_switch_preview(console_server):
         assert count_for(rx_a, 1.5) == 0, "udp-a still sends after it was switched off"
         assert count_for(rx_b, 1.0) > 0, "udp-b stopped too"
         shot(d, "routes")
-        d.find_element(By.CSS_SELECTOR, f'[data-route="cam"] tr[data-output="udp-a"] label.switch').click()
+        click(d, f'[data-route="cam"] tr[data-output="udp-a"] label.switch')
         wait(d, lambda: count_for(rx_a, 0.5) > 0, timeout=10, msg="udp-a did not resume")
 
         # The preview: a keyframe thumbnail that refreshes, with a picture in it.
@@ -220,29 +229,50 @@ def test_operator_flow_live_status_output_switch_preview(console_server):
         assert console_errors(d) == []
 
         # An output add refused by the REST API shows the API's own message.
-        d.find_element(By.ID, "output-add").click()
+        click(d, "#output-add")
         box = d.find_element(By.ID, "out-json")
         box.clear()
         box.send_keys(json.dumps({"name": "bad", "type": "udp"}))
-        d.find_element(By.ID, "out-save").click()
+        click(d, "#out-save")
         wait(d, lambda: d.find_element(By.ID, "out-error").text != "")
         assert "dest" in d.find_element(By.ID, "out-error").text
         # The browser logs the refused request itself (a network entry), nothing else.
         errs = console_errors(d)
         assert all(e["source"] == "network" and "422" in e["message"] for e in errs), errs
+        # A valid add: the new output sends on the wire; Remove stops it.
+        rx_c = udp_receiver()
+        try:
+            box.clear()
+            box.send_keys(json.dumps({"name": "udp-c", "type": "udp",
+                                      "dest": f"127.0.0.1:{rx_c.getsockname()[1]}"}))
+            click(d, "#out-save")
+            wait(d, lambda: d.find_elements(By.CSS_SELECTOR, 'tr[data-output="udp-c"]'))
+            wait(d, lambda: count_for(rx_c, 0.5) > 0, timeout=10, msg="the added output does not send")
+            click(d, 'tr[data-output="udp-c"] [data-write="output-remove"]')
+            d.switch_to.alert.accept()
+            wait(d, lambda: not d.find_elements(By.CSS_SELECTOR, 'tr[data-output="udp-c"]'))
+            count_for(rx_c, 0.3)
+            assert count_for(rx_c, 1.0) == 0, "the removed output still sends"
+        finally:
+            rx_c.close()
+        # Force input 2 (Input Select = 2), then back to automatic.
+        click(d, 'tr[data-input="backup"] [data-write="force-input"]')
+        wait(d, lambda: "Forced to input 2" in d.find_element(By.ID, "main").text, timeout=10)
+        click(d, '[data-write="auto-input"]')
+        wait(d, lambda: "Automatic failover" in d.find_element(By.ID, "main").text, timeout=10)
 
         # Points: the priority array of a command point; a write at level 14 and its relinquish.
         d.get(srv.http_base + "/#/points/recording_enable")
         wait(d, lambda: d.find_elements(By.ID, "priority-array"))
-        d.find_element(By.CSS_SELECTOR, '#write-value option[value="true"]').click()
-        d.find_element(By.CSS_SELECTOR, '#write-level option[value="14"]').click()
-        d.find_element(By.ID, "write").click()
+        click(d, '#write-value option[value="true"]')
+        click(d, '#write-level option[value="14"]')
+        click(d, "#write")
         row14 = '#priority-array tr[data-level="14"]'
         wait(d, lambda: "true" in d.find_element(By.CSS_SELECTOR, row14).text, msg="level 14 not shown written")
         d.execute_script("window.scrollTo(0, 0)")
         shot(d, "points")
-        d.find_element(By.CSS_SELECTOR, '#write-level option[value="14"]').click()
-        d.find_element(By.ID, "relinquish").click()
+        click(d, '#write-level option[value="14"]')
+        click(d, "#relinquish")
         wait(d, lambda: "true" not in d.find_element(By.CSS_SELECTOR, row14).text)
 
         # Audit: the Modbus write is there, and the kind filter narrows it.
@@ -327,13 +357,22 @@ def test_console_is_public_and_its_weight_is_small():
     srv = Server()
     try:
         add_user(srv, "a", "admin", "admin-password-1")
-        total = 0
+        total = total_gz = 0
         for p in ("/", "/console/app.js", "/console/api.js", "/console/views.js",
                   "/console/preview.js", "/console/style.css", "/console/favicon.svg"):
             with urllib.request.urlopen(srv.http_base + p, timeout=10) as r:
-                assert r.status == 200
-                total += len(r.read())
-        assert total < 300_000, total
+                assert r.status == 200 and r.headers.get("content-encoding") is None
+                plain = r.read()
+            req = urllib.request.Request(srv.http_base + p, headers={"accept-encoding": "gzip"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert r.headers["content-encoding"] == "gzip", p
+                packed = r.read()
+            # castpoint's own encoder, checked by zlib.
+            assert gzip.decompress(packed) == plain, p
+            total += len(plain)
+            total_gz += len(packed)
+        print(f"console first load: {total} bytes, {total_gz} gzip")
+        assert total < 300_000 and total_gz < total / 2, (total, total_gz)
         with urllib.request.urlopen(srv.http_base + "/api/auth/info", timeout=10) as r:
             assert json.load(r)["users"] is True
         try:

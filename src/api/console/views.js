@@ -463,11 +463,27 @@ const routeDetail = {
       replace(controls, items);
     }
 
+    const inRates = new Map();
+    const outRates = new Map();
+    const rateCell = (map, n, x) => {
+      const c = h("td", { class: "num" }, x ? fmtBps(x.bitrate_bps) : "—");
+      map.set(n, c);
+      return c;
+    };
     let shownInputs = "";
     function drawInputs(r, d) {
-      const key = JSON.stringify([r && r.inputs.map((i) => [i.up, i.error, Math.round(i.bitrate_bps / 1e4)]), r && r.active_input, r && r.forced_input, d && d.inputs.map((i) => i.name), store.points.get("input_select")?.value]);
-      if (key === shownInputs) return;
+      // Rebuilt only when the rows' state changes (buttons stay put under
+      // the pointer); bitrates are patched in place below.
+      const key = JSON.stringify([r && r.inputs.map((i) => [i.up, i.error, i.bitrate_bps > 0]), r && r.active_input, r && r.forced_input, d && d.inputs.map((i) => i.name), can("operator"), can("admin")]);
+      if (key === shownInputs) {
+        for (const [n, cell] of inRates) {
+          const x = r && r.inputs.find((i) => i.name === n);
+          cell.textContent = x ? fmtBps(x.bitrate_bps) : "—";
+        }
+        return;
+      }
       shownInputs = key;
+      inRates.clear();
       const list = (d && d.inputs) || [];
       const rows = list.map((id, i) => {
         const s = r && r.inputs.find((x) => x.name === id.name);
@@ -477,7 +493,7 @@ const routeDetail = {
           h("td", {}, id.name, active ? h("span", { class: "badge live" }, "active") : ""),
           h("td", { class: "muted" }, id.type),
           h("td", {}, inputState(s)),
-          h("td", { class: "num" }, s ? fmtBps(s.bitrate_bps) : "—"),
+          rateCell(inRates, id.name, s),
           h("td", { class: "small" }, s && s.error ? s.error : ""),
         ];
         const btns = [];
@@ -507,9 +523,16 @@ const routeDetail = {
 
     let shownOutputs = "";
     function drawOutputs(r, d) {
-      const key = JSON.stringify([r && r.outputs.map((o) => [o.enabled, o.up, o.error, Math.round(o.bitrate_bps / 1e4), o.clients]), d && d.outputs]);
-      if (key === shownOutputs) return;
+      const key = JSON.stringify([r && r.outputs.map((o) => [o.enabled, o.up, o.error, o.last_send_error, o.clients]), d && d.outputs, can("operator"), can("admin")]);
+      if (key === shownOutputs) {
+        for (const [n, cell] of outRates) {
+          const x = r && r.outputs.find((o) => o.name === n);
+          cell.textContent = x ? fmtBps(x.bitrate_bps) : "—";
+        }
+        return;
+      }
       shownOutputs = key;
+      outRates.clear();
       const rows = ((d && d.outputs) || []).map((od) => {
         const o = r && r.outputs.find((x) => x.name === od.name);
         const target = od.dest || od.addr || od.url || (od.path ? `/${od.type === "hls" ? "hls" : "stream"}/${od.path}` : "");
@@ -525,7 +548,7 @@ const routeDetail = {
         }
         return h("tr", { "data-output": od.name },
           h("td", {}, od.name), h("td", { class: "muted" }, od.type), h("td", { class: "small" }, target),
-          h("td", {}, outputState(o)), h("td", { class: "num" }, o ? fmtBps(o.bitrate_bps) : "—"),
+          h("td", {}, outputState(o)), rateCell(outRates, od.name, o),
           h("td", { class: "num" }, o ? o.clients : "—"),
           h("td", { class: "small" }, o && (o.error || o.last_send_error) ? o.error || o.last_send_error : ""),
           h("td", {}, o ? outputSwitch(name, o, note) : ""), h("td", {}, btns));
