@@ -162,6 +162,15 @@ def test_operator_flow_live_status_output_switch_preview(console_server):
         wait(d, lambda: len(d.find_elements(By.CSS_SELECTOR, "#overview-points tbody tr")) == 23,
              msg="the overview lists the seed's 23 points")
         shot(d, "overview")
+        # What the browser really transferred for the first load (files and
+        # API answers, headers included; the WebSocket feeds aside).
+        sizes = d.execute_script("""
+            const e = [...performance.getEntriesByType('navigation'), ...performance.getEntriesByType('resource')];
+            return e.map(x => [x.name, x.transferSize, x.decodedBodySize]);""")
+        weight = sum(x[1] for x in sizes)
+        print(f"first load in Chromium: {weight} bytes transferred, "
+              f"{sum(x[2] for x in sizes)} decoded, {len(sizes)} requests")
+        assert 0 < weight < 300_000, sizes
 
         # A Modbus write of Stream Enable = 0 turns the tile STOPPED within 1 s.
         d.get(srv.http_base + "/#/routes")
