@@ -119,6 +119,9 @@ def tile_status(d, route):
 @pytest.fixture(scope="module")
 def console_server(tmp_path_factory):
     rx_a, rx_b = udp_receiver(), udp_receiver()
+    probe = udp_receiver()
+    srt_port = probe.getsockname()[1]
+    probe.close()
     cfg = tmp_path_factory.mktemp("console") / "c.toml"
     cfg.write_text('primary_route = "cam"\n' + base_config_text() + f"""
 [[route]]
@@ -143,8 +146,14 @@ dest = "127.0.0.1:{rx_a.getsockname()[1]}"
 name = "udp-b"
 type = "udp"
 dest = "127.0.0.1:{rx_b.getsockname()[1]}"
+[[route.output]]
+name = "srt-out"
+type = "srt"
+mode = "listener"
+addr = "127.0.0.1:{srt_port}"
 """)
     srv = Server(config=cfg)
+    srv.srt_port = srt_port
     add_user(srv, "adm", "admin", "admin-password-1")
     add_user(srv, "vw", "viewer", "viewer-password-1")
     yield srv, rx_a, rx_b
@@ -303,6 +312,36 @@ def test_operator_flow_live_status_output_switch_preview(console_server):
         assert console_errors(d) == []
     finally:
         d.quit()
+
+
+@pytest.mark.skipif(not shutil.which("srt-live-transmit"), reason="needs srt-tools")
+def test_route_detail_shows_srt_caller_stats(console_server):
+    """An srt-live-transmit caller on the SRT listener output shows in the page with its RTT, loss, retransmits and buffers."""
+    srv, _, _ = console_server
+    sink = udp_receiver()
+    caller = subprocess.Popen(["srt-live-transmit", f"srt://127.0.0.1:{srv.srt_port}",
+                               f"udp://127.0.0.1:{sink.getsockname()[1]}"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    d = browser()
+    try:
+        login(d, srv.http_base, "adm", "admin-password-1")
+        d.get(srv.http_base + "/#/routes/cam")
+        row = '#srt-table tbody tr[data-io="srt-out"]'
+        wait(d, lambda: d.find_elements(By.CSS_SELECTOR, row), timeout=20,
+             msg="no SRT connection row for the caller")
+        # Read in one step: the table is redrawn with every stats message.
+        cells = d.execute_script(
+            "return [...document.querySelectorAll(arguments[0])].map(c => c.textContent)", row + " td")
+        assert cells[1].startswith("127.0.0.1:"), cells
+        float(cells[2])  # RTT in ms, a number
+        assert count_for(sink, 0.5) > 0, "the caller receives the route"
+        assert console_errors(d) == []
+    finally:
+        d.quit()
+        caller.kill()
+        caller.wait()
+        sink.close()
 
 
 def test_viewer_sees_no_write_controls_and_a_forged_write_is_refused(console_server):

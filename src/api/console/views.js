@@ -74,7 +74,8 @@ function sparkline(values, cls) {
   svg.setAttribute("viewBox", `0 0 ${w} ${ht}`);
   svg.setAttribute("class", `spark ${cls || ""}`);
   if (values.length > 1) {
-    const max = Math.max(...values, 1);
+    // Headroom above the peak, so a steady rate is not drawn on the border.
+    const max = Math.max(...values, 1) * 1.25;
     const pts = values
       .map((v, i) => `${((i / (values.length - 1)) * w).toFixed(1)},${(ht - 2 - (v / max) * (ht - 4)).toFixed(1)}`)
       .join(" ");
@@ -343,14 +344,14 @@ function srtTable(items) {
   for (const io of items) {
     for (const c of io.srt || []) {
       rows.push(
-        h("tr", {}, h("td", {}, io.name), h("td", {}, c.peer || "—"), h("td", { class: "num" }, c.rtt_ms.toFixed(1)),
+        h("tr", { "data-io": io.name }, h("td", {}, io.name), h("td", {}, c.peer || "—"), h("td", { class: "num" }, c.rtt_ms.toFixed(1)),
           h("td", { class: "num" }, c.bandwidth_mbps.toFixed(1)), h("td", { class: "num" }, `${c.pkt_snd_loss}/${c.pkt_rcv_loss}`),
           h("td", { class: "num" }, c.pkt_retrans), h("td", { class: "num" }, `${c.snd_buf_ms}/${c.rcv_buf_ms}`)),
       );
     }
   }
   if (!rows.length) return h("p", { class: "muted" }, "No SRT connections.");
-  return h("table", { class: "grid" }, h("thead", {}, h("tr", {}, ["Input/output", "Peer", "RTT ms", "Bandwidth Mb/s", "Loss snd/rcv", "Retrans", "Buffer snd/rcv ms"].map((t) => h("th", {}, t)))), h("tbody", {}, rows));
+  return h("table", { class: "grid", id: "srt-table" }, h("thead", {}, h("tr", {}, ["Input/output", "Peer", "RTT ms", "Bandwidth Mb/s", "Loss snd/rcv", "Retrans", "Buffer snd/rcv ms"].map((t) => h("th", {}, t)))), h("tbody", {}, rows));
 }
 
 /** An output's JSON editor (add or edit): the REST API validates, its error is shown as is. */
