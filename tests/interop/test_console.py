@@ -386,6 +386,38 @@ def get_json(url):
         return json.load(r)
 
 
+def test_a_revoked_session_returns_to_the_login_page(console_server):
+    srv, _, _ = console_server
+    add_user(srv, "tmp", "operator", "tmp-password-1")
+    d = browser()
+    try:
+        login(d, srv.http_base, "tmp", "tmp-password-1")
+        r = subprocess.run([castpoint_bin(), "user", "remove", "tmp", "--data-dir", srv.data],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        # The next API call gets 401: the page says so on the login form.
+        d.get(srv.http_base + "/#/audit")
+        wait(d, lambda: d.find_elements(By.ID, "login-error")
+             and "session ended" in d.find_element(By.ID, "login-error").text, timeout=15)
+    finally:
+        d.quit()
+
+
+def test_anonymous_read_only_shows_data_without_write_controls(console_server):
+    srv, _, _ = console_server
+    d = browser()
+    try:
+        d.get(srv.http_base + "/")
+        click(d, "#anon")
+        wait(d, lambda: d.find_element(By.ID, "conn").text == "live")
+        d.get(srv.http_base + "/#/routes")
+        wait(d, lambda: tile_status(d, "cam") is not None)
+        assert d.find_elements(By.CSS_SELECTOR, "[data-write]") == []
+        assert "anonymous" in d.find_element(By.ID, "who").text
+    finally:
+        d.quit()
+
+
 def test_without_users_the_login_page_says_how_to_add_one():
     srv = Server()
     d = browser()

@@ -80,10 +80,11 @@ function wsUrl(path) {
  * (the points feed sends a full snapshot on every connect).
  */
 export class Feed {
-  constructor(path, onMessage, onState) {
+  constructor(path, onMessage, onState, onRefused) {
     this.path = path;
     this.onMessage = onMessage;
     this.onState = onState || (() => {});
+    this.onRefused = onRefused || (() => {});
     this.backoff = 500;
     this.closed = false;
     this.connect();
@@ -93,7 +94,9 @@ export class Feed {
     if (this.closed) return;
     const ws = new WebSocket(wsUrl(this.path));
     this.ws = ws;
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
       this.backoff = 500;
       this.onState(true);
     };
@@ -109,6 +112,10 @@ export class Feed {
     ws.onclose = () => {
       this.onState(false);
       if (this.closed) return;
+      // A handshake that never opened may be a revoked or expired token
+      // (browsers do not show a WebSocket's HTTP status): the owner asks
+      // the API, whose 401 ends the session.
+      if (!opened) this.onRefused();
       setTimeout(() => this.connect(), this.backoff);
       this.backoff = Math.min(this.backoff * 2, 10000);
     };

@@ -18,6 +18,8 @@ export const store = {
   feeds: { points: false, dashboard: false },
   pointsFeed: null,
   dashFeed: null,
+  // "Continue read-only" holds for the tab, like a login.
+  anon: sessionStorage.getItem("castpoint.anon") === "1",
 };
 
 let current = null;
@@ -131,7 +133,7 @@ function startFeeds() {
     // Reconnected: the snapshot resynchronises points; documents too.
     if (up) loadRoutes();
     changed();
-  });
+  }, checkSession);
   store.dashFeed = new Feed(
     "/ws/dashboard",
     (m) => {
@@ -145,6 +147,11 @@ function startFeeds() {
       changed();
     },
   );
+}
+
+/** A feed could not connect: a 401 from the API ends the session (see setUnauthorizedHandler). */
+function checkSession() {
+  if (session) get("/stats").catch(() => {});
 }
 
 function stopFeeds() {
@@ -230,6 +237,7 @@ function shell() {
           onclick: () => {
             setSession(null);
             store.anon = false;
+            sessionStorage.removeItem("castpoint.anon");
             stopFeeds();
             show();
           },
@@ -254,7 +262,8 @@ function noUserBanner() {
 }
 
 function loginPage() {
-  const err = h("p", { class: "error", id: "login-error" });
+  const err = h("p", { class: "error", id: "login-error" }, store.loginMessage || "");
+  store.loginMessage = "";
   const user = h("input", { id: "username", autocomplete: "username", required: true });
   const pass = h("input", { id: "password", type: "password", autocomplete: "current-password", required: true });
   const form = h(
@@ -301,6 +310,7 @@ function loginPage() {
           id: "anon",
           onclick: () => {
             store.anon = true;
+            sessionStorage.setItem("castpoint.anon", "1");
             show();
           },
         },
@@ -311,10 +321,11 @@ function loginPage() {
   return form;
 }
 
-setUnauthorizedHandler(() => {
-  // Expired or revoked token: back to the login page.
+setUnauthorizedHandler((msg) => {
+  // Expired or revoked token: back to the login page, saying why.
   setSession(null);
   stopFeeds();
+  store.loginMessage = `Your session ended (${msg}): log in again.`;
   show();
 });
 
