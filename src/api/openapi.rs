@@ -59,7 +59,7 @@ pub const OPS: &[Op] = &[
     (
         "get",
         "/api/points/{id}/history",
-        "History samples (from/to RFC 3339)",
+        "History samples (from/to RFC 3339; max: at most N samples, each interval's lowest and highest)",
         "viewer",
         None,
         200,

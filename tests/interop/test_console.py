@@ -455,6 +455,14 @@ def test_console_is_public_and_its_weight_is_small():
         assert total < 300_000 and total_gz < total / 2, (total, total_gz)
         with urllib.request.urlopen(srv.http_base + "/api/auth/info", timeout=10) as r:
             assert json.load(r)["users"] is True
+        # The history's `max` (the points page's chart asks for 1000).
+        h = get_json(srv.http_base + "/api/points/cpu_usage/history?max=2")
+        assert len(h["samples"]) <= 2
+        try:
+            urllib.request.urlopen(srv.http_base + "/api/points/cpu_usage/history?max=1", timeout=10)
+            raise AssertionError("max=1 is refused")
+        except urllib.error.HTTPError as e:
+            assert e.code == 400 and "max" in json.load(e)["error"]
         try:
             urllib.request.urlopen(srv.http_base + "/api/audit", timeout=10)
             raise AssertionError("the audit log needs a token")

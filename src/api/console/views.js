@@ -620,6 +620,18 @@ function historyChart(samples) {
   return svg;
 }
 
+/** 7 days of a point's history, fetched at most once a minute (the panel redraws with every new value). */
+const histories = new Map();
+function historyOf(id) {
+  const c = histories.get(id);
+  if (c && Date.now() - c.at < 60000) return c.p;
+  const from = new Date(Date.now() - 7 * 86400e3).toISOString();
+  const p = get(`/api/points/${encodeURIComponent(id)}/history?from=${encodeURIComponent(from)}&max=1000`);
+  histories.set(id, { at: Date.now(), p });
+  p.catch(() => histories.delete(id));
+  return p;
+}
+
 function pointPanel(store, id, close, form) {
   const p = store.points.get(id);
   const note = notice();
@@ -660,8 +672,7 @@ function pointPanel(store, id, close, form) {
   if (p.tags && "his" in p.tags) {
     const chart = h("div", { class: "chart" }, h("p", { class: "muted small" }, "Loading 7 days of history…"));
     items.push(h("h3", {}, "History (7 days)"), chart);
-    const from = new Date(Date.now() - 7 * 86400e3).toISOString();
-    get(`/api/points/${encodeURIComponent(id)}/history?from=${encodeURIComponent(from)}`)
+    historyOf(id)
       .then((r) => replace(chart, historyChart(r.samples), h("p", { class: "muted small" }, `${r.samples.length} samples`)))
       .catch((x) => replace(chart, h("p", { class: "error" }, x.message)));
   }
