@@ -305,6 +305,15 @@ def test_operator_flow_live_status_output_switch_preview(console_server):
         # Users (API keys) and the API/export links: shown to an admin.
         d.get(srv.http_base + "/#/users")
         wait(d, lambda: "castpoint user add" in d.find_element(By.ID, "main").text)
+        d.find_element(By.ID, "key-name").send_keys("grafana")
+        click(d, "[data-write=apikey-add]")
+        wait(d, lambda: d.find_elements(By.CSS_SELECTOR, 'tr[data-key="grafana"]'))
+        key = d.find_element(By.ID, "new-key").text.split()[1]
+        assert key.startswith("cpk_")
+        # The key shown once works as a credential.
+        req = urllib.request.Request(srv.http_base + "/api/audit?limit=1", headers={"x-api-key": key})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
         shot(d, "users")
         d.get(srv.http_base + "/#/links")
         wait(d, lambda: d.find_elements(By.CSS_SELECTOR, 'a[href="/api/openapi.json"]'))

@@ -813,7 +813,11 @@ const users = {
     const load = async () => {
       try {
         const r = await get("/api/apikeys");
-        replace(body, r.apikeys.map((k) => h("tr", {}, h("td", {}, k.name), h("td", {}, k.role), h("td", { class: "small" }, new Date(k.created).toLocaleString()),
+        if (!r.apikeys.length) {
+          replace(body, h("tr", {}, h("td", { class: "muted", colspan: 4 }, "No API keys.")));
+          return;
+        }
+        replace(body, r.apikeys.map((k) => h("tr", { "data-key": k.name }, h("td", {}, k.name), h("td", {}, k.role), h("td", { class: "small" }, new Date(k.created).toLocaleString()),
           h("td", {}, h("button", { "data-write": "apikey-revoke", onclick: () => confirm(`Revoke ${k.name}?`) && act(note, `revoke ${k.name}`, async () => { await api("DELETE", `/api/apikeys/${encodeURIComponent(k.name)}`); load(); }) }, "Revoke")))));
       } catch (x) {
         note.fail(x.message);
