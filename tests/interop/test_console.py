@@ -260,9 +260,12 @@ def test_operator_flow_live_status_output_switch_preview(console_server):
         # A valid add: the new output sends on the wire; Remove stops it.
         rx_c = udp_receiver()
         try:
-            box.clear()
-            box.send_keys(json.dumps({"name": "udp-c", "type": "udp",
-                                      "dest": f"127.0.0.1:{rx_c.getsockname()[1]}"}))
+            # This time through the form's fields (they rewrite the JSON).
+            for field, value in (("name", "udp-c"), ("dest", f"127.0.0.1:{rx_c.getsockname()[1]}")):
+                f = d.find_element(By.CSS_SELECTOR, f'[data-field="{field}"]')
+                f.clear()
+                f.send_keys(value)
+            assert json.loads(d.find_element(By.ID, "out-json").get_attribute("value"))["name"] == "udp-c"
             click(d, "#out-save")
             wait(d, lambda: d.find_elements(By.CSS_SELECTOR, 'tr[data-output="udp-c"]'))
             wait(d, lambda: count_for(rx_c, 0.5) > 0, timeout=10, msg="the added output does not send")
@@ -407,7 +410,8 @@ def test_a_revoked_session_returns_to_the_login_page(console_server):
         # The next API call gets 401: the page says so on the login form.
         d.get(srv.http_base + "/#/audit")
         wait(d, lambda: d.find_elements(By.ID, "login-error")
-             and "session ended" in d.find_element(By.ID, "login-error").text, timeout=15)
+             and "session ended" in d.find_element(By.ID, "login-error").text, timeout=15,
+             msg=lambda _: d.find_element(By.ID, "app").text[:300])
     finally:
         d.quit()
 

@@ -336,8 +336,54 @@ const TEMPLATES = {
   http: { name: "http-out", type: "http", path: "name" },
   hls: { name: "hls-out", type: "hls", path: "name", segment: "2s", window: 6 },
   record: { name: "recording", type: "record", segment: "10min", keep: 12 },
-  rtmp: { name: "cdn", type: "rtmp", url: "rtmp://example.net/live/KEY" },
+  rtmp: { name: "cdn", type: "rtmp", url: "rtmp://example.net/live", key: "STREAM-KEY" },
 };
+
+/** The keys each output type's form shows (docs/routes.md); the JSON below takes any other. */
+const FIELDS = {
+  udp: ["dest", "ttl"],
+  srt: ["mode", "addr", "latency", "passphrase", "pbkeylen", "streamid"],
+  http: ["path"],
+  hls: ["path", "segment", "window"],
+  record: ["segment", "keep"],
+  rtmp: ["url", "key", "preset"],
+};
+const NUMERIC = new Set(["ttl", "pbkeylen", "window", "keep", "queue"]);
+
+/** Form fields over the JSON text: a field edit rewrites its key, keeping every other key. */
+function outputFields(text, type) {
+  const box = h("div", { class: "fields" });
+  const draw = () => {
+    let doc = {};
+    try {
+      doc = JSON.parse(text.value);
+    } catch {
+      // The JSON is being edited by hand: the fields wait for it to parse.
+    }
+    const t = doc.type || type;
+    replace(box, ["name", ...(FIELDS[t] || [])].map((k) =>
+      h("label", {}, k, h("input", {
+        "data-field": k,
+        value: doc[k] ?? "",
+        oninput: (e) => {
+          let d;
+          try {
+            d = JSON.parse(text.value);
+          } catch {
+            return;
+          }
+          const v = e.target.value;
+          if (v === "") delete d[k];
+          else d[k] = NUMERIC.has(k) && /^\d+$/.test(v) ? Number(v) : v;
+          text.value = JSON.stringify(d, null, 2);
+        },
+      }))));
+  };
+  text.addEventListener("change", draw);
+  draw();
+  box.redraw = draw;
+  return box;
+}
 
 function srtTable(items) {
   const rows = [];
@@ -359,7 +405,11 @@ function outputEditor(route, existing, note, done) {
   const typeSel = h("select", { id: "out-type" }, Object.keys(TEMPLATES).map((t) => h("option", { value: t }, t)));
   const text = h("textarea", { id: "out-json", rows: 8, spellcheck: "false" });
   text.value = JSON.stringify(existing || TEMPLATES.udp, null, 2);
-  typeSel.onchange = () => (text.value = JSON.stringify(TEMPLATES[typeSel.value], null, 2));
+  const fields = outputFields(text, (existing || TEMPLATES.udp).type);
+  typeSel.onchange = () => {
+    text.value = JSON.stringify(TEMPLATES[typeSel.value], null, 2);
+    fields.redraw();
+  };
   const err = h("pre", { class: "error", id: "out-error" });
   const save = async () => {
     err.textContent = "";
@@ -385,8 +435,9 @@ function outputEditor(route, existing, note, done) {
     "div",
     { class: "editor card" },
     h("h3", {}, existing ? `Edit output ${existing.name}` : "Add an output"),
-    existing ? "" : h("label", {}, "Template ", typeSel),
-    text,
+    existing ? "" : h("label", {}, "Type ", typeSel),
+    fields,
+    h("details", { open: true }, h("summary", { class: "small muted" }, "JSON (every key)"), text),
     h("p", { class: "muted small" }, "Keys as in a [[route.output]] table (docs/routes.md). Secrets show as \"***\" and stay unchanged when sent back."),
     h("div", {}, h("button", { "data-write": "output-save", id: "out-save", onclick: save }, existing ? "Save" : "Add"), " ", h("button", { onclick: done }, "Cancel")),
     err,
