@@ -12,10 +12,11 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 # Debian packages: libsrt (SRT FFI), the real peers (srt-live-transmit,
 # ffmpeg/ffprobe, mbpoll, tshark, openssl for test_tls.py,
 # GStreamer rtmp2sink for the RTMP ingest compatibility test), pkg-config,
-# for test_packaging.py lintian, systemd (systemd-analyze) and man-db, and mosquitto
-# for test_mqtt.py.
+# for test_packaging.py lintian, systemd (systemd-analyze) and man-db,
+# mosquitto for test_mqtt.py, chromium + chromium-driver for the web console
+# tests (test_console.py).
 DEB_PKGS="pkg-config libsrt-openssl-dev srt-tools ffmpeg mbpoll tshark openssl gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly"
-DEB_PKGS="$DEB_PKGS lintian systemd man-db mosquitto"
+DEB_PKGS="$DEB_PKGS lintian systemd man-db mosquitto chromium chromium-driver"
 missing=""
 for p in $DEB_PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

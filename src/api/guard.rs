@@ -2,7 +2,8 @@
 //!
 //! Policy (docs/security.md, "What is public"):
 //! - Public, always: `GET /health`, `POST /api/auth/login`,
-//!   `GET /api/openapi.json` (the operations table with its roles).
+//!   `GET /api/auth/info`, `GET /api/openapi.json` (the operations table
+//!   with its roles), and the web console's files (`GET /`, `/console/*`).
 //! - `/api/haystack/*`: Haystack authenticates itself (HELLO/SCRAM, its own
 //!   bearer tokens); passed through untouched.
 //! - Everything else needs a role: the one the OpenAPI table ([`OPS`])
@@ -113,6 +114,10 @@ fn admin_point(s: &ApiState, id: crate::points::PointId) -> bool {
 pub fn need(s: &ApiState, method: &Method, path: &str) -> Need {
     if path == "/api/haystack" || path.starts_with("/api/haystack/") {
         return Need::Haystack;
+    }
+    // The web console's static files (no data in them).
+    if super::console::is_public(method, path) {
+        return Need::Public;
     }
     let read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     let m = if read {

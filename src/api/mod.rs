@@ -2,7 +2,9 @@
 
 pub mod apikeys;
 pub mod auth;
+pub mod console;
 pub mod guard;
+pub mod gzip;
 pub mod json;
 pub mod live;
 mod metrics;
@@ -161,6 +163,7 @@ pub fn router(state: ApiState) -> Router {
     r.merge(routes::router())
         .merge(profiles::router())
         .merge(apikeys::router())
+        .merge(console::router())
         .with_state(state)
 }
 
@@ -331,7 +334,32 @@ fn parse_time(k: &str, v: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiErro
         })
 }
 
-/// `GET /api/points/{id}/history?from=&to=` (RFC 3339; default: last 24 h).
+/// At most `max` samples of `v` for a chart: the lowest and the highest of
+/// each of `max / 2` equal runs, in time order, so peaks survive thinning.
+fn thin(v: Vec<crate::points::Sample>, max: usize) -> Vec<crate::points::Sample> {
+    if v.len() <= max {
+        return v;
+    }
+    let run = v.len().div_ceil((max / 2).max(1));
+    let mut out = Vec::with_capacity(max);
+    for c in v.chunks(run) {
+        let by = |a: &&crate::points::Sample, b: &&crate::points::Sample| {
+            a.value.as_f64().total_cmp(&b.value.as_f64())
+        };
+        let (Some(lo), Some(hi)) = (c.iter().min_by(by), c.iter().max_by(by)) else {
+            continue;
+        };
+        let (a, b) = if lo.at <= hi.at { (lo, hi) } else { (hi, lo) };
+        out.push(*a);
+        if a != b {
+            out.push(*b);
+        }
+    }
+    out
+}
+
+/// `GET /api/points/{id}/history?from=&to=&max=` (RFC 3339; default: last
+/// 24 h; `max`: at most that many samples, for charts).
 async fn get_history(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -341,14 +369,23 @@ async fn get_history(
     let now = chrono::Utc::now();
     let mut from = now - chrono::Duration::hours(24);
     let mut to = now + chrono::Duration::seconds(1);
+    let mut max = None;
     for (k, v) in &q {
         match k.as_str() {
             "from" => from = parse_time(k, v)?,
             "to" => to = parse_time(k, v)?,
+            "max" => {
+                max = Some(
+                    v.parse::<usize>()
+                        .ok()
+                        .filter(|n| (2..=100_000).contains(n))
+                        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "max: 2..=100000"))?,
+                )
+            }
             _ => {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
-                    format!("unknown parameter {k:?} (from, to)"),
+                    format!("unknown parameter {k:?} (from, to, max)"),
                 ))
             }
         }
@@ -359,11 +396,14 @@ async fn get_history(
             "from must be before to",
         ));
     }
-    let samples: Vec<serde_json::Value> =
-        s.db.history(pid, from, to)
-            .into_iter()
-            .map(|x| json!({"t": x.at.to_rfc3339(), "v": json::value_json(Some(x.value))}))
-            .collect();
+    let mut raw = s.db.history(pid, from, to);
+    if let Some(m) = max {
+        raw = thin(raw, m);
+    }
+    let samples: Vec<serde_json::Value> = raw
+        .into_iter()
+        .map(|x| json!({"t": x.at.to_rfc3339(), "v": json::value_json(Some(x.value))}))
+        .collect();
     Ok(Json(
         json!({"id": id, "from": from.to_rfc3339(), "to": to.to_rfc3339(), "samples": samples}),
     ))
@@ -422,4 +462,27 @@ async fn get_audit(
     };
     let list: Vec<_> = events.iter().map(|e| e.to_json()).collect();
     Ok(Json(json!({"events": list, "next": next})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thin;
+    use crate::points::{Sample, Value};
+
+    #[test]
+    fn thinning_keeps_each_runs_extremes_in_time_order() {
+        let t0 = chrono::Utc::now();
+        let v: Vec<Sample> = (0..1000)
+            .map(|i| Sample {
+                at: t0 + chrono::Duration::seconds(i),
+                // One spike the chart must still show.
+                value: Value::Number(if i == 537 { 99.0 } else { (i % 10) as f64 }),
+            })
+            .collect();
+        let t = thin(v.clone(), 100);
+        assert!(t.len() <= 100, "{}", t.len());
+        assert!(t.iter().any(|s| s.value == Value::Number(99.0)));
+        assert!(t.windows(2).all(|w| w[0].at < w[1].at));
+        assert_eq!(thin(v[..50].to_vec(), 100).len(), 50);
+    }
 }

@@ -59,7 +59,7 @@ pub const OPS: &[Op] = &[
     (
         "get",
         "/api/points/{id}/history",
-        "History samples (from/to RFC 3339)",
+        "History samples (from/to RFC 3339; max: at most N samples, each interval's lowest and highest)",
         "viewer",
         None,
         200,
@@ -82,6 +82,15 @@ pub const OPS: &[Op] = &[
         Some("Login"),
         200,
         "Token",
+    ),
+    (
+        "get",
+        "/api/auth/info",
+        "Whether any user or API key exists (else how to add one) and whether anonymous reads are allowed (the web console's login page)",
+        "none",
+        None,
+        200,
+        "AuthInfo",
     ),
     (
         "get",
@@ -377,6 +386,12 @@ fn schemas(s: &ApiState) -> J {
         "Token": {"type": "object", "properties": {
             "token": {"type": "string"}, "token_type": {"type": "string"},
             "expires_in": {"type": "integer"}, "role": {"type": "string"}}},
+        "AuthInfo": {"type": "object", "required": ["users", "anonymous_read"], "properties": {
+            "users": {"type": "boolean", "description": "a user or API key exists (logins and tokens are in force)"},
+            "auth": {"type": "boolean", "description": "a user store exists at all"},
+            "require_auth": {"type": "boolean"},
+            "anonymous_read": {"type": "boolean"},
+            "add_user": {"type": "string", "description": "the command that adds the first user, run on the server"}}},
         "Item": {"type": "object", "required": ["type"], "additionalProperties": true,
             "description": "An input or output: the keys of a [[route.input]] / [[route.output]] table (docs/routes.md). Secrets are write-only.",
             "properties": {"name": {"type": "string"}, "type": {"type": "string"}}},

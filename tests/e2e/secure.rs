@@ -51,6 +51,10 @@ const PUBLIC: &[(&str, &str)] = &[
     ("get", "/health"),
     ("post", "/api/auth/login"),
     ("get", "/api/openapi.json"),
+    ("get", "/api/auth/info"),
+    // The web console's files (no data in them; the API keeps its auth).
+    ("get", "/"),
+    ("get", "/console/app.js"),
 ];
 
 /// With users and `anonymous_read = false`, every route of the OpenAPI
@@ -92,6 +96,8 @@ async fn every_route_needs_a_token_when_anonymous_read_is_off() {
         "/ws/dashboard",
         "/ws/events/lobby",
         "/no/such/path",
+        "/",
+        "/console/app.js",
     ] {
         probes.push(("get".into(), extra.into()));
     }

@@ -1,0 +1,929 @@
+// castpoint console: the pages. Each view mounts once and redraws only its live parts on update(), so forms being edited are never replaced under the user.
+import { can, get, post, api, fmtBps, fmtDuration, session } from "./api.js";
+import { loadRoutes } from "./app.js";
+import { Preview } from "./preview.js";
+
+// ------------------------------------------------------------------ helpers
+
+/** Creates an element: h("div", {class: "x", onclick: f}, child, "text"). */
+export function h(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === false || v == null) continue;
+    if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k === "checked" || k === "value" || k === "disabled") e[k] = v;
+    else e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of kids.flat()) {
+    if (c === "" || c == null || c === false) continue;
+    e.append(c instanceof Node ? c : String(c));
+  }
+  return e;
+}
+
+export function clear(e) {
+  while (e.firstChild) e.firstChild.remove();
+}
+
+function replace(e, ...kids) {
+  clear(e);
+  for (const c of kids.flat()) if (c !== "" && c != null) e.append(c instanceof Node ? c : String(c));
+}
+
+/** A one-line result/error area for write actions. */
+function notice() {
+  const e = h("p", { class: "notice", role: "status" });
+  e.ok = (t) => {
+    e.className = "notice ok";
+    e.textContent = t;
+  };
+  e.fail = (t) => {
+    e.className = "notice error";
+    e.textContent = t;
+  };
+  return e;
+}
+
+/** Runs an API action, reporting its result or the server's error text. */
+async function act(note, what, f) {
+  try {
+    await f();
+    if (note) note.ok(`${what}: done`);
+    loadRoutes();
+    return true;
+  } catch (x) {
+    if (note) note.fail(`${what}: ${x.message}`);
+    return false;
+  }
+}
+
+/** A switch's change handler: runs `f(on)`; a refused change puts the switch back. */
+function flip(note, what, f) {
+  return async (e) => {
+    const box = e.target;
+    const on = box.checked;
+    if (!(await act(note, `${what} ${on ? "on" : "off"}`, () => f(on)))) box.checked = !on;
+  };
+}
+
+/** An SVG sparkline of up to 300 samples. */
+function sparkline(values, cls) {
+  const w = 160;
+  const ht = 32;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${w} ${ht}`);
+  svg.setAttribute("class", `spark ${cls || ""}`);
+  if (values.length > 1) {
+    // Headroom above the peak, so a steady rate is not drawn on the border.
+    const max = Math.max(...values, 1) * 1.25;
+    const pts = values
+      .map((v, i) => `${((i / (values.length - 1)) * w).toFixed(1)},${(ht - 2 - (v / max) * (ht - 4)).toFixed(1)}`)
+      .join(" ");
+    const pl = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+    pl.setAttribute("points", pts);
+    svg.append(pl);
+  }
+  return svg;
+}
+
+function badge(text, kind) {
+  return h("span", { class: `badge ${kind || text.toLowerCase().replace(/[^a-z]/g, "")}` }, text);
+}
+
+function pointValue(p) {
+  if (!p) return "—";
+  if (p.value == null) return p.state || "—";
+  if (p.state) return p.state;
+  if (typeof p.value === "boolean") return p.value ? "true" : "false";
+  const v = typeof p.value === "number" ? +p.value.toFixed(Math.abs(p.value) >= 100 ? 0 : 2) : p.value;
+  return p.unit ? `${v} ${p.unit}` : `${v}`;
+}
+
+function writePoint(id, value, priority) {
+  const body = { value };
+  if (priority) body.priority = priority;
+  return post(`/api/points/${encodeURIComponent(id)}`, body);
+}
+
+// ------------------------------------------------------------------ route status
+
+/**
+ * What a route tile says. The primary route's Stream Enable command is
+ * applied by the engine as soon as it is written, so its resolved value is
+ * shown at once (the router's own counters follow within a second).
+ */
+export function routeStatus(store, name) {
+  const r = store.router && (store.router.routes || []).find((x) => x.name === name);
+  const doc = store.routeDocs && store.routeDocs.find((d) => d.name === name);
+  if (doc && doc.enabled === false) return "DISABLED";
+  if (!r) return "NOT RUNNING";
+  if (name === store.primary) {
+    const en = store.points.get("stream_enable");
+    if (en && en.value === false) return "STOPPED";
+  }
+  if (!r.stream_enabled) return "STOPPED";
+  const st = name === store.primary ? store.points.get("stream_status") : null;
+  if (st && st.value != null && st.state && st.state !== "LIVE") return st.state;
+  if (r.active_input == null) return "NO SIGNAL";
+  return "LIVE";
+}
+
+/** An input: receiving when bytes arrive, else ready (bound/connected) or idle. */
+function inputState(s) {
+  if (!s) return badge("NOT RUNNING", "stopped");
+  if (s.error) return badge("ERROR", "error");
+  if (s.bitrate_bps > 0) return badge("RECEIVING", "live");
+  return s.up ? badge("READY", "ok") : badge("IDLE", "nosignal");
+}
+
+function outputState(o) {
+  if (!o) return badge("NOT RUNNING", "stopped");
+  if (!o.enabled) return badge("OFF", "off");
+  if (o.error) return badge("ERROR", "error");
+  return o.up ? badge("UP", "live") : badge("DOWN", "nosignal");
+}
+
+function outputSwitch(route, o, note) {
+  if (!can("operator")) return h("span", { class: "muted" }, o.enabled ? "on" : "off");
+  return h(
+    "label",
+    { class: "switch", title: o.enabled ? "Disable this output" : "Enable this output" },
+    h("input", {
+      type: "checkbox",
+      "data-write": "output-enable",
+      "data-output": o.name,
+      checked: !!o.enabled,
+      onchange: flip(note, o.name, (on) =>
+        post(`/api/routes/${encodeURIComponent(route)}/outputs/${encodeURIComponent(o.name)}/${on ? "enable" : "disable"}`),
+      ),
+    }),
+    h("span", { class: "slider" }),
+  );
+}
+
+// ------------------------------------------------------------------ overview
+
+const HEALTH = [
+  ["server_status", "Server Status"],
+  ["cpu_usage", "CPU"],
+  ["memory_usage", "Memory"],
+  ["gpu_usage", "GPU"],
+  ["gpu_status", "GPU Status"],
+  ["communication_status", "Communication"],
+];
+
+const overview = {
+  mount(el, _arg, store) {
+    const health = h("div", { class: "cards", id: "health" });
+    const pts = h("tbody");
+    const alarms = h(
+      "section",
+      { class: "card placeholder", id: "alarms" },
+      h("h2", {}, "Active alarms"),
+      h("p", { class: "muted" }, "Alarms are not part of this build yet: this panel will list the active alarms once the server has them. Nothing is shown here until then."),
+    );
+    const events = h("ul", { class: "events" });
+    el.append(
+      h("h1", {}, "Overview"),
+      health,
+      alarms,
+      h("section", { class: "card" }, h("h2", {}, "Router events"), events),
+      h("section", { class: "card" }, h("h2", {}, "Points (live)"), h("table", { class: "grid", id: "overview-points" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Point"), h("th", {}, "Value"), h("th", {}, "Status"))), pts)),
+    );
+    return {
+      update() {
+        const d = store.dash || {};
+        const card = (k, t, v, extra) =>
+          h("div", { class: "card metric", "data-point": k }, h("div", { class: "label" }, t), h("div", { class: "value" }, v), extra || "");
+        const cards = HEALTH.map(([id, t]) => {
+          const p = store.points.get(id);
+          return card(id, t, pointValue(p), p && p.status !== "ok" ? h("div", { class: "muted small" }, p.reason || p.status) : "");
+        });
+        cards.push(card("uptime", "Uptime", fmtDuration(d.uptime_seconds)));
+        cards.push(card("active_streams", "Active streams", d.active_streams ?? "—"));
+        cards.push(card("connected_viewers", "Viewers", d.total_viewers ?? "—"));
+        replace(health, cards);
+        replace(
+          pts,
+          [...store.points.values()].map((p) =>
+            h("tr", { "data-point": p.id }, h("td", {}, p.name, h("span", { class: "muted small" }, ` ${p.id}`)), h("td", { class: "val" }, pointValue(p)), h("td", {}, badge(p.status))),
+          ),
+        );
+        replace(
+          events,
+          store.events.length
+            ? store.events.slice(0, 12).map((e) => h("li", {}, h("span", { class: "muted" }, new Date(e.at).toLocaleTimeString()), ` ${e.route}: ${e.event.replaceAll("_", " ")} ${e.output || e.input || ""} ${e.reason || e.error || ""}`))
+            : h("li", { class: "muted" }, "No router events since this page opened."),
+        );
+      },
+    };
+  },
+};
+
+// ------------------------------------------------------------------ routes
+
+/**
+ * One route tile. Built once per route and patched in place: a switch
+ * being clicked is never replaced under the pointer; the outputs table is
+ * rebuilt only when an output's state (not its bitrate) changes.
+ */
+function routeTile(store, name, note) {
+  const status = h("span", { class: "route-status" });
+  const input = h("b", { class: "active-input" });
+  const failover = h("b");
+  const viewers = h("b");
+  const rin = h("div");
+  const rout = h("div");
+  const outs = h("tbody");
+  const el = h(
+    "section",
+    { class: "card tile", "data-route": name },
+    h("div", { class: "tile-head" },
+      h("a", { href: `#/routes/${encodeURIComponent(name)}`, class: "route-name" }, name),
+      name === store.primary ? h("span", { class: "muted small", title: "the seed's stream points act on this route" }, " primary") : "",
+      status),
+    h("div", { class: "kv" }, h("span", {}, "Active input"), input, h("span", {}, "Failover"), failover, h("span", {}, "Viewers"), viewers),
+    h("div", { class: "rates" }, rin, rout),
+    h("table", { class: "grid outputs" }, outs),
+  );
+  let shownOuts = "";
+  let shownStatus = "";
+  const rateCells = new Map();
+  el.update = () => {
+    const doc = store.routeDocs.find((d) => d.name === name);
+    const r = store.router && (store.router.routes || []).find((x) => x.name === name);
+    const st = routeStatus(store, name);
+    if (st !== shownStatus) {
+      shownStatus = st;
+      status.dataset.status = st;
+      replace(status, badge(st));
+      el.className = `card tile st-${st.toLowerCase().replace(/[^a-z]/g, "")}`;
+    }
+    const act_in = r && r.active_input != null ? r.inputs[r.active_input] : null;
+    input.textContent = act_in ? act_in.name : "none";
+    failover.textContent = r ? `${r.forced_input != null ? `forced to ${r.inputs[r.forced_input]?.name}` : "automatic"}, ${r.switches} switches` : "—";
+    const v = r ? r.outputs.filter((o) => o.kind === "http" || o.kind === "srt-listener").reduce((a, o) => a + o.clients, 0) : null;
+    viewers.textContent = v ?? "—";
+    const rates = store.rates.get(name) || { inp: [], out: [] };
+    replace(rin, h("span", { class: "muted small" }, `in ${fmtBps(rates.inp.at(-1))}`), sparkline(rates.inp, "in"));
+    replace(rout, h("span", { class: "muted small" }, `out ${fmtBps(rates.out.at(-1))}`), sparkline(rates.out, "out"));
+    const list = (doc && doc.outputs) || [];
+    const key = JSON.stringify([can("operator"), list.map((od) => {
+      const o = r && r.outputs.find((x) => x.name === od.name);
+      return [od.name, od.type, o ? [o.enabled, o.up, !!o.error] : null];
+    })]);
+    if (key !== shownOuts) {
+      shownOuts = key;
+      rateCells.clear();
+      replace(outs, list.map((od) => {
+        const o = r && r.outputs.find((x) => x.name === od.name);
+        const rate = h("td", { class: "num" });
+        rateCells.set(od.name, rate);
+        return h("tr", { "data-output": od.name }, h("td", {}, od.name), h("td", { class: "muted" }, od.type),
+          h("td", {}, outputState(o)), rate, h("td", {}, o ? outputSwitch(name, o, note) : ""));
+      }));
+    }
+    for (const [n, cell] of rateCells) {
+      const o = r && r.outputs.find((x) => x.name === n);
+      cell.textContent = o ? fmtBps(o.bitrate_bps) : "—";
+    }
+  };
+  return el;
+}
+
+const routes = {
+  mount(el, _arg, store) {
+    const note = notice();
+    const grid = h("div", { class: "tiles", id: "tiles" });
+    el.append(
+      h("h1", {}, "Routes"),
+      h("p", { class: "muted small" }, "Bitrate sparklines: the last 5 minutes, sampled once a second since this page opened."),
+      note,
+      grid,
+      h("section", { class: "card placeholder", id: "route-blocks" }, h("h2", {}, "Route point blocks"),
+        h("p", { class: "muted" }, "Per-route points (BACnet/Modbus/Haystack blocks) are not part of this build yet: they will appear here and in Points once the server has them.")),
+    );
+    loadRoutes();
+    const tiles = new Map();
+    let shownNames = "";
+    return {
+      update() {
+        if (!store.routeDocs) return;
+        const names = store.routeDocs.map((d) => d.name);
+        if (!names.length) {
+          replace(grid, h("p", { class: "muted" }, "No routes configured."));
+          shownNames = "";
+          return;
+        }
+        if (JSON.stringify(names) !== shownNames) {
+          shownNames = JSON.stringify(names);
+          for (const n of [...tiles.keys()]) if (!names.includes(n)) tiles.delete(n);
+          for (const n of names) if (!tiles.has(n)) tiles.set(n, routeTile(store, n, note));
+          replace(grid, names.map((n) => tiles.get(n)));
+        }
+        for (const t of tiles.values()) t.update();
+      },
+    };
+  },
+};
+
+// ------------------------------------------------------------------ route detail
+
+const TEMPLATES = {
+  udp: { name: "udp-out", type: "udp", dest: "127.0.0.1:5006" },
+  srt: { name: "srt-out", type: "srt", mode: "listener", addr: "0.0.0.0:9000" },
+  http: { name: "http-out", type: "http", path: "name" },
+  hls: { name: "hls-out", type: "hls", path: "name", segment: "2s", window: 6 },
+  record: { name: "recording", type: "record", segment: "10min", keep: 12 },
+  rtmp: { name: "cdn", type: "rtmp", url: "rtmp://example.net/live", key: "STREAM-KEY" },
+};
+
+/** The keys each output type's form shows (docs/routes.md); the JSON below takes any other. */
+const FIELDS = {
+  udp: ["dest", "ttl"],
+  srt: ["mode", "addr", "latency", "passphrase", "pbkeylen", "streamid"],
+  http: ["path"],
+  hls: ["path", "segment", "window"],
+  record: ["segment", "keep"],
+  rtmp: ["url", "key", "preset"],
+};
+const NUMERIC = new Set(["ttl", "pbkeylen", "window", "keep", "queue"]);
+
+/** Form fields over the JSON text: a field edit rewrites its key, keeping every other key. */
+function outputFields(text, type) {
+  const box = h("div", { class: "fields" });
+  const draw = () => {
+    let doc = {};
+    try {
+      doc = JSON.parse(text.value);
+    } catch {
+      // The JSON is being edited by hand: the fields wait for it to parse.
+    }
+    const t = doc.type || type;
+    replace(box, ["name", ...(FIELDS[t] || [])].map((k) =>
+      h("label", {}, k, h("input", {
+        "data-field": k,
+        value: doc[k] ?? "",
+        oninput: (e) => {
+          let d;
+          try {
+            d = JSON.parse(text.value);
+          } catch {
+            return;
+          }
+          const v = e.target.value;
+          if (v === "") delete d[k];
+          else d[k] = NUMERIC.has(k) && /^\d+$/.test(v) ? Number(v) : v;
+          text.value = JSON.stringify(d, null, 2);
+        },
+      }))));
+  };
+  text.addEventListener("change", draw);
+  draw();
+  box.redraw = draw;
+  return box;
+}
+
+function srtTable(items) {
+  const rows = [];
+  for (const io of items) {
+    for (const c of io.srt || []) {
+      rows.push(
+        h("tr", { "data-io": io.name }, h("td", {}, io.name), h("td", {}, c.peer || "—"), h("td", { class: "num" }, c.rtt_ms.toFixed(1)),
+          h("td", { class: "num" }, c.bandwidth_mbps.toFixed(1)), h("td", { class: "num" }, `${c.pkt_snd_loss}/${c.pkt_rcv_loss}`),
+          h("td", { class: "num" }, c.pkt_retrans), h("td", { class: "num" }, `${c.snd_buf_ms}/${c.rcv_buf_ms}`)),
+      );
+    }
+  }
+  if (!rows.length) return h("p", { class: "muted" }, "No SRT connections.");
+  return h("table", { class: "grid", id: "srt-table" }, h("thead", {}, h("tr", {}, ["Input/output", "Peer", "RTT ms", "Bandwidth Mb/s", "Loss snd/rcv", "Retrans", "Buffer snd/rcv ms"].map((t) => h("th", {}, t)))), h("tbody", {}, rows));
+}
+
+/** An output's JSON editor (add or edit): the REST API validates, its error is shown as is. */
+function outputEditor(route, existing, note, done) {
+  const typeSel = h("select", { id: "out-type" }, Object.keys(TEMPLATES).map((t) => h("option", { value: t }, t)));
+  const text = h("textarea", { id: "out-json", rows: 8, spellcheck: "false" });
+  text.value = JSON.stringify(existing || TEMPLATES.udp, null, 2);
+  const fields = outputFields(text, (existing || TEMPLATES.udp).type);
+  typeSel.onchange = () => {
+    text.value = JSON.stringify(TEMPLATES[typeSel.value], null, 2);
+    fields.redraw();
+  };
+  const err = h("pre", { class: "error", id: "out-error" });
+  const save = async () => {
+    err.textContent = "";
+    let doc;
+    try {
+      doc = JSON.parse(text.value);
+    } catch (x) {
+      err.textContent = `not JSON: ${x.message}`;
+      return;
+    }
+    const base = `/api/routes/${encodeURIComponent(route)}/outputs`;
+    try {
+      if (existing) await api("PUT", `${base}/${encodeURIComponent(existing.name)}`, doc);
+      else await post(base, doc);
+      note.ok(`${existing ? "saved" : "added"} ${doc.name || "output"}`);
+      loadRoutes();
+      done();
+    } catch (x) {
+      err.textContent = x.message;
+    }
+  };
+  return h(
+    "div",
+    { class: "editor card" },
+    h("h3", {}, existing ? `Edit output ${existing.name}` : "Add an output"),
+    existing ? "" : h("label", {}, "Type ", typeSel),
+    fields,
+    h("details", { open: true }, h("summary", { class: "small muted" }, "JSON (every key)"), text),
+    h("p", { class: "muted small" }, "Keys as in a [[route.output]] table (docs/routes.md). Secrets show as \"***\" and stay unchanged when sent back."),
+    h("div", {}, h("button", { "data-write": "output-save", id: "out-save", onclick: save }, existing ? "Save" : "Add"), " ", h("button", { onclick: done }, "Cancel")),
+    err,
+  );
+}
+
+const routeDetail = {
+  mount(el, name, store) {
+    const note = notice();
+    const head = h("div", { class: "tile-head" });
+    const inputs = h("div");
+    const outputs = h("div");
+    const srt = h("div");
+    const controls = h("div", { class: "controls" });
+    const editor = h("div");
+    const canvas = h("canvas", { id: "preview", width: 320, height: 180 });
+    const pinfo = h("p", { class: "muted small", id: "preview-info" }, "Preview: starting…");
+    const preview = new Preview(canvas, pinfo);
+    el.append(
+      h("p", {}, h("a", { href: "#/routes" }, "← Routes")),
+      head,
+      note,
+      h("div", { class: "detail" },
+        h("section", { class: "card" }, h("h2", {}, "Preview"), canvas, pinfo),
+        h("section", { class: "card" }, h("h2", {}, "Commands"), controls)),
+      h("section", { class: "card" }, h("h2", {}, "Inputs (priority order)"), inputs),
+      h("section", { class: "card" }, h("h2", {}, "Outputs"), outputs, editor),
+      h("section", { class: "card" }, h("h2", {}, "SRT connections"), srt),
+    );
+    loadRoutes();
+    const primary = () => name === store.primary;
+    const doc = () => store.routeDocs && store.routeDocs.find((d) => d.name === name);
+
+    /** PUT the route's document changed by `f` (the server validates it). */
+    const putDocNow = async (f) => {
+      const d = JSON.parse(JSON.stringify(doc()));
+      delete d.stats;
+      f(d);
+      await api("PUT", `/api/routes/${encodeURIComponent(name)}`, d);
+    };
+    const putDoc = (f, what) => act(note, what, () => putDocNow(f));
+
+    const toggle = (label, id, on, onchange, title) =>
+      h("label", { class: "toggle", title: title || "" }, h("span", {}, label), " ",
+        h("label", { class: "switch" }, h("input", { type: "checkbox", "data-write": id, id, checked: on, onchange }), h("span", { class: "slider" })));
+
+    let shownControls = "";
+    function drawControls(r, d) {
+      // Redraw only when what the controls show changed (keeps focus).
+      const ep = store.points;
+      const key = JSON.stringify([primary(), can("operator"), can("admin"), r && r.stream_enabled, r && r.forced_input, d && d.mode,
+        ["stream_enable", "recording_enable", "transcode_enable", "input_select"].map((k) => ep.get(k) && ep.get(k).value)]);
+      if (key === shownControls) return;
+      shownControls = key;
+      const items = [];
+      if (!can("operator")) {
+        items.push(h("p", { class: "muted" }, "Read-only: your role cannot command routes."));
+      }
+      if (primary()) {
+        const pv = (k) => ep.get(k) && ep.get(k).value;
+        if (can("operator")) {
+          items.push(toggle("Stream enable", "stream-enable", pv("stream_enable") !== false, flip(note, "Stream Enable", (on) => writePoint("stream_enable", on)), "point stream_enable"));
+          items.push(toggle("Recording", "recording-enable", !!pv("recording_enable"), flip(note, "Recording Enable", (on) => writePoint("recording_enable", on)), "point recording_enable"));
+          items.push(toggle("Transcode", "transcode-enable", !!pv("transcode_enable"), flip(note, "Transcode Enable", (on) => writePoint("transcode_enable", on)), "point transcode_enable"));
+        } else {
+          items.push(h("p", {}, `Stream enable: ${pointValue(ep.get("stream_enable"))} · Recording: ${pointValue(ep.get("recording_enable"))} · Transcode: ${pointValue(ep.get("transcode_enable"))}`));
+        }
+        items.push(h("p", { class: "muted small" }, "This is the primary route: these switches write the seed's command points (at the REST priority), like BACnet or Modbus would."));
+      } else {
+        items.push(h("p", { class: "muted small" }, "Stream enable, force input and the recording/transcode points act on the primary route only; here recordings are their record outputs' switches."));
+        if (can("admin") && d) {
+          items.push(toggle("Transcode (route mode)", "transcode-mode", d.mode === "transcode", flip(note, "transcode mode", (on) => putDocNow((x) => (x.mode = on ? "transcode" : "passthrough")))));
+        }
+      }
+      replace(controls, items);
+    }
+
+    const inRates = new Map();
+    const outRates = new Map();
+    const rateCell = (map, n, x) => {
+      const c = h("td", { class: "num" }, x ? fmtBps(x.bitrate_bps) : "—");
+      map.set(n, c);
+      return c;
+    };
+    let shownInputs = "";
+    function drawInputs(r, d) {
+      // Rebuilt only when the rows' state changes (buttons stay put under
+      // the pointer); bitrates are patched in place below.
+      const key = JSON.stringify([r && r.inputs.map((i) => [i.up, i.error, i.bitrate_bps > 0]), r && r.active_input, r && r.forced_input, d && d.inputs.map((i) => i.name), can("operator"), can("admin")]);
+      if (key === shownInputs) {
+        for (const [n, cell] of inRates) {
+          const x = r && r.inputs.find((i) => i.name === n);
+          cell.textContent = x ? fmtBps(x.bitrate_bps) : "—";
+        }
+        return;
+      }
+      shownInputs = key;
+      inRates.clear();
+      const list = (d && d.inputs) || [];
+      const rows = list.map((id, i) => {
+        const s = r && r.inputs.find((x) => x.name === id.name);
+        const active = r && r.active_input != null && r.inputs[r.active_input]?.name === id.name;
+        const cells = [
+          h("td", {}, `${i + 1}`),
+          h("td", {}, id.name, active ? h("span", { class: "badge live" }, "active") : ""),
+          h("td", { class: "muted" }, id.type),
+          h("td", {}, inputState(s)),
+          rateCell(inRates, id.name, s),
+          h("td", { class: "small" }, s && s.error ? s.error : ""),
+        ];
+        const btns = [];
+        if (can("admin") && list.length > 1) {
+          const move = (to) =>
+            putDoc((x) => {
+              const [it] = x.inputs.splice(i, 1);
+              x.inputs.splice(to, 0, it);
+            }, `move ${id.name}`);
+          if (i > 0) btns.push(h("button", { "data-write": "input-up", onclick: () => move(i - 1), title: "higher priority" }, "↑"));
+          if (i < list.length - 1) btns.push(h("button", { "data-write": "input-down", onclick: () => move(i + 1), title: "lower priority" }, "↓"));
+        }
+        if (primary() && can("operator")) {
+          btns.push(h("button", { "data-write": "force-input", onclick: () => act(note, `force ${id.name}`, () => writePoint("input_select", i + 1)) }, "Force"));
+        }
+        cells.push(h("td", {}, btns));
+        return h("tr", { "data-input": id.name }, cells);
+      });
+      const forced = r && r.forced_input != null;
+      replace(
+        inputs,
+        h("table", { class: "grid" }, h("thead", {}, h("tr", {}, ["#", "Name", "Type", "State", "Bitrate", "Error", ""].map((t) => h("th", {}, t)))), h("tbody", {}, rows)),
+        h("p", { class: "small" }, forced ? `Forced to input ${r.forced_input + 1}. ` : "Automatic failover. ",
+          forced && primary() && can("operator") ? h("button", { "data-write": "auto-input", onclick: () => act(note, "automatic failover", () => writePoint("input_select", 0)) }, "Automatic") : ""),
+      );
+    }
+
+    let shownOutputs = "";
+    function drawOutputs(r, d) {
+      const key = JSON.stringify([r && r.outputs.map((o) => [o.enabled, o.up, o.error, o.last_send_error, o.clients]), d && d.outputs, can("operator"), can("admin")]);
+      if (key === shownOutputs) {
+        for (const [n, cell] of outRates) {
+          const x = r && r.outputs.find((o) => o.name === n);
+          cell.textContent = x ? fmtBps(x.bitrate_bps) : "—";
+        }
+        return;
+      }
+      shownOutputs = key;
+      outRates.clear();
+      const rows = ((d && d.outputs) || []).map((od) => {
+        const o = r && r.outputs.find((x) => x.name === od.name);
+        const target = od.dest || od.addr || od.url || (od.path ? `/${od.type === "hls" ? "hls" : "stream"}/${od.path}` : "");
+        const btns = [];
+        if (can("admin")) {
+          btns.push(h("button", { "data-write": "output-edit", onclick: () => replace(editor, outputEditor(name, od, note, () => clear(editor))) }, "Edit"));
+          btns.push(h("button", {
+            "data-write": "output-remove",
+            onclick: () => {
+              if (confirm(`Remove output ${od.name}?`)) act(note, `remove ${od.name}`, () => api("DELETE", `/api/routes/${encodeURIComponent(name)}/outputs/${encodeURIComponent(od.name)}`));
+            },
+          }, "Remove"));
+        }
+        return h("tr", { "data-output": od.name },
+          h("td", {}, od.name), h("td", { class: "muted" }, od.type), h("td", { class: "small" }, target),
+          h("td", {}, outputState(o)), rateCell(outRates, od.name, o),
+          h("td", { class: "num" }, o ? o.clients : "—"),
+          h("td", { class: "small" }, o && (o.error || o.last_send_error) ? o.error || o.last_send_error : ""),
+          h("td", {}, o ? outputSwitch(name, o, note) : ""), h("td", {}, btns));
+      });
+      replace(
+        outputs,
+        h("table", { class: "grid" }, h("thead", {}, h("tr", {}, ["Name", "Type", "Target", "State", "Bitrate", "Clients", "Error", "On", ""].map((t) => h("th", {}, t)))), h("tbody", {}, rows)),
+        can("admin") ? h("button", { "data-write": "output-add", id: "output-add", onclick: () => replace(editor, outputEditor(name, null, note, () => clear(editor))) }, "Add output") : "",
+      );
+    }
+
+    return {
+      update() {
+        const r = store.router && (store.router.routes || []).find((x) => x.name === name);
+        const d = doc();
+        const st = routeStatus(store, name);
+        replace(head, h("h1", {}, name), h("span", { class: "route-status", "data-status": st }, badge(st)),
+          r ? h("span", { class: "muted" }, ` · ${r.switches} failovers`) : "");
+        if (d === undefined && store.routeDocs) {
+          replace(inputs, h("p", { class: "error" }, `No route named ${name}.`));
+          return;
+        }
+        drawControls(r, d);
+        drawInputs(r, d);
+        drawOutputs(r, d);
+        replace(srt, srtTable(r ? [...r.inputs, ...r.outputs] : []));
+        preview.setSource(d, session);
+      },
+      unmount() {
+        preview.stop();
+      },
+    };
+  },
+};
+
+// ------------------------------------------------------------------ points
+
+function historyChart(samples) {
+  const w = 640;
+  const ht = 160;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${w} ${ht}`);
+  svg.setAttribute("class", "history");
+  const pts = samples.filter((s) => s.v != null).map((s) => [Date.parse(s.t), typeof s.v === "boolean" ? +s.v : +s.v]);
+  if (pts.length < 2) {
+    const t = document.createElementNS("http://www.w3.org/2000/svg", "text");
+    t.setAttribute("x", 10);
+    t.setAttribute("y", 20);
+    t.textContent = "Not enough history yet.";
+    svg.append(t);
+    return svg;
+  }
+  const t0 = pts[0][0];
+  const t1 = pts.at(-1)[0];
+  const lo = Math.min(...pts.map((p) => p[1]));
+  const hi = Math.max(...pts.map((p) => p[1]));
+  const span = hi - lo || 1;
+  const pl = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  pl.setAttribute("points", pts.map(([t, v]) => `${(((t - t0) / (t1 - t0 || 1)) * (w - 60) + 50).toFixed(1)},${(ht - 20 - ((v - lo) / span) * (ht - 40)).toFixed(1)}`).join(" "));
+  svg.append(pl);
+  for (const [y, v] of [[ht - 20, lo], [20, hi]]) {
+    const t = document.createElementNS("http://www.w3.org/2000/svg", "text");
+    t.setAttribute("x", 2);
+    t.setAttribute("y", y + 4);
+    t.textContent = +v.toFixed(2);
+    svg.append(t);
+  }
+  return svg;
+}
+
+/** 7 days of a point's history, fetched at most once a minute (the panel redraws with every new value). */
+const histories = new Map();
+function historyOf(id) {
+  const c = histories.get(id);
+  if (c && Date.now() - c.at < 60000) return c.p;
+  const from = new Date(Date.now() - 7 * 86400e3).toISOString();
+  const p = get(`/api/points/${encodeURIComponent(id)}/history?from=${encodeURIComponent(from)}&max=1000`);
+  histories.set(id, { at: Date.now(), p });
+  p.catch(() => histories.delete(id));
+  return p;
+}
+
+function pointPanel(store, id, close, form) {
+  const p = store.points.get(id);
+  const note = notice();
+  const box = h("div", { class: "card panel", id: "point-panel", "data-point": id });
+  if (!p) return box;
+  const items = [h("h2", {}, `${p.name} `, h("span", { class: "muted small" }, p.id)), h("p", { class: "muted" }, p.description || ""),
+    h("p", {}, "Value ", h("b", {}, pointValue(p)), " · ", badge(p.status), p.reason ? h("span", { class: "muted small" }, ` ${p.reason}`) : "")];
+  if (p.priority_array) {
+    const slots = p.priority_array.slots.map((s) => h("tr", { class: s.value == null ? "muted" : "", "data-level": s.level },
+      h("td", {}, s.level), h("td", {}, s.value == null ? "—" : `${s.value}`), h("td", { class: "small" }, s.who || ""), h("td", { class: "small" }, s.at ? new Date(s.at).toLocaleString() : "")));
+    slots.push(h("tr", {}, h("td", {}, "17"), h("td", {}, `${p.priority_array.default}`), h("td", { class: "small" }, "relinquish default"), h("td", {})));
+    items.push(h("h3", {}, "Priority array"), h("table", { class: "grid", id: "priority-array" }, h("thead", {}, h("tr", {}, ["Level", "Value", "Written by", "At"].map((t) => h("th", {}, t)))), h("tbody", {}, slots)));
+  }
+  const adminOnly = id === "system_restart";
+  if (p.writable && can(adminOnly ? "admin" : "operator")) {
+    let input;
+    if (p.kind === "bool") input = h("select", { id: "write-value" }, h("option", { value: "true" }, "true"), h("option", { value: "false" }, "false"));
+    else if (p.kind === "enum") input = h("select", { id: "write-value" }, (p.states || []).map((s, i) => h("option", { value: i + 1 }, `${i + 1} ${s}`)));
+    else input = h("input", { id: "write-value", type: "number", step: "any", value: p.value ?? "" });
+    const level = h("select", { id: "write-level" }, h("option", { value: "" }, "REST default"),
+      Array.from({ length: 16 }, (_, i) => h("option", { value: i + 1 }, `${i + 1}`)));
+    // The panel is redrawn when the point changes: keep the user's choices.
+    if (form.id === id) {
+      if (form.value != null) input.value = form.value;
+      if (form.level != null) level.value = form.level;
+    }
+    input.addEventListener("change", () => Object.assign(form, { id, value: input.value }));
+    level.addEventListener("change", () => Object.assign(form, { id, level: level.value }));
+    const parse = () => (p.kind === "bool" ? input.value === "true" : Number(input.value));
+    const prio = () => (level.value ? Number(level.value) : undefined);
+    items.push(h("h3", {}, "Command"), h("div", { class: "write" },
+      h("label", {}, "Value ", input), h("label", {}, "Priority ", level),
+      h("button", { "data-write": "point-write", id: "write", onclick: () => act(note, `write ${id}`, () => writePoint(id, parse(), prio())) }, "Write"),
+      h("button", { "data-write": "point-relinquish", id: "relinquish", onclick: () => act(note, `relinquish ${id}`, () => writePoint(id, null, prio())) }, "Relinquish")), note);
+  } else if (p.writable) {
+    items.push(h("p", { class: "muted small" }, `Commanding this point needs the ${adminOnly ? "admin" : "operator"} role.`));
+  }
+  if (p.tags && "his" in p.tags) {
+    const chart = h("div", { class: "chart" }, h("p", { class: "muted small" }, "Loading 7 days of history…"));
+    items.push(h("h3", {}, "History (7 days)"), chart);
+    historyOf(id)
+      .then((r) => replace(chart, historyChart(r.samples), h("p", { class: "muted small" }, `${r.samples.length} samples`)))
+      .catch((x) => replace(chart, h("p", { class: "error" }, x.message)));
+  }
+  items.push(h("button", { onclick: close }, "Close"));
+  box.append(...items);
+  return box;
+}
+
+const points = {
+  mount(el, arg, store) {
+    const body = h("tbody");
+    const panel = h("div", { class: "side" });
+    const layout = h("div", { class: "points-layout" });
+    const form = {};
+    const rows = new Map();
+    let shownIds = "";
+    let open = arg || null;
+    let shownPanel = "";
+    layout.append(
+      h("table", { class: "grid points", id: "points-table" },
+        h("thead", {}, h("tr", {}, ["Point", "Value", "Status", "Level", "BACnet", "Modbus", "Haystack", "REST"].map((t) => h("th", {}, t)))), body),
+      panel,
+    );
+    el.append(
+      h("h1", {}, "Points"),
+      h("p", { class: "muted small" }, "Every point of the server with its address on each protocol. Click a point for its priority array, commands and history."),
+      h("section", { class: "card placeholder", id: "point-blocks" }, h("p", { class: "muted" }, "Route point blocks: not part of this build yet; they will be listed here once the server has them.")),
+      layout,
+    );
+    const self = {
+      update() {
+        // Rows are built once per point and patched, so a click on a row
+        // is never lost to a redraw between press and release.
+        const ids = [...store.points.keys()];
+        if (ids.join() !== shownIds) {
+          shownIds = ids.join();
+          rows.clear();
+          replace(body, [...store.points.values()].map((p) => {
+            const val = h("td", { class: "val" });
+            const st = h("td");
+            const lvl = h("td");
+            const tr = h("tr", { "data-point": p.id, onclick: () => { open = p.id; shownPanel = ""; self.update(); } },
+              h("td", {}, p.name, h("div", { class: "muted small" }, p.id)), val, st, lvl,
+              h("td", { class: "small" }, p.addresses?.bacnet || ""),
+              h("td", { class: "small" }, (p.addresses?.modbus || []).join(", ")),
+              h("td", { class: "small" }, `@${p.id}`),
+              h("td", { class: "small" }, (p.addresses?.http || []).join(", ")));
+            rows.set(p.id, { tr, val, st, lvl, shown: "" });
+            return tr;
+          }));
+        }
+        for (const [id, r] of rows) {
+          const p = store.points.get(id);
+          const key = JSON.stringify([pointValue(p), p.status, p.level, id === open]);
+          if (key === r.shown) continue;
+          r.shown = key;
+          r.val.textContent = pointValue(p);
+          replace(r.st, badge(p.status));
+          r.lvl.textContent = p.level ?? "";
+          r.tr.className = id === open ? "sel" : "";
+        }
+        const cur = open && store.points.get(open);
+        // Redraw the panel when its point changed, not while typing.
+        const key = cur ? JSON.stringify([cur.value, cur.status, cur.priority_array, can("operator")]) : "";
+        if (key !== shownPanel) {
+          shownPanel = key;
+          const keepNote = panel.querySelector(".notice");
+          replace(panel, cur ? pointPanel(store, open, () => { open = null; shownPanel = ""; self.update(); }, form) : "");
+          layout.classList.toggle("with-panel", !!cur);
+          const n = panel.querySelector(".notice");
+          if (keepNote && n) n.replaceWith(keepNote);
+        }
+      },
+    };
+    return self;
+  },
+};
+
+// ------------------------------------------------------------------ audit
+
+const audit = {
+  mount(el) {
+    const f = {
+      kind: h("input", { id: "f-kind", list: "audit-kinds", placeholder: "kind (any)" }),
+      target: h("input", { id: "f-target", placeholder: "point or route" }),
+      source: h("input", { id: "f-source", placeholder: "protocol (modbus, rest, …)" }),
+      from: h("input", { id: "f-from", type: "datetime-local" }),
+      to: h("input", { id: "f-to", type: "datetime-local" }),
+    };
+    const body = h("tbody");
+    const more = h("button", { id: "audit-more" }, "Older");
+    const err = h("p", { class: "error" });
+    let next = null;
+    const load = async (append) => {
+      const q = new URLSearchParams({ limit: "100" });
+      for (const k of ["kind", "target", "source"]) if (f[k].value) q.set(k, f[k].value);
+      for (const k of ["from", "to"]) if (f[k].value) q.set(k, new Date(f[k].value).toISOString());
+      if (append && next) q.set("before", next);
+      err.textContent = "";
+      try {
+        const r = await get(`/api/audit?${q}`);
+        if (!append) clear(body);
+        for (const e of r.events) {
+          const what = e.priority != null ? `P${e.priority}: ${e.requested ?? "relinquish"} (${e.old ?? "—"} → ${e.new ?? "—"}) ` : "";
+          body.append(h("tr", { "data-kind": e.kind }, h("td", { class: "small" }, new Date(e.at).toLocaleString()), h("td", {}, e.kind),
+            h("td", {}, e.target || ""), h("td", { class: "small" }, [e.protocol, e.peer].filter(Boolean).join(" ")), h("td", { class: "small" }, e.user || ""),
+            h("td", { class: e.result === "ok" ? "" : "error" }, e.result || ""), h("td", { class: "small" }, what + (e.detail || ""))));
+        }
+        next = r.next;
+        more.disabled = !next;
+      } catch (x) {
+        err.textContent = x.message;
+      }
+    };
+    more.onclick = () => load(true);
+    el.append(
+      h("h1", {}, "Audit"),
+      h("datalist", { id: "audit-kinds" }, ["write", "auth", "login", "route", "profile", "apikey", "failover", "restart", "audit"].map((k) => h("option", { value: k }))),
+      h("form", { class: "filters", onsubmit: (e) => { e.preventDefault(); load(false); } },
+        f.kind, f.target, f.source, h("label", {}, "from ", f.from), h("label", {}, "to ", f.to), h("button", { type: "submit" }, "Filter")),
+      err,
+      h("table", { class: "grid", id: "audit-table" }, h("thead", {}, h("tr", {}, ["Time", "Kind", "Target", "Source", "User", "Result", "Detail"].map((t) => h("th", {}, t)))), body),
+      more,
+    );
+    load(false);
+    return {};
+  },
+};
+
+// ------------------------------------------------------------------ users
+
+const users = {
+  role: "admin",
+  mount(el) {
+    const note = notice();
+    const body = h("tbody");
+    const shown = h("pre", { class: "secret", id: "new-key" });
+    const load = async () => {
+      try {
+        const r = await get("/api/apikeys");
+        if (!r.apikeys.length) {
+          replace(body, h("tr", {}, h("td", { class: "muted", colspan: 4 }, "No API keys.")));
+          return;
+        }
+        replace(body, r.apikeys.map((k) => h("tr", { "data-key": k.name }, h("td", {}, k.name), h("td", {}, k.role), h("td", { class: "small" }, new Date(k.created).toLocaleString()),
+          h("td", {}, h("button", { "data-write": "apikey-revoke", onclick: () => confirm(`Revoke ${k.name}?`) && act(note, `revoke ${k.name}`, async () => { await api("DELETE", `/api/apikeys/${encodeURIComponent(k.name)}`); load(); }) }, "Revoke")))));
+      } catch (x) {
+        note.fail(x.message);
+      }
+    };
+    const name = h("input", { id: "key-name", placeholder: "name" });
+    const role = h("select", { id: "key-role" }, ["viewer", "operator", "admin"].map((r) => h("option", {}, r)));
+    el.append(
+      h("h1", {}, "Users and API keys"),
+      h("section", { class: "card" }, h("h2", {}, "Users"),
+        h("p", {}, "Users are managed on the server (the API has no user endpoints by design: a password never travels except to log in):"),
+        h("pre", {}, "castpoint user add NAME --role viewer|operator|admin   # password on stdin\ncastpoint user list\ncastpoint user remove NAME"),
+        h("p", { class: "muted small" }, "Roles: viewer reads, operator commands points and switches outputs, admin changes routes, profiles and keys. See docs/security.md.")),
+      h("section", { class: "card" }, h("h2", {}, "API keys"),
+        h("table", { class: "grid" }, h("thead", {}, h("tr", {}, ["Name", "Role", "Created", ""].map((t) => h("th", {}, t)))), body),
+        h("div", { class: "write" }, name, role, h("button", { "data-write": "apikey-add", onclick: () => act(note, `create ${name.value}`, async () => {
+          const r = await post("/api/apikeys", { name: name.value, role: role.value });
+          shown.textContent = `${r.name}: ${r.key}\n(shown once: copy it now)`;
+          load();
+        }) }, "Create key")), note, shown),
+    );
+    load();
+    return {};
+  },
+};
+
+// ------------------------------------------------------------------ links
+
+const links = {
+  mount(el) {
+    const out = h("pre", { class: "export", id: "export" });
+    const fetchText = async (path) => {
+      out.textContent = "…";
+      try {
+        const r = await fetch(path, { headers: session ? { authorization: `Bearer ${session.token}` } : {} });
+        const t = await r.text();
+        out.textContent = t.length > 200000 ? `${t.slice(0, 200000)}\n…` : t;
+      } catch (x) {
+        out.textContent = x.message;
+      }
+    };
+    el.append(
+      h("h1", {}, "API and exports"),
+      h("ul", {},
+        h("li", {}, h("a", { href: "/api/openapi.json", target: "_blank" }, "/api/openapi.json"), " — the OpenAPI document (every operation with the role it needs)"),
+        h("li", {}, h("button", { onclick: () => fetchText("/metrics") }, "Show /metrics"), " — Prometheus exposition (needs a viewer token, so it is fetched here)"),
+        h("li", {}, h("button", { onclick: () => fetchText("/stats") }, "Show /stats"), " — service statistics"),
+        h("li", {}, "EDE (BACnet engineering data) and the Modbus register map are exported on the server: ",
+          h("code", {}, "castpoint export ede"), ", ", h("code", {}, "castpoint export modbus-map"), " (docs/modbus-map.md is the latter as Markdown)."),
+        h("li", {}, "Haystack: ", h("code", {}, "/api/haystack"), " (Haystack 4, its own SCRAM login; docs/haystack.md)")),
+      out,
+    );
+    return {};
+  },
+};
+
+export const VIEWS = { overview, routes, route: routeDetail, points, audit, users, links };
+
