@@ -1295,11 +1295,14 @@ async fn writes_to_missing_objects_and_read_only_properties_use_the_standard_err
     // PROPERTY (2) / WRITE_ACCESS_DENIED (40). Trend Log Enable (133) and
     // Record_Count (141) are refused too (a documented deviation).
     let name = char_string(0x70, "x");
-    let cases: [(u32, u32, u32, Vec<u8>); 7] = [
+    let cases: [(u32, u32, u32, Vec<u8>); 8] = [
         (8, DEVICE, 77, name.clone()),
         (8, DEVICE, 28, name.clone()),
         (8, DEVICE, 62, vec![0x21, 50]),
         (NETWORK_PORT, 1, 77, name.clone()),
+        // Description: the stack's port object would take it; castpoint
+        // holds it read-only and says so the standard way.
+        (NETWORK_PORT, 1, 28, name.clone()),
         (TREND_LOG, 3, 77, name.clone()),
         (TREND_LOG, 3, 133, vec![0x10]),
         (TREND_LOG, 3, 141, vec![0x21, 0x00]),

@@ -624,7 +624,13 @@ pub async fn start(
     // the same settings as `bip_builder`, which builds this BipTransport
     // the same way.
     let mut builder = BACnetServer::<Link>::generic_builder()
-        .transport(transport::Filtered::new(link))
+        .transport(transport::Filtered::new(
+            link,
+            port_writable
+                .iter()
+                .map(|(o, p)| (o.encode(), *p))
+                .collect(),
+        ))
         .device(id)
         .database(odb);
     // The stack keeps a registered Network Port's address in step with the

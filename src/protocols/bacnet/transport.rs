@@ -71,6 +71,9 @@ const CREATE_OBJECT: u8 = 10;
 const DEVICE_COMMUNICATION_CONTROL: u8 = 17;
 const REINITIALIZE_DEVICE: u8 = 20;
 const CONFIRMED_AUDIT_NOTIFICATION: u8 = 32;
+const WRITE_PROPERTY: u8 = 15;
+const ERROR_CLASS_PROPERTY: u8 = 2;
+const ERROR_WRITE_ACCESS_DENIED: u8 = 40;
 
 /// BACnetRejectReason undefined-enumeration.
 pub const REJECT_UNDEFINED_ENUMERATION: u8 = 8;
@@ -92,13 +95,25 @@ pub struct Filtered<T: TransportPort + 'static> {
     /// ends the filter task first.
     inner: Arc<T>,
     filter: Option<JoinHandle<()>>,
+    /// (object identifier as encoded, property) pairs castpoint holds
+    /// read-only although the stack's object would take a write.
+    read_only: Arc<[ReadOnly]>,
 }
 
+/// An object property castpoint refuses to write: the object identifier's
+/// four encoded octets and the property identifier.
+pub type ReadOnly = ([u8; 4], u32);
+
 impl<T: TransportPort + 'static> Filtered<T> {
-    pub fn new(inner: T) -> Self {
+    /// `read_only`: properties the stack's objects would accept that
+    /// castpoint keeps read-only (the Network Port's link settings and
+    /// Description): a WriteProperty to one is answered PROPERTY /
+    /// WRITE_ACCESS_DENIED here, as for any other read-only property.
+    pub fn new(inner: T, read_only: Vec<ReadOnly>) -> Self {
         Filtered {
             inner: Arc::new(inner),
             filter: None,
+            read_only: read_only.into(),
         }
     }
 
@@ -130,6 +145,7 @@ impl<T: TransportPort + 'static> Drop for Filtered<T> {
 /// [`answer`] answers.
 async fn filter<T: TransportPort + 'static>(
     inner: Arc<T>,
+    read_only: Arc<[ReadOnly]>,
     mut from_link: mpsc::Receiver<ReceivedNpdu>,
     to_stack: mpsc::Sender<ReceivedNpdu>,
 ) {
@@ -140,7 +156,7 @@ async fn filter<T: TransportPort + 'static>(
         let ours =
             !frame.link_layer_group && frame.reply_tx.is_none() && frame.direct_response.is_none();
         if ours {
-            if let Some(reply) = answer(&frame.npdu) {
+            if let Some(reply) = answer(&frame.npdu, &read_only) {
                 if let Err(e) = inner.send_unicast(&reply, &frame.source_mac).await {
                     tracing::debug!("bacnet: answer not sent: {e}");
                 }
@@ -191,6 +207,7 @@ impl<T: TransportPort + 'static> TransportPort for Filtered<T> {
         let (to_stack, rx) = mpsc::channel(CHANNEL_CAPACITY);
         self.filter = Some(tokio::spawn(filter(
             Arc::clone(&self.inner),
+            Arc::clone(&self.read_only),
             from_link,
             to_stack,
         )));
@@ -282,7 +299,7 @@ impl<T: TransportPort + 'static> TransportPort for Filtered<T> {
 
 /// The reply NPDU castpoint sends itself for this received NPDU, or `None`
 /// when the frame goes to the stack untouched.
-pub fn answer(npdu: &[u8]) -> Option<Vec<u8>> {
+pub fn answer(npdu: &[u8], read_only: &[ReadOnly]) -> Option<Vec<u8>> {
     let (route, apdu) = split_npdu(npdu)?;
     // Confirmed-Request, not segmented: type 0, SEG bit clear.
     let first = *apdu.first()?;
@@ -322,6 +339,20 @@ pub fn answer(npdu: &[u8]) -> Option<Vec<u8>> {
         CONFIRMED_AUDIT_NOTIFICATION => {
             audit_notification_is_well_formed(data).then_some(())?;
             vec![0x20, invoke, CONFIRMED_AUDIT_NOTIFICATION]
+        }
+        WRITE_PROPERTY => {
+            read_only
+                .contains(&write_property_target(data)?)
+                .then_some(())?;
+            vec![
+                0x50,
+                invoke,
+                WRITE_PROPERTY,
+                0x91,
+                ERROR_CLASS_PROPERTY,
+                0x91,
+                ERROR_WRITE_ACCESS_DENIED,
+            ]
         }
         _ => return None,
     };
@@ -438,6 +469,36 @@ fn read_tag<'a>(d: &'a [u8], i: &mut usize) -> Option<Tag<'a>> {
     } else {
         Tag::Application(number, content)
     })
+}
+
+/// WriteProperty-Request: object-identifier [0], property-identifier [1],
+/// property-array-index [2] OPTIONAL, property-value [3] (constructed),
+/// priority [4] OPTIONAL. The (object, property) of a well-formed request.
+fn write_property_target(d: &[u8]) -> Option<ReadOnly> {
+    let mut i = 0;
+    let oid: [u8; 4] = match read_tag(d, &mut i)? {
+        Tag::Context(0, c) => c.try_into().ok()?,
+        _ => return None,
+    };
+    let prop = match read_tag(d, &mut i)? {
+        Tag::Context(1, c) => uint(c)?,
+        _ => return None,
+    };
+    let mut tag = read_tag(d, &mut i)?;
+    if let Tag::Context(2, c) = tag {
+        uint(c)?;
+        tag = read_tag(d, &mut i)?;
+    }
+    if tag != Tag::Open(3) || !skip_to_close(d, &mut i, 3) {
+        return None;
+    }
+    if i < d.len() {
+        match read_tag(d, &mut i)? {
+            Tag::Context(4, c) if (1..=16).contains(&uint(c)?) => {}
+            _ => return None,
+        }
+    }
+    (i == d.len()).then_some((oid, prop))
 }
 
 /// An unsigned or enumerated content of 1..=4 octets.
@@ -573,6 +634,11 @@ fn audit_notification_is_well_formed(d: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    /// The classifier with no read-only overrides.
+    fn ans(npdu: &[u8]) -> Option<Vec<u8>> {
+        answer(npdu, &[])
+    }
+
     fn npdu(apdu: &[u8]) -> Vec<u8> {
         let mut v = vec![0x01, 0x04];
         v.extend_from_slice(apdu);
@@ -588,16 +654,16 @@ mod tests {
     #[test]
     fn undefined_enumerations_are_rejected() {
         for v in [3u8, 7, 255] {
-            let r = answer(&request(17, &[0x19, v])).expect("answered");
+            let r = ans(&request(17, &[0x19, v])).expect("answered");
             assert_eq!(r, [0x01, 0x00, 0x60, 0x2A, 8]);
         }
         // With duration and password.
-        let r = answer(&request(17, &[0x09, 0x05, 0x19, 0x07, 0x2A, 0x00, b'p']));
+        let r = ans(&request(17, &[0x09, 0x05, 0x19, 0x07, 0x2A, 0x00, b'p']));
         assert_eq!(r.as_deref(), Some(&[0x01, 0x00, 0x60, 0x2A, 8][..]));
         // Four-octet value.
-        assert!(answer(&request(17, &[0x1C, 0, 0, 1, 0])).is_some());
+        assert!(ans(&request(17, &[0x1C, 0, 0, 1, 0])).is_some());
         for v in [8u8, 9, 200] {
-            let r = answer(&request(20, &[0x09, v, 0x1A, 0x00, b'p'])).expect("answered");
+            let r = ans(&request(20, &[0x09, v, 0x1A, 0x00, b'p'])).expect("answered");
             assert_eq!(r, [0x01, 0x00, 0x60, 0x2A, 8]);
         }
     }
@@ -605,31 +671,28 @@ mod tests {
     #[test]
     fn defined_values_and_malformed_requests_go_to_the_stack() {
         for v in 0..=2u8 {
-            assert_eq!(answer(&request(17, &[0x19, v])), None);
+            assert_eq!(ans(&request(17, &[0x19, v])), None);
         }
         for v in 0..=7u8 {
-            assert_eq!(answer(&request(20, &[0x09, v])), None);
+            assert_eq!(ans(&request(20, &[0x09, v])), None);
         }
         // Missing enable-disable, trailing garbage, wrong tags, empty value.
-        assert_eq!(answer(&request(17, &[0x09, 0x05])), None);
-        assert_eq!(answer(&request(17, &[0x19, 0x07, 0x00])), None);
-        assert_eq!(answer(&request(17, &[0x29, 0x07])), None);
-        assert_eq!(answer(&request(17, &[0x18])), None);
-        assert_eq!(answer(&request(20, &[0x19, 0x09])), None);
-        assert_eq!(answer(&request(20, &[0x09, 0x09, 0x18])), None);
+        assert_eq!(ans(&request(17, &[0x09, 0x05])), None);
+        assert_eq!(ans(&request(17, &[0x19, 0x07, 0x00])), None);
+        assert_eq!(ans(&request(17, &[0x29, 0x07])), None);
+        assert_eq!(ans(&request(17, &[0x18])), None);
+        assert_eq!(ans(&request(20, &[0x19, 0x09])), None);
+        assert_eq!(ans(&request(20, &[0x09, 0x09, 0x18])), None);
         // Duration above Unsigned16.
-        assert_eq!(answer(&request(17, &[0x0B, 1, 0, 0, 0x19, 7])), None);
+        assert_eq!(ans(&request(17, &[0x0B, 1, 0, 0, 0x19, 7])), None);
         // Other services, unconfirmed, segmented, network messages, DNET.
-        assert_eq!(answer(&request(12, &[0x19, 0x07])), None);
-        assert_eq!(answer(&npdu(&[0x10, 17, 0x19, 0x07])), None);
-        assert_eq!(
-            answer(&npdu(&[0x08, 0x05, 0x2A, 0, 1, 17, 0x19, 0x07])),
-            None
-        );
-        assert_eq!(answer(&[0x01, 0x80, 0x00]), None);
+        assert_eq!(ans(&request(12, &[0x19, 0x07])), None);
+        assert_eq!(ans(&npdu(&[0x10, 17, 0x19, 0x07])), None);
+        assert_eq!(ans(&npdu(&[0x08, 0x05, 0x2A, 0, 1, 17, 0x19, 0x07])), None);
+        assert_eq!(ans(&[0x01, 0x80, 0x00]), None);
         let mut dnet = vec![0x01, 0x24, 0x00, 0x05, 0x01, 0x07, 0xFF];
         dnet.extend_from_slice(&[0x00, 0x05, 0x2A, 17, 0x19, 0x07]);
-        assert_eq!(answer(&dnet), None);
+        assert_eq!(ans(&dnet), None);
     }
 
     #[test]
@@ -638,16 +701,13 @@ mod tests {
             0x01, 0x00, 0x50, 0x2A, 10, 0x0E, 0x91, 1, 0x91, 4, 0x0F, 0x19, 0x00,
         ];
         // By type (analog-value), by identifier, with initial values.
-        assert_eq!(
-            answer(&request(10, &[0x0E, 0x09, 0x02, 0x0F])).unwrap(),
-            err
-        );
+        assert_eq!(ans(&request(10, &[0x0E, 0x09, 0x02, 0x0F])).unwrap(), err);
         let by_id = [0x0E, 0x1C, 0x00, 0x80, 0x00, 0x05, 0x0F];
-        assert_eq!(answer(&request(10, &by_id)).unwrap(), err);
+        assert_eq!(ans(&request(10, &by_id)).unwrap(), err);
         let with_values = [
             0x0E, 0x09, 0x02, 0x0F, 0x1E, 0x09, 0x4D, 0x2E, 0x75, 0x02, 0x00, b'x', 0x2F, 0x1F,
         ];
-        assert_eq!(answer(&request(10, &with_values)).unwrap(), err);
+        assert_eq!(ans(&request(10, &with_values)).unwrap(), err);
         // Malformed: the stack's.
         for bad in [
             &[][..],
@@ -657,7 +717,7 @@ mod tests {
             &[0x0E, 0x09, 0x02, 0x0F, 0x1E, 0x2E, 0x1F],
             &[0x0E, 0x09, 0x02, 0x0F, 0x00],
         ] {
-            assert_eq!(answer(&request(10, bad)), None, "{bad:02x?}");
+            assert_eq!(ans(&request(10, bad)), None, "{bad:02x?}");
         }
     }
 
@@ -665,16 +725,13 @@ mod tests {
     fn audit_notifications_are_acknowledged_when_well_formed() {
         let mut d = vec![0x0E, 0x2E, 0x0C, 0x02, 0x00, 0x00, 0x01, 0x2F, 0x49, 0x00];
         d.extend_from_slice(&[0xAE, 0x0C, 0x02, 0x00, 0x00, 0x02, 0xAF, 0x0F]);
-        assert_eq!(
-            answer(&request(32, &d)).unwrap(),
-            [0x01, 0x00, 0x20, 0x2A, 32]
-        );
+        assert_eq!(ans(&request(32, &d)).unwrap(), [0x01, 0x00, 0x20, 0x2A, 32]);
         // No target device / unbalanced / empty: the stack's.
-        assert_eq!(answer(&request(32, &d[..10])), None);
-        assert_eq!(answer(&request(32, &[0x0E, 0x0F])), None);
+        assert_eq!(ans(&request(32, &d[..10])), None);
+        assert_eq!(ans(&request(32, &[0x0E, 0x0F])), None);
         let mut no_target = d[..10].to_vec();
         no_target.push(0x0F);
-        assert_eq!(answer(&request(32, &no_target)), None);
+        assert_eq!(ans(&request(32, &no_target)), None);
     }
 
     #[test]
@@ -683,15 +740,15 @@ mod tests {
         // reply + priority 2).
         let mut f = vec![0x01, 0x0E, 0x00, 0x07, 0x01, 0x42];
         f.extend_from_slice(&[0x00, 0x05, 0x09, 17, 0x19, 0x09]);
-        let r = answer(&f).expect("answered");
+        let r = ans(&f).expect("answered");
         assert_eq!(r, [0x01, 0x22, 0x00, 0x07, 0x01, 0x42, 0xFF, 0x60, 0x09, 8]);
         // SLEN 0 / SNET 0xFFFF are not valid sources.
         let mut bad = vec![0x01, 0x0C, 0x00, 0x07, 0x00];
         bad.extend_from_slice(&[0x00, 0x05, 0x09, 17, 0x19, 0x09]);
-        assert_eq!(answer(&bad), None);
+        assert_eq!(ans(&bad), None);
         let mut bad = vec![0x01, 0x0C, 0xFF, 0xFF, 0x01, 0x42];
         bad.extend_from_slice(&[0x00, 0x05, 0x09, 17, 0x19, 0x09]);
-        assert_eq!(answer(&bad), None);
+        assert_eq!(ans(&bad), None);
     }
 
     /// xorshift64*: a dependency-free generator for the hostile-bytes run.
@@ -710,7 +767,7 @@ mod tests {
     #[test]
     fn hostile_bytes_never_panic() {
         let check = |f: &[u8]| {
-            if let Some(r) = answer(f) {
+            if let Some(r) = ans(f) {
                 assert!(r.len() <= 21, "{f:02x?} -> {r:02x?}");
                 let at = if r[1] & 0x20 != 0 {
                     6 + r[5] as usize + 1
@@ -776,5 +833,33 @@ mod tests {
             }
             check(&m);
         }
+    }
+
+    #[test]
+    fn a_write_to_a_property_castpoint_holds_read_only_is_write_access_denied() {
+        // WriteProperty NETWORK_PORT 1, Description (28), "x", priority 8.
+        let oid = [0x0E, 0x00, 0x00, 0x01];
+        let ro: Vec<ReadOnly> = vec![(oid, 28)];
+        let mut wp = vec![0x0C];
+        wp.extend_from_slice(&oid);
+        wp.extend_from_slice(&[0x19, 28, 0x3E, 0x72, 0x00, b'x', 0x3F]);
+        let err = answer(&request(15, &wp), &ro).expect("answered");
+        assert_eq!(&err[err.len() - 7..], &[0x50, 0x2A, 15, 0x91, 2, 0x91, 40]);
+        let mut with_prio = wp.clone();
+        with_prio.extend_from_slice(&[0x49, 8]);
+        assert!(answer(&request(15, &with_prio), &ro).is_some());
+        // Another property, or no override list: the stack's.
+        let mut other = wp.clone();
+        other[6] = 77;
+        assert_eq!(answer(&request(15, &other), &ro), None);
+        assert_eq!(answer(&request(15, &wp), &[]), None);
+        // Malformed: no closing tag, a bad priority, trailing bytes.
+        assert_eq!(answer(&request(15, &wp[..wp.len() - 1]), &ro), None);
+        let mut bad = wp.clone();
+        bad.extend_from_slice(&[0x49, 0]);
+        assert_eq!(answer(&request(15, &bad), &ro), None);
+        let mut trailing = wp;
+        trailing.push(0x00);
+        assert_eq!(answer(&request(15, &trailing), &ro), None);
     }
 }
