@@ -2,6 +2,12 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the bird's-eye view. Dependency direction:
 //! `app` -> everything; `protocols`, `engine`, `telemetry`, `api` -> `points`.
+//! `tests/tidy.rs` checks these rules, the `unsafe` confinement and the
+//! no-`unwrap()` / no-detached-spawn rules against the source.
+
+// The libsrt FFI module (`engine/srt/ffi.rs`) is the one place allowed
+// `unsafe`; it says so with its own `#![allow(unsafe_code)]`.
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod app;

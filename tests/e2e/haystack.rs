@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use castpoint::app::App;
+use castpoint::auth::Role;
 use castpoint::config::Config;
 use castpoint::points::{Protocol, Quality, Sample, Source, Value};
-use castpoint::protocols::haystack::auth::{user_entry, Role};
+use castpoint::protocols::haystack::auth::user_entry;
 use chrono::{TimeZone, Utc};
 use hmac::{Hmac, Mac};
 use serde_json::Value as J;

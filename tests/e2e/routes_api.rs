@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use castpoint::app::App;
+use castpoint::auth::Role;
 use castpoint::auth::Users;
 use castpoint::config::Config;
-use castpoint::protocols::haystack::auth::Role;
 use serde_json::{json, Value as J};
 
 use crate::util::loopback;

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use castpoint::api::{guard, ApiState};
 use castpoint::app::App;
+use castpoint::auth::Role;
 use castpoint::auth::Users;
 use castpoint::config::Config;
-use castpoint::protocols::haystack::auth::Role;
 use futures::StreamExt;
 use serde_json::{json, Value as J};
 

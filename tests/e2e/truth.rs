@@ -237,11 +237,7 @@ async fn refused_rest_writes_and_auth_failures_are_audited() {
     let users =
         castpoint::auth::Users::new(app.store.clone(), Duration::from_secs(600)).expect("users");
     users
-        .add(
-            "vera",
-            castpoint::protocols::haystack::auth::Role::Viewer,
-            "pw-vera-1",
-        )
+        .add("vera", castpoint::auth::Role::Viewer, "pw-vera-1")
         .expect("add");
     assert_eq!(
         post("/api/points/recording_enable", r#"{"value": true}"#)
