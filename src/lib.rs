@@ -22,5 +22,6 @@ pub mod persist;
 pub mod points;
 pub mod protocols;
 pub mod redact;
+pub mod tasks;
 pub mod telemetry;
 pub mod throttle;
