@@ -1,5 +1,6 @@
 //! bacnet end-to-end tests against the running server: a small raw-UDP BACnet/IP client (so the bytes on the wire are the test's own), COV, priority writes, BBMD NAKs and a malformed-packet suite.
 
+use crate::util::TestApp;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -493,7 +494,7 @@ async fn registers_as_a_foreign_device_and_renews_before_the_ttl() {
         toml::Value::String(bbmd.local_addr().expect("addr").to_string()),
     );
     raw.insert("foreign_ttl".into(), toml::Value::Integer(4));
-    let app = castpoint::app::App::start(cfg).await.expect("start");
+    let app = TestApp::with_config(cfg).await;
     assert!(app.addrs.bacnet.is_some());
     let mut buf = [0u8; 1500];
     let mut registrations = Vec::new();
@@ -963,12 +964,12 @@ const NETWORK_PORT: u32 = 56;
 const PASSWORD: &str = "e2e-pw";
 
 /// castpoint with extra `[bacnet]` keys (password, write policy).
-async fn start_with(bacnet: &str) -> castpoint::app::App {
+async fn start_with(bacnet: &str) -> TestApp {
     let mut cfg = castpoint::config::Config::embedded().expect("config");
     util::loopback(&mut cfg);
     let t: toml::Table = toml::from_str(bacnet).expect("toml");
     cfg.server.bacnet.raw.extend(t);
-    castpoint::app::App::start(cfg).await.expect("app starts")
+    TestApp::with_config(cfg).await
 }
 
 /// A context-tagged property identifier (1 or 2 octets).
@@ -1392,12 +1393,9 @@ async fn each_who_is_gets_an_i_am_even_in_quick_succession() {
 
 #[tokio::test]
 async fn device_uuid_is_made_once_and_kept() {
-    let mut cfg = castpoint::config::Config::embedded().expect("config");
-    util::loopback(&mut cfg);
-    let dir = cfg.server.data_dir.clone();
-    let app = castpoint::app::App::start(cfg.clone())
-        .await
-        .expect("start");
+    let cfg = castpoint::config::Config::embedded().expect("config");
+    let app = TestApp::with_config(cfg.clone()).await;
+    let dir = app.data_dir();
     let c = Client::new(app.addrs.bacnet.expect("bound")).await;
     let read_uuid = |a: Vec<u8>| -> Vec<u8> {
         let pos = a
@@ -1410,14 +1408,13 @@ async fn device_uuid_is_made_once_and_kept() {
     let first = read_uuid(c.call(&rp(1, 8, DEVICE, 507)).await);
     assert_ne!(first, [0u8; 16]);
     assert_eq!(first[6] >> 4, 4, "RFC 4122 version 4");
-    app.stop().await;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let m = std::fs::metadata(dir.join("device-uuid")).expect("file");
         assert_eq!(m.permissions().mode() & 0o777, 0o600);
     }
-    let app = castpoint::app::App::start(cfg).await.expect("restart");
+    let app = app.restart(cfg).await;
     let c = Client::new(app.addrs.bacnet.expect("bound")).await;
     assert_eq!(read_uuid(c.call(&rp(2, 8, DEVICE, 507)).await), first);
     app.stop().await;

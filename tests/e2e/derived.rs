@@ -1,18 +1,15 @@
 //! Derived status points tell the truth (issue 16): a forced idle input is not LIVE, a route starting up is not an ERROR, and an encoder or CDN that does not exist reads N/A on REST, Modbus and BACnet.
 
+use crate::util::TestApp;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use castpoint::app::App;
-use castpoint::config::Config;
 use castpoint::points::Value;
 use castpoint_sim::tsgen::{Pacer, TsConfig, TsGenerator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
-
-use crate::util::loopback;
 
 /// A live primary input and an idle backup, both on ephemeral ports.
 /// Telemetry on (the bridge publishes router points only then) with
@@ -40,12 +37,6 @@ name = "web"
 type = "http"
 path = "main"
 "#;
-
-async fn start(text: &str) -> App {
-    let mut cfg = Config::from_text("test.toml", text, Path::new(".")).expect("config");
-    loopback(&mut cfg);
-    App::start(cfg).await.expect("start")
-}
 
 async fn until<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let end = Instant::now() + Duration::from_secs(secs);
@@ -218,7 +209,7 @@ async fn viewer_bytes(app: &App, d: Duration) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forcing_an_idle_backup_is_no_signal_not_live() {
-    let app = start(TWO).await;
+    let app = TestApp::from_toml(TWO).await;
     let live = input_addr(&app, 0).await;
     input_addr(&app, 1).await;
     let stop = CancellationToken::new();
@@ -260,7 +251,7 @@ async fn no_error_within_the_start_up_grace() {
     // Taken before the start, so the route's grace cannot have begun
     // earlier than this: a slow start-up only shortens what is checked.
     let t0 = Instant::now();
-    let app = start(TWO).await;
+    let app = TestApp::from_toml(TWO).await;
     let mb = app.addrs.modbus.expect("modbus");
     let bn = app.addrs.bacnet.expect("bacnet");
     let grace = castpoint::telemetry::status::STARTUP_GRACE;
@@ -292,7 +283,7 @@ async fn no_error_within_the_start_up_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absent_encoder_and_cdn_read_n_a_on_every_protocol() {
-    let app = start(TWO).await;
+    let app = TestApp::from_toml(TWO).await;
     let mb = app.addrs.modbus.expect("modbus");
     let bn = app.addrs.bacnet.expect("bacnet");
     // (point, Modbus holding offset, BACnet MSV instance, N/A ordinal)

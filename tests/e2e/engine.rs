@@ -1,5 +1,6 @@
 //! engine end-to-end tests against the running server: real UDP/HTTP/SRT sockets on loopback, srt-live-transmit and ffprobe as third-party peers.
 
+use crate::util::TestApp;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,14 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use castpoint::app::App;
-use castpoint::config::Config;
 use castpoint::engine::spec::{OutputKind, OutputSpec};
 use castpoint::engine::EventKind;
 use castpoint::points::{Protocol, Quality, Source, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
-
-use crate::util;
 
 const VIDEO: u16 = 0x100;
 
@@ -102,15 +100,6 @@ impl CcCheck {
     }
 }
 
-async fn start_with(text: &str) -> App {
-    // Router counters (stream/input status, streams) are published only
-    // with telemetry on.
-    let text = format!("{text}\n[telemetry]\nenabled = true\n");
-    let mut cfg = Config::from_text("test.toml", &text, Path::new(".")).expect("valid config");
-    util::loopback(&mut cfg);
-    App::start(cfg).await.expect("app starts")
-}
-
 /// Waits until the input `i` of `route` has bound its socket.
 async fn input_addr(app: &App, route: &str, i: usize) -> SocketAddr {
     let end = Instant::now() + Duration::from_secs(5);
@@ -191,7 +180,7 @@ async fn failover_to_backup_and_back_keeps_continuity_counters() {
         "{TWO_INPUTS}[[route.output]]\nname = \"udp\"\ntype = \"udp\"\ndest = \"{}\"\n",
         out.local_addr().expect("addr")
     );
-    let app = start_with(&text).await;
+    let app = TestApp::with_telemetry(&text).await;
     let mut events = app.engine.subscribe();
     let a = input_addr(&app, "main", 0).await;
     let b = input_addr(&app, "main", 1).await;
@@ -301,7 +290,7 @@ queue = 60000
 "#,
         out.local_addr().expect("addr")
     );
-    let app = start_with(&text).await;
+    let app = TestApp::with_telemetry(&text).await;
     let http = app.addrs.http.expect("http bound");
     let inp = input_addr(&app, "r", 0).await;
     // A viewer that asks for the stream and never reads it.
@@ -376,7 +365,7 @@ async fn udp_burst_arrives_as_whole_1316_byte_datagrams_in_order() {
          [[route.output]]\nname = \"u\"\ntype = \"udp\"\ndest = \"{}\"\n",
         out.local_addr().expect("addr")
     );
-    let app = start_with(&text).await;
+    let app = TestApp::with_telemetry(&text).await;
     let inp = input_addr(&app, "b", 0).await;
     let mut g = Gen::new(0);
     let sent: Vec<Vec<u8>> = (0..120).map(|_| g.datagram()).collect();
@@ -420,7 +409,7 @@ async fn udp_coalescing_delivers_every_datagram_in_order_and_flushes_the_tail() 
         a.local_addr().expect("addr"),
         b.local_addr().expect("addr")
     );
-    let app = start_with(&text).await;
+    let app = TestApp::with_telemetry(&text).await;
     let inp = input_addr(&app, "c", 0).await;
     let mut g = Gen::new(0);
     let sent: Vec<Vec<u8>> = (0..150).map(|_| g.datagram()).collect();
@@ -480,7 +469,7 @@ fn udp_to_http(name: &str, extra: &str) -> String {
 /// next datagram.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paced_udp_input_loses_nothing_and_wakes_after_silence() {
-    let app = start_with(&udp_to_http("p", "failover_timeout = \"100ms\"")).await;
+    let app = TestApp::with_telemetry(&udp_to_http("p", "failover_timeout = \"100ms\"")).await;
     let http = app.addrs.http.expect("http bound");
     let inp = input_addr(&app, "p", 0).await;
     let got = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
@@ -540,7 +529,7 @@ async fn paced_udp_input_loses_nothing_and_wakes_after_silence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_viewer_joins_at_a_keyframe_with_pat_and_pmt_first() {
-    let app = start_with(&udp_to_http("j", "")).await;
+    let app = TestApp::with_telemetry(&udp_to_http("j", "")).await;
     let http = app.addrs.http.expect("http bound");
     let inp = input_addr(&app, "j", 0).await;
     let src = source(inp, Gen::new(3));
@@ -597,7 +586,7 @@ name = "two"
 type = "udp"
 bind = "127.0.0.1:0"
 "#;
-    let app = start_with(text).await;
+    let app = TestApp::with_telemetry(text).await;
     let in1 = input_addr(&app, "one", 0).await;
     let in2 = input_addr(&app, "two", 0).await;
     let s1 = source(in1, Gen::new(0));
@@ -730,7 +719,7 @@ async fn command_points_drive_the_primary_route() {
         "{TWO_INPUTS}[[route.output]]\nname = \"udp\"\ntype = \"udp\"\ndest = \"{}\"\n",
         out.local_addr().expect("addr")
     );
-    let app = start_with(&text).await;
+    let app = TestApp::with_telemetry(&text).await;
     let who = Source::new(Protocol::Modbus, None, None);
     let a = input_addr(&app, "main", 0).await;
     let b = input_addr(&app, "main", 1).await;
@@ -950,7 +939,7 @@ passphrase = "callersidesecret"
 pbkeylen = 24
 "#
     );
-    let app = start_with(&text).await;
+    let app = TestApp::with_telemetry(&text).await;
     // 0. A caller offering AES-128 to our AES-256 listener input is refused
     //    (as the sender its key length would otherwise win).
     let weak_port = free_udp_port();
@@ -1179,7 +1168,7 @@ type = "record"
 segment = "1min"
 "#
     );
-    let app = start_with(&text).await;
+    let app = TestApp::with_telemetry(&text).await;
     let a = input_addr(&app, "tv", 0).await;
     let b = input_addr(&app, "tv", 1).await;
     let ff = |port: u16, secs: u32| {
@@ -1290,7 +1279,7 @@ dest = "{}"
 "#,
         out.local_addr().expect("addr")
     );
-    let app = start_with(&text).await;
+    let app = TestApp::with_telemetry(&text).await;
     let mut events = app.engine.subscribe();
     let a = input_addr(&app, "main", 0).await;
     let src_a = source(a, Gen::new(0));
@@ -1439,7 +1428,7 @@ name = "hls"
 type = "hls"
 segment = "2s"
 "#;
-    let app = start_with(text).await;
+    let app = TestApp::with_telemetry(text).await;
     let inp = input_addr(&app, "h", 0).await;
     let http = app.addrs.http.expect("http");
     // 25 fps with a keyframe every 0.6 s: cuts land at 2.4 s of media.
@@ -1532,7 +1521,7 @@ fn input_rejections(app: &App, route: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srt_listener_input_refuses_second_caller_and_wrong_passphrase() {
     let port = free_udp_port();
-    let app = start_with(&format!(
+    let app = TestApp::with_telemetry(&format!(
         r#"
 [[route]]
 name = "busy"
@@ -1637,7 +1626,7 @@ dest = "127.0.0.1:9"
 /// Total Bitrate Out say in `/api/points` that they update every second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwritten_recording_enable_keeps_the_configured_record_output() {
-    let app = start_with(
+    let app = TestApp::with_telemetry(
         r#"
 primary_route = "rec"
 [[route]]
@@ -1728,7 +1717,7 @@ enabled = true
 /// not reproduced; kept as a regression test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hls_segments_continue_every_pids_counters() {
-    let app = start_with(
+    let app = TestApp::with_telemetry(
         r#"
 [[route]]
 name = "h"

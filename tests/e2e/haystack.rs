@@ -1,9 +1,9 @@
 //! Haystack HTTP end to end: SCRAM login, ops, filters, pointWrite sharing BACnet's priority array, hisRead ranges, watches, formats and malformed input — all over real sockets.
 
+use crate::util::TestApp;
 use std::time::Duration;
 
 use base64::Engine as _;
-use castpoint::app::App;
 use castpoint::auth::Role;
 use castpoint::config::Config;
 use castpoint::points::{Protocol, Quality, Sample, Source, Value};
@@ -19,7 +19,7 @@ const OP_PW: &str = "op-secret";
 const VIEW_PW: &str = "view-secret";
 
 /// Starts castpoint with an operator and a viewer, plus extra `[haystack]` keys.
-async fn start_with(extra: &str) -> (App, String) {
+async fn start_with(extra: &str) -> (TestApp, String) {
     let mut cfg = Config::embedded().expect("embedded config");
     loopback(&mut cfg);
     let users = format!(
@@ -30,7 +30,7 @@ async fn start_with(extra: &str) -> (App, String) {
     .replace("[[haystack.user]]", "[[user]]");
     let raw: toml::Table = toml::from_str(&format!("{extra}\n{users}")).expect("toml");
     cfg.server.haystack.raw = raw;
-    let app = App::start(cfg).await.expect("app starts");
+    let app = TestApp::with_config(cfg).await;
     let base = format!(
         "http://{}/api/haystack",
         app.addrs.http.expect("http bound")
@@ -38,7 +38,7 @@ async fn start_with(extra: &str) -> (App, String) {
     (app, base)
 }
 
-async fn start() -> (App, String) {
+async fn start() -> (TestApp, String) {
     start_with("").await
 }
 

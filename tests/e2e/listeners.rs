@@ -1,11 +1,11 @@
 //! Listener hardening end to end: a slowloris flood against the real binary under a low open-file limit, and HTTPS with certificate reload.
 
+use crate::util::TestApp;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use castpoint::app::App;
 use castpoint::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -231,7 +231,7 @@ async fn https_serves_and_reloads_its_certificate_without_dropping_connections()
     loopback(&mut cfg);
     cfg.server.http.tls_cert = Some(cert.clone());
     cfg.server.http.tls_key = Some(key.clone());
-    let app = App::start(cfg).await.expect("app starts");
+    let app = TestApp::with_config(cfg).await;
     let addr = app.addrs.http.expect("http bound");
     let url = format!("https://localhost:{}/health", addr.port());
 

@@ -1,11 +1,10 @@
 //! Output bit rates and send errors, end to end (issue 16 items 2 and 3): a constant-rate source read through UDP and HLS outputs gives a steady Total Bitrate Out; a UDP output to a dead port counts its refused sends and fails alone.
 
+use crate::util::TestApp;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use castpoint::app::App;
-use castpoint::config::Config;
 use castpoint::engine::stats::IoSnapshot;
 use castpoint::engine::EventKind;
 use castpoint::points::Quality;
@@ -13,13 +12,8 @@ use castpoint_sim::tsgen::{Pacer, TsConfig, TsGenerator};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use crate::util::loopback;
-
-async fn start(text: &str) -> App {
-    let text = format!("primary_route = \"r\"\n[telemetry]\nenabled = true\n{text}");
-    let mut cfg = Config::from_text("test.toml", &text, Path::new(".")).expect("config");
-    loopback(&mut cfg);
-    App::start(cfg).await.expect("start")
+async fn start(text: &str) -> TestApp {
+    TestApp::with_telemetry(&format!("primary_route = \"r\"\n{text}")).await
 }
 
 async fn input_addr(app: &App) -> SocketAddr {

@@ -1,24 +1,15 @@
 //! RTMP ingest end-to-end: a real ffmpeg publishing like OBS feeds a route whose SRT output srt-live-transmit relays and ffprobe decodes; wrong keys, double publishers and publisher loss (failover) against the running server.
 
+use crate::util::TestApp;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use castpoint::app::App;
-use castpoint::config::Config;
 use castpoint_sim::tsgen::TsAnalyzer;
 use tokio::net::UdpSocket;
 
-use crate::util;
-
 const KEY: &str = "obs-k3y-s3cret";
-
-async fn start_with(text: &str) -> App {
-    let mut cfg = Config::from_text("test.toml", text, Path::new(".")).expect("valid config");
-    util::loopback(&mut cfg);
-    App::start(cfg).await.expect("app starts")
-}
 
 struct Kill(Child);
 impl Drop for Kill {
@@ -82,7 +73,7 @@ fn input_snapshot(app: &App, route: &str, i: usize) -> castpoint::engine::stats:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn obs_like_publisher_reaches_srt_viewer_and_bad_publishers_are_refused() {
-    let app = start_with(&format!(
+    let app = TestApp::from_toml(&format!(
         r#"
 [[route]]
 name = "obs"
@@ -208,7 +199,7 @@ addr = "127.0.0.1:0"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_leaving_fails_over_to_backup_and_back() {
-    let app = start_with(&format!(
+    let app = TestApp::from_toml(&format!(
         r#"
 [[route]]
 name = "fo"
@@ -298,7 +289,7 @@ dest = "127.0.0.1:9"
 async fn hostile_peers_are_dropped_and_the_server_keeps_serving() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
-    let app = start_with(
+    let app = TestApp::from_toml(
         "[rtmp]\nidle_timeout = \"1s\"\nmax_message = 65536\n\
          [[route]]\nname = \"r\"\n[[route.input]]\ntype = \"rtmp\"\nkey = \"k\"\n\
          [[route.output]]\ntype = \"udp\"\ndest = \"127.0.0.1:9\"\n",
@@ -403,7 +394,7 @@ fn packets_of(probe: &str, codec: &str) -> u64 {
 /// decodable H.264 + AAC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_and_encoders_from_the_field_publish() {
-    let app = start_with(&format!(
+    let app = TestApp::from_toml(&format!(
         r#"
 [[route]]
 name = "field"

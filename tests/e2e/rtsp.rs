@@ -4,22 +4,13 @@
 //! here); routes pull it over TCP-interleaved and UDP RTP, and ffprobe
 //! decodes what the router's outputs send.
 
-use std::path::Path;
+use crate::util::TestApp;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use castpoint::app::App;
-use castpoint::config::Config;
 use castpoint::engine::stats::IoSnapshot;
 use castpoint_sim::rtsp_camera::{Camera, CameraConfig};
-
-use crate::util;
-
-async fn start_with(text: &str) -> App {
-    let mut cfg = Config::from_text("test.toml", text, Path::new(".")).expect("valid config");
-    util::loopback(&mut cfg);
-    App::start(cfg).await.expect("app starts")
-}
 
 async fn camera(user: Option<&str>, password: Option<&str>) -> Camera {
     Camera::start(CameraConfig {
@@ -179,7 +170,7 @@ type = "http"
 "#,
         u = cam.url("stream")
     );
-    let app = start_with(&text).await;
+    let app = TestApp::from_toml(&text).await;
     for r in ["tcp", "udp", "ts"] {
         wait_for(&app, r, 10, "input never up", |s| {
             s.inputs[0].up && s.inputs[0].bytes > 0 && s.active_input == Some(0)
@@ -263,7 +254,7 @@ password = "s3cret"
 type = "http"
 "#
     );
-    let app = start_with(&text).await;
+    let app = TestApp::from_toml(&text).await;
     wait_for(&app, "wrong", 10, "no 401 error", |s| {
         s.inputs[0]
             .error
@@ -331,7 +322,7 @@ dest = "127.0.0.1:{udp_out}"
 "#,
         cam.url("stream")
     );
-    let app = start_with(&text).await;
+    let app = TestApp::from_toml(&text).await;
     wait_for(&app, "cam", 10, "camera never active", |s| {
         s.active_input == Some(0) && s.inputs[0].up
     })
@@ -382,7 +373,7 @@ type = "http"
 "#,
         cam.url("stream")
     );
-    let app = start_with(&text).await;
+    let app = TestApp::from_toml(&text).await;
     wait_for(&app, "ka", 10, "never up", |s| s.inputs[0].up).await;
     let before = input(&app, "ka", 0).bytes;
     tokio::time::sleep(Duration::from_secs(5)).await;

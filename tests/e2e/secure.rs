@@ -1,5 +1,6 @@
 //! Secure by default (issue 15), end to end over real sockets: one authorization layer over every HTTP route, WebSocket tokens, admin-only operations, loopback-only writes until a user exists, API keys, login backoff and revocation, secrets that survive a fetch-and-write-back, and per-client Haystack watch quotas.
 
+use crate::util::TestApp;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use serde_json::{json, Value as J};
 use crate::util::loopback;
 
 /// Starts castpoint with extra `[api]` and `[haystack]` keys.
-async fn start_with(api: &str, haystack: &str) -> App {
+async fn start_with(api: &str, haystack: &str) -> TestApp {
     let mut cfg = Config::embedded().expect("embedded config");
     loopback(&mut cfg);
     let api: toml::Table = toml::from_str(api).expect("api toml");
@@ -22,7 +23,7 @@ async fn start_with(api: &str, haystack: &str) -> App {
         .extra
         .insert("api".into(), toml::Value::Table(api));
     cfg.server.haystack.raw = toml::from_str(haystack).expect("haystack toml");
-    App::start(cfg).await.expect("app starts")
+    TestApp::with_config(cfg).await
 }
 
 fn base(app: &App) -> String {

@@ -1,18 +1,15 @@
 //! Telemetry of a live route, end to end: stopping the source turns Input Status NO_SIGNAL and Stream Status ERROR within 2 s, read the same over Modbus, BACnet and Haystack; N HTTP-TS viewers read as N Connected Viewers with Total Bitrate Out matching what they received.
 
+use crate::util::TestApp;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use castpoint::app::App;
-use castpoint::config::Config;
 use castpoint_sim::tsgen::{Pacer, TsConfig, TsGenerator};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
-
-use crate::util::loopback;
 
 const ROUTE: &str = r#"
 primary_route = "live"
@@ -34,12 +31,6 @@ name = "web"
 type = "http"
 path = "live"
 "#;
-
-async fn start() -> App {
-    let mut cfg = Config::from_text("test.toml", ROUTE, Path::new(".")).expect("config");
-    loopback(&mut cfg);
-    App::start(cfg).await.expect("start")
-}
 
 async fn input_addr(app: &App) -> SocketAddr {
     let end = Instant::now() + Duration::from_secs(5);
@@ -173,7 +164,7 @@ async fn all_protocols_read(app: &App, want: (u16, u16), within: Duration) -> Du
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_source_is_seen_on_every_protocol_within_2s() {
-    let app = start().await;
+    let app = TestApp::from_toml(ROUTE).await;
     let to = input_addr(&app).await;
     let stop = CancellationToken::new();
     let src = source(to, 2_000_000, stop.clone());
@@ -220,7 +211,7 @@ async fn stopping_the_source_is_seen_on_every_protocol_within_2s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_and_bitrate_out_match_what_viewers_receive() {
-    let app = start().await;
+    let app = TestApp::from_toml(ROUTE).await;
     let to = input_addr(&app).await;
     let stop = CancellationToken::new();
     let src = source(to, 4_000_000, stop.clone());

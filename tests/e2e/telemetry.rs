@@ -1,11 +1,11 @@
 //! Telemetry end to end: CPU and memory published by the running server agree with /proc on a loaded machine.
 
+use crate::util::TestApp;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use castpoint::app::App;
 use castpoint::config::Config;
 use castpoint::points::{PointDb, Quality};
 
@@ -53,7 +53,7 @@ async fn cpu_and_memory_agree_with_proc_under_load() {
     );
     let mut cfg = Config::from_text("test.toml", &text, Path::new(".")).expect("config");
     loopback(&mut cfg);
-    let app = App::start(cfg).await.expect("start");
+    let app = TestApp::with_config(cfg).await;
     // Load one core so the figure is not just idle noise.
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();

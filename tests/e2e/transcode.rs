@@ -4,6 +4,7 @@
 //! UDP input, ffprobe decodes the outputs, an `ffmpeg -listen 1` RTMP
 //! server receives pushes, and children are killed by pid.
 
+use crate::util::TestApp;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use castpoint::app::App;
-use castpoint::config::Config;
 use castpoint::engine::stats::EngineSnapshot;
 use castpoint::points::{Protocol, Quality, Source, Value};
 use tokio::net::UdpSocket;
@@ -74,14 +74,6 @@ fn source(dest: SocketAddr) -> Proc {
         .spawn()
         .expect("ffmpeg is installed");
     Proc(c)
-}
-
-async fn start_with(text: &str) -> App {
-    // Router counters and statuses are published with telemetry on.
-    let text = format!("{text}\n[telemetry]\nenabled = true\n");
-    let mut cfg = Config::from_text("test.toml", &text, Path::new(".")).expect("valid config");
-    util::loopback(&mut cfg);
-    App::start(cfg).await.expect("app starts")
 }
 
 async fn until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
@@ -239,7 +231,7 @@ dest = "{}"
         pass_sock.local_addr().expect("addr"),
         auto_sock.local_addr().expect("addr"),
     );
-    let app = start_with(&text).await;
+    let app = TestApp::with_telemetry(&text).await;
     let _src = source(input_addr(&app, "tc").await);
     let (pass_cc, h1) = watch_udp(pass_sock);
     let (auto_cc, h2) = watch_udp(auto_sock);
@@ -405,7 +397,7 @@ key = "secret-key-1"
 "#,
         out.local_addr().expect("addr")
     );
-    let app = start_with(&text).await;
+    let app = TestApp::with_telemetry(&text).await;
     let (cc, h) = watch_udp(out);
     let st = until("encoder FAULT", 10, || {
         let st = point(&app, "encoder_status");
@@ -508,7 +500,7 @@ key = "other"
     );
     let server = rtmp_server(port, key, &dir.path().join("a.ts"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let app = start_with(&text).await;
+    let app = TestApp::with_telemetry(&text).await;
     let _src = source(input_addr(&app, "r").await);
     // One destination failing never affects another.
     until("good connected", 15, || {
@@ -701,7 +693,7 @@ dest = "{}"
 "#,
         auto_sock.local_addr().expect("addr"),
     );
-    let app = start_with(&text).await;
+    let app = TestApp::with_telemetry(&text).await;
     // 50 fps with a keyframe every 10 frames: a new child finds its
     // stream parameters and first keyframe quickly, inside the 2 s stall
     // timeout (with 1 s GOPs it often took longer, and the fallback to the
@@ -829,7 +821,7 @@ dest = "127.0.0.1:9"
 "#
     );
     let _server = rtmp_server(port, key, &dir.path().join("a.ts"));
-    let app = start_with(&text).await;
+    let app = TestApp::with_telemetry(&text).await;
     let _src = source(input_addr(&app, "dis").await);
     let label = "rtmp:dis/cdn";
     let output = |app: &App| {
@@ -998,7 +990,7 @@ type = "http"
 path = "tc"
 "#
     );
-    let app = start_with(&text).await;
+    let app = TestApp::with_telemetry(&text).await;
     let modbus = app.addrs.modbus.expect("modbus listener");
     let _src = source(input_addr(&app, "tc").await);
     // Before the first match: unavailable everywhere (checked at least

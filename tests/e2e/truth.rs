@@ -1,5 +1,6 @@
 //! Issue 16 "points tell the truth" on the API side: uptime is current, `/ws/events/{stream}` serves only real routes and only their events.
 
+use crate::util::TestApp;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -76,7 +77,7 @@ type = "http"
 async fn stream_events_exist_only_for_routes_and_carry_only_theirs() {
     let mut cfg = Config::from_text("test.toml", TWO_ROUTES, Path::new(".")).expect("valid");
     util::loopback(&mut cfg);
-    let app = App::start(cfg).await.expect("app starts");
+    let app = TestApp::with_config(cfg).await;
     let http = app.addrs.http.expect("http");
     match tokio_tungstenite::connect_async(format!("ws://{http}/ws/events/nope")).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 404),
@@ -171,7 +172,7 @@ async fn refused_rest_writes_and_auth_failures_are_audited() {
     cfg.server
         .extra
         .insert("api".into(), toml::Value::Table(api));
-    let app = App::start(cfg).await.expect("app starts");
+    let app = TestApp::with_config(cfg).await;
     let http = app.addrs.http.expect("http");
     let c = reqwest::Client::new();
     let post = |path: &str, body: &'static str| {
@@ -426,7 +427,7 @@ async fn an_http_input_error_names_its_cause() {
     );
     let mut cfg = Config::from_text("test.toml", &text, Path::new(".")).expect("valid");
     util::loopback(&mut cfg);
-    let app = App::start(cfg).await.expect("app starts");
+    let app = TestApp::with_config(cfg).await;
     let end = Instant::now() + Duration::from_secs(10);
     let err = loop {
         let e = app
