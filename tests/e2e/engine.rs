@@ -1,5 +1,8 @@
 //! engine end-to-end tests against the running server: real UDP/HTTP/SRT sockets on loopback, srt-live-transmit and ffprobe as third-party peers.
 
+use crate::util::eventually;
+use crate::util::input_addr;
+use crate::util::output_addr;
 use crate::util::TestApp;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -97,39 +100,6 @@ impl CcCheck {
             }
             self.packets += 1;
         }
-    }
-}
-
-/// Waits until the input `i` of `route` has bound its socket.
-async fn input_addr(app: &App, route: &str, i: usize) -> SocketAddr {
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = app.engine.snapshot();
-        if let Some(a) = s
-            .route(route)
-            .and_then(|r| r.inputs.get(i))
-            .and_then(|x| x.local)
-        {
-            return a;
-        }
-        assert!(Instant::now() < end, "input {i} of {route} never bound");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn output_addr(app: &App, route: &str, name: &str) -> SocketAddr {
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = app.engine.snapshot();
-        if let Some(a) = s
-            .route(route)
-            .and_then(|r| r.outputs.iter().find(|o| o.name == name))
-            .and_then(|x| x.local)
-        {
-            return a;
-        }
-        assert!(Instant::now() < end, "output {name} of {route} never bound");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -698,18 +668,12 @@ bind = "127.0.0.1:0"
 
 async fn wait_point(app: &App, id: &str, want: Value) {
     let pid = app.db.lookup(id).expect("point");
-    let end = Instant::now() + Duration::from_secs(4);
-    loop {
-        if app.db.read(pid).and_then(|s| s.value) == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "{id} is {:?}, want {want:?}",
-            app.db.read(pid)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        &format!("{id} = {want:?}"),
+        Duration::from_secs(10),
+        async || (app.db.read(pid).and_then(|s| s.value) == Some(want)).then_some(()),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! Output bit rates and send errors, end to end (issue 16 items 2 and 3): a constant-rate source read through UDP and HLS outputs gives a steady Total Bitrate Out; a UDP output to a dead port counts its refused sends and fails alone.
 
+use crate::util::input_addr;
 use crate::util::TestApp;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,23 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 async fn start(text: &str) -> TestApp {
     TestApp::with_telemetry(&format!("primary_route = \"r\"\n{text}")).await
-}
-
-async fn input_addr(app: &App) -> SocketAddr {
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(a) = app
-            .engine
-            .snapshot()
-            .route("r")
-            .and_then(|r| r.inputs.first())
-            .and_then(|x| x.local)
-        {
-            return a;
-        }
-        assert!(Instant::now() < end, "input never bound");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn output(app: &App, name: &str) -> IoSnapshot {
@@ -111,7 +95,7 @@ dest = "{live_addr}"
     let mut events = app.engine.subscribe();
     let (stop, stop_rx) = (CancellationToken::new(), CancellationToken::new());
     let rx = drain(live, stop_rx.clone());
-    let src = source(input_addr(&app).await, 4_000_000, stop.clone());
+    let src = source(input_addr(&app, "r", 0).await, 4_000_000, stop.clone());
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         let (d, l) = (output(&app, "dead"), output(&app, "live"));
@@ -242,7 +226,7 @@ segment = "2s"
     .await;
     let stop = CancellationToken::new();
     let rx = drain(recv, stop.clone());
-    let src = source(input_addr(&app).await, 10_000_000, stop.clone());
+    let src = source(input_addr(&app, "r", 0).await, 10_000_000, stop.clone());
     let http = app.addrs.http.expect("http");
     let player = hls_player(format!("http://{http}/hls/r"), stop.clone());
     let id = app.db.lookup("total_bitrate_out").expect("point");

@@ -1,5 +1,6 @@
 //! RTMP ingest end-to-end: a real ffmpeg publishing like OBS feeds a route whose SRT output srt-live-transmit relays and ffprobe decodes; wrong keys, double publishers and publisher loss (failover) against the running server.
 
+use crate::util::eventually_true;
 use crate::util::TestApp;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -59,14 +60,6 @@ async fn exit_ok(c: &mut Child, d: Duration) -> Option<bool> {
     }
 }
 
-async fn wait_for(what: &str, d: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + d;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn input_snapshot(app: &App, route: &str, i: usize) -> castpoint::engine::stats::IoSnapshot {
     app.engine.snapshot().route(route).expect("route").inputs[i].clone()
 }
@@ -92,7 +85,7 @@ addr = "127.0.0.1:0"
     let rtmp = app.addrs.rtmp.expect("rtmp listener bound");
     let http = app.addrs.http.expect("http");
     // Before any publisher: the input is up and shows where to publish.
-    wait_for("the input to register", Duration::from_secs(5), || {
+    eventually_true("the input to register", Duration::from_secs(5), || {
         let s = input_snapshot(&app, "obs", 0);
         s.up && s.local == Some(rtmp) && s.clients == 0
     })
@@ -107,7 +100,7 @@ addr = "127.0.0.1:0"
     assert!(!doc.contains(KEY) && doc.contains("\"rtmp\""), "{doc}");
 
     let _good = Kill(publish(rtmp, KEY, 12));
-    wait_for("the publisher to connect", Duration::from_secs(10), || {
+    eventually_true("the publisher to connect", Duration::from_secs(10), || {
         let s = input_snapshot(&app, "obs", 0);
         s.clients == 1 && s.bytes > 0
     })
@@ -229,7 +222,7 @@ dest = "127.0.0.1:9"
             .and_then(|r| r.active_input)
     };
     // No publisher yet: the generator backup is on air.
-    wait_for("backup on air", Duration::from_secs(5), || {
+    eventually_true("backup on air", Duration::from_secs(5), || {
         active(&app) == Some(1)
     })
     .await;
@@ -260,13 +253,13 @@ dest = "127.0.0.1:9"
     // Twice: the publisher comes back and the route switches back to it.
     for round in 0..2 {
         let mut c = video_only();
-        wait_for("the RTMP input on air", Duration::from_secs(10), || {
+        eventually_true("the RTMP input on air", Duration::from_secs(10), || {
             active(&app) == Some(0)
         })
         .await;
         assert_eq!(exit_ok(&mut c, Duration::from_secs(15)).await, Some(true));
         let left = Instant::now();
-        wait_for(
+        eventually_true(
             "failover after the publisher left",
             Duration::from_secs(3),
             || active(&app) == Some(1),
@@ -457,7 +450,7 @@ path = "field"
     ];
     for (what, start) in publishers {
         let mut p = Kill(start());
-        wait_for(what, Duration::from_secs(15), || {
+        eventually_true(what, Duration::from_secs(15), || {
             let s = input_snapshot(&app, "field", 0);
             s.clients == 1 && s.bytes > 50_000
         })
@@ -477,7 +470,7 @@ path = "field"
             Some(true),
             "{what}"
         );
-        wait_for("the publisher gone", Duration::from_secs(5), || {
+        eventually_true("the publisher gone", Duration::from_secs(5), || {
             input_snapshot(&app, "field", 0).clients == 0
         })
         .await;

@@ -4,9 +4,9 @@
 //! here); routes pull it over TCP-interleaved and UDP RTP, and ffprobe
 //! decodes what the router's outputs send.
 
-use crate::util::TestApp;
+use crate::util::{eventually, TestApp};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use castpoint::app::App;
 use castpoint::engine::stats::IoSnapshot;
@@ -47,18 +47,25 @@ async fn wait_for(
     what: &str,
     f: impl Fn(&castpoint::engine::stats::RouteSnapshot) -> bool,
 ) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
+    // The route's last snapshot goes to stderr if the wait times out.
+    let last = LastSnapshot(std::cell::RefCell::new(String::new()));
+    eventually(what, Duration::from_secs(secs.max(10)), async || {
         let s = app.engine.snapshot();
         let r = s.route(route).expect("route");
-        if f(r) {
-            return;
+        *last.0.borrow_mut() = format!("{route}: {r:#?}");
+        f(r).then_some(())
+    })
+    .await;
+}
+
+/// Prints the route's last snapshot when a wait panics (times out).
+struct LastSnapshot(std::cell::RefCell<String>);
+
+impl Drop for LastSnapshot {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("last snapshot: {}", self.0.borrow());
         }
-        assert!(
-            Instant::now() < end,
-            "{route}: {what}; last snapshot {r:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

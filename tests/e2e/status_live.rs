@@ -1,5 +1,6 @@
 //! Telemetry of a live route, end to end: stopping the source turns Input Status NO_SIGNAL and Stream Status ERROR within 2 s, read the same over Modbus, BACnet and Haystack; N HTTP-TS viewers read as N Connected Viewers with Total Bitrate Out matching what they received.
 
+use crate::util::input_addr;
 use crate::util::TestApp;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -31,23 +32,6 @@ name = "web"
 type = "http"
 path = "live"
 "#;
-
-async fn input_addr(app: &App) -> SocketAddr {
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(a) = app
-            .engine
-            .snapshot()
-            .route("live")
-            .and_then(|r| r.inputs.first())
-            .and_then(|x| x.local)
-        {
-            return a;
-        }
-        assert!(Instant::now() < end, "input never bound");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Sends the test stream to `to` in real time until cancelled.
 fn source(to: SocketAddr, bitrate: u64, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
@@ -165,7 +149,7 @@ async fn all_protocols_read(app: &App, want: (u16, u16), within: Duration) -> Du
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_source_is_seen_on_every_protocol_within_2s() {
     let app = TestApp::from_toml(ROUTE).await;
-    let to = input_addr(&app).await;
+    let to = input_addr(&app, "live", 0).await;
     let stop = CancellationToken::new();
     let src = source(to, 2_000_000, stop.clone());
     all_protocols_read(&app, (1, 1), Duration::from_secs(5)).await;
@@ -212,7 +196,7 @@ async fn stopping_the_source_is_seen_on_every_protocol_within_2s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_and_bitrate_out_match_what_viewers_receive() {
     let app = TestApp::from_toml(ROUTE).await;
-    let to = input_addr(&app).await;
+    let to = input_addr(&app, "live", 0).await;
     let stop = CancellationToken::new();
     let src = source(to, 4_000_000, stop.clone());
     let http = app.addrs.http.expect("http");

@@ -1,7 +1,6 @@
 //! Shared helpers for end-to-end tests: `TestApp` (castpoint in-process or the real binary, on ephemeral ports, in a temp dir removed on drop) and `eventually` (wait on a condition, never a fixed sleep).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -119,20 +118,6 @@ impl TestApp {
         Err((status, err))
     }
 
-    /// `castpoint run` with every listener on 127.0.0.1:0 and the data dir
-    /// `<temp>/data`, plus `extra` arguments.
-    pub fn spawn_run(extra: &[&str]) -> TestApp {
-        let dir = temp_dir();
-        let mut cmd = run_command(&dir.path().join("data"));
-        cmd.args(extra);
-        Self::spawn_in(&mut cmd, dir).unwrap_or_else(|(s, e)| panic!("castpoint: {s}: {e}"))
-    }
-
-    /// The temp dir this app owns (the data dir is `dir()/data`).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// The data dir.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -160,6 +145,7 @@ impl TestApp {
     }
 
     /// Waits until every part has finished (after the token is cancelled).
+    #[allow(dead_code)] // `App::wait`'s counterpart, for `util::start` callers
     pub async fn wait(mut self) {
         if let Some(app) = self.app.take() {
             app.wait().await;
@@ -215,14 +201,14 @@ pub fn run_command(data: &Path) -> Command {
 }
 
 /// Waits until `condition` returns `Some`, polling every 20 ms, and panics
-/// naming `what` after `timeout`. The timeout is a bound on a hang, not a
-/// performance claim: make it generous (the suite runs on a shared 2-core
-/// machine).
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut condition: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
+/// naming `what` after `timeout`. The timeout bounds a hang; it is not a
+/// performance claim, so make it generous (the suite shares a 2-core
+/// machine with other work): 10 s or more.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut condition: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let end = Instant::now() + timeout;
     loop {
         if let Some(v) = condition().await {
@@ -238,9 +224,38 @@ where
 
 /// `eventually` for a plain boolean condition.
 pub async fn eventually_true(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    eventually(what, timeout, || {
-        std::future::ready(condition().then_some(()))
-    })
+    eventually(what, timeout, async || condition().then_some(())).await
+}
+
+/// The local address input `i` of `route` bound (waits for the bind).
+pub async fn input_addr(app: &App, route: &str, i: usize) -> SocketAddr {
+    eventually(
+        &format!("input {i} of {route} bound"),
+        Duration::from_secs(10),
+        async || {
+            app.engine
+                .snapshot()
+                .route(route)
+                .and_then(|r| r.inputs.get(i))
+                .and_then(|x| x.local)
+        },
+    )
+    .await
+}
+
+/// The local address output `name` of `route` bound (waits for the bind).
+pub async fn output_addr(app: &App, route: &str, name: &str) -> SocketAddr {
+    eventually(
+        &format!("output {name} of {route} bound"),
+        Duration::from_secs(10),
+        async || {
+            app.engine
+                .snapshot()
+                .route(route)
+                .and_then(|r| r.outputs.iter().find(|o| o.name == name))
+                .and_then(|x| x.local)
+        },
+    )
     .await
 }
 
