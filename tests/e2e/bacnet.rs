@@ -465,6 +465,10 @@ async fn a_port_in_use_is_a_fault_not_a_crash() {
     let mut cfg = castpoint::config::Config::embedded().expect("config");
     util::loopback(&mut cfg);
     cfg.server.bacnet.bind = taken;
+    // Started directly (TestApp would move the bind back to port 0); the
+    // data dir is this test's, removed at the end.
+    let data = tempfile::tempdir().expect("tmp");
+    cfg.server.data_dir = data.path().join("data");
     let second = castpoint::app::App::start(cfg)
         .await
         .expect("the process starts");
