@@ -1,6 +1,5 @@
 //! bacnet end-to-end tests against the running server: a small raw-UDP BACnet/IP client (so the bytes on the wire are the test's own), COV, priority writes, BBMD NAKs and a malformed-packet suite.
 
-use crate::util::TestApp;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -9,6 +8,7 @@ use tokio::net::UdpSocket;
 use tokio::time::timeout;
 
 use crate::util;
+use crate::util::TestApp;
 
 const DEVICE: u32 = 389_001;
 const AI: u32 = 0;

@@ -1,6 +1,5 @@
 //! The data dir at start-up: private modes, refusal of readable ones, of a 0-byte or damaged database, and of a second server on the same data dir.
 
-use crate::util::TestApp;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,6 +10,8 @@ use castpoint::app::App;
 use castpoint::config::Config;
 use castpoint::persist::Store;
 use castpoint::points::Source;
+
+use crate::util::TestApp;
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p)

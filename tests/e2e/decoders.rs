@@ -1,7 +1,6 @@
 //! Hostile input over real sockets (issue 15): deep Zinc, filters and JSON answer error grids / 400 and the server keeps serving (item 1); HLS recovers from hostile timestamps (item 12).
 
-use crate::util::start;
-use crate::util::TestApp;
+use crate::util::{start, TestApp};
 
 /// Every deep request below, then proof the process is still alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

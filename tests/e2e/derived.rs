@@ -1,8 +1,5 @@
 //! Derived status points tell the truth (issue 16): a forced idle input is not LIVE, a route starting up is not an ERROR, and an encoder or CDN that does not exist reads N/A on REST, Modbus and BACnet.
 
-use crate::util::eventually;
-use crate::util::input_addr;
-use crate::util::TestApp;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -12,6 +9,8 @@ use castpoint_sim::tsgen::{Pacer, TsConfig, TsGenerator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
+
+use crate::util::{eventually, input_addr, TestApp};
 
 /// A live primary input and an idle backup, both on ephemeral ports.
 /// Telemetry on (the bridge publishes router points only then) with

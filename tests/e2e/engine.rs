@@ -1,9 +1,5 @@
 //! engine end-to-end tests against the running server: real UDP/HTTP/SRT sockets on loopback, srt-live-transmit and ffprobe as third-party peers.
 
-use crate::util::eventually;
-use crate::util::input_addr;
-use crate::util::output_addr;
-use crate::util::TestApp;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,6 +13,8 @@ use castpoint::engine::EventKind;
 use castpoint::points::{Protocol, Quality, Source, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
+
+use crate::util::{eventually, eventually_true, input_addr, output_addr, until_route, TestApp};
 
 const VIDEO: u16 = 0x100;
 
@@ -115,6 +113,32 @@ fn source(to: SocketAddr, mut gen: Gen) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// Packets output `name` of `route` has sent so far.
+fn output_packets(app: &App, route: &str, name: &str) -> u64 {
+    app.engine
+        .snapshot()
+        .route(route)
+        .and_then(|r| r.outputs.iter().find(|o| o.name == name).map(|o| o.packets))
+        .unwrap_or(0)
+}
+
+/// True once `sock` has been silent for `quiet` (datagrams still in flight
+/// are drained first), false if it never is within 10 s: a negative check
+/// that a late datagram on a loaded machine cannot fail.
+async fn goes_quiet(sock: &UdpSocket, quiet: Duration) -> bool {
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut buf = vec![0u8; 65536];
+    while Instant::now() < end {
+        if tokio::time::timeout(quiet, sock.recv(&mut buf))
+            .await
+            .is_err()
+        {
+            return true;
+        }
+    }
+    false
+}
+
 /// Receives on `sock` for `d`, returning the CC check of what arrived.
 async fn receive(sock: &UdpSocket, d: Duration, cc: &mut CcCheck) {
     let end = tokio::time::Instant::now() + d;
@@ -176,15 +200,11 @@ async fn failover_to_backup_and_back_keeps_continuity_counters() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        app.engine
-            .snapshot()
-            .route("main")
-            .expect("route")
-            .active_input,
-        Some(0)
-    );
+    // The primary is forwarded and the output is receiving.
+    until_route(&app, "main", "primary active, output sending", |r| {
+        r.active_input == Some(0) && r.outputs.iter().any(|o| o.name == "udp" && o.packets > 200)
+    })
+    .await;
     // Kill the primary mid-stream: the backup takes over after the 300 ms
     // failover timeout (the exact timing is unit-tested in engine::route;
     // here only a hang or a gross delay fails).
@@ -203,11 +223,18 @@ async fn failover_to_backup_and_back_keeps_continuity_counters() {
         switched < Duration::from_secs(5),
         "failover took {switched:?}"
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The backup carries the stream for a while before the primary returns.
+    let at_switch = output_packets(&app, "main", "udp");
+    until_route(&app, "main", "the backup carrying 200 packets", |r| {
+        r.outputs
+            .iter()
+            .any(|o| o.name == "udp" && o.packets > at_switch + 200)
+    })
+    .await;
     // The primary comes back: switch-back after it is stable.
     let src_a = source(a, Gen::new(4));
     loop {
-        let ev = tokio::time::timeout(Duration::from_secs(3), events.recv())
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.recv())
             .await
             .expect("a switch-back event")
             .expect("event");
@@ -215,7 +242,18 @@ async fn failover_to_backup_and_back_keeps_continuity_counters() {
             break;
         }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at_back = output_packets(&app, "main", "udp");
+    until_route(
+        &app,
+        "main",
+        "the primary carrying 200 packets again",
+        |r| {
+            r.outputs
+                .iter()
+                .any(|o| o.name == "udp" && o.packets > at_back + 200)
+        },
+    )
+    .await;
     src_a.abort();
     src_b.abort();
     stop_rx.cancel();
@@ -271,7 +309,10 @@ queue = 60000
         .write_all(b"GET /stream/r.ts HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("request");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_route(&app, "r", "the viewer attached", |r| {
+        r.outputs.iter().any(|o| o.name == "slow" && o.clients == 1)
+    })
+    .await;
     let src = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let mut g = Gen::new(0);
     let mut sent = 0u64;
@@ -284,9 +325,12 @@ queue = 60000
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let snap = app.engine.snapshot();
-    let r = snap.route("r").expect("route");
+    // Everything the input read has reached the UDP output.
+    let r = until_route(&app, "r", "the UDP output caught up with the input", |r| {
+        let udp = r.outputs.iter().find(|o| o.name == "udp");
+        udp.is_some_and(|u| u.bytes == r.inputs[0].bytes) && r.inputs[0].bytes > sent / 2
+    })
+    .await;
     let slow = r.outputs.iter().find(|o| o.name == "slow").expect("slow");
     let udp = r.outputs.iter().find(|o| o.name == "udp").expect("udp");
     let input = &r.inputs[0];
@@ -456,7 +500,10 @@ async fn paced_udp_input_loses_nothing_and_wakes_after_silence() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_route(&app, "p", "the viewer attached", |r| {
+        r.outputs.iter().any(|o| o.clients == 1)
+    })
+    .await;
     let src = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let mut g = Gen::new(0);
     let mut sent = 0u64;
@@ -467,9 +514,22 @@ async fn paced_udp_input_loses_nothing_and_wakes_after_silence() {
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     // Silence: the route loses its input; the input's socket waits for
-    // readability again.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let before = got.lock().expect("lock").len();
+    // readability again. Wait for that, and for the viewer to have all of
+    // the first burst (its byte count stops moving).
+    until_route(&app, "p", "the input lost", |r| r.active_input.is_none()).await;
+    let mut prev = usize::MAX;
+    let before = eventually(
+        "the first burst delivered",
+        Duration::from_secs(10),
+        async || {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let n = got.lock().expect("lock").len();
+            let stable = n == prev;
+            prev = n;
+            stable.then_some(n)
+        },
+    )
+    .await;
     assert!(before > 0, "the viewer got nothing from the first burst");
     let second = burst(200, &mut g);
     for d in &second {
@@ -477,10 +537,18 @@ async fn paced_udp_input_loses_nothing_and_wakes_after_silence() {
         src.send_to(d, inp).await.expect("send");
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let snap = app.engine.snapshot();
-    let r = snap.route("p").expect("route");
+    let want = before + second.iter().map(Vec::len).sum::<usize>();
+    let r = until_route(&app, "p", "the input read every datagram", |r| {
+        r.inputs[0].bytes >= sent
+    })
+    .await;
     assert_eq!(r.inputs[0].bytes, sent, "the input lost datagrams");
+    eventually_true(
+        "the viewer got the second burst",
+        Duration::from_secs(10),
+        || got.lock().expect("lock").len() >= want,
+    )
+    .await;
     let body = got.lock().expect("lock").clone();
     assert_eq!(
         body.len() - before,
@@ -507,7 +575,7 @@ async fn http_viewer_joins_at_a_keyframe_with_pat_and_pmt_first() {
     let src = source(inp, Gen::new(3));
     // Let PSI be learned, then join mid-stream several times: each viewer
     // must see PAT, PMT, then the PES that starts an IDR.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_route(&app, "j", "PSI learned", |r| r.video_pid.is_some()).await;
     for _ in 0..3 {
         let mut resp = reqwest::get(format!("http://{http}/stream/j.ts"))
             .await
@@ -615,12 +683,8 @@ bind = "127.0.0.1:0"
         .set_output_enabled("one", "hot", false)
         .await
         .expect("disable");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    while rx.try_recv(&mut buf).is_ok() {}
     assert!(
-        tokio::time::timeout(Duration::from_millis(400), rx.recv(&mut buf))
-            .await
-            .is_err(),
+        goes_quiet(&rx, Duration::from_millis(400)).await,
         "a disabled output still sends"
     );
     app.engine
@@ -633,12 +697,23 @@ bind = "127.0.0.1:0"
         .move_output("one", "hot", "two")
         .await
         .expect("move");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    while rx.try_recv(&mut buf).is_ok() {}
-    let (n, from) = tokio::time::timeout(Duration::from_secs(2), rx.recv_from(&mut buf))
-        .await
-        .expect("data after move")
-        .expect("recv");
+    // Datagrams route one sent before the move may still be in flight:
+    // wait for route two's.
+    let (n, from) = eventually(
+        "route two's data after the move",
+        Duration::from_secs(10),
+        async || {
+            let (n, from) = tokio::time::timeout(Duration::from_secs(1), rx.recv_from(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            pids(&buf[..n])
+                .iter()
+                .all(|&p| p == 0x200)
+                .then_some((n, from))
+        },
+    )
+    .await;
     assert!(
         pids(&buf[..n]).iter().all(|&p| p == 0x200),
         "route two's stream after the move"
@@ -655,12 +730,9 @@ bind = "127.0.0.1:0"
         .remove_output("two", "hot")
         .await
         .expect("remove");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    while rx.try_recv(&mut buf).is_ok() {}
     assert!(
-        tokio::time::timeout(Duration::from_millis(400), rx.recv(&mut buf))
-            .await
-            .is_err()
+        goes_quiet(&rx, Duration::from_millis(400)).await,
+        "a removed output still sends"
     );
     assert!(app.engine.remove_output("two", "hot").await.is_err());
     s1.abort();
@@ -722,12 +794,8 @@ async fn command_points_drive_the_primary_route() {
         .expect("write");
     wait_point(&app, "stream_status", Value::Enum(2)).await;
     let mut buf = vec![0u8; 65536];
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    while out.try_recv(&mut buf).is_ok() {}
     assert!(
-        tokio::time::timeout(Duration::from_millis(400), out.recv(&mut buf))
-            .await
-            .is_err(),
+        goes_quiet(&out, Duration::from_millis(400)).await,
         "stream disabled but data still flows"
     );
     app.db.write(se, None, 10, &who).expect("relinquish");
@@ -756,7 +824,12 @@ async fn command_points_drive_the_primary_route() {
     app.db
         .write(re, Some(Value::Bool(true)), 10, &who)
         .expect("write");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    until_route(&app, "main", "100 kB recorded", |r| {
+        r.outputs
+            .iter()
+            .any(|o| o.kind == "record" && o.bytes > 100_000)
+    })
+    .await;
     app.db
         .write(re, Some(Value::Bool(false)), 10, &who)
         .expect("write");

@@ -1,6 +1,5 @@
 //! Haystack HTTP end to end: SCRAM login, ops, filters, pointWrite sharing BACnet's priority array, hisRead ranges, watches, formats and malformed input — all over real sockets.
 
-use crate::util::TestApp;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -13,7 +12,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value as J;
 use sha2::{Digest, Sha256};
 
-use crate::util::loopback;
+use crate::util::{loopback, TestApp};
 
 const OP_PW: &str = "op-secret";
 const VIEW_PW: &str = "view-secret";

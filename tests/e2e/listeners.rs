@@ -1,6 +1,5 @@
 //! Listener hardening end to end: a slowloris flood against the real binary under a low open-file limit, and HTTPS with certificate reload.
 
-use crate::util::TestApp;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -11,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
-use crate::util::loopback;
+use crate::util::{loopback, TestApp};
 
 struct Proc {
     child: Child,

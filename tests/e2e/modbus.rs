@@ -3,7 +3,6 @@
 //! The client here is a minimal raw Modbus TCP client so that tests can send
 //! exactly the bytes they mean, malformed ones included.
 
-use crate::util::TestApp;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::util::{loopback, start};
+use crate::util::{loopback, start, TestApp};
 
 const T: Duration = Duration::from_secs(5);
 

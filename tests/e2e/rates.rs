@@ -1,7 +1,5 @@
 //! Output bit rates and send errors, end to end (issue 16 items 2 and 3): a constant-rate source read through UDP and HLS outputs gives a steady Total Bitrate Out; a UDP output to a dead port counts its refused sends and fails alone.
 
-use crate::util::input_addr;
-use crate::util::TestApp;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -12,6 +10,8 @@ use castpoint::points::Quality;
 use castpoint_sim::tsgen::{Pacer, TsConfig, TsGenerator};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
+
+use crate::util::{input_addr, TestApp};
 
 async fn start(text: &str) -> TestApp {
     TestApp::with_telemetry(&format!("primary_route = \"r\"\n{text}")).await

@@ -1,6 +1,5 @@
 //! Recordings on a really full disk (a small tmpfs mounted by the test): the output reports ENOSPC, opens no file while full, leaves no 0-byte files, keeps the earlier recording, and resumes once space is back.
 
-use crate::util::eventually_true;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,6 +10,8 @@ use castpoint::engine::stats::IoSnapshot;
 use castpoint::engine::EventKind;
 use castpoint::points::{Source, Value};
 use tokio::net::UdpSocket;
+
+use crate::util::eventually_true;
 
 /// A tmpfs mounted on `dir` until dropped (needs root, as CI runs).
 struct Tmpfs(PathBuf);

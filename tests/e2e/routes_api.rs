@@ -1,6 +1,5 @@
 //! Operator route API end to end: CRUD with JWT roles (admin-only changes), hot output changes, secrets write-only, desired state surviving a restart.
 
-use crate::util::TestApp;
 use std::time::Duration;
 
 use castpoint::auth::Role;
@@ -8,7 +7,7 @@ use castpoint::auth::Users;
 use castpoint::config::Config;
 use serde_json::{json, Value as J};
 
-use crate::util::loopback;
+use crate::util::{loopback, TestApp};
 
 async fn login(c: &reqwest::Client, base: &str, u: &str, p: &str) -> String {
     let j: J = c

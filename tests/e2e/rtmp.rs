@@ -1,7 +1,5 @@
 //! RTMP ingest end-to-end: a real ffmpeg publishing like OBS feeds a route whose SRT output srt-live-transmit relays and ffprobe decodes; wrong keys, double publishers and publisher loss (failover) against the running server.
 
-use crate::util::eventually_true;
-use crate::util::TestApp;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,6 +7,8 @@ use std::time::{Duration, Instant};
 use castpoint::app::App;
 use castpoint_sim::tsgen::TsAnalyzer;
 use tokio::net::UdpSocket;
+
+use crate::util::{eventually_true, TestApp};
 
 const KEY: &str = "obs-k3y-s3cret";
 

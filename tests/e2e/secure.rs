@@ -1,6 +1,5 @@
 //! Secure by default (issue 15), end to end over real sockets: one authorization layer over every HTTP route, WebSocket tokens, admin-only operations, loopback-only writes until a user exists, API keys, login backoff and revocation, secrets that survive a fetch-and-write-back, and per-client Haystack watch quotas.
 
-use crate::util::TestApp;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use castpoint::config::Config;
 use futures::StreamExt;
 use serde_json::{json, Value as J};
 
-use crate::util::loopback;
+use crate::util::{loopback, TestApp};
 
 /// Starts castpoint with extra `[api]` and `[haystack]` keys.
 async fn start_with(api: &str, haystack: &str) -> TestApp {

@@ -1,7 +1,5 @@
 //! Telemetry of a live route, end to end: stopping the source turns Input Status NO_SIGNAL and Stream Status ERROR within 2 s, read the same over Modbus, BACnet and Haystack; N HTTP-TS viewers read as N Connected Viewers with Total Bitrate Out matching what they received.
 
-use crate::util::TestApp;
-use crate::util::{eventually, input_addr};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -11,6 +9,8 @@ use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
+
+use crate::util::{eventually, input_addr, TestApp};
 
 const ROUTE: &str = r#"
 primary_route = "live"

@@ -1,6 +1,5 @@
 //! Telemetry end to end: CPU and memory published by the running server agree with /proc on a loaded machine.
 
-use crate::util::TestApp;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,7 +8,7 @@ use std::time::Duration;
 use castpoint::config::Config;
 use castpoint::points::{PointDb, Quality};
 
-use crate::util::loopback;
+use crate::util::{loopback, TestApp};
 
 fn proc_mem_pct() -> f64 {
     let m = std::fs::read_to_string("/proc/meminfo").expect("meminfo");

@@ -4,9 +4,6 @@
 //! UDP input, ffprobe decodes the outputs, an `ffmpeg -listen 1` RTMP
 //! server receives pushes, and children are killed by pid.
 
-use crate::util::eventually;
-use crate::util::input_addr;
-use crate::util::TestApp;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,6 +18,7 @@ use castpoint::points::{Protocol, Quality, Source, Value};
 use tokio::net::UdpSocket;
 
 use crate::util;
+use crate::util::{eventually, input_addr, TestApp};
 
 /// A child process killed (and reaped) when dropped.
 struct Proc(Child);

@@ -1,6 +1,5 @@
 //! Issue 16 "points tell the truth" on the API side: uptime is current, `/ws/events/{stream}` serves only real routes and only their events.
 
-use crate::util::TestApp;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,6 +10,7 @@ use serde_json::Value as J;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::util;
+use crate::util::TestApp;
 
 async fn next_json<S>(ws: &mut S, within: Duration) -> Option<J>
 where

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use castpoint::app::App;
 use castpoint::config::Config;
+use castpoint::engine::stats::RouteSnapshot;
 
 /// One castpoint under test: in-process (`start*`, derefs to `App`) or the
 /// real binary (`spawn`). It owns its temp dir (removed on drop) and stops
@@ -225,6 +226,40 @@ pub async fn eventually<T>(
 /// `eventually` for a plain boolean condition.
 pub async fn eventually_true(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     eventually(what, timeout, async || condition().then_some(())).await
+}
+
+/// Waits until `route`'s snapshot satisfies `f` (bounded by 15 s, a hang
+/// bound) and returns that snapshot; on a timeout the last snapshot is
+/// printed beside the panic.
+pub async fn until_route(
+    app: &App,
+    route: &str,
+    what: &str,
+    f: impl Fn(&RouteSnapshot) -> bool,
+) -> RouteSnapshot {
+    let last = LastSnapshot(std::cell::RefCell::new(String::new()));
+    eventually(
+        &format!("{route}: {what}"),
+        Duration::from_secs(15),
+        async || {
+            let s = app.engine.snapshot();
+            let r = s.route(route)?;
+            *last.0.borrow_mut() = format!("{r:#?}");
+            f(r).then(|| r.clone())
+        },
+    )
+    .await
+}
+
+/// Prints a route's last snapshot when a wait panics (times out).
+struct LastSnapshot(std::cell::RefCell<String>);
+
+impl Drop for LastSnapshot {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("last snapshot: {}", self.0.borrow());
+        }
+    }
 }
 
 /// The local address input `i` of `route` bound (waits for the bind).
