@@ -986,12 +986,16 @@ pbkeylen = 24
         &format!("udp://127.0.0.1:{weak_port}"),
         &format!("srt://127.0.0.1:{ours_in}?passphrase=correcthorsebattery&pbkeylen=16"),
     ]));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The source sends continuously, so srt-live-transmit needs no head
+    // start; the refusal is what this waits for.
     let wsrc = source(
         format!("127.0.0.1:{weak_port}").parse().expect("addr"),
         Gen::new(0),
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    until_route(&app, "s", "the AES-128 caller refused", |r| {
+        r.inputs[0].rejected >= 1
+    })
+    .await;
     wsrc.abort();
     drop(weak);
     let i0 = app.engine.snapshot().route("s").expect("r").inputs[0].clone();
@@ -1006,7 +1010,6 @@ pbkeylen = 24
         &format!("udp://127.0.0.1:{feed_port}"),
         &format!("srt://127.0.0.1:{ours_in}?passphrase=correcthorsebattery&pbkeylen=32"),
     ]));
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let src = source(
         format!("127.0.0.1:{feed_port}").parse().expect("addr"),
         Gen::new(0),
@@ -1349,7 +1352,10 @@ dest = "{}"
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_route(&app, "main", "the primary forwarded", |r| {
+        r.active_input == Some(0) && r.outputs.iter().any(|o| o.name == "udp" && o.packets > 100)
+    })
+    .await;
     let desired = app.engine.desired().await;
     let primary = desired.routes[0].inputs[0].clone();
     let mut backup = primary.clone();
@@ -1368,9 +1374,10 @@ dest = "{}"
         "primary was restarted"
     );
     let src_b = source(b, Gen::new(9));
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let snap = app.engine.snapshot();
-    let r = snap.route("main").expect("route");
+    let r = until_route(&app, "main", "the backup receiving", |r| {
+        r.inputs.len() == 2 && r.inputs[1].packets > 0
+    })
+    .await;
     assert_eq!(r.active_input, Some(0));
     assert_eq!(r.inputs.len(), 2);
     assert!(r.inputs[1].packets > 0, "backup input receives");
@@ -1379,7 +1386,16 @@ dest = "{}"
         .await
         .expect("remove idle input");
     src_b.abort();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A negative check needs a window: a switch would come within one
+    // failover timeout of the change; watch for a few.
+    until_route(&app, "main", "the idle input gone", |r| r.inputs.len() == 1).await;
+    let seen = output_packets(&app, "main", "udp");
+    until_route(&app, "main", "200 more packets out", |r| {
+        r.outputs
+            .iter()
+            .any(|o| o.name == "udp" && o.packets > seen + 200)
+    })
+    .await;
     while let Ok(ev) = events.try_recv() {
         assert!(
             !matches!(ev.kind, EventKind::InputSwitched { .. }),
@@ -1393,7 +1409,10 @@ dest = "{}"
         .expect("add input");
     let b = input_addr(&app, "main", 1).await;
     let src_b = source(b, Gen::new(5));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_route(&app, "main", "the new backup receiving", |r| {
+        r.inputs.len() == 2 && r.inputs[1].packets > 0
+    })
+    .await;
     app.engine
         .set_inputs("main", vec![backup.clone()])
         .await
@@ -1408,7 +1427,13 @@ dest = "{}"
         }
     };
     assert!(switched);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = output_packets(&app, "main", "udp");
+    until_route(&app, "main", "200 more packets out", |r| {
+        r.outputs
+            .iter()
+            .any(|o| o.name == "udp" && o.packets > seen + 200)
+    })
+    .await;
     src_a.abort();
     src_b.abort();
     stop_rx.cancel();
@@ -1593,8 +1618,8 @@ dest = "127.0.0.1:9"
         )
     };
     // The publisher.
+    // Sources send continuously: the callers need no head start.
     let (_first, feed) = caller("correcthorsebattery", 16);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let src = source(feed, Gen::new(0));
     let end = Instant::now() + Duration::from_secs(10);
     while !(input(&app).clients == 1 && input(&app).bytes > 100_000) {
@@ -1606,7 +1631,6 @@ dest = "127.0.0.1:9"
     // key length, while the first one publishes: refused, counted, reported.
     let (second, feed2) = caller("correcthorsebattery", 16);
     let (third, feed3) = caller("correcthorsebattery", 32);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let src2 = source(feed2, Gen::new(5));
     let src3 = source(feed3, Gen::new(7));
     let end = Instant::now() + Duration::from_secs(10);
@@ -1640,7 +1664,6 @@ dest = "127.0.0.1:9"
     }
     let before = input(&app).rejected;
     let (_bad, feed4) = caller("nottherightphrase", 16);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let src4 = source(feed4, Gen::new(3));
     let end = Instant::now() + Duration::from_secs(10);
     while input(&app).rejected <= before {
@@ -1709,17 +1732,17 @@ enabled = true
         assert!(Instant::now() < end, "the bridge never published");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the record output has written data, the bridge has had its
+    // chance to turn it off: it must still be on.
+    eventually_true("the record output writing", Duration::from_secs(10), || {
+        archive(&app).bytes > 0
+    })
+    .await;
     let a = archive(&app);
     assert!(
         a.enabled,
         "nothing written, yet the record output is off: {a:?}"
     );
-    let end = Instant::now() + Duration::from_secs(5);
-    while archive(&app).bytes == 0 {
-        assert!(Instant::now() < end, "the record output writes nothing");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     // Written false: off; relinquished: back to the configured `true`.
     let id = app.db.lookup("recording_enable").expect("point");
     let who = Source::new(Protocol::Modbus, None, None);

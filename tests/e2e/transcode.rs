@@ -476,8 +476,9 @@ url = "rtmp://127.0.0.1:{dead}/live"
 key = "other"
 "#
     );
+    // No head start for the server: a push that finds it not yet listening
+    // is restarted with backoff, and "good connected" waits for that.
     let server = rtmp_server(port, key, &dir.path().join("a.ts"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let app = TestApp::with_telemetry(&text).await;
     let _src = source(input_addr(&app, "r", 0).await);
     // One destination failing never affects another.
