@@ -1,8 +1,7 @@
 //! Listener hardening end to end: a slowloris flood against the real binary under a low open-file limit, and HTTPS with certificate reload.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use castpoint::config::Config;
@@ -12,44 +11,17 @@ use tokio::time::timeout;
 
 use crate::util::{loopback, TestApp};
 
-struct Proc {
-    child: Child,
-    addrs: std::collections::HashMap<String, SocketAddr>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs the real binary under `ulimit -n {nofile}` (soft and hard, so it
-/// cannot raise it) with `config`, and reads the bound addresses.
-fn spawn_limited(nofile: u32, config: &std::path::Path) -> Proc {
-    let mut child = Command::new("sh")
-        .arg("-c")
+/// cannot raise it) with `config`; the addresses it bound are in
+/// `listening`.
+fn spawn_limited(nofile: u32, config: &std::path::Path) -> TestApp {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_castpoint"))
         .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn castpoint");
-    let out = child.stdout.take().expect("stdout");
-    let mut addrs = std::collections::HashMap::new();
-    for line in BufReader::new(out).lines() {
-        let line = line.expect("line");
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        if parts.len() == 3 && parts[0] == "listening" {
-            addrs.insert(parts[1].to_string(), parts[2].parse().expect("addr"));
-        }
-        if line == "ready" {
-            break;
-        }
-    }
-    Proc { child, addrs }
+        .arg(config);
+    TestApp::spawn(cmd).unwrap_or_else(|(s, e)| panic!("castpoint: {s}: {e}"))
 }
 
 async fn connect_from(addr: SocketAddr, src: &str) -> std::io::Result<TcpStream> {
@@ -112,8 +84,8 @@ enabled = false
     )
     .expect("write config");
     let p = spawn_limited(512, &cfg);
-    let http = p.addrs["http"];
-    let (modbus, rtmp) = (p.addrs["modbus"], p.addrs["rtmp"]);
+    let http = p.listening["http"];
+    let (modbus, rtmp) = (p.listening["modbus"], p.listening["rtmp"]);
 
     // The flood: each connection sends half a request head and stops.
     let mut flood = Vec::new();
