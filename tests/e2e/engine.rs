@@ -242,6 +242,8 @@ async fn failover_to_backup_and_back_keeps_continuity_counters() {
             break;
         }
     }
+    // The primary carries the stream again, and there is enough in all for
+    // the continuity check below.
     let at_back = output_packets(&app, "main", "udp");
     until_route(
         &app,
@@ -250,7 +252,7 @@ async fn failover_to_backup_and_back_keeps_continuity_counters() {
         |r| {
             r.outputs
                 .iter()
-                .any(|o| o.name == "udp" && o.packets > at_back + 200)
+                .any(|o| o.name == "udp" && o.packets > (at_back + 200).max(2000))
         },
     )
     .await;
@@ -1427,11 +1429,12 @@ dest = "{}"
         }
     };
     assert!(switched);
+    // Enough in all for the continuity check below.
     let seen = output_packets(&app, "main", "udp");
     until_route(&app, "main", "200 more packets out", |r| {
         r.outputs
             .iter()
-            .any(|o| o.name == "udp" && o.packets > seen + 200)
+            .any(|o| o.name == "udp" && o.packets > (seen + 200).max(2000))
     })
     .await;
     src_a.abort();
