@@ -286,7 +286,10 @@ segment = "2s"
         "total_bitrate_out over 15 s: min {min} max {max} mean {mean}; {segments} segments fetched"
     );
     assert!(segments >= 8, "{segments}");
-    assert!((max - min) / mean < 0.02, "{samples:?}");
-    assert!((mean - want).abs() < want * 0.03, "{samples:?}");
+    // Loose enough for a loaded 2-core machine, where the test's own paced
+    // source wobbles by a few percent (a stress run saw 5.4 % at load 22);
+    // the HLS-burst spikes this guards against were far larger.
+    assert!((max - min) / mean < 0.10, "{samples:?}");
+    assert!((mean - want).abs() < want * 0.05, "{samples:?}");
     app.stop().await;
 }
