@@ -763,9 +763,19 @@ dest = "{}"
     if fast == 0 {
         eprintln!("note: every restart took longer than the stall timeout; re-basing not exercised this run");
     }
-    assert_eq!(
-        errors, 0,
-        "auto output: {errors} CC errors in {packets} packets across 4 transcoder restarts"
+    // A restart slower than the stall timeout falls back to the original
+    // stream for a while; gaps the input itself had (UDP from the source
+    // ffmpeg on a loaded machine) then reach the output truthfully. What
+    // castpoint must not do is add gaps of its own (a stress run at load 17
+    // saw 6 in 6386 packets with two slow restarts).
+    let upstream = app
+        .engine
+        .snapshot()
+        .route("rs")
+        .map_or(0, |r| r.inputs[0].cc_errors);
+    assert!(
+        errors <= upstream,
+        "auto output: {errors} CC errors in {packets} packets across 4 transcoder restarts (input saw {upstream})"
     );
     h.abort();
     app.stop().await;
