@@ -287,9 +287,11 @@ segment = "2s"
     );
     assert!(segments >= 8, "{segments}");
     // Loose enough for a loaded 2-core machine, where the test's own paced
-    // source wobbles by a few percent (a stress run saw 5.4 % at load 22);
-    // the HLS-burst spikes this guards against were far larger.
-    assert!((max - min) / mean < 0.10, "{samples:?}");
+    // source and the 1 s sampling wobble (stress runs saw 5.4 % at load 22
+    // and 11.6 % at load 10: one low sample and a high one that made up
+    // for it, the mean 0.1 % off); the HLS-burst spikes this guards
+    // against were far larger.
+    assert!((max - min) / mean < 0.15, "{samples:?}");
     assert!((mean - want).abs() < want * 0.05, "{samples:?}");
     app.stop().await;
 }
