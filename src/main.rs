@@ -1,5 +1,7 @@
 //! The `castpoint` command line: run the server, check a config, print the point table, export protocol maps.
 
+#![deny(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -373,8 +375,7 @@ fn user_cmd(what: UserCmd) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             let pw = pw.trim_end_matches(['\r', '\n']);
-            let role = castpoint::protocols::haystack::auth::Role::parse(&role)
-                .unwrap_or(castpoint::protocols::haystack::auth::Role::Viewer);
+            let role = castpoint::auth::Role::parse(&role).unwrap_or(castpoint::auth::Role::Viewer);
             users
                 .add(&name, role, pw)
                 .map(|()| println!("user {name} ({}) saved in {}", role.as_str(), dir.display()))
@@ -431,8 +432,7 @@ fn apikey_cmd(what: ApikeyCmd) -> ExitCode {
     };
     let r = match what {
         ApikeyCmd::Add { name, role, .. } => {
-            let role = castpoint::protocols::haystack::auth::Role::parse(&role)
-                .unwrap_or(castpoint::protocols::haystack::auth::Role::Viewer);
+            let role = castpoint::auth::Role::parse(&role).unwrap_or(castpoint::auth::Role::Viewer);
             users.apikey_add(&name, role).map(|key| {
                 // The key alone on stdout, so scripts can capture it.
                 println!("{key}");

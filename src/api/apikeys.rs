@@ -16,7 +16,7 @@ use serde_json::{json, Value as J};
 use super::guard::Authed;
 use super::routes::audit_change;
 use super::{ApiError, ApiState};
-use crate::protocols::haystack::auth::Role;
+use crate::auth::Role;
 
 pub fn router() -> Router<ApiState> {
     Router::new()

@@ -34,8 +34,8 @@ use axum::Router;
 use super::auth::Caller;
 use super::openapi::OPS;
 use super::{ApiError, ApiState};
+use crate::auth::Role;
 use crate::points::HttpMethod;
-use crate::protocols::haystack::auth::Role;
 
 /// Points only an admin may command (a restart drops every viewer).
 pub const ADMIN_POINTS: &[&str] = &["system_restart"];

@@ -257,9 +257,10 @@ impl DataPlane {
             .thread_name(format!("cp-route{i}-blk"))
             .build()?;
         let h = rt.handle().clone();
-        std::thread::Builder::new()
-            .name(format!("cp-route{i}"))
-            .spawn(move || rt.block_on(stop.cancelled()))?;
+        // Ends when `stop` is cancelled (the engine's shutdown).
+        crate::tasks::spawn_thread(format!("cp-route{i}"), move || {
+            rt.block_on(stop.cancelled())
+        })?;
         Ok(h)
     }
 

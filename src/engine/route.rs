@@ -192,6 +192,56 @@ struct InputState {
     since: Option<Instant>,
 }
 
+impl InputState {
+    /// Data arrived at `now`: a gap longer than `timeout` starts a new run.
+    fn arrived(&mut self, now: Instant, timeout: Duration) {
+        if self.last.is_none_or(|l| now.duration_since(l) > timeout) {
+            self.since = Some(now);
+        }
+        self.last = Some(now);
+    }
+
+    fn alive(&self, now: Instant, timeout: Duration) -> bool {
+        self.last.is_some_and(|l| now.duration_since(l) <= timeout)
+    }
+}
+
+/// The input a route should forward at `now`: forced if the operator
+/// forced one; else the active one while it is alive (data within
+/// `timeout`), else the first alive one; with `switch_back`, a better
+/// (earlier) input that has been stable for a whole `timeout`. Free of the
+/// clock, so its timing rules are unit-tested on synthetic instants.
+fn choose_input(
+    forced: Option<usize>,
+    switch_back: bool,
+    timeout: Duration,
+    active: Option<usize>,
+    inputs: &[InputState],
+    now: Instant,
+) -> Option<usize> {
+    if let Some(f) = forced {
+        // Forced: that input or nothing (the operator asked for it).
+        return (f < inputs.len()).then_some(f);
+    }
+    let first_alive = inputs.iter().position(|s| s.alive(now, timeout));
+    match active {
+        Some(a) if inputs[a].alive(now, timeout) => {
+            if switch_back {
+                // Return to a better input once it has been stable for a
+                // whole failover timeout (no flapping on a single burst).
+                if let Some(b) = inputs[..a].iter().position(|s| {
+                    s.alive(now, timeout)
+                        && s.since.is_some_and(|t| now.duration_since(t) >= timeout)
+                }) {
+                    return Some(b);
+                }
+            }
+            Some(a)
+        }
+        _ => first_alive,
+    }
+}
+
 pub(crate) struct RouteTask {
     pub shared: Arc<RouteShared>,
     pub timeout: Duration,
@@ -303,12 +353,7 @@ impl RouteTask {
                     for m in batch.drain(..) {
                         // Chunks still queued from a removed input: dropped.
                         let Some(pos) = keys.iter().position(|k| *k == m.idx) else { continue };
-                        let st = &mut inputs[pos];
-                        let fresh = st.last.is_none_or(|l| now.duration_since(l) > self.timeout);
-                        if fresh {
-                            st.since = Some(now);
-                        }
-                        st.last = Some(now);
+                        inputs[pos].arrived(now, self.timeout);
                         let want = self.choose(active, &inputs, now);
                         if want != active {
                             self.switch(&mut active, want, &mut rewriter, "input available");
@@ -381,35 +426,16 @@ impl RouteTask {
         }
     }
 
-    fn alive(&self, s: &InputState, now: Instant) -> bool {
-        s.last
-            .is_some_and(|l| now.duration_since(l) <= self.timeout)
-    }
-
     /// The input that should be forwarded now.
     fn choose(&self, active: Option<usize>, inputs: &[InputState], now: Instant) -> Option<usize> {
-        if let Some(f) = self.forced {
-            // Forced: that input or nothing (the operator asked for it).
-            return (f < inputs.len()).then_some(f);
-        }
-        let first_alive = inputs.iter().position(|s| self.alive(s, now));
-        match active {
-            Some(a) if self.alive(&inputs[a], now) => {
-                if self.switch_back {
-                    // Return to a better input once it has been stable for a
-                    // whole failover timeout (no flapping on a single burst).
-                    if let Some(b) = inputs[..a].iter().position(|s| {
-                        self.alive(s, now)
-                            && s.since
-                                .is_some_and(|t| now.duration_since(t) >= self.timeout)
-                    }) {
-                        return Some(b);
-                    }
-                }
-                Some(a)
-            }
-            _ => first_alive,
-        }
+        choose_input(
+            self.forced,
+            self.switch_back,
+            self.timeout,
+            active,
+            inputs,
+            now,
+        )
     }
 
     fn switch(
@@ -891,6 +917,108 @@ mod tests {
             streamid: None,
             allow: Vec::new(),
         })
+    }
+
+    const T: Duration = Duration::from_millis(300);
+
+    /// The route's view of its inputs at `at` ms of a synthetic clock: input
+    /// `i` sent a datagram every 10 ms over each `[from, to)` of `runs[i]`
+    /// (only those up to `at` have arrived); then `choose_input` at `at`.
+    fn choose_at(
+        runs: &[&[(u64, u64)]],
+        switch_back: bool,
+        active: Option<usize>,
+        at: u64,
+    ) -> Option<usize> {
+        let t0 = Instant::now();
+        let mut inputs: Vec<InputState> = runs
+            .iter()
+            .map(|_| InputState {
+                last: None,
+                since: None,
+            })
+            .collect();
+        let mut arrivals: Vec<(u64, usize)> = Vec::new();
+        for (i, r) in runs.iter().enumerate() {
+            for &(from, to) in r.iter() {
+                arrivals.extend((from..to).step_by(10).filter(|&t| t <= at).map(|t| (t, i)));
+            }
+        }
+        arrivals.sort();
+        for (t, i) in arrivals {
+            inputs[i].arrived(t0 + Duration::from_millis(t), T);
+        }
+        choose_input(
+            None,
+            switch_back,
+            T,
+            active,
+            &inputs,
+            t0 + Duration::from_millis(at),
+        )
+    }
+
+    #[test]
+    fn failover_waits_one_timeout_then_takes_the_first_live_input() {
+        let runs: &[&[(u64, u64)]] = &[&[(0, 1000)], &[(0, 5000)]];
+        assert_eq!(choose_at(runs, true, None, 500), Some(0), "primary first");
+        // The primary's last datagram came at 990 ms: still alive exactly
+        // one timeout later, gone the instant after.
+        assert_eq!(choose_at(runs, true, Some(0), 1290), Some(0));
+        assert_eq!(choose_at(runs, true, Some(0), 1291), Some(1), "failover");
+        // Nothing alive at all: no input.
+        assert_eq!(choose_at(runs, true, Some(1), 6000), None);
+    }
+
+    #[test]
+    fn switch_back_only_after_the_primary_is_stable_for_one_timeout() {
+        // The primary returns at 2000 ms after a long gap.
+        let runs: &[&[(u64, u64)]] = &[&[(0, 500), (2000, 10_000)], &[(0, 10_000)]];
+        assert_eq!(
+            choose_at(runs, true, Some(1), 2000),
+            Some(1),
+            "one burst is not enough"
+        );
+        assert_eq!(choose_at(runs, true, Some(1), 2290), Some(1));
+        assert_eq!(
+            choose_at(runs, true, Some(1), 2300),
+            Some(0),
+            "stable for one timeout: back"
+        );
+        assert_eq!(
+            choose_at(runs, false, Some(1), 9000),
+            Some(1),
+            "switch_back off: stay"
+        );
+        // A gap shorter than the timeout keeps the run that started at 2000.
+        let short: &[&[(u64, u64)]] = &[&[(2000, 2200), (2450, 3000)], &[(0, 10_000)]];
+        assert_eq!(choose_at(short, true, Some(1), 2460), Some(0));
+        // A longer one starts a new run at 2600: back only at 2900.
+        let long: &[&[(u64, u64)]] = &[&[(2000, 2200), (2600, 3000)], &[(0, 10_000)]];
+        assert_eq!(choose_at(long, true, Some(1), 2890), Some(1));
+        assert_eq!(choose_at(long, true, Some(1), 2900), Some(0));
+    }
+
+    #[test]
+    fn a_forced_input_wins_alive_or_not() {
+        let t0 = Instant::now();
+        let mut inputs = vec![
+            InputState {
+                last: None,
+                since: None,
+            },
+            InputState {
+                last: None,
+                since: None,
+            },
+        ];
+        inputs[0].arrived(t0, T);
+        let now = t0 + Duration::from_millis(10);
+        assert_eq!(
+            choose_input(Some(1), true, T, Some(0), &inputs, now),
+            Some(1)
+        );
+        assert_eq!(choose_input(Some(5), true, T, Some(0), &inputs, now), None);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use castpoint::auth::Role;
 use castpoint::auth::Users;
-use castpoint::protocols::haystack::auth::Role;
 use serde_json::Value as J;
 
 use crate::util::start;

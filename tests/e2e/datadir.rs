@@ -1,15 +1,17 @@
 //! The data dir at start-up: private modes, refusal of readable ones, of a 0-byte or damaged database, and of a second server on the same data dir.
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use castpoint::app::App;
 use castpoint::config::Config;
 use castpoint::persist::Store;
 use castpoint::points::Source;
+
+use crate::util::TestApp;
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p)
@@ -168,69 +170,28 @@ async fn damaged_database_fails_the_start_up_integrity_check() {
     assert!(e.contains("quick_check") && e.contains("restore"), "{e}");
 }
 
-/// The real binary on `data`; returns the child once it printed `ready`,
-/// or its exit status and stderr if it ended first.
-fn spawn(data: &Path) -> Result<Child, (std::process::ExitStatus, String)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_castpoint"))
-        .args([
-            "run",
-            "--http",
-            "127.0.0.1:0",
-            "--bacnet",
-            "127.0.0.1:0",
-            "--modbus",
-            "127.0.0.1:0",
-            "--rtmp",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn castpoint");
-    let out = child.stdout.take().expect("stdout");
-    for line in BufReader::new(out).lines() {
-        if line.as_deref().is_ok_and(|l| l == "ready") {
-            return Ok(child);
-        }
-    }
-    // stdout closed: the process is ending.
-    let mut err = String::new();
-    let _ = child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err);
-    let status = child.wait().expect("wait");
-    Err((status, err))
-}
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The real binary on `data`: the app once it printed `ready`, or its
+/// exit status and stderr if it ended first.
+fn spawn(data: &Path) -> Result<TestApp, (std::process::ExitStatus, String)> {
+    TestApp::spawn(crate::util::run_command(data))
 }
 
 #[test]
 fn second_server_on_one_data_dir_is_refused_naming_the_first() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("data");
-    let first = Kill(spawn(&dir).unwrap_or_else(|(s, e)| panic!("first: {s}: {e}")));
+    let mut first = spawn(&dir).unwrap_or_else(|(s, e)| panic!("first: {s}: {e}"));
     let t0 = Instant::now();
     match spawn(&dir) {
         Ok(second) => {
-            drop(Kill(second));
+            drop(second);
             panic!("a second castpoint started on the same data dir");
         }
         Err((status, err)) => {
             assert!(!status.success(), "{status}");
             assert!(
                 err.contains("in use by another castpoint")
-                    && err.contains(&format!("pid {}", first.0.id())),
+                    && err.contains(&format!("pid {}", first.child().id())),
                 "{err}"
             );
         }
@@ -250,6 +211,6 @@ fn second_server_on_one_data_dir_is_refused_naming_the_first() {
     );
     // Once the first one is gone, the data dir is free again.
     drop(first);
-    let again = Kill(spawn(&dir).unwrap_or_else(|(s, e)| panic!("restart: {s}: {e}")));
+    let again = spawn(&dir).unwrap_or_else(|(s, e)| panic!("restart: {s}: {e}"));
     drop(again);
 }

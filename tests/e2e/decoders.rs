@@ -1,6 +1,6 @@
 //! Hostile input over real sockets (issue 15): deep Zinc, filters and JSON answer error grids / 400 and the server keeps serving (item 1); HLS recovers from hostile timestamps (item 12).
 
-use crate::util::start;
+use crate::util::{start, TestApp};
 
 /// Every deep request below, then proof the process is still alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,7 +170,7 @@ window = 4
         castpoint::config::Config::from_text("test.toml", text, std::path::Path::new("."))
             .expect("valid config");
     crate::util::loopback(&mut cfg);
-    let app = castpoint::app::App::start(cfg).await.expect("app starts");
+    let app = TestApp::with_config(cfg).await;
     let http = app.addrs.http.expect("http");
     let end = Instant::now() + Duration::from_secs(5);
     let inp = loop {

@@ -1,18 +1,16 @@
 //! Derived status points tell the truth (issue 16): a forced idle input is not LIVE, a route starting up is not an ERROR, and an encoder or CDN that does not exist reads N/A on REST, Modbus and BACnet.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use castpoint::app::App;
-use castpoint::config::Config;
 use castpoint::points::Value;
 use castpoint_sim::tsgen::{Pacer, TsConfig, TsGenerator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
-use crate::util::loopback;
+use crate::util::{eventually, input_addr, TestApp};
 
 /// A live primary input and an idle backup, both on ephemeral ports.
 /// Telemetry on (the bridge publishes router points only then) with
@@ -40,36 +38,6 @@ name = "web"
 type = "http"
 path = "main"
 "#;
-
-async fn start(text: &str) -> App {
-    let mut cfg = Config::from_text("test.toml", text, Path::new(".")).expect("config");
-    loopback(&mut cfg);
-    App::start(cfg).await.expect("start")
-}
-
-async fn until<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < end,
-            "timed out after {secs} s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn input_addr(app: &App, i: usize) -> SocketAddr {
-    until("input bound", 5, async || {
-        app.engine
-            .snapshot()
-            .route("main")
-            .and_then(|r| r.inputs.get(i).and_then(|x| x.local))
-    })
-    .await
-}
 
 /// Sends the test stream to `to` in real time until cancelled.
 fn source(to: SocketAddr, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
@@ -218,9 +186,9 @@ async fn viewer_bytes(app: &App, d: Duration) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forcing_an_idle_backup_is_no_signal_not_live() {
-    let app = start(TWO).await;
-    let live = input_addr(&app, 0).await;
-    input_addr(&app, 1).await;
+    let app = TestApp::from_toml(TWO).await;
+    let live = input_addr(&app, "main", 0).await;
+    input_addr(&app, "main", 1).await;
     let stop = CancellationToken::new();
     let src = source(live, stop.clone());
     statuses_become(&app, (1, 1, 1), 8).await;
@@ -229,7 +197,7 @@ async fn forcing_an_idle_backup_is_no_signal_not_live() {
     let mb = app.addrs.modbus.expect("modbus");
     let r = modbus(mb, &[0x06, 0, 100, 0, 2]).await;
     assert_eq!(r, [0x06, 0, 100, 0, 2], "write echoed");
-    until("backup forced", 3, async || {
+    eventually("backup forced", Duration::from_secs(10), async || {
         (app.engine.snapshot().route("main")?.active_input == Some(1)).then_some(())
     })
     .await;
@@ -260,7 +228,7 @@ async fn no_error_within_the_start_up_grace() {
     // Taken before the start, so the route's grace cannot have begun
     // earlier than this: a slow start-up only shortens what is checked.
     let t0 = Instant::now();
-    let app = start(TWO).await;
+    let app = TestApp::from_toml(TWO).await;
     let mb = app.addrs.modbus.expect("modbus");
     let bn = app.addrs.bacnet.expect("bacnet");
     let grace = castpoint::telemetry::status::STARTUP_GRACE;
@@ -283,24 +251,30 @@ async fn no_error_within_the_start_up_grace() {
     }
     assert!(saw_na, "Stream Status never read N/A during the grace");
     // After the grace, no signal while enabled is an ERROR.
-    until("ERROR after the grace", 8, async || {
-        (value(&app, "stream_status") == Some(Value::Enum(3))).then_some(())
-    })
+    eventually(
+        "ERROR after the grace",
+        Duration::from_secs(10),
+        async || (value(&app, "stream_status") == Some(Value::Enum(3))).then_some(()),
+    )
     .await;
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absent_encoder_and_cdn_read_n_a_on_every_protocol() {
-    let app = start(TWO).await;
+    let app = TestApp::from_toml(TWO).await;
     let mb = app.addrs.modbus.expect("modbus");
     let bn = app.addrs.bacnet.expect("bacnet");
     // (point, Modbus holding offset, BACnet MSV instance, N/A ordinal)
     for (id, reg, msv, na) in [("encoder_status", 3, 3, 4), ("cdn_status", 4, 4, 3)] {
-        let j = until(&format!("{id} published"), 5, async || {
-            let j = rest(&app, id).await;
-            (j["status"] == "unavailable" && j["reason"].is_string()).then_some(j)
-        })
+        let j = eventually(
+            &format!("{id} published"),
+            Duration::from_secs(10),
+            async || {
+                let j = rest(&app, id).await;
+                (j["status"] == "unavailable" && j["reason"].is_string()).then_some(j)
+            },
+        )
         .await;
         assert!(j["value"].is_null(), "{j}");
         assert_eq!(j["state"], "N/A", "{j}");

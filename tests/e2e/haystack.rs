@@ -3,22 +3,22 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use castpoint::app::App;
+use castpoint::auth::Role;
 use castpoint::config::Config;
 use castpoint::points::{Protocol, Quality, Sample, Source, Value};
-use castpoint::protocols::haystack::auth::{user_entry, Role};
+use castpoint::protocols::haystack::auth::user_entry;
 use chrono::{TimeZone, Utc};
 use hmac::{Hmac, Mac};
 use serde_json::Value as J;
 use sha2::{Digest, Sha256};
 
-use crate::util::loopback;
+use crate::util::{loopback, TestApp};
 
 const OP_PW: &str = "op-secret";
 const VIEW_PW: &str = "view-secret";
 
 /// Starts castpoint with an operator and a viewer, plus extra `[haystack]` keys.
-async fn start_with(extra: &str) -> (App, String) {
+async fn start_with(extra: &str) -> (TestApp, String) {
     let mut cfg = Config::embedded().expect("embedded config");
     loopback(&mut cfg);
     let users = format!(
@@ -29,7 +29,7 @@ async fn start_with(extra: &str) -> (App, String) {
     .replace("[[haystack.user]]", "[[user]]");
     let text = format!("{extra}\n{users}");
     cfg.server.haystack = castpoint::config::section_from_str("haystack", &text).expect("haystack");
-    let app = App::start(cfg).await.expect("app starts");
+    let app = TestApp::with_config(cfg).await;
     let base = format!(
         "http://{}/api/haystack",
         app.addrs.http.expect("http bound")
@@ -37,7 +37,7 @@ async fn start_with(extra: &str) -> (App, String) {
     (app, base)
 }
 
-async fn start() -> (App, String) {
+async fn start() -> (TestApp, String) {
     start_with("").await
 }
 

@@ -1,56 +1,27 @@
 //! Listener hardening end to end: a slowloris flood against the real binary under a low open-file limit, and HTTPS with certificate reload.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use castpoint::app::App;
 use castpoint::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
-use crate::util::loopback;
-
-struct Proc {
-    child: Child,
-    addrs: std::collections::HashMap<String, SocketAddr>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::util::{loopback, TestApp};
 
 /// Runs the real binary under `ulimit -n {nofile}` (soft and hard, so it
-/// cannot raise it) with `config`, and reads the bound addresses.
-fn spawn_limited(nofile: u32, config: &std::path::Path) -> Proc {
-    let mut child = Command::new("sh")
-        .arg("-c")
+/// cannot raise it) with `config`; the addresses it bound are in
+/// `listening`.
+fn spawn_limited(nofile: u32, config: &std::path::Path) -> TestApp {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_castpoint"))
         .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn castpoint");
-    let out = child.stdout.take().expect("stdout");
-    let mut addrs = std::collections::HashMap::new();
-    for line in BufReader::new(out).lines() {
-        let line = line.expect("line");
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        if parts.len() == 3 && parts[0] == "listening" {
-            addrs.insert(parts[1].to_string(), parts[2].parse().expect("addr"));
-        }
-        if line == "ready" {
-            break;
-        }
-    }
-    Proc { child, addrs }
+        .arg(config);
+    TestApp::spawn(cmd).unwrap_or_else(|(s, e)| panic!("castpoint: {s}: {e}"))
 }
 
 async fn connect_from(addr: SocketAddr, src: &str) -> std::io::Result<TcpStream> {
@@ -113,8 +84,8 @@ enabled = false
     )
     .expect("write config");
     let p = spawn_limited(512, &cfg);
-    let http = p.addrs["http"];
-    let (modbus, rtmp) = (p.addrs["modbus"], p.addrs["rtmp"]);
+    let http = p.listening["http"];
+    let (modbus, rtmp) = (p.listening["modbus"], p.listening["rtmp"]);
 
     // The flood: each connection sends half a request head and stops.
     let mut flood = Vec::new();
@@ -231,7 +202,7 @@ async fn https_serves_and_reloads_its_certificate_without_dropping_connections()
     loopback(&mut cfg);
     cfg.server.http.tls_cert = Some(cert.clone());
     cfg.server.http.tls_key = Some(key.clone());
-    let app = App::start(cfg).await.expect("app starts");
+    let app = TestApp::with_config(cfg).await;
     let addr = app.addrs.http.expect("http bound");
     let url = format!("https://localhost:{}/health", addr.port());
 

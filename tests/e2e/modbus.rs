@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::util::{loopback, start};
+use crate::util::{loopback, start, TestApp};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -499,7 +499,7 @@ fn word_order_config() -> Config {
 
 #[tokio::test]
 async fn float_word_orders_and_32_bit_writes() {
-    let app = App::start(word_order_config()).await.expect("app starts");
+    let app = TestApp::with_config(word_order_config()).await;
     set(&app, "connected_viewers", Value::Number(123_456.5));
     set(&app, "dropped_frames", Value::Number(999_999.0));
     let mut c = Client::connect(modbus_addr(&app)).await;
@@ -648,7 +648,7 @@ async fn connection_limit_idle_timeout_and_unit_ids_from_config() {
     cfg.server.modbus.max_connections = 2;
     cfg.server.modbus.idle_timeout = Duration::from_millis(400);
     cfg.server.modbus.unit_ids = vec![17];
-    let app = App::start(cfg).await.expect("app starts");
+    let app = TestApp::with_config(cfg).await;
     let addr = modbus_addr(&app);
     let mut a = Client::connect(addr).await;
     a.unit = 17;
@@ -732,7 +732,7 @@ async fn write_allow_refuses_other_sources_with_exception_01_and_audits_the_peer
     let mut cfg = Config::embedded().expect("embedded config");
     loopback(&mut cfg);
     cfg.server.modbus.write_allow = vec!["127.0.0.2/32".into()];
-    let app = App::start(cfg).await.expect("app starts");
+    let app = TestApp::with_config(cfg).await;
     let addr = modbus_addr(&app);
     assert_eq!(http_point(&app, "stream_enable").await["value"], true);
     // From 127.0.0.1: refused with exception 01 (illegal function), and

@@ -11,6 +11,8 @@ use castpoint::engine::EventKind;
 use castpoint::points::{Source, Value};
 use tokio::net::UdpSocket;
 
+use crate::util::eventually_true;
+
 /// A tmpfs mounted on `dir` until dropped (needs root, as CI runs).
 struct Tmpfs(PathBuf);
 
@@ -97,14 +99,6 @@ fn files(dir: &Path) -> Vec<(String, u64)> {
     v
 }
 
-async fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_is_reported_and_never_costs_the_earlier_recording() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -149,19 +143,33 @@ async fn full_disk_is_reported_and_never_costs_the_earlier_recording() {
     app.db
         .write(re, Some(Value::Bool(true)), 10, &Source::internal())
         .expect("write");
-    wait_for("the output enabled", 10, || rec(&app).enabled).await;
+    eventually_true("the output enabled", Duration::from_secs(10), || {
+        rec(&app).enabled
+    })
+    .await;
 
     // 1. A good recording: about a second of data, then a pause closes it.
     let src = source(input);
-    wait_for("300 kB recorded", 20, || rec(&app).bytes > 300_000).await;
-    src.abort();
-    wait_for("the file closed after the pause", 10, || {
-        rec(&app).clients == 0
+    eventually_true("300 kB recorded", Duration::from_secs(20), || {
+        rec(&app).bytes > 300_000
     })
     .await;
-    let first = files(&dir);
-    assert_eq!(first.len(), 1, "{first:?}");
-    assert!(first[0].1 > 300_000, "{first:?}");
+    src.abort();
+    eventually_true(
+        "the file closed after the pause",
+        Duration::from_secs(10),
+        || rec(&app).clients == 0,
+    )
+    .await;
+    // The output's byte count leads the file by what is still being
+    // written when the file closes: wait for the file to hold it all (a
+    // stress run read 261,884 of 300,000+ bytes straight after the close).
+    let mut first = files(&dir);
+    eventually_true("the first file complete", Duration::from_secs(10), || {
+        first = files(&dir);
+        first.len() == 1 && first[0].1 > 300_000
+    })
+    .await;
 
     // 2. The disk fills up (someone else's file).
     let filler = recordings.join("filler");
@@ -176,13 +184,17 @@ async fn full_disk_is_reported_and_never_costs_the_earlier_recording() {
     // 3. Data resumes: the recording fails, says why, and stops opening files.
     let mut events = app.engine.subscribe();
     let src = source(input);
-    wait_for("the output down with ENOSPC", 20, || {
-        let r = rec(&app);
-        !r.up
-            && r.error
-                .as_deref()
-                .is_some_and(|e| e.contains("No space left on device"))
-    })
+    eventually_true(
+        "the output down with ENOSPC",
+        Duration::from_secs(20),
+        || {
+            let r = rec(&app);
+            !r.up
+                && r.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("No space left on device"))
+        },
+    )
     .await;
     let failed = {
         let end = Instant::now() + Duration::from_secs(5);
@@ -216,7 +228,7 @@ async fn full_disk_is_reported_and_never_costs_the_earlier_recording() {
 
     // 4. Space is back: the next try (within 10 s) records again.
     std::fs::remove_file(&filler).expect("rm filler");
-    wait_for("recording again", 30, || {
+    eventually_true("recording again", Duration::from_secs(30), || {
         let r = rec(&app);
         r.up && r.bytes > bytes + 100_000
     })

@@ -2,13 +2,12 @@
 
 use std::time::Duration;
 
-use castpoint::app::App;
+use castpoint::auth::Role;
 use castpoint::auth::Users;
 use castpoint::config::Config;
-use castpoint::protocols::haystack::auth::Role;
 use serde_json::{json, Value as J};
 
-use crate::util::loopback;
+use crate::util::{loopback, TestApp};
 
 async fn login(c: &reqwest::Client, base: &str, u: &str, p: &str) -> String {
     let j: J = c
@@ -25,10 +24,7 @@ async fn login(c: &reqwest::Client, base: &str, u: &str, p: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_crud_with_roles_and_restart() {
-    let mut cfg = Config::embedded().expect("config");
-    loopback(&mut cfg);
-    let data = cfg.server.data_dir.clone();
-    let app = App::start(cfg).await.expect("start");
+    let app = TestApp::start().await;
     let base = format!("http://{}", app.addrs.http.expect("http"));
     let users = Users::new(app.store.clone(), Duration::from_secs(600)).expect("users");
     // Route changes are admin-only (issue 15); the user keeps its name.
@@ -132,13 +128,9 @@ async fn route_crud_with_roles_and_restart() {
     assert_eq!(ev.len(), 4, "{audit}");
     assert_eq!(ev[0]["user"], "op");
     assert_eq!(ev[0]["detail"], "remove output");
-    app.stop().await;
 
     // Restart on the same data dir: the desired state is back.
-    let mut cfg = Config::embedded().expect("config");
-    loopback(&mut cfg);
-    cfg.server.data_dir = data;
-    let app = App::start(cfg).await.expect("restart");
+    let app = app.restart(Config::embedded().expect("config")).await;
     let base = format!("http://{}", app.addrs.http.expect("http"));
     let op = login(&c, &base, "op", "operator-pw").await;
     let r: J = crate::util::get_json(&c, format!("{base}/api/routes/lobby")).await;
@@ -182,7 +174,7 @@ async fn profile_crud_validates_persists_and_protects_used_profiles() {
     .expect("profile toml");
     cfg.server.profile = vec![p1];
     let restart_cfg = cfg.clone();
-    let app = App::start(cfg).await.expect("start");
+    let app = TestApp::with_config(cfg).await;
     let base = format!("http://{}", app.addrs.http.expect("http"));
     let c = reqwest::Client::new();
     let list = crate::util::get_json(&c, format!("{base}/api/profiles")).await;
@@ -265,10 +257,9 @@ async fn profile_crud_validates_persists_and_protects_used_profiles() {
     let audit = crate::util::get_json(&c, format!("{base}/api/audit?kind=profile")).await;
     let n = audit["events"].as_array().map(|a| a.len()).unwrap_or(0);
     assert!(n >= 2, "profile changes audited: {audit}");
-    app.stop().await;
 
     // Same data dir: the stored profiles win over the file.
-    let app = App::start(restart_cfg.clone()).await.expect("restart");
+    let app = app.restart(restart_cfg.clone()).await;
     let base = format!("http://{}", app.addrs.http.expect("http"));
     let one = crate::util::get_json(&c, format!("{base}/api/profiles/1")).await;
     assert_eq!(one["width"], 480, "{one}");
@@ -280,8 +271,7 @@ async fn profile_crud_validates_persists_and_protects_used_profiles() {
         .await
         .expect("delete");
     assert_eq!(r.status(), 200);
-    app.stop().await;
-    let app = App::start(restart_cfg).await.expect("restart");
+    let app = app.restart(restart_cfg).await;
     let base = format!("http://{}", app.addrs.http.expect("http"));
     let list = crate::util::get_json(&c, format!("{base}/api/profiles")).await;
     let names: Vec<&str> = list["profiles"]

@@ -4,22 +4,14 @@
 //! here); routes pull it over TCP-interleaved and UDP RTP, and ffprobe
 //! decodes what the router's outputs send.
 
-use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use castpoint::app::App;
-use castpoint::config::Config;
 use castpoint::engine::stats::IoSnapshot;
 use castpoint_sim::rtsp_camera::{Camera, CameraConfig};
 
-use crate::util;
-
-async fn start_with(text: &str) -> App {
-    let mut cfg = Config::from_text("test.toml", text, Path::new(".")).expect("valid config");
-    util::loopback(&mut cfg);
-    App::start(cfg).await.expect("app starts")
-}
+use crate::util::{until_route, TestApp};
 
 async fn camera(user: Option<&str>, password: Option<&str>) -> Camera {
     Camera::start(CameraConfig {
@@ -46,29 +38,6 @@ fn input(app: &App, route: &str, i: usize) -> IoSnapshot {
         .route(route)
         .and_then(|r| r.inputs.get(i).cloned())
         .expect("route input")
-}
-
-/// Waits until `f` holds for the route's snapshot, or panics with `what`.
-async fn wait_for(
-    app: &App,
-    route: &str,
-    secs: u64,
-    what: &str,
-    f: impl Fn(&castpoint::engine::stats::RouteSnapshot) -> bool,
-) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let s = app.engine.snapshot();
-        let r = s.route(route).expect("route");
-        if f(r) {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "{route}: {what}; last snapshot {r:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// What ffprobe makes of `secs` seconds of `url`.
@@ -179,9 +148,9 @@ type = "http"
 "#,
         u = cam.url("stream")
     );
-    let app = start_with(&text).await;
+    let app = TestApp::from_toml(&text).await;
     for r in ["tcp", "udp", "ts"] {
-        wait_for(&app, r, 10, "input never up", |s| {
+        until_route(&app, r, "input never up", |s| {
             s.inputs[0].up && s.inputs[0].bytes > 0 && s.active_input == Some(0)
         })
         .await;
@@ -263,22 +232,22 @@ password = "s3cret"
 type = "http"
 "#
     );
-    let app = start_with(&text).await;
-    wait_for(&app, "wrong", 10, "no 401 error", |s| {
+    let app = TestApp::from_toml(&text).await;
+    until_route(&app, "wrong", "no 401 error", |s| {
         s.inputs[0]
             .error
             .as_deref()
             .is_some_and(|e| e.contains("401") && e.contains("wrong user or password"))
     })
     .await;
-    wait_for(&app, "none", 10, "no 401 error", |s| {
+    until_route(&app, "none", "no 401 error", |s| {
         s.inputs[0]
             .error
             .as_deref()
             .is_some_and(|e| e.contains("401") && e.contains("credentials"))
     })
     .await;
-    wait_for(&app, "missing", 10, "no 404 error", |s| {
+    until_route(&app, "missing", "no 404 error", |s| {
         s.inputs[0]
             .error
             .as_deref()
@@ -287,7 +256,7 @@ type = "http"
     .await;
     // The failing routes do not disturb the good ones.
     for r in ["good", "keys"] {
-        wait_for(&app, r, 10, "not flowing", |s| {
+        until_route(&app, r, "not flowing", |s| {
             s.inputs[0].up && s.inputs[0].bytes > 100_000 && s.active_input == Some(0)
         })
         .await;
@@ -331,17 +300,17 @@ dest = "127.0.0.1:{udp_out}"
 "#,
         cam.url("stream")
     );
-    let app = start_with(&text).await;
-    wait_for(&app, "cam", 10, "camera never active", |s| {
+    let app = TestApp::from_toml(&text).await;
+    until_route(&app, "cam", "camera never active", |s| {
         s.active_input == Some(0) && s.inputs[0].up
     })
     .await;
     cam.stop();
-    wait_for(&app, "cam", 5, "no failover to the backup", |s| {
+    until_route(&app, "cam", "no failover to the backup", |s| {
         s.active_input == Some(1)
     })
     .await;
-    wait_for(&app, "cam", 5, "camera loss not reported", |s| {
+    until_route(&app, "cam", "camera loss not reported", |s| {
         !s.inputs[0].up && s.inputs[0].error.is_some()
     })
     .await;
@@ -352,7 +321,7 @@ dest = "127.0.0.1:{udp_out}"
     })
     .await
     .expect("camera rebinds");
-    wait_for(&app, "cam", 15, "did not return to the camera", |s| {
+    until_route(&app, "cam", "did not return to the camera", |s| {
         s.active_input == Some(0) && s.inputs[0].up
     })
     .await;
@@ -382,8 +351,8 @@ type = "http"
 "#,
         cam.url("stream")
     );
-    let app = start_with(&text).await;
-    wait_for(&app, "ka", 10, "never up", |s| s.inputs[0].up).await;
+    let app = TestApp::from_toml(&text).await;
+    until_route(&app, "ka", "never up", |s| s.inputs[0].up).await;
     let before = input(&app, "ka", 0).bytes;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let i = input(&app, "ka", 0);

@@ -5,22 +5,22 @@ use std::time::Duration;
 
 use castpoint::api::{guard, ApiState};
 use castpoint::app::App;
+use castpoint::auth::Role;
 use castpoint::auth::Users;
 use castpoint::config::Config;
-use castpoint::protocols::haystack::auth::Role;
 use futures::StreamExt;
 use serde_json::{json, Value as J};
 
-use crate::util::loopback;
+use crate::util::{loopback, TestApp};
 
 /// Starts castpoint with extra `[api]` and `[haystack]` keys.
-async fn start_with(api: &str, haystack: &str) -> App {
+async fn start_with(api: &str, haystack: &str) -> TestApp {
     let mut cfg = Config::embedded().expect("embedded config");
     loopback(&mut cfg);
     cfg.server.api = castpoint::config::section_from_str("api", api).expect("api toml");
     cfg.server.haystack =
         castpoint::config::section_from_str("haystack", haystack).expect("haystack toml");
-    App::start(cfg).await.expect("app starts")
+    TestApp::with_config(cfg).await
 }
 
 fn base(app: &App) -> String {

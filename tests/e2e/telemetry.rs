@@ -5,11 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use castpoint::app::App;
 use castpoint::config::Config;
 use castpoint::points::{PointDb, Quality};
 
-use crate::util::loopback;
+use crate::util::{loopback, TestApp};
 
 fn proc_mem_pct() -> f64 {
     let m = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
@@ -53,7 +52,7 @@ async fn cpu_and_memory_agree_with_proc_under_load() {
     );
     let mut cfg = Config::from_text("test.toml", &text, Path::new(".")).expect("config");
     loopback(&mut cfg);
-    let app = App::start(cfg).await.expect("start");
+    let app = TestApp::with_config(cfg).await;
     // Load one core so the figure is not just idle noise.
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();

@@ -10,6 +10,7 @@ use serde_json::Value as J;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::util;
+use crate::util::TestApp;
 
 async fn next_json<S>(ws: &mut S, within: Duration) -> Option<J>
 where
@@ -76,7 +77,7 @@ type = "http"
 async fn stream_events_exist_only_for_routes_and_carry_only_theirs() {
     let mut cfg = Config::from_text("test.toml", TWO_ROUTES, Path::new(".")).expect("valid");
     util::loopback(&mut cfg);
-    let app = App::start(cfg).await.expect("app starts");
+    let app = TestApp::with_config(cfg).await;
     let http = app.addrs.http.expect("http");
     match tokio_tungstenite::connect_async(format!("ws://{http}/ws/events/nope")).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 404),
@@ -168,7 +169,7 @@ async fn refused_rest_writes_and_auth_failures_are_audited() {
     util::loopback(&mut cfg);
     // Anonymous reads refused once a user exists, so that one is seen.
     cfg.server.api.anonymous_read = false;
-    let app = App::start(cfg).await.expect("app starts");
+    let app = TestApp::with_config(cfg).await;
     let http = app.addrs.http.expect("http");
     let c = reqwest::Client::new();
     let post = |path: &str, body: &'static str| {
@@ -234,11 +235,7 @@ async fn refused_rest_writes_and_auth_failures_are_audited() {
     let users =
         castpoint::auth::Users::new(app.store.clone(), Duration::from_secs(600)).expect("users");
     users
-        .add(
-            "vera",
-            castpoint::protocols::haystack::auth::Role::Viewer,
-            "pw-vera-1",
-        )
+        .add("vera", castpoint::auth::Role::Viewer, "pw-vera-1")
         .expect("add");
     assert_eq!(
         post("/api/points/recording_enable", r#"{"value": true}"#)
@@ -427,7 +424,7 @@ async fn an_http_input_error_names_its_cause() {
     );
     let mut cfg = Config::from_text("test.toml", &text, Path::new(".")).expect("valid");
     util::loopback(&mut cfg);
-    let app = App::start(cfg).await.expect("app starts");
+    let app = TestApp::with_config(cfg).await;
     let end = Instant::now() + Duration::from_secs(10);
     let err = loop {
         let e = app

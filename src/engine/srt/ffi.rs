@@ -571,6 +571,14 @@ impl Drop for ListenHook {
     }
 }
 
+/// libsrt's listen callback: hands the caller's address and streamid to the
+/// Rust closure installed by `set_listen_callback`.
+///
+/// # Safety
+/// Called by libsrt with `opaq` the `HookFn` pointer from
+/// `set_listen_callback` (alive while the listener exists), `peer` null or a
+/// sockaddr of the listener's family, `streamid` null or a NUL-terminated
+/// string, each valid for the duration of the call.
 unsafe extern "C" fn trampoline(
     opaq: *mut c_void,
     _ns: SrtSocket,

@@ -117,16 +117,16 @@ pub fn forward(level: i32, line: &str) {
         // falls silent: a thread reports it, started the first time
         // anything is suppressed (most processes never need it).
         FLUSHER.call_once(|| {
-            let _ = std::thread::Builder::new()
-                .name("srt-log".into())
-                .spawn(|| loop {
-                    std::thread::sleep(WINDOW);
-                    let s = match LIMITER.lock() {
-                        Ok(mut lim) if lim.pending() => lim.roll(Instant::now()),
-                        _ => Vec::new(),
-                    };
-                    report(s);
-                });
+            // Lives as long as the process, like libsrt's own threads; it
+            // holds nothing that needs an orderly shutdown.
+            let _ = crate::tasks::spawn_thread("srt-log", || loop {
+                std::thread::sleep(WINDOW);
+                let s = match LIMITER.lock() {
+                    Ok(mut lim) if lim.pending() => lim.roll(Instant::now()),
+                    _ => Vec::new(),
+                };
+                report(s);
+            });
         });
     }
 }

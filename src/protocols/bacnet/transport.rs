@@ -205,7 +205,7 @@ impl<T: TransportPort + 'static> TransportPort for Filtered<T> {
         }
         let from_link = self.inner_mut()?.start().await?;
         let (to_stack, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        self.filter = Some(tokio::spawn(filter(
+        self.filter = Some(crate::tasks::spawn_owned(filter(
             Arc::clone(&self.inner),
             Arc::clone(&self.read_only),
             from_link,

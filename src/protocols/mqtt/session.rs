@@ -209,7 +209,7 @@ impl Session {
     async fn session(&mut self, broker: &Broker, bdseq: u64, shutdown: &CancellationToken) -> End {
         let (client, mut el) = AsyncClient::new(self.options(broker, bdseq), 1024);
         let (tx, mut rx) = mpsc::channel::<Ev>(64);
-        let poller = tokio::spawn(async move {
+        let poller = crate::tasks::spawn_owned(async move {
             loop {
                 let ev = match el.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(a))) => Ev::ConnAck(a.code),

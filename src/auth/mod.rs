@@ -14,7 +14,10 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::persist::{ApiKeyRow, Store, UserRow};
-use crate::protocols::haystack::auth::{derive_keys, random_bytes, Role, User};
+pub mod scram;
+
+use scram::{derive_keys, random_bytes};
+pub use scram::{Role, User};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -405,7 +408,7 @@ mod tests {
     /// failed on load alone.
     #[test]
     fn unknown_users_cost_as_much_as_known_ones() {
-        use crate::protocols::haystack::auth::PBKDF2_ROUNDS;
+        use crate::auth::scram::PBKDF2_ROUNDS;
         let (_d, u) = users();
         u.add("alice", Role::Admin, "correct horse").expect("add");
         let rounds = |name: &str| {
