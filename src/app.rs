@@ -48,13 +48,14 @@ impl App {
         crate::api::live::mark_start();
         let pcfg = crate::persist::PersistConfig::parse(&cfg.origin, &cfg.server.extra)
             .map_err(|e| anyhow::anyhow!(crate::config::ConfigErrors(e)))?;
-        let db = PointDb::new(
+        let db = PointDb::with_routes(
             cfg.points.clone(),
             cfg.site.clone(),
             DbOptions {
                 history_retention: pcfg.history_retention,
                 ..DbOptions::default()
             },
+            cfg.route_template.clone(),
         );
         // The store comes first: commands are restored and durable before
         // any protocol can read or write them.
@@ -72,7 +73,8 @@ impl App {
         let since = chrono::Utc::now()
             - chrono::Duration::from_std(pcfg.history_retention)
                 .unwrap_or(chrono::Duration::days(7));
-        for id in db.ids().collect::<Vec<_>>() {
+        // Route blocks too (history is kept per slot, present or not).
+        for id in db.all_ids().collect::<Vec<_>>() {
             if let Some(def) = db.def(id) {
                 for s in store.load_history(&def.id, def.kind, since)? {
                     db.insert_history(id, s);
@@ -261,11 +263,14 @@ impl App {
         }
         {
             let (e, d, token) = (engine.clone(), db.clone(), shutdown.clone());
+            // Route point blocks exist before `ready` (issue 20).
+            let mut keeper = crate::points::routes::SlotKeeper::new(Some(store.clone()));
+            crate::engine::bridge::sync_blocks(&engine, &db, &mut keeper).await;
             // Router counters are telemetry too: `[telemetry] enabled =
             // false` stops them with the host sampler (commands still apply).
             let publish = tcfg.enabled;
             tasks.spawn(async move {
-                crate::engine::bridge::run(e.clone(), d, token, publish).await;
+                crate::engine::bridge::run(e.clone(), d, token, publish, keeper).await;
                 // Shutdown: stop every route and wait for sockets to close.
                 e.stop().await;
             });

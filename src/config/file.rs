@@ -87,6 +87,7 @@ pub struct HaystackSection {
 /// Top-level tables owned by other parts (validated by them); anything
 /// else at the top level is a typo and refused.
 pub const OTHER_SECTIONS: &[&str] = &[
+    "route_points",
     "telemetry",
     "profile",
     "users",

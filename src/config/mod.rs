@@ -107,6 +107,9 @@ pub struct Config {
     pub points: Vec<PointDef>,
     pub site: SiteEquip,
     pub maps: Maps,
+    /// The route template with its reserved sizes (`[route_points]`);
+    /// None when route blocks are disabled.
+    pub route_template: Option<crate::points::routes::RouteTemplate>,
     /// Where the config came from (for messages): file path or "embedded".
     pub origin: String,
 }
@@ -242,6 +245,35 @@ impl Config {
         let Some(pf) = pf else {
             return Err(ConfigErrors(errs));
         };
+        let route_template = match points::RoutePointsConfig::parse(name, &server.extra) {
+            Ok(rc) if rc.enabled => {
+                let (tname, ttext) = match &rc.template {
+                    Some(f) => read_named(base, f, &mut errs, name, "route_points.template")
+                        .unwrap_or_default(),
+                    None => (
+                        "points/route.toml (embedded)".into(),
+                        points::DEFAULT_ROUTE_TEMPLATE.into(),
+                    ),
+                };
+                if let Some(spec) = &spec {
+                    let pins: Vec<_> = spec
+                        .routes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| (i, r.name.clone(), r.slot))
+                        .collect();
+                    for (i, msg) in crate::points::routes::pin_problems(&pins, rc.max_routes) {
+                        errs.push(ConfigError::new(name, format!("route[{i}].slot"), msg));
+                    }
+                }
+                points::parse_template(&tname, &ttext, &rc, pf.points.len(), &mut errs)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                errs.extend(e);
+                None
+            }
+        };
         let idx = maps::PointIndex::new(&pf.points);
         let load = |f: &Option<String>,
                     key: &str,
@@ -314,6 +346,7 @@ impl Config {
             points: pf.points,
             site: pf.site,
             maps,
+            route_template,
             origin: name.to_string(),
         })
     }

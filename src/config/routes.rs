@@ -517,6 +517,20 @@ pub fn parse_route(file: &str, at: &str, tb: &toml::Table, errs: &mut Errors) ->
         t.err("signal_timeout", "at least 100ms", errs);
     }
     let switch_back = t.bool("switch_back", false, errs);
+    // The route's point block (issue 20): pinned, or assigned and kept.
+    t.known.push("slot");
+    let slot = match t.t.get("slot") {
+        None => None,
+        Some(toml::Value::Integer(n)) if (1..=4096).contains(n) => Some(*n as u16),
+        Some(_) => {
+            t.err(
+                "slot",
+                "a slot number in 1..=4096 ([route_points] max_routes)",
+                errs,
+            );
+            None
+        }
+    };
     let udp_coalesce = match t.opt_str("udp_coalesce", errs).as_deref() {
         None | Some("auto") => Coalesce::Auto,
         Some("off") => Coalesce::Off,
@@ -580,6 +594,7 @@ pub fn parse_route(file: &str, at: &str, tb: &toml::Table, errs: &mut Errors) ->
         switch_back,
         profile,
         udp_coalesce,
+        slot,
     })
 }
 

@@ -4,6 +4,7 @@ mod db;
 mod maps;
 mod model;
 mod policy;
+pub mod routes;
 
 pub use db::{
     Change, DbOptions, Persister, PointDb, PointState, PriorityArray, Protocol, Sample, SlotValue,

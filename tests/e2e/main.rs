@@ -14,6 +14,7 @@ mod modbus;
 mod persist;
 mod rates;
 mod recording;
+mod route_points;
 mod routes_api;
 mod rtmp;
 mod rtsp;

@@ -1,0 +1,222 @@
+//! Issue 20 "every route is equipment": per-route point blocks appear and disappear with routes, keep their slot across restarts and reorders, and their commands act on their route only.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use castpoint::app::App;
+use castpoint::config::Config;
+use castpoint::points::{PointDb, Protocol, Source, Value};
+use serde_json::json;
+
+use crate::util;
+
+fn routes(order: &[&str], data_dir: Option<&Path>) -> Config {
+    let mut text = String::from("[telemetry]\nenabled = true\n");
+    for name in order {
+        let pin = if *name == "a" { "slot = 3\n" } else { "" };
+        text.push_str(&format!(
+            "[[route]]\nname = \"{name}\"\n{pin}[[route.input]]\nname = \"gen\"\ntype = \"generator\"\nbitrate = 1000000\n[[route.input]]\nname = \"spare\"\ntype = \"udp\"\nbind = \"127.0.0.1:0\"\n[[route.output]]\nname = \"web\"\ntype = \"http\"\npath = \"{name}\"\n"
+        ));
+    }
+    let mut cfg = Config::from_text("test.toml", &text, Path::new(".")).expect("valid config");
+    util::loopback(&mut cfg);
+    if let Some(d) = data_dir {
+        cfg.server.data_dir = d.to_path_buf();
+    }
+    cfg
+}
+
+/// Waits until `f` holds, failing with `what` after 15 s.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn value(db: &PointDb, id: &str) -> Option<Value> {
+    db.read(db.lookup(id)?)?.value
+}
+
+fn stream_enabled(app: &App, route: &str) -> Option<bool> {
+    app.engine.snapshot().route(route).map(|r| r.stream_enabled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_blocks_follow_routes_keep_slots_and_command_their_route_only() {
+    let cfg = routes(&["a", "b"], None);
+    let data = cfg.server.data_dir.clone();
+    let app = App::start(cfg).await.expect("app starts");
+    let db = app.db.clone();
+    // Pinned slot 3 for a, the lowest free (1) for b; blocks exist at start.
+    assert_eq!(db.slot_of("a"), Some(3));
+    assert_eq!(db.slot_of("b"), Some(1));
+    assert!(db.lookup("route.3.route_status").is_some());
+    assert!(db.lookup("route.1.output_enable.1").is_some());
+    assert!(
+        db.lookup("route.2.route_status").is_none(),
+        "slot 2 is free"
+    );
+    // Input Select shows the route's own inputs.
+    let sel = db.lookup("route.3.input_select").expect("input_select");
+    assert_eq!(db.state_names(sel)[..3], ["Auto", "gen", "spare"]);
+    // Both routes go LIVE from their generator.
+    until("both routes LIVE", || {
+        value(&db, "route.3.route_status") == Some(Value::Enum(1))
+            && value(&db, "route.1.route_status") == Some(Value::Enum(1))
+    })
+    .await;
+    until(
+        "input bitrate measured",
+        || matches!(value(&db, "route.3.input_bitrate"), Some(Value::Number(n)) if n > 0.1),
+    )
+    .await;
+    assert_eq!(value(&db, "route.3.active_input"), Some(Value::Enum(1)));
+    // Route Enable of a (priority 8, as a BMS operator): a stops, b does not.
+    let src = Source::new(Protocol::Rest, None, Some("test".into()));
+    let re = db.lookup("route.3.route_enable").expect("route_enable");
+    db.write(re, Some(Value::Bool(false)), 8, &src)
+        .expect("write accepted");
+    until("route a stopped", || {
+        stream_enabled(&app, "a") == Some(false)
+    })
+    .await;
+    until("Route Status STOPPED", || {
+        value(&db, "route.3.route_status") == Some(Value::Enum(3))
+    })
+    .await;
+    assert_eq!(stream_enabled(&app, "b"), Some(true));
+    assert_eq!(value(&db, "route.1.route_status"), Some(Value::Enum(1)));
+    // Input 4 does not exist on this route (2 inputs): refused; the
+    // write is audited like every other.
+    assert!(db.write(sel, Some(Value::Enum(4)), 8, &src).is_err());
+    db.write(sel, Some(Value::Enum(3)), 8, &src)
+        .expect("force spare");
+    until("route a forced to its spare input", || {
+        app.engine
+            .snapshot()
+            .route("a")
+            .is_some_and(|r| r.forced_input == Some(1))
+    })
+    .await;
+    app.stop().await;
+
+    // Restart with the routes reordered and a new route first: a keeps its
+    // pin, b its stored slot, c gets the free one; a's commands survive.
+    let app = App::start(routes(&["c", "b", "a"], Some(&data)))
+        .await
+        .expect("restart");
+    let db = app.db.clone();
+    assert_eq!(db.slot_of("a"), Some(3));
+    assert_eq!(db.slot_of("b"), Some(1));
+    assert_eq!(db.slot_of("c"), Some(2));
+    assert_eq!(value(&db, "route.3.route_enable"), Some(Value::Bool(false)));
+    until("route a still stopped after restart", || {
+        stream_enabled(&app, "a") == Some(false)
+    })
+    .await;
+    assert_eq!(stream_enabled(&app, "c"), Some(true));
+
+    // REST delete of b frees slot 1 live; a route created next takes it and
+    // inherits nothing of b's commands.
+    let ob = db.lookup("route.1.output_enable.1").expect("b output 1");
+    db.write(ob, Some(Value::Bool(false)), 8, &src)
+        .expect("disable b's output");
+    until("b's output disabled", || {
+        app.engine
+            .snapshot()
+            .route("b")
+            .and_then(|r| r.outputs.first().map(|o| !o.enabled))
+            == Some(true)
+    })
+    .await;
+    let base = format!("http://{}", app.addrs.http.expect("http"));
+    let c = reqwest::Client::new();
+    let r = c
+        .delete(format!("{base}/api/routes/b"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    until("slot 1 freed", || {
+        db.lookup("route.1.route_status").is_none()
+    })
+    .await;
+    assert!(db.write(ob, Some(Value::Bool(true)), 8, &src).is_err());
+    let r = c
+        .post(format!("{base}/api/routes"))
+        .json(&json!({
+            "name": "d",
+            "inputs": [{"name": "g", "type": "generator", "bitrate": 1000000}],
+            "outputs": [{"name": "o", "type": "http", "path": "d"}]
+        }))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    until("d gets slot 1", || db.slot_of("d") == Some(1)).await;
+    assert_eq!(
+        value(&db, "route.1.output_enable.1"),
+        Some(Value::Bool(true))
+    );
+    until("d LIVE", || {
+        value(&db, "route.1.route_status") == Some(Value::Enum(1))
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn pinned_slots_are_validated_by_check_config() {
+    let text = "[[route]]\nname = \"x\"\nslot = 5\n[[route.input]]\ntype = \"generator\"\n[[route]]\nname = \"y\"\nslot = 5\n[[route.input]]\ntype = \"generator\"\n";
+    let e = Config::from_text("t.toml", text, Path::new(".")).expect_err("shared pin");
+    assert!(e.to_string().contains("route[1].slot"), "{e}");
+    let text = "[route_points]\nmax_routes = 4\n[[route]]\nname = \"x\"\nslot = 5\n[[route.input]]\ntype = \"generator\"\n";
+    let e = Config::from_text("t.toml", text, Path::new(".")).expect_err("out of range");
+    assert!(e.to_string().contains("outside 1..=4"), "{e}");
+}
+
+/// The server's Stream Enable acts on the primary route, and so does the
+/// primary route's own Route Enable: the route streams only while both are
+/// on, whichever was written last (docs/route-points.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_route_streams_only_while_stream_enable_and_route_enable_are_on() {
+    let mut cfg = routes(&["a", "b"], None);
+    cfg.server.primary_route = Some("a".into());
+    let app = App::start(cfg).await.expect("app starts");
+    let db = app.db.clone();
+    let src = Source::new(Protocol::Bacnet, None, None);
+    let se = db.lookup("stream_enable").expect("stream_enable");
+    let re = db.lookup("route.3.route_enable").expect("route_enable");
+    until("a streams", || stream_enabled(&app, "a") == Some(true)).await;
+    db.write(re, Some(Value::Bool(false)), 8, &src)
+        .expect("route off");
+    until("a stopped by Route Enable", || {
+        stream_enabled(&app, "a") == Some(false)
+    })
+    .await;
+    // Stream Enable written on does not override the route's own off.
+    db.write(se, Some(Value::Bool(true)), 8, &src)
+        .expect("server on");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(stream_enabled(&app, "a"), Some(false));
+    db.write(re, None, 8, &src).expect("relinquish route off");
+    until("a streams again", || {
+        stream_enabled(&app, "a") == Some(true)
+    })
+    .await;
+    db.write(se, Some(Value::Bool(false)), 8, &src)
+        .expect("server off");
+    until("a stopped by Stream Enable", || {
+        stream_enabled(&app, "a") == Some(false)
+    })
+    .await;
+    // Route Enable written on does not override the server's off either.
+    db.write(re, Some(Value::Bool(true)), 8, &src)
+        .expect("route on");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(stream_enabled(&app, "a"), Some(false));
+    assert_eq!(stream_enabled(&app, "b"), Some(true), "b is not primary");
+    app.stop().await;
+}
