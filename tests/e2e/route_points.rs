@@ -220,3 +220,95 @@ async fn primary_route_streams_only_while_stream_enable_and_route_enable_are_on(
     assert_eq!(stream_enabled(&app, "b"), Some(true), "b is not primary");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_and_metrics_serve_each_route_block() {
+    let app = App::start(routes(&["a", "b"], None)).await.expect("starts");
+    let base = format!("http://{}", app.addrs.http.expect("http"));
+    let c = reqwest::Client::new();
+    let j = util::get_json(&c, format!("{base}/api/routes/a/points")).await;
+    assert_eq!(j["slot"], 3);
+    let points = j["points"].as_array().expect("points");
+    let tpl_len = app.db.block_ids(3).len();
+    assert_eq!(points.len(), tpl_len);
+    assert!(points
+        .iter()
+        .all(|p| p["id"].as_str().is_some_and(|i| i.starts_with("route.3."))));
+    let sel = util::get_json(&c, format!("{base}/api/routes/a/points/input_select")).await;
+    assert_eq!(sel["states"][1], "gen");
+    assert_eq!(sel["route"]["name"], "a");
+    let out = util::get_json(&c, format!("{base}/api/routes/a/points/output_enable.1")).await;
+    assert_eq!(out["route"]["output_name"], "web");
+    // Write by the route's input name, at a BMS operator's level.
+    let r = c
+        .post(format!("{base}/api/routes/a/points/input_select"))
+        .json(&json!({"value": "spare", "priority": 8}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    let p: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(
+        (p["value"].as_u64(), p["state"].as_str()),
+        (Some(3), Some("spare"))
+    );
+    until("a forced to spare", || {
+        app.engine
+            .snapshot()
+            .route("a")
+            .is_some_and(|r| r.forced_input == Some(1))
+    })
+    .await;
+    assert_eq!(
+        app.engine.snapshot().route("b").map(|r| r.forced_input),
+        Some(None),
+        "b untouched"
+    );
+    for (url, want) in [
+        (format!("{base}/api/routes/nope/points"), 404),
+        (format!("{base}/api/routes/a/points/nope"), 404),
+        (format!("{base}/api/points/route.2.route_status"), 404),
+    ] {
+        assert_eq!(
+            c.get(&url).send().await.expect("get").status(),
+            want,
+            "{url}"
+        );
+    }
+    let r = c
+        .post(format!("{base}/api/routes/a/points/route_status"))
+        .json(&json!({"value": 1}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 405, "statuses are read-only");
+    // Prometheus: route points carry route/slot labels, output points an
+    // output label.
+    until("route a published", || {
+        value(&app.db, "route.3.output_status.1").is_some()
+    })
+    .await;
+    let m = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        m.contains(r#"castpoint_point_quality{point="route.3.route_status",route="a",slot="3"}"#),
+        "{m}"
+    );
+    assert!(
+        m.lines().any(|l| l
+            .starts_with(r#"castpoint_point_value{point="route.3.output_status.1""#)
+            && l.contains(r#"output="web""#)),
+        "{m}"
+    );
+    assert!(m.contains(r#"state="spare",route="a""#), "{m}");
+    assert!(!m.contains("route.2."), "free slots are not exported");
+    let one = util::get_json(&c, format!("{base}/api/routes/a")).await;
+    assert_eq!(one["point_slot"], 3);
+    app.stop().await;
+}
