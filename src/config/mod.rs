@@ -309,6 +309,32 @@ impl Config {
             modbus: maps::parse_modbus(&mn, &mt, &idx, &mut errs),
             http: maps::parse_http(&hn, &ht, &idx, &mut errs),
         };
+        // Route blocks on Modbus must fit the tables and miss the server's
+        // registers (issue 20).
+        if let Some(tpl) = &route_template {
+            match crate::protocols::modbus::routes::route_registers(
+                tpl,
+                pf.points.len(),
+                &maps.modbus.route_blocks,
+                maps.modbus.word_order,
+            ) {
+                Ok(mut regs) => {
+                    regs.extend(maps.modbus.registers.iter().cloned());
+                    if let Some((t, n)) = crate::protocols::modbus::routes::overlap(&regs) {
+                        errs.push(ConfigError::new(
+                            &mn,
+                            "route_blocks",
+                            format!(
+                                "route blocks overlap a mapped {} register (offset {})",
+                                t.as_str(),
+                                n - t.base()
+                            ),
+                        ));
+                    }
+                }
+                Err(e) => errs.push(ConfigError::new(&mn, "route_blocks", e)),
+            }
+        }
         // Sections owned by other parts are validated here too, so that
         // `check-config` reports every problem before anything starts.
         if let Err(e) =

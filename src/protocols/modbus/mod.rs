@@ -41,6 +41,7 @@
 mod export;
 mod frame;
 mod regmap;
+pub mod routes;
 mod server;
 mod service;
 
@@ -55,7 +56,7 @@ use crate::config::ModbusSection;
 use crate::netlimit::Caps;
 use crate::points::{ModbusMap, PointDb, Protocol, WritePolicy};
 
-pub use export::{map_csv, map_markdown};
+pub use export::{export_csv, export_markdown, map_csv, map_markdown};
 pub use frame::{decode_request, split_frame, Exception, Request};
 pub use server::Limits;
 pub use service::Service;
