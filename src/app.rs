@@ -73,9 +73,11 @@ impl App {
         let since = chrono::Utc::now()
             - chrono::Duration::from_std(pcfg.history_retention)
                 .unwrap_or(chrono::Duration::days(7));
-        // Route blocks too (history is kept per slot, present or not).
+        // Route blocks too (history is kept per slot, present or not);
+        // only points that have stored samples cost a query.
+        let with_history = store.history_points()?;
         for id in db.all_ids().collect::<Vec<_>>() {
-            if let Some(def) = db.def(id) {
+            if let Some(def) = db.def(id).filter(|d| with_history.contains_key(&d.id)) {
                 for s in store.load_history(&def.id, def.kind, since)? {
                     db.insert_history(id, s);
                 }

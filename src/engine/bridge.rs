@@ -316,7 +316,15 @@ impl RouteCmds {
         for r in &spec.routes {
             let primary = spec.primary.as_deref() == Some(r.name.as_str());
             let want = effective(db, ids, &r.name, primary);
-            let had = self.applied.get(&r.name).cloned();
+            // A route seen for the first time is as configured (nothing
+            // to undo): only what differs from that is applied, so start-up
+            // and new routes are not disturbed by no-op commands.
+            let had = Some(self.applied.get(&r.name).cloned().unwrap_or(Effective {
+                enable: true,
+                input: None,
+                recording: None,
+                transcode: (None, None),
+            }));
             if had.as_ref().map(|h| h.enable) != Some(want.enable) {
                 if let Err(e) = engine.set_stream_enabled(&r.name, want.enable).await {
                     tracing::warn!("route {}: route_enable: {e}", r.name);

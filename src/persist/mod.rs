@@ -5,6 +5,7 @@
 //! loss can lose the last transactions. Commands are committed inside
 //! `PointDb::write` before the write is acknowledged (see [`Persister`]).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -577,6 +578,20 @@ impl Store {
         Ok(())
     }
 
+    /// The points that have stored history, each with its newest sample's
+    /// time: one query instead of one per point (start-up with thousands
+    /// of reserved route points, issue 20).
+    pub fn history_points(&self) -> anyhow::Result<HashMap<String, DateTime<Utc>>> {
+        let c = self.conn.lock();
+        let mut st = c.prepare("SELECT point, MAX(at) FROM history GROUP BY point")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            .filter_map(Result::ok)
+            .filter_map(|(p, ms)| Some((p, Utc.timestamp_millis_opt(ms).single()?)))
+            .collect();
+        Ok(rows)
+    }
+
     /// The newest stored sample time of a point (to resume flushing).
     pub fn last_history_at(&self, point: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
         let c = self.conn.lock();
@@ -912,15 +927,14 @@ pub async fn history_flusher(
     every: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    let stored = store.history_points().unwrap_or_default();
     let mut last: Vec<DateTime<Utc>> = db
         .defs()
         .iter()
         .map(|d| {
-            store
-                .last_history_at(&d.id)
-                .ok()
-                .flatten()
-                .map(|t| t + chrono::Duration::milliseconds(1))
+            stored
+                .get(&d.id)
+                .map(|t| *t + chrono::Duration::milliseconds(1))
                 .unwrap_or_else(Utc::now)
         })
         .collect();

@@ -112,6 +112,13 @@ async fn route_blocks_follow_routes_keep_slots_and_command_their_route_only() {
     assert_eq!(db.slot_of("b"), Some(1));
     assert_eq!(db.slot_of("c"), Some(2));
     assert_eq!(value(&db, "route.3.route_enable"), Some(Value::Bool(false)));
+    // History is kept per slot and survives the restart.
+    let ib = db.lookup("route.3.input_bitrate").expect("input_bitrate");
+    assert!(
+        !db.history(ib, chrono::DateTime::UNIX_EPOCH, chrono::Utc::now())
+            .is_empty(),
+        "route history restored"
+    );
     until("route a still stopped after restart", || {
         stream_enabled(&app, "a") == Some(false)
     })
