@@ -11,7 +11,11 @@ use serde_json::json;
 use crate::util;
 
 fn routes(order: &[&str], data_dir: Option<&Path>) -> Config {
-    let mut text = String::from("[telemetry]\nenabled = true\n");
+    routes_with(order, data_dir, "")
+}
+
+fn routes_with(order: &[&str], data_dir: Option<&Path>, extra: &str) -> Config {
+    let mut text = format!("[telemetry]\nenabled = true\n{extra}\n");
     for name in order {
         let pin = if *name == "a" { "slot = 3\n" } else { "" };
         text.push_str(&format!(
@@ -317,5 +321,104 @@ async fn rest_and_metrics_serve_each_route_block() {
     assert!(!m.contains("route.2."), "free slots are not exported");
     let one = util::get_json(&c, format!("{base}/api/routes/a")).await;
     assert_eq!(one["point_slot"], 3);
+    app.stop().await;
+}
+
+/// POSTs a Zinc grid to a Haystack op, JSON back (anonymous read allowed).
+async fn hs(c: &reqwest::Client, base: &str, op: &str, zinc: &str) -> serde_json::Value {
+    let r = c
+        .post(format!("{base}/api/haystack/{op}"))
+        .header("Content-Type", "text/zinc")
+        .header("Accept", "application/json")
+        .body(zinc.to_string())
+        .send()
+        .await
+        .expect("haystack");
+    assert_eq!(r.status(), 200);
+    r.json().await.expect("json")
+}
+
+fn hs_ids(j: &serde_json::Value) -> Vec<String> {
+    j["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["id"]["val"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haystack_serves_one_equip_per_route_and_watches_see_removals() {
+    let cfg = routes_with(&["a", "b"], None, "[haystack]\nanonymous_read = true\n");
+    let app = App::start(cfg).await.expect("starts");
+    let base = format!("http://{}", app.addrs.http.expect("http"));
+    let c = reqwest::Client::new();
+    let read = |filter: &str| format!("ver:\"3.0\"\nfilter\n\"{}\"\n", filter.replace('"', "\\\""));
+    // One equip per route besides the server's, referencing it.
+    let eq = hs(&c, &base, "read", &read("equip")).await;
+    let mut ids = hs_ids(&eq);
+    ids.sort();
+    assert_eq!(ids, ["route.1", "route.3", "streaming-server"], "{eq}");
+    // Route 3's points: equipRef to its equip, Haystack 4 tags.
+    let pts = hs(&c, &base, "read", &read("point and equipRef==@route.3")).await;
+    let n = app.db.block_ids(3).len();
+    assert_eq!(hs_ids(&pts).len(), n, "{pts}");
+    let sel = pts["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["id"]["val"] == "route.3.input_select")
+        .expect("input_select")
+        .clone();
+    assert!(
+        sel.get("cmd").is_some() && sel.get("writable").is_some(),
+        "{sel}"
+    );
+    assert!(
+        sel["enum"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("Auto,gen,spare")),
+        "{sel}"
+    );
+    assert_eq!(sel["siteRef"]["val"], "site");
+    // Nav: site -> server equip -> route equips -> points.
+    let nav = hs(&c, &base, "nav", "ver:\"3.0\"\nnavId\n@streaming-server\n").await;
+    assert!(hs_ids(&nav).contains(&"route.3".to_string()), "{nav}");
+    let nav = hs(&c, &base, "nav", "ver:\"3.0\"\nnavId\n@route.3\n").await;
+    assert_eq!(hs_ids(&nav).len(), n);
+    // A watch on route b's status; deleting b reports the point removed.
+    let w = hs(
+        &c,
+        &base,
+        "watchSub",
+        "ver:\"3.0\" watchDis:\"t\"\nid\n@route.1.route_status\n",
+    )
+    .await;
+    let wid = w["meta"]["watchId"].as_str().expect("watchId").to_string();
+    let r = c
+        .delete(format!("{base}/api/routes/b"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    until("slot 1 freed", || {
+        app.db.lookup("route.1.route_status").is_none()
+    })
+    .await;
+    let poll = hs(
+        &c,
+        &base,
+        "watchPoll",
+        &format!("ver:\"3.0\" watchId:\"{wid}\"\nempty\n"),
+    )
+    .await;
+    let rows = poll["rows"].as_array().expect("rows");
+    assert!(
+        rows.iter()
+            .any(|r| r["id"]["val"] == "route.1.route_status" && r.get("removed").is_some()),
+        "{poll}"
+    );
+    let eq = hs(&c, &base, "read", &read("equip")).await;
+    assert!(!hs_ids(&eq).contains(&"route.1".to_string()));
     app.stop().await;
 }
