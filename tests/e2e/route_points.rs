@@ -381,6 +381,19 @@ async fn haystack_serves_one_equip_per_route_and_watches_see_removals() {
         "{sel}"
     );
     assert_eq!(sel["siteRef"]["val"], "site");
+    // Enum values of input states read by the route's own input names.
+    until("route a forwards gen", || {
+        value(&app.db, "route.3.active_input") == Some(Value::Enum(1))
+    })
+    .await;
+    let ai = hs(
+        &c,
+        &base,
+        "read",
+        "ver:\"3.0\"\nid\n@route.3.active_input\n",
+    )
+    .await;
+    assert_eq!(ai["rows"][0]["curVal"], "gen", "{ai}");
     // Nav: site -> server equip -> route equips -> points.
     let nav = hs(&c, &base, "nav", "ver:\"3.0\"\nnavId\n@streaming-server\n").await;
     assert!(hs_ids(&nav).contains(&"route.3".to_string()), "{nav}");

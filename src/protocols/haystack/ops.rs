@@ -524,7 +524,8 @@ fn point_write(ctx: &Ctx, caller: &Caller, req: ReqGrid) -> OpResult {
     let Some(RecKey::Point(pid)) = ctx.records.key(&id) else {
         return Err(format!("unknown point @{id}").into());
     };
-    let def = ctx.db.def(pid).ok_or("unknown point")?;
+    let def = super::records::live_def(&ctx.db, pid).ok_or("unknown point")?;
+    let def = &*def;
     match row.get("level") {
         None | Some(HVal::Null) => {
             // Read back the priority array: 17 rows.

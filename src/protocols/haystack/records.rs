@@ -62,6 +62,22 @@ pub fn unit(symbol: &str) -> Option<&'static Unit> {
     Some(u)
 }
 
+/// A point's definition with its live state names: a route's input
+/// states carry the route's own input names (issue 20), so values read and
+/// written by name use them.
+pub fn live_def(db: &PointDb, pid: PointId) -> Option<std::borrow::Cow<'_, PointDef>> {
+    let def = db.def(pid)?;
+    if def.kind == Kind::Enum && db.route_point(pid).is_some() {
+        let names = db.state_names(pid);
+        if names != def.states {
+            let mut d = def.clone();
+            d.states = names;
+            return Some(std::borrow::Cow::Owned(d));
+        }
+    }
+    Some(std::borrow::Cow::Borrowed(def))
+}
+
 /// The Haystack id of the equip of route slot `slot`.
 pub fn route_equip_id(slot: u16) -> String {
     format!("route.{slot}")
@@ -337,7 +353,8 @@ impl Records {
                 if !db.is_present(pid) {
                     return None;
                 }
-                let def = db.def(pid)?;
+                let def = live_def(db, pid)?;
+                let def = &*def;
                 let mut d = self.points.get(pid.index())?.clone();
                 if let Some(rp) = db.route_point(pid) {
                     // The route's name and input names are live.
