@@ -155,19 +155,22 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
-                // Routes created, renamed or deleted (REST, reload) get or
-                // lose their block within a tick.
-                sync_blocks(&engine, &db, &mut keeper).await;
-                routes.apply(&engine, &db, &ids).await;
+                n += 1;
                 if publish_points {
                     let snap = engine.snapshot();
                     signals.observe(&snap, Instant::now());
-                    n += 1;
                     if n.is_multiple_of(4) {
                         let t = timeouts(&engine).await;
                         publish(&db, &ids, &snap, &mut signals, &t);
                         publish_routes(&db, &snap, &mut signals, &t);
                     }
+                }
+                // Routes created, renamed or deleted (REST, reload) get or
+                // lose their block within a second; after the publication,
+                // so that waiting on the engine's state never delays it.
+                if n.is_multiple_of(4) {
+                    sync_blocks(&engine, &db, &mut keeper).await;
+                    routes.apply(&engine, &db, &ids).await;
                 }
             }
         }
