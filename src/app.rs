@@ -113,13 +113,14 @@ impl App {
 fn start_store(cfg: &Config) -> anyhow::Result<(PointDb, Arc<Store>, DataDirLock)> {
     let s = &cfg.server;
     let pcfg = PersistConfig::new(&s.audit, &s.history);
-    let db = PointDb::new(
+    let db = PointDb::with_routes(
         cfg.points.clone(),
         cfg.site.clone(),
         DbOptions {
             history_retention: pcfg.history_retention,
             ..DbOptions::default()
         },
+        cfg.route_template.clone(),
     );
     let lock = DataDirLock::acquire(&s.data_dir)?;
     let opts = crate::persist::StoreOptions {
@@ -129,8 +130,11 @@ fn start_store(cfg: &Config) -> anyhow::Result<(PointDb, Arc<Store>, DataDirLock
     let restored = store.restore(&db)?;
     let since = chrono::Utc::now()
         - chrono::Duration::from_std(pcfg.history_retention).unwrap_or(chrono::Duration::days(7));
-    for id in db.ids().collect::<Vec<_>>() {
-        if let Some(def) = db.def(id) {
+    // Route blocks too (history is kept per slot, present or not); only
+    // points that have stored samples cost a query.
+    let with_history = store.history_points()?;
+    for id in db.all_ids().collect::<Vec<_>>() {
+        if let Some(def) = db.def(id).filter(|d| with_history.contains_key(&d.id)) {
             for h in store.load_history(&def.id, def.kind, since)? {
                 db.insert_history(id, h);
             }
@@ -321,11 +325,14 @@ async fn start_engine(cfg: &Config, w: &mut Wiring) {
     }
     w.engine.apply(spec).await;
     let (e, d, token) = (w.engine.clone(), w.db.clone(), w.shutdown.clone());
+    // Route point blocks exist before `ready` (issue 20).
+    let mut keeper = crate::points::routes::SlotKeeper::new(Some(w.store.clone()));
+    crate::engine::bridge::sync_blocks(&w.engine, &w.db, &mut keeper).await;
     // Router counters are telemetry too: `[telemetry] enabled = false`
     // stops them with the host sampler (commands still apply).
     let publish = cfg.server.telemetry.enabled;
     w.tasks.spawn(async move {
-        crate::engine::bridge::run(e.clone(), d, token, publish).await;
+        crate::engine::bridge::run(e.clone(), d, token, publish, keeper).await;
         // Shutdown: stop every route and wait for sockets to close.
         e.stop().await;
     });

@@ -231,13 +231,17 @@ fn main() -> ExitCode {
             what: Export::ModbusMap { config, format },
         } => match load(&config) {
             Ok(c) => {
-                use castpoint::protocols::modbus::{map_csv, map_markdown};
+                use castpoint::protocols::modbus::{export_csv, export_markdown};
                 let f = if format == "csv" {
-                    map_csv
+                    export_csv
                 } else {
-                    map_markdown
+                    export_markdown
                 };
-                print!("{}", f(&c.points, &c.maps.modbus));
+                // With the route blocks (issue 20).
+                print!(
+                    "{}",
+                    f(&c.points, &c.maps.modbus, c.route_template.as_ref())
+                );
                 ExitCode::SUCCESS
             }
             Err(code) => code,

@@ -88,9 +88,28 @@ pub fn point_json(db: &PointDb, maps: &Maps, id: PointId) -> J {
     o.insert("role".into(), json!(def.role.as_str()));
     o.insert("kind".into(), json!(def.kind.as_str()));
     o.insert("value".into(), value_json(st.value));
+    // Route points name their route, slot and output (issue 20); their
+    // input states carry the route's input names.
+    let states = db.state_names(id);
+    if let Some(rp) = db.route_point(id) {
+        let info = db.block(rp.slot);
+        let mut r = json!({
+            "slot": rp.slot,
+            "name": info.as_ref().map(|i| i.route.clone()),
+        });
+        if let Some(n) = rp.output {
+            r["output"] = json!(n);
+            r["output_name"] = json!(info
+                .as_ref()
+                .and_then(|i| i.outputs.get(usize::from(n) - 1).cloned()));
+        }
+        o.insert("route".into(), r);
+    }
     match st.value {
         Some(Value::Enum(e)) => {
-            o.insert("state".into(), json!(def.state_name(e)));
+            if let Some(name) = states.get(usize::from(e).wrapping_sub(1)) {
+                o.insert("state".into(), json!(name));
+            }
         }
         // No value: the "N/A" state names it (value stays null).
         None if def.na_state().is_some() => {
@@ -108,8 +127,8 @@ pub fn point_json(db: &PointDb, maps: &Maps, id: PointId) -> J {
     if let Some(l) = st.level {
         o.insert("level".into(), json!(l));
     }
-    if !def.states.is_empty() {
-        o.insert("states".into(), json!(def.states));
+    if !states.is_empty() {
+        o.insert("states".into(), json!(states));
     }
     if def.min.is_some() || def.max.is_some() {
         o.insert("range".into(), json!([def.min, def.max]));

@@ -337,43 +337,53 @@ pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
         env!("CARGO_PKG_VERSION"),
         crate::GIT_COMMIT
     );
+    // The server's points, then every present route block's: those carry
+    // `route` (and `slot`) labels, output points an `output` label too.
+    let ids = s.db.served_ids();
+    let labels: Vec<String> = ids.iter().map(|&id| route_labels(&s.db, id)).collect();
     out.push_str("# HELP castpoint_point_value Current value of a point (bool 0/1, enum ordinal 1..N).\n# TYPE castpoint_point_value gauge\n");
-    for id in s.db.ids() {
+    for (k, &id) in ids.iter().enumerate() {
         let (Some(d), Some(st)) = (s.db.def(id), s.db.read(id)) else {
             continue;
         };
         if let Some(v) = st.value {
             let _ = writeln!(
                 out,
-                "castpoint_point_value{{point=\"{}\",role=\"{}\",unit=\"{}\"}} {}",
+                "castpoint_point_value{{point=\"{}\",role=\"{}\",unit=\"{}\"{}}} {}",
                 d.id,
                 d.role.as_str(),
                 d.unit.as_deref().unwrap_or(""),
+                labels[k],
                 v.as_f64()
             );
         }
     }
     out.push_str("# HELP castpoint_point_quality Quality of a point: 0 ok, 1 stale, 2 fault, 3 unavailable, 4 overridden.\n# TYPE castpoint_point_quality gauge\n");
-    for id in s.db.ids() {
+    for (k, &id) in ids.iter().enumerate() {
         if let (Some(d), Some(st)) = (s.db.def(id), s.db.read(id)) {
             let _ = writeln!(
                 out,
-                "castpoint_point_quality{{point=\"{}\"}} {}",
+                "castpoint_point_quality{{point=\"{}\"{}}} {}",
                 d.id,
+                labels[k],
                 st.quality.code()
             );
         }
     }
     out.push_str("# HELP castpoint_point_state Enum points as a state set (1 for the current state).\n# TYPE castpoint_point_state gauge\n");
-    for id in s.db.ids() {
+    for (k, &id) in ids.iter().enumerate() {
         if let (Some(d), Some(st)) = (s.db.def(id), s.db.read(id)) {
-            for (i, name) in d.states.iter().enumerate() {
+            if d.states.is_empty() {
+                continue;
+            }
+            for (i, name) in s.db.state_names(id).iter().enumerate() {
                 let on = st.value == Some(Value::Enum((i + 1) as u16));
                 let _ = writeln!(
                     out,
-                    "castpoint_point_state{{point=\"{}\",state=\"{}\"}} {}",
+                    "castpoint_point_state{{point=\"{}\",state=\"{}\"{}}} {}",
                     d.id,
-                    name,
+                    prom_escape(name),
+                    labels[k],
                     u8::from(on)
                 );
             }
@@ -405,4 +415,29 @@ pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
         )],
         out,
     )
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn prom_escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `,route="cam",slot="3"[,output="web"]` for a route point, "" otherwise.
+fn route_labels(db: &crate::points::PointDb, id: crate::points::PointId) -> String {
+    let Some(rp) = db.route_point(id) else {
+        return String::new();
+    };
+    let info = db.block(rp.slot);
+    let route = info.as_ref().map_or("", |i| i.route.as_str());
+    let mut l = format!(",route=\"{}\",slot=\"{}\"", prom_escape(route), rp.slot);
+    if let Some(n) = rp.output {
+        let name = info
+            .as_ref()
+            .and_then(|i| i.outputs.get(usize::from(n) - 1))
+            .map_or(String::new(), |o| prom_escape(o));
+        let _ = write!(l, ",output=\"{name}\",output_number=\"{n}\"");
+    }
+    l
 }

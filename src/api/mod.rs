@@ -106,6 +106,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/points", get(list_points))
         .route("/api/points/{id}", get(get_point).post(post_point))
         .route("/api/points/{id}/history", get(get_history))
+        .route("/api/routes/{route}/points", get(route_points))
+        .route(
+            "/api/routes/{route}/points/{point}",
+            get(get_route_point).post(post_route_point),
+        )
         .route("/api/audit", get(get_audit))
         .route("/api/auth/login", post(auth::login))
         .route("/api/openapi.json", get(openapi::serve))
@@ -201,6 +206,71 @@ async fn get_point(
     point_response(&s, pid)
 }
 
+/// The slot of a route with a point block, or 404.
+fn route_slot(s: &ApiState, route: &str) -> Result<u16, ApiError> {
+    s.db.slot_of(route).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no route named {route:?} with a point block"),
+        )
+    })
+}
+
+/// `route_enable` or `output_enable.2` of a route, as a database id.
+fn route_point_id(s: &ApiState, route: &str, point: &str) -> Result<String, ApiError> {
+    let slot = route_slot(s, route)?;
+    let (tid, out) = match point.rsplit_once('.') {
+        Some((t, n)) => match n.parse::<u16>() {
+            Ok(n) => (t, Some(n)),
+            Err(_) => (point, None),
+        },
+        None => (point, None),
+    };
+    s.db.block_point(slot, tid, out)
+        .and_then(|id| s.db.def(id))
+        .map(|d| d.id.clone())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("route {route:?} has no point {point:?}"),
+            )
+        })
+}
+
+async fn route_points(
+    State(s): State<ApiState>,
+    Path(route): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let slot = route_slot(&s, &route)?;
+    let points: Vec<_> =
+        s.db.block_ids(slot)
+            .into_iter()
+            .map(|id| json::point_json(&s.db, &s.maps, id))
+            .collect();
+    Ok(Json(
+        json!({"route": route, "slot": slot, "points": points}),
+    ))
+}
+
+async fn get_route_point(
+    State(s): State<ApiState>,
+    Path((route, point)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = route_point_id(&s, &route, &point)?;
+    point_response(&s, lookup(&s, &id)?)
+}
+
+async fn post_route_point(
+    State(s): State<ApiState>,
+    Path((route, point)): Path<(String, String)>,
+    peer: ConnectInfo<SocketAddr>,
+    caller: guard::Authed,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = route_point_id(&s, &route, &point)?;
+    post_point(State(s), Path(id), peer, caller, body).await
+}
+
 struct WriteBody {
     value: Option<Value>,
     priority: Option<u8>,
@@ -235,6 +305,25 @@ fn parse_write_body(
             "missing field \"value\" (null relinquishes)",
         )
     })?;
+    // A route's input states are named after its inputs (issue 20).
+    let named;
+    let raw = match raw.as_str() {
+        Some(name) if def.kind == crate::points::Kind::Enum && s.db.route_point(id).is_some() => {
+            match s
+                .db
+                .state_names(id)
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(name))
+            {
+                Some(i) => {
+                    named = json!(i + 1);
+                    &named
+                }
+                None => raw,
+            }
+        }
+        _ => raw,
+    };
     let value = json::value_from_json(def, raw)
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: {m}", def.id)))?;
     let priority = match obj.get("priority") {

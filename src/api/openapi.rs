@@ -120,6 +120,33 @@ pub const OPS: &[Op] = &[
         "Route",
     ),
     (
+        "get",
+        "/api/routes/{route}/points",
+        "The route's point block (docs/route-points.md)",
+        "viewer",
+        None,
+        200,
+        "RoutePoints",
+    ),
+    (
+        "get",
+        "/api/routes/{route}/points/{point}",
+        "One point of the route's block, by template id (output points: id.N)",
+        "viewer",
+        None,
+        200,
+        "Point",
+    ),
+    (
+        "post",
+        "/api/routes/{route}/points/{point}",
+        "Command a point of the route's block through its priority array",
+        "operator",
+        Some("Write"),
+        200,
+        "Point",
+    ),
+    (
         "put",
         "/api/routes/{route}",
         "Replace a route",
@@ -338,7 +365,13 @@ pub const OPS: &[Op] = &[
 ];
 
 fn schemas(s: &ApiState) -> J {
-    let ids: Vec<&str> = s.db.defs().iter().map(|d| d.id.as_str()).collect();
+    // The server's points by name; route points (issue 20) by their id
+    // pattern, since blocks come and go with routes.
+    let ids: Vec<&str> =
+        s.db.ids()
+            .filter_map(|id| s.db.def(id))
+            .map(|d| d.id.as_str())
+            .collect();
     // OpenAPI 3.0 ignores `nullable` without a `type` beside it (3.0.3
     // clarification), so null goes on one branch of the `oneOf`: exactly
     // one branch then matches null, as `oneOf` requires.
@@ -350,7 +383,13 @@ fn schemas(s: &ApiState) -> J {
         "Text": {"type": "string"},
         "Error": {"type": "object", "required": ["error", "status"], "properties": {
             "error": {"type": "string"}, "status": {"type": "integer"}}},
-        "PointId": {"type": "string", "enum": ids},
+        "PointId": {"type": "string", "anyOf": [
+            {"enum": ids},
+            {"pattern": "^route\\.[0-9]+\\.[a-z0-9_-]+(\\.[0-9]+)?$"}]},
+        "RoutePoints": {"type": "object", "required": ["route", "slot", "points"], "properties": {
+            "route": {"type": "string"},
+            "slot": {"type": "integer", "minimum": 1},
+            "points": {"$ref": "#/components/schemas/PointList"}}},
         "Point": {"type": "object", "required": ["id", "name", "kind", "status"], "properties": {
             "id": {"$ref": "#/components/schemas/PointId"},
             "name": {"type": "string"},

@@ -309,6 +309,8 @@ fn route_json(s: &ApiState, name: &str, doc: &J) -> J {
             o.insert(json_name.to_string(), v);
         }
         o.insert("stats".into(), redact(&stats));
+        // The route's point block (docs/route-points.md); null without one.
+        o.insert("point_slot".into(), json!(s.db.slot_of(name)));
     }
     d
 }
@@ -358,8 +360,10 @@ async fn replace(
 ) -> Result<Json<J>, ApiError> {
     let mut doc = parse_body(&body)?;
     if let Some(o) = doc.as_object_mut() {
-        // What GET adds and PUT cannot set: the route's live counters.
+        // What GET adds and PUT cannot set: the route's live counters and
+        // its point block's slot (pinned with `slot`).
         o.remove("stats");
+        o.remove("point_slot");
         match o.get("name").and_then(J::as_str) {
             None => {
                 o.insert("name".into(), json!(route));

@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub rtmp: RtmpConfig,
     /// `[mqtt]` (src/protocols/mqtt; resolved into `Config::mqtt`).
     pub mqtt: MqttSection,
+    /// `[route_points]` (the route template is loaded into
+    /// `Config::route_template`).
+    pub route_points: super::points::RoutePointsConfig,
     /// `[[route]]` tables, each with its validated engine spec.
     pub routes: Vec<routes::Route>,
     /// The top-level keys the file wrote (the others mean their defaults).
@@ -101,6 +104,7 @@ pub(crate) const KNOWN: &[&str] = &[
     "profile",
     "rtmp",
     "mqtt",
+    "route_points",
     "route",
 ];
 
@@ -312,6 +316,7 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<ServerConfig> 
         media: section(file, &mut doc, "media", errs),
         rtmp: section(file, &mut doc, "rtmp", errs),
         mqtt: section(file, &mut doc, "mqtt", errs),
+        route_points: section(file, &mut doc, "route_points", errs),
         profile,
         mappings,
         routes: Vec::new(),

@@ -48,6 +48,7 @@ const SECTIONS: &[(&str, &str, &str)] = &[
     ("media", "[media]\nbogus = 1\n", "media.bogus"),
     ("rtmp", "[rtmp]\nbogus = 1\n", "rtmp.bogus"),
     ("mqtt", "[mqtt]\nbogus = 1\n", "mqtt.bogus"),
+    ("route_points", "[route_points]\nbogus = 1\n", "route_points.bogus"),
     // Accepted and ignored before: no part read it.
     ("users", "[users]\nadmin = \"x\"\n", "users"),
     (

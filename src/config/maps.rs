@@ -272,6 +272,19 @@ struct ModbusFile {
     defaults: ModbusDefaults,
     #[serde(default)]
     register: Vec<ModbusRaw>,
+    route_blocks: Option<RouteBlocksRaw>,
+}
+
+/// `[route_blocks]`: protocol offsets (0-based) of the route blocks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteBlocksRaw {
+    enabled: Option<bool>,
+    input_base: Option<u16>,
+    holding_base: Option<u16>,
+    coil_base: Option<u16>,
+    discrete_base: Option<u16>,
+    stride: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -341,7 +354,27 @@ pub fn parse_modbus(file: &str, text: &str, pts: &PointIndex, errs: &mut Errors)
             "must be a priority 1..=16",
         ));
     }
+    let mut route_blocks = crate::points::ModbusRouteBlocks::default();
+    if let Some(rb) = &raw.route_blocks {
+        let d = route_blocks;
+        route_blocks = crate::points::ModbusRouteBlocks {
+            enabled: rb.enabled.unwrap_or(d.enabled),
+            input_base: rb.input_base.unwrap_or(d.input_base),
+            holding_base: rb.holding_base.unwrap_or(d.holding_base),
+            coil_base: rb.coil_base.unwrap_or(d.coil_base),
+            discrete_base: rb.discrete_base.unwrap_or(d.discrete_base),
+            stride: rb.stride.unwrap_or(d.stride),
+        };
+        if route_blocks.stride == 0 {
+            errs.push(ConfigError::new(
+                file,
+                "route_blocks.stride",
+                "must be at least 1",
+            ));
+        }
+    }
     let mut map = ModbusMap {
+        route_blocks,
         word_order: default_wo,
         write_priority: raw.defaults.write_priority.clamp(1, 16),
         registers: Vec::new(),

@@ -87,6 +87,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// The MQTT edge node's resolved config, when `[mqtt] enabled`.
     pub mqtt: Option<crate::protocols::mqtt::MqttConfig>,
+    /// The route template with its reserved sizes (`[route_points]`);
+    /// None when route blocks are disabled.
+    pub route_template: Option<crate::points::routes::RouteTemplate>,
     pub points: Vec<PointDef>,
     pub site: SiteEquip,
     pub maps: Maps,
@@ -206,6 +209,29 @@ impl Config {
         let Some(pf) = pf else {
             return Err(ConfigErrors(errs));
         };
+        let rc = &server.route_points;
+        let route_template = if rc.enabled {
+            let (tname, ttext) = match &rc.template {
+                Some(f) => read_named(base, f, &mut errs, name, "route_points.template")
+                    .unwrap_or_default(),
+                None => (
+                    "points/route.toml (embedded)".into(),
+                    points::DEFAULT_ROUTE_TEMPLATE.into(),
+                ),
+            };
+            let pins: Vec<_> = server
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (i, r.spec.name.clone(), r.spec.slot))
+                .collect();
+            for (i, msg) in crate::points::routes::pin_problems(&pins, rc.max_routes) {
+                errs.push(ConfigError::new(name, format!("route[{i}].slot"), msg));
+            }
+            points::parse_template(&tname, &ttext, rc, pf.points.len(), &mut errs)
+        } else {
+            None
+        };
         let idx = maps::PointIndex::new(&pf.points);
         let load = |f: &Option<String>,
                     key: &str,
@@ -241,6 +267,32 @@ impl Config {
             modbus: maps::parse_modbus(&mn, &mt, &idx, &mut errs),
             http: maps::parse_http(&hn, &ht, &idx, &mut errs),
         };
+        // Route blocks on Modbus must fit the tables and miss the server's
+        // registers (issue 20).
+        if let Some(tpl) = &route_template {
+            match crate::protocols::modbus::routes::route_registers(
+                tpl,
+                pf.points.len(),
+                &maps.modbus.route_blocks,
+                maps.modbus.word_order,
+            ) {
+                Ok(mut regs) => {
+                    regs.extend(maps.modbus.registers.iter().cloned());
+                    if let Some((t, n)) = crate::protocols::modbus::routes::overlap(&regs) {
+                        errs.push(ConfigError::new(
+                            &mn,
+                            "route_blocks",
+                            format!(
+                                "route blocks overlap a mapped {} register (offset {})",
+                                t.as_str(),
+                                n - t.base()
+                            ),
+                        ));
+                    }
+                }
+                Err(e) => errs.push(ConfigError::new(&mn, "route_blocks", e)),
+            }
+        }
         // [mqtt]: its file paths resolve against this file's folder and its
         // TLS files must load; the section's own problems were reported
         // when it was read, so only what resolving adds is reported here.
@@ -265,6 +317,7 @@ impl Config {
         Ok(Config {
             server,
             mqtt,
+            route_template,
             points: pf.points,
             site: pf.site,
             maps,

@@ -6,6 +6,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{parse_duration, ConfigError, Errors};
+use crate::points::routes::{
+    RouteTemplate, TemplatePoint, DEFAULT_MAX_INPUTS, DEFAULT_MAX_OUTPUTS, DEFAULT_MAX_SLOTS,
+};
 use crate::points::{Kind, PointDef, Role, SiteEquip, TagValue, Value};
 
 #[derive(Deserialize)]
@@ -66,6 +69,11 @@ struct PointRaw {
     his: bool,
     #[serde(default)]
     tags: BTreeMap<String, toml::Value>,
+    /// Route template only (points/route.toml).
+    #[serde(default)]
+    per_output: bool,
+    /// Route template only: `"inputs"`.
+    states_from: Option<String>,
 }
 
 /// Parsed point file: the definitions and the site/equip records.
@@ -113,9 +121,24 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<PointFile> {
             return None;
         }
     };
+    let points = parse_points(file, raw.point, false, errs)
+        .into_iter()
+        .map(|t| t.def)
+        .collect();
+    Some(PointFile { points, site })
+}
+
+/// Validates `[[point]]` tables into definitions; `template` allows the
+/// route template's own fields (`per_output`, `states_from`).
+fn parse_points(
+    file: &str,
+    raw: Vec<PointRaw>,
+    template: bool,
+    errs: &mut Errors,
+) -> Vec<TemplatePoint> {
     let mut seen = HashSet::new();
     let mut points = Vec::new();
-    for (i, p) in raw.point.into_iter().enumerate() {
+    for (i, p) in raw.into_iter().enumerate() {
         let key = |k: &str| format!("point[{i}].{k}");
         let before = errs.len();
         if !valid_point_id(&p.id) {
@@ -188,7 +211,30 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<PointFile> {
                 "command points must be writable",
             ));
         }
-        if kind == Kind::Enum && p.states.len() < 2 {
+        let states_from_inputs = match p.states_from.as_deref() {
+            None => false,
+            Some("inputs") if template && kind == Kind::Enum => true,
+            Some(x) => {
+                errs.push(ConfigError::new(
+                    file,
+                    key("states_from"),
+                    if template {
+                        format!("{x:?}: only \"inputs\", on enum points")
+                    } else {
+                        "only the route template (points/route.toml) has states_from".into()
+                    },
+                ));
+                false
+            }
+        };
+        if p.per_output && !template {
+            errs.push(ConfigError::new(
+                file,
+                key("per_output"),
+                "only the route template (points/route.toml) has per_output",
+            ));
+        }
+        if kind == Kind::Enum && p.states.len() < 2 && !states_from_inputs {
             errs.push(ConfigError::new(
                 file,
                 key("states"),
@@ -299,13 +345,17 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<PointFile> {
             (None, false) => {}
         }
         if errs.len() == before {
-            points.push(def);
+            points.push(TemplatePoint {
+                def,
+                per_output: p.per_output,
+                states_from_inputs,
+            });
         }
     }
     if points.len() > usize::from(u16::MAX) {
         errs.push(ConfigError::new(file, "point", "more than 65535 points"));
     }
-    Some(PointFile { points, site })
+    points
 }
 
 /// A TOML scalar as a point value (kinds are fixed later by `PointDef::coerce`).
@@ -316,4 +366,153 @@ pub fn toml_to_value(v: &toml::Value) -> Option<Value> {
         toml::Value::Float(f) => Some(Value::Number(*f)),
         _ => None,
     }
+}
+
+/// The embedded route template.
+pub const DEFAULT_ROUTE_TEMPLATE: &str = include_str!("../../points/route.toml");
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateFile {
+    equip: Option<TemplateEquip>,
+    #[serde(default)]
+    point: Vec<PointRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateEquip {
+    #[serde(default = "route_dis")]
+    dis: String,
+    #[serde(default)]
+    tags: BTreeMap<String, toml::Value>,
+}
+
+fn route_dis() -> String {
+    "Route".into()
+}
+
+/// `[route_points]`: the per-route point blocks (docs/route-points.md).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutePointsConfig {
+    pub enabled: bool,
+    pub max_routes: u16,
+    pub max_outputs: u16,
+    pub max_inputs: u16,
+    /// Template file, relative to the config file (None: embedded).
+    pub template: Option<String>,
+}
+
+impl Default for RoutePointsConfig {
+    fn default() -> Self {
+        RoutePointsConfig {
+            enabled: true,
+            max_routes: DEFAULT_MAX_SLOTS,
+            max_outputs: DEFAULT_MAX_OUTPUTS,
+            max_inputs: DEFAULT_MAX_INPUTS,
+            template: None,
+        }
+    }
+}
+
+impl crate::section::Section for RoutePointsConfig {
+    fn validate(&self) -> Vec<crate::section::Problem> {
+        use crate::section::Problem;
+        let mut p = Vec::new();
+        let range = |key: &str, v: u16, lo: u16, hi: u16, p: &mut Vec<Problem>| {
+            if !(lo..=hi).contains(&v) {
+                p.push(Problem::new(
+                    key,
+                    format!("expected a whole number in {lo}..={hi}"),
+                ));
+            }
+        };
+        range("max_routes", self.max_routes, 1, 4096, &mut p);
+        range("max_outputs", self.max_outputs, 0, 64, &mut p);
+        range("max_inputs", self.max_inputs, 1, 64, &mut p);
+        if self.template.as_deref() == Some("") {
+            p.push(Problem::new("template", "expected a file path"));
+        }
+        p
+    }
+}
+
+/// Parses and validates a route template against `[route_points]`; `server`
+/// is the number of server points (the whole database must fit 65535 ids).
+pub fn parse_template(
+    file: &str,
+    text: &str,
+    cfg: &RoutePointsConfig,
+    server: usize,
+    errs: &mut Errors,
+) -> Option<RouteTemplate> {
+    let raw: TemplateFile = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            errs.push(ConfigError::from_toml(file, text, &e));
+            return None;
+        }
+    };
+    let before = errs.len();
+    let (equip_dis, raw_tags) = match raw.equip {
+        Some(e) => (e.dis, e.tags),
+        None => (route_dis(), BTreeMap::new()),
+    };
+    let mut equip_tags = BTreeMap::new();
+    for (k, v) in raw_tags {
+        let tv = match v {
+            toml::Value::Boolean(true) => TagValue::Marker,
+            toml::Value::Boolean(false) => TagValue::Bool(false),
+            toml::Value::String(s) => TagValue::Str(s),
+            toml::Value::Integer(n) => TagValue::Number(n as f64),
+            toml::Value::Float(f) => TagValue::Number(f),
+            _ => {
+                errs.push(ConfigError::new(
+                    file,
+                    format!("equip.tags.{k}"),
+                    "tag values are true (marker), strings or numbers",
+                ));
+                continue;
+            }
+        };
+        if !valid_tag_name(&k) {
+            errs.push(ConfigError::new(
+                file,
+                format!("equip.tags.{k}"),
+                "invalid Haystack tag name",
+            ));
+            continue;
+        }
+        equip_tags.insert(k, tv);
+    }
+    let points = parse_points(file, raw.point, true, errs);
+    if points.is_empty() && errs.len() == before {
+        errs.push(ConfigError::new(
+            file,
+            "point",
+            "the route template has no points (disable with [route_points] enabled = false)",
+        ));
+    }
+    let tpl = RouteTemplate {
+        equip_dis,
+        equip_tags,
+        points,
+        max_slots: cfg.max_routes,
+        max_outputs: cfg.max_outputs,
+        max_inputs: cfg.max_inputs,
+    };
+    let total = server + tpl.block_len() * usize::from(cfg.max_routes);
+    if total > usize::from(u16::MAX) {
+        errs.push(ConfigError::new(
+            file,
+            "point",
+            format!(
+                "{} points per route x {} routes + {server} server points = {total}: more than 65535 (lower [route_points] max_routes or max_outputs)",
+                tpl.block_len(),
+                cfg.max_routes
+            ),
+        ));
+    }
+    (errs.len() == before).then_some(tpl)
 }

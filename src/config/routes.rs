@@ -42,6 +42,9 @@ pub struct RouteTable {
     pub signal_timeout: Option<String>,
     pub switch_back: Option<bool>,
     pub udp_coalesce: Option<String>,
+    /// The route's point block (issue 20): pinned here, else assigned and
+    /// kept in SQLite.
+    pub slot: Option<i64>,
     #[serde(default)]
     pub input: Vec<InputTable>,
     #[serde(default)]
@@ -674,6 +677,18 @@ pub fn route_spec(file: &str, at: &str, r: &RouteTable, errs: &mut Errors) -> Op
         t.err("signal_timeout", "at least 100ms", errs);
     }
     let udp_coalesce = coalesce_of(&t, r.udp_coalesce.as_deref(), errs);
+    let slot = match r.slot {
+        None => None,
+        Some(n) if (1..=4096).contains(&n) => Some(n as u16),
+        Some(_) => {
+            t.err(
+                "slot",
+                "a slot number in 1..=4096 ([route_points] max_routes)",
+                errs,
+            );
+            None
+        }
+    };
     let mut inputs = Vec::new();
     for (i, x) in r.input.iter().enumerate() {
         let at = At {
@@ -706,6 +721,7 @@ pub fn route_spec(file: &str, at: &str, r: &RouteTable, errs: &mut Errors) -> Op
         switch_back: r.switch_back.unwrap_or(false),
         profile,
         udp_coalesce,
+        slot,
     })
 }
 

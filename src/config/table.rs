@@ -40,6 +40,47 @@ pub fn point_table(c: &Config) -> String {
             http.join(", "),
         ]);
     }
+    // Route blocks (issue 20): slot 1's points; slot N's ids say N and
+    // their Modbus numbers add (N - 1) x stride (docs/route-points.md).
+    if let Some(tpl) = &c.route_template {
+        let one = crate::points::routes::RouteTemplate {
+            max_slots: 1,
+            ..tpl.clone()
+        };
+        let regs = crate::protocols::modbus::routes::route_registers(
+            &one,
+            c.points.len(),
+            &c.maps.modbus.route_blocks,
+            c.maps.modbus.word_order,
+        )
+        .unwrap_or_default();
+        for (k, &(t, o)) in one.layout().iter().enumerate() {
+            let d = one.expand(1, t, o);
+            let pid = c.points.len() + k;
+            let modbus: Vec<String> = regs
+                .iter()
+                .filter(|r| r.point.index() == pid && r.field == crate::points::ModbusField::Value)
+                .map(|r| format!("{:06}", r.number))
+                .collect();
+            rows.push([
+                d.id.clone(),
+                d.name.clone(),
+                d.role.as_str().into(),
+                if d.states.is_empty() {
+                    d.kind.as_str().into()
+                } else {
+                    format!("enum({})", d.states.join("/"))
+                },
+                d.unit.clone().unwrap_or_else(|| "-".into()),
+                "-".into(),
+                modbus.join(","),
+                format!(
+                    "/api/routes/{{route}}/points/{}",
+                    d.id.trim_start_matches("route.1.")
+                ),
+            ]);
+        }
+    }
     let mut w = [0usize; 8];
     for r in &rows {
         for (i, c) in r.iter().enumerate() {

@@ -381,3 +381,72 @@ fn every_static_bind_conflict_is_reported() {
     let ok = "[http]\nbind = \"0.0.0.0:5020\"\n[modbus]\nenabled = false\n";
     Config::from_text("t.toml", ok, Path::new(".")).expect("modbus off");
 }
+
+#[test]
+fn route_template_is_embedded_validated_and_sized() {
+    let c = embedded();
+    let t = c
+        .route_template
+        .as_ref()
+        .expect("route points on by default");
+    for id in [
+        "route_status",
+        "active_input",
+        "input_status",
+        "input_bitrate",
+        "output_bitrate",
+        "viewers",
+        "dropped_frames",
+        "continuity_errors",
+        "failover_count",
+        "route_uptime",
+        "route_enable",
+        "input_select",
+        "recording_enable",
+        "transcode_enable",
+        "output_profile",
+        "output_enable",
+        "output_status",
+    ] {
+        assert!(t.points.iter().any(|p| p.def.id == id), "{id}");
+    }
+    // A broken template file is reported by check-config with its key.
+    let dir = std::env::temp_dir().join(format!("cp-tpl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("route.toml"),
+        "[[point]]\nid = \"x\"\nname = \"X\"\nrole = \"status\"\nkind = \"enum\"\nstates = [\"A\"]\nperiod = \"1s\"\nper_output = 3\n",
+    )
+    .expect("write");
+    let e = Config::from_text(
+        "c.toml",
+        "[route_points]\ntemplate = \"route.toml\"\n",
+        &dir,
+    )
+    .expect_err("bad template");
+    assert!(e.to_string().contains("route.toml"), "{e}");
+    std::fs::write(
+        dir.join("route.toml"),
+        "[[point]]\nid = \"x\"\nname = \"X\"\nrole = \"status\"\nkind = \"enum\"\nstates = [\"A\"]\nperiod = \"1s\"\n",
+    )
+    .expect("write");
+    let e = Config::from_text(
+        "c.toml",
+        "[route_points]\ntemplate = \"route.toml\"\n",
+        &dir,
+    )
+    .expect_err("one state");
+    assert!(e.to_string().contains("point[0].states"), "{e}");
+    // Too many points for 16-bit ids.
+    let e = Config::from_text(
+        "c.toml",
+        "[route_points]\nmax_routes = 4096\nmax_outputs = 64\n",
+        &dir,
+    )
+    .expect_err("too big");
+    assert!(e.to_string().contains("more than 65535"), "{e}");
+    // Off: no blocks.
+    let c = Config::from_text("c.toml", "[route_points]\nenabled = false\n", &dir).expect("ok");
+    assert!(c.route_template.is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -9,12 +9,15 @@ use tokio_util::sync::CancellationToken;
 use super::spec::DEFAULT_SIGNAL_TIMEOUT;
 use super::stats::{EngineSnapshot, RouteSnapshot};
 use super::Engine;
+use crate::points::routes::{RouteDesc, SlotKeeper};
 use crate::points::{PointDb, PointId, PointState, Quality, Source, Value, DEFAULT_LEVEL};
-use crate::telemetry::status::{route_status, RouteSignal, RouteStatus, STARTUP_GRACE};
+use crate::telemetry::status::{
+    route_block_status, route_status, RouteSignal, RouteStatus, STARTUP_GRACE,
+};
 
 /// Point ids the bridge uses (absent ones are skipped: a custom point list
 /// may leave some out).
-struct Ids {
+pub struct Ids {
     stream_enable: Option<PointId>,
     input_select: Option<PointId>,
     recording_enable: Option<PointId>,
@@ -84,8 +87,16 @@ fn commanded(db: &PointDb, id: Option<PointId>) -> Option<Value> {
 /// Runs until `cancel`: applies command points (level-triggered: the
 /// current values are applied at start) and publishes measurements every
 /// second.
-pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken, publish_points: bool) {
+pub async fn run(
+    engine: Engine,
+    db: PointDb,
+    cancel: CancellationToken,
+    publish_points: bool,
+    mut keeper: SlotKeeper,
+) {
     let ids = Ids::new(&db);
+    let mut routes = RouteCmds::default();
+    let mut changes = db.subscribe();
     let w = |id: Option<PointId>| id.and_then(|i| db.watch(i));
     let mut stream_enable = w(ids.stream_enable);
     let mut input_select = w(ids.input_select);
@@ -101,16 +112,20 @@ pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken, publish
             Some("not applicable in passthrough"),
         );
     }
-    apply_stream_enable(&engine, commanded(&db, ids.stream_enable)).await;
-    apply_input_select(&engine, commanded(&db, ids.input_select)).await;
-    apply_recording(&engine, commanded(&db, ids.recording_enable)).await;
+    sync_blocks(&engine, &db, &mut keeper).await;
+    apply_stream_enable(&engine, &db, &ids).await;
+    apply_input_select(&engine, &db, &ids).await;
+    apply_recording(&engine, &db, &ids).await;
     apply_restart(&engine, &db, ids.system_restart).await;
     apply_transcode(&engine, &db, &ids).await;
+    routes.apply(&engine, &db, &ids).await;
     let mut signals = Signals::default();
     if publish_points {
         let snap = engine.snapshot();
         signals.observe(&snap, Instant::now());
-        publish(&db, &ids, &snap, &mut signals, &timeouts(&engine).await);
+        let t = timeouts(&engine).await;
+        publish(&db, &ids, &snap, &mut signals, &t);
+        publish_routes(&db, &snap, &mut signals, &t);
     }
     // Input counters are looked at four times a second (so a lost signal
     // is seen within signal_timeout + 250 ms); points are published once a
@@ -121,18 +136,41 @@ pub async fn run(engine: Engine, db: PointDb, cancel: CancellationToken, publish
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = changed(&mut stream_enable) => apply_stream_enable(&engine, commanded(&db, ids.stream_enable)).await,
-            _ = changed(&mut input_select) => apply_input_select(&engine, commanded(&db, ids.input_select)).await,
-            _ = changed(&mut recording) => apply_recording(&engine, commanded(&db, ids.recording_enable)).await,
+            _ = changed(&mut stream_enable) => apply_stream_enable(&engine, &db, &ids).await,
+            _ = changed(&mut input_select) => apply_input_select(&engine, &db, &ids).await,
+            _ = changed(&mut recording) => apply_recording(&engine, &db, &ids).await,
             _ = changed(&mut restart) => apply_restart(&engine, &db, ids.system_restart).await,
             _ = changed(&mut transcode) => apply_transcode(&engine, &db, &ids).await,
             _ = changed(&mut profile) => apply_transcode(&engine, &db, &ids).await,
-            _ = tick.tick(), if publish_points => {
-                let snap = engine.snapshot();
-                signals.observe(&snap, Instant::now());
+            c = changes.recv() => {
+                // A route command point changed (or changes were lost:
+                // look at every route, level-triggered).
+                let route_cmd = match &c {
+                    Ok(c) => db.route_point(c.id).is_some() && db.def(c.id).is_some_and(|d| d.writable),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if route_cmd {
+                    routes.apply(&engine, &db, &ids).await;
+                }
+            }
+            _ = tick.tick() => {
                 n += 1;
+                if publish_points {
+                    let snap = engine.snapshot();
+                    signals.observe(&snap, Instant::now());
+                    if n.is_multiple_of(4) {
+                        let t = timeouts(&engine).await;
+                        publish(&db, &ids, &snap, &mut signals, &t);
+                        publish_routes(&db, &snap, &mut signals, &t);
+                    }
+                }
+                // Routes created, renamed or deleted (REST, reload) get or
+                // lose their block within a second; after the publication,
+                // so that waiting on the engine's state never delays it.
                 if n.is_multiple_of(4) {
-                    publish(&db, &ids, &snap, &mut signals, &timeouts(&engine).await);
+                    sync_blocks(&engine, &db, &mut keeper).await;
+                    routes.apply(&engine, &db, &ids).await;
                 }
             }
         }
@@ -150,25 +188,21 @@ async fn timeouts(engine: &Engine) -> HashMap<String, Duration> {
         .collect()
 }
 
-async fn apply_stream_enable(engine: &Engine, v: Option<Value>) {
+async fn apply_stream_enable(engine: &Engine, db: &PointDb, ids: &Ids) {
     let Some(route) = engine.primary().await else {
         return;
     };
-    // Nothing written: routes stream (there is no configured "off").
-    let en = v.is_none_or(|v| v.as_bool());
+    let en = effective(db, ids, &route, true).enable;
     if let Err(e) = engine.set_stream_enabled(&route, en).await {
         tracing::warn!("stream_enable: {e}");
     }
 }
 
-async fn apply_input_select(engine: &Engine, v: Option<Value>) {
+async fn apply_input_select(engine: &Engine, db: &PointDb, ids: &Ids) {
     let Some(route) = engine.primary().await else {
         return;
     };
-    // 0 (or nothing written) = automatic; N = force the route's input N
-    // (1-based).
-    let n = v.map_or(0.0, |v| v.as_f64());
-    let sel = if n >= 1.0 { Some(n as usize - 1) } else { None };
+    let sel = effective(db, ids, &route, true).input;
     if let Err(e) = engine.select_input(&route, sel).await {
         tracing::warn!("input_select: {e}");
     }
@@ -176,11 +210,12 @@ async fn apply_input_select(engine: &Engine, v: Option<Value>) {
 
 /// Recording Enable: a written value turns the primary route's record
 /// outputs on/off; nothing written leaves each as configured.
-async fn apply_recording(engine: &Engine, v: Option<Value>) {
+async fn apply_recording(engine: &Engine, db: &PointDb, ids: &Ids) {
     let Some(route) = engine.primary().await else {
         return;
     };
-    if let Err(e) = engine.set_recording(&route, v.map(|v| v.as_bool())).await {
+    let rec = effective(db, ids, &route, true).recording;
+    if let Err(e) = engine.set_recording(&route, rec).await {
         tracing::warn!("recording_enable: {e}");
     }
 }
@@ -193,16 +228,179 @@ async fn apply_transcode(engine: &Engine, db: &PointDb, ids: &Ids) {
     let Some(route) = engine.primary().await else {
         return;
     };
-    let en = commanded(db, ids.transcode_enable).map(|v| v.as_bool());
-    let prof = ids
-        .output_profile
-        .and_then(|id| db.read(id)?.value)
-        .map(|v| v.as_f64())
-        .filter(|n| *n >= 1.0)
-        .map(|n| n as u32);
+    let (en, prof) = effective(db, ids, &route, true).transcode;
     if let Err(e) = engine.set_transcode(&route, en, prof).await {
         tracing::warn!("transcode_enable/output_profile: {e}");
     }
+}
+
+/// What a route is commanded to do, from its own block's command points
+/// and, for the primary route, the server-level ones (docs/route-points.md):
+/// the route streams only while both Stream Enable and its Route Enable are
+/// on; for Input Select, Recording Enable, Transcode Enable and Output
+/// Profile the route's own point wins when something is written to it,
+/// else the server's point applies. Nothing written anywhere = as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effective {
+    pub enable: bool,
+    pub input: Option<usize>,
+    pub recording: Option<bool>,
+    pub transcode: (Option<bool>, Option<u32>),
+}
+
+fn route_cmd(db: &PointDb, slot: Option<u16>, tid: &str) -> Option<Value> {
+    commanded(db, db.block_point(slot?, tid, None))
+}
+
+/// The command values in force for `route` (see [`Effective`]).
+pub fn effective(db: &PointDb, ids: &Ids, route: &str, primary: bool) -> Effective {
+    let slot = db.slot_of(route);
+    let server = |id: Option<PointId>| if primary { commanded(db, id) } else { None };
+    let enable = server(ids.stream_enable).is_none_or(|v| v.as_bool())
+        && route_cmd(db, slot, "route_enable").is_none_or(|v| v.as_bool());
+    // Route Input Select: 1 = Auto, 1 + N = input N. Server Input Select:
+    // 0 = automatic, N = input N.
+    let input = match route_cmd(db, slot, "input_select") {
+        Some(v) => {
+            let n = v.as_f64();
+            (n >= 2.0).then(|| n as usize - 2)
+        }
+        None => server(ids.input_select)
+            .map(|v| v.as_f64())
+            .filter(|n| *n >= 1.0)
+            .map(|n| n as usize - 1),
+    };
+    let recording = route_cmd(db, slot, "recording_enable")
+        .or_else(|| server(ids.recording_enable))
+        .map(|v| v.as_bool());
+    let en = route_cmd(db, slot, "transcode_enable")
+        .or_else(|| server(ids.transcode_enable))
+        .map(|v| v.as_bool());
+    let profile_of = |id: Option<PointId>| {
+        id.and_then(|id| db.read(id)?.value)
+            .map(|v| v.as_f64())
+            .filter(|n| *n >= 1.0)
+            .map(|n| n as u32)
+    };
+    let prof =
+        profile_of(slot.and_then(|s| db.block_point(s, "output_profile", None))).or_else(|| {
+            if primary {
+                profile_of(ids.output_profile)
+            } else {
+                None
+            }
+        });
+    Effective {
+        enable,
+        input,
+        recording,
+        transcode: (en, prof),
+    }
+}
+
+/// What the bridge last applied to each route from the route points, so
+/// that a tick applies only what changed.
+#[derive(Default)]
+struct RouteCmds {
+    applied: HashMap<String, Effective>,
+    /// Configured `enabled` of outputs whose Output Enable was written:
+    /// what a relinquish puts back.
+    configured: HashMap<(String, String), bool>,
+}
+
+impl RouteCmds {
+    async fn apply(&mut self, engine: &Engine, db: &PointDb, ids: &Ids) {
+        if db.route_template().is_none() {
+            return;
+        }
+        let spec = engine.desired().await;
+        self.applied
+            .retain(|n, _| spec.routes.iter().any(|r| &r.name == n));
+        for r in &spec.routes {
+            let primary = spec.primary.as_deref() == Some(r.name.as_str());
+            let want = effective(db, ids, &r.name, primary);
+            // A route seen for the first time is as configured (nothing
+            // to undo): only what differs from that is applied, so start-up
+            // and new routes are not disturbed by no-op commands.
+            let had = Some(self.applied.get(&r.name).cloned().unwrap_or(Effective {
+                enable: true,
+                input: None,
+                recording: None,
+                transcode: (None, None),
+            }));
+            if had.as_ref().map(|h| h.enable) != Some(want.enable) {
+                if let Err(e) = engine.set_stream_enabled(&r.name, want.enable).await {
+                    tracing::warn!("route {}: route_enable: {e}", r.name);
+                }
+            }
+            if had.as_ref().map(|h| h.input) != Some(want.input) {
+                if let Err(e) = engine.select_input(&r.name, want.input).await {
+                    tracing::warn!("route {}: input_select: {e}", r.name);
+                }
+            }
+            if had.as_ref().map(|h| h.recording) != Some(want.recording) {
+                if let Err(e) = engine.set_recording(&r.name, want.recording).await {
+                    tracing::warn!("route {}: recording_enable: {e}", r.name);
+                }
+            }
+            if had.as_ref().map(|h| h.transcode) != Some(want.transcode) {
+                let (en, prof) = want.transcode;
+                if let Err(e) = engine.set_transcode(&r.name, en, prof).await {
+                    tracing::warn!("route {}: transcode_enable/output_profile: {e}", r.name);
+                }
+            }
+            self.applied.insert(r.name.clone(), want);
+            // Output Enable: compared with the desired state itself, so a
+            // route replaced through the API is brought back in line.
+            let Some(slot) = db.slot_of(&r.name) else {
+                continue;
+            };
+            for (k, o) in r.outputs.iter().enumerate() {
+                let Ok(n) = u16::try_from(k + 1) else { break };
+                let Some(pid) = db.block_point(slot, "output_enable", Some(n)) else {
+                    continue;
+                };
+                let key = (r.name.clone(), o.name.clone());
+                let want = match commanded(db, Some(pid)) {
+                    Some(v) => {
+                        self.configured.entry(key).or_insert(o.enabled);
+                        v.as_bool()
+                    }
+                    None => match self.configured.remove(&key) {
+                        Some(c) => c,
+                        None => continue,
+                    },
+                };
+                if o.enabled != want {
+                    if let Err(e) = engine.set_output_enabled(&r.name, &o.name, want).await {
+                        tracing::warn!("route {}: output_enable {}: {e}", r.name, o.name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The route descriptions slot assignment works from.
+pub fn route_descs(spec: &super::spec::EngineSpec) -> Vec<RouteDesc> {
+    spec.routes
+        .iter()
+        .map(|r| RouteDesc {
+            name: r.name.clone(),
+            pinned: r.slot,
+            inputs: r.inputs.iter().map(|i| i.name.clone()).collect(),
+            outputs: r.outputs.iter().map(|o| o.name.clone()).collect(),
+        })
+        .collect()
+}
+
+/// Gives every desired route its block (and frees those of routes gone).
+pub async fn sync_blocks(engine: &Engine, db: &PointDb, keeper: &mut SlotKeeper) {
+    if db.route_template().is_none() {
+        return;
+    }
+    let spec = engine.desired().await;
+    keeper.sync(db, &route_descs(&spec));
 }
 
 /// System Restart is a trigger: when it resolves to true the router is
@@ -526,6 +724,140 @@ fn publish(
             for id in [ids.stream_status, ids.input_status].into_iter().flatten() {
                 let _ = db.set(id, None, Quality::Unavailable, Some(&why));
             }
+        }
+    }
+}
+
+/// Publishes every present route block: its statuses and measurements from
+/// the route's snapshot (docs/route-points.md says how each is derived).
+fn publish_routes(
+    db: &PointDb,
+    s: &EngineSnapshot,
+    signals: &mut Signals,
+    timeouts: &HashMap<String, Duration>,
+) {
+    let now = Instant::now();
+    for (slot, info) in db.blocks() {
+        let p = |tid: &str| db.block_point(slot, tid, None);
+        let set = |tid: &str, v: Option<Value>, why: Option<&str>| {
+            if let Some(id) = p(tid) {
+                let _ = match v {
+                    Some(v) => db.set(id, Some(v), Quality::Ok, None),
+                    None => db.set(id, None, Quality::Unavailable, why),
+                };
+            }
+        };
+        let outputs = db.route_template().map_or(0, |t| t.max_outputs);
+        let Some(r) = s.route(&info.route) else {
+            // Configured disabled (or not started yet): STOPPED, and no
+            // counters to report.
+            let why = format!("route {} is not running", info.route);
+            set("route_status", Some(Value::Enum(3)), None);
+            for tid in [
+                "input_status",
+                "active_input",
+                "input_bitrate",
+                "output_bitrate",
+                "viewers",
+                "dropped_frames",
+                "continuity_errors",
+                "failover_count",
+                "route_uptime",
+            ] {
+                set(tid, None, Some(&why));
+            }
+            for n in 1..=outputs {
+                if let Some(id) = db.block_point(slot, "output_status", Some(n)) {
+                    let _ = db.set(id, None, Quality::Unavailable, Some(&why));
+                }
+            }
+            continue;
+        };
+        let timeout = timeouts
+            .get(&r.name)
+            .copied()
+            .unwrap_or(DEFAULT_SIGNAL_TIMEOUT);
+        let sig = signals.signal(r, timeout, now);
+        let st = route_status(&sig);
+        match route_block_status(&sig) {
+            Some(v) => set("route_status", Some(Value::Enum(v)), None),
+            None => set(
+                "route_status",
+                None,
+                Some(&format!(
+                    "route starting: no signal yet (start-up grace {} s)",
+                    STARTUP_GRACE.as_secs()
+                )),
+            ),
+        }
+        set("input_status", Some(Value::Enum(st.input)), None);
+        let max_inputs = db.route_template().map_or(0, |t| usize::from(t.max_inputs));
+        match r.active_input {
+            Some(a) if a < max_inputs => set("active_input", Some(Value::Enum(a as u16 + 1)), None),
+            Some(_) => set(
+                "active_input",
+                None,
+                Some("input beyond [route_points] max_inputs"),
+            ),
+            None => set("active_input", None, Some("no input active")),
+        }
+        let mbps = |bps: u64| Value::Number((bps as f64 / 1e6 * 1e4).round() / 1e4);
+        let in_bps = r
+            .active_input
+            .and_then(|a| r.inputs.get(a))
+            .map_or(0, |i| i.bitrate_bps);
+        set("input_bitrate", Some(mbps(in_bps)), None);
+        let out_bps: u64 = r
+            .outputs
+            .iter()
+            .filter(|o| o.kind != "record")
+            .map(|o| o.bitrate_bps)
+            .sum();
+        set("output_bitrate", Some(mbps(out_bps)), None);
+        let viewers: u64 = r
+            .outputs
+            .iter()
+            .filter(|o| o.kind == "http" || o.kind == "srt-listener")
+            .map(|o| o.clients)
+            .sum();
+        set("viewers", Some(Value::Number(viewers as f64)), None);
+        let mut dropped =
+            r.input_frames_lost + r.outputs.iter().map(|o| o.frames_lost).sum::<u64>();
+        if let Some(t) = &r.transcode {
+            dropped += t.ffmpeg.drop_frames;
+        }
+        set("dropped_frames", Some(Value::Number(dropped as f64)), None);
+        let cc: u64 = r.inputs.iter().map(|i| i.cc_errors).sum();
+        set("continuity_errors", Some(Value::Number(cc as f64)), None);
+        set(
+            "failover_count",
+            Some(Value::Number(r.switches as f64)),
+            None,
+        );
+        set(
+            "route_uptime",
+            Some(Value::Number(sig.uptime.as_secs() as f64)),
+            None,
+        );
+        for n in 1..=outputs {
+            let Some(id) = db.block_point(slot, "output_status", Some(n)) else {
+                continue;
+            };
+            let o = info
+                .outputs
+                .get(usize::from(n) - 1)
+                .and_then(|name| r.outputs.iter().find(|o| &o.name == name));
+            let _ = match o {
+                None => db.set(id, None, Quality::Unavailable, Some("no such output")),
+                Some(o) if !o.enabled => db.set(id, Some(Value::Enum(2)), Quality::Ok, None),
+                Some(o) if o.error.is_some() || !o.up => db.set(
+                    id,
+                    Some(Value::Enum(3)),
+                    Quality::Ok,
+                    o.error.as_deref().or(Some("not up")),
+                ),
+                Some(_) => db.set(id, Some(Value::Enum(1)), Quality::Ok, None),
+            };
         }
     }
 }

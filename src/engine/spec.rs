@@ -68,6 +68,8 @@ pub struct RouteSpec {
     pub profile: Option<ProfileRef>,
     /// How long data for direct UDP outputs may be held to batch sends.
     pub udp_coalesce: Coalesce,
+    /// Pinned point-block slot (`slot = N`); None: assigned and kept.
+    pub slot: Option<u16>,
 }
 
 impl RouteSpec {
@@ -83,6 +85,7 @@ impl RouteSpec {
             switch_back: false,
             profile: None,
             udp_coalesce: Coalesce::Auto,
+            slot: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! loss can lose the last transactions. Commands are committed inside
 //! `PointDb::write` before the write is acknowledged (see [`Persister`]).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -94,6 +95,12 @@ const MIGRATIONS: &[&str] = &[
         role TEXT NOT NULL,
         hash BLOB NOT NULL UNIQUE,
         created TEXT NOT NULL
+    );",
+    // 6: the point-block slot of each route (issue 20), kept across
+    // restarts and reorders.
+    "CREATE TABLE route_slots (
+        name TEXT PRIMARY KEY,
+        slot INTEGER NOT NULL UNIQUE
     );",
 ];
 
@@ -436,7 +443,8 @@ impl Store {
         };
         let mut n = 0;
         for (point, text) in rows {
-            let Some(id) = db.lookup(&point) else {
+            // Route blocks are not present yet at start: restore them too.
+            let Some(id) = db.lookup_any(&point) else {
                 tracing::warn!("stored commands for unknown point {point} ignored");
                 continue;
             };
@@ -575,6 +583,20 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The points that have stored history, each with its newest sample's
+    /// time: one query instead of one per point (start-up with thousands
+    /// of reserved route points, issue 20).
+    pub fn history_points(&self) -> anyhow::Result<HashMap<String, DateTime<Utc>>> {
+        let c = self.conn.lock();
+        let mut st = c.prepare("SELECT point, MAX(at) FROM history GROUP BY point")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            .filter_map(Result::ok)
+            .filter_map(|(p, ms)| Some((p, Utc.timestamp_millis_opt(ms).single()?)))
+            .collect();
+        Ok(rows)
     }
 
     /// The newest stored sample time of a point (to resume flushing).
@@ -822,7 +844,49 @@ impl Store {
     }
 }
 
+impl crate::points::routes::SlotStore for Store {
+    fn load(&self) -> Result<Vec<(String, u16)>, String> {
+        let run = || -> rusqlite::Result<Vec<(String, u16)>> {
+            let c = self.conn.lock();
+            let mut st = c.prepare("SELECT name, slot FROM route_slots ORDER BY slot")?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u16>(1)?)))?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        };
+        run().map_err(|e| e.to_string())
+    }
+
+    fn save(&self, all: &[(String, u16)]) -> Result<(), String> {
+        let run = || -> rusqlite::Result<()> {
+            let c = self.conn.lock();
+            let tx = c.unchecked_transaction()?;
+            tx.execute("DELETE FROM route_slots", [])?;
+            for (name, slot) in all {
+                tx.execute(
+                    "INSERT INTO route_slots (name, slot) VALUES (?1, ?2)",
+                    params![name, slot],
+                )?;
+            }
+            tx.commit()
+        };
+        run().map_err(|e| e.to_string())
+    }
+}
+
 impl Persister for Store {
+    fn forget(&self, points: &[String]) -> Result<(), String> {
+        let run = || -> rusqlite::Result<()> {
+            let c = self.conn.lock();
+            let tx = c.unchecked_transaction()?;
+            for p in points {
+                tx.execute("DELETE FROM priority_array WHERE point = ?1", params![p])?;
+            }
+            tx.commit()
+        };
+        run().map_err(|e| e.to_string())
+    }
+
     fn persist(&self, rec: &WriteRecord, pa: Option<(&str, &PriorityArray)>) -> Result<(), String> {
         let run = || -> rusqlite::Result<()> {
             let c = self.conn.lock();
@@ -870,15 +934,14 @@ pub async fn history_flusher(
     every: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    let stored = store.history_points().unwrap_or_default();
     let mut last: Vec<DateTime<Utc>> = db
         .defs()
         .iter()
         .map(|d| {
-            store
-                .last_history_at(&d.id)
-                .ok()
-                .flatten()
-                .map(|t| t + chrono::Duration::milliseconds(1))
+            stored
+                .get(&d.id)
+                .map(|t| *t + chrono::Duration::milliseconds(1))
                 .unwrap_or_else(Utc::now)
         })
         .collect();
@@ -891,7 +954,10 @@ pub async fn history_flusher(
             _ = tick.tick() => false,
         };
         let now = Utc::now() + chrono::Duration::milliseconds(1);
-        for (i, id) in db.ids().enumerate() {
+        // Every point, absent route blocks included: history is kept per
+        // slot, and `last` is indexed like the definitions.
+        for id in db.all_ids() {
+            let i = id.index();
             let Some(def) = db.def(id) else { continue };
             if !def.his {
                 continue;

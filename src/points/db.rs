@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::model::{Kind, PointDef, PointId, Quality, Role, SiteEquip, Value, ValueError};
 use super::policy::WritePolicy;
+use super::routes::{BlockInfo, RoutePoint, RouteTemplate};
 
 /// Number of command priority levels (BACnet 1..16). Level 17 addresses the
 /// relinquish default, as Haystack pointWrite does.
@@ -198,6 +199,11 @@ pub trait Persister: Send + Sync {
     /// Stores the audit record and, for accepted writes, the point's new
     /// priority array (point id, array) in one transaction.
     fn persist(&self, rec: &WriteRecord, pa: Option<(&str, &PriorityArray)>) -> Result<(), String>;
+
+    /// Drops the stored arrays of these points (a freed route block).
+    fn forget(&self, _points: &[String]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl From<ValueError> for WriteError {
@@ -271,6 +277,47 @@ struct Inner {
     // Per-protocol write policies (Modbus and BACnet carry no
     // authentication); checked first in `write`, so refusals are audited.
     policies: RwLock<HashMap<Protocol, WritePolicy>>,
+    routes: Option<Blocks>,
+}
+
+/// The reserved route blocks (see `points::routes`): slot `s` (1-based)
+/// holds the points `first + (s-1)*len .. first + s*len`.
+struct Blocks {
+    tpl: RouteTemplate,
+    first: usize,
+    len: usize,
+    /// (template index, output) of each point of a block, in id order.
+    layout: Vec<(usize, Option<u16>)>,
+    /// Template id -> index.
+    by_tid: HashMap<String, usize>,
+    /// Served or not, read on every protocol request: an atomic, no lock.
+    present: Vec<AtomicBool>,
+    info: Vec<RwLock<Option<Arc<BlockInfo>>>>,
+    /// Bumped whenever a block appears, disappears or changes owner, so
+    /// protocols that publish a directory (BACnet Object_List, Haystack
+    /// nav) rebuild it.
+    rev: watch::Sender<u64>,
+}
+
+impl Blocks {
+    fn slot_index(&self, slot: u16) -> Option<usize> {
+        let i = usize::from(slot).checked_sub(1)?;
+        (i < self.present.len()).then_some(i)
+    }
+
+    fn locate(&self, id: PointId) -> Option<RoutePoint> {
+        let off = id.index().checked_sub(self.first)?;
+        let si = off / self.len.max(1);
+        if si >= self.present.len() {
+            return None;
+        }
+        let (tpl, output) = *self.layout.get(off % self.len.max(1))?;
+        Some(RoutePoint {
+            slot: u16::try_from(si + 1).ok()?,
+            tpl,
+            output,
+        })
+    }
 }
 
 /// Cheap-clone handle to the point database.
@@ -293,6 +340,39 @@ impl PointDb {
     /// Panics only on a programming error (more than 65535 points), which
     /// config validation prevents.
     pub fn new(defs: Vec<PointDef>, site: SiteEquip, opts: DbOptions) -> Self {
+        Self::with_routes(defs, site, opts, None)
+    }
+
+    /// Builds the database with `template.max_slots` route blocks reserved
+    /// after the server's points (all absent until a route owns them).
+    pub fn with_routes(
+        mut defs: Vec<PointDef>,
+        site: SiteEquip,
+        opts: DbOptions,
+        template: Option<RouteTemplate>,
+    ) -> Self {
+        let routes = template.map(|tpl| {
+            let layout = tpl.layout();
+            let first = defs.len();
+            for slot in 1..=tpl.max_slots {
+                defs.extend(layout.iter().map(|&(t, o)| tpl.expand(slot, t, o)));
+            }
+            Blocks {
+                first,
+                len: layout.len(),
+                layout,
+                by_tid: tpl
+                    .points
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (p.def.id.clone(), i))
+                    .collect(),
+                present: (0..tpl.max_slots).map(|_| AtomicBool::new(false)).collect(),
+                info: (0..tpl.max_slots).map(|_| RwLock::new(None)).collect(),
+                rev: watch::channel(0).0,
+                tpl,
+            }
+        });
         let now = Utc::now();
         let mut by_id = HashMap::new();
         let mut slots = Vec::with_capacity(defs.len());
@@ -352,6 +432,7 @@ impl PointDb {
                 audit: Mutex::new(VecDeque::new()),
                 persister: std::sync::OnceLock::new(),
                 policies: RwLock::new(HashMap::new()),
+                routes,
             }),
         }
     }
@@ -368,16 +449,260 @@ impl PointDb {
         &self.inner.site
     }
 
+    /// The server's own points (the seed's point list): what the
+    /// server-level surfaces (`/api/points`, the server equip) list.
     pub fn ids(&self) -> impl Iterator<Item = PointId> + '_ {
+        let n = self
+            .inner
+            .routes
+            .as_ref()
+            .map_or(self.inner.defs.len(), |b| b.first);
+        (0..n).map(|i| PointId(i as u16))
+    }
+
+    /// The points of every present route block, by slot.
+    pub fn route_ids(&self) -> Vec<PointId> {
+        self.blocks()
+            .into_iter()
+            .flat_map(|(slot, _)| self.block_ids(slot))
+            .collect()
+    }
+
+    /// Every point served now: the server's and the present blocks'.
+    pub fn served_ids(&self) -> Vec<PointId> {
+        let mut v: Vec<PointId> = self.ids().collect();
+        v.extend(self.route_ids());
+        v
+    }
+
+    /// Every point, reserved route blocks included (history, restore).
+    pub fn all_ids(&self) -> impl Iterator<Item = PointId> + '_ {
         (0..self.inner.defs.len()).map(|i| PointId(i as u16))
     }
 
+    /// Every definition, reserved route blocks included: filter with
+    /// [`is_present`](Self::is_present) for what is served.
     pub fn defs(&self) -> &[PointDef] {
         &self.inner.defs
     }
 
+    /// A served point by id (absent route blocks are not found).
     pub fn lookup(&self, id: &str) -> Option<PointId> {
+        self.lookup_any(id).filter(|p| self.is_present(*p))
+    }
+
+    /// A point by id, present or not (restore of stored state).
+    pub fn lookup_any(&self, id: &str) -> Option<PointId> {
         self.inner.by_id.get(id).copied()
+    }
+
+    /// Whether a point is served: server points always, route points
+    /// while their block is owned by a route.
+    pub fn is_present(&self, id: PointId) -> bool {
+        if id.index() >= self.inner.defs.len() {
+            return false;
+        }
+        match self.route_point(id) {
+            Some(rp) => self.slot_present(rp.slot),
+            None => true,
+        }
+    }
+
+    // ------------------------------------------------------------ route blocks
+
+    /// The route template, when route blocks are reserved.
+    pub fn route_template(&self) -> Option<&RouteTemplate> {
+        self.inner.routes.as_ref().map(|b| &b.tpl)
+    }
+
+    /// Where a point sits in the route blocks (None: a server point).
+    pub fn route_point(&self, id: PointId) -> Option<RoutePoint> {
+        self.inner.routes.as_ref()?.locate(id)
+    }
+
+    /// The point of template id `tid` (output `output`) in slot `slot`,
+    /// present or not.
+    pub fn block_point(&self, slot: u16, tid: &str, output: Option<u16>) -> Option<PointId> {
+        let b = self.inner.routes.as_ref()?;
+        let si = b.slot_index(slot)?;
+        let tpl = *b.by_tid.get(tid)?;
+        let k = b
+            .layout
+            .iter()
+            .position(|&(t, o)| t == tpl && o == output)?;
+        u16::try_from(b.first + si * b.len + k).ok().map(PointId)
+    }
+
+    /// Every point of slot `slot`, in id order.
+    pub fn block_ids(&self, slot: u16) -> Vec<PointId> {
+        let Some(b) = self.inner.routes.as_ref() else {
+            return Vec::new();
+        };
+        let Some(si) = b.slot_index(slot) else {
+            return Vec::new();
+        };
+        let start = b.first + si * b.len;
+        (start..start + b.len).map(|i| PointId(i as u16)).collect()
+    }
+
+    pub fn slot_present(&self, slot: u16) -> bool {
+        self.inner
+            .routes
+            .as_ref()
+            .and_then(|b| Some(b.present.get(b.slot_index(slot)?)?.load(Ordering::Acquire)))
+            .unwrap_or(false)
+    }
+
+    /// The route owning slot `slot`.
+    pub fn block(&self, slot: u16) -> Option<Arc<BlockInfo>> {
+        let b = self.inner.routes.as_ref()?;
+        b.info.get(b.slot_index(slot)?)?.read().clone()
+    }
+
+    /// Every present block, by slot.
+    pub fn blocks(&self) -> Vec<(u16, Arc<BlockInfo>)> {
+        let Some(b) = self.inner.routes.as_ref() else {
+            return Vec::new();
+        };
+        b.info
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| Some((u16::try_from(i + 1).ok()?, l.read().clone()?)))
+            .collect()
+    }
+
+    /// The slot of a route, by name.
+    pub fn slot_of(&self, route: &str) -> Option<u16> {
+        self.blocks()
+            .into_iter()
+            .find(|(_, b)| b.route == route)
+            .map(|(s, _)| s)
+    }
+
+    /// Changes when blocks appear, disappear or change owner.
+    pub fn subscribe_blocks(&self) -> Option<watch::Receiver<u64>> {
+        self.inner.routes.as_ref().map(|b| b.rev.subscribe())
+    }
+
+    /// Gives slot `slot` to a route (or updates its inputs/outputs): its
+    /// block is served from now on. Returns false for a slot out of range.
+    pub fn open_block(&self, slot: u16, info: BlockInfo) -> bool {
+        let Some(b) = self.inner.routes.as_ref() else {
+            return false;
+        };
+        let Some(si) = b.slot_index(slot) else {
+            return false;
+        };
+        let mut cur = b.info[si].write();
+        if cur.as_deref() == Some(&info) {
+            return true;
+        }
+        *cur = Some(Arc::new(info));
+        drop(cur);
+        b.present[si].store(true, Ordering::Release);
+        b.rev.send_modify(|r| *r += 1);
+        true
+    }
+
+    /// Frees slot `slot`: its block is no longer served, its measurements
+    /// read unavailable and its commands go back to their relinquish
+    /// defaults (a later route given the slot inherits nothing). Returns
+    /// the ids of its command points, whose stored arrays the caller
+    /// forgets.
+    pub fn close_block(&self, slot: u16) -> Vec<String> {
+        let Some(b) = self.inner.routes.as_ref() else {
+            return Vec::new();
+        };
+        let Some(si) = b.slot_index(slot) else {
+            return Vec::new();
+        };
+        if b.info[si].write().take().is_none() {
+            return Vec::new();
+        }
+        b.present[si].store(false, Ordering::Release);
+        let mut commands = Vec::new();
+        for id in self.block_ids(slot) {
+            let def = &self.inner.defs[id.index()];
+            let now = Utc::now();
+            let state = {
+                let mut s = self.inner.slots[id.index()].write();
+                let default = s.priority.as_ref().map(|pa| pa.default);
+                if let Some(d) = default {
+                    let fresh = PriorityArray::new(def.relinquish_default.unwrap_or(d));
+                    s.state = PointState {
+                        value: Some(fresh.default),
+                        quality: Quality::Ok,
+                        reason: None,
+                        updated: now,
+                        level: Some(DEFAULT_LEVEL),
+                    };
+                    s.priority = Some(fresh);
+                    commands.push(def.id.clone());
+                } else {
+                    s.state = PointState {
+                        value: None,
+                        quality: Quality::Unavailable,
+                        reason: Some(Arc::from("route deleted: slot free")),
+                        updated: now,
+                        level: None,
+                    };
+                }
+                s.last_his = None;
+                s.state.clone()
+            };
+            self.publish(id, state);
+        }
+        if let Some(p) = self.inner.persister.get() {
+            if let Err(e) = p.forget(&commands) {
+                tracing::warn!("stored commands of freed slot {slot} not dropped: {e}");
+            }
+        }
+        b.rev.send_modify(|r| *r += 1);
+        commands
+    }
+
+    /// The state names of an enum point as its route shows them: input
+    /// states carry the route's input names (static definitions say
+    /// "Input N"), unused ones "(unused)".
+    pub fn state_names(&self, id: PointId) -> Vec<String> {
+        let Some(def) = self.def(id) else {
+            return Vec::new();
+        };
+        let Some((b, rp)) = self.inner.routes.as_ref().zip(self.route_point(id)) else {
+            return def.states.clone();
+        };
+        let t = &b.tpl.points[rp.tpl];
+        if !t.states_from_inputs {
+            return def.states.clone();
+        }
+        let info = self.block(rp.slot);
+        let names = (1..=b.tpl.max_inputs).map(|n| {
+            info.as_ref()
+                .and_then(|i| i.inputs.get(usize::from(n) - 1).cloned())
+                .unwrap_or_else(|| format!("{} (unused)", super::routes::generic_input(n)))
+        });
+        super::routes::expand_states(&t.def.states, names)
+    }
+
+    /// For an input-state enum of a route: the highest ordinal that names
+    /// a real input or a fixed state (writes beyond it are refused).
+    fn input_state_limit(&self, id: PointId) -> Option<u16> {
+        let b = self.inner.routes.as_ref()?;
+        let rp = b.locate(id)?;
+        let t = &b.tpl.points[rp.tpl];
+        if !t.states_from_inputs {
+            return None;
+        }
+        let fixed = t
+            .def
+            .states
+            .iter()
+            .filter(|s| *s != super::model::NA_STATE)
+            .count();
+        let inputs = self
+            .block(rp.slot)
+            .map_or(0, |i| i.inputs.len().min(usize::from(b.tpl.max_inputs)));
+        u16::try_from(fixed + inputs).ok()
     }
 
     pub fn def(&self, id: PointId) -> Option<&PointDef> {
@@ -555,6 +880,9 @@ impl PointDb {
                 return Err(WriteError::Denied);
             }
         }
+        if !self.is_present(id) {
+            return Err(WriteError::UnknownPoint);
+        }
         let def = self.def(id).ok_or(WriteError::UnknownPoint)?;
         if !def.writable {
             return Err(WriteError::NotWritable);
@@ -566,6 +894,12 @@ impl PointDb {
             Some(v) => Some(def.coerce(v)?),
             None => None,
         };
+        if let (Some(Value::Enum(e)), Some(limit)) = (value, self.input_state_limit(id)) {
+            // Only the route's own inputs can be selected.
+            if e > limit {
+                return Err(WriteError::OutOfRange);
+            }
+        }
         let slot_lock = &self.inner.slots[id.index()];
         // The point's lock is held across persistence so that the stored
         // order of writes to one point is the order they took effect.
@@ -722,7 +1056,7 @@ impl PointDb {
     /// periodically by the telemetry sampler; sans-IO so tests pass `now`.
     pub fn expire(&self, now: DateTime<Utc>) -> usize {
         let mut n = 0;
-        for id in self.ids() {
+        for id in self.served_ids() {
             let def = &self.inner.defs[id.index()];
             if def.writable || def.role != Role::Measurement {
                 continue;

@@ -272,6 +272,34 @@ pub struct ModbusMap {
     pub word_order: WordOrder,
     pub write_priority: u8,
     pub registers: Vec<ModbusRegister>,
+    /// Where route point blocks go (`[route_blocks]`, issue 20).
+    pub route_blocks: ModbusRouteBlocks,
+}
+
+/// Route blocks on Modbus: the block of slot `s` starts at protocol offset
+/// `base + s * stride` in each table (docs/route-points.md has the layout
+/// inside a block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModbusRouteBlocks {
+    pub enabled: bool,
+    pub input_base: u16,
+    pub holding_base: u16,
+    pub coil_base: u16,
+    pub discrete_base: u16,
+    pub stride: u16,
+}
+
+impl Default for ModbusRouteBlocks {
+    fn default() -> Self {
+        ModbusRouteBlocks {
+            enabled: true,
+            input_base: 1000,
+            holding_base: 1000,
+            coil_base: 1000,
+            discrete_base: 1000,
+            stride: 100,
+        }
+    }
 }
 
 /// HTTP methods used in the HTTP map.

@@ -5,6 +5,7 @@ mod db;
 mod maps;
 mod model;
 mod policy;
+pub mod routes;
 
 pub use db::{
     Change, DbOptions, Persister, PointDb, PointState, PriorityArray, Protocol, Sample, SlotValue,
@@ -12,8 +13,8 @@ pub use db::{
 };
 pub use maps::{
     BacnetMap, BacnetObject, BacnetObjectType, BacnetTrendLog, HttpEndpoint, HttpMap, HttpMethod,
-    Maps, ModbusField, ModbusMap, ModbusRegister, ModbusTable, RegType, WordOrder,
-    DEFAULT_TREND_BUFFER, MAX_TREND_BUFFER,
+    Maps, ModbusField, ModbusMap, ModbusRegister, ModbusRouteBlocks, ModbusTable, RegType,
+    WordOrder, DEFAULT_TREND_BUFFER, MAX_TREND_BUFFER,
 };
 pub use model::{
     Kind, PointDef, PointId, Quality, Role, SiteEquip, TagValue, Value, ValueError, NA_STATE,

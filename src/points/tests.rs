@@ -479,3 +479,95 @@ fn write_policy_refuses_and_audits_per_protocol() {
         .write(sp, Some(Value::Number(5.0)), 10, &Source::internal())
         .is_ok());
 }
+
+fn route_db() -> PointDb {
+    use super::routes::{RouteTemplate, TemplatePoint};
+    let t = |def: PointDef, per_output: bool, states_from_inputs: bool| TemplatePoint {
+        def,
+        per_output,
+        states_from_inputs,
+    };
+    let sel = PointDef {
+        role: Role::Command,
+        writable: true,
+        states: vec!["Auto".into()],
+        relinquish_default: Some(Value::Enum(1)),
+        ..status("input_select")
+    };
+    PointDb::with_routes(
+        vec![num("meas", false, 0.0, 100.0)],
+        site(),
+        DbOptions::default(),
+        Some(RouteTemplate {
+            equip_dis: "Route".into(),
+            equip_tags: BTreeMap::new(),
+            points: vec![
+                t(status("route_status"), false, false),
+                t(boolean("output_enable"), true, false),
+                t(sel, false, true),
+            ],
+            max_slots: 4,
+            max_outputs: 2,
+            max_inputs: 3,
+        }),
+    )
+}
+
+#[test]
+fn route_blocks_have_fixed_ids_and_are_served_only_while_owned() {
+    use super::routes::BlockInfo;
+    let db = route_db();
+    // 1 server point + 4 slots x (2 plain + 2 outputs x 1).
+    assert_eq!(db.len(), 1 + 4 * 4);
+    assert_eq!(db.ids().count(), 1);
+    let id = db.lookup_any("route.3.output_enable.2").expect("reserved");
+    assert_eq!(
+        db.block_point(3, "output_enable", Some(2)),
+        Some(id),
+        "block_point and the id agree"
+    );
+    let rp = db.route_point(id).expect("a route point");
+    assert_eq!((rp.slot, rp.output), (3, Some(2)));
+    assert!(db.lookup("route.3.output_enable.2").is_none(), "absent");
+    let w = src(Protocol::Bacnet);
+    assert_eq!(
+        db.write(id, Some(Value::Bool(true)), 8, &w),
+        Err(WriteError::UnknownPoint)
+    );
+    assert!(db.open_block(
+        3,
+        BlockInfo {
+            route: "cam".into(),
+            inputs: vec!["main".into(), "backup".into()],
+            outputs: vec!["web".into()],
+        },
+    ));
+    assert_eq!(db.slot_of("cam"), Some(3));
+    assert_eq!(db.lookup("route.3.output_enable.2"), Some(id));
+    assert_eq!(db.route_ids().len(), 4);
+    db.write(id, Some(Value::Bool(true)), 8, &w)
+        .expect("served now");
+    // Input Select: Auto + the route's inputs; input 3 is not the route's.
+    let sel = db.lookup("route.3.input_select").expect("sel");
+    assert_eq!(
+        db.state_names(sel),
+        ["Auto", "main", "backup", "Input 3 (unused)"]
+    );
+    db.write(sel, Some(Value::Enum(3)), 8, &w).expect("backup");
+    assert_eq!(
+        db.write(sel, Some(Value::Enum(4)), 8, &w),
+        Err(WriteError::OutOfRange)
+    );
+    // Freed: not served, and the commands are back at their defaults.
+    let cmds = db.close_block(3);
+    assert_eq!(cmds.len(), 3, "{cmds:?}");
+    assert!(db.lookup("route.3.input_select").is_none());
+    assert_eq!(
+        db.read(sel).and_then(|s| s.value),
+        Some(Value::Enum(1)),
+        "nothing inherited by the slot's next owner"
+    );
+    assert!(db
+        .priority_array(id)
+        .is_some_and(|pa| pa.slots.iter().all(Option::is_none)));
+}

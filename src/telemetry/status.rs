@@ -257,6 +257,27 @@ pub fn route_status(r: &RouteSignal) -> RouteStatus {
     }
 }
 
+/// Route Status of a route's point block (points/route.toml): LIVE(1),
+/// NO_SIGNAL(2), STOPPED(3), ERROR(4); `None` = N/A (within the start-up
+/// grace, before the first signal). Same inputs and the same signal rule
+/// as Stream Status ([`route_status`]); a route that is not running at
+/// all (configured disabled) is STOPPED by its caller.
+pub fn route_block_status(r: &RouteSignal) -> Option<u16> {
+    let signal = r.data_age.is_some_and(|a| a <= r.signal_timeout);
+    let starting = !r.had_signal && r.uptime < STARTUP_GRACE;
+    if !r.stream_enabled {
+        Some(3)
+    } else if signal {
+        Some(1)
+    } else if starting {
+        None
+    } else if r.inputs_failed {
+        Some(4)
+    } else {
+        Some(2)
+    }
+}
+
 /// Detects steady growth of the process's resident memory (seed 001's
 /// "memory leak detection"): over a full window, memory grew by more than
 /// both a ratio and an absolute amount, and most steps went up.
@@ -405,6 +426,69 @@ mod tests {
             let d = server_status(&inp, &t);
             assert_eq!(d.health, want, "case {i}: {inp:?}");
             assert_eq!(d.reasons.is_empty(), want == Health::Ok, "case {i}");
+        }
+    }
+
+    #[test]
+    fn route_block_status_table() {
+        let ms = Duration::from_millis;
+        let base = RouteSignal {
+            stream_enabled: true,
+            data_age: Some(ms(10)),
+            signal_timeout: ms(1000),
+            uptime: ms(60_000),
+            had_signal: true,
+            inputs_failed: false,
+        };
+        let cases: Vec<(&str, RouteSignal, Option<u16>)> = vec![
+            ("live", base, Some(1)),
+            (
+                "silent beyond signal_timeout",
+                RouteSignal {
+                    data_age: Some(ms(1001)),
+                    ..base
+                },
+                Some(2),
+            ),
+            (
+                "never delivered",
+                RouteSignal {
+                    data_age: None,
+                    ..base
+                },
+                Some(2),
+            ),
+            (
+                "Route Enable off, even with media",
+                RouteSignal {
+                    stream_enabled: false,
+                    ..base
+                },
+                Some(3),
+            ),
+            (
+                "every input failed",
+                RouteSignal {
+                    data_age: None,
+                    inputs_failed: true,
+                    ..base
+                },
+                Some(4),
+            ),
+            (
+                "starting: N/A, not ERROR",
+                RouteSignal {
+                    data_age: None,
+                    inputs_failed: true,
+                    had_signal: false,
+                    uptime: ms(100),
+                    ..base
+                },
+                None,
+            ),
+        ];
+        for (what, sig, want) in cases {
+            assert_eq!(route_block_status(&sig), want, "{what}");
         }
     }
 

@@ -16,6 +16,7 @@ mod mqtt;
 mod persist;
 mod rates;
 mod recording;
+mod route_points;
 mod routes_api;
 mod rtmp;
 mod rtsp;

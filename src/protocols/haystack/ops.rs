@@ -334,9 +334,25 @@ fn nav(ctx: &Ctx, req: ReqGrid) -> OpResult {
             .dict(&ctx.db, RecKey::Equip)
             .map(|d| vec![with_nav(d, recs.equip_id())])
             .unwrap_or_default(),
-        Some(Some(RecKey::Equip)) => ctx
+        // The server equip: its points, then one route equip per route
+        // (issue 20: site -> server equip -> route equips -> points).
+        Some(Some(RecKey::Equip)) => {
+            let mut rows: Vec<Dict> = ctx
+                .db
+                .ids()
+                .filter_map(|p| recs.dict(&ctx.db, RecKey::Point(p)))
+                .collect();
+            for (slot, _) in ctx.db.blocks() {
+                if let Some(d) = recs.dict(&ctx.db, RecKey::RouteEquip(slot)) {
+                    rows.push(with_nav(d, &super::records::route_equip_id(slot)));
+                }
+            }
+            rows
+        }
+        Some(Some(RecKey::RouteEquip(slot))) => ctx
             .db
-            .ids()
+            .block_ids(slot)
+            .into_iter()
             .filter_map(|p| recs.dict(&ctx.db, RecKey::Point(p)))
             .collect(),
         Some(Some(RecKey::Point(_))) => Vec::new(),
@@ -449,7 +465,19 @@ fn watch_poll(ctx: &Ctx, caller: &Caller, req: ReqGrid) -> OpResult {
     let (keys, lease) = ctx.watches.poll(&ctx.db, &caller.owner(), &id, refresh)?;
     let rows = keys
         .into_iter()
-        .filter_map(|k| ctx.records.dict(&ctx.db, k))
+        .filter_map(|k| {
+            ctx.records.dict(&ctx.db, k).or_else(|| match k {
+                // A point of a deleted route (its slot freed): reported
+                // once as removed (id + `removed` marker), issue 20.
+                RecKey::Point(p) => ctx.db.def(p).map(|d| {
+                    let mut row = Dict::new();
+                    row.insert("id".into(), HVal::make_ref(&d.id));
+                    row.insert("removed".into(), HVal::Marker);
+                    row
+                }),
+                _ => None,
+            })
+        })
         .collect();
     let mut g = Grid::from_rows(watch_meta(&id, lease), rows);
     if g.cols.is_empty() {
@@ -496,7 +524,8 @@ fn point_write(ctx: &Ctx, caller: &Caller, req: ReqGrid) -> OpResult {
     let Some(RecKey::Point(pid)) = ctx.records.key(&id) else {
         return Err(format!("unknown point @{id}").into());
     };
-    let def = ctx.db.def(pid).ok_or("unknown point")?;
+    let def = super::records::live_def(&ctx.db, pid).ok_or("unknown point")?;
+    let def = &*def;
     match row.get("level") {
         None | Some(HVal::Null) => {
             // Read back the priority array: 17 rows.
@@ -615,7 +644,7 @@ fn invoke_action(ctx: &Ctx, caller: &Caller, req: ReqGrid) -> OpResult {
     let is_target = match key {
         RecKey::Equip => true,
         RecKey::Point(p) => Some(p) == restart_point,
-        RecKey::Site => false,
+        RecKey::Site | RecKey::RouteEquip(_) => false,
     };
     if action != "restart" || !is_target {
         return Err(format!(

@@ -19,11 +19,15 @@ use crate::points::{
 pub enum RecKey {
     Site,
     Equip,
+    /// The equip of the route owning this slot (issue 20).
+    RouteEquip(u16),
     Point(PointId),
 }
 
 /// The static part of every record, built once; live tags are added per read.
 pub struct Records {
+    /// Route blocks come and go: presence is checked per lookup.
+    db: PointDb,
     site: Dict,
     equip: Dict,
     points: Vec<Dict>,
@@ -56,6 +60,36 @@ pub fn unit(symbol: &str) -> Option<&'static Unit> {
     }));
     m.insert(symbol.to_string(), u);
     Some(u)
+}
+
+/// A point's definition with its live state names: a route's input
+/// states carry the route's own input names (issue 20), so values read and
+/// written by name use them.
+pub fn live_def(db: &PointDb, pid: PointId) -> Option<std::borrow::Cow<'_, PointDef>> {
+    let def = db.def(pid)?;
+    if def.kind == Kind::Enum && db.route_point(pid).is_some() {
+        let names = db.state_names(pid);
+        if names != def.states {
+            let mut d = def.clone();
+            d.states = names;
+            return Some(std::borrow::Cow::Owned(d));
+        }
+    }
+    Some(std::borrow::Cow::Borrowed(def))
+}
+
+/// The Haystack id of the equip of route slot `slot`.
+pub fn route_equip_id(slot: u16) -> String {
+    format!("route.{slot}")
+}
+
+fn tag_hval(v: &TagValue) -> HVal {
+    match v {
+        TagValue::Marker => HVal::Marker,
+        TagValue::Str(s) => HVal::make_str(s),
+        TagValue::Number(n) => HVal::make_number(*n),
+        TagValue::Bool(b) => HVal::make_bool(*b),
+    }
 }
 
 /// A point value as a Haystack value: numbers with the point's unit, enums
@@ -151,8 +185,14 @@ impl Records {
         ]);
         let mut by_id = HashMap::new();
         let mut points = Vec::with_capacity(db.len());
-        for pid in db.ids() {
+        // Every point, reserved route blocks included (ids never move; a
+        // block's records are served while a route owns its slot).
+        for pid in db.all_ids() {
             let Some(def) = db.def(pid) else { continue };
+            let equip_ref = match db.route_point(pid) {
+                Some(rp) => HVal::make_ref(&route_equip_id(rp.slot)),
+                None => equip_ref.clone(),
+            };
             let mut d = mk(vec![
                 ("id", HVal::make_ref_with_dis(&def.id, &def.name)),
                 ("dis", HVal::make_str(&def.name)),
@@ -227,7 +267,13 @@ impl Records {
         // validation keeps point ids unique among themselves only).
         by_id.insert(se.site_id.clone(), RecKey::Site);
         by_id.insert(se.equip_id.clone(), RecKey::Equip);
+        if let Some(t) = db.route_template() {
+            for slot in 1..=t.max_slots {
+                by_id.insert(route_equip_id(slot), RecKey::RouteEquip(slot));
+            }
+        }
         Records {
+            db: db.clone(),
             site,
             equip,
             points,
@@ -245,14 +291,26 @@ impl Records {
         &self.equip_id
     }
 
+    /// The record an id names, if it is served now (a free route slot's
+    /// equip and points are not).
     pub fn key(&self, id: &str) -> Option<RecKey> {
-        self.by_id.get(id).copied()
+        let k = self.by_id.get(id).copied()?;
+        match k {
+            RecKey::Point(p) if !self.db.is_present(p) => None,
+            RecKey::RouteEquip(s) if !self.db.slot_present(s) => None,
+            k => Some(k),
+        }
     }
 
-    /// Every record id in a stable order: site, equip, then the points.
+    /// Every record id in a stable order: site, equip, the server's
+    /// points, then per route (by slot) its equip and its points.
     pub fn keys(&self, db: &PointDb) -> Vec<RecKey> {
         let mut v = vec![RecKey::Site, RecKey::Equip];
         v.extend(db.ids().map(RecKey::Point));
+        for (slot, _) in db.blocks() {
+            v.push(RecKey::RouteEquip(slot));
+            v.extend(db.block_ids(slot).into_iter().map(RecKey::Point));
+        }
         v
     }
 
@@ -261,9 +319,60 @@ impl Records {
         match key {
             RecKey::Site => Some(self.site.clone()),
             RecKey::Equip => Some(self.equip.clone()),
+            RecKey::RouteEquip(slot) => {
+                let info = db.block(slot)?;
+                let se = db.site();
+                let mut d = mk(vec![
+                    (
+                        "id",
+                        HVal::make_ref_with_dis(&route_equip_id(slot), &info.route),
+                    ),
+                    ("dis", HVal::make_str(&info.route)),
+                    ("navName", HVal::make_str(&info.route)),
+                    ("equip", HVal::Marker),
+                    (
+                        "siteRef",
+                        self.site.get("id").cloned().unwrap_or(HVal::Null),
+                    ),
+                    // Haystack 4: a sub-equip references its parent.
+                    (
+                        "equipRef",
+                        self.equip.get("id").cloned().unwrap_or(HVal::Null),
+                    ),
+                    ("routeSlot", HVal::make_number(f64::from(slot))),
+                    ("tz", HVal::make_str(&se.tz)),
+                ]);
+                if let Some(t) = db.route_template() {
+                    for (k, v) in &t.equip_tags {
+                        d.insert(k.clone(), tag_hval(v));
+                    }
+                }
+                Some(d)
+            }
             RecKey::Point(pid) => {
-                let def = db.def(pid)?;
+                if !db.is_present(pid) {
+                    return None;
+                }
+                let def = live_def(db, pid)?;
+                let def = &*def;
                 let mut d = self.points.get(pid.index())?.clone();
+                if let Some(rp) = db.route_point(pid) {
+                    // The route's name and input names are live.
+                    if let Some(info) = db.block(rp.slot) {
+                        let dis = format!("{} {}", info.route, def.name);
+                        d.insert("dis".into(), HVal::make_str(&dis));
+                        d.insert(
+                            "equipRef".into(),
+                            HVal::make_ref_with_dis(&route_equip_id(rp.slot), &info.route),
+                        );
+                    }
+                    if def.kind == Kind::Enum {
+                        d.insert(
+                            "enum".into(),
+                            HVal::make_str(&db.state_names(pid).join(",")),
+                        );
+                    }
+                }
                 if let Some(st) = db.read(pid) {
                     add_cur(&mut d, def, &st);
                 }

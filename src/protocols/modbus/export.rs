@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 
 use crate::points::{Kind, ModbusField, ModbusMap, ModbusRegister, ModbusTable, PointDef, Quality};
 
+use crate::points::routes::RouteTemplate;
+
 use super::frame::{MAX_READ_BITS, MAX_READ_REGS, MAX_WRITE_BITS, MAX_WRITE_REGS};
 
 const COLUMNS: [&str; 13] = [
@@ -197,6 +199,105 @@ completes no request within `[modbus] idle_timeout` (default 60 s) is closed.\n\
     s
 }
 
+/// Server definitions followed by every reserved route point's (ids are
+/// indexes, as in the database).
+fn all_defs(defs: &[PointDef], tpl: &RouteTemplate) -> Vec<PointDef> {
+    let mut v = defs.to_vec();
+    let layout = tpl.layout();
+    for slot in 1..=tpl.max_slots {
+        v.extend(layout.iter().map(|&(t, o)| tpl.expand(slot, t, o)));
+    }
+    v
+}
+
+fn route_rows(defs: &[PointDef], map: &ModbusMap, tpl: &RouteTemplate) -> Vec<[String; 13]> {
+    let Ok(regs) =
+        super::routes::route_registers(tpl, defs.len(), &map.route_blocks, map.word_order)
+    else {
+        return Vec::new();
+    };
+    let all = all_defs(defs, tpl);
+    regs.iter()
+        .filter_map(|r| {
+            let mut cells = row(r, &all)?;
+            cells[0] = format!("{:06}", r.number);
+            Some(cells)
+        })
+        .collect()
+}
+
+/// `castpoint export modbus-map --format csv`: the server's registers,
+/// then every reserved route slot's (6-digit numbers).
+pub fn export_csv(defs: &[PointDef], map: &ModbusMap, tpl: Option<&RouteTemplate>) -> String {
+    let mut s = map_csv(defs, map);
+    if let Some(tpl) = tpl {
+        for cells in route_rows(defs, map, tpl) {
+            let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
+            s.push_str(&line.join(","));
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// `castpoint export modbus-map`: the server's map, then the route blocks'
+/// address rule and the layout of one block (slot 1), with slot 3 worked out.
+pub fn export_markdown(defs: &[PointDef], map: &ModbusMap, tpl: Option<&RouteTemplate>) -> String {
+    let mut s = map_markdown(defs, map);
+    let Some(tpl) = tpl else {
+        return s;
+    };
+    let rb = &map.route_blocks;
+    if !rb.enabled {
+        return s;
+    }
+    let at = |base: u16, slot: u32| u32::from(base) + slot * u32::from(rb.stride);
+    let _ = write!(
+        s,
+        "\n## Route blocks\n\n\
+Every route owns a slot (docs/route-points.md); its registers start at protocol \
+offset `base + slot x stride` in each table (`[route_blocks]` of \
+mappings/modbus.toml: stride {}, input base {}, holding base {}, coil base {}, \
+discrete base {}; {} slots reserved). Numbers are 6-digit Modicon numbers \
+(300001 = input register offset 0). Inside a block: input registers hold every \
+measurement as f32 from +0, then the quality code of every block point \
+(one contiguous run); holding registers every status and number/enum command (u16) from +0; \
+coils every bool command from +0; discrete inputs the quality-ok bit of every \
+block point from +0. A read or write that touches a free slot (no route owns \
+it) gets exception 02. A whole block of one table is one read (at most 125 \
+registers).\n\n\
+Worked example, slot 3: input registers from offset {} ({:06}), holding from \
+{} ({:06}), coils from {} ({:06}), discrete inputs from {} ({:06}).\n\n\
+Slot 1's block (add `(slot - 1) x {}` to offsets and numbers for slot `slot`):\n\n",
+        rb.stride,
+        rb.input_base,
+        rb.holding_base,
+        rb.coil_base,
+        rb.discrete_base,
+        tpl.max_slots,
+        at(rb.input_base, 3),
+        300_001 + at(rb.input_base, 3),
+        at(rb.holding_base, 3),
+        400_001 + at(rb.holding_base, 3),
+        at(rb.coil_base, 3),
+        1 + at(rb.coil_base, 3),
+        at(rb.discrete_base, 3),
+        100_001 + at(rb.discrete_base, 3),
+        rb.stride,
+    );
+    let _ = writeln!(s, "| {} |", COLUMNS.join(" | "));
+    let _ = writeln!(s, "|{}", COLUMNS.iter().map(|_| "---|").collect::<String>());
+    let one = RouteTemplate {
+        max_slots: 1,
+        ..tpl.clone()
+    };
+    for cells in route_rows(defs, map, &one) {
+        let cells: Vec<String> = cells.iter().map(|c| c.replace('|', "\\|")).collect();
+        let _ = writeln!(s, "| {} |", cells.join(" | "));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,13 +317,20 @@ mod tests {
         assert!(csv.contains("30003,2,input register,04,R,u16,1,,100,0.01 _Gbps,"));
         assert!(csv.contains("30101,100,input register,04,R,f32,2,ABCD,1,,"));
         assert_eq!(csv.lines().count(), 1 + c.maps.modbus.registers.len());
+        // Route blocks: slot 3's Route Enable coil and Route Status register.
+        let csv = export_csv(&c.points, &c.maps.modbus, c.route_template.as_ref());
+        assert!(
+            csv.contains("\n001301,1300,coil,\"01, 05, 15\",R/W,bit,1,,,,route.3.route_enable (Route Enable),value,0=false 1=true"),
+            "{csv}"
+        );
+        assert!(csv.contains("\n401301,1300,holding register,\"03, 23 (read)\",R,u16,1,,1,,route.3.route_status (Route Status),value,1=LIVE 2=NO_SIGNAL 3=STOPPED 4=ERROR 5=N/A"), "{csv}");
     }
 
     /// docs/modbus-map.md is the generated document, not a hand-kept copy.
     #[test]
     fn docs_are_generated_from_the_map() {
         let c = Config::embedded().expect("embedded config");
-        let md = map_markdown(&c.points, &c.maps.modbus);
+        let md = export_markdown(&c.points, &c.maps.modbus, c.route_template.as_ref());
         let doc =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/modbus-map.md"))
                 .expect(

@@ -41,6 +41,7 @@
 mod export;
 mod frame;
 mod regmap;
+pub mod routes;
 mod server;
 mod service;
 
@@ -56,7 +57,7 @@ use crate::netlimit::Caps;
 use crate::points::{ModbusMap, PointDb, Protocol};
 use crate::section::{Problem, Section};
 
-pub use export::{map_csv, map_markdown};
+pub use export::{export_csv, export_markdown, map_csv, map_markdown};
 pub use frame::{decode_request, split_frame, Exception, Request};
 pub use server::Limits;
 pub use service::Service;

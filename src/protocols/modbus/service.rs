@@ -47,9 +47,23 @@ impl Service {
         for &u in unit_ids {
             units[usize::from(u)] = true;
         }
+        // Route blocks (issue 20): every reserved slot's registers, served
+        // only while a route owns the slot.
+        let mut full = map.clone();
+        if let Some(tpl) = db.route_template() {
+            match super::routes::route_registers(
+                tpl,
+                db.ids().count(),
+                &map.route_blocks,
+                map.word_order,
+            ) {
+                Ok(regs) => full.registers.extend(regs),
+                Err(e) => tracing::error!("modbus: no route blocks: {e}"),
+            }
+        }
         Service {
             db,
-            map: RegisterMap::new(map),
+            map: RegisterMap::new(&full),
             units,
         }
     }
@@ -74,6 +88,16 @@ impl Service {
 
     fn state(&self, id: PointId) -> Result<PointState, Exception> {
         self.db.read(id).ok_or(Exception::ServerDeviceFailure)
+    }
+
+    /// A request touching a free route block is refused as a whole, like
+    /// an unmapped address (02).
+    fn present<'m>(&self, regs: &'m [ModbusRegister]) -> Result<&'m [ModbusRegister], Exception> {
+        if regs.iter().all(|r| self.db.is_present(r.point)) {
+            Ok(regs)
+        } else {
+            Err(Exception::IllegalDataAddress)
+        }
     }
 
     fn execute(
@@ -162,7 +186,7 @@ impl Service {
             } => {
                 // Validate the read range before writing, so a request that
                 // would be refused as a whole has no side effect.
-                self.map.holding.span(read_addr, read_qty)?;
+                self.present(self.map.holding.span(read_addr, read_qty)?)?;
                 let writes = self.audited(
                     &self.map.holding,
                     write_addr,
@@ -193,7 +217,7 @@ impl Service {
         qty: u16,
         out: &mut Vec<u8>,
     ) -> Result<(), Exception> {
-        let regs = table.span(addr, qty)?;
+        let regs = self.present(table.span(addr, qty)?)?;
         out.push(fc);
         let nbytes = usize::from(qty).div_ceil(8);
         // qty <= 2000, so nbytes <= 250 fits the byte-count byte.
@@ -219,7 +243,7 @@ impl Service {
         qty: u16,
         out: &mut Vec<u8>,
     ) -> Result<(), Exception> {
-        let regs = table.span(addr, qty)?;
+        let regs = self.present(table.span(addr, qty)?)?;
         // qty <= 125, so 2 * qty <= 250 fits the byte-count byte.
         out.push((2 * qty) as u8);
         let start = u32::from(addr);
@@ -261,7 +285,9 @@ impl Service {
             let point = table
                 .span(addr, 1)
                 .ok()
-                .and_then(|v| v.first().map(|r| r.point));
+                .and_then(|v| v.first().map(|r| r.point))
+                // A free route block's point has nothing to audit against.
+                .filter(|id| self.db.is_present(*id));
             if let Some(id) = point {
                 let err = match e {
                     Exception::IllegalDataAddress => WriteError::NotWritable,
@@ -281,8 +307,8 @@ impl Service {
         table: &'m Table,
         addr: u16,
     ) -> Result<&'m ModbusRegister, Exception> {
-        let reg = table
-            .span(addr, 1)?
+        let reg = self
+            .present(table.span(addr, 1)?)?
             .first()
             .ok_or(Exception::IllegalDataAddress)?;
         if !reg.writable {
@@ -302,7 +328,7 @@ impl Service {
     /// Checks every coil of an FC15 before anything is written, so a refused
     /// request changes nothing.
     fn plan_coils(&self, addr: u16, bits: Bits<'_>) -> Result<Vec<(PointId, Value)>, Exception> {
-        let regs = self.map.coils.span(addr, bits.len() as u16)?;
+        let regs = self.present(self.map.coils.span(addr, bits.len() as u16)?)?;
         if regs.iter().any(|r| !r.writable) {
             return Err(Exception::IllegalDataAddress);
         }
@@ -325,7 +351,7 @@ impl Service {
         words: Words<'_>,
     ) -> Result<Vec<(PointId, Value)>, Exception> {
         let qty = words.len() as u16;
-        let regs = self.map.holding.span(addr, qty)?;
+        let regs = self.present(self.map.holding.span(addr, qty)?)?;
         if regs.iter().any(|r| !r.writable) {
             return Err(Exception::IllegalDataAddress);
         }
