@@ -16,9 +16,6 @@ const ROUTE: &str = r#"
 primary_route = "live"
 [telemetry]
 enabled = true
-[telemetry.periods]
-connected_viewers = "1s"
-total_bitrate_out = "1s"
 [haystack]
 anonymous_read = true
 [[route]]
