@@ -175,7 +175,9 @@ pub fn router(state: ApiState) -> Router {
 async fn health(State(s): State<ApiState>) -> impl IntoResponse {
     Json(json!({
         "status": "ok",
-        "points": s.db.len(),
+        // Points served: the server's and the present route blocks' (not
+        // the reserved, unowned blocks).
+        "points": s.db.served_ids().len(),
         "version": env!("CARGO_PKG_VERSION"),
         "commit": crate::GIT_COMMIT,
     }))

@@ -29,11 +29,7 @@ pub fn point_table(c: &Config) -> String {
             d.id.clone(),
             d.name.clone(),
             d.role.as_str().into(),
-            if d.states.is_empty() {
-                d.kind.as_str().into()
-            } else {
-                format!("enum({})", d.states.join("/"))
-            },
+            kind_cell(d),
             d.unit.clone().unwrap_or_else(|| "-".into()),
             c.maps.bacnet_address(id).unwrap_or_else(|| "-".into()),
             c.maps.modbus_addresses(id).join(","),
@@ -66,11 +62,7 @@ pub fn point_table(c: &Config) -> String {
                 d.id.clone(),
                 d.name.clone(),
                 d.role.as_str().into(),
-                if d.states.is_empty() {
-                    d.kind.as_str().into()
-                } else {
-                    format!("enum({})", d.states.join("/"))
-                },
+                kind_cell(&d),
                 d.unit.clone().unwrap_or_else(|| "-".into()),
                 "-".into(),
                 modbus.join(","),
@@ -98,4 +90,13 @@ pub fn point_table(c: &Config) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The kind column: `number`, `bool`, or `enum(A/B/...)` with the states.
+fn kind_cell(d: &crate::points::PointDef) -> String {
+    if d.states.is_empty() {
+        d.kind.as_str().into()
+    } else {
+        format!("enum({})", d.states.join("/"))
+    }
 }

@@ -43,7 +43,10 @@ def test_status_summarises_a_running_server():
         r = cli("status", "--url", s.http_base)
         assert r.returncode == 0, r.stderr
         out = r.stdout
-        assert out.startswith("castpoint ") and ": ok (23 points)" in out.splitlines()[0], out
+        # The server's 23 points plus the demo route's block.
+        block = json.load(urllib.request.urlopen(s.http_base + "/api/routes/demo/points"))
+        n = 23 + len(block["points"])
+        assert out.startswith("castpoint ") and f": ok ({n} points)" in out.splitlines()[0], out
         assert "routes: 1 (primary demo)" in out, out
         # The demo route's four outputs, each with its state.
         for name in ["http web-ts", "hls web-hls", "udp lan-udp", "record archive  off"]:

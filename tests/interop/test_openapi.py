@@ -23,8 +23,12 @@ def test_openapi_validates_and_matches_the_router():
         assert set(doc["components"]["securitySchemes"]) >= {"bearer", "apiKey", "accessToken"}
         assert doc["paths"]["/health"]["get"]["security"] == []
         assert "/api/stream/start" in doc["paths"]  # seed endpoints from the HTTP map
-        ids = doc["components"]["schemas"]["PointId"]["enum"]
+        # The seed's 23 ids by name, route block points by pattern.
+        any_of = doc["components"]["schemas"]["PointId"]["anyOf"]
+        ids = next(a["enum"] for a in any_of if "enum" in a)
         assert len(ids) == 23 and "stream_enable" in ids
+        pattern = next(a["pattern"] for a in any_of if "pattern" in a)
+        assert re.match(pattern, "route.3.output_enable.2") and not re.match(pattern, "x")
         # Every documented operation is routed: it may refuse the request
         # (400/401/404 for a missing route/point/body), but never with 405,
         # and a 404 must be our JSON error, not the router's empty one.
