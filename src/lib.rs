@@ -28,6 +28,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod counters;
 pub mod engine;
 pub mod httpd;
 pub mod limits;

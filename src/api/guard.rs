@@ -206,7 +206,16 @@ fn unauthorized(msg: &str) -> Response {
 /// The message remote writers get while no user exists.
 pub const NO_USER_MESSAGE: &str = "no user exists yet, so only loopback clients may change anything: on the server run `castpoint user add NAME --role admin` (password on stdin), then log in with POST /api/auth/login";
 
-async fn guard(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
+/// Every response of the listener, counted by surface and status class
+/// (`castpoint_http_responses_total`), then the authorization itself.
+async fn guard(state: State<ApiState>, req: Request, next: Next) -> Response {
+    let surface = crate::counters::http_surface(req.uri().path());
+    let resp = authorize(state, req, next).await;
+    crate::counters::http(surface, resp.status().as_u16());
+    resp
+}
+
+async fn authorize(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let need_role = match need(&s, req.method(), &path) {
         Need::Public | Need::Haystack => return next.run(req).await,

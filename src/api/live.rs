@@ -408,6 +408,8 @@ pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
         super::metrics::engine(&mut out, &e.snapshot());
     }
     super::metrics::process(&mut out);
+    // Requests, errors and sessions of every protocol server.
+    out.push_str(&crate::counters::prometheus());
     (
         [(
             header::CONTENT_TYPE,

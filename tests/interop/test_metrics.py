@@ -5,6 +5,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -161,3 +162,52 @@ def test_every_dashboard_query_names_an_exported_series(srt_server):
     names.discard("route")
     missing = sorted(n for n in names if n not in exported)
     assert not missing, f"dashboard queries name series /metrics lacks: {missing}"
+
+
+def counter(fams, family, **labels):
+    try:
+        return sample(fams, family, **labels).value
+    except (KeyError, AssertionError):
+        return 0.0
+
+
+def test_protocol_servers_count_requests_and_errors(srt_server):
+    from pymodbus.client import ModbusTcpClient
+
+    base = srt_server.http_base
+    _, before = scrape(base)
+    # REST: one answered, one refused (unknown point).
+    urllib.request.urlopen(base + "/api/points", timeout=5).read()
+    try:
+        urllib.request.urlopen(base + "/api/points/no_such_point", timeout=5)
+    except urllib.error.HTTPError as e:
+        assert e.code == 404
+    # Modbus (pymodbus): one read answered, one far past the map (exception 02).
+    host, port = srt_server.addrs["modbus"]
+    c = ModbusTcpClient(host, port=port, timeout=3)
+    assert c.connect()
+    assert not c.read_holding_registers(0, count=1).isError()
+    assert c.read_holding_registers(9000, count=1).isError()
+    c.close()
+    # BACnet: ReadProperty of the device's name (wildcard instance), then of
+    # a missing object (Error).
+    h, p = srt_server.addrs["bacnet"]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    for invoke, oid in ((1, b"\x02\x3f\xff\xff"), (2, b"\x00\x80\x00\x63")):
+        apdu = bytes([0x00, 0x05, invoke, 0x0C, 0x0C]) + oid + b"\x19\x4d"
+        npdu = b"\x01\x04" + apdu
+        s.sendto(bytes([0x81, 0x0A, 0, 4 + len(npdu)]) + npdu, (h, p))
+        s.recvfrom(1500)
+    s.close()
+    _, after = scrape(base)
+    d = lambda fam, **l: counter(after, fam, **l) - counter(before, fam, **l)
+    assert d("castpoint_http_responses_total", surface="rest", **{"class": "2xx"}) >= 1
+    assert d("castpoint_http_responses_total", surface="rest", **{"class": "4xx"}) >= 1
+    assert d("castpoint_http_responses_total", surface="metrics", **{"class": "2xx"}) >= 1
+    assert d("castpoint_modbus_requests_total") >= 2
+    assert d("castpoint_modbus_exceptions_total") >= 1
+    assert d("castpoint_bacnet_requests_total", type="confirmed") >= 2
+    assert d("castpoint_bacnet_error_answers_total", type="error") >= 1
+    assert "castpoint_bacnet_cov_subscriptions" in after
+    assert "castpoint_haystack_watches" in after

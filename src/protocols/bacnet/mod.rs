@@ -799,10 +799,18 @@ async fn run(
     }
     let mut dirty = vec![false; by_point.len()];
     let mut log_dirty = vec![false; feeds.len()];
+    // `/metrics` reads the stack's COV subscription count from here: on
+    // every batch of changes, and at least every 5 s.
+    let mut cov_tick = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
         let mut lagged = false;
+        crate::counters::BACNET_COV_SUBSCRIPTIONS.store(
+            server.cov_counters().subscriptions_active,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = cov_tick.tick() => continue,
             r = rx.recv() => match r {
                 Ok(c) => note(&db, &c, &index, &log_index, &mut feeds, &mut dirty, &mut log_dirty),
                 Err(RecvError::Lagged(_)) => lagged = true,

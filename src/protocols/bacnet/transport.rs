@@ -150,6 +150,9 @@ async fn filter<T: TransportPort + 'static>(
     to_stack: mpsc::Sender<ReceivedNpdu>,
 ) {
     while let Some(frame) = from_link.recv().await {
+        if let Some(t) = apdu_type(&frame.npdu) {
+            crate::counters::bacnet_received(t);
+        }
         // A group-addressed confirmed request is dropped by the stack
         // (Clause 6.3); a link reply channel (MS/TP) or a direct-response
         // capability (SC) means the reply must take that path: the stack's.
@@ -157,6 +160,7 @@ async fn filter<T: TransportPort + 'static>(
             !frame.link_layer_group && frame.reply_tx.is_none() && frame.direct_response.is_none();
         if ours {
             if let Some(reply) = answer(&frame.npdu, &read_only) {
+                count_sent(&reply);
                 if let Err(e) = inner.send_unicast(&reply, &frame.source_mac).await {
                     tracing::debug!("bacnet: answer not sent: {e}");
                 }
@@ -232,6 +236,7 @@ impl<T: TransportPort + 'static> TransportPort for Filtered<T> {
     }
 
     async fn send_unicast(&self, npdu: &[u8], mac: &[u8]) -> Result<(), Error> {
+        count_sent(npdu);
         self.inner.send_unicast(npdu, mac).await
     }
 
@@ -241,11 +246,13 @@ impl<T: TransportPort + 'static> TransportPort for Filtered<T> {
         mac: &'a [u8],
         data_attributes: &'a [DataAttribute],
     ) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'a {
+        count_sent(npdu);
         self.inner
             .send_unicast_with_data_attributes(npdu, mac, data_attributes)
     }
 
     async fn send_broadcast(&self, npdu: &[u8]) -> Result<(), Error> {
+        count_sent(npdu);
         self.inner.send_broadcast(npdu).await
     }
 
@@ -254,6 +261,7 @@ impl<T: TransportPort + 'static> TransportPort for Filtered<T> {
         npdu: &'a [u8],
         data_attributes: &'a [DataAttribute],
     ) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'a {
+        count_sent(npdu);
         self.inner
             .send_broadcast_with_data_attributes(npdu, data_attributes)
     }
@@ -293,6 +301,39 @@ impl<T: TransportPort + 'static> TransportPort for Filtered<T> {
     fn local_broadcast_destinations(&self) -> GroupDestinations {
         self.inner.local_broadcast_destinations()
     }
+}
+
+/// Counts an outgoing APDU for `/metrics` when it is an error answer.
+fn count_sent(npdu: &[u8]) {
+    if let Some(t) = apdu_type(npdu) {
+        crate::counters::bacnet_sent(t);
+    }
+}
+
+/// The APDU type nibble of an NPDU that carries an APDU (`None` for a
+/// network-layer message or a malformed header). Skips DNET/DADR, SNET/SADR
+/// and the hop count (Clause 6.2).
+pub fn apdu_type(npdu: &[u8]) -> Option<u8> {
+    if *npdu.first()? != 0x01 {
+        return None;
+    }
+    let control = *npdu.get(1)?;
+    if control & 0x80 != 0 {
+        return None;
+    }
+    let mut i = 2;
+    if control & 0x20 != 0 {
+        let dlen = usize::from(*npdu.get(i + 2)?);
+        i += 3 + dlen;
+    }
+    if control & 0x08 != 0 {
+        let slen = usize::from(*npdu.get(i + 2)?);
+        i += 3 + slen;
+    }
+    if control & 0x20 != 0 {
+        i += 1; // hop count
+    }
+    Some(*npdu.get(i)? >> 4)
 }
 
 // ---- The classifier: pure, bounded, no stack types. ----
@@ -861,5 +902,19 @@ mod tests {
         let mut trailing = wp;
         trailing.push(0x00);
         assert_eq!(answer(&request(15, &trailing), &ro), None);
+    }
+
+    #[test]
+    fn apdu_types_through_every_npdu_header_shape() {
+        assert_eq!(apdu_type(&[0x01, 0x04, 0x00, 0x05]), Some(0));
+        assert_eq!(apdu_type(&[0x01, 0x00, 0x10, 0x08]), Some(1));
+        // DNET 7, DLEN 1, DADR 0x42, hop count, then a Reject.
+        assert_eq!(apdu_type(&[0x01, 0x20, 0, 7, 1, 0x42, 0xFF, 0x60]), Some(6));
+        // SNET 5, SLEN 2.
+        assert_eq!(apdu_type(&[0x01, 0x08, 0, 5, 2, 1, 2, 0x50]), Some(5));
+        // Network message, truncated, wrong version.
+        assert_eq!(apdu_type(&[0x01, 0x80, 0x00]), None);
+        assert_eq!(apdu_type(&[0x01, 0x20, 0, 7]), None);
+        assert_eq!(apdu_type(&[0x02, 0x00, 0x10]), None);
     }
 }

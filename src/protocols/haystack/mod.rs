@@ -230,14 +230,21 @@ impl Ctx {
         if let Some(h) = on_login {
             authn = authn.with_hook(h);
         }
-        Arc::new(Ctx {
+        let ctx = Arc::new(Ctx {
             records: Records::build(&db, maps),
             auth: authn,
             watches: Watches::new(settings.watch_lease, settings.max_watch_lease),
             db,
             settings,
             boot: Utc::now(),
-        })
+        });
+        let weak = Arc::downgrade(&ctx);
+        crate::counters::register_gauge(
+            "castpoint_haystack_watches",
+            "Open Haystack watches.",
+            move || weak.upgrade().map(|c| c.watches.len() as f64),
+        );
+        ctx
     }
 }
 

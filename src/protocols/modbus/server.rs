@@ -1,6 +1,7 @@
 //! The Modbus TCP listener: accept loop with connection caps (total and per address), one task per connection with an idle timeout, pipelined request framing.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,7 +95,16 @@ async fn connection(
             match split_frame(&input) {
                 Ok(Some((h, total))) => {
                     let pdu = input.get(super::frame::MBAP_LEN..total).unwrap_or(&[]);
+                    let at = output.len();
                     svc.handle(h, pdu, peer, &mut output);
+                    // An answer's function code has its high bit set for an
+                    // exception; no answer (a unit id not served) is not counted.
+                    if let Some(f) = output.get(at + super::frame::MBAP_LEN) {
+                        crate::counters::MODBUS_REQUESTS.fetch_add(1, Relaxed);
+                        if f & 0x80 != 0 {
+                            crate::counters::MODBUS_EXCEPTIONS.fetch_add(1, Relaxed);
+                        }
+                    }
                     input.advance(total);
                     deadline = Instant::now() + idle;
                 }

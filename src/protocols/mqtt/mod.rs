@@ -77,6 +77,18 @@ pub fn start(
     );
     let s = session::Session::new(cfg, db)?;
     let status = s.status.clone();
+    let weak = Arc::downgrade(&status);
+    crate::counters::register_gauge(
+        "castpoint_mqtt_connected",
+        "1 while the Sparkplug edge node is connected to a broker and born.",
+        move || {
+            weak.upgrade().map(|s| {
+                f64::from(u8::from(
+                    s.online.load(std::sync::atomic::Ordering::Relaxed),
+                ))
+            })
+        },
+    );
     tasks.spawn(s.run(shutdown));
     Ok(status)
 }
