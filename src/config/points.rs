@@ -285,13 +285,9 @@ fn parse_points(
                 ));
                 continue;
             }
-            let tv = match v {
-                toml::Value::Boolean(true) => TagValue::Marker,
-                toml::Value::Boolean(false) => TagValue::Bool(false),
-                toml::Value::String(s) => TagValue::Str(s.clone()),
-                toml::Value::Integer(n) => TagValue::Number(*n as f64),
-                toml::Value::Float(f) => TagValue::Number(*f),
-                _ => {
+            let tv = match tag_value(v) {
+                Some(tv) => tv,
+                None => {
                     errs.push(ConfigError::new(
                         file,
                         format!("point[{i}].tags.{k}"),
@@ -359,6 +355,19 @@ fn parse_points(
 }
 
 /// A TOML scalar as a point value (kinds are fixed later by `PointDef::coerce`).
+/// A Haystack tag from a point or template file: `true` is a marker,
+/// `false`, strings and numbers are values; anything else is refused.
+fn tag_value(v: &toml::Value) -> Option<TagValue> {
+    Some(match v {
+        toml::Value::Boolean(true) => TagValue::Marker,
+        toml::Value::Boolean(false) => TagValue::Bool(false),
+        toml::Value::String(s) => TagValue::Str(s.clone()),
+        toml::Value::Integer(n) => TagValue::Number(*n as f64),
+        toml::Value::Float(f) => TagValue::Number(*f),
+        _ => return None,
+    })
+}
+
 pub fn toml_to_value(v: &toml::Value) -> Option<Value> {
     match v {
         toml::Value::Boolean(b) => Some(Value::Bool(*b)),
@@ -461,13 +470,9 @@ pub fn parse_template(
     };
     let mut equip_tags = BTreeMap::new();
     for (k, v) in raw_tags {
-        let tv = match v {
-            toml::Value::Boolean(true) => TagValue::Marker,
-            toml::Value::Boolean(false) => TagValue::Bool(false),
-            toml::Value::String(s) => TagValue::Str(s),
-            toml::Value::Integer(n) => TagValue::Number(n as f64),
-            toml::Value::Float(f) => TagValue::Number(f),
-            _ => {
+        let tv = match tag_value(&v) {
+            Some(tv) => tv,
+            None => {
                 errs.push(ConfigError::new(
                     file,
                     format!("equip.tags.{k}"),

@@ -106,41 +106,6 @@ impl WritePolicy {
             _ => Err(Denial::SourceNotAllowed),
         }
     }
-
-    /// Reads `read_only` (bool) and `write_allow` (array of CIDR strings)
-    /// from a protocol's config section; `section` names it in errors
-    /// (`modbus`, `bacnet`). Other keys are left to the section's owner.
-    pub fn from_table(section: &str, t: &toml::Table) -> Result<WritePolicy, Vec<String>> {
-        let mut errs = Vec::new();
-        let mut p = WritePolicy::default();
-        match t.get("read_only") {
-            None => {}
-            Some(toml::Value::Boolean(b)) => p.read_only = *b,
-            Some(_) => errs.push(format!("{section}.read_only: must be true or false")),
-        }
-        match t.get("write_allow") {
-            None => {}
-            Some(toml::Value::Array(a)) => {
-                for (i, v) in a.iter().enumerate() {
-                    match v.as_str().map(Cidr::from_str) {
-                        Some(Ok(c)) => p.write_allow.push(c),
-                        Some(Err(e)) => errs.push(format!("{section}.write_allow[{i}]: {e}")),
-                        None => errs.push(format!(
-                            "{section}.write_allow[{i}]: must be a string such as \"192.0.2.10/32\""
-                        )),
-                    }
-                }
-            }
-            Some(_) => errs.push(format!(
-                "{section}.write_allow: must be an array of CIDR strings, e.g. [\"192.0.2.0/24\"]"
-            )),
-        }
-        if errs.is_empty() {
-            Ok(p)
-        } else {
-            Err(errs)
-        }
-    }
 }
 
 /// The loopback networks (`127.0.0.0/8`, `::1`), for policies that allow
@@ -193,22 +158,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ro.check(Some(ip("127.0.0.1"))), Err(Denial::ReadOnly));
-        let t: toml::Table = toml::from_str(r#"write_allow = ["192.0.2.10"]"#).unwrap();
-        let p = WritePolicy::from_table("modbus", &t).unwrap();
+        let p = WritePolicy {
+            read_only: false,
+            write_allow: vec!["192.0.2.10".parse().unwrap()],
+        };
         assert_eq!(p.check(Some(ip("192.0.2.10"))), Ok(()));
         assert_eq!(
             p.check(Some(ip("192.0.2.11"))),
             Err(Denial::SourceNotAllowed)
         );
         assert_eq!(p.check(None), Err(Denial::SourceNotAllowed));
-        let bad: toml::Table = toml::from_str(
-            r#"read_only = 1
-write_allow = ["x", 3]"#,
-        )
-        .unwrap();
-        assert_eq!(
-            WritePolicy::from_table("bacnet", &bad).unwrap_err().len(),
-            3
-        );
     }
 }

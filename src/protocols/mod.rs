@@ -34,3 +34,26 @@ pub fn policy_of(read_only: bool, write_allow: &[String]) -> WritePolicy {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A section's `read_only` / `write_allow` become the policy; entries
+    /// that are not CIDR networks are reported by index (a wrong type, e.g.
+    /// `read_only = 1` or a number in the list, is refused by serde when the
+    /// section is read: config/keys_tests.rs).
+    #[test]
+    fn sections_give_policies_and_bad_networks_are_named() {
+        let p = policy_of(false, &["192.0.2.10".into()]);
+        assert_eq!(p.check(Some("192.0.2.10".parse().unwrap())), Ok(()));
+        assert_eq!(
+            p.check(Some("192.0.2.11".parse().unwrap())),
+            Err(crate::points::Denial::SourceNotAllowed)
+        );
+        assert!(policy_of(true, &[]).read_only);
+        let bad = policy_problems(&["x".into(), "10.0.0.0/8".into(), "y/99".into()]);
+        let keys: Vec<_> = bad.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["write_allow[0]", "write_allow[2]"]);
+    }
+}
