@@ -539,39 +539,6 @@ mod tests {
         assert!(!cuts[3].discontinuity);
     }
 
-    /// Moves the PTS and DTS of the PES header starting in `p` by `add`
-    /// (90 kHz, wrapping at 33 bits), keeping the marker bits.
-    fn shift_pes(p: &mut [u8], add: u64) {
-        let mut off = 4;
-        if p[3] & 0x20 != 0 {
-            off += 1 + usize::from(p[4]);
-        }
-        let Some(pl) = p.get_mut(off..) else { return };
-        if pl.len() < 19 || pl[0..3] != [0, 0, 1] {
-            return;
-        }
-        let flags = pl[7] >> 6;
-        let rw = |b: &mut [u8]| {
-            let t = (u64::from(b[0] >> 1) & 0x07) << 30
-                | u64::from(b[1]) << 22
-                | u64::from(b[2] >> 1) << 15
-                | u64::from(b[3]) << 7
-                | u64::from(b[4] >> 1);
-            let t = t.wrapping_add(add) & ((1 << 33) - 1);
-            b[0] = (b[0] & 0xF0) | (((t >> 30) as u8 & 0x07) << 1) | 1;
-            b[1] = (t >> 22) as u8;
-            b[2] = (((t >> 15) as u8 & 0x7F) << 1) | 1;
-            b[3] = (t >> 7) as u8;
-            b[4] = ((t as u8 & 0x7F) << 1) | 1;
-        };
-        if flags & 0b10 != 0 {
-            rw(&mut pl[9..14]);
-        }
-        if flags == 0b11 {
-            rw(&mut pl[14..19]);
-        }
-    }
-
     /// `frames` video frames of the simulators' real TS generator (25 fps,
     /// a keyframe every 25 frames, 7-packet chunks), frame `k`'s PTS/DTS
     /// moved by `shift(k)`.
@@ -590,7 +557,7 @@ mod tests {
             let mut c = g.next_chunk(std::time::SystemTime::now()).to_vec();
             for p in c.chunks_exact_mut(TS) {
                 if ts::pid(p) == vpid && ts::pes_timestamps(p).is_some() {
-                    shift_pes(p, shift(k));
+                    castpoint_sim::tsgen::ts::shift_pes_timestamps(p, shift(k));
                     k += 1;
                 }
             }

@@ -108,42 +108,6 @@ async fn deep_nesting_is_refused_and_the_server_keeps_serving() {
     app.stop().await;
 }
 
-/// Moves the PTS/DTS of the PES header starting in TS packet `p` by `add`
-/// (90 kHz, 33-bit wrap), keeping the marker bits.
-fn shift_pes(p: &mut [u8], add: u64) {
-    if p[1] & 0x40 == 0 {
-        return;
-    }
-    let mut off = 4;
-    if p[3] & 0x20 != 0 {
-        off += 1 + usize::from(p[4]);
-    }
-    let Some(pl) = p.get_mut(off..) else { return };
-    if pl.len() < 19 || pl[0..3] != [0, 0, 1] {
-        return;
-    }
-    let flags = pl[7] >> 6;
-    let rw = |b: &mut [u8]| {
-        let t = (u64::from(b[0] >> 1) & 0x07) << 30
-            | u64::from(b[1]) << 22
-            | u64::from(b[2] >> 1) << 15
-            | u64::from(b[3]) << 7
-            | u64::from(b[4] >> 1);
-        let t = t.wrapping_add(add) & ((1 << 33) - 1);
-        b[0] = (b[0] & 0xF0) | (((t >> 30) as u8 & 0x07) << 1) | 1;
-        b[1] = (t >> 22) as u8;
-        b[2] = (((t >> 15) as u8 & 0x7F) << 1) | 1;
-        b[3] = (t >> 7) as u8;
-        b[4] = ((t as u8 & 0x7F) << 1) | 1;
-    };
-    if flags & 0b10 != 0 {
-        rw(&mut pl[9..14]);
-    }
-    if flags == 0b11 {
-        rw(&mut pl[14..19]);
-    }
-}
-
 /// Issue 15 item 12 over real sockets: a UDP input carrying the simulators'
 /// TS with a burst of 150 frames whose DTS jumps +1.9 s each (which pinned
 /// `#EXT-X-TARGETDURATION:49` before) — every playlist keeps each EXTINF
@@ -210,7 +174,7 @@ window = 4
                     k if k < b => (k - a + 1) * jump,
                     _ => (b - a) * jump,
                 };
-                shift_pes(p, add);
+                castpoint_sim::tsgen::ts::shift_pes_timestamps(p, add);
                 k += 1;
             }
         }
