@@ -5,12 +5,11 @@ use std::time::{Duration, Instant};
 
 use castpoint::app::App;
 use castpoint::points::Value;
-use castpoint_sim::tsgen::{Pacer, TsConfig, TsGenerator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::util::{eventually, input_addr, TestApp};
+use crate::util::{self, eventually, input_addr, TestApp};
 
 /// A live primary input and an idle backup, both on ephemeral ports.
 /// Telemetry on (the bridge publishes router points only then) with
@@ -39,29 +38,6 @@ type = "http"
 path = "main"
 "#;
 
-/// Sends the test stream to `to` in real time until cancelled.
-fn source(to: SocketAddr, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let mut g = TsGenerator::new(TsConfig {
-            bitrate: 2_000_000,
-            ..TsConfig::default()
-        })
-        .expect("generator");
-        let mut pacer = Pacer::new(Instant::now(), g.chunk_duration());
-        while !stop.is_cancelled() {
-            tokio::time::sleep_until(pacer.next_deadline().into()).await;
-            let due = pacer.due(Instant::now()).min(64);
-            for _ in 0..due {
-                let _ = sock
-                    .send_to(&g.next_chunk(std::time::SystemTime::now()), to)
-                    .await;
-            }
-            pacer.mark_sent(due.max(1));
-        }
-    })
-}
-
 /// One Modbus TCP request (unit 1) over a raw socket; the reply's PDU.
 async fn modbus(addr: SocketAddr, pdu: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).await.expect("modbus connect");
@@ -82,30 +58,6 @@ async fn modbus_reg(addr: SocketAddr, fc: u8, offset: u16) -> u16 {
     let r = modbus(addr, &[fc, a, b, 0, 1]).await;
     assert_eq!(r[0], fc, "no exception: {r:?}");
     u16::from_be_bytes([r[2], r[3]])
-}
-
-/// BACnet ReadProperty Present_Value of multi-state-value `instance`.
-async fn bacnet_msv(addr: SocketAddr, instance: u32) -> u32 {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let oid = ((19u32 << 22) | instance).to_be_bytes();
-    let mut f = vec![0x81, 0x0A, 0, 0, 0x01, 0x04, 0x00, 0x05, 0x11, 12, 0x0C];
-    f.extend_from_slice(&oid);
-    f.extend_from_slice(&[0x19, 85]);
-    let len = f.len() as u16;
-    f[2..4].copy_from_slice(&len.to_be_bytes());
-    sock.send_to(&f, addr).await.expect("send");
-    let mut buf = [0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(3), sock.recv(&mut buf))
-        .await
-        .expect("reply in time")
-        .expect("recv");
-    let r = &buf[..n];
-    let pos = r.iter().position(|b| *b == 0x3E).expect("opening tag") + 1;
-    assert_eq!(r[pos] & 0xF8, 0x20, "unsigned: {r:02x?}");
-    let len = usize::from(r[pos] & 0x07);
-    r[pos + 1..pos + 1 + len]
-        .iter()
-        .fold(0u32, |a, b| (a << 8) | u32::from(*b))
 }
 
 async fn rest(app: &App, id: &str) -> serde_json::Value {
@@ -135,7 +87,7 @@ async fn statuses_become(app: &App, want: (u16, u16, u16), secs: u64) {
             modbus_reg(mb, 3, 2).await,
             modbus_reg(mb, 4, 0).await,
         );
-        let b = (bacnet_msv(bn, 1).await, bacnet_msv(bn, 2).await);
+        let b = (util::bacnet_msv(bn, 1).await, util::bacnet_msv(bn, 2).await);
         let db = (
             value(app, "stream_status"),
             value(app, "input_status"),
@@ -190,7 +142,7 @@ async fn forcing_an_idle_backup_is_no_signal_not_live() {
     let live = input_addr(&app, "main", 0).await;
     input_addr(&app, "main", 1).await;
     let stop = CancellationToken::new();
-    let src = source(live, stop.clone());
+    let src = util::ts_source(live, 2_000_000, stop.clone());
     statuses_become(&app, (1, 1, 1), 8).await;
 
     // A BMS forces the idle backup: Modbus FC06 40101 (Input Select) = 2.
@@ -242,7 +194,7 @@ async fn no_error_within_the_start_up_grace() {
         assert_ne!(value(&app, "input_status"), Some(Value::Enum(3)));
         if stream.is_none() && t0.elapsed() > Duration::from_millis(1500) {
             assert_eq!(modbus_reg(mb, 3, 1).await, 4, "Modbus N/A");
-            assert_eq!(bacnet_msv(bn, 1).await, 4, "BACnet N/A");
+            assert_eq!(util::bacnet_msv(bn, 1).await, 4, "BACnet N/A");
             let j = rest(&app, "stream_status").await;
             assert_eq!(j["state"], "N/A", "{j}");
             saw_na = true;
@@ -283,7 +235,11 @@ async fn absent_encoder_and_cdn_read_n_a_on_every_protocol() {
             Some(&"N/A".into())
         );
         assert_eq!(modbus_reg(mb, 3, reg).await, na, "{id} on Modbus");
-        assert_eq!(bacnet_msv(bn, msv).await, u32::from(na), "{id} on BACnet");
+        assert_eq!(
+            util::bacnet_msv(bn, msv).await,
+            u32::from(na),
+            "{id} on BACnet"
+        );
     }
     app.stop().await;
 }

@@ -1,17 +1,15 @@
 //! Output bit rates and send errors, end to end (issue 16 items 2 and 3): a constant-rate source read through UDP and HLS outputs gives a steady Total Bitrate Out; a UDP output to a dead port counts its refused sends and fails alone.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use castpoint::app::App;
 use castpoint::engine::stats::IoSnapshot;
 use castpoint::engine::EventKind;
 use castpoint::points::Quality;
-use castpoint_sim::tsgen::{Pacer, TsConfig, TsGenerator};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use crate::util::{input_addr, TestApp};
+use crate::util::{self, input_addr, TestApp};
 
 async fn start(text: &str) -> TestApp {
     TestApp::with_telemetry(&format!("primary_route = \"r\"\n{text}")).await
@@ -23,29 +21,6 @@ fn output(app: &App, name: &str) -> IoSnapshot {
         .route("r")
         .and_then(|r| r.outputs.iter().find(|o| o.name == name).cloned())
         .expect("output")
-}
-
-/// The test stream at `bitrate`, paced in real time, until cancelled.
-fn source(to: SocketAddr, bitrate: u64, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let mut g = TsGenerator::new(TsConfig {
-            bitrate,
-            ..TsConfig::default()
-        })
-        .expect("generator");
-        let mut pacer = Pacer::new(Instant::now(), g.chunk_duration());
-        while !stop.is_cancelled() {
-            tokio::time::sleep_until(pacer.next_deadline().into()).await;
-            let due = pacer.due(Instant::now()).min(64);
-            for _ in 0..due {
-                let _ = sock
-                    .send_to(&g.next_chunk(std::time::SystemTime::now()), to)
-                    .await;
-            }
-            pacer.mark_sent(due.max(1));
-        }
-    })
 }
 
 /// Reads `sock` until cancelled; returns the bytes received.
@@ -95,7 +70,7 @@ dest = "{live_addr}"
     let mut events = app.engine.subscribe();
     let (stop, stop_rx) = (CancellationToken::new(), CancellationToken::new());
     let rx = drain(live, stop_rx.clone());
-    let src = source(input_addr(&app, "r", 0).await, 4_000_000, stop.clone());
+    let src = util::ts_source(input_addr(&app, "r", 0).await, 4_000_000, stop.clone());
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         let (d, l) = (output(&app, "dead"), output(&app, "live"));
@@ -226,7 +201,7 @@ segment = "2s"
     .await;
     let stop = CancellationToken::new();
     let rx = drain(recv, stop.clone());
-    let src = source(input_addr(&app, "r", 0).await, 10_000_000, stop.clone());
+    let src = util::ts_source(input_addr(&app, "r", 0).await, 10_000_000, stop.clone());
     let http = app.addrs.http.expect("http");
     let player = hls_player(format!("http://{http}/hls/r"), stop.clone());
     let id = app.db.lookup("total_bitrate_out").expect("point");

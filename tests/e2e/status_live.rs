@@ -4,13 +4,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use castpoint::app::App;
-use castpoint_sim::tsgen::{Pacer, TsConfig, TsGenerator};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::util::{eventually, input_addr, TestApp};
+use crate::util::{self, eventually, input_addr, TestApp};
 
 const ROUTE: &str = r#"
 primary_route = "live"
@@ -30,29 +29,6 @@ type = "http"
 path = "live"
 "#;
 
-/// Sends the test stream to `to` in real time until cancelled.
-fn source(to: SocketAddr, bitrate: u64, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let mut g = TsGenerator::new(TsConfig {
-            bitrate,
-            ..TsConfig::default()
-        })
-        .expect("generator");
-        let mut pacer = Pacer::new(Instant::now(), g.chunk_duration());
-        while !stop.is_cancelled() {
-            tokio::time::sleep_until(pacer.next_deadline().into()).await;
-            let due = pacer.due(Instant::now()).min(64);
-            for _ in 0..due {
-                let _ = sock
-                    .send_to(&g.next_chunk(std::time::SystemTime::now()), to)
-                    .await;
-            }
-            pacer.mark_sent(due.max(1));
-        }
-    })
-}
-
 /// Modbus FC03 of 40002..40003 (Stream Status, Input Status) over a raw socket.
 async fn modbus_statuses(addr: SocketAddr) -> (u16, u16) {
     let mut s = TcpStream::connect(addr).await.expect("modbus connect");
@@ -66,31 +42,6 @@ async fn modbus_statuses(addr: SocketAddr) -> (u16, u16) {
         u16::from_be_bytes([r[9], r[10]]),
         u16::from_be_bytes([r[11], r[12]]),
     )
-}
-
-/// BACnet ReadProperty present-value of multi-state-value N (unsigned).
-async fn bacnet_msv(addr: SocketAddr, instance: u32) -> u32 {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let oid = ((19u32 << 22) | instance).to_be_bytes();
-    let mut f = vec![0x81, 0x0A, 0, 0, 0x01, 0x04, 0x00, 0x05, 0x11, 12, 0x0C];
-    f.extend_from_slice(&oid);
-    f.extend_from_slice(&[0x19, 85]);
-    let len = f.len() as u16;
-    f[2..4].copy_from_slice(&len.to_be_bytes());
-    sock.send_to(&f, addr).await.expect("send");
-    let mut buf = [0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(3), sock.recv(&mut buf))
-        .await
-        .expect("reply in time")
-        .expect("recv");
-    let r = &buf[..n];
-    // ... 0x3E 0x21 <u8> 0x3F: an application-tagged unsigned of 1 byte.
-    let pos = r.iter().position(|b| *b == 0x3E).expect("opening tag") + 1;
-    assert_eq!(r[pos] & 0xF8, 0x20, "unsigned: {r:02x?}");
-    let len = usize::from(r[pos] & 0x07);
-    r[pos + 1..pos + 1 + len]
-        .iter()
-        .fold(0u32, |a, b| (a << 8) | u32::from(*b))
 }
 
 /// Haystack `read` of one point (anonymous read), its curVal as text.
@@ -120,8 +71,8 @@ async fn all_protocols_read(app: &App, want: (u16, u16), within: Duration) -> Du
     loop {
         let m = modbus_statuses(app.addrs.modbus.expect("modbus")).await;
         let b = (
-            bacnet_msv(app.addrs.bacnet.expect("bacnet"), 1).await,
-            bacnet_msv(app.addrs.bacnet.expect("bacnet"), 2).await,
+            util::bacnet_msv(app.addrs.bacnet.expect("bacnet"), 1).await,
+            util::bacnet_msv(app.addrs.bacnet.expect("bacnet"), 2).await,
         );
         let http = app.addrs.http.expect("http");
         let h = (
@@ -148,7 +99,7 @@ async fn stopping_the_source_is_seen_on_every_protocol() {
     let app = TestApp::from_toml(ROUTE).await;
     let to = input_addr(&app, "live", 0).await;
     let stop = CancellationToken::new();
-    let src = source(to, 2_000_000, stop.clone());
+    let src = util::ts_source(to, 2_000_000, stop.clone());
     // The bounds catch hangs; the time taken (typically well under 2 s)
     // is printed, not asserted: the suite shares a loaded machine.
     all_protocols_read(&app, (1, 1), Duration::from_secs(10)).await;
@@ -157,7 +108,7 @@ async fn stopping_the_source_is_seen_on_every_protocol() {
     let dt = all_protocols_read(&app, (3, 2), Duration::from_secs(10)).await;
     eprintln!("NO_SIGNAL/ERROR on Modbus, BACnet and Haystack {dt:?} after the source stopped");
     let stop = CancellationToken::new();
-    let src = source(to, 2_000_000, stop.clone());
+    let src = util::ts_source(to, 2_000_000, stop.clone());
     all_protocols_read(&app, (1, 1), Duration::from_secs(10)).await;
     // System Restart rebuilds the router: the restart is in the audit log,
     // and the route comes back LIVE on every protocol.
@@ -186,7 +137,7 @@ async fn viewers_and_bitrate_out_match_what_viewers_receive() {
     let app = TestApp::from_toml(ROUTE).await;
     let to = input_addr(&app, "live", 0).await;
     let stop = CancellationToken::new();
-    let src = source(to, 4_000_000, stop.clone());
+    let src = util::ts_source(to, 4_000_000, stop.clone());
     let http = app.addrs.http.expect("http");
     const N: usize = 3;
     let mut viewers = Vec::new();

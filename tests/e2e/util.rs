@@ -353,3 +353,61 @@ pub async fn get_json(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_
         .await
         .expect("json body")
 }
+
+/// The simulators' test stream at `bitrate`, sent to `to` over UDP and
+/// paced in real time, until `stop` is cancelled.
+pub fn ts_source(
+    to: SocketAddr,
+    bitrate: u64,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    use castpoint_sim::tsgen::{Pacer, TsConfig, TsGenerator};
+    tokio::spawn(async move {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut g = TsGenerator::new(TsConfig {
+            bitrate,
+            ..TsConfig::default()
+        })
+        .expect("generator");
+        let mut pacer = Pacer::new(Instant::now(), g.chunk_duration());
+        while !stop.is_cancelled() {
+            tokio::time::sleep_until(pacer.next_deadline().into()).await;
+            let due = pacer.due(Instant::now()).min(64);
+            for _ in 0..due {
+                let _ = sock
+                    .send_to(&g.next_chunk(std::time::SystemTime::now()), to)
+                    .await;
+            }
+            pacer.mark_sent(due.max(1));
+        }
+    })
+}
+
+/// BACnet ReadProperty Present_Value of multi-state-value `instance` over a
+/// raw socket (an application-tagged unsigned in the answer).
+pub async fn bacnet_msv(addr: SocketAddr, instance: u32) -> u32 {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let oid = ((19u32 << 22) | instance).to_be_bytes();
+    let mut f = vec![0x81, 0x0A, 0, 0, 0x01, 0x04, 0x00, 0x05, 0x11, 12, 0x0C];
+    f.extend_from_slice(&oid);
+    f.extend_from_slice(&[0x19, 85]);
+    let len = f.len() as u16;
+    f[2..4].copy_from_slice(&len.to_be_bytes());
+    sock.send_to(&f, addr).await.expect("send");
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(3), sock.recv(&mut buf))
+        .await
+        .expect("reply in time")
+        .expect("recv");
+    let r = &buf[..n];
+    let pos = r.iter().position(|b| *b == 0x3E).expect("opening tag") + 1;
+    assert_eq!(r[pos] & 0xF8, 0x20, "unsigned: {r:02x?}");
+    let len = usize::from(r[pos] & 0x07);
+    r[pos + 1..pos + 1 + len]
+        .iter()
+        .fold(0u32, |a, b| (a << 8) | u32::from(*b))
+}
