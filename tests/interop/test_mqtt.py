@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -706,3 +707,38 @@ def test_bdseq_goes_on_increasing_across_restarts(broker, tmp_path):
         s.stop()
         host.close()
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_fleet_demo_prints_nodes_and_route_devices_from_the_broker():
+    """simulators/fleet.py: 2 nodes with 2 routes each on one mosquitto; its
+    tables (decoded from the broker alone) list every node and every route
+    device online with its route's name and LIVE status, then the killed
+    node and its devices offline after the broker's NDEATH."""
+    from conftest import ROOT, castpoint_bin
+    r = subprocess.run([sys.executable, str(ROOT / "simulators" / "fleet.py"), "--nodes", "2",
+                        "--routes", "2", "--seconds", "2", "--kill", "1",
+                        "--bin", castpoint_bin()],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, after = r.stdout.split("## After SIGKILL", 1)
+
+    def rows(text):
+        return [[c.strip() for c in line.strip("|").split("|")]
+                for line in text.splitlines() if line.startswith("| router-")]
+    nodes = [x for x in rows(before) if len(x) == 11]
+    devices = [x for x in rows(before) if len(x) == 10]
+    assert sorted((x[0], x[1]) for x in nodes) == [("router-01", "ONLINE"),
+                                                    ("router-02", "ONLINE")], r.stdout
+    assert sorted((x[0], x[1], x[2], x[3]) for x in devices) == [
+        ("router-01", "route-1", "router-01-cam1", "ONLINE"),
+        ("router-01", "route-2", "router-01-cam2", "ONLINE"),
+        ("router-02", "route-1", "router-02-cam1", "ONLINE"),
+        ("router-02", "route-2", "router-02-cam2", "ONLINE")], r.stdout
+    assert all(x[5] in ("LIVE", "null") for x in devices), r.stdout
+    after_nodes = {x[0]: x[1] for x in rows(after) if len(x) == 11}
+    after_devs = {(x[0], x[1]): x[3] for x in rows(after) if len(x) == 10}
+    assert after_nodes == {"router-01": "OFFLINE", "router-02": "ONLINE"}, r.stdout
+    assert after_devs == {("router-01", "route-1"): "OFFLINE",
+                          ("router-01", "route-2"): "OFFLINE",
+                          ("router-02", "route-1"): "ONLINE",
+                          ("router-02", "route-2"): "ONLINE"}, r.stdout
