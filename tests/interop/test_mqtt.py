@@ -378,19 +378,26 @@ def test_clean_stop_publishes_ndeath_first(broker, tmp_path):
 
 def test_broker_outage_rebirth_and_history(broker, tmp_path):
     """A 10 s broker outage: castpoint reconnects with a new bdSeq, births
-    again, and every value changed during the outage arrives afterwards as
-    historical NDATA, none missing."""
+    again (node and route device), and every value changed during the
+    outage arrives afterwards as historical NDATA (server point) and DDATA
+    (route point), none missing."""
     host = Host(broker.port)
-    s = Server(config=node_config(tmp_path, [broker.port]))
+    route = ('\n[[route]]\nname = "cam"\nslot = 1\n[[route.input]]\nname = "gen"\n'
+             'type = "generator"\nbitrate = 500000\n[[route.output]]\nname = "web"\n'
+             'type = "http"\npath = "cam"\n')
+    s = Server(config=node_config(tmp_path, [broker.port], route))
     try:
         b0 = bdseq(host.wait_for("NBIRTH"))
+        host.wait_for("DBIRTH", device="route-1")
         n_births = len(host.of("NBIRTH"))
+        n_dbirths = len(host.of("DBIRTH", "route-1"))
         broker.stop()
         written = []
         t_end = time.time() + 10
         v = 1
         while time.time() < t_end:
             http_post(s, "/api/points/input_select", {"value": v})
+            http_post(s, "/api/routes/cam/points/output_profile", {"value": v})
             written.append(float(v))
             v = v % 16 + 1
             time.sleep(0.5)
@@ -399,16 +406,20 @@ def test_broker_outage_rebirth_and_history(broker, tmp_path):
         assert len(host.of("NBIRTH")) > n_births
         b1 = bdseq(birth)
         assert (b1 - b0) % 256 >= 1, (b0, b1)
+        wait(lambda: len(host.of("DBIRTH", "route-1")) > n_dbirths, 30, "route-1 born again")
 
-        def historical():
+        def historical(kind, name, device=None):
             got = []
-            for p in host.of("NDATA"):
-                got += [m.value for m in p.metrics
-                        if m.name == "input_select" and m.is_historical]
+            for p in host.of(kind, device):
+                got += [m.value for m in p.metrics if m.name == name and m.is_historical]
             return got if len(got) >= len(written) else None
-        got = wait(historical, 30, "every outage value as historical NDATA")
+        got = wait(lambda: historical("NDATA", "input_select"), 30,
+                   "every outage value as historical NDATA")
         # In order, none missing (a value sent just before the loss may be
         # repeated first: the resend window of session.rs).
+        assert got[-len(written):] == written, (got, written)
+        got = wait(lambda: historical("DDATA", "output_profile", "route-1"), 30,
+                   "every outage value of the route as historical DDATA")
         assert got[-len(written):] == written, (got, written)
     finally:
         if broker.proc.poll() is not None:
