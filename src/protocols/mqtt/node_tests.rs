@@ -560,7 +560,10 @@ fn devices_follow_route_blocks_live() {
     assert_eq!(o[0].topic, "spBv1.0/g/DDEATH/n1/route-1");
     let p = decode(&o[0]);
     assert_eq!((p.seq, p.metrics.len()), (Some(4), 0));
-    assert!(n.data(&[h.clone()], false).is_empty(), "deleted route");
+    assert!(
+        n.data(std::slice::from_ref(&h), false).is_empty(),
+        "deleted route"
+    );
     // The slot given to another route: its birth; the old route's held
     // change is not published under the new owner's device.
     db.open_block(1, info("uno", &["a"]));
