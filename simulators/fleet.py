@@ -158,6 +158,7 @@ class FleetView:
         self.nodes = {}  # name -> dict
         self.msgs = 0
         self.metrics = 0
+        self.kinds = {}  # message type -> (messages, metrics)
         self.sys = {}
         self.c = paho.Client(client_id=f"fleet-view-{os.getpid()}")
         self.c.on_connect = lambda c, *_: (c.subscribe(f"spBv1.0/{GROUP}/#", 0),
@@ -183,6 +184,8 @@ class FleetView:
         with self.lock:
             self.msgs += 1
             self.metrics += len(p.metrics)
+            k = self.kinds.get(kind, (0, 0))
+            self.kinds[kind] = (k[0] + 1, k[1] + len(p.metrics))
             n = self.nodes.setdefault(name, {"state": "?", "values": {}, "aliases": {},
                                              "states": {}, "births": 0, "data": 0,
                                              "devices": {}})
