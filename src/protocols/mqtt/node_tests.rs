@@ -591,6 +591,29 @@ fn devices_follow_route_blocks_live() {
     assert_eq!(decode(&o[0]).seq, Some(8));
 }
 
+/// Route points use the same report-by-exception deadbands as the node's
+/// points: their template's COV increments.
+#[test]
+fn route_points_report_by_exception_on_their_cov_increment() {
+    let db = routes_db();
+    db.open_block(1, info("one", &["a"]));
+    let mut n = node(&db);
+    n.births(0);
+    let id = db.lookup("route.1.input_bitrate").unwrap();
+    let inc = db.def(id).unwrap().cov_increment;
+    assert!(inc > 0.0);
+    let st = |v: f64| PointState {
+        value: Some(Value::Number(v)),
+        quality: Quality::Ok,
+        reason: None,
+        updated: chrono::Utc::now(),
+        level: None,
+    };
+    assert!(n.exceeds(id, &st(2.0)), "from unavailable");
+    assert!(!n.exceeds(id, &st(2.0 + inc / 2.0)));
+    assert!(n.exceeds(id, &st(2.0 + inc * 1.5)));
+}
+
 #[test]
 fn bdseq_resumes_after_the_stored_value() {
     let db = db_with(vec![]);
