@@ -23,7 +23,6 @@ mod hls;
 mod hot;
 mod http;
 pub(crate) mod input;
-pub mod join;
 mod output;
 mod record;
 mod route;
@@ -31,7 +30,9 @@ mod spawn;
 pub mod spec;
 pub mod srt;
 pub mod stats;
-pub mod ts;
+/// The TS plumbing lives in its own layer (`crate::mpegts`), shared with
+/// the media adapters; these paths stay for the engine's own modules.
+pub use crate::mpegts::{join, ts};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
