@@ -7,6 +7,8 @@ import tempfile
 import time
 import urllib.request
 
+import pytest
+
 from pymodbus.client import ModbusTcpClient
 from pymodbus.pdu import ExceptionResponse
 
@@ -104,4 +106,223 @@ def test_pymodbus_reads_and_commands_route_3_block_only():
         assert q[0] == 0 and 3 in q, q
         c.close()
     finally:
+        srv.stop()
+
+
+# ------------------------------------------------------------------ BACnet
+
+import asyncio
+import threading
+
+from bacpypes3.apdu import ErrorRejectAbortNack
+from bacpypes3.app import Application
+from bacpypes3.argparse import SimpleArgumentParser
+from bacpypes3.basetypes import ErrorType
+from bacpypes3.pdu import Address
+from bacpypes3.primitivedata import Enumerated, Null, ObjectIdentifier
+
+DEVICE = 389001
+STRIDE = 1000  # [route_points] bacnet_instance_stride default: slot s -> s*1000 + k
+
+
+def bacnet_client():
+    args = SimpleArgumentParser().parse_args(["--address", "127.0.0.1/8:0", "--instance", "998"])
+    return Application.from_args(args)
+
+
+def bacnet_addr(srv):
+    return Address(f"127.0.0.1:{srv.addrs['bacnet'][1]}")
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def post_json(srv, path, doc, method="POST"):
+    req = urllib.request.Request(srv.http_base + path, method=method,
+                                 data=json.dumps(doc).encode() if doc is not None else None,
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.status
+
+
+class TsCounter:
+    """Bytes received from one HTTP-TS output, reconnecting while it is refused."""
+
+    def __init__(self, url):
+        self.url, self.bytes, self.stop = url, 0, False
+        self.t = threading.Thread(target=self.loop, daemon=True)
+        self.t.start()
+
+    def loop(self):
+        while not self.stop:
+            try:
+                with urllib.request.urlopen(self.url, timeout=1) as r:
+                    while not self.stop:
+                        b = r.read(188 * 7)
+                        if not b:
+                            break
+                        self.bytes += len(b)
+            except OSError:
+                time.sleep(0.1)
+
+    def grows(self, within=10.0):
+        start, end = self.bytes, time.time() + within
+        while time.time() < end:
+            if self.bytes > start + 188 * 50:
+                return True
+            time.sleep(0.1)
+        return False
+
+
+def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
+    """Issue 20 on BACnet: Structured Views walked from the top, every route
+    object read with RPM ALL, Route Enable of route 2 at priority 8 stops
+    route 2's HTTP-TS output only, and a route created / deleted over REST
+    appears / disappears with a new Database_Revision within 2 s."""
+    text = base_config_text() + "\n[telemetry]\nenabled = true\n" + route("one") + route("two")
+    f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    f.write(text)
+    f.close()
+    srv = Server(config=f.name)
+    dev = ObjectIdentifier(f"device,{DEVICE}")
+    ts1 = TsCounter(srv.http_base + "/stream/one.ts")
+    ts2 = TsCounter(srv.http_base + "/stream/two.ts")
+
+    async def wait_for(what, f, timeout=15):
+        end = time.time() + timeout
+        while time.time() < end:
+            v = await f()
+            if v:
+                return v
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def go():
+        app = bacnet_client()
+        addr = bacnet_addr(srv)
+        try:
+            # Both routes' views are in the Object_List once the server is up.
+            async def both():
+                ol = await app.read_property(addr, dev, "object-list")
+                return ol if ObjectIdentifier("structured-view,2") in ol else None
+            ol = await wait_for("route views in the Object_List", both)
+            assert ObjectIdentifier("structured-view,1") in ol
+            n = await app.read_property(addr, dev, "object-list", 0)
+            assert n == len(ol)
+            # The tree: server view -> its points and the route views ->
+            # each route's objects.
+            top = ObjectIdentifier("structured-view,0")
+            assert str(await app.read_property(addr, top, "node-type")) == "equipment"
+            subs = [s.objectIdentifier for s in await app.read_property(addr, top, "subordinate-list")]
+            assert ObjectIdentifier("binary-output,0") in subs  # the seed's Stream Enable
+            views = [s for s in subs if str(s[0]) == "structured-view"]
+            assert views == [ObjectIdentifier("structured-view,1"), ObjectIdentifier("structured-view,2")]
+            names = {}
+            route_objects = []
+            for v in views:
+                name = await app.read_property(addr, v, "object-name")
+                assert str(await app.read_property(addr, v, "node-type")) == "equipment"
+                members = [s.objectIdentifier for s in await app.read_property(addr, v, "subordinate-list")]
+                slot = v[1]
+                # Instances slot*1000 + k, k in block order.
+                assert [m[1] for m in members] == list(range(slot * STRIDE, slot * STRIDE + len(members)))
+                assert len(members) == 31
+                for m in members:
+                    assert m in ol
+                    res = await app.read_property_multiple(addr, [m, ["all"]])
+                    props = {str(p): val for (_, p, _, val) in res}
+                    errors = [(p, val) for (_, p, _, val) in res
+                              if isinstance(val, (ErrorType, ErrorRejectAbortNack))]
+                    assert errors == [], (m, errors)
+                    assert str(props["object-name"]).startswith(name + " "), props["object-name"]
+                    assert "status-flags" in props and "reliability" in props
+                    names[str(props["object-name"])] = m
+                    route_objects.append(m)
+            assert len(set(names)) == len(route_objects), "object names are unique"
+            # Types per role/kind, units, the route's own input names.
+            assert names["one Input Bitrate"] == ObjectIdentifier("analog-input,1003")
+            assert str(await app.read_property(addr, names["one Input Bitrate"], "units")) != "no-units"
+            sel = names["two Input Select"]
+            assert str(sel[0]) == "multi-state-value"
+            assert list(await app.read_property(addr, sel, "state-text"))[:3] == ["Auto", "main", "backup"]
+            assert len(await app.read_property(addr, sel, "priority-array")) == 16
+            en2 = names["two Route Enable"]
+            assert en2 == ObjectIdentifier("binary-output,2010")
+            # An unused output reads its N/A state with the fault flag.
+            st = names["two Output Status 2"]
+            assert list(await app.read_property(addr, st, "state-text"))[-1] == "N/A"
+            assert int(await app.read_property(addr, st, "present-value")) == 4
+            assert str(await app.read_property(addr, st, "reliability")) == "no-sensor"
+            # Both routes LIVE and their HTTP-TS outputs flowing.
+            async def live(obj):
+                return int(await app.read_property(addr, obj, "present-value")) == 1
+            await wait_for("route 1 LIVE", lambda: live(names["one Route Status"]))
+            await wait_for("route 2 LIVE", lambda: live(names["two Route Status"]))
+            assert ts1.grows() and ts2.grows()
+            # Route Enable of route 2 off at priority 8 (manual operator).
+            await app.write_property(addr, en2, "present-value", Enumerated(0), None, 8)
+            pa = await app.read_property(addr, en2, "priority-array")
+            assert pa[7].enumerated == 0 and pa[6].null is not None, (pa[6], pa[7])
+            ccp = await app.read_property(addr, en2, "current-command-priority")
+            assert int(ccp.unsigned) == 8
+            async def stopped():
+                return int(await app.read_property(addr, names["two Route Status"], "present-value")) == 3
+            await wait_for("route 2 STOPPED", stopped)
+            # On the wire: route 2's output stops, route 1's goes on.
+            assert not ts2.grows(within=3.0), "route 2 still streams"
+            assert ts1.grows(within=3.0), "route 1 stopped too"
+            assert int(await app.read_property(addr, names["one Route Status"], "present-value")) == 1
+            # The write is the point's one priority array, audited as bacnet.
+            p = rest(srv, "/api/routes/two/points/route_enable")
+            assert p["value"] is False
+            rows = rest(srv, "/api/audit?point=route.2.route_enable&source=bacnet")["events"]
+            assert any("route.2.route_enable" in json.dumps(r) and "bacnet" in json.dumps(r)
+                       for r in rows), rows
+            # Relinquish: route 2 streams again.
+            await app.write_property(addr, en2, "present-value", Null(()), None, 8)
+            await wait_for("route 2 LIVE again", lambda: live(names["two Route Status"]))
+            assert ts2.grows()
+
+            # A route created over REST: found within 2 s, new revision.
+            rev0 = int(await app.read_property(addr, dev, "database-revision"))
+            assert post_json(srv, "/api/routes", {
+                "name": "four",
+                "inputs": [{"name": "main", "type": "generator", "bitrate": 1000000}],
+                "outputs": [{"name": "web", "type": "http", "path": "four"}]}) == 201
+            t0 = time.time()
+            async def appeared():
+                ol = await app.read_property(addr, dev, "object-list")
+                return ObjectIdentifier("structured-view,3") in ol and ol
+            ol = await wait_for("route four's view", appeared, timeout=2.0)
+            took = time.time() - t0
+            assert ObjectIdentifier("binary-output,3010") in ol
+            assert await app.read_property(addr, ObjectIdentifier("structured-view,3"), "object-name") == "four"
+            assert await app.read_property(addr, ObjectIdentifier("binary-output,3010"), "object-name") == "four Route Enable"
+            rev1 = int(await app.read_property(addr, dev, "database-revision"))
+            assert rev1 > rev0
+            subs = [s.objectIdentifier for s in await app.read_property(addr, top, "subordinate-list")]
+            assert ObjectIdentifier("structured-view,3") in subs
+            # Deleted: its objects are gone (UNKNOWN_OBJECT), revision again.
+            req = urllib.request.Request(srv.http_base + "/api/routes/four", method="DELETE")
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert r.status in (200, 204)
+            async def gone():
+                ol = await app.read_property(addr, dev, "object-list")
+                return ObjectIdentifier("structured-view,3") not in ol and ol
+            ol = await wait_for("route four's objects gone", gone, timeout=2.0)
+            assert not any(o[1] >= 3000 and o[1] < 4000 for o in ol)
+            for o in ("structured-view,3", "binary-output,3010", "analog-input,3003"):
+                with pytest.raises(ErrorRejectAbortNack) as e:
+                    await app.read_property(addr, ObjectIdentifier(o), "object-name")
+                assert "unknown-object" in str(e.value), o
+            assert int(await app.read_property(addr, dev, "database-revision")) > rev1
+            print(f"route found by bacpypes3 {took:.2f} s after POST")
+        finally:
+            app.close()
+
+    try:
+        run(go())
+    finally:
+        ts1.stop = ts2.stop = True
         srv.stop()
