@@ -1077,9 +1077,10 @@ async fn protocol_object_types_supported_lists_the_served_types_only() {
     let app = util::start().await;
     let c = Client::new(app.addrs.bacnet.expect("bound")).await;
     let a = c.call(&rp(1, 8, DEVICE, 96)).await;
-    // AI 0, AV 2, BO 4, Device 8, MSV 19, Trend Log 20, Network Port 56:
-    // the types of the Object_List, nothing else.
-    assert_eq!(bits_of(&a), [0, 2, 4, 8, 19, 20, 56], "{a:02x?}");
+    // AI 0, AV 2, BO 4, Device 8, MSV 19, Trend Log 20, Structured View 29
+    // (the server's view and the routes', issue 20), Network Port 56: the
+    // types of the Object_List and of route objects, nothing else.
+    assert_eq!(bits_of(&a), [0, 2, 4, 8, 19, 20, 29, 56], "{a:02x?}");
     app.stop().await;
 }
 

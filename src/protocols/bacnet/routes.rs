@@ -597,3 +597,189 @@ impl RouteObjects {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::points::routes::BlockInfo;
+    use crate::points::DbOptions;
+
+    fn setup() -> (Config, PointDb) {
+        let cfg = Config::embedded().expect("embedded config");
+        let db = PointDb::with_routes(
+            cfg.points.clone(),
+            cfg.site.clone(),
+            DbOptions::default(),
+            cfg.route_template.clone(),
+        );
+        (cfg, db)
+    }
+
+    fn info(route: &str) -> BlockInfo {
+        BlockInfo {
+            route: route.into(),
+            inputs: vec!["main".into(), "backup".into()],
+            outputs: vec!["web".into()],
+        }
+    }
+
+    const RULE: InstanceRule = InstanceRule {
+        base: 0,
+        stride: 1000,
+    };
+
+    fn objects(dir: Option<&Path>) -> RouteObjects {
+        let dev = ObjectIdentifier::new(ObjectType::DEVICE, 1).expect("oid");
+        RouteObjects::new(
+            RULE,
+            false,
+            dev,
+            vec![dev],
+            vec![],
+            "Server".into(),
+            "server".into(),
+            Revision::load(dir),
+        )
+        .expect("route objects")
+    }
+
+    fn name(odb: &ObjectDatabase, ty: ObjectType, inst: u32) -> Option<String> {
+        let oid = ObjectIdentifier::new(ty, inst).expect("oid");
+        odb.get(&oid).map(|o| o.object_name().to_string())
+    }
+
+    #[test]
+    fn types_follow_role_and_kind() {
+        let (cfg, _) = setup();
+        let tpl = cfg.route_template.expect("template");
+        let t = |id: &str| {
+            let p = tpl.points.iter().find(|p| p.def.id == id).expect("point");
+            type_of(&p.def)
+        };
+        assert_eq!(t("route_enable"), (BacnetObjectType::BinaryOutput, true));
+        assert_eq!(t("input_select"), (BacnetObjectType::MultiStateValue, true));
+        assert_eq!(t("output_profile"), (BacnetObjectType::AnalogValue, true));
+        assert_eq!(t("input_bitrate"), (BacnetObjectType::AnalogInput, false));
+        assert_eq!(
+            t("route_status"),
+            (BacnetObjectType::MultiStateValue, false)
+        );
+    }
+
+    #[test]
+    fn the_rule_is_checked_against_block_size_instance_space_and_the_map() {
+        let (cfg, _) = setup();
+        let tpl = cfg.route_template.clone().expect("template");
+        assert!(check(&tpl, RULE, &cfg.maps).is_empty());
+        let small = InstanceRule {
+            base: 0,
+            stride: 10,
+        };
+        assert!(check(&tpl, small, &cfg.maps)[0].contains("smaller than a route block"));
+        let high = InstanceRule {
+            base: 4_100_000,
+            stride: 1000,
+        };
+        assert!(check(&tpl, high, &cfg.maps)
+            .iter()
+            .any(|e| e.contains("above 4194302")));
+        // Slot 1 at 0 + 1 x 31..: the map's AI3.. are in the range.
+        let low = InstanceRule { base: 0, stride: 3 };
+        let e = check(&tpl, low, &cfg.maps);
+        assert!(e.iter().any(|e| e.contains("overlap")), "{e:?}");
+    }
+
+    #[test]
+    fn blocks_become_objects_and_views_live_and_names_swap_without_clash() {
+        let (_, db) = setup();
+        let mut odb = ObjectDatabase::new();
+        let mut ro = objects(None);
+        ro.install(&mut odb).expect("install");
+        assert_eq!(ro.object_list().len(), 2);
+        db.open_block(3, info("cam"));
+        db.open_block(1, info("lobby"));
+        let ch = ro.sync(&db, &mut odb);
+        assert_eq!(ch.added.len(), 62);
+        assert!(ch.revised);
+        let msv = ObjectType::MULTI_STATE_VALUE;
+        assert_eq!(name(&odb, msv, 3000).as_deref(), Some("cam Route Status"));
+        assert_eq!(
+            name(&odb, ObjectType::BINARY_OUTPUT, 1010).as_deref(),
+            Some("lobby Route Enable")
+        );
+        assert_eq!(
+            name(&odb, ObjectType::STRUCTURED_VIEW, 3).as_deref(),
+            Some("cam")
+        );
+        // Input Select: commandable, the route's own input names.
+        let sel = ObjectIdentifier::new(msv, 3011).expect("oid");
+        let o = odb.get(&sel).expect("input select");
+        assert!(o.property_list().contains(&P::PRIORITY_ARRAY));
+        match o.read_property(P::STATE_TEXT, None).expect("state text") {
+            PropertyValue::List(v) => assert_eq!(
+                v[..3],
+                [
+                    PropertyValue::CharacterString("Auto".into()),
+                    PropertyValue::CharacterString("main".into()),
+                    PropertyValue::CharacterString("backup".into())
+                ]
+            ),
+            other => panic!("{other:?}"),
+        }
+        // The two routes swap names: every object renamed, none refused.
+        db.open_block(3, info("lobby"));
+        db.open_block(1, info("cam"));
+        let ch = ro.sync(&db, &mut odb);
+        assert!(ch.revised);
+        assert_eq!(name(&odb, msv, 3000).as_deref(), Some("lobby Route Status"));
+        assert_eq!(name(&odb, msv, 1000).as_deref(), Some("cam Route Status"));
+        // Nothing changed: no new revision.
+        let before = ro.revision.value;
+        assert!(!ro.sync(&db, &mut odb).revised);
+        assert_eq!(ro.revision.value, before);
+        // A freed slot: its objects and view are gone.
+        db.close_block(3);
+        let ch = ro.sync(&db, &mut odb);
+        assert_eq!(ch.removed.len(), 31);
+        assert!(name(&odb, msv, 3000).is_none());
+        assert!(name(&odb, ObjectType::STRUCTURED_VIEW, 3).is_none());
+        assert_eq!(ro.object_list().len(), 2 + 1 + 31);
+        assert!(ro.revision.value > before);
+    }
+
+    #[test]
+    fn a_name_taken_by_another_object_gets_the_slot_suffix() {
+        let (_, db) = setup();
+        let mut odb = ObjectDatabase::new();
+        let mut ro = objects(None);
+        ro.install(&mut odb).expect("install");
+        // A route named like the server view: its view takes the suffix.
+        db.open_block(2, info("Server"));
+        ro.sync(&db, &mut odb);
+        assert_eq!(
+            name(&odb, ObjectType::STRUCTURED_VIEW, 2).as_deref(),
+            Some("Server (route.2)")
+        );
+    }
+
+    #[test]
+    fn database_revision_is_kept_and_never_goes_back() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut r = Revision::load(Some(dir.path()));
+        assert_eq!(r.value, 0);
+        assert!(r.observe(7));
+        assert!(!r.observe(7));
+        assert!(r.observe(8));
+        assert_eq!(r.value, 2);
+        // A restart serving the same set keeps it; another set increments.
+        let mut r = Revision::load(Some(dir.path()));
+        assert_eq!(r.value, 2);
+        assert!(!r.observe(8));
+        assert!(r.observe(7));
+        assert_eq!(Revision::load(Some(dir.path())).value, 3);
+        // A damaged file restarts from 0 rather than failing the device.
+        std::fs::write(dir.path().join(REVISION_FILE), "zz").expect("write");
+        assert_eq!(Revision::load(Some(dir.path())).value, 0);
+    }
+}
