@@ -2,6 +2,7 @@
 
 mod auth;
 mod bacnet;
+mod bacnet_routes;
 mod config_keys;
 mod datadir;
 mod decoders;
