@@ -326,3 +326,162 @@ def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
     finally:
         ts1.stop = ts2.stop = True
         srv.stop()
+
+
+# ----------------------------------------------------- Haystack (phable)
+
+def test_phable_navigates_routes_records_and_finds_a_rest_route():
+    """phable walks nav site -> server equip -> route equip -> points,
+    pointWrites route three's Recording Enable at level 8 (the recording
+    file appears and grows), and finds a route made over REST within 2 s."""
+    import os
+    import pathlib
+    from phable import Grid, Ref, open_haystack_client
+    from test_haystack import user_entry
+
+    text = (base_config_text() + "\n" + user_entry("op", "operator", "op-pass")
+            + "\n[telemetry]\nenabled = true\n" + route("one")
+            + route("three", 3) + '[[route.output]]\nname = "rec"\ntype = "record"\nenabled = false\n')
+    f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    f.write(text)
+    f.close()
+    srv = Server(config=f.name)
+    try:
+        with open_haystack_client(srv.http_base + "/api/haystack", "op", "op-pass") as c:
+            def nav(nav_id=None):
+                if nav_id is None:
+                    return c.call("nav").rows
+                return c.call("nav", Grid.to_grid({"navId": Ref(nav_id)})).rows
+            site = nav()
+            assert len(site) == 1
+            server = nav(site[0]["navId"].val)
+            equip = [r for r in server if "equip" in r]
+            assert equip, server
+            children = nav(equip[0]["navId"].val)
+            routes = {r["dis"]: r for r in children if "routeSlot" in r}
+            assert set(routes) == {"one", "three"}, children
+            points = nav(routes["three"]["navId"].val)
+            rec = [p for p in points if p["id"].val == "route.3.recording_enable"]
+            assert rec and "cmd" in rec[0] and "writable" in rec[0], points
+            # Recording Enable of route three at level 8: its record output
+            # starts writing under <data>/recordings/three/.
+            c.point_write(Ref("route.3.recording_enable"), 8, True)
+            arr = c.point_write_array(Ref("route.3.recording_enable")).rows
+            assert any(r["level"].val == 8 and r.get("val") is True for r in arr), arr
+            d = pathlib.Path(srv.data) / "recordings" / "three"
+
+            def size():
+                return sum(p.stat().st_size for p in d.glob("*.ts")) if d.is_dir() else 0
+            until("route three records", lambda: size() > 0)
+            s0 = size()
+            until("the recording grows", lambda: size() > s0 + 188 * 100)
+            # Route one records nothing (it has no record output).
+            assert not (pathlib.Path(srv.data) / "recordings" / "one").exists()
+            # A route made over REST: its equip is found within 2 s.
+            assert post_json(srv, "/api/routes", {
+                "name": "five",
+                "inputs": [{"name": "main", "type": "generator", "bitrate": 1000000}],
+                "outputs": [{"name": "web", "type": "http", "path": "five"}]}) == 201
+            t0 = time.time()
+
+            def found():
+                rows = c.read_all('equip and routeSlot and dis=="five"').rows
+                return rows and rows[0]
+            until("route five's equip", found, timeout=2.0)
+            took = time.time() - t0
+            eq = found()
+            pts = c.read_all(f'point and equipRef==@{eq["id"].val}').rows
+            assert len(pts) == 31
+            print(f"route found by phable {took:.2f} s after POST")
+    finally:
+        srv.stop()
+
+
+# ------------------------------------------- pymodbus: input switch on the wire
+
+def cc_errors(data):
+    """MPEG-TS continuity errors per ISO 13818-1 2.4.3.3: a payload packet's
+    continuity_counter is the previous one + 1 (mod 16), one duplicate
+    allowed, a discontinuity_indicator resets the check."""
+    last, dup, errors = {}, {}, 0
+    start = data.find(b"\x47")
+    for i in range(start, len(data) - 187, 188):
+        p = data[i:i + 188]
+        if p[0] != 0x47:
+            errors += 1
+            continue
+        pid = ((p[1] & 0x1F) << 8) | p[2]
+        if pid == 0x1FFF:
+            continue
+        afc, cc = (p[3] >> 4) & 3, p[3] & 0x0F
+        disc = afc & 2 and p[4] > 0 and p[5] & 0x80
+        if not afc & 1:
+            continue
+        if pid in last and not disc:
+            if cc == last[pid]:
+                if dup.get(pid):
+                    errors += 1
+                dup[pid] = True
+                continue
+            if cc != (last[pid] + 1) % 16:
+                errors += 1
+        last[pid], dup[pid] = cc, False
+    return errors
+
+
+def test_pymodbus_input_select_switches_route_3_http_ts_output_without_cc_errors():
+    """Input Select written in route 3's Modbus block: route 3's HTTP-TS
+    output switches to the backup input (4 Mb/s instead of 1 Mb/s on the
+    wire) and the stream read across the switch has 0 CC errors."""
+    text = (base_config_text() + "\n[telemetry]\nenabled = true\n" + route("one")
+            + '[[route]]\nname = "three"\nslot = 3\n'
+            '[[route.input]]\nname = "main"\ntype = "generator"\nbitrate = 1000000\n'
+            '[[route.input]]\nname = "backup"\ntype = "generator"\nbitrate = 4000000\n'
+            '[[route.output]]\nname = "web"\ntype = "http"\npath = "three"\n')
+    f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    f.write(text)
+    f.close()
+    a = addresses(f.name)
+    srv = Server(config=f.name)
+    got = bytearray()
+    stop = threading.Event()
+
+    def reader():
+        with urllib.request.urlopen(srv.http_base + "/stream/three.ts", timeout=5) as r:
+            while not stop.is_set():
+                b = r.read(188 * 7)
+                if not b:
+                    return
+                got.extend(b)
+    t = threading.Thread(target=reader, daemon=True)
+    try:
+        host, port = srv.addrs["modbus"]
+        c = ModbusTcpClient(host, port=port, timeout=3)
+        assert c.connect()
+        status = a["route.3.route_status"][1]
+        until("route 3 LIVE", lambda: c.read_holding_registers(status, count=1).registers == [1])
+        t.start()
+        until("route 3's output flows", lambda: len(got) > 188 * 200)
+
+        def rate(seconds=3.0):
+            n0, t0 = len(got), time.time()
+            time.sleep(seconds)
+            return (len(got) - n0) * 8 / (time.time() - t0)
+        before = rate()
+        assert not c.write_register(a["route.3.input_select"][1], 3).isError()
+        until("route 3 forwards backup",
+              lambda: c.read_holding_registers(a["route.3.active_input"][1], count=1).registers == [2])
+        time.sleep(1.0)
+        after = rate()
+        assert after > 2 * before, (before, after)
+        stop.set()
+        t.join(timeout=10)
+        assert cc_errors(bytes(got)) == 0
+        # Route one still forwards its main input.
+        assert rest(srv, "/api/routes/one/points/active_input")["state"] == "main"
+        c.close()
+        print(f"HTTP-TS of route 3: {before / 1e6:.2f} Mb/s before, {after / 1e6:.2f} Mb/s after, "
+              f"{len(got)} bytes, 0 CC errors")
+    finally:
+        stop.set()
+        srv.stop()
