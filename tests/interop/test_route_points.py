@@ -2,6 +2,8 @@
 import csv
 import io
 import json
+import pathlib
+import shutil
 import subprocess
 import tempfile
 import time
@@ -185,6 +187,16 @@ def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
     f.write(text)
     f.close()
     srv = Server(config=f.name)
+    port = srv.addrs["bacnet"][1]
+    # tshark dissects every frame of the run (when installed).
+    cap, pcap = None, pathlib.Path(tempfile.mkdtemp(prefix="castpoint-rp-")) / "bacnet.pcap"
+    if shutil.which("tshark"):
+        cap = subprocess.Popen(["tshark", "-i", "lo", "-f", f"udp port {port}", "-w", str(pcap)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for line in cap.stderr:
+            if "Capture started" in line:
+                break
+        time.sleep(0.5)
     dev = ObjectIdentifier(f"device,{DEVICE}")
     ts1 = TsCounter(srv.http_base + "/stream/one.ts")
     ts2 = TsCounter(srv.http_base + "/stream/two.ts")
@@ -323,7 +335,21 @@ def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
 
     try:
         run(go())
+        if cap:
+            time.sleep(1.0)
+            cap.terminate()
+            cap.wait(timeout=10)
+            out = subprocess.run(["tshark", "-r", str(pcap), "-d", f"udp.port=={port},bvlc", "-T", "fields",
+                                  "-e", "frame.number", "-e", "udp.srcport", "-e", "_ws.malformed"],
+                                 capture_output=True, text=True, check=True).stdout
+            rows = [l.split("\t") for l in out.splitlines() if l.strip()]
+            replies = [r for r in rows if r[1] == str(port)]
+            malformed = [r for r in rows if len(r) > 2 and r[2]]
+            print(f"tshark: {len(rows)} frames, {len(replies)} from castpoint, {len(malformed)} malformed")
+            assert len(replies) > 100 and malformed == [], malformed
     finally:
+        if cap and cap.poll() is None:
+            cap.terminate()
         ts1.stop = ts2.stop = True
         srv.stop()
 
