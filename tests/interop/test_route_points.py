@@ -266,6 +266,22 @@ def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
             assert list(await app.read_property(addr, st, "state-text"))[-1] == "N/A"
             assert int(await app.read_property(addr, st, "present-value")) == 4
             assert str(await app.read_property(addr, st, "reliability")) == "no-sensor"
+            # COV on a route object: a REST write to route two's Output
+            # Profile (AV2014) is notified within 1 s, as for the server's.
+            prof = names["two Output Profile"]
+            assert prof == ObjectIdentifier("analog-value,2014")
+            async with app.change_of_value(addr, prof, 21, True, 60) as scm:
+                p, v = await asyncio.wait_for(scm.get_value(), 2)
+                t0 = time.monotonic()
+                await asyncio.to_thread(post_json, srv, "/api/points/route.2.output_profile",
+                                        {"value": 5, "priority": 12})
+                while True:
+                    p, v = await asyncio.wait_for(scm.get_value(), 1.0)
+                    if str(p) == "present-value" and v == 5.0:
+                        break
+                assert time.monotonic() - t0 < 1.0
+            await asyncio.to_thread(post_json, srv, "/api/points/route.2.output_profile",
+                                    {"value": None, "priority": 12})
             # Both routes LIVE and their HTTP-TS outputs flowing.
             async def live(obj):
                 return int(await app.read_property(addr, obj, "present-value")) == 1
