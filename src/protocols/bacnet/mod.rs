@@ -814,13 +814,16 @@ pub async fn start(
         cfg.device_instance,
         by_point.len()
     );
+    // Subscribed here, before the engine opens the routes' blocks (App
+    // starts BACnet first), so no opening is missed.
+    let blocks = route_objects.as_ref().and_then(|_| db.subscribe_blocks());
     tasks.spawn(run(
         server,
         db,
         rx,
         by_point,
         feeds,
-        route_objects,
+        route_objects.map(|r| (r, blocks)),
         shutdown,
     ));
     Ok(bound)
@@ -846,9 +849,16 @@ async fn run(
     mut rx: tokio::sync::broadcast::Receiver<crate::points::Change>,
     by_point: Vec<(PointId, ObjectIdentifier)>,
     mut feeds: Vec<TrendFeed>,
-    mut route_objects: Option<routes::RouteObjects>,
+    route_objects: Option<(
+        routes::RouteObjects,
+        Option<tokio::sync::watch::Receiver<u64>>,
+    )>,
     shutdown: CancellationToken,
 ) {
+    let (mut route_objects, mut blocks) = match route_objects {
+        Some((r, b)) => (Some(r), b),
+        None => (None, None),
+    };
     // Point index -> its object (server points fixed, route points while
     // their block is served), so the hot path never hashes.
     let mut oid_of: Vec<Option<ObjectIdentifier>> = vec![None; db.len()];
@@ -865,7 +875,6 @@ async fn run(
     }
     let mut dirty = Dirty::new(db.len());
     let mut log_dirty = vec![false; feeds.len()];
-    let mut blocks = db.subscribe_blocks();
     // A pending route sync: (quiet deadline, latest deadline).
     let now = tokio::time::Instant::now();
     let mut route_due: Option<(tokio::time::Instant, tokio::time::Instant)> = route_objects
