@@ -668,6 +668,21 @@ mod tests {
     }
 
     #[test]
+    fn the_point_table_shows_slot_1_instances() {
+        let (cfg, _) = setup();
+        let t = crate::config::table::point_table(&cfg);
+        let row = |id: &str| {
+            t.lines()
+                .find(|l| l.starts_with(&format!("{id} ")))
+                .unwrap_or_else(|| panic!("{id} in\n{t}"))
+                .to_string()
+        };
+        assert!(row("route.1.route_enable").contains(" BO1010 "));
+        assert!(row("route.1.input_select").contains(" MSV1011 "));
+        assert!(row("route.1.output_status.8").contains(" MSV1030 "));
+    }
+
+    #[test]
     fn the_rule_is_checked_against_block_size_instance_space_and_the_map() {
         let (cfg, _) = setup();
         let tpl = cfg.route_template.clone().expect("template");
