@@ -182,7 +182,12 @@ def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
     object read with RPM ALL, Route Enable of route 2 at priority 8 stops
     route 2's HTTP-TS output only, and a route created / deleted over REST
     appears / disappears with a new Database_Revision within 2 s."""
-    text = base_config_text() + "\n[telemetry]\nenabled = true\n" + route("one") + route("two")
+    # Eight idle routes (UDP inputs nobody feeds) pinned to slots 20..27
+    # make the Object_List 356 identifiers: larger than one APDU, so
+    # bacpypes3 gets it segmented.
+    idle = "".join(f'[[route]]\nname = "idle{n}"\nslot = {n}\n[[route.input]]\nname = "in"\n'
+                   'type = "udp"\nbind = "127.0.0.1:0"\n' for n in range(20, 28))
+    text = base_config_text() + "\n[telemetry]\nenabled = true\n" + route("one") + route("two") + idle
     f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     f.write(text)
     f.close()
@@ -220,6 +225,8 @@ def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
                 return ol if ObjectIdentifier("structured-view,2") in ol else None
             ol = await wait_for("route views in the Object_List", both)
             assert ObjectIdentifier("structured-view,1") in ol
+            # 36 server objects (its view included) + 10 routes x (view + 31).
+            assert len(ol) == 36 + 10 * 32
             n = await app.read_property(addr, dev, "object-list", 0)
             assert n == len(ol)
             # The tree: server view -> its points and the route views ->
@@ -229,7 +236,7 @@ def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
             subs = [s.objectIdentifier for s in await app.read_property(addr, top, "subordinate-list")]
             assert ObjectIdentifier("binary-output,0") in subs  # the seed's Stream Enable
             views = [s for s in subs if str(s[0]) == "structured-view"]
-            assert views == [ObjectIdentifier("structured-view,1"), ObjectIdentifier("structured-view,2")]
+            assert views == [ObjectIdentifier(f"structured-view,{n}") for n in [1, 2] + list(range(20, 28))]
             names = {}
             route_objects = []
             for v in views:
