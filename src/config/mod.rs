@@ -301,12 +301,8 @@ impl Config {
                 base: rp.bacnet_instance_base,
                 stride: rp.bacnet_instance_stride,
             };
-            for e in crate::protocols::bacnet::routes::check(tpl, rule, &maps) {
-                errs.push(ConfigError::new(
-                    name,
-                    "route_points.bacnet_instance_stride",
-                    e,
-                ));
+            for (key, e) in crate::protocols::bacnet::routes::check(tpl, rule, &maps) {
+                errs.push(ConfigError::new(name, format!("route_points.{key}"), e));
             }
         }
         // [mqtt]: its file paths resolve against this file's folder and its

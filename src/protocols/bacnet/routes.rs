@@ -105,33 +105,34 @@ fn units_of(def: &PointDef, ty: BacnetObjectType, fallback: bool) -> Result<u32,
 
 /// Config check (`check-config`): the slot ranges fit the instance space,
 /// hold a whole block, miss the server's objects of the same type, and
-/// every template unit has a BACnet code. Each problem is one message.
-pub fn check(tpl: &RouteTemplate, rule: InstanceRule, maps: &Maps) -> Vec<String> {
+/// every template unit has a BACnet code. Each problem is the
+/// `[route_points]` key it is about and one message.
+pub fn check(tpl: &RouteTemplate, rule: InstanceRule, maps: &Maps) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     let len = tpl.block_len();
     if len as u64 > u64::from(rule.stride) {
-        out.push(format!(
+        out.push(("bacnet_instance_stride", format!(
             "bacnet_instance_stride {} is smaller than a route block ({len} objects with this template and max_outputs)",
             rule.stride
-        ));
+        )));
     }
     let last = rule.instance(tpl.max_slots, len.saturating_sub(1));
     if last > u64::from(MAX_INSTANCE) {
-        out.push(format!(
+        out.push(("bacnet_instance_base", format!(
             "route objects reach instance {last} (base {} + {} routes x stride {}): above {MAX_INSTANCE}",
             rule.base, tpl.max_slots, rule.stride
-        ));
+        )));
     }
     let lo = rule.instance(1, 0);
     let hi = rule.instance(tpl.max_slots, len.saturating_sub(1));
     let types: Vec<BacnetObjectType> = tpl.points.iter().map(|p| type_of(&p.def).0).collect();
     for o in &maps.bacnet.objects {
         if types.contains(&o.object_type) && (lo..=hi).contains(&u64::from(o.instance)) {
-            out.push(format!(
+            out.push(("bacnet_instance_base", format!(
                 "route objects ({lo}..={hi}) overlap the mapped object {}{} (mappings/bacnet.toml): move bacnet_instance_base",
                 o.object_type.short(),
                 o.instance
-            ));
+            )));
         }
     }
     for p in &tpl.points {
@@ -141,7 +142,7 @@ pub fn check(tpl: &RouteTemplate, rule: InstanceRule, maps: &Maps) -> Vec<String
             BacnetObjectType::AnalogInput | BacnetObjectType::AnalogValue
         ) {
             if let Err(e) = units_of(&p.def, ty, maps.bacnet.bitrate_units_fallback) {
-                out.push(e);
+                out.push(("template", e));
             }
         }
     }
@@ -181,7 +182,10 @@ pub fn block_objects(
             .ok_or_else(|| format!("route slot {slot}: instance beyond {MAX_INSTANCE}"))?;
         let output = db.route_point(id).and_then(|rp| rp.output);
         let description = match output {
-            Some(n) => match info.outputs.get(usize::from(n) - 1) {
+            Some(n) => match usize::from(n)
+                .checked_sub(1)
+                .and_then(|i| info.outputs.get(i))
+            {
                 Some(o) => format!("{} ({o})", def.description),
                 None => format!("{} (output {n}: unused)", def.description),
             },
@@ -668,6 +672,36 @@ mod tests {
     }
 
     #[test]
+    fn check_config_names_the_route_points_key() {
+        let dir = std::path::Path::new(".");
+        let msgs = |text: &str| -> Vec<String> {
+            match Config::from_text("c.toml", text, dir) {
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    e.0.iter()
+                        .map(|e| format!("{}: {}", e.key, e.message))
+                        .collect()
+                }
+            }
+        };
+        let e = msgs("[route_points]\nbacnet_instance_stride = 10\n");
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("route_points.bacnet_instance_stride: ")),
+            "{e:?}"
+        );
+        let e = msgs("[route_points]\nbacnet_instance_base = 4100000\n");
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("route_points.bacnet_instance_base: ")),
+            "{e:?}"
+        );
+        let e = msgs("[route_points]\nbacnet_instance_base = 0\nbacnet_instance_stride = 5\n");
+        assert!(e.iter().any(|m| m.contains("overlap")), "{e:?}");
+        assert!(msgs("[route_points]\nbacnet_instance_base = 100000\n").is_empty());
+    }
+
+    #[test]
     fn the_point_table_shows_slot_1_instances() {
         let (cfg, _) = setup();
         let t = crate::config::table::point_table(&cfg);
@@ -691,18 +725,20 @@ mod tests {
             base: 0,
             stride: 10,
         };
-        assert!(check(&tpl, small, &cfg.maps)[0].contains("smaller than a route block"));
+        assert!(check(&tpl, small, &cfg.maps)[0]
+            .1
+            .contains("smaller than a route block"));
         let high = InstanceRule {
             base: 4_100_000,
             stride: 1000,
         };
         assert!(check(&tpl, high, &cfg.maps)
             .iter()
-            .any(|e| e.contains("above 4194302")));
+            .any(|e| e.0 == "bacnet_instance_base" && e.1.contains("above 4194302")));
         // Slot 1 at 0 + 1 x 31..: the map's AI3.. are in the range.
         let low = InstanceRule { base: 0, stride: 3 };
         let e = check(&tpl, low, &cfg.maps);
-        assert!(e.iter().any(|e| e.contains("overlap")), "{e:?}");
+        assert!(e.iter().any(|e| e.1.contains("overlap")), "{e:?}");
     }
 
     #[test]
