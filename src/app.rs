@@ -283,8 +283,14 @@ async fn start_bacnet(cfg: &Config, w: &mut Wiring) {
     if !b.enabled {
         return;
     }
+    let rp = &cfg.server.route_points;
+    let rule = crate::protocols::bacnet::routes::InstanceRule {
+        base: rp.bacnet_instance_base,
+        stride: rp.bacnet_instance_stride,
+    };
     let started = crate::protocols::bacnet::start(
         b,
+        rule,
         &cfg.server.data_dir,
         w.db.clone(),
         w.maps.clone(),

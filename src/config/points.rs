@@ -628,6 +628,10 @@ pub struct RoutePointsConfig {
     pub max_inputs: u16,
     /// Template file, relative to the config file (None: embedded).
     pub template: Option<String>,
+    /// BACnet object instance of route slot `s`, point `k` (block order):
+    /// `bacnet_instance_base + s x bacnet_instance_stride + k`.
+    pub bacnet_instance_base: u32,
+    pub bacnet_instance_stride: u32,
 }
 
 impl Default for RoutePointsConfig {
@@ -638,6 +642,8 @@ impl Default for RoutePointsConfig {
             max_outputs: DEFAULT_MAX_OUTPUTS,
             max_inputs: DEFAULT_MAX_INPUTS,
             template: None,
+            bacnet_instance_base: 0,
+            bacnet_instance_stride: 1000,
         }
     }
 }
@@ -657,6 +663,24 @@ impl crate::section::Section for RoutePointsConfig {
         range("max_routes", self.max_routes, 1, 4096, &mut p);
         range("max_outputs", self.max_outputs, 0, 64, &mut p);
         range("max_inputs", self.max_inputs, 1, 64, &mut p);
+        // BACnet instances are 22 bits (0..=4194302 usable).
+        if !(1..=4_194_302).contains(&self.bacnet_instance_stride) {
+            p.push(Problem::new(
+                "bacnet_instance_stride",
+                "expected a whole number in 1..=4194302",
+            ));
+        } else if u64::from(self.bacnet_instance_base)
+            + u64::from(self.max_routes) * u64::from(self.bacnet_instance_stride)
+            > 4_194_302
+        {
+            p.push(Problem::new(
+                "bacnet_instance_base",
+                format!(
+                    "base {} + max_routes {} x stride {} is above the largest BACnet instance 4194302",
+                    self.bacnet_instance_base, self.max_routes, self.bacnet_instance_stride
+                ),
+            ));
+        }
         if self.template.as_deref() == Some("") {
             p.push(Problem::new("template", "expected a file path"));
         }
