@@ -1,4 +1,4 @@
-//! HLS output: TS segments cut on keyframes (H.264 IDR / HEVC IRAP found by parsing the video PID's NAL units), each starting with PAT+PMT, timed by the video's DTS (media time, not arrival time), served from memory with a sliding m3u8 playlist that marks input switches as discontinuities.
+//! HLS output: TS segments cut on keyframes (H.264 IDR / HEVC IRAP found by parsing the video PID's NAL units), each starting with PAT+PMT (their counters renumbered to run on across segments), timed by the video's DTS (media time, not arrival time), served from memory with a sliding m3u8 playlist that marks input switches as discontinuities.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -161,6 +161,11 @@ pub(crate) struct Segmenter {
     /// The next segment follows a timestamp discontinuity.
     pending_disc: bool,
     target: Duration,
+    /// The next continuity counter of each PSI PID (PAT, PMT) this output
+    /// writes: every segment starts with a copy of PAT and PMT, so the
+    /// segments' PSI packets are renumbered to run on by exactly one
+    /// (no repeat, no jump) wherever a player starts reading.
+    psi_cc: Vec<(u16, u8)>,
 }
 
 impl Segmenter {
@@ -173,6 +178,36 @@ impl Segmenter {
             step: 0,
             pending_disc: false,
             target,
+            psi_cc: Vec::new(),
+        }
+    }
+
+    /// Appends whole packets to the segment in progress, renumbering the
+    /// PAT's and PMT's continuity counters (see `psi_cc`).
+    fn append(&mut self, data: &[u8]) {
+        let from = self.cur.len();
+        self.cur.extend_from_slice(data);
+        let pmt = self.psi.psi.pmt_pid();
+        for p in self.cur[from..].chunks_exact_mut(TS) {
+            let pid = ts::pid(p);
+            if pid != 0 && Some(pid) != pmt {
+                continue;
+            }
+            let cc = p[3] & 0x0F;
+            let next = match self.psi_cc.iter_mut().find(|e| e.0 == pid) {
+                Some(e) => &mut e.1,
+                None => {
+                    self.psi_cc.push((pid, cc));
+                    &mut self.psi_cc.last_mut().expect("just pushed").1
+                }
+            };
+            // Only a packet with payload advances the counter.
+            if p[3] & 0x10 != 0 {
+                p[3] = (p[3] & 0xF0) | *next;
+                *next = (*next + 1) & 0x0F;
+            } else {
+                p[3] = (p[3] & 0xF0) | (next.wrapping_sub(1) & 0x0F);
+            }
         }
     }
 
@@ -186,12 +221,12 @@ impl Segmenter {
         self.target * HARD_MAX
     }
 
-    fn header(&self) -> BytesMut {
-        let mut b = BytesMut::with_capacity(1 << 20);
+    /// Starts a new segment with the PAT and PMT last seen.
+    fn begin(&mut self) {
+        self.cur = BytesMut::with_capacity(1 << 20);
         if let Some(h) = self.psi.header() {
-            b.extend_from_slice(&h);
+            self.append(&h);
         }
-        b
     }
 
     /// Follows the video DTS through one piece (at most one PES start).
@@ -221,7 +256,7 @@ impl Segmenter {
 
     fn finish(&mut self, end_dts: Option<u64>, now: Instant, tail: &[u8]) -> Option<Cut> {
         let open = self.open.take()?;
-        self.cur.extend_from_slice(tail);
+        self.append(tail);
         let media = match (open.dts, end_dts) {
             (Some(a), Some(b)) if ts::ts_delta(a, b) > 0 => {
                 Some(ts::ts_delta(a, b) as f64 / 90_000.0)
@@ -235,18 +270,17 @@ impl Segmenter {
                 .min(self.hard_max())
                 .as_secs_f64()
         });
-        let fresh = self.header();
         Some(Cut {
             secs,
-            data: std::mem::replace(&mut self.cur, fresh).freeze(),
+            data: std::mem::take(&mut self.cur).freeze(),
             discontinuity: open.discontinuity,
             at: open.at,
         })
     }
 
     fn start(&mut self, chunk: &[u8], off: usize, dts: Option<u64>, now: Instant) {
-        self.cur = self.header();
-        self.cur.extend_from_slice(&chunk[off..]);
+        self.begin();
+        self.append(&chunk[off..]);
         self.open = Some(Open {
             arrived: now,
             at: chrono::Utc::now(),
@@ -259,19 +293,24 @@ impl Segmenter {
     /// many frames (a UDP input hands over a whole burst at once), so it is
     /// split at every video PES start and each frame is judged on its own:
     /// a jump or the hard maximum falls exactly between two frames.
+    ///
+    /// PSI is observed as the pieces go, not for the whole chunk first: a
+    /// burst may carry several PAT/PMT repetitions after the keyframe where
+    /// a segment starts, and its header must repeat the ones sent before
+    /// the cut, not a later one (issue 25 item 3).
     pub fn push(&mut self, chunk: &[u8], now: Instant) -> Vec<Cut> {
-        self.psi.observe(chunk);
         let mut out = Vec::new();
-        let Some((vpid, _)) = self.psi.psi.video else {
-            out.extend(self.push_frame(chunk, now));
-            return out;
-        };
         let mut from = 0;
         for (i, p) in chunk.chunks_exact(TS).enumerate() {
-            if i * TS > from && ts::pid(p) == vpid && ts::pusi(p) {
+            if !ts::pusi(p) {
+                continue;
+            }
+            let video = self.psi.psi.video.map(|v| v.0);
+            if i * TS > from && Some(ts::pid(p)) == video {
                 out.extend(self.push_frame(&chunk[from..i * TS], now));
                 from = i * TS;
             }
+            self.psi.observe(p);
         }
         out.extend(self.push_frame(&chunk[from..], now));
         out
@@ -343,7 +382,7 @@ impl Segmenter {
                 c
             }
             _ => {
-                self.cur.extend_from_slice(chunk);
+                self.append(chunk);
                 None
             }
         }
@@ -704,6 +743,53 @@ mod tests {
             }
             assert!(most <= 8, "{per}: TARGETDURATION reached {most}");
             assert!(last.contains("#EXT-X-TARGETDURATION:2\n"), "{per}: {last}");
+        }
+    }
+
+    /// The counters of every PID of the concatenated segments: (PID,
+    /// successive continuity counters of its payload packets).
+    fn counters(data: &[u8]) -> HashMap<u16, Vec<u8>> {
+        let mut m: HashMap<u16, Vec<u8>> = HashMap::new();
+        for p in data.chunks_exact(TS) {
+            if p[3] & 0x10 != 0 {
+                m.entry(ts::pid(p)).or_default().push(p[3] & 0x0F);
+            }
+        }
+        m
+    }
+
+    /// Issue 25 item 3: a player reading the segments of the playlist one
+    /// after another must see PAT and PMT counters that run on by exactly
+    /// one (no duplicate, no jump), also when a UDP input hands over a
+    /// burst holding several PAT/PMT repetitions after the keyframe where
+    /// a segment is cut. Every other PID's counters run on too.
+    #[test]
+    fn psi_counters_run_on_across_segments_in_bursts() {
+        let chunks = generated(400, |_| 0);
+        let runs: Vec<(usize, Vec<u8>)> = [1, 7, 40, 100]
+            .into_iter()
+            .map(|per| {
+                let (cuts, _, _) = play(&merge(chunks.clone(), 0..400, per));
+                assert!(cuts.len() >= 5, "{per}: {} segments", cuts.len());
+                (per, cuts.iter().flat_map(|c| c.data.to_vec()).collect())
+            })
+            .collect();
+        // What a tolerant demuxer sees (one repeated counter allowed) ...
+        for (per, all) in &runs {
+            let mut an = castpoint_sim::tsgen::TsAnalyzer::new();
+            an.feed(all, 0);
+            assert_eq!(an.report().cc_errors, 0, "{per}: {:?}", an.pids());
+        }
+        // ... and a strict one (ffmpeg's check flags a repeat too).
+        for (per, all) in &runs {
+            for (pid, ccs) in counters(all) {
+                if pid != 0 && pid != 0x1000 {
+                    continue;
+                }
+                for w in ccs.windows(2) {
+                    assert_eq!(w[1], (w[0] + 1) & 0x0F, "{per}: PID {pid:#x}: {ccs:?}");
+                }
+            }
         }
     }
 

@@ -1800,9 +1800,9 @@ enabled = true
 
 /// Issue 17 item 6: an HLS viewer concatenates the segments of the
 /// playlist; every segment starts with PAT and PMT (copies of the last
-/// ones sent, so their counters repeat once: a duplicate, which decoders
-/// and the viewers tool accept) and every PID's counters run on across
-/// segment boundaries. Investigated for the "one CC error at start" report:
+/// ones sent, renumbered by the output so that their counters run on by
+/// one, issue 25 item 3) and every PID's counters run on across segment
+/// boundaries. Investigated for the "one CC error at start" report:
 /// not reproduced; kept as a regression test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hls_segments_continue_every_pids_counters() {
