@@ -237,6 +237,7 @@ def run(a, outputs=True):
         soft = (m1[1] - m0[1]) / (m1[2] - m0[2]) * 100 * ncpu
         return {
             "ready_s": ready, "rss_mib": rss, "hwm_mib": hwm,
+            "threads": status_kib(p.pid, "Threads"),
             "cpu_pct": (c1 - c0) / (w1 - w0) * 100,
             "machine_busy_pct": busy, "machine_softirq_pct": soft,
             "polls": {q.name: (len(q.lat), q.errors, pct(q.lat, 0.5), pct(q.lat, 0.99))
@@ -283,12 +284,12 @@ def main():
           f"{a.seconds:.0f} s window; load average before {load[0]:.1f} {load[1]:.1f}, "
           f"after {os.getloadavg()[0]:.1f}; {os.cpu_count()} cores")
     print()
-    print("| run | ready s | RSS MiB | peak RSS MiB | castpoint CPU % of a core | machine busy % of a core (all processes) | of it softirq | HLS files MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| run | ready s | RSS MiB | peak RSS MiB | castpoint CPU % of a core | machine busy % of a core (all processes) | of it softirq | HLS files MiB | threads |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows:
         print(f"| {name} | {r['ready_s']:.2f} | {r['rss_mib']:.0f} | {r['hwm_mib']:.0f} | "
               f"{r['cpu_pct']:.0f} | {r['machine_busy_pct']:.0f} | {r['machine_softirq_pct']:.0f} | "
-              f"{r['data_dir_mib']:.0f} |")
+              f"{r['data_dir_mib']:.0f} | {r['threads']} |")
     r = rows[0][1]
     print()
     print("| protocol (1 client, 50 req/s) | requests | errors | p50 ms | p99 ms |")

@@ -12,7 +12,7 @@ pub enum Coalesce {
     /// Every chunk is sent as it arrives.
     Off,
     /// Hold up to `AUTO_HOLD` when the route has at least `AUTO_MIN_OUTPUTS`
-    /// enabled UDP outputs, else `AUTO_FEW` (see `hold`).
+    /// enabled UDP outputs (where the saving is worth the latency).
     #[default]
     Auto,
     /// Hold up to this long, whatever the number of outputs.
@@ -22,16 +22,13 @@ pub enum Coalesce {
 /// The hold `auto` uses: at 10 Mbit/s datagrams are ~1.05 ms apart, so
 /// this pairs them while keeping the added latency under 2 ms at p99.
 pub const AUTO_HOLD: Duration = Duration::from_micros(1500);
-/// Fewer UDP outputs than this: `auto` holds `AUTO_FEW`.
+/// Fewer UDP outputs than this: `auto` sends at once. Measured with one
+/// output at 10 Mbit/s (bench/udp_hold.py, issue 25): a 1 ms hold, which
+/// also paces the input (`route::read_pace`), saved about 0.4 % of a core
+/// (2.8 -> 2.4 %, within the run-to-run spread) but moved p99 from 0.5 to
+/// 4.1 ms, because the runtime's timer rounds sleeps up to whole
+/// milliseconds: not worth it as a default.
 pub const AUTO_MIN_OUTPUTS: usize = 32;
-/// The hold `auto` uses below `AUTO_MIN_OUTPUTS`. It is also how long a UDP
-/// input of the route sleeps between reads (`route::read_pace`): with one
-/// to a few outputs the cost is the wake-up per datagram (ours, and the
-/// input's hand-over), not the sends, and reading what 1 ms brought at once
-/// roughly halves the wake-ups at 10 Mbit/s. The runtime's timer counts
-/// whole milliseconds, so a 1 ms sleep lasts 1 to 2 ms: the added latency
-/// stays within 2 ms.
-pub const AUTO_FEW: Duration = Duration::from_millis(1);
 /// The longest hold a route may ask for.
 pub const MAX_HOLD: Duration = Duration::from_millis(20);
 /// Enough bytes pending: send now (a GSO send's upper bound is far above;
@@ -43,9 +40,7 @@ impl Coalesce {
     pub fn hold(self, udp_outputs: usize) -> Option<Duration> {
         match self {
             Coalesce::Off => None,
-            Coalesce::Auto if udp_outputs == 0 => None,
-            Coalesce::Auto if udp_outputs < AUTO_MIN_OUTPUTS => Some(AUTO_FEW),
-            Coalesce::Auto => Some(AUTO_HOLD),
+            Coalesce::Auto => (udp_outputs >= AUTO_MIN_OUTPUTS).then_some(AUTO_HOLD),
             Coalesce::Hold(d) => Some(d),
         }
     }
@@ -219,11 +214,10 @@ mod tests {
     }
 
     #[test]
-    fn off_and_auto_without_udp_outputs_send_at_once() {
+    fn off_and_auto_below_the_output_threshold_send_at_once() {
         assert_eq!(Coalesce::Off.hold(100), None);
         assert_eq!(Coalesce::Auto.hold(0), None);
-        assert_eq!(Coalesce::Auto.hold(1), Some(AUTO_FEW));
-        assert_eq!(Coalesce::Auto.hold(AUTO_MIN_OUTPUTS - 1), Some(AUTO_FEW));
+        assert_eq!(Coalesce::Auto.hold(AUTO_MIN_OUTPUTS - 1), None);
         assert_eq!(Coalesce::Auto.hold(AUTO_MIN_OUTPUTS), Some(AUTO_HOLD));
         let mut c = Coalescer::default();
         let t0 = Instant::now();
