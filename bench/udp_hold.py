@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """UDP hold benchmark (issue 25 item 1): castpoint with 1 and 4 UDP outputs at 10 Mbit/s under several `udp_coalesce` settings, interleaved with N srt-live-transmit relays in the same run; prints CPU % (process, and whole-machine softirq over the same window), the castpoint/srt-live-transmit CPU ratio and added latency p50/p99.
 
-Usage: python3 bench/udp_hold.py --bin target/release/castpoint --source FILE.ts
+Usage: python3 bench/udp_hold.py [--bin target/release/castpoint] [--source FILE.ts]
                                  [--n 1,4] [--settings off,auto] [--reps 3] [--secs 6]
 
 Built on bench/fanout.py (same 10 Mbit/s Python source, same probe, same
@@ -61,13 +61,22 @@ def med(xs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--source", required=True)
+    ap.add_argument("--bin", default=str(ROOT.parent / "target/release/castpoint"))
+    ap.add_argument("--source", default=os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                                      "castpoint-bench-10mbit.ts"),
+                    help="10 Mbit/s TS file (made as bench/fanout.sh makes it when missing)")
     ap.add_argument("--n", default="1,4")
     ap.add_argument("--settings", default="off,auto")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--secs", type=float, default=6)
     a = ap.parse_args()
+    if not os.path.exists(a.source):
+        import subprocess
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                        "testsrc=size=1280x720:rate=25", "-f", "lavfi", "-i", "sine",
+                        "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "8M", "-maxrate", "8M",
+                        "-bufsize", "2M", "-g", "50", "-c:a", "aac", "-muxrate", "10M", "-t", "20",
+                        "-f", "mpegts", a.source], check=True)
     settings = a.settings.split(",")
     load0 = os.getloadavg()
     rows = []
