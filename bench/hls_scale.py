@@ -57,20 +57,22 @@ def machine():
     return total - idle - iowait, softirq, total
 
 
-def config(n, bitrate, store, sinks, outputs=True):
+def config(n, bitrate, store, sinks, outputs=True, kinds=("udp", "udp", "http", "hls")):
     c = ['[http]', 'bind = "127.0.0.1:0"', '[bacnet]', 'bind = "127.0.0.1:0"',
          '[modbus]', 'bind = "127.0.0.1:0"', '[rtmp]', 'enabled = false', '']
     for i in range(n):
         c += ['[[route]]', f'name = "r{i}"', '[[route.input]]', 'type = "generator"',
               f'bitrate = {bitrate}']
         if outputs:
-            for k in range(2):
+            for k in range(kinds.count("udp")):
                 host, port = sinks[2 * i + k].getsockname()
                 c += ['[[route.output]]', f'name = "u{k}"', 'type = "udp"',
                       f'dest = "{host}:{port}"']
-            c += ['[[route.output]]', 'name = "ts"', 'type = "http"', f'path = "r{i}"',
-                  '[[route.output]]', 'name = "hls"', 'type = "hls"', f'path = "r{i}"',
-                  f'store = "{store}"']
+            if "http" in kinds:
+                c += ['[[route.output]]', 'name = "ts"', 'type = "http"', f'path = "r{i}"']
+            if "hls" in kinds:
+                c += ['[[route.output]]', 'name = "hls"', 'type = "hls"', f'path = "r{i}"',
+                      f'store = "{store}"']
         c.append('')
     return "\n".join(c)
 
@@ -214,7 +216,8 @@ def run(a, outputs=True):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind(("127.0.0.1", 0))
             sinks.append(s)
-    p, addrs, ready = start(a.bin, config(a.routes, a.bitrate, a.store, sinks, outputs))
+    p, addrs, ready = start(a.bin, config(a.routes, a.bitrate, a.store, sinks, outputs,
+                                          tuple(a.outputs.split(","))))
     try:
         # Settle: every HLS output has had time to cut a segment.
         time.sleep(a.settle)
@@ -231,7 +234,7 @@ def run(a, outputs=True):
         for q in pollers:
             q.stop = True
         rss, hwm = status_kib(p.pid, "VmRSS") / 1024, status_kib(p.pid, "VmHWM") / 1024
-        hls = hls_check(addrs["http"], a.routes) if outputs else None
+        hls = hls_check(addrs["http"], a.routes) if outputs and "hls" in a.outputs else None
         ncpu = os.cpu_count()
         busy = (m1[0] - m0[0]) / (m1[2] - m0[2]) * 100 * ncpu
         soft = (m1[1] - m0[1]) / (m1[2] - m0[2]) * 100 * ncpu
@@ -272,12 +275,14 @@ def main():
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--settle", type=float, default=8)
     ap.add_argument("--store", default="disk", choices=["disk", "memory"])
+    ap.add_argument("--outputs", default="udp,udp,http,hls",
+                    help="each route's outputs (to attribute memory or CPU to one kind)")
     ap.add_argument("--baseline", action="store_true",
                     help="also run the same routes without outputs")
     ap.add_argument("--bin", default=str(ROOT / "target/release/castpoint"))
     a = ap.parse_args()
     load = os.getloadavg()
-    rows = [("routes x (2 UDP + HTTP-TS + HLS)", run(a))]
+    rows = [(f"routes x ({a.outputs})", run(a))]
     if a.baseline:
         rows.append(("routes, generator only (no outputs)", run(a, outputs=False)))
     print(f"{a.routes} routes at {a.bitrate / 1e6:.1f} Mbit/s, HLS store {a.store}, "
@@ -296,6 +301,8 @@ def main():
     print("|---|---|---|---|---|")
     for k, (n, e, p50, p99) in r["polls"].items():
         print(f"| {k} | {n} | {e} | {p50:.2f} | {p99:.2f} |")
+    if r["hls"] is None:
+        return
     ok, codecs, served = r["hls"]
     print()
     print(f"HLS: ffprobe on a playlist {'ok' if ok else 'FAILED'} ({codecs}); "
