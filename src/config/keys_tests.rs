@@ -137,7 +137,7 @@ const INPUTS: Types = &[
 const OUTPUTS: Types = &[
     ("udp", "dest = \"127.0.0.1:5000\"", &["dest", "ttl"]),
     ("http", "", &["path"]),
-    ("hls", "", &["path", "segment", "window"]),
+    ("hls", "", &["path", "segment", "window", "store"]),
     ("record", "", &["segment", "keep"]),
     ("srt", "mode = \"caller\"\naddr = \"127.0.0.1:9000\"", SRT),
     (

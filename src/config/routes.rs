@@ -17,9 +17,9 @@ use super::file::ServerConfig;
 use super::{parse_duration, ConfigError, Errors};
 use crate::engine::coalesce;
 use crate::engine::spec::{
-    Coalesce, EngineSpec, InputKind, InputSpec, Mode, OutputKind, OutputSource, OutputSpec,
-    ProfileRef, RouteSpec, RtmpInput, SrtMode, SrtSpec, DEFAULT_FAILOVER, DEFAULT_QUEUE,
-    DEFAULT_SIGNAL_TIMEOUT,
+    Coalesce, EngineSpec, HlsStore, InputKind, InputSpec, Mode, OutputKind, OutputSource,
+    OutputSpec, ProfileRef, RouteSpec, RtmpInput, SrtMode, SrtSpec, DEFAULT_FAILOVER,
+    DEFAULT_QUEUE, DEFAULT_SIGNAL_TIMEOUT,
 };
 
 /// One `[[route]]` of the file: the table as written and its spec.
@@ -138,6 +138,8 @@ pub struct OutputTable {
     pub segment: Option<String>,
     /// hls.
     pub window: Option<i64>,
+    /// hls: where finished segments are kept, "disk" or "memory".
+    pub store: Option<String>,
     /// record.
     pub keep: Option<i64>,
     /// SRT: listener or caller.
@@ -442,7 +444,7 @@ fn output_keys(kind: &str) -> &'static [&'static str] {
     match kind {
         "udp" => &["dest", "ttl"],
         "http" => &["path"],
-        "hls" => &["path", "segment", "window"],
+        "hls" => &["path", "segment", "window", "store"],
         "record" => &["segment", "keep"],
         "srt" => SRT_KEYS,
         "rtmp" => &["preset", "url", "key"],
@@ -528,10 +530,19 @@ fn output_spec(
                 t.err("segment", "between 500ms and 60s", errs);
             }
             let window = t.int("window", x.window, 6, 2, 100, errs) as usize;
+            let store = match x.store.as_deref() {
+                None | Some("disk") => HlsStore::Disk,
+                Some("memory") => HlsStore::Memory,
+                Some(_) => {
+                    t.err("store", "\"disk\" or \"memory\"", errs);
+                    HlsStore::Disk
+                }
+            };
             Some(OutputKind::Hls {
                 path,
                 segment,
                 window,
+                store,
             })
         }
         "record" => {

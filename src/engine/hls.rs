@@ -1,4 +1,4 @@
-//! HLS output: TS segments cut on keyframes (H.264 IDR / HEVC IRAP found by parsing the video PID's NAL units), each starting with PAT+PMT, timed by the video's DTS (media time, not arrival time), served from memory with a sliding m3u8 playlist that marks input switches as discontinuities.
+//! HLS output: TS segments cut on keyframes (H.264 IDR / HEVC IRAP found by parsing the video PID's NAL units), each starting with PAT+PMT (their counters renumbered to run on across segments), timed by the video's DTS (media time, not arrival time), served from memory with a sliding m3u8 playlist that marks input switches as discontinuities.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -16,10 +16,18 @@ use super::stats::IoStats;
 use super::ts::{self, PsiCache, TS};
 use super::Engine;
 
+/// Where a finished segment's bytes are.
+#[derive(Clone)]
+enum Body {
+    Mem(Bytes),
+    /// A file of the output's directory (`HlsStore::Disk`).
+    File(std::path::PathBuf),
+}
+
 struct Segment {
     seq: u64,
     secs: f64,
-    data: Bytes,
+    data: Body,
     /// Timestamps do not continue from the previous segment (input switch).
     discontinuity: bool,
     at: chrono::DateTime<chrono::Utc>,
@@ -86,18 +94,25 @@ impl HlsStream {
         Some(m)
     }
 
-    fn push(&self, seg: Segment, window: usize, min_target: u64) {
+    /// Adds a finished segment; returns those that slid out of the window.
+    fn push(&self, seg: Segment, window: usize, min_target: u64) -> Vec<Segment> {
         let mut w = self.window.lock();
         w.min_target = min_target;
         w.segments.push_back(seg);
+        let mut gone = Vec::new();
         while w.segments.len() > window {
-            if w.segments.pop_front().is_some_and(|s| s.discontinuity) {
+            let Some(s) = w.segments.pop_front() else {
+                break;
+            };
+            if s.discontinuity {
                 w.disc_seq += 1;
             }
+            gone.push(s);
         }
+        gone
     }
 
-    fn segment(&self, seq: u64) -> Option<(Bytes, (Instant, Instant))> {
+    fn segment(&self, seq: u64) -> Option<(Body, (Instant, Instant))> {
         self.window
             .lock()
             .segments
@@ -161,7 +176,20 @@ pub(crate) struct Segmenter {
     /// The next segment follows a timestamp discontinuity.
     pending_disc: bool,
     target: Duration,
+    /// The next continuity counter of each PSI PID (PAT, PMT) this output
+    /// writes: every segment starts with a copy of PAT and PMT, so the
+    /// segments' PSI packets are renumbered to run on by exactly one
+    /// (no repeat, no jump) wherever a player starts reading.
+    psi_cc: Vec<(u16, u8)>,
+    /// Capacity a new segment buffer starts with.
+    cap: usize,
 }
+
+/// An output with `HlsStore::Disk` writes the segment in progress out
+/// whenever this much of it is held, so that one HLS output holds at most
+/// about this much (plus one input chunk) whatever its bit rate and segment
+/// length.
+pub(crate) const SPILL: usize = 64 * 1024;
 
 impl Segmenter {
     pub fn new(target: Duration) -> Self {
@@ -173,6 +201,55 @@ impl Segmenter {
             step: 0,
             pending_disc: false,
             target,
+            psi_cc: Vec::new(),
+            cap: 1 << 20,
+        }
+    }
+
+    /// A segmenter whose caller writes the segment in progress out every
+    /// `SPILL` bytes (see `spill`): its buffers start small.
+    pub fn spilling(target: Duration) -> Self {
+        Segmenter {
+            cap: 2 * SPILL,
+            ..Segmenter::new(target)
+        }
+    }
+
+    /// The open segment's bytes so far, once at least `SPILL` are held:
+    /// the caller appends them to the segment's file, and the `Cut` that
+    /// ends the segment carries only what follows. A fresh buffer takes
+    /// the place of the one handed out, so its memory goes with it.
+    pub fn spill(&mut self) -> Option<Bytes> {
+        (self.open.is_some() && self.cur.len() >= SPILL)
+            .then(|| std::mem::replace(&mut self.cur, BytesMut::with_capacity(self.cap)).freeze())
+    }
+
+    /// Appends whole packets to the segment in progress, renumbering the
+    /// PAT's and PMT's continuity counters (see `psi_cc`).
+    fn append(&mut self, data: &[u8]) {
+        let from = self.cur.len();
+        self.cur.extend_from_slice(data);
+        let pmt = self.psi.psi.pmt_pid();
+        for p in self.cur[from..].chunks_exact_mut(TS) {
+            let pid = ts::pid(p);
+            if pid != 0 && Some(pid) != pmt {
+                continue;
+            }
+            let cc = p[3] & 0x0F;
+            let next = match self.psi_cc.iter_mut().find(|e| e.0 == pid) {
+                Some(e) => &mut e.1,
+                None => {
+                    self.psi_cc.push((pid, cc));
+                    &mut self.psi_cc.last_mut().expect("just pushed").1
+                }
+            };
+            // Only a packet with payload advances the counter.
+            if p[3] & 0x10 != 0 {
+                p[3] = (p[3] & 0xF0) | *next;
+                *next = (*next + 1) & 0x0F;
+            } else {
+                p[3] = (p[3] & 0xF0) | (next.wrapping_sub(1) & 0x0F);
+            }
         }
     }
 
@@ -186,12 +263,12 @@ impl Segmenter {
         self.target * HARD_MAX
     }
 
-    fn header(&self) -> BytesMut {
-        let mut b = BytesMut::with_capacity(1 << 20);
+    /// Starts a new segment with the PAT and PMT last seen.
+    fn begin(&mut self) {
+        self.cur = BytesMut::with_capacity(self.cap);
         if let Some(h) = self.psi.header() {
-            b.extend_from_slice(&h);
+            self.append(&h);
         }
-        b
     }
 
     /// Follows the video DTS through one piece (at most one PES start).
@@ -221,7 +298,7 @@ impl Segmenter {
 
     fn finish(&mut self, end_dts: Option<u64>, now: Instant, tail: &[u8]) -> Option<Cut> {
         let open = self.open.take()?;
-        self.cur.extend_from_slice(tail);
+        self.append(tail);
         let media = match (open.dts, end_dts) {
             (Some(a), Some(b)) if ts::ts_delta(a, b) > 0 => {
                 Some(ts::ts_delta(a, b) as f64 / 90_000.0)
@@ -235,18 +312,17 @@ impl Segmenter {
                 .min(self.hard_max())
                 .as_secs_f64()
         });
-        let fresh = self.header();
         Some(Cut {
             secs,
-            data: std::mem::replace(&mut self.cur, fresh).freeze(),
+            data: std::mem::take(&mut self.cur).freeze(),
             discontinuity: open.discontinuity,
             at: open.at,
         })
     }
 
     fn start(&mut self, chunk: &[u8], off: usize, dts: Option<u64>, now: Instant) {
-        self.cur = self.header();
-        self.cur.extend_from_slice(&chunk[off..]);
+        self.begin();
+        self.append(&chunk[off..]);
         self.open = Some(Open {
             arrived: now,
             at: chrono::Utc::now(),
@@ -259,19 +335,24 @@ impl Segmenter {
     /// many frames (a UDP input hands over a whole burst at once), so it is
     /// split at every video PES start and each frame is judged on its own:
     /// a jump or the hard maximum falls exactly between two frames.
+    ///
+    /// PSI is observed as the pieces go, not for the whole chunk first: a
+    /// burst may carry several PAT/PMT repetitions after the keyframe where
+    /// a segment starts, and its header must repeat the ones sent before
+    /// the cut, not a later one (issue 25 item 3).
     pub fn push(&mut self, chunk: &[u8], now: Instant) -> Vec<Cut> {
-        self.psi.observe(chunk);
         let mut out = Vec::new();
-        let Some((vpid, _)) = self.psi.psi.video else {
-            out.extend(self.push_frame(chunk, now));
-            return out;
-        };
         let mut from = 0;
         for (i, p) in chunk.chunks_exact(TS).enumerate() {
-            if i * TS > from && ts::pid(p) == vpid && ts::pusi(p) {
+            if !ts::pusi(p) {
+                continue;
+            }
+            let video = self.psi.psi.video.map(|v| v.0);
+            if i * TS > from && Some(ts::pid(p)) == video {
                 out.extend(self.push_frame(&chunk[from..i * TS], now));
                 from = i * TS;
             }
+            self.psi.observe(p);
         }
         out.extend(self.push_frame(&chunk[from..], now));
         out
@@ -343,19 +424,86 @@ impl Segmenter {
                 c
             }
             _ => {
-                self.cur.extend_from_slice(chunk);
+                self.append(chunk);
                 None
             }
         }
     }
 }
 
+/// The files of an output with `HlsStore::Disk`: `part.ts` is the segment
+/// in progress, `<seq>.ts` the finished ones. Only touched on the blocking
+/// pool (a write may wait for the disk).
+struct Disk {
+    dir: std::path::PathBuf,
+    part: Option<std::fs::File>,
+}
+
+/// One step of `Disk::apply`.
+enum Op {
+    /// Append to the segment in progress (created when none is open).
+    Append(Bytes),
+    /// The segment in progress is finished as `<seq>.ts`.
+    Close(u64),
+}
+
+impl Disk {
+    fn file(&self, seq: u64) -> std::path::PathBuf {
+        self.dir.join(format!("{seq}.ts"))
+    }
+
+    /// A fresh, empty directory (segments of an earlier run are stale).
+    fn prepare(&self) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::fs::create_dir_all(&self.dir)
+    }
+
+    fn apply(&mut self, ops: Vec<Op>) -> std::io::Result<()> {
+        use std::io::Write;
+        let part = self.dir.join("part.ts");
+        for op in ops {
+            match op {
+                Op::Append(b) => {
+                    let f = match self.part.take() {
+                        Some(f) => f,
+                        None => std::fs::File::create(&part)?,
+                    };
+                    let f = self.part.insert(f);
+                    f.write_all(&b)?;
+                }
+                Op::Close(seq) => {
+                    self.part = None;
+                    std::fs::rename(&part, self.file(seq))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f` on the blocking pool and waits for it (a panic there is
+/// reported as an I/O error).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> (T, std::io::Result<()>) + Send + 'static,
+) -> Result<T, std::io::Error> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok((t, Ok(()))) => Ok(t),
+        Ok((_, Err(e))) => Err(e),
+        Err(e) => Err(std::io::Error::other(e.to_string())),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     mut rx: mpsc::Receiver<Bytes>,
     path: String,
     registry: HlsRegistry,
     segment: Duration,
     window: usize,
+    dir: Option<std::path::PathBuf>,
     stats: Arc<IoStats>,
     cancel: CancellationToken,
 ) {
@@ -371,13 +519,34 @@ pub(crate) async fn run(
         }
         r.insert(path.clone(), stream.clone());
     }
+    let mut disk = None;
+    if let Some(dir) = dir {
+        let d = Disk { dir, part: None };
+        match blocking(move || {
+            let r = d.prepare();
+            (d, r)
+        })
+        .await
+        {
+            Ok(d) => disk = Some(d),
+            Err(e) => {
+                stats.set_error(format!("HLS segment directory: {e}"));
+                unregister(&registry, &path, &stream);
+                return;
+            }
+        }
+    }
     stats.set_up(None);
     // Bytes served are credited to when the segment's data arrived; a live
     // client fetches a segment within about one target duration of its
     // cut, so the rate is read over a window that far back, when every
     // client has fetched what falls in it.
     stats.set_rate_lag(segment * 2 + Duration::from_secs(1));
-    let mut seg = Segmenter::new(segment);
+    let mut seg = if disk.is_some() {
+        Segmenter::spilling(segment)
+    } else {
+        Segmenter::new(segment)
+    };
     let min_target = segment.as_secs_f64().round() as u64;
     let mut seq = 0u64;
     let mut started: Option<Instant> = None;
@@ -389,25 +558,87 @@ pub(crate) async fn run(
         let Some(chunk) = c else { break };
         let now = Instant::now();
         let from = *started.get_or_insert(now);
+        let mut done = Vec::new();
+        let mut ops = Vec::new();
         for c in seg.push(&chunk, now) {
             // The next segment's data starts arriving at this cut.
             let arrived = (started.unwrap_or(from), now);
             started = Some(now);
-            let seg = Segment {
+            let data = match &disk {
+                Some(d) => {
+                    ops.push(Op::Append(c.data));
+                    ops.push(Op::Close(seq));
+                    Body::File(d.file(seq))
+                }
+                None => Body::Mem(c.data),
+            };
+            done.push(Segment {
                 arrived,
                 seq,
                 secs: c.secs,
-                data: c.data,
+                data,
                 discontinuity: c.discontinuity,
                 at: c.at,
-            };
-            stream.push(seg, window, min_target);
+            });
             seq += 1;
         }
+        if let Some(mut d) = disk.take() {
+            if let Some(b) = seg.spill() {
+                ops.push(Op::Append(b));
+            }
+            if !ops.is_empty() {
+                let dir = d.dir.clone();
+                match blocking(move || {
+                    let r = d.apply(ops);
+                    (d, r)
+                })
+                .await
+                {
+                    Ok(back) => d = back,
+                    Err(e) => {
+                        // The segment in progress is lost (the next one
+                        // starts a new file); the playlist only lists what
+                        // was written.
+                        stats.set_error(format!("HLS segment write: {e}"));
+                        tracing::warn!("hls {path}: segment write: {e}");
+                        done.clear();
+                        d = Disk { dir, part: None };
+                    }
+                }
+            }
+            disk = Some(d);
+        }
+        let mut gone = Vec::new();
+        for s in done {
+            gone.extend(stream.push(s, window, min_target));
+        }
+        let files: Vec<_> = gone
+            .into_iter()
+            .filter_map(|s| match s.data {
+                Body::File(p) => Some(p),
+                Body::Mem(_) => None,
+            })
+            .collect();
+        if !files.is_empty() {
+            // Nobody waits for it: a client still reading one just gets it.
+            tokio::task::spawn_blocking(move || {
+                for f in files {
+                    let _ = std::fs::remove_file(f);
+                }
+            });
+        }
     }
+    unregister(&registry, &path, &stream);
+    if let Some(d) = disk {
+        // The output is gone: so are its segments (a few files).
+        let _ = std::fs::remove_dir_all(&d.dir);
+    }
+}
+
+fn unregister(registry: &HlsRegistry, path: &str, stream: &Arc<HlsStream>) {
     let mut r = registry.write();
-    if r.get(&path).is_some_and(|s| Arc::ptr_eq(s, &stream)) {
-        r.remove(&path);
+    if r.get(path).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+        r.remove(path);
     }
 }
 
@@ -438,13 +669,19 @@ pub(crate) async fn serve(
         };
     }
     let seq = file.strip_suffix(".ts").and_then(|n| n.parse::<u64>().ok());
-    match seq.and_then(|n| s.segment(n)) {
-        Some((b, (from, to))) => {
-            s.stats.add_spread(b.len(), from, to);
-            ([(header::CONTENT_TYPE, "video/mp2t")], b).into_response()
-        }
-        None => (StatusCode::NOT_FOUND, "no such segment").into_response(),
-    }
+    let Some((body, (from, to))) = seq.and_then(|n| s.segment(n)) else {
+        return (StatusCode::NOT_FOUND, "no such segment").into_response();
+    };
+    let b = match body {
+        Body::Mem(b) => b,
+        // Removed since (it slid out of the window): gone, as from memory.
+        Body::File(p) => match tokio::fs::read(&p).await {
+            Ok(v) => Bytes::from(v),
+            Err(_) => return (StatusCode::NOT_FOUND, "no such segment").into_response(),
+        },
+    };
+    s.stats.add_spread(b.len(), from, to);
+    ([(header::CONTENT_TYPE, "video/mp2t")], b).into_response()
 }
 
 #[cfg(test)]
@@ -583,7 +820,7 @@ mod tests {
                 let seg = Segment {
                     seq,
                     secs: cut.secs,
-                    data: cut.data.clone(),
+                    data: Body::Mem(cut.data.clone()),
                     discontinuity: cut.discontinuity,
                     at: cut.at,
                     arrived: (Instant::now(), Instant::now()),
@@ -707,6 +944,53 @@ mod tests {
         }
     }
 
+    /// The counters of every PID of the concatenated segments: (PID,
+    /// successive continuity counters of its payload packets).
+    fn counters(data: &[u8]) -> HashMap<u16, Vec<u8>> {
+        let mut m: HashMap<u16, Vec<u8>> = HashMap::new();
+        for p in data.chunks_exact(TS) {
+            if p[3] & 0x10 != 0 {
+                m.entry(ts::pid(p)).or_default().push(p[3] & 0x0F);
+            }
+        }
+        m
+    }
+
+    /// Issue 25 item 3: a player reading the segments of the playlist one
+    /// after another must see PAT and PMT counters that run on by exactly
+    /// one (no duplicate, no jump), also when a UDP input hands over a
+    /// burst holding several PAT/PMT repetitions after the keyframe where
+    /// a segment is cut. Every other PID's counters run on too.
+    #[test]
+    fn psi_counters_run_on_across_segments_in_bursts() {
+        let chunks = generated(400, |_| 0);
+        let runs: Vec<(usize, Vec<u8>)> = [1, 7, 40, 100]
+            .into_iter()
+            .map(|per| {
+                let (cuts, _, _) = play(&merge(chunks.clone(), 0..400, per));
+                assert!(cuts.len() >= 5, "{per}: {} segments", cuts.len());
+                (per, cuts.iter().flat_map(|c| c.data.to_vec()).collect())
+            })
+            .collect();
+        // What a tolerant demuxer sees (one repeated counter allowed) ...
+        for (per, all) in &runs {
+            let mut an = castpoint_sim::tsgen::TsAnalyzer::new();
+            an.feed(all, 0);
+            assert_eq!(an.report().cc_errors, 0, "{per}: {:?}", an.pids());
+        }
+        // ... and a strict one (ffmpeg's check flags a repeat too).
+        for (per, all) in &runs {
+            for (pid, ccs) in counters(all) {
+                if pid != 0 && pid != 0x1000 {
+                    continue;
+                }
+                for w in ccs.windows(2) {
+                    assert_eq!(w[1], (w[0] + 1) & 0x0F, "{per}: PID {pid:#x}: {ccs:?}");
+                }
+            }
+        }
+    }
+
     /// A stream that never sends another keyframe is still cut at the hard
     /// maximum on media time, at a frame boundary.
     #[test]
@@ -734,7 +1018,7 @@ mod tests {
             let seg = Segment {
                 seq,
                 secs: if seq == 2 { 2.6 } else { 2.0 },
-                data: Bytes::new(),
+                data: Body::Mem(Bytes::new()),
                 discontinuity: d,
                 at,
                 arrived: (Instant::now(), Instant::now()),

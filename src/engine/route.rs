@@ -678,11 +678,17 @@ impl RouteTask {
     }
 
     fn publish_outputs(&self) {
+        let udp_outputs = self
+            .outputs
+            .iter()
+            .filter(|o| o.is_direct_udp() && o.spec.enabled)
+            .count();
         let pace = read_pace(
             self.outputs
                 .iter()
                 .filter(|o| o.spec.enabled)
                 .map(|o| &o.spec.kind),
+            self.coalesce.hold(udp_outputs).unwrap_or(Duration::ZERO),
         );
         self.shared
             .read_pace_us
@@ -785,12 +791,16 @@ const MAX_READ_PACE: Duration = Duration::from_millis(10);
 /// every few ms and hands libsrt what it found). Only when every output
 /// tolerates it: an SRT output `srt::burst_window`, queued outputs
 /// (HTTP-TS, HLS, recording, RTMP: TCP or files, buffered anyway) 10 ms,
-/// UDP outputs nothing (they have `udp_coalesce`). No outputs: no pacing.
-pub(crate) fn read_pace<'a>(kinds: impl Iterator<Item = &'a OutputKind>) -> Duration {
+/// UDP outputs the route's `udp_coalesce` hold (`udp_hold`; zero: none).
+/// No outputs: no pacing.
+pub(crate) fn read_pace<'a>(
+    kinds: impl Iterator<Item = &'a OutputKind>,
+    udp_hold: Duration,
+) -> Duration {
     let mut pace: Option<Duration> = None;
     for k in kinds {
         let t = match k {
-            OutputKind::Udp { .. } => Duration::ZERO,
+            OutputKind::Udp { .. } => udp_hold,
             OutputKind::Srt(sp) => super::srt::burst_window(sp),
             _ => MAX_READ_PACE,
         };
@@ -1021,6 +1031,10 @@ mod tests {
         assert_eq!(choose_input(Some(5), true, T, Some(0), &inputs, now), None);
     }
 
+    fn read_pace0<'a>(k: impl Iterator<Item = &'a OutputKind>) -> Duration {
+        read_pace(k, Duration::ZERO)
+    }
+
     #[test]
     fn read_pace_is_the_least_any_output_tolerates() {
         let udp = OutputKind::Udp {
@@ -1029,16 +1043,21 @@ mod tests {
         };
         let http = OutputKind::Http { path: "x".into() };
         // Nothing to serve: read as data comes.
-        assert_eq!(read_pace([].iter()), Duration::ZERO);
+        assert_eq!(read_pace0([].iter()), Duration::ZERO);
         // SRT: a fifth of its latency; queued outputs 10 ms.
-        assert_eq!(read_pace([srt(25)].iter()), Duration::from_millis(5));
+        assert_eq!(read_pace0([srt(25)].iter()), Duration::from_millis(5));
         assert_eq!(
-            read_pace([srt(50), srt(20)].iter()),
+            read_pace0([srt(50), srt(20)].iter()),
             Duration::from_millis(4)
         );
-        assert_eq!(read_pace([http.clone()].iter()), MAX_READ_PACE);
-        assert_eq!(read_pace([srt(2000)].iter()), MAX_READ_PACE);
-        // Any UDP output: never paced.
-        assert_eq!(read_pace([srt(50), udp, http].iter()), Duration::ZERO);
+        assert_eq!(read_pace0([http.clone()].iter()), MAX_READ_PACE);
+        assert_eq!(read_pace0([srt(2000)].iter()), MAX_READ_PACE);
+        // Any UDP output: paced by its hold only.
+        assert_eq!(
+            read_pace0([srt(50), udp.clone(), http.clone()].iter()),
+            Duration::ZERO
+        );
+        let hold = Duration::from_micros(1500);
+        assert_eq!(read_pace([srt(50), udp, http].iter(), hold), hold);
     }
 }

@@ -72,6 +72,7 @@ impl Engine {
                 path,
                 segment,
                 window,
+                store,
             } => spawn_on(
                 t,
                 rt,
@@ -81,6 +82,8 @@ impl Engine {
                     self.inner.hls.clone(),
                     *segment,
                     *window,
+                    (*store == spec::HlsStore::Disk)
+                        .then(|| self.inner.data_dir.join("hls").join(path)),
                     s,
                     c,
                 ),

@@ -169,6 +169,19 @@ pub struct OutputSpec {
     pub source: OutputSource,
 }
 
+/// Where an HLS output keeps its finished segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HlsStore {
+    /// Files under `data_dir/hls/{path}/`: the process holds only the
+    /// segment in progress, written out every `hls::SPILL` bytes (the
+    /// kernel's page cache keeps recent files, and gives the memory back
+    /// under pressure).
+    #[default]
+    Disk,
+    /// The whole window in the process's memory (no disk writes).
+    Memory,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputKind {
     Udp {
@@ -190,6 +203,7 @@ pub enum OutputKind {
         path: String,
         segment: Duration,
         window: usize,
+        store: HlsStore,
     },
     Srt(SrtSpec),
     /// RTMP/RTMPS push through an ffmpeg child (`url` + `/` + `key`).

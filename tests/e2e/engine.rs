@@ -1800,9 +1800,9 @@ enabled = true
 
 /// Issue 17 item 6: an HLS viewer concatenates the segments of the
 /// playlist; every segment starts with PAT and PMT (copies of the last
-/// ones sent, so their counters repeat once: a duplicate, which decoders
-/// and the viewers tool accept) and every PID's counters run on across
-/// segment boundaries. Investigated for the "one CC error at start" report:
+/// ones sent, renumbered by the output so that their counters run on by
+/// one, issue 25 item 3) and every PID's counters run on across segment
+/// boundaries. Investigated for the "one CC error at start" report:
 /// not reproduced; kept as a regression test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hls_segments_continue_every_pids_counters() {
@@ -1862,6 +1862,102 @@ window = 6
         "CC errors across {names:?}: {:?}",
         an.pids()
     );
+    src.abort();
+    app.stop().await;
+}
+
+/// Issue 25 (HLS memory): an HLS output keeps its finished segments as
+/// files under `<data dir>/hls/<path>/` (the default `store = "disk"`):
+/// the files are exactly the playlist's segments (plus the one in
+/// progress), what is served is what is on disk, slid-out segments are
+/// deleted, and `store = "memory"` writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_segments_live_on_disk_in_a_window_of_files() {
+    let app = TestApp::with_telemetry(
+        r#"
+[[route]]
+name = "h"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "disk"
+type = "hls"
+path = "d"
+segment = "1s"
+window = 3
+[[route.output]]
+name = "mem"
+type = "hls"
+path = "m"
+segment = "1s"
+window = 3
+store = "memory"
+"#,
+    )
+    .await;
+    let src = source(input_addr(&app, "h", 0).await, Gen::new(0));
+    let http = app.addrs.http.expect("http");
+    let dir = app.data_dir().join("hls").join("d");
+    let c = reqwest::Client::new();
+    let names = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    // Wait until segments have slid out (the first is number 0).
+    let end = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        assert!(Instant::now() < end, "the window never slid");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let Ok(r) = c
+            .get(format!("http://{http}/hls/d/index.m3u8"))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let n = names(&r.text().await.unwrap_or_default());
+        if n.len() == 3 && n[0] != "0.ts" && n[0] != "1.ts" {
+            break n;
+        }
+    };
+    let body = c
+        .get(format!("http://{http}/hls/d/{}", listed[0]))
+        .send()
+        .await
+        .expect("segment")
+        .bytes()
+        .await
+        .expect("body");
+    assert!(body.len() > 2 * 188 && body[0] == 0x47, "{}", body.len());
+    // The segment's file holds what was served (unless it slid out since).
+    if let Ok(f) = std::fs::read(dir.join(&listed[0])) {
+        assert_eq!(f, body.to_vec(), "{}", listed[0]);
+    }
+    // Every file is a listed segment, the one in progress, or (for a
+    // moment) one that just slid out: never more than the window + 2.
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("hls dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    assert!(files.len() <= 3 + 2, "{files:?}");
+    assert!(!files.iter().any(|f| f == "0.ts"), "0.ts kept: {files:?}");
+    for f in &files {
+        assert!(f == "part.ts" || f.ends_with(".ts"), "{files:?}");
+    }
+    // The memory store serves without files.
+    let m = c
+        .get(format!("http://{http}/hls/m/index.m3u8"))
+        .send()
+        .await
+        .expect("playlist")
+        .text()
+        .await
+        .expect("text");
+    assert!(!names(&m).is_empty(), "{m}");
+    assert!(!app.data_dir().join("hls").join("m").exists());
     src.abort();
     app.stop().await;
 }

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""UDP hold benchmark (issue 25 item 1): castpoint with 1 and 4 UDP outputs at 10 Mbit/s under several `udp_coalesce` settings, interleaved with N srt-live-transmit relays in the same run; prints CPU % (process, and whole-machine softirq over the same window), the castpoint/srt-live-transmit CPU ratio and added latency p50/p99.
+
+Usage: python3 bench/udp_hold.py [--bin target/release/castpoint] [--source FILE.ts]
+                                 [--n 1,4] [--settings off,auto] [--reps 3] [--secs 6]
+
+Built on bench/fanout.py (same 10 Mbit/s Python source, same probe, same
+unread sink sockets). Each repetition runs every castpoint setting and the
+peer back to back, so they share the machine's load; the table prints
+medians and every repetition's CPU figure. Softirq is machine-wide (other
+processes' network work lands there too): it is printed beside each row
+so that a setting that moves work into softirq cannot look cheaper than it
+is.
+"""
+import argparse
+import importlib.util
+import os
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent
+spec = importlib.util.spec_from_file_location("fanout", ROOT / "fanout.py")
+fanout = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fanout)
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def softirq():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[6], sum(v[:8])
+
+
+_measure = fanout.measure
+
+
+def measure_with_softirq(pids, probe, secs):
+    """fanout.measure, plus the machine's softirq % of one core over the same window."""
+    time.sleep(2)
+    probe.on = True
+    s0, c0, t0 = softirq(), fanout.cpu_ticks(pids), time.time()
+    time.sleep(secs)
+    s1, c1, t1 = softirq(), fanout.cpu_ticks(pids), time.time()
+    probe.on = False
+    cpu = (c1 - c0) / TICK / (t1 - t0) * 100
+    soft = (s1[0] - s0[0]) / TICK / (t1 - t0) * 100
+    lat = sorted(probe.lat)
+    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+    return cpu, fanout.rss_mib(pids), p(0.5), p(0.99), len(lat), soft
+
+
+fanout.measure = measure_with_softirq
+
+
+def med(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bin", default=str(ROOT.parent / "target/release/castpoint"))
+    ap.add_argument("--source", default=os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                                      "castpoint-bench-10mbit.ts"),
+                    help="10 Mbit/s TS file (made as bench/fanout.sh makes it when missing)")
+    ap.add_argument("--n", default="1,4")
+    ap.add_argument("--settings", default="off,auto")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--secs", type=float, default=6)
+    a = ap.parse_args()
+    if not os.path.exists(a.source):
+        import subprocess
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                        "testsrc=size=1280x720:rate=25", "-f", "lavfi", "-i", "sine",
+                        "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "8M", "-maxrate", "8M",
+                        "-bufsize", "2M", "-g", "50", "-c:a", "aac", "-muxrate", "10M", "-t", "20",
+                        "-f", "mpegts", a.source], check=True)
+    settings = a.settings.split(",")
+    load0 = os.getloadavg()
+    rows = []
+    for n in [int(x) for x in a.n.split(",")]:
+        runs = {s: [] for s in settings}
+        runs["slt"] = []
+        for r in range(a.reps):
+            for s in settings:
+                print(f"N={n} rep {r + 1}: castpoint udp_coalesce={s}", file=sys.stderr, flush=True)
+                runs[s].append(fanout.run_castpoint(a.bin, n, a.secs, a.source, s))
+            print(f"N={n} rep {r + 1}: srt-live-transmit", file=sys.stderr, flush=True)
+            runs["slt"].append(fanout.run_peers("slt", n, a.secs, a.source))
+        slt = med([x[0] for x in runs["slt"]])
+        for s in settings + ["slt"]:
+            xs = runs[s]
+            cpu = med([x[0] for x in xs])
+            name = "srt-live-transmit x N" if s == "slt" else f"castpoint udp_coalesce={s}"
+            rows.append((n, name, cpu, [round(x[0], 2) for x in xs], cpu / slt if slt else float("nan"),
+                         med([x[2] for x in xs]), med([x[3] for x in xs]), med([x[5] for x in xs])))
+    print(f"10 Mbit/s, {a.secs:.0f} s per run, {a.reps} interleaved reps (medians); load average "
+          f"{load0[0]:.1f} before, {os.getloadavg()[0]:.1f} after; {os.cpu_count()} cores")
+    print()
+    print("| N | relay | CPU % of a core | each rep | / srt-live-transmit | p50 ms | p99 ms | machine softirq % |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n, name, cpu, each, ratio, p50, p99, soft in rows:
+        print(f"| {n} | {name} | {cpu:.2f} | {each} | {ratio:.2f} | {p50:.2f} | {p99:.2f} | {soft:.1f} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
