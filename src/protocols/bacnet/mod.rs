@@ -40,6 +40,7 @@
 //! "conformance settings") with the reason next to it, so an upgrade of the
 //! stack cannot silently change what the device answers.
 
+pub mod alarms;
 pub mod config_objects;
 pub mod ede;
 pub mod objects;
