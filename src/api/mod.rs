@@ -44,6 +44,8 @@ pub struct ApiState {
     pub route_docs: Arc<parking_lot::Mutex<std::collections::BTreeMap<String, serde_json::Value>>>,
     /// Output profiles (config overlaid with stored ones; see `profiles.rs`).
     pub profiles: Option<Arc<profiles::Profiles>>,
+    /// The alarm runtime; `None` in tests without one.
+    pub alarms: Option<crate::alarms::Alarms>,
 }
 
 /// A JSON error response: `{"error": "...", "status": 404}`.
