@@ -288,6 +288,10 @@ async fn start_bacnet(cfg: &Config, w: &mut Wiring) {
         &cfg.server.data_dir,
         w.db.clone(),
         w.maps.clone(),
+        Some(crate::protocols::bacnet::AlarmSetup {
+            alarms: w.alarms.clone(),
+            classes: crate::protocols::bacnet::alarms::class_defs(&cfg.server.notification_class),
+        }),
         w.shutdown.clone(),
         &w.tasks,
     )

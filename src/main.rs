@@ -477,8 +477,13 @@ fn apikey_cmd(what: ApikeyCmd) -> ExitCode {
 
 fn export_ede(c: &Config, out: Option<PathBuf>) -> ExitCode {
     let stamp = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    let (ede, states) =
-        castpoint::protocols::bacnet::ede::export(&c.server.bacnet, &c.points, &c.maps, &stamp);
+    let (ede, states) = castpoint::protocols::bacnet::ede::export(
+        &c.server.bacnet,
+        &c.points,
+        &c.maps,
+        &castpoint::protocols::bacnet::alarms::class_defs(&c.server.notification_class),
+        &stamp,
+    );
     let Some(dir) = out else {
         print!("{ede}");
         return ExitCode::SUCCESS;

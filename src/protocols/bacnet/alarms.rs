@@ -53,6 +53,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bacnet_encoding::primitives::encode_timestamp_choice;
@@ -60,6 +61,8 @@ use bacnet_objects::event::{
     EnrollmentSummaryCapability, EventStateChange, EventTransition, EventTransitionCommit,
     EventTransitionCommitError, TransitionOutcome,
 };
+use bacnet_objects::notification_class::{FileNotificationClassPersistence, NotificationClass};
+use bacnet_types::bitstring::EventTransitionBits;
 use bacnet_types::enums::{
     ErrorClass, ErrorCode, EventState as BEventState, EventType, NotifyType,
     PropertyIdentifier as P,
@@ -70,9 +73,11 @@ use bytes::BytesMut;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
+use crate::alarms::config::NotificationClassTable;
 use crate::alarms::{AckFailure, AlarmRecord, Alarms};
 use crate::points::alarm::{
-    AckError, AlarmSpec, AlarmState, Algorithm, EventState, PerTransition, TransitionKind,
+    AckError, AlarmSpec, AlarmState, Algorithm, ClassRules, EventState, PerTransition,
+    TransitionKind,
 };
 use crate::points::{BacnetObjectType, PointId, Protocol, Source, Value};
 
@@ -168,8 +173,11 @@ pub fn same_time_stamp(asked: &BACnetTimeStamp, at: DateTime<Utc>) -> bool {
 /// the stack calls without either) to put in the audit trail.
 #[derive(Default)]
 pub struct AckSources {
-    by_object: Mutex<HashMap<u32, (Option<SocketAddr>, Option<String>)>>,
+    by_object: Mutex<HashMap<u32, Requester>>,
 }
+
+/// An acknowledger: its B/IP address and its Acknowledgment_Source.
+type Requester = (Option<SocketAddr>, Option<String>);
 
 impl AckSources {
     /// Bounded: an entry is taken by the ack it belongs to; a flood of
@@ -182,7 +190,7 @@ impl AckSources {
         m.insert(object, (peer, source));
     }
 
-    fn take(&self, object: u32) -> (Option<SocketAddr>, Option<String>) {
+    fn take(&self, object: u32) -> Requester {
         self.by_object.lock().remove(&object).unwrap_or_default()
     }
 }
@@ -535,6 +543,75 @@ pub fn read(
         _ => return None,
     }))
 }
+
+/// A notification class as configured (`[[notification_class]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassDef {
+    /// The class number, also the Notification Class object's instance.
+    pub id: u32,
+    pub name: String,
+    pub description: String,
+    pub rules: ClassRules,
+}
+
+/// The notification classes in force (the configured ones and the shipped
+/// defaults they do not replace), as the device serves them.
+pub fn class_defs(tables: &[NotificationClassTable]) -> Vec<ClassDef> {
+    crate::alarms::config::effective(tables)
+        .into_iter()
+        .map(|t| ClassDef {
+            id: t.id,
+            rules: t.rules(),
+            name: t.name,
+            description: t.description,
+        })
+        .collect()
+}
+
+/// The file in the data directory that keeps class `id`'s written
+/// Recipient_List (the stack's format: a tag, the object identifier, the
+/// encoded list; replaced whole on each save).
+pub fn recipient_list_file(data_dir: &Path, id: u32) -> PathBuf {
+    data_dir.join(format!("bacnet-notification-class-{id}.rcp"))
+}
+
+/// The Notification Class object of a configured class: Priority and
+/// Ack_Required from the configuration (the same `ClassRules` `Alarms`
+/// applies, so both sides agree on which transitions need an ack), the
+/// Recipient_List the network wrote last, kept in the data directory.
+pub fn notification_class(def: &ClassDef, data_dir: &Path) -> Result<NotificationClass, String> {
+    let store = FileNotificationClassPersistence::new(recipient_list_file(data_dir, def.id))
+        .map_err(|e| format!("notification class {}: {e}", def.id))?;
+    let mut nc = NotificationClass::with_persistence(def.id, def.name.clone(), Arc::new(store))
+        .map_err(|e| format!("notification class {}: {e}", def.id))?;
+    let p = def.rules.priority;
+    nc.priority = [p.to_offnormal, p.to_fault, p.to_normal];
+    let a = def.rules.ack_required;
+    let mut bits = EventTransitionBits::empty();
+    for (on, bit) in [
+        (a.to_offnormal, EventTransitionBits::TO_OFFNORMAL),
+        (a.to_fault, EventTransitionBits::TO_FAULT),
+        (a.to_normal, EventTransitionBits::TO_NORMAL),
+    ] {
+        if on {
+            bits |= bit;
+        }
+    }
+    nc.ack_required = bits;
+    nc.set_description(if def.description.is_empty() {
+        format!("castpoint notification class {}", def.id)
+    } else {
+        def.description.clone()
+    });
+    Ok(nc)
+}
+
+/// Properties of a Notification Class that the stack's object would take
+/// from the network but castpoint keeps as configuration (the class number
+/// ties points to it; the description is generated): refused with
+/// WRITE_ACCESS_DENIED like every read-only property. Recipient_List is
+/// the one writable property.
+pub const CLASS_READ_ONLY: [P; 2] = [P::NOTIFICATION_CLASS, P::DESCRIPTION];
 
 /// The event properties that are lists or arrays.
 pub fn is_array(property: P) -> bool {

@@ -1,6 +1,8 @@
 //! EDE 2.3 export (the semicolon CSV "Engineering Data Exchange" point list BMS integrators import) of the BACnet device.
 
+use super::alarms::ClassDef;
 use super::BacnetSection;
+use crate::points::alarm::Algorithm;
 use crate::points::Maps;
 use crate::points::{BacnetObjectType, PointDef};
 
@@ -43,6 +45,7 @@ pub fn export(
     b: &BacnetSection,
     points: &[PointDef],
     maps: &Maps,
+    classes: &[ClassDef],
     stamp: &str,
 ) -> (String, String) {
     let dev = b.device_instance;
@@ -98,8 +101,18 @@ pub fn export(
             }
             _ => (String::new(), String::new()),
         };
+        // hi-limit / low-limit: the alarm's High_Limit / Low_Limit (the
+        // object's own properties), where it has them.
+        let (hi, lo) = match def.alarm.as_ref().map(|a| &a.algorithm) {
+            Some(Algorithm::OutOfRange {
+                high_limit,
+                low_limit,
+                ..
+            }) => (num(*high_limit), num(*low_limit)),
+            _ => (String::new(), String::new()),
+        };
         ede.push_str(&format!(
-            "{key};{dev};{name};{ty};{inst};{desc};{default};{min};{max};{settable};Y;;;{state_ref};{unit};{short}{inst}\n",
+            "{key};{dev};{name};{ty};{inst};{desc};{default};{min};{max};{settable};Y;{hi};{lo};{state_ref};{unit};{short}{inst}\n",
             key = cell(&def.id),
             name = cell(&def.name),
             ty = type_number(o.object_type),
@@ -121,6 +134,16 @@ pub fn export(
             inst = t.instance,
             short = t.logged_type.short(),
             li = t.logged_instance,
+        ));
+    }
+    // Notification Classes (object type 15): the Recipient_List is their
+    // one writable property, not a present value, so "settable" is N.
+    for c in classes {
+        ede.push_str(&format!(
+            "notification_class_{id};{dev};{name};15;{id};{desc};;;;N;N;;;;;NC{id}\n",
+            id = c.id,
+            name = cell(&c.name),
+            desc = cell(&c.description),
         ));
     }
     (ede, states)

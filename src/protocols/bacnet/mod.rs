@@ -55,6 +55,7 @@ use std::time::Duration;
 use bacnet_objects::database::ObjectDatabase;
 use bacnet_objects::device::{DeviceConfig, DeviceObject, EXECUTED_SERVICES};
 use bacnet_objects::network_port::{BipPortConfig, NetworkPortObject};
+use bacnet_objects::notification_class::NotificationClass;
 use bacnet_objects::property_metadata::PropertyWriteCapability;
 use bacnet_objects::traits::BACnetObject;
 use bacnet_objects::DeviceIdentity;
@@ -336,15 +337,103 @@ pub fn broadcast_for(ip: Ipv4Addr) -> Ipv4Addr {
     Ipv4Addr::BROADCAST
 }
 
-/// The point objects of the BACnet map, in map order.
+/// The point objects of the BACnet map, in map order (without alarms).
 pub fn point_objects(db: &PointDb, maps: &Maps) -> Result<Vec<PointObject>, String> {
+    point_objects_with(db, maps, None)
+}
+
+/// What the device needs of castpoint's alarm runtime (alarms.rs): the
+/// runtime, and the configured notification classes it routes through.
+#[derive(Clone)]
+pub struct AlarmSetup {
+    pub alarms: crate::alarms::Alarms,
+    pub classes: Vec<alarms::ClassDef>,
+}
+
+/// The alarm side of the device: every object with an alarm is attached
+/// here when it is built (server points at start-up, route blocks whenever
+/// their objects are made), so the sync loop finds the object a transition
+/// belongs to. The generic hook for any point's object: [`AlarmHooks::attach`].
+pub struct AlarmHooks {
+    setup: AlarmSetup,
+    acks: Arc<alarms::AckSources>,
+    /// Point index -> its object and link.
+    links: parking_lot::Mutex<
+        std::collections::HashMap<usize, (ObjectIdentifier, Arc<alarms::AlarmLink>)>,
+    >,
+}
+
+impl AlarmHooks {
+    pub fn new(setup: AlarmSetup) -> AlarmHooks {
+        AlarmHooks {
+            setup,
+            acks: Arc::new(alarms::AckSources::default()),
+            links: Default::default(),
+        }
+    }
+
+    /// `obj` made alarm-capable when its point has an alarm (unchanged
+    /// otherwise), and registered for the point's transitions.
+    pub fn attach(&self, db: &PointDb, point: PointId, obj: PointObject) -> PointObject {
+        let Some(spec) = self.setup.alarms.spec(point).cloned() else {
+            return obj;
+        };
+        let Some(name) = db.def(point).map(|d| d.id.clone()) else {
+            return obj;
+        };
+        let oid = obj.object_identifier();
+        let link = Arc::new(alarms::AlarmLink::new(
+            self.setup.alarms.clone(),
+            point,
+            name,
+            spec,
+            u32::from_be_bytes(oid.encode()),
+            Arc::clone(&self.acks),
+        ));
+        self.links
+            .lock()
+            .insert(point.index(), (oid, Arc::clone(&link)));
+        obj.with_alarm(link)
+    }
+
+    /// Queues a transition on its object's link; the object to poke.
+    fn take(&self, db: &PointDb, ev: crate::alarms::AlarmEvent) -> Option<ObjectIdentifier> {
+        let crate::alarms::AlarmEvent::Transition(rec) = ev else {
+            // An acknowledgement shows in Acked_Transitions at once (a view);
+            // the stack's ACK_NOTIFICATION follows its own AcknowledgeAlarm.
+            return None;
+        };
+        let id = db.lookup(&rec.point)?;
+        let links = self.links.lock();
+        let (oid, link) = links.get(&id.index())?;
+        link.enqueue(&rec);
+        Some(*oid)
+    }
+
+    /// How many transitions `oid` holds for the stack.
+    fn queued(&self, oid: &ObjectIdentifier) -> usize {
+        self.links
+            .lock()
+            .values()
+            .find(|(o, _)| o == oid)
+            .map_or(0, |(_, l)| l.queued())
+    }
+}
+
+/// The point objects of the BACnet map, in map order, alarm-capable where
+/// the point has an alarm and `alarm` is given.
+pub fn point_objects_with(
+    db: &PointDb,
+    maps: &Maps,
+    alarm: Option<&AlarmHooks>,
+) -> Result<Vec<PointObject>, String> {
     let mut out = Vec::with_capacity(maps.bacnet.objects.len());
     for o in &maps.bacnet.objects {
         let def = db
             .def(o.point)
             .ok_or_else(|| format!("bacnet: mapped point #{} does not exist", o.point.0))?;
         let units = units::units_code(def, o, maps.bacnet.bitrate_units_fallback)?;
-        let obj = PointObject::new(db.clone(), o.point, def, o.object_type, o.instance, units)
+        let mut obj = PointObject::new(db.clone(), o.point, def, o.object_type, o.instance, units)
             .map_err(|e| {
                 format!(
                     "bacnet: object {}{}: {e}",
@@ -352,6 +441,9 @@ pub fn point_objects(db: &PointDb, maps: &Maps) -> Result<Vec<PointObject>, Stri
                     o.instance
                 )
             })?;
+        if let Some(hooks) = alarm {
+            obj = hooks.attach(db, o.point, obj);
+        }
         out.push(obj);
     }
     Ok(out)
@@ -402,6 +494,7 @@ fn database(
     db: &PointDb,
     points: Vec<PointObject>,
     logs: Vec<PointTrendLog>,
+    classes: Vec<NotificationClass>,
     restart: RestartReason,
 ) -> Result<ObjectDatabase, BacnetError> {
     let site = db.site();
@@ -437,6 +530,7 @@ fn database(
     }
     oids.extend(points.iter().map(|p| p.object_identifier()));
     oids.extend(logs.iter().map(|l| l.object_identifier()));
+    oids.extend(classes.iter().map(|c| c.object_identifier()));
     let types = served_types(&oids);
     device.set_object_list(oids);
     let mut odb = ObjectDatabase::new();
@@ -452,6 +546,9 @@ fn database(
     }
     for l in logs {
         odb.add(Box::new(l))?;
+    }
+    for c in classes {
+        odb.add(Box::new(c))?;
     }
     Ok(odb)
 }
@@ -537,6 +634,7 @@ pub async fn start(
     data_dir: &std::path::Path,
     db: PointDb,
     maps: Arc<Maps>,
+    alarm: Option<AlarmSetup>,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<SocketAddr, String> {
@@ -559,7 +657,22 @@ pub async fn start(
         bind_ip
     };
     let broadcast = opts.broadcast.unwrap_or_else(|| broadcast_for(ip));
-    let points = point_objects(&db, &maps)?;
+    // Subscribed before the objects exist, so no transition between the two
+    // is missed (one made before is shown by the objects' state, only not
+    // notified: the device was not up to notify it).
+    let alarm_rx = alarm.as_ref().map(|a| a.alarms.subscribe());
+    let hooks = alarm.clone().map(|a| Arc::new(AlarmHooks::new(a)));
+    let points = point_objects_with(&db, &maps, hooks.as_deref())?;
+    let classes = match &alarm {
+        Some(a) => a
+            .classes
+            .iter()
+            .map(|c| alarms::notification_class(c, data_dir))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("bacnet: {e}"))?,
+        None => Vec::new(),
+    };
+    let class_oids: Vec<ObjectIdentifier> = classes.iter().map(|c| c.object_identifier()).collect();
     // Subscribe before the logs read the history, so no change between the
     // two is missed (a change already in the history is skipped by time).
     let rx = db.subscribe();
@@ -575,7 +688,8 @@ pub async fn start(
     let id = identity(cfg, &opts, ip, bind.port(), uuid).map_err(|e| format!("bacnet: {e}"))?;
     let n_logs = logs.len();
     let restart_reason = RestartReason::default();
-    let odb = database(&id, &db, points, logs, restart_reason.clone())
+    let n_classes = classes.len();
+    let odb = database(&id, &db, points, logs, classes, restart_reason.clone())
         .map_err(|e| format!("bacnet: {e}"))?;
     let port_writable: Vec<(ObjectIdentifier, u32)> = odb
         .find_by_type(ObjectType::NETWORK_PORT)
@@ -589,6 +703,13 @@ pub async fn start(
                 .filter(|r| r.write_capability != PropertyWriteCapability::ReadOnly)
                 .map(move |r| (oid, r.property_identifier.to_raw()))
         })
+        // A Notification Class's number and description are configuration
+        // (alarms.rs); only its Recipient_List is the network's to write.
+        .chain(class_oids.iter().flat_map(|oid| {
+            alarms::CLASS_READ_ONLY
+                .iter()
+                .map(move |p| (*oid, p.to_raw()))
+        }))
         .collect();
     if cfg.vendor_id == DEFAULT_VENDOR_ID {
         tracing::warn!(
@@ -625,13 +746,21 @@ pub async fn start(
     // the same settings as `bip_builder`, which builds this BipTransport
     // the same way.
     let mut builder = BACnetServer::<Link>::generic_builder()
-        .transport(transport::Filtered::new(
-            link,
-            port_writable
-                .iter()
-                .map(|(o, p)| (o.encode(), *p))
-                .collect(),
-        ))
+        .transport(
+            transport::Filtered::new(
+                link,
+                port_writable
+                    .iter()
+                    .map(|(o, p)| (o.encode(), *p))
+                    .collect(),
+            )
+            .with_ack_sources(
+                hooks
+                    .as_ref()
+                    .map(|h| Arc::clone(&h.acks))
+                    .unwrap_or_default(),
+            ),
+        )
         .device(id)
         .database(odb);
     // The stack keeps a registered Network Port's address in step with the
@@ -765,23 +894,44 @@ pub async fn start(
         tracing::warn!("bacnet: start-up I-Am not sent: {e}");
     }
     tracing::info!(
-        "bacnet: device {} on {bound} (broadcast {broadcast}), {} objects, {n_logs} trend logs",
+        "bacnet: device {} on {bound} (broadcast {broadcast}), {} objects, {n_logs} trend logs, {n_classes} notification classes",
         cfg.device_instance,
         by_point.len()
     );
-    tasks.spawn(run(server, db, rx, by_point, feeds, shutdown));
+    let events = alarm_rx
+        .zip(hooks)
+        .map(|(rx, hooks)| AlarmFeed { rx, hooks });
+    tasks.spawn(run(server, db, rx, by_point, feeds, events, shutdown));
     Ok(bound)
 }
 
+/// The alarm transitions the device distributes: each one `Alarms`
+/// broadcasts is queued on its object's link (alarms.rs) and the object is
+/// poked, so the stack takes it and notifies the recipients.
+struct AlarmFeed {
+    rx: tokio::sync::broadcast::Receiver<crate::alarms::AlarmEvent>,
+    hooks: Arc<AlarmHooks>,
+}
+
+/// The next alarm event (pending forever without a feed).
+async fn next_alarm(feed: &mut Option<AlarmFeed>) -> Result<crate::alarms::AlarmEvent, RecvError> {
+    match feed {
+        Some(f) => f.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Owns the running stack: pushes every database change of a mapped point to
-/// it (COV), moves new history samples and quality changes into the Trend
-/// Logs, and stops it on shutdown.
+/// it (COV), hands it castpoint's alarm transitions to notify, moves new
+/// history samples and quality changes into the Trend Logs, and stops it on
+/// shutdown.
 async fn run(
     mut server: BACnetServer<Link>,
     db: PointDb,
     mut rx: tokio::sync::broadcast::Receiver<crate::points::Change>,
     by_point: Vec<(PointId, ObjectIdentifier)>,
     mut feeds: Vec<TrendFeed>,
+    mut events: Option<AlarmFeed>,
     shutdown: CancellationToken,
 ) {
     // Point index -> position in `by_point` / `feeds`, so the hot path never
@@ -799,6 +949,8 @@ async fn run(
         }
     }
     let mut dirty = vec![false; by_point.len()];
+    // Objects holding transitions for the stack (few: a set kept as a list).
+    let mut alarm_dirty: Vec<ObjectIdentifier> = Vec::new();
     let mut log_dirty = vec![false; feeds.len()];
     // `/metrics` reads the stack's COV subscription count from here: on
     // every batch of changes, and at least every 5 s.
@@ -817,6 +969,31 @@ async fn run(
                 Err(RecvError::Lagged(_)) => lagged = true,
                 Err(RecvError::Closed) => break,
             },
+            ev = next_alarm(&mut events) => match ev {
+                Ok(ev) => {
+                    if let Some(oid) = events.as_ref().and_then(|f| f.hooks.take(&db, ev)) {
+                        if !alarm_dirty.contains(&oid) {
+                            alarm_dirty.push(oid);
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    // The transitions stay in Alarms' history and in every
+                    // object's Event_State; only their notification is lost.
+                    tracing::warn!("bacnet: {n} alarm transitions not notified (feed lagged)");
+                }
+                Err(RecvError::Closed) => events = None,
+            },
+        }
+        // Transitions that came with this batch.
+        if let Some(f) = &mut events {
+            while let Ok(ev) = f.rx.try_recv() {
+                if let Some(oid) = f.hooks.take(&db, ev) {
+                    if !alarm_dirty.contains(&oid) {
+                        alarm_dirty.push(oid);
+                    }
+                }
+            }
         }
         // Coalesce a burst (telemetry sets many points at once) into one
         // evaluation per object.
@@ -868,6 +1045,19 @@ async fn run(
             match tokio::time::timeout(COV_PUSH_WAIT, push).await {
                 Ok(Ok(())) | Err(_) => {}
                 Ok(Err(e)) => tracing::debug!("bacnet: COV push for {oid:?}: {e}"),
+            }
+        }
+        // Each poke runs the stack's per-change event pass once, which
+        // takes one queued transition: poke as often as there are (the
+        // stack's one-second tick takes any a lost poke leaves).
+        for oid in std::mem::take(&mut alarm_dirty) {
+            let queued = events.as_ref().map_or(0, |f| f.hooks.queued(&oid));
+            for _ in 0..queued {
+                let push = server.set_present_value_local(&oid, PropertyValue::Real(0.0));
+                match tokio::time::timeout(COV_PUSH_WAIT, push).await {
+                    Ok(Ok(())) | Err(_) => {}
+                    Ok(Err(e)) => tracing::debug!("bacnet: event push for {oid:?}: {e}"),
+                }
             }
         }
     }
