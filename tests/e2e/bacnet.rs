@@ -1096,6 +1096,16 @@ async fn event_services_list_the_alarms_and_logs_do_not_claim_reporting() {
     assert_eq!(f[f.len() - 4..], [0x82, 0x04, 0xC0, 0x3F], "{f:02x?}");
     let n = c.call(&rp(4, AI, 3, 17)).await;
     assert_eq!(n[n.len() - 3..], [0x21, 0x03, 0x3F], "{n:02x?}");
+    // Paging: Last_Received_Object_Identifier [0] = AI3 answers from the
+    // objects after it (Server Status, MSV0, is in FAULT too: no source).
+    let mut after = vec![0x0C];
+    after.extend(oid(AI, 3));
+    let p = c.call(&confirmed(9, 29, &after)).await;
+    assert_eq!(p[..4], [0x30, 9, 29, 0x0E], "{p:02x?}");
+    assert!(!p.windows(5).any(|w| w == ai3.as_slice()), "{p:02x?}");
+    let mut msv0 = vec![0x0C];
+    msv0.extend(oid(19, 0));
+    assert!(p.windows(5).any(|w| w == msv0.as_slice()), "{p:02x?}");
     // GetAlarmSummary (3) lists it too.
     let s = c.call(&confirmed(5, 3, &[])).await;
     assert_eq!(s[..3], [0x30, 5, 3], "{s:02x?}");
@@ -1114,7 +1124,7 @@ async fn event_services_list_the_alarms_and_logs_do_not_claim_reporting() {
     // The Trend Logs do not advertise intrinsic reporting they cannot do:
     // Notification_Class (17) and Event_Enable (35) are unknown properties.
     for (i, prop) in [17u32, 35, 0, 130].into_iter().enumerate() {
-        let e = c.call(&rp(7 + i as u8, TREND_LOG, 3, prop)).await;
+        let e = c.call(&rp(10 + i as u8, TREND_LOG, 3, prop)).await;
         assert_eq!(error_of(&e), (2, 32), "TL3 property {prop}: {e:02x?}");
     }
     app.stop().await;
