@@ -3,6 +3,7 @@ import asyncio
 import json
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -317,6 +318,16 @@ def test_recipient_gets_notified_acks_and_sees_the_ack(alarm_server):
             assert (str(ev.fromState), str(ev.toState)) == ("offnormal", "normal")
             assert not ev.ackRequired and ev.priority == 200
             assert str(await app.read_property(addr, obj, "event-state")) == "normal"
+
+            # An unconfirmed recipient gets UnconfirmedEventNotification.
+            await app.write_property(addr, nc, "recipient-list",
+                                     ListOf(Destination)([destination(port, confirmed=False)]))
+            src.running.clear()
+            _, confirmed, ev = await next_event(app, INPUT_STATUS, "alarm", 10)
+            assert not confirmed
+            assert (str(ev.fromState), str(ev.toState)) == ("normal", "offnormal")
+            assert ev.processIdentifier == 7 and ev.ackRequired
+            src.running.set()
         finally:
             app.close()
 
@@ -326,7 +337,10 @@ def test_recipient_gets_notified_acks_and_sees_the_ack(alarm_server):
     assert timings["offnormal"] < 2.0, timings
 
     if srv.capture:
-        srv.capture.terminate()
+        # SIGINT: tshark stops the capture and writes out what it buffered
+        # (SIGTERM loses the tail of the run).
+        time.sleep(0.5)
+        srv.capture.send_signal(signal.SIGINT)
         srv.capture.wait(timeout=10)
         out = subprocess.run(
             ["tshark", "-r", str(srv.pcap), "-d", f"udp.port=={bport},bvlc", "-T", "fields",
@@ -334,10 +348,12 @@ def test_recipient_gets_notified_acks_and_sees_the_ack(alarm_server):
             capture_output=True, text=True, check=True).stdout
         rows = [r.split("\t") for r in out.splitlines()]
         malformed = [r for r in rows if len(r) > 2 and r[2]]
-        # 2 = confirmedEventNotification, 0 = acknowledgeAlarm.
+        # confirmed 2 = confirmedEventNotification, 0 = acknowledgeAlarm;
+        # unconfirmed 3 = unconfirmedEventNotification.
         services = {r[0] for r in rows}
         print(f"tshark: {len(rows)} BACnet frames, {len(malformed)} malformed")
         assert "2" in services and "0" in services, services
+        assert "3" in {r[1] for r in rows if len(r) > 1}, sorted({tuple(r) for r in rows})
         assert malformed == [], malformed
 
 
