@@ -396,3 +396,57 @@ def test_recipient_list_survives_a_restart(tmp_path):
     finally:
         srv.stop()
     assert list(pathlib.Path(data).glob("bacnet-notification-class-2.rcp")), "no file kept it"
+
+
+def test_an_unanswered_confirmed_notification_is_retried(alarm_server):
+    """A recipient that never answers gets the ConfirmedEventNotification
+    1 + Number_Of_APDU_Retries times, APDU_Timeout apart, same invoke id."""
+    srv, src = alarm_server
+    until("the input ACTIVE", lambda: rest(srv, "/api/points/input_status").get("state") == "ACTIVE")
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.settimeout(0.2)
+    addr = Address(f"127.0.0.1:{srv.addrs['bacnet'][1]}")
+
+    async def setup():
+        app = receiver(free_udp_port())
+        try:
+            obj = ObjectIdentifier(INPUT_STATUS)
+            end = time.monotonic() + 15
+            while str(await app.read_property(addr, obj, "event-state")) != "normal":
+                assert time.monotonic() < end
+                await asyncio.sleep(0.1)
+            dev = ObjectIdentifier(f"device,{DEVICE}")
+            timeout = await app.read_property(addr, dev, "apdu-timeout")
+            retries = await app.read_property(addr, dev, "number-of-apdu-retries")
+            await app.write_property(addr, ObjectIdentifier(CLASS), "recipient-list",
+                                     ListOf(Destination)([destination(silent.getsockname()[1])]))
+            return int(timeout), int(retries)
+        finally:
+            app.close()
+
+    try:
+        timeout_ms, retries = asyncio.run(asyncio.wait_for(setup(), 30))
+        src.running.clear()
+        got = []
+        end = time.monotonic() + 3 + (retries + 1) * timeout_ms / 1000 + 2
+        while time.monotonic() < end:
+            try:
+                data = silent.recv(2048)
+            except socket.timeout:
+                continue
+            # BVLC (4) + NPDU version/control (2), then the APDU: a
+            # Confirmed-Request (type 0) of service 2 about Input Status
+            # ([2] event object MSV2; Stream Status, class 1 too, follows).
+            apdu = data[6:]
+            msv2 = bytes([0x2C]) + ((19 << 22) | 2).to_bytes(4, "big")
+            if len(apdu) > 4 and apdu[0] >> 4 == 0 and apdu[3] == 2 and msv2 in apdu:
+                got.append((time.monotonic(), apdu[2]))
+        print(f"APDU_Timeout {timeout_ms} ms, retries {retries}: {len(got)} sends, "
+              f"gaps {[round(b[0] - a[0], 2) for a, b in zip(got, got[1:])]}")
+        assert len(got) == retries + 1, got
+        assert len({i for _, i in got}) == 1, "one transaction, one invoke id"
+        for a, b in zip(got, got[1:]):
+            assert b[0] - a[0] >= timeout_ms / 1000 * 0.8, got
+    finally:
+        silent.close()

@@ -504,6 +504,13 @@ fn database(
         model_name: "castpoint streaming router".into(),
         firmware_revision: env!("CARGO_PKG_VERSION").into(),
         application_software_version: env!("CARGO_PKG_VERSION").into(),
+        // APDU_Timeout / Number_Of_APDU_Retries state what the device does
+        // with its own confirmed requests (event and COV notifications):
+        // the stack waits its fixed `cov_retry_timeout_ms` (3000, no
+        // builder setting) and retries DEFAULT_APDU_RETRIES (3) times. The
+        // Device object's default timeout (6000) would misstate it.
+        apdu_timeout: 3000,
+        apdu_retries: 3,
         ..DeviceConfig::default()
     })?;
     device.set_services_supported(id.services());
