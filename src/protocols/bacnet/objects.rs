@@ -226,11 +226,6 @@ impl PointObject {
         self
     }
 
-    /// The object's alarm link, if the point has an alarm.
-    pub fn alarm_link(&self) -> Option<Arc<AlarmLink>> {
-        self.alarm.clone()
-    }
-
     /// The point's alarm state, if it has an alarm.
     fn alarm_state(&self) -> Option<crate::points::alarm::EventState> {
         self.alarm.as_ref().map(|l| l.live().event_state)
