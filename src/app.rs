@@ -289,11 +289,17 @@ async fn start_bacnet(cfg: &Config, w: &mut Wiring) {
         stride: rp.bacnet_instance_stride,
     };
     let started = crate::protocols::bacnet::start(
-        b,
-        rule,
-        &cfg.server.data_dir,
+        crate::protocols::bacnet::DeviceSetup {
+            cfg: b,
+            route_rule: rule,
+            data_dir: &cfg.server.data_dir,
+        },
         w.db.clone(),
         w.maps.clone(),
+        Some(crate::protocols::bacnet::AlarmSetup {
+            alarms: w.alarms.clone(),
+            classes: crate::protocols::bacnet::alarms::class_defs(&cfg.server.notification_class),
+        }),
         w.shutdown.clone(),
         &w.tasks,
     )

@@ -285,10 +285,12 @@ async fn cov_notification_follows_a_database_change() {
         .set(id, Some(Value::Number(42.0)), Quality::Fault, Some("test"))
         .expect("set");
     let n = c.recv(1000).await.expect("status-flags notification");
+    // FAULT set (CPU Usage's alarm also turns FAULT on a bad quality, so
+    // IN_ALARM may already be set with it).
     assert!(apdu(&n)
         .expect("apdu")
         .windows(3)
-        .any(|w| w == [0x82, 0x04, 0x40]));
+        .any(|w| w[..2] == [0x82, 0x04] && w[2] & 0x40 != 0));
     app.stop().await;
 }
 
@@ -1060,20 +1062,76 @@ fn bits_of(a: &[u8]) -> Vec<u32> {
 }
 
 #[tokio::test]
-async fn event_services_answer_empty_lists_and_logs_do_not_claim_reporting() {
+async fn event_services_list_the_alarms_and_logs_do_not_claim_reporting() {
     let app = util::start().await;
     let c = Client::new(app.addrs.bacnet.expect("bound")).await;
-    // GetEventInformation (29): an empty list of event summaries, no more
-    // events (Clause 13.12), not Error DEVICE / OPERATIONAL_PROBLEM.
-    let a = c.call(&confirmed(1, 29, &[])).await;
-    assert_eq!(a, [0x30, 1, 29, 0x0E, 0x0F, 0x19, 0x00], "{a:02x?}");
-    // GetEnrollmentSummary (4), acknowledgment filter ALL: an empty list.
-    let a = c.call(&confirmed(2, 4, &[0x09, 0x00])).await;
-    assert_eq!(a, [0x30, 2, 4], "{a:02x?}");
+    // Telemetry is off: CPU Usage (AI3) has no source, and its alarm
+    // (fault_on_bad_quality) puts it in FAULT at once. GetEventInformation
+    // (29) lists it (Clause 13.12): a ComplexACK, More_Events FALSE.
+    let ai3 = {
+        let mut v = vec![0x0C];
+        v.extend(oid(AI, 3));
+        v
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let a = loop {
+        let a = c.call(&confirmed(1, 29, &[])).await;
+        assert_eq!(a[..4], [0x30, 1, 29, 0x0E], "{a:02x?}");
+        assert_eq!(a[a.len() - 3..], [0x0F, 0x19, 0x00], "{a:02x?}");
+        if a.windows(5).any(|w| w == ai3.as_slice()) {
+            break a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "AI3 not listed: {a:02x?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // Right after AI3: its Event_State [1] FAULT (1), then
+    // Acknowledged_Transitions [2] with to-fault clear (class 3 needs no
+    // ack: all three set).
+    let at = a
+        .windows(5)
+        .position(|w| w == ai3.as_slice())
+        .expect("listed")
+        + 5;
+    assert_eq!(a[at..at + 2], [0x19, 0x01], "{a:02x?}");
+    // Event_State, Status_Flags (IN_ALARM + FAULT), Notification_Class 3.
+    let e = c.call(&rp(2, AI, 3, 36)).await;
+    assert_eq!(e[e.len() - 3..], [0x91, 0x01, 0x3F], "{e:02x?}");
+    let f = c.call(&rp(3, AI, 3, 111)).await;
+    assert_eq!(f[f.len() - 4..], [0x82, 0x04, 0xC0, 0x3F], "{f:02x?}");
+    let n = c.call(&rp(4, AI, 3, 17)).await;
+    assert_eq!(n[n.len() - 3..], [0x21, 0x03, 0x3F], "{n:02x?}");
+    // Paging: Last_Received_Object_Identifier [0] = AI3 answers from the
+    // objects after it (Server Status, MSV0, is in FAULT too: no source).
+    let mut after = vec![0x0C];
+    after.extend(oid(AI, 3));
+    let p = c.call(&confirmed(9, 29, &after)).await;
+    assert_eq!(p[..4], [0x30, 9, 29, 0x0E], "{p:02x?}");
+    assert!(!p.windows(5).any(|w| w == ai3.as_slice()), "{p:02x?}");
+    let mut msv0 = vec![0x0C];
+    msv0.extend(oid(19, 0));
+    assert!(p.windows(5).any(|w| w == msv0.as_slice()), "{p:02x?}");
+    // GetAlarmSummary (3) lists it too.
+    let s = c.call(&confirmed(5, 3, &[])).await;
+    assert_eq!(s[..3], [0x30, 5, 3], "{s:02x?}");
+    let mut ai3_app = vec![0xC4];
+    ai3_app.extend(oid(AI, 3));
+    assert!(s.windows(5).any(|w| w == ai3_app.as_slice()), "{s:02x?}");
+    // AcknowledgeAlarm of its to-fault transition with a time stamp that
+    // is not the transition's: SERVICES (5) / INVALID_TIME_STAMP (14).
+    let mut d = vec![0x09, 0x01, 0x1C];
+    d.extend(oid(AI, 3));
+    d.extend([0x29, 0x01, 0x3E, 0x19, 0x01, 0x3F]);
+    d.extend(char_string(0x48, "x"));
+    d.extend([0x5E, 0x19, 0x01, 0x5F]);
+    let e = c.call(&confirmed(6, 0, &d)).await;
+    assert_eq!(error_of(&e), (5, 14), "{e:02x?}");
     // The Trend Logs do not advertise intrinsic reporting they cannot do:
     // Notification_Class (17) and Event_Enable (35) are unknown properties.
     for (i, prop) in [17u32, 35, 0, 130].into_iter().enumerate() {
-        let e = c.call(&rp(3 + i as u8, TREND_LOG, 3, prop)).await;
+        let e = c.call(&rp(10 + i as u8, TREND_LOG, 3, prop)).await;
         assert_eq!(error_of(&e), (2, 32), "TL3 property {prop}: {e:02x?}");
     }
     app.stop().await;
@@ -1084,10 +1142,11 @@ async fn protocol_object_types_supported_lists_the_served_types_only() {
     let app = util::start().await;
     let c = Client::new(app.addrs.bacnet.expect("bound")).await;
     let a = c.call(&rp(1, 8, DEVICE, 96)).await;
-    // AI 0, AV 2, BO 4, Device 8, MSV 19, Trend Log 20, Structured View 29
-    // (the server's view and the routes', issue 20), Network Port 56: the
-    // types of the Object_List and of route objects, nothing else.
-    assert_eq!(bits_of(&a), [0, 2, 4, 8, 19, 20, 29, 56], "{a:02x?}");
+    // AI 0, AV 2, BO 4, Device 8, Notification Class 15, MSV 19, Trend Log
+    // 20, Structured View 29 (the server's view and the routes', issue 20),
+    // Network Port 56: the types of the Object_List and of route objects,
+    // nothing else.
+    assert_eq!(bits_of(&a), [0, 2, 4, 8, 15, 19, 20, 29, 56], "{a:02x?}");
     app.stop().await;
 }
 

@@ -171,11 +171,12 @@ def test_read_property_of_every_object(bserver):
             # Seed addresses are exact, plus a Network Port.
             for want in ["analog-input,0", "analog-input,1", "analog-input,2",
                          "multi-state-value,0", "multi-state-value,1", "binary-output,0",
-                         "network-port,1"]:
+                         "network-port,1", "notification-class,1"]:
                 assert ObjectIdentifier(want) in ol
             # Device, Network Port, 23 point objects, 10 Trend Logs (TLn logs
-            # AIn), the server's Structured View (no routes here: issue 20).
-            assert len(ol) == 36
+            # AIn), the 3 shipped Notification Classes, the server's
+            # Structured View (no routes here: issue 20).
+            assert len(ol) == 39
             assert ol[-1] == ObjectIdentifier("structured-view,0")
             assert sum(1 for o in ol if str(o[0]) == "trend-log") == 10
             # object-list by index: 0 is the size, 1 the device.
@@ -627,8 +628,8 @@ def test_export_ede(tmp_path):
     assert "VERSION_OF_LAYOUT;2.3" in lines
     rows = [l.split(";") for l in lines if not l.startswith("#") and l.count(";") == 15]
     server = [r for r in rows if not r[0].startswith("route.")]
-    # device + network port + 23 objects + 10 Trend Logs + the server's view
-    assert len(server) == 36
+    # device + network port + 23 objects + 10 Trend Logs + 3 classes + the server's view
+    assert len(server) == 39
     # The embedded config's demo route (slot 1): its view and 31 objects at
     # instances 1000.. (issue 20).
     route = [r for r in rows if r[0].startswith("route.1")]
@@ -637,7 +638,7 @@ def test_export_ede(tmp_path):
     assert {r[2] for r in route} >= {"demo", "demo Route Enable", "demo Input Select"}
     assert [r[3:5] for r in route if r[0] == "route.1.route_enable"] == [["4", "1010"]]
     # The EDE's object types are the Device's Protocol_Object_Types_Supported.
-    assert {int(r[3]) for r in rows} == {0, 2, 4, 8, 19, 20, 29, 56}
+    assert {int(r[3]) for r in rows} == {0, 2, 4, 8, 15, 19, 20, 29, 56}
     assert [r[3:5] for r in rows if r[0] == "cpu_usage_trend"] == [["20", "3"]]
     by_key = {r[0]: r for r in rows}
     assert by_key["stream_enable"][3:5] == ["4", "0"]
@@ -704,34 +705,56 @@ def bvlc_unicast(apdu, confirmed=True):
     return bytes([0x81, 0x0A]) + struct.pack(">H", len(npdu) + 4) + npdu
 
 
-def test_event_information_and_enrollment_summary_are_empty_lists(bserver):
-    """No Notification Class, no active event: both services answer an
-    empty list (Clause 13.12), not Error device/operational-problem."""
-    from bacpypes3.apdu import GetEventInformationACK, GetEventInformationRequest
+def test_event_information_lists_what_the_objects_say(bserver):
+    """GetEventInformation lists exactly the objects whose alarm is not
+    NORMAL or waits for an ack (Clause 13.12), each as its own properties
+    read; GetAlarmSummary the ones in alarm; the Trend Logs claim no
+    intrinsic reporting (docs/bacnet-pics.md, Alarms and events)."""
+    from bacpypes3.apdu import (GetAlarmSummaryACK, GetAlarmSummaryRequest,
+                                GetEventInformationACK, GetEventInformationRequest)
 
     async def go():
         app = client()
         try:
+            addr = target(bserver)
             req = GetEventInformationRequest()
-            req.pduDestination = target(bserver)
+            req.pduDestination = addr
             ack = await app.request(req)
             assert isinstance(ack, GetEventInformationACK), ack
-            assert list(ack.listOfEventSummaries) == []
             assert not ack.moreEvents
+            listed = {s.objectIdentifier: s for s in ack.listOfEventSummaries}
+            for oid in await object_list(app, addr):
+                props = {str(p) for p in await app.read_property(addr, oid, "property-list")}
+                if "event-enable" not in props:
+                    assert oid not in listed, oid
+                    continue
+                state = str(await app.read_property(addr, oid, "event-state"))
+                acked = list(await app.read_property(addr, oid, "acked-transitions"))
+                if state != "normal" or acked != [1, 1, 1]:
+                    assert oid in listed, oid
+                    assert str(listed[oid].eventState) == state
+                    assert list(listed[oid].acknowledgedTransitions) == acked
+                else:
+                    assert oid not in listed, oid
+            req = GetAlarmSummaryRequest()
+            req.pduDestination = addr
+            summ = await app.request(req)
+            assert isinstance(summ, GetAlarmSummaryACK), summ
+            in_alarm = {o for o, s in listed.items() if str(s.eventState) != "normal"}
+            assert {a.objectIdentifier for a in summ.listOfAlarmSummaries} == in_alarm
             # The Trend Logs advertise no intrinsic reporting.
-            props = await app.read_property(target(bserver), ObjectIdentifier("trend-log,3"),
-                                            "property-list")
+            props = await app.read_property(addr, ObjectIdentifier("trend-log,3"), "property-list")
             names = {str(p) for p in props}
             assert not names & {"notification-class", "event-enable", "acked-transitions",
                                 "notify-type", "event-time-stamps"}, names
         finally:
             app.close()
     run(go())
-    # GetEnrollmentSummary (4), filter ALL: ComplexACK with an empty list
-    # (raw: bacpypes3 0.0.110 does not return from an empty one).
+    # GetEnrollmentSummary (4), filter ALL: a ComplexACK listing the
+    # alarm-capable objects (raw: bacpypes3 0.0.110 cannot decode it).
     got = raw_exchange(bserver, [bvlc_unicast(bytes([0x00, 0x05, 0x21, 0x04, 0x09, 0x00]))],
                        want=1)
-    assert [g[6:] for g in got] == [bytes([0x30, 0x21, 0x04])], got
+    assert got and got[0][6:9] == bytes([0x30, 0x21, 0x04]) and len(got[0]) > 9, got
 
 
 def test_protocol_object_types_supported_is_the_served_types(bserver):
@@ -747,7 +770,7 @@ def test_protocol_object_types_supported_is_the_served_types(bserver):
             # add no type the server's points do not already have).
             assert claimed == served == {"analog-input", "analog-value", "binary-output", "device",
                                          "multi-state-value", "trend-log", "structured-view",
-                                         "network-port"}, claimed
+                                         "network-port", "notification-class"}, claimed
             uuid = await app.read_property(addr, dev, "device-uuid")
             assert len(uuid) == 16 and uuid != bytes(16)
             assert uuid[6] >> 4 == 4, "version 4"

@@ -1,6 +1,8 @@
 //! EDE 2.3 export (the semicolon CSV "Engineering Data Exchange" point list BMS integrators import) of the BACnet device.
 
+use super::alarms::ClassDef;
 use super::BacnetSection;
+use crate::points::alarm::Algorithm;
 use crate::points::Maps;
 use crate::points::{BacnetObjectType, PointDef};
 
@@ -44,9 +46,10 @@ pub fn export(
     b: &BacnetSection,
     points: &[PointDef],
     maps: &Maps,
+    classes: &[ClassDef],
     stamp: &str,
 ) -> (String, String) {
-    export_all(b, points, maps, None, stamp)
+    export_all(b, points, maps, classes, None, stamp)
 }
 
 /// The route objects an export lists: the rule and the routes with their
@@ -62,8 +65,9 @@ pub struct RouteRows<'a> {
 /// assigns them (a running server may hold others from its data dir or the
 /// REST API: pin `slot = N` for addresses an export can promise).
 pub fn export_config(c: &crate::config::Config, stamp: &str) -> (String, String) {
+    let classes = super::alarms::class_defs(&c.server.notification_class);
     let Some(tpl) = c.route_template.clone() else {
-        return export(&c.server.bacnet, &c.points, &c.maps, stamp);
+        return export(&c.server.bacnet, &c.points, &c.maps, &classes, stamp);
     };
     let max = tpl.max_slots;
     let db = crate::points::PointDb::with_routes(
@@ -96,13 +100,21 @@ pub fn export_config(c: &crate::config::Config, stamp: &str) -> (String, String)
             stride: rp.bacnet_instance_stride,
         },
     };
-    export_all(&c.server.bacnet, &c.points, &c.maps, Some(&rows), stamp)
+    export_all(
+        &c.server.bacnet,
+        &c.points,
+        &c.maps,
+        &classes,
+        Some(&rows),
+        stamp,
+    )
 }
 
 fn export_all(
     b: &BacnetSection,
     points: &[PointDef],
     maps: &Maps,
+    classes: &[ClassDef],
     routes: Option<&RouteRows>,
     stamp: &str,
 ) -> (String, String) {
@@ -159,8 +171,18 @@ fn export_all(
             }
             _ => (String::new(), String::new()),
         };
+        // hi-limit / low-limit: the alarm's High_Limit / Low_Limit (the
+        // object's own properties), where it has them.
+        let (hi, lo) = match def.alarm.as_ref().map(|a| &a.algorithm) {
+            Some(Algorithm::OutOfRange {
+                high_limit,
+                low_limit,
+                ..
+            }) => (num(*high_limit), num(*low_limit)),
+            _ => (String::new(), String::new()),
+        };
         ede.push_str(&format!(
-            "{key};{dev};{name};{ty};{inst};{desc};{default};{min};{max};{settable};Y;;;{state_ref};{unit};{short}{inst}\n",
+            "{key};{dev};{name};{ty};{inst};{desc};{default};{min};{max};{settable};Y;{hi};{lo};{state_ref};{unit};{short}{inst}\n",
             key = cell(&def.id),
             name = cell(&def.name),
             ty = type_number(o.object_type),
@@ -182,6 +204,16 @@ fn export_all(
             inst = t.instance,
             short = t.logged_type.short(),
             li = t.logged_instance,
+        ));
+    }
+    // Notification Classes (object type 15): the Recipient_List is their
+    // one writable property, not a present value, so "settable" is N.
+    for c in classes {
+        ede.push_str(&format!(
+            "notification_class_{id};{dev};{name};15;{id};{desc};;;;N;N;;;;;NC{id}\n",
+            id = c.id,
+            name = cell(&c.name),
+            desc = cell(&c.description),
         ));
     }
     if let Some(r) = routes {

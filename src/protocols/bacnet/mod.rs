@@ -40,6 +40,7 @@
 //! "conformance settings") with the reason next to it, so an upgrade of the
 //! stack cannot silently change what the device answers.
 
+pub mod alarms;
 pub mod config_objects;
 pub mod ede;
 pub mod objects;
@@ -55,6 +56,7 @@ use std::time::Duration;
 use bacnet_objects::database::ObjectDatabase;
 use bacnet_objects::device::{DeviceConfig, DeviceObject, EXECUTED_SERVICES};
 use bacnet_objects::network_port::{BipPortConfig, NetworkPortObject};
+use bacnet_objects::notification_class::NotificationClass;
 use bacnet_objects::property_metadata::PropertyWriteCapability;
 use bacnet_objects::traits::BACnetObject;
 use bacnet_objects::DeviceIdentity;
@@ -336,15 +338,103 @@ pub fn broadcast_for(ip: Ipv4Addr) -> Ipv4Addr {
     Ipv4Addr::BROADCAST
 }
 
-/// The point objects of the BACnet map, in map order.
+/// The point objects of the BACnet map, in map order (without alarms).
 pub fn point_objects(db: &PointDb, maps: &Maps) -> Result<Vec<PointObject>, String> {
+    point_objects_with(db, maps, None)
+}
+
+/// What the device needs of castpoint's alarm runtime (alarms.rs): the
+/// runtime, and the configured notification classes it routes through.
+#[derive(Clone)]
+pub struct AlarmSetup {
+    pub alarms: crate::alarms::Alarms,
+    pub classes: Vec<alarms::ClassDef>,
+}
+
+/// The alarm side of the device: every object with an alarm is attached
+/// here when it is built (server points at start-up, route blocks whenever
+/// their objects are made), so the sync loop finds the object a transition
+/// belongs to. The generic hook for any point's object: [`AlarmHooks::attach`].
+pub struct AlarmHooks {
+    setup: AlarmSetup,
+    acks: Arc<alarms::AckSources>,
+    /// Point index -> its object and link.
+    links: parking_lot::Mutex<
+        std::collections::HashMap<usize, (ObjectIdentifier, Arc<alarms::AlarmLink>)>,
+    >,
+}
+
+impl AlarmHooks {
+    pub fn new(setup: AlarmSetup) -> AlarmHooks {
+        AlarmHooks {
+            setup,
+            acks: Arc::new(alarms::AckSources::default()),
+            links: Default::default(),
+        }
+    }
+
+    /// `obj` made alarm-capable when its point has an alarm (unchanged
+    /// otherwise), and registered for the point's transitions.
+    pub fn attach(&self, db: &PointDb, point: PointId, obj: PointObject) -> PointObject {
+        let Some(spec) = self.setup.alarms.spec(point).cloned() else {
+            return obj;
+        };
+        let Some(name) = db.def(point).map(|d| d.id.clone()) else {
+            return obj;
+        };
+        let oid = obj.object_identifier();
+        let link = Arc::new(alarms::AlarmLink::new(
+            self.setup.alarms.clone(),
+            point,
+            name,
+            spec,
+            u32::from_be_bytes(oid.encode()),
+            Arc::clone(&self.acks),
+        ));
+        self.links
+            .lock()
+            .insert(point.index(), (oid, Arc::clone(&link)));
+        obj.with_alarm(link)
+    }
+
+    /// Queues a transition on its object's link; the object to poke.
+    fn take(&self, db: &PointDb, ev: crate::alarms::AlarmEvent) -> Option<ObjectIdentifier> {
+        let crate::alarms::AlarmEvent::Transition(rec) = ev else {
+            // An acknowledgement shows in Acked_Transitions at once (a view);
+            // the stack's ACK_NOTIFICATION follows its own AcknowledgeAlarm.
+            return None;
+        };
+        let id = db.lookup(&rec.point)?;
+        let links = self.links.lock();
+        let (oid, link) = links.get(&id.index())?;
+        link.enqueue(&rec);
+        Some(*oid)
+    }
+
+    /// How many transitions `oid` holds for the stack.
+    fn queued(&self, oid: &ObjectIdentifier) -> usize {
+        self.links
+            .lock()
+            .values()
+            .find(|(o, _)| o == oid)
+            .map_or(0, |(_, l)| l.queued())
+    }
+}
+
+/// The point objects of the BACnet map, in map order, alarm-capable where
+/// the point has an alarm and `alarm` is given.
+pub fn point_objects_with(
+    db: &PointDb,
+    maps: &Maps,
+    alarm: Option<&AlarmHooks>,
+) -> Result<Vec<PointObject>, String> {
     let mut out = Vec::with_capacity(maps.bacnet.objects.len());
     for o in &maps.bacnet.objects {
         let def = db
             .def(o.point)
             .ok_or_else(|| format!("bacnet: mapped point #{} does not exist", o.point.0))?;
         let units = units::units_code(def, o, maps.bacnet.bitrate_units_fallback)?;
-        let obj = PointObject::new(db.clone(), o.point, def, o.object_type, o.instance, units)
+        let mut obj = PointObject::new(db.clone(), o.point, def, o.object_type, o.instance, units)
             .map_err(|e| {
                 format!(
                     "bacnet: object {}{}: {e}",
@@ -352,6 +442,9 @@ pub fn point_objects(db: &PointDb, maps: &Maps) -> Result<Vec<PointObject>, Stri
                     o.instance
                 )
             })?;
+        if let Some(hooks) = alarm {
+            obj = hooks.attach(db, o.point, obj);
+        }
         out.push(obj);
     }
     Ok(out)
@@ -404,6 +497,7 @@ fn database(
     db: &PointDb,
     points: Vec<PointObject>,
     logs: Vec<PointTrendLog>,
+    classes: Vec<NotificationClass>,
     restart: RestartReason,
     extra_types: &[ObjectType],
 ) -> Result<(ObjectDatabase, Vec<ObjectIdentifier>), BacnetError> {
@@ -414,6 +508,13 @@ fn database(
         model_name: "castpoint streaming router".into(),
         firmware_revision: env!("CARGO_PKG_VERSION").into(),
         application_software_version: env!("CARGO_PKG_VERSION").into(),
+        // APDU_Timeout / Number_Of_APDU_Retries state what the device does
+        // with its own confirmed requests (event and COV notifications):
+        // the stack waits its fixed `cov_retry_timeout_ms` (3000, no
+        // builder setting) and retries DEFAULT_APDU_RETRIES (3) times. The
+        // Device object's default timeout (6000) would misstate it.
+        apdu_timeout: 3000,
+        apdu_retries: 3,
         ..DeviceConfig::default()
     })?;
     device.set_services_supported(id.services());
@@ -440,6 +541,7 @@ fn database(
     }
     oids.extend(points.iter().map(|p| p.object_identifier()));
     oids.extend(logs.iter().map(|l| l.object_identifier()));
+    oids.extend(classes.iter().map(|c| c.object_identifier()));
     let mut types = served_types(&oids);
     types.extend_from_slice(extra_types);
     types.sort_by_key(|t| t.to_raw());
@@ -458,6 +560,9 @@ fn database(
     }
     for l in logs {
         odb.add(Box::new(l))?;
+    }
+    for c in classes {
+        odb.add(Box::new(c))?;
     }
     Ok((odb, oids))
 }
@@ -536,17 +641,30 @@ fn peer_from_mac(mac: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// What the device is made from besides the database: its section, the
+/// route objects' instance rule and the data dir (UUID, revision,
+/// recipient lists).
+pub struct DeviceSetup<'a> {
+    pub cfg: &'a BacnetSection,
+    pub route_rule: routes::InstanceRule,
+    pub data_dir: &'a std::path::Path,
+}
+
 /// Binds the B/IP port, starts the device and the database-to-stack sync.
 /// Returns the address actually bound (port 0 resolved).
 pub async fn start(
-    cfg: &BacnetSection,
-    route_rule: routes::InstanceRule,
-    data_dir: &std::path::Path,
+    setup: DeviceSetup<'_>,
     db: PointDb,
     maps: Arc<Maps>,
+    alarm: Option<AlarmSetup>,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<SocketAddr, String> {
+    let DeviceSetup {
+        cfg,
+        route_rule,
+        data_dir,
+    } = setup;
     let opts = cfg.options();
     let bind = match cfg.bind {
         SocketAddr::V4(a) => a,
@@ -566,7 +684,22 @@ pub async fn start(
         bind_ip
     };
     let broadcast = opts.broadcast.unwrap_or_else(|| broadcast_for(ip));
-    let points = point_objects(&db, &maps)?;
+    // Subscribed before the objects exist, so no transition between the two
+    // is missed (one made before is shown by the objects' state, only not
+    // notified: the device was not up to notify it).
+    let alarm_rx = alarm.as_ref().map(|a| a.alarms.subscribe());
+    let hooks = alarm.clone().map(|a| Arc::new(AlarmHooks::new(a)));
+    let points = point_objects_with(&db, &maps, hooks.as_deref())?;
+    let classes = match &alarm {
+        Some(a) => a
+            .classes
+            .iter()
+            .map(|c| alarms::notification_class(c, data_dir))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("bacnet: {e}"))?,
+        None => Vec::new(),
+    };
+    let class_oids: Vec<ObjectIdentifier> = classes.iter().map(|c| c.object_identifier()).collect();
     // Subscribe before the logs read the history, so no change between the
     // two is missed (a change already in the history is skipped by time).
     let rx = db.subscribe();
@@ -582,12 +715,14 @@ pub async fn start(
     let id = identity(cfg, &opts, ip, bind.port(), uuid).map_err(|e| format!("bacnet: {e}"))?;
     let n_logs = logs.len();
     let restart_reason = RestartReason::default();
+    let n_classes = classes.len();
     let route_types = db.route_template().map(routes::served_types);
     let (mut odb, base_list) = database(
         &id,
         &db,
         points,
         logs,
+        classes,
         restart_reason.clone(),
         route_types.as_deref().unwrap_or(&[]),
     )
@@ -616,7 +751,8 @@ pub async fn start(
                 ),
                 routes::Revision::load(Some(data_dir)),
             )
-            .map_err(|e| format!("bacnet: {e}"))?;
+            .map_err(|e| format!("bacnet: {e}"))?
+            .with_alarm_hooks(hooks.clone());
             ro.install(&mut odb).map_err(|e| format!("bacnet: {e}"))?;
             Some(ro)
         }
@@ -634,6 +770,13 @@ pub async fn start(
                 .filter(|r| r.write_capability != PropertyWriteCapability::ReadOnly)
                 .map(move |r| (oid, r.property_identifier.to_raw()))
         })
+        // A Notification Class's number and description are configuration
+        // (alarms.rs); only its Recipient_List is the network's to write.
+        .chain(class_oids.iter().flat_map(|oid| {
+            alarms::CLASS_READ_ONLY
+                .iter()
+                .map(move |p| (*oid, p.to_raw()))
+        }))
         .collect();
     if cfg.vendor_id == DEFAULT_VENDOR_ID {
         tracing::warn!(
@@ -670,13 +813,21 @@ pub async fn start(
     // the same settings as `bip_builder`, which builds this BipTransport
     // the same way.
     let mut builder = BACnetServer::<Link>::generic_builder()
-        .transport(transport::Filtered::new(
-            link,
-            port_writable
-                .iter()
-                .map(|(o, p)| (o.encode(), *p))
-                .collect(),
-        ))
+        .transport(
+            transport::Filtered::new(
+                link,
+                port_writable
+                    .iter()
+                    .map(|(o, p)| (o.encode(), *p))
+                    .collect(),
+            )
+            .with_ack_sources(
+                hooks
+                    .as_ref()
+                    .map(|h| Arc::clone(&h.acks))
+                    .unwrap_or_default(),
+            ),
+        )
         .device(id)
         .database(odb);
     // The stack keeps a registered Network Port's address in step with the
@@ -810,20 +961,26 @@ pub async fn start(
         tracing::warn!("bacnet: start-up I-Am not sent: {e}");
     }
     tracing::info!(
-        "bacnet: device {} on {bound} (broadcast {broadcast}), {} objects, {n_logs} trend logs",
+        "bacnet: device {} on {bound} (broadcast {broadcast}), {} objects, {n_logs} trend logs, {n_classes} notification classes",
         cfg.device_instance,
         by_point.len()
     );
     // Subscribed here, before the engine opens the routes' blocks (App
     // starts BACnet first), so no opening is missed.
     let blocks = route_objects.as_ref().and_then(|_| db.subscribe_blocks());
+    let events = alarm_rx
+        .zip(hooks)
+        .map(|(rx, hooks)| AlarmFeed { rx, hooks });
     tasks.spawn(run(
         server,
         db,
         rx,
         by_point,
         feeds,
-        route_objects.map(|r| (r, blocks)),
+        Followers {
+            routes: route_objects.map(|r| (r, blocks)),
+            alarms: events,
+        },
         shutdown,
     ));
     Ok(bound)
@@ -839,23 +996,47 @@ const ROUTE_SETTLE_MAX: Duration = Duration::from_millis(250);
 /// Database_Revision are evaluated once after this long anyway.
 const ROUTE_FIRST_SYNC: Duration = Duration::from_secs(1);
 
+/// The alarm transitions the device distributes: each one `Alarms`
+/// broadcasts is queued on its object's link (alarms.rs) and the object is
+/// poked, so the stack takes it and notifies the recipients.
+struct AlarmFeed {
+    rx: tokio::sync::broadcast::Receiver<crate::alarms::AlarmEvent>,
+    hooks: Arc<AlarmHooks>,
+}
+
+/// The next alarm event (pending forever without a feed).
+async fn next_alarm(feed: &mut Option<AlarmFeed>) -> Result<crate::alarms::AlarmEvent, RecvError> {
+    match feed {
+        Some(f) => f.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the sync loop follows besides point changes: the route blocks (with
+/// their change feed) and the alarm transitions.
+struct Followers {
+    routes: Option<(
+        routes::RouteObjects,
+        Option<tokio::sync::watch::Receiver<u64>>,
+    )>,
+    alarms: Option<AlarmFeed>,
+}
+
 /// Owns the running stack: pushes every database change of a served point
-/// to it (COV), moves new history samples and quality changes into the
-/// Trend Logs, keeps the route objects in step with the route blocks, and
-/// stops it on shutdown.
+/// to it (COV), hands it castpoint's alarm transitions to notify, moves new
+/// history samples and quality changes into the Trend Logs, keeps the route
+/// objects in step with the route blocks, and stops it on shutdown.
 async fn run(
     mut server: BACnetServer<Link>,
     db: PointDb,
     mut rx: tokio::sync::broadcast::Receiver<crate::points::Change>,
     by_point: Vec<(PointId, ObjectIdentifier)>,
     mut feeds: Vec<TrendFeed>,
-    route_objects: Option<(
-        routes::RouteObjects,
-        Option<tokio::sync::watch::Receiver<u64>>,
-    )>,
+    follow: Followers,
     shutdown: CancellationToken,
 ) {
-    let (mut route_objects, mut blocks) = match route_objects {
+    let mut events = follow.alarms;
+    let (mut route_objects, mut blocks) = match follow.routes {
         Some((r, b)) => (Some(r), b),
         None => (None, None),
     };
@@ -874,6 +1055,8 @@ async fn run(
         }
     }
     let mut dirty = Dirty::new(db.len());
+    // Objects holding transitions for the stack (few: a set kept as a list).
+    let mut alarm_dirty: Vec<ObjectIdentifier> = Vec::new();
     let mut log_dirty = vec![false; feeds.len()];
     // A pending route sync: (quiet deadline, latest deadline).
     let now = tokio::time::Instant::now();
@@ -934,6 +1117,31 @@ async fn run(
                 Err(RecvError::Lagged(_)) => lagged = true,
                 Err(RecvError::Closed) => break,
             },
+            ev = next_alarm(&mut events) => match ev {
+                Ok(ev) => {
+                    if let Some(oid) = events.as_ref().and_then(|f| f.hooks.take(&db, ev)) {
+                        if !alarm_dirty.contains(&oid) {
+                            alarm_dirty.push(oid);
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    // The transitions stay in Alarms' history and in every
+                    // object's Event_State; only their notification is lost.
+                    tracing::warn!("bacnet: {n} alarm transitions not notified (feed lagged)");
+                }
+                Err(RecvError::Closed) => events = None,
+            },
+        }
+        // Transitions that came with this batch.
+        if let Some(f) = &mut events {
+            while let Ok(ev) = f.rx.try_recv() {
+                if let Some(oid) = f.hooks.take(&db, ev) {
+                    if !alarm_dirty.contains(&oid) {
+                        alarm_dirty.push(oid);
+                    }
+                }
+            }
         }
         // Coalesce a burst (telemetry sets many points at once) into one
         // evaluation per object.
@@ -989,6 +1197,19 @@ async fn run(
             match tokio::time::timeout(COV_PUSH_WAIT, push).await {
                 Ok(Ok(())) | Err(_) => {}
                 Ok(Err(e)) => tracing::debug!("bacnet: COV push for {oid:?}: {e}"),
+            }
+        }
+        // Each poke runs the stack's per-change event pass once, which
+        // takes one queued transition: poke as often as there are (the
+        // stack's one-second tick takes any a lost poke leaves).
+        for oid in std::mem::take(&mut alarm_dirty) {
+            let queued = events.as_ref().map_or(0, |f| f.hooks.queued(&oid));
+            for _ in 0..queued {
+                let push = server.set_present_value_local(&oid, PropertyValue::Real(0.0));
+                match tokio::time::timeout(COV_PUSH_WAIT, push).await {
+                    Ok(Ok(())) | Err(_) => {}
+                    Ok(Err(e)) => tracing::debug!("bacnet: event push for {oid:?}: {e}"),
+                }
             }
         }
     }

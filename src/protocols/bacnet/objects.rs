@@ -15,15 +15,23 @@
 
 use std::borrow::Cow;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 
 use bacnet_objects::command_source::CommandOrigin;
+use bacnet_objects::event::{
+    EnrollmentSummaryCapability, EventStateChange, EventTransitionCommit,
+    EventTransitionCommitError, TransitionOutcome,
+};
 use bacnet_objects::traits::BACnetObject;
+use bacnet_types::enums::EventState as BEventState;
 use bacnet_types::enums::{
     ErrorClass, ErrorCode, ObjectType, PropertyIdentifier as P, Reliability,
 };
 use bacnet_types::error::Error;
-use bacnet_types::primitives::{ObjectIdentifier, PropertyValue};
+use bacnet_types::primitives::{BACnetTimeStamp, ObjectIdentifier, PropertyValue};
 
+use super::alarms::{self, AlarmLink};
+use crate::points::alarm::EventState as AlarmEventState;
 use crate::points::{
     BacnetObjectType, PointDb, PointDef, PointId, PointState, Protocol, Quality, Source, Value,
     WriteError,
@@ -34,7 +42,7 @@ use crate::points::{
 const MINIMUM_ON_OFF_PRIORITY: u8 = 6;
 /// Priority a WriteProperty without one takes (Clause 15.9.1.1.5).
 const DEFAULT_WRITE_PRIORITY: u8 = 16;
-/// Event_State NORMAL: castpoint objects have no intrinsic reporting.
+/// Event_State of an object without an alarm (Clause 12: NORMAL).
 const EVENT_STATE_NORMAL: u32 = 0;
 /// Polarity NORMAL.
 const POLARITY_NORMAL: u32 = 0;
@@ -57,6 +65,8 @@ pub struct PointObject {
     /// types decide it for the server's objects; a route's commandable
     /// Multi-state Value (Input Select) sets it itself (`routes.rs`).
     commandable: bool,
+    /// The point's alarm, when it has one (intrinsic reporting: alarms.rs).
+    alarm: Option<Arc<AlarmLink>>,
 }
 
 /// Maps a castpoint object type to the BACnet one.
@@ -127,8 +137,11 @@ fn read_array(values: Vec<PropertyValue>, index: Option<u32>) -> Result<Property
 }
 
 /// Status_Flags bits (Clause 12.x): in-alarm, fault, overridden, out-of-service.
-fn status_flags(fault: bool, overridden: bool) -> PropertyValue {
+fn status_flags(in_alarm: bool, fault: bool, overridden: bool) -> PropertyValue {
     let mut b = 0u8;
+    if in_alarm {
+        b |= 0x80;
+    }
     if fault {
         b |= 0x40;
     }
@@ -207,6 +220,7 @@ impl PointObject {
             max: def.max.map(|v| v as f32),
             states: def.states.clone(),
             commandable: ty.commandable(),
+            alarm: None,
         })
     }
 
@@ -225,6 +239,18 @@ impl PointObject {
     pub fn with_commandable(mut self, commandable: bool) -> Self {
         self.commandable = commandable;
         self
+    }
+
+    /// Makes this object alarm-capable: its event properties and intrinsic
+    /// reporting become views of castpoint's alarm runtime (alarms.rs).
+    pub fn with_alarm(mut self, link: Arc<AlarmLink>) -> Self {
+        self.alarm = Some(link);
+        self
+    }
+
+    /// The point's alarm state, if it has an alarm.
+    fn alarm_state(&self) -> Option<crate::points::alarm::EventState> {
+        self.alarm.as_ref().map(|l| l.live().event_state)
     }
 
     fn commandable(&self) -> bool {
@@ -408,6 +434,9 @@ impl PointObject {
         if self.ty == BacnetObjectType::MultiStateValue {
             v.push(P::STATE_TEXT);
         }
+        if let Some(l) = &self.alarm {
+            v.extend(alarms::event_properties(self.ty, &l.spec));
+        }
         v
     }
 
@@ -436,11 +465,7 @@ impl BACnetObject for PointObject {
     }
 
     fn read_property(&self, property: P, array_index: Option<u32>) -> Result<PropertyValue, Error> {
-        let is_array = matches!(
-            property,
-            P::PRIORITY_ARRAY | P::STATE_TEXT | P::PROPERTY_LIST
-        );
-        if array_index.is_some() && !is_array {
+        if array_index.is_some() && !self.is_array_property(property) {
             return Err(not_an_array());
         }
         if !(property == P::PROPERTY_LIST
@@ -448,6 +473,11 @@ impl BACnetObject for PointObject {
             || self.optional().contains(&property))
         {
             return Err(unknown_property());
+        }
+        if let Some(l) = &self.alarm {
+            if let Some(r) = alarms::read(l, property, array_index) {
+                return r;
+            }
         }
         match property {
             P::OBJECT_IDENTIFIER => Ok(PropertyValue::ObjectIdentifier(self.oid)),
@@ -474,10 +504,28 @@ impl BACnetObject for PointObject {
             P::PRESENT_VALUE => Ok(self.encode(self.state().value)),
             P::STATUS_FLAGS => {
                 let (fault, overridden, _) = quality_flags(self.state().quality);
-                Ok(status_flags(fault, overridden))
+                let alarm = self.alarm_state();
+                // IN_ALARM: Event_State is not NORMAL; FAULT also when the
+                // alarm's fault values put it in FAULT (Clause 12.20.10).
+                let in_alarm = alarm.is_some_and(|s| s != AlarmEventState::Normal);
+                let fault = fault || alarm == Some(AlarmEventState::Fault);
+                Ok(status_flags(in_alarm, fault, overridden))
             }
             P::RELIABILITY => {
                 let (_, _, r) = quality_flags(self.state().quality);
+                // A value among the Fault_Values is a fault of its own
+                // (MULTI_STATE_FAULT), whatever the source's quality.
+                let r = if r == Reliability::NO_FAULT_DETECTED
+                    && self.alarm_state() == Some(AlarmEventState::Fault)
+                {
+                    if self.ty == BacnetObjectType::MultiStateValue {
+                        Reliability::MULTI_STATE_FAULT
+                    } else {
+                        Reliability::UNRELIABLE_OTHER
+                    }
+                } else {
+                    r
+                };
                 Ok(PropertyValue::Enumerated(r.to_raw()))
             }
             P::EVENT_STATE => Ok(PropertyValue::Enumerated(EVENT_STATE_NORMAL)),
@@ -555,7 +603,44 @@ impl BACnetObject for PointObject {
         matches!(
             property,
             P::PRIORITY_ARRAY | P::STATE_TEXT | P::PROPERTY_LIST
-        )
+        ) || (self.alarm.is_some() && alarms::is_array(property))
+    }
+
+    // ---- Intrinsic reporting (alarms.rs): castpoint's `Alarms` decided
+    // every transition; the stack takes them from the link, distributes
+    // them, and routes AcknowledgeAlarm back.
+
+    fn evaluate_intrinsic_reporting(&mut self) -> Option<TransitionOutcome> {
+        self.alarm.as_ref()?.proposal()
+    }
+
+    fn tick_intrinsic_reporting(&mut self) -> Option<TransitionOutcome> {
+        self.alarm.as_ref()?.proposal()
+    }
+
+    fn commit_event_transition_internal(
+        &mut self,
+        commit: EventTransitionCommit,
+    ) -> Result<(), EventTransitionCommitError> {
+        match &self.alarm {
+            Some(l) => l.commit(&commit),
+            None => Err(EventTransitionCommitError::Unsupported),
+        }
+    }
+
+    fn acknowledge_alarm_correlated_detailed_internal(
+        &mut self,
+        event_state: BEventState,
+        timestamp: &BACnetTimeStamp,
+    ) -> Result<Option<EventStateChange>, Error> {
+        match &self.alarm {
+            Some(l) => l.acknowledge(event_state, timestamp),
+            None => Err(err(ErrorClass::OBJECT, ErrorCode::NO_ALARM_CONFIGURED)),
+        }
+    }
+
+    fn enrollment_summary_capability_internal(&self) -> Option<EnrollmentSummaryCapability> {
+        self.alarm.as_ref().map(|l| l.capability())
     }
 
     fn is_createable(&self) -> bool {

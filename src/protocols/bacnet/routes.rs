@@ -379,6 +379,9 @@ pub struct RouteObjects {
     server_description: String,
     slots: BTreeMap<u16, Served>,
     pub revision: Revision,
+    /// Makes the route objects alarm-capable as they are built (issue 21:
+    /// Route Status, Output Status report like the server's points).
+    alarm_hooks: Option<std::sync::Arc<super::AlarmHooks>>,
 }
 
 /// Which points' objects appeared or went in one sync.
@@ -414,7 +417,14 @@ impl RouteObjects {
             server_description,
             slots: BTreeMap::new(),
             revision,
+            alarm_hooks: None,
         })
+    }
+
+    /// Route objects built from now on report their points' alarms.
+    pub fn with_alarm_hooks(mut self, hooks: Option<std::sync::Arc<super::AlarmHooks>>) -> Self {
+        self.alarm_hooks = hooks;
+        self
     }
 
     /// The server's Structured View as it is now (added at start, replaced
@@ -562,8 +572,13 @@ impl RouteObjects {
             };
             let make = |name: String| {
                 PointObject::new(db.clone(), i.point, def, i.ty, i.instance, i.units).map(|o| {
-                    o.labelled(name, i.description.clone(), i.states.clone())
-                        .with_commandable(i.commandable)
+                    let o = o
+                        .labelled(name, i.description.clone(), i.states.clone())
+                        .with_commandable(i.commandable);
+                    match &self.alarm_hooks {
+                        Some(h) => h.attach(db, i.point, o),
+                        None => o,
+                    }
                 })
             };
             let fallback = format!("{} (route.{slot})", i.name);

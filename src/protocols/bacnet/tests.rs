@@ -293,26 +293,43 @@ fn every_listed_property_reads() {
 #[test]
 fn ede_lists_device_and_every_object() {
     let (cfg, _, _) = setup();
-    let (ede, states) = ede::export(&cfg.server.bacnet, &cfg.points, &cfg.maps, "2025-01-01");
+    let classes = alarms::class_defs(&[]);
+    let (ede, states) = ede::export(
+        &cfg.server.bacnet,
+        &cfg.points,
+        &cfg.maps,
+        &classes,
+        "2025-01-01",
+    );
     assert!(ede.contains("VERSION_OF_LAYOUT;2.3"));
     let rows: Vec<&str> = ede
         .lines()
         .filter(|l| !l.starts_with('#') && l.contains(";389001;"))
         .collect();
-    // Device, Network Port, point objects, Trend Logs: the Object_List.
+    // Device, Network Port, point objects, Trend Logs, Notification
+    // Classes: the Object_List.
     assert_eq!(
         rows.len(),
-        2 + cfg.maps.bacnet.objects.len() + cfg.maps.bacnet.trend_logs.len()
+        2 + cfg.maps.bacnet.objects.len() + cfg.maps.bacnet.trend_logs.len() + classes.len()
+    );
+    assert!(rows
+        .iter()
+        .any(|r| r.starts_with("notification_class_1;389001;Stream alarms;15;1;")));
+    // CPU Usage's alarm limit is the EDE's hi-limit.
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("cpu_usage;") && r.contains(";Y;90;;")),
+        "{rows:?}"
     );
     // The object types the EDE lists are the ones the Device claims in
-    // Protocol_Object_Types_Supported (AI, AV, BO, Device, MSV, TL, NP).
+    // Protocol_Object_Types_Supported (AI, AV, BO, Device, NC, MSV, TL, NP).
     let mut types: Vec<u32> = rows
         .iter()
         .filter_map(|r| r.split(';').nth(3)?.parse().ok())
         .collect();
     types.sort_unstable();
     types.dedup();
-    assert_eq!(types, [0, 2, 4, 8, 19, 20, 56]);
+    assert_eq!(types, [0, 2, 4, 8, 15, 19, 20, 56]);
     assert!(rows
         .iter()
         .any(|r| r.starts_with("total_bitrate_out;389001;Total Bitrate Out;0;2;")));
@@ -482,4 +499,323 @@ fn check_config_reports_bad_bacnet_keys() {
     }
     let ok = "[bacnet]\nwrite_allow = [\"192.0.2.0/24\"]\nread_only = false\n";
     assert!(Config::from_text("c.toml", ok, std::path::Path::new(".")).is_ok());
+}
+
+// ---- Intrinsic reporting (alarms.rs): the object is a view of Alarms.
+
+mod alarm_view {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use bacnet_objects::event::{EventStateChange, EventTransition, EventTransitionCommit};
+    use bacnet_types::enums::{EventState as BState, EventType};
+    use bacnet_types::primitives::BACnetTimeStamp;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::alarms::{AlarmEvent, Alarms};
+    use crate::points::alarm::{AlarmSpec, Algorithm, ClassRules, PerTransition};
+    use crate::points::BacnetObjectType;
+
+    fn spec() -> AlarmSpec {
+        AlarmSpec {
+            algorithm: Algorithm::ChangeOfState {
+                alarm_values: vec![Value::Enum(2), Value::Enum(3)],
+            },
+            fault_values: vec![],
+            fault_on_bad_quality: false,
+            time_delay: Duration::ZERO,
+            time_delay_normal: Some(Duration::from_secs(2)),
+            event_enable: PerTransition::all(true),
+            notification_class: 1,
+        }
+    }
+
+    fn rules() -> ClassRules {
+        ClassRules {
+            priority: PerTransition {
+                to_offnormal: 64,
+                to_fault: 64,
+                to_normal: 200,
+            },
+            ack_required: PerTransition {
+                to_offnormal: true,
+                to_fault: true,
+                to_normal: false,
+            },
+        }
+    }
+
+    fn bits(v: PropertyValue) -> u8 {
+        match v {
+            PropertyValue::BitString { data, .. } => data[0],
+            other => panic!("not a bit string: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_alarm_is_proposed_committed_and_acknowledged_through_the_object() {
+        let (_cfg, db, mut objs) = setup();
+        let point = db.lookup("input_status").expect("point");
+        let alarms = Alarms::new(
+            db.clone(),
+            vec![(point, spec())],
+            HashMap::from([(1, rules())]),
+            100,
+        );
+        let mut events = alarms.subscribe();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(alarms.clone().run(stop.clone()));
+        let acks = Arc::new(alarms::AckSources::default());
+        let obj = find(&mut objs, "Input Status");
+        let oid = obj.object_identifier();
+        let link = Arc::new(alarms::AlarmLink::new(
+            alarms.clone(),
+            point,
+            "input_status".into(),
+            spec(),
+            u32::from_be_bytes(oid.encode()),
+            Arc::clone(&acks),
+        ));
+        let mut obj = PointObject::new(
+            db.clone(),
+            point,
+            db.def(point).expect("def"),
+            BacnetObjectType::MultiStateValue,
+            2,
+            0,
+        )
+        .expect("object")
+        .with_alarm(Arc::clone(&link));
+        let list = obj.property_list();
+        for p in [
+            P::EVENT_ENABLE,
+            P::ACKED_TRANSITIONS,
+            P::NOTIFY_TYPE,
+            P::EVENT_TIME_STAMPS,
+            P::NOTIFICATION_CLASS,
+            P::EVENT_DETECTION_ENABLE,
+            P::ALARM_VALUES,
+            P::FAULT_VALUES,
+            P::TIME_DELAY,
+            P::TIME_DELAY_NORMAL,
+        ] {
+            assert!(list.contains(&p), "{p:?} advertised");
+        }
+        assert_eq!(
+            obj.read_property(P::ALARM_VALUES, None).unwrap(),
+            PropertyValue::List(vec![PropertyValue::Unsigned(2), PropertyValue::Unsigned(3)])
+        );
+        assert_eq!(
+            obj.read_property(P::TIME_DELAY_NORMAL, None).unwrap(),
+            PropertyValue::Unsigned(2)
+        );
+        // Configuration: read-only from the network.
+        let e = obj
+            .write_property(P::TIME_DELAY, None, PropertyValue::Unsigned(9), None)
+            .unwrap_err();
+        assert_eq!(
+            code(e),
+            (ErrorClass::PROPERTY, ErrorCode::WRITE_ACCESS_DENIED)
+        );
+        assert!(obj.evaluate_intrinsic_reporting().is_none(), "nothing yet");
+
+        // NO_SIGNAL: Alarms makes the transition; the link queues it.
+        db.set(point, Some(Value::Enum(2)), Quality::Ok, None)
+            .unwrap();
+        let rec = loop {
+            match tokio::time::timeout(Duration::from_secs(5), events.recv())
+                .await
+                .expect("a transition")
+                .expect("feed")
+            {
+                AlarmEvent::Transition(r) => break r,
+                AlarmEvent::Ack { .. } => {}
+            }
+        };
+        // The object already shows it (a view), before the stack took it.
+        assert_eq!(
+            obj.read_property(P::EVENT_STATE, None).unwrap(),
+            PropertyValue::Enumerated(2)
+        );
+        assert_eq!(
+            bits(obj.read_property(P::STATUS_FLAGS, None).unwrap()) & 0x80,
+            0x80,
+            "IN_ALARM"
+        );
+        assert_eq!(
+            bits(obj.read_property(P::ACKED_TRANSITIONS, None).unwrap()),
+            0x60,
+            "to-offnormal awaits its ack"
+        );
+        link.enqueue(&rec);
+        let p = obj.evaluate_intrinsic_reporting().expect("a proposal");
+        assert_eq!(
+            p.change,
+            EventStateChange {
+                from: BState::NORMAL,
+                to: BState::OFFNORMAL
+            }
+        );
+        assert_eq!(p.event_type, EventType::CHANGE_OF_STATE);
+        assert!(p.distribute);
+        // The stack's commit takes it off the queue (a mismatched one is
+        // refused and stays).
+        let commit = |from, to, coordinate| EventTransitionCommit {
+            change: EventStateChange { from, to },
+            coordinate,
+            ack_required: true,
+            timestamp: BACnetTimeStamp::SequenceNumber(0),
+            message_text: None,
+        };
+        assert!(obj
+            .commit_event_transition_internal(commit(
+                BState::NORMAL,
+                BState::FAULT,
+                EventTransition::ToFault
+            ))
+            .is_err());
+        obj.commit_event_transition_internal(commit(
+            BState::NORMAL,
+            BState::OFFNORMAL,
+            EventTransition::ToOffnormal,
+        ))
+        .expect("commit");
+        assert!(obj.tick_intrinsic_reporting().is_none(), "taken once");
+        // Event_Time_Stamps[1] is Alarms' time stamp; Event_Message_Texts
+        // says why.
+        let ts = alarms::time_stamp(Some(rec.transition.at));
+        assert_eq!(
+            obj.read_property(P::EVENT_TIME_STAMPS, Some(1)).unwrap(),
+            alarms::time_stamp_value(Some(rec.transition.at))
+        );
+        let PropertyValue::CharacterString(text) =
+            obj.read_property(P::EVENT_MESSAGE_TEXTS, Some(1)).unwrap()
+        else {
+            panic!("no text");
+        };
+        assert!(text.starts_with("input_status: "), "{text}");
+
+        // AcknowledgeAlarm: the wrong state or time stamp is refused.
+        let e = obj
+            .acknowledge_alarm_correlated_detailed_internal(
+                BState::OFFNORMAL,
+                &BACnetTimeStamp::SequenceNumber(1),
+            )
+            .unwrap_err();
+        assert_eq!(
+            code(e),
+            (ErrorClass::SERVICES, ErrorCode::INVALID_TIME_STAMP)
+        );
+        let e = obj
+            .acknowledge_alarm_correlated_detailed_internal(BState::NORMAL, &ts)
+            .unwrap_err();
+        assert_eq!(
+            code(e),
+            (ErrorClass::SERVICES, ErrorCode::INVALID_TIME_STAMP),
+            "no to-normal transition yet"
+        );
+        acks.note(
+            u32::from_be_bytes(oid.encode()),
+            Some("127.0.0.1:47809".parse().unwrap()),
+            Some("operator 7".into()),
+        );
+        let change = obj
+            .acknowledge_alarm_correlated_detailed_internal(BState::OFFNORMAL, &ts)
+            .expect("acknowledged");
+        assert_eq!(
+            change,
+            Some(EventStateChange {
+                from: BState::NORMAL,
+                to: BState::OFFNORMAL
+            }),
+            "the ACK_NOTIFICATION's transition"
+        );
+        // One truth: Alarms holds the ack, with who made it.
+        assert!(alarms.state(point).unwrap().acked.to_offnormal);
+        assert_eq!(
+            bits(obj.read_property(P::ACKED_TRANSITIONS, None).unwrap()),
+            0xE0
+        );
+        let who = loop {
+            match events.recv().await.expect("feed") {
+                AlarmEvent::Ack { source, .. } => break source,
+                AlarmEvent::Transition(_) => {}
+            }
+        };
+        assert_eq!(who.protocol, Protocol::Bacnet);
+        assert_eq!(who.user.as_deref(), Some("operator 7"));
+        assert_eq!(who.peer, Some("127.0.0.1:47809".parse().unwrap()));
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn limits_of_an_analog_alarm_read_as_configured() {
+        let (_cfg, db, _objs) = setup();
+        let point = db.lookup("cpu_usage").expect("point");
+        let spec = AlarmSpec {
+            algorithm: Algorithm::OutOfRange {
+                high_limit: Some(90.0),
+                low_limit: None,
+                deadband: 5.0,
+            },
+            fault_values: vec![],
+            fault_on_bad_quality: true,
+            time_delay: Duration::from_secs(60),
+            time_delay_normal: None,
+            event_enable: PerTransition {
+                to_offnormal: true,
+                to_fault: false,
+                to_normal: true,
+            },
+            notification_class: 3,
+        };
+        let alarms = Alarms::new(db.clone(), vec![(point, spec.clone())], HashMap::new(), 10);
+        let link = Arc::new(alarms::AlarmLink::new(
+            alarms,
+            point,
+            "cpu_usage".into(),
+            spec,
+            0,
+            Arc::new(alarms::AckSources::default()),
+        ));
+        let obj = PointObject::new(
+            db.clone(),
+            point,
+            db.def(point).expect("def"),
+            BacnetObjectType::AnalogInput,
+            0,
+            98,
+        )
+        .expect("object")
+        .with_alarm(link);
+        let r = |p| obj.read_property(p, None).unwrap();
+        assert_eq!(r(P::HIGH_LIMIT), PropertyValue::Real(90.0));
+        assert_eq!(r(P::DEADBAND), PropertyValue::Real(5.0));
+        // BACnetLimitEnable {low-limit-enable, high-limit-enable}: high only.
+        assert_eq!(bits(r(P::LIMIT_ENABLE)), 0x40);
+        assert_eq!(bits(r(P::EVENT_ENABLE)), 0xA0);
+        assert_eq!(r(P::NOTIFICATION_CLASS), PropertyValue::Unsigned(3));
+        assert_eq!(r(P::TIME_DELAY), PropertyValue::Unsigned(60));
+        assert_eq!(r(P::TIME_DELAY_NORMAL), PropertyValue::Unsigned(60));
+        assert_eq!(r(P::NOTIFY_TYPE), PropertyValue::Enumerated(0));
+        // Never a transition: the unspecified date and time.
+        assert_eq!(
+            obj.read_property(P::EVENT_TIME_STAMPS, Some(2)).unwrap(),
+            alarms::time_stamp_value(None)
+        );
+        assert_eq!(
+            obj.read_property(P::EVENT_TIME_STAMPS, Some(0)).unwrap(),
+            PropertyValue::Unsigned(3)
+        );
+        let e = obj.read_property(P::HIGH_LIMIT, Some(1)).unwrap_err();
+        assert_eq!(
+            code(e),
+            (ErrorClass::PROPERTY, ErrorCode::PROPERTY_IS_NOT_AN_ARRAY)
+        );
+        // A Multi-state-only property is not an analog's.
+        let e = obj.read_property(P::ALARM_VALUES, None).unwrap_err();
+        assert_eq!(code(e), (ErrorClass::PROPERTY, ErrorCode::UNKNOWN_PROPERTY));
+    }
 }

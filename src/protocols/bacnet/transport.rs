@@ -62,6 +62,8 @@ use bacnet_types::error::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::alarms::AckSources;
+
 /// The stack's own receive channel capacity for B/IP (bacnet-transport's
 /// `NPDU_CHANNEL_CAPACITY`), kept so the filter adds no buffering of its own.
 const CHANNEL_CAPACITY: usize = 256;
@@ -98,6 +100,8 @@ pub struct Filtered<T: TransportPort + 'static> {
     /// (object identifier as encoded, property) pairs castpoint holds
     /// read-only although the stack's object would take a write.
     read_only: Arc<[ReadOnly]>,
+    /// Where the requester of each AcknowledgeAlarm is noted (alarms.rs).
+    acks: Option<Arc<AckSources>>,
 }
 
 /// An object property castpoint refuses to write: the object identifier's
@@ -114,7 +118,14 @@ impl<T: TransportPort + 'static> Filtered<T> {
             inner: Arc::new(inner),
             filter: None,
             read_only: read_only.into(),
+            acks: None,
         }
+    }
+
+    /// Notes the requester of every AcknowledgeAlarm in `acks`.
+    pub fn with_ack_sources(mut self, acks: Arc<AckSources>) -> Self {
+        self.acks = Some(acks);
+        self
     }
 
     fn inner_mut(&mut self) -> Result<&mut T, Error> {
@@ -146,12 +157,20 @@ impl<T: TransportPort + 'static> Drop for Filtered<T> {
 async fn filter<T: TransportPort + 'static>(
     inner: Arc<T>,
     read_only: Arc<[ReadOnly]>,
+    acks: Option<Arc<AckSources>>,
     mut from_link: mpsc::Receiver<ReceivedNpdu>,
     to_stack: mpsc::Sender<ReceivedNpdu>,
 ) {
     while let Some(frame) = from_link.recv().await {
         if let Some(t) = apdu_type(&frame.npdu) {
             crate::counters::bacnet_received(t);
+            if t == 0 {
+                if let (Some(acks), Some((oid, source))) =
+                    (&acks, acknowledge_alarm_request(&frame.npdu))
+                {
+                    acks.note(oid, super::peer_from_mac(&frame.source_mac), source);
+                }
+            }
         }
         // A group-addressed confirmed request is dropped by the stack
         // (Clause 6.3); a link reply channel (MS/TP) or a direct-response
@@ -212,6 +231,7 @@ impl<T: TransportPort + 'static> TransportPort for Filtered<T> {
         self.filter = Some(crate::tasks::spawn_owned(filter(
             Arc::clone(&self.inner),
             Arc::clone(&self.read_only),
+            self.acks.clone(),
             from_link,
             to_stack,
         )));
@@ -542,6 +562,49 @@ fn write_property_target(d: &[u8]) -> Option<ReadOnly> {
     (i == d.len()).then_some((oid, prop))
 }
 
+/// Confirmed service choice AcknowledgeAlarm (Clause 21).
+const ACKNOWLEDGE_ALARM: u8 = 0;
+
+/// The event object (encoded identifier) and Acknowledgment_Source of an
+/// unsegmented AcknowledgeAlarm-Request in `npdu`, for the audit trail
+/// (alarms.rs `AckSources`). Only notes who asked: the stack decodes and
+/// judges the request itself. AcknowledgeAlarm-Request: acknowledging
+/// process [0], event object [1], event state [2], time stamp [3]
+/// (constructed), acknowledgment source [4] CharacterString, time of
+/// acknowledgment [5] (constructed).
+pub fn acknowledge_alarm_request(npdu: &[u8]) -> Option<(u32, Option<String>)> {
+    let (_, apdu) = split_npdu(npdu)?;
+    let first = *apdu.first()?;
+    if first >> 4 != 0 || first & 0x08 != 0 || *apdu.get(3)? != ACKNOWLEDGE_ALARM {
+        return None;
+    }
+    let d = apdu.get(4..)?;
+    let mut i = 0;
+    let Tag::Context(0, _) = read_tag(d, &mut i)? else {
+        return None;
+    };
+    let Tag::Context(1, oid) = read_tag(d, &mut i)? else {
+        return None;
+    };
+    let oid: [u8; 4] = oid.try_into().ok()?;
+    let Tag::Context(2, _) = read_tag(d, &mut i)? else {
+        return None;
+    };
+    if read_tag(d, &mut i)? != Tag::Open(3) || !skip_to_close(d, &mut i, 3) {
+        return None;
+    }
+    // Character set 0 is UTF-8 (ANSI X3.4 included); another set is
+    // noted as absent rather than guessed at.
+    let source = match read_tag(d, &mut i)? {
+        Tag::Context(4, [0, text @ ..]) => std::str::from_utf8(text)
+            .ok()
+            .map(|t| t.chars().filter(|c| !c.is_control()).take(64).collect()),
+        Tag::Context(4, _) => None,
+        _ => return None,
+    };
+    Some((u32::from_be_bytes(oid), source))
+}
+
 /// An unsigned or enumerated content of 1..=4 octets.
 fn uint(content: &[u8]) -> Option<u32> {
     if content.is_empty() || content.len() > 4 {
@@ -690,6 +753,46 @@ mod tests {
         let mut a = vec![0x00, 0x05, 0x2A, service];
         a.extend_from_slice(data);
         npdu(&a)
+    }
+
+    #[test]
+    fn acknowledge_alarm_requests_name_their_object_and_source() {
+        // process 1, MSV 3, state OFFNORMAL, time stamp [2] date/time,
+        // source "op", time of acknowledgment [1] sequence 7.
+        let ts = [
+            0x3E, 0x2E, 0xA4, 126, 12, 6, 7, 0xB4, 11, 22, 33, 45, 0x2F, 0x3F,
+        ];
+        let mut d = vec![0x09, 0x01, 0x1C, 0x04, 0xC0, 0x00, 0x03, 0x29, 0x02];
+        d.extend_from_slice(&ts);
+        d.extend_from_slice(&[0x4B, 0x00, b'o', b'p', 0x5E, 0x19, 0x07, 0x5F]);
+        let oid = u32::from_be_bytes([0x04, 0xC0, 0x00, 0x03]);
+        assert_eq!(
+            acknowledge_alarm_request(&request(ACKNOWLEDGE_ALARM, &d)),
+            Some((oid, Some("op".to_string())))
+        );
+        // Another character set: the object is still noted, the text not.
+        let mut other = d.clone();
+        let at = other.len() - 8;
+        other[at + 1] = 4;
+        assert_eq!(
+            acknowledge_alarm_request(&request(ACKNOWLEDGE_ALARM, &other)),
+            Some((oid, None))
+        );
+        // Another service, a truncated request, hostile bytes: nothing.
+        assert_eq!(acknowledge_alarm_request(&request(15, &d)), None);
+        for n in 0..d.len() - 8 {
+            assert_eq!(
+                acknowledge_alarm_request(&request(ACKNOWLEDGE_ALARM, &d[..n])),
+                None,
+                "{n} octets"
+            );
+        }
+        for seed in 0u32..2000 {
+            let junk: Vec<u8> = (0..(seed % 40))
+                .map(|k| (seed.wrapping_mul(2654435761).wrapping_add(k * 97) >> 7) as u8)
+                .collect();
+            let _ = acknowledge_alarm_request(&request(ACKNOWLEDGE_ALARM, &junk));
+        }
     }
 
     #[test]
