@@ -149,7 +149,7 @@ def main():
     ready = time.perf_counter() - t0
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(5.0)
-    want = 36 + a.routes * (BLOCK + 1)
+    want = 39 + a.routes * (BLOCK + 1)  # server objects incl. 3 Notification Classes
     try:
         while object_count(s, port) != want:
             if time.perf_counter() - t0 > 60:

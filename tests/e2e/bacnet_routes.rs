@@ -117,7 +117,8 @@ async fn route_objects_command_their_route_and_the_revision_survives_restarts() 
     assert_eq!(name(&c, SV, 0).await.as_deref(), Some("Streaming Server"));
     assert_eq!(name(&c, MSV, 3000).await.as_deref(), Some("a Route Status"));
     assert_eq!(name(&c, BO, 1010).await.as_deref(), Some("b Route Enable"));
-    // Object_List: the 36 server objects (with the server's view), then
+    // Object_List: the 39 server objects (3 Notification Classes and the
+    // server's view among them), then
     // per route its view and 31 objects.
     let n = c
         .call(&{
@@ -129,7 +130,7 @@ async fn route_objects_command_their_route_and_the_revision_survives_restarts() 
             f
         })
         .await;
-    assert_eq!(unsigned(value_of(&n).expect("size")), 36 + 2 * 32);
+    assert_eq!(unsigned(value_of(&n).expect("size")), 39 + 2 * 32);
     let r1 = revision(&c).await;
     assert!(r1 >= 1, "a first start serves a new revision");
     // Route Enable of a (BO3010) off at priority 8: the point's array, a

@@ -183,7 +183,7 @@ def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
     route 2's HTTP-TS output only, and a route created / deleted over REST
     appears / disappears with a new Database_Revision within 2 s."""
     # Eight idle routes (UDP inputs nobody feeds) pinned to slots 20..27
-    # make the Object_List 356 identifiers: larger than one APDU, so
+    # make the Object_List 359 identifiers: larger than one APDU, so
     # bacpypes3 gets it segmented.
     idle = "".join(f'[[route]]\nname = "idle{n}"\nslot = {n}\n[[route.input]]\nname = "in"\n'
                    'type = "udp"\nbind = "127.0.0.1:0"\n' for n in range(20, 28))
@@ -226,7 +226,7 @@ def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
             ol = await wait_for("route views in the Object_List", both)
             assert ObjectIdentifier("structured-view,1") in ol
             # 36 server objects (its view included) + 10 routes x (view + 31).
-            assert len(ol) == 36 + 10 * 32
+            assert len(ol) == 39 + 10 * 32  # 3 Notification Classes among the 39
             n = await app.read_property(addr, dev, "object-list", 0)
             assert n == len(ol)
             # The tree: server view -> its points and the route views ->
