@@ -56,6 +56,21 @@ pub trait AlarmStore: Send + Sync {
         time_stamp: DateTime<Utc>,
         source: &Source,
     ) -> anyhow::Result<()>;
+
+    /// Like [`record_ack`](Self::record_ack), with the operator's comment
+    /// (REST) or acknowledgment source (BACnet). Stores that keep no
+    /// comment need not implement it.
+    fn record_ack_with(
+        &self,
+        point: &str,
+        kind: TransitionKind,
+        time_stamp: DateTime<Utc>,
+        source: &Source,
+        comment: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let _ = comment;
+        self.record_ack(point, kind, time_stamp, source)
+    }
 }
 
 /// Why an acknowledgement failed.
@@ -309,6 +324,19 @@ impl Alarms {
         time_stamp: DateTime<Utc>,
         source: &Source,
     ) -> Result<bool, AckFailure> {
+        self.acknowledge_with(point, kind, time_stamp, source, None)
+    }
+
+    /// [`acknowledge`](Self::acknowledge) with a comment kept in the store
+    /// and the audit log.
+    pub fn acknowledge_with(
+        &self,
+        point: &str,
+        kind: TransitionKind,
+        time_stamp: DateTime<Utc>,
+        source: &Source,
+        comment: Option<&str>,
+    ) -> Result<bool, AckFailure> {
         let i = self
             .inner
             .db
@@ -321,7 +349,7 @@ impl Alarms {
         let changed = probe.acknowledge(kind, time_stamp)?;
         if changed {
             if let Some(s) = self.inner.store.get() {
-                s.record_ack(point, kind, time_stamp, source)
+                s.record_ack_with(point, kind, time_stamp, source, comment)
                     .map_err(|e| AckFailure::Store(format!("{e:#}")))?;
             }
             states[i] = probe;
@@ -334,6 +362,29 @@ impl Alarms {
             });
         }
         Ok(changed)
+    }
+
+    /// The alarm-capable points in configuration order, with their
+    /// notification class (the Modbus summary bits follow this order).
+    pub fn points(&self) -> Vec<(PointId, u32)> {
+        self.inner
+            .points
+            .iter()
+            .map(|(id, spec)| (*id, spec.notification_class))
+            .collect()
+    }
+
+    /// The notification class of a point's alarm.
+    pub fn class_of(&self, point: &str) -> Option<u32> {
+        let id = self.inner.db.lookup_any(point)?;
+        let &i = self.inner.index.get(&id)?;
+        Some(self.inner.points[i].1.notification_class)
+    }
+
+    /// The spec of a point's alarm.
+    pub fn spec(&self, point: PointId) -> Option<&AlarmSpec> {
+        let &i = self.inner.index.get(&point)?;
+        Some(&self.inner.points[i].1)
     }
 
     /// Counts for summaries (Modbus block, metrics): (active, unacked).
