@@ -25,6 +25,9 @@ use crate::points::alarm::{
 };
 use crate::points::{PointDb, PointId, Source};
 
+pub mod json;
+pub mod webhook;
+
 /// One recorded transition.
 #[derive(Debug, Clone)]
 pub struct AlarmRecord {
@@ -156,6 +159,11 @@ impl Alarms {
         if let Some(&i) = self.inner.index.get(&point) {
             self.inner.states.lock()[i] = st;
         }
+    }
+
+    /// The point database the alarms watch.
+    pub fn db(&self) -> &PointDb {
+        &self.inner.db
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<AlarmEvent> {
