@@ -248,6 +248,15 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Shows the alarm runtime in the point records and watch polls
+    /// (docs/haystack.md, "Alarms"); once, at start-up.
+    pub fn set_alarms(&self, a: crate::alarms::Alarms) {
+        self.records.set_alarms(a.clone());
+        self.watches.set_alarms(a);
+    }
+}
+
 /// The Haystack router: `/{op}`, to be nested under `/api/haystack`.
 /// Needs `into_make_service_with_connect_info::<SocketAddr>` for the peer
 /// address that writes are audited with.

@@ -38,6 +38,7 @@
 //! - Multi-register writes are checked in full before the first point is
 //!   written, so a refused request changes nothing.
 
+pub mod alarms;
 mod export;
 mod frame;
 mod regmap;

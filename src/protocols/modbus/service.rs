@@ -39,6 +39,10 @@ pub struct Service {
     map: RegisterMap,
     /// Indexed by unit id: O(1) on the hot path.
     units: [bool; 256],
+    /// The alarm summary block (input registers 60000..), when alarms run.
+    alarm_block: Option<super::alarms::AlarmBlock>,
+    /// Input-register offsets the map uses (to keep the block clear of it).
+    input_ends: (u32, u32),
 }
 
 impl Service {
@@ -61,11 +65,37 @@ impl Service {
                 Err(e) => tracing::error!("modbus: no route blocks: {e}"),
             }
         }
+        let input_ends = full
+            .registers
+            .iter()
+            .filter(|r| r.table == crate::points::ModbusTable::Input)
+            .fold((u32::MAX, 0), |(lo, hi), r| {
+                let o = u32::from(r.offset);
+                (lo.min(o), hi.max(o + u32::from(r.reg_type.width())))
+            });
         Service {
             db,
             map: RegisterMap::new(&full),
             units,
+            alarm_block: None,
+            input_ends,
         }
+    }
+
+    /// Serves the alarm summary block (docs/modbus-map.md, "Alarm
+    /// summary") unless a register of the map lies in its range.
+    pub fn with_alarms(mut self, alarms: crate::alarms::Alarms) -> Self {
+        use super::alarms::{AlarmBlock, BASE, LEN};
+        let (lo, hi) = self.input_ends;
+        let (b0, b1) = (u32::from(BASE), u32::from(BASE) + u32::from(LEN));
+        if lo < b1 && hi > b0 {
+            tracing::error!(
+                "modbus: the register map reaches input registers {b0}..{b1}: no alarm summary block (lower [route_points] max_routes or the route block stride)"
+            );
+            return self;
+        }
+        self.alarm_block = Some(AlarmBlock::new(alarms));
+        self
     }
 
     /// Answers one request (header + PDU), appending the whole response ADU
@@ -119,6 +149,22 @@ impl Service {
                 self.read_words(&self.map.holding, addr, qty, out)
             }
             Request::ReadInputRegisters { addr, qty } => {
+                if let Some(block) = &self.alarm_block {
+                    if super::alarms::AlarmBlock::touches(addr, qty) {
+                        // Nothing is mapped next to the block: a read
+                        // that leaves it covers unmapped addresses (02).
+                        if !super::alarms::AlarmBlock::within(addr, qty) {
+                            return Err(Exception::IllegalDataAddress);
+                        }
+                        out.push(0x04);
+                        // qty <= 125 (checked by the decoder).
+                        out.push((2 * qty) as u8);
+                        for w in block.read(addr, qty) {
+                            out.extend_from_slice(&w.to_be_bytes());
+                        }
+                        return Ok(());
+                    }
+                }
                 out.push(0x04);
                 self.read_words(&self.map.input, addr, qty, out)
             }
