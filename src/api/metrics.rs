@@ -488,7 +488,11 @@ pub fn alarms(out: &mut String, a: &crate::alarms::Alarms) {
         "Alarm events for webhooks by result: sent (2xx), failed (after every retry), dropped (queue full).",
     );
     use std::sync::atomic::Ordering::Relaxed;
-    for (r, c) in [("sent", &t.sent), ("failed", &t.failed), ("dropped", &t.dropped)] {
+    for (r, c) in [
+        ("sent", &t.sent),
+        ("failed", &t.failed),
+        ("dropped", &t.dropped),
+    ] {
         f.sample(
             "castpoint_alarm_webhook_events_total",
             &format!("result=\"{r}\""),

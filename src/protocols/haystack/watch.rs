@@ -17,7 +17,11 @@ use crate::points::{PointDb, PointState};
 /// which never change).
 /// The alarm state is part of it: an alarm transition or an ack changes the
 /// record's alarm tags, so a poll reports it.
-type Seen = Option<(PointState, Option<(crate::points::Value, u8)>, Option<AlarmSeen>)>;
+type Seen = Option<(
+    PointState,
+    Option<(crate::points::Value, u8)>,
+    Option<AlarmSeen>,
+)>;
 
 /// What the alarm tags show: event state, acks, time stamps (not a pending
 /// time delay, which no tag shows).
