@@ -140,7 +140,9 @@ fn parse_ack(b: &J) -> Result<AckBody, ApiError> {
         .get("transition")
         .and_then(J::as_str)
         .and_then(kind_from_str)
-        .ok_or_else(|| bad("transition: one of \"to-offnormal\", \"to-fault\", \"to-normal\"".into()))?;
+        .ok_or_else(|| {
+            bad("transition: one of \"to-offnormal\", \"to-fault\", \"to-normal\"".into())
+        })?;
     let time_stamp = match obj.get("time_stamp").and_then(J::as_str) {
         Some("latest") => None,
         Some(t) => Some(parse_time("time_stamp", t)?),
@@ -218,7 +220,10 @@ fn do_ack(
         None => st.time_stamps.get(req.kind).ok_or_else(|| {
             ApiError::new(
                 StatusCode::CONFLICT,
-                format!("{point} has no {} transition to acknowledge", req.kind.as_str()),
+                format!(
+                    "{point} has no {} transition to acknowledge",
+                    req.kind.as_str()
+                ),
             )
         })?,
     };

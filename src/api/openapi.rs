@@ -404,7 +404,7 @@ fn schemas(s: &ApiState) -> J {
     // one branch then matches null, as `oneOf` requires.
     let value = json!({"description": "The value; null when the point has no fresh value (status says why).",
         "oneOf": [{"type": "number", "nullable": true}, {"type": "boolean"}, {"type": "string"}]});
-    json!({
+    let mut all = json!({
         "Object": {"type": "object", "additionalProperties": true},
         "Empty": {"type": "object"},
         "Text": {"type": "string"},
@@ -485,6 +485,23 @@ fn schemas(s: &ApiState) -> J {
                 "name": {"type": "string"},
                 "role": {"type": "string", "enum": ["viewer", "operator", "admin"]},
                 "created": {"type": "string", "format": "date-time"}}}}}},
+        "ApiKeyNew": {"type": "object", "required": ["name", "role"], "properties": {
+            "name": {"type": "string"},
+            "role": {"type": "string", "enum": ["viewer", "operator", "admin"]}}},
+        "ApiKeyCreated": {"type": "object", "properties": {
+            "name": {"type": "string"},
+            "role": {"type": "string"},
+            "key": {"type": "string", "description": "Shown once; use as `Authorization: Bearer <key>` or `X-API-Key: <key>`."}}},
+    });
+    // A second macro call: one json! this size hits the macro recursion limit.
+    if let (Some(m), J::Object(more)) = (all.as_object_mut(), alarm_schemas()) {
+        m.extend(more);
+    }
+    all
+}
+
+fn alarm_schemas() -> J {
+    json!({
         "AlarmState": {"type": "object", "properties": {
             "point": {"type": "string"},
             "state": {"type": "string", "enum": ["normal", "offnormal", "high-limit", "low-limit", "fault"]},
@@ -531,14 +548,7 @@ fn schemas(s: &ApiState) -> J {
         "AlarmAck": {"type": "object", "required": ["transition", "time_stamp"], "properties": {
             "transition": {"type": "string", "enum": ["to-offnormal", "to-fault", "to-normal"]},
             "time_stamp": {"type": "string", "description": "The transition's time stamp exactly as /api/alarms shows it (RFC 3339), or \"latest\"."},
-            "comment": {"type": "string", "maxLength": 1000}}},
-        "ApiKeyNew": {"type": "object", "required": ["name", "role"], "properties": {
-            "name": {"type": "string"},
-            "role": {"type": "string", "enum": ["viewer", "operator", "admin"]}}},
-        "ApiKeyCreated": {"type": "object", "properties": {
-            "name": {"type": "string"},
-            "role": {"type": "string"},
-            "key": {"type": "string", "description": "Shown once; use as `Authorization: Bearer <key>` or `X-API-Key: <key>`."}}},
+            "comment": {"type": "string", "maxLength": 1000}}}
     })
 }
 
