@@ -25,6 +25,7 @@ use crate::points::alarm::{
 };
 use crate::points::{PointDb, PointId, Source};
 
+pub mod config;
 pub mod json;
 pub mod webhook;
 
@@ -74,6 +75,13 @@ pub trait AlarmStore: Send + Sync {
         let _ = comment;
         self.record_ack(point, kind, time_stamp, source)
     }
+
+    /// A route block closed: its point's alarm went back to NORMAL
+    /// silently (no transition); the stored state must not come back.
+    fn record_reset(&self, point: &str) -> anyhow::Result<()> {
+        let _ = point;
+        Ok(())
+    }
 }
 
 /// Why an acknowledgement failed.
@@ -86,6 +94,18 @@ pub enum AckFailure {
     #[error("the acknowledgement could not be stored: {0}")]
     Store(String),
 }
+
+/// Waits for the route blocks to change; false once the database is gone
+/// (pending forever without route blocks).
+async fn block_changed(b: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
+    match b {
+        Some(b) => b.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Transitions kept in memory for `history` (the durable store keeps more).
+pub const HISTORY_CAP: usize = 1000;
 
 /// A point's alarm as the views show it.
 #[derive(Debug, Clone)]
@@ -101,6 +121,8 @@ struct Inner {
     index: HashMap<PointId, usize>,
     classes: HashMap<u32, ClassRules>,
     states: Mutex<Vec<AlarmState>>,
+    /// Whether each point was present at its last evaluation.
+    present: Vec<std::sync::atomic::AtomicBool>,
     history: Mutex<VecDeque<AlarmRecord>>,
     history_cap: usize,
     seq: std::sync::atomic::AtomicU64,
@@ -132,6 +154,10 @@ impl Alarms {
             .map(|(i, (p, _))| (*p, i))
             .collect();
         let states = Mutex::new(vec![AlarmState::default(); points.len()]);
+        let present = points
+            .iter()
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .collect();
         let (events, _) = broadcast::channel(1024);
         Alarms {
             inner: Arc::new(Inner {
@@ -140,6 +166,7 @@ impl Alarms {
                 index,
                 classes,
                 states,
+                present,
                 history: Mutex::new(VecDeque::new()),
                 history_cap: history_cap.max(1),
                 seq: std::sync::atomic::AtomicU64::new(0),
@@ -181,6 +208,30 @@ impl Alarms {
     /// Evaluates point `i` now; records and broadcasts a transition.
     fn evaluate(&self, i: usize, now: Instant, wall: DateTime<Utc>) {
         let (id, spec) = &self.inner.points[i];
+        // A route block nobody owns (route deleted, slot free) has no
+        // alarm: its state goes back to NORMAL silently, so neither a
+        // free slot nor the next route given it inherits an event. Only
+        // once the block was seen present: at start-up the blocks open
+        // after the first evaluation, and a state restored from the store
+        // must wait for its route, not be wiped before it comes.
+        let present = self.inner.db.is_present(*id);
+        let was = self.inner.present[i].swap(present, std::sync::atomic::Ordering::Relaxed);
+        if !present {
+            if was {
+                let mut states = self.inner.states.lock();
+                if states[i] != AlarmState::default() {
+                    states[i] = AlarmState::default();
+                    drop(states);
+                    if let Some(s) = self.inner.store.get() {
+                        let point = self.inner.db.def(*id).map(|d| d.id.as_str()).unwrap_or("");
+                        if let Err(e) = s.record_reset(point) {
+                            tracing::warn!(point, "alarm state of a closed route block not cleared in the store: {e:#}");
+                        }
+                    }
+                }
+            }
+            return;
+        }
         let Some(st) = self.inner.db.read(*id) else {
             return;
         };
@@ -252,6 +303,9 @@ impl Alarms {
     /// `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut rx = self.inner.db.subscribe();
+        // Routes coming and going open and close blocks without a value
+        // change of every point: re-judge all then.
+        let mut blocks = self.inner.db.subscribe_blocks();
         self.evaluate_all();
         loop {
             let deadline = self.next_deadline();
@@ -263,6 +317,13 @@ impl Alarms {
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                ok = block_changed(&mut blocks) => {
+                    if ok {
+                        self.evaluate_all();
+                    } else {
+                        blocks = None;
+                    }
+                }
                 r = rx.recv() => match r {
                     Ok(c) => {
                         if let Some(&i) = self.inner.index.get(&c.id) {
@@ -297,7 +358,7 @@ impl Alarms {
             .points
             .iter()
             .zip(states.iter())
-            .filter(|(_, st)| st.is_listed())
+            .filter(|((id, _), st)| st.is_listed() && self.inner.db.is_present(*id))
             .map(|((id, spec), st)| AlarmSummary {
                 point: self
                     .inner
@@ -309,6 +370,35 @@ impl Alarms {
                 notification_class: spec.notification_class,
             })
             .collect()
+    }
+
+    /// The alarm-capable points and their specs (present or not: a view
+    /// checks `PointDb::is_present`), in database order.
+    pub fn points(&self) -> impl Iterator<Item = (PointId, &AlarmSpec)> + '_ {
+        self.inner.points.iter().map(|(id, s)| (*id, s))
+    }
+
+    /// A point's alarm spec (`None` for a point without an alarm).
+    pub fn spec(&self, point: PointId) -> Option<&AlarmSpec> {
+        let &i = self.inner.index.get(&point)?;
+        Some(&self.inner.points[i].1)
+    }
+
+    /// The rules of notification class `n` (`None` if it does not exist).
+    pub fn class(&self, n: u32) -> Option<ClassRules> {
+        self.inner.classes.get(&n).copied()
+    }
+
+    /// The alarm runtime of a database whose definitions carry
+    /// `[point.alarm]` specs (server points and every reserved route
+    /// block), routed through `classes`.
+    pub fn from_db(db: &PointDb, classes: &[config::NotificationClassTable]) -> Alarms {
+        let points: Vec<(PointId, AlarmSpec)> = db
+            .all_ids()
+            .filter_map(|id| Some((id, db.def(id)?.alarm.clone()?)))
+            .collect();
+        let classes = classes.iter().map(|c| (c.id, c.rules())).collect();
+        Alarms::new(db.clone(), points, classes, HISTORY_CAP)
     }
 
     /// A point's alarm state (`None` for a point without an alarm).
@@ -372,16 +462,6 @@ impl Alarms {
         Ok(changed)
     }
 
-    /// The alarm-capable points in configuration order, with their
-    /// notification class (the Modbus summary bits follow this order).
-    pub fn points(&self) -> Vec<(PointId, u32)> {
-        self.inner
-            .points
-            .iter()
-            .map(|(id, spec)| (*id, spec.notification_class))
-            .collect()
-    }
-
     /// The notification class of a point's alarm.
     pub fn class_of(&self, point: &str) -> Option<u32> {
         let id = self.inner.db.lookup_any(point)?;
@@ -389,21 +469,22 @@ impl Alarms {
         Some(self.inner.points[i].1.notification_class)
     }
 
-    /// The spec of a point's alarm.
-    pub fn spec(&self, point: PointId) -> Option<&AlarmSpec> {
-        let &i = self.inner.index.get(&point)?;
-        Some(&self.inner.points[i].1)
-    }
-
     /// Counts for summaries (Modbus block, metrics): (active, unacked).
     pub fn counts(&self) -> (usize, usize) {
         let states = self.inner.states.lock();
-        let active = states
-            .iter()
+        // A free route slot's restored state waits for its route unseen.
+        let shown = || {
+            self.inner
+                .points
+                .iter()
+                .zip(states.iter())
+                .filter(|((id, _), _)| self.inner.db.is_present(*id))
+                .map(|(_, s)| s)
+        };
+        let active = shown()
             .filter(|s| s.event_state != EventState::Normal)
             .count();
-        let unacked = states
-            .iter()
+        let unacked = shown()
             .filter(|s| TransitionKind::ALL.iter().any(|k| !s.acked.get(*k)))
             .count();
         (active, unacked)

@@ -436,7 +436,8 @@ pub fn alarms(out: &mut String, a: &crate::alarms::Alarms) {
     let db = a.db();
     let mut active = Vec::new();
     let mut unacked = Vec::new();
-    for (id, class) in a.points() {
+    for (id, spec) in a.points() {
+        let class = spec.notification_class;
         let (Some(st), Some(d)) = (a.state(id), db.def(id)) else {
             continue;
         };

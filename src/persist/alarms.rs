@@ -255,6 +255,35 @@ impl Store {
     }
 }
 
+/// Installs the SQLite store in the alarm runtime and restores the stored
+/// states (start-up, before `Alarms::run`). Returns how many were restored.
+pub fn install(
+    store: &Arc<Store>,
+    db: &PointDb,
+    alarms: &crate::alarms::Alarms,
+) -> anyhow::Result<usize> {
+    alarms.set_store(Arc::new(SqliteAlarmStore::new(
+        store.clone(),
+        Some(db.clone()),
+        DEFAULT_HISTORY_RETENTION,
+    )));
+    let mut n = 0;
+    for (point, st) in store.alarm_states()? {
+        match db.lookup_any(&point) {
+            Some(id) if alarms.spec(id).is_some() => {
+                alarms.restore(id, st);
+                n += 1;
+            }
+            // The point lost its alarm (config changed): nothing to show.
+            _ => tracing::info!("stored alarm state of {point} ignored: no alarm configured"),
+        }
+    }
+    if n > 0 {
+        tracing::info!("{n} alarm states restored");
+    }
+    Ok(n)
+}
+
 /// [`AlarmStore`] over the SQLite [`Store`]: what `App` installs with
 /// `Alarms::set_store`.
 pub struct SqliteAlarmStore {
@@ -366,6 +395,14 @@ impl AlarmStore for SqliteAlarmStore {
         source: &Source,
     ) -> anyhow::Result<()> {
         self.record_ack_with(point, kind, time_stamp, source, None)
+    }
+
+    fn record_reset(&self, point: &str) -> anyhow::Result<()> {
+        self.store
+            .conn
+            .lock()
+            .execute("DELETE FROM alarm_state WHERE point = ?1", params![point])?;
+        Ok(())
     }
 
     fn record_ack_with(

@@ -38,7 +38,7 @@ pub struct AlarmBlock {
 
 impl AlarmBlock {
     pub fn new(alarms: Alarms) -> AlarmBlock {
-        let mut points: Vec<PointId> = alarms.points().into_iter().map(|(p, _)| p).collect();
+        let mut points: Vec<PointId> = alarms.points().map(|(p, _)| p).collect();
         points.sort_by_key(|p| p.index());
         if points.len() > MAX_POINTS {
             tracing::warn!(
@@ -69,7 +69,12 @@ impl AlarmBlock {
         w[1] = sat(unacked);
         w[2] = sat(self.points.len());
         for (i, p) in self.points.iter().take(MAX_POINTS).enumerate() {
-            let Some(st) = self.alarms.state(*p) else {
+            // A free route slot's points have no alarm (bits 0).
+            let Some(st) = self
+                .alarms
+                .state(*p)
+                .filter(|_| self.alarms.db().is_present(*p))
+            else {
                 continue;
             };
             let bit = 1u16 << (i % 16);
