@@ -241,8 +241,100 @@ pub fn export_csv(defs: &[PointDef], map: &ModbusMap, tpl: Option<&RouteTemplate
 }
 
 /// `castpoint export modbus-map`: the server's map, then the route blocks'
-/// address rule and the layout of one block (slot 1), with slot 3 worked out.
+/// address rule and the layout of one block (slot 1), with slot 3 worked
+/// out, then the alarm summary block.
 pub fn export_markdown(defs: &[PointDef], map: &ModbusMap, tpl: Option<&RouteTemplate>) -> String {
+    let mut s = blocks_markdown(defs, map, tpl);
+    alarm_markdown(&mut s, defs, tpl);
+    s
+}
+
+/// The alarm summary block (`alarms.rs`): its registers, and the bit of
+/// every alarm-capable point (server points by name, route points by the
+/// slot rule).
+fn alarm_markdown(s: &mut String, defs: &[PointDef], tpl: Option<&RouteTemplate>) {
+    use super::alarms::{ACTIVE_BITS, BASE, LEN, MAX_POINTS, UNACKED_BITS};
+    let server: Vec<&PointDef> = defs.iter().filter(|d| d.alarm.is_some()).collect();
+    let block: Vec<PointDef> = tpl
+        .map(|t| {
+            t.layout()
+                .iter()
+                .map(|&(i, o)| t.expand(1, i, o))
+                .filter(|d| d.alarm.is_some())
+                .collect()
+        })
+        .unwrap_or_default();
+    let slots = tpl.map_or(0, |t| usize::from(t.max_slots));
+    let n = server.len() + block.len() * slots;
+    let num = |off: u16| 300_001 + u32::from(off);
+    let _ = write!(
+        s,
+        "\n## Alarm summary\n\n\
+Input registers (FC04) from protocol offset {BASE} ({}) to {} ({}), read from \
+the alarm runtime at each request (docs/alarms.md). A read that reaches \
+outside the block gets exception 02; a whole read is at most 125 registers.\n\n\
+| number | offset | what |\n|---|---|---|\n\
+| {} | {BASE} | points whose alarm is not NORMAL (active) |\n\
+| {} | {} | points with a transition awaiting its acknowledgement |\n\
+| {} | {} | alarm-capable points N ({n} with this configuration) |\n\
+| {}..{} | {}..{} | reserved, read 0 |\n\
+| {}..{} | {}..{} | active bits: point i is bit i % 16 (LSB first) of register {} + i / 16 |\n\
+| {}..{} | {}..{} | unacknowledged bits, the same way from {} |\n\n\
+Points are numbered in point-id order: the server's alarm-capable points, \
+then route slot 1's, slot 2's, ... ({} per slot, {slots} slots reserved; a free \
+slot's bits read 0). {MAX_POINTS} points have a bit; the counts include all.\n\n\
+| bit i | register | bit | point |\n|---|---|---|---|\n",
+        num(BASE),
+        BASE + LEN - 1,
+        num(BASE + LEN - 1),
+        num(BASE),
+        num(BASE + 1),
+        BASE + 1,
+        num(BASE + 2),
+        BASE + 2,
+        num(BASE + 3),
+        num(BASE + ACTIVE_BITS - 1),
+        BASE + 3,
+        BASE + ACTIVE_BITS - 1,
+        num(BASE + ACTIVE_BITS),
+        num(BASE + UNACKED_BITS - 1),
+        BASE + ACTIVE_BITS,
+        BASE + UNACKED_BITS - 1,
+        BASE + ACTIVE_BITS,
+        num(BASE + UNACKED_BITS),
+        num(BASE + LEN - 1),
+        BASE + UNACKED_BITS,
+        BASE + LEN - 1,
+        BASE + UNACKED_BITS,
+        block.len(),
+    );
+    let mut line = |i: usize, what: String| {
+        let reg = usize::from(BASE + ACTIVE_BITS) + i / 16;
+        let _ = writeln!(
+            s,
+            "| {i} | {} ({reg}) | {} | {what} |",
+            300_001 + reg,
+            i % 16
+        );
+    };
+    for (i, d) in server.iter().enumerate() {
+        line(i, format!("{} ({})", d.id, d.name));
+    }
+    for (j, d) in block.iter().enumerate() {
+        let rule = if j == 0 {
+            format!(
+                " — slot s: bit {} + (s - 1) x {} + {j}",
+                server.len(),
+                block.len()
+            )
+        } else {
+            String::new()
+        };
+        line(server.len() + j, format!("{} ({}){rule}", d.id, d.name));
+    }
+}
+
+fn blocks_markdown(defs: &[PointDef], map: &ModbusMap, tpl: Option<&RouteTemplate>) -> String {
     let mut s = map_markdown(defs, map);
     let Some(tpl) = tpl else {
         return s;
