@@ -14,7 +14,7 @@ import hszinc
 import pytest
 from pymodbus.client import ModbusTcpClient
 
-from conftest import ROOT, Server
+from conftest import ROOT, Server, castpoint_bin
 
 RULES = ROOT / "packaging" / "prometheus" / "castpoint-alerts.yml"
 RULE_TESTS = ROOT / "packaging" / "prometheus" / "castpoint-alerts.test.yml"
@@ -234,5 +234,48 @@ def test_an_alarm_on_every_surface_and_an_ack_that_survives_kill_9(tmp_path):
         tr = get(s, "/api/audit?kind=alarm&target=server_status")["events"]
         assert tr and tr[-1]["new"] == "fault"
         assert call(s, "GET", "/api/alarms/history?state=sideways")[0] == 400
+    finally:
+        s.stop()
+
+
+def test_acknowledging_needs_operator_and_records_who(tmp_path):
+    """Viewers read alarms but may not acknowledge (403, audited); an
+    operator's ack is stored with the key's name as the user."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SURFACES_CONFIG)
+    s = Server(config=cfg)
+    try:
+        keys = {}
+        for name, role in (("watcher", "viewer"), ("shift", "operator")):
+            add = subprocess.run([castpoint_bin(), "apikey", "add", name, "--role", role,
+                                  "--data-dir", s.data], capture_output=True, text=True,
+                                 timeout=30)
+            assert add.returncode == 0, add.stderr
+            keys[name] = add.stdout.strip()
+
+        def req(method, path, key, body=None):
+            r = urllib.request.Request(
+                s.http_base + path, method=method,
+                data=None if body is None else json.dumps(body).encode(),
+                headers={"content-type": "application/json", "x-api-key": key})
+            try:
+                with urllib.request.urlopen(r, timeout=10) as resp:
+                    return resp.status, json.load(resp)
+            except urllib.error.HTTPError as e:
+                return e.code, json.load(e)
+
+        def listed():
+            st, doc = req("GET", "/api/alarms", keys["watcher"])
+            assert st == 200
+            return next((a for a in doc["alarms"] if a["point"] == "server_status"), None)
+        wait_for("server_status listed", listed)
+        body = {"transition": "to-fault", "time_stamp": "latest"}
+        ack = "/api/alarms/server_status/ack"
+        assert req("POST", ack, keys["watcher"], body)[0] == 403
+        assert listed()["unacked"] == ["to-fault"]
+        st, doc = req("POST", ack, keys["shift"], body)
+        assert st == 200 and doc["acknowledged"] is True
+        h = req("GET", "/api/alarms/history?point=server_status", keys["watcher"])[1]
+        assert h["transitions"][0]["ack"]["user"] == "apikey:shift"
     finally:
         s.stop()
