@@ -239,4 +239,26 @@ mod tests {
         assert_eq!(ids, [1, 2, 3, 9]);
         assert_eq!(e[1].priority, [1, 2, 3]);
     }
+
+    #[test]
+    fn webhook_keys_are_validated_and_resolved() {
+        let mut t = defaults()[0].clone();
+        t.webhook = Some("http://127.0.0.1:9000/alarms".into());
+        t.webhook_queue = Some(10);
+        t.webhook_timeout = Some("2s".into());
+        assert!(validate(std::slice::from_ref(&t)).is_empty());
+        let hooks = webhooks(std::slice::from_ref(&t));
+        let h = &hooks[&1];
+        assert_eq!(h.queue, 10);
+        assert_eq!(h.timeout, std::time::Duration::from_secs(2));
+        assert_eq!(h.retries, crate::alarms::webhook::Webhook::DEFAULT_RETRIES);
+        t.webhook = Some("ftp://x".into());
+        let p = validate(std::slice::from_ref(&t));
+        assert!(p.iter().any(|p| p.key == "[0].webhook"), "{p:?}");
+        t.webhook = Some("http://x/".into());
+        t.webhook_timeout = Some("soon".into());
+        let p = validate(std::slice::from_ref(&t));
+        assert!(p.iter().any(|p| p.key == "[0].webhook_timeout"), "{p:?}");
+        assert!(webhooks(&defaults()).is_empty());
+    }
 }

@@ -176,3 +176,71 @@ async fn websocket_pushes_alarm_transitions_and_acks() {
     assert_eq!(a["state"]["acked"]["to-fault"], true);
     app.stop().await;
 }
+
+/// A `[[notification_class]]` webhook configured in castpoint.toml gets
+/// the class's transitions and acks as JSON POSTs (docs/alarms.md,
+/// "Webhooks"), from a receiver on 127.0.0.1:0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_webhook_receives_transitions_and_acks() {
+    let got = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<serde_json::Value>::new()));
+    let g = got.clone();
+    let app_rx = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let g = g.clone();
+            async move {
+                g.lock()
+                    .push(serde_json::from_str(&body).unwrap_or_default());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", l.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app_rx).await;
+    });
+    // Class 2 (server alarms) with a webhook; telemetry off, so Server
+    // Status has no source and goes to FAULT at start.
+    let app = TestApp::from_toml(&format!(
+        "[[notification_class]]\nid = 2\nname = \"Server alarms\"\npriority = [96, 96, 200]\nack_required = [\"to-offnormal\", \"to-fault\"]\nwebhook = \"{url}\"\nwebhook_retries = 1\n"
+    ))
+    .await;
+    let long = Duration::from_secs(20);
+    let t = eventually("the FAULT posted", long, async || {
+        got.lock()
+            .iter()
+            .find(|j| j["type"] == "alarm" && j["point"] == "server_status")
+            .cloned()
+    })
+    .await;
+    assert_eq!(t["to"], "fault");
+    assert_eq!(t["notification_class"], 2);
+    assert_eq!(t["priority"], 96);
+    // Other classes have no webhook: nothing of theirs is posted.
+    assert!(got.lock().iter().all(|j| j["notification_class"] == 2));
+    let src = Source::new(Protocol::Rest, None, Some("eve".into()));
+    let ss = app.db.lookup("server_status").expect("ss");
+    let at = app
+        .alarms
+        .state(ss)
+        .and_then(|s| s.time_stamps.to_fault)
+        .expect("stamp");
+    assert!(matches!(
+        app.alarms
+            .acknowledge("server_status", TransitionKind::ToFault, at, &src),
+        Ok(true)
+    ));
+    let a = eventually("the ack posted", long, async || {
+        got.lock()
+            .iter()
+            .find(|j| j["type"] == "alarm-ack")
+            .cloned()
+    })
+    .await;
+    assert_eq!(a["user"], "eve");
+    assert_eq!(a["point"], "server_status");
+    app.stop().await;
+}
