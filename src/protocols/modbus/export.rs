@@ -227,17 +227,83 @@ fn route_rows(defs: &[PointDef], map: &ModbusMap, tpl: &RouteTemplate) -> Vec<[S
 }
 
 /// `castpoint export modbus-map --format csv`: the server's registers,
-/// then every reserved route slot's (6-digit numbers).
+/// then every reserved route slot's (6-digit numbers), then the alarm
+/// summary block's count registers and bit words.
 pub fn export_csv(defs: &[PointDef], map: &ModbusMap, tpl: Option<&RouteTemplate>) -> String {
     let mut s = map_csv(defs, map);
-    if let Some(tpl) = tpl {
-        for cells in route_rows(defs, map, tpl) {
-            let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
-            s.push_str(&line.join(","));
-            s.push('\n');
-        }
+    let mut rows: Vec<[String; 13]> = tpl.map(|t| route_rows(defs, map, t)).unwrap_or_default();
+    rows.extend(alarm_rows(defs, tpl));
+    for cells in rows {
+        let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
+        s.push_str(&line.join(","));
+        s.push('\n');
     }
     s
+}
+
+/// The alarm-capable points in bit order: the server's, then every
+/// reserved slot's (as `alarms.rs` numbers them).
+fn alarm_points(defs: &[PointDef], tpl: Option<&RouteTemplate>) -> Vec<String> {
+    let mut v: Vec<String> = defs
+        .iter()
+        .filter(|d| d.alarm.is_some())
+        .map(|d| d.id.clone())
+        .collect();
+    if let Some(t) = tpl {
+        let layout = t.layout();
+        for slot in 1..=t.max_slots {
+            v.extend(
+                layout
+                    .iter()
+                    .map(|&(i, o)| t.expand(slot, i, o))
+                    .filter(|d| d.alarm.is_some())
+                    .map(|d| d.id),
+            );
+        }
+    }
+    v
+}
+
+/// CSV rows of the alarm summary block: the three counts, then one row per
+/// bit word in use (its points listed in the values column, bit 0 first).
+fn alarm_rows(defs: &[PointDef], tpl: Option<&RouteTemplate>) -> Vec<[String; 13]> {
+    use super::alarms::{ACTIVE_BITS, BASE, MAX_POINTS, UNACKED_BITS};
+    let row = |off: u16, field: &str, values: String| -> [String; 13] {
+        [
+            format!("{:06}", 300_001 + u32::from(off)),
+            off.to_string(),
+            "input register".into(),
+            "04".into(),
+            "R".into(),
+            "u16".into(),
+            "1".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            "alarm summary".into(),
+            field.into(),
+            values,
+        ]
+    };
+    let pts = alarm_points(defs, tpl);
+    let mut out = vec![
+        row(BASE, "active count", "points not NORMAL".into()),
+        row(BASE + 1, "unacked count", "points awaiting an ack".into()),
+        row(BASE + 2, "alarm points", pts.len().to_string()),
+    ];
+    let shown = &pts[..pts.len().min(MAX_POINTS)];
+    for (base, field) in [(ACTIVE_BITS, "active bits"), (UNACKED_BITS, "unacked bits")] {
+        for (w, chunk) in shown.chunks(16).enumerate() {
+            let names: Vec<String> = chunk
+                .iter()
+                .enumerate()
+                .map(|(b, p)| format!("{b}={p}"))
+                .collect();
+            // w < 128: MAX_POINTS / 16.
+            out.push(row(BASE + base + w as u16, field, names.join(" ")));
+        }
+    }
+    out
 }
 
 /// `castpoint export modbus-map`: the server's map, then the route blocks'
@@ -416,6 +482,28 @@ mod tests {
             "{csv}"
         );
         assert!(csv.contains("\n401301,1300,holding register,\"03, 23 (read)\",R,u16,1,,1,,route.3.route_status (Route Status),value,1=LIVE 2=NO_SIGNAL 3=STOPPED 4=ERROR 5=N/A"), "{csv}");
+    }
+
+    /// The CSV lists the alarm block: counts and the bit words, in the
+    /// runtime's point-id order.
+    #[test]
+    fn csv_lists_the_alarm_block() {
+        let c = Config::embedded().expect("embedded config");
+        let csv = export_csv(&c.points, &c.maps.modbus, c.route_template.as_ref());
+        assert!(
+            csv.contains("\n360001,60000,input register,04,R,u16,1,,,,alarm summary,active count,")
+        );
+        let n = alarm_points(&c.points, c.route_template.as_ref()).len();
+        assert!(n > 128, "every slot has alarm points");
+        assert!(csv.contains(&format!(
+            "\n360003,60002,input register,04,R,u16,1,,,,alarm summary,alarm points,{n}\n"
+        )));
+        assert!(
+            csv.contains(",alarm summary,active bits,0=cpu_usage 1=memory_usage 2=server_status ")
+        );
+        assert!(csv.contains(
+            "\n360145,60144,input register,04,R,u16,1,,,,alarm summary,unacked bits,0=cpu_usage "
+        ));
     }
 
     /// docs/modbus-map.md is the generated document, not a hand-kept copy.
