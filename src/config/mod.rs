@@ -152,6 +152,18 @@ where
 }
 
 impl Config {
+    /// The listeners' bind conflicts after the binds were changed outside
+    /// the file (`castpoint run --http ... --modbus ...`): the same check
+    /// `from_text` makes, so an override cannot start a half-bound server.
+    pub fn check_binds(&self) -> Result<(), ConfigErrors> {
+        let e = binds::conflicts("command line", &self.server);
+        if e.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(e))
+        }
+    }
+
     /// The embedded default configuration (demo route, all protocols up).
     pub fn embedded() -> Result<Config, ConfigErrors> {
         Self::from_text(

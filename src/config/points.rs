@@ -407,18 +407,9 @@ fn alarm_value(v: &toml::Value, kind: Kind, states: &[String]) -> Option<Value> 
     }
 }
 
-/// Validates `[point.alarm]` into the evaluation's spec (ASHRAE 135
-/// clause 13: OUT_OF_RANGE for numbers, CHANGE_OF_STATE for enums and
-/// bools, fault detection for any kind).
-fn parse_alarm(
-    file: &str,
-    at: &str,
-    a: AlarmRaw,
-    kind: Kind,
-    states: &[String],
-    errs: &mut Errors,
-) -> Option<AlarmSpec> {
-    let before = errs.len();
+/// The algorithm fits the kind (limits for numbers, values for enums and
+/// bools) and the limits are sane.
+fn check_alarm_shape(file: &str, at: &str, a: &AlarmRaw, kind: Kind, errs: &mut Errors) {
     let key = |k: &str| format!("{at}.{k}");
     let limits = a.high_limit.is_some() || a.low_limit.is_some();
     if limits && kind != Kind::Number {
@@ -456,6 +447,47 @@ fn parse_alarm(
             "must be a finite number >= 0",
         ));
     }
+}
+
+/// `event_enable`: the transitions that notify (all three when absent).
+fn event_enable(
+    file: &str,
+    at: &str,
+    list: Option<&[String]>,
+    errs: &mut Errors,
+) -> PerTransition<bool> {
+    let Some(list) = list else {
+        return PerTransition::all(true);
+    };
+    let mut out = PerTransition::all(false);
+    for (j, s) in list.iter().enumerate() {
+        match TransitionKind::ALL.into_iter().find(|k| k.as_str() == s) {
+            Some(k) => out.set(k, true),
+            None => errs.push(ConfigError::new(
+                file,
+                format!("{at}.event_enable[{j}]"),
+                format!("unknown transition {s:?} (to-offnormal, to-fault or to-normal)"),
+            )),
+        }
+    }
+    out
+}
+
+/// Validates `[point.alarm]` into the evaluation's spec (ASHRAE 135
+/// clause 13: OUT_OF_RANGE for numbers, CHANGE_OF_STATE for enums and
+/// bools, fault detection for any kind).
+fn parse_alarm(
+    file: &str,
+    at: &str,
+    a: AlarmRaw,
+    kind: Kind,
+    states: &[String],
+    errs: &mut Errors,
+) -> Option<AlarmSpec> {
+    let before = errs.len();
+    let key = |k: &str| format!("{at}.{k}");
+    let limits = a.high_limit.is_some() || a.low_limit.is_some();
+    check_alarm_shape(file, at, &a, kind, errs);
     let mut values = |name: &str, list: &[toml::Value]| -> Vec<Value> {
         let mut out = Vec::new();
         for (j, v) in list.iter().enumerate() {
@@ -506,20 +538,7 @@ fn parse_alarm(
     };
     let time_delay = delay("time_delay", a.time_delay).unwrap_or(Duration::ZERO);
     let time_delay_normal = delay("time_delay_normal", a.time_delay_normal);
-    let mut event_enable = PerTransition::all(true);
-    if let Some(list) = &a.event_enable {
-        event_enable = PerTransition::all(false);
-        for (j, s) in list.iter().enumerate() {
-            match TransitionKind::ALL.into_iter().find(|k| k.as_str() == s) {
-                Some(k) => event_enable.set(k, true),
-                None => errs.push(ConfigError::new(
-                    file,
-                    format!("{at}.event_enable[{j}]"),
-                    format!("unknown transition {s:?} (to-offnormal, to-fault or to-normal)"),
-                )),
-            }
-        }
-    }
+    let event_enable = event_enable(file, at, a.event_enable.as_deref(), errs);
     if a.notification_class > 4_194_302 {
         errs.push(ConfigError::new(
             file,
