@@ -17,6 +17,8 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 # tests (test_console.py).
 DEB_PKGS="pkg-config libsrt-openssl-dev srt-tools ffmpeg mbpoll tshark openssl gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly"
 DEB_PKGS="$DEB_PKGS lintian systemd man-db mosquitto chromium chromium-driver"
+# promtool (Debian's prometheus) checks packaging/prometheus/ (test_alarms.py).
+DEB_PKGS="$DEB_PKGS prometheus"
 missing=""
 for p in $DEB_PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -82,6 +82,7 @@ impl App {
         start_modbus(&cfg, &mut w).await;
         start_bacnet(&cfg, &mut w).await;
         start_haystack(&cfg, &mut w);
+        start_alarms(&w);
         start_engine(&cfg, &mut w).await;
         start_rtmp(&cfg, &mut w).await;
         start_media(&w).await;
@@ -179,7 +180,17 @@ fn wiring(cfg: &Config, db: PointDb, store: Arc<Store>) -> anyhow::Result<Wiring
         &db,
         &crate::alarms::config::effective(&s.notification_class),
     );
-    tasks.spawn(alarms.clone().run(shutdown.clone()));
+    // Durable before it runs: the SQLite store and the restored states
+    // (an active or unacknowledged alarm survives a restart), then the
+    // webhooks of the notification classes (docs/alarms.md).
+    crate::persist::alarms::install(&store, &db, &alarms)?;
+    crate::alarms::webhook::spawn(
+        alarms.clone(),
+        crate::alarms::config::webhooks(&crate::alarms::config::effective(&s.notification_class)),
+        shutdown.clone(),
+    );
+    // The runtime itself starts in `App::start` once the protocols have
+    // subscribed (`start_alarms`).
     // Created before the HTTP server so its HTTP-TS/HLS routes can be merged.
     let engine = crate::engine::Engine::new(s.data_dir.clone(), &shutdown);
     let stored_routes = store.routes()?;
@@ -266,6 +277,7 @@ async fn start_modbus(cfg: &Config, w: &mut Wiring) {
         w.db.clone(),
         &w.maps.modbus,
         w.caps.modbus,
+        Some(w.alarms.clone()),
         w.shutdown.clone(),
         &w.tasks,
     )
@@ -335,6 +347,7 @@ fn start_haystack(cfg: &Config, w: &mut Wiring) {
     });
     let db = w.db.clone();
     let ctx = haystack::Ctx::with_users(db, &w.maps, settings, Some(lookup), Some(on_login));
+    ctx.set_alarms(w.alarms.clone());
     let r = axum::Router::new().nest("/api/haystack", haystack::router(ctx));
     w.extra_routes.push(r);
 }
@@ -431,6 +444,17 @@ async fn start_rtmp(cfg: &Config, w: &mut Wiring) {
 // --- rtmp: end ---
 
 // --- media: start (owned by src/media/ffmpeg) ---
+/// Starts judging alarms. Only now: every protocol that distributes
+/// transitions (BACnet's event notifications above all) has subscribed, so
+/// the start-up transitions (a status still N/A, a restored fault) reach
+/// them like any later one. Before, BACnet missed them and served an
+/// Event_State with no committed transition for up to a second, which
+/// GetEnrollmentSummary / GetAlarmSummary answered with
+/// OPERATIONAL_PROBLEM.
+fn start_alarms(w: &Wiring) {
+    w.tasks.spawn(w.alarms.clone().run(w.shutdown.clone()));
+}
+
 /// The MQTT Sparkplug B edge node (src/protocols/mqtt), when enabled.
 fn start_mqtt(cfg: &Config, w: &mut Wiring) {
     if let Some(mc) = &cfg.mqtt {

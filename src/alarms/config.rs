@@ -14,7 +14,7 @@ use crate::points::alarm::{ClassRules, PerTransition, TransitionKind};
 use crate::section::Problem;
 
 /// One `[[notification_class]]` table as written.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationClassTable {
     /// The class number (BACnet Notification_Class and the object
@@ -30,6 +30,22 @@ pub struct NotificationClassTable {
     /// "to-normal".
     #[serde(default)]
     pub ack_required: Vec<String>,
+    /// Outbound webhook (docs/alarms.md, "Webhooks"): the URL every
+    /// notified transition and ack of the class is POSTed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    /// Events waiting for the webhook at most (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_queue: Option<usize>,
+    /// Retries of a failed POST (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_retries: Option<u32>,
+    /// Time limit of one POST (default "5s").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_timeout: Option<String>,
+    /// POSTs per second at most (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_rate: Option<f64>,
 }
 
 fn default_priority() -> [u8; 3] {
@@ -50,6 +66,7 @@ pub fn defaults() -> Vec<NotificationClassTable> {
             description: "A route or output without media".into(),
             priority: [64, 64, 200],
             ack_required: acks(&["to-offnormal", "to-fault"]),
+            ..Default::default()
         },
         NotificationClassTable {
             id: 2,
@@ -57,6 +74,7 @@ pub fn defaults() -> Vec<NotificationClassTable> {
             description: "Server, encoder, GPU and CDN health".into(),
             priority: [96, 96, 200],
             ack_required: acks(&["to-offnormal", "to-fault"]),
+            ..Default::default()
         },
         NotificationClassTable {
             id: 3,
@@ -64,8 +82,51 @@ pub fn defaults() -> Vec<NotificationClassTable> {
             description: "Load and usage limits".into(),
             priority: [160, 160, 220],
             ack_required: Vec::new(),
+            ..Default::default()
         },
     ]
+}
+
+impl NotificationClassTable {
+    /// The class's webhook, if it names one (`Err`: the key and why).
+    pub fn webhook(
+        &self,
+    ) -> Result<Option<crate::alarms::webhook::Webhook>, (&'static str, String)> {
+        let Some(url) = &self.webhook else {
+            return Ok(None);
+        };
+        let mut h = crate::alarms::webhook::Webhook::new(url.clone());
+        if let Some(q) = self.webhook_queue {
+            h.queue = q;
+        }
+        if let Some(r) = self.webhook_retries {
+            h.retries = r;
+        }
+        if let Some(t) = &self.webhook_timeout {
+            h.timeout = crate::section::parse_duration(t).ok_or((
+                "webhook_timeout",
+                "expected a duration such as \"5s\"".to_string(),
+            ))?;
+        }
+        if let Some(r) = self.webhook_rate {
+            h.max_rate = r;
+        }
+        match h.problems().into_iter().next() {
+            Some(p) => Err(p),
+            None => Ok(Some(h)),
+        }
+    }
+}
+
+/// The webhooks of the classes that name one, by class (invalid ones are
+/// refused by `validate`, so none is dropped here in practice).
+pub fn webhooks(
+    classes: &[NotificationClassTable],
+) -> HashMap<u32, crate::alarms::webhook::Webhook> {
+    classes
+        .iter()
+        .filter_map(|c| Some((c.id, c.webhook().ok()??)))
+        .collect()
 }
 
 /// Parses a transition name (`to-offnormal`, `to-fault`, `to-normal`).
@@ -113,6 +174,9 @@ pub fn validate(tables: &[NotificationClassTable]) -> Vec<Problem> {
         }
         if t.name.trim().is_empty() {
             out.push(Problem::new(format!("{at}.name"), "must not be empty"));
+        }
+        if let Err((key, m)) = t.webhook() {
+            out.push(Problem::new(format!("{at}.{key}"), m));
         }
         for (j, s) in t.ack_required.iter().enumerate() {
             if transition_kind(s).is_none() {
@@ -174,5 +238,27 @@ mod tests {
         let ids: Vec<u32> = e.iter().map(|c| c.id).collect();
         assert_eq!(ids, [1, 2, 3, 9]);
         assert_eq!(e[1].priority, [1, 2, 3]);
+    }
+
+    #[test]
+    fn webhook_keys_are_validated_and_resolved() {
+        let mut t = defaults()[0].clone();
+        t.webhook = Some("http://127.0.0.1:9000/alarms".into());
+        t.webhook_queue = Some(10);
+        t.webhook_timeout = Some("2s".into());
+        assert!(validate(std::slice::from_ref(&t)).is_empty());
+        let hooks = webhooks(std::slice::from_ref(&t));
+        let h = &hooks[&1];
+        assert_eq!(h.queue, 10);
+        assert_eq!(h.timeout, std::time::Duration::from_secs(2));
+        assert_eq!(h.retries, crate::alarms::webhook::Webhook::DEFAULT_RETRIES);
+        t.webhook = Some("ftp://x".into());
+        let p = validate(std::slice::from_ref(&t));
+        assert!(p.iter().any(|p| p.key == "[0].webhook"), "{p:?}");
+        t.webhook = Some("http://x/".into());
+        t.webhook_timeout = Some("soon".into());
+        let p = validate(std::slice::from_ref(&t));
+        assert!(p.iter().any(|p| p.key == "[0].webhook_timeout"), "{p:?}");
+        assert!(webhooks(&defaults()).is_empty());
     }
 }

@@ -26,6 +26,8 @@ use crate::points::alarm::{
 use crate::points::{PointDb, PointId, Source};
 
 pub mod config;
+pub mod json;
+pub mod webhook;
 
 /// One recorded transition.
 #[derive(Debug, Clone)]
@@ -58,6 +60,28 @@ pub trait AlarmStore: Send + Sync {
         time_stamp: DateTime<Utc>,
         source: &Source,
     ) -> anyhow::Result<()>;
+
+    /// Like [`record_ack`](Self::record_ack), with the operator's comment
+    /// (REST) or acknowledgment source (BACnet). Stores that keep no
+    /// comment need not implement it.
+    fn record_ack_with(
+        &self,
+        point: &str,
+        kind: TransitionKind,
+        time_stamp: DateTime<Utc>,
+        source: &Source,
+        comment: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let _ = comment;
+        self.record_ack(point, kind, time_stamp, source)
+    }
+
+    /// A route block closed: its point's alarm went back to NORMAL
+    /// silently (no transition); the stored state must not come back.
+    fn record_reset(&self, point: &str) -> anyhow::Result<()> {
+        let _ = point;
+        Ok(())
+    }
 }
 
 /// Why an acknowledgement failed.
@@ -97,6 +121,8 @@ struct Inner {
     index: HashMap<PointId, usize>,
     classes: HashMap<u32, ClassRules>,
     states: Mutex<Vec<AlarmState>>,
+    /// Whether each point was present at its last evaluation.
+    present: Vec<std::sync::atomic::AtomicBool>,
     history: Mutex<VecDeque<AlarmRecord>>,
     history_cap: usize,
     seq: std::sync::atomic::AtomicU64,
@@ -128,6 +154,10 @@ impl Alarms {
             .map(|(i, (p, _))| (*p, i))
             .collect();
         let states = Mutex::new(vec![AlarmState::default(); points.len()]);
+        let present = points
+            .iter()
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .collect();
         let (events, _) = broadcast::channel(1024);
         Alarms {
             inner: Arc::new(Inner {
@@ -136,6 +166,7 @@ impl Alarms {
                 index,
                 classes,
                 states,
+                present,
                 history: Mutex::new(VecDeque::new()),
                 history_cap: history_cap.max(1),
                 seq: std::sync::atomic::AtomicU64::new(0),
@@ -157,6 +188,11 @@ impl Alarms {
         }
     }
 
+    /// The point database the alarms watch.
+    pub fn db(&self) -> &PointDb {
+        &self.inner.db
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<AlarmEvent> {
         self.inner.events.subscribe()
     }
@@ -174,11 +210,25 @@ impl Alarms {
         let (id, spec) = &self.inner.points[i];
         // A route block nobody owns (route deleted, slot free) has no
         // alarm: its state goes back to NORMAL silently, so neither a
-        // free slot nor the next route given it inherits an event.
-        if !self.inner.db.is_present(*id) {
-            let mut states = self.inner.states.lock();
-            if states[i] != AlarmState::default() {
-                states[i] = AlarmState::default();
+        // free slot nor the next route given it inherits an event. Only
+        // once the block was seen present: at start-up the blocks open
+        // after the first evaluation, and a state restored from the store
+        // must wait for its route, not be wiped before it comes.
+        let present = self.inner.db.is_present(*id);
+        let was = self.inner.present[i].swap(present, std::sync::atomic::Ordering::Relaxed);
+        if !present {
+            if was {
+                let mut states = self.inner.states.lock();
+                if states[i] != AlarmState::default() {
+                    states[i] = AlarmState::default();
+                    drop(states);
+                    if let Some(s) = self.inner.store.get() {
+                        let point = self.inner.db.def(*id).map(|d| d.id.as_str()).unwrap_or("");
+                        if let Err(e) = s.record_reset(point) {
+                            tracing::warn!(point, "alarm state of a closed route block not cleared in the store: {e:#}");
+                        }
+                    }
+                }
             }
             return;
         }
@@ -308,7 +358,7 @@ impl Alarms {
             .points
             .iter()
             .zip(states.iter())
-            .filter(|(_, st)| st.is_listed())
+            .filter(|((id, _), st)| st.is_listed() && self.inner.db.is_present(*id))
             .map(|((id, spec), st)| AlarmSummary {
                 point: self
                     .inner
@@ -372,6 +422,19 @@ impl Alarms {
         time_stamp: DateTime<Utc>,
         source: &Source,
     ) -> Result<bool, AckFailure> {
+        self.acknowledge_with(point, kind, time_stamp, source, None)
+    }
+
+    /// [`acknowledge`](Self::acknowledge) with a comment kept in the store
+    /// and the audit log.
+    pub fn acknowledge_with(
+        &self,
+        point: &str,
+        kind: TransitionKind,
+        time_stamp: DateTime<Utc>,
+        source: &Source,
+        comment: Option<&str>,
+    ) -> Result<bool, AckFailure> {
         let i = self
             .inner
             .db
@@ -384,7 +447,7 @@ impl Alarms {
         let changed = probe.acknowledge(kind, time_stamp)?;
         if changed {
             if let Some(s) = self.inner.store.get() {
-                s.record_ack(point, kind, time_stamp, source)
+                s.record_ack_with(point, kind, time_stamp, source, comment)
                     .map_err(|e| AckFailure::Store(format!("{e:#}")))?;
             }
             states[i] = probe;
@@ -399,15 +462,29 @@ impl Alarms {
         Ok(changed)
     }
 
+    /// The notification class of a point's alarm.
+    pub fn class_of(&self, point: &str) -> Option<u32> {
+        let id = self.inner.db.lookup_any(point)?;
+        let &i = self.inner.index.get(&id)?;
+        Some(self.inner.points[i].1.notification_class)
+    }
+
     /// Counts for summaries (Modbus block, metrics): (active, unacked).
     pub fn counts(&self) -> (usize, usize) {
         let states = self.inner.states.lock();
-        let active = states
-            .iter()
+        // A free route slot's restored state waits for its route unseen.
+        let shown = || {
+            self.inner
+                .points
+                .iter()
+                .zip(states.iter())
+                .filter(|((id, _), _)| self.inner.db.is_present(*id))
+                .map(|(_, s)| s)
+        };
+        let active = shown()
             .filter(|s| s.event_state != EventState::Normal)
             .count();
-        let unacked = states
-            .iter()
+        let unacked = shown()
             .filter(|s| TransitionKind::ALL.iter().any(|k| !s.acked.get(*k)))
             .count();
         (active, unacked)

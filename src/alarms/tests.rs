@@ -197,3 +197,120 @@ async fn a_time_delay_fires_without_another_change() {
     stop.cancel();
     task.await.expect("run");
 }
+
+/// An alarm storm: 100 routes lose their input at once. Every transition
+/// is in the durable history (none dropped), and a webhook receives them
+/// at its bounded rate, all of them.
+#[tokio::test]
+async fn a_storm_of_100_routes_is_stored_whole_and_notified_at_a_bounded_rate() {
+    use crate::points::routes::BlockInfo;
+    let c = Config::embedded().expect("embedded");
+    let db = PointDb::with_routes(c.points, c.site, DbOptions::default(), c.route_template);
+    let mut points = Vec::new();
+    for slot in 1..=100u16 {
+        assert!(db.open_block(
+            slot,
+            BlockInfo {
+                route: format!("r{slot}"),
+                inputs: vec!["in".into()],
+                outputs: vec![],
+            },
+        ));
+        let id = db
+            .block_point(slot, "route_status", None)
+            .expect("route_status");
+        db.set(id, Some(Value::Enum(1)), Quality::Ok, None)
+            .expect("live");
+        points.push(id);
+    }
+    let spec = AlarmSpec {
+        algorithm: Algorithm::ChangeOfState {
+            // NO_SIGNAL
+            alarm_values: vec![Value::Enum(2)],
+        },
+        fault_values: vec![],
+        fault_on_bad_quality: false,
+        time_delay: Duration::ZERO,
+        time_delay_normal: None,
+        event_enable: PerTransition::all(true),
+        notification_class: 1,
+    };
+    let alarms = Alarms::new(
+        db.clone(),
+        points.iter().map(|p| (*p, spec.clone())).collect(),
+        classes(),
+        10,
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(crate::persist::Store::open(dir.path(), 100_000).expect("store"));
+    alarms.set_store(Arc::new(crate::persist::alarms::SqliteAlarmStore::new(
+        store.clone(),
+        Some(db.clone()),
+        crate::persist::alarms::DEFAULT_HISTORY_RETENTION,
+    )));
+    // A webhook receiver on loopback, counting arrivals.
+    let got = Arc::new(Mutex::new(Vec::<std::time::Instant>::new()));
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move || {
+            let g = g.clone();
+            async move {
+                g.lock().push(std::time::Instant::now());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/", l.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    let stop = CancellationToken::new();
+    let mut hook = webhook::Webhook::new(url);
+    hook.max_rate = 50.0;
+    let stats = webhook::spawn(alarms.clone(), HashMap::from([(1, hook)]), stop.clone());
+    let task = tokio::spawn(alarms.clone().run(stop.clone()));
+    eventually("runtime started", || {
+        (alarms.counts() == (0, 0)).then_some(())
+    })
+    .await;
+    for id in &points {
+        db.set(*id, Some(Value::Enum(2)), Quality::Ok, None)
+            .expect("no signal");
+    }
+    eventually("100 active", || (alarms.counts().0 == 100).then_some(())).await;
+    // Durable: every transition is in SQLite, although the in-memory
+    // history keeps only 10.
+    assert_eq!(store.alarm_history_count().expect("count"), 100);
+    assert_eq!(alarms.history(1000).len(), 10);
+    let routes: std::collections::HashSet<String> = store
+        .query_alarm_history(&crate::persist::alarms::AlarmHistoryFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .expect("history")
+        .into_iter()
+        .filter_map(|r| r.route)
+        .collect();
+    assert_eq!(routes.len(), 100, "each row names its route");
+    // Notified at a bounded rate: 100 posts at 50/s take about 2 s.
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while got.lock().len() < 100 {
+        assert!(
+            std::time::Instant::now() < end,
+            "{} posts",
+            got.lock().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = got.lock().clone();
+    let span = t[99] - t[0];
+    assert!(span >= Duration::from_millis(99 * 20 - 100), "{span:?}");
+    let dropped = stats.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(dropped, 0);
+    stop.cancel();
+    task.await.expect("run");
+}

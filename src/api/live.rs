@@ -52,6 +52,7 @@ async fn points_feed(mut sock: WebSocket, s: ApiState) {
     let mut changes = s.db.subscribe();
     let mut writes = s.db.subscribe_writes();
     let mut events = s.engine.as_ref().map(|e| e.subscribe());
+    let mut alarm_events = s.alarms.as_ref().map(|a| a.subscribe());
     // Router stats (bitrate, drops, clients, SRT RTT/loss/buffers) once a
     // second, as seed 001's dashboards expect.
     let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
@@ -78,6 +79,20 @@ async fn points_feed(mut sock: WebSocket, s: ApiState) {
                 }
                 Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => { events = None; continue }
+            },
+            ev = async {
+                match alarm_events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match (ev, &s.alarms) {
+                (Ok(ev), Some(a)) => crate::alarms::json::event_json(a, &ev),
+                // Missed alarm events: the list says where things stand.
+                (Err(RecvError::Lagged(_)), Some(a)) => json!({
+                    "type": "alarms",
+                    "alarms": a.active().iter().map(|x| crate::alarms::json::summary_json(a, x)).collect::<Vec<_>>(),
+                }),
+                (Err(RecvError::Closed), _) | (_, None) => { alarm_events = None; continue }
             },
             c = changes.recv() => match c {
                 Ok(c) => change_json(&s.db, c.id, &c.state, c.seq),
@@ -339,6 +354,9 @@ pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     );
     // The server's points, then every present route block's: those carry
     // `route` (and `slot`) labels, output points an `output` label too.
+    if let Some(a) = &s.alarms {
+        super::metrics::alarms(&mut out, a);
+    }
     let ids = s.db.served_ids();
     let labels: Vec<String> = ids.iter().map(|&id| route_labels(&s.db, id)).collect();
     out.push_str("# HELP castpoint_point_value Current value of a point (bool 0/1, enum ordinal 1..N).\n# TYPE castpoint_point_value gauge\n");

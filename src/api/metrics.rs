@@ -425,6 +425,88 @@ fn parse_proc(
     })
 }
 
+/// The alarm series (docs/metrics.md, "Alarms"): one `castpoint_alarm_active`
+/// sample per point not NORMAL and one `castpoint_alarm_unacked` sample per
+/// transition awaiting its ack (bounded by the alarm-capable points, not
+/// by traffic; absent = normal/acknowledged, so alert rules read `== 1`),
+/// the counts, and the webhook counters. HELP/TYPE are always written, so
+/// the families exist for rule checks even while nothing is in alarm.
+pub fn alarms(out: &mut String, a: &crate::alarms::Alarms) {
+    use crate::points::alarm::{EventState, TransitionKind};
+    let db = a.db();
+    let mut active = Vec::new();
+    let mut unacked = Vec::new();
+    for (id, spec) in a.points() {
+        let class = spec.notification_class;
+        let (Some(st), Some(d)) = (a.state(id), db.def(id)) else {
+            continue;
+        };
+        if !db.is_present(id) {
+            continue;
+        }
+        let route = crate::alarms::json::route_of(db, id).unwrap_or_default();
+        let base = format!("point=\"{}\",route=\"{}\"", esc(&d.id), esc(&route));
+        if st.event_state != EventState::Normal {
+            active.push(format!(
+                "{base},state=\"{}\",class=\"{class}\"",
+                st.event_state.as_str()
+            ));
+        }
+        for k in TransitionKind::ALL {
+            if !st.acked.get(k) {
+                unacked.push(format!("{base},transition=\"{}\"", k.as_str()));
+            }
+        }
+    }
+    let mut f = Family::new(
+        out,
+        "castpoint_alarm_active",
+        "gauge",
+        "1 while the point's alarm is not NORMAL (state = its event state).",
+    );
+    for l in &active {
+        f.sample("castpoint_alarm_active", l, 1.0);
+    }
+    let mut f = Family::new(
+        out,
+        "castpoint_alarm_unacked",
+        "gauge",
+        "1 while a transition of the point's alarm awaits its acknowledgement.",
+    );
+    for l in &unacked {
+        f.sample("castpoint_alarm_unacked", l, 1.0);
+    }
+    let (n_active, n_unacked) = a.counts();
+    let _ = writeln!(
+        out,
+        "# HELP castpoint_alarms_active Points whose alarm is not NORMAL.\n# TYPE castpoint_alarms_active gauge\ncastpoint_alarms_active {n_active}\n# HELP castpoint_alarms_unacked Points with a transition awaiting its acknowledgement.\n# TYPE castpoint_alarms_unacked gauge\ncastpoint_alarms_unacked {n_unacked}"
+    );
+    let t = &crate::alarms::webhook::TOTALS;
+    let mut f = Family::new(
+        out,
+        "castpoint_alarm_webhook_events_total",
+        "counter",
+        "Alarm events for webhooks by result: sent (2xx), failed (after every retry), dropped (queue full).",
+    );
+    use std::sync::atomic::Ordering::Relaxed;
+    for (r, c) in [
+        ("sent", &t.sent),
+        ("failed", &t.failed),
+        ("dropped", &t.dropped),
+    ] {
+        f.sample(
+            "castpoint_alarm_webhook_events_total",
+            &format!("result=\"{r}\""),
+            c.load(Relaxed) as f64,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP castpoint_alarm_webhook_retries_total Webhook POSTs retried.\n# TYPE castpoint_alarm_webhook_retries_total counter\ncastpoint_alarm_webhook_retries_total {}",
+        t.retried.load(Relaxed)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

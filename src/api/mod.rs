@@ -1,5 +1,6 @@
 //! The HTTP API over the point database: `/health`, the seed endpoints of seed 000, and `/api/points`.
 
+pub mod alarms;
 pub mod apikeys;
 pub mod auth;
 pub mod console;
@@ -44,7 +45,7 @@ pub struct ApiState {
     pub route_docs: Arc<parking_lot::Mutex<std::collections::BTreeMap<String, serde_json::Value>>>,
     /// Output profiles (config overlaid with stored ones; see `profiles.rs`).
     pub profiles: Option<Arc<profiles::Profiles>>,
-    /// The alarm runtime; `None` in tests without one.
+    /// The alarm runtime (`/api/alarms`, `/api/ws`, `/metrics`).
     pub alarms: Option<crate::alarms::Alarms>,
 }
 
@@ -168,6 +169,7 @@ pub fn router(state: ApiState) -> Router {
         }
     }
     r.merge(routes::router())
+        .merge(alarms::router())
         .merge(profiles::router())
         .merge(apikeys::router())
         .merge(console::router())

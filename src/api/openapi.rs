@@ -75,6 +75,33 @@ pub const OPS: &[Op] = &[
         "AuditPage",
     ),
     (
+        "get",
+        "/api/alarms",
+        "Alarms that are not NORMAL or await an acknowledgement, with the counts (docs/alarms.md)",
+        "viewer",
+        None,
+        200,
+        "AlarmList",
+    ),
+    (
+        "get",
+        "/api/alarms/history",
+        "Alarm transitions with their acks, newest first (point, route, since, until, state, before, limit)",
+        "viewer",
+        None,
+        200,
+        "AlarmHistory",
+    ),
+    (
+        "post",
+        "/api/alarms/{point}/ack",
+        "Acknowledge a transition of a point's alarm (time_stamp exact or \"latest\"; stored and audited)",
+        "operator",
+        Some("AlarmAck"),
+        200,
+        "AlarmState",
+    ),
+    (
         "post",
         "/api/auth/login",
         "Exchange a user name and password for a JWT",
@@ -377,7 +404,7 @@ fn schemas(s: &ApiState) -> J {
     // one branch then matches null, as `oneOf` requires.
     let value = json!({"description": "The value; null when the point has no fresh value (status says why).",
         "oneOf": [{"type": "number", "nullable": true}, {"type": "boolean"}, {"type": "string"}]});
-    json!({
+    let mut all = json!({
         "Object": {"type": "object", "additionalProperties": true},
         "Empty": {"type": "object"},
         "Text": {"type": "string"},
@@ -465,6 +492,63 @@ fn schemas(s: &ApiState) -> J {
             "name": {"type": "string"},
             "role": {"type": "string"},
             "key": {"type": "string", "description": "Shown once; use as `Authorization: Bearer <key>` or `X-API-Key: <key>`."}}},
+    });
+    // A second macro call: one json! this size hits the macro recursion limit.
+    if let (Some(m), J::Object(more)) = (all.as_object_mut(), alarm_schemas()) {
+        m.extend(more);
+    }
+    all
+}
+
+fn alarm_schemas() -> J {
+    json!({
+        "AlarmState": {"type": "object", "properties": {
+            "point": {"type": "string"},
+            "state": {"type": "string", "enum": ["normal", "offnormal", "high-limit", "low-limit", "fault"]},
+            "acked": {"type": "object", "additionalProperties": {"type": "boolean"}},
+            "time_stamps": {"type": "object", "additionalProperties": {"type": "string", "format": "date-time", "nullable": true}},
+            "unacked": {"type": "array", "items": {"type": "string", "enum": ["to-offnormal", "to-fault", "to-normal"]}},
+            "acknowledged": {"type": "boolean", "description": "false when it was already acknowledged"}}},
+        "AlarmList": {"type": "object", "properties": {
+            "active": {"type": "integer"},
+            "unacked": {"type": "integer"},
+            "alarms": {"type": "array", "items": {"type": "object", "properties": {
+                "point": {"type": "string"},
+                "name": {"type": "string", "nullable": true},
+                "route": {"type": "string", "nullable": true},
+                "notification_class": {"type": "integer"},
+                "state": {"type": "string"},
+                "acked": {"type": "object"},
+                "time_stamps": {"type": "object"},
+                "unacked": {"type": "array", "items": {"type": "string"}},
+                "status": {"type": "string"},
+                "value_state": {"type": "string", "nullable": true},
+                "value": {"description": "The point's value now: a number, a bool, an enum's ordinal (value_state: its name) or null."}}}}}},
+        "AlarmHistory": {"type": "object", "properties": {
+            "transitions": {"type": "array", "items": {"type": "object", "properties": {
+                "id": {"type": "integer"},
+                "at": {"type": "string", "format": "date-time"},
+                "point": {"type": "string"},
+                "route": {"type": "string", "nullable": true},
+                "from": {"type": "string"},
+                "to": {"type": "string"},
+                "transition": {"type": "string"},
+                "notify": {"type": "boolean"},
+                "ack_required": {"type": "boolean"},
+                "priority": {"type": "integer"},
+                "value": {"type": "string", "nullable": true},
+                "reason": {"type": "string"},
+                "ack": {"type": "object", "nullable": true, "properties": {
+                    "at": {"type": "string", "format": "date-time"},
+                    "protocol": {"type": "string"},
+                    "peer": {"type": "string", "nullable": true},
+                    "user": {"type": "string", "nullable": true},
+                    "comment": {"type": "string", "nullable": true}}}}}},
+            "next": {"type": "integer", "nullable": true}}},
+        "AlarmAck": {"type": "object", "required": ["transition", "time_stamp"], "properties": {
+            "transition": {"type": "string", "enum": ["to-offnormal", "to-fault", "to-normal"]},
+            "time_stamp": {"type": "string", "description": "The transition's time stamp exactly as /api/alarms shows it (RFC 3339), or \"latest\"."},
+            "comment": {"type": "string", "maxLength": 1000}}}
     })
 }
 

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value as J};
 
+pub mod alarms;
 mod datadir;
 pub use datadir::{DataDirLock, StoreOptions, DB_FILE, LOCK_FILE};
 
@@ -102,6 +103,42 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         slot INTEGER NOT NULL UNIQUE
     );",
+    // 7: alarms (issue 21, persist/alarms.rs): the live event state of
+    // each alarm-capable point, and the transition history with its acks.
+    "CREATE TABLE alarm_state (
+        point TEXT PRIMARY KEY,
+        event_state TEXT NOT NULL,
+        ts_offnormal TEXT,
+        ts_fault TEXT,
+        ts_normal TEXT,
+        acked_offnormal INTEGER NOT NULL,
+        acked_fault INTEGER NOT NULL,
+        acked_normal INTEGER NOT NULL,
+        offnormal_value TEXT,
+        updated TEXT NOT NULL
+    );
+    CREATE TABLE alarm_history (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        point TEXT NOT NULL,
+        route TEXT,
+        from_state TEXT NOT NULL,
+        to_state TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        notify INTEGER NOT NULL,
+        ack_required INTEGER NOT NULL,
+        priority INTEGER NOT NULL,
+        value TEXT,
+        reason TEXT NOT NULL,
+        acked_at TEXT,
+        ack_protocol TEXT,
+        ack_peer TEXT,
+        ack_user TEXT,
+        ack_comment TEXT
+    );
+    CREATE INDEX alarm_history_point ON alarm_history(point, id);
+    CREATE INDEX alarm_history_route ON alarm_history(route, id);
+    CREATE INDEX alarm_history_at ON alarm_history(at);",
 ];
 
 /// A stored user: SCRAM-SHA-256 keys only, never the password.

@@ -107,3 +107,140 @@ async fn a_silent_route_raises_its_alarm_and_clears_it_when_media_returns() {
     );
     app.stop().await;
 }
+
+/// `/api/ws` pushes alarm transitions and acknowledgements as they happen,
+/// beside the point changes (issue 21, "pushed on /api/ws").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_pushes_alarm_transitions_and_acks() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let app = util::start().await;
+    let (db, alarms) = (app.db.clone(), app.alarms.clone());
+    let ss = db.lookup("server_status").expect("server_status");
+    // Telemetry off: Server Status has no source, FAULT at once.
+    eventually("server_status FAULT", Duration::from_secs(10), async || {
+        (alarms.state(ss)?.event_state == EventState::Fault).then_some(())
+    })
+    .await;
+    let http = app.addrs.http.expect("http");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/api/ws"))
+        .await
+        .expect("connect");
+    async fn next_of<S>(ws: &mut S, ty: &str) -> serde_json::Value
+    where
+        S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+    {
+        for _ in 0..200 {
+            let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("message within 10 s")
+                .expect("open")
+                .expect("message");
+            if let Message::Text(t) = m {
+                let j: serde_json::Value = serde_json::from_str(t.as_str()).expect("json");
+                if j["type"] == ty {
+                    return j;
+                }
+            }
+        }
+        panic!("no {ty} message");
+    }
+    assert_eq!(next_of(&mut ws, "snapshot").await["type"], "snapshot");
+    // A source again: the fault clears, NORMAL at once.
+    db.set(
+        ss,
+        Some(Value::Enum(1)),
+        castpoint::points::Quality::Ok,
+        None,
+    )
+    .expect("set");
+    let t = next_of(&mut ws, "alarm").await;
+    assert_eq!(t["point"], "server_status");
+    assert_eq!(t["from"], "fault");
+    assert_eq!(t["to"], "normal");
+    assert_eq!(t["transition"], "to-normal");
+    assert_eq!(t["notification_class"], 2);
+    // The to-fault transition still waits for its ack: acknowledge it
+    // over REST and see the ack pushed, with who.
+    let r = reqwest::Client::new()
+        .post(format!("http://{http}/api/alarms/server_status/ack"))
+        .json(&serde_json::json!({"transition": "to-fault", "time_stamp": "latest", "comment": "seen"}))
+        .send()
+        .await
+        .expect("ack");
+    assert_eq!(r.status(), 200);
+    let a = next_of(&mut ws, "alarm-ack").await;
+    assert_eq!(a["point"], "server_status");
+    assert_eq!(a["transition"], "to-fault");
+    assert_eq!(a["protocol"], "rest");
+    assert_eq!(a["state"]["acked"]["to-fault"], true);
+    app.stop().await;
+}
+
+/// A `[[notification_class]]` webhook configured in castpoint.toml gets
+/// the class's transitions and acks as JSON POSTs (docs/alarms.md,
+/// "Webhooks"), from a receiver on 127.0.0.1:0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_webhook_receives_transitions_and_acks() {
+    let got = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<serde_json::Value>::new()));
+    let g = got.clone();
+    let app_rx = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let g = g.clone();
+            async move {
+                g.lock()
+                    .push(serde_json::from_str(&body).unwrap_or_default());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", l.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app_rx).await;
+    });
+    // Class 2 (server alarms) with a webhook; telemetry off, so Server
+    // Status has no source and goes to FAULT at start.
+    let app = TestApp::from_toml(&format!(
+        "[[notification_class]]\nid = 2\nname = \"Server alarms\"\npriority = [96, 96, 200]\nack_required = [\"to-offnormal\", \"to-fault\"]\nwebhook = \"{url}\"\nwebhook_retries = 1\n"
+    ))
+    .await;
+    let long = Duration::from_secs(20);
+    let t = eventually("the FAULT posted", long, async || {
+        got.lock()
+            .iter()
+            .find(|j| j["type"] == "alarm" && j["point"] == "server_status")
+            .cloned()
+    })
+    .await;
+    assert_eq!(t["to"], "fault");
+    assert_eq!(t["notification_class"], 2);
+    assert_eq!(t["priority"], 96);
+    // Other classes have no webhook: nothing of theirs is posted.
+    assert!(got.lock().iter().all(|j| j["notification_class"] == 2));
+    let src = Source::new(Protocol::Rest, None, Some("eve".into()));
+    let ss = app.db.lookup("server_status").expect("ss");
+    let at = app
+        .alarms
+        .state(ss)
+        .and_then(|s| s.time_stamps.to_fault)
+        .expect("stamp");
+    assert!(matches!(
+        app.alarms
+            .acknowledge("server_status", TransitionKind::ToFault, at, &src),
+        Ok(true)
+    ));
+    let a = eventually("the ack posted", long, async || {
+        got.lock()
+            .iter()
+            .find(|j| j["type"] == "alarm-ack")
+            .cloned()
+    })
+    .await;
+    assert_eq!(a["user"], "eve");
+    assert_eq!(a["point"], "server_status");
+    app.stop().await;
+}

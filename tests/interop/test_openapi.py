@@ -20,6 +20,9 @@ def test_openapi_validates_and_matches_the_router():
         assert "admin" in doc["paths"]["/api/routes"]["post"]["description"]
         assert "admin" in doc["paths"]["/api/apikeys"]["post"]["description"]
         assert "/api/apikeys/{name}" in doc["paths"]
+        # Alarms (issue 21): reads for viewers, the ack for operators.
+        assert "operator" in doc["paths"]["/api/alarms/{point}/ack"]["post"]["description"]
+        assert "viewer" in doc["paths"]["/api/alarms/history"]["get"]["description"]
         assert set(doc["components"]["securitySchemes"]) >= {"bearer", "apiKey", "accessToken"}
         assert doc["paths"]["/health"]["get"]["security"] == []
         assert "/api/stream/start" in doc["paths"]  # seed endpoints from the HTTP map

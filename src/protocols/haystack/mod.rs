@@ -248,6 +248,15 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Shows the alarm runtime in the point records and watch polls
+    /// (docs/haystack.md, "Alarms"); once, at start-up.
+    pub fn set_alarms(&self, a: crate::alarms::Alarms) {
+        self.records.set_alarms(a.clone());
+        self.watches.set_alarms(a);
+    }
+}
+
 /// The Haystack router: `/{op}`, to be nested under `/api/haystack`.
 /// Needs `into_make_service_with_connect_info::<SocketAddr>` for the peer
 /// address that writes are audited with.
@@ -663,5 +672,109 @@ mod fuzz {
                 .unwrap_or_else(|e| panic!("{op}: {e}\n{z}"));
             assert_eq!(back.rows.len(), grid.rows.len(), "{op}");
         }
+    }
+}
+
+/// The alarm tags of point records, on read and in watch polls.
+#[cfg(test)]
+mod alarm_tags {
+    use super::*;
+    use crate::alarms::Alarms;
+    use crate::config::Config;
+    use crate::points::alarm::{AlarmSpec, Algorithm, ClassRules, PerTransition, TransitionKind};
+    use crate::points::{Quality, Source, Value};
+    use libhaystack::val::Value as HVal;
+    use records::RecKey;
+
+    #[test]
+    fn records_and_watches_show_the_alarm_state() {
+        let cfg = Config::embedded().expect("embedded");
+        let db = PointDb::new(cfg.points.clone(), cfg.site.clone(), Default::default());
+        let cpu = db.lookup("cpu_usage").expect("cpu");
+        let spec = AlarmSpec {
+            algorithm: Algorithm::OutOfRange {
+                high_limit: Some(90.0),
+                low_limit: None,
+                deadband: 1.0,
+            },
+            fault_values: vec![],
+            fault_on_bad_quality: false,
+            time_delay: std::time::Duration::ZERO,
+            time_delay_normal: None,
+            event_enable: PerTransition::all(true),
+            notification_class: 3,
+        };
+        let rules = ClassRules {
+            priority: PerTransition::all(1),
+            ack_required: PerTransition::all(true),
+        };
+        let alarms = Alarms::new(
+            db.clone(),
+            vec![(cpu, spec)],
+            std::collections::HashMap::from([(3, rules)]),
+            10,
+        );
+        let ctx = Ctx::new(db.clone(), &cfg.maps, Settings::default());
+        ctx.set_alarms(alarms.clone());
+        db.set(cpu, Some(Value::Number(20.0)), Quality::Ok, None)
+            .expect("set");
+        alarms.evaluate_all();
+        let rec = |id| ctx.records.dict(&db, RecKey::Point(id)).expect("record");
+        let d = rec(cpu);
+        assert_eq!(d.get("alarmClass"), Some(&HVal::make_number(3.0)));
+        assert_eq!(d.get("alarmState"), Some(&HVal::make_str("normal")));
+        assert_eq!(d.get("alarmAcked"), Some(&HVal::make_bool(true)));
+        assert!(!d.contains_key("alarm") && !d.contains_key("alarmTs"));
+        // Points without an alarm have no alarm tags.
+        let up = db.lookup("uptime").expect("uptime");
+        assert!(!rec(up).contains_key("alarmState"));
+
+        let (w, _) = ctx
+            .watches
+            .subscribe(&db, "u", None, None, None, &[RecKey::Point(cpu)])
+            .expect("watch");
+        assert!(ctx
+            .watches
+            .poll(&db, "u", &w, false)
+            .expect("poll")
+            .0
+            .is_empty());
+        db.set(cpu, Some(Value::Number(95.0)), Quality::Ok, None)
+            .expect("set");
+        alarms.evaluate_all();
+        // 95 is also a new curVal: settle it, then only the ack changes.
+        assert_eq!(
+            ctx.watches.poll(&db, "u", &w, false).expect("poll").0,
+            [RecKey::Point(cpu)]
+        );
+        let d = rec(cpu);
+        assert_eq!(d.get("alarmState"), Some(&HVal::make_str("highLimit")));
+        assert_eq!(d.get("alarm"), Some(&HVal::Marker));
+        assert_eq!(d.get("alarmAcked"), Some(&HVal::make_bool(false)));
+        let ts = alarms
+            .state(cpu)
+            .and_then(|s| s.time_stamps.to_offnormal)
+            .expect("stamp");
+        assert_eq!(d.get("alarmTs"), Some(&HVal::from(ts)));
+        assert!(ctx
+            .watches
+            .poll(&db, "u", &w, false)
+            .expect("poll")
+            .0
+            .is_empty());
+        alarms
+            .acknowledge(
+                "cpu_usage",
+                TransitionKind::ToOffnormal,
+                ts,
+                &Source::internal(),
+            )
+            .expect("ack");
+        assert_eq!(
+            ctx.watches.poll(&db, "u", &w, false).expect("poll").0,
+            [RecKey::Point(cpu)],
+            "the ack alone is a change a watch reports"
+        );
+        assert_eq!(rec(cpu).get("alarmAcked"), Some(&HVal::make_bool(true)));
     }
 }

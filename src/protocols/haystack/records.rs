@@ -34,6 +34,9 @@ pub struct Records {
     by_id: HashMap<String, RecKey>,
     site_id: String,
     equip_id: String,
+    /// The alarm runtime, when alarms run: its state is part of the point
+    /// records (docs/haystack.md, "Alarms").
+    alarms: OnceLock<crate::alarms::Alarms>,
 }
 
 /// The `&'static Unit` for a unit symbol: from the Haystack unit database, or
@@ -280,7 +283,18 @@ impl Records {
             by_id,
             site_id: se.site_id.clone(),
             equip_id: se.equip_id.clone(),
+            alarms: OnceLock::new(),
         }
+    }
+
+    /// Shows the alarm runtime's state in the point records (once, at
+    /// start-up).
+    pub fn set_alarms(&self, a: crate::alarms::Alarms) {
+        let _ = self.alarms.set(a);
+    }
+
+    pub fn alarms(&self) -> Option<&crate::alarms::Alarms> {
+        self.alarms.get()
     }
 
     pub fn site_id(&self) -> &str {
@@ -376,6 +390,9 @@ impl Records {
                 if let Some(st) = db.read(pid) {
                     add_cur(&mut d, def, &st);
                 }
+                if let Some(a) = self.alarms.get() {
+                    add_alarm(&mut d, a, pid);
+                }
                 if def.writable {
                     if let Some(pa) = db.priority_array(pid) {
                         let (v, level) = pa.resolve();
@@ -418,6 +435,50 @@ fn add_cur(d: &mut Dict, def: &PointDef, st: &PointState) {
     if st.quality != Quality::Ok && st.quality != Quality::Overridden {
         let why = st.reason.as_deref().unwrap_or(st.quality.as_str());
         d.insert("curErr".into(), HVal::make_str(why));
+    }
+}
+
+/// The Haystack name of an event state: Haystack's camelCase for the
+/// BACnet names (`highLimit`, like BACnet's HIGH_LIMIT).
+pub fn alarm_state_name(s: crate::points::alarm::EventState) -> &'static str {
+    use crate::points::alarm::EventState;
+    match s {
+        EventState::Normal => "normal",
+        EventState::Fault => "fault",
+        EventState::Offnormal => "offnormal",
+        EventState::HighLimit => "highLimit",
+        EventState::LowLimit => "lowLimit",
+    }
+}
+
+/// The alarm tags of an alarm-capable point (docs/haystack.md, "Alarms"):
+/// `alarmClass`, `alarmState`, `alarmAcked`, `alarmTs`, and the `alarm`
+/// marker while it is not normal, so `point and alarm` lists the points
+/// in alarm.
+fn add_alarm(d: &mut Dict, a: &crate::alarms::Alarms, pid: PointId) {
+    use crate::points::alarm::{EventState, TransitionKind};
+    let (Some(spec), Some(st)) = (a.spec(pid), a.state(pid)) else {
+        return;
+    };
+    d.insert(
+        "alarmClass".into(),
+        HVal::make_number(f64::from(spec.notification_class)),
+    );
+    d.insert(
+        "alarmState".into(),
+        HVal::make_str(alarm_state_name(st.event_state)),
+    );
+    if st.event_state != EventState::Normal {
+        d.insert("alarm".into(), HVal::Marker);
+    }
+    let acked = TransitionKind::ALL.iter().all(|k| st.acked.get(*k));
+    d.insert("alarmAcked".into(), HVal::make_bool(acked));
+    let last = TransitionKind::ALL
+        .iter()
+        .filter_map(|k| st.time_stamps.get(*k))
+        .max();
+    if let Some(t) = last {
+        d.insert("alarmTs".into(), HVal::from(t));
     }
 }
 

@@ -15,7 +15,21 @@ use crate::points::{PointDb, PointState};
 
 /// The state a watch last reported for one record (`None` for site/equip,
 /// which never change).
-type Seen = Option<(PointState, Option<(crate::points::Value, u8)>)>;
+/// The alarm state is part of it: an alarm transition or an ack changes the
+/// record's alarm tags, so a poll reports it.
+type Seen = Option<(
+    PointState,
+    Option<(crate::points::Value, u8)>,
+    Option<AlarmSeen>,
+)>;
+
+/// What the alarm tags show: event state, acks, time stamps (not a pending
+/// time delay, which no tag shows).
+type AlarmSeen = (
+    crate::points::alarm::EventState,
+    crate::points::alarm::PerTransition<bool>,
+    crate::points::alarm::PerTransition<Option<chrono::DateTime<chrono::Utc>>>,
+);
 
 struct Watch {
     dis: String,
@@ -33,11 +47,13 @@ pub const MAX_RECS_PER_WATCH: usize = 10_000;
 /// All open watches.
 pub struct Watches {
     inner: Mutex<HashMap<String, Watch>>,
+    /// The alarm runtime, when alarms run (set once at start-up).
+    alarms: std::sync::OnceLock<crate::alarms::Alarms>,
     pub default_lease: Duration,
     pub max_lease: Duration,
 }
 
-fn snapshot(db: &PointDb, key: RecKey) -> Seen {
+fn snapshot(db: &PointDb, alarms: Option<&crate::alarms::Alarms>, key: RecKey) -> Seen {
     match key {
         RecKey::Point(pid) => {
             let st = db.read(pid)?;
@@ -48,7 +64,10 @@ fn snapshot(db: &PointDb, key: RecKey) -> Seen {
                 updated: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
                 ..st
             };
-            Some((st, pa))
+            let alarm = alarms
+                .and_then(|a| a.state(pid))
+                .map(|s| (s.event_state, s.acked, s.time_stamps));
+            Some((st, pa, alarm))
         }
         _ => None,
     }
@@ -58,9 +77,15 @@ impl Watches {
     pub fn new(default_lease: Duration, max_lease: Duration) -> Self {
         Watches {
             inner: Mutex::new(HashMap::new()),
+            alarms: std::sync::OnceLock::new(),
             default_lease,
             max_lease,
         }
+    }
+
+    /// Makes polls report alarm changes (once, at start-up).
+    pub fn set_alarms(&self, a: crate::alarms::Alarms) {
+        let _ = self.alarms.set(a);
     }
 
     fn expire(map: &mut HashMap<String, Watch>, now: Instant) {
@@ -133,7 +158,7 @@ impl Watches {
             }
             // Subscribing reports the current state, so the next poll
             // returns only what changes after it.
-            w.recs.push((*k, snapshot(db, *k)));
+            w.recs.push((*k, snapshot(db, self.alarms.get(), *k)));
         }
         Ok((id, w.lease))
     }
@@ -178,7 +203,7 @@ impl Watches {
         w.last_touch = now;
         let mut out = Vec::new();
         for (k, seen) in w.recs.iter_mut() {
-            let cur = snapshot(db, *k);
+            let cur = snapshot(db, self.alarms.get(), *k);
             if refresh || cur != *seen {
                 out.push(*k);
             }

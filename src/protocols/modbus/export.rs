@@ -227,22 +227,180 @@ fn route_rows(defs: &[PointDef], map: &ModbusMap, tpl: &RouteTemplate) -> Vec<[S
 }
 
 /// `castpoint export modbus-map --format csv`: the server's registers,
-/// then every reserved route slot's (6-digit numbers).
+/// then every reserved route slot's (6-digit numbers), then the alarm
+/// summary block's count registers and bit words.
 pub fn export_csv(defs: &[PointDef], map: &ModbusMap, tpl: Option<&RouteTemplate>) -> String {
     let mut s = map_csv(defs, map);
-    if let Some(tpl) = tpl {
-        for cells in route_rows(defs, map, tpl) {
-            let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
-            s.push_str(&line.join(","));
-            s.push('\n');
-        }
+    let mut rows: Vec<[String; 13]> = tpl.map(|t| route_rows(defs, map, t)).unwrap_or_default();
+    rows.extend(alarm_rows(defs, tpl));
+    for cells in rows {
+        let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
+        s.push_str(&line.join(","));
+        s.push('\n');
     }
     s
 }
 
+/// The alarm-capable points in bit order: the server's, then every
+/// reserved slot's (as `alarms.rs` numbers them).
+fn alarm_points(defs: &[PointDef], tpl: Option<&RouteTemplate>) -> Vec<String> {
+    let mut v: Vec<String> = defs
+        .iter()
+        .filter(|d| d.alarm.is_some())
+        .map(|d| d.id.clone())
+        .collect();
+    if let Some(t) = tpl {
+        let layout = t.layout();
+        for slot in 1..=t.max_slots {
+            v.extend(
+                layout
+                    .iter()
+                    .map(|&(i, o)| t.expand(slot, i, o))
+                    .filter(|d| d.alarm.is_some())
+                    .map(|d| d.id),
+            );
+        }
+    }
+    v
+}
+
+/// CSV rows of the alarm summary block: the three counts, then one row per
+/// bit word in use (its points listed in the values column, bit 0 first).
+fn alarm_rows(defs: &[PointDef], tpl: Option<&RouteTemplate>) -> Vec<[String; 13]> {
+    use super::alarms::{ACTIVE_BITS, BASE, MAX_POINTS, UNACKED_BITS};
+    let row = |off: u16, field: &str, values: String| -> [String; 13] {
+        [
+            format!("{:06}", 300_001 + u32::from(off)),
+            off.to_string(),
+            "input register".into(),
+            "04".into(),
+            "R".into(),
+            "u16".into(),
+            "1".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            "alarm summary".into(),
+            field.into(),
+            values,
+        ]
+    };
+    let pts = alarm_points(defs, tpl);
+    let mut out = vec![
+        row(BASE, "active count", "points not NORMAL".into()),
+        row(BASE + 1, "unacked count", "points awaiting an ack".into()),
+        row(BASE + 2, "alarm points", pts.len().to_string()),
+    ];
+    let shown = &pts[..pts.len().min(MAX_POINTS)];
+    for (base, field) in [(ACTIVE_BITS, "active bits"), (UNACKED_BITS, "unacked bits")] {
+        for (w, chunk) in shown.chunks(16).enumerate() {
+            let names: Vec<String> = chunk
+                .iter()
+                .enumerate()
+                .map(|(b, p)| format!("{b}={p}"))
+                .collect();
+            // w < 128: MAX_POINTS / 16.
+            out.push(row(BASE + base + w as u16, field, names.join(" ")));
+        }
+    }
+    out
+}
+
 /// `castpoint export modbus-map`: the server's map, then the route blocks'
-/// address rule and the layout of one block (slot 1), with slot 3 worked out.
+/// address rule and the layout of one block (slot 1), with slot 3 worked
+/// out, then the alarm summary block.
 pub fn export_markdown(defs: &[PointDef], map: &ModbusMap, tpl: Option<&RouteTemplate>) -> String {
+    let mut s = blocks_markdown(defs, map, tpl);
+    alarm_markdown(&mut s, defs, tpl);
+    s
+}
+
+/// The alarm summary block (`alarms.rs`): its registers, and the bit of
+/// every alarm-capable point (server points by name, route points by the
+/// slot rule).
+fn alarm_markdown(s: &mut String, defs: &[PointDef], tpl: Option<&RouteTemplate>) {
+    use super::alarms::{ACTIVE_BITS, BASE, LEN, MAX_POINTS, UNACKED_BITS};
+    let server: Vec<&PointDef> = defs.iter().filter(|d| d.alarm.is_some()).collect();
+    let block: Vec<PointDef> = tpl
+        .map(|t| {
+            t.layout()
+                .iter()
+                .map(|&(i, o)| t.expand(1, i, o))
+                .filter(|d| d.alarm.is_some())
+                .collect()
+        })
+        .unwrap_or_default();
+    let slots = tpl.map_or(0, |t| usize::from(t.max_slots));
+    let n = server.len() + block.len() * slots;
+    let num = |off: u16| 300_001 + u32::from(off);
+    let _ = write!(
+        s,
+        "\n## Alarm summary\n\n\
+Input registers (FC04) from protocol offset {BASE} ({}) to {} ({}), read from \
+the alarm runtime at each request (docs/alarms.md). A read that reaches \
+outside the block gets exception 02; a whole read is at most 125 registers.\n\n\
+| number | offset | what |\n|---|---|---|\n\
+| {} | {BASE} | points whose alarm is not NORMAL (active) |\n\
+| {} | {} | points with a transition awaiting its acknowledgement |\n\
+| {} | {} | alarm-capable points N ({n} with this configuration) |\n\
+| {}..{} | {}..{} | reserved, read 0 |\n\
+| {}..{} | {}..{} | active bits: point i is bit i % 16 (LSB first) of register {} + i / 16 |\n\
+| {}..{} | {}..{} | unacknowledged bits, the same way from {} |\n\n\
+Points are numbered in point-id order: the server's alarm-capable points, \
+then route slot 1's, slot 2's, ... ({} per slot, {slots} slots reserved; a free \
+slot's bits read 0). {MAX_POINTS} points have a bit; the counts include all.\n\n\
+| bit i | register | bit | point |\n|---|---|---|---|\n",
+        num(BASE),
+        BASE + LEN - 1,
+        num(BASE + LEN - 1),
+        num(BASE),
+        num(BASE + 1),
+        BASE + 1,
+        num(BASE + 2),
+        BASE + 2,
+        num(BASE + 3),
+        num(BASE + ACTIVE_BITS - 1),
+        BASE + 3,
+        BASE + ACTIVE_BITS - 1,
+        num(BASE + ACTIVE_BITS),
+        num(BASE + UNACKED_BITS - 1),
+        BASE + ACTIVE_BITS,
+        BASE + UNACKED_BITS - 1,
+        BASE + ACTIVE_BITS,
+        num(BASE + UNACKED_BITS),
+        num(BASE + LEN - 1),
+        BASE + UNACKED_BITS,
+        BASE + LEN - 1,
+        BASE + UNACKED_BITS,
+        block.len(),
+    );
+    let mut line = |i: usize, what: String| {
+        let reg = usize::from(BASE + ACTIVE_BITS) + i / 16;
+        let _ = writeln!(
+            s,
+            "| {i} | {} ({reg}) | {} | {what} |",
+            300_001 + reg,
+            i % 16
+        );
+    };
+    for (i, d) in server.iter().enumerate() {
+        line(i, format!("{} ({})", d.id, d.name));
+    }
+    for (j, d) in block.iter().enumerate() {
+        let rule = if j == 0 {
+            format!(
+                " — slot s: bit {} + (s - 1) x {} + {j}",
+                server.len(),
+                block.len()
+            )
+        } else {
+            String::new()
+        };
+        line(server.len() + j, format!("{} ({}){rule}", d.id, d.name));
+    }
+}
+
+fn blocks_markdown(defs: &[PointDef], map: &ModbusMap, tpl: Option<&RouteTemplate>) -> String {
     let mut s = map_markdown(defs, map);
     let Some(tpl) = tpl else {
         return s;
@@ -324,6 +482,28 @@ mod tests {
             "{csv}"
         );
         assert!(csv.contains("\n401301,1300,holding register,\"03, 23 (read)\",R,u16,1,,1,,route.3.route_status (Route Status),value,1=LIVE 2=NO_SIGNAL 3=STOPPED 4=ERROR 5=N/A"), "{csv}");
+    }
+
+    /// The CSV lists the alarm block: counts and the bit words, in the
+    /// runtime's point-id order.
+    #[test]
+    fn csv_lists_the_alarm_block() {
+        let c = Config::embedded().expect("embedded config");
+        let csv = export_csv(&c.points, &c.maps.modbus, c.route_template.as_ref());
+        assert!(
+            csv.contains("\n360001,60000,input register,04,R,u16,1,,,,alarm summary,active count,")
+        );
+        let n = alarm_points(&c.points, c.route_template.as_ref()).len();
+        assert!(n > 128, "every slot has alarm points");
+        assert!(csv.contains(&format!(
+            "\n360003,60002,input register,04,R,u16,1,,,,alarm summary,alarm points,{n}\n"
+        )));
+        assert!(
+            csv.contains(",alarm summary,active bits,0=cpu_usage 1=memory_usage 2=server_status ")
+        );
+        assert!(csv.contains(
+            "\n360145,60144,input register,04,R,u16,1,,,,alarm summary,unacked bits,0=cpu_usage "
+        ));
     }
 
     /// docs/modbus-map.md is the generated document, not a hand-kept copy.

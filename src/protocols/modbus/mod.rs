@@ -38,6 +38,7 @@
 //! - Multi-register writes are checked in full before the first point is
 //!   written, so a refused request changes nothing.
 
+pub mod alarms;
 mod export;
 mod frame;
 mod regmap;
@@ -124,6 +125,7 @@ pub async fn start(
     db: PointDb,
     map: &ModbusMap,
     caps: Caps,
+    alarms: Option<crate::alarms::Alarms>,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> std::io::Result<SocketAddr> {
@@ -146,7 +148,11 @@ pub async fn start(
     db.set_write_policy(Protocol::Modbus, policy);
     let listener = TcpListener::bind(section.bind).await?;
     let addr = listener.local_addr()?;
-    let svc = Arc::new(Service::new(db, map, &section.unit_ids));
+    let mut svc = Service::new(db, map, &section.unit_ids);
+    if let Some(a) = alarms {
+        svc = svc.with_alarms(a);
+    }
+    let svc = Arc::new(svc);
     let limits = Limits {
         caps,
         idle_timeout: (!section.idle_timeout.is_zero()).then_some(section.idle_timeout),

@@ -39,6 +39,10 @@ pub struct Service {
     map: RegisterMap,
     /// Indexed by unit id: O(1) on the hot path.
     units: [bool; 256],
+    /// The alarm summary block (input registers 60000..), when alarms run.
+    alarm_block: Option<super::alarms::AlarmBlock>,
+    /// Input-register offsets the map uses (to keep the block clear of it).
+    input_ends: (u32, u32),
 }
 
 impl Service {
@@ -61,11 +65,37 @@ impl Service {
                 Err(e) => tracing::error!("modbus: no route blocks: {e}"),
             }
         }
+        let input_ends = full
+            .registers
+            .iter()
+            .filter(|r| r.table == crate::points::ModbusTable::Input)
+            .fold((u32::MAX, 0), |(lo, hi), r| {
+                let o = u32::from(r.offset);
+                (lo.min(o), hi.max(o + u32::from(r.reg_type.width())))
+            });
         Service {
             db,
             map: RegisterMap::new(&full),
             units,
+            alarm_block: None,
+            input_ends,
         }
+    }
+
+    /// Serves the alarm summary block (docs/modbus-map.md, "Alarm
+    /// summary") unless a register of the map lies in its range.
+    pub fn with_alarms(mut self, alarms: crate::alarms::Alarms) -> Self {
+        use super::alarms::{AlarmBlock, BASE, LEN};
+        let (lo, hi) = self.input_ends;
+        let (b0, b1) = (u32::from(BASE), u32::from(BASE) + u32::from(LEN));
+        if lo < b1 && hi > b0 {
+            tracing::error!(
+                "modbus: the register map reaches input registers {b0}..{b1}: no alarm summary block (lower [route_points] max_routes or the route block stride)"
+            );
+            return self;
+        }
+        self.alarm_block = Some(AlarmBlock::new(alarms));
+        self
     }
 
     /// Answers one request (header + PDU), appending the whole response ADU
@@ -119,6 +149,22 @@ impl Service {
                 self.read_words(&self.map.holding, addr, qty, out)
             }
             Request::ReadInputRegisters { addr, qty } => {
+                if let Some(block) = &self.alarm_block {
+                    if super::alarms::AlarmBlock::touches(addr, qty) {
+                        // Nothing is mapped next to the block: a read
+                        // that leaves it covers unmapped addresses (02).
+                        if !super::alarms::AlarmBlock::within(addr, qty) {
+                            return Err(Exception::IllegalDataAddress);
+                        }
+                        out.push(0x04);
+                        // qty <= 125 (checked by the decoder).
+                        out.push((2 * qty) as u8);
+                        for w in block.read(addr, qty) {
+                            out.extend_from_slice(&w.to_be_bytes());
+                        }
+                        return Ok(());
+                    }
+                }
                 out.push(0x04);
                 self.read_words(&self.map.input, addr, qty, out)
             }
@@ -489,6 +535,91 @@ mod tests {
         assert_eq!(answer(&svc, 1, &[0x2B, 0x0E, 4, 0x03]), [0xAB, 0x02]);
         // Stream access from an object it does not have restarts at 0.
         assert_eq!(answer(&svc, 1, &[0x2B, 0x0E, 2, 0x42])[6], 5);
+    }
+
+    /// The alarm summary block follows the alarm runtime: counts, the
+    /// active and unacknowledged bits, and 02 for a read that leaves it.
+    #[test]
+    fn the_alarm_block_shows_counts_and_bits() {
+        use crate::alarms::Alarms;
+        use crate::points::alarm::{
+            AlarmSpec, Algorithm, ClassRules, PerTransition, TransitionKind,
+        };
+        let c = Config::embedded().expect("embedded config");
+        let db = PointDb::new(c.points.clone(), c.site.clone(), DbOptions::default());
+        let cpu = db.lookup("cpu_usage").expect("cpu");
+        let mem = db.lookup("memory_usage").expect("mem");
+        let spec = AlarmSpec {
+            algorithm: Algorithm::OutOfRange {
+                high_limit: Some(90.0),
+                low_limit: None,
+                deadband: 1.0,
+            },
+            fault_values: vec![],
+            fault_on_bad_quality: false,
+            time_delay: std::time::Duration::ZERO,
+            time_delay_normal: None,
+            event_enable: PerTransition::all(true),
+            notification_class: 1,
+        };
+        let rules = ClassRules {
+            priority: PerTransition::all(1),
+            ack_required: PerTransition::all(true),
+        };
+        // Given in reverse: the bits follow point-id order, not this one.
+        let alarms = Alarms::new(
+            db.clone(),
+            vec![(mem, spec.clone()), (cpu, spec)],
+            std::collections::HashMap::from([(1, rules)]),
+            10,
+        );
+        let svc = Service::new(db.clone(), &c.maps.modbus, &[1]).with_alarms(alarms.clone());
+        let read = |addr: u16, qty: u16| {
+            let mut pdu = vec![0x04];
+            pdu.extend_from_slice(&addr.to_be_bytes());
+            pdu.extend_from_slice(&qty.to_be_bytes());
+            answer(&svc, 1, &pdu)
+        };
+        assert_eq!(read(60_000, 3), [0x04, 6, 0, 0, 0, 0, 0, 2]);
+        // memory_usage (point index after cpu_usage) goes high: bit 1.
+        let mi = usize::from(mem.index() > cpu.index());
+        db.set(
+            mem,
+            Some(crate::points::Value::Number(95.0)),
+            crate::points::Quality::Ok,
+            None,
+        )
+        .expect("set");
+        alarms.evaluate_all();
+        assert_eq!(read(60_000, 3), [0x04, 6, 0, 1, 0, 1, 0, 2]);
+        let bit = (1u16 << mi).to_be_bytes();
+        assert_eq!(read(60_016, 1), [0x04, 2, bit[0], bit[1]]);
+        assert_eq!(read(60_144, 1), [0x04, 2, bit[0], bit[1]]);
+        // Acknowledged: still active, no longer unacknowledged.
+        let ts = alarms
+            .state(mem)
+            .and_then(|s| s.time_stamps.to_offnormal)
+            .expect("stamp");
+        alarms
+            .acknowledge(
+                "memory_usage",
+                TransitionKind::ToOffnormal,
+                ts,
+                &Source::internal(),
+            )
+            .expect("ack");
+        assert_eq!(read(60_000, 2), [0x04, 4, 0, 1, 0, 0]);
+        assert_eq!(read(60_144, 1), [0x04, 2, 0, 0]);
+        // The whole block's first 125 registers in one read; its edges.
+        assert_eq!(read(60_000, 125).len(), 2 + 250);
+        assert_eq!(read(60_271, 1).len(), 4);
+        assert_eq!(read(59_999, 2), [0x84, 0x02]);
+        assert_eq!(read(60_271, 2), [0x84, 0x02]);
+        // Without alarms the block is not there.
+        assert_eq!(
+            answer(&service(), 1, &[0x04, 0xEA, 0x60, 0, 1]),
+            [0x84, 0x02]
+        );
     }
 
     proptest! {
