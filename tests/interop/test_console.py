@@ -218,8 +218,8 @@ def test_operator_flow_live_status_output_switch_preview(console_server):
         wait(d, lambda: d.find_element(By.CSS_SELECTOR, sw).is_selected())
         click(d, f'[data-route="cam"] tr[data-output="udp-a"] label.switch')
         wait(d, lambda: not d.find_element(By.CSS_SELECTOR, sw).is_selected()
-             and "OFF" in d.find_element(By.CSS_SELECTOR, '[data-route="cam"] tr[data-output="udp-a"]').text,
-             msg="the page should show udp-a off")
+             and "DISABLED" in d.find_element(By.CSS_SELECTOR, '[data-route="cam"] tr[data-output="udp-a"]').text,
+             msg="the page should show udp-a off (its Output Status point DISABLED)")
         count_for(rx_a, 0.3)  # datagrams already in flight
         assert count_for(rx_a, 1.5) == 0, "udp-a still sends after it was switched off"
         assert count_for(rx_b, 1.0) > 0, "udp-b stopped too"
@@ -323,6 +323,98 @@ def test_operator_flow_live_status_output_switch_preview(console_server):
         shot(d, "links")
         assert console_errors(d) == []
     finally:
+        d.quit()
+
+
+def route_points(srv):
+    """The route's block over REST (anonymous read), by template id."""
+    b = get_json(srv.http_base + "/api/routes/cam/points")
+    return b["slot"], b["points"]
+
+
+def test_route_point_blocks_drive_tiles_detail_and_points(console_server):
+    """The route's own points (issue 20) in the page: the tile's status, active input, viewers, bitrates,
+    failover count and each output's Output Status and Output Enable switch come from the block; a Modbus
+    write of the block's Output Enable coil (at the address the point API gives) turns the page's switch off
+    and the output stops on the wire; the page's switch writes the point at the REST priority (outranked by
+    the Modbus level, which the page says); the Points page lists the block with its addresses, and a
+    relinquish of the Modbus level from the priority array lets the output flow again."""
+    srv, _, rx_b = console_server
+    slot, pts = route_points(srv)
+    by_out = {p["route"].get("output_name"): p for p in pts if p["id"].startswith(f"route.{slot}.output_enable.")}
+    en = by_out["udp-b"]
+    n = en["route"]["output"]
+    coil = en["addresses"]["modbus"][0]
+    assert coil.startswith("0") and len(coil) == 6, coil  # a 6-digit coil number
+    assert f"POST /api/routes/cam/points/output_enable.{n}" in en["addresses"]["http"]
+    d = browser()
+    host, port = srv.addrs["modbus"]
+    mb = ModbusTcpClient(host, port=port, timeout=3)
+    assert mb.connect()
+    try:
+        login(d, srv.http_base, "adm", "admin-password-1")
+        d.get(srv.http_base + "/#/routes")
+        tile = '[data-route="cam"]'
+        wait(d, lambda: d.find_element(By.CSS_SELECTOR, f'{tile} .active-input[data-point="route.{slot}.active_input"]').text == "gen",
+             timeout=20, msg="the active input from the route's point")
+        for tid in ("viewers", "failover_count", "input_bitrate", "output_bitrate"):
+            assert d.find_elements(By.CSS_SELECTOR, f'{tile} [data-point="route.{slot}.{tid}"]'), tid
+        sw = f'{tile} input[data-output="udp-b"][data-point="route.{slot}.output_enable.{n}"]'
+        status = f'{tile} tr[data-output="udp-b"] [data-point="route.{slot}.output_status.{n}"]'
+        wait(d, lambda: d.find_element(By.CSS_SELECTOR, sw).is_selected()
+             and d.find_element(By.CSS_SELECTOR, status).text == "ACTIVE", timeout=15)
+        assert not d.find_elements(By.CSS_SELECTOR, ".placeholder#route-blocks")
+        # Modbus (priority 10) switches udp-b off through the block's coil.
+        assert not mb.write_coil(int(coil) - 1, False).isError()
+        wait(d, lambda: not d.find_element(By.CSS_SELECTOR, sw).is_selected()
+             and d.find_element(By.CSS_SELECTOR, status).text == "DISABLED", timeout=10,
+             msg="the page's switch follows the Modbus write")
+        count_for(rx_b, 0.5)
+        assert count_for(rx_b, 1.5) == 0, "udp-b still sends after its Output Enable was written off"
+        shot(d, "routes-blocks")
+        # The page's switch writes the point at the REST priority (12): the
+        # Modbus level 10 outranks it, and the page says so.
+        click(d, f'{tile} tr[data-output="udp-b"] label.switch')
+        wait(d, lambda: "level 10 holds false" in d.find_element(By.CSS_SELECTOR, ".notice").text, timeout=10)
+        assert not d.find_element(By.CSS_SELECTOR, sw).is_selected()
+        pa = get_json(f"{srv.http_base}/api/routes/cam/points/output_enable.{n}")["priority_array"]["slots"]
+        assert pa[11]["value"] is True and "adm" in pa[11]["who"], pa[11]
+        assert pa[9]["value"] is False and "modbus" in pa[9]["who"].lower(), pa[9]
+
+        # Points: the route's block with its addresses, grouped under the route.
+        d.get(srv.http_base + "/#/points")
+        row = f'#points-table tr[data-point="route.{slot}.output_enable.{n}"]'
+        wait(d, lambda: d.find_elements(By.CSS_SELECTOR, row), timeout=15)
+        assert d.find_elements(By.CSS_SELECTOR, '#points-table tr.group[data-block="cam"]')
+        assert not d.find_elements(By.CSS_SELECTOR, "#point-blocks")
+        cells = d.execute_script("return [...document.querySelectorAll(arguments[0])].map(c => c.textContent)", row + " td")
+        assert "udp-b" in cells[0] and cells[4] == "—" and coil in cells[5], cells
+        assert cells[6] == f"@route.{slot}.output_enable.{n}" and f"/api/routes/cam/points/output_enable.{n}" in cells[7], cells
+        assert len(d.find_elements(By.CSS_SELECTOR, '#points-table tr[data-point^="route."]')) == len(pts)
+        # Its priority array; relinquish level 10 (the Modbus write): the
+        # REST level 12 (on) takes over, the switch and the wire follow.
+        click(d, row)
+        wait(d, lambda: d.find_elements(By.CSS_SELECTOR, '#priority-array tr[data-level="10"]'))
+        assert "false" in d.find_element(By.CSS_SELECTOR, '#priority-array tr[data-level="10"]').text
+        shot(d, "points-route-block")
+        click(d, '#write-level option[value="10"]')
+        click(d, "#relinquish")
+        wait(d, lambda: "false" not in d.find_element(By.CSS_SELECTOR, '#priority-array tr[data-level="10"]').text)
+        wait(d, lambda: count_for(rx_b, 0.5) > 0, timeout=10, msg="udp-b did not resume")
+        # The route detail: its block's points and the switch back on.
+        d.get(srv.http_base + "/#/routes/cam")
+        wait(d, lambda: d.find_elements(By.CSS_SELECTOR, f'#block-table tr[data-point="route.{slot}.route_status"]'))
+        wait(d, lambda: d.find_element(By.CSS_SELECTOR, f'input[data-point="route.{slot}.output_enable.{n}"]').is_selected())
+        assert d.find_elements(By.CSS_SELECTOR, '[data-write="route-enable"]')
+        # Leave the shared server as configured: relinquish the REST level.
+        d.get(srv.http_base + f"/#/points/route.{slot}.output_enable.{n}")
+        wait(d, lambda: d.find_elements(By.ID, "priority-array"))
+        click(d, '#write-level option[value="12"]')
+        click(d, "#relinquish")
+        wait(d, lambda: get_json(f"{srv.http_base}/api/routes/cam/points/output_enable.{n}")["level"] == 17)
+        assert [e for e in console_errors(d)] == []
+    finally:
+        mb.close()
         d.quit()
 
 
