@@ -227,6 +227,7 @@ async fn start_http(cfg: &Config, w: &mut Wiring) -> Option<HttpServer> {
         engine: Some(w.engine.clone()),
         route_docs: w.route_docs.clone(),
         profiles: Some(w.profiles.clone()),
+        exports: Some(api::exports::Sources::from_config(cfg)),
     };
     match crate::httpd::Options::from_section(h, w.caps.http) {
         Ok(o) => {

@@ -3,6 +3,7 @@
 pub mod apikeys;
 pub mod auth;
 pub mod console;
+pub mod exports;
 pub mod guard;
 pub mod gzip;
 pub mod json;
@@ -12,6 +13,7 @@ pub mod openapi;
 pub mod profiles;
 pub mod refusals;
 pub mod routes;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +46,8 @@ pub struct ApiState {
     pub route_docs: Arc<parking_lot::Mutex<std::collections::BTreeMap<String, serde_json::Value>>>,
     /// Output profiles (config overlaid with stored ones; see `profiles.rs`).
     pub profiles: Option<Arc<profiles::Profiles>>,
+    /// What `/api/export/*` is generated from; `None`: not served (503).
+    pub exports: Option<Arc<exports::Sources>>,
 }
 
 /// A JSON error response: `{"error": "...", "status": 404}`.
@@ -168,6 +172,8 @@ pub fn router(state: ApiState) -> Router {
     r.merge(routes::router())
         .merge(profiles::router())
         .merge(apikeys::router())
+        .merge(users::router())
+        .merge(exports::router())
         .merge(console::router())
         .with_state(state)
 }

@@ -317,6 +317,7 @@ async fn remote_writes_are_refused_until_a_user_exists() {
         engine: Some(app.engine.clone()),
         route_docs: Default::default(),
         profiles: None,
+        exports: None,
     };
     let router = guard::layer(castpoint::api::router(state.clone()), state);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -20,6 +20,14 @@ def test_openapi_validates_and_matches_the_router():
         assert "admin" in doc["paths"]["/api/routes"]["post"]["description"]
         assert "admin" in doc["paths"]["/api/apikeys"]["post"]["description"]
         assert "/api/apikeys/{name}" in doc["paths"]
+        # Users (admin) and the exports (viewer, files).
+        for m in ("get", "post"):
+            assert "Role needed: admin" in doc["paths"]["/api/users"][m]["description"]
+        assert set(doc["paths"]["/api/users/{name}"]) == {"put", "delete"}
+        for p, ctype in (("/api/export/ede.csv", "text/csv"), ("/api/export/ede-states.csv", "text/csv"),
+                         ("/api/export/modbus-map.csv", "text/csv"), ("/api/export/modbus-map.md", "text/markdown")):
+            op = doc["paths"][p]["get"]
+            assert "Role needed: viewer" in op["description"] and ctype in op["responses"]["200"]["content"], p
         assert set(doc["components"]["securitySchemes"]) >= {"bearer", "apiKey", "accessToken"}
         assert doc["paths"]["/health"]["get"]["security"] == []
         assert "/api/stream/start" in doc["paths"]  # seed endpoints from the HTTP map
