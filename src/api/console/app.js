@@ -236,7 +236,10 @@ function shell() {
     ["audit", "Audit"],
     ["users", "Users"],
     ["links", "API & exports"],
-  ].map(([p, t]) => h("a", { href: `#/${p}`, "data-page": p }, t));
+  ]
+    // What the role cannot use is not offered (the page itself says so too).
+    .filter(([p]) => !(VIEWS[p] && VIEWS[p].role && !can(VIEWS[p].role)))
+    .map(([p, t]) => h("a", { href: `#/${p}`, "data-page": p }, t));
   return h(
     "div",
     { class: "shell" },
@@ -286,8 +289,10 @@ function noUserBanner() {
 }
 
 function loginPage() {
+  // Kept until the next login, not consumed by this render: the login page
+  // may be drawn again right away (a hash change, a second refused call),
+  // and the reason must still be there (this was the flaky test's race).
   const err = h("p", { class: "error", id: "login-error" }, store.loginMessage || "");
-  store.loginMessage = "";
   const user = h("input", { id: "username", autocomplete: "username", required: true });
   const pass = h("input", { id: "password", type: "password", autocomplete: "current-password", required: true });
   const form = h(
@@ -300,6 +305,7 @@ function loginPage() {
         try {
           const r = await post("/api/auth/login", { username: user.value, password: pass.value });
           setSession({ token: r.token, role: r.role, user: user.value });
+          store.loginMessage = "";
           show();
         } catch (x) {
           err.textContent = x.message;
@@ -334,6 +340,7 @@ function loginPage() {
           id: "anon",
           onclick: () => {
             store.anon = true;
+            store.loginMessage = "";
             sessionStorage.setItem("castpoint.anon", "1");
             show();
           },

@@ -1025,8 +1025,34 @@ const users = {
   role: "admin",
   mount(el) {
     const note = notice();
+    const ubody = h("tbody");
     const body = h("tbody");
     const shown = h("pre", { class: "secret", id: "new-key" });
+    const ROLES = ["viewer", "operator", "admin"];
+    const enc = encodeURIComponent;
+    const loadUsers = async () => {
+      try {
+        const r = await get("/api/users");
+        replace(ubody, r.users.map((u) => {
+          const role = h("select", { "data-write": "user-role", "aria-label": `role of ${u.name}` }, ROLES.map((x) => h("option", { value: x }, x)));
+          role.value = u.role;
+          role.onchange = () => act(note, `role of ${u.name} → ${role.value}`, () => api("PUT", `/api/users/${enc(u.name)}`, { role: role.value }))
+            .then((ok) => { if (!ok) role.value = u.role; loadUsers(); });
+          const pw = h("input", { type: "password", autocomplete: "new-password", placeholder: "new password (8+)", "data-field": "reset-password" });
+          const reset = h("span", { class: "reset", hidden: true }, pw, " ",
+            h("button", { "data-write": "user-reset-save", onclick: () => act(note, `reset the password of ${u.name}`, () => api("PUT", `/api/users/${enc(u.name)}`, { password: pw.value }))
+              .then((ok) => { if (ok) { pw.value = ""; reset.hidden = true; } }) }, "Save"));
+          const self = session && session.user === u.name;
+          return h("tr", { "data-user": u.name }, h("td", {}, u.name, self ? h("span", { class: "muted small" }, " (you)") : ""), h("td", {}, role),
+            h("td", {},
+              h("button", { "data-write": "user-reset", onclick: () => { reset.hidden = !reset.hidden; if (!reset.hidden) pw.focus(); } }, "Reset password"), " ",
+              h("button", { "data-write": "user-remove", onclick: () => confirm(`Remove user ${u.name}? Their sessions end at once.`) && act(note, `remove ${u.name}`, () => api("DELETE", `/api/users/${enc(u.name)}`)).then(loadUsers) }, "Remove"),
+              " ", reset));
+        }));
+      } catch (x) {
+        note.fail(x.message);
+      }
+    };
     const load = async () => {
       try {
         const r = await get("/api/apikeys");
@@ -1040,22 +1066,31 @@ const users = {
         note.fail(x.message);
       }
     };
+    const uname = h("input", { id: "user-name", placeholder: "name", autocomplete: "off" });
+    const urole = h("select", { id: "user-role" }, ROLES.map((r) => h("option", { value: r }, r)));
+    const upass = h("input", { id: "user-password", type: "password", placeholder: "password (8+ characters)", autocomplete: "new-password" });
     const name = h("input", { id: "key-name", placeholder: "name" });
-    const role = h("select", { id: "key-role" }, ["viewer", "operator", "admin"].map((r) => h("option", {}, r)));
+    const role = h("select", { id: "key-role" }, ROLES.map((r) => h("option", {}, r)));
     el.append(
       h("h1", {}, "Users and API keys"),
-      h("section", { class: "card" }, h("h2", {}, "Users"),
-        h("p", {}, "Users are managed on the server (the API has no user endpoints by design: a password never travels except to log in):"),
-        h("pre", {}, "castpoint user add NAME --role viewer|operator|admin   # password on stdin\ncastpoint user list\ncastpoint user remove NAME"),
-        h("p", { class: "muted small" }, "Roles: viewer reads, operator commands points and switches outputs, admin changes routes, profiles and keys. See docs/security.md.")),
+      note,
+      h("section", { class: "card", id: "users" }, h("h2", {}, "Users"),
+        h("table", { class: "grid", id: "users-table" }, h("thead", {}, h("tr", {}, ["Name", "Role", ""].map((t) => h("th", {}, t)))), ubody),
+        h("form", { class: "write", onsubmit: (e) => {
+          e.preventDefault();
+          act(note, `add ${uname.value}`, () => post("/api/users", { name: uname.value, role: urole.value, password: upass.value }))
+            .then((ok) => { if (ok) { uname.value = ""; upass.value = ""; loadUsers(); } });
+        } }, uname, urole, upass, h("button", { type: "submit", "data-write": "user-add", id: "user-add" }, "Add user")),
+        h("p", { class: "muted small" }, "Roles: viewer reads, operator commands points and switches outputs, admin changes routes, profiles, users and keys (docs/security.md). A role change or a password reset ends that user's sessions. The last admin cannot be removed or demoted. The same users log in to Haystack (SCRAM); on the server: castpoint user add|list|remove.")),
       h("section", { class: "card" }, h("h2", {}, "API keys"),
         h("table", { class: "grid" }, h("thead", {}, h("tr", {}, ["Name", "Role", "Created", ""].map((t) => h("th", {}, t)))), body),
         h("div", { class: "write" }, name, role, h("button", { "data-write": "apikey-add", onclick: () => act(note, `create ${name.value}`, async () => {
           const r = await post("/api/apikeys", { name: name.value, role: role.value });
           shown.textContent = `${r.name}: ${r.key}\n(shown once: copy it now)`;
           load();
-        }) }, "Create key")), note, shown),
+        }) }, "Create key")), shown),
     );
+    loadUsers();
     load();
     return {};
   },
@@ -1066,25 +1101,64 @@ const users = {
 const links = {
   mount(el) {
     const out = h("pre", { class: "export", id: "export" });
-    const fetchText = async (path) => {
+    const note = notice();
+    /**
+     * Fetches `path` with the session's token (a plain link cannot send it)
+     * and shows it in the page; `save` also saves it as the file the server
+     * names (Content-Disposition), through a Blob URL: the token never goes
+     * into a URL.
+     */
+    const open = (path, save) => async (e) => {
+      e.preventDefault();
       out.textContent = "…";
+      note.className = "notice";
+      note.textContent = "";
       try {
         const r = await fetch(path, { headers: session ? { authorization: `Bearer ${session.token}` } : {} });
         const t = await r.text();
+        if (!r.ok) {
+          let m = `HTTP ${r.status}`;
+          try {
+            m = JSON.parse(t).error || m;
+          } catch {
+            // Not JSON: the status says it.
+          }
+          throw new Error(m);
+        }
         out.textContent = t.length > 200000 ? `${t.slice(0, 200000)}\n…` : t;
+        out.dataset.path = path;
+        if (save) {
+          const name = (/filename="([^"]+)"/.exec(r.headers.get("content-disposition") || "") || [])[1] || path.split("/").pop();
+          const url = URL.createObjectURL(new Blob([t], { type: r.headers.get("content-type") || "text/plain" }));
+          const a = h("a", { href: url, download: name, hidden: true });
+          document.body.append(a);
+          a.click();
+          a.remove();
+          setTimeout(() => URL.revokeObjectURL(url), 10000);
+          note.ok(`saved ${name}`);
+        }
       } catch (x) {
-        out.textContent = x.message;
+        out.textContent = "";
+        note.fail(`${path}: ${x.message}`);
       }
     };
+    const link = (path, id, save) => h("a", { href: path, id, onclick: open(path, save) }, path);
     el.append(
       h("h1", {}, "API and exports"),
+      h("h2", {}, "API"),
       h("ul", {},
-        h("li", {}, h("a", { href: "/api/openapi.json", target: "_blank" }, "/api/openapi.json"), " — the OpenAPI document (every operation with the role it needs)"),
-        h("li", {}, h("button", { onclick: () => fetchText("/metrics") }, "Show /metrics"), " — Prometheus exposition (needs a viewer token, so it is fetched here)"),
-        h("li", {}, h("button", { onclick: () => fetchText("/stats") }, "Show /stats"), " — service statistics"),
-        h("li", {}, "EDE (BACnet engineering data) and the Modbus register map are exported on the server: ",
-          h("code", {}, "castpoint export ede"), ", ", h("code", {}, "castpoint export modbus-map"), " (docs/modbus-map.md is the latter as Markdown)."),
+        h("li", {}, h("a", { href: "/api/openapi.json", target: "_blank", id: "link-openapi" }, "/api/openapi.json"), " — the OpenAPI document (every operation with the role it needs; public)"),
+        h("li", {}, link("/metrics", "link-metrics", false), " — Prometheus exposition (viewer: fetched here with your session and shown below)"),
+        h("li", {}, link("/stats", "link-stats", false), " — service statistics"),
         h("li", {}, "Haystack: ", h("code", {}, "/api/haystack"), " (Haystack 4, its own SCRAM login; docs/haystack.md)")),
+      h("h2", {}, "Exports"),
+      h("p", { class: "muted small" }, "Generated from the running configuration, the same files as castpoint export ede|modbus-map on the server (viewer role). A click saves the file and shows it below."),
+      h("ul", {},
+        h("li", {}, link("/api/export/ede.csv", "link-ede", true), " — BACnet EDE file (engineering data exchange) for the BMS's import"),
+        h("li", {}, link("/api/export/ede-states.csv", "link-ede-states", true), " — the EDE file's state texts"),
+        h("li", {}, link("/api/export/modbus-map.csv", "link-modbus-csv", true), " — Modbus register map, every reserved route slot included, for tag import"),
+        h("li", {}, link("/api/export/modbus-map.md", "link-modbus-md", true), " — the same map as a readable document (the address rule of route blocks)")),
+      note,
       out,
     );
     return {};
