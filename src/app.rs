@@ -33,6 +33,8 @@ pub struct App {
     pub addrs: BoundAddrs,
     /// The MQTT Sparkplug edge node's status, when `[mqtt] enabled`.
     pub mqtt: Option<Arc<crate::protocols::mqtt::Status>>,
+    /// The alarm runtime (docs/alarms.md): every protocol's alarm view.
+    pub alarms: crate::alarms::Alarms,
     /// Parts that did not start (a listener that failed to bind, ...):
     /// `castpoint run` prints `degraded: ...` instead of `ready` for them.
     pub faults: Vec<String>,
@@ -58,6 +60,8 @@ struct Wiring {
     addrs: BoundAddrs,
     faults: Vec<String>,
     mqtt: Option<Arc<crate::protocols::mqtt::Status>>,
+    /// Started in `wiring`, before any protocol, so each can subscribe to it.
+    alarms: crate::alarms::Alarms,
     /// Routers other parts serve on the HTTP listener (Haystack): the
     /// listener is bound first, but served after every part added its own.
     extra_routes: Vec<axum::Router>,
@@ -169,6 +173,13 @@ fn wiring(cfg: &Config, db: PointDb, store: Arc<Store>) -> anyhow::Result<Wiring
         std::time::Duration::from_secs(10),
         shutdown.clone(),
     ));
+    // The alarm runtime judges every alarm-capable point (server and
+    // route blocks) from the first value on.
+    let alarms = crate::alarms::Alarms::from_db(
+        &db,
+        &crate::alarms::config::effective(&s.notification_class),
+    );
+    tasks.spawn(alarms.clone().run(shutdown.clone()));
     // Created before the HTTP server so its HTTP-TS/HLS routes can be merged.
     let engine = crate::engine::Engine::new(s.data_dir.clone(), &shutdown);
     let stored_routes = store.routes()?;
@@ -200,6 +211,7 @@ fn wiring(cfg: &Config, db: PointDb, store: Arc<Store>) -> anyhow::Result<Wiring
         addrs: BoundAddrs::default(),
         faults: Vec::new(),
         mqtt: None,
+        alarms,
         extra_routes: Vec::new(),
     })
 }
@@ -228,6 +240,7 @@ async fn start_http(cfg: &Config, w: &mut Wiring) -> Option<HttpServer> {
         route_docs: w.route_docs.clone(),
         profiles: Some(w.profiles.clone()),
         exports: Some(api::exports::Sources::from_config(cfg)),
+        alarms: Some(w.alarms.clone()),
     };
     match crate::httpd::Options::from_section(h, w.caps.http) {
         Ok(o) => {
@@ -486,6 +499,7 @@ impl Wiring {
             maps: self.maps,
             addrs: self.addrs,
             mqtt: self.mqtt,
+            alarms: self.alarms,
             faults: self.faults,
             shutdown: self.shutdown,
             tasks: self.tasks,

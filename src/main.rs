@@ -296,6 +296,11 @@ fn main() -> ExitCode {
             if let Some(d) = data_dir {
                 cfg.server.data_dir = d;
             }
+            // The overrides go through the file's bind check too.
+            if let Err(e) = cfg.check_binds() {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
             run(cfg, log_format)
         }
         Cmd::Status { url, token } => {

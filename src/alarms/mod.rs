@@ -25,6 +25,8 @@ use crate::points::alarm::{
 };
 use crate::points::{PointDb, PointId, Source};
 
+pub mod config;
+
 /// One recorded transition.
 #[derive(Debug, Clone)]
 pub struct AlarmRecord {
@@ -68,6 +70,18 @@ pub enum AckFailure {
     #[error("the acknowledgement could not be stored: {0}")]
     Store(String),
 }
+
+/// Waits for the route blocks to change; false once the database is gone
+/// (pending forever without route blocks).
+async fn block_changed(b: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
+    match b {
+        Some(b) => b.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Transitions kept in memory for `history` (the durable store keeps more).
+pub const HISTORY_CAP: usize = 1000;
 
 /// A point's alarm as the views show it.
 #[derive(Debug, Clone)]
@@ -158,6 +172,16 @@ impl Alarms {
     /// Evaluates point `i` now; records and broadcasts a transition.
     fn evaluate(&self, i: usize, now: Instant, wall: DateTime<Utc>) {
         let (id, spec) = &self.inner.points[i];
+        // A route block nobody owns (route deleted, slot free) has no
+        // alarm: its state goes back to NORMAL silently, so neither a
+        // free slot nor the next route given it inherits an event.
+        if !self.inner.db.is_present(*id) {
+            let mut states = self.inner.states.lock();
+            if states[i] != AlarmState::default() {
+                states[i] = AlarmState::default();
+            }
+            return;
+        }
         let Some(st) = self.inner.db.read(*id) else {
             return;
         };
@@ -229,6 +253,9 @@ impl Alarms {
     /// `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut rx = self.inner.db.subscribe();
+        // Routes coming and going open and close blocks without a value
+        // change of every point: re-judge all then.
+        let mut blocks = self.inner.db.subscribe_blocks();
         self.evaluate_all();
         loop {
             let deadline = self.next_deadline();
@@ -240,6 +267,13 @@ impl Alarms {
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                ok = block_changed(&mut blocks) => {
+                    if ok {
+                        self.evaluate_all();
+                    } else {
+                        blocks = None;
+                    }
+                }
                 r = rx.recv() => match r {
                     Ok(c) => {
                         if let Some(&i) = self.inner.index.get(&c.id) {
@@ -286,6 +320,35 @@ impl Alarms {
                 notification_class: spec.notification_class,
             })
             .collect()
+    }
+
+    /// The alarm-capable points and their specs (present or not: a view
+    /// checks `PointDb::is_present`), in database order.
+    pub fn points(&self) -> impl Iterator<Item = (PointId, &AlarmSpec)> + '_ {
+        self.inner.points.iter().map(|(id, s)| (*id, s))
+    }
+
+    /// A point's alarm spec (`None` for a point without an alarm).
+    pub fn spec(&self, point: PointId) -> Option<&AlarmSpec> {
+        let &i = self.inner.index.get(&point)?;
+        Some(&self.inner.points[i].1)
+    }
+
+    /// The rules of notification class `n` (`None` if it does not exist).
+    pub fn class(&self, n: u32) -> Option<ClassRules> {
+        self.inner.classes.get(&n).copied()
+    }
+
+    /// The alarm runtime of a database whose definitions carry
+    /// `[point.alarm]` specs (server points and every reserved route
+    /// block), routed through `classes`.
+    pub fn from_db(db: &PointDb, classes: &[config::NotificationClassTable]) -> Alarms {
+        let points: Vec<(PointId, AlarmSpec)> = db
+            .all_ids()
+            .filter_map(|id| Some((id, db.def(id)?.alarm.clone()?)))
+            .collect();
+        let classes = classes.iter().map(|c| (c.id, c.rules())).collect();
+        Alarms::new(db.clone(), points, classes, HISTORY_CAP)
     }
 
     /// A point's alarm state (`None` for a point without an alarm).

@@ -48,6 +48,8 @@ pub struct ApiState {
     pub profiles: Option<Arc<profiles::Profiles>>,
     /// What `/api/export/*` is generated from; `None`: not served (503).
     pub exports: Option<Arc<exports::Sources>>,
+    /// The alarm runtime; `None` in tests without one.
+    pub alarms: Option<crate::alarms::Alarms>,
 }
 
 /// A JSON error response: `{"error": "...", "status": 404}`.

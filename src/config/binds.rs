@@ -28,17 +28,21 @@ struct Listener {
 }
 
 /// Two binds collide when protocol and port match and one address covers
-/// the other: equal, or either is the wildcard of the same family (a
-/// 0.0.0.0 listener takes the port on every IPv4 address). Port 0 asks
-/// the system for a free port, so it never collides.
+/// the other: equal, or one is a wildcard covering the other. 0.0.0.0
+/// takes the port on every IPv4 address; `[::]` on every address of
+/// *both* families, because castpoint's sockets are dual-stack (it never
+/// sets IPV6_V6ONLY, and Linux's default `net.ipv6.bindv6only = 0` makes
+/// a `[::]` bind refuse, or be refused by, any IPv4 bind of the port —
+/// measured: `[::]:P` after `127.0.0.1:P` fails with EADDRINUSE, TCP and
+/// UDP alike). Port 0 asks the system for a free port, so it never
+/// collides.
 fn overlaps(a: &Listener, b: &Listener) -> bool {
     if a.proto != b.proto || a.addr.port() == 0 || a.addr.port() != b.addr.port() {
         return false;
     }
     let (x, y) = (a.addr.ip(), b.addr.ip());
-    x == y
-        || (x.is_unspecified() && x.is_ipv4() == y.is_ipv4())
-        || (y.is_unspecified() && x.is_ipv4() == y.is_ipv4())
+    let covers = |w: IpAddr, o: IpAddr| w.is_unspecified() && (w.is_ipv6() || o.is_ipv4());
+    x == y || covers(x, y) || covers(y, x)
 }
 
 /// Every listener of the file (routes that did not validate are left out).
@@ -133,7 +137,13 @@ mod tests {
         assert!(!t("10.0.0.1:80", "10.0.0.2:80"));
         assert!(!t("0.0.0.0:0", "0.0.0.0:0"));
         assert!(!t("0.0.0.0:80", "0.0.0.0:81"));
-        assert!(!t("[::]:80", "127.0.0.1:80"));
+        // [::] is dual-stack: it takes the port on IPv4 addresses too.
+        assert!(t("[::]:80", "127.0.0.1:80"));
+        assert!(t("0.0.0.0:80", "[::]:80"));
+        assert!(t("[::]:80", "[::1]:80"));
+        // An IPv4 wildcard does not cover IPv6 addresses, nor [::1] IPv4.
+        assert!(!t("0.0.0.0:80", "[::1]:80"));
+        assert!(!t("[::1]:80", "127.0.0.1:80"));
         assert!(!overlaps(
             &l(Proto::Tcp, "0.0.0.0:80"),
             &l(Proto::Udp, "0.0.0.0:80")

@@ -12,6 +12,7 @@ use crate::section::{join, Problem, Section};
 pub const DEFAULT_CONFIG: &str = include_str!("../../castpoint.toml");
 
 pub use super::api::ApiConfig;
+pub use crate::alarms::config::NotificationClassTable;
 pub use crate::httpd::HttpSection;
 pub use crate::media::ffmpeg::profile::ProfileTable;
 pub use crate::media::ffmpeg::MediaSection;
@@ -55,6 +56,9 @@ pub struct ServerConfig {
     /// `[route_points]` (the route template is loaded into
     /// `Config::route_template`).
     pub route_points: super::points::RoutePointsConfig,
+    /// `[[notification_class]]` tables as written (empty: the shipped
+    /// defaults, `alarms::config::effective`).
+    pub notification_class: Vec<NotificationClassTable>,
     /// `[[route]]` tables, each with its validated engine spec.
     pub routes: Vec<routes::Route>,
     /// The top-level keys the file wrote (the others mean their defaults).
@@ -105,6 +109,7 @@ pub(crate) const KNOWN: &[&str] = &[
     "rtmp",
     "mqtt",
     "route_points",
+    "notification_class",
     "route",
 ];
 
@@ -303,6 +308,25 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<ServerConfig> 
         .enumerate()
         .filter_map(|(i, t)| typed(file, &format!("profile[{i}]"), toml::Value::Table(t), errs))
         .collect();
+    let notification_class: Vec<NotificationClassTable> =
+        tables(file, &mut doc, "notification_class", errs)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                typed(
+                    file,
+                    &format!("notification_class[{i}]"),
+                    toml::Value::Table(t),
+                    errs,
+                )
+            })
+            .collect();
+    problems(
+        file,
+        "notification_class",
+        crate::alarms::config::validate(&notification_class),
+        errs,
+    );
     let route_tables = tables(file, &mut doc, "route", errs);
     let mut c = ServerConfig {
         http: section(file, &mut doc, "http", errs),
@@ -319,6 +343,7 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<ServerConfig> 
         route_points: section(file, &mut doc, "route_points", errs),
         profile,
         mappings,
+        notification_class,
         routes: Vec::new(),
         written,
         data_dir: default_data_dir(),

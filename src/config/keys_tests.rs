@@ -49,6 +49,11 @@ const SECTIONS: &[(&str, &str, &str)] = &[
     ("rtmp", "[rtmp]\nbogus = 1\n", "rtmp.bogus"),
     ("mqtt", "[mqtt]\nbogus = 1\n", "mqtt.bogus"),
     ("route_points", "[route_points]\nbogus = 1\n", "route_points.bogus"),
+    (
+        "notification_class",
+        "[[notification_class]]\nid = 5\nname = \"x\"\nbogus = 1\n",
+        "notification_class[0].bogus",
+    ),
     // Accepted and ignored before: no part read it.
     ("users", "[users]\nadmin = \"x\"\n", "users"),
     (

@@ -152,6 +152,18 @@ where
 }
 
 impl Config {
+    /// The listeners' bind conflicts after the binds were changed outside
+    /// the file (`castpoint run --http ... --modbus ...`): the same check
+    /// `from_text` makes, so an override cannot start a half-bound server.
+    pub fn check_binds(&self) -> Result<(), ConfigErrors> {
+        let e = binds::conflicts("command line", &self.server);
+        if e.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(e))
+        }
+    }
+
     /// The embedded default configuration (demo route, all protocols up).
     pub fn embedded() -> Result<Config, ConfigErrors> {
         Self::from_text(
@@ -210,7 +222,7 @@ impl Config {
             return Err(ConfigErrors(errs));
         };
         let rc = &server.route_points;
-        let route_template = if rc.enabled {
+        let (route_template, tname) = if rc.enabled {
             let (tname, ttext) = match &rc.template {
                 Some(f) => read_named(base, f, &mut errs, name, "route_points.template")
                     .unwrap_or_default(),
@@ -228,9 +240,10 @@ impl Config {
             for (i, msg) in crate::points::routes::pin_problems(&pins, rc.max_routes) {
                 errs.push(ConfigError::new(name, format!("route[{i}].slot"), msg));
             }
-            points::parse_template(&tname, &ttext, rc, pf.points.len(), &mut errs)
+            let t = points::parse_template(&tname, &ttext, rc, pf.points.len(), &mut errs);
+            (t, tname)
         } else {
-            None
+            (None, String::new())
         };
         let idx = maps::PointIndex::new(&pf.points);
         let load = |f: &Option<String>,
@@ -305,6 +318,29 @@ impl Config {
                 None
             }
         };
+        // Every alarm names a notification class that exists.
+        let classes: Vec<u32> = crate::alarms::config::effective(&server.notification_class)
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        let tpl_points = route_template
+            .iter()
+            .flat_map(|t| t.points.iter().map(|p| (&tname, &p.def)));
+        let server_points = pf.points.iter().map(|d| (&pname, d));
+        for (f, d) in server_points.chain(tpl_points) {
+            if let Some(a) = &d.alarm {
+                if !classes.contains(&a.notification_class) {
+                    errs.push(ConfigError::new(
+                        f,
+                        format!("point {:?}: alarm.notification_class", d.id),
+                        format!(
+                            "notification class {} does not exist (classes: {classes:?}; add a [[notification_class]] to castpoint.toml)",
+                            a.notification_class
+                        ),
+                    ));
+                }
+            }
+        }
         errs.extend(binds::conflicts(name, &server));
         // The HTTPS certificate loads and fits its key (src/httpd.rs).
         if let Err(e) = crate::httpd::check(&server.http) {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{parse_duration, ConfigError, Errors};
+use crate::points::alarm::{AlarmSpec, Algorithm, PerTransition, TransitionKind};
 use crate::points::routes::{
     RouteTemplate, TemplatePoint, DEFAULT_MAX_INPUTS, DEFAULT_MAX_OUTPUTS, DEFAULT_MAX_SLOTS,
 };
@@ -74,6 +75,41 @@ struct PointRaw {
     per_output: bool,
     /// Route template only: `"inputs"`.
     states_from: Option<String>,
+    /// `[point.alarm]`: the point's intrinsic alarm (docs/alarms.md).
+    alarm: Option<AlarmRaw>,
+}
+
+/// `[point.alarm]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlarmRaw {
+    /// OUT_OF_RANGE (number points): a limit given is a limit enabled.
+    high_limit: Option<f64>,
+    low_limit: Option<f64>,
+    #[serde(default)]
+    deadband: f64,
+    /// CHANGE_OF_STATE (enum: state names; bool: true/false).
+    #[serde(default)]
+    alarm_values: Vec<toml::Value>,
+    /// Enum states (or bool values) that are faults.
+    #[serde(default)]
+    fault_values: Vec<toml::Value>,
+    #[serde(default = "yes")]
+    fault_on_bad_quality: bool,
+    time_delay: Option<String>,
+    time_delay_normal: Option<String>,
+    /// Transitions that notify; default all three.
+    event_enable: Option<Vec<String>>,
+    #[serde(default = "one")]
+    notification_class: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Parsed point file: the definitions and the site/equip records.
@@ -298,6 +334,9 @@ fn parse_points(
             };
             tags.insert(k.clone(), tv);
         }
+        let alarm = p.alarm.and_then(|a| {
+            parse_alarm(file, &format!("point[{i}].alarm"), a, kind, &p.states, errs)
+        });
         let mut def = PointDef {
             id: p.id.clone(),
             name: p.name,
@@ -315,6 +354,7 @@ fn parse_points(
             cov_increment: p.cov_increment,
             his: p.his,
             tags,
+            alarm,
         };
         match (&p.default, p.writable) {
             (Some(v), true) => match toml_to_value(v).and_then(|v| def.coerce(v).ok()) {
@@ -352,6 +392,164 @@ fn parse_points(
         errs.push(ConfigError::new(file, "point", "more than 65535 points"));
     }
     points
+}
+
+/// One alarm value of an enum (a state name) or bool point.
+fn alarm_value(v: &toml::Value, kind: Kind, states: &[String]) -> Option<Value> {
+    match (kind, v) {
+        (Kind::Bool, toml::Value::Boolean(b)) => Some(Value::Bool(*b)),
+        (Kind::Enum, toml::Value::String(s)) => states
+            .iter()
+            .position(|x| x.eq_ignore_ascii_case(s))
+            .and_then(|i| u16::try_from(i + 1).ok())
+            .map(Value::Enum),
+        _ => None,
+    }
+}
+
+/// Validates `[point.alarm]` into the evaluation's spec (ASHRAE 135
+/// clause 13: OUT_OF_RANGE for numbers, CHANGE_OF_STATE for enums and
+/// bools, fault detection for any kind).
+fn parse_alarm(
+    file: &str,
+    at: &str,
+    a: AlarmRaw,
+    kind: Kind,
+    states: &[String],
+    errs: &mut Errors,
+) -> Option<AlarmSpec> {
+    let before = errs.len();
+    let key = |k: &str| format!("{at}.{k}");
+    let limits = a.high_limit.is_some() || a.low_limit.is_some();
+    if limits && kind != Kind::Number {
+        errs.push(ConfigError::new(
+            file,
+            key("high_limit"),
+            "limits are for number points (use alarm_values for enums and bools)",
+        ));
+    }
+    if !a.alarm_values.is_empty() && kind == Kind::Number {
+        errs.push(ConfigError::new(
+            file,
+            key("alarm_values"),
+            "alarm values are for enum and bool points (use high_limit/low_limit for numbers)",
+        ));
+    }
+    for (k, v) in [("high_limit", a.high_limit), ("low_limit", a.low_limit)] {
+        if v.is_some_and(|x| !x.is_finite()) {
+            errs.push(ConfigError::new(file, key(k), "must be a finite number"));
+        }
+    }
+    if let (Some(h), Some(l)) = (a.high_limit, a.low_limit) {
+        if l >= h {
+            errs.push(ConfigError::new(
+                file,
+                key("low_limit"),
+                format!("low limit {l} is not below the high limit {h}"),
+            ));
+        }
+    }
+    if !(a.deadband.is_finite() && a.deadband >= 0.0) {
+        errs.push(ConfigError::new(
+            file,
+            key("deadband"),
+            "must be a finite number >= 0",
+        ));
+    }
+    let mut values = |name: &str, list: &[toml::Value]| -> Vec<Value> {
+        let mut out = Vec::new();
+        for (j, v) in list.iter().enumerate() {
+            match alarm_value(v, kind, states) {
+                Some(x) if !out.contains(&x) => out.push(x),
+                Some(_) => errs.push(ConfigError::new(
+                    file,
+                    format!("{at}.{name}[{j}]"),
+                    format!("duplicate value {v}"),
+                )),
+                None => errs.push(ConfigError::new(
+                    file,
+                    format!("{at}.{name}[{j}]"),
+                    match kind {
+                        Kind::Enum => format!("{v} is not one of the states {states:?}"),
+                        Kind::Bool => format!("{v}: a bool point's values are true or false"),
+                        Kind::Number => "number points have no alarm or fault values".into(),
+                    },
+                )),
+            }
+        }
+        out
+    };
+    let alarm_values = values("alarm_values", &a.alarm_values);
+    let fault_values = values("fault_values", &a.fault_values);
+    if let Some(v) = alarm_values.iter().find(|v| fault_values.contains(v)) {
+        errs.push(ConfigError::new(
+            file,
+            key("fault_values"),
+            format!("{v:?} is both an alarm value and a fault value"),
+        ));
+    }
+    let mut delay = |k: &str, v: Option<String>| -> Option<Duration> {
+        let s = v?;
+        match parse_duration(&s) {
+            Some(d) if d <= Duration::from_secs(86_400) => Some(d),
+            _ => {
+                errs.push(ConfigError::new(
+                    file,
+                    key(k),
+                    format!(
+                        "invalid duration {s:?} (e.g. \"0s\", \"5s\", \"1min\"; at most 1 day)"
+                    ),
+                ));
+                None
+            }
+        }
+    };
+    let time_delay = delay("time_delay", a.time_delay).unwrap_or(Duration::ZERO);
+    let time_delay_normal = delay("time_delay_normal", a.time_delay_normal);
+    let mut event_enable = PerTransition::all(true);
+    if let Some(list) = &a.event_enable {
+        event_enable = PerTransition::all(false);
+        for (j, s) in list.iter().enumerate() {
+            match TransitionKind::ALL.into_iter().find(|k| k.as_str() == s) {
+                Some(k) => event_enable.set(k, true),
+                None => errs.push(ConfigError::new(
+                    file,
+                    format!("{at}.event_enable[{j}]"),
+                    format!("unknown transition {s:?} (to-offnormal, to-fault or to-normal)"),
+                )),
+            }
+        }
+    }
+    if a.notification_class > 4_194_302 {
+        errs.push(ConfigError::new(
+            file,
+            key("notification_class"),
+            "must be 0..=4194302",
+        ));
+    }
+    if errs.len() != before {
+        return None;
+    }
+    let algorithm = if limits {
+        Algorithm::OutOfRange {
+            high_limit: a.high_limit,
+            low_limit: a.low_limit,
+            deadband: a.deadband,
+        }
+    } else if !alarm_values.is_empty() {
+        Algorithm::ChangeOfState { alarm_values }
+    } else {
+        Algorithm::None
+    };
+    Some(AlarmSpec {
+        algorithm,
+        fault_values,
+        fault_on_bad_quality: a.fault_on_bad_quality,
+        time_delay,
+        time_delay_normal,
+        event_enable,
+        notification_class: a.notification_class,
+    })
 }
 
 /// A TOML scalar as a point value (kinds are fixed later by `PointDef::coerce`).

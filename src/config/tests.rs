@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::points::{BacnetObjectType, HttpMethod, Maps, ModbusTable, PointId};
+use crate::points::{BacnetObjectType, HttpMethod, Maps, ModbusTable, PointId, Value};
 
 fn embedded() -> Config {
     Config::embedded().expect("embedded config is valid")
@@ -449,4 +449,141 @@ fn route_template_is_embedded_validated_and_sized() {
     let c = Config::from_text("c.toml", "[route_points]\nenabled = false\n", &dir).expect("ok");
     assert!(c.route_template.is_none());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The shipped points carry alarms, resolved to specs the evaluation
+/// uses (docs/alarms.md).
+#[test]
+fn shipped_alarms_resolve() {
+    use crate::points::alarm::Algorithm;
+    let c = embedded();
+    let cpu = &c.points[id(&c, "cpu_usage").index()];
+    let a = cpu.alarm.as_ref().expect("cpu_usage has an alarm");
+    assert_eq!(
+        a.algorithm,
+        Algorithm::OutOfRange {
+            high_limit: Some(90.0),
+            low_limit: None,
+            deadband: 5.0
+        }
+    );
+    assert_eq!(a.notification_class, 3);
+    let input = &c.points[id(&c, "input_status").index()];
+    let a = input.alarm.as_ref().expect("input_status has an alarm");
+    // NO_SIGNAL and ERROR are states 2 and 3.
+    assert_eq!(
+        a.algorithm,
+        Algorithm::ChangeOfState {
+            alarm_values: vec![Value::Enum(2), Value::Enum(3)]
+        }
+    );
+    assert!(!a.fault_on_bad_quality);
+    let tpl = c.route_template.as_ref().expect("route template");
+    let rs = tpl
+        .points
+        .iter()
+        .find(|p| p.def.id == "route_status")
+        .expect("route_status");
+    assert!(rs.def.alarm.is_some());
+    assert!(c.points[id(&c, "stream_enable").index()].alarm.is_none());
+}
+
+/// The shipped point file without its alarm tables, and `alarm` as the
+/// `[point.alarm]` of the point whose id line is `point`.
+fn with_alarm(point: &str, alarm: &str) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    let mut skip = false;
+    for line in DEFAULT_POINTS.lines() {
+        if line == "[point.alarm]" {
+            skip = true;
+            continue;
+        }
+        if skip && (line.is_empty() || line.starts_with("[[")) {
+            skip = false;
+        }
+        if !skip {
+            lines.push(line.to_string());
+        }
+    }
+    let at = lines.iter().position(|l| l == point).expect("point line");
+    // The point's table ends at the next blank line.
+    let end = lines[at..]
+        .iter()
+        .position(|l| l.is_empty())
+        .map_or(lines.len(), |i| at + i);
+    lines.insert(end, format!("[point.alarm]\n{alarm}"));
+    lines.join("\n") + "\n"
+}
+
+#[test]
+fn bad_alarm_tables_name_the_key() {
+    let cases = [
+        (
+            "id = \"cpu_usage\"",
+            "alarm_values = [\"HIGH\"]",
+            "alarm.alarm_values",
+        ),
+        (
+            "id = \"server_status\"",
+            "alarm_values = [\"BOGUS\"]",
+            "alarm.alarm_values[0]",
+        ),
+        (
+            "id = \"server_status\"",
+            "high_limit = 3",
+            "alarm.high_limit",
+        ),
+        (
+            "id = \"cpu_usage\"",
+            "high_limit = 10\nlow_limit = 20",
+            "alarm.low_limit",
+        ),
+        (
+            "id = \"cpu_usage\"",
+            "high_limit = 10\ntime_delay = \"soon\"",
+            "alarm.time_delay",
+        ),
+        (
+            "id = \"cpu_usage\"",
+            "high_limit = 10\nevent_enable = [\"up\"]",
+            "alarm.event_enable[0]",
+        ),
+        // Point files are read in one piece: serde's message names the key.
+        (
+            "id = \"cpu_usage\"",
+            "high_limit = 10\nbogus = 1",
+            "`bogus`",
+        ),
+    ];
+    for (point, alarm, key) in cases {
+        let text = with_alarm(point, alarm);
+        let errs = load_with(&[("p.toml", &text)], "points_file = \"p.toml\"\n")
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert!(
+            errs.iter()
+                .any(|e| e.key.ends_with(key) || e.message.contains(key)),
+            "{point} / {alarm}: expected {key} in {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn an_alarm_naming_a_missing_class_is_refused() {
+    let text = DEFAULT_POINTS.replacen("notification_class = 3", "notification_class = 42", 1);
+    let e = one_error(load_with(
+        &[("p.toml", &text)],
+        "points_file = \"p.toml\"\n",
+    ));
+    assert!(
+        e.key.contains("notification_class") && e.message.contains("42"),
+        "{e}"
+    );
+    // Declaring it makes the same file valid; the shipped classes stay.
+    let ok = load_with(
+        &[("p.toml", &text)],
+        "points_file = \"p.toml\"\n[[notification_class]]\nid = 42\nname = \"Plant\"\n",
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err());
 }

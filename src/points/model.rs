@@ -203,6 +203,8 @@ pub struct PointDef {
     pub his: bool,
     /// Extra Haystack tags from the definition file.
     pub tags: BTreeMap<String, TagValue>,
+    /// The point's intrinsic alarm (`[point.alarm]`), if it has one.
+    pub alarm: Option<super::alarm::AlarmSpec>,
 }
 
 impl PointDef {

@@ -33,6 +33,7 @@ fn num(id: &str, writable: bool, min: f64, max: f64) -> PointDef {
         cov_increment: 1.0,
         his: true,
         tags: BTreeMap::new(),
+        alarm: None,
     }
 }
 

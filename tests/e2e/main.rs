@@ -1,5 +1,6 @@
 //! The one end-to-end test binary: every module starts real servers on 127.0.0.1:0 and talks to them over real sockets.
 
+mod alarms;
 mod auth;
 mod bacnet;
 mod config_keys;

@@ -318,6 +318,7 @@ async fn remote_writes_are_refused_until_a_user_exists() {
         route_docs: Default::default(),
         profiles: None,
         exports: None,
+        alarms: Some(app.alarms.clone()),
     };
     let router = guard::layer(castpoint::api::router(state.clone()), state);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -104,3 +104,23 @@ def test_json_logs_are_one_object_per_line():
         assert {"timestamp", "level", "fields", "target"} <= set(o), o
     assert any(json.loads(l)["fields"].get("message") == "shutting down" for l in lines)
     assert "\x1b[" not in err
+
+
+def test_bind_overrides_are_checked_like_the_file():
+    """`run --http X --modbus X` (or a [::] bind beside an IPv4 one of the
+    port) is refused before anything binds, exit 2, as check-config refuses
+    the same binds in a file (before: the overrides skipped the check and
+    the server started half-bound)."""
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with tempfile.TemporaryDirectory() as d:
+        for flags in (["--http", f"127.0.0.1:{port}", "--modbus", f"127.0.0.1:{port}"],
+                      ["--http", f"[::]:{port}", "--modbus", f"127.0.0.1:{port}"]):
+            r = cli("run", "--data-dir", d, "--bacnet", "127.0.0.1:0",
+                    "--rtmp", "127.0.0.1:0", *flags, timeout=60)
+            assert r.returncode == 2, (flags, r.returncode, r.stderr[-2000:])
+            assert "is also bound by http.bind" in r.stderr, r.stderr[-2000:]
+            assert "ready" not in r.stdout
