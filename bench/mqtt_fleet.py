@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """MQTT fleet benchmark: N castpoint Sparkplug B edge nodes (default 50) into one Mosquitto broker with telemetry sampled every second; prints host-side publish rate, broker-side message rate and castpoint CPU/RSS per node, against castpoint nodes with [mqtt] off in the same run.
 
-Usage: python3 bench/mqtt_fleet.py [--nodes 50] [--baseline 5] [--seconds 20] [--bin PATH]
+Usage: python3 bench/mqtt_fleet.py [--nodes 50] [--routes 1] [--baseline 5] [--seconds 20] [--bin PATH]
 
 Built on simulators/fleet.py (same broker, node and host pieces). Rates are
 what a Sparkplug host subscribed to the group receives (NBIRTH excluded:
 the window starts after every node has birthed) and the broker's own
 $SYS/broker/messages/{received,sent} counters (sys_interval 1). CPU is the
 process's utime+stime over the window from /proc, in % of one core.
-Baseline nodes run the same binary and config with `[mqtt] enabled =
-false`, so the difference is what the edge node costs. Everything is on
+Every node runs --routes routes (generator input, HTTP-TS output), each a
+Sparkplug device (DBIRTH/DDATA). Baseline nodes run the same binary and
+config with `[mqtt] enabled = false`, so the difference is what the edge
+node costs. Everything is on
 127.0.0.1 with free ports and temporary data dirs.
 """
 import argparse
@@ -33,6 +35,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=50)
     ap.add_argument("--baseline", type=int, default=5)
+    ap.add_argument("--routes", type=int, default=1, help="routes (devices) per node")
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--bin")
     a = ap.parse_args()
@@ -46,14 +49,18 @@ def main():
     try:
         t0 = time.time()
         for i in range(a.nodes):
-            nodes.append(fleet.Node(binary, work, broker.port, f"node-{i + 1:03d}", PERIODS))
+            nodes.append(fleet.Node(binary, work, broker.port, f"node-{i + 1:03d}", PERIODS,
+                                    routes=a.routes))
         fleet.wait(lambda: sum(n["state"] == "ONLINE" for n in view.nodes.values()) == a.nodes,
                    120, "every node's NBIRTH")
+        fleet.wait(lambda: sum(d["state"] == "ONLINE" for n in view.nodes.values()
+                               for d in n["devices"].values()) == a.nodes * a.routes,
+                   120, "every route's DBIRTH")
         t_up = time.time() - t0
         # Baseline: same binary and config, [mqtt] off.
         for i in range(a.baseline):
             base.append(fleet.Node(binary, work, broker.port, f"base-{i + 1:03d}", PERIODS,
-                                   mqtt=False))
+                                   mqtt=False, routes=a.routes))
         time.sleep(2)  # let start-up work settle before the window opens
 
         def sys_counter(k):
@@ -64,6 +71,7 @@ def main():
         c0 = {n.name: n.cpu_seconds() for n in nodes + base}
         with view.lock:
             m0, k0 = view.msgs, view.metrics
+            kinds0 = dict(view.kinds)
         r0, s0 = sys_counter("received"), sys_counter("sent")
         w0 = time.time()
         time.sleep(a.seconds)  # the measurement window
@@ -71,6 +79,10 @@ def main():
         c1 = {n.name: n.cpu_seconds() for n in nodes + base}
         with view.lock:
             m1, k1 = view.msgs, view.metrics
+            kinds1 = dict(view.kinds)
+
+        def rate(kind, i):
+            return (kinds1.get(kind, (0, 0))[i] - kinds0.get(kind, (0, 0))[i]) / w
         r1, s1 = sys_counter("received"), sys_counter("sent")
         cpu = {k: 100 * (c1[k] - c0[k]) / w for k in c0}
         cpu_mqtt = [cpu[n.name] for n in nodes]
@@ -78,15 +90,23 @@ def main():
         rss_mqtt = [n.rss_mib() for n in nodes]
         rss_base = [n.rss_mib() for n in base]
         online = sum(n["state"] == "ONLINE" for n in view.nodes.values())
-        print(f"## MQTT Sparkplug B fleet: {a.nodes} castpoint nodes -> 1 mosquitto "
-              f"({w:.0f} s window, telemetry every 1 s, {pathlib.Path(binary).parent.name} build)\n")
+        devices = sum(d["state"] == "ONLINE" for n in view.nodes.values()
+                      for d in n["devices"].values())
+        print(f"## MQTT Sparkplug B fleet: {a.nodes} castpoint nodes x {a.routes} route(s) -> "
+              f"1 mosquitto ({w:.0f} s window, telemetry every 1 s, "
+              f"{pathlib.Path(binary).parent.name} build)\n")
         print("| figure | value |")
         print("|---|---|")
         print(f"| nodes online (NBIRTH seen by the host) | {online} / {a.nodes} "
               f"(all up after {t_up:.1f} s) |")
-        print(f"| host-received messages/s (NDATA, all nodes) | {(m1 - m0) / w:.1f} |")
+        print(f"| route devices online (DBIRTH seen by the host) | {devices} / "
+              f"{a.nodes * a.routes} |")
+        print(f"| host-received messages/s (NDATA + DDATA, all nodes) | {(m1 - m0) / w:.1f} |")
+        print(f"| of which NDATA / DDATA messages/s | {rate('NDATA', 0):.1f} / "
+              f"{rate('DDATA', 0):.1f} |")
         print(f"| host-received messages/s per node | {(m1 - m0) / w / a.nodes:.2f} |")
-        print(f"| host-received metrics/s (all nodes) | {(k1 - k0) / w:.1f} |")
+        print(f"| host-received metrics/s (all nodes; NDATA / DDATA) | {(k1 - k0) / w:.1f} "
+              f"({rate('NDATA', 1):.1f} / {rate('DDATA', 1):.1f}) |")
         if r0 is not None and r1 is not None:
             print(f"| broker messages received/s ($SYS) | {(r1 - r0) / w:.1f} |")
             print(f"| broker messages sent/s ($SYS) | {(s1 - s0) / w:.1f} |")

@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Fleet demo: one Mosquitto broker, several castpoint routers as Sparkplug B edge nodes, and the fleet's status table built from the broker alone.
 
-Usage: python3 simulators/fleet.py [--nodes 4] [--seconds 8] [--kill 1] [--bin PATH]
+Usage: python3 simulators/fleet.py [--nodes 4] [--routes 2] [--seconds 8] [--kill 1] [--bin PATH]
 
 Everything runs on 127.0.0.1 (free ports, temporary data dirs, removed at
-the end). The table is what any Sparkplug host on the broker would show: it
-is decoded from NBIRTH/NDATA/NDEATH only (the sparkplug_b protobuf of
-pysparkplug), never from castpoint's own APIs. With --kill N, N nodes are
-SIGKILLed and the table is printed again once the broker has published their
-NDEATH (the MQTT will). bench/mqtt_fleet.py uses the same pieces at 50 nodes.
+the end). Each node runs --routes routes (a generator input, an HTTP-TS
+output), each one a Sparkplug device `route-<slot>`. The tables are what any
+Sparkplug host on the broker would show: they are decoded from
+NBIRTH/NDATA/NDEATH and DBIRTH/DDATA/DDEATH only (the sparkplug_b protobuf
+of pysparkplug), never from castpoint's own APIs: one row per node, one row
+per route device. With --kill N, N nodes are SIGKILLed and the tables are
+printed again once the broker has published their NDEATH (the MQTT will),
+which takes their devices offline too. bench/mqtt_fleet.py uses the same
+pieces at 50 nodes.
 Needs: mosquitto (Debian package), pysparkplug and paho-mqtt (PyPI), a built
 castpoint (target/release or target/debug, or --bin).
 """
@@ -31,6 +35,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 GROUP = "fleet"
 COLUMNS = ["cpu_usage", "memory_usage", "active_streams", "server_status",
            "communication_status"]
+ROUTE_COLUMNS = ["route_status", "input_status", "input_bitrate", "output_bitrate",
+                 "route_enable"]
 
 
 def free_port():
@@ -86,7 +92,7 @@ class Broker:
 class Node:
     """One castpoint with [mqtt] on, its own data dir, every listener on port 0."""
 
-    def __init__(self, binary, workdir, broker_port, name, periods=None, mqtt=True):
+    def __init__(self, binary, workdir, broker_port, name, periods=None, mqtt=True, routes=0):
         self.name = name
         d = pathlib.Path(workdir, name)
         d.mkdir()
@@ -94,8 +100,14 @@ class Node:
         if periods:
             per = "[telemetry.periods]\n" + "".join(f'{k} = "{v}"\n' for k, v in periods.items())
         cfg = d / "castpoint.toml"
+        rts = "".join(
+            f'[[route]]\nname = "{name}-cam{r + 1}"\n'
+            f'[[route.input]]\nname = "gen"\ntype = "generator"\nbitrate = 500000\n'
+            f'[[route.output]]\nname = "web"\ntype = "http"\npath = "cam{r + 1}"\n'
+            for r in range(routes))
         cfg.write_text(f"""data_dir = "{d}/data"
 {per}
+{rts}
 [mqtt]
 enabled = {"true" if mqtt else "false"}
 brokers = ["mqtt://127.0.0.1:{broker_port}"]
@@ -146,6 +158,7 @@ class FleetView:
         self.nodes = {}  # name -> dict
         self.msgs = 0
         self.metrics = 0
+        self.kinds = {}  # message type -> (messages, metrics)
         self.sys = {}
         self.c = paho.Client(client_id=f"fleet-view-{os.getpid()}")
         self.c.on_connect = lambda c, *_: (c.subscribe(f"spBv1.0/{GROUP}/#", 0),
@@ -163,6 +176,7 @@ class FleetView:
         if len(parts) < 4:
             return
         kind, name = parts[2], parts[3]
+        dev_id = parts[4] if len(parts) > 4 else None
         try:
             p = Payload.FromString(m.payload)
         except Exception:  # noqa: BLE001 - a bad payload is shown, not fatal
@@ -170,10 +184,15 @@ class FleetView:
         with self.lock:
             self.msgs += 1
             self.metrics += len(p.metrics)
+            k = self.kinds.get(kind, (0, 0))
+            self.kinds[kind] = (k[0] + 1, k[1] + len(p.metrics))
             n = self.nodes.setdefault(name, {"state": "?", "values": {}, "aliases": {},
-                                             "states": {}, "births": 0, "data": 0})
+                                             "states": {}, "births": 0, "data": 0,
+                                             "devices": {}})
             n["last"] = time.time()
-            if kind == "NBIRTH":
+            if dev_id is not None:
+                self._device(n, kind, dev_id, p)
+            elif kind == "NBIRTH":
                 n["births"] += 1
                 n["state"] = "ONLINE"
                 n["aliases"] = {m.alias: m.name for m in p.metrics if m.HasField("alias")}
@@ -192,6 +211,31 @@ class FleetView:
                 # Only the death of the connection that birthed counts.
                 if b == n.get("bdSeq"):
                     n["state"] = "OFFLINE"
+                    # spB 3.0: a node's death is the death of its devices.
+                    for d in n["devices"].values():
+                        d["state"] = "OFFLINE"
+
+    def _device(self, n, kind, dev_id, p):
+        """DBIRTH/DDATA/DDEATH of one route device of node `n`. Aliases are
+        unique across the node and its devices; names and states are per
+        device (every route has a `route_status`)."""
+        d = n["devices"].setdefault(dev_id, {"state": "?", "values": {}, "aliases": {},
+                                             "states": {}, "births": 0, "data": 0})
+        if kind == "DBIRTH":
+            d["births"] += 1
+            d["state"] = "ONLINE"
+            d["aliases"] = {m.alias: m.name for m in p.metrics if m.HasField("alias")}
+            d["values"] = {}
+            for mt in p.metrics:
+                props = dict(zip(mt.properties.keys, mt.properties.values))
+                if "states" in props:
+                    d["states"][mt.name] = props["states"].string_value.split("|")
+            self._apply(d, p.metrics)
+        elif kind == "DDATA":
+            d["data"] += 1
+            self._apply(d, p.metrics)
+        elif kind == "DDEATH":
+            d["state"] = "OFFLINE"
 
     @staticmethod
     def _apply(n, metrics):
@@ -227,6 +271,26 @@ class FleetView:
                      str(n["data"])] + vals + [f"{now - n['last']:.1f} s ago"]) + " |")
             return "\n".join(out)
 
+    def route_table(self):
+        """One row per route device: its node, id, route name (from its
+        DBIRTH), state and route points."""
+        with self.lock:
+            head = ["node", "device", "route", "state", "DDATA"] + ROUTE_COLUMNS
+            out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for name, n in sorted(self.nodes.items()):
+                for dev, d in sorted(n["devices"].items(),
+                                     key=lambda kv: int(kv[0].rsplit("-", 1)[-1])
+                                     if kv[0].rsplit("-", 1)[-1].isdigit() else 0):
+                    vals = []
+                    for c in ROUTE_COLUMNS:
+                        v = d["values"].get(c)
+                        vals.append("null" if v is None else
+                                    f"{v:.2f}" if isinstance(v, float) else str(v))
+                    out.append("| " + " | ".join(
+                        [name, dev, str(d["values"].get("Device Info/Route Name", "")),
+                         d["state"], str(d["data"])] + vals) + " |")
+            return "\n".join(out)
+
     def close(self):
         self.c.loop_stop()
         self.c.disconnect()
@@ -237,6 +301,7 @@ def main():
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--kill", type=int, default=1)
+    ap.add_argument("--routes", type=int, default=2, help="routes (devices) per node")
     ap.add_argument("--bin")
     a = ap.parse_args()
     if shutil.which("mosquitto") is None:
@@ -249,13 +314,19 @@ def main():
     try:
         for i in range(a.nodes):
             nodes.append(Node(binary, work, broker.port, f"router-{i + 1:02d}",
-                              {"cpu_usage": "1s", "memory_usage": "1s"}))
+                              {"cpu_usage": "1s", "memory_usage": "1s"}, routes=a.routes))
         wait(lambda: sum(n["state"] == "ONLINE" for n in view.nodes.values()) == a.nodes,
              60, "every node's NBIRTH")
+        wait(lambda: sum(d["state"] == "ONLINE" for n in view.nodes.values()
+                         for d in n["devices"].values()) == a.nodes * a.routes,
+             60, "every route's DBIRTH")
         time.sleep(a.seconds)  # let NDATA flow: this is a demo, not a test
         print(f"## Fleet '{GROUP}': {a.nodes} castpoint nodes on one broker "
               f"(from the broker alone)\n")
         print(view.table())
+        if a.routes:
+            print("\n## Routes: one Sparkplug device per route (DBIRTH/DDATA)\n")
+            print(view.route_table())
         if a.kill:
             for n in nodes[:a.kill]:
                 n.proc.send_signal(signal.SIGKILL)
@@ -263,6 +334,9 @@ def main():
                  30, "the broker's NDEATH for the killed nodes")
             print(f"\n## After SIGKILL of {a.kill} node(s): the broker published their NDEATH\n")
             print(view.table())
+            if a.routes:
+                print()
+                print(view.route_table())
     finally:
         view.close()
         for n in nodes:

@@ -284,8 +284,14 @@ async fn start_bacnet(cfg: &Config, w: &mut Wiring) {
     if !b.enabled {
         return;
     }
+    let rp = &cfg.server.route_points;
+    let rule = crate::protocols::bacnet::routes::InstanceRule {
+        base: rp.bacnet_instance_base,
+        stride: rp.bacnet_instance_stride,
+    };
     let started = crate::protocols::bacnet::start(
         b,
+        rule,
         &cfg.server.data_dir,
         w.db.clone(),
         w.maps.clone(),
@@ -423,8 +429,13 @@ async fn start_rtmp(cfg: &Config, w: &mut Wiring) {
 /// The MQTT Sparkplug B edge node (src/protocols/mqtt), when enabled.
 fn start_mqtt(cfg: &Config, w: &mut Wiring) {
     if let Some(mc) = &cfg.mqtt {
-        match crate::protocols::mqtt::start(mc.clone(), w.db.clone(), w.shutdown.clone(), &w.tasks)
-        {
+        match crate::protocols::mqtt::start(
+            mc.clone(),
+            w.db.clone(),
+            Some(&cfg.server.data_dir),
+            w.shutdown.clone(),
+            &w.tasks,
+        ) {
             Ok(s) => w.mqtt = Some(s),
             Err(e) => w.faults.push(format!("mqtt: {e}")),
         }

@@ -33,6 +33,7 @@ pub mod engine;
 pub mod httpd;
 pub mod limits;
 pub mod media;
+pub mod mpegts;
 pub mod netlimit;
 pub mod persist;
 pub mod points;

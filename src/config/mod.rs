@@ -306,6 +306,18 @@ impl Config {
                 Err(e) => errs.push(ConfigError::new(&mn, "route_blocks", e)),
             }
         }
+        // Route objects on BACnet fit the instance space, hold a block and
+        // miss the server's objects (issue 20).
+        if let Some(tpl) = &route_template {
+            let rp = &server.route_points;
+            let rule = crate::protocols::bacnet::routes::InstanceRule {
+                base: rp.bacnet_instance_base,
+                stride: rp.bacnet_instance_stride,
+            };
+            for (key, e) in crate::protocols::bacnet::routes::check(tpl, rule, &maps) {
+                errs.push(ConfigError::new(name, format!("route_points.{key}"), e));
+            }
+        }
         // [mqtt]: its file paths resolve against this file's folder and its
         // TLS files must load; the section's own problems were reported
         // when it was read, so only what resolving adds is reported here.

@@ -407,18 +407,9 @@ fn alarm_value(v: &toml::Value, kind: Kind, states: &[String]) -> Option<Value> 
     }
 }
 
-/// Validates `[point.alarm]` into the evaluation's spec (ASHRAE 135
-/// clause 13: OUT_OF_RANGE for numbers, CHANGE_OF_STATE for enums and
-/// bools, fault detection for any kind).
-fn parse_alarm(
-    file: &str,
-    at: &str,
-    a: AlarmRaw,
-    kind: Kind,
-    states: &[String],
-    errs: &mut Errors,
-) -> Option<AlarmSpec> {
-    let before = errs.len();
+/// The algorithm fits the kind (limits for numbers, values for enums and
+/// bools) and the limits are sane.
+fn check_alarm_shape(file: &str, at: &str, a: &AlarmRaw, kind: Kind, errs: &mut Errors) {
     let key = |k: &str| format!("{at}.{k}");
     let limits = a.high_limit.is_some() || a.low_limit.is_some();
     if limits && kind != Kind::Number {
@@ -456,6 +447,47 @@ fn parse_alarm(
             "must be a finite number >= 0",
         ));
     }
+}
+
+/// `event_enable`: the transitions that notify (all three when absent).
+fn event_enable(
+    file: &str,
+    at: &str,
+    list: Option<&[String]>,
+    errs: &mut Errors,
+) -> PerTransition<bool> {
+    let Some(list) = list else {
+        return PerTransition::all(true);
+    };
+    let mut out = PerTransition::all(false);
+    for (j, s) in list.iter().enumerate() {
+        match TransitionKind::ALL.into_iter().find(|k| k.as_str() == s) {
+            Some(k) => out.set(k, true),
+            None => errs.push(ConfigError::new(
+                file,
+                format!("{at}.event_enable[{j}]"),
+                format!("unknown transition {s:?} (to-offnormal, to-fault or to-normal)"),
+            )),
+        }
+    }
+    out
+}
+
+/// Validates `[point.alarm]` into the evaluation's spec (ASHRAE 135
+/// clause 13: OUT_OF_RANGE for numbers, CHANGE_OF_STATE for enums and
+/// bools, fault detection for any kind).
+fn parse_alarm(
+    file: &str,
+    at: &str,
+    a: AlarmRaw,
+    kind: Kind,
+    states: &[String],
+    errs: &mut Errors,
+) -> Option<AlarmSpec> {
+    let before = errs.len();
+    let key = |k: &str| format!("{at}.{k}");
+    let limits = a.high_limit.is_some() || a.low_limit.is_some();
+    check_alarm_shape(file, at, &a, kind, errs);
     let mut values = |name: &str, list: &[toml::Value]| -> Vec<Value> {
         let mut out = Vec::new();
         for (j, v) in list.iter().enumerate() {
@@ -506,20 +538,7 @@ fn parse_alarm(
     };
     let time_delay = delay("time_delay", a.time_delay).unwrap_or(Duration::ZERO);
     let time_delay_normal = delay("time_delay_normal", a.time_delay_normal);
-    let mut event_enable = PerTransition::all(true);
-    if let Some(list) = &a.event_enable {
-        event_enable = PerTransition::all(false);
-        for (j, s) in list.iter().enumerate() {
-            match TransitionKind::ALL.into_iter().find(|k| k.as_str() == s) {
-                Some(k) => event_enable.set(k, true),
-                None => errs.push(ConfigError::new(
-                    file,
-                    format!("{at}.event_enable[{j}]"),
-                    format!("unknown transition {s:?} (to-offnormal, to-fault or to-normal)"),
-                )),
-            }
-        }
-    }
+    let event_enable = event_enable(file, at, a.event_enable.as_deref(), errs);
     if a.notification_class > 4_194_302 {
         errs.push(ConfigError::new(
             file,
@@ -609,6 +628,10 @@ pub struct RoutePointsConfig {
     pub max_inputs: u16,
     /// Template file, relative to the config file (None: embedded).
     pub template: Option<String>,
+    /// BACnet object instance of route slot `s`, point `k` (block order):
+    /// `bacnet_instance_base + s x bacnet_instance_stride + k`.
+    pub bacnet_instance_base: u32,
+    pub bacnet_instance_stride: u32,
 }
 
 impl Default for RoutePointsConfig {
@@ -619,6 +642,8 @@ impl Default for RoutePointsConfig {
             max_outputs: DEFAULT_MAX_OUTPUTS,
             max_inputs: DEFAULT_MAX_INPUTS,
             template: None,
+            bacnet_instance_base: 0,
+            bacnet_instance_stride: 1000,
         }
     }
 }
@@ -638,6 +663,24 @@ impl crate::section::Section for RoutePointsConfig {
         range("max_routes", self.max_routes, 1, 4096, &mut p);
         range("max_outputs", self.max_outputs, 0, 64, &mut p);
         range("max_inputs", self.max_inputs, 1, 64, &mut p);
+        // BACnet instances are 22 bits (0..=4194302 usable).
+        if !(1..=4_194_302).contains(&self.bacnet_instance_stride) {
+            p.push(Problem::new(
+                "bacnet_instance_stride",
+                "expected a whole number in 1..=4194302",
+            ));
+        } else if u64::from(self.bacnet_instance_base)
+            + u64::from(self.max_routes) * u64::from(self.bacnet_instance_stride)
+            > 4_194_302
+        {
+            p.push(Problem::new(
+                "bacnet_instance_base",
+                format!(
+                    "base {} + max_routes {} x stride {} is above the largest BACnet instance 4194302",
+                    self.bacnet_instance_base, self.max_routes, self.bacnet_instance_stride
+                ),
+            ));
+        }
         if self.template.as_deref() == Some("") {
             p.push(Problem::new("template", "expected a file path"));
         }

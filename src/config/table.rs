@@ -37,7 +37,8 @@ pub fn point_table(c: &Config) -> String {
         ]);
     }
     // Route blocks (issue 20): slot 1's points; slot N's ids say N and
-    // their Modbus numbers add (N - 1) x stride (docs/route-points.md).
+    // their Modbus numbers and BACnet instances add (N - 1) x stride
+    // (docs/route-points.md).
     if let Some(tpl) = &c.route_template {
         let one = crate::points::routes::RouteTemplate {
             max_slots: 1,
@@ -58,13 +59,23 @@ pub fn point_table(c: &Config) -> String {
                 .filter(|r| r.point.index() == pid && r.field == crate::points::ModbusField::Value)
                 .map(|r| format!("{:06}", r.number))
                 .collect();
+            let rp = &c.server.route_points;
+            let rule = crate::protocols::bacnet::routes::InstanceRule {
+                base: rp.bacnet_instance_base,
+                stride: rp.bacnet_instance_stride,
+            };
+            let bacnet = format!(
+                "{}{}",
+                crate::protocols::bacnet::routes::type_of(&d).0.short(),
+                rule.instance(1, k)
+            );
             rows.push([
                 d.id.clone(),
                 d.name.clone(),
                 d.role.as_str().into(),
                 kind_cell(&d),
                 d.unit.clone().unwrap_or_else(|| "-".into()),
-                "-".into(),
+                bacnet,
                 modbus.join(","),
                 format!(
                     "/api/routes/{{route}}/points/{}",

@@ -10,7 +10,7 @@ use tokio::time::timeout;
 use crate::util;
 use crate::util::TestApp;
 
-const DEVICE: u32 = 389_001;
+pub(crate) const DEVICE: u32 = 389_001;
 const AI: u32 = 0;
 const AV: u32 = 2;
 const BO: u32 = 4;
@@ -72,7 +72,7 @@ fn real(f: f32) -> Vec<u8> {
     v
 }
 
-struct Client {
+pub(crate) struct Client {
     sock: UdpSocket,
     server: SocketAddr,
 }
@@ -101,7 +101,7 @@ fn apdu(frame: &[u8]) -> Option<&[u8]> {
 }
 
 impl Client {
-    async fn new(server: SocketAddr) -> Client {
+    pub(crate) async fn new(server: SocketAddr) -> Client {
         let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind client");
         Client { sock, server }
     }
@@ -120,7 +120,7 @@ impl Client {
     }
 
     /// Sends a confirmed request and returns the reply APDU for that invoke id.
-    async fn call(&self, frame: &[u8]) -> Vec<u8> {
+    pub(crate) async fn call(&self, frame: &[u8]) -> Vec<u8> {
         let invoke = frame[8];
         self.send(frame).await;
         loop {
@@ -143,7 +143,7 @@ impl Client {
 }
 
 /// (class, code) of an Error PDU.
-fn error_of(a: &[u8]) -> (u8, u8) {
+pub(crate) fn error_of(a: &[u8]) -> (u8, u8) {
     assert_eq!(a[0], 0x50, "error PDU expected: {a:02x?}");
     assert_eq!(a[3], 0x91);
     assert_eq!(a[5], 0x91);
@@ -983,14 +983,21 @@ fn prop_tag(tag: u8, prop: u32) -> Vec<u8> {
     }
 }
 
-fn rp(invoke: u8, ty: u32, inst: u32, prop: u32) -> Vec<u8> {
+pub(crate) fn rp(invoke: u8, ty: u32, inst: u32, prop: u32) -> Vec<u8> {
     let mut d = vec![0x0C];
     d.extend_from_slice(&oid(ty, inst));
     d.extend(prop_tag(1, prop));
     confirmed(invoke, 12, &d)
 }
 
-fn wp(invoke: u8, ty: u32, inst: u32, prop: u32, value: &[u8], priority: Option<u8>) -> Vec<u8> {
+pub(crate) fn wp(
+    invoke: u8,
+    ty: u32,
+    inst: u32,
+    prop: u32,
+    value: &[u8],
+    priority: Option<u8>,
+) -> Vec<u8> {
     let mut d = vec![0x0C];
     d.extend_from_slice(&oid(ty, inst));
     d.extend(prop_tag(1, prop));
@@ -1077,9 +1084,10 @@ async fn protocol_object_types_supported_lists_the_served_types_only() {
     let app = util::start().await;
     let c = Client::new(app.addrs.bacnet.expect("bound")).await;
     let a = c.call(&rp(1, 8, DEVICE, 96)).await;
-    // AI 0, AV 2, BO 4, Device 8, MSV 19, Trend Log 20, Network Port 56:
-    // the types of the Object_List, nothing else.
-    assert_eq!(bits_of(&a), [0, 2, 4, 8, 19, 20, 56], "{a:02x?}");
+    // AI 0, AV 2, BO 4, Device 8, MSV 19, Trend Log 20, Structured View 29
+    // (the server's view and the routes', issue 20), Network Port 56: the
+    // types of the Object_List and of route objects, nothing else.
+    assert_eq!(bits_of(&a), [0, 2, 4, 8, 19, 20, 29, 56], "{a:02x?}");
     app.stop().await;
 }
 

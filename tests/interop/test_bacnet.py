@@ -173,8 +173,10 @@ def test_read_property_of_every_object(bserver):
                          "multi-state-value,0", "multi-state-value,1", "binary-output,0",
                          "network-port,1"]:
                 assert ObjectIdentifier(want) in ol
-            # Device, Network Port, 23 point objects, 10 Trend Logs (TLn logs AIn).
-            assert len(ol) == 35
+            # Device, Network Port, 23 point objects, 10 Trend Logs (TLn logs
+            # AIn), the server's Structured View (no routes here: issue 20).
+            assert len(ol) == 36
+            assert ol[-1] == ObjectIdentifier("structured-view,0")
             assert sum(1 for o in ol if str(o[0]) == "trend-log") == 10
             # object-list by index: 0 is the size, 1 the device.
             n = await app.read_property(addr, ObjectIdentifier(f"device,{DEVICE}"), "object-list", 0)
@@ -624,9 +626,18 @@ def test_export_ede(tmp_path):
     lines = out.splitlines()
     assert "VERSION_OF_LAYOUT;2.3" in lines
     rows = [l.split(";") for l in lines if not l.startswith("#") and l.count(";") == 15]
-    assert len(rows) == 35  # device + network port + 23 objects + 10 Trend Logs
+    server = [r for r in rows if not r[0].startswith("route.")]
+    # device + network port + 23 objects + 10 Trend Logs + the server's view
+    assert len(server) == 36
+    # The embedded config's demo route (slot 1): its view and 31 objects at
+    # instances 1000.. (issue 20).
+    route = [r for r in rows if r[0].startswith("route.1")]
+    assert len(route) == 32
+    assert ["route.1", "29", "1"] == [route[0][0]] + route[0][3:5]
+    assert {r[2] for r in route} >= {"demo", "demo Route Enable", "demo Input Select"}
+    assert [r[3:5] for r in route if r[0] == "route.1.route_enable"] == [["4", "1010"]]
     # The EDE's object types are the Device's Protocol_Object_Types_Supported.
-    assert {int(r[3]) for r in rows} == {0, 2, 4, 8, 19, 20, 56}
+    assert {int(r[3]) for r in rows} == {0, 2, 4, 8, 19, 20, 29, 56}
     assert [r[3:5] for r in rows if r[0] == "cpu_usage_trend"] == [["20", "3"]]
     by_key = {r[0]: r for r in rows}
     assert by_key["stream_enable"][3:5] == ["4", "0"]
@@ -732,8 +743,11 @@ def test_protocol_object_types_supported_is_the_served_types(bserver):
             types = await app.read_property(addr, dev, "protocol-object-types-supported")
             claimed = set(str(types).split(";"))
             served = {str(o[0]) for o in await object_list(app, addr)}
+            # structured-view: the server's view (issue 20; route objects
+            # add no type the server's points do not already have).
             assert claimed == served == {"analog-input", "analog-value", "binary-output", "device",
-                                         "multi-state-value", "trend-log", "network-port"}, claimed
+                                         "multi-state-value", "trend-log", "structured-view",
+                                         "network-port"}, claimed
             uuid = await app.read_property(addr, dev, "device-uuid")
             assert len(uuid) == 16 and uuid != bytes(16)
             assert uuid[6] >> 4 == 4, "version 4"

@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -86,6 +87,7 @@ class Host:
 
     def __init__(self, port):
         self.msgs = []
+        self.devs = []  # the device id of each message (None: node)
         self.cv = threading.Condition()
         self.client = spb.Client(
             client_id=f"host-{uuid.uuid4().hex[:8]}",
@@ -110,15 +112,25 @@ class Host:
     def _on(self, _client, msg):
         with self.cv:
             self.msgs.append((str(msg.topic.message_type), msg.payload, time.time()))
+            self.devs.append(msg.topic.device_id)
             self.cv.notify_all()
 
-    def of(self, kind):
+    def of(self, kind, device=None):
+        """Payloads of one message type (of one device: `device`)."""
         with self.cv:
-            return [p for k, p, _ in self.msgs if k == kind]
+            return [p for (k, p, _), d in zip(self.msgs, self.devs)
+                    if k == kind and (device is None or d == device)]
 
-    def wait_for(self, kind, pred=lambda p: True, timeout=30):
-        return wait(lambda: next((p for p in self.of(kind) if pred(p)), None), timeout,
+    def wait_for(self, kind, pred=lambda p: True, timeout=30, device=None):
+        return wait(lambda: next((p for p in self.of(kind, device) if pred(p)), None), timeout,
                     f"{kind} matching the test's condition")
+
+    def dcmd(self, device, metrics):
+        self.client.publish(spb.Message(
+            topic=spb.Topic(group_id=GROUP, message_type=spb.MessageType.DCMD,
+                            edge_node_id="node1", device_id=device),
+            payload=spb.DCmd(timestamp=spb.get_current_timestamp(), metrics=tuple(metrics)),
+            qos=spb.QoS.AT_MOST_ONCE, retain=False), include_dtypes=True)
 
     def ncmd(self, metrics):
         self.client.publish(spb.Message(
@@ -366,19 +378,26 @@ def test_clean_stop_publishes_ndeath_first(broker, tmp_path):
 
 def test_broker_outage_rebirth_and_history(broker, tmp_path):
     """A 10 s broker outage: castpoint reconnects with a new bdSeq, births
-    again, and every value changed during the outage arrives afterwards as
-    historical NDATA, none missing."""
+    again (node and route device), and every value changed during the
+    outage arrives afterwards as historical NDATA (server point) and DDATA
+    (route point), none missing."""
     host = Host(broker.port)
-    s = Server(config=node_config(tmp_path, [broker.port]))
+    route = ('\n[[route]]\nname = "cam"\nslot = 1\n[[route.input]]\nname = "gen"\n'
+             'type = "generator"\nbitrate = 500000\n[[route.output]]\nname = "web"\n'
+             'type = "http"\npath = "cam"\n')
+    s = Server(config=node_config(tmp_path, [broker.port], route))
     try:
         b0 = bdseq(host.wait_for("NBIRTH"))
+        host.wait_for("DBIRTH", device="route-1")
         n_births = len(host.of("NBIRTH"))
+        n_dbirths = len(host.of("DBIRTH", "route-1"))
         broker.stop()
         written = []
         t_end = time.time() + 10
         v = 1
         while time.time() < t_end:
             http_post(s, "/api/points/input_select", {"value": v})
+            http_post(s, "/api/routes/cam/points/output_profile", {"value": v})
             written.append(float(v))
             v = v % 16 + 1
             time.sleep(0.5)
@@ -387,16 +406,20 @@ def test_broker_outage_rebirth_and_history(broker, tmp_path):
         assert len(host.of("NBIRTH")) > n_births
         b1 = bdseq(birth)
         assert (b1 - b0) % 256 >= 1, (b0, b1)
+        wait(lambda: len(host.of("DBIRTH", "route-1")) > n_dbirths, 30, "route-1 born again")
 
-        def historical():
+        def historical(kind, name, device=None):
             got = []
-            for p in host.of("NDATA"):
-                got += [m.value for m in p.metrics
-                        if m.name == "input_select" and m.is_historical]
+            for p in host.of(kind, device):
+                got += [m.value for m in p.metrics if m.name == name and m.is_historical]
             return got if len(got) >= len(written) else None
-        got = wait(historical, 30, "every outage value as historical NDATA")
+        got = wait(lambda: historical("NDATA", "input_select"), 30,
+                   "every outage value as historical NDATA")
         # In order, none missing (a value sent just before the loss may be
         # repeated first: the resend window of session.rs).
+        assert got[-len(written):] == written, (got, written)
+        got = wait(lambda: historical("DDATA", "output_profile", "route-1"), 30,
+                   "every outage value of the route as historical DDATA")
         assert got[-len(written):] == written, (got, written)
     finally:
         if broker.proc.poll() is not None:
@@ -482,3 +505,253 @@ reconnect_max = "1s"
         proc.terminate()
         proc.wait(timeout=10)
         shutil.rmtree(d, ignore_errors=True)
+
+
+class UdpSink:
+    """A UDP receiver on 127.0.0.1:<free port> counting bytes, with the time
+    of the last datagram (a route's UDP output sends here)."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.bytes = 0
+        self.last = 0.0
+        self.running = True
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while self.running:
+            try:
+                n = len(self.sock.recv(65536))
+            except OSError:
+                continue
+            self.bytes += n
+            self.last = time.time()
+
+    def close(self):
+        self.running = False
+        self.t.join(5)
+        self.sock.close()
+
+
+def udp_route(name, slot, port):
+    return (f'\n[[route]]\nname = "{name}"\nslot = {slot}\n'
+            '[[route.input]]\nname = "gen"\ntype = "generator"\nbitrate = 1000000\n'
+            f'[[route.output]]\nname = "lan"\ntype = "udp"\ndest = "127.0.0.1:{port}"\n')
+
+
+def device_name(point_id):
+    """The metric name of a route point in its device: `route.<s>.<id>` ->
+    `<id>`, `route.<s>.<id>.<n>` -> `output/<n>/<id>` (docs/mqtt.md)."""
+    parts = point_id.split(".")
+    return parts[2] if len(parts) == 3 else f"output/{parts[3]}/{parts[2]}"
+
+
+def device_view(host, device):
+    """The host's picture of one device: its last DBIRTH with every later
+    live DDATA of that device applied, by metric name."""
+    with host.cv:
+        seq = [(k, p) for (k, p, _), d in zip(host.msgs, host.devs) if d == device]
+    births = [i for i, (k, _) in enumerate(seq) if k == "DBIRTH"]
+    if not births:
+        return {}
+    view = {m.name: m for m in seq[births[-1]][1].metrics}
+    for k, p in seq[births[-1] + 1:]:
+        if k == "DDATA":
+            for m in p.metrics:
+                if not m.is_historical:
+                    view[m.name] = m
+    return view
+
+
+def test_route_devices_birth_and_a_dcmd_stops_route_2_on_the_wire(broker, tmp_path):
+    """Each route is a device `route-<slot>`: its DBIRTH carries every point
+    of /api/routes/{r}/points (value, datatype, description, unit,
+    read-only, point id); a DCMD writing route 2's Route Enable = false
+    (audited, source mqtt, at the configured priority) stops route 2's UDP
+    output while route 1 keeps flowing; a read-only metric is refused and
+    audited; a Rebirth re-sends every DBIRTH."""
+    sink1, sink2 = UdpSink(), UdpSink()
+    host = Host(broker.port)
+    cfg = node_config(tmp_path, [broker.port],
+                      udp_route("one", 1, sink1.port) + udp_route("two", 2, sink2.port))
+    s = Server(config=cfg)
+    try:
+        host.wait_for("NBIRTH")
+        b1 = host.wait_for("DBIRTH", device="route-1")
+        b2 = host.wait_for("DBIRTH", device="route-2")
+        assert {m.name: m.value for m in b1.metrics}["Device Info/Route Name"] == "one"
+        assert {m.name: m.value for m in b2.metrics}["Device Info/Route Name"] == "two"
+        nb = host.of("NBIRTH")[-1]
+        assert not any(m.name.startswith("route.") for m in nb.metrics), "route points in NBIRTH"
+        pts = http_get(s, "/api/routes/two/points")["points"]
+        assert len(pts) == len(b2.metrics) - 1
+        dtypes = {"number": spb.DataType.DOUBLE, "bool": spb.DataType.BOOLEAN,
+                  "enum": spb.DataType.UINT16}
+        by_name = {m.name: m for m in b2.metrics}
+        for p in pts:
+            assert by_name[device_name(p["id"])].datatype == dtypes[p["kind"]], p["id"]
+
+        def same():
+            view = device_view(host, "route-2")
+            now = http_get(s, "/api/routes/two/points")["points"]
+            return all(device_name(p["id"]) in view
+                       and metric_value(view[device_name(p["id"])]) == api_value(p) for p in now)
+        wait(same, 15, "route-2's DBIRTH + DDATA to equal /api/routes/two/points")
+        # Properties, from the raw DBIRTH a Rebirth request re-sends.
+        raw = RawSub(broker.port, f"spBv1.0/{GROUP}/+/node1/#")
+        try:
+            host.ncmd([spb.Metric(timestamp=spb.get_current_timestamp(),
+                                  name="Node Control/Rebirth", datatype=spb.DataType.BOOLEAN,
+                                  value=True)])
+            wait(lambda: {"DBIRTH/node1/route-1", "DBIRTH/node1/route-2"}
+                 <= {t.split("/", 2)[2] for t, _ in raw.msgs}, 15, "every DBIRTH again")
+            pb = next(PbPayload.FromString(p) for t, p in raw.msgs if t.endswith("/route-2"))
+        finally:
+            raw.close()
+        props = {m.name: dict(zip(m.properties.keys, m.properties.values)) for m in pb.metrics}
+        for p in pts:
+            pr = props[device_name(p["id"])]
+            assert pr["pointId"].string_value == p["id"]
+            assert pr["description"].string_value == p["description"], p["id"]
+            if p["unit"] is not None:
+                assert pr["engUnit"].string_value == p["unit"], p["id"]
+            assert pr["readOnly"].boolean_value == (not p["writable"]), p["id"]
+        # Both routes deliver on the wire.
+        wait(lambda: sink1.bytes > 0 and sink2.bytes > 0, 20, "both UDP outputs to deliver")
+        host.dcmd("route-2", [spb.Metric(timestamp=spb.get_current_timestamp(),
+                                         name="route_enable", datatype=spb.DataType.BOOLEAN,
+                                         value=False)])
+        wait(lambda: http_get(s, "/api/routes/two/points/route_enable")["value"] is False, 15,
+             "route 2's Route Enable = false through DCMD")
+        pa = http_get(s, "/api/routes/two/points/route_enable")
+        assert pa["level"] == 9, pa  # [mqtt] command_priority
+        audit = http_get(s, "/api/audit?target=route.2.route_enable&limit=10")["events"]
+        assert any(e["protocol"] == "mqtt" and e["result"] == "ok" for e in audit), audit
+        host.wait_for("DDATA", lambda p: any(m.name == "route_enable" and m.value is False
+                                             for m in p.metrics), device="route-2")
+        # Route 2 goes quiet (what was in flight drains), route 1 flows on.
+        wait(lambda: time.time() - sink2.last > 2.0, 20, "route 2's UDP output to stop")
+        b2_before, b1_before = sink2.bytes, sink1.bytes
+        # A window of about 2 s of route 1's 1 Mbit/s (250 kB) during which
+        # route 2 must deliver nothing.
+        wait(lambda: sink1.bytes > b1_before + 250000, 20, "route 1 to keep delivering")
+        assert sink2.bytes == b2_before, "route 2 delivered after Route Enable = false"
+        assert http_get(s, "/api/routes/one/points/route_enable")["value"] is True
+        # A read-only route metric: refused and audited, unchanged.
+        host.dcmd("route-2", [spb.Metric(timestamp=spb.get_current_timestamp(),
+                                         name="route_uptime", datatype=spb.DataType.DOUBLE,
+                                         value=1.0)])
+
+        def refused():
+            ev = http_get(s, "/api/audit?target=route.2.route_uptime&limit=10")["events"]
+            return [e for e in ev if e["protocol"] == "mqtt" and e["result"] != "ok"]
+        wait(refused, 15, "the refused DCMD in the audit log")
+        # Back on: route 2 delivers again.
+        host.dcmd("route-2", [spb.Metric(timestamp=spb.get_current_timestamp(),
+                                         name="route_enable", datatype=spb.DataType.BOOLEAN,
+                                         value=True)])
+        wait(lambda: sink2.bytes > b2_before, 20, "route 2 to deliver again")
+    finally:
+        s.stop()
+        host.close()
+        sink1.close()
+        sink2.close()
+
+
+def test_route_devices_follow_rest_create_and_delete(broker, tmp_path):
+    """A route created through REST is born as its slot's device; deleting
+    it publishes its DDEATH (with the node's next seq), and its device no
+    longer publishes."""
+    host = Host(broker.port)
+    s = Server(config=node_config(tmp_path, [broker.port]))
+    try:
+        host.wait_for("NBIRTH")
+        doc = {"name": "late", "slot": 5,
+               "input": [{"name": "gen", "type": "generator", "bitrate": 500000}],
+               "output": [{"name": "web", "type": "http", "path": "late"}]}
+        http_post(s, "/api/routes", doc)
+        birth = host.wait_for("DBIRTH", device="route-5")
+        assert {m.name: m.value for m in birth.metrics}["Device Info/Route Name"] == "late"
+        req = urllib.request.Request(s.http_base + "/api/routes/late", method="DELETE")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 204
+        death = host.wait_for("DDEATH", device="route-5")
+        # One seq counter for N and D messages: the DDEATH follows the
+        # message before it (QoS 0 from one client arrives in order).
+        with host.cv:
+            seq = [(k, p) for k, p, _ in host.msgs if k != "NDEATH"]
+        i = next(i for i, (k, p) in enumerate(seq) if p is death)
+        assert seq[i - 1][0] in ("NBIRTH", "DBIRTH", "NDATA", "DDATA"), seq[i - 1][0]
+        assert death.seq == (seq[i - 1][1].seq + 1) % 256, (seq[i - 1], death.seq)
+        n = len(host.of("DDATA", "route-5"))
+        time.sleep(1.5)  # a negative check: a deleted device stays silent
+        assert len(host.of("DDATA", "route-5")) == n
+    finally:
+        s.stop()
+        host.close()
+
+
+def test_bdseq_goes_on_increasing_across_restarts(broker, tmp_path):
+    """bdSeq is kept in the data dir: a clean restart and a SIGKILL restart
+    both birth with the next bdSeq, never from 0 again (spB 3.0: the will
+    of each CONNECT and its NBIRTH carry the same bdSeq)."""
+    host = Host(broker.port)
+    cfg = node_config(tmp_path, [broker.port])
+    data = tempfile.mkdtemp(prefix="castpoint-interop-")
+    s = Server(config=cfg, data=data)
+    try:
+        b0 = bdseq(host.wait_for("NBIRTH"))
+        s.stop()
+        assert host.wait_for("NDEATH", lambda p: p.bd_seq_metric.value == b0, timeout=15)
+        s = Server(config=cfg, data=data)
+        b1 = bdseq(host.wait_for("NBIRTH", lambda p: bdseq(p) != b0))
+        assert b1 == (b0 + 1) % 256, (b0, b1)
+        s.proc.send_signal(signal.SIGKILL)
+        s.proc.wait(timeout=10)
+        assert host.wait_for("NDEATH", lambda p: p.bd_seq_metric.value == b1, timeout=20)
+        s = Server(config=cfg, data=data)
+        b2 = bdseq(host.wait_for("NBIRTH", lambda p: bdseq(p) not in (b0, b1)))
+        assert b2 == (b1 + 1) % 256, (b1, b2)
+    finally:
+        s.stop()
+        host.close()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_fleet_demo_prints_nodes_and_route_devices_from_the_broker():
+    """simulators/fleet.py: 2 nodes with 2 routes each on one mosquitto; its
+    tables (decoded from the broker alone) list every node and every route
+    device online with its route's name and LIVE status, then the killed
+    node and its devices offline after the broker's NDEATH."""
+    from conftest import ROOT, castpoint_bin
+    r = subprocess.run([sys.executable, str(ROOT / "simulators" / "fleet.py"), "--nodes", "2",
+                        "--routes", "2", "--seconds", "2", "--kill", "1",
+                        "--bin", castpoint_bin()],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, after = r.stdout.split("## After SIGKILL", 1)
+
+    def rows(text):
+        return [[c.strip() for c in line.strip("|").split("|")]
+                for line in text.splitlines() if line.startswith("| router-")]
+    nodes = [x for x in rows(before) if len(x) == 11]
+    devices = [x for x in rows(before) if len(x) == 10]
+    assert sorted((x[0], x[1]) for x in nodes) == [("router-01", "ONLINE"),
+                                                    ("router-02", "ONLINE")], r.stdout
+    assert sorted((x[0], x[1], x[2], x[3]) for x in devices) == [
+        ("router-01", "route-1", "router-01-cam1", "ONLINE"),
+        ("router-01", "route-2", "router-01-cam2", "ONLINE"),
+        ("router-02", "route-1", "router-02-cam1", "ONLINE"),
+        ("router-02", "route-2", "router-02-cam2", "ONLINE")], r.stdout
+    assert all(x[5] in ("LIVE", "null") for x in devices), r.stdout
+    after_nodes = {x[0]: x[1] for x in rows(after) if len(x) == 11}
+    after_devs = {(x[0], x[1]): x[3] for x in rows(after) if len(x) == 10}
+    assert after_nodes == {"router-01": "OFFLINE", "router-02": "ONLINE"}, r.stdout
+    assert after_devs == {("router-01", "route-1"): "OFFLINE",
+                          ("router-01", "route-2"): "OFFLINE",
+                          ("router-02", "route-1"): "ONLINE",
+                          ("router-02", "route-2"): "ONLINE"}, r.stdout

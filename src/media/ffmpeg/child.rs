@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::latency::LatencyMeter;
 use super::progress::{redact, Line, Progress, ProgressParser};
-use crate::engine::join::Joiner;
-use crate::engine::ts::Aligner;
+use crate::mpegts::join::Joiner;
+use crate::mpegts::ts::Aligner;
 
 /// Environment variable every child carries: `<castpoint pid>:<label>`.
 /// The start-up reaper kills tagged processes whose parent is gone.

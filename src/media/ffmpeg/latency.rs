@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use crate::engine::ts::{self, PsiTracker, TS};
+use crate::mpegts::ts::{self, PsiTracker, TS};
 
 /// Input frames remembered (about 10 s at 50 fps).
 const KEEP: usize = 512;

@@ -235,52 +235,14 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// One AMF0 command: a method per command (NetConnection and
+    /// NetStream as OBS, ffmpeg and hardware encoders send them).
     async fn on_command(&mut self, p: &[u8], msid: u32) -> Result<(), String> {
         let v = amf0::decode_all(p).map_err(|e| e.to_string())?;
         let name = v.first().and_then(Amf::as_str).unwrap_or("").to_string();
         let txn = v.get(1).and_then(Amf::as_f64).unwrap_or(0.0);
-        let arg = |i: usize| v.get(i).and_then(Amf::as_str).unwrap_or("").to_string();
         match name.as_str() {
-            "connect" => {
-                let app = v
-                    .get(2)
-                    .and_then(|o| o.get("app"))
-                    .and_then(Amf::as_str)
-                    .unwrap_or("");
-                // "live/" and "live?token" both name app "live".
-                let app = app.split('?').next().unwrap_or("").trim_matches('/');
-                tracing::info!("rtmp {}: connect app {app:?}", self.peer);
-                self.app = Some(app.to_string());
-                self.send(chunk::control(
-                    msg::WINDOW_ACK_SIZE,
-                    WINDOW.to_be_bytes().to_vec(),
-                ));
-                let mut bw = WINDOW.to_be_bytes().to_vec();
-                bw.push(2); // dynamic
-                self.send(chunk::control(msg::SET_PEER_BANDWIDTH, bw));
-                self.send(chunk::control(
-                    msg::SET_CHUNK_SIZE,
-                    OUT_CHUNK.to_be_bytes().to_vec(),
-                ));
-                self.enc.chunk_size = OUT_CHUNK as usize;
-                self.command(
-                    0,
-                    &[
-                        s("_result"),
-                        Amf::Number(txn),
-                        obj(&[
-                            ("fmsVer", s("FMS/3,0,1,123")),
-                            ("capabilities", Amf::Number(31.0)),
-                        ]),
-                        obj(&[
-                            ("level", s("status")),
-                            ("code", s("NetConnection.Connect.Success")),
-                            ("description", s("Connection succeeded.")),
-                            ("objectEncoding", Amf::Number(0.0)),
-                        ]),
-                    ],
-                );
-            }
+            "connect" => self.on_connect(&v, txn),
             "releaseStream" | "FCPublish" | "FCUnpublish" | "_checkbw" => {
                 if name == "FCUnpublish" {
                     self.unpublish().await;
@@ -304,55 +266,8 @@ impl Session<'_> {
                 );
             }
             "publish" => {
-                if msid != 0 {
-                    self.stream_id = msid;
-                }
-                let key = arg(3);
-                let key = key.split('?').next().unwrap_or("");
-                let Some(app) = self.app.clone() else {
-                    self.on_status("error", "NetStream.Publish.BadName", "connect first");
-                    self.closing = Some("publish before connect".into());
-                    return Ok(());
-                };
-                if self.publisher.is_some() {
-                    self.on_status("error", "NetStream.Publish.BadName", "already publishing");
-                    return Ok(());
-                }
-                match self.reg.claim(&app, key) {
-                    Ok(p) => {
-                        // Stream Begin on the publish stream.
-                        let mut sb = vec![0, 0];
-                        sb.extend_from_slice(&self.stream_id.to_be_bytes());
-                        self.send(chunk::control(msg::USER_CONTROL, sb));
-                        self.on_status("status", "NetStream.Publish.Start", "Publishing started.");
-                        tracing::info!("rtmp {}: publishing on app {app:?}", self.peer);
-                        if !p.send(Event::Start(self.peer)).await {
-                            return Err("route input went away".into());
-                        }
-                        self.publisher = Some(p);
-                    }
-                    Err(Refusal::UnknownKey) => {
-                        // Never log the key itself: it is a secret.
-                        self.on_status(
-                            "error",
-                            "NetStream.Publish.BadName",
-                            "unknown stream key for this application",
-                        );
-                        self.closing = Some(format!(
-                            "publish refused: unknown stream key for app {app:?}"
-                        ));
-                    }
-                    Err(Refusal::AlreadyPublishing) => {
-                        self.on_status(
-                            "error",
-                            "NetStream.Publish.BadName",
-                            "stream key already publishing",
-                        );
-                        self.closing = Some(format!(
-                            "publish refused: stream key on app {app:?} already publishing"
-                        ));
-                    }
-                }
+                let key = v.get(3).and_then(Amf::as_str).unwrap_or("").to_string();
+                self.on_publish(&key, msid).await?;
             }
             "deleteStream" | "closeStream" => self.unpublish().await,
             "play" | "play2" => {
@@ -363,25 +278,127 @@ impl Session<'_> {
                 );
                 self.closing = Some("play refused (ingest only)".into());
             }
-            _ => {
-                if txn != 0.0 {
-                    self.command(
-                        0,
-                        &[
-                            s("_error"),
-                            Amf::Number(txn),
-                            Amf::Null,
-                            obj(&[
-                                ("level", s("error")),
-                                ("code", s("NetConnection.Call.Failed")),
-                                ("description", s("unknown command")),
-                            ]),
-                        ],
-                    );
+            _ => self.unknown_command(txn),
+        }
+        Ok(())
+    }
+
+    /// `connect`: remembers the application, sets the window, bandwidth
+    /// and chunk size, and answers NetConnection.Connect.Success.
+    fn on_connect(&mut self, v: &[Amf], txn: f64) {
+        let app = v
+            .get(2)
+            .and_then(|o| o.get("app"))
+            .and_then(Amf::as_str)
+            .unwrap_or("");
+        // "live/" and "live?token" both name app "live".
+        let app = app.split('?').next().unwrap_or("").trim_matches('/');
+        tracing::info!("rtmp {}: connect app {app:?}", self.peer);
+        self.app = Some(app.to_string());
+        self.send(chunk::control(
+            msg::WINDOW_ACK_SIZE,
+            WINDOW.to_be_bytes().to_vec(),
+        ));
+        let mut bw = WINDOW.to_be_bytes().to_vec();
+        bw.push(2); // dynamic
+        self.send(chunk::control(msg::SET_PEER_BANDWIDTH, bw));
+        self.send(chunk::control(
+            msg::SET_CHUNK_SIZE,
+            OUT_CHUNK.to_be_bytes().to_vec(),
+        ));
+        self.enc.chunk_size = OUT_CHUNK as usize;
+        self.command(
+            0,
+            &[
+                s("_result"),
+                Amf::Number(txn),
+                obj(&[
+                    ("fmsVer", s("FMS/3,0,1,123")),
+                    ("capabilities", Amf::Number(31.0)),
+                ]),
+                obj(&[
+                    ("level", s("status")),
+                    ("code", s("NetConnection.Connect.Success")),
+                    ("description", s("Connection succeeded.")),
+                    ("objectEncoding", Amf::Number(0.0)),
+                ]),
+            ],
+        );
+    }
+
+    /// `publish`: claims the (app, stream key) route input, or refuses
+    /// with NetStream.Publish.BadName and closes.
+    async fn on_publish(&mut self, key: &str, msid: u32) -> Result<(), String> {
+        if msid != 0 {
+            self.stream_id = msid;
+        }
+        let key = key.split('?').next().unwrap_or("");
+        let Some(app) = self.app.clone() else {
+            self.on_status("error", "NetStream.Publish.BadName", "connect first");
+            self.closing = Some("publish before connect".into());
+            return Ok(());
+        };
+        if self.publisher.is_some() {
+            self.on_status("error", "NetStream.Publish.BadName", "already publishing");
+            return Ok(());
+        }
+        match self.reg.claim(&app, key) {
+            Ok(p) => {
+                // Stream Begin on the publish stream.
+                let mut sb = vec![0, 0];
+                sb.extend_from_slice(&self.stream_id.to_be_bytes());
+                self.send(chunk::control(msg::USER_CONTROL, sb));
+                self.on_status("status", "NetStream.Publish.Start", "Publishing started.");
+                tracing::info!("rtmp {}: publishing on app {app:?}", self.peer);
+                if !p.send(Event::Start(self.peer)).await {
+                    return Err("route input went away".into());
                 }
+                self.publisher = Some(p);
+            }
+            Err(Refusal::UnknownKey) => {
+                // Never log the key itself: it is a secret.
+                self.on_status(
+                    "error",
+                    "NetStream.Publish.BadName",
+                    "unknown stream key for this application",
+                );
+                self.closing = Some(format!(
+                    "publish refused: unknown stream key for app {app:?}"
+                ));
+            }
+            Err(Refusal::AlreadyPublishing) => {
+                self.on_status(
+                    "error",
+                    "NetStream.Publish.BadName",
+                    "stream key already publishing",
+                );
+                self.closing = Some(format!(
+                    "publish refused: stream key on app {app:?} already publishing"
+                ));
             }
         }
         Ok(())
+    }
+
+    /// A command we do not implement: `_error` NetConnection.Call.Failed
+    /// when the sender waits for an answer (a transaction id), else
+    /// nothing.
+    fn unknown_command(&mut self, txn: f64) {
+        if txn != 0.0 {
+            self.command(
+                0,
+                &[
+                    s("_error"),
+                    Amf::Number(txn),
+                    Amf::Null,
+                    obj(&[
+                        ("level", s("error")),
+                        ("code", s("NetConnection.Call.Failed")),
+                        ("description", s("unknown command")),
+                    ]),
+                ],
+            );
+        }
     }
 
     /// A sequence header we cannot use: logged once per distinct reason

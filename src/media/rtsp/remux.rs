@@ -3,8 +3,8 @@
 use bytes::BytesMut;
 
 use super::rtp::{AacFrame, AccessUnit};
-use crate::engine::ts::Aligner;
 use crate::media::tsmux::{AacConfig, MuxConfig, TsMuxer, VideoConfig};
+use crate::mpegts::ts::Aligner;
 
 /// Builds the route's TS from whatever tracks the session set up.
 pub(super) struct Remux {

@@ -248,12 +248,65 @@ async fn recv_on(t: Option<&Track>, buf: &mut [u8]) -> std::io::Result<(usize, S
 }
 
 /// Runs one session until it fails (`Err`) or is cancelled / the route is
-/// gone (`Ok`).
+/// gone (`Ok`): connect, DESCRIBE, SETUP each chosen track, PLAY, then
+/// stream.
 pub(super) async fn run(
     feed: &mut Feed,
     spec: &RtspSpec,
     cancel: &CancellationToken,
 ) -> Result<(), RtspError> {
+    let (mut c, url, peer_ip) = connect(spec).await?;
+    let opts = c.request("OPTIONS", &url, &[]).await?;
+    let get_parameter = opts
+        .header("Public")
+        .is_some_and(|p| p.split(',').any(|m| m.trim() == "GET_PARAMETER"));
+    let (sdp, base) = describe(&mut c, &url).await?;
+    let chosen = choose_tracks(&sdp, &url)?;
+    let setup = setup_tracks(&mut c, spec, &base, &chosen).await?;
+    let play_url = sdp::resolve_control(&base, sdp.control.as_deref());
+    let play = c
+        .request("PLAY", &play_url, &[("Range", "npt=0.000-".into())])
+        .await?;
+    let keepalive_every = play
+        .header("Session")
+        .and_then(|s| msg::session_id(s).1)
+        .or(setup.session_timeout)
+        // RFC 2326 12.37: 60 s when the server names none.
+        .map_or(Duration::from_secs(60), Duration::from_secs)
+        .max(Duration::from_secs(2))
+        / 2;
+    feed.stats.set_up(None);
+    feed.stats.clients.store(1, Relaxed);
+    tracing::info!(
+        "rtsp input {}: playing {} track(s) over {:?}",
+        crate::redact::redact_url(&url),
+        setup.tracks.len(),
+        spec.transport
+    );
+    let playing = Playing {
+        remux: Remux::new(setup.want_video, setup.audio_asc.as_deref()),
+        started: vec![false; setup.tracks.len()],
+        tracks: setup.tracks,
+        start: Instant::now(),
+        last_data: Instant::now(),
+        lost_reported: 0,
+    };
+    let session = Session {
+        play_url,
+        keepalive_every,
+        keepalive_method: if get_parameter {
+            "GET_PARAMETER"
+        } else {
+            "OPTIONS"
+        },
+        peer_ip,
+    };
+    stream(c, playing, feed, spec, cancel, &session).await
+}
+
+/// Opens the control connection; returns it with the URL to request and
+/// the camera's address (RTP over UDP is accepted from it only).
+async fn connect(spec: &RtspSpec) -> Result<(Conn, String, Option<IpAddr>), RtspError> {
     let target = parse_url(&spec.url).map_err(RtspError::Config)?;
     let user = spec.user.clone().or(target.user.clone());
     let password = spec.password.clone().or(target.password.clone());
@@ -268,7 +321,7 @@ pub(super) async fn run(
         .map_err(|e| RtspError::Connect(format!("{hostport}: {e}")))?;
     let _ = sock.set_nodelay(true);
     let peer_ip = sock.peer_addr().ok().map(|a| a.ip());
-    let mut c = Conn {
+    let c = Conn {
         sock,
         buf: BytesMut::with_capacity(128 * 1024),
         cseq: 0,
@@ -277,15 +330,14 @@ pub(super) async fn run(
         session: None,
         timeout: spec.timeout,
     };
-    let url = target.url.clone();
+    Ok((c, target.url.clone(), peer_ip))
+}
 
-    let opts = c.request("OPTIONS", &url, &[]).await?;
-    let get_parameter = opts
-        .header("Public")
-        .is_some_and(|p| p.split(',').any(|m| m.trim() == "GET_PARAMETER"));
-
+/// DESCRIBE: the session description and the base URL its controls are
+/// relative to.
+async fn describe(c: &mut Conn, url: &str) -> Result<(sdp::Sdp, String), RtspError> {
     let desc = c
-        .request("DESCRIBE", &url, &[("Accept", "application/sdp".into())])
+        .request("DESCRIBE", url, &[("Accept", "application/sdp".into())])
         .await?;
     let text = std::str::from_utf8(&desc.body)
         .map_err(|_| RtspError::Protocol("SDP is not UTF-8".into()))?;
@@ -293,11 +345,15 @@ pub(super) async fn run(
     let base = desc
         .header("Content-Base")
         .or(desc.header("Content-Location"))
-        .unwrap_or(&url)
+        .unwrap_or(url)
         .to_string();
+    Ok((sdp, base))
+}
 
-    // Choose tracks: an MP2T track alone (it already is the whole
-    // program), else the first H.264 and the first AAC.
+/// Chooses the tracks to play: an MP2T track alone (it already is the
+/// whole program), else the first H.264 and the first AAC; the others are
+/// logged as skipped. No playable track is an error naming why.
+fn choose_tracks(sdp: &sdp::Sdp, url: &str) -> Result<Vec<(sdp::Media, Codec)>, RtspError> {
     let mut chosen: Vec<(sdp::Media, Codec)> = Vec::new();
     let mut skipped = Vec::new();
     let codecs: Vec<_> = sdp.media.iter().map(|m| (m.clone(), m.codec())).collect();
@@ -324,7 +380,7 @@ pub(super) async fn run(
     for r in &skipped {
         tracing::info!(
             "rtsp input {}: skipping track ({r})",
-            crate::redact::redact_url(&url)
+            crate::redact::redact_url(url)
         );
     }
     if chosen.is_empty() {
@@ -334,19 +390,35 @@ pub(super) async fn run(
             skipped.join("; ")
         }));
     }
+    Ok(chosen)
+}
 
-    // Tracks start on a common 90 kHz timeline: each one's first RTP
-    // timestamp maps to its arrival time since PLAY (cameras' RTP clocks
-    // have unrelated random offsets; RTCP sender reports are not used).
-    let start = Instant::now();
-    let base90 = || 90_000 + (start.elapsed().as_micros() as u64 * 9 / 100);
-    let mut tracks = Vec::new();
-    let mut want_video = false;
-    let mut audio_asc = None;
-    let mut setup_timeout = None;
+/// What SETUP gave: the tracks with their depacketisers and transports,
+/// and what the remuxer needs to know up front.
+struct Setup {
+    tracks: Vec<Track>,
+    want_video: bool,
+    audio_asc: Option<Vec<u8>>,
+    /// The session timeout the first SETUP answer named (seconds).
+    session_timeout: Option<u64>,
+}
+
+/// SETUP of each chosen track over the configured transport.
+async fn setup_tracks(
+    c: &mut Conn,
+    spec: &RtspSpec,
+    base: &str,
+    chosen: &[(sdp::Media, Codec)],
+) -> Result<Setup, RtspError> {
+    let mut out = Setup {
+        tracks: Vec::new(),
+        want_video: false,
+        audio_asc: None,
+        session_timeout: None,
+    };
     for (i, (m, codec)) in chosen.iter().enumerate() {
         let ch = (2 * i) as u8;
-        let setup_url = sdp::resolve_control(&base, m.control.as_deref());
+        let setup_url = sdp::resolve_control(base, m.control.as_deref());
         let mut udp = None;
         let transport = match spec.transport {
             RtspTransport::Tcp => format!("RTP/AVP/TCP;unicast;interleaved={}-{}", ch, ch + 1),
@@ -364,7 +436,7 @@ pub(super) async fn run(
             .await?;
         if c.session.is_none() {
             let (id, timeout) = msg::session_id(r.header("Session").unwrap_or_default());
-            setup_timeout = timeout;
+            out.session_timeout = timeout;
             if id.is_empty() {
                 return Err(RtspError::Protocol("SETUP answer has no Session".into()));
             }
@@ -379,7 +451,7 @@ pub(super) async fn run(
         }
         let depack = match codec {
             Codec::H264 { sps, pps } => {
-                want_video = true;
+                out.want_video = true;
                 Depack::H264(H264Depack::new(sps.clone(), pps.clone(), 0))
             }
             Codec::Aac {
@@ -389,7 +461,7 @@ pub(super) async fn run(
                 index_length,
                 index_delta_length,
             } => {
-                audio_asc = Some(asc.clone());
+                out.audio_asc = Some(asc.clone());
                 Depack::Aac(AacDepack::new(
                     *clock,
                     *size_length,
@@ -400,44 +472,111 @@ pub(super) async fn run(
             }
             _ => Depack::Mp2t(SeqCheck::default()),
         };
-        tracks.push(Track {
+        out.tracks.push(Track {
             depack,
             channel,
             udp,
         });
     }
-    let play_url = sdp::resolve_control(&base, sdp.control.as_deref());
-    let play = c
-        .request("PLAY", &play_url, &[("Range", "npt=0.000-".into())])
-        .await?;
-    let keepalive_every = play
-        .header("Session")
-        .and_then(|s| msg::session_id(s).1)
-        .or(setup_timeout)
-        // RFC 2326 12.37: 60 s when the server names none.
-        .map_or(Duration::from_secs(60), Duration::from_secs)
-        .max(Duration::from_secs(2))
-        / 2;
-    feed.stats.set_up(None);
-    feed.stats.clients.store(1, Relaxed);
-    tracing::info!(
-        "rtsp input {}: playing {} track(s) over {:?}",
-        crate::redact::redact_url(&url),
-        tracks.len(),
-        spec.transport
-    );
+    Ok(out)
+}
 
-    let mut remux = Remux::new(want_video, audio_asc.as_deref());
-    let mut started = vec![false; tracks.len()];
-    let mut last_data = Instant::now();
+/// What the playing session keeps of its set-up.
+struct Session {
+    /// The aggregate URL (keep-alives, TEARDOWN).
+    play_url: String,
+    /// A keep-alive request every half session timeout.
+    keepalive_every: Duration,
+    keepalive_method: &'static str,
+    /// RTP over UDP is accepted from the camera's address only.
+    peer_ip: Option<IpAddr>,
+}
+
+/// The playing session's media state.
+struct Playing {
+    tracks: Vec<Track>,
+    remux: Remux,
+    /// Whether each track has had its first packet (and was rebased).
+    started: Vec<bool>,
+    /// PLAY time: tracks start on a common 90 kHz timeline from here.
+    start: Instant,
+    last_data: Instant,
+    /// Frames lost already added to the feed's counter.
+    lost_reported: u64,
+}
+
+impl Playing {
+    /// Depacketises one RTP packet of track `i` into the remuxer.
+    fn packet(&mut self, i: usize, data: &[u8]) {
+        let Some(p) = rtp::parse(data) else { return };
+        self.last_data = Instant::now();
+        let Some(t) = self.tracks.get_mut(i) else {
+            return;
+        };
+        if !self.started[i] {
+            // Each track's first RTP timestamp maps to its arrival time
+            // since PLAY (cameras' RTP clocks have unrelated random
+            // offsets; RTCP sender reports are not used).
+            self.started[i] = true;
+            let b = 90_000 + (self.start.elapsed().as_micros() as u64 * 9 / 100);
+            match &mut t.depack {
+                Depack::H264(d) => d.rebase(b),
+                Depack::Aac(d) => d.rebase(b),
+                Depack::Mp2t(_) => {}
+            }
+        }
+        match &mut t.depack {
+            Depack::H264(d) => {
+                for au in d.push(&p) {
+                    self.remux.video(&au, &d.sps, &d.pps);
+                }
+            }
+            Depack::Aac(d) => {
+                for f in d.push(&p) {
+                    self.remux.audio(&f);
+                }
+            }
+            Depack::Mp2t(seq) => {
+                let _ = seq.gap(p.seq);
+                self.remux.ts(p.payload);
+            }
+        }
+    }
+
+    /// Frames the depacketisers dropped since the last call.
+    fn newly_lost(&mut self) -> u64 {
+        let lost: u64 = self
+            .tracks
+            .iter()
+            .map(|t| match &t.depack {
+                Depack::H264(d) => d.dropped,
+                _ => 0,
+            })
+            .sum();
+        let new = lost.saturating_sub(self.lost_reported);
+        self.lost_reported = self.lost_reported.max(lost);
+        new
+    }
+}
+
+/// Streams until cancelled (TEARDOWN, `Ok`), the route is gone (`Ok`) or
+/// the session fails (no data for the timeout, a broken connection).
+async fn stream(
+    mut c: Conn,
+    mut pl: Playing,
+    feed: &mut Feed,
+    spec: &RtspSpec,
+    cancel: &CancellationToken,
+    se: &Session,
+) -> Result<(), RtspError> {
+    let (play_url, peer_ip) = (se.play_url.as_str(), se.peer_ip);
     let mut keepalive = tokio::time::interval_at(
-        tokio::time::Instant::now() + keepalive_every,
-        keepalive_every,
+        tokio::time::Instant::now() + se.keepalive_every,
+        se.keepalive_every,
     );
     let mut check = tokio::time::interval(Duration::from_millis(250));
     let mut ubuf0 = vec![0u8; 65536];
     let mut ubuf1 = vec![0u8; 65536];
-    let mut lost_reported = 0u64;
     loop {
         // RTP packets that arrived this round: (track, bytes).
         let mut got: Vec<(usize, bytes::Bytes)> = Vec::new();
@@ -445,7 +584,7 @@ pub(super) async fn run(
             _ = cancel.cancelled() => {
                 let _ = tokio::time::timeout(
                     Duration::from_millis(500),
-                    c.write_request("TEARDOWN", &play_url, &[]),
+                    c.write_request("TEARDOWN", play_url, &[]),
                 ).await;
                 return Ok(());
             }
@@ -454,7 +593,7 @@ pub(super) async fn run(
                 while let Some(f) = c.next_frame()? {
                     match f {
                         Frame::Interleaved { channel, data } => {
-                            if let Some(i) = tracks.iter().position(|t| t.channel == channel) {
+                            if let Some(i) = pl.tracks.iter().position(|t| t.channel == channel) {
                                 got.push((i, data));
                             }
                         }
@@ -462,7 +601,7 @@ pub(super) async fn run(
                         Frame::Response(r) if r.status >= 300 => {
                             tracing::debug!(
                                 "rtsp input {}: keep-alive answered {}",
-                                crate::redact::redact_url(&url),
+                                crate::redact::redact_url(play_url),
                                 r.status
                             );
                         }
@@ -470,14 +609,14 @@ pub(super) async fn run(
                     }
                 }
             }
-            r = recv_on(tracks.first(), &mut ubuf0) => {
+            r = recv_on(pl.tracks.first(), &mut ubuf0) => {
                 if let Ok((n, from)) = r {
                     if peer_ip.is_none_or(|p| p == from.ip()) {
                         got.push((0, bytes::Bytes::copy_from_slice(&ubuf0[..n])));
                     }
                 }
             }
-            r = recv_on(tracks.get(1), &mut ubuf1) => {
+            r = recv_on(pl.tracks.get(1), &mut ubuf1) => {
                 if let Ok((n, from)) = r {
                     if peer_ip.is_none_or(|p| p == from.ip()) {
                         got.push((1, bytes::Bytes::copy_from_slice(&ubuf1[..n])));
@@ -485,11 +624,10 @@ pub(super) async fn run(
                 }
             }
             _ = keepalive.tick() => {
-                let m = if get_parameter { "GET_PARAMETER" } else { "OPTIONS" };
-                c.write_request(m, &play_url, &[]).await?;
+                c.write_request(se.keepalive_method, play_url, &[]).await?;
             }
             _ = check.tick() => {
-                if last_data.elapsed() > spec.timeout {
+                if pl.last_data.elapsed() > spec.timeout {
                     return Err(RtspError::Timeout(format!(
                         "no RTP data for {} ms", spec.timeout.as_millis()
                     )));
@@ -497,49 +635,13 @@ pub(super) async fn run(
             }
         }
         for (i, data) in got {
-            let Some(p) = rtp::parse(&data) else { continue };
-            last_data = Instant::now();
-            let Some(t) = tracks.get_mut(i) else { continue };
-            if !started[i] {
-                started[i] = true;
-                let b = base90();
-                match &mut t.depack {
-                    Depack::H264(d) => d.rebase(b),
-                    Depack::Aac(d) => d.rebase(b),
-                    Depack::Mp2t(_) => {}
-                }
-            }
-            match &mut t.depack {
-                Depack::H264(d) => {
-                    for au in d.push(&p) {
-                        remux.video(&au, &d.sps, &d.pps);
-                    }
-                }
-                Depack::Aac(d) => {
-                    for f in d.push(&p) {
-                        remux.audio(&f);
-                    }
-                }
-                Depack::Mp2t(seq) => {
-                    let _ = seq.gap(p.seq);
-                    remux.ts(p.payload);
-                }
-            }
+            pl.packet(i, &data);
         }
-        let lost: u64 = tracks
-            .iter()
-            .map(|t| match &t.depack {
-                Depack::H264(d) => d.dropped,
-                _ => 0,
-            })
-            .sum();
-        if lost > lost_reported {
-            feed.stats
-                .frames_lost
-                .fetch_add(lost - lost_reported, Relaxed);
-            lost_reported = lost;
+        let lost = pl.newly_lost();
+        if lost > 0 {
+            feed.stats.frames_lost.fetch_add(lost, Relaxed);
         }
-        let out = remux.take();
+        let out = pl.remux.take();
         if !out.is_empty() && !feed.push(out).await {
             return Ok(());
         }

@@ -1,7 +1,7 @@
 //! Muxer tests: packet structure, continuity, PSI, PES round-trip (property-based) and an ffprobe decode of real x264/AAC output.
 
 use super::*;
-use crate::engine::ts::{payload, pid, pusi, PsiTracker};
+use crate::mpegts::ts::{payload, pid, pusi, PsiTracker};
 use castpoint_sim::tsgen::TsAnalyzer;
 use proptest::prelude::*;
 

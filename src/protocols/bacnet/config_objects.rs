@@ -103,6 +103,16 @@ impl<O: BACnetObject> ConfigObject<O> {
         }
     }
 
+    /// Any other stack object served read-only with its own values (the
+    /// route and server Structured Views, `routes.rs`).
+    pub fn read_only(inner: O) -> Self {
+        ConfigObject {
+            inner,
+            object_types: None,
+            restart_reason: None,
+        }
+    }
+
     fn has(&self, property: P) -> bool {
         property == P::PROPERTY_LIST
             || self.inner.property_list().contains(&property)

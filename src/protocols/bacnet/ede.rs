@@ -38,11 +38,72 @@ fn num(v: Option<f64>) -> String {
     v.map(|v| format!("{v}")).unwrap_or_default()
 }
 
-/// The EDE data file and its state-text file (`*_StateTexts.csv`), as text.
+/// The EDE data file and its state-text file (`*_StateTexts.csv`), as text,
+/// of the server's objects.
 pub fn export(
     b: &BacnetSection,
     points: &[PointDef],
     maps: &Maps,
+    stamp: &str,
+) -> (String, String) {
+    export_all(b, points, maps, None, stamp)
+}
+
+/// The route objects an export lists: the rule and the routes with their
+/// slots, over a database whose blocks are open for them.
+pub struct RouteRows<'a> {
+    pub db: &'a crate::points::PointDb,
+    pub rule: super::routes::InstanceRule,
+}
+
+/// `castpoint export ede` of a configuration: the server's objects, then
+/// the server's Structured View and, per route of the config, its view and
+/// objects. Slots are the config's pins, else assigned as a first start
+/// assigns them (a running server may hold others from its data dir or the
+/// REST API: pin `slot = N` for addresses an export can promise).
+pub fn export_config(c: &crate::config::Config, stamp: &str) -> (String, String) {
+    let Some(tpl) = c.route_template.clone() else {
+        return export(&c.server.bacnet, &c.points, &c.maps, stamp);
+    };
+    let max = tpl.max_slots;
+    let db = crate::points::PointDb::with_routes(
+        c.points.clone(),
+        c.site.clone(),
+        crate::points::DbOptions::default(),
+        Some(tpl),
+    );
+    let spec = crate::config::routes::engine_spec(&c.server);
+    let descs = crate::engine::bridge::route_descs(&spec);
+    let (slots, _) =
+        crate::points::routes::assign_slots(&descs, &std::collections::HashMap::new(), max);
+    for d in &descs {
+        if let Some(&slot) = slots.get(&d.name) {
+            db.open_block(
+                slot,
+                crate::points::routes::BlockInfo {
+                    route: d.name.clone(),
+                    inputs: d.inputs.clone(),
+                    outputs: d.outputs.clone(),
+                },
+            );
+        }
+    }
+    let rp = &c.server.route_points;
+    let rows = RouteRows {
+        db: &db,
+        rule: super::routes::InstanceRule {
+            base: rp.bacnet_instance_base,
+            stride: rp.bacnet_instance_stride,
+        },
+    };
+    export_all(&c.server.bacnet, &c.points, &c.maps, Some(&rows), stamp)
+}
+
+fn export_all(
+    b: &BacnetSection,
+    points: &[PointDef],
+    maps: &Maps,
+    routes: Option<&RouteRows>,
     stamp: &str,
 ) -> (String, String) {
     let dev = b.device_instance;
@@ -123,5 +184,81 @@ pub fn export(
             li = t.logged_instance,
         ));
     }
+    if let Some(r) = routes {
+        route_rows(r, dev, maps, &mut ede, &mut states, &mut next_ref);
+    }
     (ede, states)
+}
+
+/// The server's Structured View, then per route its view and its objects.
+fn route_rows(
+    r: &RouteRows,
+    dev: u32,
+    maps: &Maps,
+    ede: &mut String,
+    states: &mut String,
+    next_ref: &mut u32,
+) {
+    let site = r.db.site();
+    ede.push_str(&format!(
+        "server_view;{dev};{name};29;{sv};structured view: the server's points and its routes;;;;N;N;;;;;SV{sv}\n",
+        name = cell(&site.equip_dis),
+        sv = super::routes::SERVER_VIEW_INSTANCE,
+    ));
+    for (slot, info) in r.db.blocks() {
+        ede.push_str(&format!(
+            "route.{slot};{dev};{name};29;{slot};structured view: route {name} (slot {slot});;;;N;N;;;;;SV{slot}\n",
+            name = cell(&info.route),
+        ));
+        let objs = match super::routes::block_objects(
+            r.db,
+            r.rule,
+            slot,
+            &info,
+            maps.bacnet.bitrate_units_fallback,
+        ) {
+            Ok(o) => o,
+            Err(e) => {
+                ede.push_str(&format!("# route {}: {}\n", cell(&info.route), cell(&e)));
+                continue;
+            }
+        };
+        for o in objs {
+            let Some(def) = r.db.def(o.point) else {
+                continue;
+            };
+            let analog = matches!(
+                o.ty,
+                BacnetObjectType::AnalogInput | BacnetObjectType::AnalogValue
+            );
+            let state_ref = if o.states.is_empty() {
+                String::new()
+            } else {
+                let n = *next_ref;
+                *next_ref += 1;
+                let texts: Vec<String> = o.states.iter().map(|s| cell(s)).collect();
+                states.push_str(&format!("{n};{}\n", texts.join(";")));
+                n.to_string()
+            };
+            let default = def
+                .relinquish_default
+                .map(|v| format!("{}", v.as_f64()))
+                .unwrap_or_default();
+            let (min, max, unit) = if analog {
+                (num(def.min), num(def.max), o.units.to_string())
+            } else {
+                (String::new(), String::new(), String::new())
+            };
+            ede.push_str(&format!(
+                "{key};{dev};{name};{ty};{inst};{desc};{default};{min};{max};{settable};Y;;;{state_ref};{unit};{short}{inst}\n",
+                key = cell(&def.id),
+                name = cell(&o.name),
+                ty = type_number(o.ty),
+                inst = o.instance,
+                desc = cell(&o.description),
+                settable = if o.commandable { "Y" } else { "N" },
+                short = o.ty.short(),
+            ));
+        }
+    }
 }

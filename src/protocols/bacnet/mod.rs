@@ -43,6 +43,7 @@
 pub mod config_objects;
 pub mod ede;
 pub mod objects;
+pub mod routes;
 pub mod transport;
 pub mod trend;
 pub mod units;
@@ -395,14 +396,17 @@ pub fn trend_logs(
 }
 
 /// Device + Network Port + point objects + Trend Logs, Object_List seeded
-/// with all of them.
+/// with all of them (returned too: the route objects go after it).
+/// `extra_types` are served later (route objects, Structured Views) and
+/// claimed in Protocol_Object_Types_Supported from the start.
 fn database(
     id: &DeviceIdentity,
     db: &PointDb,
     points: Vec<PointObject>,
     logs: Vec<PointTrendLog>,
     restart: RestartReason,
-) -> Result<ObjectDatabase, BacnetError> {
+    extra_types: &[ObjectType],
+) -> Result<(ObjectDatabase, Vec<ObjectIdentifier>), BacnetError> {
     let site = db.site();
     let mut device = DeviceObject::new(DeviceConfig {
         identity: id.clone(),
@@ -436,8 +440,11 @@ fn database(
     }
     oids.extend(points.iter().map(|p| p.object_identifier()));
     oids.extend(logs.iter().map(|l| l.object_identifier()));
-    let types = served_types(&oids);
-    device.set_object_list(oids);
+    let mut types = served_types(&oids);
+    types.extend_from_slice(extra_types);
+    types.sort_by_key(|t| t.to_raw());
+    types.dedup();
+    device.set_object_list(oids.clone());
     let mut odb = ObjectDatabase::new();
     odb.add(Box::new(ConfigObject::device(device, &types, restart)))?;
     for p in ports {
@@ -452,7 +459,7 @@ fn database(
     for l in logs {
         odb.add(Box::new(l))?;
     }
-    Ok(odb)
+    Ok((odb, oids))
 }
 
 /// The object types in an Object_List, once each, in type order: what
@@ -533,6 +540,7 @@ fn peer_from_mac(mac: &[u8]) -> Option<SocketAddr> {
 /// Returns the address actually bound (port 0 resolved).
 pub async fn start(
     cfg: &BacnetSection,
+    route_rule: routes::InstanceRule,
     data_dir: &std::path::Path,
     db: PointDb,
     maps: Arc<Maps>,
@@ -574,8 +582,46 @@ pub async fn start(
     let id = identity(cfg, &opts, ip, bind.port(), uuid).map_err(|e| format!("bacnet: {e}"))?;
     let n_logs = logs.len();
     let restart_reason = RestartReason::default();
-    let odb = database(&id, &db, points, logs, restart_reason.clone())
-        .map_err(|e| format!("bacnet: {e}"))?;
+    let route_types = db.route_template().map(routes::served_types);
+    let (mut odb, base_list) = database(
+        &id,
+        &db,
+        points,
+        logs,
+        restart_reason.clone(),
+        route_types.as_deref().unwrap_or(&[]),
+    )
+    .map_err(|e| format!("bacnet: {e}"))?;
+    // Route blocks (issue 20): the server's Structured View now, the
+    // routes' objects as their blocks open (`run`).
+    let route_objects = match db.route_template() {
+        Some(_) => {
+            let device = ObjectIdentifier::new(ObjectType::DEVICE, cfg.device_instance)
+                .map_err(|e| format!("bacnet: {e}"))?;
+            let members = by_point
+                .iter()
+                .filter_map(|(p, o)| Some((*o, db.def(*p)?.name.clone())))
+                .collect();
+            let site = db.site();
+            let mut ro = routes::RouteObjects::new(
+                route_rule,
+                maps.bacnet.bitrate_units_fallback,
+                device,
+                base_list,
+                members,
+                site.equip_dis.clone(),
+                format!(
+                    "{} ({}): its points and routes",
+                    site.equip_dis, site.site_dis
+                ),
+                routes::Revision::load(Some(data_dir)),
+            )
+            .map_err(|e| format!("bacnet: {e}"))?;
+            ro.install(&mut odb).map_err(|e| format!("bacnet: {e}"))?;
+            Some(ro)
+        }
+        None => None,
+    };
     let port_writable: Vec<(ObjectIdentifier, u32)> = odb
         .find_by_type(ObjectType::NETWORK_PORT)
         .into_iter()
@@ -768,27 +814,57 @@ pub async fn start(
         cfg.device_instance,
         by_point.len()
     );
-    tasks.spawn(run(server, db, rx, by_point, feeds, shutdown));
+    // Subscribed here, before the engine opens the routes' blocks (App
+    // starts BACnet first), so no opening is missed.
+    let blocks = route_objects.as_ref().and_then(|_| db.subscribe_blocks());
+    tasks.spawn(run(
+        server,
+        db,
+        rx,
+        by_point,
+        feeds,
+        route_objects.map(|r| (r, blocks)),
+        shutdown,
+    ));
     Ok(bound)
 }
 
-/// Owns the running stack: pushes every database change of a mapped point to
-/// it (COV), moves new history samples and quality changes into the Trend
-/// Logs, and stops it on shutdown.
+/// How long the route objects wait for a burst of block changes (a config
+/// reload, the engine opening every route at start) to end before they
+/// follow it, so one burst is one Object_List and one Database_Revision.
+const ROUTE_SETTLE: Duration = Duration::from_millis(50);
+/// The longest a burst may hold them back.
+const ROUTE_SETTLE_MAX: Duration = Duration::from_millis(250);
+/// When no block changes at all after start (no routes), the objects and
+/// Database_Revision are evaluated once after this long anyway.
+const ROUTE_FIRST_SYNC: Duration = Duration::from_secs(1);
+
+/// Owns the running stack: pushes every database change of a served point
+/// to it (COV), moves new history samples and quality changes into the
+/// Trend Logs, keeps the route objects in step with the route blocks, and
+/// stops it on shutdown.
 async fn run(
     mut server: BACnetServer<Link>,
     db: PointDb,
     mut rx: tokio::sync::broadcast::Receiver<crate::points::Change>,
     by_point: Vec<(PointId, ObjectIdentifier)>,
     mut feeds: Vec<TrendFeed>,
+    route_objects: Option<(
+        routes::RouteObjects,
+        Option<tokio::sync::watch::Receiver<u64>>,
+    )>,
     shutdown: CancellationToken,
 ) {
-    // Point index -> position in `by_point` / `feeds`, so the hot path never
-    // hashes.
-    let mut index: Vec<Option<usize>> = vec![None; db.len()];
-    for (i, (p, _)) in by_point.iter().enumerate() {
-        if let Some(slot) = index.get_mut(p.index()) {
-            *slot = Some(i);
+    let (mut route_objects, mut blocks) = match route_objects {
+        Some((r, b)) => (Some(r), b),
+        None => (None, None),
+    };
+    // Point index -> its object (server points fixed, route points while
+    // their block is served), so the hot path never hashes.
+    let mut oid_of: Vec<Option<ObjectIdentifier>> = vec![None; db.len()];
+    for (p, o) in &by_point {
+        if let Some(slot) = oid_of.get_mut(p.index()) {
+            *slot = Some(*o);
         }
     }
     let mut log_index: Vec<Option<usize>> = vec![None; db.len()];
@@ -797,8 +873,13 @@ async fn run(
             *slot = Some(i);
         }
     }
-    let mut dirty = vec![false; by_point.len()];
+    let mut dirty = Dirty::new(db.len());
     let mut log_dirty = vec![false; feeds.len()];
+    // A pending route sync: (quiet deadline, latest deadline).
+    let now = tokio::time::Instant::now();
+    let mut route_due: Option<(tokio::time::Instant, tokio::time::Instant)> = route_objects
+        .as_ref()
+        .map(|_| (now + ROUTE_FIRST_SYNC, now + ROUTE_FIRST_SYNC));
     // `/metrics` reads the stack's COV subscription count from here: on
     // every batch of changes, and at least every 5 s.
     let mut cov_tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -808,11 +889,48 @@ async fn run(
             server.cov_counters().subscriptions_active,
             std::sync::atomic::Ordering::Relaxed,
         );
+        let sync_at = route_due.map(|(quiet, latest)| quiet.min(latest));
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = cov_tick.tick() => continue,
+            r = async { blocks.as_mut()?.changed().await.ok() }, if blocks.is_some() => {
+                if r.is_none() {
+                    blocks = None;
+                } else {
+                    let now = tokio::time::Instant::now();
+                    let latest = route_due.map_or(now + ROUTE_SETTLE_MAX, |(_, l)| l);
+                    route_due = Some((now + ROUTE_SETTLE, latest));
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(sync_at.unwrap_or_else(tokio::time::Instant::now)), if sync_at.is_some() => {
+                route_due = None;
+                if let Some(ro) = route_objects.as_mut() {
+                    let ch = {
+                        let mut odb = server.database().write().await;
+                        ro.sync(&db, &mut odb)
+                    };
+                    for p in &ch.removed {
+                        if let Some(slot) = oid_of.get_mut(p.index()) {
+                            *slot = None;
+                        }
+                    }
+                    for (p, o) in &ch.added {
+                        if let Some(slot) = oid_of.get_mut(p.index()) {
+                            *slot = Some(*o);
+                        }
+                    }
+                    if ch.revised {
+                        tracing::info!(
+                            "bacnet: route objects changed, Database_Revision {}",
+                            ro.revision.value
+                        );
+                    }
+                }
+                continue;
+            }
             r = rx.recv() => match r {
-                Ok(c) => note(&db, &c, &index, &log_index, &mut feeds, &mut dirty, &mut log_dirty),
+                Ok(c) => note(&db, &c, &oid_of, &log_index, &mut feeds, &mut dirty, &mut log_dirty),
                 Err(RecvError::Lagged(_)) => lagged = true,
                 Err(RecvError::Closed) => break,
             },
@@ -824,7 +942,7 @@ async fn run(
                 Ok(c) => note(
                     &db,
                     &c,
-                    &index,
+                    &oid_of,
                     &log_index,
                     &mut feeds,
                     &mut dirty,
@@ -839,7 +957,11 @@ async fn run(
             // only what really changed since the last notification, and the
             // logs catch up on the history from where they stood (a quality
             // flip that came and went in the gap is not logged).
-            dirty.iter_mut().for_each(|d| *d = true);
+            for (i, o) in oid_of.iter().enumerate() {
+                if o.is_some() {
+                    dirty.mark(i);
+                }
+            }
             for (i, f) in feeds.iter_mut().enumerate() {
                 if let Some(st) = db.read(f.point) {
                     log_dirty[i] |= f.on_change(&db, &st);
@@ -857,10 +979,10 @@ async fn run(
                 }
             }
         }
-        for (i, (_, oid)) in by_point.iter().enumerate() {
-            if !std::mem::take(&mut dirty[i]) {
+        for i in dirty.take() {
+            let Some(Some(oid)) = oid_of.get(i) else {
                 continue;
-            }
+            };
             // The value argument is only a signal: PointObject reads the
             // database itself.
             let push = server.set_present_value_local(oid, PropertyValue::Real(0.0));
@@ -875,18 +997,50 @@ async fn run(
     }
 }
 
+/// The points whose objects owe a COV evaluation, once each, in the order
+/// they changed.
+struct Dirty {
+    flag: Vec<bool>,
+    list: Vec<usize>,
+}
+
+impl Dirty {
+    fn new(n: usize) -> Self {
+        Dirty {
+            flag: vec![false; n],
+            list: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, i: usize) {
+        if let Some(f) = self.flag.get_mut(i) {
+            if !*f {
+                *f = true;
+                self.list.push(i);
+            }
+        }
+    }
+
+    fn take(&mut self) -> Vec<usize> {
+        for i in &self.list {
+            self.flag[*i] = false;
+        }
+        std::mem::take(&mut self.list)
+    }
+}
+
 /// Marks the COV object of a changed point and queues its Trend Log records.
 fn note(
     db: &PointDb,
     c: &crate::points::Change,
-    index: &[Option<usize>],
+    oid_of: &[Option<ObjectIdentifier>],
     log_index: &[Option<usize>],
     feeds: &mut [TrendFeed],
-    dirty: &mut [bool],
+    dirty: &mut Dirty,
     log_dirty: &mut [bool],
 ) {
-    if let Some(Some(i)) = index.get(c.id.index()) {
-        dirty[*i] = true;
+    if let Some(Some(_)) = oid_of.get(c.id.index()) {
+        dirty.mark(c.id.index());
     }
     if let Some(Some(i)) = log_index.get(c.id.index()) {
         log_dirty[*i] |= feeds[*i].on_change(db, &c.state);

@@ -53,6 +53,10 @@ pub struct PointObject {
     min: Option<f32>,
     max: Option<f32>,
     states: Vec<String>,
+    /// Carries a priority array and takes Present_Value writes. The map's
+    /// types decide it for the server's objects; a route's commandable
+    /// Multi-state Value (Input Select) sets it itself (`routes.rs`).
+    commandable: bool,
 }
 
 /// Maps a castpoint object type to the BACnet one.
@@ -202,11 +206,29 @@ impl PointObject {
             min: def.min.map(|v| v as f32),
             max: def.max.map(|v| v as f32),
             states: def.states.clone(),
+            commandable: ty.commandable(),
         })
     }
 
+    /// The same view with the labels a route gives it (`routes.rs`):
+    /// Object_Name, Description and State_Text, which a route's point
+    /// shows with the route's own names rather than the template's.
+    pub fn labelled(mut self, name: String, description: String, states: Vec<String>) -> Self {
+        self.name = name;
+        self.description = description;
+        self.states = states;
+        self
+    }
+
+    /// Whether the object is commandable (priority array, Present_Value
+    /// writes), overriding what its type says in the map.
+    pub fn with_commandable(mut self, commandable: bool) -> Self {
+        self.commandable = commandable;
+        self
+    }
+
     fn commandable(&self) -> bool {
-        self.ty.commandable()
+        self.commandable
     }
 
     fn analog(&self) -> bool {
@@ -287,53 +309,84 @@ impl PointObject {
     }
 
     fn required(&self) -> &'static [P] {
-        match self.ty {
-            BacnetObjectType::AnalogInput => &[
-                P::OBJECT_IDENTIFIER,
-                P::OBJECT_NAME,
-                P::OBJECT_TYPE,
-                P::PRESENT_VALUE,
-                P::STATUS_FLAGS,
-                P::EVENT_STATE,
-                P::OUT_OF_SERVICE,
-                P::UNITS,
-            ],
-            BacnetObjectType::AnalogValue => &[
-                P::OBJECT_IDENTIFIER,
-                P::OBJECT_NAME,
-                P::OBJECT_TYPE,
-                P::PRESENT_VALUE,
-                P::STATUS_FLAGS,
-                P::EVENT_STATE,
-                P::OUT_OF_SERVICE,
-                P::UNITS,
-                P::PRIORITY_ARRAY,
-                P::RELINQUISH_DEFAULT,
-                P::CURRENT_COMMAND_PRIORITY,
-            ],
-            BacnetObjectType::BinaryOutput | BacnetObjectType::BinaryValue => &[
-                P::OBJECT_IDENTIFIER,
-                P::OBJECT_NAME,
-                P::OBJECT_TYPE,
-                P::PRESENT_VALUE,
-                P::STATUS_FLAGS,
-                P::EVENT_STATE,
-                P::OUT_OF_SERVICE,
-                P::POLARITY,
-                P::PRIORITY_ARRAY,
-                P::RELINQUISH_DEFAULT,
-                P::CURRENT_COMMAND_PRIORITY,
-            ],
-            BacnetObjectType::MultiStateValue => &[
-                P::OBJECT_IDENTIFIER,
-                P::OBJECT_NAME,
-                P::OBJECT_TYPE,
-                P::PRESENT_VALUE,
-                P::STATUS_FLAGS,
-                P::EVENT_STATE,
-                P::OUT_OF_SERVICE,
-                P::NUMBER_OF_STATES,
-            ],
+        const AI: &[P] = &[
+            P::OBJECT_IDENTIFIER,
+            P::OBJECT_NAME,
+            P::OBJECT_TYPE,
+            P::PRESENT_VALUE,
+            P::STATUS_FLAGS,
+            P::EVENT_STATE,
+            P::OUT_OF_SERVICE,
+            P::UNITS,
+        ];
+        const AV: &[P] = &[
+            P::OBJECT_IDENTIFIER,
+            P::OBJECT_NAME,
+            P::OBJECT_TYPE,
+            P::PRESENT_VALUE,
+            P::STATUS_FLAGS,
+            P::EVENT_STATE,
+            P::OUT_OF_SERVICE,
+            P::UNITS,
+            P::PRIORITY_ARRAY,
+            P::RELINQUISH_DEFAULT,
+            P::CURRENT_COMMAND_PRIORITY,
+        ];
+        const BINARY: &[P] = &[
+            P::OBJECT_IDENTIFIER,
+            P::OBJECT_NAME,
+            P::OBJECT_TYPE,
+            P::PRESENT_VALUE,
+            P::STATUS_FLAGS,
+            P::EVENT_STATE,
+            P::OUT_OF_SERVICE,
+            P::POLARITY,
+            P::PRIORITY_ARRAY,
+            P::RELINQUISH_DEFAULT,
+            P::CURRENT_COMMAND_PRIORITY,
+        ];
+        const BV_STATUS: &[P] = &[
+            P::OBJECT_IDENTIFIER,
+            P::OBJECT_NAME,
+            P::OBJECT_TYPE,
+            P::PRESENT_VALUE,
+            P::STATUS_FLAGS,
+            P::EVENT_STATE,
+            P::OUT_OF_SERVICE,
+        ];
+        const MSV: &[P] = &[
+            P::OBJECT_IDENTIFIER,
+            P::OBJECT_NAME,
+            P::OBJECT_TYPE,
+            P::PRESENT_VALUE,
+            P::STATUS_FLAGS,
+            P::EVENT_STATE,
+            P::OUT_OF_SERVICE,
+            P::NUMBER_OF_STATES,
+        ];
+        // A commandable Multi-state Value (Clause 12.20: Priority_Array and
+        // Relinquish_Default are required when it is commandable).
+        const MSV_COMMAND: &[P] = &[
+            P::OBJECT_IDENTIFIER,
+            P::OBJECT_NAME,
+            P::OBJECT_TYPE,
+            P::PRESENT_VALUE,
+            P::STATUS_FLAGS,
+            P::EVENT_STATE,
+            P::OUT_OF_SERVICE,
+            P::NUMBER_OF_STATES,
+            P::PRIORITY_ARRAY,
+            P::RELINQUISH_DEFAULT,
+            P::CURRENT_COMMAND_PRIORITY,
+        ];
+        match (self.ty, self.commandable) {
+            (BacnetObjectType::AnalogInput, _) => AI,
+            (BacnetObjectType::AnalogValue, _) => AV,
+            (BacnetObjectType::BinaryOutput, _) => BINARY,
+            (BacnetObjectType::BinaryValue, true) => BINARY,
+            (BacnetObjectType::BinaryValue, false) => BV_STATUS,
+            (BacnetObjectType::MultiStateValue, false) => MSV,
+            (BacnetObjectType::MultiStateValue, true) => MSV_COMMAND,
         }
     }
 

@@ -12,6 +12,7 @@
 //! - `node.rs`: the sans-IO edge node: births, report by exception, seq and
 //!   bdSeq, the store-and-forward buffer, NCMD/DCMD writes.
 //! - `session.rs`: connections, failover, Primary Host STATE.
+//! - `bdseq.rs`: the last bdSeq, kept in the data dir across restarts.
 //!
 //! # Crates, and why
 //!
@@ -44,6 +45,7 @@
 //!   scaffolded. A codec of a few hundred lines with no
 //!   recursion is also what the fuzz target can build on its own.
 
+pub mod bdseq;
 pub mod config;
 pub mod node;
 pub mod session;
@@ -62,9 +64,11 @@ pub use session::Status;
 /// Starts the edge node (when `[mqtt] enabled`): returns its status, or
 /// why it cannot run (a TLS file that does not load). A broker that cannot
 /// be reached is not an error: the node retries and holds changes.
+/// `data_dir` keeps the bdSeq sequence across restarts.
 pub fn start(
     cfg: MqttConfig,
     db: PointDb,
+    data_dir: Option<&std::path::Path>,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<Arc<Status>, String> {
@@ -75,7 +79,7 @@ pub fn start(
             write_allow: Vec::new(),
         },
     );
-    let s = session::Session::new(cfg, db)?;
+    let s = session::Session::new(cfg, db, data_dir)?;
     let status = s.status.clone();
     let weak = Arc::downgrade(&status);
     crate::counters::register_gauge(

@@ -4,11 +4,12 @@
 //! module point changes and received commands; everything here is
 //! synchronous and table-tested without a broker.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
+use crate::points::routes::BlockInfo;
 use crate::points::{
-    Kind, PointDb, PointDef, PointId, PointState, Protocol, Quality, Source, TagValue, Value,
-    WriteError,
+    Kind, PointDb, PointDef, PointId, PointState, Protocol, Quality, Source, Value, WriteError,
 };
 
 use super::spb::{datatype, Metric, Payload, Property, Val};
@@ -26,10 +27,30 @@ const REBIRTH_ALIAS: u64 = 1;
 pub const ALIAS_BASE: u64 = 1000;
 /// Metrics per historical NDATA/DDATA message when the buffer is flushed.
 pub const HISTORY_CHUNK: usize = 500;
-/// The point tag that puts a point on a device (one device per route): a
-/// point with `route = "<name>"` is a metric of device `<name>`
-/// (DBIRTH/DDATA/DCMD) instead of the node.
-pub const DEVICE_TAG: &str = "route";
+/// Prefix of a route's Sparkplug device id: the device of slot `s` is
+/// `route-<s>`. The id names the slot, like the route's point ids, so a
+/// renamed route (same slot) keeps its device and the host's tag paths,
+/// history and alarms; `.` is avoided because Ignition refuses it in tag
+/// names (docs/mqtt.md, Devices).
+pub const DEVICE_PREFIX: &str = "route-";
+/// Device metric carrying the name of the route that owns the slot.
+pub const ROUTE_NAME: &str = "Device Info/Route Name";
+/// Folder of per-output metrics in a device: `output/<n>/<template id>`.
+const OUTPUT_FOLDER: &str = "output";
+
+/// The Sparkplug device id of route slot `slot`.
+pub fn device_id(slot: u16) -> String {
+    format!("{DEVICE_PREFIX}{slot}")
+}
+
+/// The slot a device id names (`route-<n>`, no sign, no leading zero).
+pub fn device_slot(dev: &str) -> Option<u16> {
+    let n = dev.strip_prefix(DEVICE_PREFIX)?;
+    if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
 
 /// Sparkplug quality codes (the `Quality` property, spB 3.0 §6.4.7).
 pub fn quality_code(q: Quality) -> u32 {
@@ -80,15 +101,21 @@ pub struct Held {
     pub at_ms: u64,
     pub value: Option<Value>,
     pub quality: Quality,
+    /// For a route point: the route that owned the slot when the change
+    /// happened, so a change is never published under the device of a
+    /// later owner of the slot.
+    pub route: Option<Arc<str>>,
 }
 
 impl Held {
+    /// A change of a server point (no route).
     pub fn of(id: PointId, st: &PointState) -> Held {
         Held {
             id,
             at_ms: ms(st.updated),
             value: st.value,
             quality: st.quality,
+            route: None,
         }
     }
 }
@@ -111,22 +138,17 @@ pub struct CmdOutcome {
     pub refused: usize,
 }
 
-#[derive(Debug)]
-pub struct Device {
-    pub name: String,
-    pub points: Vec<PointId>,
-}
-
 pub struct Node {
     db: PointDb,
     group: String,
     node: String,
     priority: u8,
-    /// Points on the node itself (no device tag), in database order.
+    /// Points on the node itself (the server's points), in database order.
     node_points: Vec<PointId>,
-    pub devices: Vec<Device>,
-    /// Device index of each point (`None`: the node).
-    device_of: Vec<Option<usize>>,
+    /// Born devices (a DBIRTH went out on this connection and no DDEATH
+    /// since), by slot, with the route that owned the slot at that birth.
+    pub devices: BTreeMap<u16, Arc<BlockInfo>>,
+    /// Server points by name (NCMD).
     by_name: HashMap<String, PointId>,
     sent: Vec<Sent>,
     seq: u8,
@@ -139,38 +161,11 @@ pub struct Node {
 
 impl Node {
     pub fn new(db: PointDb, group: &str, node: &str, priority: u8, buffer_max: usize) -> Node {
-        let mut node_points = Vec::new();
-        let mut devices: Vec<Device> = Vec::new();
-        let mut device_of = Vec::new();
-        let mut by_name = HashMap::new();
-        for id in db.ids() {
-            let Some(def) = db.def(id) else { continue };
-            by_name.insert(def.id.clone(), id);
-            let dev = match def.tags.get(DEVICE_TAG) {
-                Some(TagValue::Str(r)) if super::config::valid_id(r) => Some(r.clone()),
-                _ => None,
-            };
-            match dev {
-                None => {
-                    node_points.push(id);
-                    device_of.push(None);
-                }
-                Some(name) => {
-                    let i = match devices.iter().position(|d| d.name == name) {
-                        Some(i) => i,
-                        None => {
-                            devices.push(Device {
-                                name,
-                                points: Vec::new(),
-                            });
-                            devices.len() - 1
-                        }
-                    };
-                    devices[i].points.push(id);
-                    device_of.push(Some(i));
-                }
-            }
-        }
+        let node_points: Vec<PointId> = db.ids().collect();
+        let by_name = node_points
+            .iter()
+            .filter_map(|&id| Some((db.def(id)?.id.clone(), id)))
+            .collect();
         let sent = vec![
             Sent {
                 value: None,
@@ -184,8 +179,7 @@ impl Node {
             node: node.to_string(),
             priority,
             node_points,
-            devices,
-            device_of,
+            devices: BTreeMap::new(),
             by_name,
             sent,
             seq: 0,
@@ -203,8 +197,16 @@ impl Node {
         }
     }
 
-    /// The bdSeq of the next MQTT CONNECT: 0 first, then +1 per connect,
-    /// wrapping after 255 (spB 3.0 §6.4.2).
+    /// Continues the bdSeq sequence after `last` (the value a previous
+    /// process used last, from the data dir): the next connect uses
+    /// `last + 1`.
+    pub fn resume_bdseq(&mut self, last: u64) {
+        self.bdseq = Some(last % 256);
+    }
+
+    /// The bdSeq of the next MQTT CONNECT: 0 first (or the one after the
+    /// resumed value), then +1 per connect, wrapping after 255 (spB 3.0
+    /// §6.4.2).
     pub fn next_bdseq(&mut self) -> u64 {
         let b = match self.bdseq {
             None => 0,
@@ -268,7 +270,13 @@ impl Node {
             }
         }
         if def.kind == Kind::Enum {
-            props.push(s("states", &def.states.join("|")));
+            // A route's Input Select names the route's own inputs.
+            props.push(s("states", &self.db.state_names(id).join("|")));
+        }
+        if self.db.route_point(id).is_some() {
+            // The database id, for REST/Haystack cross-reference (the
+            // metric name is relative to the device).
+            props.push(s("pointId", &def.id));
         }
         props.push(Property {
             key: "readOnly".into(),
@@ -277,7 +285,7 @@ impl Node {
         });
         props.push(quality_prop(st.quality));
         Some(Metric {
-            name: Some(def.id.clone()),
+            name: Some(self.metric_name(id)?),
             alias: Some(ALIAS_BASE + u64::from(id.0)),
             timestamp: Some(ms(st.updated)),
             datatype: Some(point_datatype(def)),
@@ -288,9 +296,62 @@ impl Node {
         })
     }
 
+    /// The metric name of a point: a server point's id; in a route's
+    /// device, the template id (`route_status`), per-output points as
+    /// `output/<n>/<template id>` (a folder per output in Ignition).
+    pub fn metric_name(&self, id: PointId) -> Option<String> {
+        let def = self.db.def(id)?;
+        let Some(rp) = self.db.route_point(id) else {
+            return Some(def.id.clone());
+        };
+        let tid = &self.db.route_template()?.points.get(rp.tpl)?.def.id;
+        Some(match rp.output {
+            None => tid.clone(),
+            Some(n) => format!("{OUTPUT_FOLDER}/{n}/{tid}"),
+        })
+    }
+
+    /// The point a device metric name names in slot `slot`: the device's
+    /// own name (`route_status`, `output/2/output_enable`) or the full
+    /// point id (`route.3.route_status`) of that slot.
+    fn device_point(&self, slot: u16, name: &str) -> Option<PointId> {
+        if let Some(rest) = name
+            .strip_prefix(OUTPUT_FOLDER)
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            let (n, tid) = rest.split_once('/')?;
+            return self.db.block_point(slot, tid, Some(n.parse().ok()?));
+        }
+        // A full route point id (a server point's id, like the seed's
+        // `input_select`, is also a template id: that one means the
+        // device's own point).
+        if let Some(rp) = self
+            .db
+            .lookup_any(name)
+            .and_then(|id| Some((id, self.db.route_point(id)?)))
+        {
+            return (rp.1.slot == slot).then_some(rp.0);
+        }
+        self.db.block_point(slot, name, None)
+    }
+
+    /// The route a point belongs to now (route points of a present block).
+    fn route_of(&self, id: PointId) -> Option<Arc<str>> {
+        let rp = self.db.route_point(id)?;
+        self.db.block(rp.slot).map(|b| Arc::from(b.route.as_str()))
+    }
+
+    /// A change to report or hold, stamped with its route.
+    pub fn held_of(&self, id: PointId, st: &PointState) -> Held {
+        Held {
+            route: self.route_of(id),
+            ..Held::of(id, st)
+        }
+    }
+
     /// NBIRTH (seq 0, with bdSeq and Node Control/Rebirth) and one DBIRTH
-    /// per device, from the points' current states; resets the
-    /// report-by-exception baseline to what the births carry.
+    /// per route that owns a slot now, from the points' current states;
+    /// resets the report-by-exception baseline to what the births carry.
     pub fn births(&mut self, bdseq: u64) -> Vec<Out> {
         self.seq = 0;
         let now = now_ms();
@@ -320,22 +381,80 @@ impl Node {
             }
             .encode(),
         }];
-        for d in 0..self.devices.len() {
-            let pts = self.devices[d].points.clone();
-            let metrics = pts
-                .iter()
-                .filter_map(|&id| self.snapshot_metric(id))
-                .collect();
-            let topic = self.topic("DBIRTH", Some(&self.devices[d].name));
-            out.push(Out {
-                topic,
-                payload: Payload {
-                    timestamp: Some(now),
-                    seq: Some(self.next_seq()),
-                    metrics,
+        self.devices.clear();
+        for (slot, info) in self.db.blocks() {
+            out.push(self.dbirth(slot, info));
+        }
+        out
+    }
+
+    /// The DBIRTH of route slot `slot` (every point of its block, and the
+    /// route's name); the device counts as born from here on.
+    fn dbirth(&mut self, slot: u16, info: Arc<BlockInfo>) -> Out {
+        let now = now_ms();
+        let mut metrics = vec![Metric {
+            name: Some(ROUTE_NAME.into()),
+            timestamp: Some(now),
+            datatype: Some(datatype::STRING),
+            value: Some(Val::Str(info.route.clone())),
+            ..Default::default()
+        }];
+        for id in self.db.block_ids(slot) {
+            metrics.extend(self.snapshot_metric(id));
+        }
+        self.devices.insert(slot, info);
+        Out {
+            topic: self.topic("DBIRTH", Some(&device_id(slot))),
+            payload: Payload {
+                timestamp: Some(now),
+                seq: Some(self.next_seq()),
+                metrics,
+            }
+            .encode(),
+        }
+    }
+
+    /// The DDEATH of route slot `slot` (spB 3.0: timestamp and seq only).
+    fn ddeath(&mut self, slot: u16) -> Out {
+        self.devices.remove(&slot);
+        Out {
+            topic: self.topic("DDEATH", Some(&device_id(slot))),
+            payload: Payload {
+                timestamp: Some(now_ms()),
+                seq: Some(self.next_seq()),
+                metrics: Vec::new(),
+            }
+            .encode(),
+        }
+    }
+
+    /// Follows the route blocks while online: DDEATH for a route that no
+    /// longer owns its slot, DBIRTH for a new one; a slot that changed
+    /// owner (a rename keeping the slot, or delete + create between two
+    /// looks) gets DDEATH then DBIRTH; a route whose inputs or outputs
+    /// changed (state names) is born again without a death.
+    pub fn sync_devices(&mut self) -> Vec<Out> {
+        let now: BTreeMap<u16, Arc<BlockInfo>> = self.db.blocks().into_iter().collect();
+        let mut out = Vec::new();
+        let gone: Vec<u16> = self
+            .devices
+            .keys()
+            .filter(|s| !now.contains_key(s))
+            .copied()
+            .collect();
+        for slot in gone {
+            out.push(self.ddeath(slot));
+        }
+        for (slot, info) in now {
+            match self.devices.get(&slot) {
+                Some(old) if *old == info => {}
+                Some(old) if old.route == info.route => out.push(self.dbirth(slot, info)),
+                Some(_) => {
+                    out.push(self.ddeath(slot));
+                    out.push(self.dbirth(slot, info));
                 }
-                .encode(),
-            });
+                None => out.push(self.dbirth(slot, info)),
+            }
         }
         out
     }
@@ -412,13 +531,24 @@ impl Node {
     }
 
     /// NDATA/DDATA messages for changes (each with the next seq), split
-    /// by device, in order.
+    /// by device, in order. A change of a route point goes to its device
+    /// only while that device is born for the same route (a change of a
+    /// deleted route, or of the previous owner of a slot, is dropped; the
+    /// next DBIRTH carries the current values anyway).
     pub fn data(&mut self, changes: &[Held], historical: bool) -> Vec<Out> {
         let mut out = Vec::new();
         // Group by target (node = None) keeping the first-seen order.
-        let mut targets: Vec<(Option<usize>, Vec<Metric>)> = Vec::new();
+        let mut targets: Vec<(Option<u16>, Vec<Metric>)> = Vec::new();
         for h in changes {
-            let dev = self.device_of.get(h.id.index()).copied().flatten();
+            let dev = self.db.route_point(h.id).map(|rp| rp.slot);
+            if let Some(slot) = dev {
+                let born = self.devices.get(&slot).is_some_and(|b| {
+                    Some(b.route.as_str()) == h.route.as_deref() && self.db.slot_present(slot)
+                });
+                if !born {
+                    continue;
+                }
+            }
             let m = self.data_metric(h, historical);
             match targets.iter_mut().find(|(d, _)| *d == dev) {
                 Some((_, ms)) => ms.push(m),
@@ -428,7 +558,7 @@ impl Node {
         for (dev, metrics) in targets {
             let topic = match dev {
                 None => self.topic("NDATA", None),
-                Some(d) => self.topic("DDATA", Some(&self.devices[d].name)),
+                Some(slot) => self.topic("DDATA", Some(&device_id(slot))),
             };
             out.push(Out {
                 topic,
@@ -484,8 +614,10 @@ impl Node {
         };
         let dev = match device {
             None => None,
-            Some(d) => match self.devices.iter().position(|x| x.name == d) {
-                Some(i) => Some(i),
+            Some(d) => match device_slot(d)
+                .filter(|s| self.devices.contains_key(s) && self.db.slot_present(*s))
+            {
+                Some(slot) => Some(slot),
                 None => {
                     tracing::warn!("mqtt: DCMD for unknown device {d:?} ignored");
                     o.refused += p.metrics.len();
@@ -506,7 +638,10 @@ impl Node {
                 continue;
             }
             let id = match (&m.name, m.alias) {
-                (Some(n), _) => self.by_name.get(n).copied(),
+                (Some(n), _) => match dev {
+                    None => self.by_name.get(n).copied(),
+                    Some(slot) => self.device_point(slot, n),
+                },
                 (None, Some(a)) => a
                     .checked_sub(ALIAS_BASE)
                     .and_then(|i| u16::try_from(i).ok())
@@ -516,8 +651,7 @@ impl Node {
             };
             // A metric of another device (or of the node in a DCMD) is not
             // this command's to write.
-            let Some(id) = id.filter(|id| self.device_of.get(id.index()).copied().flatten() == dev)
-            else {
+            let Some(id) = id.filter(|&id| self.db.route_point(id).map(|rp| rp.slot) == dev) else {
                 tracing::warn!(
                     "mqtt: command for unknown metric {:?} (alias {:?}) ignored",
                     m.name,
@@ -536,7 +670,7 @@ impl Node {
             let value = if m.is_null {
                 None
             } else {
-                match command_value(def, m) {
+                match command_value(def, &self.db.state_names(id), m) {
                     Ok(v) => Some(v),
                     Err(e) => {
                         self.db.audit_refused(id, self.priority, &source, e);
@@ -566,7 +700,7 @@ fn quality_prop(q: Quality) -> Property {
 /// numeric type (signed types decoded as two's complement), booleans,
 /// and for enum points a state name as a string; then the point's own
 /// coercion and range check, so MQTT refuses what every protocol refuses.
-fn command_value(def: &PointDef, m: &Metric) -> Result<Value, WriteError> {
+fn command_value(def: &PointDef, states: &[String], m: &Metric) -> Result<Value, WriteError> {
     let dt = m.datatype.unwrap_or(0);
     let v = match m.value.as_ref().ok_or(WriteError::TypeMismatch)? {
         Val::Int(n) => Value::Number(match dt {
@@ -583,7 +717,13 @@ fn command_value(def: &PointDef, m: &Metric) -> Result<Value, WriteError> {
         Val::Double(x) => Value::Number(*x),
         Val::Bool(b) => Value::Bool(*b),
         Val::Str(s) if def.kind == Kind::Enum => {
-            Value::Enum(def.state_ordinal(s).ok_or(WriteError::OutOfRange)?)
+            // The state names as the point shows them (a route's Input
+            // Select: its own input names).
+            let i = states
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(s))
+                .ok_or(WriteError::OutOfRange)?;
+            Value::Enum(u16::try_from(i + 1).map_err(|_| WriteError::OutOfRange)?)
         }
         Val::Str(_) | Val::Bytes(_) => return Err(WriteError::TypeMismatch),
     };

@@ -106,23 +106,35 @@ pub struct Session {
     recent: VecDeque<(Instant, Vec<Held>)>,
     /// Newest Primary Host STATE timestamp seen (older ones are ignored).
     state_ts: u64,
+    /// Where the last bdSeq is kept (the data dir), if anywhere.
+    bdseq_file: Option<std::path::PathBuf>,
     pub status: Arc<Status>,
 }
 
 impl Session {
-    pub fn new(cfg: MqttConfig, db: PointDb) -> Result<Session, String> {
+    /// `data_dir`: where the bdSeq sequence is kept across restarts
+    /// (`None`: it starts at 0 in every process).
+    pub fn new(
+        cfg: MqttConfig,
+        db: PointDb,
+        data_dir: Option<&std::path::Path>,
+    ) -> Result<Session, String> {
         let tls = if cfg.brokers.iter().any(|b| b.tls) {
             Some(tls_config(&cfg)?)
         } else {
             None
         };
-        let node = Node::new(
+        let mut node = Node::new(
             db.clone(),
             &cfg.group_id,
             &cfg.edge_node_id,
             cfg.command_priority,
             cfg.store_forward_max,
         );
+        let bdseq_file = data_dir.map(super::bdseq::path);
+        if let Some(last) = bdseq_file.as_deref().and_then(super::bdseq::load) {
+            node.resume_bdseq(last);
+        }
         Ok(Session {
             changes: db.subscribe(),
             cfg,
@@ -131,6 +143,7 @@ impl Session {
             tls,
             recent: VecDeque::new(),
             state_ts: 0,
+            bdseq_file,
             status: Arc::new(Status::default()),
         })
     }
@@ -171,6 +184,15 @@ impl Session {
                 return;
             };
             let bdseq = self.node.next_bdseq();
+            // Stored before the CONNECT registers the will that carries it.
+            if let Some(f) = &self.bdseq_file {
+                if let Err(e) = super::bdseq::save(f, bdseq) {
+                    tracing::warn!(
+                        "mqtt: bdSeq not stored in {}: {e} (a restart may repeat it)",
+                        f.display()
+                    );
+                }
+            }
             tracing::info!(
                 "mqtt: connecting to {}:{} as {}/{} (bdSeq {bdseq})",
                 broker.host,
@@ -276,12 +298,30 @@ impl Session {
         // Without a Primary Host configured the node births at once.
         let mut host_online = state_topic.is_none();
         let mut online = false;
+        // Route blocks appearing, going or changing owner (None: no route
+        // template, no devices).
+        let mut blocks = self.db.subscribe_blocks();
         loop {
             let ev = tokio::select! {
                 _ = shutdown.cancelled() => return End::Shutdown,
                 ev = rx.recv() => ev,
                 c = self.changes.recv() => {
                     self.on_change(c, online.then_some(client)).await;
+                    continue;
+                }
+                r = blocks_changed(&mut blocks) => {
+                    if r.is_err() {
+                        blocks = None;
+                    } else if online {
+                        // Changes already queued go out under the devices
+                        // they belong to before the devices change.
+                        self.drain_changes(client).await;
+                        for m in self.node.sync_devices() {
+                            if !publish(client, m).await {
+                                return End::Lost { was_online: true };
+                            }
+                        }
+                    }
                     continue;
                 }
             };
@@ -403,6 +443,18 @@ impl Session {
         true
     }
 
+    /// Publishes the changes already waiting in the feed, if any.
+    async fn drain_changes(&mut self, client: &AsyncClient) {
+        match self.changes.try_recv() {
+            Ok(c) => self.on_change(Ok(c), Some(client)).await,
+            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                self.on_change(Err(broadcast::error::RecvError::Lagged(n)), Some(client))
+                    .await
+            }
+            Err(_) => {}
+        }
+    }
+
     /// A change from the database: reported at once when online (with
     /// everything else already queued), held otherwise.
     async fn on_change(
@@ -416,17 +468,17 @@ impl Session {
             match c {
                 Ok(ch) => {
                     if self.node.exceeds(ch.id, &ch.state) {
-                        batch.push(Held::of(ch.id, &ch.state));
+                        batch.push(self.node.held_of(ch.id, &ch.state));
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     // The intermediate values are gone; the current ones
                     // are re-read so nothing stays wrong.
                     tracing::warn!("mqtt: {n} point changes missed (lagged): resynchronising");
-                    for id in self.db.ids().collect::<Vec<_>>() {
+                    for id in self.db.served_ids() {
                         if let Some(st) = self.db.read(id) {
                             if self.node.exceeds(id, &st) {
-                                batch.push(Held::of(id, &st));
+                                batch.push(self.node.held_of(id, &st));
                             }
                         }
                     }
@@ -473,6 +525,16 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+/// Waits for the next route block change (forever without a template).
+async fn blocks_changed(
+    rx: &mut Option<tokio::sync::watch::Receiver<u64>>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match rx {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
     }
 }
 

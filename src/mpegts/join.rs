@@ -121,7 +121,7 @@ impl Joiner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::ts::tests::pes_pkt;
+    use crate::mpegts::ts::tests::pes_pkt;
 
     const V: u16 = 0x100;
 

@@ -1,0 +1,360 @@
+//! Spawning: how a route, its inputs and its outputs become tasks on the data plane, and how a route is stopped.
+
+use super::*;
+
+impl Engine {
+    /// Takes an output's slot out of its running route.
+    pub(super) async fn detach(
+        &self,
+        st: &EngState,
+        route: &str,
+        name: &str,
+    ) -> Option<Box<OutputSlot>> {
+        let rt = st.running.get(route)?;
+        let (tx, rx) = oneshot::channel();
+        rt.cmd
+            .send(RouteCmd::RemoveOutput(name.to_string(), tx))
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
+    pub(super) fn spawn_output(
+        &self,
+        route: &str,
+        spec: OutputSpec,
+        cancel: CancellationToken,
+        rt: Option<&tokio::runtime::Handle>,
+    ) -> (OutputSlot, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(spec.queue.max(1));
+        let stats = Arc::new(IoStats::default());
+        let s = stats.clone();
+        let c = cancel.clone();
+        let t = &self.inner.tasks;
+        let mut direct = None;
+        let mut enabled_tx = None;
+        let handle = match &spec.kind {
+            OutputKind::Udp { dest, ttl } => {
+                match output::udp_sender(*dest, *ttl) {
+                    Ok(sock) => {
+                        s.set_up(sock.local_addr().ok());
+                        s.clients.store(1, std::sync::atomic::Ordering::Relaxed);
+                        direct = Some(route::Direct::Udp(Box::new(sock)));
+                    }
+                    Err(e) => {
+                        tracing::error!("udp output {dest}: {e}");
+                        s.set_error(format!("{dest}: {e}"));
+                    }
+                }
+                drop(rx);
+                spawn_on(t, rt, output::run_udp(c))
+            }
+            OutputKind::Http { path } => spawn_on(
+                t,
+                rt,
+                output::run_http(rx, path.clone(), self.inner.http.clone(), spec.queue, s, c),
+            ),
+            OutputKind::Record { segment, keep } => spawn_on(
+                t,
+                rt,
+                record::Recorder {
+                    dir: self.inner.data_dir.join("recordings").join(route),
+                    route: route.to_string(),
+                    output: spec.name.clone(),
+                    segment: *segment,
+                    keep: *keep,
+                    stats: s,
+                    events: self.inner.events.clone(),
+                }
+                .run(rx, c),
+            ),
+            OutputKind::Hls {
+                path,
+                segment,
+                window,
+            } => spawn_on(
+                t,
+                rt,
+                hls::run(
+                    rx,
+                    path.clone(),
+                    self.inner.hls.clone(),
+                    *segment,
+                    *window,
+                    s,
+                    c,
+                ),
+            ),
+            OutputKind::Srt(sp) if sp.mode == SrtMode::Listener => {
+                let (ev, route, name) = (
+                    self.inner.events.clone(),
+                    route.to_string(),
+                    spec.name.clone(),
+                );
+                let (out, task) = srt::listener_output(sp.clone(), s, c, ev, route, name);
+                direct = out.map(route::Direct::Srt);
+                drop(rx);
+                spawn_on(t, rt, task)
+            }
+            OutputKind::Srt(sp) => spawn_on(t, rt, srt::run_caller_output(rx, sp.clone(), s, c)),
+            OutputKind::Rtmp { url, key } => {
+                let media = self.inner.media.subscribe();
+                let (en_tx, en_rx) = tokio::sync::watch::channel(spec.enabled);
+                enabled_tx = Some(en_tx);
+                // A key typed inside `url` (the form CDNs show) is split
+                // off so it reaches ffmpeg through the private preset file
+                // too, never its command line.
+                let (url, key) = match key.as_deref().filter(|k| !k.is_empty()) {
+                    Some(k) => (url.clone(), Some(k.to_string())),
+                    None => match crate::media::ffmpeg::profile::split_rtmp_key(url) {
+                        Some((base, k)) => (base, Some(k)),
+                        None => (url.clone(), None),
+                    },
+                };
+                let (url, key) = (&url, &key);
+                let target = crate::media::ffmpeg::profile::rtmp_target(url, key.as_deref());
+                spawn_on(
+                    t,
+                    rt,
+                    crate::media::ffmpeg::run_rtmp_push(
+                        media,
+                        en_rx,
+                        url.clone(),
+                        target,
+                        key.clone(),
+                        format!("rtmp:{route}/{}", spec.name),
+                        rx,
+                        s,
+                        c,
+                    ),
+                )
+            }
+        };
+        (
+            OutputSlot {
+                spec,
+                tx,
+                stats,
+                cancel,
+                loss: Default::default(),
+                direct,
+                enabled_tx,
+            },
+            handle,
+        )
+    }
+
+    /// Spawns one input task on the route's tracker. `key` identifies the
+    /// input's chunks to the route task for as long as it runs, whatever
+    /// its position after hot input changes.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn spawn_input(
+        &self,
+        route: &str,
+        tracker: &TaskTracker,
+        rt: Option<&tokio::runtime::Handle>,
+        key: usize,
+        inp: &InputSpec,
+        tx: mpsc::Sender<route::InputMsg>,
+        route_cancel: &CancellationToken,
+        pace: &Arc<AtomicU64>,
+    ) -> RunningInput {
+        let stats = Arc::new(IoStats::default());
+        let feed = input::Feed::new(key, tx, stats.clone(), pace.clone());
+        let cancel = route_cancel.child_token();
+        let c = cancel.clone();
+        let handle = match &inp.kind {
+            InputKind::Udp {
+                bind,
+                multicast,
+                interface,
+            } => {
+                let (b, m, i) = (*bind, *multicast, *interface);
+                spawn_on(tracker, rt, async move {
+                    input::run_udp(feed, b, m, i, c).await
+                })
+            }
+            InputKind::Http { url } => {
+                let url = url.clone();
+                spawn_on(
+                    tracker,
+                    rt,
+                    async move { input::run_http(feed, url, c).await },
+                )
+            }
+            InputKind::Srt(sp) => {
+                let who = srt::InputId {
+                    events: self.inner.events.clone(),
+                    route: route.to_string(),
+                    input: inp.name.clone(),
+                };
+                let sp = sp.clone();
+                tracker.spawn_blocking(move || srt::run_input(feed, sp, who, c))
+            }
+            InputKind::Generator { bitrate } => {
+                let b = *bitrate;
+                spawn_on(tracker, rt, async move {
+                    input::run_generator(feed, b, c).await
+                })
+            }
+            InputKind::Rtmp(r) => {
+                let (r, reg) = (r.clone(), self.inner.rtmp.clone());
+                spawn_on(tracker, rt, async move {
+                    crate::media::rtmp::run_input(feed, r, reg, c).await
+                })
+            }
+            InputKind::Rtsp(sp) => {
+                let sp = sp.clone();
+                spawn_on(tracker, rt, async move {
+                    crate::media::rtsp::run_input(feed, sp, c).await
+                })
+            }
+        };
+        RunningInput {
+            key,
+            spec: inp.clone(),
+            stats,
+            cancel,
+            handle,
+        }
+    }
+
+    pub(super) fn start_route(&self, st: &mut EngState, spec: RouteSpec) {
+        let rt = self.inner.dp.pick();
+        let cancel = self.inner.cancel.child_token();
+        let inputs = TaskTracker::new();
+        // Room for ~1 s of 10 Mbit/s datagrams if the route task stalls.
+        let (data_tx, data_rx) = mpsc::channel(1024);
+        // Set by the route task from its outputs (see `RouteShared`).
+        let pace = Arc::new(AtomicU64::new(0));
+        let running_inputs: Vec<RunningInput> = spec
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, inp)| {
+                self.spawn_input(
+                    &spec.name,
+                    &inputs,
+                    rt.as_ref(),
+                    i,
+                    inp,
+                    data_tx.clone(),
+                    &cancel,
+                    &pace,
+                )
+            })
+            .collect();
+        let in_stats = running_inputs
+            .iter()
+            .map(|r| {
+                (
+                    r.spec.name.clone(),
+                    r.spec.kind.type_name(),
+                    r.stats.clone(),
+                )
+            })
+            .collect();
+        inputs.close();
+        let mut slots = Vec::new();
+        let recording = st.overlay.get(&spec.name).and_then(|o| o.recording);
+        for o in &spec.outputs {
+            let mut o = o.clone();
+            // A written Recording Enable outlives a route restart.
+            if let (Some(en), OutputKind::Record { .. }) = (recording, &o.kind) {
+                o.enabled = en;
+            }
+            let (slot, h) = self.spawn_output(
+                &spec.name,
+                o.clone(),
+                self.inner.cancel.child_token(),
+                rt.as_ref(),
+            );
+            st.output_tasks
+                .insert((spec.name.clone(), o.name.clone()), h);
+            slots.push(slot);
+        }
+        let ov = st.overlay.get(&spec.name).copied().unwrap_or_default();
+        let shared = Arc::new(RouteShared {
+            name: spec.name.clone(),
+            enabled: spec.enabled,
+            inputs: Mutex::new(in_stats),
+            outputs: Mutex::new(Vec::new()),
+            active: (-1).into(),
+            forced: (-1).into(),
+            stream_enabled: true.into(),
+            switches: 0.into(),
+            video_pid: (-1).into(),
+            input_frames_lost: 0.into(),
+            transcode: Mutex::new(None),
+            read_pace_us: pace,
+        });
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let task = RouteTask {
+            shared: shared.clone(),
+            timeout: spec.failover_timeout,
+            switch_back: spec.switch_back,
+            outputs: slots,
+            events: self.inner.events.clone(),
+            stream_enabled: ov.stream_enabled,
+            forced: ov.forced.filter(|&f| f < spec.inputs.len()),
+            tasks: self.inner.tasks.clone(),
+            cancel: cancel.clone(),
+            tc: Default::default(),
+            coalesce: spec.udp_coalesce,
+            udp: Default::default(),
+        };
+        // Queued before the task runs: it transcodes from its first chunk.
+        if let Some(req) = self.transcode_req(&spec, &ov) {
+            let _ = cmd_tx.try_send(RouteCmd::SetTranscode(Some(req)));
+        }
+        let c = cancel.clone();
+        let handle = spawn_on(&self.inner.tasks, rt.as_ref(), async move {
+            task.run(data_rx, cmd_rx, c).await
+        });
+        self.inner.shared.write().push(shared.clone());
+        st.running.insert(
+            spec.name.clone(),
+            RunningRoute {
+                cmd: cmd_tx,
+                cancel,
+                inputs,
+                task: handle,
+                shared,
+                next_key: spec.inputs.len(),
+                running_inputs,
+                data_tx,
+                rt,
+            },
+        );
+        self.inner
+            .events
+            .emit(EngineEvent::new(&spec.name, EventKind::RouteStarted));
+    }
+
+    pub(super) async fn stop_route(&self, st: &mut EngState, name: &str) {
+        let Some(rt) = st.running.remove(name) else {
+            return;
+        };
+        rt.cancel.cancel();
+        let slots = rt.task.await.unwrap_or_default();
+        let names: Vec<String> = slots.iter().map(|s| s.spec.name.clone()).collect();
+        for s in &slots {
+            s.cancel.cancel();
+        }
+        // Dropping the queues ends outputs blocked on them (SRT threads).
+        drop(slots);
+        for n in names {
+            if let Some(h) = st.output_tasks.remove(&(name.to_string(), n)) {
+                let _ = h.await;
+            }
+        }
+        rt.inputs.wait().await;
+        self.inner
+            .shared
+            .write()
+            .retain(|s| !Arc::ptr_eq(s, &rt.shared));
+        self.inner
+            .events
+            .emit(EngineEvent::new(name, EventKind::RouteStopped));
+    }
+}
