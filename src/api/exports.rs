@@ -13,24 +13,25 @@ use axum::routing::get;
 use axum::Router;
 
 use super::{ApiError, ApiState};
-use crate::points::routes::RouteTemplate;
-use crate::points::PointDef;
-use crate::protocols::bacnet::BacnetSection;
 
-/// What the exports are generated from (the config's; fixed while the process runs).
+/// What the exports are generated from: the config the server runs (fixed
+/// while the process runs), as the CLI reads it.
 pub struct Sources {
-    pub bacnet: BacnetSection,
-    pub points: Vec<PointDef>,
-    pub route_template: Option<RouteTemplate>,
+    pub config: crate::config::Config,
 }
 
 impl Sources {
     pub fn from_config(c: &crate::config::Config) -> Arc<Sources> {
-        Arc::new(Sources {
-            bacnet: c.server.bacnet.clone(),
-            points: c.points.clone(),
-            route_template: c.route_template.clone(),
-        })
+        Arc::new(Sources { config: c.clone() })
+    }
+
+    /// Where route block objects go on BACnet (`[route_points]`).
+    pub fn bacnet_rule(&self) -> crate::protocols::bacnet::routes::InstanceRule {
+        let rp = &self.config.server.route_points;
+        crate::protocols::bacnet::routes::InstanceRule {
+            base: rp.bacnet_instance_base,
+            stride: rp.bacnet_instance_stride,
+        }
     }
 }
 
@@ -73,31 +74,32 @@ fn file(ctype: &'static str, name: &str, text: String) -> Response {
     r
 }
 
-fn ede_files(src: &Sources, s: &ApiState) -> (String, String) {
+/// With the route blocks' objects, exactly as `castpoint export ede`.
+fn ede_files(src: &Sources) -> (String, String) {
     let stamp = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    crate::protocols::bacnet::ede::export(&src.bacnet, &src.points, &s.maps, &stamp)
+    crate::protocols::bacnet::ede::export_config(&src.config, &stamp)
 }
 
 async fn ede(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let src = sources(&s)?;
-    let (ede, _) = ede_files(src, &s);
-    let name = format!("{}_EDE.csv", src.bacnet.device_name);
+    let (ede, _) = ede_files(src);
+    let name = format!("{}_EDE.csv", src.config.server.bacnet.device_name);
     Ok(file("text/csv; charset=utf-8", &name, ede))
 }
 
 async fn ede_states(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let src = sources(&s)?;
-    let (_, states) = ede_files(src, &s);
-    let name = format!("{}_StateTexts.csv", src.bacnet.device_name);
+    let (_, states) = ede_files(src);
+    let name = format!("{}_StateTexts.csv", src.config.server.bacnet.device_name);
     Ok(file("text/csv; charset=utf-8", &name, states))
 }
 
 async fn modbus_csv(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let src = sources(&s)?;
     let text = crate::protocols::modbus::export_csv(
-        &src.points,
+        &src.config.points,
         &s.maps.modbus,
-        src.route_template.as_ref(),
+        src.config.route_template.as_ref(),
     );
     Ok(file("text/csv; charset=utf-8", "modbus-map.csv", text))
 }
@@ -105,9 +107,9 @@ async fn modbus_csv(State(s): State<ApiState>) -> Result<Response, ApiError> {
 async fn modbus_md(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let src = sources(&s)?;
     let text = crate::protocols::modbus::export_markdown(
-        &src.points,
+        &src.config.points,
         &s.maps.modbus,
-        src.route_template.as_ref(),
+        src.config.route_template.as_ref(),
     );
     Ok(file("text/markdown; charset=utf-8", "modbus-map.md", text))
 }

@@ -182,7 +182,8 @@ pub fn point_json(db: &PointDb, maps: &Maps, id: PointId) -> J {
 
 /// A route point's addresses (docs/route-points.md): its Modbus value
 /// registers by the `[route_blocks]` rule, and its REST paths under the
-/// route. BACnet does not serve route blocks yet, hence null.
+/// route. BACnet's is added by [`route_bacnet`] where the API knows the
+/// `[route_points]` instance rule (null until then).
 fn route_addresses(
     db: &PointDb,
     maps: &Maps,
@@ -235,4 +236,25 @@ fn route_addresses(
         }
     }
     json!({"bacnet": null, "modbus": modbus, "http": http})
+}
+
+/// A route point's BACnet object (`BO1103`): type from the template point,
+/// instance `base + slot x stride + k` (`k` its place in the block).
+pub fn route_bacnet(
+    db: &PointDb,
+    id: PointId,
+    rule: crate::protocols::bacnet::routes::InstanceRule,
+) -> Option<String> {
+    let rp = db.route_point(id)?;
+    let tpl = db.route_template()?;
+    let k = tpl
+        .layout()
+        .iter()
+        .position(|&(i, o)| i == rp.tpl && o == rp.output)?;
+    let def = db.def(id)?;
+    Some(format!(
+        "{}{}",
+        crate::protocols::bacnet::routes::type_of(def).0.short(),
+        rule.instance(rp.slot, k)
+    ))
 }

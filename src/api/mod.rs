@@ -205,7 +205,19 @@ fn lookup(s: &ApiState, id: &str) -> Result<PointId, ApiError> {
 }
 
 fn point_response(s: &ApiState, id: PointId) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json::point_json(&s.db, &s.maps, id)))
+    Ok(Json(point_json(s, id)))
+}
+
+/// The point JSON, with a route point's BACnet object, whose instance rule
+/// (`[route_points]`) the API knows from the config.
+fn point_json(s: &ApiState, id: PointId) -> serde_json::Value {
+    let mut j = json::point_json(&s.db, &s.maps, id);
+    if let Some(src) = &s.exports {
+        if let Some(b) = json::route_bacnet(&s.db, id, src.bacnet_rule()) {
+            j["addresses"]["bacnet"] = json!(b);
+        }
+    }
+    j
 }
 
 async fn get_point(
@@ -255,7 +267,7 @@ async fn route_points(
     let points: Vec<_> =
         s.db.block_ids(slot)
             .into_iter()
-            .map(|id| json::point_json(&s.db, &s.maps, id))
+            .map(|id| point_json(&s, id))
             .collect();
     Ok(Json(
         json!({"route": route, "slot": slot, "points": points}),
@@ -365,7 +377,7 @@ fn do_write(
     let prio = req.priority.unwrap_or(s.write_priority);
     s.db.write(id, req.value, prio, &src)
         .map_err(|e| write_error(e, &name))?;
-    Ok(Json(json::point_json(&s.db, &s.maps, id)))
+    Ok(Json(point_json(s, id)))
 }
 
 async fn post_point(

@@ -344,6 +344,8 @@ def test_route_point_blocks_drive_tiles_detail_and_points(console_server):
     coil = en["addresses"]["modbus"][0]
     assert coil.startswith("0") and len(coil) == 6, coil  # a 6-digit coil number
     assert f"POST /api/routes/cam/points/output_enable.{n}" in en["addresses"]["http"]
+    bacnet = en["addresses"]["bacnet"]
+    assert bacnet.startswith("BO"), bacnet  # a writable bool: a Binary Output
     d = browser()
     host, port = srv.addrs["modbus"]
     mb = ModbusTcpClient(host, port=port, timeout=3)
@@ -385,7 +387,7 @@ def test_route_point_blocks_drive_tiles_detail_and_points(console_server):
         assert d.find_elements(By.CSS_SELECTOR, '#points-table tr.group[data-block="cam"]')
         assert not d.find_elements(By.CSS_SELECTOR, "#point-blocks")
         cells = d.execute_script("return [...document.querySelectorAll(arguments[0])].map(c => c.textContent)", row + " td")
-        assert "udp-b" in cells[0] and cells[4] == "—" and coil in cells[5], cells
+        assert "udp-b" in cells[0] and cells[4] == bacnet and coil in cells[5], cells
         assert cells[6] == f"@route.{slot}.output_enable.{n}" and f"/api/routes/cam/points/output_enable.{n}" in cells[7], cells
         assert len(d.find_elements(By.CSS_SELECTOR, '#points-table tr[data-point^="route."]')) == len(pts)
         # Its priority array; relinquish level 10 (the Modbus write): the

@@ -923,7 +923,7 @@ const points = {
             const tr = h("tr", { "data-point": p.id, onclick: () => { open = p.id; shownPanel = ""; self.update(); } },
               h("td", {}, p.name, out ? h("span", { class: "muted small" }, ` (${out})`) : "", h("div", { class: "muted small" }, p.id)), val, st, lvl,
               p.route && !p.addresses?.bacnet
-                ? h("td", { class: "small muted", title: "route blocks are not served over BACnet yet (docs/route-points.md)" }, "—")
+                ? h("td", { class: "small muted", title: "no BACnet object (docs/route-points.md)" }, "—")
                 : h("td", { class: "small" }, p.addresses?.bacnet || ""),
               h("td", { class: "small" }, (p.addresses?.modbus || []).join(", ")),
               h("td", { class: "small" }, `@${p.id}`),
