@@ -154,6 +154,7 @@ addr = "127.0.0.1:{srt_port}"
 """)
     srv = Server(config=cfg)
     srv.srt_port = srt_port
+    srv.cfg = cfg
     add_user(srv, "adm", "admin", "admin-password-1")
     add_user(srv, "vw", "viewer", "viewer-password-1")
     yield srv, rx_a, rx_b
@@ -346,6 +347,11 @@ def test_route_point_blocks_drive_tiles_detail_and_points(console_server):
     assert f"POST /api/routes/cam/points/output_enable.{n}" in en["addresses"]["http"]
     bacnet = en["addresses"]["bacnet"]
     assert bacnet.startswith("BO"), bacnet  # a writable bool: a Binary Output
+    # The same addresses as the CLI's point table (slot 1, the BACnet and Modbus rules).
+    table = subprocess.run([castpoint_bin(), "points", "--config", str(srv.cfg)],
+                           capture_output=True, text=True, timeout=60).stdout
+    row = next(line.split() for line in table.splitlines() if line.startswith(en["id"] + " "))
+    assert bacnet in row and coil in row, (row, bacnet, coil)
     d = browser()
     host, port = srv.addrs["modbus"]
     mb = ModbusTcpClient(host, port=port, timeout=3)
