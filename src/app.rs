@@ -250,6 +250,7 @@ async fn start_http(cfg: &Config, w: &mut Wiring) -> Option<HttpServer> {
         engine: Some(w.engine.clone()),
         route_docs: w.route_docs.clone(),
         profiles: Some(w.profiles.clone()),
+        exports: Some(api::exports::Sources::from_config(cfg)),
         alarms: Some(w.alarms.clone()),
     };
     match crate::httpd::Options::from_section(h, w.caps.http) {

@@ -148,14 +148,15 @@ pub fn point_json(db: &PointDb, maps: &Maps, id: PointId) -> J {
             crate::points::HttpMethod::Post => format!("POST {p}"),
         })
         .collect();
-    o.insert(
-        "addresses".into(),
-        json!({
+    let addresses = match db.route_point(id) {
+        Some(rp) => route_addresses(db, maps, def, rp),
+        None => json!({
             "bacnet": maps.bacnet_address(id),
             "modbus": maps.modbus_addresses(id),
             "http": http,
         }),
-    );
+    };
+    o.insert("addresses".into(), addresses);
     if let Some(pa) = db.priority_array(id) {
         let slots: Vec<J> = pa
             .slots
@@ -177,4 +178,83 @@ pub fn point_json(db: &PointDb, maps: &Maps, id: PointId) -> J {
         );
     }
     J::Object(o)
+}
+
+/// A route point's addresses (docs/route-points.md): its Modbus value
+/// registers by the `[route_blocks]` rule, and its REST paths under the
+/// route. BACnet's is added by [`route_bacnet`] where the API knows the
+/// `[route_points]` instance rule (null until then).
+fn route_addresses(
+    db: &PointDb,
+    maps: &Maps,
+    def: &PointDef,
+    rp: crate::points::routes::RoutePoint,
+) -> J {
+    let mut modbus = Vec::new();
+    let mut http = Vec::new();
+    if let Some(tpl) = db.route_template() {
+        let t = &tpl.points[rp.tpl].def;
+        // Slot 1's registers, shifted by the stride: every block has the
+        // same layout, so one slot is computed, not all that are reserved.
+        let mut one = tpl.clone();
+        one.max_slots = 1;
+        let first = db.ids().count();
+        let rb = &maps.modbus.route_blocks;
+        let at = one
+            .layout()
+            .iter()
+            .position(|&(i, o)| i == rp.tpl && o == rp.output);
+        if let (Some(k), Ok(regs)) = (
+            at,
+            crate::protocols::modbus::routes::route_registers(
+                &one,
+                first,
+                rb,
+                maps.modbus.word_order,
+            ),
+        ) {
+            let shift = u32::from(rp.slot.saturating_sub(1)) * u32::from(rb.stride);
+            modbus = regs
+                .iter()
+                .filter(|r| {
+                    usize::from(r.point.0) == first + k
+                        && r.field == crate::points::ModbusField::Value
+                })
+                .map(|r| format!("{:06}", r.number + shift))
+                .collect();
+        }
+        if let Some(info) = db.block(rp.slot) {
+            let tid = match rp.output {
+                Some(n) => format!("{}.{n}", t.id),
+                None => t.id.clone(),
+            };
+            let base = format!("/api/routes/{}/points/{tid}", info.route);
+            http.push(format!("GET {base}"));
+            if def.writable {
+                http.push(format!("POST {base}"));
+            }
+        }
+    }
+    json!({"bacnet": null, "modbus": modbus, "http": http})
+}
+
+/// A route point's BACnet object (`BO1103`): type from the template point,
+/// instance `base + slot x stride + k` (`k` its place in the block).
+pub fn route_bacnet(
+    db: &PointDb,
+    id: PointId,
+    rule: crate::protocols::bacnet::routes::InstanceRule,
+) -> Option<String> {
+    let rp = db.route_point(id)?;
+    let tpl = db.route_template()?;
+    let k = tpl
+        .layout()
+        .iter()
+        .position(|&(i, o)| i == rp.tpl && o == rp.output)?;
+    let def = db.def(id)?;
+    Some(format!(
+        "{}{}",
+        crate::protocols::bacnet::routes::type_of(def).0.short(),
+        rule.instance(rp.slot, k)
+    ))
 }

@@ -28,7 +28,13 @@ fn change_json(db: &PointDb, id: PointId, st: &PointState, seq: u64) -> J {
         "updated": st.updated.to_rfc3339(),
     });
     if let (Some(Value::Enum(e)), Some(d)) = (st.value, def) {
-        o["state"] = json!(d.state_name(e));
+        // A route's input states carry its own input names, as in the
+        // snapshot's point JSON (not the template's "Input N").
+        o["state"] = if db.route_point(id).is_some() {
+            json!(db.state_names(id).get(usize::from(e).wrapping_sub(1)))
+        } else {
+            json!(d.state_name(e))
+        };
     }
     o
 }

@@ -4,6 +4,7 @@ pub mod alarms;
 pub mod apikeys;
 pub mod auth;
 pub mod console;
+pub mod exports;
 pub mod guard;
 pub mod gzip;
 pub mod json;
@@ -13,6 +14,7 @@ pub mod openapi;
 pub mod profiles;
 pub mod refusals;
 pub mod routes;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +47,8 @@ pub struct ApiState {
     pub route_docs: Arc<parking_lot::Mutex<std::collections::BTreeMap<String, serde_json::Value>>>,
     /// Output profiles (config overlaid with stored ones; see `profiles.rs`).
     pub profiles: Option<Arc<profiles::Profiles>>,
+    /// What `/api/export/*` is generated from; `None`: not served (503).
+    pub exports: Option<Arc<exports::Sources>>,
     /// The alarm runtime (`/api/alarms`, `/api/ws`, `/metrics`).
     pub alarms: Option<crate::alarms::Alarms>,
 }
@@ -172,6 +176,8 @@ pub fn router(state: ApiState) -> Router {
         .merge(alarms::router())
         .merge(profiles::router())
         .merge(apikeys::router())
+        .merge(users::router())
+        .merge(exports::router())
         .merge(console::router())
         .with_state(state)
 }
@@ -201,7 +207,19 @@ fn lookup(s: &ApiState, id: &str) -> Result<PointId, ApiError> {
 }
 
 fn point_response(s: &ApiState, id: PointId) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json::point_json(&s.db, &s.maps, id)))
+    Ok(Json(point_json(s, id)))
+}
+
+/// The point JSON, with a route point's BACnet object, whose instance rule
+/// (`[route_points]`) the API knows from the config.
+fn point_json(s: &ApiState, id: PointId) -> serde_json::Value {
+    let mut j = json::point_json(&s.db, &s.maps, id);
+    if let Some(src) = &s.exports {
+        if let Some(b) = json::route_bacnet(&s.db, id, src.bacnet_rule()) {
+            j["addresses"]["bacnet"] = json!(b);
+        }
+    }
+    j
 }
 
 async fn get_point(
@@ -251,7 +269,7 @@ async fn route_points(
     let points: Vec<_> =
         s.db.block_ids(slot)
             .into_iter()
-            .map(|id| json::point_json(&s.db, &s.maps, id))
+            .map(|id| point_json(&s, id))
             .collect();
     Ok(Json(
         json!({"route": route, "slot": slot, "points": points}),
@@ -361,7 +379,7 @@ fn do_write(
     let prio = req.priority.unwrap_or(s.write_priority);
     s.db.write(id, req.value, prio, &src)
         .map_err(|e| write_error(e, &name))?;
-    Ok(Json(json::point_json(&s.db, &s.maps, id)))
+    Ok(Json(point_json(s, id)))
 }
 
 async fn post_point(

@@ -389,6 +389,78 @@ pub const OPS: &[Op] = &[
         204,
         "Empty",
     ),
+    (
+        "get",
+        "/api/users",
+        "Users (names and roles; never passwords)",
+        "admin",
+        None,
+        200,
+        "UserList",
+    ),
+    (
+        "post",
+        "/api/users",
+        "Add a user (same rules as `castpoint user add`; 409 if the name exists)",
+        "admin",
+        Some("UserNew"),
+        201,
+        "User",
+    ),
+    (
+        "put",
+        "/api/users/{name}",
+        "Change a user's role and/or reset its password (revokes its tokens; the last admin cannot be demoted)",
+        "admin",
+        Some("UserChange"),
+        200,
+        "User",
+    ),
+    (
+        "delete",
+        "/api/users/{name}",
+        "Remove a user (revokes its tokens; the last admin cannot be removed)",
+        "admin",
+        None,
+        204,
+        "Empty",
+    ),
+    (
+        "get",
+        "/api/export/ede.csv",
+        "BACnet EDE file (as `castpoint export ede`)",
+        "viewer",
+        None,
+        200,
+        "Csv",
+    ),
+    (
+        "get",
+        "/api/export/ede-states.csv",
+        "BACnet EDE state texts (the EDE file's companion)",
+        "viewer",
+        None,
+        200,
+        "Csv",
+    ),
+    (
+        "get",
+        "/api/export/modbus-map.csv",
+        "Modbus register map with every reserved route slot (as `castpoint export modbus-map --format csv`)",
+        "viewer",
+        None,
+        200,
+        "Csv",
+    ),
+    (
+        "get",
+        "/api/export/modbus-map.md",
+        "Modbus register map as Markdown (as `castpoint export modbus-map`)",
+        "viewer",
+        None,
+        200,
+        "Markdown",
+    ),
 ];
 
 fn schemas(s: &ApiState) -> J {
@@ -488,6 +560,18 @@ fn schemas(s: &ApiState) -> J {
         "ApiKeyNew": {"type": "object", "required": ["name", "role"], "properties": {
             "name": {"type": "string"},
             "role": {"type": "string", "enum": ["viewer", "operator", "admin"]}}},
+        "User": {"type": "object", "required": ["name", "role"], "properties": {
+            "name": {"type": "string"},
+            "role": {"type": "string", "enum": ["viewer", "operator", "admin"]}}},
+        "UserList": {"type": "object", "required": ["users"], "properties": {
+            "users": {"type": "array", "items": {"$ref": "#/components/schemas/User"}}}},
+        "UserNew": {"type": "object", "required": ["name", "role", "password"], "properties": {
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9._@-]{1,64}$"},
+            "role": {"type": "string", "enum": ["viewer", "operator", "admin"]},
+            "password": {"type": "string", "format": "password", "minLength": 8}}},
+        "UserChange": {"type": "object", "description": "At least one of role and password.", "properties": {
+            "role": {"type": "string", "enum": ["viewer", "operator", "admin"]},
+            "password": {"type": "string", "format": "password", "minLength": 8}}},
         "ApiKeyCreated": {"type": "object", "properties": {
             "name": {"type": "string"},
             "role": {"type": "string"},
@@ -581,6 +665,12 @@ fn operation(
         "Empty" => json!({"description": "done"}),
         "Text" => {
             json!({"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}})
+        }
+        "Csv" => {
+            json!({"description": "a file (Content-Disposition names it)", "content": {"text/csv": {"schema": {"type": "string", "format": "binary"}}}})
+        }
+        "Markdown" => {
+            json!({"description": "a file (Content-Disposition names it)", "content": {"text/markdown": {"schema": {"type": "string", "format": "binary"}}}})
         }
         r => {
             json!({"description": "ok", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{r}")}}}})

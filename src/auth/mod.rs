@@ -123,6 +123,21 @@ impl Users {
         self.store.user_remove(name)
     }
 
+    /// Changes a user's role, keeping the password; false if there is no
+    /// such user. A new epoch, as for a password change: tokens issued
+    /// under the old role stop working at once.
+    pub fn set_role(&self, name: &str, role: Role) -> anyhow::Result<bool> {
+        let Some(mut row) = self.store.user_get(name)? else {
+            return Ok(false);
+        };
+        row.role = role.as_str().to_string();
+        row.epoch = random_bytes::<8>()
+            .map(i64::from_le_bytes)
+            .ok_or_else(|| anyhow::anyhow!("no randomness"))?;
+        self.store.user_put(&row)?;
+        Ok(true)
+    }
+
     pub fn list(&self) -> anyhow::Result<Vec<(String, String)>> {
         self.store.user_list()
     }
@@ -372,6 +387,12 @@ mod tests {
         assert_eq!(u.verify_token(&t), Err("token revoked (password changed)"));
         let t2 = u.issue("alice", Role::Viewer);
         assert_eq!(u.verify_token(&t2).expect("new token").role, Role::Viewer);
+        // A role change keeps the password and revokes the old tokens.
+        assert!(u.set_role("alice", Role::Operator).expect("set role"));
+        assert_eq!(u.verify_token(&t2), Err("token revoked (password changed)"));
+        assert_eq!(u.verify("alice", "correct horse"), Some(Role::Operator));
+        assert!(!u.set_role("nobody", Role::Admin).expect("set role"));
+        let t2 = u.issue("alice", Role::Operator);
         u.remove("alice").expect("rm");
         assert_eq!(u.verify_token(&t2), Err("user no longer exists"));
         u.add("alice", Role::Viewer, "correct horse")

@@ -317,6 +317,7 @@ async fn remote_writes_are_refused_until_a_user_exists() {
         engine: Some(app.engine.clone()),
         route_docs: Default::default(),
         profiles: None,
+        exports: None,
         alarms: Some(app.alarms.clone()),
     };
     let router = guard::layer(castpoint::api::router(state.clone()), state);

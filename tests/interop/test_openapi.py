@@ -23,6 +23,14 @@ def test_openapi_validates_and_matches_the_router():
         # Alarms (issue 21): reads for viewers, the ack for operators.
         assert "operator" in doc["paths"]["/api/alarms/{point}/ack"]["post"]["description"]
         assert "viewer" in doc["paths"]["/api/alarms/history"]["get"]["description"]
+        # Users (admin) and the exports (viewer, files).
+        for m in ("get", "post"):
+            assert "Role needed: admin" in doc["paths"]["/api/users"][m]["description"]
+        assert set(doc["paths"]["/api/users/{name}"]) == {"put", "delete"}
+        for p, ctype in (("/api/export/ede.csv", "text/csv"), ("/api/export/ede-states.csv", "text/csv"),
+                         ("/api/export/modbus-map.csv", "text/csv"), ("/api/export/modbus-map.md", "text/markdown")):
+            op = doc["paths"][p]["get"]
+            assert "Role needed: viewer" in op["description"] and ctype in op["responses"]["200"]["content"], p
         assert set(doc["components"]["securitySchemes"]) >= {"bearer", "apiKey", "accessToken"}
         assert doc["paths"]["/health"]["get"]["security"] == []
         assert "/api/stream/start" in doc["paths"]  # seed endpoints from the HTTP map

@@ -12,6 +12,8 @@ export const store = {
   router: null,
   routeDocs: null,
   primary: null,
+  // Route point blocks by route name: {slot, ids}; their points are in `points` too (with `route`).
+  blocks: new Map(),
   rates: new Map(),
   dash: null,
   events: [],
@@ -38,9 +40,14 @@ export function changed() {
 
 function onPoints(m) {
   switch (m.type) {
-    case "snapshot":
+    case "snapshot": {
+      // The snapshot holds the server's points; route blocks come from
+      // /api/routes/{r}/points (refetched with the route documents).
+      const blocks = [...store.points.values()].filter((p) => p.route);
       store.points = new Map(m.points.map((p) => [p.id, p]));
+      for (const p of blocks) if (!store.points.has(p.id)) store.points.set(p.id, p);
       break;
+    }
     case "point": {
       const p = store.points.get(m.id);
       if (p) {
@@ -49,8 +56,9 @@ function onPoints(m) {
         p.updated = m.updated;
         if (m.reason) p.reason = m.reason;
         else delete p.reason;
-        if ("state" in m) p.state = m.state;
-        else if (m.value != null) delete p.state;
+        if ("state" in m && m.state != null) p.state = m.state;
+        else if (m.value == null && (p.states || []).includes("N/A")) p.state = "N/A";
+        else delete p.state;
       }
       break;
     }
@@ -118,11 +126,27 @@ export function loadRoutes() {
       const r = await get("/api/routes");
       store.routeDocs = r.routes;
       store.primary = r.primary;
+      await loadBlocks(r.routes);
       changed();
     } catch {
       // Shown by the views as "not loaded".
     }
   }, 150);
+}
+
+/** Every route's point block (a route without one answers 404 and has none). */
+async function loadBlocks(docs) {
+  const got = await Promise.all(
+    docs.map((d) => get(`/api/routes/${encodeURIComponent(d.name)}/points`).catch(() => null)),
+  );
+  for (const [id, p] of store.points) if (p.route) store.points.delete(id);
+  const blocks = new Map();
+  got.forEach((b, i) => {
+    if (!b) return;
+    blocks.set(docs[i].name, { slot: b.slot, ids: b.points.map((p) => p.id) });
+    for (const p of b.points) store.points.set(p.id, p);
+  });
+  store.blocks = blocks;
 }
 
 function startFeeds() {
@@ -212,7 +236,10 @@ function shell() {
     ["audit", "Audit"],
     ["users", "Users"],
     ["links", "API & exports"],
-  ].map(([p, t]) => h("a", { href: `#/${p}`, "data-page": p }, t));
+  ]
+    // What the role cannot use is not offered (the page itself says so too).
+    .filter(([p]) => !(VIEWS[p] && VIEWS[p].role && !can(VIEWS[p].role)))
+    .map(([p, t]) => h("a", { href: `#/${p}`, "data-page": p }, t));
   return h(
     "div",
     { class: "shell" },
@@ -262,8 +289,10 @@ function noUserBanner() {
 }
 
 function loginPage() {
+  // Kept until the next login, not consumed by this render: the login page
+  // may be drawn again right away (a hash change, a second refused call),
+  // and the reason must still be there (this was the flaky test's race).
   const err = h("p", { class: "error", id: "login-error" }, store.loginMessage || "");
-  store.loginMessage = "";
   const user = h("input", { id: "username", autocomplete: "username", required: true });
   const pass = h("input", { id: "password", type: "password", autocomplete: "current-password", required: true });
   const form = h(
@@ -276,6 +305,7 @@ function loginPage() {
         try {
           const r = await post("/api/auth/login", { username: user.value, password: pass.value });
           setSession({ token: r.token, role: r.role, user: user.value });
+          store.loginMessage = "";
           show();
         } catch (x) {
           err.textContent = x.message;
@@ -310,6 +340,7 @@ function loginPage() {
           id: "anon",
           onclick: () => {
             store.anon = true;
+            store.loginMessage = "";
             sessionStorage.setItem("castpoint.anon", "1");
             show();
           },

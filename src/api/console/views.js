@@ -66,6 +66,32 @@ function flip(note, what, f) {
   };
 }
 
+/**
+ * A point switch's change handler: writes the point and shows what the
+ * point now says. A write at the REST priority may be outranked (a BACnet
+ * or Modbus write at a higher priority holds): the switch then shows the
+ * point's real value and the note says which level holds it.
+ */
+function pointFlip(store, note, what, write) {
+  return async (e) => {
+    const box = e.target;
+    const want = box.checked;
+    try {
+      const p = await write(want);
+      const old = store.points.get(p.id);
+      if (old && old.route && !p.route) p.route = old.route;
+      store.points.set(p.id, p);
+      box.checked = p.value === true;
+      if (p.value === want) note.ok(`${what} ${want ? "on" : "off"}: done`);
+      else note.fail(`${what} ${want ? "on" : "off"}: written at the REST priority, but level ${p.level} holds ${p.value} (see its priority array on Points)`);
+      loadRoutes();
+    } catch (x) {
+      box.checked = !want;
+      note.fail(`${what} ${want ? "on" : "off"}: ${x.message}`);
+    }
+  };
+}
+
 /** An SVG sparkline of up to 300 samples. */
 function sparkline(values, cls) {
   const w = 160;
@@ -105,6 +131,32 @@ function writePoint(id, value, priority) {
   return post(`/api/points/${encodeURIComponent(id)}`, body);
 }
 
+// ------------------------------------------------------------------ route blocks
+
+/** A route's block point `tid` (output `n`): undefined without a block (docs/route-points.md). */
+export function rpoint(store, route, tid, n) {
+  const b = store.blocks && store.blocks.get(route);
+  return b ? store.points.get(`route.${b.slot}.${tid}${n ? `.${n}` : ""}`) : undefined;
+}
+
+/** The block's output number of the route's output `name` (its position in the route's outputs). */
+function outputNo(store, route, name) {
+  const b = store.blocks && store.blocks.get(route);
+  if (!b) return null;
+  for (const id of b.ids) {
+    const p = store.points.get(id);
+    if (p && p.route && p.route.output && p.route.output_name === name) return p.route.output;
+  }
+  return null;
+}
+
+/** Commands a route point by template id, as any REST client would (at the REST priority). */
+function writeRoutePoint(route, tid, value) {
+  return post(`/api/routes/${encodeURIComponent(route)}/points/${tid}`, { value });
+}
+
+const stateText = (p) => (p && p.value != null && p.state ? p.state.replaceAll("_", " ") : null);
+
 // ------------------------------------------------------------------ route status
 
 /**
@@ -121,6 +173,12 @@ export function routeStatus(store, name) {
     const en = store.points.get("stream_enable");
     if (en && en.value === false) return "STOPPED";
   }
+  // The route's own points, where it has a block: Route Enable is applied
+  // as it is written; Route Status says the rest (published every second).
+  const en = rpoint(store, name, "route_enable");
+  if (en && en.value === false) return "STOPPED";
+  const rs = stateText(rpoint(store, name, "route_status"));
+  if (rs) return rs;
   if (!r.stream_enabled) return "STOPPED";
   const st = name === store.primary ? store.points.get("stream_status") : null;
   if (st && st.value != null && st.state && st.state !== "LIVE") return st.state;
@@ -136,6 +194,18 @@ function inputState(s) {
   return s.up ? badge("READY", "ok") : badge("IDLE", "nosignal");
 }
 
+/** An output's Output Status point (ACTIVE, DISABLED, ERROR) where the route has a block, else the router's state. */
+function outputStatus(store, route, name, o) {
+  const n = outputNo(store, route, name);
+  const ps = n ? rpoint(store, route, "output_status", n) : undefined;
+  if (!ps) return outputState(o);
+  const t = ps.state || "N/A";
+  const b = badge(t, { ACTIVE: "live", DISABLED: "off", ERROR: "error" }[t] || "nosignal");
+  b.dataset.point = ps.id;
+  if (ps.reason) b.title = ps.reason;
+  return b;
+}
+
 function outputState(o) {
   if (!o) return badge("NOT RUNNING", "stopped");
   if (!o.enabled) return badge("OFF", "off");
@@ -143,7 +213,28 @@ function outputState(o) {
   return o.up ? badge("UP", "live") : badge("DOWN", "nosignal");
 }
 
-function outputSwitch(route, o, note) {
+function outputSwitch(route, o, note, store) {
+  const n = store ? outputNo(store, route, o.name) : null;
+  const pe = n ? rpoint(store, route, "output_enable", n) : undefined;
+  if (pe) {
+    // Driven through the route's Output Enable point: the switch shows the
+    // point's value and writes it (like a BACnet or Modbus write would).
+    const on = pe.value !== false;
+    if (!can("operator")) return h("span", { class: "muted", "data-point": pe.id }, on ? "on" : "off");
+    return h(
+      "label",
+      { class: "switch", title: `Output Enable (${pe.id}, level ${pe.level ?? "—"})` },
+      h("input", {
+        type: "checkbox",
+        "data-write": "output-enable",
+        "data-output": o.name,
+        "data-point": pe.id,
+        checked: on,
+        onchange: pointFlip(store, note, `${o.name} (Output Enable)`, (v) => writeRoutePoint(route, `output_enable.${n}`, v)),
+      }),
+      h("span", { class: "slider" }),
+    );
+  }
   if (!can("operator")) return h("span", { class: "muted" }, o.enabled ? "on" : "off");
   return h(
     "label",
@@ -206,7 +297,7 @@ const overview = {
         replace(health, cards);
         replace(
           pts,
-          [...store.points.values()].map((p) =>
+          [...store.points.values()].filter((p) => !p.route).map((p) =>
             h("tr", { "data-point": p.id }, h("td", {}, p.name, h("span", { class: "muted small" }, ` ${p.id}`)), h("td", { class: "val" }, pointValue(p)), h("td", {}, badge(p.status))),
           ),
         );
@@ -260,18 +351,35 @@ function routeTile(store, name, note) {
       replace(status, badge(st));
       el.className = `card tile st-${st.toLowerCase().replace(/[^a-z]/g, "")}`;
     }
+    // The route's points where it has a block (what BACnet, Modbus and
+    // Haystack see); the router's own stats otherwise.
+    const pt = (tid) => rpoint(store, name, tid);
+    const mark = (e, p) => (p ? (e.dataset.point = p.id) : delete e.dataset.point);
     const act_in = r && r.active_input != null ? r.inputs[r.active_input] : null;
-    input.textContent = act_in ? act_in.name : "none";
-    failover.textContent = r ? `${r.forced_input != null ? `forced to ${r.inputs[r.forced_input]?.name}` : "automatic"}, ${r.switches} switches` : "—";
-    const v = r ? r.outputs.filter((o) => o.kind === "http" || o.kind === "srt-listener").reduce((a, o) => a + o.clients, 0) : null;
+    const pin = pt("active_input");
+    mark(input, pin);
+    input.textContent = pin ? (pin.value != null ? pin.state || `${pin.value}` : "none") : act_in ? act_in.name : "none";
+    const fc = pt("failover_count");
+    mark(failover, fc);
+    const switches = fc && fc.value != null ? fc.value : r ? r.switches : null;
+    failover.textContent = r ? `${r.forced_input != null ? `forced to ${r.inputs[r.forced_input]?.name}` : "automatic"}, ${switches ?? "—"} switches` : "—";
+    const pv = pt("viewers");
+    mark(viewers, pv);
+    const v = pv ? pv.value : r ? r.outputs.filter((o) => o.kind === "http" || o.kind === "srt-listener").reduce((a, o) => a + o.clients, 0) : null;
     viewers.textContent = v ?? "—";
     const rates = store.rates.get(name) || { inp: [], out: [] };
-    replace(rin, h("span", { class: "muted small" }, `in ${fmtBps(rates.inp.at(-1))}`), sparkline(rates.inp, "in"));
-    replace(rout, h("span", { class: "muted small" }, `out ${fmtBps(rates.out.at(-1))}`), sparkline(rates.out, "out"));
+    const mbps = (p, fallback) => (p ? (p.value == null ? "—" : fmtBps(Math.round(p.value * 1e6))) : fmtBps(fallback));
+    const bi = pt("input_bitrate");
+    const bo = pt("output_bitrate");
+    replace(rin, h("span", { class: "muted small", "data-point": bi ? bi.id : false }, `in ${mbps(bi, rates.inp.at(-1))}`), sparkline(rates.inp, "in"));
+    replace(rout, h("span", { class: "muted small", "data-point": bo ? bo.id : false }, `out ${mbps(bo, rates.out.at(-1))}`), sparkline(rates.out, "out"));
     const list = (doc && doc.outputs) || [];
     const key = JSON.stringify([can("operator"), list.map((od) => {
       const o = r && r.outputs.find((x) => x.name === od.name);
-      return [od.name, od.type, o ? [o.enabled, o.up, !!o.error] : null];
+      const n = outputNo(store, name, od.name);
+      const pe = n && rpoint(store, name, "output_enable", n);
+      const ps = n && rpoint(store, name, "output_status", n);
+      return [od.name, od.type, o ? [o.enabled, o.up, !!o.error] : null, pe ? [pe.value, pe.level] : null, ps ? [ps.state, ps.reason] : null];
     })]);
     if (key !== shownOuts) {
       shownOuts = key;
@@ -281,7 +389,7 @@ function routeTile(store, name, note) {
         const rate = h("td", { class: "num" });
         rateCells.set(od.name, rate);
         return h("tr", { "data-output": od.name }, h("td", {}, od.name), h("td", { class: "muted" }, od.type),
-          h("td", {}, outputState(o)), rate, h("td", {}, o ? outputSwitch(name, o, note) : ""));
+          h("td", {}, outputStatus(store, name, od.name, o)), rate, h("td", {}, o ? outputSwitch(name, o, note, store) : ""));
       }));
     }
     for (const [n, cell] of rateCells) {
@@ -298,11 +406,9 @@ const routes = {
     const grid = h("div", { class: "tiles", id: "tiles" });
     el.append(
       h("h1", {}, "Routes"),
-      h("p", { class: "muted small" }, "Bitrate sparklines: the last 5 minutes, sampled once a second since this page opened."),
+      h("p", { class: "muted small" }, "Status, active input, failover count, viewers, bitrates and each output's status and switch come from the route's point block (the same points BACnet, Modbus and Haystack serve; docs/route-points.md). Bitrate sparklines: the last 5 minutes, sampled once a second since this page opened."),
       note,
       grid,
-      h("section", { class: "card placeholder", id: "route-blocks" }, h("h2", {}, "Route point blocks"),
-        h("p", { class: "muted" }, "Per-route points (BACnet/Modbus/Haystack blocks) are not part of this build yet: they will appear here and in Points once the server has them.")),
     );
     loadRoutes();
     const tiles = new Map();
@@ -453,6 +559,7 @@ const routeDetail = {
     const srt = h("div");
     const controls = h("div", { class: "controls" });
     const editor = h("div");
+    const blockBox = h("div");
     const canvas = h("canvas", { id: "preview", width: 320, height: 180 });
     const pinfo = h("p", { class: "muted small", id: "preview-info" }, "Preview: starting…");
     const preview = new Preview(canvas, pinfo);
@@ -466,6 +573,7 @@ const routeDetail = {
       h("section", { class: "card" }, h("h2", {}, "Inputs (priority order)"), inputs),
       h("section", { class: "card" }, h("h2", {}, "Outputs"), outputs, editor),
       h("section", { class: "card" }, h("h2", {}, "SRT connections"), srt),
+      h("section", { class: "card", id: "route-points" }, h("h2", {}, "Route points"), blockBox),
     );
     loadRoutes();
     const primary = () => name === store.primary;
@@ -488,8 +596,10 @@ const routeDetail = {
     function drawControls(r, d) {
       // Redraw only when what the controls show changed (keeps focus).
       const ep = store.points;
+      const rv = (t) => { const p = rpoint(store, name, t); return p ? p.value : undefined; };
       const key = JSON.stringify([primary(), can("operator"), can("admin"), r && r.stream_enabled, r && r.forced_input, d && d.mode,
-        ["stream_enable", "recording_enable", "transcode_enable", "input_select"].map((k) => ep.get(k) && ep.get(k).value)]);
+        ["stream_enable", "recording_enable", "transcode_enable", "input_select"].map((k) => ep.get(k) && ep.get(k).value),
+        ["route_enable", "recording_enable", "transcode_enable", "input_select"].map(rv)]);
       if (key === shownControls) return;
       shownControls = key;
       const items = [];
@@ -499,15 +609,29 @@ const routeDetail = {
       if (primary()) {
         const pv = (k) => ep.get(k) && ep.get(k).value;
         if (can("operator")) {
-          items.push(toggle("Stream enable", "stream-enable", pv("stream_enable") !== false, flip(note, "Stream Enable", (on) => writePoint("stream_enable", on)), "point stream_enable"));
-          items.push(toggle("Recording", "recording-enable", !!pv("recording_enable"), flip(note, "Recording Enable", (on) => writePoint("recording_enable", on)), "point recording_enable"));
-          items.push(toggle("Transcode", "transcode-enable", !!pv("transcode_enable"), flip(note, "Transcode Enable", (on) => writePoint("transcode_enable", on)), "point transcode_enable"));
+          items.push(toggle("Stream enable", "stream-enable", pv("stream_enable") !== false, pointFlip(store, note, "Stream Enable", (on) => writePoint("stream_enable", on)), "point stream_enable"));
+          items.push(toggle("Recording", "recording-enable", !!pv("recording_enable"), pointFlip(store, note, "Recording Enable", (on) => writePoint("recording_enable", on)), "point recording_enable"));
+          items.push(toggle("Transcode", "transcode-enable", !!pv("transcode_enable"), pointFlip(store, note, "Transcode Enable", (on) => writePoint("transcode_enable", on)), "point transcode_enable"));
         } else {
           items.push(h("p", {}, `Stream enable: ${pointValue(ep.get("stream_enable"))} · Recording: ${pointValue(ep.get("recording_enable"))} · Transcode: ${pointValue(ep.get("transcode_enable"))}`));
         }
         items.push(h("p", { class: "muted small" }, "This is the primary route: these switches write the seed's command points (at the REST priority), like BACnet or Modbus would."));
-      } else {
+      } else if (!rpoint(store, name, "route_enable")) {
         items.push(h("p", { class: "muted small" }, "Stream enable, force input and the recording/transcode points act on the primary route only; here recordings are their record outputs' switches."));
+      }
+      if (rpoint(store, name, "route_enable")) {
+        // The route's own command points (its block; docs/route-points.md).
+        const b = store.blocks.get(name);
+        if (can("operator")) {
+          items.push(toggle("Route enable", "route-enable", rv("route_enable") !== false, pointFlip(store, note, "Route Enable", (on) => writeRoutePoint(name, "route_enable", on)), `point route.${b.slot}.route_enable`));
+          items.push(toggle("Recording (route)", "route-recording", !!rv("recording_enable"), pointFlip(store, note, "Recording Enable", (on) => writeRoutePoint(name, "recording_enable", on)), `point route.${b.slot}.recording_enable`));
+          items.push(toggle("Transcode (route)", "route-transcode", !!rv("transcode_enable"), pointFlip(store, note, "Transcode Enable", (on) => writeRoutePoint(name, "transcode_enable", on)), `point route.${b.slot}.transcode_enable`));
+        } else {
+          items.push(h("p", {}, `Route enable: ${pointValue(rpoint(store, name, "route_enable"))} · Recording: ${pointValue(rpoint(store, name, "recording_enable"))} · Transcode: ${pointValue(rpoint(store, name, "transcode_enable"))}`));
+        }
+        items.push(h("p", { class: "muted small" }, `Route block, slot ${b.slot}: these switches write the route's own points at the REST priority; the priority arrays are on Points.`));
+      }
+      if (!primary()) {
         if (can("admin") && d) {
           items.push(toggle("Transcode (route mode)", "transcode-mode", d.mode === "transcode", flip(note, "transcode mode", (on) => putDocNow((x) => (x.mode = on ? "transcode" : "passthrough")))));
         }
@@ -560,6 +684,9 @@ const routeDetail = {
         }
         if (primary() && can("operator")) {
           btns.push(h("button", { "data-write": "force-input", onclick: () => act(note, `force ${id.name}`, () => writePoint("input_select", i + 1)) }, "Force"));
+        } else if (rpoint(store, name, "input_select") && can("operator")) {
+          // The route's Input Select: 1 = Auto, 1 + N = input N.
+          btns.push(h("button", { "data-write": "force-input", onclick: () => act(note, `force ${id.name}`, () => writeRoutePoint(name, "input_select", i + 2)) }, "Force"));
         }
         cells.push(h("td", {}, btns));
         return h("tr", { "data-input": id.name }, cells);
@@ -569,13 +696,19 @@ const routeDetail = {
         inputs,
         h("table", { class: "grid" }, h("thead", {}, h("tr", {}, ["#", "Name", "Type", "State", "Bitrate", "Error", ""].map((t) => h("th", {}, t)))), h("tbody", {}, rows)),
         h("p", { class: "small" }, forced ? `Forced to input ${r.forced_input + 1}. ` : "Automatic failover. ",
-          forced && primary() && can("operator") ? h("button", { "data-write": "auto-input", onclick: () => act(note, "automatic failover", () => writePoint("input_select", 0)) }, "Automatic") : ""),
+          forced && can("operator") && (primary() || rpoint(store, name, "input_select"))
+            ? h("button", { "data-write": "auto-input", onclick: () => act(note, "automatic failover", () => (primary() ? writePoint("input_select", 0) : writeRoutePoint(name, "input_select", 1))) }, "Automatic")
+            : ""),
       );
     }
 
     let shownOutputs = "";
     function drawOutputs(r, d) {
-      const key = JSON.stringify([r && r.outputs.map((o) => [o.enabled, o.up, o.error, o.last_send_error, o.clients]), d && d.outputs, can("operator"), can("admin")]);
+      const blockKey = ((d && d.outputs) || []).map((od) => {
+        const n = outputNo(store, name, od.name);
+        return n ? ["output_enable", "output_status"].map((t) => { const p = rpoint(store, name, t, n); return p ? [p.value, p.level, p.state] : null; }) : null;
+      });
+      const key = JSON.stringify([r && r.outputs.map((o) => [o.enabled, o.up, o.error, o.last_send_error, o.clients]), d && d.outputs, can("operator"), can("admin"), blockKey]);
       if (key === shownOutputs) {
         for (const [n, cell] of outRates) {
           const x = r && r.outputs.find((o) => o.name === n);
@@ -600,16 +733,36 @@ const routeDetail = {
         }
         return h("tr", { "data-output": od.name },
           h("td", {}, od.name), h("td", { class: "muted" }, od.type), h("td", { class: "small" }, target),
-          h("td", {}, outputState(o)), rateCell(outRates, od.name, o),
+          h("td", {}, outputStatus(store, name, od.name, o)), rateCell(outRates, od.name, o),
           h("td", { class: "num" }, o ? o.clients : "—"),
           h("td", { class: "small" }, o && (o.error || o.last_send_error) ? o.error || o.last_send_error : ""),
-          h("td", {}, o ? outputSwitch(name, o, note) : ""), h("td", {}, btns));
+          h("td", {}, o ? outputSwitch(name, o, note, store) : ""), h("td", {}, btns));
       });
       replace(
         outputs,
         h("table", { class: "grid" }, h("thead", {}, h("tr", {}, ["Name", "Type", "Target", "State", "Bitrate", "Clients", "Error", "On", ""].map((t) => h("th", {}, t)))), h("tbody", {}, rows)),
         can("admin") ? h("button", { "data-write": "output-add", id: "output-add", onclick: () => replace(editor, outputEditor(name, null, note, () => clear(editor))) }, "Add output") : "",
       );
+    }
+
+    let shownBlock = "";
+    function drawBlock() {
+      const b = store.blocks.get(name);
+      const ps = b ? b.ids.map((id) => store.points.get(id)).filter((p) => p && !(p.route.output && !p.route.output_name)) : [];
+      const key = JSON.stringify(ps.map((p) => [p.id, p.value, p.state, p.status, p.level]));
+      if (key === shownBlock) return;
+      shownBlock = key;
+      if (!b) {
+        replace(blockBox, h("p", { class: "muted" }, "This route has no point block (route points are disabled, or every slot is taken: docs/route-points.md)."));
+        return;
+      }
+      replace(blockBox,
+        h("p", { class: "muted small" }, `Slot ${b.slot}: Haystack equip @route.${b.slot}; ids route.${b.slot}.<id>[.<output>]. Unused output numbers are on Points.`),
+        h("table", { class: "grid", id: "block-table" }, h("thead", {}, h("tr", {}, ["Point", "Value", "Status", "Level", "Modbus"].map((t) => h("th", {}, t)))),
+          h("tbody", {}, ps.map((p) => h("tr", { "data-point": p.id },
+            h("td", {}, h("a", { href: `#/points/${encodeURIComponent(p.id)}` }, p.name), p.route.output_name ? h("span", { class: "muted small" }, ` ${p.route.output_name}`) : ""),
+            h("td", { class: "val" }, pointValue(p)), h("td", {}, badge(p.status)), h("td", {}, p.level ?? ""),
+            h("td", { class: "small" }, (p.addresses?.modbus || []).join(", ")))))));
     }
 
     return {
@@ -627,6 +780,7 @@ const routeDetail = {
         drawInputs(r, d);
         drawOutputs(r, d);
         replace(srt, srtTable(r ? [...r.inputs, ...r.outputs] : []));
+        drawBlock();
         preview.setSource(d, session);
       },
       unmount() {
@@ -742,6 +896,7 @@ const points = {
     let shownIds = "";
     let open = arg || null;
     let shownPanel = "";
+    loadRoutes();
     layout.append(
       h("table", { class: "grid points", id: "points-table" },
         h("thead", {}, h("tr", {}, ["Point", "Value", "Status", "Level", "BACnet", "Modbus", "Haystack", "REST"].map((t) => h("th", {}, t)))), body),
@@ -749,8 +904,7 @@ const points = {
     );
     el.append(
       h("h1", {}, "Points"),
-      h("p", { class: "muted small" }, "Every point of the server with its address on each protocol. Click a point for its priority array, commands and history."),
-      h("section", { class: "card placeholder", id: "point-blocks" }, h("p", { class: "muted" }, "Route point blocks: not part of this build yet; they will be listed here once the server has them.")),
+      h("p", { class: "muted small" }, "Every point with its address on each protocol: the server's, then each route's block (docs/route-points.md). Click a point for its priority array, commands and history."),
       layout,
     );
     const self = {
@@ -761,19 +915,31 @@ const points = {
         if (ids.join() !== shownIds) {
           shownIds = ids.join();
           rows.clear();
-          replace(body, [...store.points.values()].map((p) => {
+          const row = (p) => {
             const val = h("td", { class: "val" });
             const st = h("td");
             const lvl = h("td");
+            const out = p.route && p.route.output ? p.route.output_name || "unused output" : "";
             const tr = h("tr", { "data-point": p.id, onclick: () => { open = p.id; shownPanel = ""; self.update(); } },
-              h("td", {}, p.name, h("div", { class: "muted small" }, p.id)), val, st, lvl,
-              h("td", { class: "small" }, p.addresses?.bacnet || ""),
+              h("td", {}, p.name, out ? h("span", { class: "muted small" }, ` (${out})`) : "", h("div", { class: "muted small" }, p.id)), val, st, lvl,
+              p.route && !p.addresses?.bacnet
+                ? h("td", { class: "small muted", title: "no BACnet object (docs/route-points.md)" }, "—")
+                : h("td", { class: "small" }, p.addresses?.bacnet || ""),
               h("td", { class: "small" }, (p.addresses?.modbus || []).join(", ")),
               h("td", { class: "small" }, `@${p.id}`),
               h("td", { class: "small" }, (p.addresses?.http || []).join(", ")));
             rows.set(p.id, { tr, val, st, lvl, shown: "" });
             return tr;
-          }));
+          };
+          const all = [...store.points.values()];
+          const groups = [h("tr", { class: "group", "data-block": "" }, h("th", { colspan: 8 }, "Server (streaming-server points)")), ...all.filter((p) => !p.route).map(row)];
+          // One group per route block, in slot order.
+          for (const [name, b] of [...store.blocks].sort((x, y) => x[1].slot - y[1].slot)) {
+            groups.push(h("tr", { class: "group", "data-block": name }, h("th", { colspan: 8 },
+              h("a", { href: `#/routes/${encodeURIComponent(name)}` }, `Route ${name}`), ` · slot ${b.slot} · Haystack equip @route.${b.slot}`)));
+            groups.push(...b.ids.map((id) => store.points.get(id)).filter(Boolean).map(row));
+          }
+          replace(body, groups);
         }
         for (const [id, r] of rows) {
           const p = store.points.get(id);
@@ -859,8 +1025,34 @@ const users = {
   role: "admin",
   mount(el) {
     const note = notice();
+    const ubody = h("tbody");
     const body = h("tbody");
     const shown = h("pre", { class: "secret", id: "new-key" });
+    const ROLES = ["viewer", "operator", "admin"];
+    const enc = encodeURIComponent;
+    const loadUsers = async () => {
+      try {
+        const r = await get("/api/users");
+        replace(ubody, r.users.map((u) => {
+          const role = h("select", { "data-write": "user-role", "aria-label": `role of ${u.name}` }, ROLES.map((x) => h("option", { value: x }, x)));
+          role.value = u.role;
+          role.onchange = () => act(note, `role of ${u.name} → ${role.value}`, () => api("PUT", `/api/users/${enc(u.name)}`, { role: role.value }))
+            .then((ok) => { if (!ok) role.value = u.role; loadUsers(); });
+          const pw = h("input", { type: "password", autocomplete: "new-password", placeholder: "new password (8+)", "data-field": "reset-password" });
+          const reset = h("span", { class: "reset", hidden: true }, pw, " ",
+            h("button", { "data-write": "user-reset-save", onclick: () => act(note, `reset the password of ${u.name}`, () => api("PUT", `/api/users/${enc(u.name)}`, { password: pw.value }))
+              .then((ok) => { if (ok) { pw.value = ""; reset.hidden = true; } }) }, "Save"));
+          const self = session && session.user === u.name;
+          return h("tr", { "data-user": u.name }, h("td", {}, u.name, self ? h("span", { class: "muted small" }, " (you)") : ""), h("td", {}, role),
+            h("td", {},
+              h("button", { "data-write": "user-reset", onclick: () => { reset.hidden = !reset.hidden; if (!reset.hidden) pw.focus(); } }, "Reset password"), " ",
+              h("button", { "data-write": "user-remove", onclick: () => confirm(`Remove user ${u.name}? Their sessions end at once.`) && act(note, `remove ${u.name}`, () => api("DELETE", `/api/users/${enc(u.name)}`)).then(loadUsers) }, "Remove"),
+              " ", reset));
+        }));
+      } catch (x) {
+        note.fail(x.message);
+      }
+    };
     const load = async () => {
       try {
         const r = await get("/api/apikeys");
@@ -874,22 +1066,31 @@ const users = {
         note.fail(x.message);
       }
     };
+    const uname = h("input", { id: "user-name", placeholder: "name", autocomplete: "off" });
+    const urole = h("select", { id: "user-role" }, ROLES.map((r) => h("option", { value: r }, r)));
+    const upass = h("input", { id: "user-password", type: "password", placeholder: "password (8+ characters)", autocomplete: "new-password" });
     const name = h("input", { id: "key-name", placeholder: "name" });
-    const role = h("select", { id: "key-role" }, ["viewer", "operator", "admin"].map((r) => h("option", {}, r)));
+    const role = h("select", { id: "key-role" }, ROLES.map((r) => h("option", {}, r)));
     el.append(
       h("h1", {}, "Users and API keys"),
-      h("section", { class: "card" }, h("h2", {}, "Users"),
-        h("p", {}, "Users are managed on the server (the API has no user endpoints by design: a password never travels except to log in):"),
-        h("pre", {}, "castpoint user add NAME --role viewer|operator|admin   # password on stdin\ncastpoint user list\ncastpoint user remove NAME"),
-        h("p", { class: "muted small" }, "Roles: viewer reads, operator commands points and switches outputs, admin changes routes, profiles and keys. See docs/security.md.")),
+      note,
+      h("section", { class: "card", id: "users" }, h("h2", {}, "Users"),
+        h("table", { class: "grid", id: "users-table" }, h("thead", {}, h("tr", {}, ["Name", "Role", ""].map((t) => h("th", {}, t)))), ubody),
+        h("form", { class: "write", onsubmit: (e) => {
+          e.preventDefault();
+          act(note, `add ${uname.value}`, () => post("/api/users", { name: uname.value, role: urole.value, password: upass.value }))
+            .then((ok) => { if (ok) { uname.value = ""; upass.value = ""; loadUsers(); } });
+        } }, uname, urole, upass, h("button", { type: "submit", "data-write": "user-add", id: "user-add" }, "Add user")),
+        h("p", { class: "muted small" }, "Roles: viewer reads, operator commands points and switches outputs, admin changes routes, profiles, users and keys (docs/security.md). A role change or a password reset ends that user's sessions. The last admin cannot be removed or demoted. The same users log in to Haystack (SCRAM); on the server: castpoint user add|list|remove.")),
       h("section", { class: "card" }, h("h2", {}, "API keys"),
         h("table", { class: "grid" }, h("thead", {}, h("tr", {}, ["Name", "Role", "Created", ""].map((t) => h("th", {}, t)))), body),
         h("div", { class: "write" }, name, role, h("button", { "data-write": "apikey-add", onclick: () => act(note, `create ${name.value}`, async () => {
           const r = await post("/api/apikeys", { name: name.value, role: role.value });
           shown.textContent = `${r.name}: ${r.key}\n(shown once: copy it now)`;
           load();
-        }) }, "Create key")), note, shown),
+        }) }, "Create key")), shown),
     );
+    loadUsers();
     load();
     return {};
   },
@@ -900,25 +1101,64 @@ const users = {
 const links = {
   mount(el) {
     const out = h("pre", { class: "export", id: "export" });
-    const fetchText = async (path) => {
+    const note = notice();
+    /**
+     * Fetches `path` with the session's token (a plain link cannot send it)
+     * and shows it in the page; `save` also saves it as the file the server
+     * names (Content-Disposition), through a Blob URL: the token never goes
+     * into a URL.
+     */
+    const open = (path, save) => async (e) => {
+      e.preventDefault();
       out.textContent = "…";
+      note.className = "notice";
+      note.textContent = "";
       try {
         const r = await fetch(path, { headers: session ? { authorization: `Bearer ${session.token}` } : {} });
         const t = await r.text();
+        if (!r.ok) {
+          let m = `HTTP ${r.status}`;
+          try {
+            m = JSON.parse(t).error || m;
+          } catch {
+            // Not JSON: the status says it.
+          }
+          throw new Error(m);
+        }
         out.textContent = t.length > 200000 ? `${t.slice(0, 200000)}\n…` : t;
+        out.dataset.path = path;
+        if (save) {
+          const name = (/filename="([^"]+)"/.exec(r.headers.get("content-disposition") || "") || [])[1] || path.split("/").pop();
+          const url = URL.createObjectURL(new Blob([t], { type: r.headers.get("content-type") || "text/plain" }));
+          const a = h("a", { href: url, download: name, hidden: true });
+          document.body.append(a);
+          a.click();
+          a.remove();
+          setTimeout(() => URL.revokeObjectURL(url), 10000);
+          note.ok(`saved ${name}`);
+        }
       } catch (x) {
-        out.textContent = x.message;
+        out.textContent = "";
+        note.fail(`${path}: ${x.message}`);
       }
     };
+    const link = (path, id, save) => h("a", { href: path, id, onclick: open(path, save) }, path);
     el.append(
       h("h1", {}, "API and exports"),
+      h("h2", {}, "API"),
       h("ul", {},
-        h("li", {}, h("a", { href: "/api/openapi.json", target: "_blank" }, "/api/openapi.json"), " — the OpenAPI document (every operation with the role it needs)"),
-        h("li", {}, h("button", { onclick: () => fetchText("/metrics") }, "Show /metrics"), " — Prometheus exposition (needs a viewer token, so it is fetched here)"),
-        h("li", {}, h("button", { onclick: () => fetchText("/stats") }, "Show /stats"), " — service statistics"),
-        h("li", {}, "EDE (BACnet engineering data) and the Modbus register map are exported on the server: ",
-          h("code", {}, "castpoint export ede"), ", ", h("code", {}, "castpoint export modbus-map"), " (docs/modbus-map.md is the latter as Markdown)."),
+        h("li", {}, h("a", { href: "/api/openapi.json", target: "_blank", id: "link-openapi" }, "/api/openapi.json"), " — the OpenAPI document (every operation with the role it needs; public)"),
+        h("li", {}, link("/metrics", "link-metrics", false), " — Prometheus exposition (viewer: fetched here with your session and shown below)"),
+        h("li", {}, link("/stats", "link-stats", false), " — service statistics"),
         h("li", {}, "Haystack: ", h("code", {}, "/api/haystack"), " (Haystack 4, its own SCRAM login; docs/haystack.md)")),
+      h("h2", {}, "Exports"),
+      h("p", { class: "muted small" }, "Generated from the running configuration, the same files as castpoint export ede|modbus-map on the server (viewer role). A click saves the file and shows it below."),
+      h("ul", {},
+        h("li", {}, link("/api/export/ede.csv", "link-ede", true), " — BACnet EDE file (engineering data exchange) for the BMS's import"),
+        h("li", {}, link("/api/export/ede-states.csv", "link-ede-states", true), " — the EDE file's state texts"),
+        h("li", {}, link("/api/export/modbus-map.csv", "link-modbus-csv", true), " — Modbus register map, every reserved route slot included, for tag import"),
+        h("li", {}, link("/api/export/modbus-map.md", "link-modbus-md", true), " — the same map as a readable document (the address rule of route blocks)")),
+      note,
       out,
     );
     return {};
