@@ -183,67 +183,38 @@ impl Store {
         &self,
         f: &AlarmHistoryFilter,
     ) -> anyhow::Result<Vec<AlarmHistoryRow>> {
-        let mut sql = String::from(
+        let mut q = super::Filtered::new(
             "SELECT id, at, point, route, from_state, to_state, kind, notify, ack_required,
                     priority, value, reason, acked_at, ack_protocol, ack_peer, ack_user, ack_comment
-             FROM alarm_history WHERE 1=1",
+             FROM alarm_history",
         );
-        let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
-        if let Some(p) = &f.point {
-            sql.push_str(" AND point = ?");
-            args.push(Box::new(p.clone()));
-        }
-        if let Some(r) = &f.route {
-            sql.push_str(" AND route = ?");
-            args.push(Box::new(r.clone()));
-        }
-        if let Some(t) = f.since {
-            sql.push_str(" AND at >= ?");
-            args.push(Box::new(ts_nanos(t)));
-        }
-        if let Some(t) = f.until {
-            sql.push_str(" AND at < ?");
-            args.push(Box::new(ts_nanos(t)));
-        }
-        if let Some(s) = f.state {
-            sql.push_str(" AND to_state = ?");
-            args.push(Box::new(s.as_str()));
-        }
-        if let Some(b) = f.before_id {
-            sql.push_str(" AND id < ?");
-            args.push(Box::new(b));
-        }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
-        args.push(Box::new(f.limit.clamp(1, 1000) as i64));
+        q.and("point = ?", f.point.clone());
+        q.and("route = ?", f.route.clone());
+        q.and("at >= ?", f.since.map(ts_nanos));
+        q.and("at < ?", f.until.map(ts_nanos));
+        q.and("to_state = ?", f.state.map(|s| s.as_str()));
         let c = self.conn.lock();
-        let mut st = c.prepare_cached(&sql)?;
-        let rows = st
-            .query_map(
-                rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())),
-                |r| {
-                    Ok(AlarmHistoryRow {
-                        id: r.get(0)?,
-                        at: r.get(1)?,
-                        point: r.get(2)?,
-                        route: r.get(3)?,
-                        from: r.get(4)?,
-                        to: r.get(5)?,
-                        kind: r.get(6)?,
-                        notify: r.get(7)?,
-                        ack_required: r.get(8)?,
-                        priority: r.get(9)?,
-                        value: r.get(10)?,
-                        reason: r.get(11)?,
-                        acked_at: r.get(12)?,
-                        ack_protocol: r.get(13)?,
-                        ack_peer: r.get(14)?,
-                        ack_user: r.get(15)?,
-                        ack_comment: r.get(16)?,
-                    })
-                },
-            )?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        q.newest_first(&c, f.before_id, f.limit, |r| {
+            Ok(AlarmHistoryRow {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                point: r.get(2)?,
+                route: r.get(3)?,
+                from: r.get(4)?,
+                to: r.get(5)?,
+                kind: r.get(6)?,
+                notify: r.get(7)?,
+                ack_required: r.get(8)?,
+                priority: r.get(9)?,
+                value: r.get(10)?,
+                reason: r.get(11)?,
+                acked_at: r.get(12)?,
+                ack_protocol: r.get(13)?,
+                ack_peer: r.get(14)?,
+                ack_user: r.get(15)?,
+                ack_comment: r.get(16)?,
+            })
+        })
     }
 
     /// Stored transitions (all of them; tests and the storm check).

@@ -539,62 +539,33 @@ impl Store {
 
     /// Audit events, newest first, with the filters applied.
     pub fn query_audit(&self, f: &AuditFilter) -> anyhow::Result<Vec<AuditEvent>> {
-        let mut sql = String::from(
+        let mut q = Filtered::new(
             "SELECT id, at, kind, target, protocol, peer, user, priority, requested, old, new, result, detail
-             FROM audit WHERE 1=1",
+             FROM audit",
         );
-        let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
-        if let Some(t) = f.from {
-            sql.push_str(" AND at >= ?");
-            args.push(Box::new(ts(t)));
-        }
-        if let Some(t) = f.to {
-            sql.push_str(" AND at < ?");
-            args.push(Box::new(ts(t)));
-        }
-        if let Some(k) = &f.kind {
-            sql.push_str(" AND kind = ?");
-            args.push(Box::new(k.clone()));
-        }
-        if let Some(k) = &f.target {
-            sql.push_str(" AND target = ?");
-            args.push(Box::new(k.clone()));
-        }
-        if let Some(k) = &f.source {
-            sql.push_str(" AND protocol = ?");
-            args.push(Box::new(k.clone()));
-        }
-        if let Some(b) = f.before_id {
-            sql.push_str(" AND id < ?");
-            args.push(Box::new(b));
-        }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
-        args.push(Box::new(f.limit.clamp(1, 1000) as i64));
+        q.and("at >= ?", f.from.map(ts));
+        q.and("at < ?", f.to.map(ts));
+        q.and("kind = ?", f.kind.clone());
+        q.and("target = ?", f.target.clone());
+        q.and("protocol = ?", f.source.clone());
         let c = self.conn.lock();
-        let mut st = c.prepare_cached(&sql)?;
-        let rows = st
-            .query_map(
-                rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())),
-                |r| {
-                    Ok(AuditEvent {
-                        id: r.get(0)?,
-                        at: r.get(1)?,
-                        kind: r.get(2)?,
-                        target: r.get(3)?,
-                        protocol: r.get(4)?,
-                        peer: r.get(5)?,
-                        user: r.get(6)?,
-                        priority: r.get(7)?,
-                        requested: r.get(8)?,
-                        old: r.get(9)?,
-                        new: r.get(10)?,
-                        result: r.get(11)?,
-                        detail: r.get(12)?,
-                    })
-                },
-            )?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        q.newest_first(&c, f.before_id, f.limit, |r| {
+            Ok(AuditEvent {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                kind: r.get(2)?,
+                target: r.get(3)?,
+                protocol: r.get(4)?,
+                peer: r.get(5)?,
+                user: r.get(6)?,
+                priority: r.get(7)?,
+                requested: r.get(8)?,
+                old: r.get(9)?,
+                new: r.get(10)?,
+                result: r.get(11)?,
+                detail: r.get(12)?,
+            })
+        })
     }
 
     pub fn audit_count(&self) -> anyhow::Result<i64> {
@@ -1018,6 +989,55 @@ pub async fn history_flusher(
         if stopping {
             return;
         }
+    }
+}
+
+/// A filtered, paged query over a table with an `id` column: the
+/// conditions a filter sets, newest first, `before_id` paging, at most 1000
+/// rows (the audit log and the alarm history share it).
+pub(crate) struct Filtered {
+    sql: String,
+    args: Vec<Box<dyn rusqlite::ToSql>>,
+}
+
+impl Filtered {
+    /// `select` is the SELECT ... FROM part, without a WHERE.
+    pub(crate) fn new(select: &str) -> Filtered {
+        Filtered {
+            sql: format!("{select} WHERE 1=1"),
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds `AND <cond>` with its one `?` bound to `v`, when there is a value.
+    pub(crate) fn and<T: rusqlite::ToSql + 'static>(&mut self, cond: &str, v: Option<T>) {
+        if let Some(v) = v {
+            self.sql.push_str(" AND ");
+            self.sql.push_str(cond);
+            self.args.push(Box::new(v));
+        }
+    }
+
+    /// Runs it: rows with `id < before_id` (when given), newest first,
+    /// `limit` clamped to 1..=1000.
+    pub(crate) fn newest_first<T>(
+        mut self,
+        c: &rusqlite::Connection,
+        before_id: Option<i64>,
+        limit: usize,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> anyhow::Result<Vec<T>> {
+        self.and("id < ?", before_id);
+        self.sql.push_str(" ORDER BY id DESC LIMIT ?");
+        self.args.push(Box::new(limit.clamp(1, 1000) as i64));
+        let mut st = c.prepare_cached(&self.sql)?;
+        let rows = st
+            .query_map(
+                rusqlite::params_from_iter(self.args.iter().map(|b| b.as_ref())),
+                row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 }
 
