@@ -172,6 +172,27 @@ impl AlarmSpec {
     }
 }
 
+#[cfg(test)]
+impl AlarmSpec {
+    /// Test fixture shared by the views' tests: HIGH_LIMIT above `limit`
+    /// (deadband 1), no time delay, no fault detection, class `class`.
+    pub fn high_limit_for_tests(limit: f64, class: u32) -> AlarmSpec {
+        AlarmSpec {
+            algorithm: Algorithm::OutOfRange {
+                high_limit: Some(limit),
+                low_limit: None,
+                deadband: 1.0,
+            },
+            fault_values: vec![],
+            fault_on_bad_quality: false,
+            time_delay: Duration::ZERO,
+            time_delay_normal: None,
+            event_enable: PerTransition::all(true),
+            notification_class: class,
+        }
+    }
+}
+
 /// What a point's notification class says about its events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClassRules {
@@ -179,6 +200,17 @@ pub struct ClassRules {
     pub priority: PerTransition<u8>,
     /// Ack_Required per transition.
     pub ack_required: PerTransition<bool>,
+}
+
+#[cfg(test)]
+impl ClassRules {
+    /// Test fixture: priority 1, every transition needs an ack.
+    pub fn acked_for_tests() -> ClassRules {
+        ClassRules {
+            priority: PerTransition::all(1),
+            ack_required: PerTransition::all(true),
+        }
+    }
 }
 
 impl Default for ClassRules {

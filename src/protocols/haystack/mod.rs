@@ -681,7 +681,7 @@ mod alarm_tags {
     use super::*;
     use crate::alarms::Alarms;
     use crate::config::Config;
-    use crate::points::alarm::{AlarmSpec, Algorithm, ClassRules, PerTransition, TransitionKind};
+    use crate::points::alarm::{AlarmSpec, ClassRules, TransitionKind};
     use crate::points::{Quality, Source, Value};
     use libhaystack::val::Value as HVal;
     use records::RecKey;
@@ -691,23 +691,8 @@ mod alarm_tags {
         let cfg = Config::embedded().expect("embedded");
         let db = PointDb::new(cfg.points.clone(), cfg.site.clone(), Default::default());
         let cpu = db.lookup("cpu_usage").expect("cpu");
-        let spec = AlarmSpec {
-            algorithm: Algorithm::OutOfRange {
-                high_limit: Some(90.0),
-                low_limit: None,
-                deadband: 1.0,
-            },
-            fault_values: vec![],
-            fault_on_bad_quality: false,
-            time_delay: std::time::Duration::ZERO,
-            time_delay_normal: None,
-            event_enable: PerTransition::all(true),
-            notification_class: 3,
-        };
-        let rules = ClassRules {
-            priority: PerTransition::all(1),
-            ack_required: PerTransition::all(true),
-        };
+        let spec = AlarmSpec::high_limit_for_tests(90.0, 3);
+        let rules = ClassRules::acked_for_tests();
         let alarms = Alarms::new(
             db.clone(),
             vec![(cpu, spec)],

@@ -542,30 +542,13 @@ mod tests {
     #[test]
     fn the_alarm_block_shows_counts_and_bits() {
         use crate::alarms::Alarms;
-        use crate::points::alarm::{
-            AlarmSpec, Algorithm, ClassRules, PerTransition, TransitionKind,
-        };
+        use crate::points::alarm::{AlarmSpec, ClassRules, TransitionKind};
         let c = Config::embedded().expect("embedded config");
         let db = PointDb::new(c.points.clone(), c.site.clone(), DbOptions::default());
         let cpu = db.lookup("cpu_usage").expect("cpu");
         let mem = db.lookup("memory_usage").expect("mem");
-        let spec = AlarmSpec {
-            algorithm: Algorithm::OutOfRange {
-                high_limit: Some(90.0),
-                low_limit: None,
-                deadband: 1.0,
-            },
-            fault_values: vec![],
-            fault_on_bad_quality: false,
-            time_delay: std::time::Duration::ZERO,
-            time_delay_normal: None,
-            event_enable: PerTransition::all(true),
-            notification_class: 1,
-        };
-        let rules = ClassRules {
-            priority: PerTransition::all(1),
-            ack_required: PerTransition::all(true),
-        };
+        let spec = AlarmSpec::high_limit_for_tests(90.0, 1);
+        let rules = ClassRules::acked_for_tests();
         // Given in reverse: the bits follow point-id order, not this one.
         let alarms = Alarms::new(
             db.clone(),
