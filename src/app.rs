@@ -188,6 +188,7 @@ fn wiring(cfg: &Config, db: PointDb, store: Arc<Store>) -> anyhow::Result<Wiring
         alarms.clone(),
         crate::alarms::config::webhooks(&crate::alarms::config::effective(&s.notification_class)),
         shutdown.clone(),
+        &tasks,
     );
     // The runtime itself starts in `App::start` once the protocols have
     // subscribed (`start_alarms`).

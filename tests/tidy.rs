@@ -66,6 +66,17 @@ const LAYER_ALLOWLIST: &[(&str, &str)] = &[
     ("media/rtmp/mod.rs", "engine::stats"),
     ("media/rtsp/mod.rs", "engine::input"),
     ("media/rtsp/session.rs", "engine::input"),
+    // Protocol address rules used outside their protocol (stop 16, issue
+    // 19): the console's point table and the REST exports show a route
+    // point's BACnet object and Modbus registers and serve the EDE / map
+    // files, and the EDE export opens route blocks as the engine bridge
+    // describes them. These go when the pure address rules (instance rule,
+    // object type, register layout) move down into `points` beside `Maps`.
+    ("api/exports.rs", "protocols::bacnet"),
+    ("api/exports.rs", "protocols::modbus"),
+    ("api/json.rs", "protocols::bacnet"),
+    ("api/json.rs", "protocols::modbus"),
+    ("protocols/bacnet/ede.rs", "engine::bridge"),
 ];
 
 /// Calls that start a task or thread nobody joins or cancels. Tasks go on the

@@ -271,7 +271,13 @@ async fn a_storm_of_100_routes_is_stored_whole_and_notified_at_a_bounded_rate() 
     let stop = CancellationToken::new();
     let mut hook = webhook::Webhook::new(url);
     hook.max_rate = 50.0;
-    let stats = webhook::spawn(alarms.clone(), HashMap::from([(1, hook)]), stop.clone());
+    let tracker = tokio_util::task::TaskTracker::new();
+    let stats = webhook::spawn(
+        alarms.clone(),
+        HashMap::from([(1, hook)]),
+        stop.clone(),
+        &tracker,
+    );
     let task = tokio::spawn(alarms.clone().run(stop.clone()));
     eventually("runtime started", || {
         (alarms.counts() == (0, 0)).then_some(())

@@ -126,12 +126,14 @@ fn log_now(n: u64) -> bool {
     n.is_power_of_two()
 }
 
-/// Starts the dispatcher and one worker per webhook; they stop with
-/// `shutdown`. Returns the counters.
+/// Starts the dispatcher and one worker per webhook on `tasks` (the app's
+/// tracker, so shutdown waits for them); they stop with `shutdown`.
+/// Returns the counters.
 pub fn spawn(
     alarms: Alarms,
     hooks: HashMap<u32, Webhook>,
     shutdown: CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
 ) -> Arc<WebhookStats> {
     let stats = Arc::new(WebhookStats::default());
     if hooks.is_empty() {
@@ -153,7 +155,7 @@ pub fn spawn(
     for (class, hook) in hooks {
         let (tx, rx) = mpsc::channel(hook.queue.max(1));
         queues.insert(class, tx);
-        tokio::spawn(worker(
+        tasks.spawn(worker(
             class,
             hook,
             rx,
@@ -165,7 +167,7 @@ pub fn spawn(
     // Subscribe now, not in the task: events from here on are queued.
     let mut rx = alarms.subscribe();
     let st = stats.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             let ev = tokio::select! {
                 _ = shutdown.cancelled() => return,

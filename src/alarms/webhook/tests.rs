@@ -111,7 +111,12 @@ async fn transitions_and_acks_are_posted_with_retries() {
     let stop = CancellationToken::new();
     let mut hook = Webhook::new(url);
     hook.retry_delay = Duration::from_millis(20);
-    let stats = spawn(alarms.clone(), HashMap::from([(7, hook)]), stop.clone());
+    let stats = spawn(
+        alarms.clone(),
+        HashMap::from([(7, hook)]),
+        stop.clone(),
+        &tokio_util::task::TaskTracker::new(),
+    );
     set(&db, &alarms, cpu, 95.0);
     eventually("the transition", || r.got.lock().len() == 1).await;
     let j = r.got.lock()[0].1.clone();
@@ -153,7 +158,12 @@ async fn a_hung_receiver_fills_the_bounded_queue_and_drops_are_counted() {
     hook.queue = 2;
     hook.retries = 0;
     hook.timeout = Duration::from_secs(30);
-    let stats = spawn(alarms.clone(), HashMap::from([(7, hook)]), stop.clone());
+    let stats = spawn(
+        alarms.clone(),
+        HashMap::from([(7, hook)]),
+        stop.clone(),
+        &tokio_util::task::TaskTracker::new(),
+    );
     let t0 = Instant::now();
     for i in 0..20 {
         set(&db, &alarms, cpu, if i % 2 == 0 { 95.0 } else { 10.0 });
@@ -180,7 +190,12 @@ async fn posts_are_rate_limited() {
     let stop = CancellationToken::new();
     let mut hook = Webhook::new(url);
     hook.max_rate = 10.0;
-    let stats = spawn(alarms.clone(), HashMap::from([(7, hook)]), stop.clone());
+    let stats = spawn(
+        alarms.clone(),
+        HashMap::from([(7, hook)]),
+        stop.clone(),
+        &tokio_util::task::TaskTracker::new(),
+    );
     for i in 0..6 {
         set(&db, &alarms, cpu, if i % 2 == 0 { 95.0 } else { 10.0 });
         tokio::task::yield_now().await;
