@@ -75,18 +75,8 @@ async fn history(
                     )
                 })?)
             }
-            "before" => {
-                f.before_id = Some(v.parse().map_err(|_| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "before: expected a history id")
-                })?)
-            }
-            "limit" => {
-                f.limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "limit: 1..=1000"))?
-            }
+            "before" => f.before_id = Some(super::before_param(v, "a history id")?),
+            "limit" => f.limit = super::limit_param(v)?,
             _ => {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,

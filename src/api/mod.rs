@@ -543,18 +543,8 @@ async fn get_audit(
             "kind" => f.kind = Some(v.clone()),
             "target" | "route" | "point" => f.target = Some(v.clone()),
             "source" | "protocol" => f.source = Some(v.clone()),
-            "before" => {
-                f.before_id = Some(v.parse().map_err(|_| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "before: expected an event id")
-                })?)
-            }
-            "limit" => {
-                f.limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "limit: 1..=1000"))?
-            }
+            "before" => f.before_id = Some(before_param(v, "an event id")?),
+            "limit" => f.limit = limit_param(v)?,
             _ => {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -575,6 +565,20 @@ async fn get_audit(
     };
     let list: Vec<_> = events.iter().map(|e| e.to_json()).collect();
     Ok(Json(json!({"events": list, "next": next})))
+}
+
+/// `before=<id>` of a paged list (audit, alarm history).
+pub(crate) fn before_param(v: &str, what: &str) -> Result<i64, ApiError> {
+    v.parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("before: expected {what}")))
+}
+
+/// `limit=<n>` of a paged list: 1..=1000.
+pub(crate) fn limit_param(v: &str) -> Result<usize, ApiError> {
+    v.parse()
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "limit: 1..=1000"))
 }
 
 #[cfg(test)]
