@@ -54,6 +54,9 @@ install -d "$STAGE/usr/share/man/man1" "$STAGE/usr/share/bash-completion/complet
 
 DOC=$STAGE/usr/share/doc/castpoint
 install -D -m 0644 packaging/modbus-502.conf "$DOC/examples/modbus-502.conf"
+# Prometheus alert rules (docs/alarms.md): point a rule_files entry here.
+install -D -m 0644 packaging/prometheus/castpoint-alerts.yml "$DOC/examples/prometheus/castpoint-alerts.yml"
+install -D -m 0644 docs/grafana-dashboard.json "$DOC/examples/grafana-dashboard.json"
 install -m 0644 README.md "$DOC/README.md"
 for f in docs/*.md; do install -D -m 0644 "$f" "$DOC/$f"; done
 gzip -9n "$DOC/README.md"

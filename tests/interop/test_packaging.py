@@ -59,7 +59,9 @@ def test_contents(deb):
               "./usr/share/zsh/vendor-completions/_castpoint",
               "./usr/share/fish/vendor_completions.d/castpoint.fish",
               "./usr/share/doc/castpoint/copyright",
-              "./usr/share/doc/castpoint/examples/modbus-502.conf"]:
+              "./usr/share/doc/castpoint/examples/modbus-502.conf",
+              "./usr/share/doc/castpoint/examples/prometheus/castpoint-alerts.yml",
+              "./usr/share/doc/castpoint/examples/grafana-dashboard.json"]:
         assert f in listing, f"{f} missing:\n{listing}"
     # Files belong to root (dpkg-deb --root-owner-group), the config is
     # not world-readable (it may hold secrets).
