@@ -267,12 +267,33 @@ const overview = {
   mount(el, _arg, store) {
     const health = h("div", { class: "cards", id: "health" });
     const pts = h("tbody");
+    const alarmRows = h("tbody");
+    const alarmNote = h("p", { class: "muted small", id: "alarm-counts" }, "…");
     const alarms = h(
       "section",
-      { class: "card placeholder", id: "alarms" },
+      { class: "card", id: "alarms" },
       h("h2", {}, "Active alarms"),
-      h("p", { class: "muted" }, "Alarms are not part of this build yet: this panel will list the active alarms once the server has them. Nothing is shown here until then."),
+      alarmNote,
+      h(
+        "table",
+        { class: "grid", id: "alarm-table" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Point"), h("th", {}, "State"), h("th", {}, "Since"), h("th", {}, "Class"), h("th", {}, "Acknowledge"))),
+        alarmRows,
+      ),
     );
+    // /api/alarms is small (active and unacknowledged alarms only): polled
+    // every 2 s while the overview is open, and at once after an ack.
+    const loadAlarms = async () => {
+      try {
+        const d = await get("/api/alarms");
+        alarmNote.textContent = `${d.active} active, ${d.unacked} unacknowledged`;
+        replace(alarmRows, d.alarms.length ? d.alarms.map((a) => alarmRow(a, loadAlarms, alarmNote)) : h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No active alarms.")));
+      } catch (e) {
+        alarmNote.textContent = `Alarms unavailable: ${e.message}`;
+      }
+    };
+    loadAlarms();
+    const alarmTimer = setInterval(loadAlarms, 2000);
     const events = h("ul", { class: "events" });
     el.append(
       h("h1", {}, "Overview"),
@@ -308,9 +329,54 @@ const overview = {
             : h("li", { class: "muted" }, "No router events since this page opened."),
         );
       },
+      unmount() {
+        clearInterval(alarmTimer);
+      },
     };
   },
 };
+
+/** The transition that entered an alarm's current state. */
+const ENTERED = { normal: "to-normal", fault: "to-fault" };
+
+/** One row of the active alarms: state, since when, and one Acknowledge
+ * button per transition waiting for an ack (operators and admins). */
+function alarmRow(a, reload, note) {
+  const entered = ENTERED[a.state] || "to-offnormal";
+  const since = a.time_stamps[entered];
+  const cls = a.state === "normal" ? "live" : a.state === "fault" ? "error" : "nosignal";
+  const acks = a.unacked.map((t) =>
+    can("operator")
+      ? h(
+          "button",
+          {
+            type: "button",
+            "data-ack": t,
+            title: `Acknowledge the ${t} transition of ${a.point}`,
+            onclick: async (ev) => {
+              ev.target.disabled = true;
+              try {
+                await post(`/api/alarms/${encodeURIComponent(a.point)}/ack`, { transition: t, time_stamp: a.time_stamps[t] || "latest", comment: "acknowledged in the console" });
+              } catch (e) {
+                note.textContent = `Acknowledge failed: ${e.message}`;
+              }
+              reload();
+            },
+          },
+          `Acknowledge ${t}`,
+        )
+      : h("span", { class: "muted" }, `${t} unacknowledged`),
+  );
+  return h(
+    "tr",
+    { "data-alarm": a.point },
+    h("td", {}, a.name || a.point, h("span", { class: "muted small" }, ` ${a.point}`), a.route ? h("span", { class: "muted small" }, ` (${a.route})`) : ""),
+    h("td", {}, badge(a.state.toUpperCase(), cls), a.value_state ? h("span", { class: "muted small" }, ` ${a.value_state}`) : ""),
+    h("td", {}, since ? new Date(since).toLocaleString() : "—"),
+    h("td", {}, String(a.notification_class)),
+    h("td", {}, acks.length ? acks : h("span", { class: "muted" }, "acknowledged")),
+  );
+}
 
 // ------------------------------------------------------------------ routes
 
