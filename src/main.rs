@@ -527,6 +527,11 @@ fn run(cfg: Config, log_format: LogFormat) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Handlers first: a SIGTERM that comes right after `ready` (systemd
+        // stopping a unit that just started, a test) must shut down
+        // cleanly, not kill by the default action. Installed after `ready`
+        // before, it lost that race (`shutting down` never logged).
+        let signals = Signals::install();
         let app = match App::start(cfg).await {
             Ok(a) => a,
             Err(e) => {
@@ -558,7 +563,7 @@ fn run(cfg: Config, log_format: LogFormat) -> ExitCode {
         }
         let _ = out.flush();
         drop(out);
-        shutdown_signal().await;
+        signals.wait().await;
         tracing::info!("shutting down");
         app.stop().await;
         ExitCode::SUCCESS
@@ -572,26 +577,56 @@ fn log_colour(tty: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     tty && no_color.is_none_or(|v| v.is_empty())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT (Ctrl-C) and SIGTERM, listened to from `install` on.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Signals {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    /// Returns at the first of them.
+    async fn wait(self) {
+        #[cfg(unix)]
+        {
+            async fn recv(s: Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            let (term, int) = (self.term, self.int);
+            if term.is_none() && int.is_none() {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+            tokio::select! {
+                _ = recv(term) => {},
+                _ = recv(int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -679,7 +679,9 @@ def test_a_revoked_session_returns_to_the_login_page(console_server):
         d.execute_script("window.hashchanges = 0; addEventListener('hashchange', () => window.hashchanges++);"
                          "location.hash = '#/audit'")
         wait(d, lambda: d.execute_script("return window.hashchanges") == 1)
-        assert ended(), d.find_element(By.ID, "app").text[:300]
+        # Asked through `wait`: the redraw may replace the element between
+        # finding it and reading it (a stale reference, seen in CI).
+        wait(d, ended, timeout=5, msg=lambda _: d.find_element(By.ID, "app").text[:300])
         # The same from a fresh load of a page whose first API call is refused.
         d.get(srv.http_base + "/#/points")
         d.execute_script("sessionStorage.setItem('castpoint.session', JSON.stringify("
