@@ -705,20 +705,12 @@ def bvlc_unicast(apdu, confirmed=True):
     return bytes([0x81, 0x0A]) + struct.pack(">H", len(npdu) + 4) + npdu
 
 
-# Known intermittent bug (stop 16, issue 21): in 2 of about 6 full-module
-# runs the device never answered the GetAlarmSummary below (bacpypes3 timed
-# out; every other request of the run was answered). Not yet found; kept
-# running (not skipped) so a pass or a fix shows, and listed in the closing
-# note as open work.
-@pytest.mark.xfail(strict=False, raises=TimeoutError,
-                   reason="intermittent: GetAlarmSummary unanswered (issue 21, open bug)")
 def test_event_information_lists_what_the_objects_say(bserver):
     """GetEventInformation lists exactly the objects whose alarm is not
     NORMAL or waits for an ack (Clause 13.12), each as its own properties
     read; GetAlarmSummary the ones in alarm; the Trend Logs claim no
     intrinsic reporting (docs/bacnet-pics.md, Alarms and events)."""
-    from bacpypes3.apdu import (GetAlarmSummaryACK, GetAlarmSummaryRequest,
-                                GetEventInformationACK, GetEventInformationRequest)
+    from bacpypes3.apdu import GetEventInformationACK, GetEventInformationRequest
 
     async def go():
         app = client()
@@ -743,12 +735,20 @@ def test_event_information_lists_what_the_objects_say(bserver):
                     assert list(listed[oid].acknowledgedTransitions) == acked
                 else:
                     assert oid not in listed, oid
-            req = GetAlarmSummaryRequest()
-            req.pduDestination = addr
-            summ = await app.request(req)
-            assert isinstance(summ, GetAlarmSummaryACK), summ
-            in_alarm = {o for o, s in listed.items() if str(s.eventState) != "normal"}
-            assert {a.objectIdentifier for a in summ.listOfAlarmSummaries} == in_alarm
+            in_alarm = {(int(o[0]), o[1]) for o, s in listed.items() if str(s.eventState) != "normal"}
+            # GetAlarmSummary raw: bacpypes3 0.0.110 drops an ACK whose list
+            # is empty (valid: a SEQUENCE OF with no entries, sent when
+            # nothing is in alarm) and times out, so the test decodes the
+            # entries itself: object id, event state, acked transitions.
+            got = raw_exchange(bserver, [bvlc_unicast(bytes([0x00, 0x05, 0x22, 0x03]))], want=1)
+            assert got and got[0][6:9] == bytes([0x30, 0x22, 0x03]), got
+            body, ids, i = got[0][9:], set(), 0
+            while i < len(body):
+                assert body[i] == 0xC4 and body[i + 5] == 0x91 and body[i + 7] == 0x82, body.hex()
+                v = int.from_bytes(body[i + 1:i + 5], "big")
+                ids.add((v >> 22, v & 0x3FFFFF))
+                i += 10
+            assert ids == in_alarm, (ids, in_alarm)
             # The Trend Logs advertise no intrinsic reporting.
             props = await app.read_property(addr, ObjectIdentifier("trend-log,3"), "property-list")
             names = {str(p) for p in props}
