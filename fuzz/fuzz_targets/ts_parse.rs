@@ -1,4 +1,4 @@
-//! Fuzz target: MPEG-TS parsing (engine/ts.rs): alignment, CC checks, PSI, keyframes, PES timestamps, frame loss.
+//! Fuzz target: MPEG-TS parsing (mpegts/ts.rs): alignment, CC checks, PSI, keyframes, PES timestamps, frame loss.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

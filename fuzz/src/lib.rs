@@ -32,7 +32,7 @@ pub mod sdp;
 /// Sparkplug B payloads (`protocols/mqtt/spb.rs`, NCMD/DCMD from the broker).
 #[path = "../../src/protocols/mqtt/spb.rs"]
 pub mod spb;
-#[path = "../../src/engine/ts.rs"]
+#[path = "../../src/mpegts/ts.rs"]
 pub mod ts;
 
 /// Runs `f` on a thread with a 1 MiB stack (half a tokio worker's), so a
