@@ -223,11 +223,16 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// Reloads every HTTPS certificate from its files (what SIGHUP does).
+/// Reloads every HTTPS certificate from its files (what SIGHUP does; the
+/// handler lives in `main`, installed before anything starts, so a SIGHUP
+/// right after `ready` can never meet the signal's default action).
 /// Returns how many stores were reloaded; a store whose files do not load
 /// keeps its certificate and is logged.
 pub fn reload_all() -> usize {
     let stores: Vec<Arc<CertStore>> = STORES.lock().iter().filter_map(Weak::upgrade).collect();
+    if stores.is_empty() {
+        tracing::info!("SIGHUP: no HTTPS certificate to reload");
+    }
     let mut ok = 0;
     for s in stores {
         match s.reload() {
@@ -239,28 +244,6 @@ pub fn reload_all() -> usize {
         }
     }
     ok
-}
-
-/// Reloads the certificates on every SIGHUP until `shutdown`.
-#[cfg(unix)]
-async fn reload_on_sighup(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("https: no certificate reload on SIGHUP: {e}");
-            return;
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = hup.recv() => if r.is_none() { return },
-        }
-        if reload_all() == 0 && STORES.lock().iter().all(|w| w.strong_count() == 0) {
-            tracing::info!("SIGHUP: no HTTPS certificate to reload");
-        }
-    }
 }
 
 /// Serves `router` on `listener` until `shutdown`; every connection is a
@@ -283,10 +266,6 @@ pub async fn serve(
         },
         None => None,
     };
-    // Installed with or without HTTPS: a `systemctl reload` (SIGHUP) must
-    // never stop castpoint (the signal's default action).
-    #[cfg(unix)]
-    tasks.spawn(reload_on_sighup(shutdown.clone()));
     let header_timeout = opts.header_read_timeout;
     loop {
         let (sock, peer) = tokio::select! {
