@@ -20,17 +20,9 @@ fn db() -> PointDb {
 
 fn high(limit: f64, delay_ms: u64) -> AlarmSpec {
     AlarmSpec {
-        algorithm: Algorithm::OutOfRange {
-            high_limit: Some(limit),
-            low_limit: None,
-            deadband: 1.0,
-        },
-        fault_values: vec![],
-        fault_on_bad_quality: false,
         time_delay: Duration::from_millis(delay_ms),
         time_delay_normal: Some(Duration::ZERO),
-        event_enable: PerTransition::all(true),
-        notification_class: 1,
+        ..AlarmSpec::high_limit_for_tests(limit, 1)
     }
 }
 

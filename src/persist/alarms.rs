@@ -455,12 +455,11 @@ impl AlarmStore for SqliteAlarmStore {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::time::Duration;
 
     use super::*;
     use crate::alarms::Alarms;
     use crate::config::Config;
-    use crate::points::alarm::{AlarmSpec, Algorithm, ClassRules};
+    use crate::points::alarm::{AlarmSpec, ClassRules};
     use crate::points::{DbOptions, PointId, Protocol, Quality, Value};
 
     fn db() -> PointDb {
@@ -469,19 +468,7 @@ mod tests {
     }
 
     fn high(limit: f64) -> AlarmSpec {
-        AlarmSpec {
-            algorithm: Algorithm::OutOfRange {
-                high_limit: Some(limit),
-                low_limit: None,
-                deadband: 1.0,
-            },
-            fault_values: vec![],
-            fault_on_bad_quality: false,
-            time_delay: Duration::ZERO,
-            time_delay_normal: None,
-            event_enable: PerTransition::all(true),
-            notification_class: 1,
-        }
+        AlarmSpec::high_limit_for_tests(limit, 1)
     }
 
     fn classes() -> HashMap<u32, ClassRules> {

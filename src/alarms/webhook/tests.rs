@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::config::Config;
-use crate::points::alarm::{AlarmSpec, Algorithm, ClassRules, PerTransition, TransitionKind};
+use crate::points::alarm::{AlarmSpec, ClassRules, PerTransition, TransitionKind};
 use crate::points::{DbOptions, PointDb, PointId, Protocol, Quality, Source, Value};
 
 #[derive(Default)]
@@ -61,19 +61,7 @@ fn runtime() -> (PointDb, PointId, Alarms) {
     let c = Config::embedded().expect("embedded");
     let db = PointDb::new(c.points, c.site, DbOptions::default());
     let cpu = db.lookup("cpu_usage").expect("cpu");
-    let spec = AlarmSpec {
-        algorithm: Algorithm::OutOfRange {
-            high_limit: Some(90.0),
-            low_limit: None,
-            deadband: 1.0,
-        },
-        fault_values: vec![],
-        fault_on_bad_quality: false,
-        time_delay: Duration::ZERO,
-        time_delay_normal: None,
-        event_enable: PerTransition::all(true),
-        notification_class: 7,
-    };
+    let spec = AlarmSpec::high_limit_for_tests(90.0, 7);
     let classes = HashMap::from([(
         7,
         ClassRules {
