@@ -520,11 +520,29 @@ def test_overview_lists_an_active_alarm_and_acknowledges_it(console_server):
              msg="the alarm did not appear with an Acknowledge button")
         assert "OFFNORMAL" in d.find_element(By.CSS_SELECTOR, row).text
         shot(d, "overview-alarm")
+        # The route's tile carries its alarm too: one point out of NORMAL,
+        # one transition unacknowledged, the point named in the tooltip.
+        d.get(srv.http_base + "/#/routes")
+        badge = 'section.tile[data-route="cam"] .route-alarms'
+        wait(d, lambda: d.find_elements(By.CSS_SELECTOR, badge)
+             and d.find_element(By.CSS_SELECTOR, badge).get_attribute("data-active") == "1",
+             msg="the cam tile shows no alarm badge")
+        b = d.find_element(By.CSS_SELECTOR, badge)
+        assert b.get_attribute("data-unacked") == "1"
+        assert b.text.strip() == "1 alarm", b.text
+        assert "Route Status" in (b.get_attribute("title") or ""), b.get_attribute("title")
+        shot(d, "routes-alarm")
+        d.get(srv.http_base + "/#/overview")
         click(d, row + ' button[data-ack="to-offnormal"]')
         wait(d, lambda: not any(a["point"] == status and "to-offnormal" in a["unacked"]
                                 for a in api("GET", "/api/alarms")["alarms"]),
              msg="the click did not acknowledge the transition")
         wait(d, lambda: not d.find_elements(By.CSS_SELECTOR, row + " button[data-ack]"))
+        # Acknowledged, still active: the tile counts it as active, not unacked.
+        d.get(srv.http_base + "/#/routes")
+        wait(d, lambda: d.find_element(By.CSS_SELECTOR, badge).get_attribute("data-unacked") == "0",
+             msg="the tile still counts the acknowledged transition")
+        assert d.find_element(By.CSS_SELECTOR, badge).get_attribute("data-active") == "1"
         hist = api("GET", f"/api/alarms/history?point={status}&limit=5")["transitions"]
         assert any((t.get("ack") or {}).get("comment") == "acknowledged in the console"
                    and t["ack"]["protocol"] == "rest" for t in hist), hist

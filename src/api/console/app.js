@@ -17,6 +17,10 @@ export const store = {
   rates: new Map(),
   dash: null,
   events: [],
+  // `GET /api/alarms` (active or unacknowledged), refetched when the feed
+  // reports an alarm transition or acknowledgement; null until loaded or
+  // when alarms are not running. The route tiles count theirs from it.
+  alarms: null,
   feeds: { points: false, dashboard: false },
   pointsFeed: null,
   dashFeed: null,
@@ -69,6 +73,11 @@ function onPoints(m) {
     case "stats":
       onRouter(m.router);
       break;
+    case "alarm":
+    case "alarm-ack":
+    case "alarms":
+      loadAlarms();
+      return;
     case "event":
       store.events.unshift(m);
       store.events.length = Math.min(store.events.length, 100);
@@ -117,6 +126,21 @@ function refreshPoint(id) {
   }, 100);
 }
 
+let alarmsTimer = null;
+/** The active alarms list; a burst of transitions costs one request. */
+export function loadAlarms() {
+  clearTimeout(alarmsTimer);
+  alarmsTimer = setTimeout(async () => {
+    try {
+      store.alarms = await get("/api/alarms");
+    } catch {
+      // 503: alarms are not running; the tiles then show no alarm badge.
+      store.alarms = null;
+    }
+    changed();
+  }, 150);
+}
+
 let routesTimer = null;
 /** Route documents (desired state); refetched after router events and own changes. */
 export function loadRoutes() {
@@ -154,8 +178,12 @@ function startFeeds() {
   store.pointsFeed = new Feed("/api/ws", onPoints, (up) => {
     store.feeds.points = up;
     if (up) store.connects = (store.connects || 0) + 1;
-    // Reconnected: the snapshot resynchronises points; documents too.
-    if (up) loadRoutes();
+    // Reconnected: the snapshot resynchronises points; documents and the
+    // alarm list too (transitions may have been missed while down).
+    if (up) {
+      loadRoutes();
+      loadAlarms();
+    }
     changed();
   }, checkSession);
   store.dashFeed = new Feed(

@@ -381,12 +381,27 @@ function alarmRow(a, reload, note) {
 // ------------------------------------------------------------------ routes
 
 /**
+ * A route's share of `GET /api/alarms`: how many of its points are out of
+ * NORMAL, how many transitions wait for an acknowledgement, and the badge
+ * text. `key` changes only when the badge must.
+ */
+function routeAlarms(store, name) {
+  const mine = ((store.alarms && store.alarms.alarms) || []).filter((a) => a.route === name);
+  const active = mine.filter((a) => a.state !== "normal").length;
+  const unacked = mine.filter((a) => (a.unacked || []).length > 0).length;
+  const text = active ? `${active} alarm${active > 1 ? "s" : ""}` : `${unacked} unacked`;
+  const title = mine.map((a) => `${a.name || a.point}: ${a.state}${(a.unacked || []).length ? " (unacknowledged)" : ""}`).join("\n");
+  return { active, unacked, text, title, key: JSON.stringify([active, unacked, title]) };
+}
+
+/**
  * One route tile. Built once per route and patched in place: a switch
  * being clicked is never replaced under the pointer; the outputs table is
  * rebuilt only when an output's state (not its bitrate) changes.
  */
 function routeTile(store, name, note) {
   const status = h("span", { class: "route-status" });
+  const alarm = h("a", { class: "route-alarms", href: "#/overview" });
   const input = h("b", { class: "active-input" });
   const failover = h("b");
   const viewers = h("b");
@@ -399,6 +414,7 @@ function routeTile(store, name, note) {
     h("div", { class: "tile-head" },
       h("a", { href: `#/routes/${encodeURIComponent(name)}`, class: "route-name" }, name),
       name === store.primary ? h("span", { class: "muted small", title: "the seed's stream points act on this route" }, " primary") : "",
+      alarm,
       status),
     h("div", { class: "kv" }, h("span", {}, "Active input"), input, h("span", {}, "Failover"), failover, h("span", {}, "Viewers"), viewers),
     h("div", { class: "rates" }, rin, rout),
@@ -406,8 +422,17 @@ function routeTile(store, name, note) {
   );
   let shownOuts = "";
   let shownStatus = "";
+  let shownAlarms = "";
   const rateCells = new Map();
   el.update = () => {
+    const al = routeAlarms(store, name);
+    if (al.key !== shownAlarms) {
+      shownAlarms = al.key;
+      alarm.dataset.active = String(al.active);
+      alarm.dataset.unacked = String(al.unacked);
+      alarm.title = al.title;
+      replace(alarm, al.active || al.unacked ? badge(al.text, al.active ? "alarm" : "unacked") : "");
+    }
     const doc = store.routeDocs.find((d) => d.name === name);
     const r = store.router && (store.router.routes || []).find((x) => x.name === name);
     const st = routeStatus(store, name);
