@@ -81,7 +81,9 @@ pub fn record_json(alarms: &Alarms, r: &AlarmRecord) -> J {
         "type": "alarm",
         "seq": r.seq,
         "point": r.point,
-        "route": id.and_then(|i| route_of(db, i)),
+        // The route it was judged for: a closing transition ("route
+        // deleted") comes when the block has no owner any more.
+        "route": r.route,
         "notification_class": alarms.class_of(&r.point),
         "from": t.from.as_str(),
         "to": t.to.as_str(),

@@ -35,6 +35,10 @@ pub struct AlarmRecord {
     /// Monotonic across the process (history order).
     pub seq: u64,
     pub point: String,
+    /// The route that owned the point's block when the transition was
+    /// judged (`None` for a server point). Kept with the record because a
+    /// closing transition is judged as the block goes away.
+    pub route: Option<String>,
     pub transition: Transition,
 }
 
@@ -76,11 +80,30 @@ pub trait AlarmStore: Send + Sync {
         self.record_ack(point, kind, time_stamp, source)
     }
 
-    /// A route block closed: its point's alarm went back to NORMAL
-    /// silently (no transition); the stored state must not come back.
+    /// A route block closed or changed owner: its point's alarm state
+    /// was dropped (after a closing transition, if it was not NORMAL); the
+    /// stored state must not come back.
     fn record_reset(&self, point: &str) -> anyhow::Result<()> {
         let _ = point;
         Ok(())
+    }
+
+    /// An acknowledgement with the point's whole state after it, so a
+    /// store that missed a transition (a full disk when it happened) is
+    /// brought back in line instead of refusing every later ack of it.
+    /// Stores that keep no state need not implement it.
+    #[allow(clippy::too_many_arguments)]
+    fn record_ack_state(
+        &self,
+        point: &str,
+        kind: TransitionKind,
+        time_stamp: DateTime<Utc>,
+        source: &Source,
+        comment: Option<&str>,
+        state: &AlarmState,
+    ) -> anyhow::Result<()> {
+        let _ = state;
+        self.record_ack_with(point, kind, time_stamp, source, comment)
     }
 }
 
@@ -107,6 +130,15 @@ async fn block_changed(b: &mut Option<tokio::sync::watch::Receiver<u64>>) -> boo
 /// Transitions kept in memory for `history` (the durable store keeps more).
 pub const HISTORY_CAP: usize = 1000;
 
+/// After the runtime starts, a point without a good value is not judged
+/// FAULT for this long: telemetry, the engine and MQTT start after the
+/// alarms and report their first values within a second or two, and a
+/// restart must not raise (and ask operators to acknowledge) a FAULT for
+/// every point that simply has not been sampled yet. The same grace the
+/// stream status takes (`telemetry::status::STARTUP_GRACE`). A point that
+/// is still without a good value when it ends is judged then.
+pub const STARTUP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A point's alarm as the views show it.
 #[derive(Debug, Clone)]
 pub struct AlarmSummary {
@@ -123,6 +155,16 @@ struct Inner {
     states: Mutex<Vec<AlarmState>>,
     /// Whether each point was present at its last evaluation.
     present: Vec<std::sync::atomic::AtomicBool>,
+    /// The route that owned each point's block when its state was last
+    /// judged (or, restored, when it was stored); `None` for server points
+    /// and unknown owners. A state judged for one route never carries over
+    /// to the next route given the same slot.
+    owners: Mutex<Vec<Option<String>>>,
+    /// Bad quality is not judged as FAULT before this (see
+    /// [`STARTUP_GRACE`]); set when `run` starts.
+    grace_until: Mutex<Option<Instant>>,
+    /// The grace `run` takes ([`STARTUP_GRACE`] unless set).
+    grace: Mutex<std::time::Duration>,
     history: Mutex<VecDeque<AlarmRecord>>,
     history_cap: usize,
     seq: std::sync::atomic::AtomicU64,
@@ -154,6 +196,7 @@ impl Alarms {
             .map(|(i, (p, _))| (*p, i))
             .collect();
         let states = Mutex::new(vec![AlarmState::default(); points.len()]);
+        let owners = Mutex::new(vec![None; points.len()]);
         let present = points
             .iter()
             .map(|_| std::sync::atomic::AtomicBool::new(false))
@@ -167,6 +210,9 @@ impl Alarms {
                 classes,
                 states,
                 present,
+                owners,
+                grace_until: Mutex::new(None),
+                grace: Mutex::new(STARTUP_GRACE),
                 history: Mutex::new(VecDeque::new()),
                 history_cap: history_cap.max(1),
                 seq: std::sync::atomic::AtomicU64::new(0),
@@ -176,15 +222,23 @@ impl Alarms {
         }
     }
 
+    /// Sets the start-up grace (before `run`; tests shorten it).
+    pub fn set_startup_grace(&self, d: std::time::Duration) {
+        *self.inner.grace.lock() = d;
+    }
+
     /// Installs the durable store (once, before `run`).
     pub fn set_store(&self, s: Arc<dyn AlarmStore>) {
         let _ = self.inner.store.set(s);
     }
 
-    /// Puts back a persisted state (start-up, before `run`).
-    pub fn restore(&self, point: PointId, st: AlarmState) {
+    /// Puts back a persisted state (start-up, before `run`), judged for
+    /// `route` (the route that owned the point's block when it was
+    /// stored; `None` for server points or when not recorded).
+    pub fn restore(&self, point: PointId, st: AlarmState, route: Option<String>) {
         if let Some(&i) = self.inner.index.get(&point) {
             self.inner.states.lock()[i] = st;
+            self.inner.owners.lock()[i] = route;
         }
     }
 
@@ -209,75 +263,139 @@ impl Alarms {
     fn evaluate(&self, i: usize, now: Instant, wall: DateTime<Utc>) {
         let (id, spec) = &self.inner.points[i];
         // A route block nobody owns (route deleted, slot free) has no
-        // alarm: its state goes back to NORMAL silently, so neither a
-        // free slot nor the next route given it inherits an event. Only
-        // once the block was seen present: at start-up the blocks open
-        // after the first evaluation, and a state restored from the store
-        // must wait for its route, not be wiped before it comes.
+        // alarm: an active one is closed (a to-NORMAL transition, "route
+        // deleted", so recipients, webhooks and the history see it end)
+        // and the state dropped, so neither a free slot nor the next route
+        // given it inherits an event. Only once the block was seen
+        // present: at start-up the blocks open after the first
+        // evaluation, and a state restored from the store must wait for
+        // its route, not be wiped before it comes.
         let present = self.inner.db.is_present(*id);
         let was = self.inner.present[i].swap(present, std::sync::atomic::Ordering::Relaxed);
         if !present {
             if was {
-                let mut states = self.inner.states.lock();
-                if states[i] != AlarmState::default() {
-                    states[i] = AlarmState::default();
-                    drop(states);
-                    if let Some(s) = self.inner.store.get() {
-                        let point = self.inner.db.def(*id).map(|d| d.id.as_str()).unwrap_or("");
-                        if let Err(e) = s.record_reset(point) {
-                            tracing::warn!(point, "alarm state of a closed route block not cleared in the store: {e:#}");
-                        }
-                    }
-                }
+                let owner = self.inner.owners.lock()[i].take();
+                self.close(i, wall, owner, "route deleted");
             }
             return;
+        }
+        // The block changed hands between two looks (a route deleted and
+        // another created in the same slot, a rename) or since the state
+        // was stored: the old route's alarm ends here, the new route's
+        // point is judged from NORMAL.
+        let owner = crate::alarms::json::route_of(&self.inner.db, *id);
+        let old = {
+            let mut owners = self.inner.owners.lock();
+            std::mem::replace(&mut owners[i], owner.clone())
+        };
+        if old.is_some() && old != owner {
+            let why = format!(
+                "route {} gave its slot to {}",
+                old.as_deref().unwrap_or("?"),
+                owner.as_deref().unwrap_or("none")
+            );
+            self.close(i, wall, old, &why);
         }
         let Some(st) = self.inner.db.read(*id) else {
             return;
         };
+        // Within the start-up grace a point without a good value is left
+        // as it is (see STARTUP_GRACE); `run` judges every point again
+        // when the grace ends.
+        if st.quality != crate::points::Quality::Ok
+            && self.inner.grace_until.lock().is_some_and(|g| now < g)
+        {
+            return;
+        }
         let rules = self.rules(spec);
         let t = {
             let mut states = self.inner.states.lock();
             states[i].evaluate(spec, &rules, st.value, st.quality, now, wall)
         };
         if let Some(t) = t {
-            let point = self
-                .inner
-                .db
-                .def(*id)
-                .map(|d| d.id.clone())
-                .unwrap_or_default();
-            let rec = AlarmRecord {
-                seq: self
-                    .inner
-                    .seq
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                point,
-                transition: t,
-            };
-            if let Some(s) = self.inner.store.get() {
-                // A transition that cannot be stored is still a real
-                // state change: keep it live and say so loudly.
-                if let Err(e) = s.record_transition(&rec) {
-                    tracing::error!(point = %rec.point, "alarm transition not stored: {e:#}");
-                }
-            }
-            tracing::info!(
-                point = %rec.point,
-                from = rec.transition.from.as_str(),
-                to = rec.transition.to.as_str(),
-                reason = %rec.transition.reason,
-                "alarm transition"
-            );
-            {
-                let mut h = self.inner.history.lock();
-                if h.len() == self.inner.history_cap {
-                    h.pop_front();
-                }
-                h.push_back(rec.clone());
-            }
-            let _ = self.inner.events.send(AlarmEvent::Transition(rec));
+            self.publish(*id, owner, t);
         }
+    }
+
+    /// Ends point `i`'s alarm for `route` (its block closed or changed
+    /// owner): a to-NORMAL transition when it was not NORMAL (notified as
+    /// Event_Enable says, no acknowledgement asked: nobody could give one
+    /// for a route that is gone), then the state is dropped, in memory and
+    /// in the store.
+    fn close(&self, i: usize, wall: DateTime<Utc>, route: Option<String>, why: &str) {
+        let (id, spec) = &self.inner.points[i];
+        let old = std::mem::take(&mut self.inner.states.lock()[i]);
+        if old == AlarmState::default() {
+            return;
+        }
+        if old.event_state != EventState::Normal {
+            let rules = self.rules(spec);
+            let t = Transition {
+                from: old.event_state,
+                to: EventState::Normal,
+                kind: TransitionKind::ToNormal,
+                at: wall,
+                notify: spec.event_enable.to_normal,
+                ack_required: false,
+                priority: rules.priority.to_normal,
+                value: None,
+                reason: why.to_string(),
+            };
+            self.publish(*id, route, t);
+        }
+        if let Some(s) = self.inner.store.get() {
+            let point = self.inner.db.def(*id).map(|d| d.id.as_str()).unwrap_or("");
+            if let Err(e) = s.record_reset(point) {
+                tracing::warn!(
+                    point,
+                    "alarm state of a closed route block not cleared in the store: {e:#}"
+                );
+            }
+        }
+    }
+
+    /// Records, logs and broadcasts one transition of `id`.
+    fn publish(&self, id: PointId, route: Option<String>, t: Transition) {
+        let point = self
+            .inner
+            .db
+            .def(id)
+            .map(|d| d.id.clone())
+            .unwrap_or_default();
+        let rec = AlarmRecord {
+            seq: self
+                .inner
+                .seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            point,
+            route,
+            transition: t,
+        };
+        if let Some(s) = self.inner.store.get() {
+            // A transition that cannot be stored (a full disk) is still a
+            // real state change: it is shown and notified (an alarm must
+            // never be hidden by the failure it may be about) and logged;
+            // the next acknowledgement stores the point's whole state
+            // (`record_ack_state`), so it stays acknowledgeable.
+            if let Err(e) = s.record_transition(&rec) {
+                tracing::error!(point = %rec.point, "alarm transition not stored: {e:#}");
+            }
+        }
+        tracing::info!(
+            point = %rec.point,
+            from = rec.transition.from.as_str(),
+            to = rec.transition.to.as_str(),
+            reason = %rec.transition.reason,
+            "alarm transition"
+        );
+        {
+            let mut h = self.inner.history.lock();
+            if h.len() == self.inner.history_cap {
+                h.pop_front();
+            }
+            h.push_back(rec.clone());
+        }
+        let _ = self.inner.events.send(AlarmEvent::Transition(rec));
     }
 
     /// Evaluates every point (start-up, and after a lagged change feed).
@@ -306,9 +424,16 @@ impl Alarms {
         // Routes coming and going open and close blocks without a value
         // change of every point: re-judge all then.
         let mut blocks = self.inner.db.subscribe_blocks();
+        let grace = Instant::now() + *self.inner.grace.lock();
+        *self.inner.grace_until.lock() = Some(grace);
+        let mut in_grace = true;
         self.evaluate_all();
         loop {
-            let deadline = self.next_deadline();
+            let deadline = match self.next_deadline() {
+                Some(d) if in_grace => Some(d.min(grace)),
+                None if in_grace => Some(grace),
+                d => d,
+            };
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
@@ -336,6 +461,14 @@ impl Alarms {
                 },
                 _ = sleep => {
                     let (now, wall) = (Instant::now(), Utc::now());
+                    if in_grace && now >= grace {
+                        // The grace is over: points still without a good
+                        // value are judged now.
+                        in_grace = false;
+                        *self.inner.grace_until.lock() = None;
+                        self.evaluate_all();
+                        continue;
+                    }
                     for i in 0..self.inner.points.len() {
                         let due = {
                             let states = self.inner.states.lock();
@@ -447,7 +580,7 @@ impl Alarms {
         let changed = probe.acknowledge(kind, time_stamp)?;
         if changed {
             if let Some(s) = self.inner.store.get() {
-                s.record_ack_with(point, kind, time_stamp, source, comment)
+                s.record_ack_state(point, kind, time_stamp, source, comment, &probe)
                     .map_err(|e| AckFailure::Store(format!("{e:#}")))?;
             }
             states[i] = probe;

@@ -312,3 +312,257 @@ async fn a_storm_of_100_routes_is_stored_whole_and_notified_at_a_bounded_rate() 
     stop.cancel();
     task.await.expect("run");
 }
+
+/// A database with route blocks and an alarm runtime over every slot's
+/// Route Status (NO_SIGNAL is the alarm value), with `store`.
+fn route_runtime(store: Option<Arc<dyn AlarmStore>>) -> (PointDb, Alarms) {
+    let c = Config::embedded().expect("embedded");
+    let db = PointDb::with_routes(c.points, c.site, DbOptions::default(), c.route_template);
+    let spec = AlarmSpec {
+        algorithm: Algorithm::ChangeOfState {
+            alarm_values: vec![Value::Enum(2)],
+        },
+        fault_values: vec![],
+        fault_on_bad_quality: false,
+        time_delay: Duration::ZERO,
+        time_delay_normal: None,
+        event_enable: PerTransition::all(true),
+        notification_class: 1,
+    };
+    let points = (1..=4u16)
+        .filter_map(|slot| db.block_point(slot, "route_status", None))
+        .map(|p| (p, spec.clone()))
+        .collect();
+    let alarms = Alarms::new(db.clone(), points, classes(), 100);
+    if let Some(s) = store {
+        alarms.set_store(s);
+    }
+    (db, alarms)
+}
+
+fn open(db: &PointDb, slot: u16, route: &str) -> PointId {
+    use crate::points::routes::BlockInfo;
+    assert!(db.open_block(
+        slot,
+        BlockInfo {
+            route: route.into(),
+            inputs: vec!["in".into()],
+            outputs: vec![],
+        },
+    ));
+    db.block_point(slot, "route_status", None)
+        .expect("route_status")
+}
+
+async fn next_transition(rx: &mut broadcast::Receiver<AlarmEvent>) -> AlarmRecord {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a transition within 10 s")
+            .expect("event");
+        if let AlarmEvent::Transition(r) = ev {
+            return r;
+        }
+    }
+}
+
+/// Deleting a route with an active alarm ends it with a to-NORMAL
+/// transition that names the route (webhooks, the history and BACnet
+/// recipients see it close); before, the state was dropped silently.
+#[tokio::test]
+async fn a_deleted_route_closes_its_active_alarm() {
+    let (db, alarms) = route_runtime(None);
+    let mut rx = alarms.subscribe();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(alarms.clone().run(stop.clone()));
+    let id = open(&db, 3, "cam");
+    db.set(id, Some(Value::Enum(2)), Quality::Ok, None)
+        .expect("no signal");
+    let r = next_transition(&mut rx).await;
+    assert_eq!(
+        (r.transition.to, r.route.as_deref()),
+        (EventState::Offnormal, Some("cam"))
+    );
+    db.close_block(3);
+    let r = next_transition(&mut rx).await;
+    assert_eq!(r.transition.to, EventState::Normal);
+    assert_eq!(r.route.as_deref(), Some("cam"));
+    assert_eq!(r.transition.reason, "route deleted");
+    assert!(
+        !r.transition.ack_required,
+        "nobody can acknowledge a deleted route's point"
+    );
+    assert_eq!(alarms.state(id), Some(AlarmState::default()));
+    assert_eq!(alarms.counts(), (0, 0));
+    stop.cancel();
+    task.await.expect("run");
+}
+
+/// A route deleted and another created in its slot between two looks of
+/// the runtime: the old route's alarm is closed under its name and the new
+/// route starts from NORMAL. Before, the new route inherited the active,
+/// unacknowledged event of the old one.
+#[tokio::test]
+async fn the_next_route_in_a_slot_never_inherits_an_alarm() {
+    let (db, alarms) = route_runtime(None);
+    let mut rx = alarms.subscribe();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(alarms.clone().run(stop.clone()));
+    let id = open(&db, 3, "cam");
+    db.set(id, Some(Value::Enum(2)), Quality::Ok, None)
+        .expect("no signal");
+    assert_eq!(
+        next_transition(&mut rx).await.transition.to,
+        EventState::Offnormal
+    );
+    // Back to back, as the slot keeper does for a swap.
+    db.close_block(3);
+    let id2 = open(&db, 3, "studio");
+    assert_eq!(id, id2, "same slot, same point");
+    db.set(id, Some(Value::Enum(1)), Quality::Ok, None)
+        .expect("live");
+    let r = next_transition(&mut rx).await;
+    assert_eq!(
+        (r.transition.to, r.route.as_deref()),
+        (EventState::Normal, Some("cam"))
+    );
+    eventually("studio judged from NORMAL", || {
+        let st = alarms.state(id)?;
+        (st == AlarmState::default()).then_some(())
+    })
+    .await;
+    assert_eq!(alarms.counts(), (0, 0), "nothing active, nothing unacked");
+    stop.cancel();
+    task.await.expect("run");
+}
+
+/// A state stored for route `cam` in slot 3 and restored after `cam` was
+/// removed: when `studio` gets slot 3 it starts from NORMAL.
+#[tokio::test]
+async fn a_restored_state_waits_for_its_own_route_only() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(crate::persist::Store::open(dir.path(), 1000).expect("store"));
+    let sqlite = |db: &PointDb| -> Arc<dyn AlarmStore> {
+        Arc::new(crate::persist::alarms::SqliteAlarmStore::new(
+            store.clone(),
+            Some(db.clone()),
+            100,
+        ))
+    };
+    {
+        let (db, alarms) = route_runtime(None);
+        alarms.set_store(sqlite(&db));
+        let id = open(&db, 3, "cam");
+        db.set(id, Some(Value::Enum(2)), Quality::Ok, None)
+            .expect("no signal");
+        alarms.evaluate_all();
+        assert_eq!(
+            alarms.state(id).map(|s| s.event_state),
+            Some(EventState::Offnormal)
+        );
+    }
+    let (db, alarms) = route_runtime(None);
+    alarms.set_store(sqlite(&db));
+    let states = store.alarm_states().expect("states");
+    assert_eq!(states.len(), 1);
+    for (p, st, route) in states {
+        assert_eq!(route.as_deref(), Some("cam"));
+        alarms.restore(db.lookup_any(&p).expect("point"), st, route);
+    }
+    let id = open(&db, 3, "studio");
+    db.set(id, Some(Value::Enum(1)), Quality::Ok, None)
+        .expect("live");
+    alarms.evaluate_all();
+    assert_eq!(alarms.state(id), Some(AlarmState::default()));
+    assert!(
+        store.alarm_states().expect("states").is_empty(),
+        "the stored row is gone"
+    );
+    // Its own route gets it back: cam in slot 3 after a restart.
+    let (db, alarms) = route_runtime(None);
+    let id = open(&db, 3, "cam");
+    alarms.restore(
+        id,
+        AlarmState::restore(
+            EventState::Offnormal,
+            PerTransition {
+                to_offnormal: Some(Utc::now()),
+                to_fault: None,
+                to_normal: None,
+            },
+            PerTransition {
+                to_offnormal: false,
+                to_fault: true,
+                to_normal: true,
+            },
+            Some(Value::Enum(2)),
+        ),
+        Some("cam".into()),
+    );
+    db.set(id, Some(Value::Enum(2)), Quality::Ok, None)
+        .expect("no signal");
+    alarms.evaluate_all();
+    let st = alarms.state(id).expect("state");
+    assert_eq!(st.event_state, EventState::Offnormal);
+    assert!(!st.acked.to_offnormal, "cam's own unacked alarm is kept");
+}
+
+/// A point without a good value at start-up is not FAULT before the grace
+/// ends (telemetry and the engine start after the alarms), and is FAULT
+/// once it ends if still without one. Before, every restart raised an
+/// ack-required FAULT for Server Status and Communication Status.
+#[tokio::test]
+async fn start_up_grace_before_judging_a_point_without_a_value() {
+    let db = db();
+    let ss = db.lookup("server_status").expect("server_status");
+    let spec = AlarmSpec {
+        algorithm: Algorithm::None,
+        fault_values: vec![],
+        fault_on_bad_quality: true,
+        time_delay: Duration::ZERO,
+        time_delay_normal: None,
+        event_enable: PerTransition::all(true),
+        notification_class: 1,
+    };
+    let alarms = Alarms::new(db.clone(), vec![(ss, spec)], classes(), 100);
+    alarms.set_startup_grace(Duration::from_millis(400));
+    let mut rx = alarms.subscribe();
+    let stop = CancellationToken::new();
+    let started = Utc::now();
+    let task = tokio::spawn(alarms.clone().run(stop.clone()));
+    // No source yet: FAULT comes, but not before the grace is over.
+    let r = next_transition(&mut rx).await;
+    assert_eq!(r.transition.to, EventState::Fault);
+    let after = r.transition.at - started;
+    assert!(
+        after >= chrono::Duration::milliseconds(400),
+        "FAULT {after} after start"
+    );
+    stop.cancel();
+    task.await.expect("run");
+
+    // A value within the grace: no FAULT at all.
+    let db2 = self::db();
+    let ss2 = db2.lookup("server_status").expect("server_status");
+    let alarms = Alarms::new(
+        db2.clone(),
+        vec![(ss2, alarms.spec(ss).expect("spec").clone())],
+        classes(),
+        100,
+    );
+    alarms.set_startup_grace(Duration::from_millis(400));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(alarms.clone().run(stop.clone()));
+    let states = db2.def(ss2).map(|d| d.states.len()).unwrap_or(0);
+    assert!(states > 0, "server_status is a multi-state point");
+    db2.set(ss2, Some(Value::Enum(1)), Quality::Ok, None)
+        .expect("ok");
+    // Past the grace (a deadline the runtime wakes for), still NORMAL.
+    eventually("grace over", || {
+        (alarms.inner.grace_until.lock().is_none()).then_some(())
+    })
+    .await;
+    assert_eq!(alarms.state(ss2), Some(AlarmState::default()));
+    stop.cancel();
+    task.await.expect("run");
+}

@@ -126,11 +126,12 @@ impl AlarmHistoryRow {
 
 impl Store {
     /// Every stored alarm state, by point id (start-up restore).
-    pub fn alarm_states(&self) -> anyhow::Result<Vec<(String, AlarmState)>> {
+    /// Every stored alarm state, with the route it was judged for.
+    pub fn alarm_states(&self) -> anyhow::Result<Vec<(String, AlarmState, Option<String>)>> {
         let c = self.conn.lock();
         let mut st = c.prepare(
             "SELECT point, event_state, ts_offnormal, ts_fault, ts_normal,
-                    acked_offnormal, acked_fault, acked_normal, offnormal_value
+                    acked_offnormal, acked_fault, acked_normal, offnormal_value, route
              FROM alarm_state ORDER BY point",
         )?;
         let rows = st
@@ -149,11 +150,12 @@ impl Store {
                         r.get::<_, bool>(7)?,
                     ],
                     r.get::<_, Option<String>>(8)?,
+                    r.get::<_, Option<String>>(9)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::with_capacity(rows.len());
-        for (point, es, stamps, acked, ov) in rows {
+        for (point, es, stamps, acked, ov, route) in rows {
             let Some(es) = state_from_str(&es) else {
                 tracing::warn!("stored alarm state of {point} unreadable ({es:?}), ignored");
                 continue;
@@ -173,7 +175,11 @@ impl Store {
                 .as_deref()
                 .and_then(|t| serde_json::from_str::<J>(t).ok())
                 .and_then(|j| value_from_json(&j));
-            out.push((point, AlarmState::restore(es, time_stamps, acked, ov)));
+            out.push((
+                point,
+                AlarmState::restore(es, time_stamps, acked, ov),
+                route,
+            ));
         }
         Ok(out)
     }
@@ -239,10 +245,10 @@ pub fn install(
         DEFAULT_HISTORY_RETENTION,
     )));
     let mut n = 0;
-    for (point, st) in store.alarm_states()? {
+    for (point, st, route) in store.alarm_states()? {
         match db.lookup_any(&point) {
             Some(id) if alarms.spec(id).is_some() => {
-                alarms.restore(id, st);
+                alarms.restore(id, st, route);
                 n += 1;
             }
             // The point lost its alarm (config changed): nothing to show.
@@ -286,7 +292,9 @@ impl AlarmStore for SqliteAlarmStore {
         let t = &rec.transition;
         let k = col(t.kind);
         let at = ts_nanos(t.at);
-        let route = self.route_of(&rec.point);
+        // The record names its route (a closing transition is judged as the
+        // block goes away); older callers leave it to the database.
+        let route = rec.route.clone().or_else(|| self.route_of(&rec.point));
         // The COS alarm value is the one OFFNORMAL is about (what
         // `AlarmState` keeps); other states keep none.
         let ov = match t.to {
@@ -299,13 +307,13 @@ impl AlarmStore for SqliteAlarmStore {
         tx.execute(
             &format!(
                 "INSERT INTO alarm_state (point, event_state, ts_{k}, acked_offnormal, acked_fault,
-                    acked_normal, offnormal_value, updated)
-                 VALUES (?1, ?2, ?3, 1, 1, 1, ?4, ?3)
+                    acked_normal, offnormal_value, updated, route)
+                 VALUES (?1, ?2, ?3, 1, 1, 1, ?4, ?3, ?5)
                  ON CONFLICT(point) DO UPDATE SET event_state = excluded.event_state,
                     ts_{k} = excluded.ts_{k}, offnormal_value = excluded.offnormal_value,
-                    updated = excluded.updated"
+                    updated = excluded.updated, route = excluded.route"
             ),
-            params![rec.point, t.to.as_str(), at, ov],
+            params![rec.point, t.to.as_str(), at, ov, route],
         )?;
         tx.execute(
             &format!("UPDATE alarm_state SET acked_{k} = ?2 WHERE point = ?1"),
@@ -384,12 +392,73 @@ impl AlarmStore for SqliteAlarmStore {
         source: &Source,
         comment: Option<&str>,
     ) -> anyhow::Result<()> {
+        self.ack(point, kind, time_stamp, source, comment, None)
+    }
+
+    fn record_ack_state(
+        &self,
+        point: &str,
+        kind: TransitionKind,
+        time_stamp: DateTime<Utc>,
+        source: &Source,
+        comment: Option<&str>,
+        state: &AlarmState,
+    ) -> anyhow::Result<()> {
+        self.ack(point, kind, time_stamp, source, comment, Some(state))
+    }
+}
+
+impl SqliteAlarmStore {
+    /// One acknowledgement: with `state` (the runtime's state after it),
+    /// the point's row is first written whole, so a transition the store
+    /// missed (it failed when the transition happened) cannot make the ack
+    /// fail forever; then the history row and the audit entry.
+    fn ack(
+        &self,
+        point: &str,
+        kind: TransitionKind,
+        time_stamp: DateTime<Utc>,
+        source: &Source,
+        comment: Option<&str>,
+        state: Option<&AlarmState>,
+    ) -> anyhow::Result<()> {
         let k = col(kind);
         let stamp = ts_nanos(time_stamp);
         let now = Utc::now();
         let peer = source.peer.map(|p| p.to_string());
+        let route = state.and_then(|_| self.route_of(point));
         let c = self.store.conn.lock();
         let tx = c.unchecked_transaction()?;
+        if let Some(st) = state {
+            let ts = |k| st.time_stamps.get(k).map(ts_nanos);
+            let ov = match st.event_state {
+                EventState::Offnormal => st.offnormal_value().map(|v| value_json(v).to_string()),
+                _ => None,
+            };
+            tx.execute(
+                "INSERT INTO alarm_state (point, event_state, ts_offnormal, ts_fault, ts_normal,
+                    acked_offnormal, acked_fault, acked_normal, offnormal_value, updated, route)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT(point) DO UPDATE SET event_state = excluded.event_state,
+                    ts_offnormal = excluded.ts_offnormal, ts_fault = excluded.ts_fault,
+                    ts_normal = excluded.ts_normal, acked_offnormal = excluded.acked_offnormal,
+                    acked_fault = excluded.acked_fault, acked_normal = excluded.acked_normal,
+                    offnormal_value = excluded.offnormal_value, updated = excluded.updated",
+                params![
+                    point,
+                    st.event_state.as_str(),
+                    ts(TransitionKind::ToOffnormal),
+                    ts(TransitionKind::ToFault),
+                    ts(TransitionKind::ToNormal),
+                    st.acked.to_offnormal,
+                    st.acked.to_fault,
+                    st.acked.to_normal,
+                    ov,
+                    ts_nanos(now),
+                    route,
+                ],
+            )?;
+        }
         let n = tx.execute(
             &format!(
                 "UPDATE alarm_state SET acked_{k} = 1, updated = ?3
@@ -492,8 +561,8 @@ mod tests {
             Some(db.clone()),
             DEFAULT_HISTORY_RETENTION,
         )));
-        for (p, st) in store.alarm_states().expect("states") {
-            alarms.restore(db.lookup_any(&p).expect("point"), st);
+        for (p, st, route) in store.alarm_states().expect("states") {
+            alarms.restore(db.lookup_any(&p).expect("point"), st, route);
         }
         (db, cpu, alarms)
     }
@@ -509,6 +578,45 @@ mod tests {
             Some("127.0.0.1:40000".parse().expect("addr")),
             Some("alice".into()),
         )
+    }
+
+    /// A transition the store missed (its write failed when it happened:
+    /// a full disk) must not make the alarm unacknowledgeable: the ack
+    /// writes the point's whole state. Before, every ack of it failed ("no
+    /// stored to-offnormal transition") until another transition was stored.
+    #[test]
+    fn an_ack_of_a_transition_the_store_missed_is_stored_whole() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let stamp;
+        {
+            let store = Arc::new(Store::open(dir.path(), 1000).expect("open"));
+            let (db, cpu, alarms) = runtime(&store);
+            set(&db, cpu, 50.0);
+            alarms.evaluate_all();
+            set(&db, cpu, 97.5);
+            alarms.evaluate_all();
+            stamp = alarms
+                .state(cpu)
+                .and_then(|s| s.time_stamps.to_offnormal)
+                .expect("stamp");
+            // As if the transition's write had failed.
+            store
+                .conn
+                .lock()
+                .execute("DELETE FROM alarm_state", [])
+                .expect("delete");
+            let acked = alarms
+                .acknowledge("cpu_usage", TransitionKind::ToOffnormal, stamp, &op())
+                .expect("the ack is stored although the transition was not");
+            assert!(acked);
+        }
+        // And it is durable, with the live state.
+        let store = Arc::new(Store::open(dir.path(), 1000).expect("reopen"));
+        let (_db, cpu, alarms) = runtime(&store);
+        let st = alarms.state(cpu).expect("restored");
+        assert_eq!(st.event_state, EventState::HighLimit);
+        assert_eq!(st.time_stamps.to_offnormal, Some(stamp));
+        assert!(st.acked.to_offnormal);
     }
 
     #[test]

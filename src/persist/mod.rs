@@ -139,6 +139,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX alarm_history_point ON alarm_history(point, id);
     CREATE INDEX alarm_history_route ON alarm_history(route, id);
     CREATE INDEX alarm_history_at ON alarm_history(at);",
+    // 8: the route an alarm state was judged for (a state never carries
+    // over to the next route given the same slot; alarms/mod.rs).
+    "ALTER TABLE alarm_state ADD COLUMN route TEXT;",
 ];
 
 /// A stored user: SCRAM-SHA-256 keys only, never the password.

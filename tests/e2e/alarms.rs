@@ -117,7 +117,8 @@ async fn websocket_pushes_alarm_transitions_and_acks() {
     let app = util::start().await;
     let (db, alarms) = (app.db.clone(), app.alarms.clone());
     let ss = db.lookup("server_status").expect("server_status");
-    // Telemetry off: Server Status has no source, FAULT at once.
+    // Telemetry off: Server Status has no source, FAULT once the start-up
+    // grace (5 s, docs/alarms.md) is over.
     eventually("server_status FAULT", Duration::from_secs(10), async || {
         (alarms.state(ss)?.event_state == EventState::Fault).then_some(())
     })

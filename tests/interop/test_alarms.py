@@ -130,7 +130,7 @@ def modbus_block(s):
 
 
 def test_an_alarm_on_every_surface_and_an_ack_that_survives_kill_9(tmp_path):
-    """With telemetry off Server Status has no source: FAULT at once, and
+    """With telemetry off Server Status has no source: FAULT once the 5-s start-up grace is over, and
     class 2 needs its to-fault acknowledged. REST, Haystack, Modbus and
     /metrics show it; the ack (REST, with a comment) is shown by all of
     them, and after kill -9 the restored state keeps the same time stamp
