@@ -90,6 +90,23 @@ def get(s, path):
     return body
 
 
+def bacnet_raw(s, apdu):
+    """One confirmed request (unicast BVLC, NPDU expecting a reply) and its
+    answer."""
+    import socket
+    import struct
+    npdu = bytes([0x01, 0x04]) + apdu
+    frame = bytes([0x81, 0x0A]) + struct.pack(">H", len(npdu) + 4) + npdu
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    try:
+        sock.sendto(frame, s.addrs["bacnet"])
+        return sock.recv(4096)
+    finally:
+        sock.close()
+
+
 def wait_for(what, f, timeout=20):
     end = time.time() + timeout
     while True:
@@ -210,6 +227,13 @@ def test_an_alarm_on_every_surface_and_an_ack_that_survives_kill_9(tmp_path):
         assert a["state"] == "fault"
         assert a["time_stamps"]["to-fault"] == stamp, "restored, not raised again"
         assert a["acked"]["to-fault"] is True and a["unacked"] == []
+        # BACnet after the restart: Server Status's object holds a restored
+        # FAULT that made no transition in this process. GetEnrollmentSummary
+        # (filter ALL) still answers for the whole device with a ComplexACK
+        # (raw: bacpypes3 0.0.110 cannot decode it). Before, the stack
+        # refused the whole request with DEVICE / OPERATIONAL_PROBLEM.
+        ack = bacnet_raw(s, bytes([0x00, 0x05, 0x21, 0x04, 0x09, 0x00]))
+        assert ack[6:9] == bytes([0x30, 0x21, 0x04]) and len(ack) > 9, ack.hex()
         # The other alarms of points with no source (nothing changes them
         # across the restart) are back as they were: same stamps, same acks.
         after = {x["point"]: x for x in get(s, "/api/alarms")["alarms"]}

@@ -214,6 +214,44 @@ struct LinkState {
     last_kind: Option<TransitionKind>,
 }
 
+impl LinkState {
+    /// The link of an object built over a point whose alarm already has a
+    /// history: restored at start-up, or a route object rebuilt after its
+    /// route changed. The stack answers GetEnrollmentSummary from the last
+    /// transition it was handed, and refuses the *whole* request
+    /// (OPERATIONAL_PROBLEM) for an object that has none while it is not
+    /// NORMAL and fully acknowledged; AcknowledgeAlarm's ACK_NOTIFICATION
+    /// and Event_Message_Texts read the same. So each kind with a time
+    /// stamp gets its entry, the newest being the last transition. Where
+    /// the transition came from is not stored; the state it entered is the
+    /// live one for the newest kind, the kind's own state otherwise.
+    fn seeded(live: &AlarmState, name: &str) -> LinkState {
+        let mut st = LinkState::default();
+        let mut newest: Option<(DateTime<Utc>, TransitionKind)> = None;
+        for k in TransitionKind::ALL {
+            let Some(at) = live.time_stamps.get(k) else {
+                continue;
+            };
+            if newest.is_none_or(|(t, _)| at > t) {
+                newest = Some((at, k));
+            }
+            let (from, to) = match k {
+                TransitionKind::ToOffnormal => (EventState::Normal, EventState::Offnormal),
+                TransitionKind::ToFault => (EventState::Normal, EventState::Fault),
+                TransitionKind::ToNormal => (EventState::Offnormal, EventState::Normal),
+            };
+            st.last[k as usize] = Some((from, to, format!("{name}: restored")));
+        }
+        if let Some((_, k)) = newest {
+            if let Some(entry) = st.last[k as usize].as_mut() {
+                entry.1 = live.event_state;
+            }
+        }
+        st.last_kind = newest.map(|(_, k)| k);
+        st
+    }
+}
+
 /// The alarm side of one point object, shared by the object (owned by the
 /// stack's database) and the BACnet sync loop that feeds it transitions.
 pub struct AlarmLink {
@@ -236,6 +274,10 @@ impl AlarmLink {
         object_key: u32,
         acks: Arc<AckSources>,
     ) -> AlarmLink {
+        let state = Mutex::new(LinkState::seeded(
+            &alarms.state(point).unwrap_or_default(),
+            &name,
+        ));
         AlarmLink {
             alarms,
             point,
@@ -243,7 +285,7 @@ impl AlarmLink {
             spec,
             object_key,
             acks,
-            state: Mutex::new(LinkState::default()),
+            state,
         }
     }
 
