@@ -16,6 +16,21 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Whether some socket on this machine is bound to UDP `port` (the
+/// kernel's socket tables, IPv4 and IPv6: `local_address` is `ADDR:PORT` in
+/// hex).
+fn udp_bound(port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    ["/proc/net/udp", "/proc/net/udp6"].iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            t.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .any(|local| local.ends_with(&want))
+        })
+    })
+}
+
 fn have(tool: &str, arg: &str) -> bool {
     let ok = Command::new(tool)
         .arg(arg)
@@ -152,7 +167,17 @@ fn ffprobe_reads_the_udp_stream() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("ffprobe");
-    std::thread::sleep(Duration::from_millis(400));
+    // The source must not start before ffprobe listens: joined mid-GOP,
+    // ffprobe reports the slices before the first SPS/PPS on stderr. A
+    // fixed 400 ms wait lost that race in CI on a loaded machine.
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while !udp_bound(port) {
+        assert!(
+            std::time::Instant::now() < end,
+            "ffprobe never bound UDP port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     run_source(&[&format!("udp://127.0.0.1:{port}"), "--duration", "3"]);
     let out = probe.wait_with_output().expect("ffprobe output");
     let text = String::from_utf8_lossy(&out.stdout);
