@@ -40,8 +40,10 @@ use crate::points::HttpMethod;
 /// Points only an admin may command (a restart drops every viewer).
 pub const ADMIN_POINTS: &[&str] = &["system_restart"];
 
-/// Reads that are never anonymous, even with `anonymous_read`.
-const NEVER_ANONYMOUS: &[&str] = &["/api/audit"];
+/// Reads that are never anonymous, even with `anonymous_read`: the audit
+/// log and the alarm history name users, peer addresses and operators'
+/// comments.
+const NEVER_ANONYMOUS: &[&str] = &["/api/audit", "/api/alarms/history"];
 
 /// Paths outside the OpenAPI table that stream data (viewer to read).
 const MEDIA_PREFIXES: &[&str] = &["/stream/", "/hls/"];

@@ -301,5 +301,16 @@ def test_acknowledging_needs_operator_and_records_who(tmp_path):
         assert st == 200 and doc["acknowledged"] is True
         h = req("GET", "/api/alarms/history?point=server_status", keys["watcher"])[1]
         assert h["transitions"][0]["ack"]["user"] == "apikey:shift"
+        # Who acknowledged what, from which address, with which comment is
+        # not for anonymous readers (like /api/audit), even with
+        # anonymous_read on (the default); the live list stays readable.
+        anon = urllib.request.Request(s.http_base + "/api/alarms/history")
+        try:
+            urllib.request.urlopen(anon, timeout=10)
+            raise AssertionError("anonymous /api/alarms/history answered")
+        except urllib.error.HTTPError as e:
+            assert e.code == 401, e.code
+        with urllib.request.urlopen(s.http_base + "/api/alarms", timeout=10) as r:
+            assert r.status == 200
     finally:
         s.stop()
