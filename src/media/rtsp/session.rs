@@ -267,14 +267,11 @@ pub(super) async fn run(
     let play = c
         .request("PLAY", &play_url, &[("Range", "npt=0.000-".into())])
         .await?;
-    let keepalive_every = play
-        .header("Session")
-        .and_then(|s| msg::session_id(s).1)
-        .or(setup.session_timeout)
-        // RFC 2326 12.37: 60 s when the server names none.
-        .map_or(Duration::from_secs(60), Duration::from_secs)
-        .max(Duration::from_secs(2))
-        / 2;
+    let keepalive_every = keepalive_period(
+        play.header("Session")
+            .and_then(|s| msg::session_id(s).1)
+            .or(setup.session_timeout),
+    );
     feed.stats.set_up(None);
     feed.stats.clients.store(1, Relaxed);
     tracing::info!(
@@ -648,8 +645,31 @@ async fn stream(
     }
 }
 
+/// Half the session timeout the camera named (RFC 2326 12.37: 60 s when it
+/// names none), between 1 s and 30 min. The camera's number is untrusted:
+/// `timeout=18446744073709551615` once made `Instant::now() + period`
+/// overflow and panic the input task.
+fn keepalive_period(session_timeout: Option<u64>) -> Duration {
+    Duration::from_secs(session_timeout.unwrap_or(60).clamp(2, 3600)) / 2
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_camera_names_any_session_timeout_without_harm() {
+        use super::keepalive_period;
+        use std::time::Duration;
+        for t in [None, Some(0), Some(1), Some(60), Some(u64::MAX)] {
+            let p = keepalive_period(t);
+            assert!(
+                (Duration::from_secs(1)..=Duration::from_secs(1800)).contains(&p),
+                "{t:?}: {p:?}"
+            );
+            // What the session loop does with it.
+            let _ = tokio::time::Instant::now() + p;
+        }
+        assert_eq!(keepalive_period(None), Duration::from_secs(30));
+    }
     use super::*;
 
     #[test]
