@@ -445,6 +445,10 @@ enum Op {
     Append(Bytes),
     /// The segment in progress is finished as `<seq>.ts`.
     Close(u64),
+    /// The segment in progress is dropped (its head was lost to a failed
+    /// write: listing it would serve a segment without PAT/PMT that starts
+    /// mid-GOP).
+    Discard,
 }
 
 impl Disk {
@@ -469,7 +473,16 @@ impl Disk {
                 Op::Append(b) => {
                     let f = match self.part.take() {
                         Some(f) => f,
-                        None => std::fs::File::create(&part)?,
+                        None => match std::fs::File::create(&part) {
+                            // The directory went away (an operator, a
+                            // cleanup job): make it again rather than fail
+                            // every segment from now on.
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                                std::fs::create_dir_all(&self.dir)?;
+                                std::fs::File::create(&part)?
+                            }
+                            r => r?,
+                        },
                     };
                     let f = self.part.insert(f);
                     f.write_all(&b)?;
@@ -477,6 +490,13 @@ impl Disk {
                 Op::Close(seq) => {
                     self.part = None;
                     std::fs::rename(&part, self.file(seq))?;
+                }
+                Op::Discard => {
+                    self.part = None;
+                    match std::fs::remove_file(&part) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                        _ => {}
+                    }
                 }
             }
         }
@@ -550,6 +570,12 @@ pub(crate) async fn run(
     let min_target = segment.as_secs_f64().round() as u64;
     let mut seq = 0u64;
     let mut started: Option<Instant> = None;
+    // After a failed write: the segment in progress lost its head and is
+    // dropped at its cut, and the next one is marked discontinuous.
+    let mut lost = false;
+    let mut next_discontinuity = false;
+    // A write failed and the output reads as failed until one succeeds.
+    let mut failing = false;
     loop {
         let c = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -564,6 +590,11 @@ pub(crate) async fn run(
             // The next segment's data starts arriving at this cut.
             let arrived = (started.unwrap_or(from), now);
             started = Some(now);
+            if std::mem::take(&mut lost) {
+                ops.push(Op::Discard);
+                next_discontinuity = true;
+                continue;
+            }
             let data = match &disk {
                 Some(d) => {
                     ops.push(Op::Append(c.data));
@@ -577,7 +608,7 @@ pub(crate) async fn run(
                 seq,
                 secs: c.secs,
                 data,
-                discontinuity: c.discontinuity,
+                discontinuity: c.discontinuity || std::mem::take(&mut next_discontinuity),
                 at: c.at,
             });
             seq += 1;
@@ -594,14 +625,37 @@ pub(crate) async fn run(
                 })
                 .await
                 {
-                    Ok(back) => d = back,
+                    Ok(back) => {
+                        d = back;
+                        if std::mem::take(&mut failing) {
+                            stats.set_up(None);
+                            tracing::info!("hls {path}: segments are written again");
+                        }
+                    }
                     Err(e) => {
-                        // The segment in progress is lost (the next one
-                        // starts a new file); the playlist only lists what
-                        // was written.
+                        // Nothing of this batch is listed: its numbers are
+                        // given again (RFC 8216 6.2.1: a playlist's
+                        // sequence numbers have no gaps), files it renamed
+                        // already are removed, and the segment in progress
+                        // (its head is lost) is dropped at its cut; the
+                        // one after carries EXT-X-DISCONTINUITY.
                         stats.set_error(format!("HLS segment write: {e}"));
                         tracing::warn!("hls {path}: segment write: {e}");
-                        done.clear();
+                        if let Some(first) = done.first() {
+                            seq = first.seq;
+                        }
+                        let stale: Vec<_> = done
+                            .drain(..)
+                            .filter_map(|s| match s.data {
+                                Body::File(p) => Some(p),
+                                Body::Mem(_) => None,
+                            })
+                            .collect();
+                        for f in stale {
+                            let _ = tokio::fs::remove_file(f).await;
+                        }
+                        lost = true;
+                        failing = true;
                         d = Disk { dir, part: None };
                     }
                 }
@@ -674,11 +728,35 @@ pub(crate) async fn serve(
     };
     let b = match body {
         Body::Mem(b) => b,
-        // Removed since (it slid out of the window): gone, as from memory.
-        Body::File(p) => match tokio::fs::read(&p).await {
-            Ok(v) => Bytes::from(v),
-            Err(_) => return (StatusCode::NOT_FOUND, "no such segment").into_response(),
-        },
+        // Streamed from the file in 64 KiB reads: 500 viewers fetching
+        // the newest 4-MB segment at once must not each hold a copy in
+        // memory. Once open, the file stays readable even if it slides out
+        // of the window (and is unlinked) during the transfer.
+        Body::File(p) => {
+            let f = match tokio::fs::File::open(&p).await {
+                Ok(f) => f,
+                // Removed since (it slid out of the window): gone, as from memory.
+                Err(_) => return (StatusCode::NOT_FOUND, "no such segment").into_response(),
+            };
+            let len = match f.metadata().await {
+                Ok(m) => m.len(),
+                Err(_) => return (StatusCode::NOT_FOUND, "no such segment").into_response(),
+            };
+            s.stats
+                .add_spread(usize::try_from(len).unwrap_or(usize::MAX), from, to);
+            let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                f,
+                64 * 1024,
+            ));
+            return (
+                [
+                    (header::CONTENT_TYPE, "video/mp2t".to_string()),
+                    (header::CONTENT_LENGTH, len.to_string()),
+                ],
+                body,
+            )
+                .into_response();
+        }
     };
     s.stats.add_spread(b.len(), from, to);
     ([(header::CONTENT_TYPE, "video/mp2t")], b).into_response()

@@ -1961,3 +1961,148 @@ store = "memory"
     src.abort();
     app.stop().await;
 }
+
+/// A segment write that fails (here: the segment directory removed under
+/// castpoint, as a cleanup job or a full disk would) leaves a playlist a
+/// player can follow: sequence numbers without a gap (RFC 8216 6.2.1), the
+/// first segment after the loss marked EXT-X-DISCONTINUITY, no listed
+/// segment without its head (each starts with a PAT), the directory made
+/// again, and the output back up once writes succeed. Before, the failed
+/// batch's numbers were skipped and the next segment was listed without
+/// its head, with no discontinuity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_on_disk_recovers_from_a_failed_write_without_a_gap() {
+    let app = TestApp::with_telemetry(
+        r#"
+[[route]]
+name = "h"
+[[route.input]]
+type = "udp"
+bind = "127.0.0.1:0"
+[[route.output]]
+name = "disk"
+type = "hls"
+path = "d"
+segment = "1s"
+window = 8
+"#,
+    )
+    .await;
+    let src = source(input_addr(&app, "h", 0).await, Gen::new(0));
+    let http = app.addrs.http.expect("http");
+    let dir = app.data_dir().join("hls").join("d");
+    let c = reqwest::Client::new();
+    let playlist = || async {
+        let r = c
+            .get(format!("http://{http}/hls/d/index.m3u8"))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())?;
+        r.text().await.ok()
+    };
+    let seqs = |text: &str| -> Vec<u64> {
+        text.lines()
+            .filter_map(|l| l.strip_suffix(".ts")?.parse().ok())
+            .collect()
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        assert!(Instant::now() < end, "no second segment");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(p) = playlist().await {
+            if seqs(&p).len() >= 2 {
+                break seqs(&p);
+            }
+        }
+    };
+    // A plain file where the directory was: every write fails (ENOTDIR)
+    // until it goes.
+    std::fs::remove_dir_all(&dir).expect("remove the segment directory");
+    std::fs::write(&dir, b"in the way").expect("a file in the way");
+    let output = || {
+        app.engine.snapshot().route("h").and_then(|r| {
+            r.outputs
+                .iter()
+                .find(|o| o.name == "disk")
+                .map(|o| (o.up, o.error.clone()))
+        })
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    while !matches!(output(), Some((false, Some(_)))) {
+        assert!(
+            Instant::now() < end,
+            "the failed write is not reported: {:?}",
+            output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last = seqs(&playlist().await.expect("playlist"))
+        .last()
+        .copied()
+        .expect("listed");
+    assert!(last >= *before.last().expect("listed"));
+    std::fs::remove_file(&dir).expect("out of the way");
+    // Wait for two segments written after the loss.
+    let end = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        assert!(Instant::now() < end, "no segments after the failed write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(p) = playlist().await {
+            if seqs(&p).iter().filter(|s| **s > last).count() >= 2 {
+                break p;
+            }
+        }
+    };
+    let listed = seqs(&text);
+    for w in listed.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "a gap in the sequence numbers:\n{text}");
+    }
+    let media_seq: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("media sequence");
+    assert_eq!(media_seq, listed[0], "{text}");
+    // Some segment after `last` was lost; the first one listed after the
+    // loss is discontinuous.
+    let lines: Vec<&str> = text.lines().collect();
+    let first_after = lines
+        .iter()
+        .position(|l| l.strip_suffix(".ts").and_then(|n| n.parse::<u64>().ok()) == Some(last + 1))
+        .expect("the segment after the loss is listed");
+    assert!(
+        lines[..first_after]
+            .iter()
+            .rev()
+            .take_while(|l| !l.ends_with(".ts"))
+            .any(|l| *l == "#EXT-X-DISCONTINUITY"),
+        "no discontinuity before {}.ts:\n{text}",
+        last + 1
+    );
+    for s in listed.iter().filter(|s| **s > last) {
+        let body = c
+            .get(format!("http://{http}/hls/d/{s}.ts"))
+            .send()
+            .await
+            .expect("segment")
+            .bytes()
+            .await
+            .expect("body");
+        // A PAT first: sync byte, PUSI set, PID 0.
+        assert!(
+            body.len() >= 188 && body[0] == 0x47 && body[1] == 0x40 && body[2] == 0x00,
+            "{s}.ts starts {:02x?}",
+            &body[..body.len().min(4)]
+        );
+    }
+    assert!(dir.is_dir(), "the segment directory is made again");
+    // The output is up again (it read as failed while writes failed).
+    assert_eq!(output(), Some((true, None)), "the HLS output stays failed");
+    src.abort();
+    app.stop().await;
+}
