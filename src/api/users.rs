@@ -96,6 +96,12 @@ fn role_now(u: &Users, name: &str) -> Result<Option<String>, ApiError> {
         .map(|(_, r)| r))
 }
 
+/// Held over each change's check and write: two admins removing or
+/// demoting each other at once would both pass `keeps_an_admin` and leave
+/// none, and two creations of one name would both pass the exists check
+/// (the second silently replacing the first). No await happens under it.
+static CHANGES: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
 /// Refuses a change that leaves no admin (the API would be locked to the CLI).
 fn keeps_an_admin(u: &Users, name: &str) -> Result<(), ApiError> {
     let admins = u
@@ -143,6 +149,7 @@ async fn create(
     };
     let (role, pw) = (role_of(role)?, password_of(pw)?);
     let u = users(&s)?;
+    let _serial = CHANGES.lock();
     if role_now(u, name)?.is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -179,6 +186,7 @@ async fn change(
     let role = o.get("role").map(role_of).transpose()?;
     let pw = o.get("password").map(password_of).transpose()?;
     let u = users(&s)?;
+    let _serial = CHANGES.lock();
     let Some(current) = role_now(u, &name)? else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -225,6 +233,7 @@ async fn remove(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let u = users(&s)?;
+    let _serial = CHANGES.lock();
     match role_now(u, &name)? {
         None => {
             return Err(ApiError::new(
