@@ -855,7 +855,10 @@ fn build_objects(
         .map_err(|e| format!("bacnet: {e}"))?;
     let (n_logs, n_classes) = (logs.len(), classes.len());
     let restart_reason = RestartReason::default();
-    let route_types = db.route_template().map(routes::served_types);
+    let route_logs = maps.bacnet.route_trend_buffer_size > 0;
+    let route_types = db
+        .route_template()
+        .map(|t| routes::served_types(t, route_logs));
     let (mut odb, base_list) = database(
         &id,
         db,
@@ -918,7 +921,8 @@ fn route_objects(
         routes::Revision::load(Some(setup.data_dir)),
     )
     .map_err(e)?
-    .with_alarm_hooks(hooks.cloned());
+    .with_alarm_hooks(hooks.cloned())
+    .with_trend_buffer(maps.bacnet.route_trend_buffer_size);
     ro.install(odb).map_err(e)?;
     Ok(Some(ro))
 }
@@ -1192,7 +1196,7 @@ async fn run(
     db: PointDb,
     mut rx: tokio::sync::broadcast::Receiver<crate::points::Change>,
     by_point: Vec<(PointId, ObjectIdentifier)>,
-    mut feeds: Vec<TrendFeed>,
+    feeds: Vec<TrendFeed>,
     follow: Followers,
     shutdown: CancellationToken,
 ) {
@@ -1209,16 +1213,10 @@ async fn run(
             *slot = Some(*o);
         }
     }
-    let mut log_index: Vec<Option<usize>> = vec![None; db.len()];
-    for (i, f) in feeds.iter().enumerate() {
-        if let Some(slot) = log_index.get_mut(f.point.index()) {
-            *slot = Some(i);
-        }
-    }
+    let mut logs = trend::Feeds::new(db.len(), feeds);
     let mut dirty = Dirty::new(db.len());
     // Objects holding transitions for the stack (few: a set kept as a list).
     let mut alarm_dirty: Vec<ObjectIdentifier> = Vec::new();
-    let mut log_dirty = vec![false; feeds.len()];
     // A pending route sync: (quiet deadline, latest deadline).
     let now = tokio::time::Instant::now();
     let mut route_due: Option<(tokio::time::Instant, tokio::time::Instant)> = route_objects
@@ -1250,31 +1248,12 @@ async fn run(
             _ = tokio::time::sleep_until(sync_at.unwrap_or_else(tokio::time::Instant::now)), if sync_at.is_some() => {
                 route_due = None;
                 if let Some(ro) = route_objects.as_mut() {
-                    let ch = {
-                        let mut odb = server.database().write().await;
-                        ro.sync(&db, &mut odb)
-                    };
-                    for p in &ch.removed {
-                        if let Some(slot) = oid_of.get_mut(p.index()) {
-                            *slot = None;
-                        }
-                    }
-                    for (p, o) in &ch.added {
-                        if let Some(slot) = oid_of.get_mut(p.index()) {
-                            *slot = Some(*o);
-                        }
-                    }
-                    if ch.revised {
-                        tracing::info!(
-                            "bacnet: route objects changed, Database_Revision {}",
-                            ro.revision.value
-                        );
-                    }
+                    sync_routes(&server, &db, ro, &mut oid_of, &mut logs).await;
                 }
                 continue;
             }
             r = rx.recv() => match r {
-                Ok(c) => note(&db, &c, &oid_of, &log_index, &mut feeds, &mut dirty, &mut log_dirty),
+                Ok(c) => note(&db, &c, &oid_of, &mut logs, &mut dirty),
                 Err(RecvError::Lagged(_)) => lagged = true,
                 Err(RecvError::Closed) => break,
             },
@@ -1308,15 +1287,7 @@ async fn run(
         // evaluation per object.
         loop {
             match rx.try_recv() {
-                Ok(c) => note(
-                    &db,
-                    &c,
-                    &oid_of,
-                    &log_index,
-                    &mut feeds,
-                    &mut dirty,
-                    &mut log_dirty,
-                ),
+                Ok(c) => note(&db, &c, &oid_of, &mut logs, &mut dirty),
                 Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => lagged = true,
                 Err(_) => break,
             }
@@ -1331,51 +1302,108 @@ async fn run(
                     dirty.mark(i);
                 }
             }
-            for (i, f) in feeds.iter_mut().enumerate() {
-                if let Some(st) = db.read(f.point) {
-                    log_dirty[i] |= f.on_change(&db, &st);
-                }
-            }
+            logs.catch_up(&db);
         }
-        if log_dirty.iter().any(|d| *d) {
-            // One database lock per batch; each log drains its own inbox.
-            let mut odb = server.database().write().await;
-            for (i, f) in feeds.iter().enumerate() {
-                if std::mem::take(&mut log_dirty[i]) {
-                    if let Some(o) = odb.get_mut(&f.oid) {
-                        let _ = o.add_trend_record(trend::drain_signal());
-                    }
-                }
-            }
-        }
-        for i in dirty.take() {
-            let Some(Some(oid)) = oid_of.get(i) else {
-                continue;
-            };
-            // The value argument is only a signal: PointObject reads the
-            // database itself.
-            let push = server.set_present_value_local(oid, PropertyValue::Real(0.0));
-            match tokio::time::timeout(COV_PUSH_WAIT, push).await {
-                Ok(Ok(())) | Err(_) => {}
-                Ok(Err(e)) => tracing::debug!("bacnet: COV push for {oid:?}: {e}"),
-            }
-        }
-        // Each poke runs the stack's per-change event pass once, which
-        // takes one queued transition: poke as often as there are (the
-        // stack's one-second tick takes any a lost poke leaves).
-        for oid in std::mem::take(&mut alarm_dirty) {
-            let queued = events.as_ref().map_or(0, |f| f.hooks.queued(&oid));
-            for _ in 0..queued {
-                let push = server.set_present_value_local(&oid, PropertyValue::Real(0.0));
-                match tokio::time::timeout(COV_PUSH_WAIT, push).await {
-                    Ok(Ok(())) | Err(_) => {}
-                    Ok(Err(e)) => tracing::debug!("bacnet: event push for {oid:?}: {e}"),
-                }
-            }
-        }
+        drain_logs(&server, &mut logs).await;
+        push_cov(&server, &oid_of, &mut dirty).await;
+        push_alarms(&server, events.as_ref(), &mut alarm_dirty).await;
     }
     if let Err(e) = server.stop().await {
         tracing::warn!("bacnet: stop: {e}");
+    }
+}
+
+/// One sync of the route objects with the blocks: the point-to-object
+/// table and the Trend Log feeds follow what it removed and added.
+async fn sync_routes(
+    server: &BACnetServer<Link>,
+    db: &PointDb,
+    ro: &mut routes::RouteObjects,
+    oid_of: &mut [Option<ObjectIdentifier>],
+    logs: &mut trend::Feeds,
+) {
+    let ch = {
+        let mut odb = server.database().write().await;
+        ro.sync(db, &mut odb)
+    };
+    for p in &ch.removed {
+        if let Some(slot) = oid_of.get_mut(p.index()) {
+            *slot = None;
+        }
+    }
+    for (p, o) in &ch.added {
+        if let Some(slot) = oid_of.get_mut(p.index()) {
+            *slot = Some(*o);
+        }
+    }
+    // Removed first: a changed slot's logs go and come back in one sync.
+    for p in &ch.logs_removed {
+        logs.remove(*p);
+    }
+    for f in ch.logs_added {
+        logs.add(f);
+    }
+    if ch.revised {
+        tracing::info!(
+            "bacnet: route objects changed, Database_Revision {}",
+            ro.revision.value
+        );
+    }
+}
+
+/// Moves the queued records into their Trend Logs: one database lock per
+/// batch; each log drains its own inbox.
+async fn drain_logs(server: &BACnetServer<Link>, logs: &mut trend::Feeds) {
+    let pending = logs.take_dirty();
+    if pending.is_empty() {
+        return;
+    }
+    let mut odb = server.database().write().await;
+    for oid in pending {
+        if let Some(o) = odb.get_mut(&oid) {
+            let _ = o.add_trend_record(trend::drain_signal());
+        }
+    }
+}
+
+/// Runs the stack's COV evaluation of every object whose point changed.
+async fn push_cov(
+    server: &BACnetServer<Link>,
+    oid_of: &[Option<ObjectIdentifier>],
+    dirty: &mut Dirty,
+) {
+    for i in dirty.take() {
+        let Some(Some(oid)) = oid_of.get(i) else {
+            continue;
+        };
+        // The value argument is only a signal: PointObject reads the
+        // database itself.
+        let push = server.set_present_value_local(oid, PropertyValue::Real(0.0));
+        match tokio::time::timeout(COV_PUSH_WAIT, push).await {
+            Ok(Ok(())) | Err(_) => {}
+            Ok(Err(e)) => tracing::debug!("bacnet: COV push for {oid:?}: {e}"),
+        }
+    }
+}
+
+/// Hands the queued alarm transitions to the stack. Each poke runs the
+/// stack's per-change event pass once, which takes one queued transition:
+/// poke as often as there are (the stack's one-second tick takes any a lost
+/// poke leaves).
+async fn push_alarms(
+    server: &BACnetServer<Link>,
+    events: Option<&AlarmFeed>,
+    alarm_dirty: &mut Vec<ObjectIdentifier>,
+) {
+    for oid in std::mem::take(alarm_dirty) {
+        let queued = events.map_or(0, |f| f.hooks.queued(&oid));
+        for _ in 0..queued {
+            let push = server.set_present_value_local(&oid, PropertyValue::Real(0.0));
+            match tokio::time::timeout(COV_PUSH_WAIT, push).await {
+                Ok(Ok(())) | Err(_) => {}
+                Ok(Err(e)) => tracing::debug!("bacnet: event push for {oid:?}: {e}"),
+            }
+        }
     }
 }
 
@@ -1416,17 +1444,13 @@ fn note(
     db: &PointDb,
     c: &crate::points::Change,
     oid_of: &[Option<ObjectIdentifier>],
-    log_index: &[Option<usize>],
-    feeds: &mut [TrendFeed],
+    logs: &mut trend::Feeds,
     dirty: &mut Dirty,
-    log_dirty: &mut [bool],
 ) {
     if let Some(Some(_)) = oid_of.get(c.id.index()) {
         dirty.mark(c.id.index());
     }
-    if let Some(Some(i)) = log_index.get(c.id.index()) {
-        log_dirty[*i] |= feeds[*i].on_change(db, &c.state);
-    }
+    logs.note(db, c.id, &c.state);
 }
 
 /// The data link the device runs on (transport.rs).
