@@ -199,9 +199,10 @@ pub fn build_named(
     .map_err(e)?;
     log.set_log_interval(log_interval(def)).map_err(e)?;
 
-    let history = db.history(tl.point, DateTime::<Utc>::MIN_UTC, now);
-    let keep = history.len().min(buffer_size as usize);
-    let restored: Vec<BACnetLogRecord> = history[history.len() - keep..]
+    // The newest Buffer_Size samples only: a point's history may hold
+    // 200,000 (a route opening copies seven of them under the stack's lock).
+    let history = db.history_tail(tl.point, buffer_size as usize, now);
+    let restored: Vec<BACnetLogRecord> = history
         .iter()
         .map(|s| record(s.at, datum_of(s.value), None))
         .collect();
@@ -614,6 +615,20 @@ mod tests {
             );
         }
         let now = t0 + chrono::Duration::hours(1);
+        // The tail: the newest n before the end, oldest first.
+        let tail = |n, to| -> Vec<Value> {
+            db.history_tail(tl.point, n, to)
+                .iter()
+                .map(|s| s.value)
+                .collect()
+        };
+        assert_eq!(tail(2, now), [Value::Number(3.0), Value::Number(4.0)]);
+        assert_eq!(tail(9, now).len(), 5);
+        assert_eq!(
+            tail(1, t0 + chrono::Duration::seconds(2)),
+            [Value::Number(1.0)]
+        );
+        assert!(tail(3, t0).is_empty());
         let (log, _) = build(&db, &tl, 3, now).expect("log");
         let r = log.records();
         // Buffer_Size 3: the two newest samples, then LOG_INTERRUPTED.
