@@ -36,9 +36,10 @@
 //! # Stack defaults that affect conformance
 //!
 //! Every rusty-bacnet default castpoint overrides, and every one it keeps on
-//! purpose, is set explicitly in [`start`] (the builder chain under
-//! "conformance settings") with the reason next to it, so an upgrade of the
-//! stack cannot silently change what the device answers.
+//! purpose, is set explicitly in `conformance` and `reinitialize` (the
+//! builder chain [`start`] builds the server with) with the reason next to
+//! it, so an upgrade of the stack cannot silently change what the device
+//! answers.
 
 pub mod alarms;
 pub mod config_objects;
@@ -1205,14 +1206,7 @@ async fn run(
         Some((r, b)) => (Some(r), b),
         None => (None, None),
     };
-    // Point index -> its object (server points fixed, route points while
-    // their block is served), so the hot path never hashes.
-    let mut oid_of: Vec<Option<ObjectIdentifier>> = vec![None; db.len()];
-    for (p, o) in &by_point {
-        if let Some(slot) = oid_of.get_mut(p.index()) {
-            *slot = Some(*o);
-        }
-    }
+    let mut oid_of = object_table(&db, &by_point);
     let mut logs = trend::Feeds::new(db.len(), feeds);
     let mut dirty = Dirty::new(db.len());
     // Objects holding transitions for the stack (few: a set kept as a list).
@@ -1227,10 +1221,7 @@ async fn run(
     let mut cov_tick = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
         let mut lagged = false;
-        crate::counters::BACNET_COV_SUBSCRIPTIONS.store(
-            server.cov_counters().subscriptions_active,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        publish_cov_count(&server);
         let sync_at = route_due.map(|(quiet, latest)| quiet.min(latest));
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -1258,13 +1249,7 @@ async fn run(
                 Err(RecvError::Closed) => break,
             },
             ev = next_alarm(&mut events) => match ev {
-                Ok(ev) => {
-                    if let Some(oid) = events.as_ref().and_then(|f| f.hooks.take(&db, ev)) {
-                        if !alarm_dirty.contains(&oid) {
-                            alarm_dirty.push(oid);
-                        }
-                    }
-                }
+                Ok(ev) => queue_alarm(events.as_ref(), &db, ev, &mut alarm_dirty),
                 Err(RecvError::Lagged(n)) => {
                     // The transitions stay in Alarms' history and in every
                     // object's Event_State; only their notification is lost.
@@ -1273,36 +1258,10 @@ async fn run(
                 Err(RecvError::Closed) => events = None,
             },
         }
-        // Transitions that came with this batch.
-        if let Some(f) = &mut events {
-            while let Ok(ev) = f.rx.try_recv() {
-                if let Some(oid) = f.hooks.take(&db, ev) {
-                    if !alarm_dirty.contains(&oid) {
-                        alarm_dirty.push(oid);
-                    }
-                }
-            }
-        }
-        // Coalesce a burst (telemetry sets many points at once) into one
-        // evaluation per object.
-        loop {
-            match rx.try_recv() {
-                Ok(c) => note(&db, &c, &oid_of, &mut logs, &mut dirty),
-                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => lagged = true,
-                Err(_) => break,
-            }
-        }
+        take_transitions(events.as_mut(), &db, &mut alarm_dirty);
+        lagged |= drain_changes(&mut rx, &db, &oid_of, &mut logs, &mut dirty);
         if lagged {
-            // Missed changes: re-evaluate every object; COV criteria send
-            // only what really changed since the last notification, and the
-            // logs catch up on the history from where they stood (a quality
-            // flip that came and went in the gap is not logged).
-            for (i, o) in oid_of.iter().enumerate() {
-                if o.is_some() {
-                    dirty.mark(i);
-                }
-            }
-            logs.catch_up(&db);
+            catch_up(&db, &oid_of, &mut logs, &mut dirty);
         }
         drain_logs(&server, &mut logs).await;
         push_cov(&server, &oid_of, &mut dirty).await;
@@ -1311,6 +1270,95 @@ async fn run(
     if let Err(e) = server.stop().await {
         tracing::warn!("bacnet: stop: {e}");
     }
+}
+
+/// Hands `/metrics` the stack's COV subscription count.
+fn publish_cov_count(server: &BACnetServer<Link>) {
+    crate::counters::BACNET_COV_SUBSCRIPTIONS.store(
+        server.cov_counters().subscriptions_active,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// Point index -> its object: the server's point objects now, route
+/// objects while their block is served (`sync_routes`), so the hot path
+/// never hashes.
+fn object_table(
+    db: &PointDb,
+    by_point: &[(PointId, ObjectIdentifier)],
+) -> Vec<Option<ObjectIdentifier>> {
+    let mut oid_of: Vec<Option<ObjectIdentifier>> = vec![None; db.len()];
+    for (p, o) in by_point {
+        if let Some(slot) = oid_of.get_mut(p.index()) {
+            *slot = Some(*o);
+        }
+    }
+    oid_of
+}
+
+/// Queues the object an alarm transition belongs to for the stack (once
+/// per batch).
+fn queue_alarm(
+    feed: Option<&AlarmFeed>,
+    db: &PointDb,
+    ev: crate::alarms::AlarmEvent,
+    alarm_dirty: &mut Vec<ObjectIdentifier>,
+) {
+    if let Some(oid) = feed.and_then(|f| f.hooks.take(db, ev)) {
+        if !alarm_dirty.contains(&oid) {
+            alarm_dirty.push(oid);
+        }
+    }
+}
+
+/// The alarm transitions that came with this batch.
+fn take_transitions(
+    feed: Option<&mut AlarmFeed>,
+    db: &PointDb,
+    alarm_dirty: &mut Vec<ObjectIdentifier>,
+) {
+    if let Some(f) = feed {
+        while let Ok(ev) = f.rx.try_recv() {
+            queue_alarm(Some(f), db, ev, alarm_dirty);
+        }
+    }
+}
+
+/// Notes the rest of a burst of changes (telemetry sets many points at
+/// once) so each object is evaluated once. True when changes were lost.
+fn drain_changes(
+    rx: &mut tokio::sync::broadcast::Receiver<crate::points::Change>,
+    db: &PointDb,
+    oid_of: &[Option<ObjectIdentifier>],
+    logs: &mut trend::Feeds,
+    dirty: &mut Dirty,
+) -> bool {
+    let mut lagged = false;
+    loop {
+        match rx.try_recv() {
+            Ok(c) => note(db, &c, oid_of, logs, dirty),
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => lagged = true,
+            Err(_) => return lagged,
+        }
+    }
+}
+
+/// After missed changes: every object is re-evaluated (COV criteria send
+/// only what really changed since the last notification), and the logs
+/// catch up on the history from where they stood (a quality flip that came
+/// and went in the gap is not logged).
+fn catch_up(
+    db: &PointDb,
+    oid_of: &[Option<ObjectIdentifier>],
+    logs: &mut trend::Feeds,
+    dirty: &mut Dirty,
+) {
+    for (i, o) in oid_of.iter().enumerate() {
+        if o.is_some() {
+            dirty.mark(i);
+        }
+    }
+    logs.catch_up(db);
 }
 
 /// One sync of the route objects with the blocks: the point-to-object
