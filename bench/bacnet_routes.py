@@ -118,6 +118,11 @@ async def bacpypes3_object_list(port):
     from bacpypes3.primitivedata import ObjectIdentifier
     app = Application.from_args(SimpleArgumentParser().parse_args(
         ["--address", "127.0.0.1/8:0", "--instance", "991"]))
+    # 100 routes with their Trend Logs make an Object_List of ~19.7 KB: more
+    # than bacpypes3's default 16 segments of 1024 octets (the device then
+    # aborts with BUFFER_OVERFLOW, as it must). A front-end reading a device
+    # this size accepts more segments, or reads the list by index.
+    app.device_object.maxSegmentsAccepted = 64
     try:
         t0 = time.perf_counter()
         ol = await app.read_property(Address(f"127.0.0.1:{port}"),
