@@ -9,7 +9,7 @@ use super::{ConfigError, Errors};
 use crate::points::{
     BacnetMap, BacnetObject, BacnetObjectType, BacnetTrendLog, HttpEndpoint, HttpMap, HttpMethod,
     Kind, ModbusField, ModbusMap, ModbusRegister, ModbusTable, PointDef, PointId, RegType, Role,
-    WordOrder, DEFAULT_TREND_BUFFER, MAX_TREND_BUFFER,
+    WordOrder, DEFAULT_ROUTE_TREND_BUFFER, DEFAULT_TREND_BUFFER, MAX_TREND_BUFFER,
 };
 
 /// Point ids by name, for resolving mapping references.
@@ -62,6 +62,9 @@ struct TrendLogOptions {
     enabled: bool,
     #[serde(default = "default_trend_buffer")]
     buffer_size: i64,
+    /// Records per route measurement's log (0: routes have no Trend Logs).
+    #[serde(default = "default_route_trend_buffer")]
+    route_buffer_size: i64,
 }
 
 impl Default for TrendLogOptions {
@@ -69,6 +72,7 @@ impl Default for TrendLogOptions {
         TrendLogOptions {
             enabled: true,
             buffer_size: i64::from(DEFAULT_TREND_BUFFER),
+            route_buffer_size: i64::from(DEFAULT_ROUTE_TREND_BUFFER),
         }
     }
 }
@@ -79,6 +83,10 @@ fn yes() -> bool {
 
 fn default_trend_buffer() -> i64 {
     i64::from(DEFAULT_TREND_BUFFER)
+}
+
+fn default_route_trend_buffer() -> i64 {
+    i64::from(DEFAULT_ROUTE_TREND_BUFFER)
 }
 
 #[derive(Deserialize, Default)]
@@ -126,11 +134,26 @@ pub fn parse_bacnet(file: &str, text: &str, pts: &PointIndex, errs: &mut Errors)
             DEFAULT_TREND_BUFFER
         }
     };
+    let route_trend_buffer_size = match u32::try_from(tl.route_buffer_size) {
+        Ok(n) if n <= MAX_TREND_BUFFER => n,
+        _ => {
+            errs.push(ConfigError::new(
+                file,
+                "trend_log.route_buffer_size".to_string(),
+                format!(
+                    "{} records: must be 0..={MAX_TREND_BUFFER} (0: no route Trend Logs)",
+                    tl.route_buffer_size
+                ),
+            ));
+            DEFAULT_ROUTE_TREND_BUFFER
+        }
+    };
     let mut map = BacnetMap {
         bitrate_units_fallback: raw.options.bitrate_units_fallback,
         objects: Vec::new(),
         trend_logs: Vec::new(),
         trend_buffer_size,
+        route_trend_buffer_size,
     };
     let mut seen_log: HashMap<u32, usize> = HashMap::new();
     let mut seen_addr: HashMap<(BacnetObjectType, u32), usize> = HashMap::new();

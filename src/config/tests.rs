@@ -265,6 +265,29 @@ fn durations_parse() {
 }
 
 #[test]
+fn route_trend_log_buffer_is_validated() {
+    // Default 1,000; 0 turns route Trend Logs off; above the maximum or
+    // negative is refused under its key.
+    let c = Config::embedded().expect("embedded");
+    assert_eq!(c.maps.bacnet.route_trend_buffer_size, 1_000);
+    let with = |v: &str| {
+        let bacnet = DEFAULT_BACNET.replacen(
+            "route_buffer_size = 1000",
+            &format!("route_buffer_size = {v}"),
+            1,
+        );
+        load_with(&[("b.toml", &bacnet)], "[mappings]\nbacnet = \"b.toml\"\n")
+    };
+    let c = with("0").expect("0: no route logs");
+    assert_eq!(c.maps.bacnet.route_trend_buffer_size, 0);
+    for bad in ["100001", "-1"] {
+        let e = one_error(with(bad));
+        assert_eq!(e.key, "trend_log.route_buffer_size", "{e}");
+        assert!(e.message.contains("0..=100000"), "{e}");
+    }
+}
+
+#[test]
 fn trend_log_keys_are_validated() {
     // Default map: ten logs, TLn logs AIn.
     let c = Config::embedded().expect("embedded");

@@ -761,6 +761,17 @@ impl PointDb {
             .collect()
     }
 
+    /// The newest `n` history samples of a point before `to`, oldest first
+    /// (a Trend Log's fill: copies only what it keeps).
+    pub fn history_tail(&self, id: PointId, n: usize, to: DateTime<Utc>) -> Vec<Sample> {
+        let Some(h) = self.inner.history.get(id.index()) else {
+            return Vec::new();
+        };
+        let h = h.lock();
+        let end = h.partition_point(|s| s.at < to);
+        h.range(end.saturating_sub(n)..end).copied().collect()
+    }
+
     /// Installs the durable store of commands. Called once at start-up,
     /// before any protocol can write; later calls are ignored.
     pub fn set_persister(&self, p: Arc<dyn Persister>) {

@@ -79,6 +79,9 @@ pub struct BacnetTrendLog {
 pub const MAX_TREND_BUFFER: u32 = 100_000;
 /// Default `[trend_log] buffer_size`.
 pub const DEFAULT_TREND_BUFFER: u32 = 10_000;
+/// Default `[trend_log] route_buffer_size`: 1,000 records, <= 48 KiB per
+/// route log (docs/route-points.md, "Trend Logs").
+pub const DEFAULT_ROUTE_TREND_BUFFER: u32 = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct BacnetMap {
@@ -89,6 +92,9 @@ pub struct BacnetMap {
     pub trend_logs: Vec<BacnetTrendLog>,
     /// Buffer_Size of every Trend Log (records), 1..=[`MAX_TREND_BUFFER`].
     pub trend_buffer_size: u32,
+    /// Buffer_Size of the route measurements' Trend Logs,
+    /// 0..=[`MAX_TREND_BUFFER`] (0: routes have none).
+    pub route_trend_buffer_size: u32,
 }
 
 /// Modbus data tables.

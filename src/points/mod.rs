@@ -14,7 +14,7 @@ pub use db::{
 pub use maps::{
     BacnetMap, BacnetObject, BacnetObjectType, BacnetTrendLog, HttpEndpoint, HttpMap, HttpMethod,
     Maps, ModbusField, ModbusMap, ModbusRegister, ModbusRouteBlocks, ModbusTable, RegType,
-    WordOrder, DEFAULT_TREND_BUFFER, MAX_TREND_BUFFER,
+    WordOrder, DEFAULT_ROUTE_TREND_BUFFER, DEFAULT_TREND_BUFFER, MAX_TREND_BUFFER,
 };
 pub use model::{
     Kind, PointDef, PointId, Quality, Role, SiteEquip, TagValue, Value, ValueError, NA_STATE,

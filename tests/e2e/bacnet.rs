@@ -575,22 +575,22 @@ fn uint(d: &[u8]) -> u64 {
 
 /// One decoded Trend Log record: (date, time, datum).
 #[derive(Debug, Clone, PartialEq)]
-enum Datum {
+pub(crate) enum Datum {
     Real(f32),
     Failure(u64, u64),
     Status(u8),
 }
 
 /// A ReadRange-ACK: (result flags byte, item count, first sequence number, records).
-struct RangeAck {
-    flags: u8,
-    count: u64,
-    first_seq: Option<u64>,
-    records: Vec<([u8; 4], [u8; 4], Datum)>,
+pub(crate) struct RangeAck {
+    pub(crate) flags: u8,
+    pub(crate) count: u64,
+    pub(crate) first_seq: Option<u64>,
+    pub(crate) records: Vec<([u8; 4], [u8; 4], Datum)>,
 }
 
 const FIRST_ITEM: u8 = 0x80;
-const LAST_ITEM: u8 = 0x40;
+pub(crate) const LAST_ITEM: u8 = 0x40;
 const MORE_ITEMS: u8 = 0x20;
 
 fn parse_range_ack(a: &[u8]) -> RangeAck {
@@ -695,7 +695,7 @@ fn unsigned(n: u32) -> Vec<u8> {
     v
 }
 
-fn by_position(index: u32, count: i32) -> Vec<u8> {
+pub(crate) fn by_position(index: u32, count: i32) -> Vec<u8> {
     [vec![0x3E], unsigned(index), signed(count), vec![0x3F]].concat()
 }
 
@@ -749,7 +749,7 @@ impl Client {
         }
     }
 
-    async fn read_range(&self, invoke: u8, inst: u32, range: &[u8]) -> RangeAck {
+    pub(crate) async fn read_range(&self, invoke: u8, inst: u32, range: &[u8]) -> RangeAck {
         parse_range_ack(&self.call(&read_range(invoke, inst, range, 5)).await)
     }
 }

@@ -5,24 +5,32 @@ use std::time::{Duration, Instant};
 
 use castpoint::app::App;
 use castpoint::config::Config;
-use castpoint::points::{Protocol, Value};
+use castpoint::points::{Protocol, Quality, Value};
 
-use crate::bacnet::{error_of, rp, wp, Client, DEVICE};
+use crate::bacnet::{by_position, error_of, rp, wp, Client, Datum, DEVICE, LAST_ITEM};
 use crate::util;
 
 const BO: u32 = 4;
 const MSV: u32 = 19;
 const SV: u32 = 29;
+const TL: u32 = 20;
 const DEV: u32 = 8;
 const OBJECT_LIST: u32 = 76;
 const OBJECT_NAME: u32 = 77;
 const PV: u32 = 85;
 const DATABASE_REVISION: u32 = 155;
+const SUBORDINATE_LIST: u32 = 211;
 
 /// Routes `names` ("a" pinned to slot 3), each with two inputs and one
 /// HTTP-TS output, on loopback, in `data`.
 fn config(names: &[&str], data: &Path) -> Config {
-    let mut text = String::from("[telemetry]\nenabled = true\n");
+    config_with(names, data, true)
+}
+
+/// As `config`; without telemetry the route measurements move only when
+/// the test sets them.
+fn config_with(names: &[&str], data: &Path, telemetry: bool) -> Config {
+    let mut text = format!("[telemetry]\nenabled = {telemetry}\n");
     for name in names {
         let pin = if *name == "a" { "slot = 3\n" } else { "" };
         text.push_str(&format!(
@@ -80,6 +88,16 @@ async fn name(c: &Client, ty: u32, inst: u32) -> Option<String> {
     read(c, ty, inst, OBJECT_NAME).await.ok().map(|v| text(&v))
 }
 
+/// The size of an array property (ReadProperty with array index 0).
+async fn size(c: &Client, ty: u32, inst: u32, prop: u32) -> u64 {
+    let mut f = rp(10, ty, inst, prop);
+    // array index 0: the size (context tag 2).
+    f.extend_from_slice(&[0x29, 0x00]);
+    let len = f.len() as u16;
+    f[2..4].copy_from_slice(&len.to_be_bytes());
+    unsigned(value_of(&c.call(&f).await).expect("size"))
+}
+
 async fn revision(c: &Client) -> u64 {
     unsigned(
         &read(c, DEV, DEVICE, DATABASE_REVISION)
@@ -119,7 +137,6 @@ async fn route_objects_command_their_route_and_the_revision_survives_restarts() 
     assert_eq!(name(&c, BO, 1010).await.as_deref(), Some("b Route Enable"));
     // Object_List: the 39 server objects (3 Notification Classes and the
     // server's view among them), then
-    // per route its view and 31 objects.
     let n = c
         .call(&{
             let mut f = rp(10, DEV, DEVICE, OBJECT_LIST);
@@ -130,7 +147,8 @@ async fn route_objects_command_their_route_and_the_revision_survives_restarts() 
             f
         })
         .await;
-    assert_eq!(unsigned(value_of(&n).expect("size")), 39 + 2 * 32);
+    // per route its view, 31 objects and 7 Trend Logs.
+    assert_eq!(unsigned(value_of(&n).expect("size")), 39 + 2 * 39);
     let r1 = revision(&c).await;
     assert!(r1 >= 1, "a first start serves a new revision");
     // Route Enable of a (BO3010) off at priority 8: the point's array, a
@@ -197,5 +215,119 @@ async fn route_objects_command_their_route_and_the_revision_survives_restarts() 
     // UNKNOWN_OBJECT (class object 1, code 31).
     assert_eq!(read(&c, BO, 1010, PV).await.err(), Some((1, 31)));
     assert_eq!(read(&c, SV, 1, OBJECT_NAME).await.err(), Some((1, 31)));
+    app.stop().await;
+}
+
+/// The REAL values of a route Trend Log's records, oldest first (ReadRange
+/// of the whole buffer, one answer), and whether it ends on the restart's
+/// LOG_INTERRUPTED status.
+async fn logged(c: &Client, inst: u32) -> (Vec<f32>, bool) {
+    let r = c.read_range(40, inst, &by_position(1, 100)).await;
+    assert!(
+        r.count == 0 || r.flags & LAST_ITEM != 0,
+        "whole buffer in one answer"
+    );
+    assert_eq!(r.count as usize, r.records.len());
+    let reals = r
+        .records
+        .iter()
+        .filter_map(|(_, _, d)| match d {
+            Datum::Real(v) => Some(*v),
+            _ => None,
+        })
+        .collect();
+    let interrupted = matches!(r.records.last(), Some((_, _, Datum::Status(_))));
+    (reals, interrupted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_trend_logs_serve_the_slot_history_across_restarts_and_follow_rest_routes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let app = App::start(config_with(&["a"], dir.path(), false))
+        .await
+        .expect("app starts");
+    let c = Client::new(app.addrs.bacnet.expect("bacnet")).await;
+    until_views(&c, &[(3, "a")]).await;
+    // One Trend Log per his measurement of slot 3 (AI3003..AI3009), at
+    // the logged object's instance, listed after the objects in SV3.
+    assert_eq!(
+        name(&c, TL, 3003).await.as_deref(),
+        Some("a Input Bitrate Trend Log")
+    );
+    assert_eq!(
+        name(&c, TL, 3009).await.as_deref(),
+        Some("a Route Uptime Trend Log")
+    );
+    assert_eq!(read(&c, TL, 3010, OBJECT_NAME).await.err(), Some((1, 31)));
+    assert_eq!(size(&c, SV, 3, SUBORDINATE_LIST).await, 31 + 7);
+    assert_eq!(size(&c, DEV, DEVICE, OBJECT_LIST).await, 39 + 1 + 31 + 7);
+    // Samples of route.3.input_bitrate (telemetry off: only these) are
+    // logged as the history records them.
+    let db = app.db.clone();
+    let p = db.lookup("route.3.input_bitrate").expect("point");
+    for v in [1.0, 5.0, 9.0] {
+        db.set(p, Some(Value::Number(v)), Quality::Ok, None)
+            .expect("set");
+    }
+    let end = Instant::now() + Duration::from_secs(15);
+    while logged(&c, 3003).await.0 != [1.0, 5.0, 9.0] {
+        assert!(
+            Instant::now() < end,
+            "TL3003 holds {:?}",
+            logged(&c, 3003).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+
+    // Restarted over the same data dir: the log is refilled from the
+    // slot's stored history, then LOG_INTERRUPTED.
+    let app = App::start(config_with(&["a"], dir.path(), false))
+        .await
+        .expect("app restarts");
+    let c = Client::new(app.addrs.bacnet.expect("bacnet")).await;
+    until_views(&c, &[(3, "a")]).await;
+    assert_eq!(logged(&c, 3003).await, (vec![1.0, 5.0, 9.0], true));
+
+    // A route created over REST gets its logs (lowest free slot: 1) with
+    // the route's objects; deleted, they go.
+    let base = format!("http://{}", app.addrs.http.expect("http"));
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/api/routes"))
+        .json(&serde_json::json!({
+            "name": "n",
+            "inputs": [{"name": "g", "type": "udp", "bind": "127.0.0.1:0"}],
+            "outputs": [{"name": "o", "type": "http", "path": "n"}]
+        }))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    until_views(&c, &[(1, "n")]).await;
+    let end = Instant::now() + Duration::from_secs(15);
+    while name(&c, TL, 1003).await.as_deref() != Some("n Input Bitrate Trend Log") {
+        assert!(Instant::now() < end, "TL1003 not served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(size(&c, SV, 1, SUBORDINATE_LIST).await, 31 + 7);
+    assert_eq!(size(&c, DEV, DEVICE, OBJECT_LIST).await, 39 + 2 * 39);
+    let rev = revision(&c).await;
+    let r = http
+        .delete(format!("{base}/api/routes/n"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    let end = Instant::now() + Duration::from_secs(15);
+    while read(&c, TL, 1003, OBJECT_NAME).await.err() != Some((1, 31)) {
+        assert!(Instant::now() < end, "TL1003 still served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(read(&c, TL, 1009, OBJECT_NAME).await.err(), Some((1, 31)));
+    assert_eq!(size(&c, DEV, DEVICE, OBJECT_LIST).await, 39 + 1 + 31 + 7);
+    assert!(revision(&c).await > rev);
+    // Route a's log is untouched.
+    assert_eq!(logged(&c, 3003).await, (vec![1.0, 5.0, 9.0], true));
     app.stop().await;
 }

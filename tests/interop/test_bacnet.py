@@ -630,10 +630,14 @@ def test_export_ede(tmp_path):
     server = [r for r in rows if not r[0].startswith("route.")]
     # device + network port + 23 objects + 10 Trend Logs + 3 classes + the server's view
     assert len(server) == 39
-    # The embedded config's demo route (slot 1): its view and 31 objects at
-    # instances 1000.. (issue 20).
+    # The embedded config's demo route (slot 1): its view, 31 objects at
+    # instances 1000.. and 7 Trend Logs (TL1003..TL1009 log AI1003..AI1009)
+    # (issue 20).
     route = [r for r in rows if r[0].startswith("route.1")]
-    assert len(route) == 32
+    assert len(route) == 32 + 7
+    assert [(r[0], r[3], r[4]) for r in route if r[3] == "20"][0] == \
+        ("route.1.input_bitrate_trend", "20", "1003")
+    assert [int(r[4]) for r in route if r[3] == "20"] == list(range(1003, 1010))
     assert ["route.1", "29", "1"] == [route[0][0]] + route[0][3:5]
     assert {r[2] for r in route} >= {"demo", "demo Route Enable", "demo Input Select"}
     assert [r[3:5] for r in route if r[0] == "route.1.route_enable"] == [["4", "1010"]]

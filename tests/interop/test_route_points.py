@@ -177,11 +177,42 @@ class TsCounter:
         return False
 
 
+def _ts(rec):
+    """A LogRecord's timestamp as (y, m, d, H, M, S, hundredths)."""
+    d, t = rec.timestamp.date, rec.timestamp.time
+    return (d[0] + 1900, d[1], d[2], t[0], t[1], t[2], t[3])
+
+
+def _sample_ts(iso):
+    """A history sample's RFC 3339 time, truncated to BACnet hundredths (UTC device)."""
+    import datetime
+    at = datetime.datetime.fromisoformat(iso).astimezone(datetime.timezone.utc)
+    return (at.year, at.month, at.day, at.hour, at.minute, at.second, at.microsecond // 10_000)
+
+
+async def _route_log(app, addr, inst):
+    """Every record of Trend Log `inst`, by position (bacpypes3 requests
+    ReadRange, it only cannot serve it)."""
+    from bacpypes3.apdu import ReadRangeACK, ReadRangeRequest
+    from bacpypes3.basetypes import LogRecord, Range, RangeByPosition
+    from bacpypes3.constructeddata import ListOf
+    req = ReadRangeRequest(objectIdentifier=ObjectIdentifier(f"trend-log,{inst}"),
+                           propertyIdentifier="log-buffer",
+                           range=Range(byPosition=RangeByPosition(referenceIndex=1, count=1000)))
+    req.pduDestination = addr
+    ack = await app.request(req)
+    assert isinstance(ack, ReadRangeACK), ack
+    assert ack.itemCount == 0 or list(ack.resultFlags)[1] == 1, "LAST_ITEM: the whole log in one answer"
+    return list(ack.itemData.cast_out(ListOf(LogRecord)))
+
+
 def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
     """Issue 20 on BACnet: Structured Views walked from the top, every route
     object read with RPM ALL, Route Enable of route 2 at priority 8 stops
     route 2's HTTP-TS output only, and a route created / deleted over REST
-    appears / disappears with a new Database_Revision within 2 s."""
+    appears / disappears with a new Database_Revision within 2 s. Each
+    route has a Trend Log per his measurement in its view, read with
+    ReadRange against the route's REST history."""
     # Eight idle routes (UDP inputs nobody feeds) pinned to slots 20..27
     # make the Object_List 359 identifiers: larger than one APDU, so
     # bacpypes3 gets it segmented.
@@ -225,8 +256,9 @@ def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
                 return ol if ObjectIdentifier("structured-view,2") in ol else None
             ol = await wait_for("route views in the Object_List", both)
             assert ObjectIdentifier("structured-view,1") in ol
-            # 36 server objects (its view included) + 10 routes x (view + 31).
-            assert len(ol) == 39 + 10 * 32  # 3 Notification Classes among the 39
+            # 39 server objects (its view and 3 Notification Classes among
+            # them) + 10 routes x (view + 31 objects + 7 Trend Logs).
+            assert len(ol) == 39 + 10 * 39
             n = await app.read_property(addr, dev, "object-list", 0)
             assert n == len(ol)
             # The tree: server view -> its points and the route views ->
@@ -244,9 +276,29 @@ def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
                 assert str(await app.read_property(addr, v, "node-type")) == "equipment"
                 members = [s.objectIdentifier for s in await app.read_property(addr, v, "subordinate-list")]
                 slot = v[1]
+                # The objects, then their Trend Logs.
+                logs = [m for m in members if str(m[0]) == "trend-log"]
+                members = [m for m in members if str(m[0]) != "trend-log"]
                 # Instances slot*1000 + k, k in block order.
                 assert [m[1] for m in members] == list(range(slot * STRIDE, slot * STRIDE + len(members)))
                 assert len(members) == 31
+                # TLn logs the object n: the 7 his measurements (AI k = 3..9).
+                assert [m[1] for m in logs] == list(range(slot * STRIDE + 3, slot * STRIDE + 10))
+                for m in logs:
+                    assert m in ol
+                    res = await app.read_property_multiple(addr, [m, ["all"]])
+                    props = {str(p): val for (_, p, _, val) in res}
+                    errors = [(str(p), str(val.errorCode)) for (_, p, _, val) in res
+                              if isinstance(val, (ErrorType, ErrorRejectAbortNack))]
+                    # Log_Buffer is ReadRange-only (Clause 12.25.14).
+                    assert errors == [("log-buffer", "read-access-denied")], (m, errors)
+                    ref = props["log-device-object-property"]
+                    assert ref.objectIdentifier == ObjectIdentifier(f"analog-input,{m[1]}")
+                    assert str(ref.propertyIdentifier) == "present-value"
+                    assert props["buffer-size"] == 1000  # [trend_log] route_buffer_size
+                    assert str(props["object-name"]).startswith(name + " ")
+                    assert str(props["object-name"]).endswith(" Trend Log")
+                    assert props["enable"] == 1
                 for m in members:
                     assert m in ol
                     res = await app.read_property_multiple(addr, [m, ["all"]])
@@ -294,6 +346,24 @@ def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
                 return int(await app.read_property(addr, obj, "present-value")) == 1
             await wait_for("route 1 LIVE", lambda: live(names["one Route Status"]))
             await wait_for("route 2 LIVE", lambda: live(names["two Route Status"]))
+            # Route one's Input Bitrate Trend Log (TL1003) read with
+            # ReadRange holds the samples of its history, same timestamps.
+            tl = ObjectIdentifier("trend-log,1003")
+            assert await app.read_property(addr, tl, "object-name") == "one Input Bitrate Trend Log"
+            async def logged():
+                recs = await _route_log(app, addr, 1003)
+                return recs if sum(1 for r in recs if r.logDatum.realValue is not None) >= 2 else None
+            recs = await wait_for("TL1003 records", logged)
+            his = rest(srv, "/api/points/route.1.input_bitrate/history")["samples"]
+            reals = {_ts(r): r.logDatum.realValue for r in recs if r.logDatum.realValue is not None}
+            newest = max(_ts(r) for r in recs)
+            matched = 0
+            for s in his:
+                if _sample_ts(s["t"]) <= newest:
+                    v = reals.get(_sample_ts(s["t"]))
+                    assert v is not None and abs(v - s["v"]) <= 1e-6 * max(1.0, abs(s["v"])), (s, sorted(reals.items()))
+                    matched += 1
+            assert matched >= 2, (his, recs)
             assert ts1.grows() and ts2.grows()
             # Route Enable of route 2 off at priority 8 (manual operator).
             await app.write_property(addr, en2, "present-value", Enumerated(0), None, 8)
@@ -332,6 +402,9 @@ def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
             ol = await wait_for("route four's view", appeared, timeout=2.0)
             took = time.time() - t0
             assert ObjectIdentifier("binary-output,3010") in ol
+            assert ObjectIdentifier("trend-log,3003") in ol
+            assert await app.read_property(addr, ObjectIdentifier("trend-log,3003"), "object-name") == \
+                "four Input Bitrate Trend Log"
             assert await app.read_property(addr, ObjectIdentifier("structured-view,3"), "object-name") == "four"
             assert await app.read_property(addr, ObjectIdentifier("binary-output,3010"), "object-name") == "four Route Enable"
             rev1 = int(await app.read_property(addr, dev, "database-revision"))
@@ -347,7 +420,7 @@ def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
                 return ObjectIdentifier("structured-view,3") not in ol and ol
             ol = await wait_for("route four's objects gone", gone, timeout=2.0)
             assert not any(o[1] >= 3000 and o[1] < 4000 for o in ol)
-            for o in ("structured-view,3", "binary-output,3010", "analog-input,3003"):
+            for o in ("structured-view,3", "binary-output,3010", "analog-input,3003", "trend-log,3003"):
                 with pytest.raises(ErrorRejectAbortNack) as e:
                     await app.read_property(addr, ObjectIdentifier(o), "object-name")
                 assert "unknown-object" in str(e.value), o

@@ -222,7 +222,8 @@ fn export_all(
     (ede, states)
 }
 
-/// The server's Structured View, then per route its view and its objects.
+/// The server's Structured View, then per route its view, its objects and
+/// its Trend Logs.
 fn route_rows(
     r: &RouteRows,
     dev: u32,
@@ -255,7 +256,7 @@ fn route_rows(
                 continue;
             }
         };
-        for o in objs {
+        for o in &objs {
             let Some(def) = r.db.def(o.point) else {
                 continue;
             };
@@ -289,6 +290,17 @@ fn route_rows(
                 inst = o.instance,
                 desc = cell(&o.description),
                 settable = if o.commandable { "Y" } else { "N" },
+                short = o.ty.short(),
+            ));
+        }
+        // The route's Trend Logs (type 20): TLn logs the object n.
+        let logged = objs.iter().filter(|o| o.trend_log);
+        for o in logged.filter(|_| maps.bacnet.route_trend_buffer_size > 0) {
+            ede.push_str(&format!(
+                "{key}_trend;{dev};{name} Trend Log;20;{inst};history of {short}{inst} ({name});;;;N;N;;;;;TL{inst}\n",
+                key = cell(&r.db.def(o.point).map_or_else(String::new, |d| d.id.clone())),
+                name = cell(&o.name),
+                inst = o.instance,
                 short = o.ty.short(),
             ));
         }

@@ -36,9 +36,10 @@
 //! # Stack defaults that affect conformance
 //!
 //! Every rusty-bacnet default castpoint overrides, and every one it keeps on
-//! purpose, is set explicitly in [`start`] (the builder chain under
-//! "conformance settings") with the reason next to it, so an upgrade of the
-//! stack cannot silently change what the device answers.
+//! purpose, is set explicitly in `conformance` and `reinitialize` (the
+//! builder chain [`start`] builds the server with) with the reason next to
+//! it, so an upgrade of the stack cannot silently change what the device
+//! answers.
 
 pub mod alarms;
 pub mod config_objects;
@@ -63,7 +64,7 @@ use bacnet_objects::DeviceIdentity;
 use bacnet_server::mutation::{MutationAuthorizationContext, MutationTarget};
 use bacnet_server::server::{
     BACnetServer, DccPolicy, DiscoveryPolicy, ReadPropertyMultipleBudget, ReadRangeBudget,
-    TimeSyncPolicy,
+    ServerBuilder, TimeSyncPolicy,
 };
 use bacnet_server::FnPolicy;
 use bacnet_transport::bip::{BipMode, BipTransport, ForeignDeviceConfig};
@@ -660,12 +661,90 @@ pub async fn start(
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<SocketAddr, String> {
-    let DeviceSetup {
-        cfg,
-        route_rule,
-        data_dir,
-    } = setup;
+    let cfg = setup.cfg;
     let opts = cfg.options();
+    let at = addresses(cfg, &opts)?;
+    // Subscribed before the objects exist, so no transition between the two
+    // is missed (one made before is shown by the objects' state, only not
+    // notified: the device was not up to notify it).
+    let alarm_rx = alarm.as_ref().map(|a| a.alarms.subscribe());
+    let hooks = alarm.clone().map(|a| Arc::new(AlarmHooks::new(a)));
+    let (built, rx) = build_objects(&setup, &db, &maps, alarm.as_ref(), hooks.as_ref(), &at)?;
+    if cfg.vendor_id == DEFAULT_VENDOR_ID {
+        tracing::warn!(
+            "bacnet: vendor_id {DEFAULT_VENDOR_ID} is a placeholder no vendor holds; set [bacnet] vendor_id to the identifier ASHRAE assigned to the integrator (docs/bacnet-pics.md)"
+        );
+    }
+    // The site's write policy for BACnet sources, checked by PointDb::write
+    // against the requester's B/IP address (objects.rs passes it as Source).
+    db.set_write_policy(Protocol::Bacnet, opts.write_policy.clone());
+    let Built {
+        id,
+        odb,
+        by_point,
+        feeds,
+        route_objects,
+        port_writable,
+        restart_reason,
+        n_logs,
+        n_classes,
+    } = built;
+    let parts = ServerParts {
+        id,
+        odb,
+        port_writable,
+        acks: hooks
+            .as_ref()
+            .map(|h| Arc::clone(&h.acks))
+            .unwrap_or_default(),
+        restart_reason,
+    };
+    let server = build_server(&db, &opts, &at, parts)
+        .await
+        .map_err(|e| format!("bacnet {}: {e}", cfg.bind))?;
+    let bound = bound_address(&server, &at, cfg.bind);
+    if let Err(e) = server.broadcast_i_am().await {
+        tracing::warn!("bacnet: start-up I-Am not sent: {e}");
+    }
+    tracing::info!(
+        "bacnet: device {} on {bound} (broadcast {}), {} objects, {n_logs} trend logs, {n_classes} notification classes",
+        cfg.device_instance,
+        at.broadcast,
+        by_point.len()
+    );
+    // Subscribed here, before the engine opens the routes' blocks (App
+    // starts BACnet first), so no opening is missed.
+    let blocks = route_objects.as_ref().and_then(|_| db.subscribe_blocks());
+    let events = alarm_rx
+        .zip(hooks)
+        .map(|(rx, hooks)| AlarmFeed { rx, hooks });
+    tasks.spawn(run(
+        server,
+        db,
+        rx,
+        by_point,
+        feeds,
+        Followers {
+            routes: route_objects.map(|r| (r, blocks)),
+            alarms: events,
+        },
+        shutdown,
+    ));
+    Ok(bound)
+}
+
+/// Where the device listens and what it announces.
+struct Addresses {
+    /// The configured B/IP address and port (IPv4).
+    bind: SocketAddrV4,
+    /// The address the Network Port and the I-Am publish.
+    ip: Ipv4Addr,
+    /// The directed broadcast address.
+    broadcast: Ipv4Addr,
+}
+
+/// The device's addresses from `[bacnet]` (an IPv6 bind is refused).
+fn addresses(cfg: &BacnetSection, opts: &BacnetOptions) -> Result<Addresses, String> {
     let bind = match cfg.bind {
         SocketAddr::V4(a) => a,
         SocketAddr::V6(a) => {
@@ -684,26 +763,86 @@ pub async fn start(
         bind_ip
     };
     let broadcast = opts.broadcast.unwrap_or_else(|| broadcast_for(ip));
-    // Subscribed before the objects exist, so no transition between the two
-    // is missed (one made before is shown by the objects' state, only not
-    // notified: the device was not up to notify it).
-    let alarm_rx = alarm.as_ref().map(|a| a.alarms.subscribe());
-    let hooks = alarm.clone().map(|a| Arc::new(AlarmHooks::new(a)));
-    let points = point_objects_with(&db, &maps, hooks.as_deref())?;
-    let classes = match &alarm {
+    Ok(Addresses {
+        bind,
+        ip,
+        broadcast,
+    })
+}
+
+/// The address actually bound: the socket's port, and for a wildcard bind
+/// the wildcard address (the configured one when the stack names none).
+fn bound_address(
+    server: &BACnetServer<Link>,
+    at: &Addresses,
+    configured: SocketAddr,
+) -> SocketAddr {
+    match peer_from_mac(server.local_mac()) {
+        Some(SocketAddr::V4(a)) if at.bind.ip().is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), a.port())
+        }
+        Some(a) => a,
+        None => configured,
+    }
+}
+
+/// The configured Notification Class objects (none without alarms).
+fn notification_classes(
+    alarm: Option<&AlarmSetup>,
+    data_dir: &std::path::Path,
+) -> Result<Vec<NotificationClass>, String> {
+    match alarm {
         Some(a) => a
             .classes
             .iter()
             .map(|c| alarms::notification_class(c, data_dir))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("bacnet: {e}"))?,
-        None => Vec::new(),
-    };
+            .map_err(|e| format!("bacnet: {e}")),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The objects the stack starts with, and what the sync loop needs to
+/// follow them.
+struct Built {
+    id: DeviceIdentity,
+    odb: ObjectDatabase,
+    /// The server's point objects, in map order.
+    by_point: Vec<(PointId, ObjectIdentifier)>,
+    feeds: Vec<TrendFeed>,
+    route_objects: Option<routes::RouteObjects>,
+    /// Properties the network may not write although the stack's objects
+    /// would take them (see `authorize`).
+    port_writable: Vec<(ObjectIdentifier, u32)>,
+    restart_reason: RestartReason,
+    n_logs: usize,
+    n_classes: usize,
+}
+
+/// Builds the Device, Network Port, point objects, Trend Logs, Notification
+/// Classes and the server's Structured View; returns them with the change
+/// feed the sync loop reads (subscribed before the logs read the history).
+fn build_objects(
+    setup: &DeviceSetup<'_>,
+    db: &PointDb,
+    maps: &Maps,
+    alarm: Option<&AlarmSetup>,
+    hooks: Option<&Arc<AlarmHooks>>,
+    at: &Addresses,
+) -> Result<
+    (
+        Built,
+        tokio::sync::broadcast::Receiver<crate::points::Change>,
+    ),
+    String,
+> {
+    let points = point_objects_with(db, maps, hooks.map(|h| h.as_ref()))?;
+    let classes = notification_classes(alarm, setup.data_dir)?;
     let class_oids: Vec<ObjectIdentifier> = classes.iter().map(|c| c.object_identifier()).collect();
     // Subscribe before the logs read the history, so no change between the
     // two is missed (a change already in the history is skipped by time).
     let rx = db.subscribe();
-    let (logs, feeds) = trend_logs(&db, &maps)?;
+    let (logs, feeds) = trend_logs(db, maps)?;
     let by_point: Vec<(PointId, ObjectIdentifier)> = maps
         .bacnet
         .objects
@@ -711,15 +850,19 @@ pub async fn start(
         .zip(points.iter())
         .map(|(o, p)| (o.point, p.object_identifier()))
         .collect();
-    let uuid = device_uuid(data_dir)?;
-    let id = identity(cfg, &opts, ip, bind.port(), uuid).map_err(|e| format!("bacnet: {e}"))?;
-    let n_logs = logs.len();
+    let uuid = device_uuid(setup.data_dir)?;
+    let opts = setup.cfg.options();
+    let id = identity(setup.cfg, &opts, at.ip, at.bind.port(), uuid)
+        .map_err(|e| format!("bacnet: {e}"))?;
+    let (n_logs, n_classes) = (logs.len(), classes.len());
     let restart_reason = RestartReason::default();
-    let n_classes = classes.len();
-    let route_types = db.route_template().map(routes::served_types);
+    let route_logs = maps.bacnet.route_trend_buffer_size > 0;
+    let route_types = db
+        .route_template()
+        .map(|t| routes::served_types(t, route_logs));
     let (mut odb, base_list) = database(
         &id,
-        &db,
+        db,
         points,
         logs,
         classes,
@@ -727,39 +870,73 @@ pub async fn start(
         route_types.as_deref().unwrap_or(&[]),
     )
     .map_err(|e| format!("bacnet: {e}"))?;
-    // Route blocks (issue 20): the server's Structured View now, the
-    // routes' objects as their blocks open (`run`).
-    let route_objects = match db.route_template() {
-        Some(_) => {
-            let device = ObjectIdentifier::new(ObjectType::DEVICE, cfg.device_instance)
-                .map_err(|e| format!("bacnet: {e}"))?;
-            let members = by_point
-                .iter()
-                .filter_map(|(p, o)| Some((*o, db.def(*p)?.name.clone())))
-                .collect();
-            let site = db.site();
-            let mut ro = routes::RouteObjects::new(
-                route_rule,
-                maps.bacnet.bitrate_units_fallback,
-                device,
-                base_list,
-                members,
-                site.equip_dis.clone(),
-                format!(
-                    "{} ({}): its points and routes",
-                    site.equip_dis, site.site_dis
-                ),
-                routes::Revision::load(Some(data_dir)),
-            )
-            .map_err(|e| format!("bacnet: {e}"))?
-            .with_alarm_hooks(hooks.clone());
-            ro.install(&mut odb).map_err(|e| format!("bacnet: {e}"))?;
-            Some(ro)
-        }
-        None => None,
+    let route_objects = route_objects(setup, db, maps, &by_point, base_list, hooks, &mut odb)?;
+    let port_writable = port_writable(&odb, &class_oids);
+    let built = Built {
+        id,
+        odb,
+        by_point,
+        feeds,
+        route_objects,
+        port_writable,
+        restart_reason,
+        n_logs,
+        n_classes,
     };
-    let port_writable: Vec<(ObjectIdentifier, u32)> = odb
-        .find_by_type(ObjectType::NETWORK_PORT)
+    Ok((built, rx))
+}
+
+/// Route blocks (issue 20): the server's Structured View now (installed in
+/// `odb`), the routes' objects as their blocks open (`run`). None without a
+/// route template.
+fn route_objects(
+    setup: &DeviceSetup<'_>,
+    db: &PointDb,
+    maps: &Maps,
+    by_point: &[(PointId, ObjectIdentifier)],
+    base_list: Vec<ObjectIdentifier>,
+    hooks: Option<&Arc<AlarmHooks>>,
+    odb: &mut ObjectDatabase,
+) -> Result<Option<routes::RouteObjects>, String> {
+    if db.route_template().is_none() {
+        return Ok(None);
+    }
+    let e = |e: BacnetError| format!("bacnet: {e}");
+    let device = ObjectIdentifier::new(ObjectType::DEVICE, setup.cfg.device_instance).map_err(e)?;
+    let members = by_point
+        .iter()
+        .filter_map(|(p, o)| Some((*o, db.def(*p)?.name.clone())))
+        .collect();
+    let site = db.site();
+    let mut ro = routes::RouteObjects::new(
+        setup.route_rule,
+        maps.bacnet.bitrate_units_fallback,
+        device,
+        base_list,
+        members,
+        site.equip_dis.clone(),
+        format!(
+            "{} ({}): its points and routes",
+            site.equip_dis, site.site_dis
+        ),
+        routes::Revision::load(Some(setup.data_dir)),
+    )
+    .map_err(e)?
+    .with_alarm_hooks(hooks.cloned())
+    .with_trend_buffer(maps.bacnet.route_trend_buffer_size);
+    ro.install(odb).map_err(e)?;
+    Ok(Some(ro))
+}
+
+/// The properties `authorize` keeps from the network: the Network Port's
+/// writable settings, and a Notification Class's number and description
+/// (configuration, alarms.rs; only its Recipient_List is the network's to
+/// write).
+fn port_writable(
+    odb: &ObjectDatabase,
+    class_oids: &[ObjectIdentifier],
+) -> Vec<(ObjectIdentifier, u32)> {
+    odb.find_by_type(ObjectType::NETWORK_PORT)
         .into_iter()
         .filter_map(|oid| {
             odb.get(&oid)
@@ -770,25 +947,27 @@ pub async fn start(
                 .filter(|r| r.write_capability != PropertyWriteCapability::ReadOnly)
                 .map(move |r| (oid, r.property_identifier.to_raw()))
         })
-        // A Notification Class's number and description are configuration
-        // (alarms.rs); only its Recipient_List is the network's to write.
         .chain(class_oids.iter().flat_map(|oid| {
             alarms::CLASS_READ_ONLY
                 .iter()
                 .map(move |p| (*oid, p.to_raw()))
         }))
-        .collect();
-    if cfg.vendor_id == DEFAULT_VENDOR_ID {
-        tracing::warn!(
-            "bacnet: vendor_id {DEFAULT_VENDOR_ID} is a placeholder no vendor holds; set [bacnet] vendor_id to the identifier ASHRAE assigned to the integrator (docs/bacnet-pics.md)"
-        );
-    }
-    // The site's write policy for BACnet sources, checked by PointDb::write
-    // against the requester's B/IP address (objects.rs passes it as Source).
-    db.set_write_policy(Protocol::Bacnet, opts.write_policy.clone());
-    let port_oid = ObjectIdentifier::new(ObjectType::NETWORK_PORT, NETWORK_PORT_INSTANCE)
-        .map_err(|e| format!("bacnet: {e}"))?;
+        .collect()
+}
 
+/// What the stack is built from besides the link.
+struct ServerParts {
+    id: DeviceIdentity,
+    odb: ObjectDatabase,
+    port_writable: Vec<(ObjectIdentifier, u32)>,
+    /// Where AcknowledgeAlarm requesters are noted (transport.rs).
+    acks: Arc<alarms::AckSources>,
+    restart_reason: RestartReason,
+}
+
+/// The stack's B/IP link: normal or registered with a BBMD, sharing the
+/// port by address when bound to one address and port.
+fn bip_link(at: &Addresses, opts: &BacnetOptions) -> BipTransport {
     let mode = match opts.foreign_bbmd {
         Some(bbmd) => BipMode::Foreign(ForeignDeviceConfig {
             bbmd_ip: *bbmd.ip(),
@@ -799,52 +978,69 @@ pub async fn start(
         }),
         None => BipMode::Normal,
     };
-    let restart_db = db.clone();
-    let restart = restart_db.lookup("system_restart");
-    let mut link = BipTransport::new(bind_ip, bind.port(), broadcast);
+    let bind_ip = *at.bind.ip();
+    let mut link = BipTransport::new(bind_ip, at.bind.port(), at.broadcast);
     // A specific address and port binds that address only; a wildcard or
     // an ephemeral port binds 0.0.0.0 (the stack needs both to share).
-    link.set_share_port_by_address(!bind_ip.is_unspecified() && bind.port() != 0);
+    link.set_share_port_by_address(!bind_ip.is_unspecified() && at.bind.port() != 0);
     link.set_mode(mode);
+    link
+}
+
+/// Builds the stack's server (binding the port) with castpoint's
+/// conformance settings and restart handling.
+async fn build_server(
+    db: &PointDb,
+    opts: &BacnetOptions,
+    at: &Addresses,
+    parts: ServerParts,
+) -> Result<BACnetServer<Link>, String> {
+    let port_oid = ObjectIdentifier::new(ObjectType::NETWORK_PORT, NETWORK_PORT_INSTANCE)
+        .map_err(|e| e.to_string())?;
     // The stack's own B/IP link behind castpoint's filter, which answers the
     // few requests the stack would answer wrongly before any hook runs
     // (undefined enumerations in DCC/Reinitialize, CreateObject,
     // ConfirmedAuditNotification: transport.rs). The generic builder takes
     // the same settings as `bip_builder`, which builds this BipTransport
     // the same way.
+    let filtered = transport::Filtered::new(
+        bip_link(at, opts),
+        parts
+            .port_writable
+            .iter()
+            .map(|(o, p)| (o.encode(), *p))
+            .collect(),
+    )
+    .with_ack_sources(parts.acks);
     let mut builder = BACnetServer::<Link>::generic_builder()
-        .transport(
-            transport::Filtered::new(
-                link,
-                port_writable
-                    .iter()
-                    .map(|(o, p)| (o.encode(), *p))
-                    .collect(),
-            )
-            .with_ack_sources(
-                hooks
-                    .as_ref()
-                    .map(|h| Arc::clone(&h.acks))
-                    .unwrap_or_default(),
-            ),
-        )
-        .device(id)
-        .database(odb);
+        .transport(filtered)
+        .device(parts.id)
+        .database(parts.odb);
     // The stack keeps a registered Network Port's address in step with the
     // bound socket, which it refuses for a wildcard bind; then the object
     // keeps the primary address it was declared with (`identity`).
-    if !bind_ip.is_unspecified() {
+    if !at.bind.ip().is_unspecified() {
         builder = builder.registered_network_port(port_oid);
     }
-    // ---- Conformance settings: every stack default that changes what the
-    // device answers is set here, explicitly, with the reason (an upgrade
-    // of rusty-bacnet must not change castpoint's answers silently). The
-    // rest lives where it must: Protocol_Object_Types_Supported and
-    // Last_Restart_Reason in the Device wrapper (`config_objects.rs`), the
-    // Trend Logs' reporting rows in `trend.rs`, Segmentation_Supported and
-    // Device_UUID in `identity`. Protocol_Services_Supported cannot be set:
-    // the stack serves its fixed EXECUTED_SERVICES (docs/bacnet-pics.md).
-    builder = builder
+    let builder = conformance(builder, parts.port_writable);
+    let builder = reinitialize(builder, db, opts, parts.restart_reason);
+    builder.build().await.map_err(|e| e.to_string())
+}
+
+/// ---- Conformance settings: every stack default that changes what the
+/// device answers is set here, explicitly, with the reason (an upgrade of
+/// rusty-bacnet must not change castpoint's answers silently). The rest
+/// lives where it must: Protocol_Object_Types_Supported and
+/// Last_Restart_Reason in the Device wrapper (`config_objects.rs`), the
+/// Trend Logs' reporting rows in `trend.rs`, Segmentation_Supported and
+/// Device_UUID in `identity`, ReinitializeDevice and DCC in `reinitialize`.
+/// Protocol_Services_Supported cannot be set: the stack serves its fixed
+/// EXECUTED_SERVICES (docs/bacnet-pics.md).
+fn conformance(
+    builder: ServerBuilder<Link>,
+    port_writable: Vec<(ObjectIdentifier, u32)>,
+) -> ServerBuilder<Link> {
+    builder
         // The stack's default (256 results) refuses an RPM ALL of every
         // castpoint object (~330 results) with Abort out-of-resources; the
         // whole device fits easily in these (65 segments x 1476 octets).
@@ -896,6 +1092,32 @@ pub async fn start(
         .time_sync_policy(TimeSyncPolicy::default())
         .enable_event_enrollment(false)
         .enable_fault_detection(false)
+}
+
+/// ReinitializeDevice and DeviceCommunicationControl: with a password, a
+/// WARMSTART/COLDSTART writes `system_restart` (and sets
+/// Last_Restart_Reason); without one, both services are refused.
+fn reinitialize(
+    builder: ServerBuilder<Link>,
+    db: &PointDb,
+    opts: &BacnetOptions,
+    restart_reason: RestartReason,
+) -> ServerBuilder<Link> {
+    let Some(password) = &opts.password else {
+        // No password configured: refuse both (the stack's DCC default is
+        // DenyAll; Reinitialize needs an impossible password to refuse).
+        return builder
+            .dcc_policy(DccPolicy::DenyAll)
+            .on_reinitialize(|_, _| {
+                Err(BacnetError::protocol(
+                    ErrorClass::SECURITY,
+                    ErrorCode::PASSWORD_FAILURE,
+                ))
+            });
+    };
+    let restart_db = db.clone();
+    let restart = restart_db.lookup("system_restart");
+    builder
         .on_reinitialize(move |ctx, _odb| {
             // Only a restart is a castpoint operation; backup/restore are not.
             if ctx.state != ReinitializedState::WARMSTART
@@ -924,66 +1146,10 @@ pub async fn start(
             };
             restart_reason.store(reason, std::sync::atomic::Ordering::Relaxed);
             Ok(())
-        });
-    match &opts.password {
-        Some(p) => {
-            builder = builder
-                .reinit_password(p.clone())
-                .dcc_password(p.clone())
-                .dcc_policy(DccPolicy::RequirePassword);
-        }
-        None => {
-            // No password configured: refuse both (the stack's DCC default is
-            // DenyAll; Reinitialize needs an impossible password to refuse).
-            builder = builder
-                .dcc_policy(DccPolicy::DenyAll)
-                .on_reinitialize(|_, _| {
-                    Err(BacnetError::protocol(
-                        ErrorClass::SECURITY,
-                        ErrorCode::PASSWORD_FAILURE,
-                    ))
-                });
-        }
-    }
-    let server: BACnetServer<Link> = builder
-        .build()
-        .await
-        .map_err(|e| format!("bacnet {}: {e}", cfg.bind))?;
-    let mac = server.local_mac().to_vec();
-    let bound = match peer_from_mac(&mac) {
-        Some(SocketAddr::V4(a)) if bind_ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), a.port())
-        }
-        Some(a) => a,
-        None => cfg.bind,
-    };
-    if let Err(e) = server.broadcast_i_am().await {
-        tracing::warn!("bacnet: start-up I-Am not sent: {e}");
-    }
-    tracing::info!(
-        "bacnet: device {} on {bound} (broadcast {broadcast}), {} objects, {n_logs} trend logs, {n_classes} notification classes",
-        cfg.device_instance,
-        by_point.len()
-    );
-    // Subscribed here, before the engine opens the routes' blocks (App
-    // starts BACnet first), so no opening is missed.
-    let blocks = route_objects.as_ref().and_then(|_| db.subscribe_blocks());
-    let events = alarm_rx
-        .zip(hooks)
-        .map(|(rx, hooks)| AlarmFeed { rx, hooks });
-    tasks.spawn(run(
-        server,
-        db,
-        rx,
-        by_point,
-        feeds,
-        Followers {
-            routes: route_objects.map(|r| (r, blocks)),
-            alarms: events,
-        },
-        shutdown,
-    ));
-    Ok(bound)
+        })
+        .reinit_password(password.clone())
+        .dcc_password(password.clone())
+        .dcc_policy(DccPolicy::RequirePassword)
 }
 
 /// How long the route objects wait for a burst of block changes (a config
@@ -1031,7 +1197,7 @@ async fn run(
     db: PointDb,
     mut rx: tokio::sync::broadcast::Receiver<crate::points::Change>,
     by_point: Vec<(PointId, ObjectIdentifier)>,
-    mut feeds: Vec<TrendFeed>,
+    feeds: Vec<TrendFeed>,
     follow: Followers,
     shutdown: CancellationToken,
 ) {
@@ -1040,24 +1206,11 @@ async fn run(
         Some((r, b)) => (Some(r), b),
         None => (None, None),
     };
-    // Point index -> its object (server points fixed, route points while
-    // their block is served), so the hot path never hashes.
-    let mut oid_of: Vec<Option<ObjectIdentifier>> = vec![None; db.len()];
-    for (p, o) in &by_point {
-        if let Some(slot) = oid_of.get_mut(p.index()) {
-            *slot = Some(*o);
-        }
-    }
-    let mut log_index: Vec<Option<usize>> = vec![None; db.len()];
-    for (i, f) in feeds.iter().enumerate() {
-        if let Some(slot) = log_index.get_mut(f.point.index()) {
-            *slot = Some(i);
-        }
-    }
+    let mut oid_of = object_table(&db, &by_point);
+    let mut logs = trend::Feeds::new(db.len(), feeds);
     let mut dirty = Dirty::new(db.len());
     // Objects holding transitions for the stack (few: a set kept as a list).
     let mut alarm_dirty: Vec<ObjectIdentifier> = Vec::new();
-    let mut log_dirty = vec![false; feeds.len()];
     // A pending route sync: (quiet deadline, latest deadline).
     let now = tokio::time::Instant::now();
     let mut route_due: Option<(tokio::time::Instant, tokio::time::Instant)> = route_objects
@@ -1068,10 +1221,7 @@ async fn run(
     let mut cov_tick = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
         let mut lagged = false;
-        crate::counters::BACNET_COV_SUBSCRIPTIONS.store(
-            server.cov_counters().subscriptions_active,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        publish_cov_count(&server);
         let sync_at = route_due.map(|(quiet, latest)| quiet.min(latest));
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -1089,42 +1239,17 @@ async fn run(
             _ = tokio::time::sleep_until(sync_at.unwrap_or_else(tokio::time::Instant::now)), if sync_at.is_some() => {
                 route_due = None;
                 if let Some(ro) = route_objects.as_mut() {
-                    let ch = {
-                        let mut odb = server.database().write().await;
-                        ro.sync(&db, &mut odb)
-                    };
-                    for p in &ch.removed {
-                        if let Some(slot) = oid_of.get_mut(p.index()) {
-                            *slot = None;
-                        }
-                    }
-                    for (p, o) in &ch.added {
-                        if let Some(slot) = oid_of.get_mut(p.index()) {
-                            *slot = Some(*o);
-                        }
-                    }
-                    if ch.revised {
-                        tracing::info!(
-                            "bacnet: route objects changed, Database_Revision {}",
-                            ro.revision.value
-                        );
-                    }
+                    sync_routes(&server, &db, ro, &mut oid_of, &mut logs).await;
                 }
                 continue;
             }
             r = rx.recv() => match r {
-                Ok(c) => note(&db, &c, &oid_of, &log_index, &mut feeds, &mut dirty, &mut log_dirty),
+                Ok(c) => note(&db, &c, &oid_of, &mut logs, &mut dirty),
                 Err(RecvError::Lagged(_)) => lagged = true,
                 Err(RecvError::Closed) => break,
             },
             ev = next_alarm(&mut events) => match ev {
-                Ok(ev) => {
-                    if let Some(oid) = events.as_ref().and_then(|f| f.hooks.take(&db, ev)) {
-                        if !alarm_dirty.contains(&oid) {
-                            alarm_dirty.push(oid);
-                        }
-                    }
-                }
+                Ok(ev) => queue_alarm(events.as_ref(), &db, ev, &mut alarm_dirty),
                 Err(RecvError::Lagged(n)) => {
                     // The transitions stay in Alarms' history and in every
                     // object's Event_State; only their notification is lost.
@@ -1133,88 +1258,200 @@ async fn run(
                 Err(RecvError::Closed) => events = None,
             },
         }
-        // Transitions that came with this batch.
-        if let Some(f) = &mut events {
-            while let Ok(ev) = f.rx.try_recv() {
-                if let Some(oid) = f.hooks.take(&db, ev) {
-                    if !alarm_dirty.contains(&oid) {
-                        alarm_dirty.push(oid);
-                    }
-                }
-            }
-        }
-        // Coalesce a burst (telemetry sets many points at once) into one
-        // evaluation per object.
-        loop {
-            match rx.try_recv() {
-                Ok(c) => note(
-                    &db,
-                    &c,
-                    &oid_of,
-                    &log_index,
-                    &mut feeds,
-                    &mut dirty,
-                    &mut log_dirty,
-                ),
-                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => lagged = true,
-                Err(_) => break,
-            }
-        }
+        take_transitions(events.as_mut(), &db, &mut alarm_dirty);
+        lagged |= drain_changes(&mut rx, &db, &oid_of, &mut logs, &mut dirty);
         if lagged {
-            // Missed changes: re-evaluate every object; COV criteria send
-            // only what really changed since the last notification, and the
-            // logs catch up on the history from where they stood (a quality
-            // flip that came and went in the gap is not logged).
-            for (i, o) in oid_of.iter().enumerate() {
-                if o.is_some() {
-                    dirty.mark(i);
-                }
-            }
-            for (i, f) in feeds.iter_mut().enumerate() {
-                if let Some(st) = db.read(f.point) {
-                    log_dirty[i] |= f.on_change(&db, &st);
-                }
-            }
+            catch_up(&db, &oid_of, &mut logs, &mut dirty);
         }
-        if log_dirty.iter().any(|d| *d) {
-            // One database lock per batch; each log drains its own inbox.
-            let mut odb = server.database().write().await;
-            for (i, f) in feeds.iter().enumerate() {
-                if std::mem::take(&mut log_dirty[i]) {
-                    if let Some(o) = odb.get_mut(&f.oid) {
-                        let _ = o.add_trend_record(trend::drain_signal());
-                    }
-                }
-            }
-        }
-        for i in dirty.take() {
-            let Some(Some(oid)) = oid_of.get(i) else {
-                continue;
-            };
-            // The value argument is only a signal: PointObject reads the
-            // database itself.
-            let push = server.set_present_value_local(oid, PropertyValue::Real(0.0));
-            match tokio::time::timeout(COV_PUSH_WAIT, push).await {
-                Ok(Ok(())) | Err(_) => {}
-                Ok(Err(e)) => tracing::debug!("bacnet: COV push for {oid:?}: {e}"),
-            }
-        }
-        // Each poke runs the stack's per-change event pass once, which
-        // takes one queued transition: poke as often as there are (the
-        // stack's one-second tick takes any a lost poke leaves).
-        for oid in std::mem::take(&mut alarm_dirty) {
-            let queued = events.as_ref().map_or(0, |f| f.hooks.queued(&oid));
-            for _ in 0..queued {
-                let push = server.set_present_value_local(&oid, PropertyValue::Real(0.0));
-                match tokio::time::timeout(COV_PUSH_WAIT, push).await {
-                    Ok(Ok(())) | Err(_) => {}
-                    Ok(Err(e)) => tracing::debug!("bacnet: event push for {oid:?}: {e}"),
-                }
-            }
-        }
+        drain_logs(&server, &mut logs).await;
+        push_cov(&server, &oid_of, &mut dirty).await;
+        push_alarms(&server, events.as_ref(), &mut alarm_dirty).await;
     }
     if let Err(e) = server.stop().await {
         tracing::warn!("bacnet: stop: {e}");
+    }
+}
+
+/// Hands `/metrics` the stack's COV subscription count.
+fn publish_cov_count(server: &BACnetServer<Link>) {
+    crate::counters::BACNET_COV_SUBSCRIPTIONS.store(
+        server.cov_counters().subscriptions_active,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// Point index -> its object: the server's point objects now, route
+/// objects while their block is served (`sync_routes`), so the hot path
+/// never hashes.
+fn object_table(
+    db: &PointDb,
+    by_point: &[(PointId, ObjectIdentifier)],
+) -> Vec<Option<ObjectIdentifier>> {
+    let mut oid_of: Vec<Option<ObjectIdentifier>> = vec![None; db.len()];
+    for (p, o) in by_point {
+        if let Some(slot) = oid_of.get_mut(p.index()) {
+            *slot = Some(*o);
+        }
+    }
+    oid_of
+}
+
+/// Queues the object an alarm transition belongs to for the stack (once
+/// per batch).
+fn queue_alarm(
+    feed: Option<&AlarmFeed>,
+    db: &PointDb,
+    ev: crate::alarms::AlarmEvent,
+    alarm_dirty: &mut Vec<ObjectIdentifier>,
+) {
+    if let Some(oid) = feed.and_then(|f| f.hooks.take(db, ev)) {
+        if !alarm_dirty.contains(&oid) {
+            alarm_dirty.push(oid);
+        }
+    }
+}
+
+/// The alarm transitions that came with this batch.
+fn take_transitions(
+    feed: Option<&mut AlarmFeed>,
+    db: &PointDb,
+    alarm_dirty: &mut Vec<ObjectIdentifier>,
+) {
+    if let Some(f) = feed {
+        while let Ok(ev) = f.rx.try_recv() {
+            queue_alarm(Some(f), db, ev, alarm_dirty);
+        }
+    }
+}
+
+/// Notes the rest of a burst of changes (telemetry sets many points at
+/// once) so each object is evaluated once. True when changes were lost.
+fn drain_changes(
+    rx: &mut tokio::sync::broadcast::Receiver<crate::points::Change>,
+    db: &PointDb,
+    oid_of: &[Option<ObjectIdentifier>],
+    logs: &mut trend::Feeds,
+    dirty: &mut Dirty,
+) -> bool {
+    let mut lagged = false;
+    loop {
+        match rx.try_recv() {
+            Ok(c) => note(db, &c, oid_of, logs, dirty),
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => lagged = true,
+            Err(_) => return lagged,
+        }
+    }
+}
+
+/// After missed changes: every object is re-evaluated (COV criteria send
+/// only what really changed since the last notification), and the logs
+/// catch up on the history from where they stood (a quality flip that came
+/// and went in the gap is not logged).
+fn catch_up(
+    db: &PointDb,
+    oid_of: &[Option<ObjectIdentifier>],
+    logs: &mut trend::Feeds,
+    dirty: &mut Dirty,
+) {
+    for (i, o) in oid_of.iter().enumerate() {
+        if o.is_some() {
+            dirty.mark(i);
+        }
+    }
+    logs.catch_up(db);
+}
+
+/// One sync of the route objects with the blocks: the point-to-object
+/// table and the Trend Log feeds follow what it removed and added.
+async fn sync_routes(
+    server: &BACnetServer<Link>,
+    db: &PointDb,
+    ro: &mut routes::RouteObjects,
+    oid_of: &mut [Option<ObjectIdentifier>],
+    logs: &mut trend::Feeds,
+) {
+    let ch = {
+        let mut odb = server.database().write().await;
+        ro.sync(db, &mut odb)
+    };
+    for p in &ch.removed {
+        if let Some(slot) = oid_of.get_mut(p.index()) {
+            *slot = None;
+        }
+    }
+    for (p, o) in &ch.added {
+        if let Some(slot) = oid_of.get_mut(p.index()) {
+            *slot = Some(*o);
+        }
+    }
+    // Removed first: a changed slot's logs go and come back in one sync.
+    for p in &ch.logs_removed {
+        logs.remove(*p);
+    }
+    for f in ch.logs_added {
+        logs.add(f);
+    }
+    if ch.revised {
+        tracing::info!(
+            "bacnet: route objects changed, Database_Revision {}",
+            ro.revision.value
+        );
+    }
+}
+
+/// Moves the queued records into their Trend Logs: one database lock per
+/// batch; each log drains its own inbox.
+async fn drain_logs(server: &BACnetServer<Link>, logs: &mut trend::Feeds) {
+    let pending = logs.take_dirty();
+    if pending.is_empty() {
+        return;
+    }
+    let mut odb = server.database().write().await;
+    for oid in pending {
+        if let Some(o) = odb.get_mut(&oid) {
+            let _ = o.add_trend_record(trend::drain_signal());
+        }
+    }
+}
+
+/// Runs the stack's COV evaluation of every object whose point changed.
+async fn push_cov(
+    server: &BACnetServer<Link>,
+    oid_of: &[Option<ObjectIdentifier>],
+    dirty: &mut Dirty,
+) {
+    for i in dirty.take() {
+        let Some(Some(oid)) = oid_of.get(i) else {
+            continue;
+        };
+        // The value argument is only a signal: PointObject reads the
+        // database itself.
+        let push = server.set_present_value_local(oid, PropertyValue::Real(0.0));
+        match tokio::time::timeout(COV_PUSH_WAIT, push).await {
+            Ok(Ok(())) | Err(_) => {}
+            Ok(Err(e)) => tracing::debug!("bacnet: COV push for {oid:?}: {e}"),
+        }
+    }
+}
+
+/// Hands the queued alarm transitions to the stack. Each poke runs the
+/// stack's per-change event pass once, which takes one queued transition:
+/// poke as often as there are (the stack's one-second tick takes any a lost
+/// poke leaves).
+async fn push_alarms(
+    server: &BACnetServer<Link>,
+    events: Option<&AlarmFeed>,
+    alarm_dirty: &mut Vec<ObjectIdentifier>,
+) {
+    for oid in std::mem::take(alarm_dirty) {
+        let queued = events.map_or(0, |f| f.hooks.queued(&oid));
+        for _ in 0..queued {
+            let push = server.set_present_value_local(&oid, PropertyValue::Real(0.0));
+            match tokio::time::timeout(COV_PUSH_WAIT, push).await {
+                Ok(Ok(())) | Err(_) => {}
+                Ok(Err(e)) => tracing::debug!("bacnet: event push for {oid:?}: {e}"),
+            }
+        }
     }
 }
 
@@ -1255,17 +1492,13 @@ fn note(
     db: &PointDb,
     c: &crate::points::Change,
     oid_of: &[Option<ObjectIdentifier>],
-    log_index: &[Option<usize>],
-    feeds: &mut [TrendFeed],
+    logs: &mut trend::Feeds,
     dirty: &mut Dirty,
-    log_dirty: &mut [bool],
 ) {
     if let Some(Some(_)) = oid_of.get(c.id.index()) {
         dirty.mark(c.id.index());
     }
-    if let Some(Some(i)) = log_index.get(c.id.index()) {
-        log_dirty[*i] |= feeds[*i].on_change(db, &c.state);
-    }
+    logs.note(db, c.id, &c.state);
 }
 
 /// The data link the device runs on (transport.rs).

@@ -16,8 +16,13 @@
 //!   template's (per-output points add the output's name), State_Text the
 //!   route's own input names.
 //! - Structured View `<slot>`: the route (Node_Type equipment,
-//!   Subordinate_List its objects in block order); Structured View 0: the
-//!   server (its mapped points, then the route views).
+//!   Subordinate_List its objects in block order, then its Trend Logs);
+//!   Structured View 0: the server (its mapped points, then the route
+//!   views).
+//! - Trend Log per `his` measurement (as the server's): TLn logs the route
+//!   object with instance n, filled from the slot's history when the block
+//!   opens (at start-up too, so it survives a restart), `[trend_log]
+//!   route_buffer_size` records (0: none).
 //!
 //! Objects are views of the point database like the server's
 //! ([`PointObject`]); this module only decides which exist. The Device's
@@ -38,10 +43,13 @@ use bacnet_types::error::{Error as BacnetError, RemoteError};
 use bacnet_types::primitives::{ObjectIdentifier, PropertyValue};
 
 use crate::points::routes::{BlockInfo, RouteTemplate};
-use crate::points::{BacnetObject, BacnetObjectType, Kind, Maps, PointDb, PointDef, PointId};
+use crate::points::{
+    BacnetObject, BacnetObjectType, BacnetTrendLog, Kind, Maps, PointDb, PointDef, PointId, Role,
+};
 
 use super::config_objects::ConfigObject;
 use super::objects::{object_type, PointObject};
+use super::trend::{self, TrendFeed};
 use super::units;
 
 /// Instance of the server's Structured View (route views use their slot).
@@ -78,15 +86,26 @@ pub fn type_of(def: &PointDef) -> (BacnetObjectType, bool) {
     }
 }
 
+/// Whether a route point's object gets a Trend Log: a `his` measurement,
+/// the server's rule (`mappings/bacnet.toml` `[trend_log]`).
+pub fn loggable(def: &PointDef) -> bool {
+    def.his && def.role == Role::Measurement
+}
+
 /// Every object type route blocks can serve with this template, plus the
-/// Structured View (what Protocol_Object_Types_Supported claims from start).
-pub fn served_types(tpl: &RouteTemplate) -> Vec<ObjectType> {
+/// Structured View, and the Trend Log when `trend_logs` (route logs on)
+/// and the template has a `his` measurement (what
+/// Protocol_Object_Types_Supported claims from start).
+pub fn served_types(tpl: &RouteTemplate, trend_logs: bool) -> Vec<ObjectType> {
     let mut v: Vec<ObjectType> = tpl
         .points
         .iter()
         .map(|p| object_type(type_of(&p.def).0))
         .collect();
     v.push(ObjectType::STRUCTURED_VIEW);
+    if trend_logs && tpl.points.iter().any(|p| loggable(&p.def)) {
+        v.push(ObjectType::TREND_LOG);
+    }
     v
 }
 
@@ -135,6 +154,18 @@ pub fn check(tpl: &RouteTemplate, rule: InstanceRule, maps: &Maps) -> Vec<(&'sta
             )));
         }
     }
+    // Route Trend Logs take their logged object's instance: they must miss
+    // the server's (TLn logs the server object n).
+    if maps.bacnet.route_trend_buffer_size > 0 && tpl.points.iter().any(|p| loggable(&p.def)) {
+        for t in &maps.bacnet.trend_logs {
+            if (lo..=hi).contains(&u64::from(t.instance)) {
+                out.push(("bacnet_instance_base", format!(
+                    "route Trend Logs ({lo}..={hi}) overlap the Trend Log TL{} of mappings/bacnet.toml: move bacnet_instance_base",
+                    t.instance
+                )));
+            }
+        }
+    }
     for p in &tpl.points {
         let (ty, _) = type_of(&p.def);
         if matches!(
@@ -160,6 +191,8 @@ pub struct RouteObjectInfo {
     pub description: String,
     pub states: Vec<String>,
     pub units: u32,
+    /// A `his` measurement: served with a Trend Log while route logs are on.
+    pub trend_log: bool,
 }
 
 /// The objects of slot `slot` owned by `info`, in block order.
@@ -208,6 +241,7 @@ pub fn block_objects(
             description,
             states: db.state_names(id),
             units,
+            trend_log: loggable(def),
         });
     }
     Ok(out)
@@ -364,6 +398,8 @@ struct Served {
     info: Arc<BlockInfo>,
     view: (ObjectIdentifier, String),
     objects: Vec<(PointId, ObjectIdentifier, String)>,
+    /// Trend Logs, by the point they log.
+    logs: Vec<(PointId, ObjectIdentifier, String)>,
 }
 
 /// The route objects of a running device, kept in step with the blocks.
@@ -382,13 +418,20 @@ pub struct RouteObjects {
     /// Makes the route objects alarm-capable as they are built (issue 21:
     /// Route Status, Output Status report like the server's points).
     alarm_hooks: Option<std::sync::Arc<super::AlarmHooks>>,
+    /// Buffer_Size of the route Trend Logs (0: no route Trend Logs).
+    trend_buffer: u32,
 }
 
-/// Which points' objects appeared or went in one sync.
-#[derive(Debug, Default)]
+/// Which points' objects and Trend Logs appeared or went in one sync.
+#[derive(Default)]
 pub struct SyncChanges {
     pub added: Vec<(PointId, ObjectIdentifier)>,
     pub removed: Vec<PointId>,
+    /// The feeds of the Trend Logs added (the sync loop moves the
+    /// history's new samples into them).
+    pub logs_added: Vec<TrendFeed>,
+    /// The points whose Trend Log went.
+    pub logs_removed: Vec<PointId>,
     /// Database_Revision was incremented.
     pub revised: bool,
 }
@@ -418,7 +461,15 @@ impl RouteObjects {
             slots: BTreeMap::new(),
             revision,
             alarm_hooks: None,
+            trend_buffer: 0,
         })
+    }
+
+    /// Route `his` measurements get Trend Logs of `records` records from
+    /// now on (0: none).
+    pub fn with_trend_buffer(mut self, records: u32) -> Self {
+        self.trend_buffer = records;
+        self
     }
 
     /// Route objects built from now on report their points' alarms.
@@ -472,14 +523,15 @@ impl RouteObjects {
             .collect()
     }
 
-    /// Object_List: the base list, the server view, then per slot its view
-    /// and objects.
+    /// Object_List: the base list, the server view, then per slot its view,
+    /// objects and Trend Logs.
     pub fn object_list(&self) -> Vec<ObjectIdentifier> {
         let mut v = self.base_list.clone();
         v.push(self.server_view.0);
         for s in self.slots.values() {
             v.push(s.view.0);
             v.extend(s.objects.iter().map(|(_, o, _)| *o));
+            v.extend(s.logs.iter().map(|(_, o, _)| *o));
         }
         v
     }
@@ -522,6 +574,10 @@ impl RouteObjects {
                     let _ = odb.remove(&o);
                     ch.removed.push(p);
                 }
+                for (p, o, _) in s.logs {
+                    let _ = odb.remove(&o);
+                    ch.logs_removed.push(p);
+                }
             }
         }
         for (slot, info) in now {
@@ -529,8 +585,9 @@ impl RouteObjects {
                 continue;
             }
             match self.add_slot(db, odb, slot, info) {
-                Ok(s) => {
+                Ok((s, feeds)) => {
                     ch.added.extend(s.objects.iter().map(|(p, o, _)| (*p, *o)));
+                    ch.logs_added.extend(feeds);
                     self.slots.insert(slot, s);
                 }
                 Err(e) => tracing::warn!("bacnet: route slot {slot}: objects not served: {e}"),
@@ -550,70 +607,139 @@ impl RouteObjects {
         ch
     }
 
+    /// Adds slot `slot`'s objects, Trend Logs and view, with the feeds of
+    /// the logs; on failure removes what it added (a slot is served whole
+    /// or not at all).
     fn add_slot(
         &self,
         db: &PointDb,
         odb: &mut ObjectDatabase,
         slot: u16,
         info: Arc<BlockInfo>,
-    ) -> Result<Served, String> {
-        let infos = block_objects(db, self.rule, slot, &info, self.fallback)?;
-        let mut objects = Vec::with_capacity(infos.len());
+    ) -> Result<(Served, Vec<TrendFeed>), String> {
         let mut added: Vec<ObjectIdentifier> = Vec::new();
-        let undo = |odb: &mut ObjectDatabase, added: &[ObjectIdentifier]| {
-            for o in added {
+        let r = self.try_add_slot(db, odb, slot, info, &mut added);
+        if r.is_err() {
+            for o in &added {
                 let _ = odb.remove(o);
             }
-        };
-        for i in infos {
-            let Some(def) = db.def(i.point) else {
-                undo(odb, &added);
-                return Err(format!("point #{} does not exist", i.point.0));
-            };
-            let make = |name: String| {
-                PointObject::new(db.clone(), i.point, def, i.ty, i.instance, i.units).map(|o| {
-                    let o = o
-                        .labelled(name, i.description.clone(), i.states.clone())
-                        .with_commandable(i.commandable);
-                    match &self.alarm_hooks {
-                        Some(h) => h.attach(db, i.point, o),
-                        None => o,
-                    }
-                })
-            };
-            let fallback = format!("{} (route.{slot})", i.name);
-            match add_named(odb, make, &i.name, &fallback) {
-                Ok(name) => {
-                    let oid = ObjectIdentifier::new(object_type(i.ty), i.instance)
-                        .map_err(|e| e.to_string())?;
+        }
+        r
+    }
+
+    fn try_add_slot(
+        &self,
+        db: &PointDb,
+        odb: &mut ObjectDatabase,
+        slot: u16,
+        info: Arc<BlockInfo>,
+        added: &mut Vec<ObjectIdentifier>,
+    ) -> Result<(Served, Vec<TrendFeed>), String> {
+        let infos = block_objects(db, self.rule, slot, &info, self.fallback)?;
+        let mut objects = Vec::with_capacity(infos.len());
+        for i in &infos {
+            let (oid, name) = self.add_object(db, odb, slot, i)?;
+            added.push(oid);
+            objects.push((i.point, oid, name));
+        }
+        let mut logs = Vec::new();
+        let mut feeds = Vec::new();
+        if self.trend_buffer > 0 {
+            let now = chrono::Utc::now();
+            for (i, (_, _, name)) in infos.iter().zip(&objects) {
+                if i.trend_log {
+                    let (oid, log_name, feed) = self.add_log(db, odb, slot, i, name, now)?;
                     added.push(oid);
-                    objects.push((i.point, oid, name));
-                }
-                Err(e) => {
-                    undo(odb, &added);
-                    return Err(format!("{}{}: {e}", i.ty.short(), i.instance));
+                    logs.push((i.point, oid, log_name));
+                    feeds.push(feed);
                 }
             }
         }
-        let members: Vec<(ObjectIdentifier, String)> =
-            objects.iter().map(|(_, o, n)| (*o, n.clone())).collect();
+        let members: Vec<(ObjectIdentifier, String)> = objects
+            .iter()
+            .chain(&logs)
+            .map(|(_, o, n)| (*o, n.clone()))
+            .collect();
         let desc = format!("route {} (slot {slot})", info.route);
         let make = |name: String| view(u32::from(slot), name, &desc, "route", &members);
         let fallback = format!("{} (route.{slot})", info.route);
-        let name = match add_named(odb, make, &info.route, &fallback) {
-            Ok(n) => n,
-            Err(e) => {
-                undo(odb, &added);
-                return Err(format!("structured view {slot}: {e}"));
-            }
-        };
+        let name = add_named(odb, make, &info.route, &fallback)
+            .map_err(|e| format!("structured view {slot}: {e}"))?;
         let oid = ObjectIdentifier::new(ObjectType::STRUCTURED_VIEW, u32::from(slot))
             .map_err(|e| e.to_string())?;
-        Ok(Served {
+        let served = Served {
             info,
             view: (oid, name),
             objects,
-        })
+            logs,
+        };
+        Ok((served, feeds))
+    }
+
+    /// Adds one route object; its identifier and the name it went in with.
+    fn add_object(
+        &self,
+        db: &PointDb,
+        odb: &mut ObjectDatabase,
+        slot: u16,
+        i: &RouteObjectInfo,
+    ) -> Result<(ObjectIdentifier, String), String> {
+        let def = db
+            .def(i.point)
+            .ok_or_else(|| format!("point #{} does not exist", i.point.0))?;
+        let oid =
+            ObjectIdentifier::new(object_type(i.ty), i.instance).map_err(|e| e.to_string())?;
+        let make = |name: String| {
+            PointObject::new(db.clone(), i.point, def, i.ty, i.instance, i.units).map(|o| {
+                let o = o
+                    .labelled(name, i.description.clone(), i.states.clone())
+                    .with_commandable(i.commandable);
+                match &self.alarm_hooks {
+                    Some(h) => h.attach(db, i.point, o),
+                    None => o,
+                }
+            })
+        };
+        let fallback = format!("{} (route.{slot})", i.name);
+        let name = add_named(odb, make, &i.name, &fallback)
+            .map_err(|e| format!("{}{}: {e}", i.ty.short(), i.instance))?;
+        Ok((oid, name))
+    }
+
+    /// Adds the Trend Log of route object `i` (served as `logged`): TLn
+    /// logs the object with instance n, filled from the slot's history up
+    /// to `now`. Its identifier, its name and its feed.
+    fn add_log(
+        &self,
+        db: &PointDb,
+        odb: &mut ObjectDatabase,
+        slot: u16,
+        i: &RouteObjectInfo,
+        logged: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(ObjectIdentifier, String, TrendFeed), String> {
+        let tl = BacnetTrendLog {
+            point: i.point,
+            instance: i.instance,
+            logged_type: i.ty,
+            logged_instance: i.instance,
+        };
+        let wanted = format!("{logged} Trend Log");
+        let (log, feed) = trend::build_named(db, &tl, &wanted, logged, self.trend_buffer, now)?;
+        let oid = feed.oid;
+        match odb.add(Box::new(log)) {
+            Ok(()) => Ok((oid, wanted, feed)),
+            Err(e) if duplicate_name(&e) => {
+                let fallback = format!("{wanted} (route.{slot})");
+                tracing::warn!("bacnet: object name {wanted:?} is taken; serving {fallback:?}");
+                let (log, feed) =
+                    trend::build_named(db, &tl, &fallback, logged, self.trend_buffer, now)?;
+                odb.add(Box::new(log))
+                    .map_err(|e| format!("TL{}: {e}", i.instance))?;
+                Ok((oid, fallback, feed))
+            }
+            Err(e) => Err(format!("TL{}: {e}", i.instance)),
+        }
     }
 }
 
@@ -661,6 +787,7 @@ mod tests {
             Revision::load(dir),
         )
         .expect("route objects")
+        .with_trend_buffer(100)
     }
 
     fn name(odb: &ObjectDatabase, ty: ObjectType, inst: u32) -> Option<String> {
@@ -754,6 +881,136 @@ mod tests {
         let low = InstanceRule { base: 0, stride: 3 };
         let e = check(&tpl, low, &cfg.maps);
         assert!(e.iter().any(|e| e.1.contains("overlap")), "{e:?}");
+        // A Trend Log of the map inside the route range (logging an object
+        // of another type): the route logs would take its instance.
+        let mut maps = cfg.maps.clone();
+        let cpu = maps.bacnet.trend_logs[0];
+        maps.bacnet.trend_logs.push(BacnetTrendLog {
+            instance: 2005,
+            logged_instance: 2005,
+            logged_type: BacnetObjectType::AnalogValue,
+            ..cpu
+        });
+        let e = check(&tpl, RULE, &maps);
+        assert!(
+            e.iter()
+                .any(|e| e.0 == "bacnet_instance_base" && e.1.contains("Trend Log TL2005")),
+            "{e:?}"
+        );
+        maps.bacnet.route_trend_buffer_size = 0;
+        assert!(
+            check(&tpl, RULE, &maps).is_empty(),
+            "no route logs, no clash"
+        );
+    }
+
+    #[test]
+    fn route_measurements_get_trend_logs_filled_from_the_slot_history() {
+        use crate::points::{Quality, Sample, Value};
+        let (_, db) = setup();
+        let mut odb = ObjectDatabase::new();
+        let mut ro = objects(None);
+        ro.install(&mut odb).expect("install");
+        // History of slot 3's Input Bitrate from before the route opened
+        // (what a restart restores from SQLite).
+        let bitrate = db
+            .block_point(3, "input_bitrate", None)
+            .expect("route.3.input_bitrate");
+        let t0 = chrono::Utc::now() - chrono::Duration::minutes(10);
+        for k in 0..5 {
+            db.insert_history(
+                bitrate,
+                Sample {
+                    at: t0 + chrono::Duration::seconds(k),
+                    value: Value::Number(k as f64),
+                },
+            );
+        }
+        db.open_block(3, info("cam"));
+        let ch = ro.sync(&db, &mut odb);
+        // One log per his measurement, at its object's instance.
+        let mut logged: Vec<u32> = ch
+            .logs_added
+            .iter()
+            .map(|f| f.oid.instance_number())
+            .collect();
+        logged.sort_unstable();
+        assert_eq!(logged, (3003..=3009).collect::<Vec<_>>());
+        let tl = ObjectIdentifier::new(ObjectType::TREND_LOG, 3003).expect("oid");
+        let log = odb.get(&tl).expect("TL3003");
+        assert_eq!(log.object_name(), "cam Input Bitrate Trend Log");
+        // Log_DeviceObjectProperty: [0] AI3003 (type 0 << 22 | 3003), [1]
+        // Present_Value (85).
+        assert_eq!(
+            log.read_property(P::LOG_DEVICE_OBJECT_PROPERTY, None)
+                .expect("reference"),
+            PropertyValue::ApplicationData(vec![0x0C, 0, 0, 0x0B, 0xBB, 0x19, 85])
+        );
+        assert_eq!(
+            log.read_property(P::BUFFER_SIZE, None).expect("size"),
+            PropertyValue::Unsigned(100)
+        );
+        // The five samples, then LOG_INTERRUPTED: the slot's history.
+        assert_eq!(
+            log.read_property(P::RECORD_COUNT, None).expect("count"),
+            PropertyValue::Unsigned(6)
+        );
+        // The route's view lists its objects, then its logs.
+        let sv = ObjectIdentifier::new(ObjectType::STRUCTURED_VIEW, 3).expect("oid");
+        match odb
+            .get(&sv)
+            .expect("SV3")
+            .read_property(P::SUBORDINATE_LIST, Some(0))
+        {
+            Ok(PropertyValue::Unsigned(n)) => assert_eq!(n, 31 + 7),
+            other => panic!("{other:?}"),
+        }
+        assert!(ro.object_list().contains(&tl));
+        // A new sample reaches the log through its feed.
+        let mut feeds = crate::protocols::bacnet::trend::Feeds::new(db.len(), ch.logs_added);
+        db.set(bitrate, Some(Value::Number(42.0)), Quality::Ok, None)
+            .expect("set");
+        feeds.note(&db, bitrate, &db.read(bitrate).expect("state"));
+        assert_eq!(feeds.take_dirty(), vec![tl]);
+        let log = odb.get_mut(&tl).expect("TL3003");
+        log.add_trend_record(crate::protocols::bacnet::trend::drain_signal())
+            .expect("drain");
+        assert_eq!(
+            log.read_property(P::RECORD_COUNT, None).expect("count"),
+            PropertyValue::Unsigned(7)
+        );
+        // The route goes: its logs go; back again: refilled from history.
+        db.close_block(3);
+        let ch = ro.sync(&db, &mut odb);
+        assert_eq!(ch.logs_removed.len(), 7);
+        assert!(odb.get(&tl).is_none());
+        assert!(!ro.object_list().contains(&tl));
+        db.open_block(3, info("cam"));
+        ro.sync(&db, &mut odb);
+        assert_eq!(
+            odb.get(&tl)
+                .expect("TL3003 again")
+                .read_property(P::RECORD_COUNT, None)
+                .expect("count"),
+            PropertyValue::Unsigned(7),
+            "5 restored + 42.0 + LOG_INTERRUPTED"
+        );
+    }
+
+    #[test]
+    fn no_route_trend_logs_with_a_buffer_of_zero() {
+        let (_, db) = setup();
+        let mut odb = ObjectDatabase::new();
+        let mut ro = objects(None).with_trend_buffer(0);
+        ro.install(&mut odb).expect("install");
+        db.open_block(1, info("cam"));
+        let ch = ro.sync(&db, &mut odb);
+        assert!(ch.logs_added.is_empty());
+        assert!(odb.find_by_type(ObjectType::TREND_LOG).is_empty());
+        assert_eq!(ro.object_list().len(), 2 + 1 + 31);
+        let tpl = db.route_template().expect("template");
+        assert!(!served_types(tpl, false).contains(&ObjectType::TREND_LOG));
+        assert!(served_types(tpl, true).contains(&ObjectType::TREND_LOG));
     }
 
     #[test]
@@ -767,6 +1024,7 @@ mod tests {
         db.open_block(1, info("lobby"));
         let ch = ro.sync(&db, &mut odb);
         assert_eq!(ch.added.len(), 62);
+        assert_eq!(ch.logs_added.len(), 14, "7 his measurements per route");
         assert!(ch.revised);
         let msv = ObjectType::MULTI_STATE_VALUE;
         assert_eq!(name(&odb, msv, 3000).as_deref(), Some("cam Route Status"));
@@ -808,9 +1066,11 @@ mod tests {
         db.close_block(3);
         let ch = ro.sync(&db, &mut odb);
         assert_eq!(ch.removed.len(), 31);
+        assert_eq!(ch.logs_removed.len(), 7);
         assert!(name(&odb, msv, 3000).is_none());
         assert!(name(&odb, ObjectType::STRUCTURED_VIEW, 3).is_none());
-        assert_eq!(ro.object_list().len(), 2 + 1 + 31);
+        assert!(name(&odb, ObjectType::TREND_LOG, 3003).is_none());
+        assert_eq!(ro.object_list().len(), 2 + 1 + 31 + 7);
         assert!(ro.revision.value > before);
     }
 

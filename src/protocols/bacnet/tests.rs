@@ -344,6 +344,32 @@ fn ede_lists_device_and_every_object() {
     assert!(states.contains(";OK;WARNING;FAULT"));
 }
 
+#[test]
+fn ede_lists_each_route_s_trend_logs_after_its_objects() {
+    let text = "[[route]]\nname = \"cam\"\nslot = 3\n[[route.input]]\nname = \"in\"\ntype = \"udp\"\nbind = \"127.0.0.1:0\"\n";
+    let mut cfg = Config::from_text("c.toml", text, std::path::Path::new(".")).expect("config");
+    let rows = |cfg: &Config| -> Vec<String> {
+        let (ede, _) = ede::export_config(cfg, "2025-01-01");
+        ede.lines()
+            .filter(|l| l.starts_with("route.3"))
+            .map(str::to_string)
+            .collect()
+    };
+    let r = rows(&cfg);
+    let logs: Vec<&String> = r.iter().filter(|l| l.contains(";20;")).collect();
+    assert_eq!(logs.len(), 7, "{r:?}");
+    assert!(logs[0].starts_with(
+        "route.3.input_bitrate_trend;389001;cam Input Bitrate Trend Log;20;3003;history of AI3003 (cam Input Bitrate);"
+    ), "{logs:?}");
+    assert!(logs[6].contains(";20;3009;history of AI3009 (cam Route Uptime);"));
+    // After the route's view and its 31 objects.
+    assert_eq!(r.len(), 1 + 31 + 7);
+    assert!(r[32..].iter().all(|l| l.contains(";20;")));
+    assert!(r.iter().all(|l| l.split(';').count() == 16), "{r:?}");
+    cfg.maps.bacnet.route_trend_buffer_size = 0;
+    assert_eq!(rows(&cfg).len(), 1 + 31);
+}
+
 proptest! {
     /// Whatever a peer writes (any datatype, index, priority), a point object
     /// answers Ok or a BACnet error, never panics, and the database keeps a

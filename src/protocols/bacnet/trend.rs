@@ -153,7 +153,8 @@ pub fn log_interval(def: &PointDef) -> u32 {
 }
 
 /// Builds one Trend Log, filled from the history up to `now`, and the feed
-/// that keeps it current. `buffer_size` records are kept.
+/// that keeps it current. `buffer_size` records are kept. Named after the
+/// point: "`<point name>` Trend Log".
 pub fn build(
     db: &PointDb,
     tl: &BacnetTrendLog,
@@ -163,14 +164,29 @@ pub fn build(
     let def = db
         .def(tl.point)
         .ok_or_else(|| format!("trend log TL{}: point does not exist", tl.instance))?;
+    let name = format!("{} Trend Log", def.name);
+    build_named(db, tl, &name, &def.name, buffer_size, now)
+}
+
+/// As [`build`], with the Object_Name `name`; `logged` names the logged
+/// object in the Description (a route's log: "cam Input Bitrate").
+pub fn build_named(
+    db: &PointDb,
+    tl: &BacnetTrendLog,
+    name: &str,
+    logged: &str,
+    buffer_size: u32,
+    now: DateTime<Utc>,
+) -> Result<(PointTrendLog, TrendFeed), String> {
+    let def = db
+        .def(tl.point)
+        .ok_or_else(|| format!("trend log TL{}: point does not exist", tl.instance))?;
     let e = |e: Error| format!("trend log TL{}: {e}", tl.instance);
-    let mut log = TrendLogObject::new(tl.instance, format!("{} Trend Log", def.name), buffer_size)
-        .map_err(e)?;
+    let mut log = TrendLogObject::new(tl.instance, name, buffer_size).map_err(e)?;
     log.set_description(format!(
-        "history of {}{} ({}), kept when it moves by COV_Increment",
+        "history of {}{} ({logged}), kept when it moves by COV_Increment",
         tl.logged_type.short(),
         tl.logged_instance,
-        def.name
     ));
     let logged =
         ObjectIdentifier::new(object_type(tl.logged_type), tl.logged_instance).map_err(e)?;
@@ -183,9 +199,10 @@ pub fn build(
     .map_err(e)?;
     log.set_log_interval(log_interval(def)).map_err(e)?;
 
-    let history = db.history(tl.point, DateTime::<Utc>::MIN_UTC, now);
-    let keep = history.len().min(buffer_size as usize);
-    let restored: Vec<BACnetLogRecord> = history[history.len() - keep..]
+    // The newest Buffer_Size samples only: a point's history may hold
+    // 200,000 (a route opening copies seven of them under the stack's lock).
+    let history = db.history_tail(tl.point, buffer_size as usize, now);
+    let restored: Vec<BACnetLogRecord> = history
         .iter()
         .map(|s| record(s.at, datum_of(s.value), None))
         .collect();
@@ -275,6 +292,100 @@ impl TrendFeed {
         }
         self.inbox.lock().extend(out);
         true
+    }
+}
+
+/// The feeds of every served Trend Log (the server's and the routes'),
+/// found by point, and which of their logs owe a drain. Route logs come and
+/// go with their blocks.
+pub struct Feeds {
+    feeds: Vec<TrendFeed>,
+    /// Point index -> its feed's place in `feeds`.
+    index: Vec<Option<usize>>,
+    /// Per feed: records queued since the last drain.
+    dirty: Vec<bool>,
+}
+
+impl Feeds {
+    /// `n_points` is the database's point count (server and route blocks).
+    pub fn new(n_points: usize, feeds: Vec<TrendFeed>) -> Feeds {
+        let mut f = Feeds {
+            feeds: Vec::with_capacity(feeds.len()),
+            index: vec![None; n_points],
+            dirty: Vec::with_capacity(feeds.len()),
+        };
+        for feed in feeds {
+            f.add(feed);
+        }
+        f
+    }
+
+    /// Starts following a log (replacing the point's previous feed).
+    pub fn add(&mut self, feed: TrendFeed) {
+        let Some(slot) = self.index.get_mut(feed.point.index()) else {
+            return;
+        };
+        match *slot {
+            Some(i) => {
+                self.feeds[i] = feed;
+                self.dirty[i] = false;
+            }
+            None => {
+                *slot = Some(self.feeds.len());
+                self.feeds.push(feed);
+                self.dirty.push(false);
+            }
+        }
+    }
+
+    /// Stops following the log of `point` (its object is gone).
+    pub fn remove(&mut self, point: PointId) {
+        let Some(i) = self.index.get_mut(point.index()).and_then(Option::take) else {
+            return;
+        };
+        self.feeds.swap_remove(i);
+        self.dirty.swap_remove(i);
+        if let Some(moved) = self.feeds.get(i) {
+            self.index[moved.point.index()] = Some(i);
+        }
+    }
+
+    /// Logs followed now.
+    pub fn len(&self) -> usize {
+        self.feeds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.feeds.is_empty()
+    }
+
+    /// Queues what one change of a point adds to its log, if it has one.
+    pub fn note(&mut self, db: &PointDb, id: PointId, state: &PointState) {
+        if let Some(Some(i)) = self.index.get(id.index()) {
+            self.dirty[*i] |= self.feeds[*i].on_change(db, state);
+        }
+    }
+
+    /// After lost changes: every log catches up on the history from where
+    /// it stood (a quality flip that came and went in the gap is lost).
+    pub fn catch_up(&mut self, db: &PointDb) {
+        for (f, d) in self.feeds.iter_mut().zip(self.dirty.iter_mut()) {
+            if let Some(st) = db.read(f.point) {
+                *d |= f.on_change(db, &st);
+            }
+        }
+    }
+
+    /// The logs with queued records, cleared: each is drained with
+    /// `add_trend_record(drain_signal())`.
+    pub fn take_dirty(&mut self) -> Vec<ObjectIdentifier> {
+        let mut out = Vec::new();
+        for (f, d) in self.feeds.iter().zip(self.dirty.iter_mut()) {
+            if std::mem::take(d) {
+                out.push(f.oid);
+            }
+        }
+        out
     }
 }
 
@@ -504,6 +615,20 @@ mod tests {
             );
         }
         let now = t0 + chrono::Duration::hours(1);
+        // The tail: the newest n before the end, oldest first.
+        let tail = |n, to| -> Vec<Value> {
+            db.history_tail(tl.point, n, to)
+                .iter()
+                .map(|s| s.value)
+                .collect()
+        };
+        assert_eq!(tail(2, now), [Value::Number(3.0), Value::Number(4.0)]);
+        assert_eq!(tail(9, now).len(), 5);
+        assert_eq!(
+            tail(1, t0 + chrono::Duration::seconds(2)),
+            [Value::Number(1.0)]
+        );
+        assert!(tail(3, t0).is_empty());
         let (log, _) = build(&db, &tl, 3, now).expect("log");
         let r = log.records();
         // Buffer_Size 3: the two newest samples, then LOG_INTERRUPTED.
@@ -610,6 +735,73 @@ mod tests {
         assert_eq!(log.records().len(), 4);
         assert_eq!(log.records()[0].log_datum, LogDatum::RealValue(60.0));
         assert_eq!(unsigned(&log, P::TOTAL_RECORD_COUNT), 10);
+    }
+
+    #[test]
+    fn feeds_follow_logs_as_they_come_and_go() {
+        let (cfg, db) = setup();
+        let tls: Vec<BacnetTrendLog> = cfg.maps.bacnet.trend_logs[..3].to_vec();
+        let built: Vec<(PointTrendLog, TrendFeed)> = tls
+            .iter()
+            .map(|t| build(&db, t, 10, Utc::now()).expect("log"))
+            .collect();
+        let oids: Vec<ObjectIdentifier> = built.iter().map(|(_, f)| f.oid).collect();
+        let mut feeds = Feeds::new(db.len(), built.into_iter().map(|(_, f)| f).collect());
+        assert_eq!(feeds.len(), 3);
+        let set = |p: PointId, v: f64| {
+            db.set(p, Some(Value::Number(v)), Quality::Ok, None)
+                .expect("set");
+            db.read(p).expect("state")
+        };
+        // The first log goes; the last takes its place in the table and
+        // still receives its point's changes; the gone one's are ignored.
+        feeds.remove(tls[0].point);
+        assert_eq!(feeds.len(), 2);
+        let st = set(tls[0].point, 1000.0);
+        feeds.note(&db, tls[0].point, &st);
+        let st = set(tls[2].point, 1000.0);
+        feeds.note(&db, tls[2].point, &st);
+        assert_eq!(feeds.take_dirty(), vec![oids[2]]);
+        assert!(feeds.take_dirty().is_empty(), "taken once");
+        // Removing twice, or a point without a log, changes nothing.
+        feeds.remove(tls[0].point);
+        feeds.remove(PointId(0));
+        assert_eq!(feeds.len(), 2);
+        // Back (a route re-opened): followed again.
+        let (_, f) = build(&db, &tls[0], 10, Utc::now()).expect("log");
+        feeds.add(f);
+        let st = set(tls[0].point, 2000.0);
+        feeds.note(&db, tls[0].point, &st);
+        assert_eq!(feeds.take_dirty(), vec![oids[0]]);
+    }
+
+    #[test]
+    fn a_full_route_log_holds_at_most_48_kib_of_records() {
+        let (cfg, db) = setup();
+        let n = crate::points::DEFAULT_ROUTE_TREND_BUFFER;
+        let (mut log, _) = build(&db, &cpu_log(&cfg), n, Utc::now()).expect("log");
+        let t0 = Utc::now();
+        for k in 0..3 * n {
+            log.inner
+                .add_record(record(
+                    t0 + chrono::Duration::milliseconds(i64::from(k)),
+                    LogDatum::RealValue(k as f32),
+                    None,
+                ))
+                .expect("record");
+        }
+        assert_eq!(log.records().len(), n as usize);
+        // The ring's allocation: the stack pops before it pushes into a
+        // full log, so it stops growing at the first power of two >= n.
+        let ring = log.records().capacity() * std::mem::size_of::<BACnetLogRecord>();
+        println!(
+            "route log of {n} records: ring {} records x {} octets = {ring} octets; object {} octets",
+            log.records().capacity(),
+            std::mem::size_of::<BACnetLogRecord>(),
+            std::mem::size_of::<PointTrendLog>()
+        );
+        assert!(ring <= (n as usize).next_power_of_two() * RECORD_BYTES);
+        assert!(ring <= 48 * 1024, "{ring} octets");
     }
 
     #[test]
