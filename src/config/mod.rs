@@ -283,7 +283,7 @@ impl Config {
         // Route blocks on Modbus must fit the tables and miss the server's
         // registers (issue 20).
         if let Some(tpl) = &route_template {
-            match crate::protocols::modbus::routes::route_registers(
+            match crate::points::route_addresses::route_registers(
                 tpl,
                 pf.points.len(),
                 &maps.modbus.route_blocks,
@@ -309,11 +309,7 @@ impl Config {
         // Route objects on BACnet fit the instance space, hold a block and
         // miss the server's objects (issue 20).
         if let Some(tpl) = &route_template {
-            let rp = &server.route_points;
-            let rule = crate::protocols::bacnet::routes::InstanceRule {
-                base: rp.bacnet_instance_base,
-                stride: rp.bacnet_instance_stride,
-            };
+            let rule = server.route_points.bacnet_rule();
             for (key, e) in crate::protocols::bacnet::routes::check(tpl, rule, &maps) {
                 errs.push(ConfigError::new(name, format!("route_points.{key}"), e));
             }

@@ -648,6 +648,16 @@ impl Default for RoutePointsConfig {
     }
 }
 
+impl RoutePointsConfig {
+    /// Where route block objects go on BACnet.
+    pub fn bacnet_rule(&self) -> crate::points::route_addresses::InstanceRule {
+        crate::points::route_addresses::InstanceRule {
+            base: self.bacnet_instance_base,
+            stride: self.bacnet_instance_stride,
+        }
+    }
+}
+
 impl crate::section::Section for RoutePointsConfig {
     fn validate(&self) -> Vec<crate::section::Problem> {
         use crate::section::Problem;
