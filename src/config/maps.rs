@@ -333,20 +333,7 @@ pub fn parse_modbus(file: &str, text: &str, pts: &PointIndex, errs: &mut Errors)
             return ModbusMap::default();
         }
     };
-    let default_wo = match WordOrder::parse(&raw.defaults.word_order) {
-        Some(w) => w,
-        None => {
-            errs.push(ConfigError::new(
-                file,
-                "defaults.word_order",
-                format!(
-                    "unknown word order {:?} (ABCD, CDAB, BADC, DCBA)",
-                    raw.defaults.word_order
-                ),
-            ));
-            WordOrder::Abcd
-        }
-    };
+    let default_wo = modbus_default_word_order(file, &raw.defaults.word_order, errs);
     if !(1..=16).contains(&raw.defaults.write_priority) {
         errs.push(ConfigError::new(
             file,
@@ -354,27 +341,8 @@ pub fn parse_modbus(file: &str, text: &str, pts: &PointIndex, errs: &mut Errors)
             "must be a priority 1..=16",
         ));
     }
-    let mut route_blocks = crate::points::ModbusRouteBlocks::default();
-    if let Some(rb) = &raw.route_blocks {
-        let d = route_blocks;
-        route_blocks = crate::points::ModbusRouteBlocks {
-            enabled: rb.enabled.unwrap_or(d.enabled),
-            input_base: rb.input_base.unwrap_or(d.input_base),
-            holding_base: rb.holding_base.unwrap_or(d.holding_base),
-            coil_base: rb.coil_base.unwrap_or(d.coil_base),
-            discrete_base: rb.discrete_base.unwrap_or(d.discrete_base),
-            stride: rb.stride.unwrap_or(d.stride),
-        };
-        if route_blocks.stride == 0 {
-            errs.push(ConfigError::new(
-                file,
-                "route_blocks.stride",
-                "must be at least 1",
-            ));
-        }
-    }
     let mut map = ModbusMap {
-        route_blocks,
+        route_blocks: modbus_route_blocks(file, raw.route_blocks.as_ref(), errs),
         word_order: default_wo,
         write_priority: raw.defaults.write_priority.clamp(1, 16),
         registers: Vec::new(),
@@ -383,186 +351,270 @@ pub fn parse_modbus(file: &str, text: &str, pts: &PointIndex, errs: &mut Errors)
     // including the second word of 32-bit values.
     let mut used: BTreeMap<(ModbusTable, u32), usize> = BTreeMap::new();
     for (i, r) in raw.register.iter().enumerate() {
-        let key = |k: &str| format!("register[{i}].{k}");
-        let Some(table) = ModbusTable::parse(&r.table) else {
-            errs.push(ConfigError::new(
-                file,
-                key("table"),
-                format!(
-                    "unknown table {:?} (coil, discrete, input, holding)",
-                    r.table
-                ),
-            ));
+        let at = RegAt { file, i };
+        let Some(reg) = modbus_register(at, r, pts, default_wo, errs) else {
             continue;
         };
-        let base = table.base();
-        if r.address < base || r.address - base > 65535 {
-            errs.push(ConfigError::new(
-                file,
-                key("address"),
-                format!(
-                    "address {} is outside the {} table ({:05}..{:05})",
-                    r.address,
-                    table.as_str(),
-                    base,
-                    base + 65535
-                ),
-            ));
-            continue;
+        if claim_registers(at, &reg, &mut used, errs) {
+            map.registers.push(reg);
         }
-        let offset = r.address - base;
-        let Some(pid) = pts.resolve(file, key("point"), &r.point, errs) else {
-            continue;
-        };
-        let def = pts.def(pid);
-        let field = match r.field.as_deref() {
-            None | Some("value") => ModbusField::Value,
-            Some("quality") => ModbusField::Quality,
-            Some("ok") => ModbusField::QualityOk,
-            Some(other) => {
-                errs.push(ConfigError::new(
-                    file,
-                    key("field"),
-                    format!("unknown field {other:?} (value, quality, ok)"),
-                ));
-                continue;
-            }
-        };
-        let reg_type = if table.is_bit() {
-            if r.reg_type.is_some() {
-                errs.push(ConfigError::new(
-                    file,
-                    key("type"),
-                    "bit tables (coil, discrete) take no type",
-                ));
-                continue;
-            }
-            RegType::Bit
-        } else {
-            match r.reg_type.as_deref().map(RegType::parse) {
-                Some(Some(t)) => t,
-                None => RegType::U16,
-                Some(None) => {
-                    errs.push(ConfigError::new(
-                        file,
-                        key("type"),
-                        format!(
-                            "unknown type {:?} (u16, i16, u32, i32, f32)",
-                            r.reg_type.as_deref().unwrap_or("")
-                        ),
-                    ));
-                    continue;
-                }
-            }
-        };
-        let scale = r.scale.unwrap_or(1.0);
-        if !scale.is_finite() || scale == 0.0 {
-            errs.push(ConfigError::new(
-                file,
-                key("scale"),
-                "scale must be a finite, non-zero number",
-            ));
-            continue;
-        }
-        let word_order = match r.word_order.as_deref() {
-            None => default_wo,
-            Some(s) => match WordOrder::parse(s) {
-                Some(w) => w,
-                None => {
-                    errs.push(ConfigError::new(
-                        file,
-                        key("word_order"),
-                        format!("unknown word order {s:?} (ABCD, CDAB, BADC, DCBA)"),
-                    ));
-                    continue;
-                }
-            },
-        };
-        if table == ModbusTable::Coil && !def.writable {
-            errs.push(ConfigError::new(
-                file,
-                key("point"),
-                format!(
-                    "coils are writable but point {:?} is read-only (map it to a discrete input)",
-                    r.point
-                ),
-            ));
-            continue;
-        }
-        // Which table/field combinations make sense for the point.
-        let kind_ok = match (table, field) {
-            (ModbusTable::Coil, ModbusField::Value) => def.kind == Kind::Bool,
-            (ModbusTable::Coil, _) => false,
-            (ModbusTable::Discrete, ModbusField::Value) => def.kind == Kind::Bool,
-            (ModbusTable::Discrete, ModbusField::QualityOk) => true,
-            (ModbusTable::Discrete, ModbusField::Quality) => false,
-            (_, ModbusField::QualityOk) => false,
-            (_, ModbusField::Quality) => true,
-            (_, ModbusField::Value) => true,
-        };
-        if !kind_ok {
-            errs.push(ConfigError::new(
-                file,
-                key("table"),
-                format!(
-                    "a {} cannot carry the {} of point {:?} (kind {})",
-                    table.as_str(),
-                    r.field.as_deref().unwrap_or("value"),
-                    r.point,
-                    def.kind.as_str()
-                ),
-            ));
-            continue;
-        }
-        let writable = match table {
-            ModbusTable::Coil => true,
-            ModbusTable::Holding => def.writable && field == ModbusField::Value,
-            _ => false,
-        };
-        let width = u32::from(reg_type.width());
-        if offset + width > 65536 {
-            errs.push(ConfigError::new(
-                file,
-                key("address"),
-                "a 32-bit value cannot start at the table's last register",
-            ));
-            continue;
-        }
-        let mut clash = None;
-        for k in 0..width {
-            if let Some(j) = used.get(&(table, offset + k)) {
-                clash = Some(*j);
-            }
-        }
-        if let Some(j) = clash {
-            errs.push(ConfigError::new(
-                file,
-                key("address"),
-                format!(
-                    "{:05} overlaps register[{j}] in the {} table",
-                    r.address,
-                    table.as_str()
-                ),
-            ));
-            continue;
-        }
-        for k in 0..width {
-            used.insert((table, offset + k), i);
-        }
-        map.registers.push(ModbusRegister {
-            point: pid,
-            table,
-            number: r.address,
-            offset: offset as u16,
-            reg_type,
-            scale,
-            word_order,
-            field,
-            writable,
-        });
     }
     map.registers.sort_by_key(|r| (r.table, r.offset));
     map
+}
+
+/// `[defaults] word_order`; an unknown one is reported and ABCD used.
+fn modbus_default_word_order(file: &str, s: &str, errs: &mut Errors) -> WordOrder {
+    WordOrder::parse(s).unwrap_or_else(|| {
+        errs.push(ConfigError::new(
+            file,
+            "defaults.word_order",
+            format!("unknown word order {s:?} (ABCD, CDAB, BADC, DCBA)"),
+        ));
+        WordOrder::Abcd
+    })
+}
+
+/// `[route_blocks]`: the defaults, each key the file gives replacing one.
+fn modbus_route_blocks(
+    file: &str,
+    raw: Option<&RouteBlocksRaw>,
+    errs: &mut Errors,
+) -> crate::points::ModbusRouteBlocks {
+    let d = crate::points::ModbusRouteBlocks::default();
+    let Some(rb) = raw else {
+        return d;
+    };
+    let route_blocks = crate::points::ModbusRouteBlocks {
+        enabled: rb.enabled.unwrap_or(d.enabled),
+        input_base: rb.input_base.unwrap_or(d.input_base),
+        holding_base: rb.holding_base.unwrap_or(d.holding_base),
+        coil_base: rb.coil_base.unwrap_or(d.coil_base),
+        discrete_base: rb.discrete_base.unwrap_or(d.discrete_base),
+        stride: rb.stride.unwrap_or(d.stride),
+    };
+    if route_blocks.stride == 0 {
+        errs.push(ConfigError::new(
+            file,
+            "route_blocks.stride",
+            "must be at least 1",
+        ));
+    }
+    route_blocks
+}
+
+/// Where a `[[register]]` entry is, for its errors.
+#[derive(Clone, Copy)]
+struct RegAt<'a> {
+    file: &'a str,
+    i: usize,
+}
+
+impl RegAt<'_> {
+    fn key(self, k: &str) -> String {
+        format!("register[{}].{k}", self.i)
+    }
+
+    fn report(self, errs: &mut Errors, k: &str, msg: impl Into<String>) {
+        errs.push(ConfigError::new(self.file, self.key(k), msg.into()));
+    }
+
+    /// Reports `msg` at key `k`; `None` so a check can end with it.
+    fn fail<T>(self, errs: &mut Errors, k: &str, msg: impl Into<String>) -> Option<T> {
+        self.report(errs, k, msg);
+        None
+    }
+}
+
+/// One `[[register]]` entry, checked on its own (overlaps with the others
+/// are `claim_registers`'): the first problem is reported and the entry
+/// dropped.
+fn modbus_register(
+    at: RegAt,
+    r: &ModbusRaw,
+    pts: &PointIndex,
+    default_wo: WordOrder,
+    errs: &mut Errors,
+) -> Option<ModbusRegister> {
+    let Some(table) = ModbusTable::parse(&r.table) else {
+        return at.fail(
+            errs,
+            "table",
+            format!(
+                "unknown table {:?} (coil, discrete, input, holding)",
+                r.table
+            ),
+        );
+    };
+    let base = table.base();
+    if r.address < base || r.address - base > 65535 {
+        return at.fail(
+            errs,
+            "address",
+            format!(
+                "address {} is outside the {} table ({:05}..{:05})",
+                r.address,
+                table.as_str(),
+                base,
+                base + 65535
+            ),
+        );
+    }
+    let offset = r.address - base;
+    let pid = pts.resolve(at.file, at.key("point"), &r.point, errs)?;
+    let def = pts.def(pid);
+    let field = modbus_field(at, r.field.as_deref(), errs)?;
+    let reg_type = modbus_reg_type(at, table, r.reg_type.as_deref(), errs)?;
+    let scale = r.scale.unwrap_or(1.0);
+    if !scale.is_finite() || scale == 0.0 {
+        return at.fail(errs, "scale", "scale must be a finite, non-zero number");
+    }
+    let word_order = match r.word_order.as_deref() {
+        None => default_wo,
+        Some(s) => match WordOrder::parse(s) {
+            Some(w) => w,
+            None => {
+                return at.fail(
+                    errs,
+                    "word_order",
+                    format!("unknown word order {s:?} (ABCD, CDAB, BADC, DCBA)"),
+                )
+            }
+        },
+    };
+    if table == ModbusTable::Coil && !def.writable {
+        return at.fail(
+            errs,
+            "point",
+            format!(
+                "coils are writable but point {:?} is read-only (map it to a discrete input)",
+                r.point
+            ),
+        );
+    }
+    if !table_carries(table, field, def.kind) {
+        return at.fail(
+            errs,
+            "table",
+            format!(
+                "a {} cannot carry the {} of point {:?} (kind {})",
+                table.as_str(),
+                r.field.as_deref().unwrap_or("value"),
+                r.point,
+                def.kind.as_str()
+            ),
+        );
+    }
+    let writable = match table {
+        ModbusTable::Coil => true,
+        ModbusTable::Holding => def.writable && field == ModbusField::Value,
+        _ => false,
+    };
+    if offset + u32::from(reg_type.width()) > 65536 {
+        return at.fail(
+            errs,
+            "address",
+            "a 32-bit value cannot start at the table's last register",
+        );
+    }
+    Some(ModbusRegister {
+        point: pid,
+        table,
+        number: r.address,
+        offset: offset as u16,
+        reg_type,
+        scale,
+        word_order,
+        field,
+        writable,
+    })
+}
+
+/// `field`: what of the point the register carries (default its value).
+fn modbus_field(at: RegAt, s: Option<&str>, errs: &mut Errors) -> Option<ModbusField> {
+    match s {
+        None | Some("value") => Some(ModbusField::Value),
+        Some("quality") => Some(ModbusField::Quality),
+        Some("ok") => Some(ModbusField::QualityOk),
+        Some(other) => at.fail(
+            errs,
+            "field",
+            format!("unknown field {other:?} (value, quality, ok)"),
+        ),
+    }
+}
+
+/// `type`: none in the bit tables, else one of the register types
+/// (default u16).
+fn modbus_reg_type(
+    at: RegAt,
+    table: ModbusTable,
+    s: Option<&str>,
+    errs: &mut Errors,
+) -> Option<RegType> {
+    if table.is_bit() {
+        return match s {
+            Some(_) => at.fail(errs, "type", "bit tables (coil, discrete) take no type"),
+            None => Some(RegType::Bit),
+        };
+    }
+    match s.map(RegType::parse) {
+        Some(Some(t)) => Some(t),
+        None => Some(RegType::U16),
+        Some(None) => at.fail(
+            errs,
+            "type",
+            format!(
+                "unknown type {:?} (u16, i16, u32, i32, f32)",
+                s.unwrap_or("")
+            ),
+        ),
+    }
+}
+
+/// Which table/field combinations make sense for a point of `kind`.
+fn table_carries(table: ModbusTable, field: ModbusField, kind: Kind) -> bool {
+    match (table, field) {
+        (ModbusTable::Coil, ModbusField::Value) => kind == Kind::Bool,
+        (ModbusTable::Coil, _) => false,
+        (ModbusTable::Discrete, ModbusField::Value) => kind == Kind::Bool,
+        (ModbusTable::Discrete, ModbusField::QualityOk) => true,
+        (ModbusTable::Discrete, ModbusField::Quality) => false,
+        (_, ModbusField::QualityOk) => false,
+        (_, ModbusField::Quality) => true,
+        (_, ModbusField::Value) => true,
+    }
+}
+
+/// Marks the registers `reg` occupies (both words of a 32-bit value) as
+/// entry `at.i`'s; false, with the error, when one is already taken.
+fn claim_registers(
+    at: RegAt,
+    reg: &ModbusRegister,
+    used: &mut BTreeMap<(ModbusTable, u32), usize>,
+    errs: &mut Errors,
+) -> bool {
+    let offset = u32::from(reg.offset);
+    let width = u32::from(reg.reg_type.width());
+    let clash = (0..width)
+        .filter_map(|k| used.get(&(reg.table, offset + k)))
+        .last();
+    if let Some(j) = clash {
+        at.report(
+            errs,
+            "address",
+            format!(
+                "{:05} overlaps register[{j}] in the {} table",
+                reg.number,
+                reg.table.as_str()
+            ),
+        );
+        return false;
+    }
+    for k in 0..width {
+        used.insert((reg.table, offset + k), at.i);
+    }
+    true
 }
 
 // -------------------------------------------------------------------- HTTP
