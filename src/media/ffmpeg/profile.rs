@@ -341,132 +341,17 @@ impl Profile {
         let mut a = Vec::new();
         head(&mut a);
         push(&mut a, &["-copyts", "-f", "mpegts", "-i", "pipe:0"]);
-        let mut graph: Vec<String> = Vec::new();
-        let mut vf: Vec<String> = Vec::new();
-        if let (Some(w), Some(h)) = (self.width, self.height) {
-            vf.push(format!("scale={w}:{h}"));
-        } else if let Some(w) = self.width {
-            vf.push(format!("scale={w}:-2"));
-        } else if let Some(h) = self.height {
-            vf.push(format!("scale=-2:{h}"));
-        }
-        if let Some(f) = self.fps {
-            vf.push(format!("fps={f}"));
-        }
-        let video_map = if self.video != VideoCodec::Copy && !vf.is_empty() {
-            graph.push(format!("[0:v:0]{}[v]", vf.join(",")));
-            "[v]".to_string()
-        } else {
-            "0:v:0?".to_string()
-        };
-        let mut audio_maps: Vec<String> = Vec::new();
-        match (self.audio, self.tracks.len()) {
-            (AudioCodec::None, _) => {}
-            (_, 0) => audio_maps.push("0:a:0?".into()),
-            (_, 1) => {
-                graph.push(format!("[0:a:0]{}[a0]", self.tracks[0].pan()));
-                audio_maps.push("[a0]".into());
-            }
-            (_, n) => {
-                let labels: String = (0..n).map(|i| format!("[s{i}]")).collect();
-                graph.push(format!("[0:a:0]asplit={n}{labels}"));
-                for (i, t) in self.tracks.iter().enumerate() {
-                    graph.push(format!("[s{i}]{}[a{i}]", t.pan()));
-                    audio_maps.push(format!("[a{i}]"));
-                }
-            }
-        }
+        let (graph, maps) = self.filter_graph();
         if !graph.is_empty() {
             a.push("-filter_complex".into());
             a.push(graph.join(";"));
         }
-        a.push("-map".into());
-        a.push(video_map);
-        for m in audio_maps {
+        for m in maps {
             a.push("-map".into());
             a.push(m);
         }
-        let b = self.bitrate.to_string();
-        let gop = self
-            .gop
-            .unwrap_or_else(|| (self.fps.unwrap_or(25.0) * 2.0).round() as u32)
-            .to_string();
-        let preset = self.preset.as_deref();
-        match (self.video, enc) {
-            (VideoCodec::Copy, _) => push(&mut a, &["-c:v", "copy"]),
-            (v, Encoder::Nvenc) => {
-                let c = if v == VideoCodec::Hevc {
-                    "hevc_nvenc"
-                } else {
-                    "h264_nvenc"
-                };
-                push(
-                    &mut a,
-                    &[
-                        "-c:v",
-                        c,
-                        "-preset",
-                        nvenc_preset(preset.unwrap_or("p2")),
-                        "-tune",
-                        "ll",
-                        "-rc",
-                        "cbr",
-                        "-zerolatency",
-                        "1",
-                        "-bf",
-                        "0",
-                    ],
-                );
-            }
-            (v, Encoder::Software) => {
-                let p = match preset {
-                    Some(p) if X264_PRESETS.contains(&p) => p,
-                    _ => "veryfast",
-                };
-                if v == VideoCodec::Hevc {
-                    push(
-                        &mut a,
-                        &[
-                            "-c:v",
-                            "libx265",
-                            "-preset",
-                            p,
-                            "-tune",
-                            "zerolatency",
-                            "-x265-params",
-                            "log-level=error",
-                        ],
-                    );
-                } else {
-                    push(
-                        &mut a,
-                        &["-c:v", "libx264", "-preset", p, "-tune", "zerolatency"],
-                    );
-                }
-            }
-        }
-        if self.video != VideoCodec::Copy {
-            let buf = (self.bitrate * 2).to_string();
-            push(
-                &mut a,
-                &[
-                    "-b:v",
-                    &b,
-                    "-maxrate",
-                    &b,
-                    "-bufsize",
-                    &buf,
-                    "-g",
-                    &gop,
-                    "-keyint_min",
-                    &gop,
-                    "-sc_threshold",
-                    "0",
-                    "-pix_fmt",
-                    "yuv420p",
-                ],
-            );
-        }
+        self.video_codec_args(enc, &mut a);
+        self.video_rate_args(&mut a);
         match self.audio {
             AudioCodec::None => {}
             AudioCodec::Copy => push(&mut a, &["-c:a", "copy"]),
@@ -490,6 +375,139 @@ impl Profile {
             ],
         );
         a
+    }
+
+    /// The `-filter_complex` chains (scaling and frame rate; the audio
+    /// matrix, split once per track) and the `-map`s of the outputs, video
+    /// first.
+    fn filter_graph(&self) -> (Vec<String>, Vec<String>) {
+        let mut graph: Vec<String> = Vec::new();
+        let mut vf: Vec<String> = Vec::new();
+        if let (Some(w), Some(h)) = (self.width, self.height) {
+            vf.push(format!("scale={w}:{h}"));
+        } else if let Some(w) = self.width {
+            vf.push(format!("scale={w}:-2"));
+        } else if let Some(h) = self.height {
+            vf.push(format!("scale=-2:{h}"));
+        }
+        if let Some(f) = self.fps {
+            vf.push(format!("fps={f}"));
+        }
+        let mut maps = Vec::new();
+        if self.video != VideoCodec::Copy && !vf.is_empty() {
+            graph.push(format!("[0:v:0]{}[v]", vf.join(",")));
+            maps.push("[v]".to_string());
+        } else {
+            maps.push("0:v:0?".to_string());
+        }
+        match (self.audio, self.tracks.len()) {
+            (AudioCodec::None, _) => {}
+            (_, 0) => maps.push("0:a:0?".into()),
+            (_, 1) => {
+                graph.push(format!("[0:a:0]{}[a0]", self.tracks[0].pan()));
+                maps.push("[a0]".into());
+            }
+            (_, n) => {
+                let labels: String = (0..n).map(|i| format!("[s{i}]")).collect();
+                graph.push(format!("[0:a:0]asplit={n}{labels}"));
+                for (i, t) in self.tracks.iter().enumerate() {
+                    graph.push(format!("[s{i}]{}[a{i}]", t.pan()));
+                    maps.push(format!("[a{i}]"));
+                }
+            }
+        }
+        (graph, maps)
+    }
+
+    /// `-c:v` and its encoder's low-latency settings.
+    fn video_codec_args(&self, enc: Encoder, a: &mut Vec<String>) {
+        let preset = self.preset.as_deref();
+        match (self.video, enc) {
+            (VideoCodec::Copy, _) => push(a, &["-c:v", "copy"]),
+            (v, Encoder::Nvenc) => {
+                let c = if v == VideoCodec::Hevc {
+                    "hevc_nvenc"
+                } else {
+                    "h264_nvenc"
+                };
+                push(
+                    a,
+                    &[
+                        "-c:v",
+                        c,
+                        "-preset",
+                        nvenc_preset(preset.unwrap_or("p2")),
+                        "-tune",
+                        "ll",
+                        "-rc",
+                        "cbr",
+                        "-zerolatency",
+                        "1",
+                        "-bf",
+                        "0",
+                    ],
+                );
+            }
+            (v, Encoder::Software) => {
+                let p = match preset {
+                    Some(p) if X264_PRESETS.contains(&p) => p,
+                    _ => "veryfast",
+                };
+                if v == VideoCodec::Hevc {
+                    push(
+                        a,
+                        &[
+                            "-c:v",
+                            "libx265",
+                            "-preset",
+                            p,
+                            "-tune",
+                            "zerolatency",
+                            "-x265-params",
+                            "log-level=error",
+                        ],
+                    );
+                } else {
+                    push(
+                        a,
+                        &["-c:v", "libx264", "-preset", p, "-tune", "zerolatency"],
+                    );
+                }
+            }
+        }
+    }
+
+    /// Constant bit rate and a fixed GOP (default two seconds) of an
+    /// encoded video; nothing for `copy`.
+    fn video_rate_args(&self, a: &mut Vec<String>) {
+        if self.video == VideoCodec::Copy {
+            return;
+        }
+        let b = self.bitrate.to_string();
+        let gop = self
+            .gop
+            .unwrap_or_else(|| (self.fps.unwrap_or(25.0) * 2.0).round() as u32)
+            .to_string();
+        let buf = (self.bitrate * 2).to_string();
+        push(
+            a,
+            &[
+                "-b:v",
+                &b,
+                "-maxrate",
+                &b,
+                "-bufsize",
+                &buf,
+                "-g",
+                &gop,
+                "-keyint_min",
+                &gop,
+                "-sc_threshold",
+                "0",
+                "-pix_fmt",
+                "yuv420p",
+            ],
+        );
     }
 }
 
@@ -649,6 +667,42 @@ gain_db = 3
         let n = p[0].transcode_args(Encoder::Nvenc).join(" ");
         assert!(n.contains("-c:v h264_nvenc -preset p1 -tune ll"), "{n}");
     }
+
+    /// The whole command line of each codec, encoder, scaling and audio
+    /// case, word for word (kept identical through the split of
+    /// `transcode_args` into steps).
+    #[test]
+    fn transcode_args_are_pinned_word_for_word() {
+        let cases = [
+            "[[profile]]\nnumber = 1\n",
+            "[[profile]]\nnumber = 1\nvideo = \"hevc\"\nwidth = 1280\npreset = \"p5\"\n",
+            "[[profile]]\nnumber = 1\nheight = 720\nfps = 50\naudio = \"copy\"\n",
+            "[[profile]]\nnumber = 1\nvideo = \"copy\"\naudio = \"none\"\n",
+            "[[profile]]\nnumber = 1\ngop = 10\n[[profile.audio_track]]\ndownmix = \"stereo\"\n",
+        ];
+        let mut got = String::new();
+        for c in cases {
+            let p = load(c).expect("valid");
+            for enc in [Encoder::Software, Encoder::Nvenc] {
+                got.push_str(&p[0].transcode_args(enc).join(" "));
+                got.push('\n');
+            }
+        }
+        assert_eq!(got, PINNED_ARGS);
+    }
+
+    const PINNED_ARGS: &str = concat!(
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -map 0:v:0? -map 0:a:0? -c:v libx264 -preset veryfast -tune zerolatency -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 50 -keyint_min 50 -sc_threshold 0 -pix_fmt yuv420p -c:a aac -b:a 128000 -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -map 0:v:0? -map 0:a:0? -c:v h264_nvenc -preset p2 -tune ll -rc cbr -zerolatency 1 -bf 0 -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 50 -keyint_min 50 -sc_threshold 0 -pix_fmt yuv420p -c:a aac -b:a 128000 -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -filter_complex [0:v:0]scale=1280:-2[v] -map [v] -map 0:a:0? -c:v libx265 -preset veryfast -tune zerolatency -x265-params log-level=error -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 50 -keyint_min 50 -sc_threshold 0 -pix_fmt yuv420p -c:a aac -b:a 128000 -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -filter_complex [0:v:0]scale=1280:-2[v] -map [v] -map 0:a:0? -c:v hevc_nvenc -preset p5 -tune ll -rc cbr -zerolatency 1 -bf 0 -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 50 -keyint_min 50 -sc_threshold 0 -pix_fmt yuv420p -c:a aac -b:a 128000 -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -filter_complex [0:v:0]scale=-2:720,fps=50[v] -map [v] -map 0:a:0? -c:v libx264 -preset veryfast -tune zerolatency -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 100 -keyint_min 100 -sc_threshold 0 -pix_fmt yuv420p -c:a copy -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -filter_complex [0:v:0]scale=-2:720,fps=50[v] -map [v] -map 0:a:0? -c:v h264_nvenc -preset p2 -tune ll -rc cbr -zerolatency 1 -bf 0 -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 100 -keyint_min 100 -sc_threshold 0 -pix_fmt yuv420p -c:a copy -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -map 0:v:0? -c:v copy -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -map 0:v:0? -c:v copy -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -filter_complex [0:a:0]pan=stereo|c0=1*FL+0.7071*FC+0.7071*BL+0.7071*SL|c1=1*FR+0.7071*FC+0.7071*BR+0.7071*SR[a0] -map 0:v:0? -map [a0] -c:v libx264 -preset veryfast -tune zerolatency -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 10 -keyint_min 10 -sc_threshold 0 -pix_fmt yuv420p -c:a aac -b:a 128000 -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -filter_complex [0:a:0]pan=stereo|c0=1*FL+0.7071*FC+0.7071*BL+0.7071*SL|c1=1*FR+0.7071*FC+0.7071*BR+0.7071*SR[a0] -map 0:v:0? -map [a0] -c:v h264_nvenc -preset p2 -tune ll -rc cbr -zerolatency 1 -bf 0 -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 10 -keyint_min 10 -sc_threshold 0 -pix_fmt yuv420p -c:a aac -b:a 128000 -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    );
 
     #[test]
     fn defaults_and_copy() {
