@@ -112,140 +112,30 @@ pub fn parse_bacnet(file: &str, text: &str, pts: &PointIndex, errs: &mut Errors)
         }
     };
     let tl = &raw.trend_log;
-    let trend_buffer_size = match u32::try_from(tl.buffer_size) {
-        Ok(n) if (1..=MAX_TREND_BUFFER).contains(&n) => n,
-        _ => {
-            errs.push(ConfigError::new(
-                file,
-                "trend_log.buffer_size".to_string(),
-                format!(
-                    "{} records: must be 1..={MAX_TREND_BUFFER} (memory is bounded per log)",
-                    tl.buffer_size
-                ),
-            ));
-            DEFAULT_TREND_BUFFER
-        }
-    };
     let mut map = BacnetMap {
         bitrate_units_fallback: raw.options.bitrate_units_fallback,
         objects: Vec::new(),
         trend_logs: Vec::new(),
-        trend_buffer_size,
+        trend_buffer_size: trend_buffer_size(file, tl.buffer_size, errs),
     };
-    let mut seen_log: HashMap<u32, usize> = HashMap::new();
-    let mut seen_addr: HashMap<(BacnetObjectType, u32), usize> = HashMap::new();
-    let mut seen_point: HashMap<PointId, usize> = HashMap::new();
+    let mut seen = SeenObjects::default();
     for (i, o) in raw.object.iter().enumerate() {
-        let key = |k: &str| format!("object[{i}].{k}");
-        let Some(ot) = BacnetObjectType::parse(&o.object_type) else {
-            errs.push(ConfigError::new(
-                file,
-                key("type"),
-                format!(
-                    "unknown object type {:?} (analog-input, analog-value, binary-output, binary-value, multi-state-value)",
-                    o.object_type
-                ),
-            ));
+        let at = At {
+            file,
+            table: "object",
+            i,
+        };
+        let Some((ot, pid)) = object_address(at, o, pts, &mut seen, errs) else {
             continue;
         };
-        if o.instance > MAX_INSTANCE {
-            errs.push(ConfigError::new(
-                file,
-                key("instance"),
-                format!("instance {} is above {MAX_INSTANCE}", o.instance),
-            ));
-            continue;
-        }
-        let Some(pid) = pts.resolve(file, key("point"), &o.point, errs) else {
-            continue;
-        };
-        if let Some(j) = seen_addr.insert((ot, o.instance), i) {
-            errs.push(ConfigError::new(
-                file,
-                key("instance"),
-                format!(
-                    "duplicate object {}{} (also object[{j}])",
-                    ot.short(),
-                    o.instance
-                ),
-            ));
-            continue;
-        }
-        if let Some(j) = seen_point.insert(pid, i) {
-            errs.push(ConfigError::new(
-                file,
-                key("point"),
-                format!("point {:?} is already mapped by object[{j}]", o.point),
-            ));
-            continue;
-        }
         let def = pts.def(pid);
-        let type_ok = match ot {
-            BacnetObjectType::AnalogInput | BacnetObjectType::AnalogValue => {
-                def.kind == Kind::Number
-            }
-            BacnetObjectType::BinaryOutput | BacnetObjectType::BinaryValue => {
-                def.kind == Kind::Bool
-            }
-            BacnetObjectType::MultiStateValue => def.kind == Kind::Enum,
+        if check_object_fits(at, o, ot, def, errs).is_none() {
+            continue;
+        }
+        let Some(logged) = trend_logged(at, o, def, tl.enabled, &mut seen, errs) else {
+            continue;
         };
-        if !type_ok {
-            errs.push(ConfigError::new(
-                file,
-                key("type"),
-                format!(
-                    "{} cannot carry point {:?} of kind {}",
-                    ot.as_str(),
-                    o.point,
-                    def.kind.as_str()
-                ),
-            ));
-            continue;
-        }
-        if ot.commandable() != def.writable {
-            let msg = if ot.commandable() {
-                format!(
-                    "{} is commandable but point {:?} is read-only (use analog-input or multi-state-value)",
-                    ot.as_str(),
-                    o.point
-                )
-            } else {
-                format!(
-                    "{} is read-only but point {:?} is a command (use binary-output or analog-value)",
-                    ot.as_str(),
-                    o.point
-                )
-            };
-            errs.push(ConfigError::new(file, key("type"), msg));
-            continue;
-        }
-        let loggable = def.his && def.role == Role::Measurement;
-        if o.trend_log == Some(true) && !loggable {
-            errs.push(ConfigError::new(
-                file,
-                key("trend_log"),
-                format!(
-                    "point {:?} is not a `his` measurement: only those have a Trend Log",
-                    o.point
-                ),
-            ));
-            continue;
-        }
-        if loggable && o.trend_log.unwrap_or(tl.enabled) {
-            // TLn logs the object numbered n, so a front-end pairs them by
-            // eye; two logged objects of different types with the same
-            // instance would give two TLn.
-            if let Some(j) = seen_log.insert(o.instance, i) {
-                errs.push(ConfigError::new(
-                    file,
-                    key("instance"),
-                    format!(
-                        "Trend Log TL{} would log both this object and object[{j}] (a Trend Log takes the logged object's instance; set trend_log = false on one)",
-                        o.instance
-                    ),
-                ));
-                continue;
-            }
+        if logged {
             map.trend_logs.push(BacnetTrendLog {
                 point: pid,
                 instance: o.instance,
@@ -261,6 +151,189 @@ pub fn parse_bacnet(file: &str, text: &str, pts: &PointIndex, errs: &mut Errors)
         });
     }
     map
+}
+
+/// `[trend_log] buffer_size` (out of range: reported, the default used).
+fn trend_buffer_size(file: &str, n: i64, errs: &mut Errors) -> u32 {
+    match u32::try_from(n) {
+        Ok(n) if (1..=MAX_TREND_BUFFER).contains(&n) => n,
+        _ => {
+            errs.push(ConfigError::new(
+                file,
+                "trend_log.buffer_size".to_string(),
+                format!("{n} records: must be 1..={MAX_TREND_BUFFER} (memory is bounded per log)"),
+            ));
+            DEFAULT_TREND_BUFFER
+        }
+    }
+}
+
+/// What the objects before this one took, by entry index: (type,
+/// instance) pairs, points, and Trend Log instances.
+#[derive(Default)]
+struct SeenObjects {
+    addr: HashMap<(BacnetObjectType, u32), usize>,
+    point: HashMap<PointId, usize>,
+    log: HashMap<u32, usize>,
+}
+
+/// An `[[object]]`'s type, instance and point, each valid and not taken
+/// by an earlier object.
+fn object_address(
+    at: At,
+    o: &BacnetRaw,
+    pts: &PointIndex,
+    seen: &mut SeenObjects,
+    errs: &mut Errors,
+) -> Option<(BacnetObjectType, PointId)> {
+    let Some(ot) = BacnetObjectType::parse(&o.object_type) else {
+        return at.fail(
+            errs,
+            "type",
+            format!(
+                "unknown object type {:?} (analog-input, analog-value, binary-output, binary-value, multi-state-value)",
+                o.object_type
+            ),
+        );
+    };
+    if o.instance > MAX_INSTANCE {
+        return at.fail(
+            errs,
+            "instance",
+            format!("instance {} is above {MAX_INSTANCE}", o.instance),
+        );
+    }
+    let pid = pts.resolve(at.file, at.key("point"), &o.point, errs)?;
+    if let Some(j) = seen.addr.insert((ot, o.instance), at.i) {
+        return at.fail(
+            errs,
+            "instance",
+            format!(
+                "duplicate object {}{} (also object[{j}])",
+                ot.short(),
+                o.instance
+            ),
+        );
+    }
+    if let Some(j) = seen.point.insert(pid, at.i) {
+        return at.fail(
+            errs,
+            "point",
+            format!("point {:?} is already mapped by object[{j}]", o.point),
+        );
+    }
+    Some((ot, pid))
+}
+
+/// The object type carries the point's kind, and is commandable exactly
+/// when the point is writable.
+fn check_object_fits(
+    at: At,
+    o: &BacnetRaw,
+    ot: BacnetObjectType,
+    def: &PointDef,
+    errs: &mut Errors,
+) -> Option<()> {
+    let type_ok = match ot {
+        BacnetObjectType::AnalogInput | BacnetObjectType::AnalogValue => def.kind == Kind::Number,
+        BacnetObjectType::BinaryOutput | BacnetObjectType::BinaryValue => def.kind == Kind::Bool,
+        BacnetObjectType::MultiStateValue => def.kind == Kind::Enum,
+    };
+    if !type_ok {
+        return at.fail(
+            errs,
+            "type",
+            format!(
+                "{} cannot carry point {:?} of kind {}",
+                ot.as_str(),
+                o.point,
+                def.kind.as_str()
+            ),
+        );
+    }
+    if ot.commandable() != def.writable {
+        let msg = if ot.commandable() {
+            format!(
+                "{} is commandable but point {:?} is read-only (use analog-input or multi-state-value)",
+                ot.as_str(),
+                o.point
+            )
+        } else {
+            format!(
+                "{} is read-only but point {:?} is a command (use binary-output or analog-value)",
+                ot.as_str(),
+                o.point
+            )
+        };
+        return at.fail(errs, "type", msg);
+    }
+    Some(())
+}
+
+/// Whether the object gets a Trend Log: `his` measurements do, unless
+/// `trend_log` (or `[trend_log] enabled`) says otherwise. None: a problem
+/// (reported), the object is dropped.
+fn trend_logged(
+    at: At,
+    o: &BacnetRaw,
+    def: &PointDef,
+    enabled: bool,
+    seen: &mut SeenObjects,
+    errs: &mut Errors,
+) -> Option<bool> {
+    let loggable = def.his && def.role == Role::Measurement;
+    if o.trend_log == Some(true) && !loggable {
+        return at.fail(
+            errs,
+            "trend_log",
+            format!(
+                "point {:?} is not a `his` measurement: only those have a Trend Log",
+                o.point
+            ),
+        );
+    }
+    if !(loggable && o.trend_log.unwrap_or(enabled)) {
+        return Some(false);
+    }
+    // TLn logs the object numbered n, so a front-end pairs them by eye; two
+    // logged objects of different types with the same instance would give
+    // two TLn.
+    if let Some(j) = seen.log.insert(o.instance, at.i) {
+        return at.fail(
+            errs,
+            "instance",
+            format!(
+                "Trend Log TL{} would log both this object and object[{j}] (a Trend Log takes the logged object's instance; set trend_log = false on one)",
+                o.instance
+            ),
+        );
+    }
+    Some(true)
+}
+
+/// Where an entry of a mapping file (`object[i]`, `register[i]`) is, for
+/// its errors.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    file: &'a str,
+    table: &'static str,
+    i: usize,
+}
+
+impl At<'_> {
+    fn key(self, k: &str) -> String {
+        format!("{}[{}].{k}", self.table, self.i)
+    }
+
+    fn report(self, errs: &mut Errors, k: &str, msg: impl Into<String>) {
+        errs.push(ConfigError::new(self.file, self.key(k), msg.into()));
+    }
+
+    /// Reports `msg` at key `k`; `None` so a check can end with it.
+    fn fail<T>(self, errs: &mut Errors, k: &str, msg: impl Into<String>) -> Option<T> {
+        self.report(errs, k, msg);
+        None
+    }
 }
 
 // ------------------------------------------------------------------ Modbus
@@ -351,7 +424,11 @@ pub fn parse_modbus(file: &str, text: &str, pts: &PointIndex, errs: &mut Errors)
     // including the second word of 32-bit values.
     let mut used: BTreeMap<(ModbusTable, u32), usize> = BTreeMap::new();
     for (i, r) in raw.register.iter().enumerate() {
-        let at = RegAt { file, i };
+        let at = At {
+            file,
+            table: "register",
+            i,
+        };
         let Some(reg) = modbus_register(at, r, pts, default_wo, errs) else {
             continue;
         };
@@ -403,34 +480,11 @@ fn modbus_route_blocks(
     route_blocks
 }
 
-/// Where a `[[register]]` entry is, for its errors.
-#[derive(Clone, Copy)]
-struct RegAt<'a> {
-    file: &'a str,
-    i: usize,
-}
-
-impl RegAt<'_> {
-    fn key(self, k: &str) -> String {
-        format!("register[{}].{k}", self.i)
-    }
-
-    fn report(self, errs: &mut Errors, k: &str, msg: impl Into<String>) {
-        errs.push(ConfigError::new(self.file, self.key(k), msg.into()));
-    }
-
-    /// Reports `msg` at key `k`; `None` so a check can end with it.
-    fn fail<T>(self, errs: &mut Errors, k: &str, msg: impl Into<String>) -> Option<T> {
-        self.report(errs, k, msg);
-        None
-    }
-}
-
 /// One `[[register]]` entry, checked on its own (overlaps with the others
 /// are `claim_registers`'): the first problem is reported and the entry
 /// dropped.
 fn modbus_register(
-    at: RegAt,
+    at: At,
     r: &ModbusRaw,
     pts: &PointIndex,
     default_wo: WordOrder,
@@ -531,7 +585,7 @@ fn modbus_register(
 }
 
 /// `field`: what of the point the register carries (default its value).
-fn modbus_field(at: RegAt, s: Option<&str>, errs: &mut Errors) -> Option<ModbusField> {
+fn modbus_field(at: At, s: Option<&str>, errs: &mut Errors) -> Option<ModbusField> {
     match s {
         None | Some("value") => Some(ModbusField::Value),
         Some("quality") => Some(ModbusField::Quality),
@@ -547,7 +601,7 @@ fn modbus_field(at: RegAt, s: Option<&str>, errs: &mut Errors) -> Option<ModbusF
 /// `type`: none in the bit tables, else one of the register types
 /// (default u16).
 fn modbus_reg_type(
-    at: RegAt,
+    at: At,
     table: ModbusTable,
     s: Option<&str>,
     errs: &mut Errors,
@@ -589,7 +643,7 @@ fn table_carries(table: ModbusTable, field: ModbusField, kind: Kind) -> bool {
 /// Marks the registers `reg` occupies (both words of a 32-bit value) as
 /// entry `at.i`'s; false, with the error, when one is already taken.
 fn claim_registers(
-    at: RegAt,
+    at: At,
     reg: &ModbusRegister,
     used: &mut BTreeMap<(ModbusTable, u32), usize>,
     errs: &mut Errors,

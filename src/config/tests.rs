@@ -891,3 +891,133 @@ address = 40010
         ]
     );
 }
+
+/// Every check of an `[[object]]` entry reports at its key and drops the
+/// object; Trend Logs go to `his` measurements unless turned off, one per
+/// instance (the split of `parse_bacnet` into steps changed none of it).
+#[test]
+fn bacnet_object_errors_keep_their_keys_and_order() {
+    let pts = r#"
+[site]
+id = "s"
+dis = "S"
+[equip]
+id = "e"
+dis = "E"
+[[point]]
+id = "m1"
+name = "M1"
+role = "measurement"
+kind = "number"
+period = "1s"
+his = true
+[[point]]
+id = "m2"
+name = "M2"
+role = "measurement"
+kind = "enum"
+states = ["A", "B"]
+period = "1s"
+his = true
+[[point]]
+id = "m4"
+name = "M4"
+role = "measurement"
+kind = "number"
+period = "1s"
+[[point]]
+id = "m5"
+name = "M5"
+role = "measurement"
+kind = "enum"
+states = ["A", "B"]
+period = "1s"
+his = true
+[[point]]
+id = "m3"
+name = "M3"
+role = "measurement"
+kind = "number"
+period = "1s"
+[[point]]
+id = "c1"
+name = "C1"
+role = "command"
+kind = "number"
+period = "1s"
+writable = true
+default = 0
+[[point]]
+id = "s1"
+name = "S1"
+role = "status"
+kind = "enum"
+states = ["A", "B"]
+period = "1s"
+"#;
+    let mut errs = Vec::new();
+    let pf = points::parse("p.toml", pts, &mut errs).expect("points");
+    assert!(errs.is_empty(), "{errs:?}");
+    let idx = maps::PointIndex::new(&pf.points);
+    let obj = |p: &str, ty: &str, n: u32, extra: &str| {
+        format!("[[object]]\npoint = \"{p}\"\ntype = \"{ty}\"\ninstance = {n}\n{extra}\n")
+    };
+    let text = [
+        "[trend_log]\nbuffer_size = 0\n".to_string(),
+        obj("m1", "analog-thing", 1, ""),
+        obj("m1", "analog-input", 4_194_303, ""),
+        obj("nope", "analog-input", 1, ""),
+        obj("m1", "analog-input", 7, ""),
+        obj("m3", "analog-input", 7, ""),
+        obj("m1", "analog-input", 8, ""),
+        obj("m3", "binary-value", 9, ""),
+        obj("m3", "analog-value", 10, ""),
+        obj("c1", "analog-input", 11, ""),
+        obj("s1", "multi-state-value", 12, "trend_log = true"),
+        obj("m2", "multi-state-value", 7, ""),
+        obj("m2", "multi-state-value", 13, "trend_log = false"),
+        obj("s1", "multi-state-value", 14, ""),
+        obj("m4", "analog-input", 15, ""),
+        obj("m5", "multi-state-value", 16, "trend_log = false"),
+    ]
+    .concat();
+    let map = maps::parse_bacnet("b.toml", &text, &idx, &mut errs);
+    let objects: Vec<(BacnetObjectType, u32)> = map
+        .objects
+        .iter()
+        .map(|o| (o.object_type, o.instance))
+        .collect();
+    assert_eq!(
+        objects,
+        // A point stays taken by an object dropped for a later problem.
+        [
+            (BacnetObjectType::AnalogInput, 7),
+            (BacnetObjectType::AnalogInput, 15),
+            (BacnetObjectType::MultiStateValue, 16),
+        ]
+    );
+    let logs: Vec<u32> = map.trend_logs.iter().map(|t| t.instance).collect();
+    assert_eq!(logs, [7]);
+    assert_eq!(map.trend_buffer_size, crate::points::DEFAULT_TREND_BUFFER);
+    let got: Vec<String> = errs
+        .iter()
+        .map(|e| format!("{}: {}", e.key, e.message))
+        .collect();
+    assert_eq!(got, PINNED_BACNET);
+}
+
+const PINNED_BACNET: [&str; 13] = [
+    "trend_log.buffer_size: 0 records: must be 1..=100000 (memory is bounded per log)",
+    "object[0].type: unknown object type \"analog-thing\" (analog-input, analog-value, binary-output, binary-value, multi-state-value)",
+    "object[1].instance: instance 4194303 is above 4194302",
+    "object[2].point: unknown point \"nope\"",
+    "object[4].instance: duplicate object AI7 (also object[3])",
+    "object[5].point: point \"m1\" is already mapped by object[3]",
+    "object[6].type: binary-value cannot carry point \"m3\" of kind number",
+    "object[7].point: point \"m3\" is already mapped by object[6]",
+    "object[8].type: analog-input is read-only but point \"c1\" is a command (use binary-output or analog-value)",
+    "object[9].trend_log: point \"s1\" is not a `his` measurement: only those have a Trend Log",
+    "object[10].instance: Trend Log TL7 would log both this object and object[3] (a Trend Log takes the logged object's instance; set trend_log = false on one)",
+    "object[11].point: point \"m2\" is already mapped by object[10]",
+    "object[12].point: point \"s1\" is already mapped by object[9]",
+];
