@@ -511,31 +511,9 @@ pub(crate) async fn run(
         window: Mutex::default(),
         stats: stats.clone(),
     });
-    {
-        let mut r = registry.write();
-        if r.contains_key(&path) {
-            stats.set_error(format!("/hls/{path}/ is already served"));
-            return;
-        }
-        r.insert(path.clone(), stream.clone());
-    }
-    let mut disk = None;
-    if let Some(dir) = dir {
-        let d = Disk { dir, part: None };
-        match blocking(move || {
-            let r = d.prepare();
-            (d, r)
-        })
-        .await
-        {
-            Ok(d) => disk = Some(d),
-            Err(e) => {
-                stats.set_error(format!("HLS segment directory: {e}"));
-                unregister(&registry, &path, &stream);
-                return;
-            }
-        }
-    }
+    let Some(mut disk) = open(&registry, &path, &stream, dir).await else {
+        return;
+    };
     stats.set_up(None);
     // Bytes served are credited to when the segment's data arrived; a live
     // client fetches a segment within about one target duration of its
@@ -582,56 +560,114 @@ pub(crate) async fn run(
             });
             seq += 1;
         }
-        if let Some(mut d) = disk.take() {
-            if let Some(b) = seg.spill() {
-                ops.push(Op::Append(b));
-            }
-            if !ops.is_empty() {
-                let dir = d.dir.clone();
-                match blocking(move || {
-                    let r = d.apply(ops);
-                    (d, r)
-                })
-                .await
-                {
-                    Ok(back) => d = back,
-                    Err(e) => {
-                        // The segment in progress is lost (the next one
-                        // starts a new file); the playlist only lists what
-                        // was written.
-                        stats.set_error(format!("HLS segment write: {e}"));
-                        tracing::warn!("hls {path}: segment write: {e}");
-                        done.clear();
-                        d = Disk { dir, part: None };
-                    }
-                }
-            }
-            disk = Some(d);
+        if let Some(d) = disk.take() {
+            disk = Some(write_out(d, &mut seg, ops, &mut done, &stats, &path).await);
         }
         let mut gone = Vec::new();
         for s in done {
             gone.extend(stream.push(s, window, min_target));
         }
-        let files: Vec<_> = gone
-            .into_iter()
-            .filter_map(|s| match s.data {
-                Body::File(p) => Some(p),
-                Body::Mem(_) => None,
-            })
-            .collect();
-        if !files.is_empty() {
-            // Nobody waits for it: a client still reading one just gets it.
-            tokio::task::spawn_blocking(move || {
-                for f in files {
-                    let _ = std::fs::remove_file(f);
-                }
-            });
-        }
+        remove_files(gone);
     }
     unregister(&registry, &path, &stream);
     if let Some(d) = disk {
         // The output is gone: so are its segments (a few files).
         let _ = std::fs::remove_dir_all(&d.dir);
+    }
+}
+
+/// Serves `stream` at `path` and, for a disk-backed output, prepares its
+/// segment directory: `Some(disk)` to go on (disk None: in memory), None
+/// when the output cannot run (the path is taken, the directory cannot be
+/// made; the reason is on its stats).
+async fn open(
+    registry: &HlsRegistry,
+    path: &str,
+    stream: &Arc<HlsStream>,
+    dir: Option<std::path::PathBuf>,
+) -> Option<Option<Disk>> {
+    {
+        let mut r = registry.write();
+        if r.contains_key(path) {
+            stream
+                .stats
+                .set_error(format!("/hls/{path}/ is already served"));
+            return None;
+        }
+        r.insert(path.to_string(), stream.clone());
+    }
+    let Some(dir) = dir else {
+        return Some(None);
+    };
+    let d = Disk { dir, part: None };
+    match blocking(move || {
+        let r = d.prepare();
+        (d, r)
+    })
+    .await
+    {
+        Ok(d) => Some(Some(d)),
+        Err(e) => {
+            stream
+                .stats
+                .set_error(format!("HLS segment directory: {e}"));
+            unregister(registry, path, stream);
+            None
+        }
+    }
+}
+
+/// Writes the cut segments' file operations `ops`, and what the segmenter
+/// spills of the segment in progress, on the blocking pool. On a write
+/// error the segment in progress is lost (the next one starts a new file)
+/// and `done` is emptied: the playlist only lists what was written.
+async fn write_out(
+    mut d: Disk,
+    seg: &mut Segmenter,
+    mut ops: Vec<Op>,
+    done: &mut Vec<Segment>,
+    stats: &IoStats,
+    path: &str,
+) -> Disk {
+    if let Some(b) = seg.spill() {
+        ops.push(Op::Append(b));
+    }
+    if ops.is_empty() {
+        return d;
+    }
+    let dir = d.dir.clone();
+    match blocking(move || {
+        let r = d.apply(ops);
+        (d, r)
+    })
+    .await
+    {
+        Ok(back) => back,
+        Err(e) => {
+            stats.set_error(format!("HLS segment write: {e}"));
+            tracing::warn!("hls {path}: segment write: {e}");
+            done.clear();
+            Disk { dir, part: None }
+        }
+    }
+}
+
+/// Deletes the files of segments that left the window. Nobody waits for
+/// it: a client still reading one just gets it.
+fn remove_files(gone: Vec<Segment>) {
+    let files: Vec<_> = gone
+        .into_iter()
+        .filter_map(|s| match s.data {
+            Body::File(p) => Some(p),
+            Body::Mem(_) => None,
+        })
+        .collect();
+    if !files.is_empty() {
+        tokio::task::spawn_blocking(move || {
+            for f in files {
+                let _ = std::fs::remove_file(f);
+            }
+        });
     }
 }
 
