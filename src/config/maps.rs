@@ -651,8 +651,8 @@ fn claim_registers(
     let offset = u32::from(reg.offset);
     let width = u32::from(reg.reg_type.width());
     let clash = (0..width)
-        .filter_map(|k| used.get(&(reg.table, offset + k)))
-        .last();
+        .rev()
+        .find_map(|k| used.get(&(reg.table, offset + k)));
     if let Some(j) = clash {
         at.report(
             errs,
