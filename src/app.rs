@@ -251,7 +251,14 @@ async fn start_http(cfg: &Config, w: &mut Wiring) -> Option<HttpServer> {
         engine: Some(w.engine.clone()),
         route_docs: w.route_docs.clone(),
         profiles: Some(w.profiles.clone()),
-        exports: Some(api::exports::Sources::from_config(cfg)),
+        exports: Some(api::exports::Sources::from_config(
+            cfg,
+            api::exports::Writers {
+                ede: crate::protocols::bacnet::ede::export_config,
+                modbus_csv: crate::protocols::modbus::export_csv,
+                modbus_md: crate::protocols::modbus::export_markdown,
+            },
+        )),
         alarms: Some(w.alarms.clone()),
     };
     match crate::httpd::Options::from_section(h, w.caps.http) {
@@ -297,11 +304,7 @@ async fn start_bacnet(cfg: &Config, w: &mut Wiring) {
     if !b.enabled {
         return;
     }
-    let rp = &cfg.server.route_points;
-    let rule = crate::protocols::bacnet::routes::InstanceRule {
-        base: rp.bacnet_instance_base,
-        stride: rp.bacnet_instance_stride,
-    };
+    let rule = cfg.server.route_points.bacnet_rule();
     let started = crate::protocols::bacnet::start(
         crate::protocols::bacnet::DeviceSetup {
             cfg: b,

@@ -13,25 +13,45 @@ use axum::routing::get;
 use axum::Router;
 
 use super::{ApiError, ApiState};
+use crate::config::Config;
+use crate::points::routes::RouteTemplate;
+use crate::points::{ModbusMap, PointDef};
+
+/// Writes a Modbus register map file (CSV or Markdown) of the server's
+/// points and the route blocks.
+pub type ModbusMapWriter = fn(&[PointDef], &ModbusMap, Option<&RouteTemplate>) -> String;
+
+/// The export files' writers. The formats are the protocols' own (the EDE
+/// of `protocols::bacnet::ede`, the register map of
+/// `protocols::modbus::export`), and the CLI calls the same functions; the
+/// wiring (`app.rs`) hands them in, so the API serves their text without
+/// depending on a protocol.
+#[derive(Clone, Copy)]
+pub struct Writers {
+    /// The EDE data file and its state-text file of a config, stamped.
+    pub ede: fn(&Config, &str) -> (String, String),
+    pub modbus_csv: ModbusMapWriter,
+    pub modbus_md: ModbusMapWriter,
+}
 
 /// What the exports are generated from: the config the server runs (fixed
-/// while the process runs), as the CLI reads it.
+/// while the process runs), as the CLI reads it, and the writers.
 pub struct Sources {
-    pub config: crate::config::Config,
+    pub config: Config,
+    pub writers: Writers,
 }
 
 impl Sources {
-    pub fn from_config(c: &crate::config::Config) -> Arc<Sources> {
-        Arc::new(Sources { config: c.clone() })
+    pub fn from_config(c: &Config, writers: Writers) -> Arc<Sources> {
+        Arc::new(Sources {
+            config: c.clone(),
+            writers,
+        })
     }
 
     /// Where route block objects go on BACnet (`[route_points]`).
-    pub fn bacnet_rule(&self) -> crate::protocols::bacnet::routes::InstanceRule {
-        let rp = &self.config.server.route_points;
-        crate::protocols::bacnet::routes::InstanceRule {
-            base: rp.bacnet_instance_base,
-            stride: rp.bacnet_instance_stride,
-        }
+    pub fn bacnet_rule(&self) -> crate::points::route_addresses::InstanceRule {
+        self.config.server.route_points.bacnet_rule()
     }
 }
 
@@ -77,7 +97,7 @@ fn file(ctype: &'static str, name: &str, text: String) -> Response {
 /// With the route blocks' objects, exactly as `castpoint export ede`.
 fn ede_files(src: &Sources) -> (String, String) {
     let stamp = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    crate::protocols::bacnet::ede::export_config(&src.config, &stamp)
+    (src.writers.ede)(&src.config, &stamp)
 }
 
 async fn ede(State(s): State<ApiState>) -> Result<Response, ApiError> {
@@ -96,7 +116,7 @@ async fn ede_states(State(s): State<ApiState>) -> Result<Response, ApiError> {
 
 async fn modbus_csv(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let src = sources(&s)?;
-    let text = crate::protocols::modbus::export_csv(
+    let text = (src.writers.modbus_csv)(
         &src.config.points,
         &s.maps.modbus,
         src.config.route_template.as_ref(),
@@ -106,7 +126,7 @@ async fn modbus_csv(State(s): State<ApiState>) -> Result<Response, ApiError> {
 
 async fn modbus_md(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let src = sources(&s)?;
-    let text = crate::protocols::modbus::export_markdown(
+    let text = (src.writers.modbus_md)(
         &src.config.points,
         &s.maps.modbus,
         src.config.route_template.as_ref(),

@@ -206,7 +206,7 @@ fn route_addresses(
             .position(|&(i, o)| i == rp.tpl && o == rp.output);
         if let (Some(k), Ok(regs)) = (
             at,
-            crate::protocols::modbus::routes::route_registers(
+            crate::points::route_addresses::route_registers(
                 &one,
                 first,
                 rb,
@@ -243,7 +243,7 @@ fn route_addresses(
 pub fn route_bacnet(
     db: &PointDb,
     id: PointId,
-    rule: crate::protocols::bacnet::routes::InstanceRule,
+    rule: crate::points::route_addresses::InstanceRule,
 ) -> Option<String> {
     let rp = db.route_point(id)?;
     let tpl = db.route_template()?;
@@ -254,7 +254,7 @@ pub fn route_bacnet(
     let def = db.def(id)?;
     Some(format!(
         "{}{}",
-        crate::protocols::bacnet::routes::type_of(def).0.short(),
+        crate::points::route_addresses::type_of(def).0.short(),
         rule.instance(rp.slot, k)
     ))
 }

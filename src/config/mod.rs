@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 pub use crate::section::parse_duration;
 pub use file::{BacnetSection, HaystackSection, HttpSection, ModbusSection, ServerConfig};
 
+use crate::points::routes::RouteTemplate;
 use crate::points::{Maps, PointDef, SiteEquip};
 
 /// The point list compiled into the binary (seed 000).
@@ -189,17 +190,8 @@ impl Config {
 
     /// Parses and validates a config text. `base` resolves relative paths.
     pub fn from_text(name: &str, text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+        refuse_empty(name, text)?;
         let mut errs = Vec::new();
-        // A 0-byte (or comments-only) file is almost always a mistake (a
-        // failed copy, the wrong path): "all defaults" must be asked for
-        // by running without --config, not by an empty file.
-        if toml::from_str::<toml::Table>(text).is_ok_and(|t| t.is_empty()) {
-            return Err(ConfigErrors(vec![ConfigError::new(
-                name,
-                "(file)",
-                "the file is empty: write the sections to change, or run without --config for the embedded defaults",
-            )]));
-        }
         let server = file::parse(name, text, &mut errs);
         let Some(mut server) = server else {
             return Err(ConfigErrors(errs));
@@ -221,138 +213,19 @@ impl Config {
         let Some(pf) = pf else {
             return Err(ConfigErrors(errs));
         };
-        let rc = &server.route_points;
-        let (route_template, tname) = if rc.enabled {
-            let (tname, ttext) = match &rc.template {
-                Some(f) => read_named(base, f, &mut errs, name, "route_points.template")
-                    .unwrap_or_default(),
-                None => (
-                    "points/route.toml (embedded)".into(),
-                    points::DEFAULT_ROUTE_TEMPLATE.into(),
-                ),
-            };
-            let pins: Vec<_> = server
-                .routes
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (i, r.spec.name.clone(), r.spec.slot))
-                .collect();
-            for (i, msg) in crate::points::routes::pin_problems(&pins, rc.max_routes) {
-                errs.push(ConfigError::new(name, format!("route[{i}].slot"), msg));
-            }
-            let t = points::parse_template(&tname, &ttext, rc, pf.points.len(), &mut errs);
-            (t, tname)
-        } else {
-            (None, String::new())
-        };
-        let idx = maps::PointIndex::new(&pf.points);
-        let load = |f: &Option<String>,
-                    key: &str,
-                    default: &str,
-                    dname: &str,
-                    errs: &mut Errors| match f {
-            Some(f) => read_named(base, f, errs, name, key).unwrap_or_default(),
-            None => (format!("{dname} (embedded)"), default.to_string()),
-        };
-        let (bn, bt) = load(
-            &server.mappings.bacnet,
-            "mappings.bacnet",
-            DEFAULT_BACNET,
-            "mappings/bacnet.toml",
-            &mut errs,
-        );
-        let (mn, mt) = load(
-            &server.mappings.modbus,
-            "mappings.modbus",
-            DEFAULT_MODBUS,
-            "mappings/modbus.toml",
-            &mut errs,
-        );
-        let (hn, ht) = load(
-            &server.mappings.http,
-            "mappings.http",
-            DEFAULT_HTTP,
-            "mappings/http.toml",
-            &mut errs,
-        );
-        let maps = Maps {
-            bacnet: maps::parse_bacnet(&bn, &bt, &idx, &mut errs),
-            modbus: maps::parse_modbus(&mn, &mt, &idx, &mut errs),
-            http: maps::parse_http(&hn, &ht, &idx, &mut errs),
-        };
-        // Route blocks on Modbus must fit the tables and miss the server's
-        // registers (issue 20).
+        let (route_template, tname) =
+            load_route_template(name, base, &server, pf.points.len(), &mut errs);
+        let (maps, modbus_file) = load_maps(name, base, &server, &pf.points, &mut errs);
         if let Some(tpl) = &route_template {
-            match crate::protocols::modbus::routes::route_registers(
-                tpl,
-                pf.points.len(),
-                &maps.modbus.route_blocks,
-                maps.modbus.word_order,
-            ) {
-                Ok(mut regs) => {
-                    regs.extend(maps.modbus.registers.iter().cloned());
-                    if let Some((t, n)) = crate::protocols::modbus::routes::overlap(&regs) {
-                        errs.push(ConfigError::new(
-                            &mn,
-                            "route_blocks",
-                            format!(
-                                "route blocks overlap a mapped {} register (offset {})",
-                                t.as_str(),
-                                n - t.base()
-                            ),
-                        ));
-                    }
-                }
-                Err(e) => errs.push(ConfigError::new(&mn, "route_blocks", e)),
-            }
+            let n = pf.points.len();
+            check_route_blocks(name, &modbus_file, &server, tpl, n, &maps, &mut errs);
         }
-        // Route objects on BACnet fit the instance space, hold a block and
-        // miss the server's objects (issue 20).
-        if let Some(tpl) = &route_template {
-            let rp = &server.route_points;
-            let rule = crate::protocols::bacnet::routes::InstanceRule {
-                base: rp.bacnet_instance_base,
-                stride: rp.bacnet_instance_stride,
-            };
-            for (key, e) in crate::protocols::bacnet::routes::check(tpl, rule, &maps) {
-                errs.push(ConfigError::new(name, format!("route_points.{key}"), e));
-            }
-        }
-        // [mqtt]: its file paths resolve against this file's folder and its
-        // TLS files must load; the section's own problems were reported
-        // when it was read, so only what resolving adds is reported here.
-        let mqtt = match crate::protocols::mqtt::MqttConfig::resolve(&server.mqtt, base) {
-            Ok(c) => c.enabled.then_some(c),
-            Err(p) => {
-                if crate::section::Section::validate(&server.mqtt).is_empty() {
-                    file::problems(name, "mqtt", p, &mut errs);
-                }
-                None
-            }
-        };
-        // Every alarm names a notification class that exists.
-        let classes: Vec<u32> = crate::alarms::config::effective(&server.notification_class)
-            .iter()
-            .map(|c| c.id)
-            .collect();
+        let mqtt = resolve_mqtt(name, base, &server, &mut errs);
         let tpl_points = route_template
             .iter()
             .flat_map(|t| t.points.iter().map(|p| (&tname, &p.def)));
         let server_points = pf.points.iter().map(|d| (&pname, d));
-        for (f, d) in server_points.chain(tpl_points) {
-            if let Some(a) = &d.alarm {
-                if !classes.contains(&a.notification_class) {
-                    errs.push(ConfigError::new(
-                        f,
-                        format!("point {:?}: alarm.notification_class", d.id),
-                        format!(
-                            "notification class {} does not exist (classes: {classes:?}; add a [[notification_class]] to castpoint.toml)",
-                            a.notification_class
-                        ),
-                    ));
-                }
-            }
-        }
+        check_alarm_classes(&server, server_points.chain(tpl_points), &mut errs);
         errs.extend(binds::conflicts(name, &server));
         // The HTTPS certificate loads and fits its key (src/httpd.rs).
         if let Err(e) = crate::httpd::check(&server.http) {
@@ -371,6 +244,187 @@ impl Config {
             maps,
             origin: name.to_string(),
         })
+    }
+}
+
+/// A 0-byte (or comments-only) file is almost always a mistake (a failed
+/// copy, the wrong path): "all defaults" must be asked for by running
+/// without --config, not by an empty file.
+fn refuse_empty(name: &str, text: &str) -> Result<(), ConfigErrors> {
+    if toml::from_str::<toml::Table>(text).is_ok_and(|t| t.is_empty()) {
+        return Err(ConfigErrors(vec![ConfigError::new(
+            name,
+            "(file)",
+            "the file is empty: write the sections to change, or run without --config for the embedded defaults",
+        )]));
+    }
+    Ok(())
+}
+
+/// `[route_points]`: the route template (None when route points are off)
+/// and its file's name; the routes' pinned slots are checked against it.
+fn load_route_template(
+    name: &str,
+    base: &Path,
+    server: &ServerConfig,
+    server_points: usize,
+    errs: &mut Errors,
+) -> (Option<RouteTemplate>, String) {
+    let rc = &server.route_points;
+    if !rc.enabled {
+        return (None, String::new());
+    }
+    let (tname, ttext) = match &rc.template {
+        Some(f) => read_named(base, f, errs, name, "route_points.template").unwrap_or_default(),
+        None => (
+            "points/route.toml (embedded)".into(),
+            points::DEFAULT_ROUTE_TEMPLATE.into(),
+        ),
+    };
+    let pins: Vec<_> = server
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i, r.spec.name.clone(), r.spec.slot))
+        .collect();
+    for (i, msg) in crate::points::routes::pin_problems(&pins, rc.max_routes) {
+        errs.push(ConfigError::new(name, format!("route[{i}].slot"), msg));
+    }
+    let t = points::parse_template(&tname, &ttext, rc, server_points, errs);
+    (t, tname)
+}
+
+/// The three mapping files (`[mappings]`, else the embedded ones) resolved
+/// against the points; with the Modbus file's name, for the route block
+/// checks.
+fn load_maps(
+    name: &str,
+    base: &Path,
+    server: &ServerConfig,
+    points: &[PointDef],
+    errs: &mut Errors,
+) -> (Maps, String) {
+    let idx = maps::PointIndex::new(points);
+    let load =
+        |f: &Option<String>, key: &str, default: &str, dname: &str, errs: &mut Errors| match f {
+            Some(f) => read_named(base, f, errs, name, key).unwrap_or_default(),
+            None => (format!("{dname} (embedded)"), default.to_string()),
+        };
+    let m = &server.mappings;
+    let (bn, bt) = load(
+        &m.bacnet,
+        "mappings.bacnet",
+        DEFAULT_BACNET,
+        "mappings/bacnet.toml",
+        errs,
+    );
+    let (mn, mt) = load(
+        &m.modbus,
+        "mappings.modbus",
+        DEFAULT_MODBUS,
+        "mappings/modbus.toml",
+        errs,
+    );
+    let (hn, ht) = load(
+        &m.http,
+        "mappings.http",
+        DEFAULT_HTTP,
+        "mappings/http.toml",
+        errs,
+    );
+    let maps = Maps {
+        bacnet: maps::parse_bacnet(&bn, &bt, &idx, errs),
+        modbus: maps::parse_modbus(&mn, &mt, &idx, errs),
+        http: maps::parse_http(&hn, &ht, &idx, errs),
+    };
+    (maps, mn)
+}
+
+/// Route blocks (issue 20): on Modbus they fit the tables and miss the
+/// server's registers (`server_points`: how many there are, so the id of
+/// slot 1's first point); on BACnet they fit the instance space, hold a block
+/// and miss the server's objects.
+fn check_route_blocks(
+    name: &str,
+    modbus_file: &str,
+    server: &ServerConfig,
+    tpl: &RouteTemplate,
+    server_points: usize,
+    maps: &Maps,
+    errs: &mut Errors,
+) {
+    match crate::points::route_addresses::route_registers(
+        tpl,
+        server_points,
+        &maps.modbus.route_blocks,
+        maps.modbus.word_order,
+    ) {
+        Ok(mut regs) => {
+            regs.extend(maps.modbus.registers.iter().cloned());
+            if let Some((t, n)) = crate::protocols::modbus::routes::overlap(&regs) {
+                errs.push(ConfigError::new(
+                    modbus_file,
+                    "route_blocks",
+                    format!(
+                        "route blocks overlap a mapped {} register (offset {})",
+                        t.as_str(),
+                        n - t.base()
+                    ),
+                ));
+            }
+        }
+        Err(e) => errs.push(ConfigError::new(modbus_file, "route_blocks", e)),
+    }
+    let rule = server.route_points.bacnet_rule();
+    for (key, e) in crate::protocols::bacnet::routes::check(tpl, rule, maps) {
+        errs.push(ConfigError::new(name, format!("route_points.{key}"), e));
+    }
+}
+
+/// `[mqtt]`: its file paths resolve against the config file's folder and
+/// its TLS files must load; the section's own problems were reported when
+/// it was read, so only what resolving adds is reported here.
+fn resolve_mqtt(
+    name: &str,
+    base: &Path,
+    server: &ServerConfig,
+    errs: &mut Errors,
+) -> Option<crate::protocols::mqtt::MqttConfig> {
+    match crate::protocols::mqtt::MqttConfig::resolve(&server.mqtt, base) {
+        Ok(c) => c.enabled.then_some(c),
+        Err(p) => {
+            if crate::section::Section::validate(&server.mqtt).is_empty() {
+                file::problems(name, "mqtt", p, errs);
+            }
+            None
+        }
+    }
+}
+
+/// Every alarm of the (file name, point) pairs names a notification class
+/// that exists.
+fn check_alarm_classes<'a>(
+    server: &ServerConfig,
+    points: impl Iterator<Item = (&'a String, &'a PointDef)>,
+    errs: &mut Errors,
+) {
+    let classes: Vec<u32> = crate::alarms::config::effective(&server.notification_class)
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    for (f, d) in points {
+        if let Some(a) = &d.alarm {
+            if !classes.contains(&a.notification_class) {
+                errs.push(ConfigError::new(
+                    f,
+                    format!("point {:?}: alarm.notification_class", d.id),
+                    format!(
+                        "notification class {} does not exist (classes: {classes:?}; add a [[notification_class]] to castpoint.toml)",
+                        a.notification_class
+                    ),
+                ));
+            }
+        }
     }
 }
 

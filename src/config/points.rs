@@ -175,215 +175,14 @@ fn parse_points(
     let mut seen = HashSet::new();
     let mut points = Vec::new();
     for (i, p) in raw.into_iter().enumerate() {
-        let key = |k: &str| format!("point[{i}].{k}");
         let before = errs.len();
-        if !valid_point_id(&p.id) {
-            errs.push(ConfigError::new(
-                file,
-                key("id"),
-                format!("invalid id {:?}: use a-z, 0-9, '_' or '-'", p.id),
-            ));
-        } else if !seen.insert(p.id.clone()) {
-            errs.push(ConfigError::new(
-                file,
-                key("id"),
-                format!("duplicate point id {:?}", p.id),
-            ));
-        }
-        let role = match p.role.as_str() {
-            "measurement" => Role::Measurement,
-            "command" => Role::Command,
-            "status" => Role::Status,
-            other => {
-                errs.push(ConfigError::new(
-                    file,
-                    key("role"),
-                    format!("unknown role {other:?} (measurement, command or status)"),
-                ));
-                Role::Measurement
-            }
-        };
-        let kind = match p.kind.as_str() {
-            "number" => Kind::Number,
-            "bool" => Kind::Bool,
-            "enum" => Kind::Enum,
-            other => {
-                errs.push(ConfigError::new(
-                    file,
-                    key("kind"),
-                    format!("unknown kind {other:?} (number, bool or enum)"),
-                ));
-                Kind::Number
-            }
-        };
-        let period = match parse_duration(&p.period) {
-            Some(d) if d >= Duration::from_millis(100) => d,
-            _ => {
-                errs.push(ConfigError::new(
-                    file,
-                    key("period"),
-                    format!(
-                        "invalid period {:?} (e.g. \"1s\", \"30s\", \"1min\", \"1h\"; at least 100ms)",
-                        p.period
-                    ),
-                ));
-                Duration::from_secs(1)
-            }
-        };
-        if p.writable && role != Role::Command {
-            errs.push(ConfigError::new(
-                file,
-                key("writable"),
-                format!(
-                    "only command points can be writable (role is {})",
-                    role.as_str()
-                ),
-            ));
-        }
-        if role == Role::Command && !p.writable {
-            errs.push(ConfigError::new(
-                file,
-                key("writable"),
-                "command points must be writable",
-            ));
-        }
-        let states_from_inputs = match p.states_from.as_deref() {
-            None => false,
-            Some("inputs") if template && kind == Kind::Enum => true,
-            Some(x) => {
-                errs.push(ConfigError::new(
-                    file,
-                    key("states_from"),
-                    if template {
-                        format!("{x:?}: only \"inputs\", on enum points")
-                    } else {
-                        "only the route template (points/route.toml) has states_from".into()
-                    },
-                ));
-                false
-            }
-        };
-        if p.per_output && !template {
-            errs.push(ConfigError::new(
-                file,
-                key("per_output"),
-                "only the route template (points/route.toml) has per_output",
-            ));
-        }
-        if kind == Kind::Enum && p.states.len() < 2 && !states_from_inputs {
-            errs.push(ConfigError::new(
-                file,
-                key("states"),
-                "an enum point needs at least two states",
-            ));
-        }
-        if kind != Kind::Enum && !p.states.is_empty() {
-            errs.push(ConfigError::new(
-                file,
-                key("states"),
-                "only enum points have states",
-            ));
-        }
-        let mut st = HashSet::new();
-        for (j, s) in p.states.iter().enumerate() {
-            if s.is_empty() || !st.insert(s.to_ascii_uppercase()) {
-                errs.push(ConfigError::new(
-                    file,
-                    format!("point[{i}].states[{j}]"),
-                    format!("empty or duplicate state {s:?}"),
-                ));
-            }
-        }
-        if let (Some(a), Some(b)) = (p.min, p.max) {
-            if a > b {
-                errs.push(ConfigError::new(
-                    file,
-                    key("min"),
-                    format!("min {a} is above max {b}"),
-                ));
-            }
-        }
-        if p.cov_increment < 0.0 || !p.cov_increment.is_finite() {
-            errs.push(ConfigError::new(
-                file,
-                key("cov_increment"),
-                "must be a finite number >= 0",
-            ));
-        }
-        let unit = p.unit.filter(|u| !u.is_empty());
-        let mut tags = BTreeMap::new();
-        for (k, v) in &p.tags {
-            if !valid_tag_name(k) {
-                errs.push(ConfigError::new(
-                    file,
-                    format!("point[{i}].tags.{k}"),
-                    "invalid Haystack tag name",
-                ));
-                continue;
-            }
-            let tv = match tag_value(v) {
-                Some(tv) => tv,
-                None => {
-                    errs.push(ConfigError::new(
-                        file,
-                        format!("point[{i}].tags.{k}"),
-                        "tag values are true (marker), strings or numbers",
-                    ));
-                    continue;
-                }
-            };
-            tags.insert(k.clone(), tv);
-        }
-        let alarm = p.alarm.and_then(|a| {
-            parse_alarm(file, &format!("point[{i}].alarm"), a, kind, &p.states, errs)
-        });
-        let mut def = PointDef {
-            id: p.id.clone(),
-            name: p.name,
-            description: p.description,
-            role,
-            kind,
-            unit,
-            min: p.min,
-            max: p.max,
-            integer: p.integer,
-            sample_period: period,
-            writable: p.writable,
-            states: p.states,
-            relinquish_default: None,
-            cov_increment: p.cov_increment,
-            his: p.his,
-            tags,
-            alarm,
-        };
-        match (&p.default, p.writable) {
-            (Some(v), true) => match toml_to_value(v).and_then(|v| def.coerce(v).ok()) {
-                Some(v) => def.relinquish_default = Some(v),
-                None => errs.push(ConfigError::new(
-                    file,
-                    key("default"),
-                    format!(
-                        "default {v} does not match kind {} and range",
-                        kind.as_str()
-                    ),
-                )),
-            },
-            (Some(_), false) => errs.push(ConfigError::new(
-                file,
-                key("default"),
-                "only writable points have a relinquish default",
-            )),
-            (None, true) => errs.push(ConfigError::new(
-                file,
-                key("default"),
-                "a writable point needs a relinquish default",
-            )),
-            (None, false) => {}
-        }
+        let per_output = p.per_output;
+        let (def, states_from_inputs) = point_def(PtAt { file, i }, p, template, &mut seen, errs);
+        // A point with any problem is left out (its problems are reported).
         if errs.len() == before {
             points.push(TemplatePoint {
                 def,
-                per_output: p.per_output,
+                per_output,
                 states_from_inputs,
             });
         }
@@ -392,6 +191,289 @@ fn parse_points(
         errs.push(ConfigError::new(file, "point", "more than 65535 points"));
     }
     points
+}
+
+/// Where a `[[point]]` table is, for its errors.
+#[derive(Clone, Copy)]
+struct PtAt<'a> {
+    file: &'a str,
+    i: usize,
+}
+
+impl PtAt<'_> {
+    fn key(self, k: &str) -> String {
+        format!("point[{}].{k}", self.i)
+    }
+
+    fn report(self, errs: &mut Errors, k: &str, msg: impl Into<String>) {
+        errs.push(ConfigError::new(self.file, self.key(k), msg.into()));
+    }
+}
+
+/// One `[[point]]` table as a definition (and whether its states come from
+/// the route's inputs), every problem reported in the file's key order.
+fn point_def(
+    at: PtAt,
+    p: PointRaw,
+    template: bool,
+    seen: &mut HashSet<String>,
+    errs: &mut Errors,
+) -> (PointDef, bool) {
+    check_point_id(at, &p.id, seen, errs);
+    let role = point_role(at, &p.role, errs);
+    let kind = point_kind(at, &p.kind, errs);
+    let period = point_period(at, &p.period, errs);
+    check_writable(at, p.writable, role, errs);
+    let states_from_inputs = template_fields(at, &p, template, kind, errs);
+    check_states(at, kind, &p.states, states_from_inputs, errs);
+    if let (Some(a), Some(b)) = (p.min, p.max) {
+        if a > b {
+            at.report(errs, "min", format!("min {a} is above max {b}"));
+        }
+    }
+    if p.cov_increment < 0.0 || !p.cov_increment.is_finite() {
+        at.report(errs, "cov_increment", "must be a finite number >= 0");
+    }
+    let unit = p.unit.filter(|u| !u.is_empty());
+    let tags = point_tags(at, &p.tags, errs);
+    let alarm = p.alarm.and_then(|a| {
+        parse_alarm(
+            at.file,
+            &format!("point[{}].alarm", at.i),
+            a,
+            kind,
+            &p.states,
+            errs,
+        )
+    });
+    let mut def = PointDef {
+        id: p.id,
+        name: p.name,
+        description: p.description,
+        role,
+        kind,
+        unit,
+        min: p.min,
+        max: p.max,
+        integer: p.integer,
+        sample_period: period,
+        writable: p.writable,
+        states: p.states,
+        relinquish_default: None,
+        cov_increment: p.cov_increment,
+        his: p.his,
+        tags,
+        alarm,
+    };
+    def.relinquish_default = relinquish_default(at, &def, p.default.as_ref(), errs);
+    (def, states_from_inputs)
+}
+
+/// Ids are short, lower-case and unique in the file.
+fn check_point_id(at: PtAt, id: &str, seen: &mut HashSet<String>, errs: &mut Errors) {
+    if !valid_point_id(id) {
+        at.report(
+            errs,
+            "id",
+            format!("invalid id {id:?}: use a-z, 0-9, '_' or '-'"),
+        );
+    } else if !seen.insert(id.to_string()) {
+        at.report(errs, "id", format!("duplicate point id {id:?}"));
+    }
+}
+
+/// `role` (an unknown one is reported; measurement stands in for it).
+fn point_role(at: PtAt, s: &str, errs: &mut Errors) -> Role {
+    match s {
+        "measurement" => Role::Measurement,
+        "command" => Role::Command,
+        "status" => Role::Status,
+        other => {
+            at.report(
+                errs,
+                "role",
+                format!("unknown role {other:?} (measurement, command or status)"),
+            );
+            Role::Measurement
+        }
+    }
+}
+
+/// `kind` (an unknown one is reported; number stands in for it).
+fn point_kind(at: PtAt, s: &str, errs: &mut Errors) -> Kind {
+    match s {
+        "number" => Kind::Number,
+        "bool" => Kind::Bool,
+        "enum" => Kind::Enum,
+        other => {
+            at.report(
+                errs,
+                "kind",
+                format!("unknown kind {other:?} (number, bool or enum)"),
+            );
+            Kind::Number
+        }
+    }
+}
+
+/// `period`: at least 100 ms (an invalid one is reported; 1 s stands in).
+fn point_period(at: PtAt, s: &str, errs: &mut Errors) -> Duration {
+    match parse_duration(s) {
+        Some(d) if d >= Duration::from_millis(100) => d,
+        _ => {
+            at.report(
+                errs,
+                "period",
+                format!(
+                    "invalid period {s:?} (e.g. \"1s\", \"30s\", \"1min\", \"1h\"; at least 100ms)"
+                ),
+            );
+            Duration::from_secs(1)
+        }
+    }
+}
+
+/// Commands, and only commands, are writable.
+fn check_writable(at: PtAt, writable: bool, role: Role, errs: &mut Errors) {
+    if writable && role != Role::Command {
+        at.report(
+            errs,
+            "writable",
+            format!(
+                "only command points can be writable (role is {})",
+                role.as_str()
+            ),
+        );
+    }
+    if role == Role::Command && !writable {
+        at.report(errs, "writable", "command points must be writable");
+    }
+}
+
+/// The route template's own keys (`states_from`, `per_output`), refused in
+/// other point files; true when the states come from the route's inputs.
+fn template_fields(at: PtAt, p: &PointRaw, template: bool, kind: Kind, errs: &mut Errors) -> bool {
+    let states_from_inputs = match p.states_from.as_deref() {
+        None => false,
+        Some("inputs") if template && kind == Kind::Enum => true,
+        Some(x) => {
+            at.report(
+                errs,
+                "states_from",
+                if template {
+                    format!("{x:?}: only \"inputs\", on enum points")
+                } else {
+                    "only the route template (points/route.toml) has states_from".into()
+                },
+            );
+            false
+        }
+    };
+    if p.per_output && !template {
+        at.report(
+            errs,
+            "per_output",
+            "only the route template (points/route.toml) has per_output",
+        );
+    }
+    states_from_inputs
+}
+
+/// Enum points, and only they, have two or more distinct, non-empty states
+/// (unless the route's inputs name them).
+fn check_states(
+    at: PtAt,
+    kind: Kind,
+    states: &[String],
+    states_from_inputs: bool,
+    errs: &mut Errors,
+) {
+    if kind == Kind::Enum && states.len() < 2 && !states_from_inputs {
+        at.report(errs, "states", "an enum point needs at least two states");
+    }
+    if kind != Kind::Enum && !states.is_empty() {
+        at.report(errs, "states", "only enum points have states");
+    }
+    let mut st = HashSet::new();
+    for (j, s) in states.iter().enumerate() {
+        if s.is_empty() || !st.insert(s.to_ascii_uppercase()) {
+            at.report(
+                errs,
+                &format!("states[{j}]"),
+                format!("empty or duplicate state {s:?}"),
+            );
+        }
+    }
+}
+
+/// `tags`: Haystack names with marker, string or number values; a bad one
+/// is reported and left out.
+fn point_tags(
+    at: PtAt,
+    raw: &BTreeMap<String, toml::Value>,
+    errs: &mut Errors,
+) -> BTreeMap<String, TagValue> {
+    let mut tags = BTreeMap::new();
+    for (k, v) in raw {
+        if !valid_tag_name(k) {
+            at.report(errs, &format!("tags.{k}"), "invalid Haystack tag name");
+            continue;
+        }
+        match tag_value(v) {
+            Some(tv) => {
+                tags.insert(k.clone(), tv);
+            }
+            None => at.report(
+                errs,
+                &format!("tags.{k}"),
+                "tag values are true (marker), strings or numbers",
+            ),
+        }
+    }
+    tags
+}
+
+/// `default`: a writable point's relinquish default, of its kind and range;
+/// refused on a read-only point.
+fn relinquish_default(
+    at: PtAt,
+    def: &PointDef,
+    v: Option<&toml::Value>,
+    errs: &mut Errors,
+) -> Option<Value> {
+    match (v, def.writable) {
+        (Some(v), true) => {
+            let got = toml_to_value(v).and_then(|v| def.coerce(v).ok());
+            if got.is_none() {
+                at.report(
+                    errs,
+                    "default",
+                    format!(
+                        "default {v} does not match kind {} and range",
+                        def.kind.as_str()
+                    ),
+                );
+            }
+            got
+        }
+        (Some(_), false) => {
+            at.report(
+                errs,
+                "default",
+                "only writable points have a relinquish default",
+            );
+            None
+        }
+        (None, true) => {
+            at.report(
+                errs,
+                "default",
+                "a writable point needs a relinquish default",
+            );
+            None
+        }
+        (None, false) => None,
+    }
 }
 
 /// One alarm value of an enum (a state name) or bool point.
@@ -644,6 +726,16 @@ impl Default for RoutePointsConfig {
             template: None,
             bacnet_instance_base: 0,
             bacnet_instance_stride: 1000,
+        }
+    }
+}
+
+impl RoutePointsConfig {
+    /// Where route block objects go on BACnet.
+    pub fn bacnet_rule(&self) -> crate::points::route_addresses::InstanceRule {
+        crate::points::route_addresses::InstanceRule {
+            base: self.bacnet_instance_base,
+            stride: self.bacnet_instance_stride,
         }
     }
 }

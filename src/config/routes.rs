@@ -844,6 +844,13 @@ fn cross_route(file: &str, routes: &[&RouteSpec], errs: &mut Errors) {
     }
 }
 
+/// The route descriptions slot assignment works from (names, pinned
+/// slots, input and output names), as the engine derives them from this
+/// config's spec: what `castpoint export ede` opens route blocks for.
+pub fn route_descs(c: &ServerConfig) -> Vec<crate::points::routes::RouteDesc> {
+    crate::engine::bridge::route_descs(&engine_spec(c))
+}
+
 /// The engine's spec of the config's routes: the primary route is the one
 /// named, else the first.
 pub fn engine_spec(c: &ServerConfig) -> EngineSpec {

@@ -44,7 +44,7 @@ pub fn point_table(c: &Config) -> String {
             max_slots: 1,
             ..tpl.clone()
         };
-        let regs = crate::protocols::modbus::routes::route_registers(
+        let regs = crate::points::route_addresses::route_registers(
             &one,
             c.points.len(),
             &c.maps.modbus.route_blocks,
@@ -59,14 +59,10 @@ pub fn point_table(c: &Config) -> String {
                 .filter(|r| r.point.index() == pid && r.field == crate::points::ModbusField::Value)
                 .map(|r| format!("{:06}", r.number))
                 .collect();
-            let rp = &c.server.route_points;
-            let rule = crate::protocols::bacnet::routes::InstanceRule {
-                base: rp.bacnet_instance_base,
-                stride: rp.bacnet_instance_stride,
-            };
+            let rule = c.server.route_points.bacnet_rule();
             let bacnet = format!(
                 "{}{}",
-                crate::protocols::bacnet::routes::type_of(&d).0.short(),
+                crate::points::route_addresses::type_of(&d).0.short(),
                 rule.instance(1, k)
             );
             rows.push([

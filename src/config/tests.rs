@@ -610,3 +610,437 @@ fn an_alarm_naming_a_missing_class_is_refused() {
     );
     assert!(ok.is_ok(), "{:?}", ok.err());
 }
+
+/// (key, message) of every error, in order.
+fn keyed(errs: &[ConfigError]) -> Vec<(String, String)> {
+    errs.iter()
+        .map(|e| (e.key.clone(), e.message.clone()))
+        .collect()
+}
+
+/// Every check of a `[[point]]` table reports at its key, in the file's
+/// key order, and a point with a problem is left out (the split of
+/// `parse_points` into steps changed none of it).
+#[test]
+fn point_table_errors_keep_their_keys_and_order() {
+    let text = r#"
+[site]
+id = "s"
+dis = "S"
+[equip]
+id = "e"
+dis = "E"
+
+[[point]]
+id = "ok"
+name = "Fine"
+role = "command"
+kind = "number"
+period = "1s"
+writable = true
+default = 1
+
+[[point]]
+id = "Bad Id"
+name = "All wrong"
+role = "sensor"
+kind = "text"
+period = "1ms"
+writable = true
+states = ["A", "a", ""]
+min = 5.0
+max = 1.0
+cov_increment = -1.0
+states_from = "inputs"
+per_output = true
+default = 1
+tags = { Bad = true, ok = [1], fine = "x" }
+
+[[point]]
+id = "ok"
+name = "Dup"
+role = "command"
+kind = "enum"
+states = ["ONE"]
+period = "1s"
+
+[[point]]
+id = "st"
+name = "Status"
+role = "status"
+kind = "bool"
+period = "1s"
+default = true
+"#;
+    let mut errs = Vec::new();
+    let pf = points::parse("p.toml", text, &mut errs).expect("site and equip");
+    let ids: Vec<&str> = pf.points.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["ok"]);
+    let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        keyed(&errs),
+        [
+            s(
+                "point[1].id",
+                "invalid id \"Bad Id\": use a-z, 0-9, '_' or '-'"
+            ),
+            s(
+                "point[1].role",
+                "unknown role \"sensor\" (measurement, command or status)"
+            ),
+            s(
+                "point[1].kind",
+                "unknown kind \"text\" (number, bool or enum)"
+            ),
+            s(
+                "point[1].period",
+                "invalid period \"1ms\" (e.g. \"1s\", \"30s\", \"1min\", \"1h\"; at least 100ms)"
+            ),
+            s(
+                "point[1].writable",
+                "only command points can be writable (role is measurement)"
+            ),
+            s(
+                "point[1].states_from",
+                "only the route template (points/route.toml) has states_from"
+            ),
+            s(
+                "point[1].per_output",
+                "only the route template (points/route.toml) has per_output"
+            ),
+            s("point[1].states", "only enum points have states"),
+            s("point[1].states[1]", "empty or duplicate state \"a\""),
+            s("point[1].states[2]", "empty or duplicate state \"\""),
+            s("point[1].min", "min 5 is above max 1"),
+            s("point[1].cov_increment", "must be a finite number >= 0"),
+            s("point[1].tags.Bad", "invalid Haystack tag name"),
+            s(
+                "point[1].tags.ok",
+                "tag values are true (marker), strings or numbers"
+            ),
+            s(
+                "point[1].default",
+                "default 1 does not match kind number and range"
+            ),
+            s("point[2].id", "duplicate point id \"ok\""),
+            s("point[2].writable", "command points must be writable"),
+            s("point[2].states", "an enum point needs at least two states"),
+            s(
+                "point[3].default",
+                "only writable points have a relinquish default"
+            ),
+        ]
+    );
+}
+
+/// Every check of a `[[register]]` entry reports at its key and drops the
+/// entry; overlaps are found across entries, both words of a 32-bit value
+/// included (the split of `parse_modbus` into steps changed none of it).
+#[test]
+fn modbus_register_errors_keep_their_keys_and_order() {
+    let c = embedded();
+    let idx = maps::PointIndex::new(&c.points);
+    let cmd = c
+        .points
+        .iter()
+        .find(|p| p.writable && p.kind == crate::points::Kind::Number);
+    let ro = c
+        .points
+        .iter()
+        .find(|p| !p.writable && p.kind == crate::points::Kind::Number);
+    let (cmd, ro) = (
+        &cmd.expect("a number command").id,
+        &ro.expect("a measurement").id,
+    );
+    let text = format!(
+        r#"
+[defaults]
+word_order = "XYZW"
+write_priority = 17
+
+[route_blocks]
+stride = 0
+
+[[register]]
+point = "{ro}"
+table = "rom"
+address = 30001
+
+[[register]]
+point = "{ro}"
+table = "input"
+address = 20001
+
+[[register]]
+point = "nope"
+table = "input"
+address = 30001
+
+[[register]]
+point = "{ro}"
+table = "input"
+address = 30001
+field = "max"
+
+[[register]]
+point = "{ro}"
+table = "coil"
+address = 1
+type = "u16"
+
+[[register]]
+point = "{ro}"
+table = "input"
+address = 30001
+type = "u64"
+
+[[register]]
+point = "{ro}"
+table = "input"
+address = 30001
+scale = 0.0
+
+[[register]]
+point = "{ro}"
+table = "input"
+address = 30001
+word_order = "BAD"
+
+[[register]]
+point = "{ro}"
+table = "coil"
+address = 1
+
+[[register]]
+point = "{ro}"
+table = "discrete"
+address = 10001
+field = "quality"
+
+[[register]]
+point = "{ro}"
+table = "input"
+address = 95536
+type = "f32"
+
+[[register]]
+point = "{ro}"
+table = "input"
+address = 30010
+type = "f32"
+
+[[register]]
+point = "{ro}"
+table = "input"
+address = 30011
+
+[[register]]
+point = "{cmd}"
+table = "holding"
+address = 40010
+"#
+    );
+    let mut errs = Vec::new();
+    let map = maps::parse_modbus("m.toml", &text, &idx, &mut errs);
+    let got: Vec<(ModbusTable, u16, bool)> = map
+        .registers
+        .iter()
+        .map(|r| (r.table, r.offset, r.writable))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (ModbusTable::Input, 9, false),
+            (ModbusTable::Holding, 9, true)
+        ]
+    );
+    let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        keyed(&errs),
+        [
+            s(
+                "defaults.word_order",
+                "unknown word order \"XYZW\" (ABCD, CDAB, BADC, DCBA)"
+            ),
+            s("defaults.write_priority", "must be a priority 1..=16"),
+            s("route_blocks.stride", "must be at least 1"),
+            s(
+                "register[0].table",
+                "unknown table \"rom\" (coil, discrete, input, holding)"
+            ),
+            s(
+                "register[1].address",
+                "address 20001 is outside the input table (30001..95536)"
+            ),
+            s("register[2].point", "unknown point \"nope\""),
+            s(
+                "register[3].field",
+                "unknown field \"max\" (value, quality, ok)"
+            ),
+            s(
+                "register[4].type",
+                "bit tables (coil, discrete) take no type"
+            ),
+            s(
+                "register[5].type",
+                "unknown type \"u64\" (u16, i16, u32, i32, f32)"
+            ),
+            s(
+                "register[6].scale",
+                "scale must be a finite, non-zero number"
+            ),
+            s(
+                "register[7].word_order",
+                "unknown word order \"BAD\" (ABCD, CDAB, BADC, DCBA)"
+            ),
+            s(
+                "register[8].point",
+                &format!(
+                    "coils are writable but point {ro:?} is read-only (map it to a discrete input)"
+                )
+            ),
+            s(
+                "register[9].table",
+                &format!("a discrete cannot carry the quality of point {ro:?} (kind number)")
+            ),
+            s(
+                "register[10].address",
+                "a 32-bit value cannot start at the table's last register"
+            ),
+            s(
+                "register[12].address",
+                "30011 overlaps register[11] in the input table"
+            ),
+        ]
+    );
+}
+
+/// Every check of an `[[object]]` entry reports at its key and drops the
+/// object; Trend Logs go to `his` measurements unless turned off, one per
+/// instance (the split of `parse_bacnet` into steps changed none of it).
+#[test]
+fn bacnet_object_errors_keep_their_keys_and_order() {
+    let pts = r#"
+[site]
+id = "s"
+dis = "S"
+[equip]
+id = "e"
+dis = "E"
+[[point]]
+id = "m1"
+name = "M1"
+role = "measurement"
+kind = "number"
+period = "1s"
+his = true
+[[point]]
+id = "m2"
+name = "M2"
+role = "measurement"
+kind = "enum"
+states = ["A", "B"]
+period = "1s"
+his = true
+[[point]]
+id = "m4"
+name = "M4"
+role = "measurement"
+kind = "number"
+period = "1s"
+[[point]]
+id = "m5"
+name = "M5"
+role = "measurement"
+kind = "enum"
+states = ["A", "B"]
+period = "1s"
+his = true
+[[point]]
+id = "m3"
+name = "M3"
+role = "measurement"
+kind = "number"
+period = "1s"
+[[point]]
+id = "c1"
+name = "C1"
+role = "command"
+kind = "number"
+period = "1s"
+writable = true
+default = 0
+[[point]]
+id = "s1"
+name = "S1"
+role = "status"
+kind = "enum"
+states = ["A", "B"]
+period = "1s"
+"#;
+    let mut errs = Vec::new();
+    let pf = points::parse("p.toml", pts, &mut errs).expect("points");
+    assert!(errs.is_empty(), "{errs:?}");
+    let idx = maps::PointIndex::new(&pf.points);
+    let obj = |p: &str, ty: &str, n: u32, extra: &str| {
+        format!("[[object]]\npoint = \"{p}\"\ntype = \"{ty}\"\ninstance = {n}\n{extra}\n")
+    };
+    let text = [
+        "[trend_log]\nbuffer_size = 0\n".to_string(),
+        obj("m1", "analog-thing", 1, ""),
+        obj("m1", "analog-input", 4_194_303, ""),
+        obj("nope", "analog-input", 1, ""),
+        obj("m1", "analog-input", 7, ""),
+        obj("m3", "analog-input", 7, ""),
+        obj("m1", "analog-input", 8, ""),
+        obj("m3", "binary-value", 9, ""),
+        obj("m3", "analog-value", 10, ""),
+        obj("c1", "analog-input", 11, ""),
+        obj("s1", "multi-state-value", 12, "trend_log = true"),
+        obj("m2", "multi-state-value", 7, ""),
+        obj("m2", "multi-state-value", 13, "trend_log = false"),
+        obj("s1", "multi-state-value", 14, ""),
+        obj("m4", "analog-input", 15, ""),
+        obj("m5", "multi-state-value", 16, "trend_log = false"),
+    ]
+    .concat();
+    let map = maps::parse_bacnet("b.toml", &text, &idx, &mut errs);
+    let objects: Vec<(BacnetObjectType, u32)> = map
+        .objects
+        .iter()
+        .map(|o| (o.object_type, o.instance))
+        .collect();
+    assert_eq!(
+        objects,
+        // A point stays taken by an object dropped for a later problem.
+        [
+            (BacnetObjectType::AnalogInput, 7),
+            (BacnetObjectType::AnalogInput, 15),
+            (BacnetObjectType::MultiStateValue, 16),
+        ]
+    );
+    let logs: Vec<u32> = map.trend_logs.iter().map(|t| t.instance).collect();
+    assert_eq!(logs, [7]);
+    assert_eq!(map.trend_buffer_size, crate::points::DEFAULT_TREND_BUFFER);
+    let got: Vec<String> = errs
+        .iter()
+        .map(|e| format!("{}: {}", e.key, e.message))
+        .collect();
+    assert_eq!(got, PINNED_BACNET);
+}
+
+const PINNED_BACNET: [&str; 13] = [
+    "trend_log.buffer_size: 0 records: must be 1..=100000 (memory is bounded per log)",
+    "object[0].type: unknown object type \"analog-thing\" (analog-input, analog-value, binary-output, binary-value, multi-state-value)",
+    "object[1].instance: instance 4194303 is above 4194302",
+    "object[2].point: unknown point \"nope\"",
+    "object[4].instance: duplicate object AI7 (also object[3])",
+    "object[5].point: point \"m1\" is already mapped by object[3]",
+    "object[6].type: binary-value cannot carry point \"m3\" of kind number",
+    "object[7].point: point \"m3\" is already mapped by object[6]",
+    "object[8].type: analog-input is read-only but point \"c1\" is a command (use binary-output or analog-value)",
+    "object[9].trend_log: point \"s1\" is not a `his` measurement: only those have a Trend Log",
+    "object[10].instance: Trend Log TL7 would log both this object and object[3] (a Trend Log takes the logged object's instance; set trend_log = false on one)",
+    "object[11].point: point \"m2\" is already mapped by object[10]",
+    "object[12].point: point \"s1\" is already mapped by object[9]",
+];

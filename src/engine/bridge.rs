@@ -738,39 +738,9 @@ fn publish_routes(
 ) {
     let now = Instant::now();
     for (slot, info) in db.blocks() {
-        let p = |tid: &str| db.block_point(slot, tid, None);
-        let set = |tid: &str, v: Option<Value>, why: Option<&str>| {
-            if let Some(id) = p(tid) {
-                let _ = match v {
-                    Some(v) => db.set(id, Some(v), Quality::Ok, None),
-                    None => db.set(id, None, Quality::Unavailable, why),
-                };
-            }
-        };
-        let outputs = db.route_template().map_or(0, |t| t.max_outputs);
+        let b = Block { db, slot };
         let Some(r) = s.route(&info.route) else {
-            // Configured disabled (or not started yet): STOPPED, and no
-            // counters to report.
-            let why = format!("route {} is not running", info.route);
-            set("route_status", Some(Value::Enum(3)), None);
-            for tid in [
-                "input_status",
-                "active_input",
-                "input_bitrate",
-                "output_bitrate",
-                "viewers",
-                "dropped_frames",
-                "continuity_errors",
-                "failover_count",
-                "route_uptime",
-            ] {
-                set(tid, None, Some(&why));
-            }
-            for n in 1..=outputs {
-                if let Some(id) = db.block_point(slot, "output_status", Some(n)) {
-                    let _ = db.set(id, None, Quality::Unavailable, Some(&why));
-                }
-            }
+            b.publish_stopped(&info.route);
             continue;
         };
         let timeout = timeouts
@@ -780,8 +750,8 @@ fn publish_routes(
         let sig = signals.signal(r, timeout, now);
         let st = route_status(&sig);
         match route_block_status(&sig) {
-            Some(v) => set("route_status", Some(Value::Enum(v)), None),
-            None => set(
+            Some(v) => b.set("route_status", Some(Value::Enum(v)), None),
+            None => b.set(
                 "route_status",
                 None,
                 Some(&format!(
@@ -790,73 +760,136 @@ fn publish_routes(
                 )),
             ),
         }
-        set("input_status", Some(Value::Enum(st.input)), None);
+        b.set("input_status", Some(Value::Enum(st.input)), None);
         let max_inputs = db.route_template().map_or(0, |t| usize::from(t.max_inputs));
         match r.active_input {
-            Some(a) if a < max_inputs => set("active_input", Some(Value::Enum(a as u16 + 1)), None),
-            Some(_) => set(
+            Some(a) if a < max_inputs => {
+                b.set("active_input", Some(Value::Enum(a as u16 + 1)), None)
+            }
+            Some(_) => b.set(
                 "active_input",
                 None,
                 Some("input beyond [route_points] max_inputs"),
             ),
-            None => set("active_input", None, Some("no input active")),
+            None => b.set("active_input", None, Some("no input active")),
         }
+        b.publish_counters(r);
+        b.set(
+            "route_uptime",
+            Some(Value::Number(sig.uptime.as_secs() as f64)),
+            None,
+        );
+        b.publish_outputs(&info.outputs, r);
+    }
+}
+
+/// One route block's points, as the bridge writes them.
+struct Block<'a> {
+    db: &'a PointDb,
+    slot: u16,
+}
+
+impl Block<'_> {
+    /// Sets template point `tid` (not per output): a value, or unavailable
+    /// with the reason.
+    fn set(&self, tid: &str, v: Option<Value>, why: Option<&str>) {
+        if let Some(id) = self.db.block_point(self.slot, tid, None) {
+            let _ = match v {
+                Some(v) => self.db.set(id, Some(v), Quality::Ok, None),
+                None => self.db.set(id, None, Quality::Unavailable, why),
+            };
+        }
+    }
+
+    /// How many per-output points the block has.
+    fn max_outputs(&self) -> u16 {
+        self.db.route_template().map_or(0, |t| t.max_outputs)
+    }
+
+    /// A route configured disabled (or not started yet): STOPPED, and no
+    /// counters to report.
+    fn publish_stopped(&self, route: &str) {
+        let why = format!("route {route} is not running");
+        self.set("route_status", Some(Value::Enum(3)), None);
+        for tid in [
+            "input_status",
+            "active_input",
+            "input_bitrate",
+            "output_bitrate",
+            "viewers",
+            "dropped_frames",
+            "continuity_errors",
+            "failover_count",
+            "route_uptime",
+        ] {
+            self.set(tid, None, Some(&why));
+        }
+        for n in 1..=self.max_outputs() {
+            if let Some(id) = self.db.block_point(self.slot, "output_status", Some(n)) {
+                let _ = self.db.set(id, None, Quality::Unavailable, Some(&why));
+            }
+        }
+    }
+
+    /// The running route's rates and counters.
+    fn publish_counters(&self, r: &RouteSnapshot) {
         let mbps = |bps: u64| Value::Number((bps as f64 / 1e6 * 1e4).round() / 1e4);
         let in_bps = r
             .active_input
             .and_then(|a| r.inputs.get(a))
             .map_or(0, |i| i.bitrate_bps);
-        set("input_bitrate", Some(mbps(in_bps)), None);
+        self.set("input_bitrate", Some(mbps(in_bps)), None);
         let out_bps: u64 = r
             .outputs
             .iter()
             .filter(|o| o.kind != "record")
             .map(|o| o.bitrate_bps)
             .sum();
-        set("output_bitrate", Some(mbps(out_bps)), None);
+        self.set("output_bitrate", Some(mbps(out_bps)), None);
         let viewers: u64 = r
             .outputs
             .iter()
             .filter(|o| o.kind == "http" || o.kind == "srt-listener")
             .map(|o| o.clients)
             .sum();
-        set("viewers", Some(Value::Number(viewers as f64)), None);
+        self.set("viewers", Some(Value::Number(viewers as f64)), None);
         let mut dropped =
             r.input_frames_lost + r.outputs.iter().map(|o| o.frames_lost).sum::<u64>();
         if let Some(t) = &r.transcode {
             dropped += t.ffmpeg.drop_frames;
         }
-        set("dropped_frames", Some(Value::Number(dropped as f64)), None);
+        self.set("dropped_frames", Some(Value::Number(dropped as f64)), None);
         let cc: u64 = r.inputs.iter().map(|i| i.cc_errors).sum();
-        set("continuity_errors", Some(Value::Number(cc as f64)), None);
-        set(
+        self.set("continuity_errors", Some(Value::Number(cc as f64)), None);
+        self.set(
             "failover_count",
             Some(Value::Number(r.switches as f64)),
             None,
         );
-        set(
-            "route_uptime",
-            Some(Value::Number(sig.uptime.as_secs() as f64)),
-            None,
-        );
-        for n in 1..=outputs {
-            let Some(id) = db.block_point(slot, "output_status", Some(n)) else {
+    }
+
+    /// Output Status of each output slot: the block's n-th output name
+    /// (`names`) as the running route reports it.
+    fn publish_outputs(&self, names: &[String], r: &RouteSnapshot) {
+        for n in 1..=self.max_outputs() {
+            let Some(id) = self.db.block_point(self.slot, "output_status", Some(n)) else {
                 continue;
             };
-            let o = info
-                .outputs
+            let o = names
                 .get(usize::from(n) - 1)
                 .and_then(|name| r.outputs.iter().find(|o| &o.name == name));
             let _ = match o {
-                None => db.set(id, None, Quality::Unavailable, Some("no such output")),
-                Some(o) if !o.enabled => db.set(id, Some(Value::Enum(2)), Quality::Ok, None),
-                Some(o) if o.error.is_some() || !o.up => db.set(
+                None => self
+                    .db
+                    .set(id, None, Quality::Unavailable, Some("no such output")),
+                Some(o) if !o.enabled => self.db.set(id, Some(Value::Enum(2)), Quality::Ok, None),
+                Some(o) if o.error.is_some() || !o.up => self.db.set(
                     id,
                     Some(Value::Enum(3)),
                     Quality::Ok,
                     o.error.as_deref().or(Some("not up")),
                 ),
-                Some(_) => db.set(id, Some(Value::Enum(1)), Quality::Ok, None),
+                Some(_) => self.db.set(id, Some(Value::Enum(1)), Quality::Ok, None),
             };
         }
     }

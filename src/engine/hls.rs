@@ -531,31 +531,9 @@ pub(crate) async fn run(
         window: Mutex::default(),
         stats: stats.clone(),
     });
-    {
-        let mut r = registry.write();
-        if r.contains_key(&path) {
-            stats.set_error(format!("/hls/{path}/ is already served"));
-            return;
-        }
-        r.insert(path.clone(), stream.clone());
-    }
-    let mut disk = None;
-    if let Some(dir) = dir {
-        let d = Disk { dir, part: None };
-        match blocking(move || {
-            let r = d.prepare();
-            (d, r)
-        })
-        .await
-        {
-            Ok(d) => disk = Some(d),
-            Err(e) => {
-                stats.set_error(format!("HLS segment directory: {e}"));
-                unregister(&registry, &path, &stream);
-                return;
-            }
-        }
-    }
+    let Some(mut disk) = open(&registry, &path, &stream, dir).await else {
+        return;
+    };
     stats.set_up(None);
     // Bytes served are credited to when the segment's data arrived; a live
     // client fetches a segment within about one target duration of its
@@ -613,79 +591,153 @@ pub(crate) async fn run(
             });
             seq += 1;
         }
-        if let Some(mut d) = disk.take() {
-            if let Some(b) = seg.spill() {
-                ops.push(Op::Append(b));
-            }
-            if !ops.is_empty() {
-                let dir = d.dir.clone();
-                match blocking(move || {
-                    let r = d.apply(ops);
-                    (d, r)
-                })
-                .await
-                {
-                    Ok(back) => {
-                        d = back;
-                        if std::mem::take(&mut failing) {
-                            stats.set_up(None);
-                            tracing::info!("hls {path}: segments are written again");
-                        }
-                    }
-                    Err(e) => {
-                        // Nothing of this batch is listed: its numbers are
-                        // given again (RFC 8216 6.2.1: a playlist's
-                        // sequence numbers have no gaps), files it renamed
-                        // already are removed, and the segment in progress
-                        // (its head is lost) is dropped at its cut; the
-                        // one after carries EXT-X-DISCONTINUITY.
-                        stats.set_error(format!("HLS segment write: {e}"));
-                        tracing::warn!("hls {path}: segment write: {e}");
-                        if let Some(first) = done.first() {
-                            seq = first.seq;
-                        }
-                        let stale: Vec<_> = done
-                            .drain(..)
-                            .filter_map(|s| match s.data {
-                                Body::File(p) => Some(p),
-                                Body::Mem(_) => None,
-                            })
-                            .collect();
-                        for f in stale {
-                            let _ = tokio::fs::remove_file(f).await;
-                        }
-                        lost = true;
-                        failing = true;
-                        d = Disk { dir, part: None };
-                    }
+        if let Some(d) = disk.take() {
+            let after = write_out(d, &mut seg, ops, &mut done, &stats, &path).await;
+            disk = Some(after.disk);
+            if let Some(failed) = after.failed {
+                // Nothing of this batch is listed: its numbers are given
+                // again (RFC 8216 6.2.1: a playlist's sequence numbers have
+                // no gaps), and the segment in progress (its head is lost)
+                // is dropped at its cut; the one after carries
+                // EXT-X-DISCONTINUITY.
+                if let Some(first) = failed.first() {
+                    seq = *first;
                 }
+                lost = true;
+                failing = true;
+            } else if std::mem::take(&mut failing) {
+                stats.set_up(None);
+                tracing::info!("hls {path}: segments are written again");
             }
-            disk = Some(d);
         }
         let mut gone = Vec::new();
         for s in done {
             gone.extend(stream.push(s, window, min_target));
         }
-        let files: Vec<_> = gone
-            .into_iter()
-            .filter_map(|s| match s.data {
-                Body::File(p) => Some(p),
-                Body::Mem(_) => None,
-            })
-            .collect();
-        if !files.is_empty() {
-            // Nobody waits for it: a client still reading one just gets it.
-            tokio::task::spawn_blocking(move || {
-                for f in files {
-                    let _ = std::fs::remove_file(f);
-                }
-            });
-        }
+        remove_files(gone);
     }
     unregister(&registry, &path, &stream);
     if let Some(d) = disk {
         // The output is gone: so are its segments (a few files).
         let _ = std::fs::remove_dir_all(&d.dir);
+    }
+}
+
+/// Serves `stream` at `path` and, for a disk-backed output, prepares its
+/// segment directory: `Some(disk)` to go on (disk None: in memory), None
+/// when the output cannot run (the path is taken, the directory cannot be
+/// made; the reason is on its stats).
+async fn open(
+    registry: &HlsRegistry,
+    path: &str,
+    stream: &Arc<HlsStream>,
+    dir: Option<std::path::PathBuf>,
+) -> Option<Option<Disk>> {
+    {
+        let mut r = registry.write();
+        if r.contains_key(path) {
+            stream
+                .stats
+                .set_error(format!("/hls/{path}/ is already served"));
+            return None;
+        }
+        r.insert(path.to_string(), stream.clone());
+    }
+    let Some(dir) = dir else {
+        return Some(None);
+    };
+    let d = Disk { dir, part: None };
+    match blocking(move || {
+        let r = d.prepare();
+        (d, r)
+    })
+    .await
+    {
+        Ok(d) => Some(Some(d)),
+        Err(e) => {
+            stream
+                .stats
+                .set_error(format!("HLS segment directory: {e}"));
+            unregister(registry, path, stream);
+            None
+        }
+    }
+}
+
+/// What [`write_out`] leaves: the disk, and on a failed write the
+/// sequence numbers of the batch's segments it dropped.
+struct WriteOut {
+    disk: Disk,
+    failed: Option<Vec<u64>>,
+}
+
+/// Writes the cut segments' file operations `ops`, and what the segmenter
+/// spills of the segment in progress, on the blocking pool. On a write
+/// error `done` is emptied (the playlist only lists what was written), the
+/// files the batch renamed already are removed, and their numbers are
+/// returned to be given again.
+async fn write_out(
+    mut d: Disk,
+    seg: &mut Segmenter,
+    mut ops: Vec<Op>,
+    done: &mut Vec<Segment>,
+    stats: &IoStats,
+    path: &str,
+) -> WriteOut {
+    if let Some(b) = seg.spill() {
+        ops.push(Op::Append(b));
+    }
+    if ops.is_empty() {
+        return WriteOut {
+            disk: d,
+            failed: None,
+        };
+    }
+    let dir = d.dir.clone();
+    match blocking(move || {
+        let r = d.apply(ops);
+        (d, r)
+    })
+    .await
+    {
+        Ok(back) => WriteOut {
+            disk: back,
+            failed: None,
+        },
+        Err(e) => {
+            stats.set_error(format!("HLS segment write: {e}"));
+            tracing::warn!("hls {path}: segment write: {e}");
+            let dropped = std::mem::take(done);
+            let seqs = dropped.iter().map(|s| s.seq).collect();
+            for s in dropped {
+                if let Body::File(p) = s.data {
+                    let _ = tokio::fs::remove_file(p).await;
+                }
+            }
+            WriteOut {
+                disk: Disk { dir, part: None },
+                failed: Some(seqs),
+            }
+        }
+    }
+}
+
+/// Deletes the files of segments that left the window. Nobody waits for
+/// it: a client still reading one just gets it.
+fn remove_files(gone: Vec<Segment>) {
+    let files: Vec<_> = gone
+        .into_iter()
+        .filter_map(|s| match s.data {
+            Body::File(p) => Some(p),
+            Body::Mem(_) => None,
+        })
+        .collect();
+    if !files.is_empty() {
+        tokio::task::spawn_blocking(move || {
+            for f in files {
+                let _ = std::fs::remove_file(f);
+            }
+        });
     }
 }
 

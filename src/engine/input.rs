@@ -2,89 +2,17 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::StreamExt;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::route::InputMsg;
-use super::stats::IoStats;
-use super::ts::{self, Aligner, CcChecker};
-
-/// Shared plumbing of every input: counts, checks continuity, and hands
-/// chunks to the route.
-pub(crate) struct Feed {
-    pub idx: usize,
-    pub tx: mpsc::Sender<InputMsg>,
-    pub stats: Arc<IoStats>,
-    pub cc: CcChecker,
-    /// The route's read pace in µs (see `route::read_pace`).
-    pub pace: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Feed {
-    pub fn new(
-        idx: usize,
-        tx: mpsc::Sender<InputMsg>,
-        stats: Arc<IoStats>,
-        pace: Arc<std::sync::atomic::AtomicU64>,
-    ) -> Self {
-        Feed {
-            idx,
-            tx,
-            stats,
-            cc: CcChecker::default(),
-            pace,
-        }
-    }
-
-    /// How long the input may leave datagrams in its socket before
-    /// reading them (see `route::read_pace`); zero: read at once.
-    pub fn pace(&self) -> Duration {
-        Duration::from_micros(self.pace.load(Relaxed))
-    }
-
-    /// Returns false when the route is gone.
-    pub async fn push(&mut self, data: BytesMut) -> bool {
-        if data.is_empty() {
-            return true;
-        }
-        self.account(&data);
-        self.tx
-            .send(InputMsg {
-                idx: self.idx,
-                data,
-            })
-            .await
-            .is_ok()
-    }
-
-    /// Same, from a blocking (libsrt) thread.
-    pub fn push_blocking(&mut self, data: BytesMut) -> bool {
-        if data.is_empty() {
-            return true;
-        }
-        self.account(&data);
-        self.tx
-            .blocking_send(InputMsg {
-                idx: self.idx,
-                data,
-            })
-            .is_ok()
-    }
-
-    fn account(&mut self, data: &[u8]) {
-        self.stats.add(data.len());
-        let e = self.cc.check(data);
-        if e > 0 {
-            self.stats.cc_errors.fetch_add(e, Relaxed);
-        }
-    }
-}
+use super::ts::{self, Aligner};
+/// The chunk hand-over every input uses, in the layer the media adapters
+/// share (`crate::mpegts::feed`).
+pub(crate) use crate::mpegts::feed::Feed;
 
 /// Binds a non-blocking UDP socket with SO_REUSEADDR and a large receive
 /// buffer, joining a multicast group when asked.

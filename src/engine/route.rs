@@ -11,19 +11,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::coalesce::{Coalesce, Coalescer};
 use super::spec::{OutputKind, OutputSource, OutputSpec};
-use super::stats::{IoStats, RouteSnapshot};
+use super::stats::{IoSnapshot, IoStats, RouteSnapshot};
 use super::ts::{FrameLoss, PsiTracker, VideoGapCounter};
 use super::{EngineEvent, EventKind, Events};
+use crate::media::ffmpeg::child::ChildStats;
 use crate::media::ffmpeg::{Media, Profile, TranscodeStats};
 
-/// A chunk of whole TS packets read by the input with key `idx` (a key is
-/// stable for the life of the input task and never reused in a route; the
-/// route task maps keys to priority positions, which hot input changes
-/// move).
-pub(crate) struct InputMsg {
-    pub idx: usize,
-    pub data: BytesMut,
-}
+/// What an input sends the route (defined beside `Feed`, in the layer the
+/// media adapters share).
+pub(crate) use crate::mpegts::feed::InputMsg;
 
 /// The route's end of one output: its queue and counters. The output's task
 /// owns the receiving end, so a slot can move between routes while the
@@ -40,6 +36,9 @@ pub(crate) struct OutputSlot {
     /// Tells an output task that runs a process (RTMP push) whether it is
     /// enabled: a disabled output runs no child.
     pub enabled_tx: Option<tokio::sync::watch::Sender<bool>>,
+    /// The ffmpeg child's counters of an output that runs one (RTMP push),
+    /// shown with the output's in snapshots.
+    pub child: Option<Arc<ChildStats>>,
 }
 
 /// An output the route task sends to without a queue or a task hop: the
@@ -123,8 +122,15 @@ pub(crate) enum RouteCmd {
     SetInputs(Vec<usize>, oneshot::Sender<()>),
 }
 
-/// (name, type, enabled, stats) of one output, as snapshots see it.
-pub(crate) type OutputEntry = (String, &'static str, bool, Arc<IoStats>);
+/// (name, type, enabled, stats, ffmpeg child's stats) of one output, as
+/// snapshots see it.
+pub(crate) type OutputEntry = (
+    String,
+    &'static str,
+    bool,
+    Arc<IoStats>,
+    Option<Arc<ChildStats>>,
+);
 
 /// What the engine and the stats snapshot see of a running route.
 pub(crate) struct RouteShared {
@@ -133,7 +139,8 @@ pub(crate) struct RouteShared {
     /// (name, type, stats) of the inputs in priority order; replaced by
     /// the engine on hot input changes.
     pub inputs: Mutex<Vec<(String, &'static str, Arc<IoStats>)>>,
-    /// (name, type, enabled, stats) of the outputs, kept by the route task.
+    /// (name, type, enabled, stats, child) of the outputs, kept by the
+    /// route task.
     pub outputs: Mutex<Vec<OutputEntry>>,
     /// -1 = none.
     pub active: AtomicI64,
@@ -166,13 +173,13 @@ impl RouteShared {
                 .inputs
                 .lock()
                 .iter()
-                .map(|(n, k, s)| s.snapshot(n, k, true))
+                .map(|(n, k, s)| IoSnapshot::of(s, n, k, true, None))
                 .collect(),
             outputs: self
                 .outputs
                 .lock()
                 .iter()
-                .map(|(n, k, e, s)| s.snapshot(n, k, *e))
+                .map(|(n, k, e, s, c)| IoSnapshot::of(s, n, k, *e, c.as_deref()))
                 .collect(),
             transcode: self.transcode.lock().as_ref().map(|t| t.snapshot()),
         }
@@ -702,6 +709,7 @@ impl RouteTask {
                     o.spec.kind.type_name(),
                     o.spec.enabled,
                     o.stats.clone(),
+                    o.child.clone(),
                 )
             })
             .collect();

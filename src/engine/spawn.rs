@@ -33,6 +33,7 @@ impl Engine {
         let t = &self.inner.tasks;
         let mut direct = None;
         let mut enabled_tx = None;
+        let mut child = None;
         let handle = match &spec.kind {
             OutputKind::Udp { dest, ttl } => {
                 match output::udp_sender(*dest, *ttl) {
@@ -101,36 +102,13 @@ impl Engine {
             }
             OutputKind::Srt(sp) => spawn_on(t, rt, srt::run_caller_output(rx, sp.clone(), s, c)),
             OutputKind::Rtmp { url, key } => {
-                let media = self.inner.media.subscribe();
                 let (en_tx, en_rx) = tokio::sync::watch::channel(spec.enabled);
                 enabled_tx = Some(en_tx);
-                // A key typed inside `url` (the form CDNs show) is split
-                // off so it reaches ffmpeg through the private preset file
-                // too, never its command line.
-                let (url, key) = match key.as_deref().filter(|k| !k.is_empty()) {
-                    Some(k) => (url.clone(), Some(k.to_string())),
-                    None => match crate::media::ffmpeg::profile::split_rtmp_key(url) {
-                        Some((base, k)) => (base, Some(k)),
-                        None => (url.clone(), None),
-                    },
-                };
-                let (url, key) = (&url, &key);
-                let target = crate::media::ffmpeg::profile::rtmp_target(url, key.as_deref());
-                spawn_on(
-                    t,
-                    rt,
-                    crate::media::ffmpeg::run_rtmp_push(
-                        media,
-                        en_rx,
-                        url.clone(),
-                        target,
-                        key.clone(),
-                        format!("rtmp:{route}/{}", spec.name),
-                        rx,
-                        s,
-                        c,
-                    ),
-                )
+                let cs = Arc::new(crate::media::ffmpeg::child::ChildStats::default());
+                child = Some(cs.clone());
+                let label = format!("rtmp:{route}/{}", spec.name);
+                let push = self.rtmp_push(url, key.as_deref(), label, en_rx, rx, s, cs, c);
+                spawn_on(t, rt, push)
             }
         };
         (
@@ -142,8 +120,39 @@ impl Engine {
                 loss: Default::default(),
                 direct,
                 enabled_tx,
+                child,
             },
             handle,
+        )
+    }
+
+    /// An RTMP push output's task (`media::ffmpeg::run_rtmp_push`). A key
+    /// typed inside `url` (the form CDNs show) is split off so it reaches
+    /// ffmpeg through the private preset file too, never its command line.
+    #[allow(clippy::too_many_arguments)]
+    fn rtmp_push(
+        &self,
+        url: &str,
+        key: Option<&str>,
+        label: String,
+        enabled: tokio::sync::watch::Receiver<bool>,
+        rx: mpsc::Receiver<bytes::Bytes>,
+        io: Arc<IoStats>,
+        child: Arc<crate::media::ffmpeg::child::ChildStats>,
+        cancel: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        use crate::media::ffmpeg::profile::{rtmp_target, split_rtmp_key};
+        let (url, key) = match key.filter(|k| !k.is_empty()) {
+            Some(k) => (url.to_string(), Some(k.to_string())),
+            None => match split_rtmp_key(url) {
+                Some((base, k)) => (base, Some(k)),
+                None => (url.to_string(), None),
+            },
+        };
+        let target = rtmp_target(&url, key.as_deref());
+        let media = self.inner.media.subscribe();
+        crate::media::ffmpeg::run_rtmp_push(
+            media, enabled, url, target, key, label, rx, io, child, cancel,
         )
     }
 

@@ -4,6 +4,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 pub use super::coalesce::Coalesce;
+/// What an adapter interprets is defined by the adapter (like
+/// `media::rtsp::RtspSpec`); the engine's spec composes them, so
+/// dependencies run engine -> media only.
+pub use crate::media::ffmpeg::ProfileRef;
+pub use crate::media::rtmp::RtmpInput;
 
 /// Default failover timeout: no data on the active input for this long
 /// switches to the next one.
@@ -31,14 +36,6 @@ pub enum Mode {
     /// The active input is also re-encoded by an ffmpeg child (an output
     /// profile); outputs with `source = "auto"` carry the transcoded TS.
     Transcode,
-}
-
-/// An output profile chosen by its number (the Output Profile point's
-/// value) or its name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProfileRef {
-    Number(u32),
-    Name(String),
 }
 
 /// Which stream an output carries on a transcoding route.
@@ -119,22 +116,6 @@ pub enum InputKind {
     Rtmp(RtmpInput),
     /// RTSP pull from an IP camera (media::rtsp), remuxed to TS.
     Rtsp(crate::media::rtsp::RtspSpec),
-}
-
-/// An RTMP ingest point. The stream key is a secret: `Debug` hides it.
-#[derive(Clone, PartialEq)]
-pub struct RtmpInput {
-    pub app: String,
-    pub key: String,
-}
-
-impl std::fmt::Debug for RtmpInput {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RtmpInput")
-            .field("app", &self.app)
-            .field("key", &"***")
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

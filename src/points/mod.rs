@@ -5,6 +5,7 @@ mod db;
 mod maps;
 mod model;
 mod policy;
+pub mod route_addresses;
 pub mod routes;
 
 pub use db::{

@@ -198,135 +198,150 @@ impl Admitted {
 /// event `input_rejected`, a log line), never parked unseen in libsrt's
 /// backlog. A caller whose handshake fails after admission (wrong or
 /// missing passphrase) is counted and reported the same way.
-pub(crate) fn run_input(mut feed: Feed, sp: SrtSpec, who: InputId, cancel: CancellationToken) {
+pub(crate) fn run_input(feed: Feed, sp: SrtSpec, who: InputId, cancel: CancellationToken) {
     match sp.mode {
-        SrtMode::Caller => loop {
-            if cancel.is_cancelled() {
-                return;
-            }
-            let r = Socket::new().and_then(|s| {
-                configure(&s, &sp, true)?;
-                s.connect(sp.addr)?;
-                Ok(s)
-            });
-            match r {
-                Ok(s) => {
-                    feed.stats.set_up(s.local_addr());
-                    let (peer, sid) = (Some(sp.addr), sp.streamid.clone());
-                    if read_loop(&s, &mut feed, &cancel, peer, sid, &mut || {}) {
-                        return;
-                    }
-                }
-                Err(e) => feed.stats.set_error(format!("connect {}: {e}", sp.addr)),
-            }
-            if nap(&cancel, Duration::from_secs(1)) {
-                return;
-            }
-        },
-        SrtMode::Listener => {
-            let who = Arc::new(who);
-            let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let admitted = Arc::new(Admitted::default());
-            let want = sp.streamid.clone();
-            let setup = || -> Result<(Socket, Epoll, ffi::ListenHook), SrtError> {
-                let l = Socket::new()?;
-                configure(&l, &sp, false)?;
-                let (who, busy, admitted, stats) = (
-                    who.clone(),
-                    busy.clone(),
-                    admitted.clone(),
-                    feed.stats.clone(),
-                );
-                let hook = l.set_listen_callback(move |peer, sid| {
-                    if let Some(w) = &want {
-                        if sid != Some(w.as_str()) {
-                            who.refuse(&stats, format!("streamid {sid:?} from {peer:?} not allowed"));
-                            return false;
-                        }
-                    }
-                    if busy.load(Relaxed) {
-                        who.refuse(
-                            &stats,
-                            format!("{peer:?}: a publisher is already connected (one per listener input)"),
-                        );
-                        return false;
-                    }
-                    admitted.add(peer);
-                    true
-                })?;
-                l.bind(sp.addr)?;
-                l.listen(1)?;
-                let ep = Epoll::new()?;
-                ep.add_in(&l)?;
-                Ok((l, ep, hook))
-            };
-            let (l, ep, hook) = match setup() {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::error!("srt input listener {}: {e}", sp.addr);
-                    feed.stats.set_error(format!("listen {}: {e}", sp.addr));
+        SrtMode::Caller => run_caller_input(feed, sp, cancel),
+        SrtMode::Listener => run_listener_input(feed, sp, who, cancel),
+    }
+}
+
+/// A caller input: connects, reads until the connection ends, reconnects
+/// a second later.
+fn run_caller_input(mut feed: Feed, sp: SrtSpec, cancel: CancellationToken) {
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let r = Socket::new().and_then(|s| {
+            configure(&s, &sp, true)?;
+            s.connect(sp.addr)?;
+            Ok(s)
+        });
+        match r {
+            Ok(s) => {
+                feed.stats.set_up(s.local_addr());
+                let (peer, sid) = (Some(sp.addr), sp.streamid.clone());
+                if read_loop(&s, &mut feed, &cancel, peer, sid, &mut || {}) {
                     return;
                 }
-            };
-            feed.stats.set_up(l.local_addr());
-            let stats = feed.stats.clone();
-            let failed_handshakes = || {
-                for peer in admitted.expired() {
-                    who.refuse(
-                        &stats,
-                        format!(
-                            "{peer:?} failed the handshake after admission (wrong or missing passphrase, or encryption mismatch)"
-                        ),
-                    );
-                }
-            };
-            while !cancel.is_cancelled() {
-                failed_handshakes();
-                // Polled (see ACCEPT_TICK_MS): a backup input waiting for
-                // its caller costs ~20 wake-ups a second, not ~170.
-                if !ep.wait(0) {
-                    std::thread::sleep(Duration::from_millis(u64::from(ACCEPT_TICK_MS)));
-                    continue;
-                }
-                let Ok((s, peer)) = l.accept() else { continue };
-                admitted.accepted(peer);
-                if !key_ok(&s, &sp) {
-                    who.refuse(
-                        &feed.stats,
-                        format!("key length from {peer:?} differs from {}", sp.pbkeylen),
-                    );
-                    continue;
-                }
-                let sid = s.streamid();
-                tracing::info!("srt input {}: publisher {peer:?} connected", sp.addr);
-                busy.store(true, Relaxed);
-                // Two callers admitted within one accept tick: the later
-                // one is closed here rather than left in the backlog.
-                let mut each_second = || {
-                    failed_handshakes();
-                    while ep.wait(0) {
-                        let Ok((extra, p)) = l.accept() else { break };
-                        admitted.accepted(p);
-                        drop(extra);
-                        who.refuse(
-                            &stats,
-                            format!(
-                                "{p:?}: a publisher is already connected (one per listener input)"
-                            ),
-                        );
-                    }
-                };
-                let cancelled = read_loop(&s, &mut feed, &cancel, peer, sid, &mut each_second);
-                busy.store(false, Relaxed);
-                if cancelled {
-                    break;
-                }
             }
-            drop(ep);
-            drop(l);
-            drop(hook);
+            Err(e) => feed.stats.set_error(format!("connect {}: {e}", sp.addr)),
+        }
+        if nap(&cancel, Duration::from_secs(1)) {
+            return;
         }
     }
+}
+
+/// A listener input: one publisher at a time (see `run_input`).
+fn run_listener_input(mut feed: Feed, sp: SrtSpec, who: InputId, cancel: CancellationToken) {
+    let who = Arc::new(who);
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admitted = Arc::new(Admitted::default());
+    let (l, ep, hook) = match listen(&sp, &who, &busy, &admitted, &feed.stats) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!("srt input listener {}: {e}", sp.addr);
+            feed.stats.set_error(format!("listen {}: {e}", sp.addr));
+            return;
+        }
+    };
+    feed.stats.set_up(l.local_addr());
+    let stats = feed.stats.clone();
+    let failed_handshakes = || {
+        for peer in admitted.expired() {
+            who.refuse(
+                &stats,
+                format!(
+                    "{peer:?} failed the handshake after admission (wrong or missing passphrase, or encryption mismatch)"
+                ),
+            );
+        }
+    };
+    while !cancel.is_cancelled() {
+        failed_handshakes();
+        // Polled (see ACCEPT_TICK_MS): a backup input waiting for
+        // its caller costs ~20 wake-ups a second, not ~170.
+        if !ep.wait(0) {
+            std::thread::sleep(Duration::from_millis(u64::from(ACCEPT_TICK_MS)));
+            continue;
+        }
+        let Ok((s, peer)) = l.accept() else { continue };
+        admitted.accepted(peer);
+        if !key_ok(&s, &sp) {
+            who.refuse(
+                &feed.stats,
+                format!("key length from {peer:?} differs from {}", sp.pbkeylen),
+            );
+            continue;
+        }
+        let sid = s.streamid();
+        tracing::info!("srt input {}: publisher {peer:?} connected", sp.addr);
+        busy.store(true, Relaxed);
+        // Two callers admitted within one accept tick: the later
+        // one is closed here rather than left in the backlog.
+        let mut each_second = || {
+            failed_handshakes();
+            while ep.wait(0) {
+                let Ok((extra, p)) = l.accept() else { break };
+                admitted.accepted(p);
+                drop(extra);
+                who.refuse(
+                    &stats,
+                    format!("{p:?}: a publisher is already connected (one per listener input)"),
+                );
+            }
+        };
+        let cancelled = read_loop(&s, &mut feed, &cancel, peer, sid, &mut each_second);
+        busy.store(false, Relaxed);
+        if cancelled {
+            break;
+        }
+    }
+    drop(ep);
+    drop(l);
+    drop(hook);
+}
+
+/// The listener of a listener input, its poller and its handshake hook:
+/// refuses callers with another streamid than `sp`'s, and every caller
+/// while a publisher is connected (`busy`); notes those it admits.
+fn listen(
+    sp: &SrtSpec,
+    who: &Arc<InputId>,
+    busy: &Arc<std::sync::atomic::AtomicBool>,
+    admitted: &Arc<Admitted>,
+    stats: &Arc<IoStats>,
+) -> Result<(Socket, Epoll, ffi::ListenHook), SrtError> {
+    let want = sp.streamid.clone();
+    let l = Socket::new()?;
+    configure(&l, sp, false)?;
+    let (who, busy, admitted, stats) = (who.clone(), busy.clone(), admitted.clone(), stats.clone());
+    let hook = l.set_listen_callback(move |peer, sid| {
+        if let Some(w) = &want {
+            if sid != Some(w.as_str()) {
+                who.refuse(
+                    &stats,
+                    format!("streamid {sid:?} from {peer:?} not allowed"),
+                );
+                return false;
+            }
+        }
+        if busy.load(Relaxed) {
+            who.refuse(
+                &stats,
+                format!("{peer:?}: a publisher is already connected (one per listener input)"),
+            );
+            return false;
+        }
+        admitted.add(peer);
+        true
+    })?;
+    l.bind(sp.addr)?;
+    l.listen(1)?;
+    let ep = Epoll::new()?;
+    ep.add_in(&l)?;
+    Ok((l, ep, hook))
 }
 
 /// libsrt lets the *sending* side's key length win: a caller that sends into

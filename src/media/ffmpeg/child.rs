@@ -322,65 +322,9 @@ async fn run_once(
         return End::Died("child pipes missing".into());
     };
     let stdout = child.stdout.take();
-    // Feed: queue -> stdin. Ends when the queue closes (route gone) or a
-    // write fails (the child is dying).
-    let feed = async {
-        while let Some(c) = input.recv().await {
-            let Some(c) = join.push(c) else { continue };
-            stats.latency.lock().input(&c);
-            if let Err(e) = stdin.write_all(&c).await {
-                return Some(e);
-            }
-        }
-        None
-    };
-    let read_out = async {
-        let (Some(mut out), Some(tx)) = (stdout, output) else {
-            return std::future::pending::<()>().await;
-        };
-        let mut al = Aligner::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match out.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            let chunk = al.push(&buf[..n]);
-            if chunk.is_empty() {
-                continue;
-            }
-            stats.latency.lock().output(&chunk);
-            stats.out_bytes.fetch_add(chunk.len() as u64, Relaxed);
-            if tx.try_send(chunk.freeze()).is_err() {
-                stats.out_dropped_chunks.fetch_add(1, Relaxed);
-            }
-        }
-    };
-    let read_err = async {
-        let mut r = BufReader::new(stderr);
-        let mut p = ProgressParser::default();
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            // Bounded lines: a child spewing without newlines cannot grow
-            // memory without limit.
-            match (&mut r).take(4096).read_until(b'\n', &mut line).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            match p.line(&line) {
-                Line::Block(b) => stats.on_progress(b),
-                Line::Log(s) => {
-                    // ffmpeg repeats its output URL (and so a key inside
-                    // it) in error messages.
-                    let s = crate::redact::redact_text(&redact(&s, &spec.secrets));
-                    tracing::debug!(child = %spec.label, "ffmpeg: {s}");
-                    *stats.last_log.lock() = Some(s);
-                }
-                Line::Key | Line::Empty => {}
-            }
-        }
-    };
+    let feed = feed_stdin(input, join, &mut stdin, stats);
+    let read_out = read_stdout(stdout, output, stats);
+    let read_err = read_stderr(stderr, spec, stats);
     tokio::pin!(feed, read_out, read_err);
     let mut out_done = false;
     let mut err_done = false;
@@ -426,6 +370,81 @@ async fn run_once(
         }
     };
     End::Died(reason(st, stats))
+}
+
+/// Queue -> stdin. Ends when the queue closes (route gone: None) or a
+/// write fails (the child is dying: the error).
+async fn feed_stdin(
+    input: &mut mpsc::Receiver<Bytes>,
+    join: &mut Joiner,
+    stdin: &mut tokio::process::ChildStdin,
+    stats: &ChildStats,
+) -> Option<std::io::Error> {
+    while let Some(c) = input.recv().await {
+        let Some(c) = join.push(c) else { continue };
+        stats.latency.lock().input(&c);
+        if let Err(e) = stdin.write_all(&c).await {
+            return Some(e);
+        }
+    }
+    None
+}
+
+/// stdout -> the route's queue, realigned to whole TS packets (a full
+/// queue drops the chunk, counted). Without an output it never ends.
+async fn read_stdout(
+    stdout: Option<tokio::process::ChildStdout>,
+    output: Option<&mpsc::Sender<Bytes>>,
+    stats: &ChildStats,
+) {
+    let (Some(mut out), Some(tx)) = (stdout, output) else {
+        return std::future::pending::<()>().await;
+    };
+    let mut al = Aligner::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match out.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let chunk = al.push(&buf[..n]);
+        if chunk.is_empty() {
+            continue;
+        }
+        stats.latency.lock().output(&chunk);
+        stats.out_bytes.fetch_add(chunk.len() as u64, Relaxed);
+        if tx.try_send(chunk.freeze()).is_err() {
+            stats.out_dropped_chunks.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// stderr: progress blocks into the stats, other lines (redacted) as the
+/// last log line.
+async fn read_stderr(stderr: tokio::process::ChildStderr, spec: &ChildSpec, stats: &ChildStats) {
+    let mut r = BufReader::new(stderr);
+    let mut p = ProgressParser::default();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // Bounded lines: a child spewing without newlines cannot grow
+        // memory without limit.
+        match (&mut r).take(4096).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        match p.line(&line) {
+            Line::Block(b) => stats.on_progress(b),
+            Line::Log(s) => {
+                // ffmpeg repeats its output URL (and so a key inside it) in
+                // error messages.
+                let s = crate::redact::redact_text(&redact(&s, &spec.secrets));
+                tracing::debug!(child = %spec.label, "ffmpeg: {s}");
+                *stats.last_log.lock() = Some(s);
+            }
+            Line::Key | Line::Empty => {}
+        }
+    }
 }
 
 fn reason(st: Option<std::process::ExitStatus>, stats: &ChildStats) -> String {

@@ -24,11 +24,18 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::spec::ProfileRef;
-use crate::engine::stats::IoStats;
+use crate::mpegts::stats::IoStats;
 use crate::section::{Problem, Section};
 use child::{ChildSnapshot, ChildSpec, ChildStats};
 pub use profile::{Encoder, Profile};
+
+/// An output profile chosen by its number (the Output Profile point's
+/// value) or its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileRef {
+    Number(u32),
+    Name(String),
+}
 
 /// `[media]`: the ffmpeg binary (path or name looked up in PATH).
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -386,7 +393,8 @@ pub async fn run_transcode(
 }
 
 /// An RTMP(S) push output: one child per destination. `io.up`/`io.error`
-/// carry connected/disconnected and the reason. A disabled output runs no
+/// carry connected/disconnected and the reason, `cs` the child's counters
+/// (the engine shows them with the output's). A disabled output runs no
 /// child at all (`enabled` false: the child is stopped, and started again
 /// when the output is enabled).
 #[allow(clippy::too_many_arguments)]
@@ -399,10 +407,9 @@ pub async fn run_rtmp_push(
     label: String,
     mut input: mpsc::Receiver<Bytes>,
     io: Arc<IoStats>,
+    cs: Arc<ChildStats>,
     cancel: CancellationToken,
 ) {
-    let cs = Arc::new(ChildStats::default());
-    *io.ffmpeg.lock() = Some(cs.clone());
     io.set_error("waiting for the [media] settings");
     let media = tokio::select! {
         _ = cancel.cancelled() => return,

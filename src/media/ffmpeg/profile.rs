@@ -147,116 +147,36 @@ pub fn parse_profiles(tables: &[ProfileTable], errs: &mut Vec<Problem>) -> Vec<P
 
 fn parse_one(at: &str, t: &ProfileTable, errs: &mut Vec<Problem>) -> Option<Profile> {
     let before = errs.len();
-    let mut e = |k: &str, m: String| errs.push(Problem::new(format!("{at}.{k}"), m));
-    let int = |k: &str, v: Option<u64>, lo: u64, hi: u64, e: &mut dyn FnMut(&str, String)| {
-        let v = v?;
-        if (lo..=hi).contains(&v) {
-            Some(v)
-        } else {
-            e(k, format!("expected an integer {lo}..={hi}"));
-            None
-        }
-    };
+    let mut k = Keys { at, errs };
     if !(1..=64).contains(&t.number) {
-        e(
+        k.e(
             "number",
             "expected an integer 1..=64 (the Output Profile point's value)".into(),
         );
     }
     let number = t.number;
     let name = t.name.clone().unwrap_or_else(|| format!("profile{number}"));
-    let video = match t.video.as_deref() {
-        None | Some("h264") => VideoCodec::H264,
-        Some("hevc") | Some("h265") => VideoCodec::Hevc,
-        Some("copy") => VideoCodec::Copy,
-        Some(x) => {
-            e(
-                "video",
-                format!("unknown video codec {x:?} (h264, hevc, copy)"),
-            );
-            VideoCodec::H264
-        }
-    };
-    let encoder = match t.encoder.as_deref() {
-        None | Some("auto") => EncoderPref::Auto,
-        Some("nvenc") => EncoderPref::Nvenc,
-        Some("software") => EncoderPref::Software,
-        Some(x) => {
-            e(
-                "encoder",
-                format!("unknown encoder {x:?} (auto, nvenc, software)"),
-            );
-            EncoderPref::Auto
-        }
-    };
-    // Even sizes: 4:2:0 chroma needs them.
-    let width = int("width", t.width.map(u64::from), 16, 7680, &mut e).map(|w| w as u32);
-    let height = int("height", t.height.map(u64::from), 16, 4320, &mut e).map(|h| h as u32);
-    for (k, v) in [("width", width), ("height", height)] {
-        if v.is_some_and(|v| v % 2 != 0) {
-            e(k, "must be even (4:2:0 video)".into());
-        }
-    }
-    let fps = match t.fps.map(|f| f.get()) {
-        None => None,
-        Some(f) if (1.0..=240.0).contains(&f) => Some(f),
-        Some(_) => {
-            e("fps", "expected a frame rate 1..=240".into());
-            None
-        }
-    };
-    let bitrate = int("bitrate", t.bitrate, 50_000, 200_000_000, &mut e).unwrap_or(2_000_000);
-    let gop = int("gop", t.gop.map(u64::from), 1, 1000, &mut e).map(|g| g as u32);
+    let (video, encoder) = video_codec(t, &mut k);
+    let (width, height, fps) = picture(t, &mut k);
+    let bitrate = k
+        .int("bitrate", t.bitrate, 50_000, 200_000_000)
+        .unwrap_or(2_000_000);
+    let gop = k
+        .int("gop", t.gop.map(u64::from), 1, 1000)
+        .map(|g| g as u32);
     let preset = t.preset.clone();
     if let Some(p) = &preset {
-        let nv = p.len() == 2 && p.starts_with('p') && ('1'..='7').contains(&p.chars().nth(1)?);
-        if !X264_PRESETS.contains(&p.as_str()) && !nv {
-            e(
-                "preset",
-                format!(
-                    "unknown preset {p:?} ({} or p1..p7)",
-                    X264_PRESETS.join(", ")
-                ),
-            );
-        }
+        check_preset(p, &mut k)?;
     }
     if video == VideoCodec::Copy
         && (width.is_some() || height.is_some() || fps.is_some() || gop.is_some())
     {
-        e(
+        k.e(
             "video",
             "video = \"copy\" cannot change width, height, fps or gop".into(),
         );
     }
-    let audio = match t.audio.as_deref() {
-        None | Some("aac") => AudioCodec::Aac,
-        Some("copy") => AudioCodec::Copy,
-        Some("none") => AudioCodec::None,
-        Some(x) => {
-            e(
-                "audio",
-                format!("unknown audio codec {x:?} (aac, copy, none)"),
-            );
-            AudioCodec::Aac
-        }
-    };
-    let audio_bitrate =
-        int("audio_bitrate", t.audio_bitrate, 8_000, 1_024_000, &mut e).unwrap_or(128_000);
-    let mut tracks = Vec::new();
-    if audio != AudioCodec::Aac && !t.audio_track.is_empty() {
-        e(
-            "audio_track",
-            "an audio matrix needs audio = \"aac\" (it re-encodes)".into(),
-        );
-    }
-    for (j, tt) in t.audio_track.iter().enumerate() {
-        if let Some(tr) = parse_track(tt, &format!("audio_track[{j}]"), &mut e) {
-            tracks.push(tr);
-        }
-    }
-    if tracks.len() > 8 {
-        e("audio_track", "at most 8 audio tracks".into());
-    }
+    let (audio, audio_bitrate, tracks) = audio(t, &mut k);
     if errs.len() > before {
         return None;
     }
@@ -275,6 +195,135 @@ fn parse_one(at: &str, t: &ProfileTable, errs: &mut Vec<Problem>) -> Option<Prof
         audio_bitrate,
         tracks,
     })
+}
+
+/// The problems of one `[[profile]]` table, at its keys.
+struct Keys<'a> {
+    at: &'a str,
+    errs: &'a mut Vec<Problem>,
+}
+
+impl Keys<'_> {
+    fn e(&mut self, k: &str, m: String) {
+        self.errs.push(Problem::new(format!("{}.{k}", self.at), m));
+    }
+
+    /// An optional integer in `lo..=hi` (out of range: reported, None).
+    fn int(&mut self, k: &str, v: Option<u64>, lo: u64, hi: u64) -> Option<u64> {
+        let v = v?;
+        if (lo..=hi).contains(&v) {
+            Some(v)
+        } else {
+            self.e(k, format!("expected an integer {lo}..={hi}"));
+            None
+        }
+    }
+}
+
+/// `video` and `encoder` (an unknown one is reported; the default stands
+/// in for it).
+fn video_codec(t: &ProfileTable, k: &mut Keys) -> (VideoCodec, EncoderPref) {
+    let video = match t.video.as_deref() {
+        None | Some("h264") => VideoCodec::H264,
+        Some("hevc") | Some("h265") => VideoCodec::Hevc,
+        Some("copy") => VideoCodec::Copy,
+        Some(x) => {
+            k.e(
+                "video",
+                format!("unknown video codec {x:?} (h264, hevc, copy)"),
+            );
+            VideoCodec::H264
+        }
+    };
+    let encoder = match t.encoder.as_deref() {
+        None | Some("auto") => EncoderPref::Auto,
+        Some("nvenc") => EncoderPref::Nvenc,
+        Some("software") => EncoderPref::Software,
+        Some(x) => {
+            k.e(
+                "encoder",
+                format!("unknown encoder {x:?} (auto, nvenc, software)"),
+            );
+            EncoderPref::Auto
+        }
+    };
+    (video, encoder)
+}
+
+/// `width`, `height` (even: 4:2:0 chroma needs them) and `fps`.
+fn picture(t: &ProfileTable, k: &mut Keys) -> (Option<u32>, Option<u32>, Option<f64>) {
+    let width = k
+        .int("width", t.width.map(u64::from), 16, 7680)
+        .map(|w| w as u32);
+    let height = k
+        .int("height", t.height.map(u64::from), 16, 4320)
+        .map(|h| h as u32);
+    for (key, v) in [("width", width), ("height", height)] {
+        if v.is_some_and(|v| v % 2 != 0) {
+            k.e(key, "must be even (4:2:0 video)".into());
+        }
+    }
+    let fps = match t.fps.map(|f| f.get()) {
+        None => None,
+        Some(f) if (1.0..=240.0).contains(&f) => Some(f),
+        Some(_) => {
+            k.e("fps", "expected a frame rate 1..=240".into());
+            None
+        }
+    };
+    (width, height, fps)
+}
+
+/// `preset`: an x264 name or NVENC's p1..p7.
+fn check_preset(p: &str, k: &mut Keys) -> Option<()> {
+    let nv = p.len() == 2 && p.starts_with('p') && ('1'..='7').contains(&p.chars().nth(1)?);
+    if !X264_PRESETS.contains(&p) && !nv {
+        k.e(
+            "preset",
+            format!(
+                "unknown preset {p:?} ({} or p1..p7)",
+                X264_PRESETS.join(", ")
+            ),
+        );
+    }
+    Some(())
+}
+
+/// `audio`, `audio_bitrate` and the audio matrix (`[[profile.audio_track]]`,
+/// AAC only, at most 8 tracks).
+fn audio(t: &ProfileTable, k: &mut Keys) -> (AudioCodec, u64, Vec<Track>) {
+    let audio = match t.audio.as_deref() {
+        None | Some("aac") => AudioCodec::Aac,
+        Some("copy") => AudioCodec::Copy,
+        Some("none") => AudioCodec::None,
+        Some(x) => {
+            k.e(
+                "audio",
+                format!("unknown audio codec {x:?} (aac, copy, none)"),
+            );
+            AudioCodec::Aac
+        }
+    };
+    let audio_bitrate = k
+        .int("audio_bitrate", t.audio_bitrate, 8_000, 1_024_000)
+        .unwrap_or(128_000);
+    let mut tracks = Vec::new();
+    if audio != AudioCodec::Aac && !t.audio_track.is_empty() {
+        k.e(
+            "audio_track",
+            "an audio matrix needs audio = \"aac\" (it re-encodes)".into(),
+        );
+    }
+    for (j, tt) in t.audio_track.iter().enumerate() {
+        let mut e = |key: &str, m: String| k.e(key, m);
+        if let Some(tr) = parse_track(tt, &format!("audio_track[{j}]"), &mut e) {
+            tracks.push(tr);
+        }
+    }
+    if tracks.len() > 8 {
+        k.e("audio_track", "at most 8 audio tracks".into());
+    }
+    (audio, audio_bitrate, tracks)
 }
 
 fn parse_track(t: &TrackTable, at: &str, e: &mut dyn FnMut(&str, String)) -> Option<Track> {
@@ -341,132 +390,17 @@ impl Profile {
         let mut a = Vec::new();
         head(&mut a);
         push(&mut a, &["-copyts", "-f", "mpegts", "-i", "pipe:0"]);
-        let mut graph: Vec<String> = Vec::new();
-        let mut vf: Vec<String> = Vec::new();
-        if let (Some(w), Some(h)) = (self.width, self.height) {
-            vf.push(format!("scale={w}:{h}"));
-        } else if let Some(w) = self.width {
-            vf.push(format!("scale={w}:-2"));
-        } else if let Some(h) = self.height {
-            vf.push(format!("scale=-2:{h}"));
-        }
-        if let Some(f) = self.fps {
-            vf.push(format!("fps={f}"));
-        }
-        let video_map = if self.video != VideoCodec::Copy && !vf.is_empty() {
-            graph.push(format!("[0:v:0]{}[v]", vf.join(",")));
-            "[v]".to_string()
-        } else {
-            "0:v:0?".to_string()
-        };
-        let mut audio_maps: Vec<String> = Vec::new();
-        match (self.audio, self.tracks.len()) {
-            (AudioCodec::None, _) => {}
-            (_, 0) => audio_maps.push("0:a:0?".into()),
-            (_, 1) => {
-                graph.push(format!("[0:a:0]{}[a0]", self.tracks[0].pan()));
-                audio_maps.push("[a0]".into());
-            }
-            (_, n) => {
-                let labels: String = (0..n).map(|i| format!("[s{i}]")).collect();
-                graph.push(format!("[0:a:0]asplit={n}{labels}"));
-                for (i, t) in self.tracks.iter().enumerate() {
-                    graph.push(format!("[s{i}]{}[a{i}]", t.pan()));
-                    audio_maps.push(format!("[a{i}]"));
-                }
-            }
-        }
+        let (graph, maps) = self.filter_graph();
         if !graph.is_empty() {
             a.push("-filter_complex".into());
             a.push(graph.join(";"));
         }
-        a.push("-map".into());
-        a.push(video_map);
-        for m in audio_maps {
+        for m in maps {
             a.push("-map".into());
             a.push(m);
         }
-        let b = self.bitrate.to_string();
-        let gop = self
-            .gop
-            .unwrap_or_else(|| (self.fps.unwrap_or(25.0) * 2.0).round() as u32)
-            .to_string();
-        let preset = self.preset.as_deref();
-        match (self.video, enc) {
-            (VideoCodec::Copy, _) => push(&mut a, &["-c:v", "copy"]),
-            (v, Encoder::Nvenc) => {
-                let c = if v == VideoCodec::Hevc {
-                    "hevc_nvenc"
-                } else {
-                    "h264_nvenc"
-                };
-                push(
-                    &mut a,
-                    &[
-                        "-c:v",
-                        c,
-                        "-preset",
-                        nvenc_preset(preset.unwrap_or("p2")),
-                        "-tune",
-                        "ll",
-                        "-rc",
-                        "cbr",
-                        "-zerolatency",
-                        "1",
-                        "-bf",
-                        "0",
-                    ],
-                );
-            }
-            (v, Encoder::Software) => {
-                let p = match preset {
-                    Some(p) if X264_PRESETS.contains(&p) => p,
-                    _ => "veryfast",
-                };
-                if v == VideoCodec::Hevc {
-                    push(
-                        &mut a,
-                        &[
-                            "-c:v",
-                            "libx265",
-                            "-preset",
-                            p,
-                            "-tune",
-                            "zerolatency",
-                            "-x265-params",
-                            "log-level=error",
-                        ],
-                    );
-                } else {
-                    push(
-                        &mut a,
-                        &["-c:v", "libx264", "-preset", p, "-tune", "zerolatency"],
-                    );
-                }
-            }
-        }
-        if self.video != VideoCodec::Copy {
-            let buf = (self.bitrate * 2).to_string();
-            push(
-                &mut a,
-                &[
-                    "-b:v",
-                    &b,
-                    "-maxrate",
-                    &b,
-                    "-bufsize",
-                    &buf,
-                    "-g",
-                    &gop,
-                    "-keyint_min",
-                    &gop,
-                    "-sc_threshold",
-                    "0",
-                    "-pix_fmt",
-                    "yuv420p",
-                ],
-            );
-        }
+        self.video_codec_args(enc, &mut a);
+        self.video_rate_args(&mut a);
         match self.audio {
             AudioCodec::None => {}
             AudioCodec::Copy => push(&mut a, &["-c:a", "copy"]),
@@ -490,6 +424,139 @@ impl Profile {
             ],
         );
         a
+    }
+
+    /// The `-filter_complex` chains (scaling and frame rate; the audio
+    /// matrix, split once per track) and the `-map`s of the outputs, video
+    /// first.
+    fn filter_graph(&self) -> (Vec<String>, Vec<String>) {
+        let mut graph: Vec<String> = Vec::new();
+        let mut vf: Vec<String> = Vec::new();
+        if let (Some(w), Some(h)) = (self.width, self.height) {
+            vf.push(format!("scale={w}:{h}"));
+        } else if let Some(w) = self.width {
+            vf.push(format!("scale={w}:-2"));
+        } else if let Some(h) = self.height {
+            vf.push(format!("scale=-2:{h}"));
+        }
+        if let Some(f) = self.fps {
+            vf.push(format!("fps={f}"));
+        }
+        let mut maps = Vec::new();
+        if self.video != VideoCodec::Copy && !vf.is_empty() {
+            graph.push(format!("[0:v:0]{}[v]", vf.join(",")));
+            maps.push("[v]".to_string());
+        } else {
+            maps.push("0:v:0?".to_string());
+        }
+        match (self.audio, self.tracks.len()) {
+            (AudioCodec::None, _) => {}
+            (_, 0) => maps.push("0:a:0?".into()),
+            (_, 1) => {
+                graph.push(format!("[0:a:0]{}[a0]", self.tracks[0].pan()));
+                maps.push("[a0]".into());
+            }
+            (_, n) => {
+                let labels: String = (0..n).map(|i| format!("[s{i}]")).collect();
+                graph.push(format!("[0:a:0]asplit={n}{labels}"));
+                for (i, t) in self.tracks.iter().enumerate() {
+                    graph.push(format!("[s{i}]{}[a{i}]", t.pan()));
+                    maps.push(format!("[a{i}]"));
+                }
+            }
+        }
+        (graph, maps)
+    }
+
+    /// `-c:v` and its encoder's low-latency settings.
+    fn video_codec_args(&self, enc: Encoder, a: &mut Vec<String>) {
+        let preset = self.preset.as_deref();
+        match (self.video, enc) {
+            (VideoCodec::Copy, _) => push(a, &["-c:v", "copy"]),
+            (v, Encoder::Nvenc) => {
+                let c = if v == VideoCodec::Hevc {
+                    "hevc_nvenc"
+                } else {
+                    "h264_nvenc"
+                };
+                push(
+                    a,
+                    &[
+                        "-c:v",
+                        c,
+                        "-preset",
+                        nvenc_preset(preset.unwrap_or("p2")),
+                        "-tune",
+                        "ll",
+                        "-rc",
+                        "cbr",
+                        "-zerolatency",
+                        "1",
+                        "-bf",
+                        "0",
+                    ],
+                );
+            }
+            (v, Encoder::Software) => {
+                let p = match preset {
+                    Some(p) if X264_PRESETS.contains(&p) => p,
+                    _ => "veryfast",
+                };
+                if v == VideoCodec::Hevc {
+                    push(
+                        a,
+                        &[
+                            "-c:v",
+                            "libx265",
+                            "-preset",
+                            p,
+                            "-tune",
+                            "zerolatency",
+                            "-x265-params",
+                            "log-level=error",
+                        ],
+                    );
+                } else {
+                    push(
+                        a,
+                        &["-c:v", "libx264", "-preset", p, "-tune", "zerolatency"],
+                    );
+                }
+            }
+        }
+    }
+
+    /// Constant bit rate and a fixed GOP (default two seconds) of an
+    /// encoded video; nothing for `copy`.
+    fn video_rate_args(&self, a: &mut Vec<String>) {
+        if self.video == VideoCodec::Copy {
+            return;
+        }
+        let b = self.bitrate.to_string();
+        let gop = self
+            .gop
+            .unwrap_or_else(|| (self.fps.unwrap_or(25.0) * 2.0).round() as u32)
+            .to_string();
+        let buf = (self.bitrate * 2).to_string();
+        push(
+            a,
+            &[
+                "-b:v",
+                &b,
+                "-maxrate",
+                &b,
+                "-bufsize",
+                &buf,
+                "-g",
+                &gop,
+                "-keyint_min",
+                &gop,
+                "-sc_threshold",
+                "0",
+                "-pix_fmt",
+                "yuv420p",
+            ],
+        );
     }
 }
 
@@ -649,6 +716,104 @@ gain_db = 3
         let n = p[0].transcode_args(Encoder::Nvenc).join(" ");
         assert!(n.contains("-c:v h264_nvenc -preset p1 -tune ll"), "{n}");
     }
+
+    /// The whole command line of each codec, encoder, scaling and audio
+    /// case, word for word (kept identical through the split of
+    /// `transcode_args` into steps).
+    #[test]
+    fn transcode_args_are_pinned_word_for_word() {
+        let cases = [
+            "[[profile]]\nnumber = 1\n",
+            "[[profile]]\nnumber = 1\nvideo = \"hevc\"\nwidth = 1280\npreset = \"p5\"\n",
+            "[[profile]]\nnumber = 1\nheight = 720\nfps = 50\naudio = \"copy\"\n",
+            "[[profile]]\nnumber = 1\nvideo = \"copy\"\naudio = \"none\"\n",
+            "[[profile]]\nnumber = 1\ngop = 10\n[[profile.audio_track]]\ndownmix = \"stereo\"\n",
+        ];
+        let mut got = String::new();
+        for c in cases {
+            let p = load(c).expect("valid");
+            for enc in [Encoder::Software, Encoder::Nvenc] {
+                got.push_str(&p[0].transcode_args(enc).join(" "));
+                got.push('\n');
+            }
+        }
+        assert_eq!(got, PINNED_ARGS);
+    }
+
+    const PINNED_ARGS: &str = concat!(
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -map 0:v:0? -map 0:a:0? -c:v libx264 -preset veryfast -tune zerolatency -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 50 -keyint_min 50 -sc_threshold 0 -pix_fmt yuv420p -c:a aac -b:a 128000 -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -map 0:v:0? -map 0:a:0? -c:v h264_nvenc -preset p2 -tune ll -rc cbr -zerolatency 1 -bf 0 -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 50 -keyint_min 50 -sc_threshold 0 -pix_fmt yuv420p -c:a aac -b:a 128000 -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -filter_complex [0:v:0]scale=1280:-2[v] -map [v] -map 0:a:0? -c:v libx265 -preset veryfast -tune zerolatency -x265-params log-level=error -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 50 -keyint_min 50 -sc_threshold 0 -pix_fmt yuv420p -c:a aac -b:a 128000 -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -filter_complex [0:v:0]scale=1280:-2[v] -map [v] -map 0:a:0? -c:v hevc_nvenc -preset p5 -tune ll -rc cbr -zerolatency 1 -bf 0 -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 50 -keyint_min 50 -sc_threshold 0 -pix_fmt yuv420p -c:a aac -b:a 128000 -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -filter_complex [0:v:0]scale=-2:720,fps=50[v] -map [v] -map 0:a:0? -c:v libx264 -preset veryfast -tune zerolatency -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 100 -keyint_min 100 -sc_threshold 0 -pix_fmt yuv420p -c:a copy -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -filter_complex [0:v:0]scale=-2:720,fps=50[v] -map [v] -map 0:a:0? -c:v h264_nvenc -preset p2 -tune ll -rc cbr -zerolatency 1 -bf 0 -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 100 -keyint_min 100 -sc_threshold 0 -pix_fmt yuv420p -c:a copy -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -map 0:v:0? -c:v copy -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -map 0:v:0? -c:v copy -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -filter_complex [0:a:0]pan=stereo|c0=1*FL+0.7071*FC+0.7071*BL+0.7071*SL|c1=1*FR+0.7071*FC+0.7071*BR+0.7071*SR[a0] -map 0:v:0? -map [a0] -c:v libx264 -preset veryfast -tune zerolatency -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 10 -keyint_min 10 -sc_threshold 0 -pix_fmt yuv420p -c:a aac -b:a 128000 -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    "-hide_banner -nostdin -loglevel warning -nostats -progress pipe:2 -stats_period 0.5 -probesize 1000000 -analyzeduration 1000000 -copyts -f mpegts -i pipe:0 -filter_complex [0:a:0]pan=stereo|c0=1*FL+0.7071*FC+0.7071*BL+0.7071*SL|c1=1*FR+0.7071*FC+0.7071*BR+0.7071*SR[a0] -map 0:v:0? -map [a0] -c:v h264_nvenc -preset p2 -tune ll -rc cbr -zerolatency 1 -bf 0 -b:v 2000000 -maxrate 2000000 -bufsize 4000000 -g 10 -keyint_min 10 -sc_threshold 0 -pix_fmt yuv420p -c:a aac -b:a 128000 -muxdelay 0 -muxpreload 0 -flush_packets 1 -f mpegts pipe:1\n",
+    );
+
+    /// Every key's problem of a `[[profile]]` table, word for word and in
+    /// order (kept identical through the split of `parse_one`).
+    #[test]
+    fn profile_problems_are_pinned_in_order() {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            profile: Vec<ProfileTable>,
+        }
+        let doc: Doc = toml::from_str(
+            r#"
+[[profile]]
+number = 0
+video = "vp9"
+encoder = "quicksync"
+width = 641
+height = 8
+fps = 500
+bitrate = 1
+gop = 0
+preset = "p9"
+audio = "opus"
+audio_bitrate = 1
+[[profile.audio_track]]
+extract = "CENTRE"
+
+[[profile]]
+number = 2
+video = "copy"
+width = 640
+audio = "copy"
+[[profile.audio_track]]
+downmix = "stereo"
+"#,
+        )
+        .expect("tables");
+        let mut errs = Vec::new();
+        let p = parse_profiles(&doc.profile, &mut errs);
+        assert!(p.is_empty());
+        let got: Vec<String> = errs
+            .iter()
+            .map(|e| format!("{}: {}", e.key, e.message))
+            .collect();
+        assert_eq!(got, PINNED_PROBLEMS);
+    }
+
+    const PINNED_PROBLEMS: [&str; 14] = [
+        "profile[0].number: expected an integer 1..=64 (the Output Profile point's value)",
+        "profile[0].video: unknown video codec \"vp9\" (h264, hevc, copy)",
+        "profile[0].encoder: unknown encoder \"quicksync\" (auto, nvenc, software)",
+        "profile[0].height: expected an integer 16..=4320",
+        "profile[0].width: must be even (4:2:0 video)",
+        "profile[0].fps: expected a frame rate 1..=240",
+        "profile[0].bitrate: expected an integer 50000..=200000000",
+        "profile[0].gop: expected an integer 1..=1000",
+        "profile[0].preset: unknown preset \"p9\" (ultrafast, superfast, veryfast, faster, fast, medium, slow, slower, veryslow or p1..p7)",
+        "profile[0].audio: unknown audio codec \"opus\" (aac, copy, none)",
+        "profile[0].audio_bitrate: expected an integer 8000..=1024000",
+        "profile[0].audio_track[0].channels: \"CENTRE\": unknown channel \"CENTRE\" (known: FL, FR, FC, LFE, BL, BR, FLC, FRC, BC, SL, SR, TC, TFL, TFC, TFR, TBL, TBC, TBR, DL, DR, WL, WR, SDL, SDR, LFE2)",
+        "profile[1].video: video = \"copy\" cannot change width, height, fps or gop",
+        "profile[1].audio_track: an audio matrix needs audio = \"aac\" (it re-encodes)",
+    ];
 
     #[test]
     fn defaults_and_copy() {

@@ -195,20 +195,8 @@ impl ChunkDecoder {
 
     fn one_chunk(&mut self, buf: &mut BytesMut) -> Result<Step, ChunkError> {
         let b = &buf[..];
-        let Some(&b0) = b.first() else {
+        let Some((fmt, csid, mut pos)) = basic_header(b) else {
             return Ok(Step::NeedMore);
-        };
-        let fmt = b0 >> 6;
-        let (csid, mut pos) = match b0 & 0x3F {
-            0 => match b.get(1) {
-                Some(&x) => (64 + u32::from(x), 2),
-                None => return Ok(Step::NeedMore),
-            },
-            1 => match (b.get(1), b.get(2)) {
-                (Some(&x), Some(&y)) => (64 + u32::from(x) + 256 * u32::from(y), 3),
-                _ => return Ok(Step::NeedMore),
-            },
-            c => (u32::from(c), 1),
         };
         let hlen = [11, 7, 3, 0][usize::from(fmt)];
         let Some(h) = b.get(pos..pos + hlen) else {
@@ -272,25 +260,7 @@ impl ChunkDecoder {
         let st = self.streams.entry(csid).or_default();
         if !continuing {
             self.buffered -= st.partial.len();
-            st.partial = BytesMut::with_capacity((len as usize).min(64 * 1024));
-            match fmt {
-                0 => {
-                    st.timestamp = ext_ts.or(ts_field).unwrap_or(0);
-                    st.delta = 0;
-                    st.stream_id = u32::from_le_bytes([h[7], h[8], h[9], h[10]]);
-                }
-                1 | 2 => {
-                    st.delta = ext_ts.or(ts_field).unwrap_or(0);
-                    st.timestamp = st.timestamp.wrapping_add(st.delta);
-                }
-                _ => {
-                    // fmt 3 starting a new message: same delta again.
-                    st.timestamp = st.timestamp.wrapping_add(st.delta);
-                }
-            }
-            st.len = len;
-            st.type_id = type_id;
-            st.remaining = len;
+            st.begin(fmt, h, ext_ts.or(ts_field), len, type_id);
         }
         st.seen = true;
         if fmt < 3 {
@@ -320,6 +290,46 @@ enum Step {
     NeedMore,
     Progress,
     Done(Message),
+}
+
+/// A chunk's basic header: (fmt, chunk stream id, its length in bytes:
+/// 1, 2 or 3); None while it is incomplete.
+fn basic_header(b: &[u8]) -> Option<(u8, u32, usize)> {
+    let b0 = *b.first()?;
+    let fmt = b0 >> 6;
+    let (csid, len) = match b0 & 0x3F {
+        0 => (64 + u32::from(*b.get(1)?), 2),
+        1 => (64 + u32::from(*b.get(1)?) + 256 * u32::from(*b.get(2)?), 3),
+        c => (u32::from(c), 1),
+    };
+    Some((fmt, csid, len))
+}
+
+impl CsState {
+    /// A message starts on this chunk stream with a chunk of header format
+    /// `fmt` (message header `h`, timestamp or delta `ts`: the extended
+    /// one when present): its timestamp, length and type.
+    fn begin(&mut self, fmt: u8, h: &[u8], ts: Option<u32>, len: u32, type_id: u8) {
+        self.partial = BytesMut::with_capacity((len as usize).min(64 * 1024));
+        match fmt {
+            0 => {
+                self.timestamp = ts.unwrap_or(0);
+                self.delta = 0;
+                self.stream_id = u32::from_le_bytes([h[7], h[8], h[9], h[10]]);
+            }
+            1 | 2 => {
+                self.delta = ts.unwrap_or(0);
+                self.timestamp = self.timestamp.wrapping_add(self.delta);
+            }
+            _ => {
+                // fmt 3 starting a new message: same delta again.
+                self.timestamp = self.timestamp.wrapping_add(self.delta);
+            }
+        }
+        self.len = len;
+        self.type_id = type_id;
+        self.remaining = len;
+    }
 }
 
 /// Chunk stream encoder for our messages: a full (fmt 0) header on the

@@ -29,9 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::tsmux::{MuxConfig, TsMuxer};
-use crate::engine::input::Feed;
-use crate::engine::spec::RtmpInput;
-use crate::engine::stats::IoStats;
+use crate::mpegts::feed::Feed;
+use crate::mpegts::stats::IoStats;
 use crate::section::{Problem, Section};
 
 /// `[rtmp]` in castpoint.toml.
@@ -299,6 +298,22 @@ pub async fn serve(
                 Err(e) => tracing::warn!("rtmp {peer}: {e}"),
             }
         });
+    }
+}
+
+/// An RTMP ingest point. The stream key is a secret: `Debug` hides it.
+#[derive(Clone, PartialEq)]
+pub struct RtmpInput {
+    pub app: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for RtmpInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtmpInput")
+            .field("app", &self.app)
+            .field("key", &"***")
+            .finish()
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::input::Feed;
+use crate::mpegts::feed::Feed;
 
 /// How RTP travels from the camera.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

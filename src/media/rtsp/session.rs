@@ -15,7 +15,7 @@ use super::remux::Remux;
 use super::rtp::{self, AacDepack, H264Depack, SeqCheck};
 use super::sdp::{self, Codec};
 use super::{parse_url, RtspSpec, RtspTransport};
-use crate::engine::input::Feed;
+use crate::mpegts::feed::Feed;
 
 /// Why a session ended; the text lands in the input's stats.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -76,8 +76,7 @@ pub fn export_config(c: &crate::config::Config, stamp: &str) -> (String, String)
         crate::points::DbOptions::default(),
         Some(tpl),
     );
-    let spec = crate::config::routes::engine_spec(&c.server);
-    let descs = crate::engine::bridge::route_descs(&spec);
+    let descs = crate::config::routes::route_descs(&c.server);
     let (slots, _) =
         crate::points::routes::assign_slots(&descs, &std::collections::HashMap::new(), max);
     for d in &descs {

@@ -44,7 +44,7 @@ use bacnet_types::primitives::{ObjectIdentifier, PropertyValue};
 
 use crate::points::routes::{BlockInfo, RouteTemplate};
 use crate::points::{
-    BacnetObject, BacnetObjectType, BacnetTrendLog, Kind, Maps, PointDb, PointDef, PointId, Role,
+    BacnetObject, BacnetObjectType, BacnetTrendLog, Maps, PointDb, PointDef, PointId, Role,
 };
 
 use super::config_objects::ConfigObject;
@@ -59,32 +59,10 @@ pub const MAX_INSTANCE: u32 = 4_194_302;
 /// File in the data dir holding the Database_Revision and its fingerprint.
 pub const REVISION_FILE: &str = "bacnet-database-revision";
 
-/// Where route objects go: `base + slot x stride + k`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InstanceRule {
-    pub base: u32,
-    pub stride: u32,
-}
-
-impl InstanceRule {
-    /// Instance of block point `k` of slot `slot`.
-    pub fn instance(self, slot: u16, k: usize) -> u64 {
-        u64::from(self.base) + u64::from(slot) * u64::from(self.stride) + k as u64
-    }
-}
-
-/// The BACnet object type of a route template point, and whether it is
-/// commandable.
-pub fn type_of(def: &PointDef) -> (BacnetObjectType, bool) {
-    match (def.writable, def.kind) {
-        (true, Kind::Bool) => (BacnetObjectType::BinaryOutput, true),
-        (true, Kind::Number) => (BacnetObjectType::AnalogValue, true),
-        (true, Kind::Enum) => (BacnetObjectType::MultiStateValue, true),
-        (false, Kind::Number) => (BacnetObjectType::AnalogInput, false),
-        (false, Kind::Enum) => (BacnetObjectType::MultiStateValue, false),
-        (false, Kind::Bool) => (BacnetObjectType::BinaryValue, false),
-    }
-}
+/// The pure address rules live with the route template in the point
+/// database, so the REST API and the config check share them without
+/// naming a protocol.
+pub use crate::points::route_addresses::{type_of, InstanceRule};
 
 /// Whether a route point's object gets a Trend Log: a `his` measurement,
 /// the server's rule (`mappings/bacnet.toml` `[trend_log]`).
