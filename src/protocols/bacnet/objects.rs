@@ -67,6 +67,29 @@ pub struct PointObject {
     commandable: bool,
     /// The point's alarm, when it has one (intrinsic reporting: alarms.rs).
     alarm: Option<Arc<AlarmLink>>,
+    /// `required()` then `optional()`, computed when the object is built
+    /// and interned ([`intern`]): every ReadProperty checks membership
+    /// here and Property_List / an RPM ALL borrow it. Building the lists per
+    /// read was one allocation per property read and one more per object
+    /// expanded, 8% of an RPM ALL's CPU (issue 25, bench/README.md).
+    props: &'static [P],
+}
+
+/// The one `'static` copy of a property set. The stack's `property_list`
+/// returns `Cow<'static, [P]>`, so a borrowed answer needs a `'static`
+/// slice; leaking one per object would grow with every route reload, but
+/// the distinct sets are few and fixed by this file and alarms.rs (object
+/// type x commandable x Min/Max_Pres_Value present x the alarm's
+/// algorithm: a few dozen at most), so each is leaked once and shared.
+fn intern(set: Vec<P>) -> &'static [P] {
+    static SETS: parking_lot::Mutex<Vec<&'static [P]>> = parking_lot::Mutex::new(Vec::new());
+    let mut sets = SETS.lock();
+    if let Some(s) = sets.iter().copied().find(|s| *s == &set[..]) {
+        return s;
+    }
+    let s: &'static [P] = Box::leak(set.into_boxed_slice());
+    sets.push(s);
+    s
 }
 
 /// Maps a castpoint object type to the BACnet one.
@@ -207,7 +230,7 @@ impl PointObject {
         units: u32,
     ) -> Result<Self, Error> {
         let oid = ObjectIdentifier::new(object_type(ty), instance)?;
-        Ok(PointObject {
+        let obj = PointObject {
             oid,
             ty,
             name: def.name.clone(),
@@ -221,7 +244,17 @@ impl PointObject {
             states: def.states.clone(),
             commandable: ty.commandable(),
             alarm: None,
-        })
+            props: &[],
+        };
+        Ok(obj.with_props())
+    }
+
+    /// Recomputes the property set after a change that decides it.
+    fn with_props(mut self) -> Self {
+        let mut v = self.required().to_vec();
+        v.extend(self.optional());
+        self.props = intern(v);
+        self
     }
 
     /// The same view with the labels a route gives it (`routes.rs`):
@@ -238,14 +271,14 @@ impl PointObject {
     /// writes), overriding what its type says in the map.
     pub fn with_commandable(mut self, commandable: bool) -> Self {
         self.commandable = commandable;
-        self
+        self.with_props()
     }
 
     /// Makes this object alarm-capable: its event properties and intrinsic
     /// reporting become views of castpoint's alarm runtime (alarms.rs).
     pub fn with_alarm(mut self, link: Arc<AlarmLink>) -> Self {
         self.alarm = Some(link);
-        self
+        self.with_props()
     }
 
     /// The point's alarm state, if it has an alarm.
@@ -273,8 +306,10 @@ impl PointObject {
 
     fn state(&self) -> PointState {
         // The id was resolved from this database at start-up, so it exists;
-        // an absent state still reads as an honest "unavailable".
-        self.db.read(self.id).unwrap_or(PointState {
+        // an absent state still reads as an honest "unavailable". Built
+        // only then (`unwrap_or` took the clock on every read: 0.7 % of an
+        // RPM ALL's CPU, issue 25).
+        self.db.read(self.id).unwrap_or_else(|| PointState {
             value: None,
             quality: Quality::Unavailable,
             reason: None,
@@ -468,10 +503,7 @@ impl BACnetObject for PointObject {
         if array_index.is_some() && !self.is_array_property(property) {
             return Err(not_an_array());
         }
-        if !(property == P::PROPERTY_LIST
-            || self.required().contains(&property)
-            || self.optional().contains(&property))
-        {
+        if !(property == P::PROPERTY_LIST || self.props.contains(&property)) {
             return Err(unknown_property());
         }
         if let Some(l) = &self.alarm {
@@ -586,9 +618,7 @@ impl BACnetObject for PointObject {
     }
 
     fn property_list(&self) -> Cow<'static, [P]> {
-        let mut v = self.required().to_vec();
-        v.extend(self.optional());
-        Cow::Owned(v)
+        Cow::Borrowed(self.props)
     }
 
     fn required_properties(&self) -> Cow<'static, [P]> {

@@ -290,6 +290,41 @@ fn every_listed_property_reads() {
     }
 }
 
+/// The property set is computed once per object (objects.rs `props`):
+/// `with_commandable` after construction must still change what is listed
+/// and what reads, both ways (a route's Input Select is a commandable
+/// Multi-state Value, routes.rs).
+#[test]
+fn commandable_set_after_construction_changes_the_property_set() {
+    let (_, db, _) = setup();
+    let point = db.lookup("input_status").expect("point");
+    let def = db.def(point).expect("def");
+    let make = || {
+        PointObject::new(
+            db.clone(),
+            point,
+            def,
+            crate::points::BacnetObjectType::MultiStateValue,
+            2,
+            0,
+        )
+        .expect("object")
+    };
+    for commandable in [true, false] {
+        let o = make().with_commandable(commandable);
+        for p in [
+            P::PRIORITY_ARRAY,
+            P::RELINQUISH_DEFAULT,
+            P::CURRENT_COMMAND_PRIORITY,
+        ] {
+            assert_eq!(o.property_list().contains(&p), commandable, "{p:?}");
+            assert_eq!(o.read_property(p, None).is_ok(), commandable, "{p:?}");
+        }
+        let o = o.with_commandable(!commandable);
+        assert_eq!(o.property_list().contains(&P::PRIORITY_ARRAY), !commandable);
+    }
+}
+
 #[test]
 fn ede_lists_device_and_every_object() {
     let (cfg, _, _) = setup();
