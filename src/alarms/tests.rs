@@ -215,18 +215,7 @@ async fn a_storm_of_100_routes_is_stored_whole_and_notified_at_a_bounded_rate() 
             .expect("live");
         points.push(id);
     }
-    let spec = AlarmSpec {
-        algorithm: Algorithm::ChangeOfState {
-            // NO_SIGNAL
-            alarm_values: vec![Value::Enum(2)],
-        },
-        fault_values: vec![],
-        fault_on_bad_quality: false,
-        time_delay: Duration::ZERO,
-        time_delay_normal: None,
-        event_enable: PerTransition::all(true),
-        notification_class: 1,
-    };
+    let spec = no_signal();
     let alarms = Alarms::new(
         db.clone(),
         points.iter().map(|p| (*p, spec.clone())).collect(),
@@ -313,12 +302,9 @@ async fn a_storm_of_100_routes_is_stored_whole_and_notified_at_a_bounded_rate() 
     task.await.expect("run");
 }
 
-/// A database with route blocks and an alarm runtime over every slot's
-/// Route Status (NO_SIGNAL is the alarm value), with `store`.
-fn route_runtime(store: Option<Arc<dyn AlarmStore>>) -> (PointDb, Alarms) {
-    let c = Config::embedded().expect("embedded");
-    let db = PointDb::with_routes(c.points, c.site, DbOptions::default(), c.route_template);
-    let spec = AlarmSpec {
+/// Route Status in alarm at NO_SIGNAL (2), class 1, no delay.
+fn no_signal() -> AlarmSpec {
+    AlarmSpec {
         algorithm: Algorithm::ChangeOfState {
             alarm_values: vec![Value::Enum(2)],
         },
@@ -328,7 +314,15 @@ fn route_runtime(store: Option<Arc<dyn AlarmStore>>) -> (PointDb, Alarms) {
         time_delay_normal: None,
         event_enable: PerTransition::all(true),
         notification_class: 1,
-    };
+    }
+}
+
+/// A database with route blocks and an alarm runtime over every slot's
+/// Route Status (NO_SIGNAL is the alarm value), with `store`.
+fn route_runtime(store: Option<Arc<dyn AlarmStore>>) -> (PointDb, Alarms) {
+    let c = Config::embedded().expect("embedded");
+    let db = PointDb::with_routes(c.points, c.site, DbOptions::default(), c.route_template);
+    let spec = no_signal();
     let points = (1..=4u16)
         .filter_map(|slot| db.block_point(slot, "route_status", None))
         .map(|p| (p, spec.clone()))
