@@ -12,6 +12,10 @@
 
 #[path = "../../src/media/rtmp/amf0.rs"]
 pub mod amf0;
+/// The BACnet B/IP filter's classifier (`protocols/bacnet/classify.rs`):
+/// every datagram the device receives passes it before the stack.
+#[path = "../../src/protocols/bacnet/classify.rs"]
+pub mod bacnet_classify;
 #[path = "../../src/media/rtmp/chunk.rs"]
 pub mod chunk;
 /// Zinc / filter nesting pre-checks (`protocols/haystack/depth.rs`).

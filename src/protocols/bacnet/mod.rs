@@ -42,6 +42,7 @@
 //! answers.
 
 pub mod alarms;
+pub mod classify;
 pub mod config_objects;
 pub mod ede;
 pub mod objects;
