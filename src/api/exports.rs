@@ -28,8 +28,9 @@ pub type ModbusMapWriter = fn(&[PointDef], &ModbusMap, Option<&RouteTemplate>) -
 /// depending on a protocol.
 #[derive(Clone, Copy)]
 pub struct Writers {
-    /// The EDE data file and its state-text file of a config, stamped.
-    pub ede: fn(&Config, &str) -> (String, String),
+    /// The EDE data file and its state-text file of the running device
+    /// (its config and the route blocks open in the database), stamped.
+    pub ede: fn(&Config, &crate::points::PointDb, &str) -> (String, String),
     pub modbus_csv: ModbusMapWriter,
     pub modbus_md: ModbusMapWriter,
 }
@@ -94,22 +95,24 @@ fn file(ctype: &'static str, name: &str, text: String) -> Response {
     r
 }
 
-/// With the route blocks' objects, exactly as `castpoint export ede`.
-fn ede_files(src: &Sources) -> (String, String) {
+/// With the objects of the route blocks the device serves now (a route
+/// created over REST, a slot kept from an earlier run): `castpoint export
+/// ede` can only assume a first start's slots for the config's routes.
+fn ede_files(src: &Sources, db: &crate::points::PointDb) -> (String, String) {
     let stamp = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    (src.writers.ede)(&src.config, &stamp)
+    (src.writers.ede)(&src.config, db, &stamp)
 }
 
 async fn ede(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let src = sources(&s)?;
-    let (ede, _) = ede_files(src);
+    let (ede, _) = ede_files(src, &s.db);
     let name = format!("{}_EDE.csv", src.config.server.bacnet.device_name);
     Ok(file("text/csv; charset=utf-8", &name, ede))
 }
 
 async fn ede_states(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let src = sources(&s)?;
-    let (_, states) = ede_files(src);
+    let (_, states) = ede_files(src, &s.db);
     let name = format!("{}_StateTexts.csv", src.config.server.bacnet.device_name);
     Ok(file("text/csv; charset=utf-8", &name, states))
 }

@@ -1,5 +1,7 @@
-"""The engineering exports over HTTP (/api/export/*) are the CLI's exports (`castpoint export ede|modbus-map`) byte for byte, for a viewer and above."""
+"""The engineering exports over HTTP (/api/export/*) are the CLI's exports (`castpoint export ede|modbus-map`) byte for byte for a config's routes, for a viewer and above; the EDE follows the routes the device serves (one created over REST included)."""
+import json
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -53,5 +55,32 @@ def test_exports_are_the_cli_exports_for_a_viewer(tmp_path):
         # A bad credential is refused.
         status, _, _ = fetch(s.http_base + "/api/export/ede.csv", "not-a-token")
         assert status == 401
+        # A route created over REST is in the device's EDE (its view and
+        # objects in the slot it holds), as BACnet serves it; the CLI,
+        # reading only the config, cannot know it. Before, the API served
+        # the config's export and left the route out.
+        add = subprocess.run([castpoint_bin(), "user", "add", "ad", "--role", "admin", "--data-dir", s.data],
+                             input="admin-password-1\n", capture_output=True, text=True, timeout=30)
+        assert add.returncode == 0, add.stderr
+        ad = login(s.http_base, "ad", "admin-password-1")
+        req = urllib.request.Request(
+            s.http_base + "/api/routes", method="POST",
+            data=json.dumps({"name": "four",
+                             "inputs": [{"name": "main", "type": "generator", "bitrate": 1000000}],
+                             "outputs": [{"name": "web", "type": "http", "path": "four"}]}).encode(),
+            headers={"content-type": "application/json", "authorization": f"Bearer {ad}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 201
+        deadline = time.time() + 10
+        while True:
+            status, _, text = fetch(s.http_base + "/api/export/ede.csv", vw)
+            views = [l for l in text.splitlines() if "structured view: route four (slot" in l]
+            if views or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        assert status == 200 and len(views) == 1, text[-2000:]
+        slot = int(views[0].split(";")[0].split(".")[1])
+        assert f"route.{slot}.route_enable;" in text
+        assert "route four" not in cli(cfg, "ede")
     finally:
         s.stop()

@@ -91,13 +91,26 @@ pub fn export_config(c: &crate::config::Config, stamp: &str) -> (String, String)
             );
         }
     }
-    let rp = &c.server.route_points;
+    export_live(c, &db, stamp)
+}
+
+/// The EDE files of the running device: the server's objects, then the
+/// route blocks open in `db` now (routes created over REST included, each
+/// in the slot it holds), which is what the device serves. `/api/export`
+/// uses it; for a config whose routes hold their first-start slots it is
+/// byte for byte `export_config`.
+pub fn export_live(
+    c: &crate::config::Config,
+    db: &crate::points::PointDb,
+    stamp: &str,
+) -> (String, String) {
+    let classes = super::alarms::class_defs(&c.server.notification_class);
+    if db.route_template().is_none() {
+        return export(&c.server.bacnet, &c.points, &c.maps, &classes, stamp);
+    }
     let rows = RouteRows {
-        db: &db,
-        rule: super::routes::InstanceRule {
-            base: rp.bacnet_instance_base,
-            stride: rp.bacnet_instance_stride,
-        },
+        db,
+        rule: c.server.route_points.bacnet_rule(),
     };
     export_all(
         &c.server.bacnet,
