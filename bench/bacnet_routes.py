@@ -196,7 +196,8 @@ def main():
     finally:
         p.terminate()
         p.wait()
-    kind = "release" if "release" in a.bin else "debug"
+    # The profiling profile is the release code with line tables.
+    kind = "release" if ("release" in a.bin or "profiling" in a.bin) else "debug"
     print(f"{a.routes} routes x {a.outputs} outputs, {kind} binary, loopback, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
     print("| measure | value |")
