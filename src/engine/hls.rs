@@ -605,7 +605,9 @@ pub(crate) async fn run(
                 }
                 lost = true;
                 failing = true;
-            } else if std::mem::take(&mut failing) {
+            } else if after.wrote && std::mem::take(&mut failing) {
+                // Up again only once a write has succeeded, not after a
+                // batch that wrote nothing.
                 stats.set_up(None);
                 tracing::info!("hls {path}: segments are written again");
             }
@@ -664,10 +666,12 @@ async fn open(
     }
 }
 
-/// What [`write_out`] leaves: the disk, and on a failed write the
-/// sequence numbers of the batch's segments it dropped.
+/// What [`write_out`] leaves: the disk, whether anything was written, and
+/// on a failed write the sequence numbers of the batch's segments it
+/// dropped.
 struct WriteOut {
     disk: Disk,
+    wrote: bool,
     failed: Option<Vec<u64>>,
 }
 
@@ -690,6 +694,7 @@ async fn write_out(
     if ops.is_empty() {
         return WriteOut {
             disk: d,
+            wrote: false,
             failed: None,
         };
     }
@@ -702,6 +707,7 @@ async fn write_out(
     {
         Ok(back) => WriteOut {
             disk: back,
+            wrote: true,
             failed: None,
         },
         Err(e) => {
@@ -716,6 +722,7 @@ async fn write_out(
             }
             WriteOut {
                 disk: Disk { dir, part: None },
+                wrote: false,
                 failed: Some(seqs),
             }
         }
