@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Haystack benchmark: `read` of all points (Zinc) req/s with 1 and 8 concurrent clients, vs the REST /api/points baseline, and watchPoll latency after a value change. Prints a Markdown table.
 
-Usage: cargo build --release && python3 bench/haystack.py [--seconds 5]
+Usage: cargo build --release && python3 bench/haystack.py [--seconds 5] [--routes 100 --outputs 4]
+With --routes N the server runs bench/bacnet_routes.py's config of N routes
+(each its block of route points: issue 20's scale case) instead of the
+shipped castpoint.toml, and `read` returns every route point too.
 Each client is its own process with one keep-alive connection, so the GIL does
 not serialise the clients; on a small machine the clients share the CPU with
 the server, which the figures include.
@@ -73,6 +76,17 @@ def load(host, port, path, headers, clients, seconds):
     return total / seconds, sum(r[1] for r in res) / max(total, 1), el
 
 
+def count_rows(host, port, path, headers):
+    """Rows of one Zinc grid answer: the line after the column names on."""
+    conn = http.client.HTTPConnection(host, port)
+    conn.request("GET", path, headers=headers)
+    r = conn.getresponse()
+    body = r.read().decode()
+    if r.status != 200:
+        raise SystemExit(f"{path}: HTTP {r.status}")
+    return len([ln for ln in body.split("\n")[2:] if ln.strip()])
+
+
 def post(conn, path, body, tok):
     conn.request("POST", path, body=body.encode(), headers={
         "Authorization": f"BEARER authToken={tok}", "Content-Type": "text/zinc", "Accept": "text/zinc"})
@@ -117,8 +131,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--polls", type=int, default=300)
+    ap.add_argument("--routes", type=int, default=0)
+    ap.add_argument("--outputs", type=int, default=4)
     a = ap.parse_args()
-    cfg = (ROOT / "castpoint.toml").read_text() + "\n" + user_entry("bench", "operator", PASSWORD)
+    if a.routes:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from bacnet_routes import config as routes_config
+        base_cfg = pathlib.Path(routes_config(a.routes, a.outputs)).read_text()
+        what = f"{a.routes} routes x {a.outputs} outputs"
+    else:
+        base_cfg = (ROOT / "castpoint.toml").read_text()
+        what = "castpoint.toml"
+    cfg = base_cfg + "\n" + user_entry("bench", "operator", PASSWORD)
     path = pathlib.Path(tempfile.mkdtemp(prefix="castpoint-bench-")) / "castpoint.toml"
     path.write_text(cfg)
     s = Server(config=path)
@@ -128,6 +152,7 @@ def main():
         tok = login(s.http_base + base)
         hz = {"Authorization": f"BEARER authToken={tok}", "Accept": "text/zinc"}
         rows = []
+        n_rows = count_rows(host, port, f"{base}/read?filter=point", hz)
         for clients in (1, 8):
             hs, hb, _ = load(host, port, f"{base}/read?filter=point", hz, clients, a.seconds)
             rs, rb, _ = load(host, port, "/api/points", {"Accept": "application/json"}, clients, a.seconds)
@@ -136,8 +161,10 @@ def main():
     finally:
         s.stop()
     cpu = os.cpu_count()
-    print(f"Haystack bench ({cpu} CPUs shared by server and clients, release build, {a.seconds:g}s per run)\n")
-    print("| clients | Haystack read all points (Zinc, 23 rows) req/s | bytes/resp | REST /api/points (JSON) req/s | bytes/resp | ratio Haystack/REST |")
+    load_avg = os.getloadavg()[0]
+    print(f"Haystack bench, {what} ({cpu} CPUs shared by server and clients, {os.path.basename(os.path.dirname(os.environ['CASTPOINT_BIN']))} build, "
+          f"{a.seconds:g}s per run, load average {load_avg:.1f} at the end)\n")
+    print(f"| clients | Haystack read all points (Zinc, {n_rows} rows) req/s | bytes/resp | REST /api/points (JSON, the 23 server points) req/s | bytes/resp | ratio Haystack/REST |")
     print("|---|---|---|---|---|---|")
     for c, hs, hb, rs, rb in rows:
         print(f"| {c} | {hs:,.0f} | {hb:,.0f} | {rs:,.0f} | {rb:,.0f} | {hs / rs:.2f} |")
