@@ -254,7 +254,7 @@ async fn start_http(cfg: &Config, w: &mut Wiring) -> Option<HttpServer> {
         exports: Some(api::exports::Sources::from_config(
             cfg,
             api::exports::Writers {
-                ede: crate::protocols::bacnet::ede::export_live,
+                ede: crate::exports::ede_live,
                 modbus_csv: crate::protocols::modbus::export_csv,
                 modbus_md: crate::protocols::modbus::export_markdown,
             },

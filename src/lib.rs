@@ -2,8 +2,9 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the bird's-eye view. Dependency direction:
 //! `app` -> everything; `protocols`, `engine`, `telemetry`, `api` -> `points`;
-//! `api` -> `config` -> the parts' section types -> `section` (parts never
-//! import `config`). `tests/tidy.rs` checks these rules, the `unsafe`
+//! `api`, `exports` -> `config` -> the parts' section types -> `section`
+//! (parts never import `config`); `persist` -> `alarms` (never back). No
+//! two top-level modules import each other. `tests/tidy.rs` checks these rules, the `unsafe`
 //! confinement and the no-`unwrap()` / no-detached-spawn rules against the
 //! source.
 
@@ -30,6 +31,7 @@ pub mod auth;
 pub mod config;
 pub mod counters;
 pub mod engine;
+pub mod exports;
 pub mod httpd;
 pub mod limits;
 pub mod media;

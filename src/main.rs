@@ -477,7 +477,7 @@ fn apikey_cmd(what: ApikeyCmd) -> ExitCode {
 
 fn export_ede(c: &Config, out: Option<PathBuf>) -> ExitCode {
     let stamp = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    let (ede, states) = castpoint::protocols::bacnet::ede::export_config(c, &stamp);
+    let (ede, states) = castpoint::exports::ede_of_config(c, &stamp);
     let Some(dir) = out else {
         print!("{ede}");
         return ExitCode::SUCCESS;

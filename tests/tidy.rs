@@ -33,8 +33,14 @@ const LAYER_RULES: &[(&str, Option<&[&str]>, &str)] = &[
     ),
     (
         "protocols",
-        Some(&["engine", "telemetry", "api", "app"]),
-        "protocol servers meet the router only through the point database",
+        Some(&["engine", "telemetry", "api", "app", "config", "exports"]),
+        "protocol servers meet the router only through the point database; \
+         config -> parts, never back (each part owns its section type)",
+    ),
+    (
+        "alarms",
+        Some(&["persist", "api", "app", "config", "protocols", "engine"]),
+        "the alarm runtime defines the store it needs (`AlarmStore`); persist implements it",
     ),
     (
         "media",

@@ -3,9 +3,15 @@
 use serde_json::{json, Value as J};
 
 use super::{AlarmEvent, AlarmRecord, AlarmSummary, Alarms};
-use crate::persist::alarms::ts_nanos;
 use crate::points::alarm::{AlarmState, PerTransition, TransitionKind};
 use crate::points::{PointDb, PointId, Value};
+
+/// Fixed-width, nanosecond UTC: sorts lexically in time order and reads
+/// back to the same instant. The alarm store keeps its stamps in this form
+/// too, so a stored stamp and a JSON one compare as text.
+pub fn ts_nanos(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.9fZ").to_string()
+}
 
 /// A value as JSON: numbers and bools as such, enums as their ordinal
 /// with the state name beside it (`state`).

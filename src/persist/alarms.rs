@@ -30,11 +30,9 @@ use crate::points::{PointDb, Source};
 /// Transitions kept in `alarm_history` (oldest pruned first).
 pub const DEFAULT_HISTORY_RETENTION: usize = 100_000;
 
-/// Fixed-width, nanosecond UTC: sorts lexically in time order and reads
-/// back to the same instant.
-pub fn ts_nanos(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.9fZ").to_string()
-}
+/// The store keeps time stamps in the alarm JSON's own form (fixed width,
+/// so they sort lexically in time order).
+pub use crate::alarms::json::ts_nanos;
 
 fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)

@@ -59,70 +59,11 @@ pub struct RouteRows<'a> {
     pub rule: super::routes::InstanceRule,
 }
 
-/// `castpoint export ede` of a configuration: the server's objects, then
-/// the server's Structured View and, per route of the config, its view and
-/// objects. Slots are the config's pins, else assigned as a first start
-/// assigns them (a running server may hold others from its data dir or the
-/// REST API: pin `slot = N` for addresses an export can promise).
-pub fn export_config(c: &crate::config::Config, stamp: &str) -> (String, String) {
-    let classes = super::alarms::class_defs(&c.server.notification_class);
-    let Some(tpl) = c.route_template.clone() else {
-        return export(&c.server.bacnet, &c.points, &c.maps, &classes, stamp);
-    };
-    let max = tpl.max_slots;
-    let db = crate::points::PointDb::with_routes(
-        c.points.clone(),
-        c.site.clone(),
-        crate::points::DbOptions::default(),
-        Some(tpl),
-    );
-    let descs = crate::config::routes::route_descs(&c.server);
-    let (slots, _) =
-        crate::points::routes::assign_slots(&descs, &std::collections::HashMap::new(), max);
-    for d in &descs {
-        if let Some(&slot) = slots.get(&d.name) {
-            db.open_block(
-                slot,
-                crate::points::routes::BlockInfo {
-                    route: d.name.clone(),
-                    inputs: d.inputs.clone(),
-                    outputs: d.outputs.clone(),
-                },
-            );
-        }
-    }
-    export_live(c, &db, stamp)
-}
-
-/// The EDE files of the running device: the server's objects, then the
-/// route blocks open in `db` now (routes created over REST included, each
-/// in the slot it holds), which is what the device serves. `/api/export`
-/// uses it; for a config whose routes hold their first-start slots it is
-/// byte for byte `export_config`.
-pub fn export_live(
-    c: &crate::config::Config,
-    db: &crate::points::PointDb,
-    stamp: &str,
-) -> (String, String) {
-    let classes = super::alarms::class_defs(&c.server.notification_class);
-    if db.route_template().is_none() {
-        return export(&c.server.bacnet, &c.points, &c.maps, &classes, stamp);
-    }
-    let rows = RouteRows {
-        db,
-        rule: c.server.route_points.bacnet_rule(),
-    };
-    export_all(
-        &c.server.bacnet,
-        &c.points,
-        &c.maps,
-        &classes,
-        Some(&rows),
-        stamp,
-    )
-}
-
-fn export_all(
+/// The EDE files of the server's objects and, with `routes`, each open
+/// route block's view and objects after the server's view. The config glue
+/// (which routes, which slots) is `crate::exports`, above config and the
+/// protocols, so that this module never names the config.
+pub fn export_all(
     b: &BacnetSection,
     points: &[PointDef],
     maps: &Maps,

@@ -384,7 +384,7 @@ fn ede_lists_each_route_s_trend_logs_after_its_objects() {
     let text = "[[route]]\nname = \"cam\"\nslot = 3\n[[route.input]]\nname = \"in\"\ntype = \"udp\"\nbind = \"127.0.0.1:0\"\n";
     let mut cfg = Config::from_text("c.toml", text, std::path::Path::new(".")).expect("config");
     let rows = |cfg: &Config| -> Vec<String> {
-        let (ede, _) = ede::export_config(cfg, "2025-01-01");
+        let (ede, _) = crate::exports::ede_of_config(cfg, "2025-01-01");
         ede.lines()
             .filter(|l| l.starts_with("route.3"))
             .map(str::to_string)
