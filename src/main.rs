@@ -205,21 +205,7 @@ fn main() -> ExitCode {
     castpoint::api::live::mark_start();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::CheckConfig { config } => match load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} points, {} BACnet objects + {} Trend Logs, {} Modbus registers, {} HTTP endpoints)",
-                    c.origin,
-                    c.points.len(),
-                    c.maps.bacnet.objects.len(),
-                    c.maps.bacnet.trend_logs.len(),
-                    c.maps.modbus.registers.len(),
-                    c.maps.http.endpoints.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
+        Cmd::CheckConfig { config } => check_config(&config),
         Cmd::Points { config } => match load(&config) {
             Ok(c) => {
                 print!("{}", castpoint::config::table::point_table(&c));
@@ -227,25 +213,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Cmd::Export {
-            what: Export::ModbusMap { config, format },
-        } => match load(&config) {
-            Ok(c) => {
-                use castpoint::protocols::modbus::{export_csv, export_markdown};
-                let f = if format == "csv" {
-                    export_csv
-                } else {
-                    export_markdown
-                };
-                // With the route blocks (issue 20).
-                print!(
-                    "{}",
-                    f(&c.points, &c.maps.modbus, c.route_template.as_ref())
-                );
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
+        Cmd::Export { what } => export_cmd(what),
         Cmd::HaystackUser {
             name,
             role,
@@ -262,12 +230,6 @@ fn main() -> ExitCode {
         },
         Cmd::User { what } => user_cmd(what),
         Cmd::Apikey { what } => apikey_cmd(what),
-        Cmd::Export {
-            what: Export::Ede { config, out },
-        } => match load(&config) {
-            Ok(c) => export_ede(&c, out),
-            Err(code) => code,
-        },
         Cmd::Run {
             config,
             http,
@@ -277,44 +239,18 @@ fn main() -> ExitCode {
             data_dir,
             log_format,
         } => {
-            let mut cfg = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
+            let binds = Binds {
+                http,
+                bacnet,
+                modbus,
+                rtmp,
             };
-            if let Some(a) = http {
-                cfg.server.http.bind = a;
-            }
-            if let Some(a) = bacnet {
-                cfg.server.bacnet.bind = a;
-            }
-            if let Some(a) = modbus {
-                cfg.server.modbus.bind = a;
-            }
-            if let Some(a) = rtmp {
-                cfg.server.rtmp.bind = a;
-            }
-            if let Some(d) = data_dir {
-                cfg.server.data_dir = d;
-            }
-            // The overrides go through the file's bind check too.
-            if let Err(e) = cfg.check_binds() {
-                eprintln!("{e}");
-                return ExitCode::from(2);
-            }
-            run(cfg, log_format)
-        }
-        Cmd::Status { url, token } => {
-            let token = token.or_else(|| std::env::var("CASTPOINT_TOKEN").ok());
-            match castpoint::statuscmd::Target::parse(&url, token)
-                .and_then(|t| castpoint::statuscmd::run(&t))
-            {
-                Ok(text) => emit(text.as_bytes()),
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
+            match run_config(&config, binds, data_dir) {
+                Ok(cfg) => run(cfg, log_format),
+                Err(code) => code,
             }
         }
+        Cmd::Status { url, token } => status_cmd(&url, token),
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             // Into memory first: clap_complete panics when its writer
@@ -323,16 +259,115 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut cmd, "castpoint", &mut buf);
             emit(&buf)
         }
-        Cmd::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            let mut buf = Vec::new();
-            match clap_mangen::Man::new(cmd).render(&mut buf) {
-                Ok(()) => emit(&buf),
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
+        Cmd::Man => man(),
+    }
+}
+
+/// `castpoint check-config`: loads the configuration and says what it holds.
+fn check_config(config: &Option<PathBuf>) -> ExitCode {
+    match load(config) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} points, {} BACnet objects + {} Trend Logs, {} Modbus registers, {} HTTP endpoints)",
+                c.origin,
+                c.points.len(),
+                c.maps.bacnet.objects.len(),
+                c.maps.bacnet.trend_logs.len(),
+                c.maps.modbus.registers.len(),
+                c.maps.http.endpoints.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn export_cmd(what: Export) -> ExitCode {
+    match what {
+        Export::ModbusMap { config, format } => match load(&config) {
+            Ok(c) => {
+                use castpoint::protocols::modbus::{export_csv, export_markdown};
+                let f = if format == "csv" {
+                    export_csv
+                } else {
+                    export_markdown
+                };
+                // With the route blocks (issue 20).
+                print!(
+                    "{}",
+                    f(&c.points, &c.maps.modbus, c.route_template.as_ref())
+                );
+                ExitCode::SUCCESS
             }
+            Err(code) => code,
+        },
+        Export::Ede { config, out } => match load(&config) {
+            Ok(c) => export_ede(&c, out),
+            Err(code) => code,
+        },
+    }
+}
+
+/// The listener addresses `castpoint run` may override.
+struct Binds {
+    http: Option<SocketAddr>,
+    bacnet: Option<SocketAddr>,
+    modbus: Option<SocketAddr>,
+    rtmp: Option<SocketAddr>,
+}
+
+/// The configuration `castpoint run` starts with: the file (or the
+/// embedded one) with the command line's overrides.
+fn run_config(
+    config: &Option<PathBuf>,
+    binds: Binds,
+    data_dir: Option<PathBuf>,
+) -> Result<Config, ExitCode> {
+    let mut cfg = load(config)?;
+    if let Some(a) = binds.http {
+        cfg.server.http.bind = a;
+    }
+    if let Some(a) = binds.bacnet {
+        cfg.server.bacnet.bind = a;
+    }
+    if let Some(a) = binds.modbus {
+        cfg.server.modbus.bind = a;
+    }
+    if let Some(a) = binds.rtmp {
+        cfg.server.rtmp.bind = a;
+    }
+    if let Some(d) = data_dir {
+        cfg.server.data_dir = d;
+    }
+    // The overrides go through the file's bind check too.
+    if let Err(e) = cfg.check_binds() {
+        eprintln!("{e}");
+        return Err(ExitCode::from(2));
+    }
+    Ok(cfg)
+}
+
+fn status_cmd(url: &str, token: Option<String>) -> ExitCode {
+    let token = token.or_else(|| std::env::var("CASTPOINT_TOKEN").ok());
+    match castpoint::statuscmd::Target::parse(url, token)
+        .and_then(|t| castpoint::statuscmd::run(&t))
+    {
+        Ok(text) => emit(text.as_bytes()),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn man() -> ExitCode {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut buf = Vec::new();
+    match clap_mangen::Man::new(cmd).render(&mut buf) {
+        Ok(()) => emit(&buf),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -198,22 +198,7 @@ pub fn render(url: &str, health: &J, routes: &J, points: &J, alarms: Option<&J>)
     );
     let empty = Vec::new();
     let pts = points.as_array().unwrap_or(&empty);
-    let show = |id: &str| -> String {
-        let Some(p) = pts.iter().find(|p| p["id"] == id) else {
-            return "-".into();
-        };
-        if p["status"] == "unavailable" || p["value"].is_null() {
-            return "n/a".into();
-        }
-        if let Some(s) = p["state"].as_str() {
-            return s.into();
-        }
-        match (p["value"].as_f64(), p["unit"].as_str()) {
-            (Some(v), Some(u)) => format!("{v:.1} {u}"),
-            (Some(v), None) => format!("{v}"),
-            _ => "-".into(),
-        }
-    };
+    let show = |id: &str| show_point(pts, id);
     let _ = writeln!(
         o,
         "server: {}  cpu {}  memory {}  gpu {}  uptime {}",
@@ -231,53 +216,89 @@ pub fn render(url: &str, health: &J, routes: &J, points: &J, alarms: Option<&J>)
         routes["primary"].as_str().unwrap_or("none")
     );
     for r in list {
-        let st = &r["stats"];
-        let inputs = r["inputs"].as_array().unwrap_or(&empty);
-        let active = st["active_input"]
-            .as_u64()
-            .and_then(|i| inputs.get(i as usize))
-            .and_then(|i| i["name"].as_str())
-            .unwrap_or("none");
-        let in_bps = st["inputs"]
-            .as_array()
-            .and_then(|v| v.get(st["active_input"].as_u64().unwrap_or(0) as usize))
-            .and_then(|i| i["bitrate_bps"].as_f64());
-        let forced = st["forced_input"]
-            .as_str()
-            .map(|f| format!(" (forced {f})"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            o,
-            "  {}  {}  input {active}{forced}  in {}",
-            r["name"].as_str().unwrap_or("?"),
-            if st["enabled"].as_bool().unwrap_or(false) {
-                "enabled"
-            } else {
-                "disabled"
-            },
-            mbps(in_bps),
-        );
-        for out in st["outputs"].as_array().unwrap_or(&empty) {
-            let state = if !out["enabled"].as_bool().unwrap_or(true) {
-                "off".to_string()
-            } else if let Some(e) = out["error"].as_str() {
-                format!("ERROR {e}")
-            } else if out["up"].as_bool().unwrap_or(false) {
-                "up".to_string()
-            } else {
-                "down".to_string()
-            };
-            let _ = writeln!(
-                o,
-                "    {} {}  {state}  {}  {} clients  {} send errors",
-                out["kind"].as_str().unwrap_or("?"),
-                out["name"].as_str().unwrap_or("?"),
-                mbps(out["bitrate_bps"].as_f64()),
-                out["clients"].as_u64().unwrap_or(0),
-                out["send_errors"].as_u64().unwrap_or(0),
-            );
-        }
+        render_route(&mut o, r);
     }
+    render_alarms(&mut o, alarms);
+    render_bad_points(&mut o, pts);
+    o
+}
+
+/// A point's value as the summary shows it: `-` when there is no such
+/// point, `n/a` when it has no value.
+fn show_point(pts: &[J], id: &str) -> String {
+    let Some(p) = pts.iter().find(|p| p["id"] == id) else {
+        return "-".into();
+    };
+    if p["status"] == "unavailable" || p["value"].is_null() {
+        return "n/a".into();
+    }
+    if let Some(s) = p["state"].as_str() {
+        return s.into();
+    }
+    match (p["value"].as_f64(), p["unit"].as_str()) {
+        (Some(v), Some(u)) => format!("{v:.1} {u}"),
+        (Some(v), None) => format!("{v}"),
+        _ => "-".into(),
+    }
+}
+
+/// One route's line and one line per output.
+fn render_route(o: &mut String, r: &J) {
+    let empty = Vec::new();
+    let st = &r["stats"];
+    let inputs = r["inputs"].as_array().unwrap_or(&empty);
+    let active = st["active_input"]
+        .as_u64()
+        .and_then(|i| inputs.get(i as usize))
+        .and_then(|i| i["name"].as_str())
+        .unwrap_or("none");
+    let in_bps = st["inputs"]
+        .as_array()
+        .and_then(|v| v.get(st["active_input"].as_u64().unwrap_or(0) as usize))
+        .and_then(|i| i["bitrate_bps"].as_f64());
+    let forced = st["forced_input"]
+        .as_str()
+        .map(|f| format!(" (forced {f})"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "  {}  {}  input {active}{forced}  in {}",
+        r["name"].as_str().unwrap_or("?"),
+        if st["enabled"].as_bool().unwrap_or(false) {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        mbps(in_bps),
+    );
+    for out in st["outputs"].as_array().unwrap_or(&empty) {
+        render_output(o, out);
+    }
+}
+
+fn render_output(o: &mut String, out: &J) {
+    let state = if !out["enabled"].as_bool().unwrap_or(true) {
+        "off".to_string()
+    } else if let Some(e) = out["error"].as_str() {
+        format!("ERROR {e}")
+    } else if out["up"].as_bool().unwrap_or(false) {
+        "up".to_string()
+    } else {
+        "down".to_string()
+    };
+    let _ = writeln!(
+        o,
+        "    {} {}  {state}  {}  {} clients  {} send errors",
+        out["kind"].as_str().unwrap_or("?"),
+        out["name"].as_str().unwrap_or("?"),
+        mbps(out["bitrate_bps"].as_f64()),
+        out["clients"].as_u64().unwrap_or(0),
+        out["send_errors"].as_u64().unwrap_or(0),
+    );
+}
+
+/// The active alarms (`alarms` is None when the server has no alarm API).
+fn render_alarms(o: &mut String, alarms: Option<&J>) {
     match alarms.and_then(|a| a.as_array().or_else(|| a["alarms"].as_array())) {
         Some(a) if a.is_empty() => o.push_str("alarms: none active\n"),
         Some(a) => {
@@ -293,6 +314,10 @@ pub fn render(url: &str, health: &J, routes: &J, points: &J, alarms: Option<&J>)
         }
         None => o.push_str("alarms: this server has no alarm API\n"),
     }
+}
+
+/// The points whose status is not `ok`.
+fn render_bad_points(o: &mut String, pts: &[J]) {
     let bad: Vec<_> = pts
         .iter()
         .filter(|p| p["status"].as_str().is_some_and(|s| s != "ok"))
@@ -311,7 +336,6 @@ pub fn render(url: &str, health: &J, routes: &J, points: &J, alarms: Option<&J>)
             );
         }
     }
-    o
 }
 
 #[cfg(test)]

@@ -546,71 +546,18 @@ pub(crate) async fn run(
         Segmenter::new(segment)
     };
     let min_target = segment.as_secs_f64().round() as u64;
-    let mut seq = 0u64;
-    let mut started: Option<Instant> = None;
-    // After a failed write: the segment in progress lost its head and is
-    // dropped at its cut, and the next one is marked discontinuous.
-    let mut lost = false;
-    let mut next_discontinuity = false;
-    // A write failed and the output reads as failed until one succeeds.
-    let mut failing = false;
+    let mut num = Numbering::default();
     loop {
         let c = tokio::select! {
             _ = cancel.cancelled() => break,
             c = rx.recv() => c,
         };
         let Some(chunk) = c else { break };
-        let now = Instant::now();
-        let from = *started.get_or_insert(now);
-        let mut done = Vec::new();
-        let mut ops = Vec::new();
-        for c in seg.push(&chunk, now) {
-            // The next segment's data starts arriving at this cut.
-            let arrived = (started.unwrap_or(from), now);
-            started = Some(now);
-            if std::mem::take(&mut lost) {
-                ops.push(Op::Discard);
-                next_discontinuity = true;
-                continue;
-            }
-            let data = match &disk {
-                Some(d) => {
-                    ops.push(Op::Append(c.data));
-                    ops.push(Op::Close(seq));
-                    Body::File(d.file(seq))
-                }
-                None => Body::Mem(c.data),
-            };
-            done.push(Segment {
-                arrived,
-                seq,
-                secs: c.secs,
-                data,
-                discontinuity: c.discontinuity || std::mem::take(&mut next_discontinuity),
-                at: c.at,
-            });
-            seq += 1;
-        }
+        let (mut done, ops) = num.cut(&mut seg, &chunk, Instant::now(), disk.as_ref());
         if let Some(d) = disk.take() {
             let after = write_out(d, &mut seg, ops, &mut done, &stats, &path).await;
+            num.written(&after, &stats, &path);
             disk = Some(after.disk);
-            if let Some(failed) = after.failed {
-                // Nothing of this batch is listed: its numbers are given
-                // again (RFC 8216 6.2.1: a playlist's sequence numbers have
-                // no gaps), and the segment in progress (its head is lost)
-                // is dropped at its cut; the one after carries
-                // EXT-X-DISCONTINUITY.
-                if let Some(first) = failed.first() {
-                    seq = *first;
-                }
-                lost = true;
-                failing = true;
-            } else if after.wrote && std::mem::take(&mut failing) {
-                // Up again only once a write has succeeded, not after a
-                // batch that wrote nothing.
-                stats.set_up(None);
-                tracing::info!("hls {path}: segments are written again");
-            }
         }
         let mut gone = Vec::new();
         for s in done {
@@ -622,6 +569,86 @@ pub(crate) async fn run(
     if let Some(d) = disk {
         // The output is gone: so are its segments (a few files).
         let _ = std::fs::remove_dir_all(&d.dir);
+    }
+}
+
+/// How an HLS output numbers its segments, carried from chunk to chunk.
+#[derive(Default)]
+struct Numbering {
+    /// The number of the next segment listed.
+    seq: u64,
+    /// When the data of the segment in progress started arriving.
+    started: Option<Instant>,
+    /// After a failed write: the segment in progress lost its head and is
+    /// dropped at its cut, and the next one is marked discontinuous.
+    lost: bool,
+    next_discontinuity: bool,
+    /// A write failed and the output reads as failed until one succeeds.
+    failing: bool,
+}
+
+impl Numbering {
+    /// Feeds `chunk` to the segmenter: the segments it cuts, numbered, and
+    /// for a disk-backed output the file operations that write them.
+    fn cut(
+        &mut self,
+        seg: &mut Segmenter,
+        chunk: &[u8],
+        now: Instant,
+        disk: Option<&Disk>,
+    ) -> (Vec<Segment>, Vec<Op>) {
+        let from = *self.started.get_or_insert(now);
+        let mut done = Vec::new();
+        let mut ops = Vec::new();
+        for c in seg.push(chunk, now) {
+            // The next segment's data starts arriving at this cut.
+            let arrived = (self.started.unwrap_or(from), now);
+            self.started = Some(now);
+            if std::mem::take(&mut self.lost) {
+                ops.push(Op::Discard);
+                self.next_discontinuity = true;
+                continue;
+            }
+            let data = match disk {
+                Some(d) => {
+                    ops.push(Op::Append(c.data));
+                    ops.push(Op::Close(self.seq));
+                    Body::File(d.file(self.seq))
+                }
+                None => Body::Mem(c.data),
+            };
+            done.push(Segment {
+                arrived,
+                seq: self.seq,
+                secs: c.secs,
+                data,
+                discontinuity: c.discontinuity || std::mem::take(&mut self.next_discontinuity),
+                at: c.at,
+            });
+            self.seq += 1;
+        }
+        (done, ops)
+    }
+
+    /// Takes in how a batch's write went (see [`write_out`]).
+    fn written(&mut self, after: &WriteOut, stats: &IoStats, path: &str) {
+        if let Some(failed) = &after.failed {
+            // Nothing of this batch is listed: its numbers are given
+            // again (RFC 8216 6.2.1: a playlist's sequence numbers have
+            // no gaps), and the segment in progress (its head is lost)
+            // is dropped at its cut; the one after carries
+            // EXT-X-DISCONTINUITY.
+            if let Some(first) = failed.first() {
+                self.seq = *first;
+            }
+            self.lost = true;
+            self.failing = true;
+        } else if after.wrote && std::mem::take(&mut self.failing) {
+            // Up again only once a write has succeeded, not after a
+            // batch that wrote nothing.
+            stats.set_up(None);
+            tracing::info!("hls {path}: segments are written again");
+        }
     }
 }
 

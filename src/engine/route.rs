@@ -282,6 +282,18 @@ pub(crate) struct TcState {
     last: Option<Instant>,
 }
 
+/// The route task's input selection: which inputs are live, which one is
+/// forwarded, and the state the forwarded stream carries across switches.
+struct Selection {
+    /// Input keys by priority position (see `InputMsg`).
+    keys: Vec<usize>,
+    inputs: Vec<InputState>,
+    active: Option<usize>,
+    rewriter: super::ts::CcRewriter,
+    psi: PsiTracker,
+    gaps: VideoGapCounter,
+}
+
 impl RouteTask {
     pub async fn run(
         mut self,
@@ -289,29 +301,10 @@ impl RouteTask {
         mut cmds: mpsc::Receiver<RouteCmd>,
         cancel: CancellationToken,
     ) -> Vec<OutputSlot> {
-        let n = self.shared.inputs.lock().len();
-        // Input keys by priority position (see `InputMsg`).
-        let mut keys: Vec<usize> = (0..n).collect();
-        let mut inputs: Vec<InputState> = (0..n)
-            .map(|_| InputState {
-                last: None,
-                since: None,
-            })
-            .collect();
-        let mut active: Option<usize> = None;
-        let mut rewriter = super::ts::CcRewriter::default();
-        let mut psi = PsiTracker::default();
-        let mut gaps = VideoGapCounter::default();
+        let mut sel = self.begin();
         let tick_every = (self.timeout / 5).max(Duration::from_millis(10));
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.publish_outputs();
-        self.shared
-            .stream_enabled
-            .store(self.stream_enabled, Relaxed);
-        self.shared
-            .forced
-            .store(self.forced.map_or(-1, |f| f as i64), Relaxed);
         let mut batch: Vec<InputMsg> = Vec::with_capacity(64);
         let mut inputs_gone = false;
         // Backstop for held UDP data (normally the next chunk sends it).
@@ -334,21 +327,10 @@ impl RouteTask {
                     armed = None;
                 }
                 c = cmds.recv() => match c {
-                    Some(RouteCmd::SetInputs(new_keys, reply)) => {
-                        self.set_inputs(new_keys, &mut keys, &mut inputs, &mut active, &mut rewriter);
-                        let _ = reply.send(());
-                    }
-                    Some(c) => self.command(c, &mut active, &inputs, &mut rewriter),
+                    Some(c) => self.on_command(c, &mut sel),
                     None => break,
                 },
-                t = recv_tc(&mut self.tc.tc) => match t {
-                    Some(c) => self.forward_tc(c, &rewriter),
-                    None => {
-                        if let Some(t) = self.tc.tc.as_mut() {
-                            t.rx_closed = true;
-                        }
-                    }
-                },
+                t = recv_tc(&mut self.tc.tc) => self.on_tc(t, &sel.rewriter),
                 got = data.recv_many(&mut batch, 64), if !inputs_gone => {
                     if got == 0 {
                         // Every input task ended (bind failures): keep
@@ -356,31 +338,9 @@ impl RouteTask {
                         inputs_gone = true;
                         continue;
                     }
-                    let now = Instant::now();
-                    for m in batch.drain(..) {
-                        // Chunks still queued from a removed input: dropped.
-                        let Some(pos) = keys.iter().position(|k| *k == m.idx) else { continue };
-                        inputs[pos].arrived(now, self.timeout);
-                        let want = self.choose(active, &inputs, now);
-                        if want != active {
-                            self.switch(&mut active, want, &mut rewriter, "input available");
-                        }
-                        if active == Some(pos) {
-                            self.forward(m.data, &mut rewriter, &mut psi, &mut gaps, now);
-                        }
-                    }
+                    self.on_data(&mut batch, &mut sel);
                 }
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    if self.tc.auto_on_tc && self.tc.last.is_none_or(|l| now.duration_since(l) > TC_STALL) {
-                        self.auto_back_to_passthrough("transcoder stalled");
-                    }
-                    let want = self.choose(active, &inputs, now);
-                    if want != active {
-                        let why = if want.is_none() { "no data" } else { "failover: no data on active input" };
-                        self.switch(&mut active, want, &mut rewriter, why);
-                    }
-                }
+                _ = tick.tick() => self.on_tick(&mut sel),
             }
         }
         self.flush_udp();
@@ -389,6 +349,102 @@ impl RouteTask {
         // The outputs outlive the route task: the engine stops them (or
         // they were moved away already).
         std::mem::take(&mut self.outputs)
+    }
+
+    /// The selection at start (no input live yet), with the outputs and
+    /// the overlay's selection published.
+    fn begin(&self) -> Selection {
+        let n = self.shared.inputs.lock().len();
+        let sel = Selection {
+            keys: (0..n).collect(),
+            inputs: (0..n)
+                .map(|_| InputState {
+                    last: None,
+                    since: None,
+                })
+                .collect(),
+            active: None,
+            rewriter: super::ts::CcRewriter::default(),
+            psi: PsiTracker::default(),
+            gaps: VideoGapCounter::default(),
+        };
+        self.publish_outputs();
+        self.shared
+            .stream_enabled
+            .store(self.stream_enabled, Relaxed);
+        self.shared
+            .forced
+            .store(self.forced.map_or(-1, |f| f as i64), Relaxed);
+        sel
+    }
+
+    /// A command from the engine; a hot input change is answered once it
+    /// is applied.
+    fn on_command(&mut self, c: RouteCmd, sel: &mut Selection) {
+        match c {
+            RouteCmd::SetInputs(new_keys, reply) => {
+                let (keys, inputs) = (&mut sel.keys, &mut sel.inputs);
+                self.set_inputs(new_keys, keys, inputs, &mut sel.active, &mut sel.rewriter);
+                let _ = reply.send(());
+            }
+            c => self.command(c, &mut sel.active, &sel.inputs, &mut sel.rewriter),
+        }
+    }
+
+    /// A chunk from the transcoder, or None once its queue closed.
+    fn on_tc(&mut self, t: Option<Bytes>, rewriter: &super::ts::CcRewriter) {
+        match t {
+            Some(c) => self.forward_tc(c, rewriter),
+            None => {
+                if let Some(t) = self.tc.tc.as_mut() {
+                    t.rx_closed = true;
+                }
+            }
+        }
+    }
+
+    /// A batch of input chunks: each marks its input live (which may
+    /// switch inputs); the active input's are forwarded.
+    fn on_data(&mut self, batch: &mut Vec<InputMsg>, sel: &mut Selection) {
+        let now = Instant::now();
+        for m in batch.drain(..) {
+            // Chunks still queued from a removed input: dropped.
+            let Some(pos) = sel.keys.iter().position(|k| *k == m.idx) else {
+                continue;
+            };
+            sel.inputs[pos].arrived(now, self.timeout);
+            let want = self.choose(sel.active, &sel.inputs, now);
+            if want != sel.active {
+                self.switch(&mut sel.active, want, &mut sel.rewriter, "input available");
+            }
+            if sel.active == Some(pos) {
+                let (rw, psi, gaps) = (&mut sel.rewriter, &mut sel.psi, &mut sel.gaps);
+                self.forward(m.data, rw, psi, gaps, now);
+            }
+        }
+    }
+
+    /// The periodic check: a stalled transcoder and silent inputs are
+    /// noticed here when no data comes to notice them.
+    fn on_tick(&mut self, sel: &mut Selection) {
+        let now = Instant::now();
+        if self.tc.auto_on_tc
+            && self
+                .tc
+                .last
+                .is_none_or(|l| now.duration_since(l) > TC_STALL)
+        {
+            self.auto_back_to_passthrough("transcoder stalled");
+        }
+        let want = self.choose(sel.active, &sel.inputs, now);
+        if want != sel.active {
+            let why = if want.is_none() {
+                "no data"
+            } else {
+                "failover: no data on active input"
+            };
+            self.switch(&mut sel.active, want, &mut sel.rewriter, why);
+        }
     }
 
     /// Applies a hot input change: kept inputs keep their liveness (and

@@ -28,25 +28,38 @@ impl Engine {
     ) -> (OutputSlot, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(spec.queue.max(1));
         let stats = Arc::new(IoStats::default());
-        let s = stats.clone();
-        let c = cancel.clone();
+        let (handle, extra) = self.output_task(route, &spec, rx, stats.clone(), cancel.clone(), rt);
+        (
+            OutputSlot {
+                spec,
+                tx,
+                stats,
+                cancel,
+                loss: Default::default(),
+                direct: extra.direct,
+                enabled_tx: extra.enabled_tx,
+                child: extra.child,
+            },
+            handle,
+        )
+    }
+
+    /// Spawns the task of one output of `route`, by kind, fed from `rx`
+    /// (dropped by outputs the route task sends to itself).
+    fn output_task(
+        &self,
+        route: &str,
+        spec: &OutputSpec,
+        rx: mpsc::Receiver<bytes::Bytes>,
+        s: Arc<IoStats>,
+        c: CancellationToken,
+        rt: Option<&tokio::runtime::Handle>,
+    ) -> (JoinHandle<()>, SlotExtras) {
         let t = &self.inner.tasks;
-        let mut direct = None;
-        let mut enabled_tx = None;
-        let mut child = None;
+        let mut extra = SlotExtras::default();
         let handle = match &spec.kind {
             OutputKind::Udp { dest, ttl } => {
-                match output::udp_sender(*dest, *ttl) {
-                    Ok(sock) => {
-                        s.set_up(sock.local_addr().ok());
-                        s.clients.store(1, std::sync::atomic::Ordering::Relaxed);
-                        direct = Some(route::Direct::Udp(Box::new(sock)));
-                    }
-                    Err(e) => {
-                        tracing::error!("udp output {dest}: {e}");
-                        s.set_error(format!("{dest}: {e}"));
-                    }
-                }
+                extra.direct = udp_direct(*dest, *ttl, &s);
                 drop(rx);
                 spawn_on(t, rt, output::run_udp(c))
             }
@@ -55,40 +68,22 @@ impl Engine {
                 rt,
                 output::run_http(rx, path.clone(), self.inner.http.clone(), spec.queue, s, c),
             ),
-            OutputKind::Record { segment, keep } => spawn_on(
-                t,
-                rt,
-                record::Recorder {
-                    dir: self.inner.data_dir.join("recordings").join(route),
-                    route: route.to_string(),
-                    output: spec.name.clone(),
-                    segment: *segment,
-                    keep: *keep,
-                    stats: s,
-                    events: self.inner.events.clone(),
-                }
-                .run(rx, c),
-            ),
+            OutputKind::Record { segment, keep } => {
+                let rec = self.recorder(route, &spec.name, *segment, *keep, s);
+                spawn_on(t, rt, rec.run(rx, c))
+            }
             OutputKind::Hls {
                 path,
                 segment,
                 window,
                 store,
-            } => spawn_on(
-                t,
-                rt,
-                hls::run(
-                    rx,
-                    path.clone(),
-                    self.inner.hls.clone(),
-                    *segment,
-                    *window,
-                    (*store == spec::HlsStore::Disk)
-                        .then(|| self.inner.data_dir.join("hls").join(path)),
-                    s,
-                    c,
-                ),
-            ),
+            } => {
+                let dir = (*store == spec::HlsStore::Disk)
+                    .then(|| self.inner.data_dir.join("hls").join(path));
+                let hls = self.inner.hls.clone();
+                let task = hls::run(rx, path.clone(), hls, *segment, *window, dir, s, c);
+                spawn_on(t, rt, task)
+            }
             OutputKind::Srt(sp) if sp.mode == SrtMode::Listener => {
                 let (ev, route, name) = (
                     self.inner.events.clone(),
@@ -96,34 +91,43 @@ impl Engine {
                     spec.name.clone(),
                 );
                 let (out, task) = srt::listener_output(sp.clone(), s, c, ev, route, name);
-                direct = out.map(route::Direct::Srt);
+                extra.direct = out.map(route::Direct::Srt);
                 drop(rx);
                 spawn_on(t, rt, task)
             }
             OutputKind::Srt(sp) => spawn_on(t, rt, srt::run_caller_output(rx, sp.clone(), s, c)),
             OutputKind::Rtmp { url, key } => {
                 let (en_tx, en_rx) = tokio::sync::watch::channel(spec.enabled);
-                enabled_tx = Some(en_tx);
+                extra.enabled_tx = Some(en_tx);
                 let cs = Arc::new(crate::media::ffmpeg::child::ChildStats::default());
-                child = Some(cs.clone());
+                extra.child = Some(cs.clone());
                 let label = format!("rtmp:{route}/{}", spec.name);
                 let push = self.rtmp_push(url, key.as_deref(), label, en_rx, rx, s, cs, c);
                 spawn_on(t, rt, push)
             }
         };
-        (
-            OutputSlot {
-                spec,
-                tx,
-                stats,
-                cancel,
-                loss: Default::default(),
-                direct,
-                enabled_tx,
-                child,
-            },
-            handle,
-        )
+        (handle, extra)
+    }
+
+    /// A recording output's writer: its segments go under
+    /// `<data dir>/recordings/<route>`.
+    fn recorder(
+        &self,
+        route: &str,
+        output: &str,
+        segment: Duration,
+        keep: usize,
+        stats: Arc<IoStats>,
+    ) -> record::Recorder {
+        record::Recorder {
+            dir: self.inner.data_dir.join("recordings").join(route),
+            route: route.to_string(),
+            output: output.to_string(),
+            segment,
+            keep,
+            stats,
+            events: self.inner.events.clone(),
+        }
     }
 
     /// An RTMP push output's task (`media::ffmpeg::run_rtmp_push`). A key
@@ -256,65 +260,12 @@ impl Engine {
                 )
             })
             .collect();
-        let in_stats = running_inputs
-            .iter()
-            .map(|r| {
-                (
-                    r.spec.name.clone(),
-                    r.spec.kind.type_name(),
-                    r.stats.clone(),
-                )
-            })
-            .collect();
         inputs.close();
-        let mut slots = Vec::new();
-        let recording = st.overlay.get(&spec.name).and_then(|o| o.recording);
-        for o in &spec.outputs {
-            let mut o = o.clone();
-            // A written Recording Enable outlives a route restart.
-            if let (Some(en), OutputKind::Record { .. }) = (recording, &o.kind) {
-                o.enabled = en;
-            }
-            let (slot, h) = self.spawn_output(
-                &spec.name,
-                o.clone(),
-                self.inner.cancel.child_token(),
-                rt.as_ref(),
-            );
-            st.output_tasks
-                .insert((spec.name.clone(), o.name.clone()), h);
-            slots.push(slot);
-        }
+        let slots = self.spawn_outputs(st, &spec, rt.as_ref());
         let ov = st.overlay.get(&spec.name).copied().unwrap_or_default();
-        let shared = Arc::new(RouteShared {
-            name: spec.name.clone(),
-            enabled: spec.enabled,
-            inputs: Mutex::new(in_stats),
-            outputs: Mutex::new(Vec::new()),
-            active: (-1).into(),
-            forced: (-1).into(),
-            stream_enabled: true.into(),
-            switches: 0.into(),
-            video_pid: (-1).into(),
-            input_frames_lost: 0.into(),
-            transcode: Mutex::new(None),
-            read_pace_us: pace,
-        });
+        let shared = Arc::new(route_shared(&spec, &running_inputs, pace));
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
-        let task = RouteTask {
-            shared: shared.clone(),
-            timeout: spec.failover_timeout,
-            switch_back: spec.switch_back,
-            outputs: slots,
-            events: self.inner.events.clone(),
-            stream_enabled: ov.stream_enabled,
-            forced: ov.forced.filter(|&f| f < spec.inputs.len()),
-            tasks: self.inner.tasks.clone(),
-            cancel: cancel.clone(),
-            tc: Default::default(),
-            coalesce: spec.udp_coalesce,
-            udp: Default::default(),
-        };
+        let task = self.route_task(&spec, &ov, shared.clone(), slots, cancel.clone());
         // Queued before the task runs: it transcodes from its first chunk.
         if let Some(req) = self.transcode_req(&spec, &ov) {
             let _ = cmd_tx.try_send(RouteCmd::SetTranscode(Some(req)));
@@ -343,6 +294,57 @@ impl Engine {
             .emit(EngineEvent::new(&spec.name, EventKind::RouteStarted));
     }
 
+    /// Spawns a starting route's outputs; their tasks are kept in
+    /// `st.output_tasks`, their slots go to the route task.
+    fn spawn_outputs(
+        &self,
+        st: &mut EngState,
+        spec: &RouteSpec,
+        rt: Option<&tokio::runtime::Handle>,
+    ) -> Vec<OutputSlot> {
+        let mut slots = Vec::new();
+        let recording = st.overlay.get(&spec.name).and_then(|o| o.recording);
+        for o in &spec.outputs {
+            let mut o = o.clone();
+            // A written Recording Enable outlives a route restart.
+            if let (Some(en), OutputKind::Record { .. }) = (recording, &o.kind) {
+                o.enabled = en;
+            }
+            let (slot, h) =
+                self.spawn_output(&spec.name, o.clone(), self.inner.cancel.child_token(), rt);
+            st.output_tasks
+                .insert((spec.name.clone(), o.name.clone()), h);
+            slots.push(slot);
+        }
+        slots
+    }
+
+    /// A starting route's task, with the selection and stream state its
+    /// overlay `ov` keeps across restarts.
+    fn route_task(
+        &self,
+        spec: &RouteSpec,
+        ov: &Overlay,
+        shared: Arc<RouteShared>,
+        outputs: Vec<OutputSlot>,
+        cancel: CancellationToken,
+    ) -> RouteTask {
+        RouteTask {
+            shared,
+            timeout: spec.failover_timeout,
+            switch_back: spec.switch_back,
+            outputs,
+            events: self.inner.events.clone(),
+            stream_enabled: ov.stream_enabled,
+            forced: ov.forced.filter(|&f| f < spec.inputs.len()),
+            tasks: self.inner.tasks.clone(),
+            cancel,
+            tc: Default::default(),
+            coalesce: spec.udp_coalesce,
+            udp: Default::default(),
+        }
+    }
+
     pub(super) async fn stop_route(&self, st: &mut EngState, name: &str) {
         let Some(rt) = st.running.remove(name) else {
             return;
@@ -368,5 +370,60 @@ impl Engine {
         self.inner
             .events
             .emit(EngineEvent::new(name, EventKind::RouteStopped));
+    }
+}
+
+/// What an output's slot holds besides its queue, for the kinds that have
+/// it (see the fields of `OutputSlot`).
+#[derive(Default)]
+struct SlotExtras {
+    direct: Option<route::Direct>,
+    enabled_tx: Option<tokio::sync::watch::Sender<bool>>,
+    child: Option<Arc<crate::media::ffmpeg::child::ChildStats>>,
+}
+
+/// A UDP output's socket, sent to by the route task itself; None (and the
+/// output reads as failed) when it cannot be made.
+fn udp_direct(dest: std::net::SocketAddr, ttl: Option<u32>, s: &IoStats) -> Option<route::Direct> {
+    match output::udp_sender(dest, ttl) {
+        Ok(sock) => {
+            s.set_up(sock.local_addr().ok());
+            s.clients.store(1, std::sync::atomic::Ordering::Relaxed);
+            Some(route::Direct::Udp(Box::new(sock)))
+        }
+        Err(e) => {
+            tracing::error!("udp output {dest}: {e}");
+            s.set_error(format!("{dest}: {e}"));
+            None
+        }
+    }
+}
+
+/// The state a starting route shares with snapshots and the engine, before
+/// its task has run.
+fn route_shared(spec: &RouteSpec, inputs: &[RunningInput], pace: Arc<AtomicU64>) -> RouteShared {
+    let in_stats = inputs
+        .iter()
+        .map(|r| {
+            (
+                r.spec.name.clone(),
+                r.spec.kind.type_name(),
+                r.stats.clone(),
+            )
+        })
+        .collect();
+    RouteShared {
+        name: spec.name.clone(),
+        enabled: spec.enabled,
+        inputs: Mutex::new(in_stats),
+        outputs: Mutex::new(Vec::new()),
+        active: (-1).into(),
+        forced: (-1).into(),
+        stream_enabled: true.into(),
+        switches: 0.into(),
+        video_pid: (-1).into(),
+        input_frames_lost: 0.into(),
+        transcode: Mutex::new(None),
+        read_pace_us: pace,
     }
 }

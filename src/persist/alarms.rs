@@ -420,64 +420,115 @@ impl SqliteAlarmStore {
         comment: Option<&str>,
         state: Option<&AlarmState>,
     ) -> anyhow::Result<()> {
-        let k = col(kind);
-        let stamp = ts_nanos(time_stamp);
-        let now = Utc::now();
-        let peer = source.peer.map(|p| p.to_string());
+        let ack = Ack {
+            point,
+            kind,
+            stamp: ts_nanos(time_stamp),
+            now: Utc::now(),
+            source,
+            comment,
+        };
         let route = state.and_then(|_| self.route_of(point));
         let c = self.store.conn.lock();
         let tx = c.unchecked_transaction()?;
         if let Some(st) = state {
-            let ts = |k| st.time_stamps.get(k).map(ts_nanos);
-            let ov = match st.event_state {
-                EventState::Offnormal => st.offnormal_value().map(|v| value_json(v).to_string()),
-                _ => None,
-            };
-            tx.execute(
-                "INSERT INTO alarm_state (point, event_state, ts_offnormal, ts_fault, ts_normal,
-                    acked_offnormal, acked_fault, acked_normal, offnormal_value, updated, route)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                 ON CONFLICT(point) DO UPDATE SET event_state = excluded.event_state,
-                    ts_offnormal = excluded.ts_offnormal, ts_fault = excluded.ts_fault,
-                    ts_normal = excluded.ts_normal, acked_offnormal = excluded.acked_offnormal,
-                    acked_fault = excluded.acked_fault, acked_normal = excluded.acked_normal,
-                    offnormal_value = excluded.offnormal_value, updated = excluded.updated",
-                params![
-                    point,
-                    st.event_state.as_str(),
-                    ts(TransitionKind::ToOffnormal),
-                    ts(TransitionKind::ToFault),
-                    ts(TransitionKind::ToNormal),
-                    st.acked.to_offnormal,
-                    st.acked.to_fault,
-                    st.acked.to_normal,
-                    ov,
-                    ts_nanos(now),
-                    route,
-                ],
-            )?;
+            write_state(&tx, point, st, route, ack.now)?;
         }
+        ack.mark_acked(&tx)?;
+        ack.record_in_history(&tx)?;
+        let aid = ack.audit(&tx)?;
+        self.store.prune_audit(&tx, aid)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Writes a point's `alarm_state` row whole from the runtime's `st` (a
+/// route already stored is kept).
+fn write_state(
+    tx: &rusqlite::Connection,
+    point: &str,
+    st: &AlarmState,
+    route: Option<String>,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    let ts = |k| st.time_stamps.get(k).map(ts_nanos);
+    let ov = match st.event_state {
+        EventState::Offnormal => st.offnormal_value().map(|v| value_json(v).to_string()),
+        _ => None,
+    };
+    tx.execute(
+        "INSERT INTO alarm_state (point, event_state, ts_offnormal, ts_fault, ts_normal,
+            acked_offnormal, acked_fault, acked_normal, offnormal_value, updated, route)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT(point) DO UPDATE SET event_state = excluded.event_state,
+            ts_offnormal = excluded.ts_offnormal, ts_fault = excluded.ts_fault,
+            ts_normal = excluded.ts_normal, acked_offnormal = excluded.acked_offnormal,
+            acked_fault = excluded.acked_fault, acked_normal = excluded.acked_normal,
+            offnormal_value = excluded.offnormal_value, updated = excluded.updated",
+        params![
+            point,
+            st.event_state.as_str(),
+            ts(TransitionKind::ToOffnormal),
+            ts(TransitionKind::ToFault),
+            ts(TransitionKind::ToNormal),
+            st.acked.to_offnormal,
+            st.acked.to_fault,
+            st.acked.to_normal,
+            ov,
+            ts_nanos(now),
+            route,
+        ],
+    )?;
+    Ok(())
+}
+
+/// One acknowledgement being stored (see `SqliteAlarmStore::ack`).
+struct Ack<'a> {
+    point: &'a str,
+    kind: TransitionKind,
+    /// The acknowledged transition's time stamp, as stored.
+    stamp: String,
+    now: DateTime<Utc>,
+    source: &'a Source,
+    comment: Option<&'a str>,
+}
+
+impl Ack<'_> {
+    fn peer(&self) -> Option<String> {
+        self.source.peer.map(|p| p.to_string())
+    }
+
+    /// Sets the acknowledged bit in the point's `alarm_state` row.
+    fn mark_acked(&self, tx: &rusqlite::Connection) -> anyhow::Result<()> {
+        let (point, stamp, k) = (self.point, &self.stamp, col(self.kind));
         let n = tx.execute(
             &format!(
                 "UPDATE alarm_state SET acked_{k} = 1, updated = ?3
                  WHERE point = ?1 AND ts_{k} = ?2"
             ),
-            params![point, stamp, ts_nanos(now)],
+            params![point, stamp, ts_nanos(self.now)],
         )?;
         if n == 0 {
             // The runtime checked the time stamp against its live state;
             // a store that disagrees must not acknowledge silently.
             anyhow::bail!(
                 "no stored {} transition of {point} at {stamp}",
-                kind.as_str()
+                self.kind.as_str()
             );
         }
+        Ok(())
+    }
+
+    /// Fills in the ack of the transition's `alarm_history` row, if it is
+    /// still there.
+    fn record_in_history(&self, tx: &rusqlite::Connection) -> rusqlite::Result<()> {
         // The newest matching transition (stamps are unique per point and
         // kind unless the clock stood still).
         let hid: Option<i64> = tx
             .query_row(
                 "SELECT MAX(id) FROM alarm_history WHERE point = ?1 AND kind = ?2 AND at = ?3",
-                params![point, kind.as_str(), stamp],
+                params![self.point, self.kind.as_str(), self.stamp],
                 |r| r.get(0),
             )
             .optional()?
@@ -488,34 +539,37 @@ impl SqliteAlarmStore {
                     ack_user = ?5, ack_comment = ?6 WHERE id = ?1",
                 params![
                     hid,
-                    ts_nanos(now),
-                    source.protocol.as_str(),
-                    peer,
-                    source.user,
-                    comment
+                    ts_nanos(self.now),
+                    self.source.protocol.as_str(),
+                    self.peer(),
+                    self.source.user,
+                    self.comment
                 ],
             )?;
         }
+        Ok(())
+    }
+
+    /// The `alarm-ack` audit entry; returns its row id.
+    fn audit(&self, tx: &rusqlite::Connection) -> rusqlite::Result<i64> {
+        let stamp = &self.stamp;
         tx.execute(
             "INSERT INTO audit (at, kind, target, protocol, peer, user, requested, result, detail)
              VALUES (?1, 'alarm-ack', ?2, ?3, ?4, ?5, ?6, 'ok', ?7)",
             params![
-                super::ts(now),
-                point,
-                source.protocol.as_str(),
-                peer,
-                source.user,
-                kind.as_str(),
-                match comment {
+                super::ts(self.now),
+                self.point,
+                self.source.protocol.as_str(),
+                self.peer(),
+                self.source.user,
+                self.kind.as_str(),
+                match self.comment {
                     Some(c) if !c.is_empty() => format!("time stamp {stamp}; comment: {c}"),
                     _ => format!("time stamp {stamp}"),
                 },
             ],
         )?;
-        let aid = tx.last_insert_rowid();
-        self.store.prune_audit(&tx, aid)?;
-        tx.commit()?;
-        Ok(())
+        Ok(tx.last_insert_rowid())
     }
 }
 

@@ -418,6 +418,40 @@ pub async fn run_rtmp_push(
             None => return,
         },
     };
+    // `_secret` (the key file) is kept until the output stops.
+    let Some((spec, _secret)) = rtmp_push_spec(&media, target_url, target, key, label, &io) else {
+        return;
+    };
+    loop {
+        let on = *enabled.borrow_and_update();
+        if !on && !wait_enabled(&mut enabled, &mut input, &io, &cancel).await {
+            break;
+        }
+        io.set_error("connecting");
+        let run = cancel.child_token();
+        rtmp_push_once(&spec, &mut input, &mut enabled, &io, &cs, &run).await;
+        // Ended for good unless only this run was stopped (disabled).
+        if cancel.is_cancelled() || !run.is_cancelled() {
+            break;
+        }
+    }
+    io.clients.store(0, Relaxed);
+    if cancel.is_cancelled() {
+        io.set_error("stopped");
+    }
+}
+
+/// The RTMP push child and the file holding its key, if any (the file is
+/// removed when dropped). None when the key cannot be stored (the reason
+/// is on `io`).
+fn rtmp_push_spec(
+    media: &Media,
+    target_url: String,
+    target: String,
+    key: Option<String>,
+    label: String,
+    io: &IoStats,
+) -> Option<(ChildSpec, Option<KeyFile>)> {
     // The key reaches ffmpeg through a preset file in a private directory
     // (0700, file 0600), not its command line, which every local user can
     // read in /proc/PID/cmdline (`ps`). ffmpeg applies the file's
@@ -429,7 +463,7 @@ pub async fn run_rtmp_push(
             Err(e) => {
                 tracing::error!("rtmp push {label}: {e}");
                 io.set_error(e);
-                return;
+                return None;
             }
         },
         None => None,
@@ -445,68 +479,86 @@ pub async fn run_rtmp_push(
         label,
         stdout: false,
     };
+    Some((spec, secret))
+}
+
+/// Waits, shown as disabled, until a disabled push output is enabled
+/// again: true then, false when the output is going away instead.
+async fn wait_enabled(
+    enabled: &mut tokio::sync::watch::Receiver<bool>,
+    input: &mut mpsc::Receiver<Bytes>,
+    io: &IoStats,
+    cancel: &CancellationToken,
+) -> bool {
+    io.clients.store(0, Relaxed);
+    io.set_error("disabled");
+    tokio::select! {
+        _ = cancel.cancelled() => return false,
+        r = enabled.wait_for(|e| *e) => if r.is_err() { return false },
+    }
+    // What was queued before the output was disabled is stale.
+    while input.try_recv().is_ok() {}
+    true
+}
+
+/// Runs the push child until it ends for good or `run` is cancelled (here
+/// when the output is disabled), keeping `io` up to date meanwhile.
+async fn rtmp_push_once(
+    spec: &ChildSpec,
+    input: &mut mpsc::Receiver<Bytes>,
+    enabled: &mut tokio::sync::watch::Receiver<bool>,
+    io: &IoStats,
+    cs: &Arc<ChildStats>,
+    run: &CancellationToken,
+) {
+    let sup = child::supervise(spec.clone(), input, None, cs.clone(), run.clone());
+    tokio::pin!(sup);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_size = 0u64;
     loop {
-        if !*enabled.borrow_and_update() {
-            io.clients.store(0, Relaxed);
-            io.set_error("disabled");
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                r = enabled.wait_for(|e| *e) => if r.is_err() { break },
-            }
-            // What was queued before the output was disabled is stale.
-            while input.try_recv().is_ok() {}
-        }
-        io.set_error("connecting");
-        let run = cancel.child_token();
-        let sup = child::supervise(spec.clone(), &mut input, None, cs.clone(), run.clone());
-        tokio::pin!(sup);
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        let mut last_size = 0u64;
-        loop {
-            tokio::select! {
-                _ = &mut sup => break,
-                r = enabled.changed(), if !run.is_cancelled() => {
-                    if r.is_err() || !*enabled.borrow() {
-                        // Disabled (or the output is going away): stop the
-                        // child; `sup` returns once it is reaped.
-                        run.cancel();
-                    }
-                }
-                _ = tick.tick() => {
-                    // Connected = ffmpeg is writing to the server (its progress
-                    // keeps coming); otherwise the last error is the reason.
-                    if cs.progressing(Duration::from_secs(3)) {
-                        if !io.up.load(Relaxed) {
-                            io.set_up(None);
-                        }
-                        io.clients.store(1, Relaxed);
-                        let size = cs.last.lock().as_ref().and_then(|(p, _)| p.total_size).unwrap_or(0);
-                        if size > last_size {
-                            io.add((size - last_size) as usize);
-                        }
-                        last_size = size;
-                    } else {
-                        last_size = 0;
-                        io.clients.store(0, Relaxed);
-                        let why = cs
-                            .fault
-                            .lock()
-                            .clone()
-                            .or_else(|| cs.running.load(Relaxed).then(|| "connecting".to_string()))
-                            .unwrap_or_else(|| "not running".into());
-                        io.set_error(why);
-                    }
+        tokio::select! {
+            _ = &mut sup => break,
+            r = enabled.changed(), if !run.is_cancelled() => {
+                if r.is_err() || !*enabled.borrow() {
+                    // Disabled (or the output is going away): stop the
+                    // child; `sup` returns once it is reaped.
+                    run.cancel();
                 }
             }
-        }
-        // Ended for good unless only this run was stopped (disabled).
-        if cancel.is_cancelled() || !run.is_cancelled() {
-            break;
+            _ = tick.tick() => rtmp_push_progress(io, cs, &mut last_size),
         }
     }
-    io.clients.store(0, Relaxed);
-    if cancel.is_cancelled() {
-        io.set_error("stopped");
+}
+
+/// Shows a push child's state on its output: connected = ffmpeg is
+/// writing to the server (its progress keeps coming), counting what it
+/// wrote since `last_size`; otherwise the last error is the reason.
+fn rtmp_push_progress(io: &IoStats, cs: &ChildStats, last_size: &mut u64) {
+    if cs.progressing(Duration::from_secs(3)) {
+        if !io.up.load(Relaxed) {
+            io.set_up(None);
+        }
+        io.clients.store(1, Relaxed);
+        let size = cs
+            .last
+            .lock()
+            .as_ref()
+            .and_then(|(p, _)| p.total_size)
+            .unwrap_or(0);
+        if size > *last_size {
+            io.add((size - *last_size) as usize);
+        }
+        *last_size = size;
+    } else {
+        *last_size = 0;
+        io.clients.store(0, Relaxed);
+        let why = cs
+            .fault
+            .lock()
+            .clone()
+            .or_else(|| cs.running.load(Relaxed).then(|| "connecting".to_string()))
+            .unwrap_or_else(|| "not running".into());
+        io.set_error(why);
     }
 }
 
