@@ -316,20 +316,20 @@ async fn handle(State(ctx): State<Arc<Ctx>>, Path(op): Path<String>, req: Reques
     };
     let caller = match authenticate(&ctx, hdr(header::AUTHORIZATION), peer) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
 
     // --- routing
     let Some(def) = ops::find(&op) else {
         return status(StatusCode::NOT_FOUND, &format!("unknown op {op:?}"));
     };
-    if let Err(r) = check_method(req.method(), &op, def.post_only) {
+    if let Some(r) = method_refusal(req.method(), &op, def.post_only) {
         return r;
     }
     let body_fmt = BodyFormat::from_content_type(hdr(header::CONTENT_TYPE));
     let req_grid = match request_grid(req, fmt, body_fmt).await {
         Ok(g) => g,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match ops::dispatch(&ctx, &caller, &op, req_grid) {
         Ok(g) => grid_response(fmt, &g),
@@ -344,12 +344,12 @@ async fn handle(State(ctx): State<Arc<Ctx>>, Path(op): Path<String>, req: Reques
 /// The caller an `Authorization` header names, or the response that ends
 /// the request: 401/403 for a missing, unknown or expired credential, and
 /// every step of the HELLO/SCRAM exchange (its last one included: a login
-/// runs no op).
+/// runs no op). Boxed, as in `request_grid`: a Response is large.
 fn authenticate(
     ctx: &Ctx,
     authorization: Option<&str>,
     peer: SocketAddr,
-) -> Result<Caller, Response> {
+) -> Result<Caller, Box<Response>> {
     let mut caller = Caller {
         user: None,
         role: None,
@@ -374,20 +374,20 @@ fn authenticate(
                     }
                     // Expired or unknown: 403 tells the client to log in again.
                     None => {
-                        return Err(status(
+                        return Err(Box::new(status(
                             StatusCode::FORBIDDEN,
                             "invalid or expired auth token",
-                        ))
+                        )))
                     }
                 }
             } else if scheme == "HELLO" || scheme == "SCRAM" {
-                return Err(auth_response(ctx.auth.handle_from(a, peer.ip())));
+                return Err(Box::new(auth_response(ctx.auth.handle_from(a, peer.ip()))));
             } else {
-                return Err(unauthorized());
+                return Err(Box::new(unauthorized()));
             }
         }
         None if ctx.settings.anonymous_read => {}
-        None => return Err(unauthorized()),
+        None => return Err(Box::new(unauthorized())),
     }
     Ok(caller)
 }
@@ -418,21 +418,22 @@ fn auth_response(reply: AuthReply) -> Response {
     }
 }
 
-/// 405 with `Allow` unless the op takes `method`.
-fn check_method(method: &Method, op: &str, post_only: bool) -> Result<(), Response> {
+/// The 405 (with `Allow`) for a method the op does not take; None when it
+/// takes it.
+fn method_refusal(method: &Method, op: &str, post_only: bool) -> Option<Response> {
     let allow = if post_only { "POST" } else { "GET, POST" };
     let allowed = method == Method::POST || (method == Method::GET && !post_only);
-    if !allowed {
-        return Err(with_header(
-            status(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &format!("{op} accepts {allow}"),
-            ),
-            header::ALLOW,
-            allow,
-        ));
+    if allowed {
+        return None;
     }
-    Ok(())
+    Some(with_header(
+        status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{op} accepts {allow}"),
+        ),
+        header::ALLOW,
+        allow,
+    ))
 }
 
 /// The request grid, from the query string (GET, or a POST with an empty
@@ -442,33 +443,33 @@ async fn request_grid(
     req: Request,
     fmt: Format,
     body_fmt: Option<BodyFormat>,
-) -> Result<encoding::ReqGrid, Response> {
+) -> Result<encoding::ReqGrid, Box<Response>> {
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_string();
     let body = match axum::body::to_bytes(req.into_body(), encoding::MAX_REQUEST).await {
         Ok(b) => b,
         Err(_) => {
-            return Err(grid_response(
+            return Err(Box::new(grid_response(
                 fmt,
                 &Grid::error(&format!(
                     "request larger than {} bytes",
                     encoding::MAX_REQUEST
                 )),
-            ))
+            )))
         }
     };
     let decoded = if method == Method::GET || (body.is_empty() && !query.is_empty()) {
         encoding::decode_query(&query)
     } else {
         let Some(bf) = body_fmt else {
-            return Err(status(
+            return Err(Box::new(status(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "request grids are text/zinc or application/json",
-            ));
+            )));
         };
         encoding::decode_request(bf, &body)
     };
-    decoded.map_err(|e| grid_response(fmt, &Grid::error(&e)))
+    decoded.map_err(|e| Box::new(grid_response(fmt, &Grid::error(&e))))
 }
 
 /// Prints a `[[haystack.user]]` entry for `castpoint haystack-user`; the
