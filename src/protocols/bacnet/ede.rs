@@ -193,6 +193,38 @@ fn object_row(def: &PointDef, o: &BacnetObject, dev: u32, maps: &Maps, state_ref
     )
 }
 
+/// The EDE row of one route block object.
+fn route_object_row(
+    def: &PointDef,
+    o: &super::routes::RouteObjectInfo,
+    dev: u32,
+    state_ref: &str,
+) -> String {
+    let analog = matches!(
+        o.ty,
+        BacnetObjectType::AnalogInput | BacnetObjectType::AnalogValue
+    );
+    let default = def
+        .relinquish_default
+        .map(|v| format!("{}", v.as_f64()))
+        .unwrap_or_default();
+    let (min, max, unit) = if analog {
+        (num(def.min), num(def.max), o.units.to_string())
+    } else {
+        (String::new(), String::new(), String::new())
+    };
+    format!(
+        "{key};{dev};{name};{ty};{inst};{desc};{default};{min};{max};{settable};Y;;;{state_ref};{unit};{short}{inst}\n",
+        key = cell(&def.id),
+        name = cell(&o.name),
+        ty = type_number(o.ty),
+        inst = o.instance,
+        desc = cell(&o.description),
+        settable = if o.commandable { "Y" } else { "N" },
+        short = o.ty.short(),
+    )
+}
+
 /// The server's Structured View, then per route its view, its objects and
 /// its Trend Logs.
 fn route_rows(
@@ -231,30 +263,8 @@ fn route_rows(
             let Some(def) = r.db.def(o.point) else {
                 continue;
             };
-            let analog = matches!(
-                o.ty,
-                BacnetObjectType::AnalogInput | BacnetObjectType::AnalogValue
-            );
             let state_ref = state_text_ref(&o.states, states, next_ref);
-            let default = def
-                .relinquish_default
-                .map(|v| format!("{}", v.as_f64()))
-                .unwrap_or_default();
-            let (min, max, unit) = if analog {
-                (num(def.min), num(def.max), o.units.to_string())
-            } else {
-                (String::new(), String::new(), String::new())
-            };
-            ede.push_str(&format!(
-                "{key};{dev};{name};{ty};{inst};{desc};{default};{min};{max};{settable};Y;;;{state_ref};{unit};{short}{inst}\n",
-                key = cell(&def.id),
-                name = cell(&o.name),
-                ty = type_number(o.ty),
-                inst = o.instance,
-                desc = cell(&o.description),
-                settable = if o.commandable { "Y" } else { "N" },
-                short = o.ty.short(),
-            ));
+            ede.push_str(&route_object_row(def, o, dev, &state_ref));
         }
         // The route's Trend Logs (type 20): TLn logs the object n.
         let logged = objs.iter().filter(|o| o.trend_log);
