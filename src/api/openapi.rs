@@ -463,6 +463,8 @@ pub const OPS: &[Op] = &[
     ),
 ];
 
+/// `components.schemas`: one function per family of schemas (a single
+/// json! this size would also hit the macro recursion limit).
 fn schemas(s: &ApiState) -> J {
     // The server's points by name; route points (issue 20) by their id
     // pattern, since blocks come and go with routes.
@@ -471,17 +473,41 @@ fn schemas(s: &ApiState) -> J {
             .filter_map(|id| s.db.def(id))
             .map(|d| d.id.as_str())
             .collect();
+    let mut all = Map::new();
+    for family in [
+        common_schemas(),
+        point_schemas(&ids),
+        route_schemas(),
+        auth_schemas(),
+        alarm_schemas(),
+    ] {
+        if let J::Object(m) = family {
+            all.extend(m);
+        }
+    }
+    J::Object(all)
+}
+
+/// Generic bodies and the error body.
+fn common_schemas() -> J {
+    json!({
+        "Object": {"type": "object", "additionalProperties": true},
+        "Empty": {"type": "object"},
+        "Text": {"type": "string"},
+        "Error": {"type": "object", "required": ["error", "status"], "properties": {
+            "error": {"type": "string"}, "status": {"type": "integer"}}}
+    })
+}
+
+/// Points, their values, writes, history and the audit trail; `ids`: the
+/// server's point ids.
+fn point_schemas(ids: &[&str]) -> J {
     // OpenAPI 3.0 ignores `nullable` without a `type` beside it (3.0.3
     // clarification), so null goes on one branch of the `oneOf`: exactly
     // one branch then matches null, as `oneOf` requires.
     let value = json!({"description": "The value; null when the point has no fresh value (status says why).",
         "oneOf": [{"type": "number", "nullable": true}, {"type": "boolean"}, {"type": "string"}]});
-    let mut all = json!({
-        "Object": {"type": "object", "additionalProperties": true},
-        "Empty": {"type": "object"},
-        "Text": {"type": "string"},
-        "Error": {"type": "object", "required": ["error", "status"], "properties": {
-            "error": {"type": "string"}, "status": {"type": "integer"}}},
+    json!({
         "PointId": {"type": "string", "anyOf": [
             {"enum": ids},
             {"pattern": "^route\\.[0-9]+\\.[a-z0-9_-]+(\\.[0-9]+)?$"}]},
@@ -518,18 +544,13 @@ fn schemas(s: &ApiState) -> J {
                 "t": {"type": "string", "format": "date-time"}, "v": value}}}}},
         "AuditPage": {"type": "object", "properties": {
             "events": {"type": "array", "items": {"type": "object"}},
-            "next": {"type": "integer", "nullable": true}}},
-        "Login": {"type": "object", "required": ["username", "password"], "properties": {
-            "username": {"type": "string"}, "password": {"type": "string", "format": "password"}}},
-        "Token": {"type": "object", "properties": {
-            "token": {"type": "string"}, "token_type": {"type": "string"},
-            "expires_in": {"type": "integer"}, "role": {"type": "string"}}},
-        "AuthInfo": {"type": "object", "required": ["users", "anonymous_read"], "properties": {
-            "users": {"type": "boolean", "description": "a user or API key exists (logins and tokens are in force)"},
-            "auth": {"type": "boolean", "description": "a user store exists at all"},
-            "require_auth": {"type": "boolean"},
-            "anonymous_read": {"type": "boolean"},
-            "add_user": {"type": "string", "description": "the command that adds the first user, run on the server"}}},
+            "next": {"type": "integer", "nullable": true}}}
+    })
+}
+
+/// Routes, their inputs and outputs, and transcoding profiles.
+fn route_schemas() -> J {
+    json!({
         "Item": {"type": "object", "required": ["type"], "additionalProperties": true,
             "description": "An input or output: the keys of a [[route.input]] / [[route.output]] table (docs/routes.md). Secrets are write-only.",
             "properties": {"name": {"type": "string"}, "type": {"type": "string"}}},
@@ -551,7 +572,24 @@ fn schemas(s: &ApiState) -> J {
                 "name": {"type": "string"}}},
         "ProfileList": {"type": "object", "properties": {
             "profiles": {"type": "array", "items": {"$ref": "#/components/schemas/Profile"}}}},
-        "Move": {"type": "object", "required": ["to"], "properties": {"to": {"type": "string"}}},
+        "Move": {"type": "object", "required": ["to"], "properties": {"to": {"type": "string"}}}
+    })
+}
+
+/// Logins, tokens, users and API keys.
+fn auth_schemas() -> J {
+    json!({
+        "Login": {"type": "object", "required": ["username", "password"], "properties": {
+            "username": {"type": "string"}, "password": {"type": "string", "format": "password"}}},
+        "Token": {"type": "object", "properties": {
+            "token": {"type": "string"}, "token_type": {"type": "string"},
+            "expires_in": {"type": "integer"}, "role": {"type": "string"}}},
+        "AuthInfo": {"type": "object", "required": ["users", "anonymous_read"], "properties": {
+            "users": {"type": "boolean", "description": "a user or API key exists (logins and tokens are in force)"},
+            "auth": {"type": "boolean", "description": "a user store exists at all"},
+            "require_auth": {"type": "boolean"},
+            "anonymous_read": {"type": "boolean"},
+            "add_user": {"type": "string", "description": "the command that adds the first user, run on the server"}}},
         "ApiKeyList": {"type": "object", "properties": {
             "apikeys": {"type": "array", "items": {"type": "object", "properties": {
                 "name": {"type": "string"},
@@ -560,6 +598,10 @@ fn schemas(s: &ApiState) -> J {
         "ApiKeyNew": {"type": "object", "required": ["name", "role"], "properties": {
             "name": {"type": "string"},
             "role": {"type": "string", "enum": ["viewer", "operator", "admin"]}}},
+        "ApiKeyCreated": {"type": "object", "properties": {
+            "name": {"type": "string"},
+            "role": {"type": "string"},
+            "key": {"type": "string", "description": "Shown once; use as `Authorization: Bearer <key>` or `X-API-Key: <key>`."}}},
         "User": {"type": "object", "required": ["name", "role"], "properties": {
             "name": {"type": "string"},
             "role": {"type": "string", "enum": ["viewer", "operator", "admin"]}}},
@@ -571,17 +613,8 @@ fn schemas(s: &ApiState) -> J {
             "password": {"type": "string", "format": "password", "minLength": 8}}},
         "UserChange": {"type": "object", "description": "At least one of role and password.", "properties": {
             "role": {"type": "string", "enum": ["viewer", "operator", "admin"]},
-            "password": {"type": "string", "format": "password", "minLength": 8}}},
-        "ApiKeyCreated": {"type": "object", "properties": {
-            "name": {"type": "string"},
-            "role": {"type": "string"},
-            "key": {"type": "string", "description": "Shown once; use as `Authorization: Bearer <key>` or `X-API-Key: <key>`."}}},
-    });
-    // A second macro call: one json! this size hits the macro recursion limit.
-    if let (Some(m), J::Object(more)) = (all.as_object_mut(), alarm_schemas()) {
-        m.extend(more);
-    }
-    all
+            "password": {"type": "string", "format": "password", "minLength": 8}}}
+    })
 }
 
 fn alarm_schemas() -> J {

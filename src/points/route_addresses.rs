@@ -44,70 +44,49 @@ pub fn route_registers(
     if !rb.enabled {
         return Ok(Vec::new());
     }
-    let layout = tpl.layout();
-    let stride = u32::from(rb.stride);
-    // Per table: (relative offset, block index, type, field, writable).
-    let mut rel: Vec<(ModbusTable, u32, usize, RegType, ModbusField, bool)> = Vec::new();
-    let (mut inp, mut hold, mut coil) = (0u32, 0u32, 0u32);
-    for (k, &(t, _)) in layout.iter().enumerate() {
-        let d = &tpl.points[t].def;
-        match (d.role, d.kind) {
-            (Role::Measurement, Kind::Number) => {
-                rel.push((
-                    ModbusTable::Input,
-                    inp,
-                    k,
-                    RegType::F32,
-                    ModbusField::Value,
-                    false,
-                ));
-                inp += 2;
-            }
-            (Role::Command, Kind::Bool) => {
-                rel.push((
-                    ModbusTable::Coil,
-                    coil,
-                    k,
-                    RegType::Bit,
-                    ModbusField::Value,
-                    true,
-                ));
-                coil += 1;
-            }
-            (Role::Command, _) => {
-                rel.push((
-                    ModbusTable::Holding,
-                    hold,
-                    k,
-                    RegType::U16,
-                    ModbusField::Value,
-                    true,
-                ));
-                hold += 1;
-            }
-            (_, Kind::Bool) => {
-                rel.push((
-                    ModbusTable::Discrete,
-                    0,
-                    k,
-                    RegType::Bit,
-                    ModbusField::Value,
-                    false,
-                ));
-            }
-            _ => {
-                rel.push((
-                    ModbusTable::Holding,
-                    hold,
-                    k,
-                    RegType::U16,
-                    ModbusField::Value,
-                    false,
-                ));
-                hold += 1;
-            }
+    let rel = block_registers(tpl, u32::from(rb.stride))?;
+    slot_registers(tpl, first, rb, word_order, &rel)
+}
+
+/// One register of a route block, relative to the block's start in its
+/// table: the same for every slot.
+#[derive(Debug, Clone, Copy)]
+struct BlockReg {
+    table: ModbusTable,
+    /// Offset from the slot's block start in `table`.
+    off: u32,
+    /// Index of the point in the template layout.
+    k: usize,
+    reg_type: RegType,
+    field: ModbusField,
+    writable: bool,
+}
+
+impl BlockReg {
+    fn new(
+        table: ModbusTable,
+        off: u32,
+        k: usize,
+        reg_type: RegType,
+        field: ModbusField,
+        writable: bool,
+    ) -> Self {
+        Self {
+            table,
+            off,
+            k,
+            reg_type,
+            field,
+            writable,
         }
     }
+}
+
+/// The registers of one block (values, then quality codes and bits), or
+/// Err when they do not fit the stride.
+fn block_registers(tpl: &RouteTemplate, stride: u32) -> Result<Vec<BlockReg>, String> {
+    let layout = tpl.layout();
+    let (mut rel, inp, hold, coil) = value_registers(tpl, &layout);
     // Quality codes right after the measurements: one block of a table is
     // one contiguous read.
     let q0 = inp;
@@ -117,12 +96,8 @@ pub fn route_registers(
             "route_blocks.stride {stride} is too small for the route template ({inp} measurement registers, {n} quality registers from +{q0}, {hold} holding, {coil} coils)"
         ));
     }
-    // Status bools (none in the shipped template) have no register of
-    // their own: their discrete "value" entry above is dropped; the
-    // quality bits below cover every point.
-    rel.retain(|r| !(r.0 == ModbusTable::Discrete && r.4 == ModbusField::Value));
     for k in 0..layout.len() {
-        rel.push((
+        rel.push(BlockReg::new(
             ModbusTable::Input,
             q0 + k as u32,
             k,
@@ -130,7 +105,7 @@ pub fn route_registers(
             ModbusField::Quality,
             false,
         ));
-        rel.push((
+        rel.push(BlockReg::new(
             ModbusTable::Discrete,
             k as u32,
             k,
@@ -139,17 +114,69 @@ pub fn route_registers(
             false,
         ));
     }
+    Ok(rel)
+}
+
+/// The value register of each layout point, by role and kind, with the
+/// number of input, holding and coil registers they take.
+fn value_registers(
+    tpl: &RouteTemplate,
+    layout: &[(usize, Option<u16>)],
+) -> (Vec<BlockReg>, u32, u32, u32) {
+    let mut rel = Vec::new();
+    let (mut inp, mut hold, mut coil) = (0u32, 0u32, 0u32);
+    for (k, &(t, _)) in layout.iter().enumerate() {
+        let d = &tpl.points[t].def;
+        let (table, reg_type, writable) = match (d.role, d.kind) {
+            (Role::Measurement, Kind::Number) => (ModbusTable::Input, RegType::F32, false),
+            (Role::Command, Kind::Bool) => (ModbusTable::Coil, RegType::Bit, true),
+            (Role::Command, _) => (ModbusTable::Holding, RegType::U16, true),
+            // Status bools (none in the shipped template) have no register
+            // of their own: the quality bits cover every point.
+            (_, Kind::Bool) => continue,
+            _ => (ModbusTable::Holding, RegType::U16, false),
+        };
+        let next = match table {
+            ModbusTable::Input => &mut inp,
+            ModbusTable::Coil => &mut coil,
+            _ => &mut hold,
+        };
+        rel.push(BlockReg::new(
+            table,
+            *next,
+            k,
+            reg_type,
+            ModbusField::Value,
+            writable,
+        ));
+        *next += u32::from(reg_type.width());
+    }
+    (rel, inp, hold, coil)
+}
+
+/// The block registers `rel` laid out for every slot, or Err when a slot
+/// lies beyond a table's last offset or a point id beyond u16.
+fn slot_registers(
+    tpl: &RouteTemplate,
+    first: usize,
+    rb: &ModbusRouteBlocks,
+    word_order: WordOrder,
+    rel: &[BlockReg],
+) -> Result<Vec<ModbusRegister>, String> {
+    let stride = u32::from(rb.stride);
+    let per_slot = tpl.layout().len();
     let mut out = Vec::with_capacity(rel.len() * usize::from(tpl.max_slots));
     for slot in 1..=u32::from(tpl.max_slots) {
-        for &(table, off, k, reg_type, field, writable) in &rel {
+        for r in rel {
+            let table = r.table;
             let base = u32::from(match table {
                 ModbusTable::Input => rb.input_base,
                 ModbusTable::Holding => rb.holding_base,
                 ModbusTable::Coil => rb.coil_base,
                 ModbusTable::Discrete => rb.discrete_base,
             });
-            let offset = base + slot * stride + off;
-            let offset = u16::try_from(offset + u32::from(reg_type.width()) - 1)
+            let offset = base + slot * stride + r.off;
+            let offset = u16::try_from(offset + u32::from(r.reg_type.width()) - 1)
                 .map(|_| offset as u16)
                 .map_err(|_| {
                     format!(
@@ -157,17 +184,17 @@ pub fn route_registers(
                         table.as_str()
                     )
                 })?;
-            let id = first + (slot as usize - 1) * layout.len() + k;
+            let id = first + (slot as usize - 1) * per_slot + r.k;
             out.push(ModbusRegister {
                 point: PointId(u16::try_from(id).map_err(|_| "too many points".to_string())?),
                 table,
                 number: modicon6(table) + u32::from(offset),
                 offset,
-                reg_type,
+                reg_type: r.reg_type,
                 scale: 1.0,
                 word_order,
-                field,
-                writable,
+                field: r.field,
+                writable: r.writable,
             });
         }
     }

@@ -4,7 +4,7 @@ use super::alarms::ClassDef;
 use super::BacnetSection;
 use crate::points::alarm::Algorithm;
 use crate::points::Maps;
-use crate::points::{BacnetObjectType, PointDef};
+use crate::points::{BacnetObject, BacnetObjectType, PointDef};
 
 use super::units;
 
@@ -72,22 +72,7 @@ pub fn export_all(
     stamp: &str,
 ) -> (String, String) {
     let dev = b.device_instance;
-    let mut ede = header(&b.device_name, stamp);
-    ede.push_str(
-        "#mandatory;mandatory;mandatory;mandatory;mandatory;optional;optional;optional;optional;optional;optional;optional;optional;optional;optional;optional\n\
-         # keyname;device obj.-instance;object-name;object-type;object-instance;description;present-value-default;min-present-value;max-present-value;settable;supports COV;hi-limit;low-limit;state-text-reference;unit-code;vendor-specific-address\n",
-    );
-    ede.push_str(&format!(
-        "{};{dev};{};8;{dev};castpoint device;;;;;;;;;;\n",
-        cell(&b.device_name),
-        cell(&b.device_name)
-    ));
-    // The Network Port is in Object_List and Protocol_Object_Types_Supported,
-    // so the EDE lists it too (type 56, read-only configuration).
-    ede.push_str(&format!(
-        "network_port;{dev};port-{np};56;{np};BACnet/IP port;;;;N;N;;;;;\n",
-        np = super::NETWORK_PORT_INSTANCE
-    ));
+    let mut ede = device_rows(b, stamp);
     let mut states = header(&b.device_name, stamp);
     states.push_str("#Reference Number;Text 1;Text 2;Text 3;Text 4;Text 5;Text 6;Text 7;Text 8\n");
     let mut next_ref = 1u32;
@@ -95,55 +80,8 @@ pub fn export_all(
         let Some(def): Option<&PointDef> = points.get(o.point.index()) else {
             continue;
         };
-        let unit = if matches!(
-            o.object_type,
-            BacnetObjectType::AnalogInput | BacnetObjectType::AnalogValue
-        ) {
-            units::units_code(def, o, maps.bacnet.bitrate_units_fallback)
-                .map(|c| c.to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let state_ref = if def.states.is_empty() {
-            String::new()
-        } else {
-            let r = next_ref;
-            next_ref += 1;
-            let texts: Vec<String> = def.states.iter().map(|s| cell(s)).collect();
-            states.push_str(&format!("{r};{}\n", texts.join(";")));
-            r.to_string()
-        };
-        let default = def
-            .relinquish_default
-            .map(|v| format!("{}", v.as_f64()))
-            .unwrap_or_default();
-        let (min, max) = match o.object_type {
-            BacnetObjectType::AnalogInput | BacnetObjectType::AnalogValue => {
-                (num(def.min), num(def.max))
-            }
-            _ => (String::new(), String::new()),
-        };
-        // hi-limit / low-limit: the alarm's High_Limit / Low_Limit (the
-        // object's own properties), where it has them.
-        let (hi, lo) = match def.alarm.as_ref().map(|a| &a.algorithm) {
-            Some(Algorithm::OutOfRange {
-                high_limit,
-                low_limit,
-                ..
-            }) => (num(*high_limit), num(*low_limit)),
-            _ => (String::new(), String::new()),
-        };
-        ede.push_str(&format!(
-            "{key};{dev};{name};{ty};{inst};{desc};{default};{min};{max};{settable};Y;{hi};{lo};{state_ref};{unit};{short}{inst}\n",
-            key = cell(&def.id),
-            name = cell(&def.name),
-            ty = type_number(o.object_type),
-            inst = o.instance,
-            desc = cell(&def.description),
-            settable = if o.object_type.commandable() { "Y" } else { "N" },
-            short = o.object_type.short(),
-        ));
+        let state_ref = state_text_ref(&def.states, &mut states, &mut next_ref);
+        ede.push_str(&object_row(def, o, dev, maps, &state_ref));
     }
     // Trend Logs (object type 20): read-only, no COV, no present value.
     for t in &maps.bacnet.trend_logs {
@@ -173,6 +111,118 @@ pub fn export_all(
         route_rows(r, dev, maps, &mut ede, &mut states, &mut next_ref);
     }
     (ede, states)
+}
+
+/// The EDE data file's header and column lines, then the device object
+/// and its Network Port.
+fn device_rows(b: &BacnetSection, stamp: &str) -> String {
+    let dev = b.device_instance;
+    let mut ede = header(&b.device_name, stamp);
+    ede.push_str(
+        "#mandatory;mandatory;mandatory;mandatory;mandatory;optional;optional;optional;optional;optional;optional;optional;optional;optional;optional;optional\n\
+         # keyname;device obj.-instance;object-name;object-type;object-instance;description;present-value-default;min-present-value;max-present-value;settable;supports COV;hi-limit;low-limit;state-text-reference;unit-code;vendor-specific-address\n",
+    );
+    ede.push_str(&format!(
+        "{};{dev};{};8;{dev};castpoint device;;;;;;;;;;\n",
+        cell(&b.device_name),
+        cell(&b.device_name)
+    ));
+    // The Network Port is in Object_List and Protocol_Object_Types_Supported,
+    // so the EDE lists it too (type 56, read-only configuration).
+    ede.push_str(&format!(
+        "network_port;{dev};port-{np};56;{np};BACnet/IP port;;;;N;N;;;;;\n",
+        np = super::NETWORK_PORT_INSTANCE
+    ));
+    ede
+}
+
+/// The state-text reference of an object with state texts `texts`: the
+/// next reference number, whose row goes to `states`; empty for none.
+fn state_text_ref(texts: &[String], states: &mut String, next_ref: &mut u32) -> String {
+    if texts.is_empty() {
+        return String::new();
+    }
+    let r = *next_ref;
+    *next_ref += 1;
+    let texts: Vec<String> = texts.iter().map(|s| cell(s)).collect();
+    states.push_str(&format!("{r};{}\n", texts.join(";")));
+    r.to_string()
+}
+
+/// The EDE row of one of the server's point objects.
+fn object_row(def: &PointDef, o: &BacnetObject, dev: u32, maps: &Maps, state_ref: &str) -> String {
+    let analog = matches!(
+        o.object_type,
+        BacnetObjectType::AnalogInput | BacnetObjectType::AnalogValue
+    );
+    let unit = if analog {
+        units::units_code(def, o, maps.bacnet.bitrate_units_fallback)
+            .map(|c| c.to_string())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let default = def
+        .relinquish_default
+        .map(|v| format!("{}", v.as_f64()))
+        .unwrap_or_default();
+    let (min, max) = if analog {
+        (num(def.min), num(def.max))
+    } else {
+        (String::new(), String::new())
+    };
+    // hi-limit / low-limit: the alarm's High_Limit / Low_Limit (the
+    // object's own properties), where it has them.
+    let (hi, lo) = match def.alarm.as_ref().map(|a| &a.algorithm) {
+        Some(Algorithm::OutOfRange {
+            high_limit,
+            low_limit,
+            ..
+        }) => (num(*high_limit), num(*low_limit)),
+        _ => (String::new(), String::new()),
+    };
+    format!(
+        "{key};{dev};{name};{ty};{inst};{desc};{default};{min};{max};{settable};Y;{hi};{lo};{state_ref};{unit};{short}{inst}\n",
+        key = cell(&def.id),
+        name = cell(&def.name),
+        ty = type_number(o.object_type),
+        inst = o.instance,
+        desc = cell(&def.description),
+        settable = if o.object_type.commandable() { "Y" } else { "N" },
+        short = o.object_type.short(),
+    )
+}
+
+/// The EDE row of one route block object.
+fn route_object_row(
+    def: &PointDef,
+    o: &super::routes::RouteObjectInfo,
+    dev: u32,
+    state_ref: &str,
+) -> String {
+    let analog = matches!(
+        o.ty,
+        BacnetObjectType::AnalogInput | BacnetObjectType::AnalogValue
+    );
+    let default = def
+        .relinquish_default
+        .map(|v| format!("{}", v.as_f64()))
+        .unwrap_or_default();
+    let (min, max, unit) = if analog {
+        (num(def.min), num(def.max), o.units.to_string())
+    } else {
+        (String::new(), String::new(), String::new())
+    };
+    format!(
+        "{key};{dev};{name};{ty};{inst};{desc};{default};{min};{max};{settable};Y;;;{state_ref};{unit};{short}{inst}\n",
+        key = cell(&def.id),
+        name = cell(&o.name),
+        ty = type_number(o.ty),
+        inst = o.instance,
+        desc = cell(&o.description),
+        settable = if o.commandable { "Y" } else { "N" },
+        short = o.ty.short(),
+    )
 }
 
 /// The server's Structured View, then per route its view, its objects and
@@ -213,38 +263,8 @@ fn route_rows(
             let Some(def) = r.db.def(o.point) else {
                 continue;
             };
-            let analog = matches!(
-                o.ty,
-                BacnetObjectType::AnalogInput | BacnetObjectType::AnalogValue
-            );
-            let state_ref = if o.states.is_empty() {
-                String::new()
-            } else {
-                let n = *next_ref;
-                *next_ref += 1;
-                let texts: Vec<String> = o.states.iter().map(|s| cell(s)).collect();
-                states.push_str(&format!("{n};{}\n", texts.join(";")));
-                n.to_string()
-            };
-            let default = def
-                .relinquish_default
-                .map(|v| format!("{}", v.as_f64()))
-                .unwrap_or_default();
-            let (min, max, unit) = if analog {
-                (num(def.min), num(def.max), o.units.to_string())
-            } else {
-                (String::new(), String::new(), String::new())
-            };
-            ede.push_str(&format!(
-                "{key};{dev};{name};{ty};{inst};{desc};{default};{min};{max};{settable};Y;;;{state_ref};{unit};{short}{inst}\n",
-                key = cell(&def.id),
-                name = cell(&o.name),
-                ty = type_number(o.ty),
-                inst = o.instance,
-                desc = cell(&o.description),
-                settable = if o.commandable { "Y" } else { "N" },
-                short = o.ty.short(),
-            ));
+            let state_ref = state_text_ref(&o.states, states, next_ref);
+            ede.push_str(&route_object_row(def, o, dev, &state_ref));
         }
         // The route's Trend Logs (type 20): TLn logs the object n.
         let logged = objs.iter().filter(|o| o.trend_log);

@@ -314,15 +314,49 @@ async fn handle(State(ctx): State<Arc<Ctx>>, Path(op): Path<String>, req: Reques
             "acceptable types: text/zinc, application/json (version=3 for Haystack 3 JSON), text/csv",
         );
     };
+    let caller = match authenticate(&ctx, hdr(header::AUTHORIZATION), peer) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
 
-    // --- authentication
+    // --- routing
+    let Some(def) = ops::find(&op) else {
+        return status(StatusCode::NOT_FOUND, &format!("unknown op {op:?}"));
+    };
+    if let Some(r) = method_refusal(req.method(), &op, def.post_only) {
+        return r;
+    }
+    let body_fmt = BodyFormat::from_content_type(hdr(header::CONTENT_TYPE));
+    let req_grid = match request_grid(req, fmt, body_fmt).await {
+        Ok(g) => g,
+        Err(r) => return *r,
+    };
+    match ops::dispatch(&ctx, &caller, &op, req_grid) {
+        Ok(g) => grid_response(fmt, &g),
+        Err(OpError::Grid(e)) => {
+            tracing::debug!(op, peer = %peer, "haystack op error: {e}");
+            grid_response(fmt, &Grid::error(&e))
+        }
+        Err(OpError::Unauthenticated) => unauthorized(),
+    }
+}
+
+/// The caller an `Authorization` header names, or the response that ends
+/// the request: 401/403 for a missing, unknown or expired credential, and
+/// every step of the HELLO/SCRAM exchange (its last one included: a login
+/// runs no op). Boxed, as in `request_grid`: a Response is large.
+fn authenticate(
+    ctx: &Ctx,
+    authorization: Option<&str>,
+    peer: SocketAddr,
+) -> Result<Caller, Box<Response>> {
     let mut caller = Caller {
         user: None,
         role: None,
         peer,
         token: None,
     };
-    match hdr(header::AUTHORIZATION) {
+    match authorization {
         Some(a) => {
             let a = a.trim();
             let scheme = a.split(' ').next().unwrap_or("").to_ascii_uppercase();
@@ -339,93 +373,103 @@ async fn handle(State(ctx): State<Arc<Ctx>>, Path(op): Path<String>, req: Reques
                         caller.token = Some(t);
                     }
                     // Expired or unknown: 403 tells the client to log in again.
-                    None => return status(StatusCode::FORBIDDEN, "invalid or expired auth token"),
+                    None => {
+                        return Err(Box::new(status(
+                            StatusCode::FORBIDDEN,
+                            "invalid or expired auth token",
+                        )))
+                    }
                 }
             } else if scheme == "HELLO" || scheme == "SCRAM" {
-                return match ctx.auth.handle_from(a, peer.ip()) {
-                    AuthReply::Challenge(c) => with_header(
-                        status(StatusCode::UNAUTHORIZED, "continue authentication"),
-                        header::WWW_AUTHENTICATE,
-                        &c,
-                    ),
-                    AuthReply::Issued(info) => with_header(
-                        status(StatusCode::OK, "authenticated"),
-                        header::HeaderName::from_static("authentication-info"),
-                        &info,
-                    ),
-                    AuthReply::Forbidden(why) => status(StatusCode::FORBIDDEN, why),
-                    AuthReply::BadRequest(why) => status(StatusCode::BAD_REQUEST, why),
-                    AuthReply::TooMany(secs) => with_header(
-                        status(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "too many failed logins; retry later",
-                        ),
-                        header::RETRY_AFTER,
-                        &secs.to_string(),
-                    ),
-                };
+                return Err(Box::new(auth_response(ctx.auth.handle_from(a, peer.ip()))));
             } else {
-                return unauthorized();
+                return Err(Box::new(unauthorized()));
             }
         }
         None if ctx.settings.anonymous_read => {}
-        None => return unauthorized(),
+        None => return Err(Box::new(unauthorized())),
     }
+    Ok(caller)
+}
 
-    // --- routing
-    let Some(def) = ops::find(&op) else {
-        return status(StatusCode::NOT_FOUND, &format!("unknown op {op:?}"));
-    };
-    let method = req.method().clone();
-    let allow = if def.post_only { "POST" } else { "GET, POST" };
-    let allowed = method == Method::POST || (method == Method::GET && !def.post_only);
-    if !allowed {
-        return with_header(
+/// The HTTP answer to one step of the HELLO/SCRAM exchange.
+fn auth_response(reply: AuthReply) -> Response {
+    match reply {
+        AuthReply::Challenge(c) => with_header(
+            status(StatusCode::UNAUTHORIZED, "continue authentication"),
+            header::WWW_AUTHENTICATE,
+            &c,
+        ),
+        AuthReply::Issued(info) => with_header(
+            status(StatusCode::OK, "authenticated"),
+            header::HeaderName::from_static("authentication-info"),
+            &info,
+        ),
+        AuthReply::Forbidden(why) => status(StatusCode::FORBIDDEN, why),
+        AuthReply::BadRequest(why) => status(StatusCode::BAD_REQUEST, why),
+        AuthReply::TooMany(secs) => with_header(
             status(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &format!("{op} accepts {allow}"),
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed logins; retry later",
             ),
-            header::ALLOW,
-            allow,
-        );
+            header::RETRY_AFTER,
+            &secs.to_string(),
+        ),
     }
+}
+
+/// The 405 (with `Allow`) for a method the op does not take; None when it
+/// takes it.
+fn method_refusal(method: &Method, op: &str, post_only: bool) -> Option<Response> {
+    let allow = if post_only { "POST" } else { "GET, POST" };
+    let allowed = method == Method::POST || (method == Method::GET && !post_only);
+    if allowed {
+        return None;
+    }
+    Some(with_header(
+        status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{op} accepts {allow}"),
+        ),
+        header::ALLOW,
+        allow,
+    ))
+}
+
+/// The request grid, from the query string (GET, or a POST with an empty
+/// body and a query) or the body; Err is the response that ends the
+/// request (an error grid in `fmt` for an oversized or malformed one).
+async fn request_grid(
+    req: Request,
+    fmt: Format,
+    body_fmt: Option<BodyFormat>,
+) -> Result<encoding::ReqGrid, Box<Response>> {
+    let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_string();
-    let body_fmt = BodyFormat::from_content_type(hdr(header::CONTENT_TYPE));
     let body = match axum::body::to_bytes(req.into_body(), encoding::MAX_REQUEST).await {
         Ok(b) => b,
         Err(_) => {
-            return grid_response(
+            return Err(Box::new(grid_response(
                 fmt,
                 &Grid::error(&format!(
                     "request larger than {} bytes",
                     encoding::MAX_REQUEST
                 )),
-            )
+            )))
         }
     };
     let decoded = if method == Method::GET || (body.is_empty() && !query.is_empty()) {
         encoding::decode_query(&query)
     } else {
         let Some(bf) = body_fmt else {
-            return status(
+            return Err(Box::new(status(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "request grids are text/zinc or application/json",
-            );
+            )));
         };
         encoding::decode_request(bf, &body)
     };
-    let req_grid = match decoded {
-        Ok(g) => g,
-        Err(e) => return grid_response(fmt, &Grid::error(&e)),
-    };
-    match ops::dispatch(&ctx, &caller, &op, req_grid) {
-        Ok(g) => grid_response(fmt, &g),
-        Err(OpError::Grid(e)) => {
-            tracing::debug!(op, peer = %peer, "haystack op error: {e}");
-            grid_response(fmt, &Grid::error(&e))
-        }
-        Err(OpError::Unauthenticated) => unauthorized(),
-    }
+    decoded.map_err(|e| Box::new(grid_response(fmt, &Grid::error(&e))))
 }
 
 /// Prints a `[[haystack.user]]` entry for `castpoint haystack-user`; the

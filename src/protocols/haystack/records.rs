@@ -11,7 +11,7 @@ use libhaystack::units::Unit;
 use libhaystack::val::{Dict, Number, Ref, Value as HVal};
 
 use crate::points::{
-    Kind, Maps, PointDb, PointDef, PointId, PointState, Quality, Role, TagValue, Value,
+    Kind, Maps, PointDb, PointDef, PointId, PointState, Quality, Role, SiteEquip, TagValue, Value,
 };
 
 /// Which record an id names.
@@ -165,27 +165,98 @@ fn mk(pairs: Vec<(&str, HVal)>) -> Dict {
     d
 }
 
+/// The site record and the streaming-server equip record.
+fn site_and_equip(se: &SiteEquip, site_ref: &HVal, equip_ref: &HVal) -> (Dict, Dict) {
+    let site = mk(vec![
+        ("id", site_ref.clone()),
+        ("dis", HVal::make_str(&se.site_dis)),
+        ("navName", HVal::make_str(&se.site_dis)),
+        ("site", HVal::Marker),
+        ("tz", HVal::make_str(&se.tz)),
+    ]);
+    let equip = mk(vec![
+        ("id", equip_ref.clone()),
+        ("dis", HVal::make_str(&se.equip_dis)),
+        ("navName", HVal::make_str(&se.equip_dis)),
+        ("equip", HVal::Marker),
+        ("siteRef", site_ref.clone()),
+        ("videoStreamingServer", HVal::Marker),
+        ("tz", HVal::make_str(&se.tz)),
+    ]);
+    (site, equip)
+}
+
+/// A point record's tags from its definition: the point file's own tags,
+/// then the function marker, unit, states, his, writable and limits.
+fn def_tags(d: &mut Dict, def: &PointDef) {
+    for (k, v) in &def.tags {
+        let hv = match v {
+            TagValue::Marker => HVal::Marker,
+            TagValue::Str(s) => HVal::make_str(s),
+            TagValue::Number(n) => HVal::make_number(*n),
+            TagValue::Bool(b) => HVal::make_bool(*b),
+        };
+        d.insert(k.clone(), hv);
+    }
+    // Function marker: measurements and statuses are read-only
+    // sensors; writable analog set-points are `sp` (the point file
+    // says so with an `sp` tag), other commands `cmd`.
+    match def.role {
+        Role::Measurement | Role::Status => {
+            d.insert("sensor".into(), HVal::Marker);
+        }
+        Role::Command => {
+            if !d.contains_key("sp") {
+                d.insert("cmd".into(), HVal::Marker);
+            }
+        }
+    }
+    if let Some(u) = def.unit.as_deref().and_then(unit) {
+        d.insert("unit".into(), HVal::make_str(u.symbol()));
+    }
+    if def.kind == Kind::Enum {
+        d.insert("enum".into(), HVal::make_str(&def.states.join(",")));
+    }
+    if def.his {
+        d.insert("his".into(), HVal::Marker);
+    }
+    if def.writable {
+        d.insert("writable".into(), HVal::Marker);
+    }
+    if def.kind == Kind::Number {
+        if let Some(m) = def.min {
+            d.insert("minVal".into(), to_hval(def, Value::Number(m)));
+        }
+        if let Some(m) = def.max {
+            d.insert("maxVal".into(), to_hval(def, Value::Number(m)));
+        }
+    }
+}
+
+/// Where the point sits on the other protocols: BACnet object, Modbus
+/// registers and the first HTTP path.
+fn address_tags(d: &mut Dict, def: &PointDef, pid: PointId, maps: &Maps) {
+    if let Some(a) = maps.bacnet_address(pid) {
+        d.insert("bacnetCur".into(), HVal::make_str(&a));
+        if def.writable {
+            d.insert("bacnetWrite".into(), HVal::make_str(&a));
+        }
+    }
+    let mb = maps.modbus_addresses(pid);
+    if !mb.is_empty() {
+        d.insert("modbusAddr".into(), HVal::make_str(&mb.join(",")));
+    }
+    if let Some((_, path)) = maps.http_paths(pid).into_iter().next() {
+        d.insert("httpUri".into(), HVal::make_uri(&path));
+    }
+}
+
 impl Records {
     pub fn build(db: &PointDb, maps: &Maps) -> Records {
         let se = db.site();
         let site_ref = HVal::make_ref_with_dis(&se.site_id, &se.site_dis);
         let equip_ref = HVal::make_ref_with_dis(&se.equip_id, &se.equip_dis);
-        let site = mk(vec![
-            ("id", site_ref.clone()),
-            ("dis", HVal::make_str(&se.site_dis)),
-            ("navName", HVal::make_str(&se.site_dis)),
-            ("site", HVal::Marker),
-            ("tz", HVal::make_str(&se.tz)),
-        ]);
-        let equip = mk(vec![
-            ("id", equip_ref.clone()),
-            ("dis", HVal::make_str(&se.equip_dis)),
-            ("navName", HVal::make_str(&se.equip_dis)),
-            ("equip", HVal::Marker),
-            ("siteRef", site_ref.clone()),
-            ("videoStreamingServer", HVal::Marker),
-            ("tz", HVal::make_str(&se.tz)),
-        ]);
+        let (site, equip) = site_and_equip(se, &site_ref, &equip_ref);
         let mut by_id = HashMap::new();
         let mut points = Vec::with_capacity(db.len());
         // Every point, reserved route blocks included (ids never move; a
@@ -202,67 +273,14 @@ impl Records {
                 ("navName", HVal::make_str(&def.name)),
                 ("point", HVal::Marker),
                 ("kind", HVal::make_str(hkind(def.kind))),
-                ("equipRef", equip_ref.clone()),
+                ("equipRef", equip_ref),
                 ("siteRef", site_ref.clone()),
                 ("tz", HVal::make_str(&se.tz)),
                 ("castpointId", HVal::make_str(&def.id)),
                 ("description", HVal::make_str(&def.description)),
             ]);
-            for (k, v) in &def.tags {
-                let hv = match v {
-                    TagValue::Marker => HVal::Marker,
-                    TagValue::Str(s) => HVal::make_str(s),
-                    TagValue::Number(n) => HVal::make_number(*n),
-                    TagValue::Bool(b) => HVal::make_bool(*b),
-                };
-                d.insert(k.clone(), hv);
-            }
-            // Function marker: measurements and statuses are read-only
-            // sensors; writable analog set-points are `sp` (the point file
-            // says so with an `sp` tag), other commands `cmd`.
-            match def.role {
-                Role::Measurement | Role::Status => {
-                    d.insert("sensor".into(), HVal::Marker);
-                }
-                Role::Command => {
-                    if !d.contains_key("sp") {
-                        d.insert("cmd".into(), HVal::Marker);
-                    }
-                }
-            }
-            if let Some(u) = def.unit.as_deref().and_then(unit) {
-                d.insert("unit".into(), HVal::make_str(u.symbol()));
-            }
-            if def.kind == Kind::Enum {
-                d.insert("enum".into(), HVal::make_str(&def.states.join(",")));
-            }
-            if def.his {
-                d.insert("his".into(), HVal::Marker);
-            }
-            if def.writable {
-                d.insert("writable".into(), HVal::Marker);
-            }
-            if def.kind == Kind::Number {
-                if let Some(m) = def.min {
-                    d.insert("minVal".into(), to_hval(def, Value::Number(m)));
-                }
-                if let Some(m) = def.max {
-                    d.insert("maxVal".into(), to_hval(def, Value::Number(m)));
-                }
-            }
-            if let Some(a) = maps.bacnet_address(pid) {
-                d.insert("bacnetCur".into(), HVal::make_str(&a));
-                if def.writable {
-                    d.insert("bacnetWrite".into(), HVal::make_str(&a));
-                }
-            }
-            let mb = maps.modbus_addresses(pid);
-            if !mb.is_empty() {
-                d.insert("modbusAddr".into(), HVal::make_str(&mb.join(",")));
-            }
-            if let Some((_, path)) = maps.http_paths(pid).into_iter().next() {
-                d.insert("httpUri".into(), HVal::make_uri(&path));
-            }
+            def_tags(&mut d, def);
+            address_tags(&mut d, def, pid, maps);
             by_id.insert(def.id.clone(), RecKey::Point(pid));
             points.push(d);
         }

@@ -233,118 +233,136 @@ pub fn decode_request(pdu: &[u8]) -> Result<Request<'_>, Exception> {
         return Err(Exception::IllegalFunction);
     };
     match fc {
-        0x01..=0x04 => {
-            fixed(pdu, 4)?;
-            let addr = u16_at(pdu, 1).ok_or(Exception::IllegalDataValue)?;
-            let qty = u16_at(pdu, 3).ok_or(Exception::IllegalDataValue)?;
-            let max = if fc <= 0x02 {
-                MAX_READ_BITS
-            } else {
-                MAX_READ_REGS
-            };
-            check_range(addr, qty, max)?;
-            Ok(match fc {
-                0x01 => Request::ReadCoils { addr, qty },
-                0x02 => Request::ReadDiscreteInputs { addr, qty },
-                0x03 => Request::ReadHoldingRegisters { addr, qty },
-                _ => Request::ReadInputRegisters { addr, qty },
-            })
-        }
-        0x05 => {
-            fixed(pdu, 4)?;
-            let addr = u16_at(pdu, 1).ok_or(Exception::IllegalDataValue)?;
-            let value = match u16_at(pdu, 3) {
-                Some(0xFF00) => true,
-                Some(0x0000) => false,
-                _ => return Err(Exception::IllegalDataValue),
-            };
-            Ok(Request::WriteSingleCoil { addr, value })
-        }
-        0x06 => {
-            fixed(pdu, 4)?;
-            let addr = u16_at(pdu, 1).ok_or(Exception::IllegalDataValue)?;
-            let value = u16_at(pdu, 3).ok_or(Exception::IllegalDataValue)?;
-            Ok(Request::WriteSingleRegister { addr, value })
-        }
-        0x0F => {
-            let addr = u16_at(pdu, 1).ok_or(Exception::IllegalDataValue)?;
-            let qty = u16_at(pdu, 3).ok_or(Exception::IllegalDataValue)?;
-            let count = *pdu.get(5).ok_or(Exception::IllegalDataValue)?;
-            if qty == 0
-                || qty > MAX_WRITE_BITS
-                || usize::from(count) != usize::from(qty).div_ceil(8)
-            {
-                return Err(Exception::IllegalDataValue);
-            }
-            let bytes = pdu.get(6..).ok_or(Exception::IllegalDataValue)?;
-            if bytes.len() != usize::from(count) {
-                return Err(Exception::IllegalDataValue);
-            }
-            check_range(addr, qty, MAX_WRITE_BITS)?;
-            Ok(Request::WriteMultipleCoils {
-                addr,
-                bits: Bits { bytes, count: qty },
-            })
-        }
-        0x10 => {
-            let addr = u16_at(pdu, 1).ok_or(Exception::IllegalDataValue)?;
-            let qty = u16_at(pdu, 3).ok_or(Exception::IllegalDataValue)?;
-            let count = *pdu.get(5).ok_or(Exception::IllegalDataValue)?;
-            if qty == 0 || qty > MAX_WRITE_REGS || usize::from(count) != 2 * usize::from(qty) {
-                return Err(Exception::IllegalDataValue);
-            }
-            let bytes = pdu.get(6..).ok_or(Exception::IllegalDataValue)?;
-            if bytes.len() != usize::from(count) {
-                return Err(Exception::IllegalDataValue);
-            }
-            check_range(addr, qty, MAX_WRITE_REGS)?;
-            Ok(Request::WriteMultipleRegisters {
-                addr,
-                words: Words(bytes),
-            })
-        }
-        0x17 => {
-            let read_addr = u16_at(pdu, 1).ok_or(Exception::IllegalDataValue)?;
-            let read_qty = u16_at(pdu, 3).ok_or(Exception::IllegalDataValue)?;
-            let write_addr = u16_at(pdu, 5).ok_or(Exception::IllegalDataValue)?;
-            let write_qty = u16_at(pdu, 7).ok_or(Exception::IllegalDataValue)?;
-            let count = *pdu.get(9).ok_or(Exception::IllegalDataValue)?;
-            if read_qty == 0
-                || read_qty > MAX_READ_REGS
-                || write_qty == 0
-                || write_qty > MAX_RW_WRITE_REGS
-                || usize::from(count) != 2 * usize::from(write_qty)
-            {
-                return Err(Exception::IllegalDataValue);
-            }
-            let bytes = pdu.get(10..).ok_or(Exception::IllegalDataValue)?;
-            if bytes.len() != usize::from(count) {
-                return Err(Exception::IllegalDataValue);
-            }
-            check_range(read_addr, read_qty, MAX_READ_REGS)?;
-            check_range(write_addr, write_qty, MAX_RW_WRITE_REGS)?;
-            Ok(Request::ReadWriteMultipleRegisters {
-                read_addr,
-                read_qty,
-                write_addr,
-                words: Words(bytes),
-            })
-        }
-        0x2B => {
-            // Other MEI types (CANopen general reference, 13) are not served.
-            if pdu.get(1) != Some(&MEI_READ_DEVICE_ID) {
-                return Err(Exception::IllegalFunction);
-            }
-            fixed(pdu, 3)?;
-            let code = *pdu.get(2).ok_or(Exception::IllegalDataValue)?;
-            let object = *pdu.get(3).ok_or(Exception::IllegalDataValue)?;
-            if !(1..=4).contains(&code) {
-                return Err(Exception::IllegalDataValue);
-            }
-            Ok(Request::ReadDeviceId { code, object })
-        }
+        0x01..=0x04 => decode_read(pdu, fc),
+        0x05 => decode_write_coil(pdu),
+        0x06 => decode_write_register(pdu),
+        0x0F => decode_write_coils(pdu),
+        0x10 => decode_write_registers(pdu),
+        0x17 => decode_read_write(pdu),
+        0x2B => decode_device_id(pdu),
         _ => Err(Exception::IllegalFunction),
     }
+}
+
+/// 01-04: read coils, discrete inputs, holding or input registers.
+fn decode_read(pdu: &[u8], fc: u8) -> Result<Request<'_>, Exception> {
+    fixed(pdu, 4)?;
+    let addr = u16_at(pdu, 1).ok_or(Exception::IllegalDataValue)?;
+    let qty = u16_at(pdu, 3).ok_or(Exception::IllegalDataValue)?;
+    let max = if fc <= 0x02 {
+        MAX_READ_BITS
+    } else {
+        MAX_READ_REGS
+    };
+    check_range(addr, qty, max)?;
+    Ok(match fc {
+        0x01 => Request::ReadCoils { addr, qty },
+        0x02 => Request::ReadDiscreteInputs { addr, qty },
+        0x03 => Request::ReadHoldingRegisters { addr, qty },
+        _ => Request::ReadInputRegisters { addr, qty },
+    })
+}
+
+/// 05: write single coil (FF00 on, 0000 off, nothing else).
+fn decode_write_coil(pdu: &[u8]) -> Result<Request<'_>, Exception> {
+    fixed(pdu, 4)?;
+    let addr = u16_at(pdu, 1).ok_or(Exception::IllegalDataValue)?;
+    let value = match u16_at(pdu, 3) {
+        Some(0xFF00) => true,
+        Some(0x0000) => false,
+        _ => return Err(Exception::IllegalDataValue),
+    };
+    Ok(Request::WriteSingleCoil { addr, value })
+}
+
+/// 06: write single register.
+fn decode_write_register(pdu: &[u8]) -> Result<Request<'_>, Exception> {
+    fixed(pdu, 4)?;
+    let addr = u16_at(pdu, 1).ok_or(Exception::IllegalDataValue)?;
+    let value = u16_at(pdu, 3).ok_or(Exception::IllegalDataValue)?;
+    Ok(Request::WriteSingleRegister { addr, value })
+}
+
+/// 0F: write multiple coils.
+fn decode_write_coils(pdu: &[u8]) -> Result<Request<'_>, Exception> {
+    let addr = u16_at(pdu, 1).ok_or(Exception::IllegalDataValue)?;
+    let qty = u16_at(pdu, 3).ok_or(Exception::IllegalDataValue)?;
+    let count = *pdu.get(5).ok_or(Exception::IllegalDataValue)?;
+    if qty == 0 || qty > MAX_WRITE_BITS || usize::from(count) != usize::from(qty).div_ceil(8) {
+        return Err(Exception::IllegalDataValue);
+    }
+    let bytes = pdu.get(6..).ok_or(Exception::IllegalDataValue)?;
+    if bytes.len() != usize::from(count) {
+        return Err(Exception::IllegalDataValue);
+    }
+    check_range(addr, qty, MAX_WRITE_BITS)?;
+    Ok(Request::WriteMultipleCoils {
+        addr,
+        bits: Bits { bytes, count: qty },
+    })
+}
+
+/// 10: write multiple registers.
+fn decode_write_registers(pdu: &[u8]) -> Result<Request<'_>, Exception> {
+    let addr = u16_at(pdu, 1).ok_or(Exception::IllegalDataValue)?;
+    let qty = u16_at(pdu, 3).ok_or(Exception::IllegalDataValue)?;
+    let count = *pdu.get(5).ok_or(Exception::IllegalDataValue)?;
+    if qty == 0 || qty > MAX_WRITE_REGS || usize::from(count) != 2 * usize::from(qty) {
+        return Err(Exception::IllegalDataValue);
+    }
+    let bytes = pdu.get(6..).ok_or(Exception::IllegalDataValue)?;
+    if bytes.len() != usize::from(count) {
+        return Err(Exception::IllegalDataValue);
+    }
+    check_range(addr, qty, MAX_WRITE_REGS)?;
+    Ok(Request::WriteMultipleRegisters {
+        addr,
+        words: Words(bytes),
+    })
+}
+
+/// 17: read/write multiple registers.
+fn decode_read_write(pdu: &[u8]) -> Result<Request<'_>, Exception> {
+    let read_addr = u16_at(pdu, 1).ok_or(Exception::IllegalDataValue)?;
+    let read_qty = u16_at(pdu, 3).ok_or(Exception::IllegalDataValue)?;
+    let write_addr = u16_at(pdu, 5).ok_or(Exception::IllegalDataValue)?;
+    let write_qty = u16_at(pdu, 7).ok_or(Exception::IllegalDataValue)?;
+    let count = *pdu.get(9).ok_or(Exception::IllegalDataValue)?;
+    if read_qty == 0
+        || read_qty > MAX_READ_REGS
+        || write_qty == 0
+        || write_qty > MAX_RW_WRITE_REGS
+        || usize::from(count) != 2 * usize::from(write_qty)
+    {
+        return Err(Exception::IllegalDataValue);
+    }
+    let bytes = pdu.get(10..).ok_or(Exception::IllegalDataValue)?;
+    if bytes.len() != usize::from(count) {
+        return Err(Exception::IllegalDataValue);
+    }
+    check_range(read_addr, read_qty, MAX_READ_REGS)?;
+    check_range(write_addr, write_qty, MAX_RW_WRITE_REGS)?;
+    Ok(Request::ReadWriteMultipleRegisters {
+        read_addr,
+        read_qty,
+        write_addr,
+        words: Words(bytes),
+    })
+}
+
+/// 2B/0E: read device identification.
+fn decode_device_id(pdu: &[u8]) -> Result<Request<'_>, Exception> {
+    // Other MEI types (CANopen general reference, 13) are not served.
+    if pdu.get(1) != Some(&MEI_READ_DEVICE_ID) {
+        return Err(Exception::IllegalFunction);
+    }
+    fixed(pdu, 3)?;
+    let code = *pdu.get(2).ok_or(Exception::IllegalDataValue)?;
+    let object = *pdu.get(3).ok_or(Exception::IllegalDataValue)?;
+    if !(1..=4).contains(&code) {
+        return Err(Exception::IllegalDataValue);
+    }
+    Ok(Request::ReadDeviceId { code, object })
 }
 
 /// Starts a response ADU in `out`; [`finish_adu`] fills in the length.

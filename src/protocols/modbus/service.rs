@@ -130,6 +130,8 @@ impl Service {
         }
     }
 
+    /// Answers one decoded request into `out` (the response PDU); Err is
+    /// the exception to answer with instead.
     fn execute(
         &self,
         req: Request<'_>,
@@ -148,102 +150,27 @@ impl Service {
                 out.push(0x03);
                 self.read_words(&self.map.holding, addr, qty, out)
             }
-            Request::ReadInputRegisters { addr, qty } => {
-                if let Some(block) = &self.alarm_block {
-                    if super::alarms::AlarmBlock::touches(addr, qty) {
-                        // Nothing is mapped next to the block: a read
-                        // that leaves it covers unmapped addresses (02).
-                        if !super::alarms::AlarmBlock::within(addr, qty) {
-                            return Err(Exception::IllegalDataAddress);
-                        }
-                        out.push(0x04);
-                        // qty <= 125 (checked by the decoder).
-                        out.push((2 * qty) as u8);
-                        for w in block.read(addr, qty) {
-                            out.extend_from_slice(&w.to_be_bytes());
-                        }
-                        return Ok(());
-                    }
-                }
-                out.push(0x04);
-                self.read_words(&self.map.input, addr, qty, out)
-            }
+            Request::ReadInputRegisters { addr, qty } => self.read_input(addr, qty, out),
             Request::WriteSingleCoil { addr, value } => {
-                let coils = &self.map.coils;
-                let (reg, v) = self.audited(
-                    coils,
-                    addr,
-                    peer,
-                    (|| {
-                        let reg = self.writable_one(coils, addr)?;
-                        Ok((reg, self.value_of(reg, if value { 1.0 } else { 0.0 })?))
-                    })(),
-                )?;
-                self.commit(&[(reg.point, v)], peer)?;
+                self.write_coil(addr, value, peer)?;
                 out.extend_from_slice(pdu);
                 Ok(())
             }
             Request::WriteSingleRegister { addr, value } => {
-                let holding = &self.map.holding;
-                let (reg, v) = self.audited(
-                    holding,
-                    addr,
-                    peer,
-                    (|| {
-                        let reg = self.writable_one(holding, addr)?;
-                        // FC06 on either word of a 32-bit value would half-write it.
-                        if reg.reg_type.width() != 1 {
-                            return Err(Exception::IllegalDataValue);
-                        }
-                        Ok((reg, self.value_of(reg, decode_words(reg, [value, 0])?)?))
-                    })(),
-                )?;
-                self.commit(&[(reg.point, v)], peer)?;
+                self.write_register(addr, value, peer)?;
                 out.extend_from_slice(pdu);
                 Ok(())
             }
-            Request::WriteMultipleCoils { addr, bits } => {
-                let writes =
-                    self.audited(&self.map.coils, addr, peer, self.plan_coils(addr, bits))?;
-                self.commit(&writes, peer)?;
-                out.push(0x0F);
-                out.extend_from_slice(&addr.to_be_bytes());
-                out.extend_from_slice(&(bits.len() as u16).to_be_bytes());
-                Ok(())
-            }
+            Request::WriteMultipleCoils { addr, bits } => self.write_coils(addr, bits, peer, out),
             Request::WriteMultipleRegisters { addr, words } => {
-                let writes = self.audited(
-                    &self.map.holding,
-                    addr,
-                    peer,
-                    self.plan_registers(addr, words),
-                )?;
-                self.commit(&writes, peer)?;
-                out.push(0x10);
-                out.extend_from_slice(&addr.to_be_bytes());
-                out.extend_from_slice(&(words.len() as u16).to_be_bytes());
-                Ok(())
+                self.write_registers(addr, words, peer, out)
             }
             Request::ReadWriteMultipleRegisters {
                 read_addr,
                 read_qty,
                 write_addr,
                 words,
-            } => {
-                // Validate the read range before writing, so a request that
-                // would be refused as a whole has no side effect.
-                self.present(self.map.holding.span(read_addr, read_qty)?)?;
-                let writes = self.audited(
-                    &self.map.holding,
-                    write_addr,
-                    peer,
-                    self.plan_registers(write_addr, words),
-                )?;
-                self.commit(&writes, peer)?;
-                // The spec performs the write before the read.
-                out.push(0x17);
-                self.read_words(&self.map.holding, read_addr, read_qty, out)
-            }
+            } => self.read_write(read_addr, read_qty, write_addr, words, peer, out),
             Request::ReadDeviceId { code, object } => {
                 // Individual access to an object castpoint does not have is 02.
                 if code == 4 && !device_objects().iter().any(|(id, _)| *id == object) {
@@ -253,6 +180,127 @@ impl Service {
                 Ok(())
             }
         }
+    }
+
+    /// FC04: the alarm block when the read falls on it, the input table
+    /// otherwise.
+    fn read_input(&self, addr: u16, qty: u16, out: &mut Vec<u8>) -> Result<(), Exception> {
+        if let Some(block) = &self.alarm_block {
+            if super::alarms::AlarmBlock::touches(addr, qty) {
+                // Nothing is mapped next to the block: a read
+                // that leaves it covers unmapped addresses (02).
+                if !super::alarms::AlarmBlock::within(addr, qty) {
+                    return Err(Exception::IllegalDataAddress);
+                }
+                out.push(0x04);
+                // qty <= 125 (checked by the decoder).
+                out.push((2 * qty) as u8);
+                for w in block.read(addr, qty) {
+                    out.extend_from_slice(&w.to_be_bytes());
+                }
+                return Ok(());
+            }
+        }
+        out.push(0x04);
+        self.read_words(&self.map.input, addr, qty, out)
+    }
+
+    /// FC05: writes one coil (the response echoes the request).
+    fn write_coil(&self, addr: u16, value: bool, peer: SocketAddr) -> Result<(), Exception> {
+        let coils = &self.map.coils;
+        let (reg, v) = self.audited(
+            coils,
+            addr,
+            peer,
+            (|| {
+                let reg = self.writable_one(coils, addr)?;
+                Ok((reg, self.value_of(reg, if value { 1.0 } else { 0.0 })?))
+            })(),
+        )?;
+        self.commit(&[(reg.point, v)], peer)
+    }
+
+    /// FC06: writes one 16-bit holding register (the response echoes the
+    /// request).
+    fn write_register(&self, addr: u16, value: u16, peer: SocketAddr) -> Result<(), Exception> {
+        let holding = &self.map.holding;
+        let (reg, v) = self.audited(
+            holding,
+            addr,
+            peer,
+            (|| {
+                let reg = self.writable_one(holding, addr)?;
+                // FC06 on either word of a 32-bit value would half-write it.
+                if reg.reg_type.width() != 1 {
+                    return Err(Exception::IllegalDataValue);
+                }
+                Ok((reg, self.value_of(reg, decode_words(reg, [value, 0])?)?))
+            })(),
+        )?;
+        self.commit(&[(reg.point, v)], peer)
+    }
+
+    /// FC15: writes the coils `bits` from `addr`.
+    fn write_coils(
+        &self,
+        addr: u16,
+        bits: Bits<'_>,
+        peer: SocketAddr,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Exception> {
+        let writes = self.audited(&self.map.coils, addr, peer, self.plan_coils(addr, bits))?;
+        self.commit(&writes, peer)?;
+        out.push(0x0F);
+        out.extend_from_slice(&addr.to_be_bytes());
+        out.extend_from_slice(&(bits.len() as u16).to_be_bytes());
+        Ok(())
+    }
+
+    /// FC16: writes the holding registers `words` from `addr`.
+    fn write_registers(
+        &self,
+        addr: u16,
+        words: Words<'_>,
+        peer: SocketAddr,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Exception> {
+        let writes = self.audited(
+            &self.map.holding,
+            addr,
+            peer,
+            self.plan_registers(addr, words),
+        )?;
+        self.commit(&writes, peer)?;
+        out.push(0x10);
+        out.extend_from_slice(&addr.to_be_bytes());
+        out.extend_from_slice(&(words.len() as u16).to_be_bytes());
+        Ok(())
+    }
+
+    /// FC23: writes `words` at `write_addr`, then reads the holding
+    /// registers of the read range.
+    fn read_write(
+        &self,
+        read_addr: u16,
+        read_qty: u16,
+        write_addr: u16,
+        words: Words<'_>,
+        peer: SocketAddr,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Exception> {
+        // Validate the read range before writing, so a request that
+        // would be refused as a whole has no side effect.
+        self.present(self.map.holding.span(read_addr, read_qty)?)?;
+        let writes = self.audited(
+            &self.map.holding,
+            write_addr,
+            peer,
+            self.plan_registers(write_addr, words),
+        )?;
+        self.commit(&writes, peer)?;
+        // The spec performs the write before the read.
+        out.push(0x17);
+        self.read_words(&self.map.holding, read_addr, read_qty, out)
     }
 
     fn read_bits(

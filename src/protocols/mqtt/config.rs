@@ -255,73 +255,20 @@ impl MqttSection {
     /// the node runs from. Checked whether or not `enabled`: a typo is a typo.
     pub fn check(&self) -> Result<MqttConfig, Vec<String>> {
         let mut errs = Vec::new();
-        let mut brokers = Vec::new();
-        if self.brokers.is_empty() {
-            errs.push("mqtt.brokers: at least one broker URL is needed".to_string());
-        }
-        for (i, b) in self.brokers.iter().enumerate() {
-            match Broker::parse(b) {
-                Ok(b) => brokers.push(b),
-                Err(e) => errs.push(format!(
-                    "mqtt.brokers[{i}]: {}: {e}",
-                    crate::redact::redact_url(b)
-                )),
-            }
-        }
-        if !valid_id(&self.group_id) {
-            errs.push("mqtt.group_id: must be non-empty, without '/', '+' or '#'".into());
-        }
-        let node = self.edge_node_id.clone().unwrap_or_else(default_node_id);
-        if !valid_id(&node) {
-            errs.push("mqtt.edge_node_id: must be non-empty, without '/', '+' or '#'".into());
-        }
-        if let Some(h) = &self.primary_host_id {
-            if !valid_id(h) {
-                errs.push(
-                    "mqtt.primary_host_id: must be non-empty, without '/', '+' or '#'".into(),
-                );
-            }
-        }
-        let client_id = self
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("castpoint-{}-{node}", self.group_id));
-        if client_id.is_empty() || client_id.len() > 65535 {
-            errs.push("mqtt.client_id: must be 1..=65535 bytes".into());
-        }
+        let brokers = self.check_brokers(&mut errs);
+        let (node, client_id) = self.check_ids(&mut errs);
         if !(1..=16).contains(&self.command_priority) {
             errs.push("mqtt.command_priority: must be 1..=16".into());
         }
-        if self.password.is_some() && self.username.is_none() {
-            errs.push("mqtt.password: needs mqtt.username".into());
-        }
-        if self.client_cert.is_some() != self.client_key.is_some() {
-            errs.push("mqtt.client_cert: client_cert and client_key go together".into());
-        }
-        if brokers.iter().any(|b| b.tls) && self.ca_file.is_none() {
-            errs.push("mqtt.ca_file: an mqtts:// broker needs the CA that signed it".into());
-        }
-        let dur = |key: &str, s: &str, lo: Duration, hi: Duration, errs: &mut Vec<String>| {
-            match parse_duration(s).filter(|d| (lo..=hi).contains(d)) {
-                Some(d) => d,
-                None => {
-                    errs.push(format!(
-                        "mqtt.{key}: expected a duration {}s..={}s like \"30s\"",
-                        lo.as_secs_f64(),
-                        hi.as_secs_f64()
-                    ));
-                    lo
-                }
-            }
-        };
-        let keep_alive = dur(
+        self.check_credentials(&brokers, &mut errs);
+        let keep_alive = duration_in(
             "keep_alive",
             &self.keep_alive,
             Duration::from_secs(5),
             Duration::from_secs(3600),
             &mut errs,
         );
-        let reconnect_max = dur(
+        let reconnect_max = duration_in(
             "reconnect_max",
             &self.reconnect_max,
             Duration::from_millis(100),
@@ -356,6 +303,81 @@ impl MqttSection {
             store_forward_max: self.store_forward_max,
             max_incoming_packet: self.max_incoming_packet,
         })
+    }
+
+    /// The broker URLs that parse; each problem goes to `errs`.
+    fn check_brokers(&self, errs: &mut Vec<String>) -> Vec<Broker> {
+        let mut brokers = Vec::new();
+        if self.brokers.is_empty() {
+            errs.push("mqtt.brokers: at least one broker URL is needed".to_string());
+        }
+        for (i, b) in self.brokers.iter().enumerate() {
+            match Broker::parse(b) {
+                Ok(b) => brokers.push(b),
+                Err(e) => errs.push(format!(
+                    "mqtt.brokers[{i}]: {}: {e}",
+                    crate::redact::redact_url(b)
+                )),
+            }
+        }
+        brokers
+    }
+
+    /// The edge node id and client id, defaults filled in; the group,
+    /// node, Primary Host and client ids' problems go to `errs`.
+    fn check_ids(&self, errs: &mut Vec<String>) -> (String, String) {
+        if !valid_id(&self.group_id) {
+            errs.push("mqtt.group_id: must be non-empty, without '/', '+' or '#'".into());
+        }
+        let node = self.edge_node_id.clone().unwrap_or_else(default_node_id);
+        if !valid_id(&node) {
+            errs.push("mqtt.edge_node_id: must be non-empty, without '/', '+' or '#'".into());
+        }
+        if let Some(h) = &self.primary_host_id {
+            if !valid_id(h) {
+                errs.push(
+                    "mqtt.primary_host_id: must be non-empty, without '/', '+' or '#'".into(),
+                );
+            }
+        }
+        let client_id = self
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("castpoint-{}-{node}", self.group_id));
+        if client_id.is_empty() || client_id.len() > 65535 {
+            errs.push("mqtt.client_id: must be 1..=65535 bytes".into());
+        }
+        (node, client_id)
+    }
+
+    /// Keys that only make sense together: password and username, client
+    /// certificate and key, an mqtts:// broker and its CA.
+    fn check_credentials(&self, brokers: &[Broker], errs: &mut Vec<String>) {
+        if self.password.is_some() && self.username.is_none() {
+            errs.push("mqtt.password: needs mqtt.username".into());
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            errs.push("mqtt.client_cert: client_cert and client_key go together".into());
+        }
+        if brokers.iter().any(|b| b.tls) && self.ca_file.is_none() {
+            errs.push("mqtt.ca_file: an mqtts:// broker needs the CA that signed it".into());
+        }
+    }
+}
+
+/// The duration `s` of key `mqtt.<key>` if it parses and lies in
+/// `lo..=hi`; otherwise the problem goes to `errs` and `lo` stands in.
+fn duration_in(key: &str, s: &str, lo: Duration, hi: Duration, errs: &mut Vec<String>) -> Duration {
+    match parse_duration(s).filter(|d| (lo..=hi).contains(d)) {
+        Some(d) => d,
+        None => {
+            errs.push(format!(
+                "mqtt.{key}: expected a duration {}s..={}s like \"30s\"",
+                lo.as_secs_f64(),
+                hi.as_secs_f64()
+            ));
+            lo
+        }
     }
 }
 

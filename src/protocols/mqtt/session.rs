@@ -89,6 +89,53 @@ enum End {
     },
 }
 
+/// What one connection's event loop knows (see `Session::drive`).
+struct Conn {
+    ncmd: String,
+    /// `spBv1.0/<group>/DCMD/<node>/`: a device command's topic is this
+    /// plus the device name.
+    dcmd_prefix: String,
+    /// The Primary Host's STATE topic, when one is configured.
+    state_topic: Option<String>,
+    /// SUBACKs still to come (MAX until the subscriptions are sent).
+    subacks_due: usize,
+    host_online: bool,
+    /// The births went out.
+    online: bool,
+}
+
+impl Conn {
+    fn new(node: &Node, cfg: &MqttConfig) -> Conn {
+        let state_topic = cfg
+            .primary_host_id
+            .as_ref()
+            .map(|h| format!("{}/STATE/{h}", super::node::NAMESPACE));
+        Conn {
+            ncmd: node.topic("NCMD", None),
+            dcmd_prefix: format!("{}/", node.topic("DCMD", None)),
+            // Without a Primary Host configured the node births at once.
+            host_online: state_topic.is_none(),
+            state_topic,
+            subacks_due: usize::MAX,
+            online: false,
+        }
+    }
+
+    /// Subscribes to the commands (and the Primary Host's STATE); Err ends
+    /// the session.
+    async fn subscribe(&mut self, client: &AsyncClient) -> Result<(), End> {
+        let mut subs = vec![self.ncmd.clone(), format!("{}+", self.dcmd_prefix)];
+        subs.extend(self.state_topic.clone());
+        self.subacks_due = subs.len();
+        for s in subs {
+            if client.subscribe(s, QoS::AtLeastOnce).await.is_err() {
+                return Err(End::Lost { was_online: false });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Live facts about the node, for logs and tests.
 #[derive(Debug, Default)]
 pub struct Status {
@@ -280,6 +327,9 @@ impl Session {
         end
     }
 
+    /// One connection's event loop: subscribe on CONNACK, birth once the
+    /// subscriptions (and the Primary Host, if one is configured) are in,
+    /// then publish changes and answer commands until the end.
     async fn drive(
         &mut self,
         client: &AsyncClient,
@@ -287,17 +337,7 @@ impl Session {
         bdseq: u64,
         shutdown: &CancellationToken,
     ) -> End {
-        let ncmd = self.node.topic("NCMD", None);
-        let dcmd_prefix = format!("{}/", self.node.topic("DCMD", None));
-        let state_topic = self
-            .cfg
-            .primary_host_id
-            .as_ref()
-            .map(|h| format!("{}/STATE/{h}", super::node::NAMESPACE));
-        let mut subacks_due = usize::MAX;
-        // Without a Primary Host configured the node births at once.
-        let mut host_online = state_topic.is_none();
-        let mut online = false;
+        let mut conn = Conn::new(&self.node, &self.cfg);
         // Route blocks appearing, going or changing owner (None: no route
         // template, no devices).
         let mut blocks = self.db.subscribe_blocks();
@@ -306,108 +346,157 @@ impl Session {
                 _ = shutdown.cancelled() => return End::Shutdown,
                 ev = rx.recv() => ev,
                 c = self.changes.recv() => {
-                    self.on_change(c, online.then_some(client)).await;
+                    self.on_change(c, conn.online.then_some(client)).await;
                     continue;
                 }
                 r = blocks_changed(&mut blocks) => {
                     if r.is_err() {
                         blocks = None;
-                    } else if online {
-                        // Changes already queued go out under the devices
-                        // they belong to before the devices change.
-                        self.drain_changes(client).await;
-                        for m in self.node.sync_devices() {
-                            if !publish(client, m).await {
-                                return End::Lost { was_online: true };
-                            }
+                    } else if conn.online {
+                        if let Err(end) = self.sync_devices(client).await {
+                            return end;
                         }
                     }
                     continue;
                 }
             };
             let Some(ev) = ev else {
-                return End::Lost { was_online: online };
+                return End::Lost {
+                    was_online: conn.online,
+                };
             };
-            match ev {
-                Ev::Lost(e) => {
-                    tracing::warn!("mqtt: connection lost: {e}");
-                    return End::Lost { was_online: online };
-                }
-                Ev::ConnAck(code) => {
-                    if code != rumqttc::ConnectReturnCode::Success {
-                        tracing::warn!("mqtt: broker refused the connection: {code:?}");
-                        return End::Lost { was_online: false };
-                    }
-                    let mut subs = vec![ncmd.clone(), format!("{dcmd_prefix}+")];
-                    subs.extend(state_topic.clone());
-                    subacks_due = subs.len();
-                    for s in subs {
-                        if client.subscribe(s, QoS::AtLeastOnce).await.is_err() {
-                            return End::Lost { was_online: false };
-                        }
-                    }
-                }
-                Ev::SubAck => {
-                    subacks_due = subacks_due.saturating_sub(1);
-                }
-                Ev::Publish(topic, payload) => {
-                    if Some(&topic) == state_topic.as_ref() {
-                        match self.host_state(&payload) {
-                            Some(true) => host_online = true,
-                            Some(false) => {
-                                host_online = false;
-                                if online {
-                                    // spB 3.0 §7.2: the Primary Host went
-                                    // away: NDEATH, disconnect, go on with
-                                    // the next server.
-                                    tracing::warn!("mqtt: Primary Host offline: disconnecting");
-                                    let d = self.node.ndeath(bdseq);
-                                    let _ = client
-                                        .publish(d.topic, QoS::AtLeastOnce, false, d.payload)
-                                        .await;
-                                    let _ = client.disconnect().await;
-                                    return End::Lost { was_online: false };
-                                }
-                            }
-                            None => {}
-                        }
-                    } else if topic == ncmd {
-                        if online {
-                            let o = self.node.command(None, &payload);
-                            if o.rebirth {
-                                tracing::info!("mqtt: rebirth requested");
-                                if !self.birth(client, bdseq).await {
-                                    return End::Lost { was_online: online };
-                                }
-                            }
-                        }
-                    } else if let Some(dev) = topic.strip_prefix(&dcmd_prefix) {
-                        if online {
-                            let _ = self.node.command(Some(dev), &payload);
-                        }
-                    }
-                }
+            if let Err(end) = self.on_event(client, bdseq, &mut conn, ev).await {
+                return end;
             }
-            if !online && subacks_due == 0 && host_online {
-                if !self.birth(client, bdseq).await {
-                    return End::Lost { was_online: false };
-                }
-                online = true;
-                self.status
-                    .online
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                // Then everything held while offline, as historical data.
-                let hist = self.node.drain_history();
-                if !hist.is_empty() {
-                    tracing::info!("mqtt: publishing {} historical messages", hist.len());
-                }
-                for m in hist {
-                    if !publish(client, m).await {
-                        return End::Lost { was_online: true };
-                    }
+            if !conn.online && conn.subacks_due == 0 && conn.host_online {
+                if let Err(end) = self.go_online(client, bdseq, &mut conn).await {
+                    return end;
                 }
             }
         }
+    }
+
+    /// Publishes the device births and deaths for route blocks that
+    /// changed; Err ends the session.
+    async fn sync_devices(&mut self, client: &AsyncClient) -> Result<(), End> {
+        // Changes already queued go out under the devices they belong to
+        // before the devices change.
+        self.drain_changes(client).await;
+        for m in self.node.sync_devices() {
+            if !publish(client, m).await {
+                return Err(End::Lost { was_online: true });
+            }
+        }
+        Ok(())
+    }
+
+    /// One event of the connection; Err ends the session.
+    async fn on_event(
+        &mut self,
+        client: &AsyncClient,
+        bdseq: u64,
+        conn: &mut Conn,
+        ev: Ev,
+    ) -> Result<(), End> {
+        match ev {
+            Ev::Lost(e) => {
+                tracing::warn!("mqtt: connection lost: {e}");
+                return Err(End::Lost {
+                    was_online: conn.online,
+                });
+            }
+            Ev::ConnAck(code) => {
+                if code != rumqttc::ConnectReturnCode::Success {
+                    tracing::warn!("mqtt: broker refused the connection: {code:?}");
+                    return Err(End::Lost { was_online: false });
+                }
+                conn.subscribe(client).await?;
+            }
+            Ev::SubAck => {
+                conn.subacks_due = conn.subacks_due.saturating_sub(1);
+            }
+            Ev::Publish(topic, payload) => {
+                self.on_publish(client, bdseq, conn, &topic, &payload)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A message on a subscribed topic: the Primary Host's STATE, a node
+    /// command or a device command; Err ends the session.
+    async fn on_publish(
+        &mut self,
+        client: &AsyncClient,
+        bdseq: u64,
+        conn: &mut Conn,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<(), End> {
+        if Some(topic) == conn.state_topic.as_deref() {
+            match self.host_state(payload) {
+                Some(true) => conn.host_online = true,
+                Some(false) => {
+                    conn.host_online = false;
+                    if conn.online {
+                        // spB 3.0 §7.2: the Primary Host went away: NDEATH,
+                        // disconnect, go on with the next server.
+                        tracing::warn!("mqtt: Primary Host offline: disconnecting");
+                        let d = self.node.ndeath(bdseq);
+                        let _ = client
+                            .publish(d.topic, QoS::AtLeastOnce, false, d.payload)
+                            .await;
+                        let _ = client.disconnect().await;
+                        return Err(End::Lost { was_online: false });
+                    }
+                }
+                None => {}
+            }
+        } else if topic == conn.ncmd {
+            if conn.online {
+                let o = self.node.command(None, payload);
+                if o.rebirth {
+                    tracing::info!("mqtt: rebirth requested");
+                    if !self.birth(client, bdseq).await {
+                        return Err(End::Lost {
+                            was_online: conn.online,
+                        });
+                    }
+                }
+            }
+        } else if let Some(dev) = topic.strip_prefix(&conn.dcmd_prefix) {
+            if conn.online {
+                let _ = self.node.command(Some(dev), payload);
+            }
+        }
+        Ok(())
+    }
+
+    /// Births, then everything held while offline; Err ends the session.
+    async fn go_online(
+        &mut self,
+        client: &AsyncClient,
+        bdseq: u64,
+        conn: &mut Conn,
+    ) -> Result<(), End> {
+        if !self.birth(client, bdseq).await {
+            return Err(End::Lost { was_online: false });
+        }
+        conn.online = true;
+        self.status
+            .online
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Then everything held while offline, as historical data.
+        let hist = self.node.drain_history();
+        if !hist.is_empty() {
+            tracing::info!("mqtt: publishing {} historical messages", hist.len());
+        }
+        for m in hist {
+            if !publish(client, m).await {
+                return Err(End::Lost { was_online: true });
+            }
+        }
+        Ok(())
     }
 
     /// Parses a Primary Host STATE payload (spB 3.0 JSON `{"online":
