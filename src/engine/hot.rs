@@ -361,16 +361,7 @@ impl Engine {
             };
             now_running.push(ri);
         }
-        *rt.shared.inputs.lock() = now_running
-            .iter()
-            .map(|r| {
-                (
-                    r.spec.name.clone(),
-                    r.spec.kind.type_name(),
-                    r.stats.clone(),
-                )
-            })
-            .collect();
+        *rt.shared.inputs.lock() = super::spawn::input_stats(&now_running);
         let keys: Vec<usize> = now_running.iter().map(|r| r.key).collect();
         rt.running_inputs = now_running;
         let (tx, rx) = oneshot::channel();

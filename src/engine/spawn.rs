@@ -402,16 +402,7 @@ fn udp_direct(dest: std::net::SocketAddr, ttl: Option<u32>, s: &IoStats) -> Opti
 /// The state a starting route shares with snapshots and the engine, before
 /// its task has run.
 fn route_shared(spec: &RouteSpec, inputs: &[RunningInput], pace: Arc<AtomicU64>) -> RouteShared {
-    let in_stats = inputs
-        .iter()
-        .map(|r| {
-            (
-                r.spec.name.clone(),
-                r.spec.kind.type_name(),
-                r.stats.clone(),
-            )
-        })
-        .collect();
+    let in_stats = input_stats(inputs);
     RouteShared {
         name: spec.name.clone(),
         enabled: spec.enabled,
@@ -426,4 +417,20 @@ fn route_shared(spec: &RouteSpec, inputs: &[RunningInput], pace: Arc<AtomicU64>)
         transcode: Mutex::new(None),
         read_pace_us: pace,
     }
+}
+
+/// (name, type, stats) of running inputs in priority order: what
+/// `RouteShared::inputs` holds for snapshots, at start and after a hot
+/// change of the inputs.
+pub(super) fn input_stats(inputs: &[RunningInput]) -> Vec<(String, &'static str, Arc<IoStats>)> {
+    inputs
+        .iter()
+        .map(|r| {
+            (
+                r.spec.name.clone(),
+                r.spec.kind.type_name(),
+                r.stats.clone(),
+            )
+        })
+        .collect()
 }
