@@ -151,6 +151,21 @@ fn unsafe_only_in_the_ffi_module() {
     }
 }
 
+/// The most lines of code (comments and blank lines not counted) a function
+/// outside tests may take: issue 19 split every longer one along its seams
+/// (one function per phase, per request kind or per subcommand). A data
+/// table that must be longer belongs in a `const` or a file, not a body.
+const MAX_FN_LINES: usize = 100;
+
+#[test]
+fn functions_stay_short() {
+    let long = long_functions(&source_files(), MAX_FN_LINES);
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FN_LINES} lines of code (split them along their seams): {long:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // The scanner
 // ---------------------------------------------------------------------------
@@ -403,6 +418,62 @@ fn blank_test_items(code: &str) -> String {
     String::from_utf8(b).expect("blanking keeps UTF-8: only ASCII replaced whole chars")
 }
 
+/// `file:line name (n lines)` of every non-test function whose body has more
+/// than `max` lines with code on them. A function is `fn name` up to its
+/// body's matching brace (comments and strings are already blanked, so the
+/// braces are the code's); a declaration without a body is skipped.
+fn long_functions(files: &[SourceFile], max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in files {
+        let code = f.code.as_bytes();
+        let mut from = 0;
+        while let Some(p) = f.code[from..].find("fn ") {
+            let at = from + p;
+            from = at + 3;
+            if at > 0 && (code[at - 1].is_ascii_alphanumeric() || code[at - 1] == b'_') {
+                continue;
+            }
+            let name: String = f.code[at + 3..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if name.is_empty() {
+                continue; // `fn(` pointer types
+            }
+            let Some(open) = f.code[at..].find(['{', ';']).map(|k| at + k) else {
+                break;
+            };
+            if code[open] == b';' {
+                continue;
+            }
+            let mut depth = 0usize;
+            let mut close = code.len();
+            for (k, ch) in code[open..].iter().enumerate() {
+                match ch {
+                    b'{' => depth += 1,
+                    b'}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            close = open + k;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let lines = f.code[at..=close.min(code.len() - 1)]
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count();
+            if lines > max {
+                let line = code[..at].iter().filter(|&&c| c == b'\n').count() + 1;
+                out.push(format!("{}:{line} {name} ({lines} lines)", f.rel));
+            }
+        }
+    }
+    out
+}
+
 /// (file, `top::second` path) for every `crate::` path in non-test code that
 /// breaks `LAYER_RULES`.
 fn layer_violations(files: &[SourceFile]) -> BTreeSet<(String, String)> {
@@ -552,6 +623,24 @@ fn sample(rel: &str, text: &str) -> SourceFile {
         code: blank_test_items(&stripped),
         text: text.into(),
     }
+}
+
+#[test]
+fn scanner_finds_long_functions() {
+    let body = |n: usize| "    let x = 1;\n    // a comment is not code\n\n".repeat(n);
+    let text = format!(
+        "trait T {{ fn decl(&self); }}\nfn short() {{\n{}}}\npub async fn long(f: fn(u8)) -> u8 {{\n{}    0\n}}\n#[cfg(test)]\nfn long_test() {{\n{}}}\n",
+        body(5),
+        body(8),
+        body(20),
+    );
+    let f = sample("x.rs", &text);
+    // `long`: its signature, 8 code lines, `0` and the closing brace.
+    assert_eq!(
+        long_functions(std::slice::from_ref(&f), 10),
+        ["x.rs:19 long (11 lines)"]
+    );
+    assert!(long_functions(&[f], 11).is_empty());
 }
 
 #[test]
