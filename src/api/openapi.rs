@@ -176,7 +176,7 @@ pub const OPS: &[Op] = &[
     (
         "put",
         "/api/routes/{route}",
-        "Replace a route",
+        "Replace a route; a document with another name renames it (the route keeps its point slot and commands)",
         "admin",
         Some("Route"),
         200,

@@ -364,37 +364,58 @@ async fn replace(
         // its point block's slot (pinned with `slot`).
         o.remove("stats");
         o.remove("point_slot");
-        match o.get("name").and_then(J::as_str) {
-            None => {
-                o.insert("name".into(), json!(route));
-            }
-            Some(n) if n != route => {
-                return Err(bad(
-                    "the document's name must be the route's (renaming: create + delete)",
-                ))
-            }
-            Some(_) => {}
+        if o.get("name").and_then(J::as_str).is_none() {
+            o.insert("name".into(), json!(route));
         }
     }
     let mut doc = canonical(&doc)?;
     restore_secrets(&mut doc, &doc_of(&s, &route)?, "")?;
     let spec = validate(&doc)?;
+    let new = spec.name.clone();
+    if new != route {
+        // A rename: the route keeps its point block (slot, commands,
+        // history), so the slot keeper is told before the router changes.
+        s.db.announce_rename(&route, &new);
+    }
     let e = engine(&s)?;
-    let old = e.remove_route(&route).await.map_err(engine_err)?;
-    if let Err(err) = e.add_route(spec).await {
-        // Put the old route back: a refused replacement changes nothing.
-        let _ = e.add_route(old).await;
+    if let Err(err) = e.replace_route(&route, spec).await {
+        s.db.withdraw_rename(&route, &new);
         return Err(engine_err(err));
     }
-    commit(
-        &s,
-        &route,
-        Some(doc.clone()),
-        "replace route",
-        peer,
-        &caller,
-    )?;
-    Ok(Json(route_json(&s, &route, &doc)))
+    if new == route {
+        commit(
+            &s,
+            &route,
+            Some(doc.clone()),
+            "replace route",
+            peer,
+            &caller,
+        )?;
+    } else {
+        commit_rename(&s, &route, &new, &doc, peer, &caller)?;
+    }
+    Ok(Json(route_json(&s, &new, &doc)))
+}
+
+/// Stores a rename (the old name deleted, the new one with `doc`, in one
+/// transaction), audits it and updates the documents the API serves.
+fn commit_rename(
+    s: &ApiState,
+    old: &str,
+    new: &str,
+    doc: &J,
+    peer: SocketAddr,
+    caller: &Caller,
+) -> Result<(), ApiError> {
+    if let Some(store) = &s.store {
+        store.route_rename(old, new, doc).map_err(not_stored)?;
+        let what = format!("rename route {old} -> {new}");
+        audit_change(store, "route", Some(new), &what, peer, caller);
+    }
+    let mut docs = s.route_docs.lock();
+    docs.remove(old);
+    docs.insert(new.to_string(), doc.clone());
+    Ok(())
 }
 
 async fn remove(

@@ -18,6 +18,45 @@ impl Engine {
         Ok(())
     }
 
+    /// Replaces route `name` by `spec` (which may carry another name: a
+    /// rename) in one step under the state lock, in the same place of the
+    /// route order, so that nobody reading the desired state (the point
+    /// blocks' slot keeper above all) ever sees the route missing between
+    /// the two. A refused replacement changes nothing. Returns the old spec.
+    pub async fn replace_route(
+        &self,
+        name: &str,
+        spec: RouteSpec,
+    ) -> Result<RouteSpec, EngineError> {
+        let mut st = self.inner.state.lock().await;
+        let pos = st
+            .desired
+            .routes
+            .iter()
+            .position(|r| r.name == name)
+            .ok_or_else(|| EngineError::UnknownRoute(name.to_string()))?;
+        if spec.name != name && st.desired.routes.iter().any(|r| r.name == spec.name) {
+            return Err(EngineError::RouteExists(spec.name));
+        }
+        let old = st.desired.routes.remove(pos);
+        // The old route's paths are free for the new one; any other route's
+        // are not.
+        if let Err(e) = spec
+            .outputs
+            .iter()
+            .try_for_each(|o| check_path_free(&st.desired, &o.kind, None))
+        {
+            st.desired.routes.insert(pos, old);
+            return Err(e);
+        }
+        st.desired.routes.insert(pos, spec.clone());
+        self.stop_route(&mut st, name).await;
+        if spec.enabled {
+            self.start_route(&mut st, spec);
+        }
+        Ok(old)
+    }
+
     pub async fn remove_route(&self, name: &str) -> Result<RouteSpec, EngineError> {
         let mut st = self.inner.state.lock().await;
         let pos = st

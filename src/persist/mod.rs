@@ -814,6 +814,24 @@ impl Store {
         Ok(())
     }
 
+    /// Renames a stored route in one transaction: `old` is marked deleted
+    /// and `new` gets `doc`, so a crash leaves either the old route or the
+    /// renamed one, never both or neither.
+    pub fn route_rename(&self, old: &str, new: &str, doc: &J) -> anyhow::Result<()> {
+        let c = self.conn.lock();
+        let tx = c.unchecked_transaction()?;
+        let now = ts(Utc::now());
+        for (name, d) in [(old, None), (new, Some(doc.to_string()))] {
+            tx.execute(
+                "INSERT INTO routes (name, doc, updated) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
+                params![name, d, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Every stored route document, in name order (`None` = deleted).
     pub fn routes(&self) -> anyhow::Result<Vec<(String, Option<J>)>> {
         let c = self.conn.lock();

@@ -297,6 +297,9 @@ struct Blocks {
     /// protocols that publish a directory (BACnet Object_List, Haystack
     /// nav) rebuild it.
     rev: watch::Sender<u64>,
+    /// Renames announced (old name, new name) and not yet seen by the slot
+    /// keeper: the renamed route keeps its slot and its block's state.
+    renames: Mutex<Vec<(String, String)>>,
 }
 
 impl Blocks {
@@ -370,6 +373,7 @@ impl PointDb {
                 present: (0..tpl.max_slots).map(|_| AtomicBool::new(false)).collect(),
                 info: (0..tpl.max_slots).map(|_| RwLock::new(None)).collect(),
                 rev: watch::channel(0).0,
+                renames: Mutex::new(Vec::new()),
                 tpl,
             }
         });
@@ -602,6 +606,35 @@ impl PointDb {
         b.present[si].store(true, Ordering::Release);
         b.rev.send_modify(|r| *r += 1);
         true
+    }
+
+    /// Announces that route `old` is about to be renamed `new` (REST PUT
+    /// with another name), before the router makes the change: the slot
+    /// keeper then hands `old`'s slot to `new` and updates its block in
+    /// place (commands, priority arrays and history kept) instead of
+    /// freeing it and giving `new` another.
+    pub fn announce_rename(&self, old: &str, new: &str) {
+        if let Some(b) = self.inner.routes.as_ref() {
+            let mut r = b.renames.lock();
+            r.retain(|(o, n)| o != old && n != new);
+            r.push((old.to_string(), new.to_string()));
+        }
+    }
+
+    /// Takes back an announced rename the router refused.
+    pub fn withdraw_rename(&self, old: &str, new: &str) {
+        if let Some(b) = self.inner.routes.as_ref() {
+            b.renames.lock().retain(|(o, n)| !(o == old && n == new));
+        }
+    }
+
+    /// The announced renames not yet taken (see `announce_rename`).
+    pub fn pending_renames(&self) -> Vec<(String, String)> {
+        self.inner
+            .routes
+            .as_ref()
+            .map(|b| b.renames.lock().clone())
+            .unwrap_or_default()
     }
 
     /// Frees slot `slot`: its block is no longer served, its measurements

@@ -250,7 +250,8 @@ impl SlotKeeper {
         let Some(tpl) = db.route_template() else {
             return;
         };
-        if self.last.as_deref() == Some(routes) {
+        let renamed = self.take_renames(db, routes);
+        if renamed.is_empty() && self.last.as_deref() == Some(routes) {
             return;
         }
         let (slots, left) = assign_slots(routes, &self.stored, tpl.max_slots);
@@ -262,7 +263,15 @@ impl SlotKeeper {
         }
         let by_slot: HashMap<u16, &str> = slots.iter().map(|(n, s)| (*s, n.as_str())).collect();
         for (slot, info) in db.blocks() {
-            if by_slot.get(&slot) != Some(&info.route.as_str()) {
+            let owner = by_slot.get(&slot).copied();
+            // A renamed route's block is updated in place below, not freed:
+            // the route is the same, only its name changed.
+            let renamed_here = owner.is_some_and(|n| {
+                renamed
+                    .iter()
+                    .any(|(old, new)| *old == info.route && new == n)
+            });
+            if owner != Some(info.route.as_str()) && !renamed_here {
                 db.close_block(slot);
             }
         }
@@ -291,6 +300,28 @@ impl SlotKeeper {
             self.stored = now;
         }
         self.last = Some(routes.to_vec());
+    }
+
+    /// Applies the renames announced on `db` that `routes` now show (the
+    /// new name present, the old one gone): the new name takes the old
+    /// one's slot. A rename the router has not made yet stays announced;
+    /// one it will never make (both names gone) is dropped.
+    fn take_renames(&mut self, db: &super::PointDb, routes: &[RouteDesc]) -> Vec<(String, String)> {
+        let has = |n: &str| routes.iter().any(|r| r.name == n);
+        let mut done = Vec::new();
+        for (old, new) in db.pending_renames() {
+            if has(&old) && !has(&new) {
+                continue;
+            }
+            db.withdraw_rename(&old, &new);
+            if has(&new) && !has(&old) {
+                if let Some(slot) = self.stored.remove(&old) {
+                    self.stored.insert(new.clone(), slot);
+                }
+                done.push((old, new));
+            }
+        }
+        done
     }
 }
 

@@ -435,3 +435,83 @@ async fn haystack_serves_one_equip_per_route_and_watches_see_removals() {
     assert!(!hs_ids(&eq).contains(&"route.1".to_string()));
     app.stop().await;
 }
+
+/// Issue 20 "a slot never changes for its route ... across renames": a REST
+/// rename (PUT with another name) keeps the route's slot and its block's
+/// commands, also after a restart; a rename onto a taken name changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_rename_keeps_the_slot_and_the_commands() {
+    let cfg = routes(&["b"], None);
+    let data = cfg.server.data_dir.clone();
+    let app = App::start(cfg).await.expect("app starts");
+    let db = app.db.clone();
+    let base = format!("http://{}", app.addrs.http.expect("http"));
+    let c = reqwest::Client::new();
+    let doc = |name: &str| {
+        json!({
+            "name": name,
+            "inputs": [{"name": "g", "type": "generator", "bitrate": 1000000}],
+            "outputs": [{"name": "o", "type": "http", "path": "x"}]
+        })
+    };
+    let r = c
+        .post(format!("{base}/api/routes"))
+        .json(&doc("x"))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    until("x gets slot 2", || db.slot_of("x") == Some(2)).await;
+    let src = Source::new(Protocol::Rest, None, Some("test".into()));
+    let re = db.lookup("route.2.route_enable").expect("route_enable");
+    db.write(re, Some(Value::Bool(false)), 8, &src)
+        .expect("stop x");
+    until("x stopped", || stream_enabled(&app, "x") == Some(false)).await;
+
+    // Onto a taken name: refused, nothing moves.
+    let r = c
+        .put(format!("{base}/api/routes/x"))
+        .json(&doc("b"))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 409, "{:?}", r.text().await);
+    assert_eq!(db.slot_of("x"), Some(2));
+    assert!(db.pending_renames().is_empty());
+
+    let r = c
+        .put(format!("{base}/api/routes/x"))
+        .json(&doc("y"))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    until("y holds slot 2", || {
+        db.slot_of("y") == Some(2) && db.slot_of("x").is_none()
+    })
+    .await;
+    let pa = db.read(re).expect("route_enable state");
+    assert_eq!(pa.value, Some(Value::Bool(false)), "command kept");
+    assert_eq!(pa.level, Some(8));
+    until("y stays stopped by its Route Enable", || {
+        stream_enabled(&app, "y") == Some(false)
+    })
+    .await;
+    let r = c
+        .get(format!("{base}/api/routes/x"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+    app.stop().await;
+
+    let app = App::start(routes(&["b"], Some(&data)))
+        .await
+        .expect("restart");
+    let db = app.db.clone();
+    assert_eq!(db.slot_of("y"), Some(2));
+    assert_eq!(db.slot_of("x"), None);
+    assert_eq!(value(&db, "route.2.route_enable"), Some(Value::Bool(false)));
+    app.stop().await;
+}
