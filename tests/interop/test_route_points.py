@@ -411,8 +411,22 @@ def test_bacpypes3_walks_route_views_commands_route_2_and_follows_rest_routes():
             assert rev1 > rev0
             subs = [s.objectIdentifier for s in await app.read_property(addr, top, "subordinate-list")]
             assert ObjectIdentifier("structured-view,3") in subs
+            # Renamed over REST: the same slot and instances, the new names,
+            # a new revision.
+            assert post_json(srv, "/api/routes/four", {
+                "name": "five",
+                "inputs": [{"name": "main", "type": "generator", "bitrate": 1000000}],
+                "outputs": [{"name": "web", "type": "http", "path": "four"}]}, method="PUT") == 200
+            async def renamed():
+                n = await app.read_property(addr, ObjectIdentifier("structured-view,3"), "object-name")
+                return n == "five" and n
+            await wait_for("route four renamed five", renamed, timeout=2.0)
+            assert await app.read_property(addr, ObjectIdentifier("binary-output,3010"), "object-name") == "five Route Enable"
+            rev2 = int(await app.read_property(addr, dev, "database-revision"))
+            assert rev2 > rev1
+            rev1 = rev2
             # Deleted: its objects are gone (UNKNOWN_OBJECT), revision again.
-            req = urllib.request.Request(srv.http_base + "/api/routes/four", method="DELETE")
+            req = urllib.request.Request(srv.http_base + "/api/routes/five", method="DELETE")
             with urllib.request.urlopen(req, timeout=10) as r:
                 assert r.status in (200, 204)
             async def gone():
