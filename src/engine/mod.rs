@@ -179,10 +179,37 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// Removes `<data_dir>/hls` before any output runs. An HLS output empties
+/// its own directory when it starts and removes it when it stops, but after
+/// a crash (kill -9, power loss) the directories of outputs that no longer
+/// exist would stay on disk for good; no output is running yet, so every
+/// segment there is stale.
+fn sweep_hls_dirs(data_dir: &std::path::Path) {
+    let root = data_dir.join("hls");
+    let Ok(dirs) = std::fs::read_dir(&root) else {
+        return;
+    };
+    let n = dirs.count();
+    match std::fs::remove_dir_all(&root) {
+        Ok(()) if n > 0 => {
+            tracing::info!(
+                "removed {n} stale HLS segment directories under {}",
+                root.display()
+            )
+        }
+        Ok(()) => {}
+        Err(e) => tracing::warn!(
+            "stale HLS segments under {} not removed: {e}",
+            root.display()
+        ),
+    }
+}
+
 impl Engine {
     /// An engine with no routes; `apply` gives it some. Its tasks stop when
     /// `shutdown` is cancelled (then call `stop` to wait for them).
     pub fn new(data_dir: PathBuf, shutdown: &CancellationToken) -> Engine {
+        sweep_hls_dirs(&data_dir);
         let e = Engine {
             inner: Arc::new(Inner {
                 data_dir,
@@ -320,4 +347,25 @@ impl Engine {
     }
 
     // ---------------------------------------------------------------- internals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_new_engine_sweeps_stale_hls_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stale = dir.path().join("hls").join("gone-route");
+        std::fs::create_dir_all(&stale).expect("mkdir");
+        std::fs::write(stale.join("7.ts"), [0x47u8; 188]).expect("segment");
+        std::fs::write(dir.path().join("keep.db"), b"x").expect("other file");
+        let token = CancellationToken::new();
+        let _e = Engine::new(dir.path().to_path_buf(), &token);
+        assert!(!dir.path().join("hls").exists(), "stale segments removed");
+        assert!(dir.path().join("keep.db").exists(), "nothing else touched");
+        // No hls directory at all: nothing to do, no error.
+        let _e2 = Engine::new(dir.path().to_path_buf(), &token);
+        token.cancel();
+    }
 }
