@@ -574,6 +574,9 @@ impl Alarms {
             .lookup(point)
             .and_then(|id| self.inner.index.get(&id).copied())
             .ok_or_else(|| AckFailure::NoAlarm(point.to_string()))?;
+        // The lock is held across the store's write on purpose: a transition
+        // judged meanwhile would otherwise be overwritten in memory by the
+        // probe written here. An ack is rare and one small transaction.
         let mut states = self.inner.states.lock();
         // Check first, on a copy: a refused ack must not be stored.
         let mut probe = states[i].clone();
