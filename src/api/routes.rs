@@ -372,12 +372,23 @@ async fn replace(
     restore_secrets(&mut doc, &doc_of(&s, &route)?, "")?;
     let spec = validate(&doc)?;
     let new = spec.name.clone();
+    let e = engine(&s)?;
+    if new != route && e.primary().await.as_deref() == Some(route.as_str()) {
+        // `primary_route` in castpoint.toml names it: the seed's Stream
+        // Enable and Input Select would act on nothing after a rename, and
+        // the file would name a missing route at the next start.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{route} is the primary route (primary_route, or the first [[route]] of the config file): rename it there"
+            ),
+        ));
+    }
     if new != route {
         // A rename: the route keeps its point block (slot, commands,
         // history), so the slot keeper is told before the router changes.
         s.db.announce_rename(&route, &new);
     }
-    let e = engine(&s)?;
     if let Err(err) = e.replace_route(&route, spec).await {
         s.db.withdraw_rename(&route, &new);
         return Err(engine_err(err));

@@ -479,6 +479,17 @@ async fn a_rest_rename_keeps_the_slot_and_the_commands() {
     assert_eq!(r.status(), 409, "{:?}", r.text().await);
     assert_eq!(db.slot_of("x"), Some(2));
     assert!(db.pending_renames().is_empty());
+    // The primary route (the file's first) keeps the name the file gives it.
+    let mut bdoc = doc("bb");
+    bdoc["outputs"][0]["path"] = json!("b");
+    let r = c
+        .put(format!("{base}/api/routes/b"))
+        .json(&bdoc)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 409, "{:?}", r.text().await);
+    assert_eq!(db.slot_of("b"), Some(1));
 
     let r = c
         .put(format!("{base}/api/routes/x"))
