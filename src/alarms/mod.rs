@@ -105,6 +105,22 @@ pub trait AlarmStore: Send + Sync {
         let _ = state;
         self.record_ack_with(point, kind, time_stamp, source, comment)
     }
+
+    /// An acknowledgement a protocol refused (a time stamp or state that is
+    /// not the transition's, no such alarm): kept in the audit log like a
+    /// refused write, so who tried is on record. `detail` says what was
+    /// asked and why it was refused. Stores that keep no audit need not
+    /// implement it.
+    fn record_refused_ack(
+        &self,
+        point: &str,
+        kind: TransitionKind,
+        source: &Source,
+        detail: &str,
+    ) -> anyhow::Result<()> {
+        let _ = (point, kind, source, detail);
+        Ok(())
+    }
 }
 
 /// Why an acknowledgement failed.
@@ -596,6 +612,23 @@ impl Alarms {
             });
         }
         Ok(changed)
+    }
+
+    /// Audits an acknowledgement a protocol refused (see
+    /// `AlarmStore::record_refused_ack`). The REST API audits its own
+    /// refusals (rate-bounded, with the HTTP status); BACnet calls this.
+    pub fn audit_refused_ack(
+        &self,
+        point: &str,
+        kind: TransitionKind,
+        source: &Source,
+        detail: &str,
+    ) {
+        if let Some(s) = self.inner.store.get() {
+            if let Err(e) = s.record_refused_ack(point, kind, source, detail) {
+                tracing::warn!("refused acknowledgement of {point} not audited: {e:#}");
+            }
+        }
     }
 
     /// The notification class of a point's alarm.

@@ -404,6 +404,34 @@ impl AlarmStore for SqliteAlarmStore {
     ) -> anyhow::Result<()> {
         self.ack(point, kind, time_stamp, source, comment, Some(state))
     }
+
+    fn record_refused_ack(
+        &self,
+        point: &str,
+        kind: TransitionKind,
+        source: &Source,
+        detail: &str,
+    ) -> anyhow::Result<()> {
+        let c = self.store.conn.lock();
+        let tx = c.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO audit (at, kind, target, protocol, peer, user, requested, result, detail)
+             VALUES (?1, 'alarm-ack', ?2, ?3, ?4, ?5, ?6, 'refused', ?7)",
+            params![
+                super::ts(Utc::now()),
+                point,
+                source.protocol.as_str(),
+                source.peer.map(|p| p.to_string()),
+                source.user,
+                kind.as_str(),
+                detail,
+            ],
+        )?;
+        let aid = tx.last_insert_rowid();
+        self.store.prune_audit(&tx, aid)?;
+        tx.commit()?;
+        Ok(())
+    }
 }
 
 impl SqliteAlarmStore {

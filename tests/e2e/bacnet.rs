@@ -1128,6 +1128,25 @@ async fn event_services_list_the_alarms_and_logs_do_not_claim_reporting() {
     d.extend([0x5E, 0x19, 0x01, 0x5F]);
     let e = c.call(&confirmed(6, 0, &d)).await;
     assert_eq!(error_of(&e), (5, 14), "{e:02x?}");
+    // The refusal is in the audit log like a refused write: who, and why.
+    let me = c.sock.local_addr().expect("local addr").to_string();
+    let base = format!("http://{}", app.addrs.http.expect("http bound"));
+    let audit: serde_json::Value = reqwest::get(format!("{base}/api/audit?kind=alarm-ack"))
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    let events = audit["events"].as_array().expect("events");
+    assert!(
+        events.iter().any(|e| e["protocol"] == "bacnet"
+            && e["peer"] == serde_json::Value::String(me.clone())
+            && e["result"] == "refused"
+            && e["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("invalid-time-stamp"))),
+        "refused ack audited with peer {me}: {audit}"
+    );
     // The Trend Logs do not advertise intrinsic reporting they cannot do:
     // Notification_Class (17) and Event_Enable (35) are unknown properties.
     for (i, prop) in [17u32, 35, 0, 130].into_iter().enumerate() {

@@ -394,8 +394,30 @@ impl AlarmLink {
         asked_state: BEventState,
         asked: &BACnetTimeStamp,
     ) -> Result<Option<EventStateChange>, Error> {
-        let services = |c| Error::protocol(ErrorClass::SERVICES, c);
         let kind = kind_of(EventTransition::for_target_state(asked_state));
+        let (peer, who) = self.acks.take(self.object_key);
+        let source = Source::new(Protocol::Bacnet, peer, who);
+        let r = self.check_and_acknowledge(kind, asked_state, asked, &source);
+        if let Err(e) = &r {
+            // Like a refused write: who tried, what, and the answer given.
+            self.alarms.audit_refused_ack(
+                &self.name,
+                kind,
+                &source,
+                &format!("event state {asked_state:?}, time stamp {asked:?}: {e}"),
+            );
+        }
+        r
+    }
+
+    fn check_and_acknowledge(
+        &self,
+        kind: TransitionKind,
+        asked_state: BEventState,
+        asked: &BACnetTimeStamp,
+        source: &Source,
+    ) -> Result<Option<EventStateChange>, Error> {
+        let services = |c| Error::protocol(ErrorClass::SERVICES, c);
         let live = self.live();
         let Some(at) = live.time_stamps.get(kind) else {
             // No transition of that kind ever happened.
@@ -415,9 +437,7 @@ impl AlarmLink {
                 return Err(services(ErrorCode::INVALID_EVENT_STATE));
             }
         }
-        let (peer, who) = self.acks.take(self.object_key);
-        let source = Source::new(Protocol::Bacnet, peer, who);
-        match self.alarms.acknowledge(&self.name, kind, at, &source) {
+        match self.alarms.acknowledge(&self.name, kind, at, source) {
             Ok(_) => {}
             Err(AckFailure::Refused(AckError::InvalidTimeStamp(_)))
             | Err(AckFailure::Refused(AckError::NoSuchTransition(_))) => {
