@@ -29,12 +29,7 @@ impl Engine {
         spec: RouteSpec,
     ) -> Result<RouteSpec, EngineError> {
         let mut st = self.inner.state.lock().await;
-        let pos = st
-            .desired
-            .routes
-            .iter()
-            .position(|r| r.name == name)
-            .ok_or_else(|| EngineError::UnknownRoute(name.to_string()))?;
+        let pos = route_position(&st.desired, name)?;
         if spec.name != name && st.desired.routes.iter().any(|r| r.name == spec.name) {
             return Err(EngineError::RouteExists(spec.name));
         }
@@ -59,12 +54,7 @@ impl Engine {
 
     pub async fn remove_route(&self, name: &str) -> Result<RouteSpec, EngineError> {
         let mut st = self.inner.state.lock().await;
-        let pos = st
-            .desired
-            .routes
-            .iter()
-            .position(|r| r.name == name)
-            .ok_or_else(|| EngineError::UnknownRoute(name.to_string()))?;
+        let pos = route_position(&st.desired, name)?;
         let r = st.desired.routes.remove(pos);
         self.stop_route(&mut st, name).await;
         Ok(r)
@@ -463,4 +453,12 @@ pub(super) fn check_path_free(
         return Err(EngineError::PathInUse(want));
     }
     Ok(())
+}
+
+/// Where route `name` stands in the desired route order.
+fn route_position(d: &EngineSpec, name: &str) -> Result<usize, EngineError> {
+    d.routes
+        .iter()
+        .position(|r| r.name == name)
+        .ok_or_else(|| EngineError::UnknownRoute(name.to_string()))
 }
