@@ -95,12 +95,21 @@ async fn a_silent_route_raises_its_alarm_and_clears_it_when_media_returns() {
         (alarms.state(status)?.event_state == EventState::Normal).then_some(())
     })
     .await;
-    let h = alarms.history(10);
-    let kinds: Vec<_> = h
-        .iter()
-        .filter(|r| r.point == "route.1.route_status")
-        .map(|r| r.transition.kind)
-        .collect();
+    // The state changes first; the transition reaches the history once the
+    // store has written it (an fsync, slow on a loaded machine).
+    let route_kinds = || -> Vec<TransitionKind> {
+        alarms
+            .history(10)
+            .iter()
+            .filter(|r| r.point == "route.1.route_status")
+            .map(|r| r.transition.kind)
+            .collect()
+    };
+    let kinds = eventually("to-normal in the history", long, async || {
+        let k = route_kinds();
+        (k.len() >= 2).then_some(k)
+    })
+    .await;
     assert_eq!(
         kinds,
         [TransitionKind::ToOffnormal, TransitionKind::ToNormal]
