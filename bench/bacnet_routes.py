@@ -13,9 +13,12 @@ import pathlib
 import socket
 import statistics
 import struct
-import subprocess
+import sys
 import tempfile
 import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "lib"))
+import launch  # noqa: E402  (bench/lib is not a package)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEVICE = 389001
@@ -145,18 +148,8 @@ def main():
     cfg = config(a.routes, a.outputs)
     data = tempfile.mkdtemp(prefix="castpoint-bench-routes-")
     t0 = time.perf_counter()
-    p = subprocess.Popen([a.bin, "run", "--config", cfg, "--http", "127.0.0.1:0",
-                          "--bacnet", "127.0.0.1:0", "--modbus", "127.0.0.1:0",
-                          "--rtmp", "127.0.0.1:0", "--data-dir", data],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    port = None
-    for line in p.stdout:
-        parts = line.split()
-        if parts[:2] == ["listening", "bacnet"]:
-            port = int(parts[2].rsplit(":", 1)[1])
-        if parts == ["ready"]:
-            break
-    ready = time.perf_counter() - t0
+    p, addrs, ready = launch.start(a.bin, cfg, data)
+    port = launch.port(addrs, "bacnet")
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(5.0)
     # Server objects incl. 3 Notification Classes, then per route its view,

@@ -16,13 +16,14 @@ import pathlib
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bacnet_routes import config  # noqa: E402  (the same 100-route config)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "lib"))
+import launch  # noqa: E402  (bench/lib is not a package)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BASE, STRIDE, COUNT = 1000, 100, 45
@@ -83,17 +84,8 @@ def main():
     a = ap.parse_args()
     cfg = config(a.routes, a.outputs)
     data = tempfile.mkdtemp(prefix="castpoint-bench-mbroutes-")
-    p = subprocess.Popen([a.bin, "run", "--config", cfg, "--http", "127.0.0.1:0",
-                          "--bacnet", "127.0.0.1:0", "--modbus", "127.0.0.1:0",
-                          "--rtmp", "127.0.0.1:0", "--data-dir", data],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    port = None
-    for line in p.stdout:
-        parts = line.split()
-        if parts[:2] == ["listening", "modbus"]:
-            port = int(parts[2].rsplit(":", 1)[1])
-        if parts == ["ready"]:
-            break
+    p, addrs, _ = launch.start(a.bin, cfg, data)
+    port = launch.port(addrs, "modbus")
     try:
         # Every block open: the last slot answers (not exception 02).
         end = time.perf_counter() + 60

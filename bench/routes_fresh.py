@@ -20,13 +20,14 @@ import json
 import os
 import pathlib
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench" / "lib"))
+import launch  # noqa: E402  (bench/lib is not a package)
 
 
 def config(n, outputs, sink):
@@ -55,19 +56,8 @@ def main():
     d = tempfile.mkdtemp(prefix="castpoint-bench-fresh-")
     cfg = os.path.join(d, "castpoint.toml")
     pathlib.Path(cfg).write_text(config(a.routes, a.outputs, sink))
-    t0 = time.perf_counter()
-    p = subprocess.Popen([a.bin, "run", "--config", cfg, "--data-dir", os.path.join(d, "data"),
-                          "--http", "127.0.0.1:0", "--bacnet", "127.0.0.1:0",
-                          "--modbus", "127.0.0.1:0", "--rtmp", "127.0.0.1:0"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    http_addr = None
-    for line in p.stdout:
-        parts = line.split()
-        if parts[:2] == ["listening", "http"]:
-            http_addr = parts[2]
-        if parts == ["ready"]:
-            break
-    ready = time.perf_counter() - t0
+    p, addrs, ready = launch.start(a.bin, cfg, os.path.join(d, "data"))
+    http_addr = addrs["http"]
     threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
     host, port = http_addr.rsplit(":", 1)
     try:
