@@ -298,7 +298,10 @@ def read_object_list(s, device, invoke=1):
     apdu = bytes([SEG_HEADER[0], SEG_HEADER[1], invoke, 12, 0x0C]) + \
         struct.pack(">I", (8 << 22) | device) + bytes([0x19, 76])
     body = call(s, bvlc(b"\x01\x04" + apdu))
-    ids, i = [], body.index(0x3E) + 1
+    # Object id [0] (5 octets), property id [1] (2), then the value in [3].
+    if body[7:8] != b"\x3e":
+        raise RuntimeError(f"unexpected Object_List answer {body[:12].hex()}")
+    ids, i = [], 8
     while body[i] == 0xC4:
         v = struct.unpack(">I", body[i + 1:i + 5])[0]
         ids.append((v >> 22, v & 0x3FFFFF))
