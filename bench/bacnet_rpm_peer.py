@@ -42,7 +42,9 @@ id still in flight on a socket is never reused (a reused one is a
 retransmission to the server, Clause 5.4, and goes unanswered by design:
 that was a client artefact, not a server loss). A request with no answer
 datagram for 2 s is counted unanswered (of them: stalled after some
-segments) and replaced.
+segments) and replaced. After a cell a segmented client finishes its
+requests still in flight (not counted): left mid-answer, each would hold one
+of the server's segmented transactions until its timeout (bacserv has 16).
 
 Per cell: requests/s, p50/p99/max latency (request to last segment),
 unanswered, answer octets (service data, segments joined) and segments per
