@@ -364,7 +364,15 @@ def prepare(name, port, shape):
                 if time.time() > deadline:
                     raise RuntimeError(f"{name}: no route block in the Object_List after 30 s")
                 time.sleep(0.1)
-            return read_object_list(s, device) if shape == "device" else block
+            if shape == "block":
+                return block
+            # The whole list once it stops changing (the route's Trend Logs
+            # and view join it with the block).
+            ids, prev = read_object_list(s, device), None
+            while ids != prev and time.time() < deadline:
+                time.sleep(0.2)
+                ids, prev = read_object_list(s, device), ids
+            return ids
         if shape == "device":
             return read_object_list(s, device)
         ids = [o for o in read_object_list(s, device) if o[0] != 8]
