@@ -546,10 +546,15 @@ pub(crate) async fn run(
         Segmenter::new(segment)
     };
     let min_target = segment.as_secs_f64().round() as u64;
+    // One cancellation future for the whole loop: a fresh one per turn
+    // registered and removed a waiter under the token's locks each time,
+    // a measurable share of a busy data plane (issue 25).
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     let mut num = Numbering::default();
     loop {
         let c = tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = &mut cancelled => break,
             c = rx.recv() => c,
         };
         let Some(chunk) = c else { break };

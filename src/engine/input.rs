@@ -125,19 +125,24 @@ pub(crate) async fn run_udp(
     let mut sock = InSock::Plain(sock);
     let mut area = BytesMut::new();
     let mut aligner = Aligner::new();
+    // One cancellation future for the whole loop: a fresh one per turn
+    // registered and removed a waiter under the token's locks each time,
+    // a measurable share of a busy data plane (issue 25).
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     let mut next = Next::Readable;
     loop {
         let r = match next {
             Next::Readable => match sock.registered() {
                 Ok(reg) => tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = &mut cancelled => return,
                     r = reg.readable() => r,
                 },
                 Err(e) => Err(e),
             },
             Next::Pace(d) => match sock.plain() {
                 Ok(()) => tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = &mut cancelled => return,
                     _ = tokio::time::sleep(d) => Ok(()),
                 },
                 Err(e) => Err(e),
@@ -286,11 +291,16 @@ pub(crate) async fn run_generator(mut feed: Feed, bitrate: u64, cancel: Cancella
     // Up like a bound UDP input: it produces from now on (it read "down"
     // for as long as it ran, while delivering the route's media).
     feed.stats.set_up(None);
+    // One cancellation future for the whole loop: a fresh one per turn
+    // registered and removed a waiter under the token's locks each time,
+    // a measurable share of a busy data plane (issue 25).
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     let mut pacer = Pacer::new(std::time::Instant::now(), g.chunk_duration());
     loop {
         let deadline = tokio::time::Instant::from_std(pacer.next_deadline());
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = &mut cancelled => return,
             _ = tokio::time::sleep_until(deadline) => {}
         }
         // After a stall, catch up a bounded burst rather than flooding.

@@ -194,10 +194,15 @@ pub(crate) async fn run_http(
         r.insert(path.clone(), ep.clone());
     }
     stats.set_up(None);
+    // One cancellation future for the whole loop: a fresh one per turn
+    // registered and removed a waiter under the token's locks each time,
+    // a measurable share of a busy data plane (issue 25).
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     let mut joins = JoinTracker::default();
     loop {
         let chunk = tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = &mut cancelled => break,
             c = rx.recv() => c,
         };
         let Some(chunk) = chunk else { break };

@@ -310,6 +310,11 @@ impl RouteTask {
         // Backstop for held UDP data (normally the next chunk sends it).
         let udp_timer = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(udp_timer);
+        // One cancellation future for the whole loop: a fresh one per turn
+        // registered and removed a waiter under the token's locks each time,
+        // a measurable share of a busy data plane (issue 25).
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         let mut armed: Option<Instant> = None;
         loop {
             let due = self.udp.deadline();
@@ -321,7 +326,7 @@ impl RouteTask {
             }
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break,
+                _ = &mut cancelled => break,
                 _ = &mut udp_timer, if armed.is_some() => {
                     self.flush_udp();
                     armed = None;
