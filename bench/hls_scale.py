@@ -2,7 +2,7 @@
 """Many-routes benchmark (issue 25): N routes, each a built-in generator input at a set bit rate feeding 2 UDP outputs, 1 HTTP-TS and 1 HLS output; prints ready time, RSS, process CPU and whole-machine CPU (softirq counted apart), HLS correctness (ffprobe on a playlist) and p50/p99 of REST, Modbus and BACnet answers under that load.
 
 Usage: python3 bench/hls_scale.py [--routes 500] [--bitrate 1500000] [--seconds 20]
-                                  [--store disk|memory] [--baseline] [--bin PATH]
+                                  [--store disk|memory] [--coalesce 20ms] [--baseline] [--bin PATH]
 
 The input is castpoint's in-process generator (`type = "generator"`: the
 simulators' CBR H.264+AAC TS, paced in real time), because 500 external
@@ -57,12 +57,14 @@ def machine():
     return total - idle - iowait, softirq, total
 
 
-def config(n, bitrate, store, sinks, outputs=True, kinds=("udp", "udp", "http", "hls")):
+def config(n, bitrate, store, sinks, outputs=True, kinds=("udp", "udp", "http", "hls"), coalesce=None):
     c = ['[http]', 'bind = "127.0.0.1:0"', '[bacnet]', 'bind = "127.0.0.1:0"',
          '[modbus]', 'bind = "127.0.0.1:0"', '[rtmp]', 'enabled = false', '']
     for i in range(n):
-        c += ['[[route]]', f'name = "r{i}"', '[[route.input]]', 'type = "generator"',
-              f'bitrate = {bitrate}']
+        c += ['[[route]]', f'name = "r{i}"']
+        if coalesce:
+            c.append(f'udp_coalesce = "{coalesce}"')
+        c += ['[[route.input]]', 'type = "generator"', f'bitrate = {bitrate}']
         if outputs:
             for k in range(kinds.count("udp")):
                 host, port = sinks[2 * i + k].getsockname()
@@ -217,7 +219,7 @@ def run(a, outputs=True):
             s.bind(("127.0.0.1", 0))
             sinks.append(s)
     p, addrs, ready = start(a.bin, config(a.routes, a.bitrate, a.store, sinks, outputs,
-                                          tuple(a.outputs.split(","))))
+                                          tuple(a.outputs.split(",")), a.coalesce))
     try:
         # Settle: every HLS output has had time to cut a segment.
         time.sleep(a.settle)
@@ -277,6 +279,8 @@ def main():
     ap.add_argument("--store", default="disk", choices=["disk", "memory"])
     ap.add_argument("--outputs", default="udp,udp,http,hls",
                     help="each route's outputs (to attribute memory or CPU to one kind)")
+    ap.add_argument("--coalesce", help="every route's udp_coalesce (default: not set, i.e. auto); "
+                    "the generator input then reads at the route's pace, as a UDP input does")
     ap.add_argument("--baseline", action="store_true",
                     help="also run the same routes without outputs")
     ap.add_argument("--bin", default=str(ROOT / "target/release/castpoint"))
@@ -286,6 +290,7 @@ def main():
     if a.baseline:
         rows.append(("routes, generator only (no outputs)", run(a, outputs=False)))
     print(f"{a.routes} routes at {a.bitrate / 1e6:.1f} Mbit/s, HLS store {a.store}, "
+          f"udp_coalesce {a.coalesce or 'auto (not set)'}, "
           f"{a.seconds:.0f} s window; load average before {load[0]:.1f} {load[1]:.1f}, "
           f"after {os.getloadavg()[0]:.1f}; {os.cpu_count()} cores")
     print()
