@@ -110,22 +110,18 @@ pub fn redact_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
-        // Walk back over the scheme.
-        let start = rest[..i]
-            .char_indices()
-            .rev()
-            .find(|(_, c)| !(c.is_ascii_alphanumeric() || "+-.".contains(*c)))
-            .map_or(0, |(j, c)| j + c.len_utf8());
-        // Text glued to a known scheme ("xrtmp://") must not hide it: the
-        // URL starts at the longest known scheme that ends the word.
-        let word = rest[start..i].to_ascii_lowercase();
-        let start = KNOWN_SCHEMES
-            .iter()
-            .find(|k| word.ends_with(*k))
-            .map_or(start, |k| i - k.len());
+        let start = scheme_start(rest, i);
         let end = rest[i..]
             .find(|c: char| c.is_whitespace() || "\"'<>`".contains(c))
             .map_or(rest.len(), |j| i + j);
+        // A URL ends where a known scheme starts the next one:
+        // "x://rtmp://h/app/KEY" (or a bare "://" before it) is two, and the
+        // second one's key must not ride inside the first, which is no RTMP
+        // URL. Any other "://" stays inside (a passphrase may hold one).
+        let end = rest[i + 3..end]
+            .match_indices("://")
+            .find_map(|(j, _)| known_scheme_start(rest, i + 3 + j))
+            .map_or(end, |s| s.max(i + 3));
         let end = start
             + rest[start..end]
                 .trim_end_matches([':', ',', ';', ')', '.'])
@@ -137,6 +133,32 @@ pub fn redact_text(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Where the URL whose `://` is at `i` in `text` starts: back over the
+/// scheme's characters, but text glued to a known scheme ("xrtmp://")
+/// must not hide it: the URL starts at the longest known scheme that ends
+/// the word.
+fn scheme_start(text: &str, i: usize) -> usize {
+    known_scheme_start(text, i).unwrap_or_else(|| word_start(text, i))
+}
+
+/// Where the known scheme ending right before `i` starts, if one does.
+fn known_scheme_start(text: &str, i: usize) -> Option<usize> {
+    let word = text[word_start(text, i)..i].to_ascii_lowercase();
+    KNOWN_SCHEMES
+        .iter()
+        .find(|k| word.ends_with(*k))
+        .map(|k| i - k.len())
+}
+
+/// Start of the run of scheme characters that ends at `i`.
+fn word_start(text: &str, i: usize) -> usize {
+    text[..i]
+        .char_indices()
+        .rev()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || "+-.".contains(*c)))
+        .map_or(0, |(j, c)| j + c.len_utf8())
 }
 
 /// True when `shown` is what [`redact_url`] makes of `secret` and differs
@@ -236,11 +258,52 @@ mod tests {
         assert_eq!(redact_text("end rtmp://h/a/k."), "end rtmp://h/a/***.");
     }
 
+    /// Found by `hides_rtmp_keys_in_any_text` in the issue-19 stress: text
+    /// ending in `://` right before a URL swallowed it into a URL with no
+    /// scheme, which was left as it was, key and all.
+    #[test]
+    fn a_url_right_after_another_scheme_separator_is_still_redacted() {
+        assert_eq!(
+            redact_text("://rtmp://host/live/A0_A:"),
+            "://rtmp://host/live/***:"
+        );
+        assert_eq!(
+            redact_text("a://rtmp://host/live/KEY"),
+            "a://rtmp://host/live/***"
+        );
+        assert_eq!(
+            redact_text("x srt://h:1?passphrase=p://rtsp://u:pw@cam/s"),
+            "x srt://h:1?passphrase=***rtsp://u:***@cam/s"
+        );
+        assert_eq!(redact_text(":// ://"), ":// ://");
+        // A "://" that starts no known scheme stays inside the URL.
+        assert_eq!(
+            redact_text("srt://h:1?passphrase=ab://cd x"),
+            "srt://h:1?passphrase=*** x"
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn hides_rtmp_keys_in_any_text(pre in ".{0,20}", key in "[A-Za-z0-9_-]{4,30}", post in "[ :,].{0,20}") {
             let r = redact_text(&format!("{pre}rtmp://host/live/{key}{post}"));
             proptest::prop_assert!(r.contains("rtmp://host/live/***"), "{}", r);
+        }
+
+        /// The case the stress found, on purpose: scheme-like text (`x://`,
+        /// bare `://`, a known scheme's letters) right before the URL.
+        #[test]
+        fn hides_rtmp_keys_after_scheme_like_text(
+            pre in "([a-z]{0,5}://|rtmp|[ :/?=a-z]){0,6}",
+            key in "[A-Za-z0-9_-]{4,30}",
+            post in "[ :,].{0,20}",
+        ) {
+            let r = redact_text(&format!("{pre}rtmp://host/live/{key}{post}"));
+            proptest::prop_assert!(
+                r.contains("rtmp://host/live/***") && !r.contains(&format!("live/{key}")),
+                "{}",
+                r
+            );
         }
 
         #[test]
