@@ -43,17 +43,24 @@ impl DataPlane {
         i: usize,
         stop: CancellationToken,
     ) -> std::io::Result<tokio::runtime::Handle> {
+        // The control plane's priority, read here on the thread that
+        // builds the data plane: every data-plane thread is set to this
+        // plus `DATA_PLANE_NICE`, an absolute value, because a thread
+        // inherits its creator's nice and the blocking pool's threads are
+        // created by the already lowered runtime thread (a relative step
+        // put them at +10).
+        let nice = data_plane_nice();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name(format!("cp-route{i}-blk"))
             // The blocking pool's threads (recording and HLS file writes)
             // yield to the control plane like the runtime's own thread.
-            .on_thread_start(yield_to_control_plane)
+            .on_thread_start(move || set_nice(nice))
             .build()?;
         let h = rt.handle().clone();
         // Ends when `stop` is cancelled (the engine's shutdown).
         crate::tasks::spawn_thread(format!("cp-route{i}"), move || {
-            yield_to_control_plane();
+            set_nice(nice);
             rt.block_on(stop.cancelled())
         })?;
         Ok(h)
@@ -79,14 +86,20 @@ impl DataPlane {
 /// delayed by a control-plane burst, never stopped by it.
 pub(crate) const DATA_PLANE_NICE: i32 = 5;
 
-/// Lowers the calling thread's priority by `DATA_PLANE_NICE` (Linux nice
-/// values are per thread; threads it starts later inherit it). Lowering
-/// needs no privilege; a refusal (a seccomp filter, say) is logged and
-/// the thread runs at the process's priority, as before.
-fn yield_to_control_plane() {
+/// The nice value for data-plane threads: the calling thread's plus
+/// `DATA_PLANE_NICE`, at most 19 (the kernel's lowest priority).
+fn data_plane_nice() -> i32 {
     let tid = rustix::thread::gettid();
-    let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), now + DATA_PLANE_NICE) {
+    let base = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+    (base + DATA_PLANE_NICE).min(19)
+}
+
+/// Sets the calling thread's nice value (Linux nice values are per
+/// thread). Raising it needs no privilege; a refusal (a seccomp filter,
+/// say) is logged and the thread runs at the process's priority, as before.
+fn set_nice(nice: i32) {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
         tracing::warn!("data plane thread: cannot lower its priority: {e}");
     }
 }
@@ -122,7 +135,11 @@ mod tests {
     }
 
     /// Media tasks and their blocking writes run below the control plane,
-    /// so that saturated cores still answer the BMS first.
+    /// so that saturated cores still answer the BMS first: both exactly
+    /// `DATA_PLANE_NICE` below (the blocking threads are created by the
+    /// runtime's thread and once ended up twice as low). Run at a nice of
+    /// 10 or more (`nice -n 19 cargo test`) the kernel's cap of 19 hides
+    /// the difference; the suite runs at 0.
     #[test]
     fn the_data_plane_runs_below_the_control_plane() {
         let base = nice_of_this_thread();
