@@ -31,6 +31,8 @@ import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench" / "lib"))
+import launch  # noqa: E402  (bench/lib is not a package)
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -83,20 +85,7 @@ def start(binary, text):
     d = tempfile.mkdtemp(prefix="castpoint-hls-scale-")
     cfg = os.path.join(d, "castpoint.toml")
     open(cfg, "w").write(text)
-    t0 = time.perf_counter()
-    p = subprocess.Popen([binary, "run", "--config", cfg, "--data-dir", os.path.join(d, "data")],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    addrs = {}
-    for line in p.stdout:
-        parts = line.split()
-        if parts[:1] == ["listening"] and len(parts) >= 3:
-            addrs[parts[1]] = parts[2]
-        if parts == ["ready"]:
-            break
-    else:
-        raise RuntimeError("castpoint exited before ready")
-    ready = time.perf_counter() - t0
-    # Keep draining stdout so castpoint never blocks on a full pipe.
+    p, addrs, ready = launch.start(binary, cfg, os.path.join(d, "data"))
     threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
     return p, addrs, ready
 
