@@ -879,12 +879,25 @@ dest = "127.0.0.1:9"
         .set_output_enabled("dis", "cdn", false)
         .await
         .expect("disable");
-    eventually("the child gone", Duration::from_secs(10), async || {
-        (children_labelled(label).is_empty() && !alive(pids[0])).then_some(())
-    })
+    // The output reports the push down once it has reaped the child: the
+    // child dies (a zombie already counts as gone) a moment before that,
+    // so both are waited for together (asserting the report right after
+    // the child vanished failed once under load with `up: true`).
+    eventually(
+        "the child gone and the push down",
+        Duration::from_secs(10),
+        async || {
+            let o = output(&app);
+            (children_labelled(label).is_empty() && !alive(pids[0]) && !o.up && o.clients == 0)
+                .then_some(())
+        },
+    )
     .await;
     let o = output(&app);
-    assert!(!o.up && o.clients == 0, "{o:?}");
+    assert!(
+        o.ffmpeg.as_ref().is_none_or(|f| !f.running),
+        "a stopped child still reads as running: {o:?}"
+    );
 
     // Issue 15 item 10: a key inside the URL never shows in what ffmpeg's
     // errors turn into (output error, last log line).
