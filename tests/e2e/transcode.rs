@@ -389,16 +389,22 @@ key = "secret-key-1"
         point(&app, "encoding_latency").quality,
         Quality::Unavailable
     );
-    let cdn = eventually("CDN DISCONNECTED", Duration::from_secs(10), async || {
-        let st = point(&app, "cdn_status");
-        (st.value == Some(Value::Enum(2))).then_some(st)
-    })
+    // DISCONNECTED reads "m/cdn: connecting" until the push's first start
+    // fails, then names the cause: wait for the cause (the stress caught
+    // the test reading the reason in between).
+    eventually(
+        "CDN DISCONNECTED naming the missing ffmpeg",
+        Duration::from_secs(10),
+        async || {
+            let st = point(&app, "cdn_status");
+            let why = st.reason.as_deref().unwrap_or("");
+            (st.value == Some(Value::Enum(2))
+                && why.contains("m/cdn")
+                && why.contains("cannot run ffmpeg"))
+            .then_some(())
+        },
+    )
     .await;
-    let why = cdn.reason.as_deref().unwrap_or("");
-    assert!(
-        why.contains("m/cdn") && why.contains("cannot run ffmpeg"),
-        "{why}"
-    );
     // The auto output falls back to the original stream.
     eventually("passthrough data", Duration::from_secs(10), async || {
         (cc.packets.load(Relaxed) > 500).then_some(())
