@@ -290,10 +290,7 @@ fn srt_listener_serves_libsrt_caller_and_viewer_calls_libsrt() {
         &format!("udp://127.0.0.1:{q}"),
         &format!("srt://:{r_port}?latency=500"),
     );
-    let listening = Instant::now() + Duration::from_secs(10);
-    while !udp_bound(r_port) && Instant::now() < listening {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_udp_bound(r_port, "srt-live-transmit");
     // No wait for the viewer's handshake: a viewer that joins late only
     // misses the first packets (it takes its CC baseline from the first it
     // sees), and the checks below hold either way.
