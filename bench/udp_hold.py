@@ -3,6 +3,7 @@
 
 Usage: python3 bench/udp_hold.py [--bin target/release/castpoint] [--source FILE.ts]
                                  [--n 1,4] [--settings off,auto] [--reps 3] [--secs 6]
+                                 [--lean 0,1500,2000]
 
 Built on bench/fanout.py (same 10 Mbit/s Python source, same probe, same
 unread sink sockets). Each repetition runs every castpoint setting and the
@@ -11,6 +12,15 @@ medians and every repetition's CPU figure. Softirq is machine-wide (other
 processes' network work lands there too): it is printed beside each row
 so that a setting that moves work into softirq cannot look cheaper than it
 is.
+
+`--lean` adds bench/lean_relay.c (built here with cc) at each listed period
+in microseconds (0: a poll() wake-up per datagram): one C thread that does
+nothing but sleep, recvmmsg and send with GSO. It is the floor for a relay
+at that pace on this machine, so it tells what a latency budget can cost at
+best, whatever the relay is written in.
+
+CPU is the processes' scheduler run time (fanout.cpu_ticks), so figures of
+1-2 % of a core are not rounded to whole 10-ms ticks.
 """
 import argparse
 import importlib.util
@@ -54,6 +64,33 @@ def measure_with_softirq(pids, probe, secs):
 fanout.measure = measure_with_softirq
 
 
+def build_lean():
+    import subprocess
+    import tempfile
+    out = os.path.join(tempfile.mkdtemp(prefix="lean-relay-"), "lean_relay")
+    subprocess.run(["cc", "-O2", "-o", out, str(ROOT / "lean_relay.c")], check=True)
+    return out
+
+
+def run_lean(exe, n, secs, src_file, period_us):
+    """The lean relay from one source port to N destinations (the probe and
+    N-1 unread sinks): one process, as castpoint is one."""
+    import subprocess
+    port = fanout.free_port()
+    src = fanout.Source(src_file, [("127.0.0.1", port)])
+    probe = fanout.Probe(src)
+    extra = fanout.sinks(n - 1)
+    dests = [probe.addr] + [s.getsockname() for s in extra]
+    proc = subprocess.Popen([exe, str(port), str(period_us)] + [str(d[1]) for d in dests])
+    time.sleep(1)
+    probe.t.start()
+    src.t.start()
+    r = fanout.measure([proc.pid], probe, secs)
+    src.stop = probe.stop = True
+    fanout.stop_all([proc])
+    return r
+
+
 def med(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2]
@@ -69,7 +106,10 @@ def main():
     ap.add_argument("--settings", default="off,auto")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--secs", type=float, default=6)
+    ap.add_argument("--lean", default="", help="lean C relay periods in us, e.g. 0,1500,2000")
     a = ap.parse_args()
+    lean = [int(x) for x in a.lean.split(",") if x]
+    lean_exe = build_lean() if lean else None
     if not os.path.exists(a.source):
         import subprocess
         subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
@@ -82,18 +122,27 @@ def main():
     rows = []
     for n in [int(x) for x in a.n.split(",")]:
         runs = {s: [] for s in settings}
+        runs.update({f"lean{p}": [] for p in lean})
         runs["slt"] = []
         for r in range(a.reps):
             for s in settings:
                 print(f"N={n} rep {r + 1}: castpoint udp_coalesce={s}", file=sys.stderr, flush=True)
                 runs[s].append(fanout.run_castpoint(a.bin, n, a.secs, a.source, s))
+            for p in lean:
+                print(f"N={n} rep {r + 1}: lean relay {p} us", file=sys.stderr, flush=True)
+                runs[f"lean{p}"].append(run_lean(lean_exe, n, a.secs, a.source, p))
             print(f"N={n} rep {r + 1}: srt-live-transmit", file=sys.stderr, flush=True)
             runs["slt"].append(fanout.run_peers("slt", n, a.secs, a.source))
         slt = med([x[0] for x in runs["slt"]])
-        for s in settings + ["slt"]:
+        for s in settings + [f"lean{p}" for p in lean] + ["slt"]:
             xs = runs[s]
             cpu = med([x[0] for x in xs])
-            name = "srt-live-transmit x N" if s == "slt" else f"castpoint udp_coalesce={s}"
+            if s == "slt":
+                name = "srt-live-transmit x N"
+            elif s.startswith("lean"):
+                name = f"lean C relay, period {s[4:]} us" if s != "lean0" else "lean C relay, per datagram"
+            else:
+                name = f"castpoint udp_coalesce={s}"
             rows.append((n, name, cpu, [round(x[0], 2) for x in xs], cpu / slt if slt else float("nan"),
                          med([x[2] for x in xs]), med([x[3] for x in xs]), med([x[5] for x in xs])))
     print(f"10 Mbit/s, {a.secs:.0f} s per run, {a.reps} interleaved reps (medians); load average "
