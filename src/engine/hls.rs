@@ -508,7 +508,7 @@ impl Disk {
 /// once in the whole process. Without a bound, a disk slower than the
 /// routes' segments (measured at 500 routes, issue 25: a run started while
 /// the previous run's 1.1 GB of segments were still being deleted) grew
-/// the blocking pools to 264-424 threads, RSS from 173 to 268 MiB, and the
+/// the blocking pools to 264-445 threads, RSS from 173 to 268 MiB, and the
 /// protocols' p99 from 3 to 9 ms; with a bound the operations queue here
 /// and a slow disk shows as late segments, not as hundreds of threads.
 const HLS_IO_MAX: usize = 8;
