@@ -760,11 +760,8 @@ async fn write_out(
             tracing::warn!("hls {path}: segment write: {e}");
             let dropped = std::mem::take(done);
             let seqs = dropped.iter().map(|s| s.seq).collect();
-            for s in dropped {
-                if let Body::File(p) = s.data {
-                    let _ = tokio::fs::remove_file(p).await;
-                }
-            }
+            // Through the same bound as every other HLS file operation.
+            remove_files(dropped).await;
             WriteOut {
                 disk: Disk { dir, part: None },
                 wrote: false,
