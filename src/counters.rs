@@ -54,6 +54,21 @@ pub static BACNET_ERRORS: AtomicU64 = AtomicU64::new(0);
 pub static BACNET_REJECTS: AtomicU64 = AtomicU64::new(0);
 pub static BACNET_ABORTS: AtomicU64 = AtomicU64::new(0);
 
+/// Point changes handed to the BACnet stack for its COV and event
+/// evaluation (one local change each: `set_present_value_local`).
+pub static BACNET_LOCAL_CHANGES: AtomicU64 = AtomicU64::new(0);
+
+/// Frames castpoint handed the BACnet stack to turn its dispatch loop
+/// after local changes (`protocols/bacnet/transport.rs`, `Nudge`).
+pub static BACNET_TURN_FRAMES: AtomicU64 = AtomicU64::new(0);
+
+/// The stack's discovery counters, sampled by the BACnet part: Who-Is
+/// received (castpoint's turn frames included: each is an out-of-range
+/// Who-Is), I-Am answers sent, and answers its rate limits withheld.
+pub static BACNET_WHO_IS: AtomicU64 = AtomicU64::new(0);
+pub static BACNET_I_AM: AtomicU64 = AtomicU64::new(0);
+pub static BACNET_DISCOVERY_THROTTLED: AtomicU64 = AtomicU64::new(0);
+
 /// Active BACnet COV subscriptions (the stack's count, sampled by the
 /// BACnet part).
 pub static BACNET_COV_SUBSCRIPTIONS: AtomicU64 = AtomicU64::new(0);
@@ -136,6 +151,28 @@ pub fn prometheus() -> String {
         let _ = writeln!(
             out,
             "castpoint_bacnet_error_answers_total{{type=\"{t}\"}} {}",
+            c.load(Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP castpoint_bacnet_local_changes_total Point changes handed to the BACnet stack for COV and event evaluation.\n# TYPE castpoint_bacnet_local_changes_total counter\ncastpoint_bacnet_local_changes_total {}",
+        BACNET_LOCAL_CHANGES.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP castpoint_bacnet_turn_frames_total Frames castpoint handed the BACnet stack to turn its dispatch loop after local changes.\n# TYPE castpoint_bacnet_turn_frames_total counter\ncastpoint_bacnet_turn_frames_total {}",
+        BACNET_TURN_FRAMES.load(Relaxed)
+    );
+    out.push_str("# HELP castpoint_bacnet_discovery_total The BACnet stack's Who-Is handling: requests received (castpoint's turn frames included), I-Am answers sent, answers withheld by its rate limits.\n# TYPE castpoint_bacnet_discovery_total counter\n");
+    for (e, c) in [
+        ("who_is_received", &BACNET_WHO_IS),
+        ("i_am_sent", &BACNET_I_AM),
+        ("throttled", &BACNET_DISCOVERY_THROTTLED),
+    ] {
+        let _ = writeln!(
+            out,
+            "castpoint_bacnet_discovery_total{{event=\"{e}\"}} {}",
             c.load(Relaxed)
         );
     }

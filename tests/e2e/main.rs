@@ -3,6 +3,7 @@
 mod alarms;
 mod auth;
 mod bacnet;
+mod bacnet_quiet;
 mod bacnet_routes;
 mod config_keys;
 mod datadir;

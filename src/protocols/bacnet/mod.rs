@@ -699,7 +699,9 @@ pub async fn start(
             .map(|h| Arc::clone(&h.acks))
             .unwrap_or_default(),
         restart_reason,
+        nudge: transport::Nudge::default(),
     };
+    let nudge = parts.nudge.clone();
     let server = build_server(&db, &opts, &at, parts)
         .await
         .map_err(|e| format!("bacnet {}: {e}", cfg.bind))?;
@@ -728,6 +730,7 @@ pub async fn start(
         Followers {
             routes: route_objects.map(|r| (r, blocks)),
             alarms: events,
+            nudge,
         },
         shutdown,
     ));
@@ -964,6 +967,8 @@ struct ServerParts {
     /// Where AcknowledgeAlarm requesters are noted (transport.rs).
     acks: Arc<alarms::AckSources>,
     restart_reason: RestartReason,
+    /// Turns the stack's dispatch loop after local changes (transport.rs).
+    nudge: transport::Nudge,
 }
 
 /// The stack's B/IP link: normal or registered with a BBMD, sharing the
@@ -1012,7 +1017,8 @@ async fn build_server(
             .map(|(o, p)| (o.encode(), *p))
             .collect(),
     )
-    .with_ack_sources(parts.acks);
+    .with_ack_sources(parts.acks)
+    .with_nudge(parts.nudge);
     let mut builder = BACnetServer::<Link>::generic_builder()
         .transport(filtered)
         .device(parts.id)
@@ -1187,6 +1193,7 @@ struct Followers {
         Option<tokio::sync::watch::Receiver<u64>>,
     )>,
     alarms: Option<AlarmFeed>,
+    nudge: transport::Nudge,
 }
 
 /// Owns the running stack: pushes every database change of a served point
@@ -1203,6 +1210,7 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let mut events = follow.alarms;
+    let (follow_nudge, mut turns) = (follow.nudge, Turns::default());
     let (mut route_objects, mut blocks) = match follow.routes {
         Some((r, b)) => (Some(r), b),
         None => (None, None),
@@ -1217,16 +1225,21 @@ async fn run(
     let mut route_due: Option<(tokio::time::Instant, tokio::time::Instant)> = route_objects
         .as_ref()
         .map(|_| (now + ROUTE_FIRST_SYNC, now + ROUTE_FIRST_SYNC));
-    // `/metrics` reads the stack's COV subscription count from here: on
-    // every batch of changes, and at least every 5 s.
+    // `/metrics` reads the stack's COV subscription count and discovery
+    // counters from here: on every batch of changes, and at least every 5 s.
     let mut cov_tick = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
         let mut lagged = false;
-        publish_cov_count(&server);
+        publish_stack_counters(&server);
+        if turns.due(tokio::time::Instant::now()) {
+            follow_nudge.nudge();
+        }
         let sync_at = route_due.map(|(quiet, latest)| quiet.min(latest));
+        let turn_at = turns.deadline();
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = cov_tick.tick() => continue,
+            _ = tokio::time::sleep_until(turn_at.unwrap_or_else(tokio::time::Instant::now)), if turn_at.is_some() => continue,
             r = async { blocks.as_mut()?.changed().await.ok() }, if blocks.is_some() => {
                 if r.is_none() {
                     blocks = None;
@@ -1265,19 +1278,26 @@ async fn run(
             catch_up(&db, &oid_of, &mut logs, &mut dirty);
         }
         drain_logs(&server, &mut logs).await;
-        push_cov(&server, &oid_of, &mut dirty).await;
-        push_alarms(&server, events.as_ref(), &mut alarm_dirty).await;
+        turns.pending += push_cov(&server, &oid_of, &mut dirty).await
+            + push_alarms(&server, events.as_ref(), &mut alarm_dirty).await;
     }
     if let Err(e) = server.stop().await {
         tracing::warn!("bacnet: stop: {e}");
     }
 }
 
-/// Hands `/metrics` the stack's COV subscription count.
-fn publish_cov_count(server: &BACnetServer<Link>) {
-    crate::counters::BACNET_COV_SUBSCRIPTIONS.store(
-        server.cov_counters().subscriptions_active,
-        std::sync::atomic::Ordering::Relaxed,
+/// Hands `/metrics` the stack's COV subscription count and discovery
+/// counters.
+fn publish_stack_counters(server: &BACnetServer<Link>) {
+    use crate::counters as c;
+    use std::sync::atomic::Ordering::Relaxed;
+    c::BACNET_COV_SUBSCRIPTIONS.store(server.cov_counters().subscriptions_active, Relaxed);
+    let d = server.discovery_counters();
+    c::BACNET_WHO_IS.store(d.who_is_received, Relaxed);
+    c::BACNET_I_AM.store(d.i_am_sent, Relaxed);
+    c::BACNET_DISCOVERY_THROTTLED.store(
+        d.responses_throttled_source + d.responses_throttled_global,
+        Relaxed,
     );
 }
 
@@ -1415,44 +1435,116 @@ async fn drain_logs(server: &BACnetServer<Link>, logs: &mut trend::Feeds) {
     }
 }
 
-/// Runs the stack's COV evaluation of every object whose point changed.
+/// Runs the stack's COV evaluation of every object whose point changed;
+/// returns how many local changes that handed the stack.
 async fn push_cov(
     server: &BACnetServer<Link>,
     oid_of: &[Option<ObjectIdentifier>],
     dirty: &mut Dirty,
-) {
+) -> usize {
+    let mut n = 0;
     for i in dirty.take() {
         let Some(Some(oid)) = oid_of.get(i) else {
             continue;
         };
-        // The value argument is only a signal: PointObject reads the
-        // database itself.
-        let push = server.set_present_value_local(oid, PropertyValue::Real(0.0));
-        match tokio::time::timeout(COV_PUSH_WAIT, push).await {
-            Ok(Ok(())) | Err(_) => {}
-            Ok(Err(e)) => tracing::debug!("bacnet: COV push for {oid:?}: {e}"),
+        n += 1;
+        local_change(server, oid, "COV push").await;
+    }
+    n
+}
+
+/// Hands the stack one local change of `oid`, waiting at most
+/// `COV_PUSH_WAIT` for it. The value argument is only a signal: the point
+/// objects read the database themselves.
+async fn local_change(server: &BACnetServer<Link>, oid: &ObjectIdentifier, what: &str) {
+    crate::counters::BACNET_LOCAL_CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let push = server.set_present_value_local(oid, PropertyValue::Real(0.0));
+    match tokio::time::timeout(COV_PUSH_WAIT, push).await {
+        Ok(Ok(())) | Err(_) => {}
+        Ok(Err(e)) => tracing::debug!("bacnet: {what} for {oid:?}: {e}"),
+    }
+}
+
+/// How often at most the sync loop turns the stack's dispatch loop
+/// (`transport::Nudge`): the stack's own reaping timer's period, so the
+/// finished tasks of local changes are joined within about 200 ms.
+const NUDGE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether local changes are waiting for a turn of the stack's dispatch
+/// loop, and when it was last turned.
+#[derive(Default)]
+struct Turns {
+    pending: usize,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Turns {
+    /// True when the loop should be turned at `now`: changes are pending
+    /// and the last turn is `NUDGE_EVERY` old.
+    fn due(&mut self, now: tokio::time::Instant) -> bool {
+        let quiet = self.last.is_none_or(|l| now >= l + NUDGE_EVERY);
+        if self.pending == 0 || !quiet {
+            return false;
         }
+        self.pending = 0;
+        self.last = Some(now);
+        true
+    }
+
+    /// When pending changes that [`Turns::due`] held back are due a turn
+    /// (nothing pending, or never turned: `due` turns at once).
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.last
+            .filter(|_| self.pending > 0)
+            .map(|l| l + NUDGE_EVERY)
     }
 }
 
 /// Hands the queued alarm transitions to the stack. Each poke runs the
 /// stack's per-change event pass once, which takes one queued transition:
 /// poke as often as there are (the stack's one-second tick takes any a lost
-/// poke leaves).
+/// poke leaves); returns how many pokes that made.
 async fn push_alarms(
     server: &BACnetServer<Link>,
     events: Option<&AlarmFeed>,
     alarm_dirty: &mut Vec<ObjectIdentifier>,
-) {
+) -> usize {
+    let mut n = 0;
     for oid in std::mem::take(alarm_dirty) {
         let queued = events.map_or(0, |f| f.hooks.queued(&oid));
         for _ in 0..queued {
-            let push = server.set_present_value_local(&oid, PropertyValue::Real(0.0));
-            match tokio::time::timeout(COV_PUSH_WAIT, push).await {
-                Ok(Ok(())) | Err(_) => {}
-                Ok(Err(e)) => tracing::debug!("bacnet: event push for {oid:?}: {e}"),
-            }
+            n += 1;
+            local_change(server, &oid, "event push").await;
         }
+    }
+    n
+}
+
+#[cfg(test)]
+mod turn_tests {
+    use super::{Turns, NUDGE_EVERY};
+    use tokio::time::Instant;
+
+    #[test]
+    fn turns_follow_changes_at_most_every_period_and_never_drop_one() {
+        let mut t = Turns::default();
+        let t0 = Instant::now();
+        // Nothing changed: no turn, nothing to wait for.
+        assert!(!t.due(t0));
+        assert_eq!(t.deadline(), None);
+        // The first change turns at once.
+        t.pending += 3;
+        assert!(t.due(t0));
+        assert_eq!(t.deadline(), None);
+        // Changes within the period wait for its end, then turn.
+        t.pending += 1;
+        assert!(!t.due(t0 + NUDGE_EVERY / 2));
+        assert_eq!(t.deadline(), Some(t0 + NUDGE_EVERY));
+        assert!(t.due(t0 + NUDGE_EVERY));
+        assert_eq!(t.pending, 0);
+        // Long quiet, then a change: at once again.
+        t.pending += 1;
+        assert!(t.due(t0 + NUDGE_EVERY * 50));
     }
 }
 

@@ -49,6 +49,19 @@
 //! Decoding is bounded and never panics: every read is a checked slice
 //! access, every loop consumes at least one octet, and the input is one
 //! datagram (the unit tests feed it hostile bytes).
+//!
+//! # Turning the stack's dispatch loop ([`Nudge`])
+//!
+//! Every local change castpoint hands the stack (a COV push, an alarm
+//! poke: `set_present_value_local`) runs its second half as a task in the
+//! stack's request task set, and only the dispatch loop joins those tasks:
+//! at the top of each turn, and on a 100-ms timer that is armed only when a
+//! turn begins with the set non-empty. A loop that went idle with the set
+//! empty is turned by nothing but a received frame, so on a quiet network
+//! every later local change kept its finished task (about 16 KB) for good:
+//! measured at 500 routes, 1.9 MB/s of heap with no BACnet client, none
+//! with one polling (issue 25). The [`Nudge`] hands the stack one frame
+//! that turns the loop and does nothing else.
 
 use std::sync::Arc;
 
@@ -58,7 +71,9 @@ use bacnet_transport::port::{
 // bacnet-npdu's type, through bacnet-encoding's re-export (not a direct
 // dependency of castpoint).
 use bacnet_encoding::npdu::view::NpduLimits;
+use bacnet_transport::port::TransportProvenance;
 use bacnet_types::error::Error;
+use bacnet_types::MacAddr;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -84,6 +99,61 @@ pub struct Filtered<T: TransportPort + 'static> {
     read_only: Arc<[ReadOnly]>,
     /// Where the requester of each AcknowledgeAlarm is noted (alarms.rs).
     acks: Option<Arc<AckSources>>,
+    /// Armed with the stack's receive channel when the link starts.
+    nudge: Option<Nudge>,
+}
+
+/// A Who-Is for device instances 4194303..4194303 (Clause 16.10): the
+/// instance every device reserves as "unconfigured", which castpoint's
+/// configuration refuses, so it matches no device. The stack drops it
+/// before its Who-Is rate limits (counted as received, out of range) and
+/// answers nothing. NPDU version 1, no addresses, unconfirmed request
+/// Who-Is with context tags 0 and 1 of three octets each.
+const TURN_FRAME: [u8; 12] = [
+    0x01, 0x00, 0x10, 0x08, 0x0B, 0x3F, 0xFF, 0xFF, 0x1B, 0x3F, 0xFF, 0xFF,
+];
+
+/// Turns the stack's dispatch loop on demand, so it joins the tasks of the
+/// local changes castpoint made (see the module text). Holds the stack's
+/// receive channel weakly: a stopped stack's channel still closes.
+#[derive(Clone, Default)]
+pub struct Nudge(Arc<parking_lot::Mutex<Option<Armed>>>);
+
+/// The stack's receive channel, held weakly, and the device's own address
+/// (the turn frame's source).
+type Armed = (mpsc::WeakSender<ReceivedNpdu>, MacAddr);
+
+impl Nudge {
+    fn arm(&self, to_stack: &mpsc::Sender<ReceivedNpdu>, mac: &[u8]) {
+        *self.0.lock() = Some((to_stack.downgrade(), MacAddr::from_slice(mac)));
+    }
+
+    /// Hands the stack [`TURN_FRAME`], as if the device had sent it to
+    /// itself. False when the link is not running, or its channel is full
+    /// (then the loop is busy turning anyway).
+    pub fn nudge(&self) -> bool {
+        let Some((tx, mac)) = self.0.lock().clone() else {
+            return false;
+        };
+        let Some(tx) = tx.upgrade() else {
+            return false;
+        };
+        let sent = tx
+            .try_send(ReceivedNpdu {
+                npdu: bytes::Bytes::from_static(&TURN_FRAME),
+                source_mac: mac,
+                link_layer_group: false,
+                data_attributes: Vec::new(),
+                provenance: TransportProvenance::unverified(),
+                direct_response: None,
+                reply_tx: None,
+            })
+            .is_ok();
+        if sent {
+            crate::counters::BACNET_TURN_FRAMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        sent
+    }
 }
 
 impl<T: TransportPort + 'static> Filtered<T> {
@@ -97,7 +167,14 @@ impl<T: TransportPort + 'static> Filtered<T> {
             filter: None,
             read_only: read_only.into(),
             acks: None,
+            nudge: None,
         }
+    }
+
+    /// Arms `nudge` with the stack's receive channel once the link starts.
+    pub fn with_nudge(mut self, nudge: Nudge) -> Self {
+        self.nudge = Some(nudge);
+        self
     }
 
     /// Notes the requester of every AcknowledgeAlarm in `acks`.
@@ -206,6 +283,9 @@ impl<T: TransportPort + 'static> TransportPort for Filtered<T> {
         }
         let from_link = self.inner_mut()?.start().await?;
         let (to_stack, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        if let Some(n) = &self.nudge {
+            n.arm(&to_stack, self.inner.local_mac());
+        }
         self.filter = Some(crate::tasks::spawn_owned(filter(
             Arc::clone(&self.inner),
             Arc::clone(&self.read_only),
@@ -305,5 +385,51 @@ impl<T: TransportPort + 'static> TransportPort for Filtered<T> {
 fn count_sent(npdu: &[u8]) {
     if let Some(t) = apdu_type(npdu) {
         crate::counters::bacnet_sent(t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The turn frame is an unaddressed NPDU carrying a Who-Is whose range
+    /// holds only the reserved instance, so no configurable device answers
+    /// it (config refuses 4194303: `keys_tests`).
+    #[test]
+    fn the_turn_frame_is_a_who_is_no_device_answers() {
+        // NPDU: version 1, control 0 (no DNET/SNET, no reply expected).
+        assert_eq!(&TURN_FRAME[..2], &[0x01, 0x00]);
+        // Unconfirmed request (PDU type 1), service Who-Is (8).
+        assert_eq!(TURN_FRAME[2] >> 4, 1);
+        assert_eq!(TURN_FRAME[3], 8);
+        let req = bacnet_services::who_is::WhoIsRequest::decode(&TURN_FRAME[4..])
+            .expect("the stack decodes it");
+        let range = req.range.expect("a bounded range");
+        assert_eq!((range.low(), range.high()), (4_194_303, 4_194_303));
+        for instance in [0, 1, 389_001, 4_194_302] {
+            assert!(!range.contains(instance), "{instance} would answer");
+        }
+    }
+
+    /// Before the link starts, and after the stack dropped its channel, a
+    /// nudge hands nothing over (and never keeps the channel open).
+    #[tokio::test]
+    async fn a_nudge_needs_a_running_link_and_never_holds_it_open() {
+        let n = Nudge::default();
+        assert!(!n.nudge(), "nothing armed");
+        let (tx, mut rx) = mpsc::channel(2);
+        n.arm(&tx, &[127, 0, 0, 1, 0xBA, 0xC0]);
+        assert!(n.nudge());
+        let f = rx.recv().await.expect("a frame");
+        assert_eq!(&f.npdu[..], &TURN_FRAME[..]);
+        assert_eq!(&f.source_mac[..], &[127, 0, 0, 1, 0xBA, 0xC0]);
+        assert!(!f.link_layer_group && f.reply_tx.is_none() && f.direct_response.is_none());
+        // Full channel: refused, not waited for.
+        assert!(n.nudge() && n.nudge());
+        assert!(!n.nudge(), "a full channel is not waited on");
+        // The link's sender gone: the weak share does not keep it open.
+        drop(tx);
+        while rx.recv().await.is_some() {}
+        assert!(!n.nudge());
     }
 }
