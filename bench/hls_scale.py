@@ -3,6 +3,7 @@
 
 Usage: python3 bench/hls_scale.py [--routes 500] [--bitrate 1500000] [--seconds 20]
                                   [--store disk|memory] [--coalesce 20ms] [--baseline] [--bin PATH]
+                                  [--data-root DIR] [--client-nice -10] [--outputs udp,udp,http,hls]
 
 The input is castpoint's in-process generator (`type = "generator"`: the
 simulators' CBR H.264+AAC TS, paced in real time), because 500 external
@@ -82,8 +83,8 @@ def config(n, bitrate, store, sinks, outputs=True, kinds=("udp", "udp", "http", 
     return "\n".join(c)
 
 
-def start(binary, text):
-    d = tempfile.mkdtemp(prefix="castpoint-hls-scale-")
+def start(binary, text, root=None):
+    d = tempfile.mkdtemp(prefix="castpoint-hls-scale-", dir=root)
     cfg = os.path.join(d, "castpoint.toml")
     open(cfg, "w").write(text)
     p, addrs, ready = launch.start(binary, cfg, os.path.join(d, "data"))
@@ -228,7 +229,7 @@ def run(a, outputs=True):
             s.bind(("127.0.0.1", 0))
             sinks.append(s)
     p, addrs, ready = start(a.bin, config(a.routes, a.bitrate, a.store, sinks, outputs,
-                                          tuple(a.outputs.split(",")), a.coalesce))
+                                          tuple(a.outputs.split(",")), a.coalesce), a.data_root)
     try:
         # Settle: every HLS output has had time to cut a segment.
         time.sleep(a.settle)
@@ -268,6 +269,26 @@ def run(a, outputs=True):
             p.wait()
 
 
+def filesystem(path):
+    """What the data directory sits on, e.g. "ext4 on /dev/vda, no journal":
+    creating and deleting 250 segment files a second costs the writer far
+    more on an ext4 without a journal (its inode allocator then skips every
+    recently deleted inode, one inode-table lookup each)."""
+    try:
+        src, fstype = subprocess.run(["findmnt", "-no", "SOURCE,FSTYPE", "-T", path],
+                                     capture_output=True, text=True, timeout=5).stdout.split()[:2]
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return "unknown filesystem"
+    desc = f"{fstype} on {src}"
+    if fstype == "ext4":
+        try:
+            task = open(f"/sys/fs/ext4/{os.path.basename(src)}/journal_task").read().strip()
+            desc += ", no journal" if task == "<none>" else ", journaled"
+        except OSError:
+            pass
+    return desc
+
+
 def du_mib(pid):
     """Size of the HLS files under the data dir (from the process's cwd-free
     command line)."""
@@ -296,6 +317,8 @@ def main():
                     help="CPU priority of the protocol clients (e.g. -10, as root): their answer "
                     "times then leave out the clients' own wait for a CPU on this saturated machine")
     ap.add_argument("--bin", default=str(ROOT / "target/release/castpoint"))
+    ap.add_argument("--data-root", help="where the data directory (HLS segments) is made "
+                    "(default: the temporary directory); the filesystem is printed")
     a = ap.parse_args()
     load = os.getloadavg()
     rows = [(f"routes x ({a.outputs})", run(a))]
@@ -304,7 +327,8 @@ def main():
     print(f"{a.routes} routes at {a.bitrate / 1e6:.1f} Mbit/s, HLS store {a.store}, "
           f"udp_coalesce {a.coalesce or 'auto (not set)'}, "
           f"{a.seconds:.0f} s window, protocol clients at nice {a.client_nice}; load average before {load[0]:.1f} {load[1]:.1f}, "
-          f"after {os.getloadavg()[0]:.1f}; {os.cpu_count()} cores")
+          f"after {os.getloadavg()[0]:.1f}; {os.cpu_count()} cores; data directory on "
+          f"{filesystem(a.data_root or tempfile.gettempdir())}")
     print()
     print("| run | ready s | RSS MiB | peak RSS MiB | castpoint CPU % of a core | machine busy % of a core (all processes) | of it softirq | HLS files MiB | threads |")
     print("|---|---|---|---|---|---|---|---|---|")
