@@ -24,6 +24,7 @@ use super::guard::Authed;
 use super::{ApiError, ApiState};
 use crate::config::routes as parse;
 use crate::engine::spec::{OutputSpec, RouteSpec};
+use crate::engine::stats::RouteSnapshot;
 use crate::engine::EngineError;
 use crate::points::{Protocol, Source};
 
@@ -295,11 +296,15 @@ fn commit(
 }
 
 fn route_json(s: &ApiState, name: &str, doc: &J) -> J {
-    let stats = s
-        .engine
-        .as_ref()
-        .map(|e| e.snapshot())
-        .and_then(|snap| snap.route(name).and_then(|r| serde_json::to_value(r).ok()))
+    let snap = s.engine.as_ref().map(|e| e.snapshot());
+    with_stats(s, name, doc, snap.as_ref().and_then(|e| e.route(name)))
+}
+
+/// `doc` as the API answers it: JSON names, secrets redacted, the route's
+/// live `stats` (`r`, from an engine snapshot) and its point slot.
+fn with_stats(s: &ApiState, name: &str, doc: &J, r: Option<&RouteSnapshot>) -> J {
+    let stats = r
+        .and_then(|r| serde_json::to_value(r).ok())
         .unwrap_or(J::Null);
     let mut d = redact(doc);
     if let Some(o) = d.as_object_mut() {
@@ -321,7 +326,18 @@ async fn list(State(s): State<ApiState>) -> Result<Json<J>, ApiError> {
         Some(e) => e.primary().await,
         None => None,
     };
-    let routes: Vec<J> = docs.iter().map(|(n, d)| route_json(&s, n, d)).collect();
+    // One snapshot for the whole list: one per route (each of every route)
+    // took 2.9 s of a worker thread at 500 routes (issue 25).
+    let snap = s.engine.as_ref().map(|e| e.snapshot());
+    let by_name: std::collections::HashMap<&str, &RouteSnapshot> = snap
+        .iter()
+        .flat_map(|e| &e.routes)
+        .map(|r| (r.name.as_str(), r))
+        .collect();
+    let routes: Vec<J> = docs
+        .iter()
+        .map(|(n, d)| with_stats(&s, n, d, by_name.get(n.as_str()).copied()))
+        .collect();
     Ok(Json(json!({"routes": routes, "primary": primary})))
 }
 
