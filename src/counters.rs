@@ -111,6 +111,14 @@ pub fn register_gauge(
     }
 }
 
+/// One counter family with one label, a series per (label value, counter).
+fn labelled(out: &mut String, name: &str, help: &str, label: &str, series: &[(&str, &AtomicU64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (v, c) in series {
+        let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {}", c.load(Relaxed));
+    }
+}
+
 /// Every counter and live gauge in the text exposition format.
 pub fn prometheus() -> String {
     let mut out = String::new();
@@ -130,30 +138,28 @@ pub fn prometheus() -> String {
         MODBUS_REQUESTS.load(Relaxed),
         MODBUS_EXCEPTIONS.load(Relaxed)
     );
-    out.push_str("# HELP castpoint_bacnet_requests_total BACnet APDUs received, by type.\n# TYPE castpoint_bacnet_requests_total counter\n");
-    for (t, c) in [
-        ("confirmed", &BACNET_CONFIRMED),
-        ("unconfirmed", &BACNET_UNCONFIRMED),
-        ("other", &BACNET_OTHER),
-    ] {
-        let _ = writeln!(
-            out,
-            "castpoint_bacnet_requests_total{{type=\"{t}\"}} {}",
-            c.load(Relaxed)
-        );
-    }
-    out.push_str("# HELP castpoint_bacnet_error_answers_total BACnet Error, Reject and Abort answers sent.\n# TYPE castpoint_bacnet_error_answers_total counter\n");
-    for (t, c) in [
-        ("error", &BACNET_ERRORS),
-        ("reject", &BACNET_REJECTS),
-        ("abort", &BACNET_ABORTS),
-    ] {
-        let _ = writeln!(
-            out,
-            "castpoint_bacnet_error_answers_total{{type=\"{t}\"}} {}",
-            c.load(Relaxed)
-        );
-    }
+    labelled(
+        &mut out,
+        "castpoint_bacnet_requests_total",
+        "BACnet APDUs received, by type.",
+        "type",
+        &[
+            ("confirmed", &BACNET_CONFIRMED),
+            ("unconfirmed", &BACNET_UNCONFIRMED),
+            ("other", &BACNET_OTHER),
+        ],
+    );
+    labelled(
+        &mut out,
+        "castpoint_bacnet_error_answers_total",
+        "BACnet Error, Reject and Abort answers sent.",
+        "type",
+        &[
+            ("error", &BACNET_ERRORS),
+            ("reject", &BACNET_REJECTS),
+            ("abort", &BACNET_ABORTS),
+        ],
+    );
     let _ = writeln!(
         out,
         "# HELP castpoint_bacnet_local_changes_total Point changes handed to the BACnet stack for COV and event evaluation.\n# TYPE castpoint_bacnet_local_changes_total counter\ncastpoint_bacnet_local_changes_total {}",
@@ -164,18 +170,17 @@ pub fn prometheus() -> String {
         "# HELP castpoint_bacnet_turn_frames_total Frames castpoint handed the BACnet stack to turn its dispatch loop after local changes.\n# TYPE castpoint_bacnet_turn_frames_total counter\ncastpoint_bacnet_turn_frames_total {}",
         BACNET_TURN_FRAMES.load(Relaxed)
     );
-    out.push_str("# HELP castpoint_bacnet_discovery_total The BACnet stack's Who-Is handling: requests received (castpoint's turn frames included), I-Am answers sent, answers withheld by its rate limits.\n# TYPE castpoint_bacnet_discovery_total counter\n");
-    for (e, c) in [
-        ("who_is_received", &BACNET_WHO_IS),
-        ("i_am_sent", &BACNET_I_AM),
-        ("throttled", &BACNET_DISCOVERY_THROTTLED),
-    ] {
-        let _ = writeln!(
-            out,
-            "castpoint_bacnet_discovery_total{{event=\"{e}\"}} {}",
-            c.load(Relaxed)
-        );
-    }
+    labelled(
+        &mut out,
+        "castpoint_bacnet_discovery_total",
+        "The BACnet stack's Who-Is handling: requests received (castpoint's turn frames included), I-Am answers sent, answers withheld by its rate limits.",
+        "event",
+        &[
+            ("who_is_received", &BACNET_WHO_IS),
+            ("i_am_sent", &BACNET_I_AM),
+            ("throttled", &BACNET_DISCOVERY_THROTTLED),
+        ],
+    );
     let _ = writeln!(
         out,
         "# HELP castpoint_bacnet_cov_subscriptions Active BACnet COV subscriptions.\n# TYPE castpoint_bacnet_cov_subscriptions gauge\ncastpoint_bacnet_cov_subscriptions {}",
@@ -229,6 +234,39 @@ mod tests {
         http(99, 200);
         let p = prometheus();
         assert!(p.contains("castpoint_http_responses_total{surface=\"rest\",class=\"5xx\"}"));
+    }
+
+    #[test]
+    fn labelled_families_have_help_type_and_one_series_per_label() {
+        let p = prometheus();
+        for (family, label, values) in [
+            (
+                "castpoint_bacnet_requests_total",
+                "type",
+                &["confirmed", "unconfirmed", "other"],
+            ),
+            (
+                "castpoint_bacnet_error_answers_total",
+                "type",
+                &["error", "reject", "abort"],
+            ),
+            (
+                "castpoint_bacnet_discovery_total",
+                "event",
+                &["who_is_received", "i_am_sent", "throttled"],
+            ),
+        ] {
+            let at = p.find(&format!("# HELP {family} ")).expect(family);
+            let lines: Vec<&str> = p[at..].lines().take(5).collect();
+            assert_eq!(lines[1], format!("# TYPE {family} counter"));
+            for (line, v) in lines[2..].iter().zip(values) {
+                let prefix = format!("{family}{{{label}=\"{v}\"}} ");
+                let n = line
+                    .strip_prefix(&prefix)
+                    .unwrap_or_else(|| panic!("{line}"));
+                assert!(n.parse::<u64>().is_ok(), "{line}");
+            }
+        }
     }
 
     #[test]
