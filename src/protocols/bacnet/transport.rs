@@ -103,9 +103,9 @@ pub struct Filtered<T: TransportPort + 'static> {
     nudge: Option<Nudge>,
 }
 
-/// A Who-Is for device instances 4194303..4194303 (Clause 16.10): the
-/// instance every device reserves as "unconfigured", which castpoint's
-/// configuration refuses, so it matches no device. The stack drops it
+/// A Who-Is for device instances 4194303..4194303: the reserved wildcard
+/// instance, which no configured device has (castpoint's configuration
+/// refuses it), so it matches no device. The stack drops it
 /// before its Who-Is rate limits (counted as received, out of range) and
 /// answers nothing. NPDU version 1, no addresses, unconfirmed request
 /// Who-Is with context tags 0 and 1 of three octets each.
