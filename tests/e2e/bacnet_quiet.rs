@@ -14,9 +14,7 @@ async fn metric(c: &reqwest::Client, base: &str, series: &str) -> Option<u64> {
         .text()
         .await
         .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
+    crate::util::metric_value(&text, series)
 }
 
 // A child process: the counters are process-wide, and other tests in this

@@ -121,12 +121,9 @@ enabled = false
     // Refusals are counted (the flood's connections beyond its share).
     let (_, metrics) = get(http, "127.0.0.2", "/metrics").await.expect("metrics");
     let key = format!(
-        "castpoint_connections_refused_total{{listener=\"http\",addr=\"{http}\",reason=\"per_ip\"}} "
+        "castpoint_connections_refused_total{{listener=\"http\",addr=\"{http}\",reason=\"per_ip\"}}"
     );
-    let refused: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(key.as_str()))
-        .and_then(|n| n.trim().parse().ok())
+    let refused = crate::util::metric_value(&metrics, &key)
         .unwrap_or_else(|| panic!("{key} in /metrics:\n{metrics}"));
     assert!(refused >= 400, "{refused} refused per address");
     // (c) Modbus and RTMP still accept and answer.

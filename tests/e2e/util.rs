@@ -201,6 +201,15 @@ pub fn run_command(data: &Path) -> Command {
     c
 }
 
+/// The value of one series (its whole name with labels, e.g.
+/// `castpoint_x_total{kind="a"}`) in a `/metrics` text.
+pub fn metric_value(metrics: &str, series: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Waits until `condition` returns `Some`, polling every 20 ms, and panics
 /// naming `what` after `timeout`. The timeout bounds a hang; it is not a
 /// performance claim, so make it generous (the suite shares a 2-core
