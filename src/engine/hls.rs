@@ -585,8 +585,14 @@ pub(crate) async fn run(
     }
     unregister(&registry, &path, &stream);
     if let Some(d) = disk {
-        // The output is gone: so are its segments (a few files).
-        let _ = std::fs::remove_dir_all(&d.dir);
+        // The output is gone: so are its segments (a few files), removed on
+        // the blocking pool like every other HLS file operation, not on the
+        // route runtime. Awaited here, so the engine, which awaits a stopped
+        // output's task, never starts an output on the same path before
+        // the directory is gone; if the runtime is shutting down and the
+        // pool refuses, the next start's sweep removes it.
+        let Disk { dir, .. } = d;
+        let _ = blocking(move || ((), std::fs::remove_dir_all(dir))).await;
     }
 }
 

@@ -1959,6 +1959,10 @@ store = "memory"
         .expect("text");
     assert!(!names(&m).is_empty(), "{m}");
     assert!(!app.data_dir().join("hls").join("m").exists());
+    // Removing the output removes its directory before the call returns:
+    // an output started on the same path next finds none of its files.
+    app.engine.remove_output("h", "disk").await.expect("remove");
+    assert!(!dir.exists(), "{} left behind", dir.display());
     src.abort();
     app.stop().await;
 }
