@@ -250,6 +250,7 @@ async fn start_http(cfg: &Config, w: &mut Wiring) -> Option<HttpServer> {
         api: cfg.server.api.clone(),
         engine: Some(w.engine.clone()),
         route_docs: w.route_docs.clone(),
+        route_defaults: cfg.server.route_defaults,
         profiles: Some(w.profiles.clone()),
         exports: Some(api::exports::Sources::from_config(
             cfg,
@@ -364,7 +365,7 @@ fn start_haystack(cfg: &Config, w: &mut Wiring) {
 async fn start_engine(cfg: &Config, w: &mut Wiring) {
     let mut spec = crate::config::routes::engine_spec(&cfg.server);
     if w.has_stored_routes {
-        spec.routes = crate::api::routes::specs(&w.route_docs.lock());
+        spec.routes = crate::api::routes::specs(&w.route_docs.lock(), &cfg.server.route_defaults);
     }
     w.engine.apply(spec).await;
     let (e, d, token) = (w.engine.clone(), w.db.clone(), w.shutdown.clone());

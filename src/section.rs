@@ -98,6 +98,16 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(secs).ok()
 }
 
+/// A duration as `parse_duration` reads it back: whole seconds as "2s",
+/// anything else in milliseconds ("500ms", "1.5ms").
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_secs_f64() * 1000.0)
+    }
+}
+
 /// Checks an integer-like value against an inclusive range.
 pub fn range<T: PartialOrd + std::fmt::Display + Copy>(
     key: &str,
@@ -217,5 +227,20 @@ mod tests {
         assert_eq!(parse_duration("1.5ms"), Some(Duration::from_micros(1500)));
         assert_eq!(parse_duration("x"), None);
         assert_eq!(parse_duration("-1s"), None);
+    }
+
+    /// What `format_duration` writes reads back as the same duration.
+    #[test]
+    fn formatted_durations_read_back() {
+        for (d, text) in [
+            (Duration::from_secs(2), "2s"),
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_micros(1500), "1.5ms"),
+            (Duration::from_millis(20), "20ms"),
+            (Duration::ZERO, "0s"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text), Some(d), "{text}");
+        }
     }
 }

@@ -45,6 +45,8 @@ pub struct ApiState {
     pub engine: Option<crate::engine::Engine>,
     /// Desired-state documents of the routes, by name (see `routes.rs`).
     pub route_docs: Arc<parking_lot::Mutex<std::collections::BTreeMap<String, serde_json::Value>>>,
+    /// `[route_defaults]`: what the keys a route document leaves out mean.
+    pub route_defaults: crate::config::routes::RouteDefaults,
     /// Output profiles (config overlaid with stored ones; see `profiles.rs`).
     pub profiles: Option<Arc<profiles::Profiles>>,
     /// What `/api/export/*` is generated from; `None`: not served (503).

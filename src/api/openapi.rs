@@ -561,7 +561,14 @@ fn route_schemas() -> J {
                 "name": {"type": "string"},
                 "enabled": {"type": "boolean"},
                 "inputs": {"$ref": "#/components/schemas/ItemList"},
-                "outputs": {"$ref": "#/components/schemas/ItemList"}}},
+                "outputs": {"$ref": "#/components/schemas/ItemList"},
+                "effective": {"type": "object", "readOnly": true,
+                    "description": "What the route runs with: its own failover_timeout, signal_timeout, switch_back and udp_coalesce, else [route_defaults]'s (docs/routes.md). Answers only; PUT ignores it.",
+                    "properties": {
+                        "failover_timeout": {"type": "string"},
+                        "signal_timeout": {"type": "string"},
+                        "switch_back": {"type": "boolean"},
+                        "udp_coalesce": {"type": "string"}}}}},
         "RouteList": {"type": "object", "properties": {
             "routes": {"type": "array", "items": {"$ref": "#/components/schemas/Route"}},
             "primary": {"type": "string", "nullable": true}}},

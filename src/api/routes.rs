@@ -209,10 +209,12 @@ fn canonical(doc: &J) -> Result<J, ApiError> {
     serde_json::to_value(&t).map_err(|e| bad(e.to_string()))
 }
 
-fn validate(doc: &J) -> Result<RouteSpec, ApiError> {
+/// A route document as the engine's spec; the keys it does not write take
+/// `[route_defaults]` (`d`), as a `[[route]]` of the file would.
+fn validate(doc: &J, d: &parse::RouteDefaults) -> Result<RouteSpec, ApiError> {
     let t = to_table(doc)?;
     let mut errs = Vec::new();
-    let spec = parse::parse_route("request", "route", &t, &mut errs);
+    let spec = parse::parse_route("request", "route", &t, d, &mut errs);
     if !errs.is_empty() {
         let msgs: Vec<String> = errs
             .iter()
@@ -314,6 +316,12 @@ fn with_stats(s: &ApiState, name: &str, doc: &J, r: Option<&RouteSnapshot>) -> J
             o.insert(json_name.to_string(), v);
         }
         o.insert("stats".into(), redact(&stats));
+        // What the engine runs the route with: its own keys, else
+        // `[route_defaults]`'s (null without a router).
+        let eff = r
+            .and_then(|r| serde_json::to_value(&r.settings).ok())
+            .unwrap_or(J::Null);
+        o.insert("effective".into(), eff);
         // The route's point block (docs/route-points.md); null without one.
         o.insert("point_slot".into(), json!(s.db.slot_of(name)));
     }
@@ -354,7 +362,7 @@ async fn create(
 ) -> Result<(StatusCode, Json<J>), ApiError> {
     let mut doc = canonical(&parse_body(&body)?)?;
     restore_secrets(&mut doc, &J::Null, "")?;
-    let spec = validate(&doc)?;
+    let spec = validate(&doc, &s.route_defaults)?;
     let name = spec.name.clone();
     if s.route_docs.lock().contains_key(&name) {
         return Err(ApiError::new(
@@ -376,17 +384,19 @@ async fn replace(
 ) -> Result<Json<J>, ApiError> {
     let mut doc = parse_body(&body)?;
     if let Some(o) = doc.as_object_mut() {
-        // What GET adds and PUT cannot set: the route's live counters and
-        // its point block's slot (pinned with `slot`).
+        // What GET adds and PUT cannot set: the route's live counters, its
+        // point block's slot (pinned with `slot`) and the settings it runs
+        // with (set by its own keys or `[route_defaults]`).
         o.remove("stats");
         o.remove("point_slot");
+        o.remove("effective");
         if o.get("name").and_then(J::as_str).is_none() {
             o.insert("name".into(), json!(route));
         }
     }
     let mut doc = canonical(&doc)?;
     restore_secrets(&mut doc, &doc_of(&s, &route)?, "")?;
-    let spec = validate(&doc)?;
+    let spec = validate(&doc, &s.route_defaults)?;
     let new = spec.name.clone();
     let e = engine(&s)?;
     if new != route && e.primary().await.as_deref() == Some(route.as_str()) {
@@ -537,7 +547,7 @@ async fn set_inputs_with(
     peer: SocketAddr,
     caller: &Caller,
 ) -> Result<Json<J>, ApiError> {
-    let spec = validate(&doc)?;
+    let spec = validate(&doc, &s.route_defaults)?;
     engine(s)?
         .set_inputs(route, spec.inputs)
         .await
@@ -822,9 +832,12 @@ pub fn initial_docs(
 
 /// Parses the documents into route specs for the engine; documents that no
 /// longer validate (after an upgrade) are skipped with a logged reason.
-pub fn specs(docs: &std::collections::BTreeMap<String, J>) -> Vec<RouteSpec> {
+pub fn specs(
+    docs: &std::collections::BTreeMap<String, J>,
+    defaults: &parse::RouteDefaults,
+) -> Vec<RouteSpec> {
     docs.iter()
-        .filter_map(|(name, d)| match validate(d) {
+        .filter_map(|(name, d)| match validate(d, defaults) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::error!(

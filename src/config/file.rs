@@ -59,6 +59,8 @@ pub struct ServerConfig {
     /// `[[notification_class]]` tables as written (empty: the shipped
     /// defaults, `alarms::config::effective`).
     pub notification_class: Vec<NotificationClassTable>,
+    /// `[route_defaults]`, validated: what a route's unwritten keys mean.
+    pub route_defaults: routes::RouteDefaults,
     /// `[[route]]` tables, each with its validated engine spec.
     pub routes: Vec<routes::Route>,
     /// The top-level keys the file wrote (the others mean their defaults).
@@ -109,6 +111,7 @@ pub(crate) const KNOWN: &[&str] = &[
     "rtmp",
     "mqtt",
     "route_points",
+    "route_defaults",
     "notification_class",
     "route",
 ];
@@ -328,6 +331,11 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<ServerConfig> 
         errs,
     );
     let route_tables = tables(file, &mut doc, "route", errs);
+    let route_defaults = doc
+        .remove("route_defaults")
+        .and_then(|v| typed::<routes::RouteDefaultsTable>(file, "route_defaults", v, errs))
+        .map(|t| routes::RouteDefaults::parse(file, &t, errs))
+        .unwrap_or_default();
     let mut c = ServerConfig {
         http: section(file, &mut doc, "http", errs),
         bacnet: section(file, &mut doc, "bacnet", errs),
@@ -344,6 +352,7 @@ pub fn parse(file: &str, text: &str, errs: &mut Errors) -> Option<ServerConfig> 
         profile,
         mappings,
         notification_class,
+        route_defaults,
         routes: Vec::new(),
         written,
         data_dir: default_data_dir(),

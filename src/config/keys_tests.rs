@@ -50,6 +50,11 @@ const SECTIONS: &[(&str, &str, &str)] = &[
     ("mqtt", "[mqtt]\nbogus = 1\n", "mqtt.bogus"),
     ("route_points", "[route_points]\nbogus = 1\n", "route_points.bogus"),
     (
+        "route_defaults",
+        "[route_defaults]\nbogus = 1\n",
+        "route_defaults.bogus",
+    ),
+    (
         "notification_class",
         "[[notification_class]]\nid = 5\nname = \"x\"\nbogus = 1\n",
         "notification_class[0].bogus",

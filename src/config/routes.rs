@@ -636,8 +636,15 @@ pub fn route_table(
     r
 }
 
-/// Validates a typed route table into its spec. `at` is e.g. `route[0]`.
-pub fn route_spec(file: &str, at: &str, r: &RouteTable, errs: &mut Errors) -> Option<RouteSpec> {
+/// Validates a typed route table into its spec; the keys it does not write
+/// take `d`'s values (`[route_defaults]`). `at` is e.g. `route[0]`.
+pub fn route_spec(
+    file: &str,
+    at: &str,
+    r: &RouteTable,
+    d: &RouteDefaults,
+    errs: &mut Errors,
+) -> Option<RouteSpec> {
     let before = errs.len();
     let t = At {
         file,
@@ -669,25 +676,16 @@ pub fn route_spec(file: &str, at: &str, r: &RouteTable, errs: &mut Errors) -> Op
             None
         }
     };
-    let failover_timeout = t.duration(
-        "failover_timeout",
-        &r.failover_timeout,
-        DEFAULT_FAILOVER,
+    let set = d.apply(
+        &t,
+        &RouteDefaultsTable {
+            failover_timeout: r.failover_timeout.clone(),
+            signal_timeout: r.signal_timeout.clone(),
+            switch_back: r.switch_back,
+            udp_coalesce: r.udp_coalesce.clone(),
+        },
         errs,
     );
-    if failover_timeout < Duration::from_millis(50) {
-        t.err("failover_timeout", "at least 50ms", errs);
-    }
-    let signal_timeout = t.duration(
-        "signal_timeout",
-        &r.signal_timeout,
-        DEFAULT_SIGNAL_TIMEOUT,
-        errs,
-    );
-    if signal_timeout < Duration::from_millis(100) {
-        t.err("signal_timeout", "at least 100ms", errs);
-    }
-    let udp_coalesce = coalesce_of(&t, r.udp_coalesce.as_deref(), errs);
     let slot = match r.slot {
         None => None,
         Some(n) if (1..=4096).contains(&n) => Some(n as u16),
@@ -727,19 +725,96 @@ pub fn route_spec(file: &str, at: &str, r: &RouteTable, errs: &mut Errors) -> Op
         mode,
         inputs,
         outputs,
-        failover_timeout,
-        signal_timeout,
-        switch_back: r.switch_back.unwrap_or(false),
+        failover_timeout: set.failover_timeout,
+        signal_timeout: set.signal_timeout,
+        switch_back: set.switch_back,
         profile,
-        udp_coalesce,
+        udp_coalesce: set.udp_coalesce,
         slot,
     })
 }
 
-/// `udp_coalesce`: "auto", "off" or a hold up to `coalesce::MAX_HOLD`.
-fn coalesce_of(t: &At, v: Option<&str>, errs: &mut Errors) -> Coalesce {
+/// `[route_defaults]` as written: route keys that every route, the file's
+/// and the operator API's alike, takes unless it writes its own (the way
+/// MediaMTX's `pathDefaults` serves its paths). One line then sets, say,
+/// the UDP send hold of 500 routes, and routes created later get it too.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDefaultsTable {
+    pub failover_timeout: Option<String>,
+    pub signal_timeout: Option<String>,
+    pub switch_back: Option<bool>,
+    pub udp_coalesce: Option<String>,
+}
+
+/// The route keys' values where a route writes none: `[route_defaults]`
+/// over the built-in ones (`Default`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteDefaults {
+    pub failover_timeout: Duration,
+    pub signal_timeout: Duration,
+    pub switch_back: bool,
+    pub udp_coalesce: Coalesce,
+}
+
+impl Default for RouteDefaults {
+    fn default() -> Self {
+        RouteDefaults {
+            failover_timeout: DEFAULT_FAILOVER,
+            signal_timeout: DEFAULT_SIGNAL_TIMEOUT,
+            switch_back: false,
+            udp_coalesce: Coalesce::Auto,
+        }
+    }
+}
+
+impl RouteDefaults {
+    /// Validates `[route_defaults]` (errors keyed `route_defaults.key`)
+    /// over the built-in values.
+    pub fn parse(file: &str, tb: &RouteDefaultsTable, errs: &mut Errors) -> RouteDefaults {
+        let t = At {
+            file,
+            at: "route_defaults".to_string(),
+        };
+        RouteDefaults::default().apply(&t, tb, errs)
+    }
+
+    /// The keys `tb` writes, validated, over these values; an invalid key
+    /// is reported and keeps this value.
+    fn apply(&self, t: &At, tb: &RouteDefaultsTable, errs: &mut Errors) -> RouteDefaults {
+        let failover_timeout = t.duration(
+            "failover_timeout",
+            &tb.failover_timeout,
+            self.failover_timeout,
+            errs,
+        );
+        if failover_timeout < Duration::from_millis(50) {
+            t.err("failover_timeout", "at least 50ms", errs);
+        }
+        let signal_timeout = t.duration(
+            "signal_timeout",
+            &tb.signal_timeout,
+            self.signal_timeout,
+            errs,
+        );
+        if signal_timeout < Duration::from_millis(100) {
+            t.err("signal_timeout", "at least 100ms", errs);
+        }
+        RouteDefaults {
+            failover_timeout,
+            signal_timeout,
+            switch_back: tb.switch_back.unwrap_or(self.switch_back),
+            udp_coalesce: coalesce_of(t, tb.udp_coalesce.as_deref(), self.udp_coalesce, errs),
+        }
+    }
+}
+
+/// `udp_coalesce`: "auto", "off" or a hold up to `coalesce::MAX_HOLD`;
+/// unwritten: `d`.
+fn coalesce_of(t: &At, v: Option<&str>, d: Coalesce, errs: &mut Errors) -> Coalesce {
     match v {
-        None | Some("auto") => Coalesce::Auto,
+        None => d,
+        Some("auto") => Coalesce::Auto,
         Some("off") => Coalesce::Off,
         Some(s) => match parse_duration(s) {
             Some(d) if d.is_zero() => Coalesce::Off,
@@ -747,7 +822,7 @@ fn coalesce_of(t: &At, v: Option<&str>, errs: &mut Errors) -> Coalesce {
             _ => {
                 let m = format!("{s:?}: \"auto\", \"off\" or a hold up to 20ms (e.g. \"1.5ms\")");
                 t.err("udp_coalesce", m, errs);
-                Coalesce::Auto
+                d
             }
         },
     }
@@ -769,9 +844,15 @@ fn unique<'a>(t: &At, what: &str, names: impl Iterator<Item = &'a String>, errs:
 
 /// Parses one `[[route]]` table (also used by the operator API for JSON
 /// bodies converted to TOML tables). `at` is e.g. `route[0]`.
-pub fn parse_route(file: &str, at: &str, tb: &toml::Table, errs: &mut Errors) -> Option<RouteSpec> {
+pub fn parse_route(
+    file: &str,
+    at: &str,
+    tb: &toml::Table,
+    d: &RouteDefaults,
+    errs: &mut Errors,
+) -> Option<RouteSpec> {
     let r = route_table(file, at, tb.clone(), errs)?;
-    route_spec(file, at, &r, errs)
+    route_spec(file, at, &r, d, errs)
 }
 
 /// Every route of the config, with cross-route checks (unique route names,
@@ -790,7 +871,7 @@ pub fn parse(
         let Some(table) = route_table(file, &at, t, errs) else {
             continue;
         };
-        if let Some(spec) = route_spec(file, &at, &table, errs) {
+        if let Some(spec) = route_spec(file, &at, &table, &c.route_defaults, errs) {
             routes.push(Route { table, spec });
         }
     }
@@ -965,6 +1046,47 @@ color = 1
         );
         let e = one("udp_coalesce = \"1s\"\n").expect_err("too long");
         assert!(e.contains("route[0].udp_coalesce"), "{e}");
+    }
+
+    /// `[route_defaults]` fills the keys a route leaves out, a route's own
+    /// key wins, and a bad default is reported under its own key.
+    #[test]
+    fn route_defaults_fill_unwritten_keys() {
+        let cfg = "[route_defaults]\nudp_coalesce = \"20ms\"\nfailover_timeout = \"2s\"\n\
+                   signal_timeout = \"3s\"\nswitch_back = true\n\
+                   [[route]]\nname = \"a\"\n\
+                   [[route]]\nname = \"b\"\nudp_coalesce = \"off\"\nfailover_timeout = \"100ms\"\n\
+                   signal_timeout = \"200ms\"\nswitch_back = false\n";
+        let s = load(cfg).expect("valid");
+        let (a, b) = (&s.routes[0], &s.routes[1]);
+        assert_eq!(a.udp_coalesce, Coalesce::Hold(Duration::from_millis(20)));
+        assert_eq!(a.failover_timeout, Duration::from_secs(2));
+        assert_eq!(a.signal_timeout, Duration::from_secs(3));
+        assert!(a.switch_back);
+        assert_eq!(b.udp_coalesce, Coalesce::Off);
+        assert_eq!(b.failover_timeout, Duration::from_millis(100));
+        assert_eq!(b.signal_timeout, Duration::from_millis(200));
+        assert!(!b.switch_back);
+        // Without the section: the built-in values.
+        let d = load("[[route]]\nname = \"a\"\n").expect("valid");
+        assert_eq!(d.routes[0].udp_coalesce, Coalesce::Auto);
+        assert_eq!(d.routes[0].failover_timeout, DEFAULT_FAILOVER);
+        for (bad, key) in [
+            ("udp_coalesce = \"1s\"", "route_defaults.udp_coalesce"),
+            (
+                "failover_timeout = \"10ms\"",
+                "route_defaults.failover_timeout",
+            ),
+            ("signal_timeout = \"soon\"", "route_defaults.signal_timeout"),
+            ("switch_back = 1", "route_defaults.switch_back"),
+        ] {
+            let e = load(&format!(
+                "[route_defaults]\n{bad}\n[[route]]\nname = \"a\"\n"
+            ))
+            .expect_err(bad);
+            let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
+            assert!(keys.contains(&key), "{bad}: {keys:?}");
+        }
     }
 
     #[test]

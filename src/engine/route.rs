@@ -155,6 +155,8 @@ pub(crate) struct RouteShared {
     /// How long (µs) inputs that can wait between reads may do so: the
     /// least delay any enabled output tolerates (see `read_pace`).
     pub read_pace_us: Arc<AtomicU64>,
+    /// What the route was started with (route keys over `[route_defaults]`).
+    pub settings: super::stats::RouteSettings,
 }
 
 impl RouteShared {
@@ -182,6 +184,7 @@ impl RouteShared {
                 .map(|(n, k, e, s, c)| IoSnapshot::of(s, n, k, *e, c.as_deref()))
                 .collect(),
             transcode: self.transcode.lock().as_ref().map(|t| t.snapshot()),
+            settings: self.settings.clone(),
         }
     }
 

@@ -416,6 +416,7 @@ fn route_shared(spec: &RouteSpec, inputs: &[RunningInput], pace: Arc<AtomicU64>)
         input_frames_lost: 0.into(),
         transcode: Mutex::new(None),
         read_pace_us: pace,
+        settings: super::stats::RouteSettings::of(spec),
     }
 }
 

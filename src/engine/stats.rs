@@ -36,6 +36,33 @@ pub struct IoSnapshot {
     pub peer: Option<SocketAddr>,
 }
 
+/// The route-level settings a route runs with (its own keys, else
+/// `[route_defaults]`'s, else the built-in ones), written as a route
+/// document writes them ("500ms", "auto").
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct RouteSettings {
+    pub failover_timeout: String,
+    pub signal_timeout: String,
+    pub switch_back: bool,
+    pub udp_coalesce: String,
+}
+
+impl RouteSettings {
+    pub fn of(spec: &super::spec::RouteSpec) -> RouteSettings {
+        use crate::section::format_duration;
+        RouteSettings {
+            failover_timeout: format_duration(spec.failover_timeout),
+            signal_timeout: format_duration(spec.signal_timeout),
+            switch_back: spec.switch_back,
+            udp_coalesce: match spec.udp_coalesce {
+                super::coalesce::Coalesce::Auto => "auto".into(),
+                super::coalesce::Coalesce::Off => "off".into(),
+                super::coalesce::Coalesce::Hold(d) => format_duration(d),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RouteSnapshot {
     pub name: String,
@@ -54,6 +81,10 @@ pub struct RouteSnapshot {
     /// The route's transcoder while transcoding is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transcode: Option<crate::media::ffmpeg::TranscodeSnapshot>,
+    /// Answered by the route API as the document's `effective` object,
+    /// not among the live counters.
+    #[serde(skip)]
+    pub settings: RouteSettings,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]

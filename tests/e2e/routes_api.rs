@@ -281,3 +281,90 @@ async fn profile_crud_validates_persists_and_protects_used_profiles() {
     assert_eq!(names, vec!["sd"], "{list}");
     app.stop().await;
 }
+
+/// `[route_defaults]` reaches every kind of route: the file's, one created
+/// over REST, and the stored ones started again after a restart (which
+/// then follow a changed default); a route's own key wins throughout. The
+/// `effective` object is read back from the engine's running routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_defaults_apply_to_file_and_api_routes() {
+    let cfg = |hold: &str| {
+        let text = format!(
+            "[route_defaults]\nudp_coalesce = \"{hold}\"\nfailover_timeout = \"2s\"\n\
+             [[route]]\nname = \"file\"\n\
+             [[route.input]]\ntype = \"udp\"\nbind = \"127.0.0.1:0\"\n"
+        );
+        Config::from_text("test.toml", &text, std::path::Path::new(".")).expect("valid config")
+    };
+    let app = crate::util::TestApp::with_config(cfg("20ms")).await;
+    let base = app.http_base();
+    let c = reqwest::Client::new();
+    let input = json!([{"type": "udp", "bind": "127.0.0.1:0"}]);
+    for doc in [
+        json!({"name": "api", "inputs": input}),
+        json!({"name": "own", "udp_coalesce": "off", "switch_back": true, "inputs": input}),
+    ] {
+        let r = c
+            .post(format!("{base}/api/routes"))
+            .json(&doc)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 201, "{doc}");
+    }
+    let effective = |r: &J| {
+        let e = &r["effective"];
+        (
+            e["udp_coalesce"].as_str().unwrap_or("?").to_string(),
+            e["failover_timeout"].as_str().unwrap_or("?").to_string(),
+            e["signal_timeout"].as_str().unwrap_or("?").to_string(),
+            e["switch_back"].as_bool(),
+        )
+    };
+    let want = |hold: &str, back| {
+        (
+            hold.to_string(),
+            "2s".to_string(),
+            "1s".to_string(),
+            Some(back),
+        )
+    };
+    for (name, hold, back) in [
+        ("file", "20ms", false),
+        ("api", "20ms", false),
+        ("own", "off", true),
+    ] {
+        let r = crate::util::get_json(&c, format!("{base}/api/routes/{name}")).await;
+        assert_eq!(effective(&r), want(hold, back), "{name}: {r}");
+        // Read only: the document as written does not gain the defaults.
+        assert!(r.get("failover_timeout").is_none(), "{name}: {r}");
+    }
+    // A PUT of what GET answered keeps following the defaults.
+    let got = crate::util::get_json(&c, format!("{base}/api/routes/api")).await;
+    let r = c
+        .put(format!("{base}/api/routes/api"))
+        .json(&got)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+
+    // Restart with another default: the stored routes follow it unless they
+    // write their own key.
+    let app = app.restart(cfg("5ms")).await;
+    let base = app.http_base();
+    let list = crate::util::get_json(&c, format!("{base}/api/routes")).await;
+    let routes = list["routes"].as_array().expect("routes");
+    for (name, hold, back) in [
+        ("file", "5ms", false),
+        ("api", "5ms", false),
+        ("own", "off", true),
+    ] {
+        let r = routes
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {list}"));
+        assert_eq!(effective(r), want(hold, back), "{name}: {r}");
+    }
+    app.stop().await;
+}

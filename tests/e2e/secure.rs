@@ -316,6 +316,7 @@ async fn remote_writes_are_refused_until_a_user_exists() {
         api: Default::default(),
         engine: Some(app.engine.clone()),
         route_docs: Default::default(),
+        route_defaults: Default::default(),
         profiles: None,
         exports: None,
         alarms: Some(app.alarms.clone()),
