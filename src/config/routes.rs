@@ -782,24 +782,28 @@ impl RouteDefaults {
     /// The keys `tb` writes, validated, over these values; an invalid key
     /// is reported and keeps this value.
     fn apply(&self, t: &At, tb: &RouteDefaultsTable, errs: &mut Errors) -> RouteDefaults {
-        let failover_timeout = t.duration(
+        let at_least =
+            |k: &str, v: &Option<String>, d: Duration, min_ms: u64, errs: &mut Errors| {
+                let got = t.duration(k, v, d, errs);
+                if got < Duration::from_millis(min_ms) {
+                    t.err(k, format!("at least {min_ms}ms"), errs);
+                }
+                got
+            };
+        let failover_timeout = at_least(
             "failover_timeout",
             &tb.failover_timeout,
             self.failover_timeout,
+            50,
             errs,
         );
-        if failover_timeout < Duration::from_millis(50) {
-            t.err("failover_timeout", "at least 50ms", errs);
-        }
-        let signal_timeout = t.duration(
+        let signal_timeout = at_least(
             "signal_timeout",
             &tb.signal_timeout,
             self.signal_timeout,
+            100,
             errs,
         );
-        if signal_timeout < Duration::from_millis(100) {
-            t.err("signal_timeout", "at least 100ms", errs);
-        }
         RouteDefaults {
             failover_timeout,
             signal_timeout,
