@@ -566,9 +566,13 @@ pub(crate) async fn run(
     tokio::pin!(cancelled);
     let mut num = Numbering::default();
     loop {
+        // Data first: a ready chunk is taken without polling the token,
+        // whose every poll takes its node's lock; the token is polled once
+        // the queue is empty, before the task sleeps.
         let c = tokio::select! {
-            _ = &mut cancelled => break,
+            biased;
             c = rx.recv() => c,
+            _ = &mut cancelled => break,
         };
         let Some(chunk) = c else { break };
         let (mut done, ops) = num.cut(&mut seg, &chunk, Instant::now(), disk.as_ref());

@@ -201,9 +201,11 @@ pub(crate) async fn run_http(
     tokio::pin!(cancelled);
     let mut joins = JoinTracker::default();
     loop {
+        // Data first, the token when the queue is empty (as `hls::run`).
         let chunk = tokio::select! {
-            _ = &mut cancelled => break,
+            biased;
             c = rx.recv() => c,
+            _ = &mut cancelled => break,
         };
         let Some(chunk) = chunk else { break };
         let mut clients = ep.clients.lock();

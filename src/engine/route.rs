@@ -329,7 +329,6 @@ impl RouteTask {
             }
             tokio::select! {
                 biased;
-                _ = &mut cancelled => break,
                 _ = &mut udp_timer, if armed.is_some() => {
                     self.flush_udp();
                     armed = None;
@@ -349,6 +348,11 @@ impl RouteTask {
                     self.on_data(&mut batch, &mut sel);
                 }
                 _ = tick.tick() => self.on_tick(&mut sel),
+                // Last: polled only when nothing else is ready, so once per
+                // sleep instead of twice per wake-up (each poll takes the
+                // token's lock). A stopping route's inputs stop with it, so
+                // its data runs dry and this is reached.
+                _ = &mut cancelled => break,
             }
         }
         self.flush_udp();
