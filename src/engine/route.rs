@@ -347,7 +347,7 @@ impl RouteTask {
                     }
                     self.on_data(&mut batch, &mut sel);
                 }
-                _ = tick.tick() => self.on_tick(&mut sel),
+                _ = tick.tick(), if self.time_matters(&sel) => self.on_tick(&mut sel),
                 // Last: polled only when nothing else is ready, so once per
                 // sleep instead of twice per wake-up (each poll takes the
                 // token's lock). A stopping route's inputs stop with it, so
@@ -434,6 +434,16 @@ impl RouteTask {
                 self.forward(m.data, rw, psi, gaps, now);
             }
         }
+    }
+
+    /// Whether time alone can change the route: a forwarded input may go
+    /// silent (failover) or a better one mature (switch-back), and a
+    /// transcoder may stall. Otherwise no input is live (a live one is
+    /// made active as its data arrives), so only data or a command can
+    /// change anything and the route sleeps until one comes: 500 routes
+    /// with no signal woke 5,000 times a second for nothing.
+    fn time_matters(&self, sel: &Selection) -> bool {
+        sel.active.is_some() || self.tc.auto_on_tc
     }
 
     /// The periodic check: a stalled transcoder and silent inputs are
