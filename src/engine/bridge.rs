@@ -157,7 +157,13 @@ pub async fn run(
             _ = tick.tick() => {
                 n += 1;
                 if publish_points {
-                    let snap = engine.snapshot();
+                    // The looks between publications need only the inputs'
+                    // counters: a full snapshot (every output's statistics
+                    // and names) was a quarter of 500 idle routes' CPU.
+                    let snap = match n.is_multiple_of(4) {
+                        true => engine.snapshot(),
+                        false => engine.snapshot_inputs(),
+                    };
                     signals.observe(&snap, Instant::now());
                     if n.is_multiple_of(4) {
                         let t = timeouts(&engine).await;

@@ -275,13 +275,23 @@ impl Engine {
 
     /// Counters of every running route.
     pub fn snapshot(&self) -> EngineSnapshot {
+        self.snapshot_with(true)
+    }
+
+    /// Every route with its inputs only: no outputs, no transcoder (see
+    /// `RouteShared::snapshot_with`).
+    pub fn snapshot_inputs(&self) -> EngineSnapshot {
+        self.snapshot_with(false)
+    }
+
+    fn snapshot_with(&self, outputs: bool) -> EngineSnapshot {
         EngineSnapshot {
             routes: self
                 .inner
                 .shared
                 .read()
                 .iter()
-                .map(|r| r.snapshot())
+                .map(|r| r.snapshot_with(outputs))
                 .collect(),
             primary: self.inner.primary.read().clone(),
         }
@@ -367,5 +377,60 @@ mod tests {
         // No hls directory at all: nothing to do, no error.
         let _e2 = Engine::new(dir.path().to_path_buf(), &token);
         token.cancel();
+    }
+
+    /// The bridge's looks between publications: every route and input of
+    /// a full snapshot, with its counters and active input, and no outputs.
+    #[tokio::test]
+    async fn an_inputs_snapshot_is_the_full_one_without_outputs() {
+        use spec::{InputKind, InputSpec, OutputKind, OutputSource, OutputSpec};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = CancellationToken::new();
+        let e = Engine::new(dir.path().to_path_buf(), &token);
+        let mut r = RouteSpec::new("r");
+        r.inputs.push(InputSpec {
+            name: "in".into(),
+            kind: InputKind::Udp {
+                bind: "127.0.0.1:0".parse().expect("addr"),
+                multicast: None,
+                interface: std::net::Ipv4Addr::UNSPECIFIED,
+            },
+        });
+        r.outputs.push(OutputSpec {
+            name: "out".into(),
+            enabled: true,
+            kind: OutputKind::Udp {
+                dest: "127.0.0.1:9".parse().expect("addr"),
+                ttl: None,
+            },
+            queue: spec::DEFAULT_QUEUE,
+            source: OutputSource::Auto,
+        });
+        e.apply(EngineSpec {
+            routes: vec![r],
+            primary: None,
+        })
+        .await;
+        // The route task lists its outputs once it runs.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let full = loop {
+            let s = e.snapshot();
+            if s.routes.first().is_some_and(|r| r.outputs.len() == 1) {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "outputs never listed: {s:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let inputs = e.snapshot_inputs();
+        let (f, i) = (&full.routes[0], &inputs.routes[0]);
+        assert!(i.outputs.is_empty() && i.transcode.is_none(), "{i:?}");
+        assert_eq!(
+            (&i.name, i.active_input, i.inputs.len()),
+            (&f.name, f.active_input, 1)
+        );
+        assert_eq!(i.inputs[0].name, f.inputs[0].name);
+        assert_eq!(i.inputs[0].bytes, f.inputs[0].bytes);
+        token.cancel();
+        e.stop().await;
     }
 }
