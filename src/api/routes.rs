@@ -319,7 +319,7 @@ fn with_stats(s: &ApiState, name: &str, doc: &J, r: Option<&RouteSnapshot>) -> J
         // What the engine runs the route with: its own keys, else
         // `[route_defaults]`'s (null without a router).
         let eff = r
-            .and_then(|r| serde_json::to_value(&r.settings).ok())
+            .and_then(|r| serde_json::to_value(r.settings).ok())
             .unwrap_or(J::Null);
         o.insert("effective".into(), eff);
         // The route's point block (docs/route-points.md); null without one.

@@ -194,7 +194,7 @@ impl RouteShared {
                 true => self.transcode.lock().as_ref().map(|t| t.snapshot()),
                 false => None,
             },
-            settings: self.settings.clone(),
+            settings: self.settings,
         }
     }
 

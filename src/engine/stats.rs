@@ -37,29 +37,45 @@ pub struct IoSnapshot {
 }
 
 /// The route-level settings a route runs with (its own keys, else
-/// `[route_defaults]`'s, else the built-in ones), written as a route
-/// document writes them ("500ms", "auto").
-#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+/// `[route_defaults]`'s, else the built-in ones). Kept typed and `Copy`,
+/// since every snapshot carries them (four times a second for every route
+/// in the point bridge); serialized as a route document writes them
+/// ("500ms", "auto").
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RouteSettings {
-    pub failover_timeout: String,
-    pub signal_timeout: String,
+    pub failover_timeout: std::time::Duration,
+    pub signal_timeout: std::time::Duration,
     pub switch_back: bool,
-    pub udp_coalesce: String,
+    pub udp_coalesce: super::coalesce::Coalesce,
 }
 
 impl RouteSettings {
     pub fn of(spec: &super::spec::RouteSpec) -> RouteSettings {
-        use crate::section::format_duration;
         RouteSettings {
-            failover_timeout: format_duration(spec.failover_timeout),
-            signal_timeout: format_duration(spec.signal_timeout),
+            failover_timeout: spec.failover_timeout,
+            signal_timeout: spec.signal_timeout,
             switch_back: spec.switch_back,
-            udp_coalesce: match spec.udp_coalesce {
-                super::coalesce::Coalesce::Auto => "auto".into(),
-                super::coalesce::Coalesce::Off => "off".into(),
-                super::coalesce::Coalesce::Hold(d) => format_duration(d),
-            },
+            udp_coalesce: spec.udp_coalesce,
         }
+    }
+}
+
+impl Serialize for RouteSettings {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use super::coalesce::Coalesce;
+        use crate::section::format_duration;
+        use serde::ser::SerializeStruct;
+        let coalesce = match self.udp_coalesce {
+            Coalesce::Auto => "auto".to_string(),
+            Coalesce::Off => "off".to_string(),
+            Coalesce::Hold(d) => format_duration(d),
+        };
+        let mut m = s.serialize_struct("RouteSettings", 4)?;
+        m.serialize_field("failover_timeout", &format_duration(self.failover_timeout))?;
+        m.serialize_field("signal_timeout", &format_duration(self.signal_timeout))?;
+        m.serialize_field("switch_back", &self.switch_back)?;
+        m.serialize_field("udp_coalesce", &coalesce)?;
+        m.end()
     }
 }
 
