@@ -3,7 +3,7 @@
 
 Usage: python3 bench/udp_hold.py [--bin target/release/castpoint] [--source FILE.ts]
                                  [--n 1,4] [--settings off,auto] [--reps 3] [--secs 6]
-                                 [--lean 0,1500,2000]
+                                 [--lean 0,1500,2000] [--before EARLIER_BUILD]
 
 Built on bench/fanout.py (same 10 Mbit/s Python source, same probe, same
 unread sink sockets). Each repetition runs every castpoint setting and the
@@ -107,6 +107,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--secs", type=float, default=6)
     ap.add_argument("--lean", default="", help="lean C relay periods in us, e.g. 0,1500,2000")
+    ap.add_argument("--before", help="a second castpoint binary (an earlier build) run at the same "
+                    "settings, interleaved, for before/after figures")
     a = ap.parse_args()
     lean = [int(x) for x in a.lean.split(",") if x]
     lean_exe = build_lean() if lean else None
@@ -117,7 +119,11 @@ def main():
                         "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "8M", "-maxrate", "8M",
                         "-bufsize", "2M", "-g", "50", "-c:a", "aac", "-muxrate", "10M", "-t", "20",
                         "-f", "mpegts", a.source], check=True)
-    settings = a.settings.split(",")
+    # (label, binary, udp_coalesce) for every castpoint cell of a repetition.
+    cells = [(s, a.bin, s) for s in a.settings.split(",")]
+    if a.before:
+        cells += [(f"{s} (before)", a.before, s) for s in a.settings.split(",")]
+    settings = [c[0] for c in cells]
     load0 = os.getloadavg()
     rows = []
     for n in [int(x) for x in a.n.split(",")]:
@@ -125,9 +131,9 @@ def main():
         runs.update({f"lean{p}": [] for p in lean})
         runs["slt"] = []
         for r in range(a.reps):
-            for s in settings:
-                print(f"N={n} rep {r + 1}: castpoint udp_coalesce={s}", file=sys.stderr, flush=True)
-                runs[s].append(fanout.run_castpoint(a.bin, n, a.secs, a.source, s))
+            for label, exe, s in cells:
+                print(f"N={n} rep {r + 1}: castpoint udp_coalesce={label}", file=sys.stderr, flush=True)
+                runs[label].append(fanout.run_castpoint(exe, n, a.secs, a.source, s))
             for p in lean:
                 print(f"N={n} rep {r + 1}: lean relay {p} us", file=sys.stderr, flush=True)
                 runs[f"lean{p}"].append(run_lean(lean_exe, n, a.secs, a.source, p))
