@@ -14,8 +14,9 @@ use castpoint::config::Config;
 // mimalloc instead of glibc's malloc: the protocol stacks allocate per
 // request (the BACnet stack per segment too), and a whole-device RPM spent
 // about a fifth of its time allocating and copying (Cargo.toml says what
-// was measured; why huge pages are off is there too). Only the binary sets it: the lib's
-// unit tests and the in-process e2e tests keep the system allocator.
+// was measured; why huge pages are off is there too). Only the binary sets
+// it: the lib's unit tests and the in-process e2e tests keep the system
+// allocator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::spec::DEFAULT_SIGNAL_TIMEOUT;
 use super::stats::{EngineSnapshot, RouteSnapshot};
 use super::Engine;
 use crate::points::routes::{RouteDesc, SlotKeeper};
@@ -123,9 +122,8 @@ pub async fn run(
     if publish_points {
         let snap = engine.snapshot();
         signals.observe(&snap, Instant::now());
-        let t = timeouts(&engine).await;
-        publish(&db, &ids, &snap, &mut signals, &t);
-        publish_routes(&db, &snap, &mut signals, &t);
+        publish(&db, &ids, &snap, &mut signals);
+        publish_routes(&db, &snap, &mut signals);
     }
     // Input counters are looked at four times a second (so a lost signal
     // is seen within signal_timeout + 250 ms); points are published once a
@@ -166,9 +164,8 @@ pub async fn run(
                     };
                     signals.observe(&snap, Instant::now());
                     if n.is_multiple_of(4) {
-                        let t = timeouts(&engine).await;
-                        publish(&db, &ids, &snap, &mut signals, &t);
-                        publish_routes(&db, &snap, &mut signals, &t);
+                        publish(&db, &ids, &snap, &mut signals);
+                        publish_routes(&db, &snap, &mut signals);
                     }
                 }
                 // Routes created, renamed or deleted (REST, reload) get or
@@ -181,17 +178,6 @@ pub async fn run(
             }
         }
     }
-}
-
-/// Each route's `signal_timeout`, from the desired state.
-async fn timeouts(engine: &Engine) -> HashMap<String, Duration> {
-    engine
-        .desired()
-        .await
-        .routes
-        .into_iter()
-        .map(|r| (r.name, r.signal_timeout))
-        .collect()
 }
 
 async fn apply_stream_enable(engine: &Engine, db: &PointDb, ids: &Ids) {
@@ -565,14 +551,9 @@ pub struct Derived {
     pub primary: Option<RouteStatus>,
 }
 
-/// Derives the measurements from one snapshot; `timeout` gives each
-/// route's `signal_timeout`.
-pub fn derive(
-    s: &EngineSnapshot,
-    signals: &mut Signals,
-    timeout: impl Fn(&str) -> Duration,
-    now: Instant,
-) -> Derived {
+/// Derives the measurements from one snapshot; each route's signal is
+/// judged by the `signal_timeout` it runs with (its snapshot's settings).
+pub fn derive(s: &EngineSnapshot, signals: &mut Signals, now: Instant) -> Derived {
     let mut d = Derived {
         active_streams: 0.0,
         viewers: 0.0,
@@ -581,7 +562,7 @@ pub fn derive(
         primary: None,
     };
     for r in &s.routes {
-        let st = route_status(&signals.signal(r, timeout(&r.name), now));
+        let st = route_status(&signals.signal(r, r.settings.signal_timeout, now));
         // Only routes that are LIVE (media arriving, streaming on) count.
         if st.live {
             d.active_streams += 1.0;
@@ -663,13 +644,7 @@ pub fn cdn(s: &EngineSnapshot) -> StatusValue {
     }
 }
 
-fn publish(
-    db: &PointDb,
-    ids: &Ids,
-    s: &EngineSnapshot,
-    signals: &mut Signals,
-    timeouts: &HashMap<String, Duration>,
-) {
+fn publish(db: &PointDb, ids: &Ids, s: &EngineSnapshot, signals: &mut Signals) {
     let status = |id: Option<PointId>, r: StatusValue| {
         let Some(id) = id else { return };
         let _ = match r {
@@ -687,12 +662,7 @@ fn publish(
         };
     }
     let now = Instant::now();
-    let d = derive(
-        s,
-        signals,
-        |r| timeouts.get(r).copied().unwrap_or(DEFAULT_SIGNAL_TIMEOUT),
-        now,
-    );
+    let d = derive(s, signals, now);
     let set = |id: Option<PointId>, v: Value| {
         if let Some(id) = id {
             let _ = db.set(id, Some(v), Quality::Ok, None);
@@ -736,12 +706,7 @@ fn publish(
 
 /// Publishes every present route block: its statuses and measurements from
 /// the route's snapshot (docs/route-points.md says how each is derived).
-fn publish_routes(
-    db: &PointDb,
-    s: &EngineSnapshot,
-    signals: &mut Signals,
-    timeouts: &HashMap<String, Duration>,
-) {
+fn publish_routes(db: &PointDb, s: &EngineSnapshot, signals: &mut Signals) {
     let now = Instant::now();
     for (slot, info) in db.blocks() {
         let b = Block { db, slot };
@@ -749,11 +714,7 @@ fn publish_routes(
             b.publish_stopped(&info.route);
             continue;
         };
-        let timeout = timeouts
-            .get(&r.name)
-            .copied()
-            .unwrap_or(DEFAULT_SIGNAL_TIMEOUT);
-        let sig = signals.signal(r, timeout, now);
+        let sig = signals.signal(r, r.settings.signal_timeout, now);
         let st = route_status(&sig);
         match route_block_status(&sig) {
             Some(v) => b.set("route_status", Some(Value::Enum(v)), None),
@@ -898,5 +859,75 @@ impl Block<'_> {
                 Some(_) => self.db.set(id, Some(Value::Enum(1)), Quality::Ok, None),
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::spec::{EngineSpec, InputKind, InputSpec, RouteSpec};
+
+    /// Each route's signal is judged by its own `signal_timeout`, which the
+    /// bridge reads from the route's snapshot: two routes fed once, looked
+    /// at (on a synthetic clock) 2 s later, one with 200 ms and one with
+    /// 60 s. The default (1 s) for both would make neither live.
+    #[tokio::test]
+    async fn each_route_is_judged_by_its_own_signal_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = CancellationToken::new();
+        let e = Engine::new(dir.path().to_path_buf(), &token);
+        let route = |name: &str, timeout_ms: u64| {
+            let mut r = RouteSpec::new(name);
+            r.signal_timeout = Duration::from_millis(timeout_ms);
+            r.inputs.push(InputSpec {
+                name: "in".into(),
+                kind: InputKind::Udp {
+                    bind: "127.0.0.1:0".parse().expect("addr"),
+                    multicast: None,
+                    interface: std::net::Ipv4Addr::UNSPECIFIED,
+                },
+            });
+            r
+        };
+        e.apply(EngineSpec {
+            routes: vec![route("short", 200), route("long", 60_000)],
+            primary: None,
+        })
+        .await;
+        // Seven null TS packets to each input, until both have counted
+        // them and made their input active.
+        let mut pkt = [0xffu8; 188];
+        pkt[..4].copy_from_slice(&[0x47, 0x1f, 0xff, 0x10]);
+        let dgram = pkt.repeat(7);
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let snap = loop {
+            let s = e.snapshot();
+            let fed = |r: &RouteSnapshot| r.active_input == Some(0) && r.inputs[0].bytes > 0;
+            if s.routes.len() == 2 && s.routes.iter().all(fed) {
+                break s;
+            }
+            for r in &s.routes {
+                if let Some(a) = r.inputs.first().and_then(|i| i.local) {
+                    tx.send_to(&dgram, a).expect("send");
+                }
+            }
+            assert!(Instant::now() < deadline, "inputs never fed: {s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut signals = Signals::default();
+        let t0 = Instant::now();
+        signals.observe(&snap, t0);
+        let later = t0 + Duration::from_secs(2);
+        let d = derive(&snap, &mut signals, later);
+        assert_eq!(d.active_streams, 1.0, "only the 60-s route is live");
+        let long = snap.route("long").expect("long");
+        let short = snap.route("short").expect("short");
+        let live = |r: &RouteSnapshot, s: &mut Signals| {
+            route_status(&s.signal(r, r.settings.signal_timeout, later)).live
+        };
+        assert!(live(long, &mut signals) && !live(short, &mut signals));
+        token.cancel();
+        e.stop().await;
     }
 }
