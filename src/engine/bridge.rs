@@ -865,7 +865,7 @@ impl Block<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::spec::{EngineSpec, InputKind, InputSpec, RouteSpec};
+    use crate::engine::spec::{EngineSpec, InputSpec, RouteSpec};
 
     /// Each route's signal is judged by its own `signal_timeout`, which the
     /// bridge reads from the route's snapshot: two routes fed once, looked
@@ -879,14 +879,7 @@ mod tests {
         let route = |name: &str, timeout_ms: u64| {
             let mut r = RouteSpec::new(name);
             r.signal_timeout = Duration::from_millis(timeout_ms);
-            r.inputs.push(InputSpec {
-                name: "in".into(),
-                kind: InputKind::Udp {
-                    bind: "127.0.0.1:0".parse().expect("addr"),
-                    multicast: None,
-                    interface: std::net::Ipv4Addr::UNSPECIFIED,
-                },
-            });
+            r.inputs.push(InputSpec::udp_loopback("in"));
             r
         };
         e.apply(EngineSpec {

@@ -383,19 +383,12 @@ mod tests {
     /// a full snapshot, with its counters and active input, and no outputs.
     #[tokio::test]
     async fn an_inputs_snapshot_is_the_full_one_without_outputs() {
-        use spec::{InputKind, InputSpec, OutputKind, OutputSource, OutputSpec};
+        use spec::{InputSpec, OutputKind, OutputSource, OutputSpec};
         let dir = tempfile::tempdir().expect("tempdir");
         let token = CancellationToken::new();
         let e = Engine::new(dir.path().to_path_buf(), &token);
         let mut r = RouteSpec::new("r");
-        r.inputs.push(InputSpec {
-            name: "in".into(),
-            kind: InputKind::Udp {
-                bind: "127.0.0.1:0".parse().expect("addr"),
-                multicast: None,
-                interface: std::net::Ipv4Addr::UNSPECIFIED,
-            },
-        });
+        r.inputs.push(InputSpec::udp_loopback("in"));
         r.outputs.push(OutputSpec {
             name: "out".into(),
             enabled: true,

@@ -93,6 +93,21 @@ pub struct InputSpec {
     pub kind: InputKind,
 }
 
+#[cfg(test)]
+impl InputSpec {
+    /// A unicast UDP input on a free loopback port (the engine's unit tests).
+    pub(crate) fn udp_loopback(name: &str) -> InputSpec {
+        InputSpec {
+            name: name.into(),
+            kind: InputKind::Udp {
+                bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                multicast: None,
+                interface: std::net::Ipv4Addr::UNSPECIFIED,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputKind {
     /// UDP unicast (bind address) or multicast (group joined on `interface`).
