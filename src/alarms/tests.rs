@@ -190,6 +190,34 @@ async fn a_time_delay_fires_without_another_change() {
     task.await.expect("run");
 }
 
+/// The same with `run` already waiting: the one change is judged as a
+/// change, and its own deadline raises the alarm, not the next full look
+/// (here the end of a start-up grace a minute away).
+#[tokio::test]
+async fn a_time_delay_set_by_a_change_fires_at_its_own_deadline() {
+    let db = db();
+    let cpu = db.lookup("cpu_usage").expect("cpu");
+    let alarms = Alarms::new(db.clone(), vec![(cpu, high(90.0, 150))], classes(), 100);
+    alarms.set_startup_grace(Duration::from_secs(60));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(alarms.clone().run(stop.clone()));
+    // `run` sets this before its first evaluation and then waits for
+    // changes; this single-threaded runtime runs it while we wait here.
+    eventually("run waiting", || {
+        alarms.inner.grace_until.lock().is_some().then_some(())
+    })
+    .await;
+    set(&db, cpu, 95.0);
+    eventually("high limit after the delay", || {
+        alarms
+            .state(cpu)
+            .filter(|s| s.event_state == EventState::HighLimit)
+    })
+    .await;
+    stop.cancel();
+    task.await.expect("run");
+}
+
 /// An alarm storm: 100 routes lose their input at once. Every transition
 /// is in the durable history (none dropped), and a webhook receives them
 /// at its bounded rate, all of them.
