@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::config::Config;
-use crate::points::{DbOptions, PointDb};
+use crate::points::{DbOptions, PointDb, Quality};
 
 fn db() -> PointDb {
     let c = Config::embedded().expect("embedded");
@@ -264,4 +264,54 @@ fn audit_retention_at_full_scale() {
         page.len(),
         t.elapsed()
     );
+}
+
+/// The flusher stores every sample once: those taken before a flush, those
+/// taken between two flushes, and only the points that got any (the dirty
+/// list, not a walk over every history buffer).
+#[tokio::test(start_paused = true)]
+async fn the_history_flusher_stores_each_new_sample_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(Store::open(dir.path(), 10).expect("open"));
+    let db = db();
+    let cpu = db.lookup("cpu_usage").expect("cpu");
+    let mem = db.lookup("memory_usage").expect("mem");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let every = std::time::Duration::from_secs(10);
+    let task = tokio::spawn(history_flusher(
+        store.clone(),
+        db.clone(),
+        std::time::Duration::from_secs(3600),
+        every,
+        stop.clone(),
+    ));
+    // Let the flusher take its start-up state and first (immediate) tick.
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    db.set(cpu, Some(Value::Number(10.0)), Quality::Ok, None)
+        .expect("cpu");
+    db.set(mem, Some(Value::Number(50.0)), Quality::Ok, None)
+        .expect("mem");
+    tokio::time::sleep(every).await;
+    let t0 = Utc::now() - chrono::Duration::hours(1);
+    let stored = |p: &str| -> Vec<f64> {
+        store
+            .load_history(p, Kind::Number, t0)
+            .expect("load")
+            .iter()
+            .map(|s| s.value.as_f64())
+            .collect()
+    };
+    assert_eq!(stored("cpu_usage"), vec![10.0]);
+    assert_eq!(stored("memory_usage"), vec![50.0]);
+    assert!(
+        db.take_history_dirty().is_empty(),
+        "the flush took the list"
+    );
+    // Only cpu changes before the next flush; shutdown flushes it.
+    db.set(cpu, Some(Value::Number(80.0)), Quality::Ok, None)
+        .expect("cpu");
+    stop.cancel();
+    task.await.expect("flusher");
+    assert_eq!(stored("cpu_usage"), vec![10.0, 80.0]);
+    assert_eq!(stored("memory_usage"), vec![50.0], "not written twice");
 }

@@ -272,6 +272,12 @@ struct Inner {
     writes: broadcast::Sender<Arc<WriteRecord>>,
     seq: AtomicU64,
     history: Vec<Mutex<VecDeque<Sample>>>,
+    // The points with history samples the flusher has not looked at yet,
+    // each listed once (its flag set): the flusher reads only these,
+    // instead of every history buffer of every reserved route block each
+    // flush, which was a quarter of an idle castpoint's CPU.
+    his_dirty: Mutex<Vec<PointId>>,
+    his_flagged: Vec<AtomicBool>,
     audit: Mutex<VecDeque<Arc<WriteRecord>>>,
     persister: std::sync::OnceLock<Arc<dyn Persister>>,
     // Per-protocol write policies (Modbus and BACnet carry no
@@ -432,7 +438,9 @@ impl PointDb {
                 changes,
                 writes,
                 seq: AtomicU64::new(0),
+                his_flagged: history.iter().map(|_| AtomicBool::new(false)).collect(),
                 history,
+                his_dirty: Mutex::new(Vec::new()),
                 audit: Mutex::new(VecDeque::new()),
                 persister: std::sync::OnceLock::new(),
                 policies: RwLock::new(HashMap::new()),
@@ -1134,6 +1142,30 @@ impl PointDb {
             h.pop_front();
         }
         h.push_back(s);
+        drop(h);
+        self.mark_history_dirty(id);
+    }
+
+    /// Lists `id` for the history flusher (a new sample, or samples the
+    /// store failed to take and that must be tried again).
+    pub fn mark_history_dirty(&self, id: PointId) {
+        if let Some(f) = self.inner.his_flagged.get(id.index()) {
+            if !f.swap(true, Ordering::AcqRel) {
+                self.inner.his_dirty.lock().push(id);
+            }
+        }
+    }
+
+    /// The points that got history samples since the last call, each once.
+    /// Their flags are cleared before this returns, so a sample pushed
+    /// afterwards lists its point again: read the history after calling
+    /// this, up to a time taken after it.
+    pub fn take_history_dirty(&self) -> Vec<PointId> {
+        let ids = std::mem::take(&mut *self.inner.his_dirty.lock());
+        for id in &ids {
+            self.inner.his_flagged[id.index()].store(false, Ordering::Release);
+        }
+        ids
     }
 
     /// Inserts a historical sample (restore from persistence, tests).
