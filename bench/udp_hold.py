@@ -3,7 +3,7 @@
 
 Usage: python3 bench/udp_hold.py [--bin target/release/castpoint] [--source FILE.ts]
                                  [--n 1,4] [--settings off,auto] [--reps 3] [--secs 6]
-                                 [--lean 0,1500,2000] [--before EARLIER_BUILD]
+                                 [--lean 0,1500,2000] [--before EARLIER_BUILD] [--idle]
 
 Built on bench/fanout.py (same 10 Mbit/s Python source, same probe, same
 unread sink sockets). Each repetition runs every castpoint setting and the
@@ -91,6 +91,29 @@ def run_lean(exe, n, secs, src_file, period_us):
     return r
 
 
+def run_idle(binary, n, secs):
+    """castpoint with the same route and N outputs but no source: the fixed
+    cost (timers, point publication, telemetry) that every setting pays
+    and a single-purpose relay does not. The route has no signal here, so
+    its alarms are raised; the publication work is the same."""
+    inport = fanout.free_port()
+    extra = fanout.sinks(n)
+    route = f'[[route]]\nname = "bench"\n[[route.input]]\ntype = "udp"\nbind = "127.0.0.1:{inport}"\n'
+    for i, s in enumerate(extra):
+        d = s.getsockname()
+        route += f'[[route.output]]\nname = "o{i}"\ntype = "udp"\ndest = "{d[0]}:{d[1]}"\n'
+    proc, cfg = fanout.start_castpoint(binary, route)
+    time.sleep(2)
+    c0, t0 = fanout.cpu_ticks([proc.pid]), time.time()
+    time.sleep(secs)
+    c1, t1 = fanout.cpu_ticks([proc.pid]), time.time()
+    proc.terminate()
+    proc.wait()
+    os.unlink(cfg)
+    return ((c1 - c0) / TICK / (t1 - t0) * 100, 0.0, float("nan"), float("nan"), 0, 0.0)
+
+
+
 def med(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2]
@@ -109,6 +132,8 @@ def main():
     ap.add_argument("--lean", default="", help="lean C relay periods in us, e.g. 0,1500,2000")
     ap.add_argument("--before", help="a second castpoint binary (an earlier build) run at the same "
                     "settings, interleaved, for before/after figures")
+    ap.add_argument("--idle", action="store_true", help="also measure castpoint with the route "
+                    "but no traffic (its fixed cost), for --bin and --before")
     a = ap.parse_args()
     lean = [int(x) for x in a.lean.split(",") if x]
     lean_exe = build_lean() if lean else None
@@ -130,21 +155,29 @@ def main():
         runs = {s: [] for s in settings}
         runs.update({f"lean{p}": [] for p in lean})
         runs["slt"] = []
+        idle = (["idle"] + (["idle (before)"] if a.before else [])) if a.idle else []
+        runs.update({k: [] for k in idle})
         for r in range(a.reps):
             for label, exe, s in cells:
                 print(f"N={n} rep {r + 1}: castpoint udp_coalesce={label}", file=sys.stderr, flush=True)
                 runs[label].append(fanout.run_castpoint(exe, n, a.secs, a.source, s))
+            if a.idle:
+                for label, exe in [("idle", a.bin)] + ([("idle (before)", a.before)] if a.before else []):
+                    print(f"N={n} rep {r + 1}: castpoint {label}", file=sys.stderr, flush=True)
+                    runs[label].append(run_idle(exe, n, a.secs))
             for p in lean:
                 print(f"N={n} rep {r + 1}: lean relay {p} us", file=sys.stderr, flush=True)
                 runs[f"lean{p}"].append(run_lean(lean_exe, n, a.secs, a.source, p))
             print(f"N={n} rep {r + 1}: srt-live-transmit", file=sys.stderr, flush=True)
             runs["slt"].append(fanout.run_peers("slt", n, a.secs, a.source))
         slt = med([x[0] for x in runs["slt"]])
-        for s in settings + [f"lean{p}" for p in lean] + ["slt"]:
+        for s in settings + idle + [f"lean{p}" for p in lean] + ["slt"]:
             xs = runs[s]
             cpu = med([x[0] for x in xs])
             if s == "slt":
                 name = "srt-live-transmit x N"
+            elif s.startswith("idle"):
+                name = f"castpoint {s}: the route, no traffic"
             elif s.startswith("lean"):
                 name = f"lean C relay, period {s[4:]} us" if s != "lean0" else "lean C relay, per datagram"
             else:
