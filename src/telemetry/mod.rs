@@ -441,28 +441,46 @@ impl Sampler {
         }
     }
 
-    /// Runs every job at its period until shutdown.
+    /// Runs every job at its period until shutdown. The first looks are
+    /// taken at once; after them the jobs run on the process's 1-s grid,
+    /// so the once-a-second ones share the point bridge's wake-up, and the
+    /// task sleeps until the next job is due (it looked every 250 ms:
+    /// three wake-ups a second for nothing).
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let now = Instant::now();
-        // CPU usage needs two refreshes >= 200 ms apart; the first real
-        // reading comes one second after start.
-        let mut cpu = Job::new(
-            self.period(self.ids.cpu, "cpu_usage"),
-            now + Duration::from_secs(1),
-        );
-        let mut mem = Job::new(self.period(self.ids.mem, "memory_usage"), now);
-        let mut net = Job::new(self.period(self.ids.net, "network_throughput"), now);
-        let mut net_first = true;
-        let mut up = Job::new(self.period(self.ids.uptime, "uptime"), now);
-        let mut gpu = Job::new(self.period(self.ids.gpu, "gpu_usage"), now);
-        let mut disk = Job::new(Duration::from_secs(30), now);
-        let mut statuses = Job::new(Duration::from_secs(1), now);
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let sec = Duration::from_secs(1);
+        let start = Instant::now();
+        let first = |after: Duration| crate::tasks::on_grid(start + after, sec);
+        self.sample_mem();
+        // The first network reading only primes the counters.
+        self.sample_net();
+        self.sample_uptime();
+        self.sample_gpu();
+        self.sample_disk();
+        self.derive_statuses();
+        // CPU usage needs two refreshes >= 200 ms apart: its first real
+        // reading comes a second or more after start, the throughput's
+        // half a second or more.
+        let mut cpu = Job::new(self.period(self.ids.cpu, "cpu_usage"), first(sec));
+        let pm = self.period(self.ids.mem, "memory_usage");
+        let pn = self.period(self.ids.net, "network_throughput");
+        let pu = self.period(self.ids.uptime, "uptime");
+        let pg = self.period(self.ids.gpu, "gpu_usage");
+        let mut mem = Job::new(pm, first(pm));
+        let mut net = Job::new(pn, first(sec / 2));
+        let mut up = Job::new(pu, first(pu));
+        let mut gpu = Job::new(pg, first(pg));
+        let disk_every = Duration::from_secs(30);
+        let mut disk = Job::new(disk_every, first(disk_every));
+        let mut statuses = Job::new(sec, first(Duration::ZERO));
         loop {
+            let next = [&cpu, &mem, &net, &up, &gpu, &disk, &statuses]
+                .iter()
+                .map(|j| j.next)
+                .min()
+                .unwrap_or(start);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
             }
             let now = Instant::now();
             if cpu.due(now) {
@@ -473,12 +491,6 @@ impl Sampler {
             }
             if net.due(now) {
                 self.sample_net();
-                if net_first {
-                    // Give the throughput a real first value one second in,
-                    // rather than waiting a whole period after priming.
-                    net_first = false;
-                    net.next = now + Duration::from_secs(1);
-                }
             }
             if up.due(now) {
                 self.sample_uptime();

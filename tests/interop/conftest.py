@@ -1,6 +1,7 @@
 """pytest fixtures for interop tests: spawn the real castpoint binary on ephemeral loopback ports and read them from its stdout."""
 import os
 import pathlib
+import shutil
 import subprocess
 import tempfile
 import time
@@ -8,6 +9,27 @@ import time
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+# Every temporary file and directory the tests make (data dirs, configs,
+# captures) goes under one directory per run, removed when the run ends:
+# they were left in /tmp, about 45 data dirs a run.
+_RUN_DIR = None
+
+
+def pytest_configure(config):
+    global _RUN_DIR
+    _RUN_DIR = tempfile.mkdtemp(prefix="castpoint-interop-run-")
+    # Searchable by others, as /tmp is: mosquitto drops root to its own
+    # user and must reach the TLS test's files. What is inside keeps its
+    # own modes (each mkdtemp is 0700).
+    os.chmod(_RUN_DIR, 0o755)
+    tempfile.tempdir = _RUN_DIR
+
+
+def pytest_unconfigure(config):
+    tempfile.tempdir = None
+    if _RUN_DIR:
+        shutil.rmtree(_RUN_DIR, ignore_errors=True)
 
 
 def base_config_text():
