@@ -169,17 +169,29 @@ async fn a_limit_alarm_is_raised_stored_acknowledged_and_cleared() {
     task.await.expect("run");
 }
 
-#[tokio::test]
-async fn a_time_delay_fires_without_another_change() {
+/// One change to 95 against a 90 high limit with a 150-ms delay, and
+/// nothing else: only the deadline can raise the alarm. With `waiting`,
+/// the change comes once `run` waits for changes and the start-up grace
+/// is a minute, so the changed point's own deadline must be the one that
+/// fires (not the next full look at the grace's end).
+async fn one_change_raises_after_its_delay(waiting: bool) {
     let db = db();
     let cpu = db.lookup("cpu_usage").expect("cpu");
     let alarms = Alarms::new(db.clone(), vec![(cpu, high(90.0, 150))], classes(), 100);
+    if waiting {
+        alarms.set_startup_grace(Duration::from_secs(60));
+    }
     let stop = CancellationToken::new();
     let task = tokio::spawn(alarms.clone().run(stop.clone()));
-    // Whether `run` sees this as a change or in its start-up evaluation,
-    // nothing else happens afterwards: only the deadline can raise it.
+    if waiting {
+        // `run` sets this before its first evaluation and then waits for
+        // changes; this single-threaded runtime runs it while we wait here.
+        eventually("run waiting", || {
+            alarms.inner.grace_until.lock().is_some().then_some(())
+        })
+        .await;
+    }
     set(&db, cpu, 95.0);
-    // One change only: the deadline alone must raise it.
     eventually("high limit after the delay", || {
         alarms
             .state(cpu)
@@ -190,32 +202,16 @@ async fn a_time_delay_fires_without_another_change() {
     task.await.expect("run");
 }
 
-/// The same with `run` already waiting: the one change is judged as a
-/// change, and its own deadline raises the alarm, not the next full look
-/// (here the end of a start-up grace a minute away).
+/// Whether `run` sees the change as a change or in its start-up
+/// evaluation, the deadline alone raises the alarm.
+#[tokio::test]
+async fn a_time_delay_fires_without_another_change() {
+    one_change_raises_after_its_delay(false).await;
+}
+
 #[tokio::test]
 async fn a_time_delay_set_by_a_change_fires_at_its_own_deadline() {
-    let db = db();
-    let cpu = db.lookup("cpu_usage").expect("cpu");
-    let alarms = Alarms::new(db.clone(), vec![(cpu, high(90.0, 150))], classes(), 100);
-    alarms.set_startup_grace(Duration::from_secs(60));
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(alarms.clone().run(stop.clone()));
-    // `run` sets this before its first evaluation and then waits for
-    // changes; this single-threaded runtime runs it while we wait here.
-    eventually("run waiting", || {
-        alarms.inner.grace_until.lock().is_some().then_some(())
-    })
-    .await;
-    set(&db, cpu, 95.0);
-    eventually("high limit after the delay", || {
-        alarms
-            .state(cpu)
-            .filter(|s| s.event_state == EventState::HighLimit)
-    })
-    .await;
-    stop.cancel();
-    task.await.expect("run");
+    one_change_raises_after_its_delay(true).await;
 }
 
 /// An alarm storm: 100 routes lose their input at once. Every transition
