@@ -127,8 +127,8 @@ pub async fn run(
     }
     // Input counters are looked at four times a second (so a lost signal
     // is seen within signal_timeout + 250 ms); points are published once a
-    // second. On the process's 250-ms grid, with the telemetry sampler's
-    // once-a-second looks (one wake-up for both).
+    // second. On the process's 250-ms grid, where the telemetry sampler's
+    // once-a-second jobs expire in the same timer turn.
     let quarter = Duration::from_millis(250);
     let start = crate::tasks::on_grid(Instant::now(), quarter);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::from_std(start), quarter);

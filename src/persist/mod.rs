@@ -999,19 +999,21 @@ pub async fn history_flusher(
         // point that gets one later is listed again.
         let dirty = db.take_history_dirty();
         let now = Utc::now() + chrono::Duration::milliseconds(1);
-        let batch: Vec<(PointId, Vec<Sample>)> = dirty
-            .iter()
-            .filter(|id| db.def(**id).is_some_and(|d| d.his))
-            .map(|&id| (id, db.history(id, last[id.index()], now)))
-            .filter(|(_, s)| !s.is_empty())
+        let batch: Vec<(PointId, &str, Vec<Sample>)> = dirty
+            .into_iter()
+            .filter_map(|id| {
+                let def = db.def(id).filter(|d| d.his)?;
+                let samples = db.history(id, last[id.index()], now);
+                (!samples.is_empty()).then_some((id, def.id.as_str(), samples))
+            })
             .collect();
         let named: Vec<(&str, &[Sample])> = batch
             .iter()
-            .filter_map(|(id, s)| Some((db.def(*id)?.id.as_str(), s.as_slice())))
+            .map(|(_, name, s)| (*name, s.as_slice()))
             .collect();
         match store.append_histories(&named) {
             Ok(()) => {
-                for (id, s) in &batch {
+                for (id, _, s) in &batch {
                     if let Some(s) = s.last() {
                         last[id.index()] = s.at + chrono::Duration::nanoseconds(1);
                     }
@@ -1019,8 +1021,8 @@ pub async fn history_flusher(
             }
             Err(e) => {
                 // Kept in memory and tried again at the next flush.
-                tracing::warn!("history of {} points not stored: {e}", named.len());
-                for (id, _) in &batch {
+                tracing::warn!("history of {} points not stored: {e}", batch.len());
+                for (id, _, _) in &batch {
                     db.mark_history_dirty(*id);
                 }
             }

@@ -443,7 +443,7 @@ impl Sampler {
 
     /// Runs every job at its period until shutdown. The first looks are
     /// taken at once; after them the jobs run on the process's 1-s grid,
-    /// so the once-a-second ones share the point bridge's wake-up, and the
+    /// so the once-a-second ones expire with the point bridge's looks, and the
     /// task sleeps until the next job is due (it looked every 250 ms:
     /// three wake-ups a second for nothing).
     pub async fn run(mut self, shutdown: CancellationToken) {
